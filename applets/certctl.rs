@@ -1,0 +1,106 @@
+//! iam-certctl: certificates in operation. `list` (protected socket) and `get` (public).
+
+use crate::common::{self, cert_json, cert_text};
+use aos_iam::client::Client;
+use aos_iam::config::{DEFAULT_PROTECTED_SOCKET, DEFAULT_PUBLIC_SOCKET};
+use aos_iam::Error;
+use argh::FromArgs;
+use serde_json::json;
+
+/// Inspect the certificates of an aos-iam node.
+#[derive(FromArgs)]
+struct Args {
+    /// iamd socket (default: the protected socket for list, the public one for get)
+    #[argh(option, short = 's')]
+    socket: Option<String>,
+    /// print results as JSON on stdout
+    #[argh(switch)]
+    json: bool,
+    #[argh(subcommand)]
+    verb: Verb,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Verb {
+    List(List),
+    Get(Get),
+}
+
+/// Every certificate: type, serial, issuer, expiry, URLs, and which one is current.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "list")]
+struct List {
+    /// the node to list (default: the node iamd runs on)
+    #[argh(option)]
+    node: Option<String>,
+}
+
+/// The current certificate of TYPE (or the one with --issuer and --serial).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "get")]
+struct Get {
+    /// certificate type
+    #[argh(positional)]
+    cert_type: String,
+    /// issuer DN, DER in hex (with --serial)
+    #[argh(option)]
+    issuer: Option<String>,
+    /// serial number in hex (with --issuer)
+    #[argh(option)]
+    serial: Option<String>,
+}
+
+pub fn main(name: &str, args: &[&str]) -> u8 {
+    let args: Args = match common::parse(name, args) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    match run(&args) {
+        Ok(()) => 0,
+        Err(e) => common::fail(name, &e, args.json),
+    }
+}
+
+fn run(args: &Args) -> Result<(), Error> {
+    let socket = |default: &str| args.socket.clone().unwrap_or_else(|| default.to_string());
+    match &args.verb {
+        Verb::List(l) => {
+            let certs = Client::connect(socket(DEFAULT_PROTECTED_SOCKET).as_ref())?
+                .list_certs(l.node.as_deref().unwrap_or(""))?;
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"ok": true, "certificates": certs.iter().map(cert_json).collect::<Vec<_>>()})
+                );
+            } else if certs.is_empty() {
+                println!("no certificates");
+            } else {
+                certs.iter().for_each(|c| print!("{}", cert_text(c)));
+            }
+        }
+        Verb::Get(g) => {
+            let issuer = g
+                .issuer
+                .as_deref()
+                .map(|s| common::parse_hex("--issuer", s))
+                .transpose()?;
+            let serial = g
+                .serial
+                .as_deref()
+                .map(|s| common::parse_hex("--serial", s))
+                .transpose()?;
+            let c = Client::connect(socket(DEFAULT_PUBLIC_SOCKET).as_ref())?.cert(
+                &g.cert_type,
+                issuer,
+                serial,
+            )?;
+            if args.json {
+                println!("{}", json!({"ok": true, "certificate": cert_json(&c)}));
+            } else {
+                print!("{}", cert_text(&c));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! What the applets share: argument parsing entry, reading secrets, output, exit codes.
+
+use aos_iam::{Error, ErrorKind};
+use argh::FromArgs;
+use serde_json::json;
+use std::io::{IsTerminal, Read};
+
+/// Exit codes, documented in the README. Usage errors are 2, as for most Unix tools.
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_UNAVAILABLE: u8 = 3;
+pub const EXIT_UNAUTHORIZED: u8 = 4;
+pub const EXIT_WRONG_STATE: u8 = 5;
+pub const EXIT_NOT_FOUND: u8 = 6;
+pub const EXIT_INVALID: u8 = 7;
+pub const EXIT_VALIDATION: u8 = 8;
+pub const EXIT_KEY_STORE: u8 = 9;
+pub const EXIT_PROTOCOL: u8 = 10;
+pub const EXIT_TIMEOUT: u8 = 11;
+
+pub fn exit_code(e: &Error) -> u8 {
+    match e.kind {
+        ErrorKind::Unavailable => EXIT_UNAVAILABLE,
+        ErrorKind::Unauthorized => EXIT_UNAUTHORIZED,
+        ErrorKind::WrongState => EXIT_WRONG_STATE,
+        ErrorKind::NotFound => EXIT_NOT_FOUND,
+        ErrorKind::InvalidArgument => EXIT_INVALID,
+        ErrorKind::Validation(_) => EXIT_VALIDATION,
+        ErrorKind::KeyStore(_) => EXIT_KEY_STORE,
+        ErrorKind::Protocol => EXIT_PROTOCOL,
+        ErrorKind::Timeout => EXIT_TIMEOUT,
+        ErrorKind::Internal => EXIT_FAILURE,
+    }
+}
+
+/// Parse an applet's arguments; help goes to stdout (exit 0), errors to stderr (exit 2).
+pub fn parse<T: FromArgs>(name: &str, args: &[&str]) -> Result<T, u8> {
+    T::from_args(&[name], args).map_err(|early| {
+        if early.status.is_ok() {
+            print!("{}", early.output);
+            EXIT_OK
+        } else {
+            eprint!("{}", early.output);
+            EXIT_USAGE
+        }
+    })
+}
+
+/// Report an error as text on stderr, or as a JSON object on stdout with `--json`.
+pub fn fail(name: &str, e: &Error, json: bool) -> u8 {
+    if json {
+        let reason = match &e.kind {
+            ErrorKind::KeyStore(r) | ErrorKind::Validation(r) => Some(r.clone()),
+            _ => None,
+        };
+        println!(
+            "{}",
+            json!({"ok": false, "error": {"kind": e.kind.name(), "reason": reason, "message": e.message}})
+        );
+    } else {
+        eprintln!("{name}: {e}");
+    }
+    exit_code(e)
+}
+
+/// Read a secret from a file (`-` for stdin) or, with no file, from stdin. Never argv.
+pub fn read_secret(file: Option<&str>, what: &str) -> Result<aos_iam::secret::Secret, Error> {
+    let mut text = zeroize::Zeroizing::new(String::new());
+    match file {
+        Some(path) if path != "-" => {
+            *text = std::fs::read_to_string(path)
+                .map_err(|e| Error::invalid(format!("{what} file {path}: {e}")))?;
+        }
+        _ => {
+            if std::io::stdin().is_terminal() {
+                eprint!("{what}: ");
+            }
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| Error::invalid(format!("reading the {what} from stdin: {e}")))?;
+        }
+    }
+    let s = aos_iam::secret::Secret::from_text(text);
+    if s.is_empty() {
+        return Err(Error::invalid(format!("the {what} is empty")));
+    }
+    Ok(s)
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn parse_hex(what: &str, s: &str) -> Result<Vec<u8>, Error> {
+    let s = s.trim_start_matches("0x").replace(':', "");
+    if s.is_empty() || s.len() % 2 != 0 {
+        return Err(Error::invalid(format!("{what} must be hex bytes")));
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&s[i..i + 2], 16)
+                .map_err(|_| Error::invalid(format!("{what} must be hex bytes")))
+        })
+        .collect()
+}
+
+pub fn rfc3339(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| t.to_string())
+}
+
+pub fn cert_json(c: &aos_iam::wire::CertInfo) -> serde_json::Value {
+    json!({
+        "type": c.cert_type,
+        "subject": c.subject,
+        "issuer": c.issuer,
+        "serial": hex(&c.serial),
+        "not_before": rfc3339(c.not_before),
+        "not_after": rfc3339(c.not_after),
+        "cert_url": c.cert_url,
+        "key_url": c.key_url,
+        "current": c.current,
+    })
+}
+
+pub fn cert_text(c: &aos_iam::wire::CertInfo) -> String {
+    format!(
+        "{}{}\n  subject:   {}\n  issuer:    {}\n  serial:    {}\n  not after: {}\n  cert:      {}\n  key:       {}\n",
+        c.cert_type,
+        if c.current { " (current)" } else { "" },
+        c.subject,
+        c.issuer,
+        hex(&c.serial),
+        rfc3339(c.not_after),
+        c.cert_url,
+        c.key_url
+    )
+}

@@ -1,0 +1,67 @@
+//! iamd: the per-node daemon. Parses its flags, loads the configuration, runs the server.
+
+use crate::common;
+use aos_iam::config::{Config, DEFAULT_CONFIG};
+use argh::FromArgs;
+
+/// The aos-iam daemon: serves certificates and provisioning on the node's Unix sockets.
+#[derive(FromArgs)]
+struct Args {
+    /// configuration file (default /etc/aos-iam/config.toml; config.d/*.toml beside it is merged)
+    #[argh(option, short = 'c')]
+    config: Option<String>,
+    /// serve the provisioning operations (factory mode)
+    #[argh(switch)]
+    provisioning: bool,
+    /// validate the configuration and exit: 0 valid, 1 not
+    #[argh(switch)]
+    check_config: bool,
+    /// more log output (-v info, -vv debug)
+    #[argh(switch, short = 'v')]
+    verbose: u8,
+    /// print the version and exit
+    #[argh(switch)]
+    version: bool,
+}
+
+pub fn main(name: &str, args: &[&str]) -> u8 {
+    let args: Args = match common::parse(name, args) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    if args.version {
+        println!(
+            "{name} {} (protocol {})",
+            aos_iam::VERSION,
+            aos_iam::PROTOCOL_VERSION
+        );
+        return 0;
+    }
+    aos_iam::log::set_verbosity(args.verbose);
+    let path = args.config.unwrap_or_else(|| DEFAULT_CONFIG.to_string());
+    let config = match Config::load(std::path::Path::new(&path)) {
+        Ok(c) => c,
+        Err(e) => {
+            if args.check_config {
+                eprintln!("{name}: {e}");
+            } else {
+                aos_iam::log_error!("configuration: {e}");
+            }
+            return 1;
+        }
+    };
+    if args.check_config {
+        println!(
+            "{path}: valid ({} certificate modules)",
+            config.modules.len()
+        );
+        return 0;
+    }
+    match aos_iam::server::run(config, args.provisioning) {
+        Ok(()) => 0,
+        Err(e) => {
+            aos_iam::log_error!("{e}");
+            common::exit_code(&e)
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! iam-provision: the provisioning client for factory scripts.
+//!
+//! Each verb is one operation of the protected socket; `run` is the whole flow. Passwords
+//! come from `--password-file` or stdin, never from the command line.
+
+use crate::common::{self, cert_json, cert_text};
+use aos_iam::client::Client;
+use aos_iam::config::DEFAULT_PROTECTED_SOCKET;
+use aos_iam::factory::{self, RunOptions, DEFAULT_SUBJECT};
+use aos_iam::signer::{CommandSigner, CsrSigner, LocalCa, DEFAULT_COMMAND_TIMEOUT};
+use aos_iam::Error;
+use argh::FromArgs;
+use serde_json::json;
+use std::io::{IsTerminal, Read, Write};
+use std::time::Duration;
+
+/// Provision an aos-iam node through its protected socket.
+#[derive(FromArgs)]
+struct Args {
+    /// iamd's protected socket (default /run/aos-iam/protected.sock)
+    #[argh(option, short = 's')]
+    socket: Option<String>,
+    /// the node to act on (default: the node iamd runs on)
+    #[argh(option)]
+    node: Option<String>,
+    /// print results as JSON on stdout
+    #[argh(switch)]
+    json: bool,
+    #[argh(subcommand)]
+    verb: Verb,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Verb {
+    Start(Start),
+    CertTypes(CertTypes),
+    CreateKey(CreateKey),
+    Apply(Apply),
+    Finish(Finish),
+    Deprovision(Deprovision),
+    Status(Status),
+    Run(Run),
+}
+
+/// StartProvisioning: take ownership of the key stores with the password.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "start")]
+struct Start {
+    /// file holding the provisioning password ("-" or absent: stdin)
+    #[argh(option)]
+    password_file: Option<String>,
+}
+
+/// GetCertTypes: the certificate types that need a CA-signed certificate.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "cert-types")]
+struct CertTypes {}
+
+/// CreateKey: a new key for TYPE in its key store; prints the CSR (PEM).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "create-key")]
+struct CreateKey {
+    /// certificate type
+    #[argh(positional)]
+    cert_type: String,
+    /// subject, e.g. "CN=node0,O=Unit" (default "CN={node},OU={type}")
+    #[argh(option)]
+    subject: Option<String>,
+    /// file holding the provisioning password ("-" or absent: stdin)
+    #[argh(option)]
+    password_file: Option<String>,
+    /// write the CSR to this file instead of stdout
+    #[argh(option, short = 'o')]
+    output: Option<String>,
+}
+
+/// ApplyCert: apply a CA-signed chain (PEM, leaf first) for TYPE.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "apply")]
+struct Apply {
+    /// certificate type
+    #[argh(positional)]
+    cert_type: String,
+    /// chain file, or "-" for stdin
+    #[argh(positional)]
+    chain: String,
+}
+
+/// FinishProvisioning: mark the node provisioned.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "finish")]
+struct Finish {
+    /// file holding the provisioning password ("-" or absent: stdin)
+    #[argh(option)]
+    password_file: Option<String>,
+}
+
+/// Deprovision: wipe keys and certificates; the node becomes unprovisioned.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "deprovision")]
+struct Deprovision {
+    /// file holding the provisioning password ("-" or absent: stdin)
+    #[argh(option)]
+    password_file: Option<String>,
+}
+
+/// The node's provisioning state and its certificate modules.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "status")]
+struct Status {}
+
+/// The whole flow: start, create each key, get it signed, apply, finish.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "run")]
+struct Run {
+    /// file holding the provisioning password ("-" or absent: stdin)
+    #[argh(option)]
+    password_file: Option<String>,
+    /// CA certificate (PEM) that signs the CSRs (with --ca-key)
+    #[argh(option)]
+    ca_cert: Option<String>,
+    /// CA private key (PKCS#8 PEM)
+    #[argh(option)]
+    ca_key: Option<String>,
+    /// lifetime of certificates the local CA issues, in days (default 365)
+    #[argh(option, default = "365")]
+    days: u32,
+    /// command that signs: CSR PEM on stdin, chain PEM on stdout, non-zero exit = refused
+    #[argh(option)]
+    sign_cmd: Option<String>,
+    /// seconds the signing command may run (default 300)
+    #[argh(option)]
+    sign_timeout: Option<u64>,
+    /// subject template; {node} and {type} are replaced (default "CN={node},OU={type}")
+    #[argh(option)]
+    subject: Option<String>,
+    /// deprovision a provisioned node first instead of refusing
+    #[argh(switch)]
+    deprovision_first: bool,
+}
+
+pub fn main(name: &str, args: &[&str]) -> u8 {
+    let args: Args = match common::parse(name, args) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    match run(&args) {
+        Ok(()) => 0,
+        Err(e) => common::fail(name, &e, args.json),
+    }
+}
+
+fn connect(args: &Args) -> Result<Client, Error> {
+    Client::connect(std::path::Path::new(
+        args.socket.as_deref().unwrap_or(DEFAULT_PROTECTED_SOCKET),
+    ))
+}
+
+fn ok_json(v: serde_json::Value) {
+    let mut v = v;
+    v["ok"] = json!(true);
+    println!("{v}");
+}
+
+fn run(args: &Args) -> Result<(), Error> {
+    let node = args.node.clone().unwrap_or_default();
+    let password =
+        |file: &Option<String>| common::read_secret(file.as_deref(), "provisioning password");
+    match &args.verb {
+        Verb::Start(v) => {
+            let pw = password(&v.password_file)?;
+            let mut c = connect(args)?;
+            c.start_provisioning(&node, &pw)?;
+            done(args, "provisioning started");
+        }
+        Verb::CertTypes(_) => {
+            let types = connect(args)?.cert_types(&node)?;
+            if args.json {
+                ok_json(json!({ "types": types }));
+            } else {
+                types.iter().for_each(|t| println!("{t}"));
+            }
+        }
+        Verb::CreateKey(v) => {
+            let pw = password(&v.password_file)?;
+            let mut c = connect(args)?;
+            let node_id = if node.is_empty() {
+                c.server_node_id.clone()
+            } else {
+                node.clone()
+            };
+            let subject = factory::subject_for(
+                v.subject.as_deref().unwrap_or(DEFAULT_SUBJECT),
+                &node_id,
+                &v.cert_type,
+            );
+            let csr = c.create_key(&node, &v.cert_type, &subject, &pw)?;
+            if let Some(out) = &v.output {
+                std::fs::write(out, &csr)
+                    .map_err(|e| Error::internal(format!("writing {out}: {e}")))?;
+            }
+            if args.json {
+                ok_json(json!({ "type": v.cert_type, "csr": csr }));
+            } else if v.output.is_none() {
+                print!("{csr}");
+            }
+        }
+        Verb::Apply(v) => {
+            let mut pem = String::new();
+            if v.chain == "-" {
+                std::io::stdin()
+                    .read_to_string(&mut pem)
+                    .map_err(|e| Error::invalid(format!("reading the chain from stdin: {e}")))?;
+            } else {
+                pem = std::fs::read_to_string(&v.chain)
+                    .map_err(|e| Error::invalid(format!("chain file {}: {e}", v.chain)))?;
+            }
+            let cert = connect(args)?.apply_cert(&node, &v.cert_type, &pem)?;
+            if args.json {
+                ok_json(json!({ "certificate": cert_json(&cert) }));
+            } else {
+                print!("{}", cert_text(&cert));
+            }
+        }
+        Verb::Finish(v) => {
+            let pw = password(&v.password_file)?;
+            connect(args)?.finish_provisioning(&node, &pw)?;
+            done(args, "provisioning finished");
+        }
+        Verb::Deprovision(v) => {
+            let pw = password(&v.password_file)?;
+            connect(args)?.deprovision(&node, &pw)?;
+            done(args, "node deprovisioned");
+        }
+        Verb::Status(_) => {
+            let s = connect(args)?.status(&node)?;
+            if args.json {
+                let modules: Vec<_> = s
+                    .modules
+                    .iter()
+                    .map(|m| json!({"type": m.cert_type, "needs_ca": m.needs_ca, "pending_key": m.pending_key, "certificates": m.certificates}))
+                    .collect();
+                ok_json(
+                    json!({"node": s.node_id, "state": s.state.name(), "provisioning_mode": s.provisioning_mode, "modules": modules}),
+                );
+            } else {
+                println!(
+                    "node:  {}\nstate: {}{}",
+                    s.node_id,
+                    s.state.name(),
+                    if s.provisioning_mode {
+                        " (provisioning mode)"
+                    } else {
+                        ""
+                    }
+                );
+                for m in &s.modules {
+                    println!(
+                        "  {:<16} {} certificate(s){}{}",
+                        m.cert_type,
+                        m.certificates,
+                        if m.pending_key { ", key pending" } else { "" },
+                        if m.needs_ca { "" } else { ", self-signed" }
+                    );
+                }
+            }
+        }
+        Verb::Run(v) => run_flow(args, v, &node)?,
+    }
+    Ok(())
+}
+
+fn done(args: &Args, what: &str) {
+    if args.json {
+        ok_json(json!({}));
+    } else {
+        println!("{what}");
+    }
+}
+
+fn run_flow(args: &Args, v: &Run, node: &str) -> Result<(), Error> {
+    let signer: Box<dyn CsrSigner> = match (&v.ca_cert, &v.ca_key, &v.sign_cmd) {
+        (Some(c), Some(k), None) => Box::new(LocalCa::load(c.as_ref(), k.as_ref(), v.days)?),
+        (None, None, Some(cmd)) => Box::new(CommandSigner {
+            command: cmd.clone(),
+            timeout: v
+                .sign_timeout
+                .map(Duration::from_secs)
+                .unwrap_or(DEFAULT_COMMAND_TIMEOUT),
+        }),
+        _ => {
+            return Err(Error::invalid(
+                "give either --ca-cert and --ca-key, or --sign-cmd",
+            ))
+        }
+    };
+    let pw = common::read_secret(v.password_file.as_deref(), "provisioning password")?;
+    let mut client = connect(args)?;
+    let tty = std::io::stderr().is_terminal();
+    let mut progress = |s: &factory::Step| {
+        if tty {
+            let mut e = std::io::stderr().lock();
+            if s.done {
+                let _ = writeln!(e, " ok");
+            } else {
+                let _ = write!(e, "{} ...", s.name);
+            }
+        }
+    };
+    let opts = RunOptions {
+        node_id: node,
+        password: &pw,
+        subject_template: v.subject.as_deref().unwrap_or(DEFAULT_SUBJECT),
+        deprovision_first: v.deprovision_first,
+    };
+    let result = factory::run(&mut client, signer.as_ref(), &opts, &mut progress);
+    if tty && result.is_err() {
+        eprintln!(" failed");
+    }
+    let certs = result?;
+    let node_id = if node.is_empty() {
+        client.server_node_id.clone()
+    } else {
+        node.to_string()
+    };
+    if args.json {
+        ok_json(
+            json!({"node": node_id, "certificates": certs.iter().map(cert_json).collect::<Vec<_>>()}),
+        );
+    } else {
+        println!("node {node_id} provisioned");
+        for c in &certs {
+            print!("{}", cert_text(c));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,132 @@
+#!/bin/sh
+# The README's demo: provision one node end to end on a throwaway SoftHSM token.
+#
+# Creates a token, a root CA and an iamd configuration in a temporary directory, starts
+# iamd in provisioning mode, provisions the node with `iam-provision run`, shows the
+# certificates and the token objects, checks them with openssl, stops iamd and cleans up.
+# With DEMO_DIR=path everything is kept there for inspection.
+set -eu
+BIN=${AOS_IAM_BIN:-target/release/aos-iam}
+[ -x "$BIN" ] || { echo "demo: $BIN is not built" >&2; exit 1; }
+BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+SOFTHSM_LIB=${SOFTHSM_LIB:-/usr/lib/softhsm/libsofthsm2.so}
+
+if [ -n "${DEMO_DIR:-}" ]; then
+    mkdir -p "$DEMO_DIR"; DIR=$(cd "$DEMO_DIR" && pwd); KEEP=1
+else
+    DIR=$(mktemp -d /tmp/aos-iam-demo.XXXXXX); KEEP=0
+fi
+IAMD_PID=""
+cleanup() {
+    [ -z "$IAMD_PID" ] || { kill "$IAMD_PID" 2>/dev/null || true; wait "$IAMD_PID" 2>/dev/null || true; }
+    if [ "$KEEP" = 0 ]; then rm -rf "$DIR"; else echo "demo: kept everything in $DIR"; fi
+}
+trap cleanup EXIT INT TERM
+say() { printf '\n== %s\n' "$*"; }
+
+mkdir -p "$DIR/bin" "$DIR/tokens" "$DIR/work" "$DIR/run"
+for a in iamd iam-provision iam-certctl; do ln -sf "$BIN" "$DIR/bin/$a"; done
+export PATH="$DIR/bin:$PATH"
+export SOFTHSM2_CONF="$DIR/softhsm2.conf"
+printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' "$DIR" > "$SOFTHSM2_CONF"
+
+say "a root CA for the unit (openssl, EC P-384)"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -days 3650 \
+    -keyout "$DIR/ca.key" -out "$DIR/ca.pem" -subj "/O=aos-iam demo/CN=Demo Unit Root CA" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+openssl x509 -in "$DIR/ca.pem" -noout -subject
+
+printf 'demo-node-0001\n' > "$DIR/node-id"
+umask 077
+printf 'factory-secret\n' > "$DIR/password"
+umask 022
+cat > "$DIR/config.toml" <<CONF
+[node]
+id_file = "$DIR/node-id"
+name = "demo node"
+type = "main"
+
+[paths]
+working_dir = "$DIR/work"
+root_ca = "$DIR/ca.pem"
+public_socket = "$DIR/run/public.sock"
+protected_socket = "$DIR/run/protected.sock"
+
+[[modules]]
+id = "iam"
+algorithm = "ecdsa-p384"
+extended_key_usage = ["clientAuth", "serverAuth"]
+alt_names = ["demo-node-0001.local"]
+[modules.pkcs11]
+library = "$SOFTHSM_LIB"
+token_label = "aos-demo"
+user_pin_file = "$DIR/work/user-pin"
+
+[[modules]]
+id = "online"
+algorithm = "ecdsa-p384"
+extended_key_usage = ["clientAuth"]
+[modules.pkcs11]
+library = "$SOFTHSM_LIB"
+token_label = "aos-demo"
+user_pin_file = "$DIR/work/user-pin"
+
+[[modules]]
+id = "offline"
+algorithm = "ecdsa-p256"
+extended_key_usage = ["clientAuth"]
+[modules.pkcs11]
+library = "$SOFTHSM_LIB"
+token_label = "aos-demo"
+user_pin_file = "$DIR/work/user-pin"
+
+[[modules]]
+id = "diskencryption"
+self_signed = true
+[modules.pkcs11]
+library = "$SOFTHSM_LIB"
+token_label = "aos-demo"
+user_pin_file = "$DIR/work/user-pin"
+CONF
+
+say "iamd --check-config"
+iamd -c "$DIR/config.toml" --check-config
+
+say "iamd --provisioning (log: $DIR/iamd.log)"
+iamd -c "$DIR/config.toml" --provisioning -v > "$DIR/iamd.log" 2>&1 &
+IAMD_PID=$!
+i=0
+while [ ! -S "$DIR/run/protected.sock" ]; do
+    i=$((i + 1)); [ $i -lt 100 ] || { cat "$DIR/iamd.log"; echo "demo: iamd did not start" >&2; exit 1; }
+    kill -0 "$IAMD_PID" 2>/dev/null || { cat "$DIR/iamd.log"; echo "demo: iamd exited" >&2; exit 1; }
+    sleep 0.1
+done
+
+say "iam-provision run (keys made in the token, CSRs signed by the local CA)"
+iam-provision -s "$DIR/run/protected.sock" run --ca-cert "$DIR/ca.pem" --ca-key "$DIR/ca.key" \
+    --password-file "$DIR/password"
+
+say "iam-certctl list"
+iam-certctl -s "$DIR/run/protected.sock" list
+
+say "iam-certctl get iam --json (public socket)"
+iam-certctl -s "$DIR/run/public.sock" --json get iam
+
+say "token objects (pkcs11-tool)"
+pkcs11-tool --module "$SOFTHSM_LIB" --token-label aos-demo --login --pin "$(cat "$DIR/work/user-pin")" -O 2>/dev/null \
+    | grep -E "^(Private Key|Public Key|Certificate) Object|label:|ID:|Access:" || true
+
+say "openssl verify of each applied certificate"
+mkdir -p "$DIR/issued"
+for t in iam online offline; do
+    id=$(pkcs11-tool --module "$SOFTHSM_LIB" --token-label aos-demo -O --type cert --label "$t" 2>/dev/null | awk '/ID:/ {print $2; exit}')
+    pkcs11-tool --module "$SOFTHSM_LIB" --token-label aos-demo --read-object --type cert --id "$id" -o "$DIR/issued/$t.der" >/dev/null 2>&1
+    openssl x509 -inform DER -in "$DIR/issued/$t.der" -out "$DIR/issued/$t.pem"
+    printf '%-8s ' "$t"; openssl verify -CAfile "$DIR/ca.pem" "$DIR/issued/$t.pem"
+done
+
+say "stopping iamd"
+kill -TERM "$IAMD_PID"; wait "$IAMD_PID" || true; IAMD_PID=""
+tail -n 3 "$DIR/iamd.log"
+echo
+echo "demo: node demo-node-0001 provisioned; keys never left the token"

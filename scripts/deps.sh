@@ -1,0 +1,20 @@
+#!/bin/sh
+# Install the Debian packages the demo and the tests need, if any is missing.
+# Usage: scripts/deps.sh demo|test
+set -eu
+need="softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl"
+if [ "${1:-demo}" = test ]; then
+    need="$need p11tool:gnutls-bin gnutls-cli:gnutls-bin setpriv:util-linux socat:socat"
+    [ -e /usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so ] || [ -e /usr/lib/x86_64-linux-gnu/engines-3/libpkcs11.so ] \
+        || missing_engine=libengine-pkcs11-openssl
+fi
+pkgs="${missing_engine:-}"
+for pair in $need; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || pkgs="$pkgs ${pair#*:}"
+done
+[ -n "$(echo $pkgs)" ] || exit 0
+echo "installing:$pkgs" >&2
+sudo=""
+[ "$(id -u)" = 0 ] || sudo=sudo
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $pkgs >/dev/null

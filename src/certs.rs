@@ -1,0 +1,353 @@
+//! Certificate modules: one per certificate type, each with its key store.
+//!
+//! CreateKey journals the key id before the key exists, so no object is ever made that the
+//! database does not know. ApplyCert validates everything before it writes anything, stores
+//! the certificate next to its key, commits the record, and only then evicts the oldest
+//! certificates beyond `max_items` (through the trash, so eviction survives a power cut).
+
+use crate::config::{Config, ModuleConfig};
+use crate::db::{CertRecord, Db, PendingKey, Snapshot, TrashEntry};
+use crate::error::{Error, Result};
+use crate::keystore::{self, hex, KeyId, KeyStore};
+use crate::wire::CertInfo;
+use crate::x509::{self, StoredKey};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, UnixTime};
+use std::sync::Arc;
+
+pub struct CertModule {
+    pub config: ModuleConfig,
+    pub store: Arc<dyn KeyStore>,
+}
+
+impl CertModule {
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    /// Whether the module needs a CA-signed certificate (self-signed ones are made by iamd).
+    pub fn needs_ca(&self) -> bool {
+        !self.config.self_signed
+    }
+
+    fn stored_key(&self, id: KeyId) -> Result<StoredKey<'_>> {
+        let public = self.store.public_key(self.id(), &id)?.ok_or_else(|| {
+            Error::not_found(format!(
+                "module {}: key {} vanished from {}",
+                self.id(),
+                hex(&id),
+                self.store.describe()
+            ))
+        })?;
+        Ok(StoredKey {
+            store: self.store.as_ref(),
+            label: self.id(),
+            id,
+            public,
+        })
+    }
+
+    fn cert_info(&self, r: &CertRecord, current: bool) -> CertInfo {
+        CertInfo {
+            cert_type: r.cert_type.clone(),
+            issuer: r.issuer.clone(),
+            issuer_der: r.issuer_der.clone(),
+            serial: r.serial.clone(),
+            subject: r.subject.clone(),
+            not_before: r.not_before,
+            not_after: r.not_after,
+            cert_url: self.store.cert_url(self.id(), &r.key_id),
+            key_url: self.store.key_url(self.id(), &r.key_id),
+            current,
+        }
+    }
+}
+
+fn now() -> i64 {
+    UnixTime::now().as_secs() as i64
+}
+
+/// The certificate modules of a node and the stores they share.
+pub struct CertModules {
+    pub modules: Vec<CertModule>,
+}
+
+impl CertModules {
+    pub fn open(config: &Config) -> Result<CertModules> {
+        let mut stores: Vec<Arc<dyn KeyStore>> = Vec::new();
+        let mut modules = Vec::new();
+        for m in &config.modules {
+            let store = keystore::open(&m.store, &stores)
+                .map_err(|e| e.context(format!("module {}", m.id)))?;
+            if !stores.iter().any(|s| Arc::ptr_eq(s, &store)) {
+                stores.push(store.clone());
+            }
+            modules.push(CertModule {
+                config: m.clone(),
+                store,
+            });
+        }
+        Ok(CertModules { modules })
+    }
+
+    /// Each distinct store once, in module order.
+    pub fn stores(&self) -> Vec<Arc<dyn KeyStore>> {
+        let mut out: Vec<Arc<dyn KeyStore>> = Vec::new();
+        for m in &self.modules {
+            if !out.iter().any(|s| Arc::ptr_eq(s, &m.store)) {
+                out.push(m.store.clone());
+            }
+        }
+        out
+    }
+
+    pub fn get(&self, cert_type: &str) -> Result<&CertModule> {
+        self.modules
+            .iter()
+            .find(|m| m.id() == cert_type)
+            .ok_or_else(|| {
+                let known: Vec<_> = self.modules.iter().map(|m| m.id()).collect();
+                Error::not_found(format!(
+                    "unknown certificate type \"{cert_type}\" (this node has: {})",
+                    known.join(", ")
+                ))
+            })
+    }
+
+    /// GetCertTypes: the modules that need a CA, in configuration order.
+    pub fn cert_types(&self) -> Vec<String> {
+        self.modules
+            .iter()
+            .filter(|m| m.needs_ca())
+            .map(|m| m.id().to_string())
+            .collect()
+    }
+
+    /// Remove the objects of every trash entry, then forget the entries.
+    pub fn empty_trash(&self, db: &Db, entries: &[TrashEntry]) -> Result<()> {
+        for e in entries {
+            match self.modules.iter().find(|m| m.id() == e.cert_type) {
+                Some(m) => m.store.remove(&e.cert_type, &e.key_id)?,
+                None => crate::log_warn!(
+                    "trash entry {}/{} names no configured module; dropped",
+                    e.cert_type,
+                    hex(&e.key_id)
+                ),
+            }
+            db.forget_trash(e)?;
+        }
+        Ok(())
+    }
+
+    /// CreateKey: a new key pair in the module's store and a CSR for it.
+    pub fn create_key(&self, db: &Db, cert_type: &str, subject: &str) -> Result<String> {
+        let m = self.get(cert_type)?;
+        x509::parse_subject(subject)?;
+        let id = keystore::new_key_id()?;
+        let trashed = db.add_pending(&PendingKey {
+            cert_type: cert_type.into(),
+            key_id: id,
+            created: now(),
+        })?;
+        self.empty_trash(db, &trashed)?;
+        let public = m
+            .store
+            .generate(cert_type, &id, m.config.algorithm)
+            .map_err(|e| e.context(format!("module {cert_type}")))?;
+        let key = StoredKey {
+            store: m.store.as_ref(),
+            label: m.id(),
+            id,
+            public,
+        };
+        x509::build_csr(
+            &key,
+            subject,
+            &m.config.alt_names,
+            &m.config.extended_key_usage,
+        )
+    }
+
+    /// ApplyCert: validate, store, record, then evict beyond `max_items`.
+    pub fn apply(
+        &self,
+        db: &Db,
+        config: &Config,
+        cert_type: &str,
+        chain_pem: &str,
+    ) -> Result<CertInfo> {
+        let m = self.get(cert_type)?;
+        let chain = x509::parse_chain_pem(chain_pem)?;
+        let leaf = x509::fields(&chain[0])?;
+        let snap = db.snapshot()?;
+
+        // Applying a certificate that is already applied (a retry after a lost answer) is done.
+        if let Some(r) = snap.certs.iter().find(|r| {
+            r.cert_type == cert_type && r.serial == leaf.serial && r.issuer_der == leaf.issuer_der
+        }) {
+            let current = self
+                .current(&snap, cert_type)
+                .is_some_and(|c| c.key_id == r.key_id);
+            return Ok(m.cert_info(r, current));
+        }
+
+        let mut key_id = None;
+        for p in snap.pending.iter().filter(|p| p.cert_type == cert_type) {
+            if m.store
+                .public_key(cert_type, &p.key_id)?
+                .is_some_and(|k| k.raw == leaf.public_key)
+            {
+                key_id = Some(p.key_id);
+                break;
+            }
+        }
+        let key_id = key_id.ok_or_else(|| {
+            Error::validation(
+                "KeyMismatch",
+                format!("module {cert_type}: the certificate's public key matches no pending key (create a key first; is it a certificate for another key?)"),
+            )
+        })?;
+
+        if !m.config.skip_validation {
+            let root = read_root(config)?;
+            x509::validate_chain(&chain, &root, &m.config.extended_key_usage, UnixTime::now())
+                .map_err(|e| e.context(format!("module {cert_type}")))?;
+        }
+
+        m.store
+            .store_certificate(cert_type, &key_id, &chain[0])
+            .map_err(|e| e.context(format!("module {cert_type}")))?;
+        let record = CertRecord {
+            cert_type: cert_type.into(),
+            key_id,
+            subject: leaf.subject,
+            issuer: leaf.issuer,
+            issuer_der: leaf.issuer_der,
+            serial: leaf.serial,
+            not_before: leaf.not_before,
+            not_after: leaf.not_after,
+            seq: 0,
+        };
+        let mut of_type: Vec<&CertRecord> = snap
+            .certs
+            .iter()
+            .filter(|r| r.cert_type == cert_type)
+            .collect();
+        of_type.sort_by_key(|r| r.seq);
+        let excess = (of_type.len() + 1).saturating_sub(m.config.max_items as usize);
+        let evict: Vec<CertRecord> = of_type.into_iter().take(excess).cloned().collect();
+        let trashed = db.apply(&record, &evict)?;
+        self.empty_trash(db, &trashed)?;
+        let snap = db.snapshot()?;
+        let applied = snap
+            .certs
+            .iter()
+            .find(|r| r.cert_type == cert_type && r.key_id == key_id)
+            .ok_or_else(|| Error::internal("applied record not found"))?;
+        let current = self
+            .current(&snap, cert_type)
+            .is_some_and(|c| c.key_id == key_id);
+        Ok(m.cert_info(applied, current))
+    }
+
+    /// A self-signed certificate for a module that is configured so.
+    pub fn make_self_signed(&self, db: &Db, m: &CertModule, subject: &str) -> Result<()> {
+        let id = keystore::new_key_id()?;
+        let trashed = db.add_pending(&PendingKey {
+            cert_type: m.id().into(),
+            key_id: id,
+            created: now(),
+        })?;
+        self.empty_trash(db, &trashed)?;
+        m.store.generate(m.id(), &id, m.config.algorithm)?;
+        let key = m.stored_key(id)?;
+        let der = x509::self_signed(
+            &key,
+            subject,
+            &m.config.alt_names,
+            &m.config.extended_key_usage,
+            m.config.self_signed_days,
+        )?;
+        m.store.store_certificate(m.id(), &id, &der)?;
+        let f = x509::fields(&der)?;
+        let record = CertRecord {
+            cert_type: m.id().into(),
+            key_id: id,
+            subject: f.subject,
+            issuer: f.issuer,
+            issuer_der: f.issuer_der,
+            serial: f.serial,
+            not_before: f.not_before,
+            not_after: f.not_after,
+            seq: 0,
+        };
+        let trashed = db.apply(&record, &[])?;
+        self.empty_trash(db, &trashed)
+    }
+
+    /// The current certificate of a type: the newest that is valid now, else the newest.
+    pub fn current<'s>(&self, snap: &'s Snapshot, cert_type: &str) -> Option<&'s CertRecord> {
+        let t = now();
+        let of_type = || snap.certs.iter().filter(move |r| r.cert_type == cert_type);
+        of_type()
+            .filter(|r| r.not_before <= t && t <= r.not_after)
+            .max_by_key(|r| r.seq)
+            .or_else(|| of_type().max_by_key(|r| r.seq))
+    }
+
+    /// GetCert: by issuer and serial, or the current one.
+    pub fn get_cert(
+        &self,
+        db: &Db,
+        cert_type: &str,
+        issuer: Option<&[u8]>,
+        serial: Option<&[u8]>,
+    ) -> Result<CertInfo> {
+        let m = self.get(cert_type)?;
+        let snap = db.snapshot()?;
+        let current = self.current(&snap, cert_type);
+        let found = match (issuer, serial) {
+            (Some(i), Some(s)) => {
+                let s = &s[s
+                    .iter()
+                    .take_while(|b| **b == 0)
+                    .count()
+                    .min(s.len().saturating_sub(1))..];
+                snap.certs
+                    .iter()
+                    .find(|r| r.cert_type == cert_type && r.issuer_der == i && r.serial == s)
+            }
+            (None, None) => current,
+            _ => return Err(Error::invalid("give both issuer and serial, or neither")),
+        };
+        let r = found.ok_or_else(|| {
+            Error::not_found(format!("no certificate of type \"{cert_type}\" matches"))
+        })?;
+        Ok(m.cert_info(r, current.is_some_and(|c| c.key_id == r.key_id)))
+    }
+
+    /// Every applied certificate, by type in configuration order, oldest first.
+    pub fn list(&self, db: &Db) -> Result<Vec<CertInfo>> {
+        let snap = db.snapshot()?;
+        let mut out = Vec::new();
+        for m in &self.modules {
+            let current = self.current(&snap, m.id()).map(|c| c.key_id);
+            for r in snap.certs.iter().filter(|r| r.cert_type == m.id()) {
+                out.push(m.cert_info(r, current == Some(r.key_id)));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The configured root CA, read at each use so that a replaced file takes effect.
+pub fn read_root(config: &Config) -> Result<CertificateDer<'static>> {
+    let path = config
+        .root_ca
+        .as_ref()
+        .ok_or_else(|| Error::wrong_state("no root CA is configured (paths.root_ca)"))?;
+    let pem = std::fs::read(path)
+        .map_err(|e| Error::unavailable(format!("cannot read root CA {}: {e}", path.display())))?;
+    CertificateDer::from_pem_slice(&pem)
+        .map_err(|e| Error::invalid(format!("root CA {}: {e}", path.display())))
+}

@@ -1,0 +1,198 @@
+//! The typed client of iamd's sockets, used by every applet and by the tests.
+//!
+//! Blocking (a command-line tool makes one call at a time); it speaks the same frames as the
+//! server, opens with a hello, and turns error frames back into typed [`Error`]s.
+
+use crate::error::{Error, Result};
+use crate::secret::Secret;
+use crate::transport;
+use crate::wire::{
+    self, CertInfo, FrameKind, NodeInfo, ProvisioningStatus, Request, Response, Role,
+};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+pub struct Client {
+    stream: UnixStream,
+    next_id: u64,
+    limit: u32,
+    /// The node id the server stated in its hello.
+    pub server_node_id: String,
+}
+
+fn unexpected(op: &str, r: Response) -> Error {
+    Error::protocol(format!("{op}: unexpected answer {r:?}"))
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Result<Client> {
+        let stream = UnixStream::connect(path).map_err(|e| {
+            Error::unavailable(format!(
+                "cannot connect to {}: {e} (is iamd running?)",
+                path.display()
+            ))
+        })?;
+        let mut c = Client {
+            stream,
+            next_id: 1,
+            limit: wire::DEFAULT_BODY_LIMIT,
+            server_node_id: String::new(),
+        };
+        match c.call(Request::Hello {
+            version: crate::PROTOCOL_VERSION,
+            role: Role::Client,
+        })? {
+            Response::Hello { node_id, .. } => c.server_node_id = node_id,
+            r => return Err(unexpected("Hello", r)),
+        }
+        Ok(c)
+    }
+
+    /// Send one request and wait for its answer.
+    pub fn call(&mut self, request: Request) -> Result<Response> {
+        use std::io::Write;
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = wire::encode_frame(FrameKind::Request, id, &request, self.limit)?;
+        self.stream
+            .write_all(&frame)
+            .map_err(|e| Error::unavailable(format!("sending {}: {e}", request.name())))?;
+        loop {
+            let (header, body) = transport::read_frame_blocking(&mut self.stream, self.limit)?
+                .ok_or_else(|| {
+                    Error::unavailable(format!(
+                        "iamd closed the connection during {}",
+                        request.name()
+                    ))
+                })?;
+            match header.kind {
+                FrameKind::Error => return Err(wire::decode_body::<Error>(&body)?),
+                FrameKind::Response if header.id == id => return Ok(wire::decode_body(&body)?),
+                // Events and answers to other requests are not ours to read here.
+                _ => continue,
+            }
+        }
+    }
+
+    pub fn version(&mut self) -> Result<(String, u8)> {
+        match self.call(Request::Version)? {
+            Response::Version { version, protocol } => Ok((version, protocol)),
+            r => Err(unexpected("Version", r)),
+        }
+    }
+
+    pub fn node_info(&mut self, node_id: &str) -> Result<NodeInfo> {
+        match self.call(Request::GetNodeInfo {
+            node_id: node_id.into(),
+        })? {
+            Response::NodeInfo(i) => Ok(i),
+            r => Err(unexpected("GetNodeInfo", r)),
+        }
+    }
+
+    pub fn cert(
+        &mut self,
+        cert_type: &str,
+        issuer: Option<Vec<u8>>,
+        serial: Option<Vec<u8>>,
+    ) -> Result<CertInfo> {
+        match self.call(Request::GetCert {
+            cert_type: cert_type.into(),
+            issuer,
+            serial,
+        })? {
+            Response::Cert(c) => Ok(c),
+            r => Err(unexpected("GetCert", r)),
+        }
+    }
+
+    pub fn list_certs(&mut self, node_id: &str) -> Result<Vec<CertInfo>> {
+        match self.call(Request::ListCerts {
+            node_id: node_id.into(),
+        })? {
+            Response::Certs(c) => Ok(c),
+            r => Err(unexpected("ListCerts", r)),
+        }
+    }
+
+    pub fn status(&mut self, node_id: &str) -> Result<ProvisioningStatus> {
+        match self.call(Request::GetProvisioningStatus {
+            node_id: node_id.into(),
+        })? {
+            Response::Status(s) => Ok(s),
+            r => Err(unexpected("GetProvisioningStatus", r)),
+        }
+    }
+
+    pub fn cert_types(&mut self, node_id: &str) -> Result<Vec<String>> {
+        match self.call(Request::GetCertTypes {
+            node_id: node_id.into(),
+        })? {
+            Response::CertTypes(t) => Ok(t),
+            r => Err(unexpected("GetCertTypes", r)),
+        }
+    }
+
+    fn done(&mut self, request: Request) -> Result<()> {
+        let op = request.name();
+        match self.call(request)? {
+            Response::Done => Ok(()),
+            r => Err(unexpected(op, r)),
+        }
+    }
+
+    pub fn start_provisioning(&mut self, node_id: &str, password: &Secret) -> Result<()> {
+        self.done(Request::StartProvisioning {
+            node_id: node_id.into(),
+            password: password.clone(),
+        })
+    }
+
+    pub fn create_key(
+        &mut self,
+        node_id: &str,
+        cert_type: &str,
+        subject: &str,
+        password: &Secret,
+    ) -> Result<String> {
+        match self.call(Request::CreateKey {
+            node_id: node_id.into(),
+            cert_type: cert_type.into(),
+            subject: subject.into(),
+            password: password.clone(),
+        })? {
+            Response::Csr { pem } => Ok(pem),
+            r => Err(unexpected("CreateKey", r)),
+        }
+    }
+
+    pub fn apply_cert(
+        &mut self,
+        node_id: &str,
+        cert_type: &str,
+        chain_pem: &str,
+    ) -> Result<CertInfo> {
+        match self.call(Request::ApplyCert {
+            node_id: node_id.into(),
+            cert_type: cert_type.into(),
+            chain_pem: chain_pem.into(),
+        })? {
+            Response::Applied(c) => Ok(c),
+            r => Err(unexpected("ApplyCert", r)),
+        }
+    }
+
+    pub fn finish_provisioning(&mut self, node_id: &str, password: &Secret) -> Result<()> {
+        self.done(Request::FinishProvisioning {
+            node_id: node_id.into(),
+            password: password.clone(),
+        })
+    }
+
+    pub fn deprovision(&mut self, node_id: &str, password: &Secret) -> Result<()> {
+        self.done(Request::Deprovision {
+            node_id: node_id.into(),
+            password: password.clone(),
+        })
+    }
+}

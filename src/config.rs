@@ -1,0 +1,944 @@
+//! The iamd configuration: `config.toml`, then `config.d/*.toml` merged in sorted order.
+//!
+//! Tables merge key by key and arrays append, so a drop-in can add a certificate module.
+//! Every key is read by hand from the merged tree, remembering which file set it, so that
+//! an unknown key, a missing key or a bad value is reported with its file, key and reason.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use toml::{Table, Value};
+
+pub const DEFAULT_CONFIG: &str = "/etc/aos-iam/config.toml";
+pub const DEFAULT_NODE_ID_FILE: &str = "/etc/machine-id";
+pub const DEFAULT_WORKING_DIR: &str = "/var/aos/iam";
+pub const DEFAULT_PUBLIC_SOCKET: &str = "/run/aos-iam/public.sock";
+pub const DEFAULT_PROTECTED_SOCKET: &str = "/run/aos-iam/protected.sock";
+pub const DEFAULT_PROTECTED_MODE: u32 = 0o660;
+pub const DEFAULT_PUBLIC_MODE: u32 = 0o666;
+pub const DEFAULT_MAX_ITEMS: u32 = 2;
+/// File name of the database inside the working directory.
+pub const DB_FILE: &str = "iam.db";
+/// File name of the provisioned marker inside the working directory, unless configured.
+pub const MARKER_FILE: &str = "provisioned";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file, self.reason)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.key, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    EcdsaP384,
+    EcdsaP256,
+    Rsa2048,
+}
+
+impl Algorithm {
+    pub const ALL: [(&'static str, Algorithm); 3] = [
+        ("ecdsa-p384", Algorithm::EcdsaP384),
+        ("ecdsa-p256", Algorithm::EcdsaP256),
+        ("rsa-2048", Algorithm::Rsa2048),
+    ];
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, a)| *a == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?")
+    }
+}
+
+/// Extended key usages a module may require, by their RFC 5280 names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Eku {
+    ServerAuth,
+    ClientAuth,
+    CodeSigning,
+    EmailProtection,
+    TimeStamping,
+    OcspSigning,
+}
+
+impl Eku {
+    pub const ALL: [(&'static str, Eku); 6] = [
+        ("serverAuth", Eku::ServerAuth),
+        ("clientAuth", Eku::ClientAuth),
+        ("codeSigning", Eku::CodeSigning),
+        ("emailProtection", Eku::EmailProtection),
+        ("timeStamping", Eku::TimeStamping),
+        ("OCSPSigning", Eku::OcspSigning),
+    ];
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, e)| *e == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?")
+    }
+    /// The DER content of the OID (id-kp arc 1.3.6.1.5.5.7.3.N).
+    pub fn oid_der(self) -> &'static [u8] {
+        match self {
+            Eku::ServerAuth => &[0x2b, 6, 1, 5, 5, 7, 3, 1],
+            Eku::ClientAuth => &[0x2b, 6, 1, 5, 5, 7, 3, 2],
+            Eku::CodeSigning => &[0x2b, 6, 1, 5, 5, 7, 3, 3],
+            Eku::EmailProtection => &[0x2b, 6, 1, 5, 5, 7, 3, 4],
+            Eku::TimeStamping => &[0x2b, 6, 1, 5, 5, 7, 3, 8],
+            Eku::OcspSigning => &[0x2b, 6, 1, 5, 5, 7, 3, 9],
+        }
+    }
+}
+
+/// Which token of a PKCS#11 library a module uses: exactly one way of naming it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TokenSelector {
+    Label(String),
+    Serial(String),
+    SlotId(u64),
+    SlotIndex(u64),
+}
+
+impl fmt::Display for TokenSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenSelector::Label(l) => write!(f, "token label \"{l}\""),
+            TokenSelector::Serial(s) => write!(f, "token serial \"{s}\""),
+            TokenSelector::SlotId(i) => write!(f, "slot id {i}"),
+            TokenSelector::SlotIndex(i) => write!(f, "slot index {i}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pkcs11Config {
+    pub library: PathBuf,
+    pub token: TokenSelector,
+    /// Label given to the token when iamd initialises it (the selector's label if it has one).
+    pub init_label: String,
+    pub user_pin_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    Pkcs11(Pkcs11Config),
+    Software { dir: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleConfig {
+    /// The certificate type this module serves (`iam`, `online`, `offline`…).
+    pub id: String,
+    pub store: StoreConfig,
+    pub algorithm: Algorithm,
+    pub max_items: u32,
+    pub extended_key_usage: Vec<Eku>,
+    pub alt_names: Vec<String>,
+    pub self_signed: bool,
+    pub skip_validation: bool,
+    /// Days a self-signed certificate is valid.
+    pub self_signed_days: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Hooks {
+    pub start: Option<Vec<String>>,
+    pub disk_encryption: Option<Vec<String>>,
+    pub finish: Option<Vec<String>>,
+    pub deprovision: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub node_id: String,
+    pub node_name: String,
+    pub node_type: String,
+    pub working_dir: PathBuf,
+    pub root_ca: Option<PathBuf>,
+    pub public_socket: PathBuf,
+    pub protected_socket: PathBuf,
+    pub protected_socket_mode: u32,
+    pub protected_socket_group: Option<u32>,
+    pub allowed_uids: Vec<u32>,
+    pub allowed_gids: Vec<u32>,
+    pub marker_file: PathBuf,
+    pub body_limit: u32,
+    pub hooks: Hooks,
+    pub modules: Vec<ModuleConfig>,
+}
+
+impl Config {
+    pub fn db_path(&self) -> PathBuf {
+        self.working_dir.join(DB_FILE)
+    }
+    pub fn module(&self, id: &str) -> Option<&ModuleConfig> {
+        self.modules.iter().find(|m| m.id == id)
+    }
+
+    /// Load `path` and the `config.d/*.toml` beside it.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let mut files = vec![path.to_path_buf()];
+        let dropin = path.parent().unwrap_or(Path::new(".")).join("config.d");
+        if let Ok(entries) = std::fs::read_dir(&dropin) {
+            let mut extra: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            extra.sort();
+            files.extend(extra);
+        }
+        let mut sources = Vec::new();
+        for f in &files {
+            let text = std::fs::read_to_string(f).map_err(|e| ConfigError {
+                file: f.display().to_string(),
+                key: String::new(),
+                reason: format!("cannot read: {e}"),
+            })?;
+            sources.push((f.display().to_string(), text));
+        }
+        Self::from_sources(&sources)
+    }
+
+    /// Parse and merge sources given as (file name, text), in order.
+    pub fn from_sources(sources: &[(String, String)]) -> Result<Config, ConfigError> {
+        let mut merged = Table::new();
+        let mut origin = Origins::default();
+        for (file, text) in sources {
+            let table: Table = text.parse().map_err(|e: toml::de::Error| ConfigError {
+                file: file.clone(),
+                key: String::new(),
+                reason: format!("not valid TOML: {}", e.message()),
+            })?;
+            merge(&mut merged, table, "", file, &mut origin);
+        }
+        let first = sources.first().map(|s| s.0.clone()).unwrap_or_default();
+        let mut root = Reader {
+            table: merged,
+            path: String::new(),
+            origin: &origin,
+            default_file: first,
+        };
+        parse(&mut root)
+    }
+}
+
+#[derive(Default)]
+struct Origins(BTreeMap<String, String>);
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn merge(into: &mut Table, from: Table, path: &str, file: &str, origin: &mut Origins) {
+    for (k, v) in from {
+        let p = join(path, &k);
+        match (into.get_mut(&k), v) {
+            (Some(Value::Table(a)), Value::Table(b)) => merge(a, b, &p, file, origin),
+            (Some(Value::Array(a)), Value::Array(b)) => {
+                for item in b {
+                    mark(&format!("{p}[{}]", a.len()), &item, file, origin);
+                    a.push(item);
+                }
+            }
+            (_, v) => {
+                mark(&p, &v, file, origin);
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+fn mark(path: &str, v: &Value, file: &str, origin: &mut Origins) {
+    origin.0.insert(path.to_string(), file.to_string());
+    match v {
+        Value::Table(t) => t
+            .iter()
+            .for_each(|(k, v)| mark(&join(path, k), v, file, origin)),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .for_each(|(i, v)| mark(&format!("{path}[{i}]"), v, file, origin)),
+        _ => {}
+    }
+}
+
+/// One table of the merged tree, read key by key; what is left at the end is unknown.
+struct Reader<'a> {
+    table: Table,
+    path: String,
+    origin: &'a Origins,
+    default_file: String,
+}
+
+impl<'a> Reader<'a> {
+    fn err(&self, key: &str, reason: impl Into<String>) -> ConfigError {
+        let key = join(&self.path, key);
+        let file = self
+            .origin
+            .0
+            .get(&key)
+            .or_else(|| self.origin.0.get(&self.path))
+            .cloned()
+            .unwrap_or_else(|| self.default_file.clone());
+        ConfigError {
+            file,
+            key,
+            reason: reason.into(),
+        }
+    }
+
+    fn take(&mut self, key: &str) -> Option<Value> {
+        self.table.remove(key)
+    }
+
+    fn string(&mut self, key: &str) -> Result<Option<String>, ConfigError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::String(s)) if !s.is_empty() => Ok(Some(s)),
+            Some(Value::String(_)) => Err(self.err(key, "must not be empty")),
+            Some(v) => Err(self.err(key, format!("must be a string, not {}", v.type_str()))),
+        }
+    }
+
+    fn required_string(&mut self, key: &str) -> Result<String, ConfigError> {
+        self.string(key)?
+            .ok_or_else(|| self.err(key, "is required"))
+    }
+
+    fn path(&mut self, key: &str) -> Result<Option<PathBuf>, ConfigError> {
+        Ok(self.string(key)?.map(PathBuf::from))
+    }
+
+    fn bool(&mut self, key: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.take(key) {
+            None => Ok(default),
+            Some(Value::Boolean(b)) => Ok(b),
+            Some(v) => Err(self.err(key, format!("must be true or false, not {}", v.type_str()))),
+        }
+    }
+
+    fn uint(&mut self, key: &str, max: u64) -> Result<Option<u64>, ConfigError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::Integer(i)) if i >= 0 && (i as u64) <= max => Ok(Some(i as u64)),
+            Some(Value::Integer(i)) => Err(self.err(key, format!("{i} is out of range 0..={max}"))),
+            Some(v) => Err(self.err(key, format!("must be an integer, not {}", v.type_str()))),
+        }
+    }
+
+    fn strings(&mut self, key: &str) -> Result<Option<Vec<String>>, ConfigError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::Array(a)) => a
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::String(s) => Ok(s),
+                    v => Err(self.err(
+                        &format!("{key}[{i}]"),
+                        format!("must be a string, not {}", v.type_str()),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(v) => Err(self.err(
+                key,
+                format!("must be an array of strings, not {}", v.type_str()),
+            )),
+        }
+    }
+
+    fn uints(&mut self, key: &str) -> Result<Vec<u32>, ConfigError> {
+        match self.take(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(a)) => a
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::Integer(n) if (0..=u32::MAX as i64).contains(&n) => Ok(n as u32),
+                    v => Err(self.err(
+                        &format!("{key}[{i}]"),
+                        format!("must be a non-negative integer, not {v}"),
+                    )),
+                })
+                .collect(),
+            Some(v) => Err(self.err(
+                key,
+                format!("must be an array of integers, not {}", v.type_str()),
+            )),
+        }
+    }
+
+    fn sub(&mut self, key: &str) -> Result<Option<Reader<'a>>, ConfigError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::Table(t)) => Ok(Some(self.child(join(&self.path, key), t))),
+            Some(v) => Err(self.err(key, format!("must be a table, not {}", v.type_str()))),
+        }
+    }
+
+    fn child(&self, path: String, table: Table) -> Reader<'a> {
+        Reader {
+            table,
+            path,
+            origin: self.origin,
+            default_file: self.default_file.clone(),
+        }
+    }
+
+    fn tables(&mut self, key: &str) -> Result<Vec<Reader<'a>>, ConfigError> {
+        match self.take(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(a)) => a
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let p = format!("{}[{i}]", join(&self.path, key));
+                    match v {
+                        Value::Table(t) => Ok(self.child(p, t)),
+                        v => Err(self.err(
+                            &format!("{key}[{i}]"),
+                            format!("must be a table, not {}", v.type_str()),
+                        )),
+                    }
+                })
+                .collect(),
+            Some(v) => Err(self.err(
+                key,
+                format!(
+                    "must be an array of tables ([[{key}]]), not {}",
+                    v.type_str()
+                ),
+            )),
+        }
+    }
+
+    /// Every key not read so far is unknown.
+    fn finish(self) -> Result<(), ConfigError> {
+        match self.table.keys().next() {
+            Some(k) => Err(self.err(k, "unknown key")),
+            None => Ok(()),
+        }
+    }
+}
+
+fn argv(r: &mut Reader, key: &str) -> Result<Option<Vec<String>>, ConfigError> {
+    let v = r.strings(key)?;
+    if v.as_ref().is_some_and(|a| a.is_empty() || a[0].is_empty()) {
+        return Err(r.err(
+            key,
+            "must name a command: a non-empty array whose first item is the program",
+        ));
+    }
+    Ok(v)
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn mode(r: &mut Reader, key: &str, default: u32) -> Result<u32, ConfigError> {
+    match r.take(key) {
+        None => Ok(default),
+        Some(Value::String(s)) => u32::from_str_radix(&s, 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                r.err(
+                    key,
+                    format!("\"{s}\" is not an octal file mode such as \"0660\""),
+                )
+            }),
+        Some(v) => Err(r.err(
+            key,
+            format!(
+                "must be an octal string such as \"0660\", not {}",
+                v.type_str()
+            ),
+        )),
+    }
+}
+
+fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
+    let mut node = root
+        .sub("node")?
+        .ok_or_else(|| root.err("node", "is required"))?;
+    let node_id = match (node.string("id")?, node.path("id_file")?) {
+        (Some(_), Some(_)) => {
+            return Err(node.err("id_file", "give either node.id or node.id_file, not both"))
+        }
+        (Some(id), None) => id,
+        (None, file) => {
+            let file = file.unwrap_or_else(|| PathBuf::from(DEFAULT_NODE_ID_FILE));
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| node.err("id_file", format!("cannot read {}: {e}", file.display())))?;
+            let id = text.trim().to_string();
+            if id.is_empty() {
+                return Err(node.err("id_file", format!("{} is empty", file.display())));
+            }
+            id
+        }
+    };
+    if node_id.len() > crate::wire::MAX_NAME_LEN {
+        return Err(node.err(
+            "id",
+            format!("longer than {} bytes", crate::wire::MAX_NAME_LEN),
+        ));
+    }
+    let node_name = node.string("name")?.unwrap_or_else(|| node_id.clone());
+    let node_type = node.string("type")?.unwrap_or_else(|| "main".into());
+    node.finish()?;
+
+    let mut paths = root
+        .sub("paths")?
+        .unwrap_or_else(|| root.child("paths".into(), Table::new()));
+    let working_dir = paths
+        .path("working_dir")?
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_WORKING_DIR));
+    let root_ca = paths.path("root_ca")?;
+    let public_socket = paths
+        .path("public_socket")?
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PUBLIC_SOCKET));
+    let protected_socket = paths
+        .path("protected_socket")?
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PROTECTED_SOCKET));
+    let protected_socket_mode = mode(&mut paths, "protected_socket_mode", DEFAULT_PROTECTED_MODE)?;
+    let protected_socket_group = paths
+        .uint("protected_socket_group", u32::MAX as u64)?
+        .map(|g| g as u32);
+    let allowed_uids = paths.uints("allowed_uids")?;
+    let allowed_gids = paths.uints("allowed_gids")?;
+    let marker_file = paths
+        .path("provisioned_marker")?
+        .unwrap_or_else(|| working_dir.join(MARKER_FILE));
+    paths.finish()?;
+    if public_socket == protected_socket {
+        return Err(root.err(
+            "paths.protected_socket",
+            "must differ from paths.public_socket",
+        ));
+    }
+
+    let body_limit = match root.sub("limits")? {
+        Some(mut l) => {
+            let b = l
+                .uint("body_limit", 16 * 1024 * 1024)?
+                .map(|b| b as u32)
+                .unwrap_or(crate::wire::DEFAULT_BODY_LIMIT);
+            if b < 4096 {
+                return Err(l.err("body_limit", "must be at least 4096 bytes"));
+            }
+            l.finish()?;
+            b
+        }
+        None => crate::wire::DEFAULT_BODY_LIMIT,
+    };
+
+    let hooks = match root.sub("hooks")? {
+        Some(mut h) => {
+            let hooks = Hooks {
+                start: argv(&mut h, "start")?,
+                disk_encryption: argv(&mut h, "disk_encryption")?,
+                finish: argv(&mut h, "finish")?,
+                deprovision: argv(&mut h, "deprovision")?,
+            };
+            h.finish()?;
+            hooks
+        }
+        None => Hooks::default(),
+    };
+
+    let mut modules: Vec<ModuleConfig> = Vec::new();
+    let mut token_pins: BTreeMap<(PathBuf, TokenSelector), PathBuf> = BTreeMap::new();
+    for mut m in root.tables("modules")? {
+        let module = parse_module(&mut m, &working_dir)?;
+        if modules.iter().any(|o| o.id == module.id) {
+            return Err(m.err("id", format!("module \"{}\" is defined twice", module.id)));
+        }
+        if let StoreConfig::Pkcs11(p) = &module.store {
+            let key = (p.library.clone(), p.token.clone());
+            match token_pins.get(&key) {
+                Some(pin) if *pin != p.user_pin_file => {
+                    return Err(m.err(
+                        "pkcs11.user_pin_file",
+                        format!(
+                            "modules on the same token ({}) must share one user PIN file",
+                            p.token
+                        ),
+                    ))
+                }
+                _ => {
+                    token_pins.insert(key, p.user_pin_file.clone());
+                }
+            }
+        }
+        m.finish()?;
+        modules.push(module);
+    }
+    if modules.is_empty() {
+        return Err(root.err(
+            "modules",
+            "at least one certificate module ([[modules]]) is required",
+        ));
+    }
+    if root_ca.is_none() && modules.iter().any(|m| !m.self_signed && !m.skip_validation) {
+        return Err(root.err(
+            "paths.root_ca",
+            "is required when a module validates CA-signed certificates",
+        ));
+    }
+    root.table.remove("node");
+    let rest = std::mem::take(&mut root.table);
+    root.child(String::new(), rest).finish()?;
+
+    Ok(Config {
+        node_id,
+        node_name,
+        node_type,
+        working_dir,
+        root_ca,
+        public_socket,
+        protected_socket,
+        protected_socket_mode,
+        protected_socket_group,
+        allowed_uids,
+        allowed_gids,
+        marker_file,
+        body_limit,
+        hooks,
+        modules,
+    })
+}
+
+fn parse_module(m: &mut Reader, working_dir: &Path) -> Result<ModuleConfig, ConfigError> {
+    let id = m.required_string("id")?;
+    if !valid_id(&id) {
+        return Err(m.err(
+            "id",
+            format!("\"{id}\" must be 1-64 letters, digits, '-' or '_'"),
+        ));
+    }
+    let algorithm = match m.string("algorithm")? {
+        None => Algorithm::EcdsaP384,
+        Some(a) => Algorithm::ALL
+            .iter()
+            .find(|(n, _)| *n == a)
+            .map(|(_, a)| *a)
+            .ok_or_else(|| {
+                m.err(
+                    "algorithm",
+                    format!("\"{a}\" is not one of ecdsa-p384, ecdsa-p256, rsa-2048"),
+                )
+            })?,
+    };
+    let max_items = m
+        .uint("max_items", 1000)?
+        .map(|v| v as u32)
+        .unwrap_or(DEFAULT_MAX_ITEMS);
+    if max_items == 0 {
+        return Err(m.err("max_items", "must be at least 1"));
+    }
+    let mut extended_key_usage = Vec::new();
+    for (i, name) in m
+        .strings("extended_key_usage")?
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let eku = Eku::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, e)| *e)
+            .ok_or_else(|| {
+                let names: Vec<_> = Eku::ALL.iter().map(|(n, _)| *n).collect();
+                m.err(
+                    &format!("extended_key_usage[{i}]"),
+                    format!("\"{name}\" is not one of {}", names.join(", ")),
+                )
+            })?;
+        if !extended_key_usage.contains(&eku) {
+            extended_key_usage.push(eku);
+        }
+    }
+    let alt_names = m.strings("alt_names")?.unwrap_or_default();
+    if let Some((i, _)) = alt_names
+        .iter()
+        .enumerate()
+        .find(|(_, n)| n.is_empty() || n.len() > 253)
+    {
+        return Err(m.err(
+            &format!("alt_names[{i}]"),
+            "must be a DNS name of 1-253 characters",
+        ));
+    }
+    let self_signed = m.bool("self_signed", false)?;
+    let skip_validation = m.bool("skip_validation", false)?;
+    let self_signed_days = m
+        .uint("self_signed_days", 36500)?
+        .map(|d| d as u32)
+        .unwrap_or(3650);
+    let store_name = m.string("store")?.unwrap_or_else(|| "pkcs11".into());
+    let store = match store_name.as_str() {
+        "pkcs11" => {
+            if m.table.contains_key("software") {
+                return Err(m.err("software", "given, but the module's store is \"pkcs11\""));
+            }
+            let mut p = m
+                .sub("pkcs11")?
+                .ok_or_else(|| m.err("pkcs11", "is required for store = \"pkcs11\""))?;
+            let library = p
+                .path("library")?
+                .ok_or_else(|| p.err("library", "is required"))?;
+            let mut chosen = Vec::new();
+            if let Some(l) = p.string("token_label")? {
+                chosen.push(TokenSelector::Label(l));
+            }
+            if let Some(s) = p.string("token_serial")? {
+                chosen.push(TokenSelector::Serial(s));
+            }
+            if let Some(i) = p.uint("slot_id", u64::MAX >> 1)? {
+                chosen.push(TokenSelector::SlotId(i));
+            }
+            if let Some(i) = p.uint("slot_index", 1 << 16)? {
+                chosen.push(TokenSelector::SlotIndex(i));
+            }
+            if chosen.len() != 1 {
+                return Err(p.err(
+                    "token_label",
+                    format!(
+                        "name the token exactly one way (token_label, token_serial, slot_id or slot_index); {} given",
+                        chosen.len()
+                    ),
+                ));
+            }
+            let token = chosen.remove(0);
+            let init_label = match (&token, p.string("init_label")?) {
+                (TokenSelector::Label(l), None) => l.clone(),
+                (TokenSelector::Label(_), Some(_)) => {
+                    return Err(p.err(
+                        "init_label",
+                        "only for tokens chosen by serial or slot; the label is token_label",
+                    ))
+                }
+                (_, l) => l.unwrap_or_else(|| "aos-iam".into()),
+            };
+            if init_label.len() > 32 {
+                return Err(p.err("token_label", "a PKCS#11 token label has at most 32 bytes"));
+            }
+            let user_pin_file = p
+                .path("user_pin_file")?
+                .ok_or_else(|| p.err("user_pin_file", "is required"))?;
+            p.finish()?;
+            StoreConfig::Pkcs11(Pkcs11Config {
+                library,
+                token,
+                init_label,
+                user_pin_file,
+            })
+        }
+        "software" => {
+            if m.table.contains_key("pkcs11") {
+                return Err(m.err("pkcs11", "given, but the module's store is \"software\""));
+            }
+            let dir = match m.sub("software")? {
+                Some(mut s) => {
+                    let d = s.path("dir")?;
+                    s.finish()?;
+                    d
+                }
+                None => None,
+            };
+            if algorithm == Algorithm::Rsa2048 {
+                return Err(m.err(
+                    "algorithm",
+                    "rsa-2048 needs store = \"pkcs11\"; the software store makes ECDSA keys only",
+                ));
+            }
+            StoreConfig::Software {
+                dir: dir.unwrap_or_else(|| working_dir.join("keys")),
+            }
+        }
+        other => {
+            return Err(m.err(
+                "store",
+                format!("\"{other}\" is not one of pkcs11, software"),
+            ))
+        }
+    };
+    Ok(ModuleConfig {
+        id,
+        store,
+        algorithm,
+        max_items,
+        extended_key_usage,
+        alt_names,
+        self_signed,
+        skip_validation,
+        self_signed_days,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[node]
+id = "node0"
+[paths]
+working_dir = "/tmp/w"
+root_ca = "/tmp/root.pem"
+[[modules]]
+id = "iam"
+store = "pkcs11"
+extended_key_usage = ["clientAuth", "serverAuth"]
+[modules.pkcs11]
+library = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "aos"
+user_pin_file = "/tmp/w/pin"
+"#;
+
+    fn load(extra: &[&str]) -> Result<Config, ConfigError> {
+        let mut s = vec![("config.toml".to_string(), BASE.to_string())];
+        for (i, e) in extra.iter().enumerate() {
+            s.push((format!("config.d/{i}.toml"), e.to_string()));
+        }
+        Config::from_sources(&s)
+    }
+
+    #[test]
+    fn base_config_parses_with_defaults() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.node_id, "node0");
+        assert_eq!(c.public_socket, PathBuf::from(DEFAULT_PUBLIC_SOCKET));
+        assert_eq!(c.protected_socket_mode, 0o660);
+        assert_eq!(c.modules[0].algorithm, Algorithm::EcdsaP384);
+        assert_eq!(c.modules[0].max_items, DEFAULT_MAX_ITEMS);
+        assert_eq!(c.marker_file, PathBuf::from("/tmp/w/provisioned"));
+    }
+
+    #[test]
+    fn dropins_merge_tables_and_append_arrays() {
+        let c = load(&[
+            "[node]\nname = \"main node\"\n",
+            "[[modules]]\nid = \"sm\"\nstore = \"software\"\nalgorithm = \"ecdsa-p256\"\n",
+        ])
+        .unwrap();
+        assert_eq!(c.node_name, "main node");
+        assert_eq!(c.node_id, "node0");
+        assert_eq!(
+            c.modules.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            ["iam", "sm"]
+        );
+        assert_eq!(
+            c.modules[1].store,
+            StoreConfig::Software {
+                dir: PathBuf::from("/tmp/w/keys")
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let e = load(&["[[modules]]\nid = \"x\"\nstore = \"software\"\ncolour = \"red\"\n"])
+            .unwrap_err();
+        assert_eq!(e.file, "config.d/0.toml");
+        assert_eq!(e.key, "modules[1].colour");
+        assert_eq!(e.reason, "unknown key");
+        let e = load(&["[paths]\nsocket = \"/x\"\n"]).unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.key.as_str()),
+            ("config.d/0.toml", "paths.socket")
+        );
+        let e = load(&["top = 1\n"]).unwrap_err();
+        assert_eq!(e.key, "top");
+    }
+
+    #[test]
+    fn bad_values_name_the_reason() {
+        let e =
+            load(&["[[modules]]\nid = \"x\"\nstore = \"software\"\nalgorithm = \"ecdsa-p521\"\n"])
+                .unwrap_err();
+        assert_eq!(e.key, "modules[1].algorithm");
+        assert!(e.reason.contains("ecdsa-p521"));
+        let e = load(&["[[modules]]\nid = \"x\"\nstore = \"software\"\nmax_items = \"3\"\n"])
+            .unwrap_err();
+        assert!(e.reason.contains("integer"), "{e}");
+        let e = load(&["[[modules]]\nid = \"iam\"\nstore = \"software\"\n"]).unwrap_err();
+        assert!(e.reason.contains("defined twice"), "{e}");
+        let e = load(&["[[modules]]\nid = \"x\"\nstore = \"software\"\nextended_key_usage = [\"serverauth\"]\n"]).unwrap_err();
+        assert_eq!(e.key, "modules[1].extended_key_usage[0]");
+        let e = load(&["[paths]\nprotected_socket_mode = \"999\"\n"]).unwrap_err();
+        assert_eq!(e.key, "paths.protected_socket_mode");
+        let e = load(&["[hooks]\nstart = []\n"]).unwrap_err();
+        assert_eq!(e.key, "hooks.start");
+    }
+
+    #[test]
+    fn missing_keys_are_errors() {
+        let e = Config::from_sources(&[(
+            "c.toml".into(),
+            "[[modules]]\nid = \"a\"\nstore = \"software\"\n".into(),
+        )])
+        .unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.key.as_str(), e.reason.as_str()),
+            ("c.toml", "node", "is required")
+        );
+        let e = load(&[
+            "[[modules]]\nid = \"p\"\n[modules.pkcs11]\nlibrary = \"/l\"\nuser_pin_file = \"/p\"\n",
+        ])
+        .unwrap_err();
+        assert_eq!(e.key, "modules[1].pkcs11.token_label");
+        assert!(e.reason.contains("exactly one"), "{e}");
+    }
+
+    #[test]
+    fn token_named_twice_is_an_error() {
+        let e = load(&["[[modules]]\nid = \"p\"\n[modules.pkcs11]\nlibrary = \"/l\"\nuser_pin_file = \"/p\"\ntoken_label = \"a\"\nslot_id = 3\n"])
+            .unwrap_err();
+        assert!(e.reason.contains("2 given"), "{e}");
+    }
+
+    #[test]
+    fn modules_sharing_a_token_share_the_pin_file() {
+        let e = load(&["[[modules]]\nid = \"p\"\n[modules.pkcs11]\nlibrary = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken_label = \"aos\"\nuser_pin_file = \"/other\"\n"])
+            .unwrap_err();
+        assert_eq!(e.key, "modules[1].pkcs11.user_pin_file");
+    }
+
+    #[test]
+    fn software_store_refuses_rsa() {
+        let e =
+            load(&["[[modules]]\nid = \"r\"\nstore = \"software\"\nalgorithm = \"rsa-2048\"\n"])
+                .unwrap_err();
+        assert!(e.reason.contains("pkcs11"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file() {
+        let e = load(&["[node\n"]).unwrap_err();
+        assert_eq!(e.file, "config.d/0.toml");
+        assert!(e.reason.contains("TOML"));
+    }
+}

@@ -1,0 +1,32 @@
+//! aos-iam: the identity and access manager of a multi-node embedded unit.
+//!
+//! All behaviour lives in this library; the `aos-iam` binary (applets/) only parses
+//! arguments, calls [`client`] or [`server`], and prints. Data flows one way:
+//! applets → client → wire → server → modules → keystore/db.
+
+pub mod atomic_file;
+pub mod certs;
+pub mod client;
+pub mod config;
+pub mod db;
+pub mod der;
+pub mod error;
+pub mod factory;
+pub mod keystore;
+pub mod log;
+pub mod notify;
+pub mod provisioning;
+pub mod secret;
+pub mod server;
+pub mod signer;
+pub mod transport;
+pub mod wire;
+pub mod x509;
+
+pub use error::{Error, ErrorKind};
+
+/// The protocol version this build speaks, in every frame header and in the hello.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Version of this build, as reported by `Version` and `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

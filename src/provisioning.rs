@@ -1,0 +1,410 @@
+//! The provisioning state machine (DESIGN §5): unprovisioned → provisioning → provisioned.
+//!
+//! Each step is journaled in the database before it is acknowledged, and every step can be
+//! repeated: StartProvisioning wipes and begins again, CreateKey replaces a pending key,
+//! ApplyCert of an applied certificate is a no-op. So a factory script that is cut off at any
+//! point converges by running again. Wrong passwords are answered after a growing delay.
+
+use crate::certs::CertModules;
+use crate::config::Config;
+use crate::db::Db;
+use crate::error::{Error, ErrorKind, Result};
+use crate::secret::Secret;
+use crate::wire::{CertInfo, ModuleStatus, NodeState, ProvisioningStatus};
+use std::num::NonZeroU32;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// PBKDF2-HMAC-SHA256 iterations for the password verifier.
+const PBKDF2_ITERATIONS: u32 = 50_000;
+/// The delay after the first wrong password; it doubles with each further one.
+pub const WRONG_PASSWORD_BASE_DELAY: Duration = Duration::from_millis(250);
+/// The longest delay after a wrong password.
+pub const WRONG_PASSWORD_MAX_DELAY: Duration = Duration::from_secs(30);
+/// Bytes of a hook's stderr kept for its error message.
+const HOOK_STDERR_LIMIT: usize = 2048;
+
+fn pbkdf2(password: &Secret, salt: &[u8], iterations: u32) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let n = NonZeroU32::new(iterations).unwrap_or(NonZeroU32::MIN);
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        n,
+        salt,
+        password.expose().as_bytes(),
+        &mut out,
+    );
+    out
+}
+
+/// `iterations u32 LE | salt 16 | hash 32`.
+fn make_verifier(password: &Secret) -> Result<Vec<u8>> {
+    let mut salt = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt)
+        .map_err(|_| Error::internal("the OS random number generator failed"))?;
+    let mut v = PBKDF2_ITERATIONS.to_le_bytes().to_vec();
+    v.extend_from_slice(&salt);
+    v.extend_from_slice(&pbkdf2(password, &salt, PBKDF2_ITERATIONS));
+    Ok(v)
+}
+
+fn check_verifier(verifier: &[u8], password: &Secret) -> bool {
+    if verifier.len() != 4 + 16 + 32 {
+        return false;
+    }
+    let iterations = u32::from_le_bytes(verifier[..4].try_into().expect("4 bytes"));
+    let hash = pbkdf2(password, &verifier[4..20], iterations);
+    crate::secret::constant_time_eq(&hash, &verifier[20..])
+}
+
+/// The delay before answering the `n`th wrong password in a row (n ≥ 1).
+pub fn wrong_password_delay(n: u32) -> Duration {
+    let factor = 1u32
+        .checked_shl(n.saturating_sub(1).min(16))
+        .unwrap_or(u32::MAX);
+    WRONG_PASSWORD_BASE_DELAY
+        .saturating_mul(factor)
+        .min(WRONG_PASSWORD_MAX_DELAY)
+}
+
+pub struct Provisioning {
+    pub config: Config,
+    pub provisioning_mode: bool,
+    pub db: Db,
+    pub modules: CertModules,
+    /// Serialises the operations that change state (and password attempts with them).
+    lock: Mutex<()>,
+    failures: AtomicU32,
+}
+
+impl Provisioning {
+    pub fn open(config: Config, provisioning_mode: bool) -> Result<Provisioning> {
+        let db = Db::open(&config.db_path())?;
+        let modules = CertModules::open(&config)?;
+        Ok(Provisioning {
+            config,
+            provisioning_mode,
+            db,
+            modules,
+            lock: Mutex::new(()),
+            failures: AtomicU32::new(0),
+        })
+    }
+
+    /// Finish what a power cut interrupted: objects in the trash are removed.
+    pub fn recover(&self) -> Result<()> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let snap = self.db.snapshot()?;
+        if !snap.trash.is_empty() {
+            crate::log_notice!(
+                "removing {} object set(s) left from an interrupted step",
+                snap.trash.len()
+            );
+        }
+        self.modules.empty_trash(&self.db, &snap.trash)?;
+        let marker = self.config.marker_file.exists();
+        match (snap.state(), marker) {
+            (NodeState::Provisioned, false) => self.write_marker()?,
+            (s, true) if s != NodeState::Provisioned && s != NodeState::Paused => {
+                crate::atomic_file::remove(&self.config.marker_file).map_err(|e| {
+                    Error::internal(format!(
+                        "cannot remove {}: {e}",
+                        self.config.marker_file.display()
+                    ))
+                })?
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub fn state(&self) -> Result<NodeState> {
+        Ok(self.db.snapshot()?.state())
+    }
+
+    fn check_node(&self, node_id: &str) -> Result<()> {
+        if node_id.is_empty() || node_id == self.config.node_id {
+            Ok(())
+        } else {
+            Err(Error::not_found(format!(
+                "node \"{node_id}\" is not known (this is node \"{}\")",
+                self.config.node_id
+            )))
+        }
+    }
+
+    fn require_mode(&self, op: &str) -> Result<()> {
+        if self.provisioning_mode {
+            Ok(())
+        } else {
+            Err(Error::wrong_state(format!(
+                "{op} is refused: iamd is not in provisioning mode (start it with --provisioning)"
+            )))
+        }
+    }
+
+    fn wrong_password(&self, e: Error) -> Error {
+        let n = self.failures.fetch_add(1, Ordering::SeqCst) + 1;
+        let delay = wrong_password_delay(n);
+        crate::log_warn!(
+            "wrong provisioning password (attempt {n} in a row); answering after {} ms",
+            delay.as_millis()
+        );
+        std::thread::sleep(delay);
+        e
+    }
+
+    /// Check a password against the verifier; `Ok(false)` when there is no verifier yet.
+    fn verify(&self, password: &Secret) -> Result<bool> {
+        match self.db.snapshot()?.verifier {
+            Some(v) if check_verifier(&v, password) => {
+                self.failures.store(0, Ordering::SeqCst);
+                Ok(true)
+            }
+            Some(_) => Err(self.wrong_password(Error::unauthorized("wrong password"))),
+            None => Ok(false),
+        }
+    }
+
+    /// Run a configured hook; a failure names the hook and its exit status.
+    fn hook(&self, name: &str, argv: &Option<Vec<String>>) -> Result<()> {
+        let Some(argv) = argv else { return Ok(()) };
+        crate::log_info!("running {name} hook {}", argv[0]);
+        let out = Command::new(&argv[0])
+            .args(&argv[1..])
+            .env("AOS_IAM_NODE_ID", &self.config.node_id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| Error::unavailable(format!("{name} hook {}: cannot run: {e}", argv[0])))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: String = err
+            .chars()
+            .rev()
+            .take(HOOK_STDERR_LIMIT)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        Err(Error::unavailable(format!(
+            "{name} hook {} failed ({}): {}",
+            argv[0],
+            out.status,
+            tail.trim()
+        )))
+    }
+
+    fn write_marker(&self) -> Result<()> {
+        crate::atomic_file::write(
+            &self.config.marker_file,
+            self.config.node_id.as_bytes(),
+            0o644,
+        )
+        .map_err(|e| {
+            Error::internal(format!(
+                "cannot write {}: {e}",
+                self.config.marker_file.display()
+            ))
+        })
+    }
+
+    pub fn start(&self, node_id: &str, password: &Secret) -> Result<()> {
+        self.check_node(node_id)?;
+        self.require_mode("StartProvisioning")?;
+        if password.is_empty() {
+            return Err(Error::invalid("the password must not be empty"));
+        }
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let state = self.state()?;
+        if matches!(state, NodeState::Provisioned | NodeState::Paused) {
+            return Err(Error::wrong_state(format!(
+                "the node is {}; deprovision it first",
+                state.name()
+            )));
+        }
+        self.verify(password)?;
+        self.hook("start", &self.config.hooks.start)?;
+        for store in self.modules.stores() {
+            store.take_ownership(password).map_err(|e| match e.kind {
+                ErrorKind::Unauthorized => self.wrong_password(e),
+                _ => e,
+            })?;
+        }
+        self.failures.store(0, Ordering::SeqCst);
+        self.db.begin_provisioning(&make_verifier(password)?)?;
+        for m in self.modules.modules.iter().filter(|m| m.config.self_signed) {
+            let subject = format!("CN={},OU={}", self.config.node_id, m.id());
+            self.modules
+                .make_self_signed(&self.db, m, &subject)
+                .map_err(|e| e.context(format!("module {}", m.id())))?;
+        }
+        self.hook("disk encryption", &self.config.hooks.disk_encryption)?;
+        crate::log_notice!("provisioning started");
+        Ok(())
+    }
+
+    /// CreateKey and ApplyCert are allowed while provisioning, and on a provisioned node
+    /// (renewal); never on an unprovisioned or paused one.
+    fn require_keys_allowed(&self, op: &str) -> Result<()> {
+        match self.state()? {
+            NodeState::Provisioning if self.provisioning_mode => Ok(()),
+            NodeState::Provisioned => Ok(()),
+            NodeState::Provisioning => Err(Error::wrong_state(format!(
+                "{op}: provisioning is in progress; iamd must run with --provisioning"
+            ))),
+            s => Err(Error::wrong_state(format!(
+                "{op} is refused: the node is {}",
+                s.name()
+            ))),
+        }
+    }
+
+    pub fn create_key(
+        &self,
+        node_id: &str,
+        cert_type: &str,
+        subject: &str,
+        password: &Secret,
+    ) -> Result<String> {
+        self.check_node(node_id)?;
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.require_keys_allowed("CreateKey")?;
+        self.modules.get(cert_type)?;
+        if !self.verify(password)? {
+            return Err(Error::wrong_state(
+                "CreateKey: no provisioning password is set",
+            ));
+        }
+        self.modules.create_key(&self.db, cert_type, subject)
+    }
+
+    pub fn apply(&self, node_id: &str, cert_type: &str, chain_pem: &str) -> Result<CertInfo> {
+        self.check_node(node_id)?;
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.require_keys_allowed("ApplyCert")?;
+        self.modules
+            .apply(&self.db, &self.config, cert_type, chain_pem)
+    }
+
+    pub fn finish(&self, node_id: &str, password: &Secret) -> Result<()> {
+        self.check_node(node_id)?;
+        self.require_mode("FinishProvisioning")?;
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let snap = self.db.snapshot()?;
+        match snap.state() {
+            NodeState::Provisioning => {}
+            NodeState::Provisioned => {
+                self.verify(password)?;
+                return Ok(());
+            }
+            s => {
+                return Err(Error::wrong_state(format!(
+                    "FinishProvisioning: the node is {}; start provisioning first",
+                    s.name()
+                )))
+            }
+        }
+        self.verify(password)?;
+        let missing: Vec<&str> = self
+            .modules
+            .modules
+            .iter()
+            .filter(|m| !snap.certs.iter().any(|c| c.cert_type == m.id()))
+            .map(|m| m.id())
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::wrong_state(format!(
+                "FinishProvisioning: no certificate applied yet for {}",
+                missing.join(", ")
+            )));
+        }
+        self.hook("finish", &self.config.hooks.finish)?;
+        self.db.set_state(NodeState::Provisioned)?;
+        self.write_marker()?;
+        crate::log_notice!("provisioning finished");
+        Ok(())
+    }
+
+    pub fn deprovision(&self, node_id: &str, password: &Secret) -> Result<()> {
+        self.check_node(node_id)?;
+        self.require_mode("Deprovision")?;
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.verify(password)?;
+        self.hook("deprovision", &self.config.hooks.deprovision)?;
+        for store in self.modules.stores() {
+            store.wipe(password).map_err(|e| match e.kind {
+                ErrorKind::Unauthorized => self.wrong_password(e),
+                _ => e,
+            })?;
+        }
+        self.failures.store(0, Ordering::SeqCst);
+        crate::atomic_file::remove(&self.config.marker_file).map_err(|e| {
+            Error::internal(format!(
+                "cannot remove {}: {e}",
+                self.config.marker_file.display()
+            ))
+        })?;
+        self.db.reset()?;
+        crate::log_notice!("node deprovisioned");
+        Ok(())
+    }
+
+    pub fn status(&self, node_id: &str) -> Result<ProvisioningStatus> {
+        self.check_node(node_id)?;
+        let snap = self.db.snapshot()?;
+        Ok(ProvisioningStatus {
+            node_id: self.config.node_id.clone(),
+            state: snap.state(),
+            provisioning_mode: self.provisioning_mode,
+            modules: self
+                .modules
+                .modules
+                .iter()
+                .map(|m| ModuleStatus {
+                    cert_type: m.id().to_string(),
+                    needs_ca: m.needs_ca(),
+                    pending_key: snap.pending.iter().any(|p| p.cert_type == m.id()),
+                    certificates: snap.certs.iter().filter(|c| c.cert_type == m.id()).count()
+                        as u32,
+                })
+                .collect(),
+        })
+    }
+
+    pub fn cert_types(&self, node_id: &str) -> Result<Vec<String>> {
+        self.check_node(node_id)?;
+        Ok(self.modules.cert_types())
+    }
+
+    pub fn list_certs(&self, node_id: &str) -> Result<Vec<CertInfo>> {
+        self.check_node(node_id)?;
+        self.modules.list(&self.db)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifier_accepts_the_password_only() {
+        let v = make_verifier(&Secret::new("right".into())).unwrap();
+        assert!(check_verifier(&v, &Secret::new("right".into())));
+        assert!(!check_verifier(&v, &Secret::new("wrong".into())));
+        assert!(!check_verifier(&v[1..], &Secret::new("right".into())));
+    }
+
+    #[test]
+    fn wrong_password_delay_grows_and_is_bounded() {
+        assert_eq!(wrong_password_delay(1), WRONG_PASSWORD_BASE_DELAY);
+        assert_eq!(wrong_password_delay(2), WRONG_PASSWORD_BASE_DELAY * 2);
+        assert!(wrong_password_delay(3) > wrong_password_delay(2));
+        assert_eq!(wrong_password_delay(100), WRONG_PASSWORD_MAX_DELAY);
+    }
+}

@@ -1,0 +1,375 @@
+//! iamd: the public and protected Unix sockets, and dispatch to the modules.
+//!
+//! Each connection states its peer (SO_PEERCRED) and opens with a hello. Requests are read
+//! one frame at a time and answered concurrently (at most [`MAX_IN_FLIGHT`] per connection),
+//! each answer carrying its request's id. Blocking work (PKCS#11, redb, fsync) runs on the
+//! blocking thread pool. A frame that breaks the protocol is answered with a typed error and
+//! the connection is closed; other connections are not affected.
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::provisioning::Provisioning;
+use crate::transport::{self, PeerCredentials};
+use crate::wire::{self, FrameError, FrameKind, NodeInfo, Request, Response, Role};
+use smol::{lock::Semaphore, Async, Executor};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Requests answered at once on one connection; the next waits for a free place.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Connections served at once on one socket; further ones wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 256;
+
+static EXECUTOR: Executor<'static> = Executor::new();
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Socket {
+    Public,
+    Protected,
+}
+
+struct Shared {
+    prov: Provisioning,
+    body_limit: u32,
+}
+
+fn admitted(config: &Config, peer: &PeerCredentials) -> bool {
+    peer.uid == 0
+        || config.allowed_uids.contains(&peer.uid)
+        || config.allowed_gids.contains(&peer.gid)
+}
+
+/// Run iamd until SIGTERM or SIGINT. Returns once the sockets are removed.
+pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
+    // Block the stop signals in every thread (all are spawned after this) and take them
+    // synchronously on a thread of their own.
+    let signals = {
+        use nix::sys::signal::{SigSet, Signal};
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGTERM);
+        set.add(Signal::SIGINT);
+        set.thread_block()
+            .map_err(|e| Error::internal(format!("cannot block signals: {e}")))?;
+        set
+    };
+    let (stop_tx, stop_rx) = smol::channel::bounded::<String>(1);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(sig) = signals.wait() {
+                let _ = stop_tx.send_blocking(sig.as_str().to_string());
+            }
+        })
+        .map_err(|e| Error::internal(format!("cannot start the signal thread: {e}")))?;
+
+    let prov = Provisioning::open(config.clone(), provisioning_mode)?;
+    prov.recover()?;
+    let shared = Arc::new(Shared {
+        prov,
+        body_limit: config.body_limit,
+    });
+
+    let bind = |path: &PathBuf, mode: u32, gid: Option<u32>| -> Result<Async<UnixListener>> {
+        let l = transport::bind_unix(path, mode, gid)
+            .map_err(|e| Error::unavailable(format!("cannot listen on {}: {e}", path.display())))?;
+        Async::new(l).map_err(|e| Error::internal(format!("{}: {e}", path.display())))
+    };
+    let public = bind(
+        &config.public_socket,
+        crate::config::DEFAULT_PUBLIC_MODE,
+        None,
+    )?;
+    let protected = match bind(
+        &config.protected_socket,
+        config.protected_socket_mode,
+        config.protected_socket_group,
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_file(&config.public_socket);
+            return Err(e);
+        }
+    };
+
+    let state = shared.prov.state()?;
+    crate::log_notice!(
+        "iamd {} serving node \"{}\" ({}){} on {} and {}",
+        crate::VERSION,
+        config.node_id,
+        state.name(),
+        if provisioning_mode {
+            " in provisioning mode"
+        } else {
+            ""
+        },
+        config.public_socket.display(),
+        config.protected_socket.display()
+    );
+    if let Err(e) = crate::notify::notify("READY=1") {
+        crate::log_warn!("cannot notify the service manager: {e}");
+    }
+
+    let why = smol::block_on(EXECUTOR.run(async {
+        let a = EXECUTOR.spawn(accept_loop(public, Socket::Public, shared.clone()));
+        let b = EXECUTOR.spawn(accept_loop(protected, Socket::Protected, shared.clone()));
+        let why = stop_rx
+            .recv()
+            .await
+            .unwrap_or_else(|_| "signal thread ended".into());
+        drop((a, b));
+        why
+    }));
+    let _ = crate::notify::notify("STOPPING=1");
+    crate::log_notice!("{why}: stopping");
+    for p in [&config.public_socket, &config.protected_socket] {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
+
+async fn accept_loop(listener: Async<UnixListener>, socket: Socket, shared: Arc<Shared>) {
+    let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = places.acquire_arc().await;
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let shared = shared.clone();
+                EXECUTOR
+                    .spawn(async move {
+                        serve(stream, socket, shared).await;
+                        drop(permit);
+                    })
+                    .detach();
+            }
+            Err(e) => {
+                crate::log_error!("accept on the {socket:?} socket: {e}");
+                smol::Timer::after(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Write a whole frame; concurrent answers on one connection are serialised by `lock`.
+async fn send(stream: &Async<UnixStream>, lock: &smol::lock::Mutex<()>, frame: Vec<u8>) -> bool {
+    let _g = lock.lock().await;
+    transport::write_frame(&mut &*stream, &frame).await.is_ok()
+}
+
+fn error_frame(id: u64, e: &Error, limit: u32) -> Vec<u8> {
+    wire::encode_frame(FrameKind::Error, id, e, limit).unwrap_or_else(|_| {
+        let short = Error::new(e.kind.clone(), "error message too long to send");
+        wire::encode_frame(FrameKind::Error, id, &short, limit)
+            .expect("a short error fits any limit")
+    })
+}
+
+async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
+    let stream = Arc::new(stream);
+    let lock = Arc::new(smol::lock::Mutex::new(()));
+    let limit = shared.body_limit;
+    let peer = match transport::peer_credentials(stream.get_ref()) {
+        Ok(p) => p,
+        Err(e) => {
+            crate::log_warn!("{socket:?} socket: cannot read peer credentials: {e}");
+            return;
+        }
+    };
+    crate::log_debug!(
+        "{socket:?} socket: connection from pid {} uid {} gid {}",
+        peer.pid,
+        peer.uid,
+        peer.gid
+    );
+    if socket == Socket::Protected && !admitted(&shared.prov.config, &peer) {
+        crate::log_warn!(
+            "protected socket: refused pid {} uid {} gid {}",
+            peer.pid,
+            peer.uid,
+            peer.gid
+        );
+        let e = Error::unauthorized(format!(
+            "uid {} gid {} is not allowed on the protected socket",
+            peer.uid, peer.gid
+        ));
+        send(&stream, &lock, error_frame(0, &e, limit)).await;
+        return;
+    }
+
+    let mut greeted = false;
+    let places = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let (header, body) = match transport::read_frame(&mut &*stream, limit).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => {
+                crate::log_warn!("{socket:?} socket, pid {}: {e}; closing", peer.pid);
+                let id = match e {
+                    FrameError::UnsupportedVersion { id, .. } => id,
+                    _ => 0,
+                };
+                if !matches!(e, FrameError::Io(_) | FrameError::Truncated) {
+                    send(&stream, &lock, error_frame(id, &e.into(), limit)).await;
+                }
+                return;
+            }
+        };
+        let request = match decode_request(header.kind, &body) {
+            Ok(r) => r,
+            Err(e) => {
+                crate::log_warn!("{socket:?} socket, pid {}: {e}; closing", peer.pid);
+                send(&stream, &lock, error_frame(header.id, &e, limit)).await;
+                return;
+            }
+        };
+        if !greeted {
+            let answer = match request {
+                Request::Hello {
+                    version,
+                    role: Role::Client,
+                } if version == crate::PROTOCOL_VERSION => {
+                    greeted = true;
+                    wire::encode_frame(
+                        FrameKind::Response,
+                        header.id,
+                        &Response::Hello {
+                            version: crate::PROTOCOL_VERSION,
+                            node_id: shared.prov.config.node_id.clone(),
+                        },
+                        limit,
+                    )
+                    .expect("hello fits")
+                }
+                Request::Hello {
+                    version,
+                    role: Role::Client,
+                } => error_frame(
+                    header.id,
+                    &Error::protocol(format!(
+                        "protocol version {version} is not supported; this iamd speaks version {}",
+                        crate::PROTOCOL_VERSION
+                    )),
+                    limit,
+                ),
+                Request::Hello { role, .. } => error_frame(
+                    header.id,
+                    &Error::protocol(format!("role {role:?} is not served on this socket")),
+                    limit,
+                ),
+                other => error_frame(
+                    header.id,
+                    &Error::protocol(format!("expected Hello first, got {}", other.name())),
+                    limit,
+                ),
+            };
+            if !send(&stream, &lock, answer).await || !greeted {
+                return;
+            }
+            continue;
+        }
+        let permit = places.acquire_arc().await;
+        let (stream, lock, shared) = (stream.clone(), lock.clone(), shared.clone());
+        EXECUTOR
+            .spawn(async move {
+                let op = request.name();
+                let frame = match dispatch(request, socket, shared.clone()).await {
+                    Ok(resp) => wire::encode_frame(FrameKind::Response, header.id, &resp, limit)
+                        .unwrap_or_else(|e| {
+                            error_frame(header.id, &Error::from(e).context(op), limit)
+                        }),
+                    Err(e) => {
+                        crate::log_info!("{op} from pid {}: {} ({})", peer.pid, e, e.kind.name());
+                        error_frame(header.id, &e, limit)
+                    }
+                };
+                send(&stream, &lock, frame).await;
+                drop(permit);
+            })
+            .detach();
+    }
+}
+
+fn decode_request(kind: FrameKind, body: &[u8]) -> Result<Request> {
+    if kind != FrameKind::Request {
+        return Err(Error::protocol(format!(
+            "expected a request frame, got {kind:?}"
+        )));
+    }
+    let r: Request = wire::decode_body(body)?;
+    r.check_bounds()?;
+    Ok(r)
+}
+
+async fn dispatch(request: Request, socket: Socket, shared: Arc<Shared>) -> Result<Response> {
+    if request.is_protected() && socket != Socket::Protected {
+        return Err(Error::unauthorized(format!(
+            "{} is served on the protected socket only",
+            request.name()
+        )));
+    }
+    blocking::unblock(move || handle(&shared.prov, request)).await
+}
+
+/// Answer one request (on a blocking thread).
+fn handle(prov: &Provisioning, request: Request) -> Result<Response> {
+    let op = request.name();
+    let r = match request {
+        Request::Hello { .. } => Err(Error::protocol("Hello was already exchanged")),
+        Request::Version => Ok(Response::Version {
+            version: crate::VERSION.into(),
+            protocol: crate::PROTOCOL_VERSION,
+        }),
+        Request::GetNodeInfo { node_id } => {
+            if !node_id.is_empty() && node_id != prov.config.node_id {
+                Err(Error::not_found(format!("node \"{node_id}\" is not known")))
+            } else {
+                Ok(Response::NodeInfo(NodeInfo {
+                    node_id: prov.config.node_id.clone(),
+                    node_type: prov.config.node_type.clone(),
+                    name: prov.config.node_name.clone(),
+                    state: prov.state()?,
+                }))
+            }
+        }
+        Request::GetAllNodeIds => Ok(Response::NodeIds(vec![prov.config.node_id.clone()])),
+        Request::GetCert {
+            cert_type,
+            issuer,
+            serial,
+        } => prov
+            .modules
+            .get_cert(&prov.db, &cert_type, issuer.as_deref(), serial.as_deref())
+            .map(Response::Cert),
+        Request::ListCerts { node_id } => prov.list_certs(&node_id).map(Response::Certs),
+        Request::GetProvisioningStatus { node_id } => prov.status(&node_id).map(Response::Status),
+        Request::GetCertTypes { node_id } => prov.cert_types(&node_id).map(Response::CertTypes),
+        Request::StartProvisioning { node_id, password } => {
+            prov.start(&node_id, &password).map(|_| Response::Done)
+        }
+        Request::CreateKey {
+            node_id,
+            cert_type,
+            subject,
+            password,
+        } => prov
+            .create_key(&node_id, &cert_type, &subject, &password)
+            .map(|pem| Response::Csr { pem }),
+        Request::ApplyCert {
+            node_id,
+            cert_type,
+            chain_pem,
+        } => prov
+            .apply(&node_id, &cert_type, &chain_pem)
+            .map(Response::Applied),
+        Request::FinishProvisioning { node_id, password } => {
+            prov.finish(&node_id, &password).map(|_| Response::Done)
+        }
+        Request::Deprovision { node_id, password } => prov
+            .deprovision(&node_id, &password)
+            .map(|_| Response::Done),
+    };
+    if r.is_ok() {
+        crate::log_info!("{op}: done");
+    }
+    r
+}

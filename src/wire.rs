@@ -1,0 +1,580 @@
+//! The wire protocol: a fixed little-endian frame header, then a postcard body.
+//!
+//! `magic u32 | version u8 | kind u8 | flags u16 | id u64 | body_len u32` (DESIGN §3).
+//! The header is checked field by field before a byte of body is allocated; a body must
+//! decode exactly (no trailing bytes) and pass the bounds of [`Request::check_bounds`].
+
+use crate::error::{Error, ErrorKind};
+use crate::secret::Secret;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::fmt;
+
+/// `AIAM` read as a little-endian u32.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"AIAM");
+pub const HEADER_LEN: usize = 20;
+/// Default largest body accepted, configurable per listener.
+pub const DEFAULT_BODY_LIMIT: u32 = 64 * 1024;
+/// Flags defined so far: none. Unknown flags are refused, so that a later meaning is never ignored.
+pub const KNOWN_FLAGS: u16 = 0;
+
+/// Bounds on decoded fields (DESIGN §3: vectors are bounded after decoding).
+pub const MAX_NAME_LEN: usize = 128;
+pub const MAX_SUBJECT_LEN: usize = 1024;
+pub const MAX_PASSWORD_LEN: usize = 1024;
+pub const MAX_SERIAL_LEN: usize = 64;
+pub const MAX_ISSUER_LEN: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    Request = 0,
+    Response = 1,
+    Event = 2,
+    Error = 3,
+}
+
+impl FrameKind {
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => FrameKind::Request,
+            1 => FrameKind::Response,
+            2 => FrameKind::Event,
+            3 => FrameKind::Error,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub version: u8,
+    pub kind: FrameKind,
+    pub flags: u16,
+    pub id: u64,
+    pub body_len: u32,
+}
+
+/// Why a frame was refused. Each check of the header has its own variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    BadMagic(u32),
+    UnsupportedVersion {
+        got: u8,
+        id: u64,
+    },
+    UnknownKind(u8),
+    UnknownFlags(u16),
+    TooLarge {
+        len: u32,
+        limit: u32,
+    },
+    /// The stream ended inside a frame.
+    Truncated,
+    Body(String),
+    TrailingBytes(usize),
+    Bounds(String),
+    Io(String),
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::BadMagic(m) => {
+                write!(f, "bad frame magic {m:#010x} (not an aos-iam peer?)")
+            }
+            FrameError::UnsupportedVersion { got, .. } => write!(
+                f,
+                "protocol version {got} is not supported; this side speaks version {}",
+                crate::PROTOCOL_VERSION
+            ),
+            FrameError::UnknownKind(k) => write!(f, "unknown frame kind {k}"),
+            FrameError::UnknownFlags(x) => write!(f, "unknown frame flags {x:#06x}"),
+            FrameError::TooLarge { len, limit } => {
+                write!(
+                    f,
+                    "frame body of {len} bytes exceeds the limit of {limit} bytes"
+                )
+            }
+            FrameError::Truncated => f.write_str("connection closed inside a frame"),
+            FrameError::Body(e) => write!(f, "malformed frame body: {e}"),
+            FrameError::TrailingBytes(n) => write!(f, "frame body has {n} trailing bytes"),
+            FrameError::Bounds(e) => write!(f, "frame body out of bounds: {e}"),
+            FrameError::Io(e) => write!(f, "i/o: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+impl From<FrameError> for Error {
+    fn from(e: FrameError) -> Self {
+        let kind = match e {
+            FrameError::Io(_) | FrameError::Truncated => ErrorKind::Unavailable,
+            _ => ErrorKind::Protocol,
+        };
+        Error::new(kind, e.to_string())
+    }
+}
+
+impl Header {
+    pub fn new(kind: FrameKind, id: u64, body_len: u32) -> Self {
+        Header {
+            version: crate::PROTOCOL_VERSION,
+            kind,
+            flags: 0,
+            id,
+            body_len,
+        }
+    }
+
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        b[4] = self.version;
+        b[5] = self.kind as u8;
+        b[6..8].copy_from_slice(&self.flags.to_le_bytes());
+        b[8..16].copy_from_slice(&self.id.to_le_bytes());
+        b[16..20].copy_from_slice(&self.body_len.to_le_bytes());
+        b
+    }
+
+    /// Check every field, in order, before the caller allocates the body.
+    pub fn decode(b: &[u8; HEADER_LEN], limit: u32) -> Result<Header, FrameError> {
+        let le32 =
+            |r: std::ops::Range<usize>| u32::from_le_bytes(b[r].try_into().expect("4 bytes"));
+        let magic = le32(0..4);
+        if magic != MAGIC {
+            return Err(FrameError::BadMagic(magic));
+        }
+        let id = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
+        let version = b[4];
+        if version != crate::PROTOCOL_VERSION {
+            return Err(FrameError::UnsupportedVersion { got: version, id });
+        }
+        let kind = FrameKind::from_u8(b[5]).ok_or(FrameError::UnknownKind(b[5]))?;
+        let flags = u16::from_le_bytes([b[6], b[7]]);
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(FrameError::UnknownFlags(flags));
+        }
+        let body_len = le32(16..20);
+        if body_len > limit {
+            return Err(FrameError::TooLarge {
+                len: body_len,
+                limit,
+            });
+        }
+        Ok(Header {
+            version,
+            kind,
+            flags,
+            id,
+            body_len,
+        })
+    }
+}
+
+/// Encode one frame (header and body). Refuses a body over `limit` rather than send it.
+pub fn encode_frame<T: Serialize>(
+    kind: FrameKind,
+    id: u64,
+    body: &T,
+    limit: u32,
+) -> Result<Vec<u8>, FrameError> {
+    let body = postcard::to_stdvec(body).map_err(|e| FrameError::Body(e.to_string()))?;
+    let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+    if len > limit {
+        return Err(FrameError::TooLarge { len, limit });
+    }
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&Header::new(kind, id, len).encode());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decode a body exactly: postcard must consume every byte.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    let (value, rest) =
+        postcard::take_from_bytes(body).map_err(|e| FrameError::Body(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(FrameError::TrailingBytes(rest.len()));
+    }
+    Ok(value)
+}
+
+/// Who opened a connection, stated in the hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// A client of the public or protected socket (applets, services).
+    Client,
+    /// The secondary side of a node link.
+    NodeLink,
+}
+
+/// Where a node is in its life (DESIGN §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    Unprovisioned,
+    Provisioning,
+    Provisioned,
+    Paused,
+    Error,
+}
+
+impl NodeState {
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeState::Unprovisioned => "unprovisioned",
+            NodeState::Provisioning => "provisioning",
+            NodeState::Provisioned => "provisioned",
+            NodeState::Paused => "paused",
+            NodeState::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    Hello {
+        version: u8,
+        role: Role,
+    },
+    Version,
+    GetNodeInfo {
+        node_id: String,
+    },
+    GetAllNodeIds,
+    GetCert {
+        cert_type: String,
+        issuer: Option<Vec<u8>>,
+        serial: Option<Vec<u8>>,
+    },
+    ListCerts {
+        node_id: String,
+    },
+    GetProvisioningStatus {
+        node_id: String,
+    },
+    GetCertTypes {
+        node_id: String,
+    },
+    StartProvisioning {
+        node_id: String,
+        password: Secret,
+    },
+    CreateKey {
+        node_id: String,
+        cert_type: String,
+        subject: String,
+        password: Secret,
+    },
+    ApplyCert {
+        node_id: String,
+        cert_type: String,
+        chain_pem: String,
+    },
+    FinishProvisioning {
+        node_id: String,
+        password: Secret,
+    },
+    Deprovision {
+        node_id: String,
+        password: Secret,
+    },
+}
+
+impl Request {
+    /// The operation's name as in DESIGN §4, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "Hello",
+            Request::Version => "Version",
+            Request::GetNodeInfo { .. } => "GetNodeInfo",
+            Request::GetAllNodeIds => "GetAllNodeIds",
+            Request::GetCert { .. } => "GetCert",
+            Request::ListCerts { .. } => "ListCerts",
+            Request::GetProvisioningStatus { .. } => "GetProvisioningStatus",
+            Request::GetCertTypes { .. } => "GetCertTypes",
+            Request::StartProvisioning { .. } => "StartProvisioning",
+            Request::CreateKey { .. } => "CreateKey",
+            Request::ApplyCert { .. } => "ApplyCert",
+            Request::FinishProvisioning { .. } => "FinishProvisioning",
+            Request::Deprovision { .. } => "Deprovision",
+        }
+    }
+
+    /// Whether the operation is served only on the protected socket.
+    pub fn is_protected(&self) -> bool {
+        matches!(
+            self,
+            Request::ListCerts { .. }
+                | Request::GetProvisioningStatus { .. }
+                | Request::GetCertTypes { .. }
+                | Request::StartProvisioning { .. }
+                | Request::CreateKey { .. }
+                | Request::ApplyCert { .. }
+                | Request::FinishProvisioning { .. }
+                | Request::Deprovision { .. }
+        )
+    }
+
+    /// Bounds checked after decoding; the body limit already bounds the total.
+    pub fn check_bounds(&self) -> Result<(), FrameError> {
+        fn max(what: &str, len: usize, limit: usize) -> Result<(), FrameError> {
+            if len > limit {
+                return Err(FrameError::Bounds(format!(
+                    "{what} is {len} bytes, at most {limit} allowed"
+                )));
+            }
+            Ok(())
+        }
+        match self {
+            Request::Hello { .. } | Request::Version | Request::GetAllNodeIds => Ok(()),
+            Request::GetNodeInfo { node_id }
+            | Request::ListCerts { node_id }
+            | Request::GetProvisioningStatus { node_id }
+            | Request::GetCertTypes { node_id } => max("node_id", node_id.len(), MAX_NAME_LEN),
+            Request::GetCert {
+                cert_type,
+                issuer,
+                serial,
+            } => {
+                max("cert_type", cert_type.len(), MAX_NAME_LEN)?;
+                max(
+                    "issuer",
+                    issuer.as_ref().map_or(0, Vec::len),
+                    MAX_ISSUER_LEN,
+                )?;
+                max(
+                    "serial",
+                    serial.as_ref().map_or(0, Vec::len),
+                    MAX_SERIAL_LEN,
+                )
+            }
+            Request::StartProvisioning { node_id, password }
+            | Request::FinishProvisioning { node_id, password }
+            | Request::Deprovision { node_id, password } => {
+                max("node_id", node_id.len(), MAX_NAME_LEN)?;
+                max("password", password.expose().len(), MAX_PASSWORD_LEN)
+            }
+            Request::CreateKey {
+                node_id,
+                cert_type,
+                subject,
+                password,
+            } => {
+                max("node_id", node_id.len(), MAX_NAME_LEN)?;
+                max("cert_type", cert_type.len(), MAX_NAME_LEN)?;
+                max("subject", subject.len(), MAX_SUBJECT_LEN)?;
+                max("password", password.expose().len(), MAX_PASSWORD_LEN)
+            }
+            Request::ApplyCert {
+                node_id, cert_type, ..
+            } => {
+                max("node_id", node_id.len(), MAX_NAME_LEN)?;
+                max("cert_type", cert_type.len(), MAX_NAME_LEN)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub node_type: String,
+    pub name: String,
+    pub state: NodeState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertInfo {
+    pub cert_type: String,
+    /// Issuer DN as text (RFC 4514), for humans.
+    pub issuer: String,
+    /// Issuer DN as DER, for `GetCert {issuer, serial}`.
+    pub issuer_der: Vec<u8>,
+    /// Serial number, big-endian bytes without sign padding.
+    pub serial: Vec<u8>,
+    pub subject: String,
+    /// Validity, seconds since the Unix epoch.
+    pub not_before: i64,
+    pub not_after: i64,
+    pub cert_url: String,
+    pub key_url: String,
+    /// The certificate `GetCert` without issuer and serial serves for its type.
+    pub current: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleStatus {
+    pub cert_type: String,
+    /// Whether the module needs a CA-signed certificate (it is listed by GetCertTypes).
+    pub needs_ca: bool,
+    pub pending_key: bool,
+    pub certificates: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvisioningStatus {
+    pub node_id: String,
+    pub state: NodeState,
+    pub provisioning_mode: bool,
+    pub modules: Vec<ModuleStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Hello { version: u8, node_id: String },
+    Version { version: String, protocol: u8 },
+    NodeInfo(NodeInfo),
+    NodeIds(Vec<String>),
+    Cert(CertInfo),
+    Certs(Vec<CertInfo>),
+    Status(ProvisioningStatus),
+    CertTypes(Vec<String>),
+    Csr { pem: String },
+    Applied(CertInfo),
+    Done,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header_bytes() -> [u8; HEADER_LEN] {
+        Header::new(FrameKind::Request, 7, 10).encode()
+    }
+
+    #[test]
+    fn header_round_trips() {
+        let h = Header::decode(&header_bytes(), DEFAULT_BODY_LIMIT).unwrap();
+        assert_eq!(h, Header::new(FrameKind::Request, 7, 10));
+    }
+
+    #[test]
+    fn bad_magic_is_refused_first() {
+        let mut b = header_bytes();
+        b[0] = b'X';
+        b[4] = 99; // also a bad version: magic is checked first
+        assert!(matches!(
+            Header::decode(&b, DEFAULT_BODY_LIMIT),
+            Err(FrameError::BadMagic(_))
+        ));
+    }
+
+    #[test]
+    fn other_version_is_refused_naming_both() {
+        let mut b = header_bytes();
+        b[4] = 2;
+        let e = Header::decode(&b, DEFAULT_BODY_LIMIT).unwrap_err();
+        assert_eq!(e, FrameError::UnsupportedVersion { got: 2, id: 7 });
+        assert!(e.to_string().contains("version 2") && e.to_string().contains("version 1"));
+    }
+
+    #[test]
+    fn unknown_kind_is_refused() {
+        let mut b = header_bytes();
+        b[5] = 4;
+        assert_eq!(
+            Header::decode(&b, DEFAULT_BODY_LIMIT),
+            Err(FrameError::UnknownKind(4))
+        );
+    }
+
+    #[test]
+    fn unknown_flags_are_refused() {
+        let mut b = header_bytes();
+        b[6] = 1;
+        assert_eq!(
+            Header::decode(&b, DEFAULT_BODY_LIMIT),
+            Err(FrameError::UnknownFlags(1))
+        );
+    }
+
+    #[test]
+    fn body_over_the_limit_is_refused_before_allocation() {
+        let mut b = header_bytes();
+        b[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            Header::decode(&b, DEFAULT_BODY_LIMIT),
+            Err(FrameError::TooLarge {
+                len: u32::MAX,
+                limit: DEFAULT_BODY_LIMIT
+            })
+        );
+        b[16..20].copy_from_slice(&DEFAULT_BODY_LIMIT.to_le_bytes());
+        assert!(Header::decode(&b, DEFAULT_BODY_LIMIT).is_ok());
+    }
+
+    #[test]
+    fn body_must_be_consumed_exactly() {
+        let mut body = postcard::to_stdvec(&Request::Version).unwrap();
+        assert_eq!(decode_body::<Request>(&body).unwrap(), Request::Version);
+        body.push(0);
+        assert_eq!(
+            decode_body::<Request>(&body),
+            Err(FrameError::TrailingBytes(1))
+        );
+    }
+
+    #[test]
+    fn malformed_body_is_refused() {
+        assert!(matches!(
+            decode_body::<Request>(&[200, 200, 200]),
+            Err(FrameError::Body(_))
+        ));
+        assert!(matches!(
+            decode_body::<Request>(&[]),
+            Err(FrameError::Body(_))
+        ));
+    }
+
+    #[test]
+    fn a_body_claiming_a_huge_string_does_not_allocate_it() {
+        // CreateKey (variant 8), node_id length as a varint of 2^32-1 and no data.
+        let body = [8u8, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(matches!(
+            decode_body::<Request>(&body),
+            Err(FrameError::Body(_))
+        ));
+    }
+
+    #[test]
+    fn bounds_are_checked_after_decoding() {
+        let r = Request::CreateKey {
+            node_id: String::new(),
+            cert_type: "x".repeat(MAX_NAME_LEN + 1),
+            subject: String::new(),
+            password: Secret::new(String::new()),
+        };
+        assert!(matches!(r.check_bounds(), Err(FrameError::Bounds(m)) if m.contains("cert_type")));
+    }
+
+    #[test]
+    fn encode_refuses_a_body_over_the_limit() {
+        let r = Request::ApplyCert {
+            node_id: String::new(),
+            cert_type: "a".into(),
+            chain_pem: "x".repeat(100),
+        };
+        assert!(matches!(
+            encode_frame(FrameKind::Request, 1, &r, 50),
+            Err(FrameError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn protected_operations_are_marked() {
+        assert!(!Request::Version.is_protected());
+        assert!(!Request::GetCert {
+            cert_type: "iam".into(),
+            issuer: None,
+            serial: None
+        }
+        .is_protected());
+        assert!(Request::StartProvisioning {
+            node_id: String::new(),
+            password: Secret::new("p".into())
+        }
+        .is_protected());
+    }
+}

@@ -1,0 +1,527 @@
+//! X.509 for the certificate modules: PEM, CSRs and self-signed certificates made with a
+//! key that stays in its store, reading certificate fields, and chain validation.
+//!
+//! Validation is rustls-webpki (signatures, issuer chaining, validity, basic constraints)
+//! plus the device-certificate policy webpki leaves to its callers: the leaf must carry the
+//! module's EKUs, must not be a CA, must have a sound key and serial, and the root itself
+//! must be within its validity period.
+
+use crate::config::{Algorithm, Eku};
+use crate::error::{Error, Result};
+use crate::keystore::{KeyId, KeyStore, PublicKey};
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod,
+    KeyUsagePurpose, SanType, SignatureAlgorithm,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, UnixTime};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// Most certificates a chain may hold (leaf, intermediates, optionally the root).
+pub const MAX_CHAIN_LEN: usize = 8;
+
+/// PEM with 64-column base64, as openssl writes it.
+pub fn pem_encode(label: &str, der: &[u8]) -> String {
+    let b64 = base64_encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).expect("base64 is ascii"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Parse a PEM chain, leaf first. Broken or truncated PEM, a non-certificate section, an
+/// empty input or an unparsable certificate are errors that say which.
+pub fn parse_chain_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let mut chain = Vec::new();
+    for (i, item) in CertificateDer::pem_slice_iter(pem.as_bytes()).enumerate() {
+        let cert = item.map_err(|e| {
+            Error::invalid(format!(
+                "certificate {} of the chain: broken PEM: {e}",
+                i + 1
+            ))
+        })?;
+        X509Certificate::from_der(&cert).map_err(|e| {
+            Error::invalid(format!(
+                "certificate {} of the chain is not valid X.509: {e}",
+                i + 1
+            ))
+        })?;
+        chain.push(cert);
+        if chain.len() > MAX_CHAIN_LEN {
+            return Err(Error::invalid(format!(
+                "the chain has more than {MAX_CHAIN_LEN} certificates"
+            )));
+        }
+    }
+    if chain.is_empty() {
+        return Err(Error::invalid(
+            "no PEM certificate found (expected -----BEGIN CERTIFICATE-----)",
+        ));
+    }
+    Ok(chain)
+}
+
+/// The fields of a certificate that iamd records and reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFields {
+    pub subject: String,
+    pub issuer: String,
+    pub issuer_der: Vec<u8>,
+    pub serial: Vec<u8>,
+    pub not_before: i64,
+    pub not_after: i64,
+    /// subjectPublicKey bits: the EC point or PKCS#1 RSAPublicKey.
+    pub public_key: Vec<u8>,
+}
+
+pub fn fields(der: &[u8]) -> Result<CertFields> {
+    let (_, c) =
+        X509Certificate::from_der(der).map_err(|e| Error::invalid(format!("certificate: {e}")))?;
+    let tbs = &c.tbs_certificate;
+    let serial = tbs.raw_serial();
+    let serial = &serial[serial
+        .iter()
+        .take_while(|b| **b == 0)
+        .count()
+        .min(serial.len().saturating_sub(1))..];
+    Ok(CertFields {
+        subject: tbs.subject.to_string(),
+        issuer: tbs.issuer.to_string(),
+        issuer_der: tbs.issuer.as_raw().to_vec(),
+        serial: serial.to_vec(),
+        not_before: tbs.validity.not_before.timestamp(),
+        not_after: tbs.validity.not_after.timestamp(),
+        public_key: tbs.subject_pki.subject_public_key.data.to_vec(),
+    })
+}
+
+pub fn signature_algorithm(alg: Algorithm) -> &'static SignatureAlgorithm {
+    match alg {
+        Algorithm::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        Algorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        Algorithm::Rsa2048 => &rcgen::PKCS_RSA_SHA256,
+    }
+}
+
+/// A key that signs inside its store, for rcgen.
+pub struct StoredKey<'a> {
+    pub store: &'a dyn KeyStore,
+    pub label: &'a str,
+    pub id: KeyId,
+    pub public: PublicKey,
+}
+
+impl rcgen::PublicKeyData for StoredKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        &self.public.raw
+    }
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        signature_algorithm(self.public.algorithm)
+    }
+}
+
+impl rcgen::SigningKey for StoredKey<'_> {
+    fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
+        self.store
+            .sign(self.label, &self.id, self.public.algorithm, msg)
+            .map_err(|e| {
+                crate::log_error!("signing with {}: {e}", self.store.describe());
+                rcgen::Error::RemoteKeyError
+            })
+    }
+}
+
+/// Parse a subject: `CN=a,O=b,OU=c,C=DE,ST=…,L=…` or, without any `=`, a bare common name.
+pub fn parse_subject(subject: &str) -> Result<DistinguishedName> {
+    let mut dn = DistinguishedName::new();
+    if !subject.contains('=') {
+        if subject.trim().is_empty() {
+            return Err(Error::invalid("the subject is empty"));
+        }
+        dn.push(DnType::CommonName, subject.trim());
+        return Ok(dn);
+    }
+    for part in subject.split(',') {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| Error::invalid(format!("subject part \"{part}\" is not KEY=value")))?;
+        let ty = match k.trim() {
+            "CN" => DnType::CommonName,
+            "O" => DnType::OrganizationName,
+            "OU" => DnType::OrganizationalUnitName,
+            "C" => DnType::CountryName,
+            "ST" => DnType::StateOrProvinceName,
+            "L" => DnType::LocalityName,
+            other => {
+                return Err(Error::invalid(format!(
+                    "subject attribute \"{other}\" is not one of CN, O, OU, C, ST, L"
+                )))
+            }
+        };
+        if v.trim().is_empty() {
+            return Err(Error::invalid(format!(
+                "subject attribute {} is empty",
+                k.trim()
+            )));
+        }
+        dn.push(ty, v.trim());
+    }
+    Ok(dn)
+}
+
+fn eku_purpose(e: Eku) -> ExtendedKeyUsagePurpose {
+    match e {
+        Eku::ServerAuth => ExtendedKeyUsagePurpose::ServerAuth,
+        Eku::ClientAuth => ExtendedKeyUsagePurpose::ClientAuth,
+        Eku::CodeSigning => ExtendedKeyUsagePurpose::CodeSigning,
+        Eku::EmailProtection => ExtendedKeyUsagePurpose::EmailProtection,
+        Eku::TimeStamping => ExtendedKeyUsagePurpose::TimeStamping,
+        Eku::OcspSigning => ExtendedKeyUsagePurpose::OcspSigning,
+    }
+}
+
+fn leaf_params(subject: &str, alt_names: &[String], ekus: &[Eku]) -> Result<CertificateParams> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = parse_subject(subject)?;
+    for n in alt_names {
+        let name = n.clone().try_into().map_err(|_| {
+            Error::invalid(format!("alternative name \"{n}\" is not a valid DNS name"))
+        })?;
+        params.subject_alt_names.push(SanType::DnsName(name));
+    }
+    params.extended_key_usages = ekus.iter().map(|e| eku_purpose(*e)).collect();
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_identifier_method = KeyIdMethod::Sha256;
+    Ok(params)
+}
+
+/// A PEM CSR for the key, signed inside its store.
+pub fn build_csr(
+    key: &StoredKey,
+    subject: &str,
+    alt_names: &[String],
+    ekus: &[Eku],
+) -> Result<String> {
+    let params = leaf_params(subject, alt_names, ekus)?;
+    let csr = params.serialize_request(key).map_err(|e| {
+        Error::internal(format!(
+            "building the CSR with {}: {e}",
+            key.store.describe()
+        ))
+    })?;
+    csr.pem()
+        .map_err(|e| Error::internal(format!("encoding the CSR: {e}")))
+}
+
+/// A self-signed certificate for the key, valid `days` from now.
+pub fn self_signed(
+    key: &StoredKey,
+    subject: &str,
+    alt_names: &[String],
+    ekus: &[Eku],
+    days: u32,
+) -> Result<Vec<u8>> {
+    let mut params = leaf_params(subject, alt_names, ekus)?;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::days(days as i64);
+    params.serial_number = Some(random_serial()?);
+    let cert = params
+        .self_signed(key)
+        .map_err(|e| Error::internal(format!("self-signing with {}: {e}", key.store.describe())))?;
+    Ok(cert.der().to_vec())
+}
+
+/// A positive 16-byte serial from the OS CSPRNG.
+pub fn random_serial() -> Result<rcgen::SerialNumber> {
+    let mut s = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut s)
+        .map_err(|_| Error::internal("the OS random number generator failed"))?;
+    s[0] = (s[0] & 0x7f) | 0x01;
+    Ok(rcgen::SerialNumber::from_slice(&s))
+}
+
+/// Requires, on every certificate that has an EKU extension (leaf and intermediates),
+/// each EKU the module requires; the leaf check in [`validate_chain`] makes the
+/// extension itself mandatory on the leaf.
+struct EkuPolicy<'a>(&'a [Eku]);
+
+impl webpki::ExtendedKeyUsageValidator for EkuPolicy<'_> {
+    fn validate(
+        &self,
+        iter: webpki::KeyPurposeIdIter<'_, '_>,
+    ) -> std::result::Result<(), webpki::Error> {
+        let mut present = Vec::new();
+        for id in iter {
+            present.push(id?);
+        }
+        if present.is_empty() {
+            return Ok(());
+        }
+        for eku in self.0 {
+            let want = webpki::KeyPurposeId::new(eku.oid_der());
+            if !present.iter().any(|p| *p == want) {
+                #[allow(deprecated)] // the Context variant cannot be built outside webpki
+                return Err(webpki::Error::RequiredEkuNotFound);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The variant name of a webpki error (`CertExpired { .. }` → `CertExpired`).
+fn webpki_reason(e: &webpki::Error) -> String {
+    let d = format!("{e:?}");
+    d.split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or("Unknown")
+        .to_string()
+}
+
+fn policy(reason: &str, message: impl Into<String>) -> Error {
+    Error::validation(reason, message)
+}
+
+/// Validate `chain` (leaf first; a copy of the root at its end is allowed) against `root`
+/// at `time`, requiring `ekus` in the leaf. Only a chain that passes may be applied.
+pub fn validate_chain(
+    chain: &[CertificateDer<'_>],
+    root: &CertificateDer<'_>,
+    ekus: &[Eku],
+    time: UnixTime,
+) -> Result<()> {
+    let leaf = chain.first().ok_or_else(|| Error::invalid("empty chain"))?;
+    let root_parsed = X509Certificate::from_der(root)
+        .map_err(|e| policy("BadDer", format!("the root certificate: {e}")))?
+        .1;
+    let at = time.as_secs() as i64;
+    let rv = &root_parsed.tbs_certificate.validity;
+    if at > rv.not_after.timestamp() {
+        return Err(policy(
+            "RootExpired",
+            format!(
+                "the root \"{}\" expired at {}",
+                root_parsed.subject(),
+                rv.not_after
+            ),
+        ));
+    }
+    if at < rv.not_before.timestamp() {
+        return Err(policy(
+            "RootNotValidYet",
+            format!(
+                "the root \"{}\" is not valid before {}",
+                root_parsed.subject(),
+                rv.not_before
+            ),
+        ));
+    }
+
+    let anchor = webpki::anchor_from_trusted_cert(root).map_err(|e| {
+        policy(
+            &webpki_reason(&e),
+            format!("the root certificate cannot be a trust anchor: {e}"),
+        )
+    })?;
+    let ee = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| policy(&webpki_reason(&e), format!("the leaf certificate: {e}")))?;
+    let intermediates: Vec<CertificateDer> = chain[1..]
+        .iter()
+        .filter(|c| c.as_ref() != root.as_ref())
+        .cloned()
+        .collect();
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &[anchor],
+        &intermediates,
+        time,
+        EkuPolicy(ekus),
+        None,
+        None,
+    )
+    .map_err(|e| {
+        policy(
+            &webpki_reason(&e),
+            format!("the chain does not validate against the configured root: {e}"),
+        )
+    })?;
+
+    check_leaf(leaf, ekus)
+}
+
+/// The device-certificate policy on the leaf, beyond what webpki checks.
+fn check_leaf(leaf: &[u8], ekus: &[Eku]) -> Result<()> {
+    use x509_parser::extensions::ParsedExtension;
+    use x509_parser::public_key::PublicKey as Pk;
+    let (_, c) =
+        X509Certificate::from_der(leaf).map_err(|e| policy("BadDer", format!("the leaf: {e}")))?;
+    let serial = c.tbs_certificate.raw_serial();
+    if serial.iter().all(|b| *b == 0)
+        || serial.len() > 21
+        || (serial.len() == 21 && serial[0] != 0)
+        || serial[0] & 0x80 != 0
+    {
+        return Err(policy(
+            "BadSerialNumber",
+            "the leaf's serial number is zero, negative or longer than 20 bytes",
+        ));
+    }
+    let mut leaf_ekus = None;
+    for ext in c.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::BasicConstraints(bc) if bc.ca => {
+                return Err(policy(
+                    "LeafIsCa",
+                    "the leaf is a CA certificate (basicConstraints cA=true)",
+                ))
+            }
+            ParsedExtension::KeyUsage(ku) if ku.key_cert_sign() => {
+                return Err(policy(
+                    "LeafCanSignCertificates",
+                    "the leaf's key usage allows keyCertSign",
+                ))
+            }
+            ParsedExtension::ExtendedKeyUsage(e) => leaf_ekus = Some(e.clone()),
+            _ => {}
+        }
+    }
+    if !ekus.is_empty() {
+        let Some(have) = leaf_ekus else {
+            let names: Vec<_> = ekus.iter().map(|e| e.name()).collect();
+            return Err(policy(
+                "RequiredEkuNotFound",
+                format!(
+                    "the leaf has no extended key usage; the module requires {}",
+                    names.join(", ")
+                ),
+            ));
+        };
+        for e in ekus {
+            let ok = match e {
+                Eku::ServerAuth => have.server_auth,
+                Eku::ClientAuth => have.client_auth,
+                Eku::CodeSigning => have.code_signing,
+                Eku::EmailProtection => have.email_protection,
+                Eku::TimeStamping => have.time_stamping,
+                Eku::OcspSigning => have.ocsp_signing,
+            };
+            if !ok {
+                return Err(policy(
+                    "RequiredEkuNotFound",
+                    format!("the leaf lacks the extended key usage {}", e.name()),
+                ));
+            }
+        }
+    }
+    match c.public_key().parsed() {
+        Ok(Pk::EC(point)) => {
+            let curve = c
+                .public_key()
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok());
+            let allowed = [
+                x509_parser::oid_registry::OID_EC_P256,
+                x509_parser::oid_registry::OID_NIST_EC_P384,
+                x509_parser::oid_registry::OID_NIST_EC_P521,
+            ];
+            if !curve.is_some_and(|o| allowed.contains(&o)) || point.key_size() < 256 {
+                return Err(policy(
+                    "WeakOrForbiddenKey",
+                    "the leaf's EC key is not on P-256, P-384 or P-521",
+                ));
+            }
+        }
+        Ok(Pk::RSA(rsa)) => {
+            let bits = rsa.key_size();
+            if bits < 2048 || bits % 8 != 0 {
+                return Err(policy(
+                    "WeakOrForbiddenKey",
+                    format!("the leaf's RSA key has {bits} bits (at least 2048, a multiple of 8)"),
+                ));
+            }
+        }
+        Ok(_) => {
+            return Err(policy(
+                "WeakOrForbiddenKey",
+                "the leaf's key type is not EC or RSA",
+            ))
+        }
+        Err(e) => return Err(policy("BadDer", format!("the leaf's public key: {e}"))),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_rfc_vectors() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(i.as_bytes()), o);
+        }
+    }
+
+    #[test]
+    fn pem_round_trips_through_pki_types() {
+        let der: Vec<u8> = (0..200u8).collect();
+        let pem = pem_encode("CERTIFICATE", &der);
+        assert_eq!(
+            CertificateDer::from_pem_slice(pem.as_bytes())
+                .unwrap()
+                .as_ref(),
+            &der[..]
+        );
+    }
+
+    #[test]
+    fn broken_pem_is_an_error() {
+        assert!(parse_chain_pem("")
+            .unwrap_err()
+            .message
+            .contains("no PEM certificate"));
+        let e = parse_chain_pem("-----BEGIN CERTIFICATE-----\nMIIB\n").unwrap_err();
+        assert!(e.message.contains("broken PEM"), "{e}");
+        let e = parse_chain_pem(&pem_encode("CERTIFICATE", b"not der")).unwrap_err();
+        assert!(e.message.contains("not valid X.509"), "{e}");
+    }
+
+    #[test]
+    fn subjects_parse() {
+        assert!(parse_subject("node0").is_ok());
+        assert!(parse_subject("CN=a,O=b").is_ok());
+        assert!(parse_subject("XX=a").is_err());
+        assert!(parse_subject("CN=").is_err());
+        assert!(parse_subject(" ").is_err());
+    }
+}
