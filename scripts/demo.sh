@@ -116,12 +116,11 @@ say "token objects (pkcs11-tool)"
 pkcs11-tool --module "$SOFTHSM_LIB" --token-label aos-demo --login --pin "$(cat "$DIR/work/user-pin")" -O 2>/dev/null \
     | grep -E "^(Private Key|Public Key|Certificate) Object|label:|ID:|Access:" || true
 
-say "openssl verify of each applied certificate"
+say "openssl verify of each applied certificate (exported by p11tool from its URL)"
 mkdir -p "$DIR/issued"
 for t in iam online offline; do
-    id=$(pkcs11-tool --module "$SOFTHSM_LIB" --token-label aos-demo -O --type cert --label "$t" 2>/dev/null | awk '/ID:/ {print $2; exit}')
-    pkcs11-tool --module "$SOFTHSM_LIB" --token-label aos-demo --read-object --type cert --id "$id" -o "$DIR/issued/$t.der" >/dev/null 2>&1
-    openssl x509 -inform DER -in "$DIR/issued/$t.der" -out "$DIR/issued/$t.pem"
+    url=$(iam-certctl -s "$DIR/run/public.sock" --json get "$t" | sed 's/.*"cert_url":"\([^"]*\)".*/\1/')
+    p11tool --provider "$SOFTHSM_LIB" --export "$url" > "$DIR/issued/$t.pem"
     printf '%-8s ' "$t"; openssl verify -CAfile "$DIR/ca.pem" "$DIR/issued/$t.pem"
 done
 

@@ -2,9 +2,9 @@
 # Install the Debian packages the demo and the tests need, if any is missing.
 # Usage: scripts/deps.sh demo|test
 set -eu
-need="softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl"
+need="softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl p11tool:gnutls-bin"
 if [ "${1:-demo}" = test ]; then
-    need="$need p11tool:gnutls-bin gnutls-cli:gnutls-bin setpriv:util-linux socat:socat"
+    need="$need gnutls-cli:gnutls-bin setpriv:util-linux socat:socat"
     [ -e /usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so ] || [ -e /usr/lib/x86_64-linux-gnu/engines-3/libpkcs11.so ] \
         || missing_engine=libengine-pkcs11-openssl
 fi

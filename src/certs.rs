@@ -11,7 +11,6 @@ use crate::error::{Error, Result};
 use crate::keystore::{self, hex, KeyId, KeyStore};
 use crate::wire::CertInfo;
 use crate::x509::{self, StoredKey};
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use std::sync::Arc;
 
@@ -209,9 +208,14 @@ impl CertModules {
         })?;
 
         if !m.config.skip_validation {
-            let root = read_root(config)?;
-            x509::validate_chain(&chain, &root, &m.config.extended_key_usage, UnixTime::now())
-                .map_err(|e| e.context(format!("module {cert_type}")))?;
+            let roots = read_roots(config)?;
+            x509::validate_chain(
+                &chain,
+                &roots,
+                &m.config.extended_key_usage,
+                UnixTime::now(),
+            )
+            .map_err(|e| e.context(format!("module {cert_type}")))?;
         }
 
         m.store
@@ -340,14 +344,14 @@ impl CertModules {
     }
 }
 
-/// The configured root CA, read at each use so that a replaced file takes effect.
-pub fn read_root(config: &Config) -> Result<CertificateDer<'static>> {
+/// The configured root CA certificates (one, or a bundle), read at each use so that a
+/// replaced file takes effect.
+pub fn read_roots(config: &Config) -> Result<Vec<CertificateDer<'static>>> {
     let path = config
         .root_ca
         .as_ref()
         .ok_or_else(|| Error::wrong_state("no root CA is configured (paths.root_ca)"))?;
-    let pem = std::fs::read(path)
+    let pem = std::fs::read_to_string(path)
         .map_err(|e| Error::unavailable(format!("cannot read root CA {}: {e}", path.display())))?;
-    CertificateDer::from_pem_slice(&pem)
-        .map_err(|e| Error::invalid(format!("root CA {}: {e}", path.display())))
+    x509::parse_chain_pem(&pem).map_err(|e| e.context(format!("root CA {}", path.display())))
 }

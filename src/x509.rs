@@ -18,7 +18,10 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// Most certificates a chain may hold (leaf, intermediates, optionally the root).
-pub const MAX_CHAIN_LEN: usize = 8;
+pub const MAX_CHAIN_LEN: usize = 16;
+/// Most subject attributes, and most name-constraint subtrees, a certificate may carry:
+/// name checks grow with their product (x509-limbo nc-dos).
+pub const MAX_NAMES: usize = 64;
 
 /// PEM with 64-column base64, as openssl writes it.
 pub fn pem_encode(label: &str, der: &[u8]) -> String {
@@ -304,106 +307,351 @@ fn policy(reason: &str, message: impl Into<String>) -> Error {
     Error::validation(reason, message)
 }
 
-/// Validate `chain` (leaf first; a copy of the root at its end is allowed) against `root`
-/// at `time`, requiring `ekus` in the leaf. Only a chain that passes may be applied.
+/// Validate `chain` (leaf first; copies of a root in it are ignored) against `roots` at
+/// `time`, requiring `ekus` in the leaf. Only a chain that passes may be applied.
+///
+/// Roots that are expired or break the profile are not used as anchors; if none is left,
+/// the reason the last one was refused is the error.
 pub fn validate_chain(
     chain: &[CertificateDer<'_>],
-    root: &CertificateDer<'_>,
+    roots: &[CertificateDer<'_>],
     ekus: &[Eku],
     time: UnixTime,
 ) -> Result<()> {
     let leaf = chain.first().ok_or_else(|| Error::invalid("empty chain"))?;
-    let root_parsed = X509Certificate::from_der(root)
-        .map_err(|e| policy("BadDer", format!("the root certificate: {e}")))?
-        .1;
     let at = time.as_secs() as i64;
-    let rv = &root_parsed.tbs_certificate.validity;
-    if at > rv.not_after.timestamp() {
-        return Err(policy(
-            "RootExpired",
-            format!(
-                "the root \"{}\" expired at {}",
-                root_parsed.subject(),
-                rv.not_after
-            ),
-        ));
+    let mut anchors = Vec::new();
+    let mut refused = None;
+    for root in roots {
+        match check_root(root, at).and_then(|()| {
+            webpki::anchor_from_trusted_cert(root).map_err(|e| {
+                policy(
+                    &webpki_reason(&e),
+                    format!("a root cannot be a trust anchor: {e}"),
+                )
+            })
+        }) {
+            Ok(a) => anchors.push(a),
+            Err(e) => refused = Some(e),
+        }
     }
-    if at < rv.not_before.timestamp() {
-        return Err(policy(
-            "RootNotValidYet",
-            format!(
-                "the root \"{}\" is not valid before {}",
-                root_parsed.subject(),
-                rv.not_before
-            ),
-        ));
+    if anchors.is_empty() {
+        return Err(
+            refused.unwrap_or_else(|| policy("NoRoot", "no root certificate is configured"))
+        );
     }
 
-    let anchor = webpki::anchor_from_trusted_cert(root).map_err(|e| {
-        policy(
-            &webpki_reason(&e),
-            format!("the root certificate cannot be a trust anchor: {e}"),
-        )
-    })?;
     let ee = webpki::EndEntityCert::try_from(leaf)
         .map_err(|e| policy(&webpki_reason(&e), format!("the leaf certificate: {e}")))?;
     let intermediates: Vec<CertificateDer> = chain[1..]
         .iter()
-        .filter(|c| c.as_ref() != root.as_ref())
+        .filter(|c| !roots.iter().any(|r| r.as_ref() == c.as_ref()))
         .cloned()
         .collect();
-    ee.verify_for_usage(
-        webpki::ALL_VERIFICATION_ALGS,
-        &[anchor],
-        &intermediates,
-        time,
-        EkuPolicy(ekus),
-        None,
-        None,
-    )
-    .map_err(|e| {
-        policy(
-            &webpki_reason(&e),
-            format!("the chain does not validate against the configured root: {e}"),
+    let path = ee
+        .verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &intermediates,
+            time,
+            EkuPolicy(ekus),
+            None,
+            None,
         )
-    })?;
+        .map_err(|e| {
+            policy(
+                &webpki_reason(&e),
+                format!("the chain does not validate against the configured root: {e}"),
+            )
+        })?;
 
-    check_leaf(leaf, ekus)
+    check_leaf(leaf, ekus)?;
+    for ica in path.intermediate_certificates() {
+        check_intermediate(&ica.der())?;
+    }
+    Ok(())
+}
+
+fn parse<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>> {
+    X509Certificate::from_der(der)
+        .map(|(_, c)| c)
+        .map_err(|e| policy("BadDer", format!("{what}: {e}")))
+}
+
+/// Exact bit length of a big-endian unsigned integer.
+fn bit_len(magnitude: &[u8]) -> usize {
+    let m = &magnitude[magnitude.iter().take_while(|b| **b == 0).count()..];
+    m.first()
+        .map_or(0, |b| (m.len() - 1) * 8 + (8 - b.leading_zeros() as usize))
+}
+
+/// Checks every certificate of a path must pass, whatever its place.
+fn check_common(c: &X509Certificate, what: &str) -> Result<()> {
+    use x509_parser::extensions::ParsedExtension as P;
+    use x509_parser::public_key::PublicKey as Pk;
+    for ext in c.extensions() {
+        match ext.parsed_extension() {
+            P::ParseError { error } => {
+                return Err(policy(
+                    "MalformedExtension",
+                    format!("{what}: extension {} does not parse: {error}", ext.oid),
+                ))
+            }
+            P::AuthorityKeyIdentifier(_) if ext.critical => {
+                return Err(policy(
+                    "CriticalKeyIdentifier",
+                    format!("{what}: the authority key identifier is marked critical"),
+                ))
+            }
+            P::SubjectKeyIdentifier(_) if ext.critical => {
+                return Err(policy(
+                    "CriticalKeyIdentifier",
+                    format!("{what}: the subject key identifier is marked critical"),
+                ))
+            }
+            P::PolicyConstraints(_) if !ext.critical => {
+                return Err(policy(
+                    "NonCriticalPolicyConstraints",
+                    format!("{what}: policy constraints must be critical"),
+                ))
+            }
+            P::NameConstraints(nc) => {
+                let n = nc.permitted_subtrees.as_ref().map_or(0, Vec::len)
+                    + nc.excluded_subtrees.as_ref().map_or(0, Vec::len);
+                if n > MAX_NAMES {
+                    return Err(policy(
+                        "TooManyNames",
+                        format!("{what}: {n} name constraints (at most {MAX_NAMES})"),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    let names = c.subject().iter_attributes().count();
+    if names > MAX_NAMES {
+        return Err(policy(
+            "TooManyNames",
+            format!("{what}: {names} subject attributes (at most {MAX_NAMES})"),
+        ));
+    }
+    match c.public_key().parsed() {
+        Ok(Pk::EC(_)) => {
+            let curve = c
+                .public_key()
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok());
+            let allowed = [
+                x509_parser::oid_registry::OID_EC_P256,
+                x509_parser::oid_registry::OID_NIST_EC_P384,
+                x509_parser::oid_registry::OID_NIST_EC_P521,
+            ];
+            if !curve.is_some_and(|o| allowed.contains(&o)) {
+                return Err(policy(
+                    "WeakOrForbiddenKey",
+                    format!("{what}: the EC key is not on a named curve P-256, P-384 or P-521"),
+                ));
+            }
+        }
+        Ok(Pk::RSA(rsa)) => {
+            let bits = bit_len(rsa.modulus);
+            if bits < 2048 || bits % 8 != 0 {
+                return Err(policy(
+                    "WeakOrForbiddenKey",
+                    format!("{what}: the RSA key has {bits} bits (at least 2048, a multiple of 8)"),
+                ));
+            }
+        }
+        Ok(_) => {
+            return Err(policy(
+                "WeakOrForbiddenKey",
+                format!("{what}: the key type is not EC or RSA"),
+            ))
+        }
+        Err(e) => return Err(policy("BadDer", format!("{what}: the public key: {e}"))),
+    }
+    Ok(())
+}
+
+fn check_serial(c: &X509Certificate, what: &str) -> Result<()> {
+    let serial = c.tbs_certificate.raw_serial();
+    let zero = serial.iter().all(|b| *b == 0);
+    let negative = serial.first().is_some_and(|b| b & 0x80 != 0);
+    let long = serial.len() > 21 || (serial.len() == 21 && serial[0] != 0);
+    if zero || negative || long {
+        return Err(policy(
+            "BadSerialNumber",
+            format!("{what}: the serial number is zero, negative or longer than 20 bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn has_aki(c: &X509Certificate) -> bool {
+    matches!(
+        c.get_extension_unique(&x509_parser::oid_registry::OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER),
+        Ok(Some(_))
+    )
+}
+
+fn ski<'a>(c: &'a X509Certificate) -> Option<&'a [u8]> {
+    c.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0),
+            _ => None,
+        })
+}
+
+/// A root must be a CA in the RFC 5280 sense, within its validity, and not restricted to
+/// purposes (no EKU); an unknown critical extension makes it unusable.
+fn check_root(der: &[u8], at: i64) -> Result<()> {
+    use x509_parser::extensions::ParsedExtension as P;
+    let c = parse(der, "a root certificate")?;
+    let what = format!("the root \"{}\"", c.subject());
+    let v = &c.tbs_certificate.validity;
+    if at > v.not_after.timestamp() {
+        return Err(policy(
+            "RootExpired",
+            format!("{what} expired at {}", v.not_after),
+        ));
+    }
+    if at < v.not_before.timestamp() {
+        return Err(policy(
+            "RootNotValidYet",
+            format!("{what} is not valid before {}", v.not_before),
+        ));
+    }
+    check_common(&c, &what)?;
+    if c.subject().iter_attributes().next().is_none() {
+        return Err(policy("EmptySubject", "a root has an empty subject"));
+    }
+    let mut ca = false;
+    for ext in c.extensions() {
+        match ext.parsed_extension() {
+            P::BasicConstraints(bc) if !ext.critical => {
+                return Err(policy(
+                    "NonCriticalBasicConstraints",
+                    format!("{what}: basic constraints must be critical"),
+                ))
+            }
+            P::BasicConstraints(bc) => ca = bc.ca,
+            P::KeyUsage(ku) if !ku.key_cert_sign() => {
+                return Err(policy(
+                    "InconsistentCaExtensions",
+                    format!("{what}: a CA whose key usage lacks keyCertSign"),
+                ))
+            }
+            P::ExtendedKeyUsage(_) => {
+                return Err(policy(
+                    "RootHasEku",
+                    format!("{what}: a root must not carry an extended key usage"),
+                ))
+            }
+            P::UnsupportedExtension { .. } if ext.critical => {
+                return Err(policy(
+                    "UnknownCriticalExtension",
+                    format!("{what}: unknown critical extension {}", ext.oid),
+                ))
+            }
+            P::AuthorityKeyIdentifier(aki) => {
+                if aki.authority_cert_issuer.is_some()
+                    || aki.authority_cert_serial.is_some()
+                    || aki.key_identifier.is_none()
+                {
+                    return Err(policy(
+                        "BadAuthorityKeyIdentifier",
+                        format!(
+                            "{what}: its authority key identifier must hold a key identifier only"
+                        ),
+                    ));
+                }
+                if c.subject() == c.issuer() && aki.key_identifier.as_ref().map(|k| k.0) != ski(&c)
+                {
+                    return Err(policy("BadAuthorityKeyIdentifier", format!("{what}: its authority key identifier differs from its subject key identifier")));
+                }
+            }
+            _ => {}
+        }
+    }
+    if !ca {
+        return Err(policy(
+            "RootNotCa",
+            format!("{what}: no basic constraints with cA=true"),
+        ));
+    }
+    if ski(&c).is_none() {
+        return Err(policy(
+            "MissingKeyIdentifier",
+            format!("{what}: no subject key identifier"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_intermediate(der: &[u8]) -> Result<()> {
+    let c = parse(der, "an intermediate")?;
+    let what = format!("the intermediate \"{}\"", c.subject());
+    check_common(&c, &what)?;
+    check_serial(&c, &what)?;
+    if c.subject().iter_attributes().next().is_none() {
+        return Err(policy(
+            "EmptySubject",
+            "an intermediate has an empty subject",
+        ));
+    }
+    if !has_aki(&c) || ski(&c).is_none() {
+        return Err(policy(
+            "MissingKeyIdentifier",
+            format!("{what}: authority and subject key identifiers are required"),
+        ));
+    }
+    Ok(())
 }
 
 /// The device-certificate policy on the leaf, beyond what webpki checks.
-fn check_leaf(leaf: &[u8], ekus: &[Eku]) -> Result<()> {
-    use x509_parser::extensions::ParsedExtension;
-    use x509_parser::public_key::PublicKey as Pk;
-    let (_, c) =
-        X509Certificate::from_der(leaf).map_err(|e| policy("BadDer", format!("the leaf: {e}")))?;
-    let serial = c.tbs_certificate.raw_serial();
-    if serial.iter().all(|b| *b == 0)
-        || serial.len() > 21
-        || (serial.len() == 21 && serial[0] != 0)
-        || serial[0] & 0x80 != 0
-    {
+fn check_leaf(der: &[u8], ekus: &[Eku]) -> Result<()> {
+    use x509_parser::extensions::ParsedExtension as P;
+    let c = parse(der, "the leaf")?;
+    let what = "the leaf";
+    check_common(&c, what)?;
+    check_serial(&c, what)?;
+    if !has_aki(&c) {
         return Err(policy(
-            "BadSerialNumber",
-            "the leaf's serial number is zero, negative or longer than 20 bytes",
+            "MissingKeyIdentifier",
+            "the leaf has no authority key identifier",
         ));
     }
     let mut leaf_ekus = None;
     for ext in c.extensions() {
         match ext.parsed_extension() {
-            ParsedExtension::BasicConstraints(bc) if bc.ca => {
+            P::BasicConstraints(bc) if bc.ca => {
                 return Err(policy(
                     "LeafIsCa",
                     "the leaf is a CA certificate (basicConstraints cA=true)",
                 ))
             }
-            ParsedExtension::KeyUsage(ku) if ku.key_cert_sign() => {
+            P::KeyUsage(ku) if ku.key_cert_sign() => {
                 return Err(policy(
                     "LeafCanSignCertificates",
                     "the leaf's key usage allows keyCertSign",
                 ))
             }
-            ParsedExtension::ExtendedKeyUsage(e) => leaf_ekus = Some(e.clone()),
+            P::ExtendedKeyUsage(_) if ext.critical => {
+                return Err(policy(
+                    "CriticalEku",
+                    "the leaf's extended key usage is marked critical",
+                ))
+            }
+            P::ExtendedKeyUsage(e) if e.any => {
+                return Err(policy(
+                    "AnyEku",
+                    "the leaf allows any extended key usage (anyExtendedKeyUsage)",
+                ))
+            }
+            P::ExtendedKeyUsage(e) => leaf_ekus = Some(e.clone()),
             _ => {}
         }
     }
@@ -434,43 +682,6 @@ fn check_leaf(leaf: &[u8], ekus: &[Eku]) -> Result<()> {
                 ));
             }
         }
-    }
-    match c.public_key().parsed() {
-        Ok(Pk::EC(point)) => {
-            let curve = c
-                .public_key()
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.as_oid().ok());
-            let allowed = [
-                x509_parser::oid_registry::OID_EC_P256,
-                x509_parser::oid_registry::OID_NIST_EC_P384,
-                x509_parser::oid_registry::OID_NIST_EC_P521,
-            ];
-            if !curve.is_some_and(|o| allowed.contains(&o)) || point.key_size() < 256 {
-                return Err(policy(
-                    "WeakOrForbiddenKey",
-                    "the leaf's EC key is not on P-256, P-384 or P-521",
-                ));
-            }
-        }
-        Ok(Pk::RSA(rsa)) => {
-            let bits = rsa.key_size();
-            if bits < 2048 || bits % 8 != 0 {
-                return Err(policy(
-                    "WeakOrForbiddenKey",
-                    format!("the leaf's RSA key has {bits} bits (at least 2048, a multiple of 8)"),
-                ));
-            }
-        }
-        Ok(_) => {
-            return Err(policy(
-                "WeakOrForbiddenKey",
-                "the leaf's key type is not EC or RSA",
-            ))
-        }
-        Err(e) => return Err(policy("BadDer", format!("the leaf's public key: {e}"))),
     }
     Ok(())
 }
@@ -514,6 +725,13 @@ mod tests {
         assert!(e.message.contains("broken PEM"), "{e}");
         let e = parse_chain_pem(&pem_encode("CERTIFICATE", b"not der")).unwrap_err();
         assert!(e.message.contains("not valid X.509"), "{e}");
+    }
+
+    #[test]
+    fn bit_length_is_exact() {
+        assert_eq!(bit_len(&[0, 0x80, 0]), 16);
+        assert_eq!(bit_len(&[0x01, 0]), 9);
+        assert_eq!(bit_len(&[0]), 0);
     }
 
     #[test]

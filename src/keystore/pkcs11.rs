@@ -334,27 +334,16 @@ impl Pkcs11Store {
     }
 }
 
-/// RFC 7512 percent-encoding: everything but the unreserved characters and `keep`.
-fn pct_keep(s: &[u8], keep: &[u8]) -> String {
+/// RFC 7512 percent-encoding of an attribute value: everything but the unreserved characters.
+fn pct(s: &[u8]) -> String {
     s.iter()
         .map(|&b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
                 (b as char).to_string()
             }
-            b if keep.contains(&b) => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// Encoding for path attributes (`token=`, `object=`, `id=`).
-fn pct(s: &[u8]) -> String {
-    pct_keep(s, b"")
-}
-
-/// Encoding for query values, where `/` and `:` are allowed as they are (file paths).
-fn pct_query(s: &[u8]) -> String {
-    pct_keep(s, b"/:")
 }
 
 impl KeyStore for Pkcs11Store {
@@ -618,19 +607,18 @@ impl KeyStore for Pkcs11Store {
 }
 
 impl Pkcs11Store {
-    /// An RFC 7512 URI that openssl's pkcs11 engine and p11tool accept. The PIN is given
-    /// by reference (`pin-source`), never by value.
+    /// An RFC 7512 URI that openssl's pkcs11 engine and p11tool accept. It names the token
+    /// and object only: the engine refuses query attributes it does not know, and the PIN
+    /// is never put in a URL. Module path and PIN file come from the configuration.
     fn url(&self, label: &str, id: &KeyId, kind: &str) -> String {
         let token = match &self.config.token {
             TokenSelector::Serial(s) => format!("serial={}", pct(s.as_bytes())),
             _ => format!("token={}", pct(self.config.init_label.as_bytes())),
         };
         format!(
-            "pkcs11:{token};object={};id={};type={kind}?module-path={}&pin-source={}",
+            "pkcs11:{token};object={};id={};type={kind}",
             pct(label.as_bytes()),
-            pct(id),
-            pct_query(self.config.library.as_os_str().as_encoded_bytes()),
-            pct_query(format!("file:{}", self.config.user_pin_file.display()).as_bytes()),
+            pct(id)
         )
     }
 }
@@ -652,6 +640,5 @@ mod tests {
     fn urls_percent_encode_per_rfc7512() {
         assert_eq!(pct(b"a b/c"), "a%20b%2Fc");
         assert_eq!(pct(&[0xab, 0x01]), "%AB%01");
-        assert_eq!(pct_query(b"file:/a b"), "file:/a%20b");
     }
 }
