@@ -24,8 +24,22 @@ struct Args {
     version: bool,
 }
 
+/// argh takes `-v -v`; users type `-vv`. Expand a run of `v`s into separate flags.
+fn expand_verbose<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut out = Vec::with_capacity(args.len());
+    for a in args {
+        match a.strip_prefix('-') {
+            Some(vs) if vs.len() > 1 && vs.bytes().all(|b| b == b'v') => {
+                out.extend(std::iter::repeat_n("-v", vs.len()))
+            }
+            _ => out.push(*a),
+        }
+    }
+    out
+}
+
 pub fn main(name: &str, args: &[&str]) -> u8 {
-    let args: Args = match common::parse(name, args) {
+    let args: Args = match common::parse(name, &expand_verbose(args)) {
         Ok(a) => a,
         Err(code) => return code,
     };
@@ -63,5 +77,20 @@ pub fn main(name: &str, args: &[&str]) -> u8 {
             aos_iam::log_error!("{e}");
             common::exit_code(&e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn repeated_v_is_expanded() {
+        assert_eq!(
+            super::expand_verbose(&["-vv", "-c", "x", "-v"]),
+            ["-v", "-v", "-c", "x", "-v"]
+        );
+        assert_eq!(
+            super::expand_verbose(&["--verbose", "-vx"]),
+            ["--verbose", "-vx"]
+        );
     }
 }

@@ -1,0 +1,445 @@
+//! Test harness: a node in a temporary directory with its own SoftHSM token, an openssl
+//! root CA, an iamd configuration, and the real `aos-iam` binary run over its real sockets.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+pub const PASSWORD: &str = "factory-secret";
+pub const TOKEN: &str = "aos-test";
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_aos-iam"))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Store {
+    Pkcs11,
+    Software,
+}
+
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    fn from(o: Output) -> Out {
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout, self.stderr))
+    }
+    #[track_caller]
+    pub fn ok(self) -> Out {
+        assert_eq!(
+            self.code, 0,
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+    /// Failed with `code`, and the message (stderr, or the JSON error) contains `text`.
+    #[track_caller]
+    pub fn fails(self, code: i32, text: &str) -> Out {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}; stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        let all = format!("{}{}", self.stdout, self.stderr);
+        assert!(all.contains(text), "expected {text:?} in:\n{all}");
+        self
+    }
+}
+
+pub fn run(cmd: &mut Command, stdin: Option<&str>) -> Out {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if let Some(input) = stdin {
+        let mut si = child.stdin.take().unwrap();
+        let input = input.to_string();
+        std::thread::spawn(move || {
+            let _ = si.write_all(input.as_bytes());
+        });
+    }
+    Out::from(child.wait_with_output().unwrap())
+}
+
+pub fn sh(script: &str) -> Out {
+    run(Command::new("sh").arg("-c").arg(script), None)
+}
+
+pub struct Node {
+    pub dir: PathBuf,
+    pub store: Store,
+    pub iamd: Option<Child>,
+    /// Extra TOML appended to the generated configuration.
+    pub extra_config: String,
+    /// Modules in the generated configuration: (id, algorithm, EKUs, self_signed, max_items).
+    pub modules: Vec<(&'static str, &'static str, &'static str, bool, u32)>,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Node {
+    pub fn new(name: &str, store: Store) -> Node {
+        let dir = std::env::temp_dir().join(format!(
+            "aos-iam-t-{name}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        for d in ["tokens", "work", "run"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        std::fs::write(
+            dir.join("softhsm2.conf"),
+            format!(
+                "directories.tokendir = {}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.join("node-id"), format!("node-{name}\n")).unwrap();
+        std::fs::write(dir.join("password"), format!("{PASSWORD}\n")).unwrap();
+        let node = Node {
+            dir,
+            store,
+            iamd: None,
+            extra_config: String::new(),
+            modules: vec![
+                (
+                    "iam",
+                    "ecdsa-p384",
+                    r#"["clientAuth", "serverAuth"]"#,
+                    false,
+                    2,
+                ),
+                ("online", "ecdsa-p256", r#"["clientAuth"]"#, false, 2),
+                ("diskencryption", "ecdsa-p384", "[]", true, 1),
+            ],
+        };
+        node.make_ca("ca");
+        node
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.join(p)
+    }
+    pub fn p(&self, p: &str) -> String {
+        self.path(p).display().to_string()
+    }
+    pub fn node_id(&self) -> String {
+        std::fs::read_to_string(self.path("node-id"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+    pub fn protected(&self) -> String {
+        self.p("run/protected.sock")
+    }
+    pub fn public(&self) -> String {
+        self.p("run/public.sock")
+    }
+
+    /// A root CA `NAME.pem` / `NAME.key` (EC P-384), made by openssl.
+    pub fn make_ca(&self, name: &str) {
+        sh(&format!(
+            "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -days 365 \
+             -keyout {d}/{name}.key -out {d}/{name}.pem -subj '/O=aos-iam tests/CN={name}' \
+             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign",
+            d = self.dir.display()
+        ))
+        .ok();
+    }
+
+    pub fn config_text(&self) -> String {
+        let d = self.dir.display();
+        let mut c = format!(
+            "[node]\nid_file = \"{d}/node-id\"\nname = \"test node\"\n\n[paths]\nworking_dir = \"{d}/work\"\nroot_ca = \"{d}/ca.pem\"\n\
+             public_socket = \"{d}/run/public.sock\"\nprotected_socket = \"{d}/run/protected.sock\"\n"
+        );
+        for (id, alg, eku, self_signed, max) in &self.modules {
+            c.push_str(&format!(
+                "\n[[modules]]\nid = \"{id}\"\nalgorithm = \"{alg}\"\nextended_key_usage = {eku}\nself_signed = {self_signed}\nmax_items = {max}\n"
+            ));
+            match self.store {
+                Store::Pkcs11 => c.push_str(&format!(
+                    "[modules.pkcs11]\nlibrary = \"{SOFTHSM}\"\ntoken_label = \"{TOKEN}\"\nuser_pin_file = \"{d}/work/user-pin\"\n"
+                )),
+                Store::Software => c.push_str(&format!("store = \"software\"\n[modules.software]\ndir = \"{d}/work/keys\"\n")),
+            }
+        }
+        c.push_str(&self.extra_config);
+        c
+    }
+
+    pub fn write_config(&self) {
+        std::fs::write(self.path("config.toml"), self.config_text()).unwrap();
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.env("SOFTHSM2_CONF", self.path("softhsm2.conf"));
+        c
+    }
+
+    /// Start iamd and wait until both sockets answer.
+    pub fn start(&mut self, provisioning: bool) {
+        self.write_config();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("iamd.log"))
+            .unwrap();
+        let mut cmd = self.cmd();
+        cmd.args(["iamd", "-c", &self.p("config.toml"), "-vv"]);
+        if provisioning {
+            cmd.arg("--provisioning");
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !(self.path("run/protected.sock").exists()
+            && std::os::unix::net::UnixStream::connect(self.path("run/protected.sock")).is_ok())
+        {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("iamd exited ({status}):\n{}", self.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "iamd did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::fs::write(self.path("iamd.pid"), child.id().to_string()).unwrap();
+        self.iamd = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("iamd.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.iamd.take().expect("iamd running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        child.wait().unwrap()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.iamd.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Wait for an iamd killed from outside (e.g. by a hook) to be reaped.
+    pub fn reap(&mut self) {
+        if let Some(mut child) = self.iamd.take() {
+            let _ = child.wait();
+        }
+    }
+
+    pub fn applet(&self, applet: &str, args: &[&str], stdin: Option<&str>) -> Out {
+        let mut c = self.cmd();
+        c.arg(applet).args(args);
+        run(&mut c, stdin)
+    }
+
+    /// `iam-provision -s PROTECTED ARGS...`
+    pub fn provision(&self, args: &[&str]) -> Out {
+        let mut all = vec!["-s".to_string(), self.protected()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        self.applet("iam-provision", &refs, None)
+    }
+
+    pub fn provision_stdin(&self, args: &[&str], stdin: &str) -> Out {
+        let mut all = vec!["-s".to_string(), self.protected()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        self.applet("iam-provision", &refs, Some(stdin))
+    }
+
+    pub fn run_flow(&self) -> Out {
+        let (ca, key, pw) = (self.p("ca.pem"), self.p("ca.key"), self.p("password"));
+        self.provision(&[
+            "--json",
+            "run",
+            "--ca-cert",
+            &ca,
+            "--ca-key",
+            &key,
+            "--password-file",
+            &pw,
+        ])
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        self.provision(&["--json", "status"]).ok().json()
+    }
+
+    /// Sign a CSR with this node's openssl CA (or another CA of the same directory).
+    pub fn openssl_sign(&self, csr_file: &str, ca: &str, out: &str) {
+        sh(&format!(
+            "openssl x509 -req -in {csr} -CA {d}/{ca}.pem -CAkey {d}/{ca}.key -days 30 -copy_extensions copy -out {out} 2>&1",
+            d = self.dir.display(),
+            csr = csr_file
+        ))
+        .ok();
+    }
+
+    /// The token's user PIN, as iamd wrote it.
+    pub fn user_pin(&self) -> String {
+        std::fs::read_to_string(self.path("work/user-pin")).unwrap()
+    }
+
+    /// Objects on the token, by pkcs11-tool: (kind, label, id hex, access).
+    pub fn token_objects(&self) -> Vec<(String, String, String, String)> {
+        let out = run(
+            self.cmd_for("pkcs11-tool").args([
+                "--module",
+                SOFTHSM,
+                "--token-label",
+                TOKEN,
+                "--login",
+                "--pin",
+                &self.user_pin(),
+                "-O",
+            ]),
+            None,
+        )
+        .ok();
+        let mut objs = Vec::new();
+        let mut cur: Option<(String, String, String, String)> = None;
+        for line in out.stdout.lines() {
+            if let Some((kind, _)) = line.split_once(" Object") {
+                if let Some(c) = cur.take() {
+                    objs.push(c);
+                }
+                cur = Some((
+                    kind.trim().to_string(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                ));
+            } else if let Some(c) = cur.as_mut() {
+                let l = line.trim();
+                if let Some(v) = l.strip_prefix("label:") {
+                    c.1 = v.trim().to_string();
+                } else if let Some(v) = l.strip_prefix("ID:") {
+                    c.2 = v.trim().to_string();
+                } else if let Some(v) = l.strip_prefix("Access:") {
+                    c.3 = v.trim().to_string();
+                }
+            }
+        }
+        objs.extend(cur);
+        objs.sort();
+        objs
+    }
+
+    pub fn cmd_for(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("SOFTHSM2_CONF", self.path("softhsm2.conf"));
+        c
+    }
+
+    /// Export the certificate a URL names: p11tool for pkcs11:, the file for file://.
+    pub fn export_cert(&self, url: &str, out: &str) {
+        if let Some(path) = url.strip_prefix("file://") {
+            std::fs::copy(path, out).unwrap();
+        } else {
+            let o = run(
+                self.cmd_for("p11tool")
+                    .args(["--provider", SOFTHSM, "--export", url]),
+                None,
+            )
+            .ok();
+            std::fs::write(out, o.stdout).unwrap();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!(
+                "test files kept in {}\niamd log:\n{}",
+                self.dir.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+pub fn read(p: impl AsRef<Path>) -> String {
+    std::fs::read_to_string(p).unwrap()
+}
+
+/// An intermediate CA `NAME.pem`/`NAME.key` signed by the node's root `ca`.
+pub fn make_intermediate(node: &Node, name: &str) {
+    let d = node.dir.display();
+    std::fs::write(
+        node.path(&format!("{name}.ext")),
+        "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n",
+    )
+    .unwrap();
+    sh(&format!(
+        "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -keyout {d}/{name}.key -out {d}/{name}.csr \
+         -subj '/O=aos-iam tests/CN={name}' && \
+         openssl x509 -req -in {d}/{name}.csr -CA {d}/ca.pem -CAkey {d}/ca.key -days 100 -extfile {d}/{name}.ext -out {d}/{name}.pem"
+    ))
+    .ok();
+}
+
+/// Sign a CSR with rcgen as the node's CA `ca`, after `adjust` changes the parameters:
+/// for certificates openssl will not make (expired, without EKU).
+pub fn rcgen_sign(
+    node: &Node,
+    csr_pem: &str,
+    adjust: impl FnOnce(&mut rcgen::CertificateParams),
+) -> String {
+    let ca_key = rcgen::KeyPair::from_pem(&read(node.path("ca.key"))).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&read(node.path("ca.pem")), &ca_key).unwrap();
+    let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    csr.params.not_before = now - time::Duration::hours(1);
+    csr.params.not_after = now + time::Duration::days(30);
+    csr.params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x42, 7, 7, 7]));
+    csr.params.use_authority_key_identifier_extension = true;
+    adjust(&mut csr.params);
+    csr.signed_by(&issuer).unwrap().pem()
+}
