@@ -34,9 +34,26 @@ pub fn exit_code(e: &Error) -> u8 {
     }
 }
 
+/// argh takes a lone `-` for an unknown flag; as a positional (stdin, by convention) it
+/// must follow `--`. An option's value (`--password-file -`) is left as it is.
+fn positional_dash<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::with_capacity(args.len() + 1);
+    let mut ended = false;
+    for (i, a) in args.iter().enumerate() {
+        ended |= *a == "--";
+        let after_option = i > 0 && args[i - 1].starts_with('-') && args[i - 1].len() > 1;
+        if *a == "-" && !ended && !after_option {
+            out.push("--");
+            ended = true;
+        }
+        out.push(a);
+    }
+    out
+}
+
 /// Parse an applet's arguments; help goes to stdout (exit 0), errors to stderr (exit 2).
 pub fn parse<T: FromArgs>(name: &str, args: &[&str]) -> Result<T, u8> {
-    T::from_args(&[name], args).map_err(|early| {
+    T::from_args(&[name], &positional_dash(args)).map_err(|early| {
         if early.status.is_ok() {
             print!("{}", early.output);
             EXIT_OK
@@ -142,4 +159,46 @@ pub fn cert_text(c: &aos_iam::wire::CertInfo) -> String {
         c.cert_url,
         c.key_url
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lone_dash_is_a_positional_unless_it_is_an_option_value() {
+        assert_eq!(
+            positional_dash(&["apply", "iam", "-"]),
+            ["apply", "iam", "--", "-"]
+        );
+        assert_eq!(
+            positional_dash(&["start", "--password-file", "-"]),
+            ["start", "--password-file", "-"]
+        );
+        assert_eq!(positional_dash(&["apply", "--", "-"]), ["apply", "--", "-"]);
+    }
+
+    #[test]
+    fn every_error_kind_has_its_exit_code() {
+        let codes: Vec<u8> = [
+            ErrorKind::NotFound,
+            ErrorKind::InvalidArgument,
+            ErrorKind::WrongState,
+            ErrorKind::Unauthorized,
+            ErrorKind::Timeout,
+            ErrorKind::Unavailable,
+            ErrorKind::KeyStore("x".into()),
+            ErrorKind::Validation("x".into()),
+            ErrorKind::Protocol,
+            ErrorKind::Internal,
+        ]
+        .into_iter()
+        .map(|k| exit_code(&Error::new(k, "")))
+        .collect();
+        let mut unique = codes.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), codes.len(), "distinct codes: {codes:?}");
+        assert!(!codes.contains(&EXIT_USAGE) && !codes.contains(&EXIT_OK));
+    }
 }

@@ -1,0 +1,194 @@
+//! Bad input gets a precise, typed error (and its documented exit code) and changes nothing:
+//! wrong passwords, steps in the wrong mode or state, unknown types, and every kind of
+//! certificate ApplyCert must refuse.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+/// What a refused step must leave exactly as it was.
+fn observable(node: &Node) -> (serde_json::Value, Vec<(String, String, String, String)>) {
+    let objects = if node.store == Store::Pkcs11 && node.path("work/user-pin").exists() {
+        node.token_objects()
+    } else {
+        Vec::new()
+    };
+    (node.status(), objects)
+}
+
+#[test]
+fn wrong_password_is_refused_after_a_growing_delay_and_changes_nothing() {
+    let mut node = Node::new("pw", Store::Pkcs11);
+    node.start(true);
+    node.provision_stdin(&["start"], PASSWORD).ok();
+    let before = observable(&node);
+    let mut delays = Vec::new();
+    for _ in 0..2 {
+        let t = Instant::now();
+        node.provision_stdin(&["--json", "start"], "not-the-password\n")
+            .fails(4, "wrong password");
+        delays.push(t.elapsed());
+    }
+    assert!(
+        delays[0] >= Duration::from_millis(250),
+        "first refusal waited {:?}",
+        delays[0]
+    );
+    assert!(
+        delays[1] >= Duration::from_millis(500),
+        "second refusal waited {:?}",
+        delays[1]
+    );
+    node.provision_stdin(&["finish"], "nope\n")
+        .fails(4, "wrong password");
+    node.provision_stdin(&["create-key", "iam"], "nope\n")
+        .fails(4, "wrong password");
+    let out = node
+        .provision_stdin(&["--json", "deprovision"], "nope\n")
+        .fails(4, "wrong password");
+    assert_eq!(out.json()["error"]["kind"], "unauthorized");
+    assert_eq!(observable(&node), before);
+
+    // After deprovisioning, the token still belongs to the old password (its SO PIN):
+    // another password cannot take it over.
+    node.provision_stdin(&["deprovision"], PASSWORD).ok();
+    node.provision_stdin(&["start"], "another-password\n")
+        .fails(4, "CKR_PIN_INCORRECT");
+    assert_eq!(node.status()["state"], "unprovisioned");
+    node.provision_stdin(&["start"], PASSWORD).ok();
+    assert!(!node.log().contains("not-the-password") && !node.log().contains("another-password"));
+}
+
+#[test]
+fn provisioning_steps_outside_provisioning_mode_are_refused() {
+    let mut node = Node::new("mode", Store::Pkcs11);
+    node.start(false);
+    let before = observable(&node);
+    node.provision_stdin(&["start"], PASSWORD)
+        .fails(5, "not in provisioning mode");
+    node.provision_stdin(&["create-key", "iam"], PASSWORD)
+        .fails(5, "the node is unprovisioned");
+    node.provision_stdin(&["finish"], PASSWORD)
+        .fails(5, "not in provisioning mode");
+    node.provision_stdin(&["deprovision"], PASSWORD)
+        .fails(5, "not in provisioning mode");
+    node.provision(&["apply", "iam", &node.p("ca.pem")])
+        .fails(5, "unprovisioned");
+    assert_eq!(observable(&node), before);
+    assert!(
+        !node.path("work/user-pin").exists(),
+        "the token was not touched"
+    );
+}
+
+#[test]
+fn steps_in_the_wrong_state_are_refused() {
+    let mut node = Node::new("state", Store::Software);
+    node.start(true);
+    node.provision_stdin(&["finish"], PASSWORD)
+        .fails(5, "start provisioning first");
+    node.provision_stdin(&["start"], PASSWORD).ok();
+    node.provision_stdin(&["finish"], PASSWORD)
+        .fails(5, "no certificate applied yet for iam, online");
+    assert_eq!(node.status()["state"], "provisioning");
+}
+
+#[test]
+fn unknown_certificate_type_is_not_found() {
+    let mut node = Node::new("type", Store::Software);
+    node.start(true);
+    node.provision_stdin(&["start"], PASSWORD).ok();
+    let before = observable(&node);
+    node.provision_stdin(&["create-key", "bogus"], PASSWORD)
+        .fails(6, "unknown certificate type \"bogus\"");
+    node.provision(&["apply", "bogus", &node.p("ca.pem")])
+        .fails(6, "this node has: iam, online, diskencryption");
+    node.applet("iam-certctl", &["-s", &node.public(), "get", "bogus"], None)
+        .fails(6, "unknown certificate type");
+    assert_eq!(observable(&node), before);
+}
+
+fn apply_refusals(store: Store) {
+    let mut node = Node::new("apply", store);
+    node.make_ca("other");
+    node.start(true);
+    node.provision_stdin(&["start"], PASSWORD).ok();
+    let csr_file = node.p("iam.csr");
+    node.provision(&[
+        "create-key",
+        "iam",
+        "--password-file",
+        &node.p("password"),
+        "-o",
+        &csr_file,
+    ])
+    .ok();
+    let csr = read(&csr_file);
+    let before = observable(&node);
+    let d = node.dir.display();
+
+    // A certificate for another key.
+    sh(&format!("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -keyout {d}/x.key -subj /CN=x -out {d}/x.csr 2>/dev/null")).ok();
+    node.openssl_sign(&node.p("x.csr"), "ca", &node.p("x.pem"));
+    node.provision(&["apply", "iam", &node.p("x.pem")])
+        .fails(8, "KeyMismatch");
+
+    // Our key, signed by a CA that chains to another root.
+    node.openssl_sign(&csr_file, "other", &node.p("other.pem.issued"));
+    node.provision(&["apply", "iam", &node.p("other.pem.issued")])
+        .fails(8, "UnknownIssuer");
+
+    // Expired.
+    let expired = rcgen_sign(&node, &csr, |p| {
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::days(10);
+        p.not_after = now - time::Duration::days(1);
+    });
+    std::fs::write(node.path("expired.pem"), &expired).unwrap();
+    node.provision(&["apply", "iam", &node.p("expired.pem")])
+        .fails(8, "CertExpired");
+
+    // Without the EKU the module requires.
+    let no_eku = rcgen_sign(&node, &csr, |p| p.extended_key_usages.clear());
+    std::fs::write(node.path("no-eku.pem"), &no_eku).unwrap();
+    node.provision(&["--json", "apply", "iam", &node.p("no-eku.pem")])
+        .fails(8, "RequiredEkuNotFound");
+
+    // Truncated PEM, and text that is no PEM at all.
+    let good = rcgen_sign(&node, &csr, |_| {});
+    std::fs::write(node.path("truncated.pem"), &good[..good.len() / 2]).unwrap();
+    node.provision(&["apply", "iam", &node.p("truncated.pem")])
+        .fails(7, "broken PEM");
+    node.provision_stdin(&["apply", "iam", "-"], "hello\n")
+        .fails(7, "no PEM certificate");
+
+    assert_eq!(observable(&node), before, "refused applies changed nothing");
+
+    // The pending key is intact: the right certificate still applies.
+    std::fs::write(node.path("good.pem"), &good).unwrap();
+    node.provision(&["apply", "iam", &node.p("good.pem")]).ok();
+    assert_eq!(node.status()["modules"][0]["certificates"], 1);
+}
+
+#[test]
+fn refused_certificates_change_nothing_on_a_pkcs11_token() {
+    apply_refusals(Store::Pkcs11);
+}
+
+#[test]
+fn refused_certificates_change_nothing_on_the_software_store() {
+    apply_refusals(Store::Software);
+}
+
+#[test]
+fn provisioning_requires_a_password_from_a_file_or_stdin_never_argv() {
+    let mut node = Node::new("argv", Store::Software);
+    node.start(true);
+    node.provision(&["start", "--password", PASSWORD])
+        .fails(2, "Unrecognized argument");
+    node.provision_stdin(&["start"], "\n")
+        .fails(7, "password is empty");
+    node.provision(&["start", "--password-file", "/nonexistent"])
+        .fails(7, "/nonexistent");
+    assert_eq!(node.status()["state"], "unprovisioned");
+}
