@@ -150,6 +150,35 @@ async fn accept_loop(listener: Async<UnixListener>, socket: Socket, shared: Arc<
     }
 }
 
+/// Input read and thrown away after a protocol error, so that closing with unread data
+/// does not reset the connection before the peer has read the error.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Send a last error frame and close gracefully: shut down writing, drain what the peer
+/// still sends (bounded in bytes and time), then drop the connection.
+async fn send_last(stream: &Async<UnixStream>, lock: &smol::lock::Mutex<()>, frame: Vec<u8>) {
+    use smol::io::AsyncReadExt;
+    if !send(stream, lock, frame).await {
+        return;
+    }
+    let _ = stream.get_ref().shutdown(std::net::Shutdown::Write);
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        while total < DRAIN_LIMIT {
+            match (&mut &*stream).read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    smol::future::or(drain, async {
+        smol::Timer::after(DRAIN_TIME).await;
+    })
+    .await;
+}
+
 /// Write a whole frame; concurrent answers on one connection are serialised by `lock`.
 async fn send(stream: &Async<UnixStream>, lock: &smol::lock::Mutex<()>, frame: Vec<u8>) -> bool {
     let _g = lock.lock().await;
@@ -192,7 +221,7 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
             "uid {} gid {} is not allowed on the protected socket",
             peer.uid, peer.gid
         ));
-        send(&stream, &lock, error_frame(0, &e, limit)).await;
+        send_last(&stream, &lock, error_frame(0, &e, limit)).await;
         return;
     }
 
@@ -209,7 +238,7 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
                     _ => 0,
                 };
                 if !matches!(e, FrameError::Io(_) | FrameError::Truncated) {
-                    send(&stream, &lock, error_frame(id, &e.into(), limit)).await;
+                    send_last(&stream, &lock, error_frame(id, &e.into(), limit)).await;
                 }
                 return;
             }
@@ -218,7 +247,7 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
             Ok(r) => r,
             Err(e) => {
                 crate::log_warn!("{socket:?} socket, pid {}: {e}; closing", peer.pid);
-                send(&stream, &lock, error_frame(header.id, &e, limit)).await;
+                send_last(&stream, &lock, error_frame(header.id, &e, limit)).await;
                 return;
             }
         };
@@ -262,7 +291,11 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
                     limit,
                 ),
             };
-            if !send(&stream, &lock, answer).await || !greeted {
+            if !greeted {
+                send_last(&stream, &lock, answer).await;
+                return;
+            }
+            if !send(&stream, &lock, answer).await {
                 return;
             }
             continue;

@@ -1,0 +1,293 @@
+//! The sockets under hostile or wrong input: garbage frames, a frame claiming a 4 GiB body,
+//! other protocol versions, requests before the hello, protected operations on the public
+//! socket, and peers whose uid the protected socket does not admit.
+
+mod common;
+use aos_iam::wire::{self, FrameKind, Request, Role, HEADER_LEN, MAGIC};
+use common::*;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+
+/// Read one frame from a raw stream; `None` at end of stream.
+fn read_frame(s: &mut UnixStream) -> Option<(wire::Header, Vec<u8>)> {
+    aos_iam::transport::read_frame_blocking(s, wire::DEFAULT_BODY_LIMIT)
+        .expect("well-formed answer")
+}
+
+fn expect_error_then_close(s: &mut UnixStream, text: &str) -> aos_iam::Error {
+    let (h, body) = read_frame(s).expect("an error frame");
+    assert_eq!(h.kind, FrameKind::Error);
+    let e: aos_iam::Error = wire::decode_body(&body).unwrap();
+    assert!(e.message.contains(text), "{text:?} not in {e:?}");
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(
+        rest.is_empty(),
+        "the connection is closed after a protocol error"
+    );
+    e
+}
+
+fn hello(s: &mut UnixStream) {
+    let f = wire::encode_frame(
+        FrameKind::Request,
+        1,
+        &Request::Hello {
+            version: 1,
+            role: Role::Client,
+        },
+        1 << 16,
+    )
+    .unwrap();
+    s.write_all(&f).unwrap();
+    let (h, _) = read_frame(s).unwrap();
+    assert_eq!(h.kind, FrameKind::Response);
+}
+
+fn still_serving(node: &Node) {
+    node.applet(
+        "iam-certctl",
+        &["-s", &node.public(), "get", "diskencryption"],
+        None,
+    )
+    .fails(6, "no certificate");
+    assert_eq!(node.status()["state"], "unprovisioned");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = read(format!("/proc/{pid}/status"));
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn garbage_frames_are_refused_and_other_clients_keep_working() {
+    let mut node = Node::new("garbage", Store::Software);
+    node.start(true);
+    for sock in [node.public(), node.protected()] {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let e = expect_error_then_close(&mut s, "bad frame magic");
+        assert_eq!(e.kind, aos_iam::ErrorKind::Protocol);
+    }
+    // A valid header whose body is not a request.
+    let mut s = UnixStream::connect(node.protected()).unwrap();
+    hello(&mut s);
+    let mut frame = wire::Header::new(FrameKind::Request, 9, 3)
+        .encode()
+        .to_vec();
+    frame.extend_from_slice(&[0xff, 0xff, 0xff]);
+    s.write_all(&frame).unwrap();
+    expect_error_then_close(&mut s, "malformed frame body");
+    // A request with trailing bytes.
+    let mut s = UnixStream::connect(node.protected()).unwrap();
+    hello(&mut s);
+    let mut body = postcard::to_stdvec(&Request::Version).unwrap();
+    body.push(0);
+    let mut frame = wire::Header::new(FrameKind::Request, 9, body.len() as u32)
+        .encode()
+        .to_vec();
+    frame.extend_from_slice(&body);
+    s.write_all(&frame).unwrap();
+    expect_error_then_close(&mut s, "trailing bytes");
+    still_serving(&node);
+}
+
+#[test]
+fn a_frame_claiming_a_4_gib_body_is_refused_before_allocation() {
+    let mut node = Node::new("huge", Store::Software);
+    node.start(true);
+    let pid = node.iamd.as_ref().unwrap().id();
+    let before = rss_kib(pid);
+    let mut s = UnixStream::connect(node.protected()).unwrap();
+    let mut h = [0u8; HEADER_LEN];
+    h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    h[4] = aos_iam::PROTOCOL_VERSION;
+    h[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+    s.write_all(&h).unwrap();
+    expect_error_then_close(&mut s, "4294967295 bytes exceeds the limit of 65536 bytes");
+    assert!(
+        rss_kib(pid) < before + 16 * 1024,
+        "no large allocation: {before} KiB → {} KiB",
+        rss_kib(pid)
+    );
+    still_serving(&node);
+}
+
+#[test]
+fn other_protocol_versions_are_refused_naming_both() {
+    let mut node = Node::new("version", Store::Software);
+    node.start(true);
+    // In the frame header.
+    let mut s = UnixStream::connect(node.public()).unwrap();
+    let mut f = wire::encode_frame(
+        FrameKind::Request,
+        5,
+        &Request::Hello {
+            version: 1,
+            role: Role::Client,
+        },
+        1 << 16,
+    )
+    .unwrap();
+    f[4] = 7;
+    s.write_all(&f).unwrap();
+    let (h, body) = read_frame(&mut s).unwrap();
+    assert_eq!(
+        (h.kind, h.id, h.version),
+        (FrameKind::Error, 5, aos_iam::PROTOCOL_VERSION)
+    );
+    let e: aos_iam::Error = wire::decode_body(&body).unwrap();
+    assert!(
+        e.message.contains("version 7") && e.message.contains("version 1"),
+        "{e:?}"
+    );
+    // In the hello.
+    let mut s = UnixStream::connect(node.public()).unwrap();
+    let f = wire::encode_frame(
+        FrameKind::Request,
+        1,
+        &Request::Hello {
+            version: 3,
+            role: Role::Client,
+        },
+        1 << 16,
+    )
+    .unwrap();
+    s.write_all(&f).unwrap();
+    let e = expect_error_then_close(&mut s, "protocol version 3 is not supported");
+    assert!(e.message.contains("speaks version 1"));
+    still_serving(&node);
+}
+
+#[test]
+fn requests_before_the_hello_are_refused() {
+    let mut node = Node::new("nohello", Store::Software);
+    node.start(true);
+    let mut s = UnixStream::connect(node.public()).unwrap();
+    s.write_all(&wire::encode_frame(FrameKind::Request, 1, &Request::Version, 1 << 16).unwrap())
+        .unwrap();
+    expect_error_then_close(&mut s, "expected Hello first, got Version");
+}
+
+#[test]
+fn many_requests_in_flight_on_one_connection_are_answered_by_id() {
+    let mut node = Node::new("inflight", Store::Software);
+    node.start(true);
+    let mut s = UnixStream::connect(node.protected()).unwrap();
+    hello(&mut s);
+    let mut all = Vec::new();
+    for id in 100..140u64 {
+        let r = if id % 2 == 0 {
+            Request::Version
+        } else {
+            Request::GetCertTypes {
+                node_id: String::new(),
+            }
+        };
+        all.extend(wire::encode_frame(FrameKind::Request, id, &r, 1 << 16).unwrap());
+    }
+    s.write_all(&all).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 100..140 {
+        let (h, body) = read_frame(&mut s).unwrap();
+        let r: wire::Response = wire::decode_body(&body).unwrap();
+        match r {
+            wire::Response::Version { .. } => assert_eq!(h.id % 2, 0),
+            wire::Response::CertTypes(t) => assert_eq!(
+                (h.id % 2, t),
+                (1, vec!["iam".to_string(), "online".to_string()])
+            ),
+            other => panic!("{other:?}"),
+        }
+        seen.insert(h.id);
+    }
+    assert_eq!(seen.len(), 40, "every request answered once");
+}
+
+#[test]
+fn protected_operations_are_refused_on_the_public_socket() {
+    let mut node = Node::new("public", Store::Software);
+    node.start(true);
+    let public = node.public();
+    node.applet("iam-provision", &["-s", &public, "status"], None)
+        .fails(4, "served on the protected socket only");
+    node.applet("iam-provision", &["-s", &public, "start"], Some(PASSWORD))
+        .fails(4, "protected socket only");
+    assert_eq!(node.status()["state"], "unprovisioned");
+}
+
+/// Run the applet as uid/gid 65534 (nobody) with setpriv; the binary is copied where that
+/// user can execute it.
+fn as_nobody(node: &Node, args: &[&str]) -> Out {
+    let copy = node.path("aos-iam");
+    if !copy.exists() {
+        std::fs::copy(bin(), &copy).unwrap();
+        sh(&format!(
+            "chmod 0755 {} {}",
+            node.dir.display(),
+            copy.display()
+        ))
+        .ok();
+    }
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&copy)
+        .args(args);
+    run(&mut c, None)
+}
+
+#[test]
+fn the_protected_socket_admits_root_and_configured_ids_only() {
+    // With the default mode the file system already keeps other users out.
+    let mut node = Node::new("uid", Store::Software);
+    node.start(true);
+    sh(&format!("chmod 0755 {}", node.p("run"))).ok();
+    as_nobody(&node, &["iam-provision", "-s", &node.protected(), "status"])
+        .fails(3, "Permission denied");
+    node.stop();
+
+    // With the socket open to all, SO_PEERCRED decides.
+    let cfg = node
+        .config_text()
+        .replace("[paths]\n", "[paths]\nprotected_socket_mode = \"0666\"\n");
+    start_with_config(&mut node, &cfg);
+    as_nobody(&node, &["iam-provision", "-s", &node.protected(), "status"])
+        .fails(4, "uid 65534 gid 65534 is not allowed");
+    as_nobody(
+        &node,
+        &["iam-provision", "-s", &node.protected(), "cert-types"],
+    )
+    .fails(4, "not allowed");
+    assert_eq!(node.status()["state"], "unprovisioned");
+    // The public socket serves everyone.
+    as_nobody(&node, &["iam-certctl", "-s", &node.public(), "get", "iam"])
+        .fails(6, "no certificate");
+    node.stop();
+
+    let cfg = cfg.replace("[paths]\n", "[paths]\nallowed_uids = [65534]\n");
+    start_with_config(&mut node, &cfg);
+    as_nobody(&node, &["iam-provision", "-s", &node.protected(), "status"]).ok();
+}
+
+/// Start iamd with a hand-edited configuration (the harness would regenerate it).
+fn start_with_config(node: &mut Node, cfg: &str) {
+    let mut cmd = node.cmd();
+    cmd.args(["iamd", "-c", &node.p("custom.toml"), "--provisioning"]);
+    std::fs::write(node.path("custom.toml"), cfg).unwrap();
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..500 {
+        if UnixStream::connect(node.protected()).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    node.iamd = Some(child);
+    sh(&format!("chmod 0755 {}", node.p("run"))).ok();
+}
