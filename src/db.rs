@@ -90,8 +90,12 @@ impl Db {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let db = Database::create(path).map_err(|e| {
-            Error::internal(format!("cannot open database {}: {e}", path.display()))
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::unavailable(format!(
+                "database {} is in use by another process (another iamd?)",
+                path.display()
+            )),
+            e => Error::internal(format!("cannot open database {}: {e}", path.display())),
         })?;
         let this = Db { db };
         this.write(|_| Ok(()))?;
