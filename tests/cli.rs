@@ -8,7 +8,10 @@ use std::process::Command;
 #[test]
 fn aos_iam_lists_its_applets() {
     let out = run(Command::new(bin()).arg("--list"), None).ok();
-    assert_eq!(out.stdout.lines().collect::<Vec<_>>(), ["iamd", "iam-provision", "iam-certctl", "iam-nodelink"]);
+    assert_eq!(
+        out.stdout.lines().collect::<Vec<_>>(),
+        ["iamd", "iam-provision", "iam-certctl", "iam-nodelink"]
+    );
     run(Command::new(bin()).arg("--version"), None).ok();
     run(&mut Command::new(bin()), None).fails(2, "Usage: aos-iam APPLET");
 }
@@ -17,17 +20,39 @@ fn aos_iam_lists_its_applets() {
 fn applets_are_reached_by_link_name_or_as_first_argument() {
     let dir = std::env::temp_dir().join(format!("aos-iam-links-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for name in ["iamd", "iam-provision", "iam-certctl", "iam-nodelink", "iam-bogus"] {
+    for name in [
+        "iamd",
+        "iam-provision",
+        "iam-certctl",
+        "iam-nodelink",
+        "iam-bogus",
+    ] {
         let link = dir.join(name);
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(bin(), &link).unwrap();
     }
     let out = run(&mut Command::new(dir.join("iamd")).arg("--version"), None).ok();
     assert!(out.stdout.starts_with("iamd "), "{}", out.stdout);
-    let out = run(&mut Command::new(dir.join("iam-provision")).arg("--help"), None).ok();
-    assert!(out.stdout.contains("run") && out.stdout.contains("create-key"), "{}", out.stdout);
-    let out = run(&mut Command::new(dir.join("iam-certctl")).arg("--help"), None).ok();
-    assert!(out.stdout.contains("list") && out.stdout.contains("get"), "{}", out.stdout);
+    let out = run(
+        &mut Command::new(dir.join("iam-provision")).arg("--help"),
+        None,
+    )
+    .ok();
+    assert!(
+        out.stdout.contains("run") && out.stdout.contains("create-key"),
+        "{}",
+        out.stdout
+    );
+    let out = run(
+        &mut Command::new(dir.join("iam-certctl")).arg("--help"),
+        None,
+    )
+    .ok();
+    assert!(
+        out.stdout.contains("list") && out.stdout.contains("get"),
+        "{}",
+        out.stdout
+    );
     run(&mut Command::new(dir.join("iam-nodelink")), None).fails(69, "not available in this build");
     run(&mut Command::new(dir.join("iam-bogus")), None).fails(2, "unknown applet \"iam-bogus\"");
     run(Command::new(bin()).args(["iam-certctl", "--help"]), None).ok();
@@ -37,9 +62,22 @@ fn applets_are_reached_by_link_name_or_as_first_argument() {
 
 #[test]
 fn a_client_without_iamd_says_so() {
-    run(Command::new(bin()).args(["iam-provision", "-s", "/nonexistent/iam.sock", "status"]), None)
-        .fails(3, "is iamd running?");
-    let out = run(Command::new(bin()).args(["iam-certctl", "-s", "/nonexistent/iam.sock", "--json", "get", "iam"]), None);
+    run(
+        Command::new(bin()).args(["iam-provision", "-s", "/nonexistent/iam.sock", "status"]),
+        None,
+    )
+    .fails(3, "is iamd running?");
+    let out = run(
+        Command::new(bin()).args([
+            "iam-certctl",
+            "-s",
+            "/nonexistent/iam.sock",
+            "--json",
+            "get",
+            "iam",
+        ]),
+        None,
+    );
     assert_eq!(out.code, 3);
     assert_eq!(out.json()["error"]["kind"], "unavailable");
 }
@@ -50,25 +88,55 @@ fn check_config_names_file_key_and_reason() {
     node.write_config();
     let cfg = node.p("config.toml");
     let check = |expect: i32| {
-        let out = run(node.cmd().args(["iamd", "-c", &cfg, "--check-config"]), None);
+        let out = run(
+            node.cmd().args(["iamd", "-c", &cfg, "--check-config"]),
+            None,
+        );
         assert_eq!(out.code, expect, "{}{}", out.stdout, out.stderr);
         out
     };
     check(0);
 
-    std::fs::write(&cfg, node.config_text().replace("[paths]\n", "[paths]\ncolour = \"blue\"\n")).unwrap();
+    std::fs::write(
+        &cfg,
+        node.config_text()
+            .replace("[paths]\n", "[paths]\ncolour = \"blue\"\n"),
+    )
+    .unwrap();
     let out = check(1);
-    assert!(out.stderr.contains(&format!("{cfg}: paths.colour: unknown key")), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("{cfg}: paths.colour: unknown key")),
+        "{}",
+        out.stderr
+    );
 
     node.write_config();
     std::fs::create_dir_all(node.path("config.d")).unwrap();
-    std::fs::write(node.path("config.d/50-extra.toml"), "[[modules]]\nid = \"sm\"\nstore = \"software\"\nalgorithm = \"dsa\"\n").unwrap();
+    std::fs::write(
+        node.path("config.d/50-extra.toml"),
+        "[[modules]]\nid = \"sm\"\nstore = \"software\"\nalgorithm = \"dsa\"\n",
+    )
+    .unwrap();
     let out = check(1);
-    assert!(out.stderr.contains("config.d/50-extra.toml: modules[3].algorithm: \"dsa\" is not one of"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("config.d/50-extra.toml: modules[3].algorithm: \"dsa\" is not one of"),
+        "{}",
+        out.stderr
+    );
 
-    std::fs::write(node.path("config.d/50-extra.toml"), "[[modules]]\nid = \"sm\"\nstore = \"software\"\n").unwrap();
+    std::fs::write(
+        node.path("config.d/50-extra.toml"),
+        "[[modules]]\nid = \"sm\"\nstore = \"software\"\n",
+    )
+    .unwrap();
     let out = check(0);
-    assert!(out.stdout.contains("4 certificate modules"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("4 certificate modules"),
+        "{}",
+        out.stdout
+    );
 
     std::fs::write(&cfg, "[paths]\nworking_dir = \"/tmp\"\n").unwrap();
     let out = check(1);
@@ -78,7 +146,11 @@ fn check_config_names_file_key_and_reason() {
     std::fs::write(&cfg, "[node\n").unwrap();
     let out = run(node.cmd().args(["iamd", "-c", &cfg]), None);
     assert_eq!(out.code, 1);
-    assert!(out.stderr.starts_with("<3>configuration: ") && out.stderr.contains("not valid TOML"), "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("<3>configuration: ") && out.stderr.contains("not valid TOML"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -87,16 +159,26 @@ fn iamd_stops_cleanly_on_sigterm_and_removes_its_sockets() {
     node.start(false);
     assert!(node.stop().success());
     assert!(!node.path("run/public.sock").exists() && !node.path("run/protected.sock").exists());
-    assert!(node.log().contains("<5>SIGTERM: stopping"), "{}", node.log());
+    assert!(
+        node.log().contains("<5>SIGTERM: stopping"),
+        "{}",
+        node.log()
+    );
     // A stale socket left by a killed iamd is replaced; a live one is not.
     node.start(false);
     node.kill9();
     assert!(node.path("run/public.sock").exists());
     node.start(false);
-    let second = run(node.cmd().args(["iamd", "-c", &node.p("config.toml")]), None);
+    let second = run(
+        node.cmd().args(["iamd", "-c", &node.p("config.toml")]),
+        None,
+    );
     assert_eq!(second.code, 3, "{}", second.stderr);
     assert!(second.stderr.contains("another iamd?"), "{}", second.stderr);
-    assert!(node.path("run/protected.sock").exists(), "the running iamd keeps its sockets");
+    assert!(
+        node.path("run/protected.sock").exists(),
+        "the running iamd keeps its sockets"
+    );
 }
 
 #[test]
@@ -105,16 +187,21 @@ fn iamd_tells_systemd_it_is_ready() {
     let mut node = Node::new("notify", Store::Software);
     let sock_path = node.path("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
     node.write_config();
     let mut cmd = node.cmd();
-    cmd.env("NOTIFY_SOCKET", &sock_path).args(["iamd", "-c", &node.p("config.toml")]);
+    cmd.env("NOTIFY_SOCKET", &sock_path)
+        .args(["iamd", "-c", &node.p("config.toml")]);
     let child = cmd.stderr(std::process::Stdio::null()).spawn().unwrap();
     node.iamd = Some(child);
     let mut buf = [0u8; 64];
     let n = sock.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"READY=1");
-    assert!(std::os::unix::net::UnixStream::connect(node.protected()).is_ok(), "sockets are up before READY=1");
+    assert!(
+        std::os::unix::net::UnixStream::connect(node.protected()).is_ok(),
+        "sockets are up before READY=1"
+    );
     node.stop();
     let n = sock.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"STOPPING=1");

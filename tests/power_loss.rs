@@ -1,0 +1,195 @@
+//! Power loss inside `iam-provision run`: iamd is killed with SIGKILL at a chosen point
+//! (by a hook or by the signing command, so the point is exact), restarted, and the same
+//! command is run again. The node must end provisioned with exactly the expected token
+//! objects and database records, and no orphans.
+
+mod common;
+use common::*;
+
+/// A command that SIGKILLs iamd when the file `kill-at` names `$1`, once.
+fn write_killer(node: &Node) {
+    let d = node.dir.display();
+    std::fs::write(
+        node.path("killer.sh"),
+        format!(
+            "if [ \"$(cat {d}/kill-at 2>/dev/null)\" = \"$1\" ]; then rm -f {d}/kill-at; kill -9 $(cat {d}/iamd.pid); sleep 5; fi\n"
+        ),
+    )
+    .unwrap();
+    // The signing command: kill first if asked, then sign with openssl.
+    std::fs::write(
+        node.path("sign.sh"),
+        format!(
+            "sh {d}/killer.sh sign-$AOS_IAM_CERT_TYPE\n\
+             exec openssl x509 -req -CA {d}/ca.pem -CAkey {d}/ca.key -days 30 -copy_extensions copy 2>/dev/null\n"
+        ),
+    )
+    .unwrap();
+}
+
+fn run_flow(node: &Node) -> Out {
+    let sign = format!("sh {}", node.p("sign.sh"));
+    node.provision(&[
+        "--json",
+        "run",
+        "--sign-cmd",
+        &sign,
+        "--password-file",
+        &node.p("password"),
+    ])
+}
+
+fn assert_converged(node: &Node) {
+    let status = node.status();
+    assert_eq!(status["state"], "provisioned", "{status}");
+    for m in status["modules"].as_array().unwrap() {
+        assert_eq!(
+            m["certificates"], 1,
+            "one certificate record per module: {m}"
+        );
+        assert_eq!(m["pending_key"], false, "no pending key left: {m}");
+    }
+    let objs = node.token_objects();
+    assert_eq!(
+        objs.len(),
+        9,
+        "three objects for each of three modules, nothing else: {objs:#?}"
+    );
+    let listed = node
+        .applet(
+            "iam-certctl",
+            &["-s", &node.protected(), "--json", "list"],
+            None,
+        )
+        .ok()
+        .json();
+    let certs = listed["certificates"].as_array().unwrap();
+    assert_eq!(certs.len(), 3);
+    for c in certs {
+        let t = c["type"].as_str().unwrap();
+        let of: Vec<_> = objs.iter().filter(|o| o.1 == t).collect();
+        assert_eq!(of.len(), 3, "{t}: {of:#?}");
+        let id = &of[0].2;
+        assert!(
+            of.iter().all(|o| &o.2 == id),
+            "{t}: key pair and certificate share one ID"
+        );
+        // The record's URL names the object on the token.
+        let id_in_url: String = c["key_url"]
+            .as_str()
+            .unwrap()
+            .split("id=")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let decoded: String = {
+            let mut out = String::new();
+            let b = id_in_url.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                if b[i] == b'%' {
+                    out.push_str(&id_in_url[i + 1..i + 3].to_ascii_lowercase());
+                    i += 3;
+                } else {
+                    out.push_str(&format!("{:02x}", b[i]));
+                    i += 1;
+                }
+            }
+            out
+        };
+        assert_eq!(
+            &decoded, id,
+            "{t}: the database record names the token objects"
+        );
+    }
+}
+
+fn kill_at(point: &str) {
+    let mut node = Node::new(&format!("kill-{point}"), Store::Pkcs11);
+    let killer = node.p("killer.sh");
+    node.extra_config = format!(
+        "\n[hooks]\ndisk_encryption = [\"sh\", \"{killer}\", \"disk-encryption\"]\nfinish = [\"sh\", \"{killer}\", \"finish\"]\n"
+    );
+    write_killer(&node);
+    std::fs::write(node.path("kill-at"), point).unwrap();
+    node.start(true);
+    let first = run_flow(&node);
+    assert_eq!(
+        first.code, 3,
+        "the run is cut off by the kill: {}{}",
+        first.stdout, first.stderr
+    );
+    assert!(
+        !node.path("kill-at").exists(),
+        "the kill happened at {point}"
+    );
+    node.reap();
+
+    node.start(true);
+    run_flow(&node).ok();
+    assert_converged(&node);
+    // And it stays so across a restart in normal mode.
+    node.stop();
+    node.start(false);
+    assert_converged(&node);
+}
+
+#[test]
+fn killed_after_start_provisioning_converges() {
+    kill_at("disk-encryption");
+}
+
+#[test]
+fn killed_between_create_key_and_apply_cert_converges() {
+    kill_at("sign-iam");
+}
+
+#[test]
+fn killed_between_two_modules_converges() {
+    kill_at("sign-online");
+}
+
+#[test]
+fn killed_after_the_last_apply_cert_converges() {
+    kill_at("finish");
+}
+
+/// Single verbs: a key created, iamd killed, restarted; CreateKey again replaces the
+/// pending key (its objects are removed) and the flow finishes with nothing left over.
+#[test]
+fn repeated_create_key_after_a_kill_leaves_no_orphan() {
+    let mut node = Node::new("kill-verbs", Store::Pkcs11);
+    write_killer(&node);
+    node.start(true);
+    let pw = node.p("password");
+    node.provision(&["start", "--password-file", &pw]).ok();
+    node.provision(&[
+        "create-key",
+        "iam",
+        "--password-file",
+        &pw,
+        "-o",
+        &node.p("old.csr"),
+    ])
+    .ok();
+    node.kill9();
+    node.start(true);
+    assert_eq!(node.status()["modules"][0]["pending_key"], true);
+    for t in ["iam", "online"] {
+        let csr = node.p(&format!("{t}.csr"));
+        node.provision(&["create-key", t, "--password-file", &pw, "-o", &csr])
+            .ok();
+        node.openssl_sign(&csr, "ca", &node.p(&format!("{t}.pem")));
+        node.provision(&["apply", t, &node.p(&format!("{t}.pem"))])
+            .ok();
+    }
+    // The certificate for the replaced key no longer applies: its key is gone.
+    node.openssl_sign(&node.p("old.csr"), "ca", &node.p("old.pem"));
+    node.provision(&["apply", "iam", &node.p("old.pem")])
+        .fails(8, "KeyMismatch");
+    node.provision(&["finish", "--password-file", &pw]).ok();
+    assert_converged(&node);
+}
