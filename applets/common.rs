@@ -111,7 +111,7 @@ pub fn hex(b: &[u8]) -> String {
 
 pub fn parse_hex(what: &str, s: &str) -> Result<Vec<u8>, Error> {
     let s = s.trim_start_matches("0x").replace(':', "");
-    if s.is_empty() || s.len() % 2 != 0 {
+    if s.is_empty() || !s.len().is_multiple_of(2) {
         return Err(Error::invalid(format!("{what} must be hex bytes")));
     }
     (0..s.len())

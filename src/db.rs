@@ -176,7 +176,7 @@ impl Db {
             let old: Vec<PendingKey> = t.pending_of(&p.cert_type)?;
             for o in old {
                 t.pending.remove(key(&o.cert_type, &o.key_id).as_str())?;
-                trashed.push(t.to_trash(&o.cert_type, &o.key_id)?);
+                trashed.push(t.move_to_trash(&o.cert_type, &o.key_id)?);
             }
             t.pending
                 .insert(key(&p.cert_type, &p.key_id).as_str(), enc(p)?.as_slice())?;
@@ -198,7 +198,7 @@ impl Db {
             t.certs.insert(k.as_str(), enc(&record)?.as_slice())?;
             for e in evict {
                 t.certs.remove(key(&e.cert_type, &e.key_id).as_str())?;
-                trashed.push(t.to_trash(&e.cert_type, &e.key_id)?);
+                trashed.push(t.move_to_trash(&e.cert_type, &e.key_id)?);
             }
             Ok(())
         })?;
@@ -246,7 +246,7 @@ impl Tables<'_> {
         Ok(out)
     }
 
-    fn to_trash(&mut self, cert_type: &str, id: &KeyId) -> Result<TrashEntry> {
+    fn move_to_trash(&mut self, cert_type: &str, id: &KeyId) -> Result<TrashEntry> {
         let e = TrashEntry {
             cert_type: cert_type.to_string(),
             key_id: *id,

@@ -45,7 +45,7 @@ pub fn unsigned_integer(magnitude: &[u8]) -> Vec<u8> {
 
 /// ECDSA-Sig-Value (SEQUENCE of r and s) from the raw r‖s a PKCS#11 token returns.
 pub fn ecdsa_signature(raw: &[u8]) -> Option<Vec<u8>> {
-    if raw.is_empty() || raw.len() % 2 != 0 {
+    if raw.is_empty() || !raw.len().is_multiple_of(2) {
         return None;
     }
     let (r, s) = raw.split_at(raw.len() / 2);

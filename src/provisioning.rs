@@ -77,12 +77,20 @@ pub struct Provisioning {
     /// Serialises the operations that change state (and password attempts with them).
     lock: Mutex<()>,
     failures: AtomicU32,
+    /// The last password that passed the verifier, as an HMAC under a key that lives only
+    /// in this process, with the verifier it passed: a repeated check (one per CreateKey)
+    /// then costs one HMAC instead of a PBKDF2 derivation.
+    remembered: Mutex<Option<(Vec<u8>, ring::hmac::Tag)>>,
+    remember_key: ring::hmac::Key,
 }
 
 impl Provisioning {
     pub fn open(config: Config, provisioning_mode: bool) -> Result<Provisioning> {
         let db = Db::open(&config.db_path())?;
         let modules = CertModules::open(&config)?;
+        let remember_key =
+            ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+                .map_err(|_| Error::internal("the OS random number generator failed"))?;
         Ok(Provisioning {
             config,
             provisioning_mode,
@@ -90,6 +98,8 @@ impl Provisioning {
             modules,
             lock: Mutex::new(()),
             failures: AtomicU32::new(0),
+            remembered: Mutex::new(None),
+            remember_key,
         })
     }
 
@@ -158,14 +168,29 @@ impl Provisioning {
 
     /// Check a password against the verifier; `Ok(false)` when there is no verifier yet.
     fn verify(&self, password: &Secret) -> Result<bool> {
-        match self.db.snapshot()?.verifier {
-            Some(v) if check_verifier(&v, password) => {
-                self.failures.store(0, Ordering::SeqCst);
-                Ok(true)
-            }
-            Some(_) => Err(self.wrong_password(Error::unauthorized("wrong password"))),
-            None => Ok(false),
+        let Some(verifier) = self.db.snapshot()?.verifier else {
+            return Ok(false);
+        };
+        let tag = ring::hmac::sign(&self.remember_key, password.expose().as_bytes());
+        let mut remembered = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
+        let known = remembered.as_ref().is_some_and(|(v, t)| {
+            *v == verifier && crate::secret::constant_time_eq(t.as_ref(), tag.as_ref())
+        });
+        if known || check_verifier(&verifier, password) {
+            *remembered = Some((verifier, tag));
+            self.failures.store(0, Ordering::SeqCst);
+            return Ok(true);
         }
+        drop(remembered);
+        Err(self.wrong_password(Error::unauthorized("wrong password")))
+    }
+
+    /// Store the new verifier for `password`, remembering it as verified.
+    fn set_password(&self, password: &Secret, verifier: Vec<u8>) -> Result<()> {
+        self.db.begin_provisioning(&verifier)?;
+        let tag = ring::hmac::sign(&self.remember_key, password.expose().as_bytes());
+        *self.remembered.lock().unwrap_or_else(|p| p.into_inner()) = Some((verifier, tag));
+        Ok(())
     }
 
     /// Run a configured hook; a failure names the hook and its exit status.
@@ -230,14 +255,22 @@ impl Provisioning {
         }
         self.verify(password)?;
         self.hook("start", &self.config.hooks.start)?;
-        for store in self.modules.stores() {
-            store.take_ownership(password).map_err(|e| match e.kind {
-                ErrorKind::Unauthorized => self.wrong_password(e),
-                _ => e,
-            })?;
-        }
+        // The verifier's key derivation does not depend on the tokens: derive it on another
+        // thread while the tokens are initialised.
+        let verifier = std::thread::scope(|scope| {
+            let derivation = scope.spawn(|| make_verifier(password));
+            for store in self.modules.stores() {
+                store.take_ownership(password).map_err(|e| match e.kind {
+                    ErrorKind::Unauthorized => self.wrong_password(e),
+                    _ => e,
+                })?;
+            }
+            derivation
+                .join()
+                .map_err(|_| Error::internal("password derivation failed"))?
+        })?;
         self.failures.store(0, Ordering::SeqCst);
-        self.db.begin_provisioning(&make_verifier(password)?)?;
+        self.set_password(password, verifier)?;
         for m in self.modules.modules.iter().filter(|m| m.config.self_signed) {
             let subject = format!("CN={},OU={}", self.config.node_id, m.id());
             self.modules

@@ -285,7 +285,7 @@ impl webpki::ExtendedKeyUsageValidator for EkuPolicy<'_> {
         }
         for eku in self.0 {
             let want = webpki::KeyPurposeId::new(eku.oid_der());
-            if !present.iter().any(|p| *p == want) {
+            if !present.contains(&want) {
                 #[allow(deprecated)] // the Context variant cannot be built outside webpki
                 return Err(webpki::Error::RequiredEkuNotFound);
             }
@@ -457,7 +457,7 @@ fn check_common(c: &X509Certificate, what: &str) -> Result<()> {
         }
         Ok(Pk::RSA(rsa)) => {
             let bits = bit_len(rsa.modulus);
-            if bits < 2048 || bits % 8 != 0 {
+            if bits < 2048 || !bits.is_multiple_of(8) {
                 return Err(policy(
                     "WeakOrForbiddenKey",
                     format!("{what}: the RSA key has {bits} bits (at least 2048, a multiple of 8)"),

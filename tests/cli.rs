@@ -31,23 +31,15 @@ fn applets_are_reached_by_link_name_or_as_first_argument() {
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(bin(), &link).unwrap();
     }
-    let out = run(&mut Command::new(dir.join("iamd")).arg("--version"), None).ok();
+    let out = run(Command::new(dir.join("iamd")).arg("--version"), None).ok();
     assert!(out.stdout.starts_with("iamd "), "{}", out.stdout);
-    let out = run(
-        &mut Command::new(dir.join("iam-provision")).arg("--help"),
-        None,
-    )
-    .ok();
+    let out = run(Command::new(dir.join("iam-provision")).arg("--help"), None).ok();
     assert!(
         out.stdout.contains("run") && out.stdout.contains("create-key"),
         "{}",
         out.stdout
     );
-    let out = run(
-        &mut Command::new(dir.join("iam-certctl")).arg("--help"),
-        None,
-    )
-    .ok();
+    let out = run(Command::new(dir.join("iam-certctl")).arg("--help"), None).ok();
     assert!(
         out.stdout.contains("list") && out.stdout.contains("get"),
         "{}",

@@ -264,6 +264,18 @@ impl Pkcs11Store {
     fn init_token(&self, password: &Secret) -> Result<Slot> {
         *self.session.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let slot = self.find_slot(true)?;
+        let info = self
+            .ctx
+            .get_token_info(slot)
+            .map_err(self.err("read token info"))?;
+        let (min, max) = (info.min_pin_length(), info.max_pin_length());
+        let len = password.expose().len();
+        if len < min || len > max {
+            return Err(Error::invalid(format!(
+                "{}: the password has {len} characters; this token takes {min} to {max}",
+                self.describe()
+            )));
+        }
         let so_pin = AuthPin::from(password.expose());
         self.ctx
             .init_token(slot, &so_pin, &self.config.init_label)

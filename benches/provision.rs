@@ -1,0 +1,407 @@
+//! `make bench`: provisioning 5 ECDSA P-384 modules with `iam-provision run` against iamd on
+//! SoftHSM, against a baseline measured in the same run: the same token initialisation,
+//! key generations, token and CA signatures, certificate objects and durable redb commits,
+//! done directly with cryptoki, rcgen and redb. Also the stripped static binary's size and
+//! iamd's idle RSS. Figures, not a pass/fail test.
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, CertificateType, ObjectClass};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MODULES: usize = 5;
+const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+/// Durable commits `run` makes: begin provisioning, per module a pending key and an
+/// applied certificate, and the final state.
+const COMMITS: usize = 2 + 2 * MODULES;
+
+fn fresh_dir(root: &Path, name: &str) -> PathBuf {
+    let d = root.join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    for sub in ["tokens", "work", "run"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    std::fs::write(
+        d.join("softhsm2.conf"),
+        format!(
+            "directories.tokendir = {}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    d
+}
+
+fn make_ca(root: &Path) -> (String, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "bench root");
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    p.key_identifier_method = rcgen::KeyIdMethod::Sha256;
+    let cert = p.self_signed(&key).unwrap();
+    std::fs::write(root.join("ca.pem"), cert.pem()).unwrap();
+    std::fs::write(root.join("ca.key"), key.serialize_pem()).unwrap();
+    (cert.pem(), key)
+}
+
+struct TokenKey<'a> {
+    session: &'a Session,
+    key: cryptoki::object::ObjectHandle,
+    point: Vec<u8>,
+}
+
+impl rcgen::PublicKeyData for TokenKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        &self.point
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P384_SHA384
+    }
+}
+
+impl rcgen::SigningKey for TokenKey<'_> {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        let digest = ring::digest::digest(&ring::digest::SHA384, msg);
+        let raw = self
+            .session
+            .sign(&Mechanism::Ecdsa, self.key, digest.as_ref())
+            .map_err(|_| rcgen::Error::RemoteKeyError)?;
+        aos_iam::der::ecdsa_signature(&raw).ok_or(rcgen::Error::RemoteKeyError)
+    }
+}
+
+/// The same work as `run`, done directly.
+fn baseline(dir: &Path, ca_pem: &str, ca_key: &rcgen::KeyPair) -> Duration {
+    std::env::set_var("SOFTHSM2_CONF", dir.join("softhsm2.conf"));
+    let start = Instant::now();
+    let ctx = Pkcs11::new(SOFTHSM).unwrap();
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| !ctx.get_token_info(*s).unwrap().token_initialized())
+        .unwrap();
+    let so = AuthPin::from("factory-secret");
+    ctx.init_token(slot, &so, "bench").unwrap();
+    let slot = ctx.get_slots_with_initialized_token().unwrap()[0];
+    let user = AuthPin::from("0123456789abcdef0123456789abcdef");
+    {
+        let s = ctx.open_rw_session(slot).unwrap();
+        s.login(UserType::So, Some(&so)).unwrap();
+        s.init_pin(&user).unwrap();
+    }
+    let session = ctx.open_rw_session(slot).unwrap();
+    session.login(UserType::User, Some(&user)).unwrap();
+    let db = redb::Database::create(dir.join("work/baseline.db")).unwrap();
+    let table: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("t");
+    let commit = |k: &str| {
+        let txn = db.begin_write().unwrap();
+        txn.open_table(table)
+            .unwrap()
+            .insert(k, &[0u8; 200][..])
+            .unwrap();
+        txn.commit().unwrap();
+    };
+    commit("start");
+    let issuer = rcgen::Issuer::from_ca_cert_pem(ca_pem, ca_key).unwrap();
+    for i in 0..MODULES {
+        let id = vec![i as u8; 16];
+        let label = format!("m{i}").into_bytes();
+        commit(&format!("pending{i}"));
+        let public = [
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Id(id.clone()),
+            Attribute::Label(label.clone()),
+            Attribute::Verify(true),
+            Attribute::EcParams(aos_iam::der::P384_PARAMS.to_vec()),
+        ];
+        let private = [
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Id(id.clone()),
+            Attribute::Label(label.clone()),
+        ];
+        let (pubk, key) = session
+            .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+            .unwrap();
+        let point = match session
+            .get_attributes(pubk, &[cryptoki::object::AttributeType::EcPoint])
+            .unwrap()
+            .pop()
+        {
+            Some(Attribute::EcPoint(p)) => aos_iam::der::ec_point(&p, 97).to_vec(),
+            _ => panic!("no EC point"),
+        };
+        let token_key = TokenKey {
+            session: &session,
+            key,
+            point,
+        };
+        let mut params = rcgen::CertificateParams::new(vec![format!("m{i}.local")]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("m{i}"));
+        let csr = params.serialize_request(&token_key).unwrap();
+        let csr = rcgen::CertificateSigningRequestParams::from_der(csr.der()).unwrap();
+        let cert = csr.signed_by(&issuer).unwrap();
+        let f = aos_iam::x509::fields(cert.der()).unwrap();
+        let subject = {
+            use x509_parser::prelude::FromDer;
+            x509_parser::certificate::X509Certificate::from_der(cert.der())
+                .unwrap()
+                .1
+                .tbs_certificate
+                .subject
+                .as_raw()
+                .to_vec()
+        };
+        session
+            .create_object(&[
+                Attribute::Class(ObjectClass::CERTIFICATE),
+                Attribute::CertificateType(CertificateType::X_509),
+                Attribute::Token(true),
+                Attribute::Id(id),
+                Attribute::Label(label),
+                Attribute::Subject(subject),
+                Attribute::Issuer(f.issuer_der),
+                Attribute::SerialNumber(aos_iam::der::unsigned_integer(&f.serial)),
+                Attribute::Value(cert.der().to_vec()),
+            ])
+            .unwrap();
+        commit(&format!("cert{i}"));
+    }
+    commit("finish");
+    let elapsed = start.elapsed();
+    assert_eq!(COMMITS, 2 + 2 * MODULES);
+    drop(session);
+    drop(ctx);
+    elapsed
+}
+
+fn config(dir: &Path) -> String {
+    let d = dir.display();
+    let mut c = format!(
+        "[node]\nid = \"bench-node\"\n[paths]\nworking_dir = \"{d}/work\"\nroot_ca = \"{d}/../ca.pem\"\n\
+         public_socket = \"{d}/run/public.sock\"\nprotected_socket = \"{d}/run/protected.sock\"\n"
+    );
+    for i in 0..MODULES {
+        c.push_str(&format!(
+            "[[modules]]\nid = \"m{i}\"\nalgorithm = \"ecdsa-p384\"\nalt_names = [\"m{i}.local\"]\n\
+             [modules.pkcs11]\nlibrary = \"{SOFTHSM}\"\ntoken_label = \"bench\"\nuser_pin_file = \"{d}/work/pin\"\n"
+        ));
+    }
+    c
+}
+
+fn start_iamd(bin: &Path, dir: &Path, provisioning: bool) -> std::process::Child {
+    std::fs::write(dir.join("config.toml"), config(dir)).unwrap();
+    let mut cmd = Command::new(bin);
+    cmd.arg("iamd")
+        .arg("-c")
+        .arg(dir.join("config.toml"))
+        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"));
+    if provisioning {
+        cmd.arg("--provisioning");
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock = dir.join("run/protected.sock");
+    let t = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "iamd exited");
+        assert!(t.elapsed() < Duration::from_secs(20), "iamd did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
+fn stop(mut child: std::process::Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+}
+
+fn flow(bin: &Path, root: &Path, dir: &Path) -> Duration {
+    let iamd = start_iamd(bin, dir, true);
+    std::fs::write(dir.join("password"), "factory-secret\n").unwrap();
+    let start = Instant::now();
+    let out = Command::new(bin)
+        .args(["iam-provision", "-s"])
+        .arg(dir.join("run/protected.sock"))
+        .args(["run", "--ca-cert"])
+        .arg(root.join("ca.pem"))
+        .arg("--ca-key")
+        .arg(root.join("ca.key"))
+        .arg("--password-file")
+        .arg(dir.join("password"))
+        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
+        .output()
+        .unwrap();
+    let elapsed = start.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stop(iamd);
+    elapsed
+}
+
+/// Resident memory of a process by mapping, in KiB.
+struct Rss {
+    total: u64,
+    anon: u64,
+    binary: u64,
+    module: u64,
+}
+
+impl Rss {
+    fn of(pid: u32, bin: &Path) -> Rss {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+        let bin = bin.display().to_string();
+        let (mut r, mut name) = (
+            Rss {
+                total: 0,
+                anon: 0,
+                binary: 0,
+                module: 0,
+            },
+            String::new(),
+        );
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                name = line.split_whitespace().nth(5).unwrap_or("").to_string();
+            } else if let Some(v) = line.strip_prefix("Rss:") {
+                let kib: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap();
+                r.total += kib;
+                if name.is_empty() || name.starts_with('[') {
+                    r.anon += kib;
+                } else if name == bin {
+                    r.binary += kib;
+                } else if ["libsofthsm2", "libcrypto", "libstdc++", "libgcc_s"]
+                    .iter()
+                    .any(|l| name.contains(l))
+                {
+                    r.module += kib;
+                }
+            }
+        }
+        r
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let bin = PathBuf::from(
+        std::env::var("AOS_IAM_BIN").unwrap_or_else(|_| "target/release/aos-iam".into()),
+    );
+    let bin = std::fs::canonicalize(&bin)
+        .unwrap_or_else(|e| panic!("{}: {e} (build it first: make bench)", bin.display()));
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(7);
+    let root = std::env::temp_dir().join(format!("aos-iam-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    let (ca_pem, ca_key) = make_ca(&root);
+
+    let (mut base, mut ours) = (Vec::new(), Vec::new());
+    for round in 0..=rounds {
+        // Alternate the order so that neither side always runs on a warmer cache.
+        let (b, o) = if round % 2 == 0 {
+            let b = baseline(&fresh_dir(&root, "b"), &ca_pem, &ca_key);
+            (b, flow(&bin, &root, &fresh_dir(&root, "o")))
+        } else {
+            let o = flow(&bin, &root, &fresh_dir(&root, "o"));
+            (baseline(&fresh_dir(&root, "b"), &ca_pem, &ca_key), o)
+        };
+        if round > 0 {
+            base.push(b);
+            ours.push(o);
+        }
+    }
+    let (b, o) = (median(base.clone()), median(ours.clone()));
+    println!("provisioning {MODULES} ECDSA P-384 modules on SoftHSM, median of {rounds} rounds (1 warm-up):");
+    println!(
+        "  baseline (cryptoki + rcgen + redb, {COMMITS} durable commits): {:8.1} ms",
+        ms(b)
+    );
+    println!(
+        "  iam-provision run against iamd:                            {:8.1} ms",
+        ms(o)
+    );
+    println!(
+        "  ratio run / baseline: {:.2} (target <= 1.25)",
+        o.as_secs_f64() / b.as_secs_f64()
+    );
+    println!(
+        "  per round, baseline: {:?} ms",
+        base.iter().map(|d| ms(*d).round()).collect::<Vec<_>>()
+    );
+    println!(
+        "  per round, run:      {:?} ms",
+        ours.iter().map(|d| ms(*d).round()).collect::<Vec<_>>()
+    );
+
+    // Idle RSS of iamd in normal mode on the provisioned node, with what it is made of.
+    let dir = root.join("o");
+    let iamd = start_iamd(&bin, &dir, false);
+    std::thread::sleep(Duration::from_millis(500));
+    let rss = Rss::of(iamd.id(), &bin);
+    stop(iamd);
+    println!(
+        "iamd idle RSS (normal mode, provisioned, {MODULES} modules on SoftHSM): {:.2} MiB (target <= 4 MiB)\n  \
+         of which: anonymous {:.2} MiB, aos-iam binary {:.2} MiB, the PKCS#11 module and the libraries only it loads \
+         (libsofthsm2, libcrypto, libstdc++, libgcc_s) {:.2} MiB, libc/libm/ld.so {:.2} MiB",
+        mib(rss.total),
+        mib(rss.anon),
+        mib(rss.binary),
+        mib(rss.module),
+        mib(rss.total - rss.anon - rss.binary - rss.module)
+    );
+
+    if let Ok(stripped) = std::env::var("AOS_IAM_STATIC_STRIPPED") {
+        let size = std::fs::metadata(&stripped).map(|m| m.len()).unwrap_or(0);
+        println!(
+            "static binary, stripped: {:.2} MiB ({size} bytes, target <= 3 MiB)",
+            size as f64 / 1048576.0
+        );
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
