@@ -138,6 +138,7 @@ pub fn cert_json(c: &aos_iam::wire::CertInfo) -> serde_json::Value {
         "type": c.cert_type,
         "subject": c.subject,
         "issuer": c.issuer,
+        "issuer_der": hex(&c.issuer_der),
         "serial": hex(&c.serial),
         "not_before": rfc3339(c.not_before),
         "not_after": rfc3339(c.not_after),

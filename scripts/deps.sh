@@ -2,6 +2,17 @@
 # Install the Debian packages the demo and the tests need, if any is missing.
 # Usage: scripts/deps.sh demo|test
 set -eu
+# A Rust toolchain cannot come from Debian's packages (too old) and is not fetched here.
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "aos-iam needs a Rust toolchain (cargo, rustc) of version 1.90 or later on PATH" >&2
+    exit 1
+fi
+rust=$(rustc --version | sed 's/^rustc \([0-9]*\)\.\([0-9]*\).*/\1 \2/')
+set -- "${1:-demo}" $rust
+if [ "$2" -lt 1 ] || { [ "$2" -eq 1 ] && [ "$3" -lt 90 ]; }; then
+    echo "aos-iam needs Rust 1.90 or later; this is $(rustc --version)" >&2
+    exit 1
+fi
 need="softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl p11tool:gnutls-bin"
 if [ "${1:-demo}" = test ]; then
     need="$need gnutls-cli:gnutls-bin setpriv:util-linux socat:socat"

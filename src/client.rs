@@ -53,10 +53,17 @@ impl Client {
         use std::io::Write;
         let id = self.next_id;
         self.next_id += 1;
-        let frame = wire::encode_frame(FrameKind::Request, id, &request, self.limit)?;
+        // The frame may carry a password: zeroed once sent.
+        let frame = zeroize::Zeroizing::new(wire::encode_frame(
+            FrameKind::Request,
+            id,
+            &request,
+            self.limit,
+        )?);
         self.stream
             .write_all(&frame)
             .map_err(|e| Error::unavailable(format!("sending {}: {e}", request.name())))?;
+        drop(frame);
         loop {
             let (header, body) = transport::read_frame_blocking(&mut self.stream, self.limit)?
                 .ok_or_else(|| {

@@ -243,6 +243,8 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
                 return;
             }
         };
+        // The body may carry a password: zeroed once decoded (the request zeroes its own copy).
+        let body = zeroize::Zeroizing::new(body);
         let request = match decode_request(header.kind, &body) {
             Ok(r) => r,
             Err(e) => {

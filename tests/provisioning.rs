@@ -186,6 +186,52 @@ fn whole_flow_by_run(store: Store) {
         3,
         "two CA-signed and one self-signed"
     );
+    // GetCert by issuer and serial.
+    let online = &listed["certificates"][1];
+    let (issuer, serial) = (
+        online["issuer_der"].as_str().unwrap(),
+        online["serial"].as_str().unwrap(),
+    );
+    let got = node
+        .applet(
+            "iam-certctl",
+            &[
+                "-s",
+                &node.public(),
+                "--json",
+                "get",
+                "online",
+                "--issuer",
+                issuer,
+                "--serial",
+                serial,
+            ],
+            None,
+        )
+        .ok()
+        .json();
+    assert_eq!(got["certificate"]["cert_url"], online["cert_url"]);
+    node.applet(
+        "iam-certctl",
+        &[
+            "-s",
+            &node.public(),
+            "get",
+            "online",
+            "--issuer",
+            issuer,
+            "--serial",
+            "01",
+        ],
+        None,
+    )
+    .fails(6, "no certificate of type \"online\" matches");
+    node.applet(
+        "iam-certctl",
+        &["-s", &node.public(), "get", "online", "--serial", serial],
+        None,
+    )
+    .fails(7, "give both issuer and serial");
     let text = node
         .applet("iam-certctl", &["-s", &node.protected(), "list"], None)
         .ok()
