@@ -152,6 +152,17 @@ fn the_pkcs11_store_passes_the_suite_on_softhsm() {
         user_pin_file: dir.join("user-pin"),
     };
     let store = Pkcs11Store::new(config.clone()).unwrap();
+    // Wiping a blank token (deprovisioning a node never provisioned) does not initialise it.
+    store.wipe(&Secret::new("whatever".into())).unwrap();
+    let blank = std::process::Command::new("softhsm2-util")
+        .arg("--show-slots")
+        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&blank.stdout).contains("suite"),
+        "no token was initialised"
+    );
     suite(
         &store,
         &[

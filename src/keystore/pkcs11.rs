@@ -399,7 +399,19 @@ impl KeyStore for Pkcs11Store {
     }
 
     fn wipe(&self, password: &Secret) -> Result<()> {
-        self.init_token(password)?;
+        // A token that was never initialised holds nothing: wiping must not take it over.
+        let initialised = match self.find_slot(false) {
+            Ok(slot) => self
+                .ctx
+                .get_token_info(slot)
+                .map_err(self.err("read token info"))?
+                .token_initialized(),
+            Err(e) if e.kind == ErrorKind::KeyStore("CKR_TOKEN_NOT_PRESENT".into()) => false,
+            Err(e) => return Err(e),
+        };
+        if initialised {
+            self.init_token(password)?;
+        }
         crate::atomic_file::remove(&self.config.user_pin_file).map_err(|e| {
             Error::internal(format!(
                 "cannot remove {}: {e}",
