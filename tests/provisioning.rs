@@ -422,3 +422,49 @@ fn run_on_a_provisioned_node_is_refused_unless_told_to_deprovision_first() {
     assert_token_holds_exactly_one_set_per_module(&node);
     assert_ne!(node.token_objects(), first, "new keys");
 }
+
+#[test]
+fn run_shows_a_line_per_step_on_a_terminal_and_nothing_extra_otherwise() {
+    let mut node = Node::new("tty", Store::Software);
+    node.start(true);
+    let cmd = format!(
+        "{} iam-provision -s {} run --ca-cert {} --ca-key {} --password-file {}",
+        bin().display(),
+        node.protected(),
+        node.p("ca.pem"),
+        node.p("ca.key"),
+        node.p("password")
+    );
+    // util-linux `script` gives the command a terminal.
+    let out = sh(&format!("script -qec '{cmd}' /dev/null")).ok();
+    for step in [
+        "StartProvisioning ... ok",
+        "GetCertTypes ... ok",
+        "CreateKey iam ... ok",
+        "Sign iam ... ok",
+        "ApplyCert online ... ok",
+        "FinishProvisioning ... ok",
+    ] {
+        assert!(out.stdout.contains(step), "{step:?} in:\n{}", out.stdout);
+    }
+    // Without a terminal: no progress lines, just the result.
+    let out = node
+        .provision(&[
+            "run",
+            "--deprovision-first",
+            "--ca-cert",
+            &node.p("ca.pem"),
+            "--ca-key",
+            &node.p("ca.key"),
+            "--password-file",
+            &node.p("password"),
+        ])
+        .ok();
+    assert!(!out.stderr.contains("..."), "{}", out.stderr);
+    assert!(
+        out.stdout
+            .starts_with(&format!("node {} provisioned", node.node_id())),
+        "{}",
+        out.stdout
+    );
+}
