@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use toml::{Table, Value};
 
 pub const DEFAULT_CONFIG: &str = "/etc/aos-iam/config.toml";
@@ -153,12 +154,28 @@ pub struct ModuleConfig {
     pub self_signed_days: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// How long a hook may run by default before it is stopped and its step fails.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hooks {
     pub start: Option<Vec<String>>,
     pub disk_encryption: Option<Vec<String>>,
     pub finish: Option<Vec<String>>,
     pub deprovision: Option<Vec<String>>,
+    pub timeout: Duration,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks {
+            start: None,
+            disk_encryption: None,
+            finish: None,
+            deprovision: None,
+            timeout: DEFAULT_HOOK_TIMEOUT,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -561,6 +578,11 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
                 disk_encryption: argv(&mut h, "disk_encryption")?,
                 finish: argv(&mut h, "finish")?,
                 deprovision: argv(&mut h, "deprovision")?,
+                timeout: match h.uint("timeout", 24 * 3600)? {
+                    Some(0) => return Err(h.err("timeout", "must be at least 1 second")),
+                    Some(t) => Duration::from_secs(t),
+                    None => DEFAULT_HOOK_TIMEOUT,
+                },
             };
             h.finish()?;
             hooks

@@ -7,6 +7,7 @@
 pub mod atomic_file;
 pub mod certs;
 pub mod client;
+pub mod command;
 pub mod config;
 pub mod db;
 pub mod der;

@@ -12,7 +12,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::secret::Secret;
 use crate::wire::{CertInfo, ModuleStatus, NodeState, ProvisioningStatus};
 use std::num::NonZeroU32;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -23,8 +23,8 @@ const PBKDF2_ITERATIONS: u32 = 50_000;
 pub const WRONG_PASSWORD_BASE_DELAY: Duration = Duration::from_millis(250);
 /// The longest delay after a wrong password.
 pub const WRONG_PASSWORD_MAX_DELAY: Duration = Duration::from_secs(30);
-/// Bytes of a hook's stderr kept for its error message.
-const HOOK_STDERR_LIMIT: usize = 2048;
+/// Bytes of a hook's stdout read (and discarded: hooks report through their exit status).
+const HOOK_OUTPUT_LIMIT: usize = 64 * 1024;
 
 fn pbkdf2(password: &Secret, salt: &[u8], iterations: u32) -> [u8; 32] {
     let mut out = [0u8; 32];
@@ -197,31 +197,23 @@ impl Provisioning {
     fn hook(&self, name: &str, argv: &Option<Vec<String>>) -> Result<()> {
         let Some(argv) = argv else { return Ok(()) };
         crate::log_info!("running {name} hook {}", argv[0]);
-        let out = Command::new(&argv[0])
-            .args(&argv[1..])
-            .env("AOS_IAM_NODE_ID", &self.config.node_id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|e| Error::unavailable(format!("{name} hook {}: cannot run: {e}", argv[0])))?;
-        if out.status.success() {
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .env("AOS_IAM_NODE_ID", &self.config.node_id);
+        let what = format!("{name} hook {}", argv[0]);
+        let done = crate::command::run(
+            cmd,
+            &what,
+            None,
+            HOOK_OUTPUT_LIMIT,
+            self.config.hooks.timeout,
+        )?;
+        if done.status.success() {
             return Ok(());
         }
-        let err = String::from_utf8_lossy(&out.stderr);
-        let tail: String = err
-            .chars()
-            .rev()
-            .take(HOOK_STDERR_LIMIT)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
         Err(Error::unavailable(format!(
-            "{name} hook {} failed ({}): {}",
-            argv[0],
-            out.status,
-            tail.trim()
+            "{what} failed ({}): {}",
+            done.status, done.stderr
         )))
     }
 

@@ -4,10 +4,9 @@
 use crate::error::{Error, Result};
 use crate::x509;
 use rcgen::{CertificateSigningRequestParams, IsCa, Issuer, KeyPair, PublicKeyData};
-use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// Largest chain a signing command may print.
 pub const MAX_COMMAND_OUTPUT: usize = 1024 * 1024;
@@ -93,82 +92,29 @@ pub struct CommandSigner {
 
 impl CsrSigner for CommandSigner {
     fn sign(&self, cert_type: &str, csr_pem: &str) -> Result<String> {
-        let mut child = Command::new("/bin/sh")
-            .arg("-c")
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
             .arg(&self.command)
-            .env("AOS_IAM_CERT_TYPE", cert_type)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| Error::unavailable(format!("cannot run signing command: {e}")))?;
-        let mut stdin = child.stdin.take().expect("piped");
-        let csr = csr_pem.to_string();
-        let writer = std::thread::spawn(move || {
-            let _ = stdin.write_all(csr.as_bytes());
-        });
-        let mut stdout = child.stdout.take().expect("piped");
-        let reader = std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let r = (&mut stdout)
-                .take(MAX_COMMAND_OUTPUT as u64 + 1)
-                .read_to_end(&mut out);
-            r.map(|_| out)
-        });
-        let mut stderr = child.stderr.take().expect("piped");
-        let err_reader = std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut out);
-            out
-        });
-        let start = Instant::now();
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(s)) => break s,
-                Ok(None) if start.elapsed() > self.timeout => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(Error::new(
-                        crate::ErrorKind::Timeout,
-                        format!(
-                            "signing command ran longer than {} s and was stopped",
-                            self.timeout.as_secs()
-                        ),
-                    ));
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => {
-                    return Err(Error::internal(format!(
-                        "waiting for the signing command: {e}"
-                    )))
-                }
-            }
-        };
-        let _ = writer.join();
-        let out = reader
-            .join()
-            .map_err(|_| Error::internal("signing command reader failed"))?;
-        let err = String::from_utf8_lossy(&err_reader.join().unwrap_or_default())
-            .trim()
-            .to_string();
-        if !status.success() {
+            .env("AOS_IAM_CERT_TYPE", cert_type);
+        let done = crate::command::run(
+            cmd,
+            "the signing command",
+            Some(csr_pem.as_bytes()),
+            MAX_COMMAND_OUTPUT,
+            self.timeout,
+        )?;
+        if !done.status.success() {
+            let detail = if done.stderr.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", done.stderr)
+            };
             return Err(Error::unauthorized(format!(
-                "the signing command refused ({status}){}",
-                if err.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {err}")
-                }
+                "the signing command refused ({}){detail}",
+                done.status
             )));
         }
-        let out =
-            out.map_err(|e| Error::internal(format!("reading the signing command's output: {e}")))?;
-        if out.len() > MAX_COMMAND_OUTPUT {
-            return Err(Error::invalid(format!(
-                "the signing command printed more than {MAX_COMMAND_OUTPUT} bytes"
-            )));
-        }
-        String::from_utf8(out).map_err(|_| {
+        String::from_utf8(done.stdout).map_err(|_| {
             Error::invalid("the signing command printed something that is not PEM text")
         })
     }

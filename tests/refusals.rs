@@ -192,3 +192,37 @@ fn provisioning_requires_a_password_from_a_file_or_stdin_never_argv() {
         .fails(7, "/nonexistent");
     assert_eq!(node.status()["state"], "unprovisioned");
 }
+
+#[test]
+fn a_failing_or_hanging_hook_fails_its_step_and_changes_nothing() {
+    let mut node = Node::new("hooks", Store::Pkcs11);
+    let d = node.dir.display().to_string();
+    node.extra_config = format!(
+        "\n[hooks]\ntimeout = 1\nstart = [\"sh\", \"-c\", \"echo \\\"$AOS_IAM_NODE_ID\\\" > {d}/hook-saw; echo 'TPM not ready' >&2; exit 4\"]\n"
+    );
+    node.start(true);
+    node.provision_stdin(&["start"], PASSWORD)
+        .fails(3, "start hook sh failed (exit status: 4): TPM not ready");
+    assert_eq!(
+        read(node.path("hook-saw")).trim(),
+        node.node_id(),
+        "hooks see the node id"
+    );
+    assert_eq!(node.status()["state"], "unprovisioned");
+    assert!(
+        !node.path("work/user-pin").exists(),
+        "the token was not touched"
+    );
+    node.stop();
+
+    node.extra_config = "\n[hooks]\ntimeout = 1\nfinish = [\"sleep\", \"30\"]\n".into();
+    node.start(true);
+    node.run_flow()
+        .fails(11, "finish hook sleep ran longer than 1 s and was stopped");
+    assert_eq!(
+        node.status()["state"],
+        "provisioning",
+        "FinishProvisioning did not happen"
+    );
+    assert!(!node.path("work/provisioned").exists());
+}
