@@ -289,6 +289,81 @@ impl CertModules {
         self.empty_trash(db, &trashed)
     }
 
+    /// Compare the database with the stores: records whose objects are missing, and objects
+    /// of our certificate types that no record names. Reported, not cleaned.
+    pub fn audit(&self, snap: &Snapshot) -> Vec<String> {
+        use crate::keystore::ObjectKind;
+        let mut findings = Vec::new();
+        let mut listed = Vec::new();
+        for store in self.stores() {
+            match store.objects() {
+                Ok(objects) => listed.push((store, objects)),
+                Err(e) => findings.push(format!("cannot list {}: {e}", store.describe())),
+            }
+        }
+        let objects_of = |m: &CertModule| {
+            listed
+                .iter()
+                .find(|(s, _)| Arc::ptr_eq(s, &m.store))
+                .map(|(_, o)| o)
+        };
+        for r in &snap.certs {
+            let Ok(m) = self.get(&r.cert_type) else {
+                findings.push(format!(
+                    "certificate record {}/{} names no configured module",
+                    r.cert_type,
+                    hex(&r.key_id)
+                ));
+                continue;
+            };
+            let Some(objects) = objects_of(m) else {
+                continue;
+            };
+            for (kind, name) in [
+                (ObjectKind::PrivateKey, "private key"),
+                (ObjectKind::Certificate, "certificate"),
+            ] {
+                if !objects
+                    .iter()
+                    .any(|o| o.label == r.cert_type && o.id == r.key_id && o.kind == kind)
+                {
+                    findings.push(format!(
+                        "certificate record {}/{}: its {name} is missing from {}",
+                        r.cert_type,
+                        hex(&r.key_id),
+                        m.store.describe()
+                    ));
+                }
+            }
+        }
+        for (store, objects) in &listed {
+            for o in objects {
+                let ours = self
+                    .modules
+                    .iter()
+                    .any(|m| m.id() == o.label && Arc::ptr_eq(&m.store, store));
+                let recorded = snap
+                    .certs
+                    .iter()
+                    .any(|r| r.cert_type == o.label && r.key_id == o.id)
+                    || snap
+                        .pending
+                        .iter()
+                        .any(|p| p.cert_type == o.label && p.key_id == o.id);
+                if ours && !recorded {
+                    findings.push(format!(
+                        "{:?} {}/{} on {} is in no database record",
+                        o.kind,
+                        o.label,
+                        hex(&o.id),
+                        store.describe()
+                    ));
+                }
+            }
+        }
+        findings
+    }
+
     /// The current certificate of a type: the newest that is valid now, else the newest.
     pub fn current<'s>(&self, snap: &'s Snapshot, cert_type: &str) -> Option<&'s CertRecord> {
         let t = now();

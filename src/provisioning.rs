@@ -114,6 +114,15 @@ impl Provisioning {
             );
         }
         self.modules.empty_trash(&self.db, &snap.trash)?;
+        if matches!(
+            snap.state(),
+            NodeState::Provisioning | NodeState::Provisioned | NodeState::Paused
+        ) {
+            let snap = self.db.snapshot()?;
+            for finding in self.modules.audit(&snap) {
+                crate::log_warn!("reconciliation: {finding}");
+            }
+        }
         let marker = self.config.marker_file.exists();
         match (snap.state(), marker) {
             (NodeState::Provisioned, false) => self.write_marker()?,

@@ -193,3 +193,72 @@ fn repeated_create_key_after_a_kill_leaves_no_orphan() {
     node.provision(&["finish", "--password-file", &pw]).ok();
     assert_converged(&node);
 }
+
+/// Objects changed behind iamd's back are reported when it starts: a key no record names,
+/// and a record whose certificate object was deleted.
+#[test]
+fn objects_changed_behind_iamds_back_are_reported_at_start() {
+    let mut node = Node::new("audit", Store::Pkcs11);
+    node.start(true);
+    node.run_flow().ok();
+    node.stop();
+    let pin = node.user_pin();
+    let pin = pin.trim();
+    run(
+        node.cmd_for("pkcs11-tool").args([
+            "--module",
+            SOFTHSM,
+            "--token-label",
+            TOKEN,
+            "--login",
+            "--pin",
+            pin,
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--label",
+            "iam",
+            "--id",
+            "0102030405060708090a0b0c0d0e0f10",
+        ]),
+        None,
+    )
+    .ok();
+    let online_id = node
+        .token_objects()
+        .into_iter()
+        .find(|o| o.1 == "online" && o.0.starts_with("Certificate"))
+        .unwrap()
+        .2;
+    run(
+        node.cmd_for("pkcs11-tool").args([
+            "--module",
+            SOFTHSM,
+            "--token-label",
+            TOKEN,
+            "--login",
+            "--pin",
+            pin,
+            "--delete-object",
+            "--type",
+            "cert",
+            "--id",
+            &online_id,
+        ]),
+        None,
+    )
+    .ok();
+    node.start(false);
+    let log = node.log();
+    assert!(log.contains("PrivateKey iam/0102030405060708090a0b0c0d0e0f10 on PKCS#11 token label \"aos-test\" is in no database record"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "certificate record online/{online_id}: its certificate is missing"
+        )),
+        "{log}"
+    );
+    assert!(
+        !log.contains("reconciliation: certificate record iam/"),
+        "intact records are not reported: {log}"
+    );
+}

@@ -243,6 +243,10 @@ fn whole_flow_by_run(store: Store) {
 
     // No secret reached the log, at the most verbose level.
     let log = node.log();
+    assert!(
+        !log.contains("reconciliation:"),
+        "a healthy node has nothing to report: {log}"
+    );
     assert!(!log.contains(PASSWORD), "password in the log");
     if store == Store::Pkcs11 {
         assert!(!log.contains(node.user_pin().trim()), "user PIN in the log");
