@@ -2,6 +2,8 @@
 //! token and the software store on real files. Signatures are checked with ring against
 //! the public key the store reports; certificates are real (self-signed by the stored key).
 
+mod common;
+
 use aos_iam::config::{Algorithm, Pkcs11Config, TokenSelector};
 use aos_iam::keystore::{self, pkcs11::Pkcs11Store, software::SoftwareStore, KeyStore, ObjectKind};
 use aos_iam::secret::Secret;
@@ -135,16 +137,7 @@ fn the_software_store_passes_the_suite() {
 #[test]
 fn the_pkcs11_store_passes_the_suite_on_softhsm() {
     let dir = tmp("p11");
-    std::fs::create_dir_all(dir.join("tokens")).unwrap();
-    std::fs::write(
-        dir.join("softhsm2.conf"),
-        format!(
-            "directories.tokendir = {}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    std::env::set_var("SOFTHSM2_CONF", dir.join("softhsm2.conf"));
+    std::env::set_var("SOFTHSM2_CONF", common::softhsm_dir(&dir));
     let config = Pkcs11Config {
         library: "/usr/lib/softhsm/libsofthsm2.so".into(),
         token: TokenSelector::Label("suite".into()),
@@ -156,7 +149,6 @@ fn the_pkcs11_store_passes_the_suite_on_softhsm() {
     store.wipe(&Secret::new("whatever".into())).unwrap();
     let blank = std::process::Command::new("softhsm2-util")
         .arg("--show-slots")
-        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
         .output()
         .unwrap();
     assert!(

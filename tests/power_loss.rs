@@ -55,17 +55,9 @@ fn assert_converged(node: &Node) {
         9,
         "three objects for each of three modules, nothing else: {objs:#?}"
     );
-    let listed = node
-        .applet(
-            "iam-certctl",
-            &["-s", &node.protected(), "--json", "list"],
-            None,
-        )
-        .ok()
-        .json();
-    let certs = listed["certificates"].as_array().unwrap();
+    let certs = node.list_certs();
     assert_eq!(certs.len(), 3);
-    for c in certs {
+    for c in &certs {
         let t = c["type"].as_str().unwrap();
         let of: Vec<_> = objs.iter().filter(|o| o.1 == t).collect();
         assert_eq!(of.len(), 3, "{t}: {of:#?}");
@@ -202,52 +194,22 @@ fn objects_changed_behind_iamds_back_are_reported_at_start() {
     node.start(true);
     node.run_flow().ok();
     node.stop();
-    let pin = node.user_pin();
-    let pin = pin.trim();
-    run(
-        node.cmd_for("pkcs11-tool").args([
-            "--module",
-            SOFTHSM,
-            "--token-label",
-            TOKEN,
-            "--login",
-            "--pin",
-            pin,
-            "--keypairgen",
-            "--key-type",
-            "EC:prime256v1",
-            "--label",
-            "iam",
-            "--id",
-            "0102030405060708090a0b0c0d0e0f10",
-        ]),
-        None,
-    )
-    .ok();
+    node.pkcs11_tool(&[
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--label",
+        "iam",
+        "--id",
+        "0102030405060708090a0b0c0d0e0f10",
+    ]);
     let online_id = node
         .token_objects()
         .into_iter()
         .find(|o| o.1 == "online" && o.0.starts_with("Certificate"))
         .unwrap()
         .2;
-    run(
-        node.cmd_for("pkcs11-tool").args([
-            "--module",
-            SOFTHSM,
-            "--token-label",
-            TOKEN,
-            "--login",
-            "--pin",
-            pin,
-            "--delete-object",
-            "--type",
-            "cert",
-            "--id",
-            &online_id,
-        ]),
-        None,
-    )
-    .ok();
+    node.pkcs11_tool(&["--delete-object", "--type", "cert", "--id", &online_id]);
     node.start(false);
     let log = node.log();
     assert!(log.contains("PrivateKey iam/0102030405060708090a0b0c0d0e0f10 on PKCS#11 token label \"aos-test\" is in no database record"), "{log}");

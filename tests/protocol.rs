@@ -28,17 +28,21 @@ fn expect_error_then_close(s: &mut UnixStream, text: &str) -> aos_iam::Error {
     e
 }
 
-fn hello(s: &mut UnixStream) {
-    let f = wire::encode_frame(
+fn hello_frame(id: u64, version: u8) -> Vec<u8> {
+    wire::encode_frame(
         FrameKind::Request,
-        1,
+        id,
         &Request::Hello {
-            version: 1,
+            version,
             role: Role::Client,
         },
         1 << 16,
     )
-    .unwrap();
+    .unwrap()
+}
+
+fn hello(s: &mut UnixStream) {
+    let f = hello_frame(1, 1);
     s.write_all(&f).unwrap();
     let (h, _) = read_frame(s).unwrap();
     assert_eq!(h.kind, FrameKind::Response);
@@ -122,16 +126,7 @@ fn other_protocol_versions_are_refused_naming_both() {
     node.start(true);
     // In the frame header.
     let mut s = UnixStream::connect(node.public()).unwrap();
-    let mut f = wire::encode_frame(
-        FrameKind::Request,
-        5,
-        &Request::Hello {
-            version: 1,
-            role: Role::Client,
-        },
-        1 << 16,
-    )
-    .unwrap();
+    let mut f = hello_frame(5, 1);
     f[4] = 7;
     s.write_all(&f).unwrap();
     let (h, body) = read_frame(&mut s).unwrap();
@@ -146,16 +141,7 @@ fn other_protocol_versions_are_refused_naming_both() {
     );
     // In the hello.
     let mut s = UnixStream::connect(node.public()).unwrap();
-    let f = wire::encode_frame(
-        FrameKind::Request,
-        1,
-        &Request::Hello {
-            version: 3,
-            role: Role::Client,
-        },
-        1 << 16,
-    )
-    .unwrap();
+    let f = hello_frame(1, 3);
     s.write_all(&f).unwrap();
     let e = expect_error_then_close(&mut s, "protocol version 3 is not supported");
     assert!(e.message.contains("speaks version 1"));

@@ -173,21 +173,10 @@ fn whole_flow_by_run(store: Store) {
         .json();
     assert_eq!(got["certificate"]["serial"], certs[0]["serial"]);
     assert_eq!(got["certificate"]["current"], true);
-    let listed = node
-        .applet(
-            "iam-certctl",
-            &["-s", &node.protected(), "--json", "list"],
-            None,
-        )
-        .ok()
-        .json();
-    assert_eq!(
-        listed["certificates"].as_array().unwrap().len(),
-        3,
-        "two CA-signed and one self-signed"
-    );
+    let listed = node.list_certs();
+    assert_eq!(listed.len(), 3, "two CA-signed and one self-signed");
     // GetCert by issuer and serial.
-    let online = &listed["certificates"][1];
+    let online = &listed[1];
     let (issuer, serial) = (
         online["issuer_der"].as_str().unwrap(),
         online["serial"].as_str().unwrap(),
@@ -320,17 +309,8 @@ fn whole_flow_by_verbs(store: Store) {
         .unwrap()
         .iter()
         .all(|m| m["certificates"] == 1));
-    let listed = node
-        .applet(
-            "iam-certctl",
-            &["-s", &node.protected(), "--json", "list"],
-            None,
-        )
-        .ok()
-        .json();
-    let certs: Vec<_> = listed["certificates"]
-        .as_array()
-        .unwrap()
+    let listed = node.list_certs();
+    let certs: Vec<_> = listed
         .iter()
         .filter(|c| c["type"] != "diskencryption")
         .cloned()
@@ -344,15 +324,8 @@ fn whole_flow_by_verbs(store: Store) {
         .ok();
     assert_eq!(node.status()["state"], "unprovisioned");
     assert!(!node.path("work/provisioned").exists());
-    let listed = node
-        .applet(
-            "iam-certctl",
-            &["-s", &node.protected(), "--json", "list"],
-            None,
-        )
-        .ok()
-        .json();
-    assert_eq!(listed["certificates"].as_array().unwrap().len(), 0);
+    let listed = node.list_certs();
+    assert_eq!(listed.len(), 0);
 }
 
 #[test]
@@ -410,18 +383,7 @@ fn run_on_a_provisioned_node_is_refused_unless_told_to_deprovision_first() {
     let first = node.token_objects();
     node.run_flow().fails(5, "already provisioned");
     assert_eq!(node.token_objects(), first, "a refused run changes nothing");
-    let (ca, key, pw) = (node.p("ca.pem"), node.p("ca.key"), node.p("password"));
-    node.provision(&[
-        "run",
-        "--deprovision-first",
-        "--ca-cert",
-        &ca,
-        "--ca-key",
-        &key,
-        "--password-file",
-        &pw,
-    ])
-    .ok();
+    node.run_flow_with(&["--deprovision-first"]).ok();
     assert_eq!(node.status()["state"], "provisioned");
     assert_token_holds_exactly_one_set_per_module(&node);
     assert_ne!(node.token_objects(), first, "new keys");

@@ -12,6 +12,21 @@ pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 pub const PASSWORD: &str = "factory-secret";
 pub const TOKEN: &str = "aos-test";
 
+/// A SoftHSM token directory `DIR/tokens` and its configuration `DIR/softhsm2.conf`.
+pub fn softhsm_dir(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir.join("tokens")).unwrap();
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_aos-iam"))
 }
@@ -108,17 +123,10 @@ impl Node {
             COUNTER.fetch_add(1, Ordering::SeqCst)
         ));
         let _ = std::fs::remove_dir_all(&dir);
-        for d in ["tokens", "work", "run"] {
+        for d in ["work", "run"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
         }
-        std::fs::write(
-            dir.join("softhsm2.conf"),
-            format!(
-                "directories.tokendir = {}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n",
-                dir.display()
-            ),
-        )
-        .unwrap();
+        softhsm_dir(&dir);
         std::fs::write(dir.join("node-id"), format!("node-{name}\n")).unwrap();
         std::fs::write(dir.join("password"), format!("{PASSWORD}\n")).unwrap();
         let node = Node {
@@ -290,9 +298,10 @@ impl Node {
         self.applet("iam-provision", &refs, Some(stdin))
     }
 
-    pub fn run_flow(&self) -> Out {
+    /// `iam-provision --json run` with the node's CA, its password file and `extra` options.
+    pub fn run_flow_with(&self, extra: &[&str]) -> Out {
         let (ca, key, pw) = (self.p("ca.pem"), self.p("ca.key"), self.p("password"));
-        self.provision(&[
+        let mut args = vec![
             "--json",
             "run",
             "--ca-cert",
@@ -301,7 +310,26 @@ impl Node {
             &key,
             "--password-file",
             &pw,
-        ])
+        ];
+        args.extend_from_slice(extra);
+        self.provision(&args)
+    }
+
+    pub fn run_flow(&self) -> Out {
+        self.run_flow_with(&[])
+    }
+
+    /// `iam-certctl --json list` on the protected socket: the certificates.
+    pub fn list_certs(&self) -> Vec<serde_json::Value> {
+        let out = self
+            .applet(
+                "iam-certctl",
+                &["-s", &self.protected(), "--json", "list"],
+                None,
+            )
+            .ok()
+            .json();
+        out["certificates"].as_array().unwrap().clone()
     }
 
     pub fn status(&self) -> serde_json::Value {
@@ -323,22 +351,26 @@ impl Node {
         std::fs::read_to_string(self.path("work/user-pin")).unwrap()
     }
 
+    /// pkcs11-tool on the node's token, logged in with iamd's user PIN.
+    pub fn pkcs11_tool(&self, args: &[&str]) -> Out {
+        let pin = self.user_pin();
+        let mut cmd = self.cmd_for("pkcs11-tool");
+        cmd.args([
+            "--module",
+            SOFTHSM,
+            "--token-label",
+            TOKEN,
+            "--login",
+            "--pin",
+            pin.trim(),
+        ])
+        .args(args);
+        run(&mut cmd, None).ok()
+    }
+
     /// Objects on the token, by pkcs11-tool: (kind, label, id hex, access).
     pub fn token_objects(&self) -> Vec<(String, String, String, String)> {
-        let out = run(
-            self.cmd_for("pkcs11-tool").args([
-                "--module",
-                SOFTHSM,
-                "--token-label",
-                TOKEN,
-                "--login",
-                "--pin",
-                &self.user_pin(),
-                "-O",
-            ]),
-            None,
-        )
-        .ok();
+        let out = self.pkcs11_tool(&["-O"]);
         let mut objs = Vec::new();
         let mut cur: Option<(String, String, String, String)> = None;
         for line in out.stdout.lines() {
