@@ -42,6 +42,9 @@ fn admitted(config: &Config, peer: &PeerCredentials) -> bool {
 
 /// Run iamd until SIGTERM or SIGINT. Returns once the sockets are removed.
 pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
+    // Nothing iamd writes (database, keys, PIN files) is for other users; the sockets and
+    // the marker are given their modes explicitly.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     // Block the stop signals in every thread (all are spawned after this) and take them
     // synchronously on a thread of their own.
     let signals = {

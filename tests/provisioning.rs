@@ -150,6 +150,23 @@ fn whole_flow_by_run(store: Store) {
         node.path("work/provisioned").exists(),
         "marker file for systemd"
     );
+    let mode = |p: &str| {
+        std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(node.path(p)).unwrap().permissions(),
+        ) & 0o777
+    };
+    assert_eq!(
+        mode("work/iam.db") & 0o077,
+        0,
+        "the database (password verifier) is for root only"
+    );
+    assert_eq!(
+        mode("work/provisioned"),
+        0o644,
+        "the marker is readable by all"
+    );
+    assert_eq!(mode("run/public.sock"), 0o666);
+    assert_eq!(mode("run/protected.sock"), 0o660);
 
     assert_certs_verify(&node, &certs, Some("sub.pem"));
     for c in &certs {
