@@ -26,13 +26,16 @@ static:
 # openssl, p11tool, pkcs11-tool and the openssl pkcs11 engine, and the demo itself.
 test:
 	sh scripts/deps.sh test
+	mkdir -p target
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
-	$(CARGO) test --locked
+	{ $(CARGO) test --locked; echo $$? > target/test.rc; } 2>&1 | tee target/test.log
+	@[ "$$(cat target/test.rc)" = 0 ] || { echo "tests failed"; exit 1; }
 	$(CARGO) build --locked
 	AOS_IAM_BIN=target/debug/aos-iam sh scripts/demo.sh > target/demo-check.log 2>&1 \
 		|| { cat target/demo-check.log; exit 1; }
 	@echo "demo: ok (log in target/demo-check.log)"
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
 
 demo:
 	sh scripts/deps.sh demo
