@@ -190,7 +190,57 @@ fn the_pkcs11_store_passes_the_suite_on_softhsm() {
         .unwrap();
     let id = keystore::new_key_id().unwrap();
     store.generate("shared", &id, Algorithm::EcdsaP256).unwrap();
-    let twin = Pkcs11Store::new(config).unwrap();
+    let twin = Pkcs11Store::new(config.clone()).unwrap();
     assert!(twin.public_key("shared", &id).unwrap().is_some());
+
+    // The same token named by serial and by slot index.
+    let slots = std::process::Command::new("softhsm2-util")
+        .arg("--show-slots")
+        .output()
+        .unwrap();
+    let slots = String::from_utf8_lossy(&slots.stdout).into_owned();
+    let serial = slots
+        .split("\nSlot ")
+        .find(|block| {
+            block.lines().any(|l| {
+                l.trim()
+                    .strip_prefix("Label:")
+                    .is_some_and(|v| v.trim() == "suite")
+            })
+        })
+        .and_then(|block| {
+            block
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Serial number:"))
+        })
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| panic!("serial of token \"suite\" in:\n{slots}"));
+    let by_serial = Pkcs11Store::new(Pkcs11Config {
+        token: TokenSelector::Serial(serial.clone()),
+        ..config.clone()
+    })
+    .unwrap();
+    assert!(by_serial.public_key("shared", &id).unwrap().is_some());
+    assert!(by_serial
+        .key_url("shared", &id)
+        .starts_with(&format!("pkcs11:serial={serial};object=shared;id=")));
+    let by_index = Pkcs11Store::new(Pkcs11Config {
+        token: TokenSelector::SlotIndex(0),
+        ..config.clone()
+    })
+    .unwrap();
+    assert!(by_index.public_key("shared", &id).unwrap().is_some());
+    let missing = Pkcs11Store::new(Pkcs11Config {
+        token: TokenSelector::Serial("no-such-serial".into()),
+        ..config
+    })
+    .unwrap();
+    let e = missing.public_key("shared", &id).unwrap_err();
+    assert!(
+        e.message
+            .contains("token serial \"no-such-serial\": no such token"),
+        "{e}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
