@@ -154,6 +154,8 @@ pub struct ModuleConfig {
     pub self_signed_days: u32,
 }
 
+/// How long a new connection may take to send its hello by default.
+pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a hook may run by default before it is stopped and its step fails.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -193,6 +195,8 @@ pub struct Config {
     pub allowed_gids: Vec<u32>,
     pub marker_file: PathBuf,
     pub body_limit: u32,
+    /// How long a new connection may take to complete its hello before it is closed.
+    pub hello_timeout: Duration,
     pub hooks: Hooks,
     pub modules: Vec<ModuleConfig>,
 }
@@ -556,7 +560,7 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         ));
     }
 
-    let body_limit = match root.sub("limits")? {
+    let (body_limit, hello_timeout) = match root.sub("limits")? {
         Some(mut l) => {
             let b = l
                 .uint("body_limit", 16 * 1024 * 1024)?
@@ -565,10 +569,15 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
             if b < 4096 {
                 return Err(l.err("body_limit", "must be at least 4096 bytes"));
             }
+            let t = match l.uint("hello_timeout", 3600)? {
+                Some(0) => return Err(l.err("hello_timeout", "must be at least 1 second")),
+                Some(t) => Duration::from_secs(t),
+                None => DEFAULT_HELLO_TIMEOUT,
+            };
             l.finish()?;
-            b
+            (b, t)
         }
-        None => crate::wire::DEFAULT_BODY_LIMIT,
+        None => (crate::wire::DEFAULT_BODY_LIMIT, DEFAULT_HELLO_TIMEOUT),
     };
 
     let hooks = match root.sub("hooks")? {
@@ -647,6 +656,7 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         allowed_gids,
         marker_file,
         body_limit,
+        hello_timeout,
         hooks,
         modules,
     })

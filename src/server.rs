@@ -231,7 +231,20 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
     let mut greeted = false;
     let places = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
-        let (header, body) = match transport::read_frame(&mut &*stream, limit).await {
+        let mut reader = &*stream;
+        let next = transport::read_frame(&mut reader, limit);
+        let frame = if greeted {
+            next.await
+        } else {
+            // A peer that does not complete its hello in time loses its place.
+            let deadline = shared.prov.config.hello_timeout;
+            smol::future::or(next, async move {
+                smol::Timer::after(deadline).await;
+                Err(FrameError::HelloTimeout(deadline.as_secs()))
+            })
+            .await
+        };
+        let (header, body) = match frame {
             Ok(Some(f)) => f,
             Ok(None) => return,
             Err(e) => {

@@ -73,6 +73,8 @@ pub enum FrameError {
     Body(String),
     TrailingBytes(usize),
     Bounds(String),
+    /// The peer did not complete its hello in time (seconds allowed).
+    HelloTimeout(u64),
     Io(String),
 }
 
@@ -99,6 +101,7 @@ impl fmt::Display for FrameError {
             FrameError::Body(e) => write!(f, "malformed frame body: {e}"),
             FrameError::TrailingBytes(n) => write!(f, "frame body has {n} trailing bytes"),
             FrameError::Bounds(e) => write!(f, "frame body out of bounds: {e}"),
+            FrameError::HelloTimeout(s) => write!(f, "no hello within {s} s; closing"),
             FrameError::Io(e) => write!(f, "i/o: {e}"),
         }
     }
@@ -110,6 +113,7 @@ impl From<FrameError> for Error {
     fn from(e: FrameError) -> Self {
         let kind = match e {
             FrameError::Io(_) | FrameError::Truncated => ErrorKind::Unavailable,
+            FrameError::HelloTimeout(_) => ErrorKind::Timeout,
             _ => ErrorKind::Protocol,
         };
         Error::new(kind, e.to_string())

@@ -281,3 +281,24 @@ fn start_with_config(node: &mut Node, cfg: &str) {
     node.iamd = Some(child);
     sh(&format!("chmod 0755 {}", node.p("run"))).ok();
 }
+
+#[test]
+fn a_connection_that_does_not_say_hello_in_time_is_closed() {
+    let mut node = Node::new("idle", Store::Software);
+    node.extra_config = "\n[limits]\nhello_timeout = 1\n".into();
+    node.start(true);
+    let mut s = UnixStream::connect(node.public()).unwrap();
+    s.write_all(&hello_frame(1, 1)[..10]).unwrap(); // half a header, then silence
+    let t = std::time::Instant::now();
+    let e = expect_error_then_close(&mut s, "no hello within 1 s");
+    assert_eq!(e.kind, aos_iam::ErrorKind::Timeout);
+    assert!(t.elapsed() < std::time::Duration::from_secs(10));
+    // A client that greets in time is served, however long it then stays.
+    let mut s = UnixStream::connect(node.public()).unwrap();
+    hello(&mut s);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    s.write_all(&wire::encode_frame(FrameKind::Request, 2, &Request::Version, 1 << 16).unwrap())
+        .unwrap();
+    let (h, _) = read_frame(&mut s).unwrap();
+    assert_eq!((h.kind, h.id), (FrameKind::Response, 2));
+}
