@@ -284,65 +284,47 @@ impl Pkcs11Store {
         self.find_slot(false)
     }
 
-    fn public_key_of(
+    /// A public key object's value, read with its type and curve in one call.
+    fn read_public_key(
         session: &Session,
         handle: ObjectHandle,
-        algorithm: Algorithm,
     ) -> std::result::Result<Option<PublicKey>, CkError> {
-        let raw = match algorithm {
-            Algorithm::Rsa2048 => {
-                let attrs = session.get_attributes(
-                    handle,
-                    &[AttributeType::Modulus, AttributeType::PublicExponent],
-                )?;
-                let (mut n, mut e) = (None, None);
-                for a in attrs {
-                    match a {
-                        Attribute::Modulus(v) => n = Some(v),
-                        Attribute::PublicExponent(v) => e = Some(v),
-                        _ => {}
-                    }
-                }
-                match (n, e) {
-                    (Some(n), Some(e)) => der::rsa_public_key(&n, &e),
-                    _ => return Ok(None),
-                }
-            }
-            Algorithm::EcdsaP384 | Algorithm::EcdsaP256 => match session
-                .get_attributes(handle, &[AttributeType::EcPoint])?
-                .pop()
-            {
-                Some(Attribute::EcPoint(p)) => der::ec_point(
-                    &p,
-                    if algorithm == Algorithm::EcdsaP384 {
-                        97
-                    } else {
-                        65
-                    },
-                )
-                .to_vec(),
-                _ => return Ok(None),
-            },
-        };
-        Ok(Some(PublicKey { algorithm, raw }))
-    }
-
-    fn algorithm_of(
-        session: &Session,
-        handle: ObjectHandle,
-    ) -> std::result::Result<Option<Algorithm>, CkError> {
-        let attrs =
-            session.get_attributes(handle, &[AttributeType::KeyType, AttributeType::EcParams])?;
-        let mut alg = None;
+        let attrs = session.get_attributes(
+            handle,
+            &[
+                AttributeType::KeyType,
+                AttributeType::EcParams,
+                AttributeType::EcPoint,
+                AttributeType::Modulus,
+                AttributeType::PublicExponent,
+            ],
+        )?;
+        let (mut rsa, mut params, mut point, mut n, mut e) = (false, None, None, None, None);
         for a in attrs {
             match a {
-                Attribute::KeyType(k) if k == KeyType::RSA => alg = Some(Algorithm::Rsa2048),
-                Attribute::EcParams(p) if p == der::P384_PARAMS => alg = Some(Algorithm::EcdsaP384),
-                Attribute::EcParams(p) if p == der::P256_PARAMS => alg = Some(Algorithm::EcdsaP256),
+                Attribute::KeyType(k) => rsa = k == KeyType::RSA,
+                Attribute::EcParams(p) => params = Some(p),
+                Attribute::EcPoint(p) => point = Some(p),
+                Attribute::Modulus(v) => n = Some(v),
+                Attribute::PublicExponent(v) => e = Some(v),
                 _ => {}
             }
         }
-        Ok(alg)
+        Ok(match (rsa, params.as_deref(), point, n, e) {
+            (true, _, _, Some(n), Some(e)) if n.len() == 256 => Some(PublicKey {
+                algorithm: Algorithm::Rsa2048,
+                raw: der::rsa_public_key(&n, &e),
+            }),
+            (false, Some(der::P384_PARAMS), Some(p), _, _) => Some(PublicKey {
+                algorithm: Algorithm::EcdsaP384,
+                raw: der::ec_point(&p, 97).to_vec(),
+            }),
+            (false, Some(der::P256_PARAMS), Some(p), _, _) => Some(PublicKey {
+                algorithm: Algorithm::EcdsaP256,
+                raw: der::ec_point(&p, 65).to_vec(),
+            }),
+            _ => None,
+        })
     }
 }
 
@@ -462,9 +444,9 @@ impl KeyStore for Pkcs11Store {
         };
         let key = self.with_session("generate key pair", |s| {
             let (pubk, _) = s.generate_key_pair(&mechanism, &public, &private)?;
-            Self::public_key_of(s, pubk, algorithm)
+            Self::read_public_key(s, pubk)
         })?;
-        key.ok_or_else(|| {
+        key.filter(|k| k.algorithm == algorithm).ok_or_else(|| {
             Error::new(
                 ErrorKind::KeyStore("CKR_ATTRIBUTE_TYPE_INVALID".into()),
                 format!("{}: generated key has no public value", self.describe()),
@@ -530,10 +512,7 @@ impl KeyStore for Pkcs11Store {
             else {
                 return Ok(None);
             };
-            match Self::algorithm_of(s, h)? {
-                Some(alg) => Self::public_key_of(s, h, alg),
-                None => Ok(None),
-            }
+            Self::read_public_key(s, h)
         })
     }
 
