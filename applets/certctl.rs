@@ -25,6 +25,35 @@ struct Args {
 enum Verb {
     List(List),
     Get(Get),
+    SystemInfo(SystemInfo),
+    Subjects(Subjects),
+    Permissions(Permissions),
+}
+
+/// GetSystemInfo: the unit's system id, model and version.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "system-info")]
+struct SystemInfo {}
+
+/// GetSubjects: the unit's subjects, one per line.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "subjects")]
+struct Subjects {
+    /// keep printing the subjects each time they change, until interrupted
+    #[argh(switch)]
+    watch: bool,
+}
+
+/// GetPermissions: the instance and permissions a secret grants for SERVER.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "permissions")]
+struct Permissions {
+    /// functional server id
+    #[argh(positional)]
+    server: String,
+    /// file holding the secret ("-" or absent: stdin)
+    #[argh(option)]
+    secret_file: Option<String>,
 }
 
 /// Every certificate: type, serial, issuer, expiry, URLs, and which one is current.
@@ -79,6 +108,66 @@ fn run(args: &Args) -> Result<(), Error> {
                 certs.iter().for_each(|c| print!("{}", cert_text(c)));
             }
         }
+        Verb::SystemInfo(_) => {
+            let (id, model, version) = Client::connect(socket(DEFAULT_PUBLIC_SOCKET).as_ref())?.system_info()?;
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"ok": true, "system_id": id, "unit_model": model, "version": version})
+                );
+            } else {
+                println!("system id:  {id}\nunit model: {model}\nversion:    {version}");
+            }
+        }
+        Verb::Subjects(v) => {
+            let mut c = Client::connect(socket(DEFAULT_PUBLIC_SOCKET).as_ref())?;
+            let show = |subjects: &[String]| {
+                if args.json {
+                    println!("{}", json!({"ok": true, "subjects": subjects}));
+                } else {
+                    subjects.iter().for_each(|s| println!("{s}"));
+                }
+            };
+            // Subscribe first, so that no change between the two calls is missed.
+            let id = if v.watch {
+                Some(c.subscribe(aos_iam::wire::Request::SubscribeSubjectsChanged)?)
+            } else {
+                None
+            };
+            show(&c.subjects()?);
+            if let Some(id) = id {
+                loop {
+                    if let aos_iam::wire::Event::SubjectsChanged(s) = c.next_event(id)? {
+                        if !args.json {
+                            println!("--");
+                        }
+                        show(&s);
+                    }
+                }
+            }
+        }
+        Verb::Permissions(v) => {
+            let secret = common::read_secret(v.secret_file.as_deref(), "permission secret")?;
+            let (instance, entries) =
+                Client::connect(socket(DEFAULT_PUBLIC_SOCKET).as_ref())?.permissions(&secret, &v.server)?;
+            let kind = match instance.kind {
+                aos_iam::wire::InstanceKind::Service => "service",
+                aos_iam::wire::InstanceKind::Component => "component",
+            };
+            if args.json {
+                let perms: serde_json::Map<_, _> = entries.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+                println!(
+                    "{}",
+                    json!({"ok": true, "instance": {"item": instance.item_id, "subject": instance.subject_id, "instance": instance.instance, "type": kind}, "permissions": perms})
+                );
+            } else {
+                println!(
+                    "instance: {kind} {} subject {} #{}",
+                    instance.item_id, instance.subject_id, instance.instance
+                );
+                entries.iter().for_each(|(k, v)| println!("{k}={v}"));
+            }
+        }
         Verb::Get(g) => {
             let issuer = g
                 .issuer
@@ -90,11 +179,7 @@ fn run(args: &Args) -> Result<(), Error> {
                 .as_deref()
                 .map(|s| common::parse_hex("--serial", s))
                 .transpose()?;
-            let c = Client::connect(socket(DEFAULT_PUBLIC_SOCKET).as_ref())?.cert(
-                &g.cert_type,
-                issuer,
-                serial,
-            )?;
+            let c = Client::connect(socket(DEFAULT_PUBLIC_SOCKET).as_ref())?.cert(&g.cert_type, issuer, serial)?;
             if args.json {
                 println!("{}", json!({"ok": true, "certificate": cert_json(&c)}));
             } else {

@@ -86,8 +86,7 @@ pub fn read_secret(file: Option<&str>, what: &str) -> Result<aos_iam::secret::Se
     let mut text = zeroize::Zeroizing::new(String::new());
     match file {
         Some(path) if path != "-" => {
-            *text = std::fs::read_to_string(path)
-                .map_err(|e| Error::invalid(format!("{what} file {path}: {e}")))?;
+            *text = std::fs::read_to_string(path).map_err(|e| Error::invalid(format!("{what} file {path}: {e}")))?;
         }
         _ => {
             if std::io::stdin().is_terminal() {
@@ -105,6 +104,42 @@ pub fn read_secret(file: Option<&str>, what: &str) -> Result<aos_iam::secret::Se
     Ok(s)
 }
 
+pub fn instance(item: &str, subject: &str, instance: u64, kind: &str) -> Result<aos_iam::wire::InstanceIdent, Error> {
+    let kind = match kind {
+        "service" => aos_iam::wire::InstanceKind::Service,
+        "component" => aos_iam::wire::InstanceKind::Component,
+        other => return Err(Error::invalid(format!("--type {other}: expected service or component"))),
+    };
+    Ok(aos_iam::wire::InstanceIdent {
+        item_id: item.into(),
+        subject_id: subject.into(),
+        instance,
+        kind,
+    })
+}
+
+/// `SERVER:NAME=VALUE` options, grouped by server in the order given.
+pub fn parse_permissions(items: &[String]) -> Result<Vec<aos_iam::wire::ServerPermissions>, Error> {
+    let mut out: Vec<aos_iam::wire::ServerPermissions> = Vec::new();
+    for item in items {
+        let (server, rest) = item
+            .split_once(':')
+            .ok_or_else(|| Error::invalid(format!("--permission {item}: expected SERVER:NAME=VALUE")))?;
+        let (name, value) = rest
+            .split_once('=')
+            .ok_or_else(|| Error::invalid(format!("--permission {item}: expected SERVER:NAME=VALUE")))?;
+        let entry = (name.to_string(), value.to_string());
+        match out.iter_mut().find(|p| p.server == server) {
+            Some(p) => p.entries.push(entry),
+            None => out.push(aos_iam::wire::ServerPermissions {
+                server: server.into(),
+                entries: vec![entry],
+            }),
+        }
+    }
+    Ok(out)
+}
+
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -116,20 +151,14 @@ pub fn parse_hex(what: &str, s: &str) -> Result<Vec<u8>, Error> {
     }
     (0..s.len())
         .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&s[i..i + 2], 16)
-                .map_err(|_| Error::invalid(format!("{what} must be hex bytes")))
-        })
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| Error::invalid(format!("{what} must be hex bytes"))))
         .collect()
 }
 
 pub fn rfc3339(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)
         .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| t.to_string())
 }
 
@@ -146,6 +175,53 @@ pub fn cert_json(c: &aos_iam::wire::CertInfo) -> serde_json::Value {
         "key_url": c.key_url,
         "current": c.current,
     })
+}
+
+pub fn node_json(n: &aos_iam::wire::NodeInfo) -> serde_json::Value {
+    json!({
+        "node_id": n.node_id,
+        "node_type": n.node_type,
+        "name": n.name,
+        "state": n.state.name(),
+        "cpus": n.cpus.iter().map(|c| json!({"model": c.model, "cores": c.cores, "threads": c.threads, "architecture": c.architecture})).collect::<Vec<_>>(),
+        "total_ram": n.total_ram,
+        "partitions": n.partitions.iter().map(|p| json!({"name": p.name, "types": p.types, "path": p.path, "total_size": p.total_size})).collect::<Vec<_>>(),
+        "os_name": n.os_name,
+        "os_version": n.os_version,
+        "attributes": n.attributes.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+    })
+}
+
+pub fn node_text(n: &aos_iam::wire::NodeInfo) -> String {
+    let mut t = format!(
+        "node:       {}\nname:       {}\ntype:       {}\nstate:      {}\nos:         {} {}\nram:        {} bytes\n",
+        n.node_id,
+        n.name,
+        n.node_type,
+        n.state.name(),
+        n.os_name,
+        n.os_version,
+        n.total_ram
+    );
+    for c in &n.cpus {
+        t.push_str(&format!(
+            "cpu:        {} ({} cores, {} threads, {})\n",
+            c.model, c.cores, c.threads, c.architecture
+        ));
+    }
+    for p in &n.partitions {
+        t.push_str(&format!(
+            "partition:  {} {} {} bytes [{}]\n",
+            p.name,
+            p.path,
+            p.total_size,
+            p.types.join(",")
+        ));
+    }
+    for (k, v) in &n.attributes {
+        t.push_str(&format!("attribute:  {k}={v}\n"));
+    }
+    t
 }
 
 pub fn cert_text(c: &aos_iam::wire::CertInfo) -> String {
@@ -168,10 +244,7 @@ mod tests {
 
     #[test]
     fn a_lone_dash_is_a_positional_unless_it_is_an_option_value() {
-        assert_eq!(
-            positional_dash(&["apply", "iam", "-"]),
-            ["apply", "iam", "--", "-"]
-        );
+        assert_eq!(positional_dash(&["apply", "iam", "-"]), ["apply", "iam", "--", "-"]);
         assert_eq!(
             positional_dash(&["start", "--password-file", "-"]),
             ["start", "--password-file", "-"]

@@ -44,11 +44,7 @@ pub fn main(name: &str, args: &[&str]) -> u8 {
         Err(code) => return code,
     };
     if args.version {
-        println!(
-            "{name} {} (protocol {})",
-            aos_iam::VERSION,
-            aos_iam::PROTOCOL_VERSION
-        );
+        println!("{name} {} (protocol {})", aos_iam::VERSION, aos_iam::PROTOCOL_VERSION);
         return 0;
     }
     aos_iam::log::set_verbosity(args.verbose);
@@ -65,10 +61,7 @@ pub fn main(name: &str, args: &[&str]) -> u8 {
         }
     };
     if args.check_config {
-        println!(
-            "{path}: valid ({} certificate modules)",
-            config.modules.len()
-        );
+        println!("{path}: valid ({} certificate modules)", config.modules.len());
         return 0;
     }
     match aos_iam::server::run(config, args.provisioning) {
@@ -88,9 +81,6 @@ mod tests {
             super::expand_verbose(&["-vv", "-c", "x", "-v"]),
             ["-v", "-v", "-c", "x", "-v"]
         );
-        assert_eq!(
-            super::expand_verbose(&["--verbose", "-vx"]),
-            ["--verbose", "-vx"]
-        );
+        assert_eq!(super::expand_verbose(&["--verbose", "-vx"]), ["--verbose", "-vx"]);
     }
 }

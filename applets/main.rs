@@ -22,21 +22,13 @@ enum Applet {
 }
 
 const APPLETS: [(&str, Applet, &str); 4] = [
-    (
-        "iamd",
-        Applet::Iamd,
-        "the per-node identity and access daemon",
-    ),
+    ("iamd", Applet::Iamd, "the per-node identity and access daemon"),
     (
         "iam-provision",
         Applet::Provision,
         "provision a node: step by step, or the whole flow",
     ),
-    (
-        "iam-certctl",
-        Applet::Certctl,
-        "certificates in operation: list, get",
-    ),
+    ("iam-certctl", Applet::Certctl, "certificates in operation: list, get"),
     (
         "iam-nodelink",
         Applet::Nodelink,
@@ -46,10 +38,7 @@ const APPLETS: [(&str, Applet, &str); 4] = [
 
 /// The applet a program name (a path or a bare name) stands for; `None` for `aos-iam`.
 fn applet_for(argv0: &str) -> Result<Option<Applet>, String> {
-    let name = Path::new(argv0)
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or(argv0);
+    let name = Path::new(argv0).file_name().and_then(|n| n.to_str()).unwrap_or(argv0);
     if name == "aos-iam" {
         return Ok(None);
     }
@@ -61,9 +50,7 @@ fn applet_for(argv0: &str) -> Result<Option<Applet>, String> {
 }
 
 fn usage() -> String {
-    let mut s = String::from(
-        "Usage: aos-iam APPLET [ARGS...] | aos-iam --list | aos-iam --version\n\nApplets:\n",
-    );
+    let mut s = String::from("Usage: aos-iam APPLET [ARGS...] | aos-iam --list | aos-iam --version\n\nApplets:\n");
     for (n, _, d) in APPLETS {
         s.push_str(&format!("  {n:<14} {d}\n"));
     }
@@ -79,39 +66,33 @@ fn main() -> ExitCode {
             return ExitCode::from(common::EXIT_USAGE);
         }
         Ok(Some(a)) => (a, argv0.to_string(), &args[1..]),
-        Ok(None) => {
-            match args.get(1).map(String::as_str) {
-                None | Some("--help") | Some("-h") | Some("help") => {
-                    print!("{}", usage());
-                    return if args.len() > 1 {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(common::EXIT_USAGE)
-                    };
-                }
-                Some("--list") => {
-                    for (n, _, _) in APPLETS {
-                        println!("{n}");
-                    }
-                    return ExitCode::SUCCESS;
-                }
-                Some("--version") => {
-                    println!(
-                        "aos-iam {} (protocol {})",
-                        aos_iam::VERSION,
-                        aos_iam::PROTOCOL_VERSION
-                    );
-                    return ExitCode::SUCCESS;
-                }
-                Some(sub) => match applet_for(sub) {
-                    Ok(Some(a)) => (a, sub.to_string(), &args[2..]),
-                    _ => {
-                        eprintln!("aos-iam: unknown applet \"{sub}\"; run `aos-iam --list` for the applets");
-                        return ExitCode::from(common::EXIT_USAGE);
-                    }
-                },
+        Ok(None) => match args.get(1).map(String::as_str) {
+            None | Some("--help") | Some("-h") | Some("help") => {
+                print!("{}", usage());
+                return if args.len() > 1 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(common::EXIT_USAGE)
+                };
             }
-        }
+            Some("--list") => {
+                for (n, _, _) in APPLETS {
+                    println!("{n}");
+                }
+                return ExitCode::SUCCESS;
+            }
+            Some("--version") => {
+                println!("aos-iam {} (protocol {})", aos_iam::VERSION, aos_iam::PROTOCOL_VERSION);
+                return ExitCode::SUCCESS;
+            }
+            Some(sub) => match applet_for(sub) {
+                Ok(Some(a)) => (a, sub.to_string(), &args[2..]),
+                _ => {
+                    eprintln!("aos-iam: unknown applet \"{sub}\"; run `aos-iam --list` for the applets");
+                    return ExitCode::from(common::EXIT_USAGE);
+                }
+            },
+        },
     };
     let name = Path::new(&name)
         .file_name()

@@ -41,6 +41,75 @@ enum Verb {
     Deprovision(Deprovision),
     Status(Status),
     Run(Run),
+    Pause(Pause),
+    Resume(Resume),
+    NodeInfo(NodeInfoVerb),
+    Nodes(Nodes),
+    RegisterInstance(RegisterInstance),
+    UnregisterInstance(UnregisterInstance),
+}
+
+/// PauseNode: a provisioned node is paused (persisted) until resumed.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "pause")]
+struct Pause {}
+
+/// ResumeNode: a paused node is provisioned again.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "resume")]
+struct Resume {}
+
+/// NodeInfo: id, type, state, CPUs, RAM, partitions, OS, attributes.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "node-info")]
+struct NodeInfoVerb {
+    /// keep printing the node's info each time it changes, until interrupted
+    #[argh(switch)]
+    watch: bool,
+}
+
+/// GetAllNodeIds: the nodes of the unit.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "nodes")]
+struct Nodes {}
+
+/// RegisterInstance: a permission secret for an instance (printed on stdout).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "register-instance")]
+struct RegisterInstance {
+    #[argh(option)]
+    /// item (service or component) id
+    item: String,
+    #[argh(option)]
+    /// subject id
+    subject: String,
+    #[argh(option)]
+    /// instance number
+    instance: u64,
+    #[argh(option, default = "String::from(\"service\")")]
+    /// service (default) or component
+    r#type: String,
+    #[argh(option)]
+    /// a permission, SERVER:NAME=VALUE (repeatable)
+    permission: Vec<String>,
+}
+
+/// UnregisterInstance: revoke an instance's permission secret.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "unregister-instance")]
+struct UnregisterInstance {
+    #[argh(option)]
+    /// item (service or component) id
+    item: String,
+    #[argh(option)]
+    /// subject id
+    subject: String,
+    #[argh(option)]
+    /// instance number
+    instance: u64,
+    #[argh(option, default = "String::from(\"service\")")]
+    /// service (default) or component
+    r#type: String,
 }
 
 /// StartProvisioning: take ownership of the key stores with the password.
@@ -165,8 +234,7 @@ fn ok_json(v: serde_json::Value) {
 
 fn run(args: &Args) -> Result<(), Error> {
     let node = args.node.clone().unwrap_or_default();
-    let password =
-        |file: &Option<String>| common::read_secret(file.as_deref(), "provisioning password");
+    let password = |file: &Option<String>| common::read_secret(file.as_deref(), "provisioning password");
     match &args.verb {
         Verb::Start(v) => {
             let pw = password(&v.password_file)?;
@@ -190,15 +258,10 @@ fn run(args: &Args) -> Result<(), Error> {
             } else {
                 node.clone()
             };
-            let subject = factory::subject_for(
-                v.subject.as_deref().unwrap_or(DEFAULT_SUBJECT),
-                &node_id,
-                &v.cert_type,
-            );
+            let subject = factory::subject_for(v.subject.as_deref().unwrap_or(DEFAULT_SUBJECT), &node_id, &v.cert_type);
             let csr = c.create_key(&node, &v.cert_type, &subject, &pw)?;
             if let Some(out) = &v.output {
-                std::fs::write(out, &csr)
-                    .map_err(|e| Error::internal(format!("writing {out}: {e}")))?;
+                std::fs::write(out, &csr).map_err(|e| Error::internal(format!("writing {out}: {e}")))?;
             }
             if args.json {
                 ok_json(json!({ "type": v.cert_type, "csr": csr }));
@@ -267,6 +330,60 @@ fn run(args: &Args) -> Result<(), Error> {
             }
         }
         Verb::Run(v) => run_flow(args, v, &node)?,
+        Verb::Pause(_) => {
+            connect(args)?.pause(&node)?;
+            done(args, "node paused");
+        }
+        Verb::Resume(_) => {
+            connect(args)?.resume(&node)?;
+            done(args, "node resumed");
+        }
+        Verb::NodeInfo(v) => {
+            let mut c = connect(args)?;
+            let show = |n: &aos_iam::wire::NodeInfo| {
+                if args.json {
+                    let mut j = common::node_json(n);
+                    j["ok"] = json!(true);
+                    println!("{j}");
+                } else {
+                    print!("{}", common::node_text(n));
+                }
+            };
+            show(&c.node_info(&node)?);
+            if v.watch {
+                let id = c.subscribe(aos_iam::wire::Request::SubscribeNodeChanged)?;
+                loop {
+                    if let aos_iam::wire::Event::NodeChanged(n) = c.next_event(id)? {
+                        if node.is_empty() || n.node_id == node {
+                            show(&n);
+                        }
+                    }
+                }
+            }
+        }
+        Verb::Nodes(_) => {
+            let ids = connect(args)?.node_ids()?;
+            if args.json {
+                ok_json(json!({ "nodes": ids }));
+            } else {
+                ids.iter().for_each(|i| println!("{i}"));
+            }
+        }
+        Verb::RegisterInstance(v) => {
+            let instance = common::instance(&v.item, &v.subject, v.instance, &v.r#type)?;
+            let permissions = common::parse_permissions(&v.permission)?;
+            let secret = connect(args)?.register_instance(instance, permissions)?;
+            if args.json {
+                ok_json(json!({ "secret": secret.expose() }));
+            } else {
+                println!("{}", secret.expose());
+            }
+        }
+        Verb::UnregisterInstance(v) => {
+            let instance = common::instance(&v.item, &v.subject, v.instance, &v.r#type)?;
+            connect(args)?.unregister_instance(instance)?;
+            done(args, "instance unregistered");
+        }
     }
     Ok(())
 }
@@ -289,11 +406,7 @@ fn run_flow(args: &Args, v: &Run, node: &str) -> Result<(), Error> {
                 .map(Duration::from_secs)
                 .unwrap_or(DEFAULT_COMMAND_TIMEOUT),
         }),
-        _ => {
-            return Err(Error::invalid(
-                "give either --ca-cert and --ca-key, or --sign-cmd",
-            ))
-        }
+        _ => return Err(Error::invalid("give either --ca-cert and --ca-key, or --sign-cmd")),
     };
     let pw = common::read_secret(v.password_file.as_deref(), "provisioning password")?;
     let mut client = connect(args)?;
@@ -325,9 +438,7 @@ fn run_flow(args: &Args, v: &Run, node: &str) -> Result<(), Error> {
         node.to_string()
     };
     if args.json {
-        ok_json(
-            json!({"node": node_id, "certificates": certs.iter().map(cert_json).collect::<Vec<_>>()}),
-        );
+        ok_json(json!({"node": node_id, "certificates": certs.iter().map(cert_json).collect::<Vec<_>>()}));
     } else {
         println!("node {node_id} provisioned");
         for c in &certs {

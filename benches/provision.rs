@@ -39,13 +39,9 @@ fn fresh_dir(root: &Path, name: &str) -> PathBuf {
 fn make_ca(root: &Path) -> (String, rcgen::KeyPair) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name
-        .push(rcgen::DnType::CommonName, "bench root");
+    p.distinguished_name.push(rcgen::DnType::CommonName, "bench root");
     p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
+    p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
     p.key_identifier_method = rcgen::KeyIdMethod::Sha256;
     let cert = p.self_signed(&key).unwrap();
     std::fs::write(root.join("ca.pem"), cert.pem()).unwrap();
@@ -107,10 +103,7 @@ fn baseline(dir: &Path, ca_pem: &str, ca_key: &rcgen::KeyPair) -> Duration {
     let table: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("t");
     let commit = |k: &str| {
         let txn = db.begin_write().unwrap();
-        txn.open_table(table)
-            .unwrap()
-            .insert(k, &[0u8; 200][..])
-            .unwrap();
+        txn.open_table(table).unwrap().insert(k, &[0u8; 200][..]).unwrap();
         txn.commit().unwrap();
     };
     commit("start");
@@ -218,11 +211,7 @@ fn start_iamd(bin: &Path, dir: &Path, provisioning: bool) -> std::process::Child
     if provisioning {
         cmd.arg("--provisioning");
     }
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = cmd.stdin(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let sock = dir.join("run/protected.sock");
     let t = Instant::now();
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
@@ -258,11 +247,7 @@ fn flow(bin: &Path, root: &Path, dir: &Path) -> Duration {
         .output()
         .unwrap();
     let elapsed = start.elapsed();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     stop(iamd);
     elapsed
 }
@@ -328,11 +313,9 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let bin = PathBuf::from(
-        std::env::var("AOS_IAM_BIN").unwrap_or_else(|_| "target/release/aos-iam".into()),
-    );
-    let bin = std::fs::canonicalize(&bin)
-        .unwrap_or_else(|e| panic!("{}: {e} (build it first: make bench)", bin.display()));
+    let bin = PathBuf::from(std::env::var("AOS_IAM_BIN").unwrap_or_else(|_| "target/release/aos-iam".into()));
+    let bin =
+        std::fs::canonicalize(&bin).unwrap_or_else(|e| panic!("{}: {e} (build it first: make bench)", bin.display()));
     let rounds: usize = std::env::var("BENCH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())

@@ -76,8 +76,7 @@ impl CertModules {
         let mut stores: Vec<Arc<dyn KeyStore>> = Vec::new();
         let mut modules = Vec::new();
         for m in &config.modules {
-            let store = keystore::open(&m.store, &stores)
-                .map_err(|e| e.context(format!("module {}", m.id)))?;
+            let store = keystore::open(&m.store, &stores).map_err(|e| e.context(format!("module {}", m.id)))?;
             if !stores.iter().any(|s| Arc::ptr_eq(s, &store)) {
                 stores.push(store.clone());
             }
@@ -101,16 +100,13 @@ impl CertModules {
     }
 
     pub fn get(&self, cert_type: &str) -> Result<&CertModule> {
-        self.modules
-            .iter()
-            .find(|m| m.id() == cert_type)
-            .ok_or_else(|| {
-                let known: Vec<_> = self.modules.iter().map(|m| m.id()).collect();
-                Error::not_found(format!(
-                    "unknown certificate type \"{cert_type}\" (this node has: {})",
-                    known.join(", ")
-                ))
-            })
+        self.modules.iter().find(|m| m.id() == cert_type).ok_or_else(|| {
+            let known: Vec<_> = self.modules.iter().map(|m| m.id()).collect();
+            Error::not_found(format!(
+                "unknown certificate type \"{cert_type}\" (this node has: {})",
+                known.join(", ")
+            ))
+        })
     }
 
     /// GetCertTypes: the modules that need a CA, in configuration order.
@@ -159,34 +155,23 @@ impl CertModules {
             id,
             public,
         };
-        x509::build_csr(
-            &key,
-            subject,
-            &m.config.alt_names,
-            &m.config.extended_key_usage,
-        )
+        x509::build_csr(&key, subject, &m.config.alt_names, &m.config.extended_key_usage)
     }
 
     /// ApplyCert: validate, store, record, then evict beyond `max_items`.
-    pub fn apply(
-        &self,
-        db: &Db,
-        config: &Config,
-        cert_type: &str,
-        chain_pem: &str,
-    ) -> Result<CertInfo> {
+    pub fn apply(&self, db: &Db, config: &Config, cert_type: &str, chain_pem: &str) -> Result<CertInfo> {
         let m = self.get(cert_type)?;
         let chain = x509::parse_chain_pem(chain_pem)?;
         let leaf = x509::fields(&chain[0])?;
         let snap = db.snapshot()?;
 
         // Applying a certificate that is already applied (a retry after a lost answer) is done.
-        if let Some(r) = snap.certs.iter().find(|r| {
-            r.cert_type == cert_type && r.serial == leaf.serial && r.issuer_der == leaf.issuer_der
-        }) {
-            let current = self
-                .current(&snap, cert_type)
-                .is_some_and(|c| c.key_id == r.key_id);
+        if let Some(r) = snap
+            .certs
+            .iter()
+            .find(|r| r.cert_type == cert_type && r.serial == leaf.serial && r.issuer_der == leaf.issuer_der)
+        {
+            let current = self.current(&snap, cert_type).is_some_and(|c| c.key_id == r.key_id);
             return Ok(m.cert_info(r, current));
         }
 
@@ -209,13 +194,8 @@ impl CertModules {
 
         if !m.config.skip_validation {
             let roots = read_roots(config)?;
-            x509::validate_chain(
-                &chain,
-                &roots,
-                &m.config.extended_key_usage,
-                UnixTime::now(),
-            )
-            .map_err(|e| e.context(format!("module {cert_type}")))?;
+            x509::validate_chain(&chain, &roots, &m.config.extended_key_usage, UnixTime::now())
+                .map_err(|e| e.context(format!("module {cert_type}")))?;
         }
 
         m.store
@@ -232,11 +212,7 @@ impl CertModules {
             not_after: leaf.not_after,
             seq: 0,
         };
-        let mut of_type: Vec<&CertRecord> = snap
-            .certs
-            .iter()
-            .filter(|r| r.cert_type == cert_type)
-            .collect();
+        let mut of_type: Vec<&CertRecord> = snap.certs.iter().filter(|r| r.cert_type == cert_type).collect();
         of_type.sort_by_key(|r| r.seq);
         let excess = (of_type.len() + 1).saturating_sub(m.config.max_items as usize);
         let evict: Vec<CertRecord> = of_type.into_iter().take(excess).cloned().collect();
@@ -248,9 +224,7 @@ impl CertModules {
             .iter()
             .find(|r| r.cert_type == cert_type && r.key_id == key_id)
             .ok_or_else(|| Error::internal("applied record not found"))?;
-        let current = self
-            .current(&snap, cert_type)
-            .is_some_and(|c| c.key_id == key_id);
+        let current = self.current(&snap, cert_type).is_some_and(|c| c.key_id == key_id);
         Ok(m.cert_info(applied, current))
     }
 
@@ -301,12 +275,7 @@ impl CertModules {
                 Err(e) => findings.push(format!("cannot list {}: {e}", store.describe())),
             }
         }
-        let objects_of = |m: &CertModule| {
-            listed
-                .iter()
-                .find(|(s, _)| Arc::ptr_eq(s, &m.store))
-                .map(|(_, o)| o)
-        };
+        let objects_of = |m: &CertModule| listed.iter().find(|(s, _)| Arc::ptr_eq(s, &m.store)).map(|(_, o)| o);
         for r in &snap.certs {
             let Ok(m) = self.get(&r.cert_type) else {
                 findings.push(format!(
@@ -342,14 +311,8 @@ impl CertModules {
                     .modules
                     .iter()
                     .any(|m| m.id() == o.label && Arc::ptr_eq(&m.store, store));
-                let recorded = snap
-                    .certs
-                    .iter()
-                    .any(|r| r.cert_type == o.label && r.key_id == o.id)
-                    || snap
-                        .pending
-                        .iter()
-                        .any(|p| p.cert_type == o.label && p.key_id == o.id);
+                let recorded = snap.certs.iter().any(|r| r.cert_type == o.label && r.key_id == o.id)
+                    || snap.pending.iter().any(|p| p.cert_type == o.label && p.key_id == o.id);
                 if ours && !recorded {
                     findings.push(format!(
                         "{:?} {}/{} on {} is in no database record",
@@ -375,23 +338,13 @@ impl CertModules {
     }
 
     /// GetCert: by issuer and serial, or the current one.
-    pub fn get_cert(
-        &self,
-        db: &Db,
-        cert_type: &str,
-        issuer: Option<&[u8]>,
-        serial: Option<&[u8]>,
-    ) -> Result<CertInfo> {
+    pub fn get_cert(&self, db: &Db, cert_type: &str, issuer: Option<&[u8]>, serial: Option<&[u8]>) -> Result<CertInfo> {
         let m = self.get(cert_type)?;
         let snap = db.snapshot()?;
         let current = self.current(&snap, cert_type);
         let found = match (issuer, serial) {
             (Some(i), Some(s)) => {
-                let s = &s[s
-                    .iter()
-                    .take_while(|b| **b == 0)
-                    .count()
-                    .min(s.len().saturating_sub(1))..];
+                let s = &s[s.iter().take_while(|b| **b == 0).count().min(s.len().saturating_sub(1))..];
                 snap.certs
                     .iter()
                     .find(|r| r.cert_type == cert_type && r.issuer_der == i && r.serial == s)
@@ -399,9 +352,7 @@ impl CertModules {
             (None, None) => current,
             _ => return Err(Error::invalid("give both issuer and serial, or neither")),
         };
-        let r = found.ok_or_else(|| {
-            Error::not_found(format!("no certificate of type \"{cert_type}\" matches"))
-        })?;
+        let r = found.ok_or_else(|| Error::not_found(format!("no certificate of type \"{cert_type}\" matches")))?;
         Ok(m.cert_info(r, current.is_some_and(|c| c.key_id == r.key_id)))
     }
 

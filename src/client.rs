@@ -7,13 +7,18 @@ use crate::error::{Error, Result};
 use crate::secret::Secret;
 use crate::transport;
 use crate::wire::{
-    self, CertInfo, FrameKind, NodeInfo, ProvisioningStatus, Request, Response, Role,
+    self, CertInfo, Event, FrameKind, InstanceIdent, NodeInfo, ProvisioningStatus, Request, Response, Role,
+    ServerPermissions,
 };
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
+/// Events read while waiting for an answer, kept for [`Client::next_event`].
+const MAX_QUEUED_EVENTS: usize = 1024;
+
 pub struct Client {
     stream: UnixStream,
+    queued: std::collections::VecDeque<(u64, Vec<u8>)>,
     next_id: u64,
     limit: u32,
     /// The node id the server stated in its hello.
@@ -26,14 +31,11 @@ fn unexpected(op: &str, r: Response) -> Error {
 
 impl Client {
     pub fn connect(path: &Path) -> Result<Client> {
-        let stream = UnixStream::connect(path).map_err(|e| {
-            Error::unavailable(format!(
-                "cannot connect to {}: {e} (is iamd running?)",
-                path.display()
-            ))
-        })?;
+        let stream = UnixStream::connect(path)
+            .map_err(|e| Error::unavailable(format!("cannot connect to {}: {e} (is iamd running?)", path.display())))?;
         let mut c = Client {
             stream,
+            queued: Default::default(),
             next_id: 1,
             limit: wire::DEFAULT_BODY_LIMIT,
             server_node_id: String::new(),
@@ -54,28 +56,26 @@ impl Client {
         let id = self.next_id;
         self.next_id += 1;
         // The frame may carry a password: zeroed once sent.
-        let frame = zeroize::Zeroizing::new(wire::encode_frame(
-            FrameKind::Request,
-            id,
-            &request,
-            self.limit,
-        )?);
+        let frame = zeroize::Zeroizing::new(wire::encode_frame(FrameKind::Request, id, &request, self.limit)?);
         self.stream
             .write_all(&frame)
             .map_err(|e| Error::unavailable(format!("sending {}: {e}", request.name())))?;
         drop(frame);
         loop {
             let (header, body) = transport::read_frame_blocking(&mut self.stream, self.limit)?
-                .ok_or_else(|| {
-                    Error::unavailable(format!(
-                        "iamd closed the connection during {}",
-                        request.name()
-                    ))
-                })?;
+                .ok_or_else(|| Error::unavailable(format!("iamd closed the connection during {}", request.name())))?;
             match header.kind {
                 FrameKind::Error => return Err(wire::decode_body::<Error>(&body)?),
                 FrameKind::Response if header.id == id => return Ok(wire::decode_body(&body)?),
-                // Events and answers to other requests are not ours to read here.
+                FrameKind::Event => {
+                    if self.queued.len() == MAX_QUEUED_EVENTS {
+                        return Err(Error::unavailable(format!(
+                            "more than {MAX_QUEUED_EVENTS} events arrived unread"
+                        )));
+                    }
+                    self.queued.push_back((header.id, body));
+                }
+                // Answers to other requests are not ours to read here.
                 _ => continue,
             }
         }
@@ -97,12 +97,7 @@ impl Client {
         }
     }
 
-    pub fn cert(
-        &mut self,
-        cert_type: &str,
-        issuer: Option<Vec<u8>>,
-        serial: Option<Vec<u8>>,
-    ) -> Result<CertInfo> {
+    pub fn cert(&mut self, cert_type: &str, issuer: Option<Vec<u8>>, serial: Option<Vec<u8>>) -> Result<CertInfo> {
         match self.call(Request::GetCert {
             cert_type: cert_type.into(),
             issuer,
@@ -155,13 +150,7 @@ impl Client {
         })
     }
 
-    pub fn create_key(
-        &mut self,
-        node_id: &str,
-        cert_type: &str,
-        subject: &str,
-        password: &Secret,
-    ) -> Result<String> {
+    pub fn create_key(&mut self, node_id: &str, cert_type: &str, subject: &str, password: &Secret) -> Result<String> {
         match self.call(Request::CreateKey {
             node_id: node_id.into(),
             cert_type: cert_type.into(),
@@ -173,12 +162,7 @@ impl Client {
         }
     }
 
-    pub fn apply_cert(
-        &mut self,
-        node_id: &str,
-        cert_type: &str,
-        chain_pem: &str,
-    ) -> Result<CertInfo> {
+    pub fn apply_cert(&mut self, node_id: &str, cert_type: &str, chain_pem: &str) -> Result<CertInfo> {
         match self.call(Request::ApplyCert {
             node_id: node_id.into(),
             cert_type: cert_type.into(),
@@ -201,5 +185,96 @@ impl Client {
             node_id: node_id.into(),
             password: password.clone(),
         })
+    }
+
+    pub fn pause(&mut self, node_id: &str) -> Result<()> {
+        self.done(Request::PauseNode {
+            node_id: node_id.into(),
+        })
+    }
+
+    pub fn resume(&mut self, node_id: &str) -> Result<()> {
+        self.done(Request::ResumeNode {
+            node_id: node_id.into(),
+        })
+    }
+
+    pub fn node_ids(&mut self) -> Result<Vec<String>> {
+        match self.call(Request::GetAllNodeIds)? {
+            Response::NodeIds(ids) => Ok(ids),
+            r => Err(unexpected("GetAllNodeIds", r)),
+        }
+    }
+
+    pub fn register_instance(
+        &mut self,
+        instance: InstanceIdent,
+        permissions: Vec<ServerPermissions>,
+    ) -> Result<Secret> {
+        match self.call(Request::RegisterInstance { instance, permissions })? {
+            Response::Secret(s) => Ok(s),
+            r => Err(unexpected("RegisterInstance", r)),
+        }
+    }
+
+    pub fn unregister_instance(&mut self, instance: InstanceIdent) -> Result<()> {
+        self.done(Request::UnregisterInstance { instance })
+    }
+
+    pub fn permissions(&mut self, secret: &Secret, server: &str) -> Result<(InstanceIdent, Vec<(String, String)>)> {
+        match self.call(Request::GetPermissions {
+            secret: secret.clone(),
+            functional_server_id: server.into(),
+        })? {
+            Response::Permissions { instance, entries } => Ok((instance, entries)),
+            r => Err(unexpected("GetPermissions", r)),
+        }
+    }
+
+    pub fn system_info(&mut self) -> Result<(String, String, String)> {
+        match self.call(Request::GetSystemInfo)? {
+            Response::SystemInfo {
+                system_id,
+                unit_model,
+                version,
+            } => Ok((system_id, unit_model, version)),
+            r => Err(unexpected("GetSystemInfo", r)),
+        }
+    }
+
+    pub fn subjects(&mut self) -> Result<Vec<String>> {
+        match self.call(Request::GetSubjects)? {
+            Response::Subjects(s) => Ok(s),
+            r => Err(unexpected("GetSubjects", r)),
+        }
+    }
+
+    /// Start a subscription (`SubscribeSubjectsChanged`, `SubscribeNodeChanged`); its
+    /// events are then read with [`Client::next_event`].
+    pub fn subscribe(&mut self, request: Request) -> Result<u64> {
+        let id = self.next_id;
+        match self.call(request)? {
+            Response::Subscribed => Ok(id),
+            r => Err(unexpected("Subscribe", r)),
+        }
+    }
+
+    /// Wait for the next event of subscription `id`.
+    pub fn next_event(&mut self, id: u64) -> Result<Event> {
+        if let Some(at) = self.queued.iter().position(|(i, _)| *i == id) {
+            let (_, body) = self.queued.remove(at).expect("found above");
+            return Ok(wire::decode_body(&body)?);
+        }
+        loop {
+            let (header, body) = transport::read_frame_blocking(&mut self.stream, self.limit)?
+                .ok_or_else(|| Error::unavailable("iamd closed the connection"))?;
+            match header.kind {
+                FrameKind::Event if header.id == id => return Ok(wire::decode_body(&body)?),
+                FrameKind::Error if header.id == id || header.id == 0 => {
+                    return Err(wire::decode_body::<Error>(&body)?)
+                }
+                _ => continue,
+            }
+        }
     }
 }

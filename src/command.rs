@@ -28,11 +28,7 @@ pub fn run(
     timeout: Duration,
 ) -> Result<Finished> {
     let mut child = cmd
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -49,9 +45,7 @@ pub fn run(
     let mut stdout = child.stdout.take().expect("piped");
     let out_reader = std::thread::spawn(move || {
         let mut out = Vec::new();
-        let r = (&mut stdout)
-            .take(stdout_limit as u64 + 1)
-            .read_to_end(&mut out);
+        let r = (&mut stdout).take(stdout_limit as u64 + 1).read_to_end(&mut out);
         // Keep draining so the command is never blocked on a full pipe.
         let _ = std::io::copy(&mut stdout, &mut std::io::sink());
         r.map(|_| out)
@@ -80,10 +74,7 @@ pub fn run(
                 let _ = child.wait();
                 return Err(Error::new(
                     ErrorKind::Timeout,
-                    format!(
-                        "{what} ran longer than {} s and was stopped",
-                        timeout.as_secs()
-                    ),
+                    format!("{what} ran longer than {} s and was stopped", timeout.as_secs()),
                 ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
@@ -98,9 +89,7 @@ pub fn run(
         .map_err(|_| Error::internal(format!("{what}: output reader failed")))?
         .map_err(|e| Error::internal(format!("{what}: reading its output: {e}")))?;
     if stdout.len() > stdout_limit {
-        return Err(Error::invalid(format!(
-            "{what} printed more than {stdout_limit} bytes"
-        )));
+        return Err(Error::invalid(format!("{what} printed more than {stdout_limit} bytes")));
     }
     let err = err_reader.join().unwrap_or_default();
     let tail = &err[err.len().saturating_sub(STDERR_LIMIT)..];
@@ -140,15 +129,9 @@ mod tests {
     #[test]
     fn a_command_past_its_deadline_is_stopped() {
         let t = Instant::now();
-        let e = run(
-            sh("sleep 30"),
-            "sleeper",
-            None,
-            100,
-            Duration::from_millis(200),
-        )
-        .err()
-        .unwrap();
+        let e = run(sh("sleep 30"), "sleeper", None, 100, Duration::from_millis(200))
+            .err()
+            .unwrap();
         assert_eq!(e.kind, ErrorKind::Timeout);
         assert!(t.elapsed() < Duration::from_secs(10));
     }

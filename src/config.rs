@@ -154,6 +154,59 @@ pub struct ModuleConfig {
     pub self_signed_days: u32,
 }
 
+/// How often the identity files are checked for changes by default (SIGHUP checks at once).
+pub const DEFAULT_IDENTITY_POLL: Duration = Duration::from_secs(10);
+/// Instances that may hold a permission secret at once, by default.
+pub const DEFAULT_MAX_INSTANCES: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionConfig {
+    pub name: String,
+    pub path: PathBuf,
+    pub types: Vec<String>,
+}
+
+/// Where the unit's identity comes from: files written by the platform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityConfig {
+    /// One line: the system id.
+    pub system_id_file: Option<PathBuf>,
+    /// One line: `model;version`.
+    pub unit_model_file: Option<PathBuf>,
+    /// One subject per line.
+    pub subjects_file: Option<PathBuf>,
+    pub poll_interval: Duration,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            system_id_file: None,
+            unit_model_file: None,
+            subjects_file: None,
+            poll_interval: DEFAULT_IDENTITY_POLL,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PermissionsConfig {
+    /// Keep registrations across iamd restarts (in the database). Off by default: the
+    /// service manager registers its instances again when it starts them, and a secret
+    /// that outlives its instance is one more credential at rest.
+    pub persist: bool,
+    pub max_instances: usize,
+}
+
+impl Default for PermissionsConfig {
+    fn default() -> Self {
+        PermissionsConfig {
+            persist: false,
+            max_instances: DEFAULT_MAX_INSTANCES,
+        }
+    }
+}
+
 /// How long a new connection may take to send its hello by default.
 pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a hook may run by default before it is stopped and its step fails.
@@ -182,6 +235,12 @@ impl Default for Hooks {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// Attributes reported in NodeInfo (`[node.attributes]`), in configuration order.
+    pub attributes: Vec<(String, String)>,
+    /// Partitions reported in NodeInfo with their sizes (`[[node.partitions]]`).
+    pub partitions: Vec<PartitionConfig>,
+    pub identity: IdentityConfig,
+    pub permissions: PermissionsConfig,
     pub node_id: String,
     pub node_name: String,
     pub node_type: String,
@@ -289,9 +348,7 @@ fn merge(into: &mut Table, from: Table, path: &str, file: &str, origin: &mut Ori
 fn mark(path: &str, v: &Value, file: &str, origin: &mut Origins) {
     origin.0.insert(path.to_string(), file.to_string());
     match v {
-        Value::Table(t) => t
-            .iter()
-            .for_each(|(k, v)| mark(&join(path, k), v, file, origin)),
+        Value::Table(t) => t.iter().for_each(|(k, v)| mark(&join(path, k), v, file, origin)),
         Value::Array(a) => a
             .iter()
             .enumerate()
@@ -339,8 +396,7 @@ impl<'a> Reader<'a> {
     }
 
     fn required_string(&mut self, key: &str) -> Result<String, ConfigError> {
-        self.string(key)?
-            .ok_or_else(|| self.err(key, "is required"))
+        self.string(key)?.ok_or_else(|| self.err(key, "is required"))
     }
 
     fn path(&mut self, key: &str) -> Result<Option<PathBuf>, ConfigError> {
@@ -379,10 +435,7 @@ impl<'a> Reader<'a> {
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Some),
-            Some(v) => Err(self.err(
-                key,
-                format!("must be an array of strings, not {}", v.type_str()),
-            )),
+            Some(v) => Err(self.err(key, format!("must be an array of strings, not {}", v.type_str()))),
         }
     }
 
@@ -400,10 +453,7 @@ impl<'a> Reader<'a> {
                     )),
                 })
                 .collect(),
-            Some(v) => Err(self.err(
-                key,
-                format!("must be an array of integers, not {}", v.type_str()),
-            )),
+            Some(v) => Err(self.err(key, format!("must be an array of integers, not {}", v.type_str()))),
         }
     }
 
@@ -434,19 +484,13 @@ impl<'a> Reader<'a> {
                     let p = format!("{}[{i}]", join(&self.path, key));
                     match v {
                         Value::Table(t) => Ok(self.child(p, t)),
-                        v => Err(self.err(
-                            &format!("{key}[{i}]"),
-                            format!("must be a table, not {}", v.type_str()),
-                        )),
+                        v => Err(self.err(&format!("{key}[{i}]"), format!("must be a table, not {}", v.type_str()))),
                     }
                 })
                 .collect(),
             Some(v) => Err(self.err(
                 key,
-                format!(
-                    "must be an array of tables ([[{key}]]), not {}",
-                    v.type_str()
-                ),
+                format!("must be an array of tables ([[{key}]]), not {}", v.type_str()),
             )),
         }
     }
@@ -472,10 +516,7 @@ fn argv(r: &mut Reader, key: &str) -> Result<Option<Vec<String>>, ConfigError> {
 }
 
 fn valid_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn mode(r: &mut Reader, key: &str, default: u32) -> Result<u32, ConfigError> {
@@ -484,30 +525,18 @@ fn mode(r: &mut Reader, key: &str, default: u32) -> Result<u32, ConfigError> {
         Some(Value::String(s)) => u32::from_str_radix(&s, 8)
             .ok()
             .filter(|m| *m <= 0o777)
-            .ok_or_else(|| {
-                r.err(
-                    key,
-                    format!("\"{s}\" is not an octal file mode such as \"0660\""),
-                )
-            }),
+            .ok_or_else(|| r.err(key, format!("\"{s}\" is not an octal file mode such as \"0660\""))),
         Some(v) => Err(r.err(
             key,
-            format!(
-                "must be an octal string such as \"0660\", not {}",
-                v.type_str()
-            ),
+            format!("must be an octal string such as \"0660\", not {}", v.type_str()),
         )),
     }
 }
 
 fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
-    let mut node = root
-        .sub("node")?
-        .ok_or_else(|| root.err("node", "is required"))?;
+    let mut node = root.sub("node")?.ok_or_else(|| root.err("node", "is required"))?;
     let node_id = match (node.string("id")?, node.path("id_file")?) {
-        (Some(_), Some(_)) => {
-            return Err(node.err("id_file", "give either node.id or node.id_file, not both"))
-        }
+        (Some(_), Some(_)) => return Err(node.err("id_file", "give either node.id or node.id_file, not both")),
         (Some(id), None) => id,
         (None, file) => {
             let file = file.unwrap_or_else(|| PathBuf::from(DEFAULT_NODE_ID_FILE));
@@ -521,14 +550,61 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         }
     };
     if node_id.len() > crate::wire::MAX_NAME_LEN {
-        return Err(node.err(
-            "id",
-            format!("longer than {} bytes", crate::wire::MAX_NAME_LEN),
-        ));
+        return Err(node.err("id", format!("longer than {} bytes", crate::wire::MAX_NAME_LEN)));
     }
     let node_name = node.string("name")?.unwrap_or_else(|| node_id.clone());
     let node_type = node.string("type")?.unwrap_or_else(|| "main".into());
+    let mut attributes = Vec::new();
+    if let Some(mut a) = node.sub("attributes")? {
+        let keys: Vec<String> = a.table.keys().cloned().collect();
+        for k in keys {
+            let v = a.string(&k)?.unwrap_or_default();
+            attributes.push((k, v));
+        }
+        a.finish()?;
+    }
+    let mut partitions = Vec::new();
+    for mut p in node.tables("partitions")? {
+        let name = p.required_string("name")?;
+        let path = p.path("path")?.ok_or_else(|| p.err("path", "is required"))?;
+        let types = p.strings("types")?.unwrap_or_default();
+        p.finish()?;
+        partitions.push(PartitionConfig { name, path, types });
+    }
     node.finish()?;
+
+    let identity = match root.sub("identity")? {
+        Some(mut i) => {
+            let identity = IdentityConfig {
+                system_id_file: i.path("system_id_file")?,
+                unit_model_file: i.path("unit_model_file")?,
+                subjects_file: i.path("subjects_file")?,
+                poll_interval: match i.uint("poll_interval", 3600)? {
+                    Some(0) => return Err(i.err("poll_interval", "must be at least 1 second")),
+                    Some(t) => Duration::from_secs(t),
+                    None => DEFAULT_IDENTITY_POLL,
+                },
+            };
+            i.finish()?;
+            identity
+        }
+        None => IdentityConfig::default(),
+    };
+
+    let permissions = match root.sub("permissions")? {
+        Some(mut p) => {
+            let c = PermissionsConfig {
+                persist: p.bool("persist", false)?,
+                max_instances: p
+                    .uint("max_instances", 1 << 20)?
+                    .map(|n| n as usize)
+                    .unwrap_or(DEFAULT_MAX_INSTANCES),
+            };
+            p.finish()?;
+            c
+        }
+        None => PermissionsConfig::default(),
+    };
 
     let mut paths = root
         .sub("paths")?
@@ -544,9 +620,7 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         .path("protected_socket")?
         .unwrap_or_else(|| PathBuf::from(DEFAULT_PROTECTED_SOCKET));
     let protected_socket_mode = mode(&mut paths, "protected_socket_mode", DEFAULT_PROTECTED_MODE)?;
-    let protected_socket_group = paths
-        .uint("protected_socket_group", u32::MAX as u64)?
-        .map(|g| g as u32);
+    let protected_socket_group = paths.uint("protected_socket_group", u32::MAX as u64)?.map(|g| g as u32);
     let allowed_uids = paths.uints("allowed_uids")?;
     let allowed_gids = paths.uints("allowed_gids")?;
     let marker_file = paths
@@ -554,10 +628,7 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         .unwrap_or_else(|| working_dir.join(MARKER_FILE));
     paths.finish()?;
     if public_socket == protected_socket {
-        return Err(root.err(
-            "paths.protected_socket",
-            "must differ from paths.public_socket",
-        ));
+        return Err(root.err("paths.protected_socket", "must differ from paths.public_socket"));
     }
 
     let (body_limit, hello_timeout) = match root.sub("limits")? {
@@ -612,10 +683,7 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
                 Some(pin) if *pin != p.user_pin_file => {
                     return Err(m.err(
                         "pkcs11.user_pin_file",
-                        format!(
-                            "modules on the same token ({}) must share one user PIN file",
-                            p.token
-                        ),
+                        format!("modules on the same token ({}) must share one user PIN file", p.token),
                     ))
                 }
                 _ => {
@@ -627,10 +695,7 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         modules.push(module);
     }
     if modules.is_empty() {
-        return Err(root.err(
-            "modules",
-            "at least one certificate module ([[modules]]) is required",
-        ));
+        return Err(root.err("modules", "at least one certificate module ([[modules]]) is required"));
     }
     if root_ca.is_none() && modules.iter().any(|m| !m.self_signed && !m.skip_validation) {
         return Err(root.err(
@@ -659,16 +724,17 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         hello_timeout,
         hooks,
         modules,
+        attributes,
+        partitions,
+        identity,
+        permissions,
     })
 }
 
 fn parse_module(m: &mut Reader, working_dir: &Path) -> Result<ModuleConfig, ConfigError> {
     let id = m.required_string("id")?;
     if !valid_id(&id) {
-        return Err(m.err(
-            "id",
-            format!("\"{id}\" must be 1-64 letters, digits, '-' or '_'"),
-        ));
+        return Err(m.err("id", format!("\"{id}\" must be 1-64 letters, digits, '-' or '_'")));
     }
     let algorithm = match m.string("algorithm")? {
         None => Algorithm::EcdsaP384,
@@ -718,17 +784,11 @@ fn parse_module(m: &mut Reader, working_dir: &Path) -> Result<ModuleConfig, Conf
         .enumerate()
         .find(|(_, n)| n.is_empty() || n.len() > 253)
     {
-        return Err(m.err(
-            &format!("alt_names[{i}]"),
-            "must be a DNS name of 1-253 characters",
-        ));
+        return Err(m.err(&format!("alt_names[{i}]"), "must be a DNS name of 1-253 characters"));
     }
     let self_signed = m.bool("self_signed", false)?;
     let skip_validation = m.bool("skip_validation", false)?;
-    let self_signed_days = m
-        .uint("self_signed_days", 36500)?
-        .map(|d| d as u32)
-        .unwrap_or(3650);
+    let self_signed_days = m.uint("self_signed_days", 36500)?.map(|d| d as u32).unwrap_or(3650);
     let store_name = m.string("store")?.unwrap_or_else(|| "pkcs11".into());
     let store = match store_name.as_str() {
         "pkcs11" => {
@@ -738,9 +798,7 @@ fn parse_module(m: &mut Reader, working_dir: &Path) -> Result<ModuleConfig, Conf
             let mut p = m
                 .sub("pkcs11")?
                 .ok_or_else(|| m.err("pkcs11", "is required for store = \"pkcs11\""))?;
-            let library = p
-                .path("library")?
-                .ok_or_else(|| p.err("library", "is required"))?;
+            let library = p.path("library")?.ok_or_else(|| p.err("library", "is required"))?;
             let mut chosen = Vec::new();
             if let Some(l) = p.string("token_label")? {
                 chosen.push(TokenSelector::Label(l));
@@ -810,12 +868,7 @@ fn parse_module(m: &mut Reader, working_dir: &Path) -> Result<ModuleConfig, Conf
                 dir: dir.unwrap_or_else(|| working_dir.join("keys")),
             }
         }
-        other => {
-            return Err(m.err(
-                "store",
-                format!("\"{other}\" is not one of pkcs11, software"),
-            ))
-        }
+        other => return Err(m.err("store", format!("\"{other}\" is not one of pkcs11, software"))),
     };
     Ok(ModuleConfig {
         id,
@@ -892,33 +945,27 @@ user_pin_file = "/tmp/w/pin"
 
     #[test]
     fn unknown_key_names_file_and_key() {
-        let e = load(&["[[modules]]\nid = \"x\"\nstore = \"software\"\ncolour = \"red\"\n"])
-            .unwrap_err();
+        let e = load(&["[[modules]]\nid = \"x\"\nstore = \"software\"\ncolour = \"red\"\n"]).unwrap_err();
         assert_eq!(e.file, "config.d/0.toml");
         assert_eq!(e.key, "modules[1].colour");
         assert_eq!(e.reason, "unknown key");
         let e = load(&["[paths]\nsocket = \"/x\"\n"]).unwrap_err();
-        assert_eq!(
-            (e.file.as_str(), e.key.as_str()),
-            ("config.d/0.toml", "paths.socket")
-        );
+        assert_eq!((e.file.as_str(), e.key.as_str()), ("config.d/0.toml", "paths.socket"));
         let e = load(&["top = 1\n"]).unwrap_err();
         assert_eq!(e.key, "top");
     }
 
     #[test]
     fn bad_values_name_the_reason() {
-        let e =
-            load(&["[[modules]]\nid = \"x\"\nstore = \"software\"\nalgorithm = \"ecdsa-p521\"\n"])
-                .unwrap_err();
+        let e = load(&["[[modules]]\nid = \"x\"\nstore = \"software\"\nalgorithm = \"ecdsa-p521\"\n"]).unwrap_err();
         assert_eq!(e.key, "modules[1].algorithm");
         assert!(e.reason.contains("ecdsa-p521"));
-        let e = load(&["[[modules]]\nid = \"x\"\nstore = \"software\"\nmax_items = \"3\"\n"])
-            .unwrap_err();
+        let e = load(&["[[modules]]\nid = \"x\"\nstore = \"software\"\nmax_items = \"3\"\n"]).unwrap_err();
         assert!(e.reason.contains("integer"), "{e}");
         let e = load(&["[[modules]]\nid = \"iam\"\nstore = \"software\"\n"]).unwrap_err();
         assert!(e.reason.contains("defined twice"), "{e}");
-        let e = load(&["[[modules]]\nid = \"x\"\nstore = \"software\"\nextended_key_usage = [\"serverauth\"]\n"]).unwrap_err();
+        let e = load(&["[[modules]]\nid = \"x\"\nstore = \"software\"\nextended_key_usage = [\"serverauth\"]\n"])
+            .unwrap_err();
         assert_eq!(e.key, "modules[1].extended_key_usage[0]");
         let e = load(&["[paths]\nprotected_socket_mode = \"999\"\n"]).unwrap_err();
         assert_eq!(e.key, "paths.protected_socket_mode");
@@ -937,10 +984,8 @@ user_pin_file = "/tmp/w/pin"
             (e.file.as_str(), e.key.as_str(), e.reason.as_str()),
             ("c.toml", "node", "is required")
         );
-        let e = load(&[
-            "[[modules]]\nid = \"p\"\n[modules.pkcs11]\nlibrary = \"/l\"\nuser_pin_file = \"/p\"\n",
-        ])
-        .unwrap_err();
+        let e = load(&["[[modules]]\nid = \"p\"\n[modules.pkcs11]\nlibrary = \"/l\"\nuser_pin_file = \"/p\"\n"])
+            .unwrap_err();
         assert_eq!(e.key, "modules[1].pkcs11.token_label");
         assert!(e.reason.contains("exactly one"), "{e}");
     }
@@ -961,9 +1006,7 @@ user_pin_file = "/tmp/w/pin"
 
     #[test]
     fn software_store_refuses_rsa() {
-        let e =
-            load(&["[[modules]]\nid = \"r\"\nstore = \"software\"\nalgorithm = \"rsa-2048\"\n"])
-                .unwrap_err();
+        let e = load(&["[[modules]]\nid = \"r\"\nstore = \"software\"\nalgorithm = \"rsa-2048\"\n"]).unwrap_err();
         assert!(e.reason.contains("pkcs11"), "{e}");
     }
 

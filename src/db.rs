@@ -16,6 +16,7 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending");
 const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
 const TRASH: TableDefinition<&str, &[u8]> = TableDefinition::new("trash");
+const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
 
 const STATE: &str = "state";
 const VERIFIER: &str = "password";
@@ -76,8 +77,7 @@ fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>> {
 }
 
 fn dec<T: for<'a> Deserialize<'a>>(table: &str, k: &str, v: &[u8]) -> Result<T> {
-    crate::wire::decode_body(v)
-        .map_err(|e| Error::internal(format!("database: record {table}/{k} is corrupt: {e}")))
+    crate::wire::decode_body(v).map_err(|e| Error::internal(format!("database: record {table}/{k} is corrupt: {e}")))
 }
 
 pub struct Db {
@@ -205,6 +205,55 @@ impl Db {
         Ok(trashed)
     }
 
+    /// Persisted permission registrations: (key, encoded registration).
+    pub fn instances(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(INSTANCES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    pub fn put_instance(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.write_instances(|t| {
+            t.insert(key, value)?;
+            Ok(())
+        })
+    }
+
+    pub fn remove_instance(&self, key: &str) -> Result<()> {
+        self.write_instances(|t| {
+            t.remove(key)?;
+            Ok(())
+        })
+    }
+
+    pub fn clear_instances(&self) -> Result<()> {
+        self.write_instances(|t| {
+            t.retain(|_, _| false)?;
+            Ok(())
+        })
+    }
+
+    fn write_instances(&self, f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<()>) -> Result<()> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| Error::internal(format!("database: {e}")))?;
+        {
+            let mut t = txn.open_table(INSTANCES)?;
+            f(&mut t)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// The objects of a trash entry are gone from their store: forget the entry.
     pub fn forget_trash(&self, e: &TrashEntry) -> Result<()> {
         self.write(|t| {
@@ -251,8 +300,7 @@ impl Tables<'_> {
             cert_type: cert_type.to_string(),
             key_id: *id,
         };
-        self.trash
-            .insert(key(cert_type, id).as_str(), enc(&e)?.as_slice())?;
+        self.trash.insert(key(cert_type, id).as_str(), enc(&e)?.as_slice())?;
         Ok(e)
     }
 

@@ -28,9 +28,7 @@ pub struct Step {
 }
 
 pub fn subject_for(template: &str, node_id: &str, cert_type: &str) -> String {
-    template
-        .replace("{node}", node_id)
-        .replace("{type}", cert_type)
+    template.replace("{node}", node_id).replace("{type}", cert_type)
 }
 
 pub fn run(

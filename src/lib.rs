@@ -5,6 +5,7 @@
 //! applets → client → wire → server → modules → keystore/db.
 
 pub mod atomic_file;
+pub mod broadcast;
 pub mod certs;
 pub mod client;
 pub mod command;
@@ -13,9 +14,12 @@ pub mod db;
 pub mod der;
 pub mod error;
 pub mod factory;
+pub mod identity;
 pub mod keystore;
 pub mod log;
+pub mod node_info;
 pub mod notify;
+pub mod permissions;
 pub mod provisioning;
 pub mod secret;
 pub mod server;

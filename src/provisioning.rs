@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::error::{Error, ErrorKind, Result};
 use crate::secret::Secret;
-use crate::wire::{CertInfo, ModuleStatus, NodeState, ProvisioningStatus};
+use crate::wire::{CertInfo, ModuleStatus, NodeInfo, NodeState, ProvisioningStatus};
 use std::num::NonZeroU32;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -61,9 +61,7 @@ fn check_verifier(verifier: &[u8], password: &Secret) -> bool {
 
 /// The delay before answering the `n`th wrong password in a row (n ≥ 1).
 pub fn wrong_password_delay(n: u32) -> Duration {
-    let factor = 1u32
-        .checked_shl(n.saturating_sub(1).min(16))
-        .unwrap_or(u32::MAX);
+    let factor = 1u32.checked_shl(n.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
     WRONG_PASSWORD_BASE_DELAY
         .saturating_mul(factor)
         .min(WRONG_PASSWORD_MAX_DELAY)
@@ -88,9 +86,8 @@ impl Provisioning {
     pub fn open(config: Config, provisioning_mode: bool) -> Result<Provisioning> {
         let db = Db::open(&config.db_path())?;
         let modules = CertModules::open(&config)?;
-        let remember_key =
-            ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
-                .map_err(|_| Error::internal("the OS random number generator failed"))?;
+        let remember_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+            .map_err(|_| Error::internal("the OS random number generator failed"))?;
         Ok(Provisioning {
             config,
             provisioning_mode,
@@ -127,12 +124,8 @@ impl Provisioning {
         match (snap.state(), marker) {
             (NodeState::Provisioned, false) => self.write_marker()?,
             (s, true) if s != NodeState::Provisioned && s != NodeState::Paused => {
-                crate::atomic_file::remove(&self.config.marker_file).map_err(|e| {
-                    Error::internal(format!(
-                        "cannot remove {}: {e}",
-                        self.config.marker_file.display()
-                    ))
-                })?
+                crate::atomic_file::remove(&self.config.marker_file)
+                    .map_err(|e| Error::internal(format!("cannot remove {}: {e}", self.config.marker_file.display())))?
             }
             _ => {}
         }
@@ -182,9 +175,9 @@ impl Provisioning {
         };
         let tag = ring::hmac::sign(&self.remember_key, password.expose().as_bytes());
         let mut remembered = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
-        let known = remembered.as_ref().is_some_and(|(v, t)| {
-            *v == verifier && crate::secret::constant_time_eq(t.as_ref(), tag.as_ref())
-        });
+        let known = remembered
+            .as_ref()
+            .is_some_and(|(v, t)| *v == verifier && crate::secret::constant_time_eq(t.as_ref(), tag.as_ref()));
         if known || check_verifier(&verifier, password) {
             *remembered = Some((verifier, tag));
             self.failures.store(0, Ordering::SeqCst);
@@ -207,16 +200,9 @@ impl Provisioning {
         let Some(argv) = argv else { return Ok(()) };
         crate::log_info!("running {name} hook {}", argv[0]);
         let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .env("AOS_IAM_NODE_ID", &self.config.node_id);
+        cmd.args(&argv[1..]).env("AOS_IAM_NODE_ID", &self.config.node_id);
         let what = format!("{name} hook {}", argv[0]);
-        let done = crate::command::run(
-            cmd,
-            &what,
-            None,
-            HOOK_OUTPUT_LIMIT,
-            self.config.hooks.timeout,
-        )?;
+        let done = crate::command::run(cmd, &what, None, HOOK_OUTPUT_LIMIT, self.config.hooks.timeout)?;
         if done.status.success() {
             return Ok(());
         }
@@ -227,17 +213,8 @@ impl Provisioning {
     }
 
     fn write_marker(&self) -> Result<()> {
-        crate::atomic_file::write(
-            &self.config.marker_file,
-            self.config.node_id.as_bytes(),
-            0o644,
-        )
-        .map_err(|e| {
-            Error::internal(format!(
-                "cannot write {}: {e}",
-                self.config.marker_file.display()
-            ))
-        })
+        crate::atomic_file::write(&self.config.marker_file, self.config.node_id.as_bytes(), 0o644)
+            .map_err(|e| Error::internal(format!("cannot write {}: {e}", self.config.marker_file.display())))
     }
 
     pub fn start(&self, node_id: &str, password: &Secret) -> Result<()> {
@@ -292,28 +269,20 @@ impl Provisioning {
             NodeState::Provisioning => Err(Error::wrong_state(format!(
                 "{op}: provisioning is in progress; iamd must run with --provisioning"
             ))),
-            s => Err(Error::wrong_state(format!(
-                "{op} is refused: the node is {}",
-                s.name()
+            NodeState::Paused => Err(Error::wrong_state(format!(
+                "{op} is refused: the node is paused (ResumeNode first)"
             ))),
+            s => Err(Error::wrong_state(format!("{op} is refused: the node is {}", s.name()))),
         }
     }
 
-    pub fn create_key(
-        &self,
-        node_id: &str,
-        cert_type: &str,
-        subject: &str,
-        password: &Secret,
-    ) -> Result<String> {
+    pub fn create_key(&self, node_id: &str, cert_type: &str, subject: &str, password: &Secret) -> Result<String> {
         self.check_node(node_id)?;
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.require_keys_allowed("CreateKey")?;
         self.modules.get(cert_type)?;
         if !self.verify(password)? {
-            return Err(Error::wrong_state(
-                "CreateKey: no provisioning password is set",
-            ));
+            return Err(Error::wrong_state("CreateKey: no provisioning password is set"));
         }
         self.modules.create_key(&self.db, cert_type, subject)
     }
@@ -322,8 +291,7 @@ impl Provisioning {
         self.check_node(node_id)?;
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.require_keys_allowed("ApplyCert")?;
-        self.modules
-            .apply(&self.db, &self.config, cert_type, chain_pem)
+        self.modules.apply(&self.db, &self.config, cert_type, chain_pem)
     }
 
     pub fn finish(&self, node_id: &str, password: &Secret) -> Result<()> {
@@ -336,6 +304,11 @@ impl Provisioning {
             NodeState::Provisioned => {
                 self.verify(password)?;
                 return Ok(());
+            }
+            NodeState::Paused => {
+                return Err(Error::wrong_state(
+                    "FinishProvisioning: the node is paused (ResumeNode first)",
+                ))
             }
             s => {
                 return Err(Error::wrong_state(format!(
@@ -378,15 +351,62 @@ impl Provisioning {
             })?;
         }
         self.failures.store(0, Ordering::SeqCst);
-        crate::atomic_file::remove(&self.config.marker_file).map_err(|e| {
-            Error::internal(format!(
-                "cannot remove {}: {e}",
-                self.config.marker_file.display()
-            ))
-        })?;
+        crate::atomic_file::remove(&self.config.marker_file)
+            .map_err(|e| Error::internal(format!("cannot remove {}: {e}", self.config.marker_file.display())))?;
         self.db.reset()?;
         crate::log_notice!("node deprovisioned");
         Ok(())
+    }
+
+    /// PauseNode: a provisioned node is paused (persisted); pausing a paused node is done.
+    pub fn pause(&self, node_id: &str) -> Result<()> {
+        self.set_paused(node_id, true)
+    }
+
+    /// ResumeNode: a paused node is provisioned again; resuming a provisioned node is done.
+    pub fn resume(&self, node_id: &str) -> Result<()> {
+        self.set_paused(node_id, false)
+    }
+
+    fn set_paused(&self, node_id: &str, pause: bool) -> Result<()> {
+        self.check_node(node_id)?;
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (op, from, to) = if pause {
+            ("PauseNode", NodeState::Provisioned, NodeState::Paused)
+        } else {
+            ("ResumeNode", NodeState::Paused, NodeState::Provisioned)
+        };
+        match self.state()? {
+            s if s == to => Ok(()),
+            s if s == from => {
+                self.db.set_state(to)?;
+                crate::log_notice!("node {}", if pause { "paused" } else { "resumed" });
+                Ok(())
+            }
+            s => Err(Error::wrong_state(format!(
+                "{op} is refused: the node is {} (only a {} node can be)",
+                s.name(),
+                from.name()
+            ))),
+        }
+    }
+
+    /// NodeInfo of this node.
+    pub fn node_info(&self, node_id: &str) -> Result<NodeInfo> {
+        self.check_node(node_id)?;
+        let (os_name, os_version) = crate::node_info::os();
+        Ok(NodeInfo {
+            node_id: self.config.node_id.clone(),
+            node_type: self.config.node_type.clone(),
+            name: self.config.node_name.clone(),
+            state: self.state()?,
+            cpus: crate::node_info::cpus(),
+            total_ram: crate::node_info::total_ram(),
+            partitions: crate::node_info::partitions(&self.config.partitions),
+            os_name,
+            os_version,
+            attributes: self.config.attributes.clone(),
+        })
     }
 
     pub fn status(&self, node_id: &str) -> Result<ProvisioningStatus> {
@@ -404,8 +424,7 @@ impl Provisioning {
                     cert_type: m.id().to_string(),
                     needs_ca: m.needs_ca(),
                     pending_key: snap.pending.iter().any(|p| p.cert_type == m.id()),
-                    certificates: snap.certs.iter().filter(|c| c.cert_type == m.id()).count()
-                        as u32,
+                    certificates: snap.certs.iter().filter(|c| c.cert_type == m.id()).count() as u32,
                 })
                 .collect(),
         })

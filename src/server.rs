@@ -6,11 +6,14 @@
 //! blocking thread pool. A frame that breaks the protocol is answered with a typed error and
 //! the connection is closed; other connections are not affected.
 
+use crate::broadcast::Broadcast;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::identity::Identity;
+use crate::permissions::Registry;
 use crate::provisioning::Provisioning;
 use crate::transport::{self, PeerCredentials};
-use crate::wire::{self, FrameError, FrameKind, NodeInfo, Request, Response, Role};
+use crate::wire::{self, Event, FrameError, FrameKind, NodeInfo, Request, Response, Role};
 use smol::{lock::Semaphore, Async, Executor};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -20,6 +23,9 @@ use std::sync::Arc;
 pub const MAX_IN_FLIGHT: usize = 64;
 /// Connections served at once on one socket; further ones wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 256;
+/// Subscribers of one kind of event, and the events each may fall behind before it is dropped.
+pub const MAX_SUBSCRIBERS: usize = 256;
+pub const SUBSCRIBER_BACKLOG: usize = 64;
 
 static EXECUTOR: Executor<'static> = Executor::new();
 
@@ -32,12 +38,14 @@ enum Socket {
 struct Shared {
     prov: Provisioning,
     body_limit: u32,
+    identity: Identity,
+    permissions: Registry,
+    subjects: Broadcast<Vec<String>>,
+    nodes: Broadcast<NodeInfo>,
 }
 
 fn admitted(config: &Config, peer: &PeerCredentials) -> bool {
-    peer.uid == 0
-        || config.allowed_uids.contains(&peer.uid)
-        || config.allowed_gids.contains(&peer.gid)
+    peer.uid == 0 || config.allowed_uids.contains(&peer.uid) || config.allowed_gids.contains(&peer.gid)
 }
 
 /// Run iamd until SIGTERM or SIGINT. Returns once the sockets are removed.
@@ -45,32 +53,47 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
     // Nothing iamd writes (database, keys, PIN files) is for other users; the sockets and
     // the marker are given their modes explicitly.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    // Block the stop signals in every thread (all are spawned after this) and take them
-    // synchronously on a thread of their own.
+    // Block the signals iamd handles in every thread (all are spawned after this) and take
+    // them synchronously on a thread of their own: TERM and INT stop, HUP re-reads the
+    // identity files.
     let signals = {
         use nix::sys::signal::{SigSet, Signal};
         let mut set = SigSet::empty();
         set.add(Signal::SIGTERM);
         set.add(Signal::SIGINT);
+        set.add(Signal::SIGHUP);
         set.thread_block()
             .map_err(|e| Error::internal(format!("cannot block signals: {e}")))?;
         set
     };
     let (stop_tx, stop_rx) = smol::channel::bounded::<String>(1);
+    let (reload_tx, reload_rx) = smol::channel::bounded::<()>(1);
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || {
-            if let Ok(sig) = signals.wait() {
-                let _ = stop_tx.send_blocking(sig.as_str().to_string());
+        .spawn(move || loop {
+            match signals.wait() {
+                Ok(nix::sys::signal::Signal::SIGHUP) => {
+                    let _ = reload_tx.try_send(());
+                }
+                Ok(sig) => {
+                    let _ = stop_tx.send_blocking(sig.as_str().to_string());
+                    return;
+                }
+                Err(_) => return,
             }
         })
         .map_err(|e| Error::internal(format!("cannot start the signal thread: {e}")))?;
 
     let prov = Provisioning::open(config.clone(), provisioning_mode)?;
     prov.recover()?;
+    let permissions = Registry::open(config.permissions.clone(), &prov.db)?;
     let shared = Arc::new(Shared {
         prov,
         body_limit: config.body_limit,
+        identity: Identity::new(config.identity.clone()),
+        permissions,
+        subjects: Broadcast::new("subjects", MAX_SUBSCRIBERS, SUBSCRIBER_BACKLOG),
+        nodes: Broadcast::new("node", MAX_SUBSCRIBERS, SUBSCRIBER_BACKLOG),
     });
 
     let bind = |path: &PathBuf, mode: u32, gid: Option<u32>| -> Result<Async<UnixListener>> {
@@ -78,11 +101,7 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
             .map_err(|e| Error::unavailable(format!("cannot listen on {}: {e}", path.display())))?;
         Async::new(l).map_err(|e| Error::internal(format!("{}: {e}", path.display())))
     };
-    let public = bind(
-        &config.public_socket,
-        crate::config::DEFAULT_PUBLIC_MODE,
-        None,
-    )?;
+    let public = bind(&config.public_socket, crate::config::DEFAULT_PUBLIC_MODE, None)?;
     let protected = match bind(
         &config.protected_socket,
         config.protected_socket_mode,
@@ -101,11 +120,7 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
         crate::VERSION,
         config.node_id,
         state.name(),
-        if provisioning_mode {
-            " in provisioning mode"
-        } else {
-            ""
-        },
+        if provisioning_mode { " in provisioning mode" } else { "" },
         config.public_socket.display(),
         config.protected_socket.display()
     );
@@ -116,11 +131,9 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
     let why = smol::block_on(EXECUTOR.run(async {
         let a = EXECUTOR.spawn(accept_loop(public, Socket::Public, shared.clone()));
         let b = EXECUTOR.spawn(accept_loop(protected, Socket::Protected, shared.clone()));
-        let why = stop_rx
-            .recv()
-            .await
-            .unwrap_or_else(|_| "signal thread ended".into());
-        drop((a, b));
+        let c = EXECUTOR.spawn(watch_identity(shared.clone(), reload_rx));
+        let why = stop_rx.recv().await.unwrap_or_else(|_| "signal thread ended".into());
+        drop((a, b, c));
         why
     }));
     let _ = crate::notify::notify("STOPPING=1");
@@ -129,6 +142,27 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
         let _ = std::fs::remove_file(p);
     }
     Ok(())
+}
+
+/// Check the identity files on SIGHUP and every poll interval; push changed subjects.
+async fn watch_identity(shared: Arc<Shared>, reload: smol::channel::Receiver<()>) {
+    let interval = shared.prov.config.identity.poll_interval;
+    loop {
+        let hup = smol::future::or(async { reload.recv().await.is_ok() }, async {
+            smol::Timer::after(interval).await;
+            false
+        })
+        .await;
+        let s = shared.clone();
+        if let Some(subjects) = blocking::unblock(move || s.identity.refresh()).await {
+            crate::log_notice!(
+                "subjects changed ({} now){}",
+                subjects.len(),
+                if hup { " on SIGHUP" } else { "" }
+            );
+            shared.subjects.send(subjects);
+        }
+    }
 }
 
 async fn accept_loop(listener: Async<UnixListener>, socket: Socket, shared: Arc<Shared>) {
@@ -191,8 +225,7 @@ async fn send(stream: &Async<UnixStream>, lock: &smol::lock::Mutex<()>, frame: V
 fn error_frame(id: u64, e: &Error, limit: u32) -> Vec<u8> {
     wire::encode_frame(FrameKind::Error, id, e, limit).unwrap_or_else(|_| {
         let short = Error::new(e.kind.clone(), "error message too long to send");
-        wire::encode_frame(FrameKind::Error, id, &short, limit)
-            .expect("a short error fits any limit")
+        wire::encode_frame(FrameKind::Error, id, &short, limit).expect("a short error fits any limit")
     })
 }
 
@@ -230,6 +263,8 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
 
     let mut greeted = false;
     let places = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    // Dropped when this connection ends, which ends its subscriptions.
+    let (_open, closed) = smol::channel::bounded::<()>(1);
     loop {
         let mut reader = &*stream;
         let next = transport::read_frame(&mut reader, limit);
@@ -318,6 +353,13 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
             }
             continue;
         }
+        if matches!(
+            request,
+            Request::SubscribeSubjectsChanged | Request::SubscribeNodeChanged
+        ) {
+            subscribe(&request, header.id, &stream, &lock, &shared, closed.clone()).await;
+            continue;
+        }
         let permit = places.acquire_arc().await;
         let (stream, lock, shared) = (stream.clone(), lock.clone(), shared.clone());
         EXECUTOR
@@ -325,9 +367,7 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
                 let op = request.name();
                 let frame = match dispatch(request, socket, shared.clone()).await {
                     Ok(resp) => wire::encode_frame(FrameKind::Response, header.id, &resp, limit)
-                        .unwrap_or_else(|e| {
-                            error_frame(header.id, &Error::from(e).context(op), limit)
-                        }),
+                        .unwrap_or_else(|e| error_frame(header.id, &Error::from(e).context(op), limit)),
                     Err(e) => {
                         crate::log_info!("{op} from pid {}: {} ({})", peer.pid, e, e.kind.name());
                         error_frame(header.id, &e, limit)
@@ -340,11 +380,85 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
     }
 }
 
+/// A subscription: acknowledged with `Subscribed`, then an event frame (with the request's
+/// id) per change, until the connection closes or the subscriber falls too far behind.
+async fn subscribe(
+    request: &Request,
+    id: u64,
+    stream: &Arc<Async<UnixStream>>,
+    lock: &Arc<smol::lock::Mutex<()>>,
+    shared: &Arc<Shared>,
+    closed: smol::channel::Receiver<()>,
+) {
+    let limit = shared.body_limit;
+    enum Source {
+        Subjects(smol::channel::Receiver<Vec<String>>),
+        Nodes(smol::channel::Receiver<NodeInfo>),
+    }
+    let (key, source) = match request {
+        Request::SubscribeSubjectsChanged => match shared.subjects.subscribe() {
+            Ok((k, rx)) => (k, Source::Subjects(rx)),
+            Err(e) => {
+                send(stream, lock, error_frame(id, &e, limit)).await;
+                return;
+            }
+        },
+        _ => match shared.nodes.subscribe() {
+            Ok((k, rx)) => (k, Source::Nodes(rx)),
+            Err(e) => {
+                send(stream, lock, error_frame(id, &e, limit)).await;
+                return;
+            }
+        },
+    };
+    let ack = wire::encode_frame(FrameKind::Response, id, &Response::Subscribed, limit).expect("fits");
+    if !send(stream, lock, ack).await {
+        return;
+    }
+    let (stream, lock, shared) = (stream.clone(), lock.clone(), shared.clone());
+    EXECUTOR
+        .spawn(async move {
+            loop {
+                let next = async {
+                    match &source {
+                        Source::Subjects(rx) => rx.recv().await.map(Event::SubjectsChanged).ok(),
+                        Source::Nodes(rx) => rx.recv().await.map(Event::NodeChanged).ok(),
+                    }
+                };
+                let event = smol::future::or(async { Some(next.await) }, async {
+                    let _ = closed.recv().await;
+                    None
+                })
+                .await;
+                match event {
+                    Some(Some(e)) => {
+                        let frame = wire::encode_frame(FrameKind::Event, id, &e, limit)
+                            .unwrap_or_else(|e| error_frame(id, &Error::from(e), limit));
+                        if !send(&stream, &lock, frame).await {
+                            break;
+                        }
+                    }
+                    Some(None) => {
+                        let e = Error::unavailable(format!(
+                            "subscription ended: the subscriber fell {SUBSCRIBER_BACKLOG} events behind"
+                        ));
+                        send(&stream, &lock, error_frame(id, &e, limit)).await;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            match &source {
+                Source::Subjects(_) => shared.subjects.unsubscribe(key),
+                Source::Nodes(_) => shared.nodes.unsubscribe(key),
+            }
+        })
+        .detach();
+}
+
 fn decode_request(kind: FrameKind, body: &[u8]) -> Result<Request> {
     if kind != FrameKind::Request {
-        return Err(Error::protocol(format!(
-            "expected a request frame, got {kind:?}"
-        )));
+        return Err(Error::protocol(format!("expected a request frame, got {kind:?}")));
     }
     let r: Request = wire::decode_body(body)?;
     r.check_bounds()?;
@@ -358,30 +472,28 @@ async fn dispatch(request: Request, socket: Socket, shared: Arc<Shared>) -> Resu
             request.name()
         )));
     }
-    blocking::unblock(move || handle(&shared.prov, request)).await
+    blocking::unblock(move || handle(&shared, request)).await
 }
 
 /// Answer one request (on a blocking thread).
-fn handle(prov: &Provisioning, request: Request) -> Result<Response> {
+fn handle(shared: &Shared, request: Request) -> Result<Response> {
+    let prov = &shared.prov;
     let op = request.name();
+    let changes_node = matches!(
+        request,
+        Request::StartProvisioning { .. }
+            | Request::FinishProvisioning { .. }
+            | Request::Deprovision { .. }
+            | Request::PauseNode { .. }
+            | Request::ResumeNode { .. }
+    );
     let r = match request {
         Request::Hello { .. } => Err(Error::protocol("Hello was already exchanged")),
         Request::Version => Ok(Response::Version {
             version: crate::VERSION.into(),
             protocol: crate::PROTOCOL_VERSION,
         }),
-        Request::GetNodeInfo { node_id } => {
-            if !node_id.is_empty() && node_id != prov.config.node_id {
-                Err(Error::not_found(format!("node \"{node_id}\" is not known")))
-            } else {
-                Ok(Response::NodeInfo(NodeInfo {
-                    node_id: prov.config.node_id.clone(),
-                    node_type: prov.config.node_type.clone(),
-                    name: prov.config.node_name.clone(),
-                    state: prov.state()?,
-                }))
-            }
-        }
+        Request::GetNodeInfo { node_id } => prov.node_info(&node_id).map(Response::NodeInfo),
         Request::GetAllNodeIds => Ok(Response::NodeIds(vec![prov.config.node_id.clone()])),
         Request::GetCert {
             cert_type,
@@ -394,9 +506,7 @@ fn handle(prov: &Provisioning, request: Request) -> Result<Response> {
         Request::ListCerts { node_id } => prov.list_certs(&node_id).map(Response::Certs),
         Request::GetProvisioningStatus { node_id } => prov.status(&node_id).map(Response::Status),
         Request::GetCertTypes { node_id } => prov.cert_types(&node_id).map(Response::CertTypes),
-        Request::StartProvisioning { node_id, password } => {
-            prov.start(&node_id, &password).map(|_| Response::Done)
-        }
+        Request::StartProvisioning { node_id, password } => prov.start(&node_id, &password).map(|_| Response::Done),
         Request::CreateKey {
             node_id,
             cert_type,
@@ -409,18 +519,49 @@ fn handle(prov: &Provisioning, request: Request) -> Result<Response> {
             node_id,
             cert_type,
             chain_pem,
-        } => prov
-            .apply(&node_id, &cert_type, &chain_pem)
-            .map(Response::Applied),
-        Request::FinishProvisioning { node_id, password } => {
-            prov.finish(&node_id, &password).map(|_| Response::Done)
-        }
-        Request::Deprovision { node_id, password } => prov
-            .deprovision(&node_id, &password)
+        } => prov.apply(&node_id, &cert_type, &chain_pem).map(Response::Applied),
+        Request::FinishProvisioning { node_id, password } => prov.finish(&node_id, &password).map(|_| Response::Done),
+        Request::Deprovision { node_id, password } => prov.deprovision(&node_id, &password).map(|_| Response::Done),
+        Request::PauseNode { node_id } => prov.pause(&node_id).map(|_| Response::Done),
+        Request::ResumeNode { node_id } => prov.resume(&node_id).map(|_| Response::Done),
+        Request::RegisterInstance { instance, permissions } => shared
+            .permissions
+            .register(&prov.db, instance, permissions)
+            .map(Response::Secret),
+        Request::UnregisterInstance { instance } => shared
+            .permissions
+            .unregister(&prov.db, &instance)
             .map(|_| Response::Done),
+        Request::GetPermissions {
+            secret,
+            functional_server_id,
+        } => shared
+            .permissions
+            .get(&secret, &functional_server_id)
+            .map(|(instance, entries)| Response::Permissions { instance, entries }),
+        Request::GetSystemInfo => {
+            shared
+                .identity
+                .system_info()
+                .map(|(system_id, unit_model, version)| Response::SystemInfo {
+                    system_id,
+                    unit_model,
+                    version,
+                })
+        }
+        Request::GetSubjects => Ok(Response::Subjects(shared.identity.subjects())),
+        Request::SubscribeSubjectsChanged | Request::SubscribeNodeChanged => {
+            Err(Error::internal("subscriptions are served by the connection"))
+        }
     };
     if r.is_ok() {
         crate::log_info!("{op}: done");
+        if changes_node {
+            match prov.node_info("") {
+                Ok(info) => shared.nodes.send(info),
+                Err(e) => crate::log_warn!("node info for subscribers: {e}"),
+            }
+        }
     }
     r
 }

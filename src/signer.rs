@@ -29,11 +29,10 @@ impl LocalCa {
     pub fn load(cert: &Path, key: &Path, days: u32) -> Result<LocalCa> {
         let cert_pem = std::fs::read_to_string(cert)
             .map_err(|e| Error::invalid(format!("CA certificate {}: {e}", cert.display())))?;
-        let chain = x509::parse_chain_pem(&cert_pem)
-            .map_err(|e| e.context(format!("CA certificate {}", cert.display())))?;
+        let chain =
+            x509::parse_chain_pem(&cert_pem).map_err(|e| e.context(format!("CA certificate {}", cert.display())))?;
         let key_pem = zeroize::Zeroizing::new(
-            std::fs::read_to_string(key)
-                .map_err(|e| Error::invalid(format!("CA key {}: {e}", key.display())))?,
+            std::fs::read_to_string(key).map_err(|e| Error::invalid(format!("CA key {}: {e}", key.display())))?,
         );
         let key_pair = KeyPair::from_pem(&key_pem).map_err(|e| {
             Error::invalid(format!(
@@ -49,9 +48,7 @@ impl LocalCa {
             )));
         }
         if days == 0 {
-            return Err(Error::invalid(
-                "certificate lifetime must be at least one day",
-            ));
+            return Err(Error::invalid("certificate lifetime must be at least one day"));
         }
         Ok(LocalCa {
             cert_pem,
@@ -63,11 +60,8 @@ impl LocalCa {
 
 impl CsrSigner for LocalCa {
     fn sign(&self, _cert_type: &str, csr_pem: &str) -> Result<String> {
-        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
-            Error::invalid(format!(
-                "the CSR does not parse or its signature is wrong: {e}"
-            ))
-        })?;
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| Error::invalid(format!("the CSR does not parse or its signature is wrong: {e}")))?;
         let now = time::OffsetDateTime::now_utc();
         csr.params.not_before = now - time::Duration::minutes(5);
         csr.params.not_after = now + time::Duration::days(self.days as i64);
@@ -93,9 +87,7 @@ pub struct CommandSigner {
 impl CsrSigner for CommandSigner {
     fn sign(&self, cert_type: &str, csr_pem: &str) -> Result<String> {
         let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(&self.command)
-            .env("AOS_IAM_CERT_TYPE", cert_type);
+        cmd.arg("-c").arg(&self.command).env("AOS_IAM_CERT_TYPE", cert_type);
         let done = crate::command::run(
             cmd,
             "the signing command",
@@ -114,8 +106,7 @@ impl CsrSigner for CommandSigner {
                 done.status
             )));
         }
-        String::from_utf8(done.stdout).map_err(|_| {
-            Error::invalid("the signing command printed something that is not PEM text")
-        })
+        String::from_utf8(done.stdout)
+            .map_err(|_| Error::invalid("the signing command printed something that is not PEM text"))
     }
 }

@@ -15,10 +15,7 @@ fn io_err(e: io::Error) -> FrameError {
 }
 
 /// Read one frame. `Ok(None)` is a clean end of stream between frames.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    r: &mut R,
-    limit: u32,
-) -> Result<Option<(Header, Vec<u8>)>, FrameError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, limit: u32) -> Result<Option<(Header, Vec<u8>)>, FrameError> {
     let mut head = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -43,10 +40,7 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Resu
 }
 
 /// The blocking twin of [`read_frame`], for the command-line client.
-pub fn read_frame_blocking<R: Read>(
-    r: &mut R,
-    limit: u32,
-) -> Result<Option<(Header, Vec<u8>)>, FrameError> {
+pub fn read_frame_blocking<R: Read>(r: &mut R, limit: u32) -> Result<Option<(Header, Vec<u8>)>, FrameError> {
     let mut head = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -79,20 +73,14 @@ pub fn bind_unix(path: &Path, mode: u32, gid: Option<u32>) -> io::Result<UnixLis
             if UnixStream::connect(path).is_ok() {
                 return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
-                    format!(
-                        "{} is in use by a running process (another iamd?)",
-                        path.display()
-                    ),
+                    format!("{} is in use by a running process (another iamd?)", path.display()),
                 ));
             }
         }
         Ok(_) => {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
-                format!(
-                    "{} exists and is not a socket; refusing to replace it",
-                    path.display()
-                ),
+                format!("{} exists and is not a socket; refusing to replace it", path.display()),
             ))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -127,8 +115,8 @@ pub struct PeerCredentials {
 }
 
 pub fn peer_credentials(stream: &impl std::os::fd::AsFd) -> io::Result<PeerCredentials> {
-    let c = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
-        .map_err(io::Error::from)?;
+    let c =
+        nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials).map_err(io::Error::from)?;
     Ok(PeerCredentials {
         pid: c.pid(),
         uid: c.uid(),
@@ -143,31 +131,20 @@ mod tests {
 
     #[test]
     fn reads_back_what_was_written() {
-        let frame =
-            encode_frame(FrameKind::Request, 3, &Request::Version, DEFAULT_BODY_LIMIT).unwrap();
+        let frame = encode_frame(FrameKind::Request, 3, &Request::Version, DEFAULT_BODY_LIMIT).unwrap();
         let mut two = frame.clone();
         two.extend_from_slice(&frame);
         let mut r = &two[..];
-        let (h, body) = read_frame_blocking(&mut r, DEFAULT_BODY_LIMIT)
-            .unwrap()
-            .unwrap();
+        let (h, body) = read_frame_blocking(&mut r, DEFAULT_BODY_LIMIT).unwrap().unwrap();
         assert_eq!(h.id, 3);
-        assert_eq!(
-            crate::wire::decode_body::<Request>(&body).unwrap(),
-            Request::Version
-        );
-        assert!(read_frame_blocking(&mut r, DEFAULT_BODY_LIMIT)
-            .unwrap()
-            .is_some());
-        assert!(read_frame_blocking(&mut r, DEFAULT_BODY_LIMIT)
-            .unwrap()
-            .is_none());
+        assert_eq!(crate::wire::decode_body::<Request>(&body).unwrap(), Request::Version);
+        assert!(read_frame_blocking(&mut r, DEFAULT_BODY_LIMIT).unwrap().is_some());
+        assert!(read_frame_blocking(&mut r, DEFAULT_BODY_LIMIT).unwrap().is_none());
     }
 
     #[test]
     fn a_stream_ending_inside_a_frame_is_truncated() {
-        let frame =
-            encode_frame(FrameKind::Request, 3, &Request::Version, DEFAULT_BODY_LIMIT).unwrap();
+        let frame = encode_frame(FrameKind::Request, 3, &Request::Version, DEFAULT_BODY_LIMIT).unwrap();
         for cut in [5, HEADER_LEN] {
             let mut r = &frame[..cut];
             assert_eq!(
@@ -176,9 +153,7 @@ mod tests {
             );
         }
         let mut r = &frame[..];
-        let got = smol::block_on(read_frame(&mut r, DEFAULT_BODY_LIMIT))
-            .unwrap()
-            .unwrap();
+        let got = smol::block_on(read_frame(&mut r, DEFAULT_BODY_LIMIT)).unwrap().unwrap();
         assert_eq!(got.0.id, 3);
     }
 
@@ -188,20 +163,14 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("s.sock");
         let live = bind_unix(&path, 0o600, None).unwrap();
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(
             bind_unix(&path, 0o600, None).unwrap_err().kind(),
             io::ErrorKind::AddrInUse
         );
         drop(live);
         let again = bind_unix(&path, 0o666, None).unwrap();
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o666
-        );
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o666);
         drop(again);
         let file = dir.join("plain");
         std::fs::write(&file, b"keep me").unwrap();

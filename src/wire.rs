@@ -23,6 +23,11 @@ pub const MAX_SUBJECT_LEN: usize = 1024;
 pub const MAX_PASSWORD_LEN: usize = 1024;
 pub const MAX_SERIAL_LEN: usize = 64;
 pub const MAX_ISSUER_LEN: usize = 4096;
+/// Permissions: functional servers per instance, entries per server, and the length of
+/// a permission's name or value.
+pub const MAX_SERVERS: usize = 64;
+pub const MAX_ENTRIES: usize = 64;
+pub const MAX_VALUE_LEN: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -92,10 +97,7 @@ impl fmt::Display for FrameError {
             FrameError::UnknownKind(k) => write!(f, "unknown frame kind {k}"),
             FrameError::UnknownFlags(x) => write!(f, "unknown frame flags {x:#06x}"),
             FrameError::TooLarge { len, limit } => {
-                write!(
-                    f,
-                    "frame body of {len} bytes exceeds the limit of {limit} bytes"
-                )
+                write!(f, "frame body of {len} bytes exceeds the limit of {limit} bytes")
             }
             FrameError::Truncated => f.write_str("connection closed inside a frame"),
             FrameError::Body(e) => write!(f, "malformed frame body: {e}"),
@@ -144,8 +146,7 @@ impl Header {
 
     /// Check every field, in order, before the caller allocates the body.
     pub fn decode(b: &[u8; HEADER_LEN], limit: u32) -> Result<Header, FrameError> {
-        let le32 =
-            |r: std::ops::Range<usize>| u32::from_le_bytes(b[r].try_into().expect("4 bytes"));
+        let le32 = |r: std::ops::Range<usize>| u32::from_le_bytes(b[r].try_into().expect("4 bytes"));
         let magic = le32(0..4);
         if magic != MAGIC {
             return Err(FrameError::BadMagic(magic));
@@ -162,10 +163,7 @@ impl Header {
         }
         let body_len = le32(16..20);
         if body_len > limit {
-            return Err(FrameError::TooLarge {
-                len: body_len,
-                limit,
-            });
+            return Err(FrameError::TooLarge { len: body_len, limit });
         }
         Ok(Header {
             version,
@@ -178,12 +176,7 @@ impl Header {
 }
 
 /// Encode one frame (header and body). Refuses a body over `limit` rather than send it.
-pub fn encode_frame<T: Serialize>(
-    kind: FrameKind,
-    id: u64,
-    body: &T,
-    limit: u32,
-) -> Result<Vec<u8>, FrameError> {
+pub fn encode_frame<T: Serialize>(kind: FrameKind, id: u64, body: &T, limit: u32) -> Result<Vec<u8>, FrameError> {
     let body = postcard::to_stdvec(body).map_err(|e| FrameError::Body(e.to_string()))?;
     let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
     if len > limit {
@@ -197,8 +190,7 @@ pub fn encode_frame<T: Serialize>(
 
 /// Decode a body exactly: postcard must consume every byte.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
-    let (value, rest) =
-        postcard::take_from_bytes(body).map_err(|e| FrameError::Body(e.to_string()))?;
+    let (value, rest) = postcard::take_from_bytes(body).map_err(|e| FrameError::Body(e.to_string()))?;
     if !rest.is_empty() {
         return Err(FrameError::TrailingBytes(rest.len()));
     }
@@ -284,6 +276,27 @@ pub enum Request {
         node_id: String,
         password: Secret,
     },
+    RegisterInstance {
+        instance: InstanceIdent,
+        permissions: Vec<ServerPermissions>,
+    },
+    UnregisterInstance {
+        instance: InstanceIdent,
+    },
+    GetPermissions {
+        secret: Secret,
+        functional_server_id: String,
+    },
+    GetSystemInfo,
+    GetSubjects,
+    SubscribeSubjectsChanged,
+    SubscribeNodeChanged,
+    PauseNode {
+        node_id: String,
+    },
+    ResumeNode {
+        node_id: String,
+    },
 }
 
 impl Request {
@@ -303,6 +316,15 @@ impl Request {
             Request::ApplyCert { .. } => "ApplyCert",
             Request::FinishProvisioning { .. } => "FinishProvisioning",
             Request::Deprovision { .. } => "Deprovision",
+            Request::RegisterInstance { .. } => "RegisterInstance",
+            Request::UnregisterInstance { .. } => "UnregisterInstance",
+            Request::GetPermissions { .. } => "GetPermissions",
+            Request::GetSystemInfo => "GetSystemInfo",
+            Request::GetSubjects => "GetSubjects",
+            Request::SubscribeSubjectsChanged => "SubscribeSubjectsChanged",
+            Request::SubscribeNodeChanged => "SubscribeNodeChanged",
+            Request::PauseNode { .. } => "PauseNode",
+            Request::ResumeNode { .. } => "ResumeNode",
         }
     }
 
@@ -318,6 +340,10 @@ impl Request {
                 | Request::ApplyCert { .. }
                 | Request::FinishProvisioning { .. }
                 | Request::Deprovision { .. }
+                | Request::RegisterInstance { .. }
+                | Request::UnregisterInstance { .. }
+                | Request::PauseNode { .. }
+                | Request::ResumeNode { .. }
         )
     }
 
@@ -331,8 +357,44 @@ impl Request {
             }
             Ok(())
         }
+        fn most(what: &str, n: usize, limit: usize) -> Result<(), FrameError> {
+            if n > limit {
+                return Err(FrameError::Bounds(format!("{n} {what}, at most {limit} allowed")));
+            }
+            Ok(())
+        }
         match self {
-            Request::Hello { .. } | Request::Version | Request::GetAllNodeIds => Ok(()),
+            Request::Hello { .. }
+            | Request::Version
+            | Request::GetAllNodeIds
+            | Request::GetSystemInfo
+            | Request::GetSubjects
+            | Request::SubscribeSubjectsChanged
+            | Request::SubscribeNodeChanged => Ok(()),
+            Request::PauseNode { node_id } | Request::ResumeNode { node_id } => {
+                max("node_id", node_id.len(), MAX_NAME_LEN)
+            }
+            Request::RegisterInstance { instance, permissions } => {
+                instance.check_bounds()?;
+                most("functional servers", permissions.len(), MAX_SERVERS)?;
+                for p in permissions {
+                    max("functional_server_id", p.server.len(), MAX_NAME_LEN)?;
+                    most("permission entries", p.entries.len(), MAX_ENTRIES)?;
+                    for (k, v) in &p.entries {
+                        max("permission name", k.len(), MAX_VALUE_LEN)?;
+                        max("permission value", v.len(), MAX_VALUE_LEN)?;
+                    }
+                }
+                Ok(())
+            }
+            Request::UnregisterInstance { instance } => instance.check_bounds(),
+            Request::GetPermissions {
+                secret,
+                functional_server_id,
+            } => {
+                max("secret", secret.expose().len(), MAX_VALUE_LEN)?;
+                max("functional_server_id", functional_server_id.len(), MAX_NAME_LEN)
+            }
             Request::GetNodeInfo { node_id }
             | Request::ListCerts { node_id }
             | Request::GetProvisioningStatus { node_id }
@@ -343,16 +405,8 @@ impl Request {
                 serial,
             } => {
                 max("cert_type", cert_type.len(), MAX_NAME_LEN)?;
-                max(
-                    "issuer",
-                    issuer.as_ref().map_or(0, Vec::len),
-                    MAX_ISSUER_LEN,
-                )?;
-                max(
-                    "serial",
-                    serial.as_ref().map_or(0, Vec::len),
-                    MAX_SERIAL_LEN,
-                )
+                max("issuer", issuer.as_ref().map_or(0, Vec::len), MAX_ISSUER_LEN)?;
+                max("serial", serial.as_ref().map_or(0, Vec::len), MAX_SERIAL_LEN)
             }
             Request::StartProvisioning { node_id, password }
             | Request::FinishProvisioning { node_id, password }
@@ -371,9 +425,7 @@ impl Request {
                 max("subject", subject.len(), MAX_SUBJECT_LEN)?;
                 max("password", password.expose().len(), MAX_PASSWORD_LEN)
             }
-            Request::ApplyCert {
-                node_id, cert_type, ..
-            } => {
+            Request::ApplyCert { node_id, cert_type, .. } => {
                 max("node_id", node_id.len(), MAX_NAME_LEN)?;
                 max("cert_type", cert_type.len(), MAX_NAME_LEN)
             }
@@ -387,6 +439,75 @@ pub struct NodeInfo {
     pub node_type: String,
     pub name: String,
     pub state: NodeState,
+    pub cpus: Vec<CpuInfo>,
+    /// Total RAM in bytes.
+    pub total_ram: u64,
+    pub partitions: Vec<PartitionInfo>,
+    pub os_name: String,
+    pub os_version: String,
+    /// Attributes from the configuration (`MainNode`…), name and value.
+    pub attributes: Vec<(String, String)>,
+}
+
+/// One physical CPU (socket) as /proc/cpuinfo describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuInfo {
+    pub model: String,
+    pub cores: u32,
+    pub threads: u32,
+    pub architecture: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionInfo {
+    pub name: String,
+    pub types: Vec<String>,
+    pub path: String,
+    /// Total size in bytes (statvfs).
+    pub total_size: u64,
+}
+
+/// Which instance of which item a permission secret belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceIdent {
+    pub item_id: String,
+    pub subject_id: String,
+    pub instance: u64,
+    pub kind: InstanceKind,
+}
+
+impl InstanceIdent {
+    fn check_bounds(&self) -> Result<(), FrameError> {
+        for (what, v) in [("item_id", &self.item_id), ("subject_id", &self.subject_id)] {
+            if v.len() > MAX_NAME_LEN {
+                return Err(FrameError::Bounds(format!(
+                    "{what} is {} bytes, at most {MAX_NAME_LEN} allowed",
+                    v.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstanceKind {
+    Service,
+    Component,
+}
+
+/// The permissions of an instance for one functional server: name → value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerPermissions {
+    pub server: String,
+    pub entries: Vec<(String, String)>,
+}
+
+/// Something a subscription reports, carried in an event frame with the subscription's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    SubjectsChanged(Vec<String>),
+    NodeChanged(NodeInfo),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -427,17 +548,38 @@ pub struct ProvisioningStatus {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    Hello { version: u8, node_id: String },
-    Version { version: String, protocol: u8 },
+    Hello {
+        version: u8,
+        node_id: String,
+    },
+    Version {
+        version: String,
+        protocol: u8,
+    },
     NodeInfo(NodeInfo),
     NodeIds(Vec<String>),
     Cert(CertInfo),
     Certs(Vec<CertInfo>),
     Status(ProvisioningStatus),
     CertTypes(Vec<String>),
-    Csr { pem: String },
+    Csr {
+        pem: String,
+    },
     Applied(CertInfo),
     Done,
+    Secret(Secret),
+    Permissions {
+        instance: InstanceIdent,
+        entries: Vec<(String, String)>,
+    },
+    SystemInfo {
+        system_id: String,
+        unit_model: String,
+        version: String,
+    },
+    Subjects(Vec<String>),
+    /// A subscription is in place; its events follow with the request's id.
+    Subscribed,
 }
 
 #[cfg(test)]
@@ -478,20 +620,14 @@ mod tests {
     fn unknown_kind_is_refused() {
         let mut b = header_bytes();
         b[5] = 4;
-        assert_eq!(
-            Header::decode(&b, DEFAULT_BODY_LIMIT),
-            Err(FrameError::UnknownKind(4))
-        );
+        assert_eq!(Header::decode(&b, DEFAULT_BODY_LIMIT), Err(FrameError::UnknownKind(4)));
     }
 
     #[test]
     fn unknown_flags_are_refused() {
         let mut b = header_bytes();
         b[6] = 1;
-        assert_eq!(
-            Header::decode(&b, DEFAULT_BODY_LIMIT),
-            Err(FrameError::UnknownFlags(1))
-        );
+        assert_eq!(Header::decode(&b, DEFAULT_BODY_LIMIT), Err(FrameError::UnknownFlags(1)));
     }
 
     #[test]
@@ -514,10 +650,7 @@ mod tests {
         let mut body = postcard::to_stdvec(&Request::Version).unwrap();
         assert_eq!(decode_body::<Request>(&body).unwrap(), Request::Version);
         body.push(0);
-        assert_eq!(
-            decode_body::<Request>(&body),
-            Err(FrameError::TrailingBytes(1))
-        );
+        assert_eq!(decode_body::<Request>(&body), Err(FrameError::TrailingBytes(1)));
     }
 
     #[test]
@@ -526,20 +659,14 @@ mod tests {
             decode_body::<Request>(&[200, 200, 200]),
             Err(FrameError::Body(_))
         ));
-        assert!(matches!(
-            decode_body::<Request>(&[]),
-            Err(FrameError::Body(_))
-        ));
+        assert!(matches!(decode_body::<Request>(&[]), Err(FrameError::Body(_))));
     }
 
     #[test]
     fn a_body_claiming_a_huge_string_does_not_allocate_it() {
         // CreateKey (variant 8), node_id length as a varint of 2^32-1 and no data.
         let body = [8u8, 0xff, 0xff, 0xff, 0xff, 0x0f];
-        assert!(matches!(
-            decode_body::<Request>(&body),
-            Err(FrameError::Body(_))
-        ));
+        assert!(matches!(decode_body::<Request>(&body), Err(FrameError::Body(_))));
     }
 
     #[test]

@@ -10,8 +10,8 @@ use crate::config::{Algorithm, Eku};
 use crate::error::{Error, Result};
 use crate::keystore::{KeyId, KeyStore, PublicKey};
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod,
-    KeyUsagePurpose, SanType, SignatureAlgorithm,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyUsagePurpose, SanType,
+    SignatureAlgorithm,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
@@ -39,9 +39,7 @@ fn base64_encode(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
         for i in 0..4 {
             if i <= c.len() {
                 out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
@@ -58,18 +56,9 @@ fn base64_encode(data: &[u8]) -> String {
 pub fn parse_chain_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
     let mut chain = Vec::new();
     for (i, item) in CertificateDer::pem_slice_iter(pem.as_bytes()).enumerate() {
-        let cert = item.map_err(|e| {
-            Error::invalid(format!(
-                "certificate {} of the chain: broken PEM: {e}",
-                i + 1
-            ))
-        })?;
-        X509Certificate::from_der(&cert).map_err(|e| {
-            Error::invalid(format!(
-                "certificate {} of the chain is not valid X.509: {e}",
-                i + 1
-            ))
-        })?;
+        let cert = item.map_err(|e| Error::invalid(format!("certificate {} of the chain: broken PEM: {e}", i + 1)))?;
+        X509Certificate::from_der(&cert)
+            .map_err(|e| Error::invalid(format!("certificate {} of the chain is not valid X.509: {e}", i + 1)))?;
         chain.push(cert);
         if chain.len() > MAX_CHAIN_LEN {
             return Err(Error::invalid(format!(
@@ -99,8 +88,7 @@ pub struct CertFields {
 }
 
 pub fn fields(der: &[u8]) -> Result<CertFields> {
-    let (_, c) =
-        X509Certificate::from_der(der).map_err(|e| Error::invalid(format!("certificate: {e}")))?;
+    let (_, c) = X509Certificate::from_der(der).map_err(|e| Error::invalid(format!("certificate: {e}")))?;
     let tbs = &c.tbs_certificate;
     let serial = tbs.raw_serial();
     let serial = &serial[serial
@@ -183,10 +171,7 @@ pub fn parse_subject(subject: &str) -> Result<DistinguishedName> {
             }
         };
         if v.trim().is_empty() {
-            return Err(Error::invalid(format!(
-                "subject attribute {} is empty",
-                k.trim()
-            )));
+            return Err(Error::invalid(format!("subject attribute {} is empty", k.trim())));
         }
         dn.push(ty, v.trim());
     }
@@ -208,9 +193,10 @@ fn leaf_params(subject: &str, alt_names: &[String], ekus: &[Eku]) -> Result<Cert
     let mut params = CertificateParams::default();
     params.distinguished_name = parse_subject(subject)?;
     for n in alt_names {
-        let name = n.clone().try_into().map_err(|_| {
-            Error::invalid(format!("alternative name \"{n}\" is not a valid DNS name"))
-        })?;
+        let name = n
+            .clone()
+            .try_into()
+            .map_err(|_| Error::invalid(format!("alternative name \"{n}\" is not a valid DNS name")))?;
         params.subject_alt_names.push(SanType::DnsName(name));
     }
     params.extended_key_usages = ekus.iter().map(|e| eku_purpose(*e)).collect();
@@ -221,31 +207,16 @@ fn leaf_params(subject: &str, alt_names: &[String], ekus: &[Eku]) -> Result<Cert
 }
 
 /// A PEM CSR for the key, signed inside its store.
-pub fn build_csr(
-    key: &StoredKey,
-    subject: &str,
-    alt_names: &[String],
-    ekus: &[Eku],
-) -> Result<String> {
+pub fn build_csr(key: &StoredKey, subject: &str, alt_names: &[String], ekus: &[Eku]) -> Result<String> {
     let params = leaf_params(subject, alt_names, ekus)?;
-    let csr = params.serialize_request(key).map_err(|e| {
-        Error::internal(format!(
-            "building the CSR with {}: {e}",
-            key.store.describe()
-        ))
-    })?;
-    csr.pem()
-        .map_err(|e| Error::internal(format!("encoding the CSR: {e}")))
+    let csr = params
+        .serialize_request(key)
+        .map_err(|e| Error::internal(format!("building the CSR with {}: {e}", key.store.describe())))?;
+    csr.pem().map_err(|e| Error::internal(format!("encoding the CSR: {e}")))
 }
 
 /// A self-signed certificate for the key, valid `days` from now.
-pub fn self_signed(
-    key: &StoredKey,
-    subject: &str,
-    alt_names: &[String],
-    ekus: &[Eku],
-    days: u32,
-) -> Result<Vec<u8>> {
+pub fn self_signed(key: &StoredKey, subject: &str, alt_names: &[String], ekus: &[Eku], days: u32) -> Result<Vec<u8>> {
     let mut params = leaf_params(subject, alt_names, ekus)?;
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::minutes(5);
@@ -272,10 +243,7 @@ pub fn random_serial() -> Result<rcgen::SerialNumber> {
 struct EkuPolicy<'a>(&'a [Eku]);
 
 impl webpki::ExtendedKeyUsageValidator for EkuPolicy<'_> {
-    fn validate(
-        &self,
-        iter: webpki::KeyPurposeIdIter<'_, '_>,
-    ) -> std::result::Result<(), webpki::Error> {
+    fn validate(&self, iter: webpki::KeyPurposeIdIter<'_, '_>) -> std::result::Result<(), webpki::Error> {
         let mut present = Vec::new();
         for id in iter {
             present.push(id?);
@@ -324,21 +292,15 @@ pub fn validate_chain(
     let mut refused = None;
     for root in roots {
         match check_root(root, at).and_then(|()| {
-            webpki::anchor_from_trusted_cert(root).map_err(|e| {
-                policy(
-                    &webpki_reason(&e),
-                    format!("a root cannot be a trust anchor: {e}"),
-                )
-            })
+            webpki::anchor_from_trusted_cert(root)
+                .map_err(|e| policy(&webpki_reason(&e), format!("a root cannot be a trust anchor: {e}")))
         }) {
             Ok(a) => anchors.push(a),
             Err(e) => refused = Some(e),
         }
     }
     if anchors.is_empty() {
-        return Err(
-            refused.unwrap_or_else(|| policy("NoRoot", "no root certificate is configured"))
-        );
+        return Err(refused.unwrap_or_else(|| policy("NoRoot", "no root certificate is configured")));
     }
 
     let ee = webpki::EndEntityCert::try_from(leaf)
@@ -497,12 +459,10 @@ fn has_aki(c: &X509Certificate) -> bool {
 }
 
 fn ski<'a>(c: &'a X509Certificate) -> Option<&'a [u8]> {
-    c.extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0),
-            _ => None,
-        })
+    c.extensions().iter().find_map(|e| match e.parsed_extension() {
+        x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0),
+        _ => None,
+    })
 }
 
 /// A root must be a CA in the RFC 5280 sense, within its validity, and not restricted to
@@ -513,10 +473,7 @@ fn check_root(der: &[u8], at: i64) -> Result<()> {
     let what = format!("the root \"{}\"", c.subject());
     let v = &c.tbs_certificate.validity;
     if at > v.not_after.timestamp() {
-        return Err(policy(
-            "RootExpired",
-            format!("{what} expired at {}", v.not_after),
-        ));
+        return Err(policy("RootExpired", format!("{what} expired at {}", v.not_after)));
     }
     if at < v.not_before.timestamp() {
         return Err(policy(
@@ -563,14 +520,14 @@ fn check_root(der: &[u8], at: i64) -> Result<()> {
                 {
                     return Err(policy(
                         "BadAuthorityKeyIdentifier",
-                        format!(
-                            "{what}: its authority key identifier must hold a key identifier only"
-                        ),
+                        format!("{what}: its authority key identifier must hold a key identifier only"),
                     ));
                 }
-                if c.subject() == c.issuer() && aki.key_identifier.as_ref().map(|k| k.0) != ski(&c)
-                {
-                    return Err(policy("BadAuthorityKeyIdentifier", format!("{what}: its authority key identifier differs from its subject key identifier")));
+                if c.subject() == c.issuer() && aki.key_identifier.as_ref().map(|k| k.0) != ski(&c) {
+                    return Err(policy(
+                        "BadAuthorityKeyIdentifier",
+                        format!("{what}: its authority key identifier differs from its subject key identifier"),
+                    ));
                 }
             }
             _ => {}
@@ -597,10 +554,7 @@ fn check_intermediate(der: &[u8]) -> Result<()> {
     check_common(&c, &what)?;
     check_serial(&c, &what)?;
     if c.subject().iter_attributes().next().is_none() {
-        return Err(policy(
-            "EmptySubject",
-            "an intermediate has an empty subject",
-        ));
+        return Err(policy("EmptySubject", "an intermediate has an empty subject"));
     }
     if !has_aki(&c) || ski(&c).is_none() {
         return Err(policy(
@@ -708,19 +662,14 @@ mod tests {
         let der: Vec<u8> = (0..200u8).collect();
         let pem = pem_encode("CERTIFICATE", &der);
         assert_eq!(
-            CertificateDer::from_pem_slice(pem.as_bytes())
-                .unwrap()
-                .as_ref(),
+            CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().as_ref(),
             &der[..]
         );
     }
 
     #[test]
     fn broken_pem_is_an_error() {
-        assert!(parse_chain_pem("")
-            .unwrap_err()
-            .message
-            .contains("no PEM certificate"));
+        assert!(parse_chain_pem("").unwrap_err().message.contains("no PEM certificate"));
         let e = parse_chain_pem("-----BEGIN CERTIFICATE-----\nMIIB\n").unwrap_err();
         assert!(e.message.contains("broken PEM"), "{e}");
         let e = parse_chain_pem(&pem_encode("CERTIFICATE", b"not der")).unwrap_err();

@@ -20,13 +20,7 @@ fn aos_iam_lists_its_applets() {
 fn applets_are_reached_by_link_name_or_as_first_argument() {
     let dir = std::env::temp_dir().join(format!("aos-iam-links-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for name in [
-        "iamd",
-        "iam-provision",
-        "iam-certctl",
-        "iam-nodelink",
-        "iam-bogus",
-    ] {
+    for name in ["iamd", "iam-provision", "iam-certctl", "iam-nodelink", "iam-bogus"] {
         let link = dir.join(name);
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(bin(), &link).unwrap();
@@ -60,14 +54,7 @@ fn a_client_without_iamd_says_so() {
     )
     .fails(3, "is iamd running?");
     let out = run(
-        Command::new(bin()).args([
-            "iam-certctl",
-            "-s",
-            "/nonexistent/iam.sock",
-            "--json",
-            "get",
-            "iam",
-        ]),
+        Command::new(bin()).args(["iam-certctl", "-s", "/nonexistent/iam.sock", "--json", "get", "iam"]),
         None,
     );
     assert_eq!(out.code, 3);
@@ -80,10 +67,7 @@ fn check_config_names_file_key_and_reason() {
     node.write_config();
     let cfg = node.p("config.toml");
     let check = |expect: i32| {
-        let out = run(
-            node.cmd().args(["iamd", "-c", &cfg, "--check-config"]),
-            None,
-        );
+        let out = run(node.cmd().args(["iamd", "-c", &cfg, "--check-config"]), None);
         assert_eq!(out.code, expect, "{}{}", out.stdout, out.stderr);
         out
     };
@@ -91,14 +75,12 @@ fn check_config_names_file_key_and_reason() {
 
     std::fs::write(
         &cfg,
-        node.config_text()
-            .replace("[paths]\n", "[paths]\ncolour = \"blue\"\n"),
+        node.config_text().replace("[paths]\n", "[paths]\ncolour = \"blue\"\n"),
     )
     .unwrap();
     let out = check(1);
     assert!(
-        out.stderr
-            .contains(&format!("{cfg}: paths.colour: unknown key")),
+        out.stderr.contains(&format!("{cfg}: paths.colour: unknown key")),
         "{}",
         out.stderr
     );
@@ -124,11 +106,7 @@ fn check_config_names_file_key_and_reason() {
     )
     .unwrap();
     let out = check(0);
-    assert!(
-        out.stdout.contains("4 certificate modules"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("4 certificate modules"), "{}", out.stdout);
 
     std::fs::write(&cfg, "[paths]\nworking_dir = \"/tmp\"\n").unwrap();
     let out = check(1);
@@ -151,20 +129,13 @@ fn iamd_stops_cleanly_on_sigterm_and_removes_its_sockets() {
     node.start(false);
     assert!(node.stop().success());
     assert!(!node.path("run/public.sock").exists() && !node.path("run/protected.sock").exists());
-    assert!(
-        node.log().contains("<5>SIGTERM: stopping"),
-        "{}",
-        node.log()
-    );
+    assert!(node.log().contains("<5>SIGTERM: stopping"), "{}", node.log());
     // A stale socket left by a killed iamd is replaced; a live one is not.
     node.start(false);
     node.kill9();
     assert!(node.path("run/public.sock").exists());
     node.start(false);
-    let second = run(
-        node.cmd().args(["iamd", "-c", &node.p("config.toml")]),
-        None,
-    );
+    let second = run(node.cmd().args(["iamd", "-c", &node.p("config.toml")]), None);
     assert_eq!(second.code, 3, "{}", second.stderr);
     assert!(second.stderr.contains("another iamd?"), "{}", second.stderr);
     assert!(
@@ -179,8 +150,7 @@ fn iamd_tells_systemd_it_is_ready() {
     let mut node = Node::new("notify", Store::Software);
     let sock_path = node.path("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
     node.write_config();
     let mut cmd = node.cmd();
     cmd.env("NOTIFY_SOCKET", &sock_path)

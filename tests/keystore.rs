@@ -9,9 +9,7 @@ use aos_iam::keystore::{self, pkcs11::Pkcs11Store, software::SoftwareStore, KeyS
 use aos_iam::secret::Secret;
 use aos_iam::x509::{self, StoredKey};
 use aos_iam::ErrorKind;
-use ring::signature::{
-    UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, ECDSA_P384_SHA384_ASN1, RSA_PKCS1_2048_8192_SHA256,
-};
+use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, ECDSA_P384_SHA384_ASN1, RSA_PKCS1_2048_8192_SHA256};
 use std::path::PathBuf;
 
 fn tmp(name: &str) -> PathBuf {
@@ -53,12 +51,7 @@ fn suite(store: &dyn KeyStore, algorithms: &[Algorithm]) {
         );
 
         let msg = b"a message signed inside the store";
-        verify(
-            *alg,
-            &public.raw,
-            msg,
-            &store.sign(&label, &id, *alg, msg).unwrap(),
-        );
+        verify(*alg, &public.raw, msg, &store.sign(&label, &id, *alg, msg).unwrap());
 
         // A certificate made with the stored key, stored next to it, replaced by a second.
         let key = StoredKey {
@@ -77,26 +70,16 @@ fn suite(store: &dyn KeyStore, algorithms: &[Algorithm]) {
         store.store_certificate(&label, &id, &first).unwrap();
         store.store_certificate(&label, &id, &second).unwrap();
         assert_eq!(store.certificate(&label, &id).unwrap(), Some(second));
-        let of: Vec<_> = store
-            .objects()
-            .unwrap()
-            .into_iter()
-            .filter(|o| o.id == id)
-            .collect();
+        let of: Vec<_> = store.objects().unwrap().into_iter().filter(|o| o.id == id).collect();
         assert_eq!(
-            of.iter()
-                .filter(|o| o.kind == ObjectKind::Certificate)
-                .count(),
+            of.iter().filter(|o| o.kind == ObjectKind::Certificate).count(),
             1,
             "a stored certificate replaces the old one"
         );
         assert!(of.iter().all(|o| o.label == label));
         assert!(of.iter().any(|o| o.kind == ObjectKind::PrivateKey));
 
-        assert!(
-            !store.key_url(&label, &id).is_empty()
-                && store.key_url(&label, &id) != store.cert_url(&label, &id)
-        );
+        assert!(!store.key_url(&label, &id).is_empty() && store.key_url(&label, &id) != store.cert_url(&label, &id));
         ids.push((label, id));
     }
 
@@ -109,10 +92,7 @@ fn suite(store: &dyn KeyStore, algorithms: &[Algorithm]) {
     assert_eq!(store.certificate(&label, &id).unwrap(), None);
     let e = store.sign(&label, &id, algorithms[0], b"x").unwrap_err();
     assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
-    assert!(
-        !store.objects().unwrap().is_empty(),
-        "the other keys remain"
-    );
+    assert!(!store.objects().unwrap().is_empty(), "the other keys remain");
 
     store.wipe(&password).unwrap();
 }
@@ -157,16 +137,9 @@ fn the_pkcs11_store_passes_the_suite_on_softhsm() {
     );
     suite(
         &store,
-        &[
-            Algorithm::EcdsaP384,
-            Algorithm::EcdsaP256,
-            Algorithm::Rsa2048,
-        ],
+        &[Algorithm::EcdsaP384, Algorithm::EcdsaP256, Algorithm::Rsa2048],
     );
-    assert!(
-        !dir.join("user-pin").exists(),
-        "wipe removes the user PIN file"
-    );
+    assert!(!dir.join("user-pin").exists(), "wipe removes the user PIN file");
 
     // The token belongs to the password now: another one is refused, naming the CKR value.
     let e = store
@@ -178,16 +151,12 @@ fn the_pkcs11_store_passes_the_suite_on_softhsm() {
         "{e}"
     );
     // A password the token cannot take as a PIN is refused as such.
-    let e = store
-        .take_ownership(&Secret::new("abc".into()))
-        .unwrap_err();
+    let e = store.take_ownership(&Secret::new("abc".into())).unwrap_err();
     assert_eq!(e.kind, ErrorKind::InvalidArgument);
     assert!(e.message.contains("takes 4 to"), "{e}");
 
     // Another store object for the same token (a second module) sees the same keys.
-    store
-        .take_ownership(&Secret::new("factory-secret".into()))
-        .unwrap();
+    store.take_ownership(&Secret::new("factory-secret".into())).unwrap();
     let id = keystore::new_key_id().unwrap();
     store.generate("shared", &id, Algorithm::EcdsaP256).unwrap();
     let twin = Pkcs11Store::new(config.clone()).unwrap();
@@ -202,17 +171,11 @@ fn the_pkcs11_store_passes_the_suite_on_softhsm() {
     let serial = slots
         .split("\nSlot ")
         .find(|block| {
-            block.lines().any(|l| {
-                l.trim()
-                    .strip_prefix("Label:")
-                    .is_some_and(|v| v.trim() == "suite")
-            })
-        })
-        .and_then(|block| {
             block
                 .lines()
-                .find_map(|l| l.trim().strip_prefix("Serial number:"))
+                .any(|l| l.trim().strip_prefix("Label:").is_some_and(|v| v.trim() == "suite"))
         })
+        .and_then(|block| block.lines().find_map(|l| l.trim().strip_prefix("Serial number:")))
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| panic!("serial of token \"suite\" in:\n{slots}"));
@@ -238,8 +201,7 @@ fn the_pkcs11_store_passes_the_suite_on_softhsm() {
     .unwrap();
     let e = missing.public_key("shared", &id).unwrap_err();
     assert!(
-        e.message
-            .contains("token serial \"no-such-serial\": no such token"),
+        e.message.contains("token serial \"no-such-serial\": no such token"),
         "{e}"
     );
     std::fs::remove_dir_all(dir).unwrap();

@@ -43,10 +43,7 @@ fn assert_converged(node: &Node) {
     let status = node.status();
     assert_eq!(status["state"], "provisioned", "{status}");
     for m in status["modules"].as_array().unwrap() {
-        assert_eq!(
-            m["certificates"], 1,
-            "one certificate record per module: {m}"
-        );
+        assert_eq!(m["certificates"], 1, "one certificate record per module: {m}");
         assert_eq!(m["pending_key"], false, "no pending key left: {m}");
     }
     let objs = node.token_objects();
@@ -92,10 +89,7 @@ fn assert_converged(node: &Node) {
             }
             out
         };
-        assert_eq!(
-            &decoded, id,
-            "{t}: the database record names the token objects"
-        );
+        assert_eq!(&decoded, id, "{t}: the database record names the token objects");
     }
 }
 
@@ -114,10 +108,7 @@ fn kill_at(point: &str) {
         "the run is cut off by the kill: {}{}",
         first.stdout, first.stderr
     );
-    assert!(
-        !node.path("kill-at").exists(),
-        "the kill happened at {point}"
-    );
+    assert!(!node.path("kill-at").exists(), "the kill happened at {point}");
     node.reap();
 
     node.start(true);
@@ -158,15 +149,8 @@ fn repeated_create_key_after_a_kill_leaves_no_orphan() {
     node.start(true);
     let pw = node.p("password");
     node.provision(&["start", "--password-file", &pw]).ok();
-    node.provision(&[
-        "create-key",
-        "iam",
-        "--password-file",
-        &pw,
-        "-o",
-        &node.p("old.csr"),
-    ])
-    .ok();
+    node.provision(&["create-key", "iam", "--password-file", &pw, "-o", &node.p("old.csr")])
+        .ok();
     node.kill9();
     node.start(true);
     assert_eq!(node.status()["modules"][0]["pending_key"], true);
@@ -175,8 +159,7 @@ fn repeated_create_key_after_a_kill_leaves_no_orphan() {
         node.provision(&["create-key", t, "--password-file", &pw, "-o", &csr])
             .ok();
         node.openssl_sign(&csr, "ca", &node.p(&format!("{t}.pem")));
-        node.provision(&["apply", t, &node.p(&format!("{t}.pem"))])
-            .ok();
+        node.provision(&["apply", t, &node.p(&format!("{t}.pem"))]).ok();
     }
     // The certificate for the replaced key no longer applies: its key is gone.
     node.openssl_sign(&node.p("old.csr"), "ca", &node.p("old.pem"));

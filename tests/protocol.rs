@@ -10,8 +10,7 @@ use std::os::unix::net::UnixStream;
 
 /// Read one frame from a raw stream; `None` at end of stream.
 fn read_frame(s: &mut UnixStream) -> Option<(wire::Header, Vec<u8>)> {
-    aos_iam::transport::read_frame_blocking(s, wire::DEFAULT_BODY_LIMIT)
-        .expect("well-formed answer")
+    aos_iam::transport::read_frame_blocking(s, wire::DEFAULT_BODY_LIMIT).expect("well-formed answer")
 }
 
 fn expect_error_then_close(s: &mut UnixStream, text: &str) -> aos_iam::Error {
@@ -21,10 +20,7 @@ fn expect_error_then_close(s: &mut UnixStream, text: &str) -> aos_iam::Error {
     assert!(e.message.contains(text), "{text:?} not in {e:?}");
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).unwrap();
-    assert!(
-        rest.is_empty(),
-        "the connection is closed after a protocol error"
-    );
+    assert!(rest.is_empty(), "the connection is closed after a protocol error");
     e
 }
 
@@ -49,12 +45,8 @@ fn hello(s: &mut UnixStream) {
 }
 
 fn still_serving(node: &Node) {
-    node.applet(
-        "iam-certctl",
-        &["-s", &node.public(), "get", "diskencryption"],
-        None,
-    )
-    .fails(6, "no certificate");
+    node.applet("iam-certctl", &["-s", &node.public(), "get", "diskencryption"], None)
+        .fails(6, "no certificate");
     assert_eq!(node.status()["state"], "unprovisioned");
 }
 
@@ -79,9 +71,7 @@ fn garbage_frames_are_refused_and_other_clients_keep_working() {
     // A valid header whose body is not a request.
     let mut s = UnixStream::connect(node.protected()).unwrap();
     hello(&mut s);
-    let mut frame = wire::Header::new(FrameKind::Request, 9, 3)
-        .encode()
-        .to_vec();
+    let mut frame = wire::Header::new(FrameKind::Request, 9, 3).encode().to_vec();
     frame.extend_from_slice(&[0xff, 0xff, 0xff]);
     s.write_all(&frame).unwrap();
     expect_error_then_close(&mut s, "malformed frame body");
@@ -169,9 +159,7 @@ fn many_requests_in_flight_on_one_connection_are_answered_by_id() {
         let r = if id % 2 == 0 {
             Request::Version
         } else {
-            Request::GetCertTypes {
-                node_id: String::new(),
-            }
+            Request::GetCertTypes { node_id: String::new() }
         };
         all.extend(wire::encode_frame(FrameKind::Request, id, &r, 1 << 16).unwrap());
     }
@@ -182,10 +170,9 @@ fn many_requests_in_flight_on_one_connection_are_answered_by_id() {
         let r: wire::Response = wire::decode_body(&body).unwrap();
         match r {
             wire::Response::Version { .. } => assert_eq!(h.id % 2, 0),
-            wire::Response::CertTypes(t) => assert_eq!(
-                (h.id % 2, t),
-                (1, vec!["iam".to_string(), "online".to_string()])
-            ),
+            wire::Response::CertTypes(t) => {
+                assert_eq!((h.id % 2, t), (1, vec!["iam".to_string(), "online".to_string()]))
+            }
             other => panic!("{other:?}"),
         }
         seen.insert(h.id);
@@ -205,26 +192,6 @@ fn protected_operations_are_refused_on_the_public_socket() {
     assert_eq!(node.status()["state"], "unprovisioned");
 }
 
-/// Run the applet as uid/gid 65534 (nobody) with setpriv; the binary is copied where that
-/// user can execute it.
-fn as_nobody(node: &Node, args: &[&str]) -> Out {
-    let copy = node.path("aos-iam");
-    if !copy.exists() {
-        std::fs::copy(bin(), &copy).unwrap();
-        sh(&format!(
-            "chmod 0755 {} {}",
-            node.dir.display(),
-            copy.display()
-        ))
-        .ok();
-    }
-    let mut c = std::process::Command::new("setpriv");
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(&copy)
-        .args(args);
-    run(&mut c, None)
-}
-
 #[test]
 fn the_protected_socket_admits_root_and_configured_ids_only() {
     if !nix::unistd::Uid::effective().is_root() {
@@ -235,8 +202,7 @@ fn the_protected_socket_admits_root_and_configured_ids_only() {
     let mut node = Node::new("uid", Store::Software);
     node.start(true);
     sh(&format!("chmod 0755 {}", node.p("run"))).ok();
-    as_nobody(&node, &["iam-provision", "-s", &node.protected(), "status"])
-        .fails(3, "Permission denied");
+    as_nobody(&node, &["iam-provision", "-s", &node.protected(), "status"]).fails(3, "Permission denied");
     node.stop();
 
     // With the socket open to all, SO_PEERCRED decides.
@@ -246,15 +212,10 @@ fn the_protected_socket_admits_root_and_configured_ids_only() {
     start_with_config(&mut node, &cfg);
     as_nobody(&node, &["iam-provision", "-s", &node.protected(), "status"])
         .fails(4, "uid 65534 gid 65534 is not allowed");
-    as_nobody(
-        &node,
-        &["iam-provision", "-s", &node.protected(), "cert-types"],
-    )
-    .fails(4, "not allowed");
+    as_nobody(&node, &["iam-provision", "-s", &node.protected(), "cert-types"]).fails(4, "not allowed");
     assert_eq!(node.status()["state"], "unprovisioned");
     // The public socket serves everyone.
-    as_nobody(&node, &["iam-certctl", "-s", &node.public(), "get", "iam"])
-        .fails(6, "no certificate");
+    as_nobody(&node, &["iam-certctl", "-s", &node.public(), "get", "iam"]).fails(6, "no certificate");
     node.stop();
 
     let cfg = cfg.replace("[paths]\n", "[paths]\nallowed_uids = [65534]\n");

@@ -29,11 +29,7 @@ fn assert_key_url_signs(node: &Node, cert: &serde_json::Value) {
     let pem = node.p(&format!("{t}.issued.pem"));
     node.export_cert(cert["cert_url"].as_str().unwrap(), &pem);
     let d = node.dir.display();
-    std::fs::write(
-        node.path("data"),
-        b"signed by a key that never left its store",
-    )
-    .unwrap();
+    std::fs::write(node.path("data"), b"signed by a key that never left its store").unwrap();
     let sign = if let Some(path) = key_url.strip_prefix("file://") {
         format!("openssl pkeyutl -sign -inkey {path} -in {d}/digest -out {d}/sig")
     } else {
@@ -72,16 +68,8 @@ fn assert_token_holds_exactly_one_set_per_module(node: &Node) {
             !id.is_empty() && of.iter().all(|o| &o.2 == id),
             "{label}: one ID for key pair and certificate: {of:#?}"
         );
-        let private = of
-            .iter()
-            .find(|o| o.0.starts_with("Private Key"))
-            .expect("private key");
-        for attr in [
-            "sensitive",
-            "always sensitive",
-            "never extractable",
-            "local",
-        ] {
+        let private = of.iter().find(|o| o.0.starts_with("Private Key")).expect("private key");
+        for attr in ["sensitive", "always sensitive", "never extractable", "local"] {
             assert!(
                 private.3.contains(attr),
                 "{label}: private key access {:?} lacks {attr}",
@@ -129,10 +117,7 @@ fn whole_flow_by_run(store: Store) {
     assert_eq!(out["ok"], true);
     let certs = out["certificates"].as_array().unwrap().clone();
     assert_eq!(
-        certs
-            .iter()
-            .map(|c| c["type"].as_str().unwrap())
-            .collect::<Vec<_>>(),
+        certs.iter().map(|c| c["type"].as_str().unwrap()).collect::<Vec<_>>(),
         ["iam", "online"]
     );
     assert!(certs.iter().all(|c| c["current"] == true));
@@ -146,25 +131,16 @@ fn whole_flow_by_run(store: Store) {
             "{m}"
         );
     }
-    assert!(
-        node.path("work/provisioned").exists(),
-        "marker file for systemd"
-    );
+    assert!(node.path("work/provisioned").exists(), "marker file for systemd");
     let mode = |p: &str| {
-        std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(node.path(p)).unwrap().permissions(),
-        ) & 0o777
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(node.path(p)).unwrap().permissions()) & 0o777
     };
     assert_eq!(
         mode("work/iam.db") & 0o077,
         0,
         "the database (password verifier) is for root only"
     );
-    assert_eq!(
-        mode("work/provisioned"),
-        0o644,
-        "the marker is readable by all"
-    );
+    assert_eq!(mode("work/provisioned"), 0o644, "the marker is readable by all");
     assert_eq!(mode("run/public.sock"), 0o666);
     assert_eq!(mode("run/protected.sock"), 0o660);
 
@@ -181,11 +157,7 @@ fn whole_flow_by_run(store: Store) {
     assert!(node.stop().success());
     node.start(false);
     let got = node
-        .applet(
-            "iam-certctl",
-            &["-s", &node.public(), "--json", "get", "iam"],
-            None,
-        )
+        .applet("iam-certctl", &["-s", &node.public(), "--json", "get", "iam"], None)
         .ok()
         .json();
     assert_eq!(got["certificate"]["serial"], certs[0]["serial"]);
@@ -277,8 +249,7 @@ fn whole_flow_by_run_on_the_software_store() {
 fn whole_flow_by_verbs(store: Store) {
     let mut node = Node::new("verbs", store);
     node.start(true);
-    node.provision_stdin(&["start"], &format!("{PASSWORD}\n"))
-        .ok();
+    node.provision_stdin(&["start"], &format!("{PASSWORD}\n")).ok();
     assert_eq!(node.status()["state"], "provisioning");
     let types = node.provision(&["cert-types"]).ok().stdout;
     assert_eq!(types.lines().collect::<Vec<_>>(), ["iam", "online"]);
@@ -296,10 +267,7 @@ fn whole_flow_by_verbs(store: Store) {
             &csr,
         ])
         .ok();
-        let v = sh(&format!(
-            "openssl req -in {csr} -noout -verify -subject -text 2>&1"
-        ))
-        .ok();
+        let v = sh(&format!("openssl req -in {csr} -noout -verify -subject -text 2>&1")).ok();
         assert!(
             v.stdout.contains("verify OK") || v.stdout.contains("verification OK"),
             "{}",
@@ -337,8 +305,7 @@ fn whole_flow_by_verbs(store: Store) {
         assert_token_holds_exactly_one_set_per_module(&node);
     }
     // Deprovision wipes everything.
-    node.provision(&["deprovision", "--password-file", &pw])
-        .ok();
+    node.provision(&["deprovision", "--password-file", &pw]).ok();
     assert_eq!(node.status()["state"], "unprovisioned");
     assert!(!node.path("work/provisioned").exists());
     let listed = node.list_certs();
@@ -364,19 +331,10 @@ fn run_signs_through_an_external_command() {
         "openssl x509 -req -CA {d}/ca.pem -CAkey {d}/ca.key -days 10 -copy_extensions copy 2>/dev/null && echo \"$AOS_IAM_CERT_TYPE\" >> {d}/signed"
     );
     let out = node
-        .provision(&[
-            "run",
-            "--sign-cmd",
-            &cmd,
-            "--password-file",
-            &node.p("password"),
-        ])
+        .provision(&["run", "--sign-cmd", &cmd, "--password-file", &node.p("password")])
         .ok();
     assert!(out.stdout.contains("provisioned"), "{}", out.stdout);
-    assert_eq!(
-        read(node.path("signed")).lines().collect::<Vec<_>>(),
-        ["iam", "online"]
-    );
+    assert_eq!(read(node.path("signed")).lines().collect::<Vec<_>>(), ["iam", "online"]);
 
     // A signer that refuses: its exit status and stderr are shown, the node is not provisioned.
     let mut node = Node::new("cmd-refuse", Store::Software);
@@ -445,8 +403,7 @@ fn run_shows_a_line_per_step_on_a_terminal_and_nothing_extra_otherwise() {
         .ok();
     assert!(!out.stderr.contains("..."), "{}", out.stderr);
     assert!(
-        out.stdout
-            .starts_with(&format!("node {} provisioned", node.node_id())),
+        out.stdout.starts_with(&format!("node {} provisioned", node.node_id())),
         "{}",
         out.stdout
     );

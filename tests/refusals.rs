@@ -39,8 +39,7 @@ fn wrong_password_is_refused_after_a_growing_delay_and_changes_nothing() {
         "second refusal waited {:?}",
         delays[1]
     );
-    node.provision_stdin(&["finish"], "nope\n")
-        .fails(4, "wrong password");
+    node.provision_stdin(&["finish"], "nope\n").fails(4, "wrong password");
     node.provision_stdin(&["create-key", "iam"], "nope\n")
         .fails(4, "wrong password");
     let out = node
@@ -75,10 +74,7 @@ fn provisioning_steps_outside_provisioning_mode_are_refused() {
     node.provision(&["apply", "iam", &node.p("ca.pem")])
         .fails(5, "unprovisioned");
     assert_eq!(observable(&node), before);
-    assert!(
-        !node.path("work/user-pin").exists(),
-        "the token was not touched"
-    );
+    assert!(!node.path("work/user-pin").exists(), "the token was not touched");
 }
 
 #[test]
@@ -186,8 +182,7 @@ fn provisioning_requires_a_password_from_a_file_or_stdin_never_argv() {
     node.start(true);
     node.provision(&["start", "--password", PASSWORD])
         .fails(2, "Unrecognized argument");
-    node.provision_stdin(&["start"], "\n")
-        .fails(7, "password is empty");
+    node.provision_stdin(&["start"], "\n").fails(7, "password is empty");
     node.provision(&["start", "--password-file", "/nonexistent"])
         .fails(7, "/nonexistent");
     assert_eq!(node.status()["state"], "unprovisioned");
@@ -209,10 +204,7 @@ fn a_failing_or_hanging_hook_fails_its_step_and_changes_nothing() {
         "hooks see the node id"
     );
     assert_eq!(node.status()["state"], "unprovisioned");
-    assert!(
-        !node.path("work/user-pin").exists(),
-        "the token was not touched"
-    );
+    assert!(!node.path("work/user-pin").exists(), "the token was not touched");
     node.stop();
 
     node.extra_config = "\n[hooks]\ntimeout = 1\nfinish = [\"sleep\", \"30\"]\n".into();

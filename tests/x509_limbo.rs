@@ -32,18 +32,12 @@ const DEVIATIONS: &[(&str, &str)] = &[
 ];
 
 fn limbo_path() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/testdata/x509-limbo/device-subset.json")
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/x509-limbo/device-subset.json")
 }
 
 fn pems(v: &Value) -> String {
     v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
+        .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n"))
         .unwrap_or_default()
 }
 
@@ -56,8 +50,8 @@ fn verdict(case: &Value) -> Result<(), String> {
     let roots = parse_chain_pem(&pems(&case["trusted_certs"])).map_err(|e| e.to_string())?;
     let time = match case["validation_time"].as_str() {
         Some(t) => {
-            let t = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                .expect("RFC 3339 time");
+            let t =
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).expect("RFC 3339 time");
             UnixTime::since_unix_epoch(std::time::Duration::from_secs(t.unix_timestamp() as u64))
         }
         None => UnixTime::now(),
@@ -79,10 +73,8 @@ fn verdict(case: &Value) -> Result<(), String> {
 
 #[test]
 fn x509_limbo_device_subset_agrees_except_listed_deviations() {
-    let data: Value = serde_json::from_slice(
-        &std::fs::read(limbo_path()).expect("x509-limbo data beside the repo"),
-    )
-    .unwrap();
+    let data: Value =
+        serde_json::from_slice(&std::fs::read(limbo_path()).expect("x509-limbo data beside the repo")).unwrap();
     let cases = data["testcases"].as_array().unwrap();
     assert_eq!(cases.len(), 95);
     let mut unexpected = Vec::new();

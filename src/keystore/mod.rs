@@ -72,13 +72,7 @@ pub trait KeyStore: Send + Sync {
     /// Generate a key pair inside the store under `label` (the certificate type) and `id`.
     fn generate(&self, label: &str, id: &KeyId, algorithm: Algorithm) -> Result<PublicKey>;
     /// Sign `message` with the key; the signature is encoded as X.509 and TLS want it.
-    fn sign(
-        &self,
-        label: &str,
-        id: &KeyId,
-        algorithm: Algorithm,
-        message: &[u8],
-    ) -> Result<Vec<u8>>;
+    fn sign(&self, label: &str, id: &KeyId, algorithm: Algorithm, message: &[u8]) -> Result<Vec<u8>>;
     /// The key's public half, or `None` if there is no such key.
     fn public_key(&self, label: &str, id: &KeyId) -> Result<Option<PublicKey>>;
     /// Store a certificate (DER) next to its key, replacing one stored before for that key.

@@ -13,9 +13,7 @@ use crate::secret::Secret;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{
-    Attribute, AttributeType, CertificateType, KeyType, ObjectClass, ObjectHandle,
-};
+use cryptoki::object::{Attribute, AttributeType, CertificateType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
@@ -77,9 +75,7 @@ fn ck_error(e: CkError, token: &str, step: &str) -> Error {
             let name = ckr_name(rv);
             let func = format!("{func:?}");
             let kind = match rv {
-                RvError::PinIncorrect | RvError::PinLenRange | RvError::PinLocked => {
-                    ErrorKind::Unauthorized
-                }
+                RvError::PinIncorrect | RvError::PinLenRange | RvError::PinLocked => ErrorKind::Unauthorized,
                 _ => ErrorKind::KeyStore(name.clone()),
             };
             let hint = if kind == ErrorKind::Unauthorized {
@@ -87,10 +83,7 @@ fn ck_error(e: CkError, token: &str, step: &str) -> Error {
             } else {
                 ""
             };
-            Error::new(
-                kind,
-                format!("{token}: {step}: C_{func} returned {name}{hint}"),
-            )
+            Error::new(kind, format!("{token}: {step}: C_{func} returned {name}{hint}"))
         }
         other => Error::new(
             ErrorKind::KeyStore("CKR_GENERAL_ERROR".into()),
@@ -140,15 +133,8 @@ impl Pkcs11Store {
     /// The slot holding the configured token; with `for_init`, an uninitialised token
     /// stands in for a label that no token has yet.
     fn find_slot(&self, for_init: bool) -> Result<Slot> {
-        let slots = self
-            .ctx
-            .get_slots_with_token()
-            .map_err(self.err("list slots"))?;
-        let info = |s: &Slot| {
-            self.ctx
-                .get_token_info(*s)
-                .map_err(self.err("read token info"))
-        };
+        let slots = self.ctx.get_slots_with_token().map_err(self.err("list slots"))?;
+        let info = |s: &Slot| self.ctx.get_token_info(*s).map_err(self.err("read token info"));
         let found = match &self.config.token {
             TokenSelector::SlotId(id) => slots.iter().find(|s| s.id() == *id).copied(),
             TokenSelector::SlotIndex(i) => slots.get(*i as usize).copied(),
@@ -208,10 +194,7 @@ impl Pkcs11Store {
 
     fn open_user_session(&self) -> Result<Session> {
         let slot = self.find_slot(false)?;
-        let session = self
-            .ctx
-            .open_rw_session(slot)
-            .map_err(self.err("open session"))?;
+        let session = self.ctx.open_rw_session(slot).map_err(self.err("open session"))?;
         let pin = self.read_user_pin()?;
         match session.login(UserType::User, Some(&pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
@@ -220,11 +203,7 @@ impl Pkcs11Store {
     }
 
     /// Run `f` in the logged-in user session, reopening it once if the token broke it.
-    fn with_session<T>(
-        &self,
-        step: &str,
-        f: impl Fn(&Session) -> std::result::Result<T, CkError>,
-    ) -> Result<T> {
+    fn with_session<T>(&self, step: &str, f: impl Fn(&Session) -> std::result::Result<T, CkError>) -> Result<T> {
         let mut guard = self.session.lock().unwrap_or_else(|p| p.into_inner());
         for attempt in 0..2 {
             if guard.is_none() {
@@ -233,11 +212,7 @@ impl Pkcs11Store {
             let session = guard.as_ref().expect("opened above");
             match f(session) {
                 Err(e) if attempt == 0 && session_broken(&e) => {
-                    crate::log_warn!(
-                        "{}: {step}: session broken ({}), reopening",
-                        self.describe(),
-                        e
-                    );
+                    crate::log_warn!("{}: {step}: session broken ({}), reopening", self.describe(), e);
                     *guard = None;
                 }
                 other => return other.map_err(self.err(step)),
@@ -264,10 +239,7 @@ impl Pkcs11Store {
     fn init_token(&self, password: &Secret) -> Result<Slot> {
         *self.session.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let slot = self.find_slot(true)?;
-        let info = self
-            .ctx
-            .get_token_info(slot)
-            .map_err(self.err("read token info"))?;
+        let info = self.ctx.get_token_info(slot).map_err(self.err("read token info"))?;
         let (min, max) = (info.min_pin_length(), info.max_pin_length());
         let len = password.expose().len();
         if len < min || len > max {
@@ -285,10 +257,7 @@ impl Pkcs11Store {
     }
 
     /// A public key object's value, read with its type and curve in one call.
-    fn read_public_key(
-        session: &Session,
-        handle: ObjectHandle,
-    ) -> std::result::Result<Option<PublicKey>, CkError> {
+    fn read_public_key(session: &Session, handle: ObjectHandle) -> std::result::Result<Option<PublicKey>, CkError> {
         let attrs = session.get_attributes(
             handle,
             &[
@@ -332,9 +301,7 @@ impl Pkcs11Store {
 fn pct(s: &[u8]) -> String {
     s.iter()
         .map(|&b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -351,10 +318,7 @@ impl KeyStore for Pkcs11Store {
 
     fn take_ownership(&self, password: &Secret) -> Result<()> {
         let slot = self.init_token(password)?;
-        let session = self
-            .ctx
-            .open_rw_session(slot)
-            .map_err(self.err("open session"))?;
+        let session = self.ctx.open_rw_session(slot).map_err(self.err("open session"))?;
         let so_pin = AuthPin::from(password.expose());
         session
             .login(UserType::So, Some(&so_pin))
@@ -367,14 +331,12 @@ impl KeyStore for Pkcs11Store {
         session
             .init_pin(&AuthPin::from(user_pin.as_str()))
             .map_err(self.err("set user PIN"))?;
-        crate::atomic_file::write(&self.config.user_pin_file, user_pin.as_bytes(), 0o600).map_err(
-            |e| {
-                Error::internal(format!(
-                    "cannot write user PIN file {}: {e}",
-                    self.config.user_pin_file.display()
-                ))
-            },
-        )?;
+        crate::atomic_file::write(&self.config.user_pin_file, user_pin.as_bytes(), 0o600).map_err(|e| {
+            Error::internal(format!(
+                "cannot write user PIN file {}: {e}",
+                self.config.user_pin_file.display()
+            ))
+        })?;
         drop(session);
         *self.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.open_user_session()?);
         Ok(())
@@ -394,12 +356,8 @@ impl KeyStore for Pkcs11Store {
         if initialised {
             self.init_token(password)?;
         }
-        crate::atomic_file::remove(&self.config.user_pin_file).map_err(|e| {
-            Error::internal(format!(
-                "cannot remove {}: {e}",
-                self.config.user_pin_file.display()
-            ))
-        })
+        crate::atomic_file::remove(&self.config.user_pin_file)
+            .map_err(|e| Error::internal(format!("cannot remove {}: {e}", self.config.user_pin_file.display())))
     }
 
     fn generate(&self, label: &str, id: &KeyId, algorithm: Algorithm) -> Result<PublicKey> {
@@ -454,18 +412,9 @@ impl KeyStore for Pkcs11Store {
         })
     }
 
-    fn sign(
-        &self,
-        label: &str,
-        id: &KeyId,
-        algorithm: Algorithm,
-        message: &[u8],
-    ) -> Result<Vec<u8>> {
+    fn sign(&self, label: &str, id: &KeyId, algorithm: Algorithm, message: &[u8]) -> Result<Vec<u8>> {
         let raw = self.with_session("sign", |s| {
-            let Some(key) = Self::find(s, ObjectClass::PRIVATE_KEY, label, id)?
-                .first()
-                .copied()
-            else {
+            let Some(key) = Self::find(s, ObjectClass::PRIVATE_KEY, label, id)?.first().copied() else {
                 return Ok(None);
             };
             // Tokens such as SoftHSM lack CKM_ECDSA_SHA384: hash here, sign the digest there.
@@ -495,10 +444,7 @@ impl KeyStore for Pkcs11Store {
             _ => der::ecdsa_signature(&raw).ok_or_else(|| {
                 Error::new(
                     ErrorKind::KeyStore("CKR_GENERAL_ERROR".into()),
-                    format!(
-                        "{}: token returned a malformed ECDSA signature",
-                        self.describe()
-                    ),
+                    format!("{}: token returned a malformed ECDSA signature", self.describe()),
                 )
             }),
         }
@@ -506,10 +452,7 @@ impl KeyStore for Pkcs11Store {
 
     fn public_key(&self, label: &str, id: &KeyId) -> Result<Option<PublicKey>> {
         self.with_session("read public key", |s| {
-            let Some(h) = Self::find(s, ObjectClass::PUBLIC_KEY, label, id)?
-                .first()
-                .copied()
-            else {
+            let Some(h) = Self::find(s, ObjectClass::PUBLIC_KEY, label, id)?.first().copied() else {
                 return Ok(None);
             };
             Self::read_public_key(s, h)
@@ -518,8 +461,7 @@ impl KeyStore for Pkcs11Store {
 
     fn store_certificate(&self, label: &str, id: &KeyId, cert_der: &[u8]) -> Result<()> {
         use x509_parser::prelude::*;
-        let (_, cert) = X509Certificate::from_der(cert_der)
-            .map_err(|e| Error::invalid(format!("certificate: {e}")))?;
+        let (_, cert) = X509Certificate::from_der(cert_der).map_err(|e| Error::invalid(format!("certificate: {e}")))?;
         let template = vec![
             Attribute::Class(ObjectClass::CERTIFICATE),
             Attribute::CertificateType(CertificateType::X_509),
@@ -542,10 +484,7 @@ impl KeyStore for Pkcs11Store {
 
     fn certificate(&self, label: &str, id: &KeyId) -> Result<Option<Vec<u8>>> {
         self.with_session("read certificate", |s| {
-            let Some(h) = Self::find(s, ObjectClass::CERTIFICATE, label, id)?
-                .first()
-                .copied()
-            else {
+            let Some(h) = Self::find(s, ObjectClass::CERTIFICATE, label, id)?.first().copied() else {
                 return Ok(None);
             };
             Ok(match s.get_attributes(h, &[AttributeType::Value])?.pop() {
@@ -633,10 +572,7 @@ mod tests {
     #[test]
     fn ckr_names_are_spelled_as_in_the_standard() {
         assert_eq!(ckr_name(RvError::PinIncorrect), "CKR_PIN_INCORRECT");
-        assert_eq!(
-            ckr_name(RvError::UserAlreadyLoggedIn),
-            "CKR_USER_ALREADY_LOGGED_IN"
-        );
+        assert_eq!(ckr_name(RvError::UserAlreadyLoggedIn), "CKR_USER_ALREADY_LOGGED_IN");
     }
 
     #[test]

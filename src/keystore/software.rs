@@ -50,20 +50,15 @@ impl SoftwareStore {
         let der = PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| {
             Error::new(
                 ErrorKind::KeyStore("format".into()),
-                format!(
-                    "software store: {} is not a PKCS#8 key: {e}",
-                    path.display()
-                ),
+                format!("software store: {} is not a PKCS#8 key: {e}", path.display()),
             )
         })?;
-        rcgen::KeyPair::try_from(der.secret_pkcs8_der())
-            .map(Some)
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::KeyStore("format".into()),
-                    format!("software store: {}: {e}", path.display()),
-                )
-            })
+        rcgen::KeyPair::try_from(der.secret_pkcs8_der()).map(Some).map_err(|e| {
+            Error::new(
+                ErrorKind::KeyStore("format".into()),
+                format!("software store: {}: {e}", path.display()),
+            )
+        })
     }
 
     fn make_dir(&self, dir: &Path) -> Result<()> {
@@ -120,20 +115,14 @@ impl KeyStore for SoftwareStore {
         let ring_alg = match algorithm {
             Algorithm::EcdsaP384 => &ring::signature::ECDSA_P384_SHA384_ASN1_SIGNING,
             Algorithm::EcdsaP256 => &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-            Algorithm::Rsa2048 => {
-                return Err(Error::invalid("the software store makes ECDSA keys only"))
-            }
+            Algorithm::Rsa2048 => return Err(Error::invalid("the software store makes ECDSA keys only")),
         };
-        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
-            ring_alg,
-            &ring::rand::SystemRandom::new(),
-        )
-        .map_err(|_| Error::internal("software store: key generation failed"))?;
+        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(ring_alg, &ring::rand::SystemRandom::new())
+            .map_err(|_| Error::internal("software store: key generation failed"))?;
         let pem = zeroize::Zeroizing::new(pem_encode("PRIVATE KEY", pkcs8.as_ref()));
         let path = self.key_path(label, id);
         self.make_dir(path.parent().expect("key path has a parent"))?;
-        atomic_file::write(&path, pem.as_bytes(), 0o600)
-            .map_err(|e| io_error("cannot write", &path, e))?;
+        atomic_file::write(&path, pem.as_bytes(), 0o600).map_err(|e| io_error("cannot write", &path, e))?;
         let kp = self
             .load_key(label, id)?
             .ok_or_else(|| Error::internal("software store: key vanished after writing"))?;
@@ -143,26 +132,12 @@ impl KeyStore for SoftwareStore {
         })
     }
 
-    fn sign(
-        &self,
-        label: &str,
-        id: &KeyId,
-        _algorithm: Algorithm,
-        message: &[u8],
-    ) -> Result<Vec<u8>> {
-        let kp = self.load_key(label, id)?.ok_or_else(|| {
-            Error::not_found(format!(
-                "{}: no private key {label}/{}",
-                self.describe(),
-                hex(id)
-            ))
-        })?;
-        kp.sign(message).map_err(|e| {
-            Error::new(
-                ErrorKind::KeyStore("sign".into()),
-                format!("software store: {e}"),
-            )
-        })
+    fn sign(&self, label: &str, id: &KeyId, _algorithm: Algorithm, message: &[u8]) -> Result<Vec<u8>> {
+        let kp = self
+            .load_key(label, id)?
+            .ok_or_else(|| Error::not_found(format!("{}: no private key {label}/{}", self.describe(), hex(id))))?;
+        kp.sign(message)
+            .map_err(|e| Error::new(ErrorKind::KeyStore("sign".into()), format!("software store: {e}")))
     }
 
     fn public_key(&self, label: &str, id: &KeyId) -> Result<Option<PublicKey>> {
@@ -186,12 +161,7 @@ impl KeyStore for SoftwareStore {
         match std::fs::read(&path) {
             Ok(pem) => CertificateDer::from_pem_slice(&pem)
                 .map(|c| Some(c.to_vec()))
-                .map_err(|e| {
-                    Error::new(
-                        ErrorKind::KeyStore("format".into()),
-                        format!("{}: {e}", path.display()),
-                    )
-                }),
+                .map_err(|e| Error::new(ErrorKind::KeyStore("format".into()), format!("{}: {e}", path.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_error("cannot read", &path, e)),
         }

@@ -57,11 +57,7 @@ impl Out {
     }
     #[track_caller]
     pub fn ok(self) -> Out {
-        assert_eq!(
-            self.code, 0,
-            "stdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
+        assert_eq!(self.code, 0, "stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
         self
     }
     /// Failed with `code`, and the message (stderr, or the JSON error) contains `text`.
@@ -79,16 +75,10 @@ impl Out {
 }
 
 pub fn run(cmd: &mut Command, stdin: Option<&str>) -> Out {
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     if let Some(input) = stdin {
         let mut si = child.stdin.take().unwrap();
         let input = input.to_string();
@@ -135,13 +125,7 @@ impl Node {
             iamd: None,
             extra_config: String::new(),
             modules: vec![
-                (
-                    "iam",
-                    "ecdsa-p384",
-                    r#"["clientAuth", "serverAuth"]"#,
-                    false,
-                    2,
-                ),
+                ("iam", "ecdsa-p384", r#"["clientAuth", "serverAuth"]"#, false, 2),
                 ("online", "ecdsa-p256", r#"["clientAuth"]"#, false, 2),
                 ("diskencryption", "ecdsa-p384", "[]", true, 1),
             ],
@@ -322,11 +306,7 @@ impl Node {
     /// `iam-certctl --json list` on the protected socket: the certificates.
     pub fn list_certs(&self) -> Vec<serde_json::Value> {
         let out = self
-            .applet(
-                "iam-certctl",
-                &["-s", &self.protected(), "--json", "list"],
-                None,
-            )
+            .applet("iam-certctl", &["-s", &self.protected(), "--json", "list"], None)
             .ok()
             .json();
         out["certificates"].as_array().unwrap().clone()
@@ -378,12 +358,7 @@ impl Node {
                 if let Some(c) = cur.take() {
                     objs.push(c);
                 }
-                cur = Some((
-                    kind.trim().to_string(),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                ));
+                cur = Some((kind.trim().to_string(), String::new(), String::new(), String::new()));
             } else if let Some(c) = cur.as_mut() {
                 let l = line.trim();
                 if let Some(v) = l.strip_prefix("label:") {
@@ -412,8 +387,7 @@ impl Node {
             std::fs::copy(path, out).unwrap();
         } else {
             let o = run(
-                self.cmd_for("p11tool")
-                    .args(["--provider", SOFTHSM, "--export", url]),
+                self.cmd_for("p11tool").args(["--provider", SOFTHSM, "--export", url]),
                 None,
             )
             .ok();
@@ -428,11 +402,7 @@ impl Drop for Node {
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
-            eprintln!(
-                "test files kept in {}\niamd log:\n{}",
-                self.dir.display(),
-                self.log()
-            );
+            eprintln!("test files kept in {}\niamd log:\n{}", self.dir.display(), self.log());
         }
     }
 }
@@ -459,11 +429,7 @@ pub fn make_intermediate(node: &Node, name: &str) {
 
 /// Sign a CSR with rcgen as the node's CA `ca`, after `adjust` changes the parameters:
 /// for certificates openssl will not make (expired, without EKU).
-pub fn rcgen_sign(
-    node: &Node,
-    csr_pem: &str,
-    adjust: impl FnOnce(&mut rcgen::CertificateParams),
-) -> String {
+pub fn rcgen_sign(node: &Node, csr_pem: &str, adjust: impl FnOnce(&mut rcgen::CertificateParams)) -> String {
     let ca_key = rcgen::KeyPair::from_pem(&read(node.path("ca.key"))).unwrap();
     let issuer = rcgen::Issuer::from_ca_cert_pem(&read(node.path("ca.pem")), &ca_key).unwrap();
     let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).unwrap();
@@ -474,4 +440,23 @@ pub fn rcgen_sign(
     csr.params.use_authority_key_identifier_extension = true;
     adjust(&mut csr.params);
     csr.signed_by(&issuer).unwrap().pem()
+}
+
+/// Run the applet as uid/gid 65534 (nobody) with setpriv; the binary is copied where that
+/// user can execute it.
+pub fn as_nobody(node: &Node, args: &[&str]) -> Out {
+    let copy = node.path("aos-iam");
+    if !copy.exists() {
+        std::fs::copy(bin(), &copy).unwrap();
+        sh(&format!("chmod 0755 {} {}", node.dir.display(), copy.display())).ok();
+    }
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&copy)
+        .args(args);
+    run(&mut c, None)
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
 }

@@ -1,0 +1,294 @@
+//! Permission secrets over the real sockets: RegisterInstance on the protected socket,
+//! GetPermissions on the public one, through the applets and the library client.
+
+mod common;
+use aos_iam::client::Client;
+use aos_iam::secret::Secret;
+use aos_iam::wire::{InstanceIdent, InstanceKind, ServerPermissions};
+use common::*;
+
+fn instance(n: u64) -> InstanceIdent {
+    InstanceIdent {
+        item_id: "service-a".into(),
+        subject_id: "subject-1".into(),
+        instance: n,
+        kind: InstanceKind::Service,
+    }
+}
+
+fn perms(server: &str, entries: &[(&str, &str)]) -> Vec<ServerPermissions> {
+    vec![ServerPermissions {
+        server: server.into(),
+        entries: entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    }]
+}
+
+fn get_permissions(node: &Node, secret: &str, server: &str) -> Out {
+    node.applet(
+        "iam-certctl",
+        &["-s", &node.public(), "--json", "permissions", server],
+        Some(secret),
+    )
+}
+
+#[test]
+fn secrets_are_unique_url_safe_revocable_and_never_logged() {
+    let mut node = Node::new("perm", Store::Software);
+    node.extra_config = "\n[permissions]\nmax_instances = 10000\n".into();
+    node.start(false);
+
+    // 10 000 registrations through the protected socket.
+    let mut c = Client::connect(node.protected().as_ref()).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for n in 0..10_000 {
+        let s = c
+            .register_instance(instance(n), perms("vis", &[("read", "yes")]))
+            .unwrap();
+        let s = s.expose();
+        assert_eq!(s.len(), 32, "24 random bytes, base64url");
+        assert!(
+            s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "{s}"
+        );
+        assert!(seen.insert(s.to_string()), "secret repeated");
+    }
+    let over = c.register_instance(instance(10_000), perms("vis", &[])).unwrap_err();
+    assert!(over.message.contains("most allowed"), "{over}");
+    c.unregister_instance(instance(0)).unwrap();
+
+    // The applets: register, look up, re-register, unregister.
+    let reg = node
+        .provision(&[
+            "--json",
+            "register-instance",
+            "--item",
+            "svc-b",
+            "--subject",
+            "s",
+            "--instance",
+            "3",
+            "--type",
+            "component",
+            "--permission",
+            "vis:read=yes",
+            "--permission",
+            "vis:write=no",
+            "--permission",
+            "db:role=reader",
+        ])
+        .ok()
+        .json();
+    let secret = reg["secret"].as_str().unwrap().to_string();
+    let got = get_permissions(&node, &secret, "vis").ok().json();
+    assert_eq!(
+        got["instance"],
+        serde_json::json!({"item": "svc-b", "subject": "s", "instance": 3, "type": "component"})
+    );
+    assert_eq!(got["permissions"], serde_json::json!({"read": "yes", "write": "no"}));
+    assert_eq!(
+        get_permissions(&node, &secret, "db").ok().json()["permissions"]["role"],
+        "reader"
+    );
+    get_permissions(&node, &secret, "unknown-server").fails(6, "no permissions for this secret and functional server");
+    get_permissions(&node, "Xb3-not-a-registered-secret-at-all", "vis").fails(6, "no permissions for this secret");
+
+    let again = node
+        .provision(&[
+            "--json",
+            "register-instance",
+            "--item",
+            "svc-b",
+            "--subject",
+            "s",
+            "--instance",
+            "3",
+            "--type",
+            "component",
+            "--permission",
+            "vis:read=no",
+        ])
+        .ok()
+        .json();
+    assert_eq!(again["secret"], secret.as_str(), "re-registering keeps the secret");
+    assert_eq!(
+        get_permissions(&node, &secret, "vis").ok().json()["permissions"],
+        serde_json::json!({"read": "no"})
+    );
+    get_permissions(&node, &secret, "db").fails(6, "no permissions");
+
+    node.provision(&[
+        "unregister-instance",
+        "--item",
+        "svc-b",
+        "--subject",
+        "s",
+        "--instance",
+        "3",
+        "--type",
+        "component",
+    ])
+    .ok();
+    get_permissions(&node, &secret, "vis").fails(6, "no permissions");
+    node.provision(&[
+        "unregister-instance",
+        "--item",
+        "svc-b",
+        "--subject",
+        "s",
+        "--instance",
+        "3",
+        "--type",
+        "component",
+    ])
+    .fails(6, "is not registered");
+
+    // Bounds and bad input.
+    let many: Vec<String> = (0..65).map(|i| format!("--permission=s{i}:a=b")).collect();
+    let mut args = vec!["register-instance", "--item", "x", "--subject", "s", "--instance", "1"];
+    for m in &many {
+        args.push("--permission");
+        args.push(m.strip_prefix("--permission=").unwrap());
+    }
+    node.provision(&args)
+        .fails(10, "65 functional servers, at most 64 allowed");
+    let long = format!("vis:read={}", "v".repeat(300));
+    node.provision(&[
+        "register-instance",
+        "--item",
+        "x",
+        "--subject",
+        "s",
+        "--instance",
+        "1",
+        "--permission",
+        &long,
+    ])
+    .fails(10, "permission value is 300 bytes, at most 256 allowed");
+    node.provision(&[
+        "register-instance",
+        "--item",
+        "x",
+        "--subject",
+        "s",
+        "--instance",
+        "1",
+        "--permission",
+        "vis:a=1",
+        "--permission",
+        "vis:a=2",
+    ])
+    .fails(7, "permission \"a\" of server \"vis\" is given twice");
+    node.provision(&[
+        "register-instance",
+        "--item",
+        "x",
+        "--subject",
+        "s",
+        "--instance",
+        "1",
+        "--permission",
+        "novalue",
+    ])
+    .fails(7, "expected SERVER:NAME=VALUE");
+
+    // Not on the public socket, and not for users the protected socket does not admit.
+    node.applet(
+        "iam-provision",
+        &[
+            "-s",
+            &node.public(),
+            "register-instance",
+            "--item",
+            "x",
+            "--subject",
+            "s",
+            "--instance",
+            "1",
+        ],
+        None,
+    )
+    .fails(4, "protected socket only");
+
+    // No secret in the log, at the most verbose level.
+    let log = node.log();
+    assert!(!log.contains(&secret), "a secret reached the log");
+    assert!(seen.iter().take(100).all(|s| !log.contains(s.as_str())));
+}
+
+#[test]
+fn register_instance_from_a_user_not_admitted_is_refused() {
+    if !is_root() {
+        eprintln!("skipped: running a client as another user needs root (setpriv)");
+        return;
+    }
+    let mut node = Node::new("perm-uid", Store::Software);
+    node.start(false);
+    node.stop();
+    let cfg = node
+        .config_text()
+        .replace("[paths]\n", "[paths]\nprotected_socket_mode = \"0666\"\n");
+    std::fs::write(node.path("config.toml"), cfg).unwrap();
+    let mut cmd = node.cmd();
+    cmd.args(["iamd", "-c", &node.p("config.toml")])
+        .stderr(std::process::Stdio::null());
+    node.iamd = Some(cmd.spawn().unwrap());
+    for _ in 0..500 {
+        if std::os::unix::net::UnixStream::connect(node.protected()).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    sh(&format!("chmod 0755 {}", node.p("run"))).ok();
+    as_nobody(
+        &node,
+        &[
+            "iam-provision",
+            "-s",
+            &node.protected(),
+            "register-instance",
+            "--item",
+            "x",
+            "--subject",
+            "s",
+            "--instance",
+            "1",
+        ],
+    )
+    .fails(4, "uid 65534 gid 65534 is not allowed");
+}
+
+#[test]
+fn registrations_survive_a_restart_only_when_configured_to_persist() {
+    let mut node = Node::new("persist", Store::Software);
+    node.start(false);
+    let secret = Client::connect(node.protected().as_ref())
+        .unwrap()
+        .register_instance(instance(1), perms("vis", &[("r", "1")]))
+        .unwrap();
+    node.stop();
+    node.start(false);
+    get_permissions(&node, secret.expose(), "vis").fails(6, "no permissions");
+    node.stop();
+
+    node.extra_config = "\n[permissions]\npersist = true\n".into();
+    node.start(false);
+    let secret: Secret = Client::connect(node.protected().as_ref())
+        .unwrap()
+        .register_instance(instance(1), perms("vis", &[("r", "1")]))
+        .unwrap();
+    node.stop();
+    node.start(false);
+    assert_eq!(
+        get_permissions(&node, secret.expose(), "vis").ok().json()["permissions"]["r"],
+        "1"
+    );
+    node.stop();
+
+    // Turning persistence off removes what was kept.
+    node.extra_config.clear();
+    node.start(false);
+    node.stop();
+    node.extra_config = "\n[permissions]\npersist = true\n".into();
+    node.start(false);
+    get_permissions(&node, secret.expose(), "vis").fails(6, "no permissions");
+}
