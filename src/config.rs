@@ -558,8 +558,12 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
     if let Some(mut a) = node.sub("attributes")? {
         let keys: Vec<String> = a.table.keys().cloned().collect();
         for k in keys {
-            let v = a.string(&k)?.unwrap_or_default();
-            attributes.push((k, v));
+            // Values may be empty: `MainNode = ""` is an attribute by its name alone.
+            match a.take(&k) {
+                Some(Value::String(v)) => attributes.push((k, v)),
+                Some(v) => return Err(a.err(&k, format!("must be a string, not {}", v.type_str()))),
+                None => {}
+            }
         }
         a.finish()?;
     }
@@ -1008,6 +1012,33 @@ user_pin_file = "/tmp/w/pin"
     fn software_store_refuses_rsa() {
         let e = load(&["[[modules]]\nid = \"r\"\nstore = \"software\"\nalgorithm = \"rsa-2048\"\n"]).unwrap_err();
         assert!(e.reason.contains("pkcs11"), "{e}");
+    }
+
+    #[test]
+    fn identity_permissions_attributes_and_partitions_parse() {
+        let c = load(&[
+            "[node.attributes]\nMainNode = \"\"\n[[node.partitions]]\nname = \"var\"\npath = \"/var\"\n\
+                        [identity]\nsubjects_file = \"/s\"\npoll_interval = 3\n[permissions]\npersist = true\n",
+        ])
+        .unwrap();
+        assert_eq!(c.attributes, [("MainNode".to_string(), String::new())]);
+        assert_eq!(c.partitions[0].path, PathBuf::from("/var"));
+        assert_eq!(c.identity.poll_interval, Duration::from_secs(3));
+        assert_eq!(
+            (c.permissions.persist, c.permissions.max_instances),
+            (true, DEFAULT_MAX_INSTANCES)
+        );
+        let e = load(&["[identity]\npoll_interval = 0\n"]).unwrap_err();
+        assert_eq!(e.key, "identity.poll_interval");
+        let e = load(&["[node.attributes]\nx = 1\n"]).unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.file.as_str()),
+            ("node.attributes.x", "config.d/0.toml")
+        );
+        let e = load(&["[[node.partitions]]\nname = \"p\"\n"]).unwrap_err();
+        assert_eq!(e.key, "node.partitions[0].path");
+        let e = load(&["[permissions]\nkeep = true\n"]).unwrap_err();
+        assert_eq!(e.reason, "unknown key");
     }
 
     #[test]

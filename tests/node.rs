@@ -1,0 +1,233 @@
+//! Unit identity from its files (and changes pushed to subscribers), NodeInfo against /proc
+//! and statvfs, and pause/resume persisted and refused in the wrong state.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A watching applet, its JSON lines delivered on a channel.
+struct Watcher {
+    child: Child,
+    lines: mpsc::Receiver<serde_json::Value>,
+}
+
+impl Watcher {
+    fn start(node: &Node, applet: &str, args: &[&str]) -> Watcher {
+        let mut cmd = node.cmd();
+        cmd.arg(applet).args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        Watcher { child, lines }
+    }
+
+    fn next(&self) -> serde_json::Value {
+        self.lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("an event within 20 s")
+    }
+
+    fn nothing_for(&self, d: Duration) {
+        if let Ok(v) = self.lines.recv_timeout(d) {
+            panic!("unexpected event {v}");
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn hup(node: &Node) {
+    let pid = node.iamd.as_ref().unwrap().id() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGHUP).unwrap();
+}
+
+#[test]
+fn identity_comes_from_its_files_and_subject_changes_reach_subscribers() {
+    let mut node = Node::new("identity", Store::Software);
+    let d = node.dir.display().to_string();
+    std::fs::write(node.path("system-id"), "unit-0042\n").unwrap();
+    std::fs::write(node.path("unit-model"), "aos-box;2.1.0\n").unwrap();
+    std::fs::write(node.path("subjects"), "subject-a\nsubject-b\n").unwrap();
+    node.extra_config = format!(
+        "\n[identity]\nsystem_id_file = \"{d}/system-id\"\nunit_model_file = \"{d}/unit-model\"\nsubjects_file = \"{d}/subjects\"\npoll_interval = 1\n"
+    );
+    node.start(false);
+    let public = node.public();
+    let info = node
+        .applet("iam-certctl", &["-s", &public, "--json", "system-info"], None)
+        .ok()
+        .json();
+    assert_eq!(
+        (
+            info["system_id"].as_str(),
+            info["unit_model"].as_str(),
+            info["version"].as_str()
+        ),
+        (Some("unit-0042"), Some("aos-box"), Some("2.1.0"))
+    );
+    let subjects = node
+        .applet("iam-certctl", &["-s", &public, "subjects"], None)
+        .ok()
+        .stdout;
+    assert_eq!(subjects.lines().collect::<Vec<_>>(), ["subject-a", "subject-b"]);
+
+    let watch = Watcher::start(&node, "iam-certctl", &["-s", &public, "--json", "subjects", "--watch"]);
+    assert_eq!(watch.next()["subjects"], serde_json::json!(["subject-a", "subject-b"]));
+    // Picked up by the periodic check...
+    std::fs::write(node.path("subjects"), "subject-a\nsubject-c\n").unwrap();
+    assert_eq!(watch.next()["subjects"], serde_json::json!(["subject-a", "subject-c"]));
+    // ...and by SIGHUP, each change once.
+    std::fs::write(node.path("subjects"), "subject-d\n").unwrap();
+    hup(&node);
+    assert_eq!(watch.next()["subjects"], serde_json::json!(["subject-d"]));
+    watch.nothing_for(Duration::from_millis(2500));
+    assert!(node.log().contains("subjects changed"), "{}", node.log());
+
+    // A broken unit model file is a clear error.
+    std::fs::write(node.path("unit-model"), "no-version\n").unwrap();
+    node.applet("iam-certctl", &["-s", &public, "system-info"], None)
+        .fails(3, "expected model;version");
+}
+
+#[test]
+fn system_info_without_configured_files_is_not_found() {
+    let mut node = Node::new("noidentity", Store::Software);
+    node.start(false);
+    node.applet("iam-certctl", &["-s", &node.public(), "system-info"], None)
+        .fails(6, "identity.system_id_file is not configured");
+    let out = node
+        .applet("iam-certctl", &["-s", &node.public(), "--json", "subjects"], None)
+        .ok()
+        .json();
+    assert_eq!(out["subjects"], serde_json::json!([]));
+}
+
+#[test]
+fn node_info_matches_proc_and_statvfs() {
+    let mut node = Node::new("nodeinfo", Store::Software);
+    let d = node.dir.display().to_string();
+    node.extra_config = format!(
+        "\n[node.attributes]\nMainNode = \"\"\nSite = \"line-3\"\n\n[[node.partitions]]\nname = \"root\"\npath = \"/\"\ntypes = [\"system\"]\n\n\
+         [[node.partitions]]\nname = \"work\"\npath = \"{d}/work\"\ntypes = [\"storage\", \"state\"]\n"
+    );
+    node.start(false);
+    let info = node.provision(&["--json", "node-info"]).ok().json();
+    assert_eq!(info["node_id"], node.node_id());
+    assert_eq!(info["state"], "unprovisioned");
+    assert_eq!(
+        info["attributes"],
+        serde_json::json!({"MainNode": "", "Site": "line-3"})
+    );
+
+    let cpuinfo = read("/proc/cpuinfo");
+    let processors = cpuinfo.lines().filter(|l| l.starts_with("processor")).count() as u64;
+    let threads: u64 = info["cpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["threads"].as_u64().unwrap())
+        .sum();
+    assert_eq!(threads, processors, "threads of all CPUs = processors in /proc/cpuinfo");
+    if let Some(model) = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")) {
+        assert_eq!(
+            info["cpus"][0]["model"],
+            model.trim_start_matches([' ', '\t', ':']).trim()
+        );
+    }
+    assert_eq!(info["cpus"][0]["architecture"], std::env::consts::ARCH);
+    let mem_kib: u64 = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(info["total_ram"], mem_kib * 1024);
+
+    for (i, path) in ["/".to_string(), format!("{d}/work")].iter().enumerate() {
+        // stat(1) as the independent judge: total blocks × fundamental block size.
+        let out = sh(&format!("stat -f -c '%b %S' {path}")).ok().stdout;
+        let v: Vec<u64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        assert_eq!(info["partitions"][i]["total_size"], v[0] * v[1], "{path}");
+        assert_eq!(info["partitions"][i]["path"], path.as_str());
+    }
+    assert_eq!(info["partitions"][1]["types"], serde_json::json!(["storage", "state"]));
+    let os = read("/etc/os-release");
+    let name = os
+        .lines()
+        .find_map(|l| l.strip_prefix("NAME="))
+        .unwrap()
+        .trim_matches('"');
+    assert_eq!(info["os_name"], name);
+    let nodes = node.provision(&["--json", "nodes"]).ok().json();
+    assert_eq!(nodes["nodes"], serde_json::json!([node.node_id()]));
+}
+
+#[test]
+fn pause_and_resume_are_persisted_reported_and_refused_in_the_wrong_state() {
+    let mut node = Node::new("pause", Store::Software);
+    node.start(true);
+    node.provision(&["pause"])
+        .fails(5, "PauseNode is refused: the node is unprovisioned");
+    node.provision(&["resume"])
+        .fails(5, "ResumeNode is refused: the node is unprovisioned");
+    node.run_flow().ok();
+
+    let watch = Watcher::start(
+        &node,
+        "iam-provision",
+        &["-s", &node.protected(), "--json", "node-info", "--watch"],
+    );
+    assert_eq!(watch.next()["state"], "provisioned");
+    node.provision(&["pause"]).ok();
+    assert_eq!(watch.next()["state"], "paused", "node subscribers see the pause");
+    node.provision(&["pause"]).ok();
+    assert_eq!(node.provision(&["--json", "node-info"]).ok().json()["state"], "paused");
+    drop(watch);
+
+    // Refused while paused, with a clear reason.
+    node.provision(&["create-key", "iam", "--password-file", &node.p("password")])
+        .fails(5, "the node is paused (ResumeNode first)");
+    node.provision(&["apply", "iam", &node.p("ca.pem")]).fails(5, "paused");
+    node.provision(&["start", "--password-file", &node.p("password")])
+        .fails(5, "the node is paused; deprovision it first");
+    node.provision(&["finish", "--password-file", &node.p("password")])
+        .fails(5, "paused (ResumeNode first)");
+    node.run_flow().fails(5, "already paused");
+
+    // Persisted across a restart.
+    node.stop();
+    node.start(false);
+    assert_eq!(node.provision(&["--json", "node-info"]).ok().json()["state"], "paused");
+    assert!(
+        node.path("work/provisioned").exists(),
+        "a paused node is still provisioned"
+    );
+    node.provision(&["resume"]).ok();
+    node.stop();
+    node.start(false);
+    assert_eq!(
+        node.provision(&["--json", "node-info"]).ok().json()["state"],
+        "provisioned"
+    );
+    node.provision(&["resume"]).ok();
+    node.applet("iam-provision", &["-s", &node.public(), "pause"], None)
+        .fails(4, "protected socket only");
+}
