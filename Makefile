@@ -4,14 +4,27 @@
 CARGO   ?= cargo
 PREFIX  ?= /usr
 BINDIR  ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 DESTDIR ?=
+# Values written into the installed /etc/aos-iam/config.toml (the recipe has its own).
+NODE_TYPE ?= main
+NODE_NAME ?= $(shell hostname)
+PKCS11_LIBRARY ?= /usr/lib/softhsm/libsofthsm2.so
+TOKEN_LABEL ?= aos
+LAYER_FILES := meta-aos-iam/recipes-security/aos-iam/files
+# oelint-adv: the newest supported release; homepageping needs the network; srcurifile
+# cannot expand AOS_IAM_SRC_URI (see meta-aos-iam/README.md).
+OELINT := oelint-adv --release wrynose --suppress oelint.vars.homepageping --suppress oelint.vars.srcurifile
 STRIP   ?= strip
 TARGET  ?= x86_64-unknown-linux-gnu
 APPLETS := iamd iam-provision iam-certctl iam-nodelink
 RELEASE := target/release/aos-iam
 STATIC  := target/$(TARGET)/release/aos-iam
 
-.PHONY: all build static test check demo bench install clean
+.PHONY: all build static test check demo bench install clean crates-inc check-layer yocto-parse
 
 all: build
 
@@ -32,6 +45,8 @@ test:
 	{ $(CARGO) test --locked; echo $$? > target/test.rc; } 2>&1 | tee target/test.log
 	@[ "$$(cat target/test.rc)" = 0 ] || { echo "tests failed"; exit 1; }
 	$(CARGO) build --locked
+	$(MAKE) --no-print-directory check-layer
+	sh tests/install.sh
 	AOS_IAM_BIN=target/debug/aos-iam sh scripts/demo.sh > target/demo-check.log 2>&1 \
 		|| { cat target/demo-check.log; exit 1; }
 	@echo "demo: ok (log in target/demo-check.log)"
@@ -50,13 +65,46 @@ bench: build static
 	AOS_IAM_BIN=$(RELEASE) AOS_IAM_STATIC_STRIPPED=target/aos-iam.static.stripped \
 		$(CARGO) bench --locked --bench provision
 
-# Installs the binary and one symlink per applet. Set STRIP=true to keep symbols (Yocto
-# strips packages itself and refuses binaries stripped beforehand).
+# Installs the binary, one symlink per applet, the systemd units, tmpfiles.d and
+# sysusers.d entries, and /etc/aos-iam/config.toml (only if there is none yet). Set
+# STRIP=true to keep symbols (Yocto strips packages itself and refuses binaries stripped
+# beforehand); RELEASE=path installs another build.
 install:
-	install -d $(DESTDIR)$(BINDIR)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(SYSUSERSDIR) \
+		$(DESTDIR)$(SYSCONFDIR)/aos-iam/config.d
 	install -m 0755 $(RELEASE) $(DESTDIR)$(BINDIR)/aos-iam
 	$(STRIP) $(DESTDIR)$(BINDIR)/aos-iam
 	for a in $(APPLETS); do ln -sf aos-iam $(DESTDIR)$(BINDIR)/$$a; done
+	for u in iamd.service iamd-provisioning.service; do \
+		sed 's|/usr/bin/|$(BINDIR)/|' $(LAYER_FILES)/$$u > $(DESTDIR)$(UNITDIR)/$$u; \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$u; done
+	install -m 0644 $(LAYER_FILES)/aos-iam.tmpfiles $(DESTDIR)$(TMPFILESDIR)/aos-iam.conf
+	install -m 0644 $(LAYER_FILES)/aos-iam.sysusers $(DESTDIR)$(SYSUSERSDIR)/aos-iam.conf
+	[ -e $(DESTDIR)$(SYSCONFDIR)/aos-iam/config.toml ] || { \
+		sed -e 's|@NODE_TYPE@|$(NODE_TYPE)|' -e 's|@NODE_NAME@|$(NODE_NAME)|' \
+		    -e 's|@PKCS11_LIBRARY@|$(PKCS11_LIBRARY)|' -e 's|@TOKEN_LABEL@|$(TOKEN_LABEL)|' \
+		    $(LAYER_FILES)/config.toml > $(DESTDIR)$(SYSCONFDIR)/aos-iam/config.toml && \
+		chmod 0644 $(DESTDIR)$(SYSCONFDIR)/aos-iam/config.toml; }
+
+# The Yocto crates include, from Cargo.lock.
+crates-inc:
+	python3 scripts/crates-inc.py
+
+# Static checks of the Yocto layer (bitbake itself is not available here): the crates
+# include matches Cargo.lock, oelint-adv finds nothing, the units verify and iamd.service's
+# exposure is at most 2.5.
+check-layer:
+	command -v oelint-adv >/dev/null 2>&1 || pip install -q oelint-adv
+	python3 scripts/crates-inc.py --check
+	$(OELINT) --quiet --hide info $$(find meta-aos-iam -name '*.bb' -o -name '*.bbappend' -o -name '*.bbclass' -o -name '*.inc') \
+		> target/oelint.log 2>&1; status=$$?; cat target/oelint.log; \
+		[ $$status = 0 ] && [ ! -s target/oelint.log ] && echo "oelint-adv: no findings"
+	sh scripts/check-units.sh target/debug/aos-iam
+
+# `bitbake -p` against an oe-core checkout, for maintainers who have one.
+yocto-parse:
+	@if [ -z "$(OE_CORE_DIR)" ]; then echo "yocto-parse: skipped, OE_CORE_DIR is not set"; exit 0; fi; \
+	sh scripts/yocto-parse.sh "$(OE_CORE_DIR)"
 
 clean:
 	$(CARGO) clean

@@ -15,7 +15,7 @@ if [ "$2" -lt 1 ] || { [ "$2" -eq 1 ] && [ "$3" -lt 90 ]; }; then
 fi
 need="softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl p11tool:gnutls-bin"
 if [ "${1:-demo}" = test ]; then
-    need="$need gnutls-cli:gnutls-bin setpriv:util-linux socat:socat"
+    need="$need gnutls-cli:gnutls-bin setpriv:util-linux socat:socat systemd-analyze:systemd"
     [ -e /usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so ] || [ -e /usr/lib/x86_64-linux-gnu/engines-3/libpkcs11.so ] \
         || missing_engine=libengine-pkcs11-openssl
 fi
@@ -23,6 +23,10 @@ pkgs="${missing_engine:-}"
 for pair in $need; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || pkgs="$pkgs ${pair#*:}"
 done
+if [ "$1" = test ] && ! command -v oelint-adv >/dev/null 2>&1; then
+    echo "installing oelint-adv (PyPI)" >&2
+    pip install -q oelint-adv || python3 -m pip install -q oelint-adv
+fi
 [ -n "$(echo $pkgs)" ] || exit 0
 echo "installing:$pkgs" >&2
 sudo=""

@@ -1,0 +1,70 @@
+SUMMARY = "aos-iam identity and access manager for multi-node embedded units"
+DESCRIPTION = "Gives every node of a unit its cryptographic identity: keys generated in a \
+               PKCS#11 token, CSRs, CA-signed certificates applied after full chain \
+               validation, and per-service permission secrets. One binary with the applets \
+               iamd, iam-provision, iam-certctl and iam-nodelink."
+HOMEPAGE = "https://github.com/aosedge"
+SECTION = "security"
+LICENSE = "Apache-2.0"
+LIC_FILES_CHKSUM = "file://LICENSE;md5=3b83ef96387f14655fc854ddc3c6bd57"
+
+PV .= "+git"
+
+# Where the sources come from: set AOS_IAM_SRC_URI (and SRCREV) in your distro or local.conf.
+AOS_IAM_SRC_URI ??= "git://git.example.invalid/aos-iam.git;protocol=https;branch=main"
+SRC_URI = "${AOS_IAM_SRC_URI} \
+           file://iamd.service \
+           file://iamd-provisioning.service \
+           file://aos-iam.tmpfiles \
+           file://aos-iam.sysusers \
+           file://config.toml \
+           "
+SRCREV = "0000000000000000000000000000000000000000"
+
+require aos-iam-crates.inc
+
+inherit cargo cargo-update-recipe-crates systemd
+
+# Configuration written to /etc/aos-iam/config.toml.
+AOS_IAM_NODE_TYPE ??= "main"
+AOS_IAM_NODE_NAME ??= "${MACHINE}"
+AOS_IAM_PKCS11_LIBRARY ??= "${libdir}/softhsm/libsofthsm2.so"
+AOS_IAM_TOKEN_LABEL ??= "aos"
+# SoftHSM as the PKCS#11 module (loaded with dlopen, so a run-time dependency only);
+# production images drop it and name their own module in AOS_IAM_PKCS11_LIBRARY.
+PACKAGECONFIG ??= "softhsm"
+PACKAGECONFIG[softhsm] = ",,,softhsm"
+
+# musl: a static binary cannot load PKCS#11 modules, so it is linked dynamically (the
+# default for the Rust target); glibc images may also use `make static` outside bitbake.
+
+SYSTEMD_SERVICE:${PN} = "iamd.service iamd-provisioning.service"
+SYSTEMD_AUTO_ENABLE:${PN} = "enable"
+
+do_install() {
+    install -d ${D}${bindir}
+    install -m 0755 ${B}/target/${CARGO_TARGET_SUBDIR}/aos-iam ${D}${bindir}/aos-iam
+    for applet in iamd iam-provision iam-certctl iam-nodelink; do
+        ln -sf aos-iam ${D}${bindir}/${applet}
+    done
+
+    install -d ${D}${systemd_system_unitdir}
+    install -m 0644 ${UNPACKDIR}/iamd.service ${D}${systemd_system_unitdir}/
+    install -m 0644 ${UNPACKDIR}/iamd-provisioning.service ${D}${systemd_system_unitdir}/
+    sed -i -e 's|/usr/bin/|${bindir}/|' ${D}${systemd_system_unitdir}/*.service
+
+    install -d ${D}${nonarch_libdir}/tmpfiles.d ${D}${nonarch_libdir}/sysusers.d
+    install -m 0644 ${UNPACKDIR}/aos-iam.tmpfiles ${D}${nonarch_libdir}/tmpfiles.d/aos-iam.conf
+    install -m 0644 ${UNPACKDIR}/aos-iam.sysusers ${D}${nonarch_libdir}/sysusers.d/aos-iam.conf
+
+    install -d ${D}${sysconfdir}/aos-iam/config.d
+    sed -e 's|@NODE_TYPE@|${AOS_IAM_NODE_TYPE}|' \
+        -e 's|@NODE_NAME@|${AOS_IAM_NODE_NAME}|' \
+        -e 's|@PKCS11_LIBRARY@|${AOS_IAM_PKCS11_LIBRARY}|' \
+        -e 's|@TOKEN_LABEL@|${AOS_IAM_TOKEN_LABEL}|' \
+        ${UNPACKDIR}/config.toml > ${D}${sysconfdir}/aos-iam/config.toml
+    chmod 0644 ${D}${sysconfdir}/aos-iam/config.toml
+}
+
+FILES:${PN} += "${nonarch_libdir}/tmpfiles.d ${nonarch_libdir}/sysusers.d ${sysconfdir}/aos-iam"
+CONFFILES:${PN} = "${sysconfdir}/aos-iam/config.toml"

@@ -1,0 +1,39 @@
+#!/bin/sh
+# `make install DESTDIR=...` puts everything where the recipe and the README say: the binary
+# and its applet links, the systemd units, tmpfiles.d and sysusers.d entries, and a config
+# that iamd accepts; an existing config is not overwritten.
+set -eu
+dest=$(mktemp -d)
+trap 'rm -rf "$dest"' EXIT
+fail() { echo "install test: $*" >&2; exit 1; }
+make --no-print-directory -s install DESTDIR="$dest" PREFIX=/usr RELEASE=target/debug/aos-iam STRIP=true \
+    NODE_NAME=test-node TOKEN_LABEL=factory >/dev/null
+
+[ -x "$dest/usr/bin/aos-iam" ] || fail "no /usr/bin/aos-iam"
+for a in iamd iam-provision iam-certctl iam-nodelink; do
+    [ "$(readlink "$dest/usr/bin/$a")" = aos-iam ] || fail "/usr/bin/$a is not a link to aos-iam"
+done
+"$dest/usr/bin/iamd" --version | grep -q '^iamd ' || fail "the iamd link does not run iamd"
+for u in iamd.service iamd-provisioning.service; do
+    f="$dest/usr/lib/systemd/system/$u"
+    [ -f "$f" ] || fail "no $u"
+    [ "$(stat -c %a "$f")" = 644 ] || fail "$u mode"
+done
+grep -q '^ExecStart=/usr/bin/iamd -c /etc/aos-iam/config.toml$' "$dest/usr/lib/systemd/system/iamd.service" || fail "iamd.service ExecStart"
+grep -q '^ExecStart=/usr/bin/iamd -c /etc/aos-iam/config.toml --provisioning$' "$dest/usr/lib/systemd/system/iamd-provisioning.service" \
+    || fail "iamd-provisioning.service ExecStart"
+grep -q '^d /var/aos/iam 0700 root root -$' "$dest/usr/lib/tmpfiles.d/aos-iam.conf" || fail "tmpfiles entry"
+grep -q '^g aos-iam 990$' "$dest/usr/lib/sysusers.d/aos-iam.conf" || fail "sysusers entry"
+cfg="$dest/etc/aos-iam/config.toml"
+[ -f "$cfg" ] && [ -d "$dest/etc/aos-iam/config.d" ] || fail "no config"
+grep -q 'name = "test-node"' "$cfg" && grep -q 'token_label = "factory"' "$cfg" || fail "config values not substituted"
+! grep -q '@[A-Z_]*@' "$cfg" || fail "placeholder left in the config"
+if [ -r /etc/machine-id ]; then
+    "$dest/usr/bin/iamd" -c "$cfg" --check-config >/dev/null || fail "iamd refuses the installed config"
+else
+    echo "install test: /etc/machine-id missing here; the config check is skipped" >&2
+fi
+echo '# kept' >> "$cfg"
+make --no-print-directory -s install DESTDIR="$dest" PREFIX=/usr RELEASE=target/debug/aos-iam STRIP=true >/dev/null
+tail -n 1 "$cfg" | grep -q '^# kept$' || fail "make install overwrote an existing config"
+echo "install test: ok"
