@@ -23,6 +23,26 @@ fn perms(server: &str, entries: &[(&str, &str)]) -> Vec<ServerPermissions> {
     }]
 }
 
+/// The applet registering instance 3 of component svc-b with `permissions`.
+fn register_b(node: &Node, permissions: &[&str]) -> Out {
+    let mut args = vec![
+        "--json",
+        "register-instance",
+        "--item",
+        "svc-b",
+        "--subject",
+        "s",
+        "--instance",
+        "3",
+        "--type",
+        "component",
+    ];
+    for p in permissions {
+        args.extend(["--permission", p]);
+    }
+    node.provision(&args)
+}
+
 fn get_permissions(node: &Node, secret: &str, server: &str) -> Out {
     node.applet(
         "iam-certctl",
@@ -57,25 +77,7 @@ fn secrets_are_unique_url_safe_revocable_and_never_logged() {
     c.unregister_instance(instance(0)).unwrap();
 
     // The applets: register, look up, re-register, unregister.
-    let reg = node
-        .provision(&[
-            "--json",
-            "register-instance",
-            "--item",
-            "svc-b",
-            "--subject",
-            "s",
-            "--instance",
-            "3",
-            "--type",
-            "component",
-            "--permission",
-            "vis:read=yes",
-            "--permission",
-            "vis:write=no",
-            "--permission",
-            "db:role=reader",
-        ])
+    let reg = register_b(&node, &["vis:read=yes", "vis:write=no", "db:role=reader"])
         .ok()
         .json();
     let secret = reg["secret"].as_str().unwrap().to_string();
@@ -92,23 +94,7 @@ fn secrets_are_unique_url_safe_revocable_and_never_logged() {
     get_permissions(&node, &secret, "unknown-server").fails(6, "no permissions for this secret and functional server");
     get_permissions(&node, "Xb3-not-a-registered-secret-at-all", "vis").fails(6, "no permissions for this secret");
 
-    let again = node
-        .provision(&[
-            "--json",
-            "register-instance",
-            "--item",
-            "svc-b",
-            "--subject",
-            "s",
-            "--instance",
-            "3",
-            "--type",
-            "component",
-            "--permission",
-            "vis:read=no",
-        ])
-        .ok()
-        .json();
+    let again = register_b(&node, &["vis:read=no"]).ok().json();
     assert_eq!(again["secret"], secret.as_str(), "re-registering keeps the secret");
     assert_eq!(
         get_permissions(&node, &secret, "vis").ok().json()["permissions"],
