@@ -36,7 +36,8 @@ static:
 	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --release --locked --target $(TARGET)
 
 # Formatting and lints, then every test: unit tests, the real binary against SoftHSM,
-# openssl, p11tool, pkcs11-tool and the openssl pkcs11 engine, and the demo itself.
+# openssl, p11tool, pkcs11-tool and the openssl pkcs11 engine, the Yocto layer's static
+# checks, make install, and the demo, with the debug binary and with the static-pie one.
 test:
 	sh scripts/deps.sh test
 	mkdir -p target
@@ -50,6 +51,11 @@ test:
 	AOS_IAM_BIN=target/debug/aos-iam sh scripts/demo.sh > target/demo-check.log 2>&1 \
 		|| { cat target/demo-check.log; exit 1; }
 	@echo "demo: ok (log in target/demo-check.log)"
+	$(MAKE) --no-print-directory static
+	AOS_IAM_BIN=$(STATIC) sh scripts/demo.sh > target/demo-static.log 2>&1 \
+		|| { cat target/demo-static.log; exit 1; }
+	@file -L $(STATIC) | grep -q 'static-pie linked' || { echo "$(STATIC) is not static-pie"; exit 1; }
+	@echo "static-pie binary: demo ok, PKCS#11 module loaded (log in target/demo-static.log)"
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
 
 demo:

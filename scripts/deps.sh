@@ -15,7 +15,7 @@ if [ "$2" -lt 1 ] || { [ "$2" -eq 1 ] && [ "$3" -lt 90 ]; }; then
 fi
 need="softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl p11tool:gnutls-bin"
 if [ "${1:-demo}" = test ]; then
-    need="$need gnutls-cli:gnutls-bin setpriv:util-linux socat:socat systemd-analyze:systemd"
+    need="$need gnutls-cli:gnutls-bin setpriv:util-linux socat:socat systemd-analyze:systemd file:file"
     [ -e /usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so ] || [ -e /usr/lib/x86_64-linux-gnu/engines-3/libpkcs11.so ] \
         || missing_engine=libengine-pkcs11-openssl
 fi
