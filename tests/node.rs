@@ -231,3 +231,61 @@ fn pause_and_resume_are_persisted_reported_and_refused_in_the_wrong_state() {
     node.applet("iam-provision", &["-s", &node.public(), "pause"], None)
         .fails(4, "protected socket only");
 }
+
+/// A subscriber that stops reading is dropped once its backlog is full; another subscriber
+/// keeps receiving every change, in order. Events are made large (a 50 KB subject list) so
+/// that the stalled connection's socket buffer fills after a few of them.
+#[test]
+fn a_stalled_subscriber_is_dropped_without_holding_back_others() {
+    use aos_iam::client::Client;
+    use aos_iam::wire::{Event, Request};
+    let mut node = Node::new("stall", Store::Software);
+    let d = node.dir.display().to_string();
+    node.extra_config = format!("\n[identity]\nsubjects_file = \"{d}/subjects\"\npoll_interval = 3600\n");
+    std::fs::write(node.path("subjects"), "start\n").unwrap();
+    node.start(false);
+
+    let mut stalled = Client::connect(node.public().as_ref()).unwrap();
+    let stalled_id = stalled.subscribe(Request::SubscribeSubjectsChanged).unwrap();
+    let mut active = Client::connect(node.public().as_ref()).unwrap();
+    let active_id = active.subscribe(Request::SubscribeSubjectsChanged).unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        while let Ok(Event::SubjectsChanged(s)) = active.next_event(active_id) {
+            if tx.send(s[0].clone()).is_err() {
+                break;
+            }
+        }
+    });
+
+    let filler = "x".repeat(190);
+    let changes = 100;
+    for i in 0..changes {
+        let mut text = format!("change-{i}\n");
+        for j in 0..249 {
+            text.push_str(&format!("{j:04}{filler}\n"));
+        }
+        std::fs::write(node.path("subjects"), text).unwrap();
+        hup(&node);
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(20))
+                .expect("the active subscriber is not held back"),
+            format!("change-{i}")
+        );
+    }
+    assert!(
+        node.log().contains("subjects subscriber"),
+        "the stalled subscriber was dropped:\n{}",
+        node.log()
+    );
+    // The stalled one reads what was queued for it, then the reason its subscription ended.
+    let mut got = 0;
+    let err = loop {
+        match stalled.next_event(stalled_id) {
+            Ok(_) => got += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(got < changes, "it did not get everything ({got})");
+    assert!(err.message.contains("fell 64 events behind"), "{err}");
+}
