@@ -479,14 +479,7 @@ async fn dispatch(request: Request, socket: Socket, shared: Arc<Shared>) -> Resu
 fn handle(shared: &Shared, request: Request) -> Result<Response> {
     let prov = &shared.prov;
     let op = request.name();
-    let changes_node = matches!(
-        request,
-        Request::StartProvisioning { .. }
-            | Request::FinishProvisioning { .. }
-            | Request::Deprovision { .. }
-            | Request::PauseNode { .. }
-            | Request::ResumeNode { .. }
-    );
+    let changes_node = request.changes_node_state();
     let r = match request {
         Request::Hello { .. } => Err(Error::protocol("Hello was already exchanged")),
         Request::Version => Ok(Response::Version {

@@ -328,6 +328,19 @@ impl Request {
         }
     }
 
+    /// Whether the operation, when it succeeds, changes the node's state (reported to node
+    /// subscribers).
+    pub fn changes_node_state(&self) -> bool {
+        matches!(
+            self,
+            Request::StartProvisioning { .. }
+                | Request::FinishProvisioning { .. }
+                | Request::Deprovision { .. }
+                | Request::PauseNode { .. }
+                | Request::ResumeNode { .. }
+        )
+    }
+
     /// Whether the operation is served only on the protected socket.
     pub fn is_protected(&self) -> bool {
         matches!(

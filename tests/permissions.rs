@@ -43,6 +43,20 @@ fn register_b(node: &Node, permissions: &[&str]) -> Out {
     node.provision(&args)
 }
 
+fn unregister_b(node: &Node) -> Out {
+    node.provision(&[
+        "unregister-instance",
+        "--item",
+        "svc-b",
+        "--subject",
+        "s",
+        "--instance",
+        "3",
+        "--type",
+        "component",
+    ])
+}
+
 fn get_permissions(node: &Node, secret: &str, server: &str) -> Out {
     node.applet(
         "iam-certctl",
@@ -102,31 +116,9 @@ fn secrets_are_unique_url_safe_revocable_and_never_logged() {
     );
     get_permissions(&node, &secret, "db").fails(6, "no permissions");
 
-    node.provision(&[
-        "unregister-instance",
-        "--item",
-        "svc-b",
-        "--subject",
-        "s",
-        "--instance",
-        "3",
-        "--type",
-        "component",
-    ])
-    .ok();
+    unregister_b(&node).ok();
     get_permissions(&node, &secret, "vis").fails(6, "no permissions");
-    node.provision(&[
-        "unregister-instance",
-        "--item",
-        "svc-b",
-        "--subject",
-        "s",
-        "--instance",
-        "3",
-        "--type",
-        "component",
-    ])
-    .fails(6, "is not registered");
+    unregister_b(&node).fails(6, "is not registered");
 
     // Bounds and bad input.
     let many: Vec<String> = (0..65).map(|i| format!("--permission=s{i}:a=b")).collect();
