@@ -148,10 +148,19 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
 async fn watch_identity(shared: Arc<Shared>, reload: smol::channel::Receiver<()>) {
     let interval = shared.prov.config.identity.poll_interval;
     loop {
-        let hup = smol::future::or(async { reload.recv().await.is_ok() }, async {
-            smol::Timer::after(interval).await;
-            false
-        })
+        // A closed channel (the signal thread has ended) means no more HUPs: the timer alone.
+        let hup = smol::future::or(
+            async {
+                match reload.recv().await {
+                    Ok(()) => true,
+                    Err(_) => smol::future::pending().await,
+                }
+            },
+            async {
+                smol::Timer::after(interval).await;
+                false
+            },
+        )
         .await;
         let s = shared.clone();
         if let Some(subjects) = blocking::unblock(move || s.identity.refresh()).await {
