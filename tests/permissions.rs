@@ -23,23 +23,35 @@ fn perms(server: &str, entries: &[(&str, &str)]) -> Vec<ServerPermissions> {
     }]
 }
 
-/// The applet registering instance 3 of component svc-b with `permissions`.
-fn register_b(node: &Node, permissions: &[&str]) -> Out {
-    let mut args = vec![
-        "--json",
-        "register-instance",
-        "--item",
-        "svc-b",
-        "--subject",
-        "s",
-        "--instance",
-        "3",
-        "--type",
-        "component",
-    ];
+/// `register-instance IDENT... --permission P...`, as text output.
+fn register(node: &Node, ident: &[&str], permissions: &[&str]) -> Out {
+    node.provision(&register_args(ident, permissions))
+}
+
+fn register_args<'a>(ident: &[&'a str], permissions: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["register-instance"];
+    args.extend_from_slice(ident);
     for p in permissions {
         args.extend(["--permission", p]);
     }
+    args
+}
+
+const B: &[&str] = &[
+    "--item",
+    "svc-b",
+    "--subject",
+    "s",
+    "--instance",
+    "3",
+    "--type",
+    "component",
+];
+const X: &[&str] = &["--item", "x", "--subject", "s", "--instance", "1"];
+
+fn register_b(node: &Node, permissions: &[&str]) -> Out {
+    let mut args = vec!["--json"];
+    args.extend(register_args(B, permissions));
     node.provision(&args)
 }
 
@@ -121,71 +133,20 @@ fn secrets_are_unique_url_safe_revocable_and_never_logged() {
     unregister_b(&node).fails(6, "is not registered");
 
     // Bounds and bad input.
-    let many: Vec<String> = (0..65).map(|i| format!("--permission=s{i}:a=b")).collect();
-    let mut args = vec!["register-instance", "--item", "x", "--subject", "s", "--instance", "1"];
-    for m in &many {
-        args.push("--permission");
-        args.push(m.strip_prefix("--permission=").unwrap());
-    }
-    node.provision(&args)
-        .fails(10, "65 functional servers, at most 64 allowed");
+    let many: Vec<String> = (0..65).map(|i| format!("s{i}:a=b")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    register(&node, X, &many).fails(10, "65 functional servers, at most 64 allowed");
     let long = format!("vis:read={}", "v".repeat(300));
-    node.provision(&[
-        "register-instance",
-        "--item",
-        "x",
-        "--subject",
-        "s",
-        "--instance",
-        "1",
-        "--permission",
-        &long,
-    ])
-    .fails(10, "permission value is 300 bytes, at most 256 allowed");
-    node.provision(&[
-        "register-instance",
-        "--item",
-        "x",
-        "--subject",
-        "s",
-        "--instance",
-        "1",
-        "--permission",
-        "vis:a=1",
-        "--permission",
-        "vis:a=2",
-    ])
-    .fails(7, "permission \"a\" of server \"vis\" is given twice");
-    node.provision(&[
-        "register-instance",
-        "--item",
-        "x",
-        "--subject",
-        "s",
-        "--instance",
-        "1",
-        "--permission",
-        "novalue",
-    ])
-    .fails(7, "expected SERVER:NAME=VALUE");
+    register(&node, X, &[&long]).fails(10, "permission value is 300 bytes, at most 256 allowed");
+    register(&node, X, &["vis:a=1", "vis:a=2"]).fails(7, "permission \"a\" of server \"vis\" is given twice");
+    register(&node, X, &["novalue"]).fails(7, "expected SERVER:NAME=VALUE");
 
     // Not on the public socket, and not for users the protected socket does not admit.
-    node.applet(
-        "iam-provision",
-        &[
-            "-s",
-            &node.public(),
-            "register-instance",
-            "--item",
-            "x",
-            "--subject",
-            "s",
-            "--instance",
-            "1",
-        ],
-        None,
-    )
-    .fails(4, "protected socket only");
+    let public = node.public();
+    let mut args = vec!["-s", public.as_str()];
+    args.extend(register_args(X, &[]));
+    node.applet("iam-provision", &args, None)
+        .fails(4, "protected socket only");
 
     // No secret in the log, at the most verbose level.
     let log = node.log();
