@@ -51,6 +51,20 @@ fn positional_dash<'a>(args: &[&'a str]) -> Vec<&'a str> {
     out
 }
 
+/// argh takes `-v -v`; users type `-vv`. Expand a run of `v`s into separate flags.
+pub fn expand_verbose<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut out = Vec::with_capacity(args.len());
+    for a in args {
+        match a.strip_prefix('-') {
+            Some(vs) if vs.len() > 1 && vs.bytes().all(|b| b == b'v') => {
+                out.extend(std::iter::repeat_n("-v", vs.len()))
+            }
+            _ => out.push(*a),
+        }
+    }
+    out
+}
+
 /// Parse an applet's arguments; help goes to stdout (exit 0), errors to stderr (exit 2).
 pub fn parse<T: FromArgs>(name: &str, args: &[&str]) -> Result<T, u8> {
     T::from_args(&[name], &positional_dash(args)).map_err(|early| {
@@ -64,17 +78,19 @@ pub fn parse<T: FromArgs>(name: &str, args: &[&str]) -> Result<T, u8> {
     })
 }
 
+/// An error as JSON: `{"kind", "reason", "message"}`.
+pub fn error_json(e: &Error) -> serde_json::Value {
+    let reason = match &e.kind {
+        ErrorKind::KeyStore(r) | ErrorKind::Validation(r) => Some(r.clone()),
+        _ => None,
+    };
+    json!({"kind": e.kind.name(), "reason": reason, "message": e.message})
+}
+
 /// Report an error as text on stderr, or as a JSON object on stdout with `--json`.
 pub fn fail(name: &str, e: &Error, json: bool) -> u8 {
     if json {
-        let reason = match &e.kind {
-            ErrorKind::KeyStore(r) | ErrorKind::Validation(r) => Some(r.clone()),
-            _ => None,
-        };
-        println!(
-            "{}",
-            json!({"ok": false, "error": {"kind": e.kind.name(), "reason": reason, "message": e.message}})
-        );
+        println!("{}", json!({"ok": false, "error": error_json(e)}));
     } else {
         eprintln!("{name}: {e}");
     }
@@ -155,12 +171,7 @@ pub fn parse_hex(what: &str, s: &str) -> Result<Vec<u8>, Error> {
         .collect()
 }
 
-pub fn rfc3339(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| t.to_string())
-}
+pub use aos_iam::x509::rfc3339;
 
 pub fn cert_json(c: &aos_iam::wire::CertInfo) -> serde_json::Value {
     json!({
@@ -183,6 +194,7 @@ pub fn node_json(n: &aos_iam::wire::NodeInfo) -> serde_json::Value {
         "node_type": n.node_type,
         "name": n.name,
         "state": n.state.name(),
+        "connected": n.connected,
         "cpus": n.cpus.iter().map(|c| json!({"model": c.model, "cores": c.cores, "threads": c.threads, "architecture": c.architecture})).collect::<Vec<_>>(),
         "total_ram": n.total_ram,
         "partitions": n.partitions.iter().map(|p| json!({"name": p.name, "types": p.types, "path": p.path, "total_size": p.total_size})).collect::<Vec<_>>(),
@@ -194,11 +206,12 @@ pub fn node_json(n: &aos_iam::wire::NodeInfo) -> serde_json::Value {
 
 pub fn node_text(n: &aos_iam::wire::NodeInfo) -> String {
     let mut t = format!(
-        "node:       {}\nname:       {}\ntype:       {}\nstate:      {}\nos:         {} {}\nram:        {} bytes\n",
+        "node:       {}\nname:       {}\ntype:       {}\nstate:      {}{}\nos:         {} {}\nram:        {} bytes\n",
         n.node_id,
         n.name,
         n.node_type,
         n.state.name(),
+        if n.connected { "" } else { " (not connected)" },
         n.os_name,
         n.os_version,
         n.total_ram

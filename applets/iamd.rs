@@ -24,22 +24,8 @@ struct Args {
     version: bool,
 }
 
-/// argh takes `-v -v`; users type `-vv`. Expand a run of `v`s into separate flags.
-fn expand_verbose<'a>(args: &[&'a str]) -> Vec<&'a str> {
-    let mut out = Vec::with_capacity(args.len());
-    for a in args {
-        match a.strip_prefix('-') {
-            Some(vs) if vs.len() > 1 && vs.bytes().all(|b| b == b'v') => {
-                out.extend(std::iter::repeat_n("-v", vs.len()))
-            }
-            _ => out.push(*a),
-        }
-    }
-    out
-}
-
 pub fn main(name: &str, args: &[&str]) -> u8 {
-    let args: Args = match common::parse(name, &expand_verbose(args)) {
+    let args: Args = match common::parse(name, &common::expand_verbose(args)) {
         Ok(a) => a,
         Err(code) => return code,
     };
@@ -78,9 +64,12 @@ mod tests {
     #[test]
     fn repeated_v_is_expanded() {
         assert_eq!(
-            super::expand_verbose(&["-vv", "-c", "x", "-v"]),
+            super::common::expand_verbose(&["-vv", "-c", "x", "-v"]),
             ["-v", "-v", "-c", "x", "-v"]
         );
-        assert_eq!(super::expand_verbose(&["--verbose", "-vx"]), ["--verbose", "-vx"]);
+        assert_eq!(
+            super::common::expand_verbose(&["--verbose", "-vx"]),
+            ["--verbose", "-vx"]
+        );
     }
 }

@@ -20,7 +20,7 @@ struct Args {
     /// iamd's protected socket (default /run/aos-iam/protected.sock)
     #[argh(option, short = 's')]
     socket: Option<String>,
-    /// the node to act on (default: the node iamd runs on)
+    /// the node to act on (default: the node iamd runs on); `run` also takes "all"
     #[argh(option)]
     node: Option<String>,
     /// print results as JSON on stdout
@@ -207,6 +207,13 @@ struct Run {
     /// deprovision a provisioned node first instead of refusing
     #[argh(switch)]
     deprovision_first: bool,
+    /// with --node all: wait until this many nodes (the main one included) are connected
+    /// (default: those connected now)
+    #[argh(option)]
+    expect_nodes: Option<usize>,
+    /// with --node all: seconds to wait for --expect-nodes (default 300)
+    #[argh(option, default = "300")]
+    wait: u64,
 }
 
 pub fn main(name: &str, args: &[&str]) -> u8 {
@@ -215,7 +222,7 @@ pub fn main(name: &str, args: &[&str]) -> u8 {
         Err(code) => return code,
     };
     match run(&args) {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(e) => common::fail(name, &e, args.json),
     }
 }
@@ -232,7 +239,7 @@ fn ok_json(v: serde_json::Value) {
     println!("{v}");
 }
 
-fn run(args: &Args) -> Result<(), Error> {
+fn run(args: &Args) -> Result<u8, Error> {
     let node = args.node.clone().unwrap_or_default();
     let password = |file: &Option<String>| common::read_secret(file.as_deref(), "provisioning password");
     match &args.verb {
@@ -329,7 +336,7 @@ fn run(args: &Args) -> Result<(), Error> {
                 }
             }
         }
-        Verb::Run(v) => run_flow(args, v, &node)?,
+        Verb::Run(v) => return run_flow(args, v, &node),
         Verb::Pause(_) => {
             connect(args)?.pause(&node)?;
             done(args, "node paused");
@@ -385,7 +392,7 @@ fn run(args: &Args) -> Result<(), Error> {
             done(args, "instance unregistered");
         }
     }
-    Ok(())
+    Ok(0)
 }
 
 fn done(args: &Args, what: &str) {
@@ -396,8 +403,8 @@ fn done(args: &Args, what: &str) {
     }
 }
 
-fn run_flow(args: &Args, v: &Run, node: &str) -> Result<(), Error> {
-    let signer: Box<dyn CsrSigner> = match (&v.ca_cert, &v.ca_key, &v.sign_cmd) {
+fn run_flow(args: &Args, v: &Run, node: &str) -> Result<u8, Error> {
+    let signer: Box<dyn CsrSigner + Sync> = match (&v.ca_cert, &v.ca_key, &v.sign_cmd) {
         (Some(c), Some(k), None) => Box::new(LocalCa::load(c.as_ref(), k.as_ref(), v.days)?),
         (None, None, Some(cmd)) => Box::new(CommandSigner {
             command: cmd.clone(),
@@ -409,6 +416,12 @@ fn run_flow(args: &Args, v: &Run, node: &str) -> Result<(), Error> {
         _ => return Err(Error::invalid("give either --ca-cert and --ca-key, or --sign-cmd")),
     };
     let pw = common::read_secret(v.password_file.as_deref(), "provisioning password")?;
+    if node == "all" {
+        return run_unit(args, v, signer.as_ref(), &pw);
+    }
+    if v.expect_nodes.is_some() {
+        return Err(Error::invalid("--expect-nodes goes with --node all"));
+    }
     let mut client = connect(args)?;
     let tty = std::io::stderr().is_terminal();
     let mut progress = |s: &factory::Step| {
@@ -445,5 +458,70 @@ fn run_flow(args: &Args, v: &Run, node: &str) -> Result<(), Error> {
             print!("{}", cert_text(c));
         }
     }
-    Ok(())
+    Ok(0)
+}
+
+/// `run --node all`: every node of the unit through the main node, a result per node.
+fn run_unit(args: &Args, v: &Run, signer: &(dyn CsrSigner + Sync), pw: &aos_iam::secret::Secret) -> Result<u8, Error> {
+    let mut client = connect(args)?;
+    let expect = match v.expect_nodes {
+        Some(0) => return Err(Error::invalid("--expect-nodes must be at least 1")),
+        Some(n) => n,
+        None => 1,
+    };
+    let nodes = factory::wait_for_nodes(&mut client, expect, Duration::from_secs(v.wait))?;
+    drop(client);
+    let tty = std::io::stderr().is_terminal();
+    let progress = |node: &str, s: &factory::Step| {
+        if tty && s.done {
+            eprintln!("{node}: {} ok", s.name);
+        }
+    };
+    let opts = RunOptions {
+        node_id: "",
+        password: pw,
+        subject_template: v.subject.as_deref().unwrap_or(DEFAULT_SUBJECT),
+        deprovision_first: v.deprovision_first,
+    };
+    let outcomes = factory::run_unit(&|| connect(args), &nodes, signer, &opts, &progress);
+    let first_error = outcomes.iter().find_map(|o| o.result.as_ref().err()).cloned();
+    if args.json {
+        let per_node: Vec<_> = outcomes
+            .iter()
+            .map(|o| match &o.result {
+                Ok(certs) => json!({"node": o.node_id, "main": o.main, "ok": true,
+                    "certificates": certs.iter().map(cert_json).collect::<Vec<_>>()}),
+                Err(e) => json!({"node": o.node_id, "main": o.main, "ok": false, "error": common::error_json(e)}),
+            })
+            .collect();
+        let mut out = json!({ "nodes": per_node });
+        out["ok"] = json!(first_error.is_none());
+        if let Some(e) = &first_error {
+            out["error"] = common::error_json(e);
+        }
+        println!("{out}");
+    } else {
+        for o in &outcomes {
+            match &o.result {
+                Ok(certs) => {
+                    println!("node {} provisioned{}", o.node_id, if o.main { " (main)" } else { "" });
+                    certs.iter().for_each(|c| print!("{}", cert_text(c)));
+                }
+                Err(e) => println!("node {} FAILED: {e}", o.node_id),
+            }
+        }
+    }
+    match first_error {
+        // The JSON already carries every node's error; the text names each failed node.
+        Some(e) if args.json => Ok(common::exit_code(&e)),
+        Some(e) => {
+            eprintln!(
+                "iam-provision: {} of {} nodes failed",
+                outcomes.iter().filter(|o| o.result.is_err()).count(),
+                outcomes.len()
+            );
+            Ok(common::exit_code(&e))
+        }
+        None => Ok(0),
+    }
 }

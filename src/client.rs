@@ -43,6 +43,7 @@ impl Client {
         match c.call(Request::Hello {
             version: crate::PROTOCOL_VERSION,
             role: Role::Client,
+            node_id: String::new(),
         })? {
             Response::Hello { node_id, .. } => c.server_node_id = node_id,
             r => return Err(unexpected("Hello", r)),

@@ -22,6 +22,60 @@ pub const DEFAULT_MAX_ITEMS: u32 = 2;
 pub const DB_FILE: &str = "iam.db";
 /// File name of the provisioned marker inside the working directory, unless configured.
 pub const MARKER_FILE: &str = "provisioned";
+/// Forwarded operations get this long for an answer; StartProvisioning, FinishProvisioning
+/// and Deprovision (hooks, token initialisation) get the long one.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_LONG_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// Where iam-nodelink reports the state of its link, for `iam-nodelink status`.
+pub const DEFAULT_NODELINK_STATUS: &str = "/run/aos-iam/nodelink.status";
+/// The module whose certificate and key are a node's TLS identity on links.
+pub const DEFAULT_LINK_IDENTITY: &str = "iam";
+
+/// A node is the unit's main node (it accepts links and forwards) or a secondary one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Main,
+    Secondary,
+}
+
+/// When a node link runs inside TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkTls {
+    /// TLS once the node is provisioned; in provisioning mode a node without a certificate
+    /// may link in the clear (both sides must be in provisioning mode). TCP: always TLS.
+    Auto,
+    Required,
+    /// Never (unix, vsock and stdio links only; refused for TCP).
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinksConfig {
+    /// Main node: where secondary nodes' links are accepted.
+    pub listen: Vec<crate::transport::LinkAddr>,
+    /// Secondary node: where iam-nodelink dials the main node (overridden by `--connect`).
+    pub connect: Option<crate::transport::LinkAddr>,
+    pub tls: LinkTls,
+    /// The module whose certificate is this node's TLS identity.
+    pub identity: String,
+    pub request_timeout: Duration,
+    pub long_request_timeout: Duration,
+    pub status_file: PathBuf,
+}
+
+impl Default for LinksConfig {
+    fn default() -> Self {
+        LinksConfig {
+            listen: Vec::new(),
+            connect: None,
+            tls: LinkTls::Auto,
+            identity: DEFAULT_LINK_IDENTITY.into(),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            long_request_timeout: DEFAULT_LONG_REQUEST_TIMEOUT,
+            status_file: PathBuf::from(DEFAULT_NODELINK_STATUS),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -244,6 +298,8 @@ pub struct Config {
     pub node_id: String,
     pub node_name: String,
     pub node_type: String,
+    pub role: Role,
+    pub links: LinksConfig,
     pub working_dir: PathBuf,
     pub root_ca: Option<PathBuf>,
     pub public_socket: PathBuf,
@@ -554,6 +610,11 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
     }
     let node_name = node.string("name")?.unwrap_or_else(|| node_id.clone());
     let node_type = node.string("type")?.unwrap_or_else(|| "main".into());
+    let role = match node.string("role")?.as_deref() {
+        None | Some("main") => Role::Main,
+        Some("secondary") => Role::Secondary,
+        Some(r) => return Err(node.err("role", format!("\"{r}\" is not one of main, secondary"))),
+    };
     let mut attributes = Vec::new();
     if let Some(mut a) = node.sub("attributes")? {
         let keys: Vec<String> = a.table.keys().cloned().collect();
@@ -655,6 +716,11 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         None => (crate::wire::DEFAULT_BODY_LIMIT, DEFAULT_HELLO_TIMEOUT),
     };
 
+    let links = match root.sub("links")? {
+        Some(l) => parse_links(l, role)?,
+        None => LinksConfig::default(),
+    };
+
     let hooks = match root.sub("hooks")? {
         Some(mut h) => {
             let hooks = Hooks {
@@ -707,6 +773,16 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
             "is required when a module validates CA-signed certificates",
         ));
     }
+    let links_used = !links.listen.is_empty() || links.connect.is_some();
+    if links_used && links.tls != LinkTls::Off && !modules.iter().any(|m| m.id == links.identity) {
+        return Err(root.err(
+            "links.identity",
+            format!(
+                "\"{}\" names no certificate module; TLS on links needs one for the node's identity",
+                links.identity
+            ),
+        ));
+    }
     root.table.remove("node");
     let rest = std::mem::take(&mut root.table);
     root.child(String::new(), rest).finish()?;
@@ -715,6 +791,8 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         node_id,
         node_name,
         node_type,
+        role,
+        links,
         working_dir,
         root_ca,
         public_socket,
@@ -733,6 +811,65 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         identity,
         permissions,
     })
+}
+
+fn seconds(r: &mut Reader, key: &str, max: u64, default: Duration) -> Result<Duration, ConfigError> {
+    match r.uint(key, max)? {
+        Some(0) => Err(r.err(key, "must be at least 1 second")),
+        Some(t) => Ok(Duration::from_secs(t)),
+        None => Ok(default),
+    }
+}
+
+fn parse_links(mut l: Reader, role: Role) -> Result<LinksConfig, ConfigError> {
+    use crate::transport::LinkAddr;
+    let mut listen = Vec::new();
+    for (i, a) in l.strings("listen")?.unwrap_or_default().into_iter().enumerate() {
+        let key = format!("listen[{i}]");
+        let addr = LinkAddr::parse_listen(&a).map_err(|e| l.err(&key, e))?;
+        if listen.contains(&addr) {
+            return Err(l.err(&key, format!("\"{a}\" is listed twice")));
+        }
+        listen.push(addr);
+    }
+    if role == Role::Secondary && !listen.is_empty() {
+        return Err(l.err(
+            "listen",
+            "only the main node accepts links (node.role is \"secondary\")",
+        ));
+    }
+    let connect = match l.string("connect")? {
+        Some(a) => Some(LinkAddr::parse_connect(&a).map_err(|e| l.err("connect", e))?),
+        None => None,
+    };
+    if role == Role::Main && connect.is_some() {
+        return Err(l.err(
+            "connect",
+            "only a secondary node dials the main node (node.role is \"main\")",
+        ));
+    }
+    let tls = match l.string("tls")?.as_deref() {
+        None | Some("auto") => LinkTls::Auto,
+        Some("required") => LinkTls::Required,
+        Some("off") => LinkTls::Off,
+        Some(t) => return Err(l.err("tls", format!("\"{t}\" is not one of auto, required, off"))),
+    };
+    if tls == LinkTls::Off && listen.iter().chain(connect.iter()).any(LinkAddr::is_tcp) {
+        return Err(l.err("tls", "\"off\" is refused: links over TCP always use TLS"));
+    }
+    let c = LinksConfig {
+        listen,
+        connect,
+        tls,
+        identity: l.string("identity")?.unwrap_or_else(|| DEFAULT_LINK_IDENTITY.into()),
+        request_timeout: seconds(&mut l, "request_timeout", 24 * 3600, DEFAULT_REQUEST_TIMEOUT)?,
+        long_request_timeout: seconds(&mut l, "long_request_timeout", 24 * 3600, DEFAULT_LONG_REQUEST_TIMEOUT)?,
+        status_file: l
+            .path("status_file")?
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_NODELINK_STATUS)),
+    };
+    l.finish()?;
+    Ok(c)
 }
 
 fn parse_module(m: &mut Reader, working_dir: &Path) -> Result<ModuleConfig, ConfigError> {

@@ -17,6 +17,8 @@ const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending");
 const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
 const TRASH: TableDefinition<&str, &[u8]> = TableDefinition::new("trash");
 const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
+/// Main node: every node that registered over a link, by node id.
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 
 const STATE: &str = "state";
 const VERIFIER: &str = "password";
@@ -207,8 +209,46 @@ impl Db {
 
     /// Persisted permission registrations: (key, encoded registration).
     pub fn instances(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        self.read_all(INSTANCES)
+    }
+
+    pub fn put_instance(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.write_table(INSTANCES, |t| {
+            t.insert(key, value)?;
+            Ok(())
+        })
+    }
+
+    pub fn remove_instance(&self, key: &str) -> Result<()> {
+        self.write_table(INSTANCES, |t| {
+            t.remove(key)?;
+            Ok(())
+        })
+    }
+
+    pub fn clear_instances(&self) -> Result<()> {
+        self.write_table(INSTANCES, |t| {
+            t.retain(|_, _| false)?;
+            Ok(())
+        })
+    }
+
+    /// The node registry of the main node: (node id, encoded record).
+    pub fn nodes(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        self.read_all(NODES)
+    }
+
+    pub fn put_node(&self, node_id: &str, value: &[u8]) -> Result<()> {
+        self.write_table(NODES, |t| {
+            t.insert(node_id, value)?;
+            Ok(())
+        })
+    }
+
+    /// Every entry of a table that lives beside the provisioning tables.
+    fn read_all(&self, def: TableDefinition<&str, &[u8]>) -> Result<Vec<(String, Vec<u8>)>> {
         let txn = self.db.begin_read()?;
-        let table = match txn.open_table(INSTANCES) {
+        let table = match txn.open_table(def) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
@@ -221,33 +261,16 @@ impl Db {
         Ok(out)
     }
 
-    pub fn put_instance(&self, key: &str, value: &[u8]) -> Result<()> {
-        self.write_instances(|t| {
-            t.insert(key, value)?;
-            Ok(())
-        })
-    }
-
-    pub fn remove_instance(&self, key: &str) -> Result<()> {
-        self.write_instances(|t| {
-            t.remove(key)?;
-            Ok(())
-        })
-    }
-
-    pub fn clear_instances(&self) -> Result<()> {
-        self.write_instances(|t| {
-            t.retain(|_, _| false)?;
-            Ok(())
-        })
-    }
-
-    fn write_instances(&self, f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<()>) -> Result<()> {
+    fn write_table(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+        f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<()>,
+    ) -> Result<()> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| Error::internal(format!("database: {e}")))?;
         {
-            let mut t = txn.open_table(INSTANCES)?;
+            let mut t = txn.open_table(def)?;
             f(&mut t)?;
         }
         txn.commit()?;

@@ -3,12 +3,14 @@
 //! Start, list the certificate types, then for each: create a key, get its CSR signed,
 //! apply the chain; finish. It talks only through the [`Client`], so it works against any
 //! iamd, and re-running it after an interruption converges (StartProvisioning wipes first).
+//! [`run_unit`] does the same for every node of a unit through its main node.
 
 use crate::client::Client;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::secret::Secret;
 use crate::signer::CsrSigner;
 use crate::wire::{CertInfo, NodeState};
+use std::time::{Duration, Instant};
 
 /// Default subject template: `{node}` is the node id, `{type}` the certificate type.
 pub const DEFAULT_SUBJECT: &str = "CN={node},OU={type}";
@@ -42,17 +44,30 @@ pub fn run(
     } else {
         opts.node_id.to_string()
     };
-    let mut step = |name: String, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
-        progress(&Step {
-            name: name.clone(),
-            done: false,
-        });
-        f().map_err(|e| e.context(&name))?;
-        progress(&Step { name, done: true });
-        Ok(())
-    };
+    let applied = prepare(client, signer, opts, &node_id, progress)?;
+    finish(client, opts, &node_id, progress)?;
+    Ok(applied)
+}
 
-    let state = client.status(&node_id)?.state;
+fn step(progress: &mut dyn FnMut(&Step), name: String, f: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+    progress(&Step {
+        name: name.clone(),
+        done: false,
+    });
+    f().map_err(|e| e.context(&name))?;
+    progress(&Step { name, done: true });
+    Ok(())
+}
+
+/// Everything but FinishProvisioning: (deprovision,) start, and a certificate per type.
+fn prepare(
+    client: &mut Client,
+    signer: &dyn CsrSigner,
+    opts: &RunOptions,
+    node_id: &str,
+    progress: &mut dyn FnMut(&Step),
+) -> Result<Vec<CertInfo>> {
+    let state = client.status(node_id)?.state;
     if matches!(state, NodeState::Provisioned | NodeState::Paused) {
         if !opts.deprovision_first {
             return Err(Error::wrong_state(format!(
@@ -60,38 +75,171 @@ pub fn run(
                 state.name()
             )));
         }
-        step("Deprovision".into(), &mut || {
-            client.deprovision(&node_id, opts.password)
+        step(progress, "Deprovision".into(), &mut || {
+            client.deprovision(node_id, opts.password)
         })?;
     }
-    step("StartProvisioning".into(), &mut || {
-        client.start_provisioning(&node_id, opts.password)
+    step(progress, "StartProvisioning".into(), &mut || {
+        client.start_provisioning(node_id, opts.password)
     })?;
     let mut types = Vec::new();
-    step("GetCertTypes".into(), &mut || {
-        types = client.cert_types(&node_id)?;
+    step(progress, "GetCertTypes".into(), &mut || {
+        types = client.cert_types(node_id)?;
         Ok(())
     })?;
     let mut applied = Vec::new();
     for t in &types {
         let mut csr = String::new();
-        let subject = subject_for(opts.subject_template, &node_id, t);
-        step(format!("CreateKey {t}"), &mut || {
-            csr = client.create_key(&node_id, t, &subject, opts.password)?;
+        let subject = subject_for(opts.subject_template, node_id, t);
+        step(progress, format!("CreateKey {t}"), &mut || {
+            csr = client.create_key(node_id, t, &subject, opts.password)?;
             Ok(())
         })?;
         let mut chain = String::new();
-        step(format!("Sign {t}"), &mut || {
+        step(progress, format!("Sign {t}"), &mut || {
             chain = signer.sign(t, &csr)?;
             Ok(())
         })?;
-        step(format!("ApplyCert {t}"), &mut || {
-            applied.push(client.apply_cert(&node_id, t, &chain)?);
+        step(progress, format!("ApplyCert {t}"), &mut || {
+            applied.push(client.apply_cert(node_id, t, &chain)?);
             Ok(())
         })?;
     }
-    step("FinishProvisioning".into(), &mut || {
-        client.finish_provisioning(&node_id, opts.password)
-    })?;
     Ok(applied)
+}
+
+fn finish(client: &mut Client, opts: &RunOptions, node_id: &str, progress: &mut dyn FnMut(&Step)) -> Result<()> {
+    step(progress, "FinishProvisioning".into(), &mut || {
+        client.finish_provisioning(node_id, opts.password)
+    })
+}
+
+/// How one node of a whole-unit run ended.
+#[derive(Debug)]
+pub struct NodeOutcome {
+    pub node_id: String,
+    pub main: bool,
+    pub result: Result<Vec<CertInfo>>,
+}
+
+/// Wait (at most `wait`) until at least `expect` nodes, the main node included, are
+/// connected; returns their ids, the main node's first.
+pub fn wait_for_nodes(client: &mut Client, expect: usize, wait: Duration) -> Result<Vec<String>> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let mut connected = Vec::new();
+        let mut missing = Vec::new();
+        for id in client.node_ids()? {
+            if id == client.server_node_id || client.node_info(&id)?.connected {
+                connected.push(id);
+            } else {
+                missing.push(id);
+            }
+        }
+        if connected.len() >= expect {
+            return Ok(connected);
+        }
+        if Instant::now() >= deadline {
+            let also = if missing.is_empty() {
+                String::new()
+            } else {
+                format!("; known but not connected: {}", missing.join(", "))
+            };
+            return Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "{} of {expect} nodes connected after {} s ({}){also}",
+                    connected.len(),
+                    wait.as_secs(),
+                    connected.join(", ")
+                ),
+            ));
+        }
+        std::thread::sleep(UNIT_POLL);
+    }
+}
+
+/// How often [`wait_for_nodes`] looks again.
+const UNIT_POLL: Duration = Duration::from_millis(200);
+
+/// Provision every node of a unit through the main node: all nodes in parallel up to their
+/// last certificate, then FinishProvisioning on each secondary, then on the main node —
+/// which is left unfinished, and says why, if any secondary failed. `connect` opens a
+/// connection to the main node's protected socket (one per node, so they run in parallel).
+pub fn run_unit(
+    connect: &(dyn Fn() -> Result<Client> + Sync),
+    nodes: &[String],
+    signer: &(dyn CsrSigner + Sync),
+    opts: &RunOptions,
+    progress: &(dyn Fn(&str, &Step) + Sync),
+) -> Vec<NodeOutcome> {
+    let main_id = nodes.first().cloned().unwrap_or_default();
+    // Per node: the connection that prepared it (FinishProvisioning uses it too) and the
+    // certificates it got.
+    type Prepared = Result<(Client, Vec<CertInfo>)>;
+    let prepared: Vec<(String, Prepared)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .map(|id| {
+                scope.spawn(move || {
+                    let mut client = connect()?;
+                    let certs = prepare(&mut client, signer, opts, id, &mut |s| progress(id, s))?;
+                    Ok((client, certs))
+                })
+            })
+            .collect();
+        nodes
+            .iter()
+            .zip(handles)
+            .map(|(id, h)| {
+                let r = h
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::internal("the provisioning thread panicked")));
+                (id.clone(), r.map_err(|e: Error| e.context(format!("node {id}"))))
+            })
+            .collect()
+    });
+    let mut outcomes = Vec::new();
+    let mut main_prepared = None;
+    let mut failed_secondaries = Vec::new();
+    for (id, r) in prepared {
+        if id == main_id {
+            main_prepared = Some(r);
+            continue;
+        }
+        let result = r.and_then(|(mut client, certs)| {
+            finish(&mut client, opts, &id, &mut |s| progress(&id, s)).map_err(|e| e.context(format!("node {id}")))?;
+            Ok(certs)
+        });
+        if result.is_err() {
+            failed_secondaries.push(id.clone());
+        }
+        outcomes.push(NodeOutcome {
+            node_id: id,
+            main: false,
+            result,
+        });
+    }
+    if let Some(r) = main_prepared {
+        let result = r.and_then(|(mut client, certs)| {
+            if !failed_secondaries.is_empty() {
+                return Err(Error::wrong_state(format!(
+                    "node {main_id}: not finished, because secondary node(s) {} failed; its certificates are applied and it is still provisioning — run again once they are fixed",
+                    failed_secondaries.join(", ")
+                )));
+            }
+            finish(&mut client, opts, &main_id, &mut |s| progress(&main_id, s))
+                .map_err(|e| e.context(format!("node {main_id}")))?;
+            Ok(certs)
+        });
+        outcomes.insert(
+            0,
+            NodeOutcome {
+                node_id: main_id,
+                main: true,
+                result,
+            },
+        );
+    }
+    outcomes
 }

@@ -406,6 +406,7 @@ impl Provisioning {
             os_name,
             os_version,
             attributes: self.config.attributes.clone(),
+            connected: true,
         })
     }
 

@@ -10,9 +10,11 @@ use crate::broadcast::Broadcast;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::identity::Identity;
+use crate::nodes::Nodes;
+use crate::peer::Peer;
 use crate::permissions::Registry;
 use crate::provisioning::Provisioning;
-use crate::transport::{self, PeerCredentials};
+use crate::transport::{self, BoxStream, LinkAddr, LinkListener, LinkPeer, PeerCredentials};
 use crate::wire::{self, Event, FrameError, FrameKind, NodeInfo, Request, Response, Role};
 use smol::{lock::Semaphore, Async, Executor};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -24,8 +26,7 @@ pub const MAX_IN_FLIGHT: usize = 64;
 /// Connections served at once on one socket; further ones wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 256;
 /// Subscribers of one kind of event, and the events each may fall behind before it is dropped.
-pub const MAX_SUBSCRIBERS: usize = 256;
-pub const SUBSCRIBER_BACKLOG: usize = 64;
+pub use crate::nodes::{MAX_SUBSCRIBERS, SUBSCRIBER_BACKLOG};
 
 static EXECUTOR: Executor<'static> = Executor::new();
 
@@ -41,7 +42,22 @@ struct Shared {
     identity: Identity,
     permissions: Registry,
     subjects: Broadcast<Vec<String>>,
-    nodes: Broadcast<NodeInfo>,
+    nodes: Nodes,
+    provisioning_mode: bool,
+}
+
+/// The sockets iamd made: public, protected, and unix link listeners.
+fn remove_sockets(config: &Config) {
+    let links = config.links.listen.iter().filter_map(|a| match a {
+        LinkAddr::Unix(p) => Some(p),
+        _ => None,
+    });
+    for p in [&config.public_socket, &config.protected_socket]
+        .into_iter()
+        .chain(links)
+    {
+        let _ = std::fs::remove_file(p);
+    }
 }
 
 fn admitted(config: &Config, peer: &PeerCredentials) -> bool {
@@ -53,47 +69,21 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
     // Nothing iamd writes (database, keys, PIN files) is for other users; the sockets and
     // the marker are given their modes explicitly.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    // Block the signals iamd handles in every thread (all are spawned after this) and take
-    // them synchronously on a thread of their own: TERM and INT stop, HUP re-reads the
-    // identity files.
-    let signals = {
-        use nix::sys::signal::{SigSet, Signal};
-        let mut set = SigSet::empty();
-        set.add(Signal::SIGTERM);
-        set.add(Signal::SIGINT);
-        set.add(Signal::SIGHUP);
-        set.thread_block()
-            .map_err(|e| Error::internal(format!("cannot block signals: {e}")))?;
-        set
-    };
-    let (stop_tx, stop_rx) = smol::channel::bounded::<String>(1);
-    let (reload_tx, reload_rx) = smol::channel::bounded::<()>(1);
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || loop {
-            match signals.wait() {
-                Ok(nix::sys::signal::Signal::SIGHUP) => {
-                    let _ = reload_tx.try_send(());
-                }
-                Ok(sig) => {
-                    let _ = stop_tx.send_blocking(sig.as_str().to_string());
-                    return;
-                }
-                Err(_) => return,
-            }
-        })
-        .map_err(|e| Error::internal(format!("cannot start the signal thread: {e}")))?;
+    // Before any other thread is spawned: TERM and INT stop, HUP re-reads the identity files.
+    let signals = crate::signals::watch()?;
 
     let prov = Provisioning::open(config.clone(), provisioning_mode)?;
     prov.recover()?;
     let permissions = Registry::open(config.permissions.clone(), &prov.db)?;
+    let nodes = Nodes::open(&config, &prov.db)?;
     let shared = Arc::new(Shared {
         prov,
         body_limit: config.body_limit,
         identity: Identity::new(config.identity.clone()),
         permissions,
         subjects: Broadcast::new("subjects", MAX_SUBSCRIBERS, SUBSCRIBER_BACKLOG),
-        nodes: Broadcast::new("node", MAX_SUBSCRIBERS, SUBSCRIBER_BACKLOG),
+        nodes,
+        provisioning_mode,
     });
 
     let bind = |path: &PathBuf, mode: u32, gid: Option<u32>| -> Result<Async<UnixListener>> {
@@ -113,6 +103,18 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
             return Err(e);
         }
     };
+    let mut link_listeners = Vec::new();
+    for addr in &config.links.listen {
+        match LinkListener::bind(addr, config.protected_socket_mode, config.protected_socket_group) {
+            Ok(l) => link_listeners.push((addr.clone(), l)),
+            Err(e) => {
+                remove_sockets(&config);
+                return Err(Error::unavailable(format!(
+                    "cannot listen for node links on {addr}: {e}"
+                )));
+            }
+        }
+    }
 
     let state = shared.prov.state()?;
     crate::log_notice!(
@@ -131,16 +133,22 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
     let why = smol::block_on(EXECUTOR.run(async {
         let a = EXECUTOR.spawn(accept_loop(public, Socket::Public, shared.clone()));
         let b = EXECUTOR.spawn(accept_loop(protected, Socket::Protected, shared.clone()));
-        let c = EXECUTOR.spawn(watch_identity(shared.clone(), reload_rx));
-        let why = stop_rx.recv().await.unwrap_or_else(|_| "signal thread ended".into());
-        drop((a, b, c));
+        let c = EXECUTOR.spawn(watch_identity(shared.clone(), signals.reload));
+        let links: Vec<_> = link_listeners
+            .into_iter()
+            .map(|(addr, l)| EXECUTOR.spawn(accept_links(addr, l, shared.clone())))
+            .collect();
+        let why = signals
+            .stop
+            .recv()
+            .await
+            .unwrap_or_else(|_| "signal thread ended".into());
+        drop((a, b, c, links));
         why
     }));
     let _ = crate::notify::notify("STOPPING=1");
     crate::log_notice!("{why}: stopping");
-    for p in [&config.public_socket, &config.protected_socket] {
-        let _ = std::fs::remove_file(p);
-    }
+    remove_sockets(&config);
     Ok(())
 }
 
@@ -231,13 +239,6 @@ async fn send(stream: &Async<UnixStream>, lock: &smol::lock::Mutex<()>, frame: V
     transport::write_frame(&mut &*stream, &frame).await.is_ok()
 }
 
-fn error_frame(id: u64, e: &Error, limit: u32) -> Vec<u8> {
-    wire::encode_frame(FrameKind::Error, id, e, limit).unwrap_or_else(|_| {
-        let short = Error::new(e.kind.clone(), "error message too long to send");
-        wire::encode_frame(FrameKind::Error, id, &short, limit).expect("a short error fits any limit")
-    })
-}
-
 async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
     let stream = Arc::new(stream);
     let lock = Arc::new(smol::lock::Mutex::new(()));
@@ -266,7 +267,7 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
             "uid {} gid {} is not allowed on the protected socket",
             peer.uid, peer.gid
         ));
-        send_last(&stream, &lock, error_frame(0, &e, limit)).await;
+        send_last(&stream, &lock, wire::error_frame(0, &e, limit)).await;
         return;
     }
 
@@ -298,7 +299,7 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
                     _ => 0,
                 };
                 if !matches!(e, FrameError::Io(_) | FrameError::Truncated) {
-                    send_last(&stream, &lock, error_frame(id, &e.into(), limit)).await;
+                    send_last(&stream, &lock, wire::error_frame(id, &e.into(), limit)).await;
                 }
                 return;
             }
@@ -309,7 +310,7 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
             Ok(r) => r,
             Err(e) => {
                 crate::log_warn!("{socket:?} socket, pid {}: {e}; closing", peer.pid);
-                send_last(&stream, &lock, error_frame(header.id, &e, limit)).await;
+                send_last(&stream, &lock, wire::error_frame(header.id, &e, limit)).await;
                 return;
             }
         };
@@ -318,6 +319,7 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
                 Request::Hello {
                     version,
                     role: Role::Client,
+                    ..
                 } if version == crate::PROTOCOL_VERSION => {
                     greeted = true;
                     wire::encode_frame(
@@ -334,7 +336,8 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
                 Request::Hello {
                     version,
                     role: Role::Client,
-                } => error_frame(
+                    ..
+                } => wire::error_frame(
                     header.id,
                     &Error::protocol(format!(
                         "protocol version {version} is not supported; this iamd speaks version {}",
@@ -342,12 +345,14 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
                     )),
                     limit,
                 ),
-                Request::Hello { role, .. } => error_frame(
+                Request::Hello { role, .. } => wire::error_frame(
                     header.id,
-                    &Error::protocol(format!("role {role:?} is not served on this socket")),
+                    &Error::protocol(format!(
+                        "role {role:?} is not served on this socket; node links use the link listeners"
+                    )),
                     limit,
                 ),
-                other => error_frame(
+                other => wire::error_frame(
                     header.id,
                     &Error::protocol(format!("expected Hello first, got {}", other.name())),
                     limit,
@@ -376,10 +381,10 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
                 let op = request.name();
                 let frame = match dispatch(request, socket, shared.clone()).await {
                     Ok(resp) => wire::encode_frame(FrameKind::Response, header.id, &resp, limit)
-                        .unwrap_or_else(|e| error_frame(header.id, &Error::from(e).context(op), limit)),
+                        .unwrap_or_else(|e| wire::error_frame(header.id, &Error::from(e).context(op), limit)),
                     Err(e) => {
                         crate::log_info!("{op} from pid {}: {} ({})", peer.pid, e, e.kind.name());
-                        error_frame(header.id, &e, limit)
+                        wire::error_frame(header.id, &e, limit)
                     }
                 };
                 send(&stream, &lock, frame).await;
@@ -408,14 +413,14 @@ async fn subscribe(
         Request::SubscribeSubjectsChanged => match shared.subjects.subscribe() {
             Ok((k, rx)) => (k, Source::Subjects(rx)),
             Err(e) => {
-                send(stream, lock, error_frame(id, &e, limit)).await;
+                send(stream, lock, wire::error_frame(id, &e, limit)).await;
                 return;
             }
         },
-        _ => match shared.nodes.subscribe() {
+        _ => match shared.nodes.events.subscribe() {
             Ok((k, rx)) => (k, Source::Nodes(rx)),
             Err(e) => {
-                send(stream, lock, error_frame(id, &e, limit)).await;
+                send(stream, lock, wire::error_frame(id, &e, limit)).await;
                 return;
             }
         },
@@ -442,7 +447,7 @@ async fn subscribe(
                 match event {
                     Some(Some(e)) => {
                         let frame = wire::encode_frame(FrameKind::Event, id, &e, limit)
-                            .unwrap_or_else(|e| error_frame(id, &Error::from(e), limit));
+                            .unwrap_or_else(|e| wire::error_frame(id, &Error::from(e), limit));
                         if !send(&stream, &lock, frame).await {
                             break;
                         }
@@ -451,7 +456,7 @@ async fn subscribe(
                         let e = Error::unavailable(format!(
                             "subscription ended: the subscriber fell {SUBSCRIBER_BACKLOG} events behind"
                         ));
-                        send(&stream, &lock, error_frame(id, &e, limit)).await;
+                        send(&stream, &lock, wire::error_frame(id, &e, limit)).await;
                         break;
                     }
                     None => break,
@@ -459,7 +464,7 @@ async fn subscribe(
             }
             match &source {
                 Source::Subjects(_) => shared.subjects.unsubscribe(key),
-                Source::Nodes(_) => shared.nodes.unsubscribe(key),
+                Source::Nodes(_) => shared.nodes.events.unsubscribe(key),
             }
         })
         .detach();
@@ -469,9 +474,7 @@ fn decode_request(kind: FrameKind, body: &[u8]) -> Result<Request> {
     if kind != FrameKind::Request {
         return Err(Error::protocol(format!("expected a request frame, got {kind:?}")));
     }
-    let r: Request = wire::decode_body(body)?;
-    r.check_bounds()?;
-    Ok(r)
+    wire::decode_request(body)
 }
 
 async fn dispatch(request: Request, socket: Socket, shared: Arc<Shared>) -> Result<Response> {
@@ -480,6 +483,23 @@ async fn dispatch(request: Request, socket: Socket, shared: Arc<Shared>) -> Resu
             "{} is served on the protected socket only",
             request.name()
         )));
+    }
+    if request.is_link_only() {
+        return Err(Error::protocol(format!(
+            "{} is served on node links only",
+            request.name()
+        )));
+    }
+    // Another node's request: its info from the registry, everything else over its link.
+    match (&request, request.target_node()) {
+        (Request::GetNodeInfo { node_id }, _) if shared.nodes.is_other(node_id) => {
+            return shared.nodes.info(node_id).map(Response::NodeInfo)
+        }
+        (_, Some(node_id)) if shared.nodes.is_other(node_id) => {
+            let node_id = node_id.to_string();
+            return shared.nodes.forward(&node_id, request).await;
+        }
+        _ => {}
     }
     blocking::unblock(move || handle(&shared, request)).await
 }
@@ -496,7 +516,7 @@ fn handle(shared: &Shared, request: Request) -> Result<Response> {
             protocol: crate::PROTOCOL_VERSION,
         }),
         Request::GetNodeInfo { node_id } => prov.node_info(&node_id).map(Response::NodeInfo),
-        Request::GetAllNodeIds => Ok(Response::NodeIds(vec![prov.config.node_id.clone()])),
+        Request::GetAllNodeIds => Ok(Response::NodeIds(shared.nodes.ids())),
         Request::GetCert {
             cert_type,
             issuer,
@@ -555,15 +575,193 @@ fn handle(shared: &Shared, request: Request) -> Result<Response> {
         Request::SubscribeSubjectsChanged | Request::SubscribeNodeChanged => {
             Err(Error::internal("subscriptions are served by the connection"))
         }
+        Request::RegisterNode { .. } | Request::NodeInfoChanged { .. } => {
+            Err(Error::internal("node links are served by the link listeners"))
+        }
     };
     if r.is_ok() {
         crate::log_info!("{op}: done");
         if changes_node {
             match prov.node_info("") {
-                Ok(info) => shared.nodes.send(info),
+                Ok(info) => shared.nodes.events.send(info),
                 Err(e) => crate::log_warn!("node info for subscribers: {e}"),
             }
         }
     }
     r
+}
+
+async fn accept_links(addr: LinkAddr, listener: LinkListener, shared: Arc<Shared>) {
+    let places = Arc::new(Semaphore::new(crate::nodes::MAX_NODES));
+    loop {
+        let permit = places.acquire_arc().await;
+        match listener.accept().await {
+            Ok((stream, from)) => {
+                let shared = shared.clone();
+                let addr = addr.clone();
+                EXECUTOR
+                    .spawn(async move {
+                        serve_link(stream, &addr, from, shared).await;
+                        drop(permit);
+                    })
+                    .detach();
+            }
+            Err(e) => {
+                crate::log_error!("accept on the link listener {addr}: {e}");
+                smol::Timer::after(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Whether a link may run in the clear on this main node now (DESIGN §7): never over TCP;
+/// with `tls = "auto"` only while the main node is in provisioning mode.
+fn plaintext_allowed(shared: &Shared, addr: &LinkAddr) -> std::result::Result<(), String> {
+    use crate::config::LinkTls;
+    match shared.prov.config.links.tls {
+        _ if addr.is_tcp() => Err("links over TCP always use TLS".into()),
+        LinkTls::Off => Ok(()),
+        LinkTls::Auto if shared.provisioning_mode => Ok(()),
+        LinkTls::Auto => Err("links use TLS once the main node is out of provisioning mode".into()),
+        LinkTls::Required => Err("links.tls is \"required\"".into()),
+    }
+}
+
+/// Read the link's hello (within the hello timeout) and answer it. Returns the node id the
+/// secondary states.
+async fn link_hello(stream: &mut BoxStream, shared: &Shared) -> Result<String> {
+    let limit = shared.body_limit;
+    let deadline = shared.prov.config.hello_timeout;
+    let read = transport::read_frame(stream, limit);
+    let frame = smol::future::or(async { read.await.map_err(Error::from) }, async {
+        smol::Timer::after(deadline).await;
+        Err(FrameError::HelloTimeout(deadline.as_secs()).into())
+    })
+    .await?;
+    let (header, body) = frame.ok_or_else(|| Error::unavailable("closed before its hello"))?;
+    match decode_request(header.kind, &body)? {
+        Request::Hello {
+            version,
+            role: Role::NodeLink,
+            node_id,
+        } if version == crate::PROTOCOL_VERSION && !node_id.is_empty() => {
+            let answer = Response::Hello {
+                version: crate::PROTOCOL_VERSION,
+                node_id: shared.prov.config.node_id.clone(),
+            };
+            let frame = wire::encode_frame(FrameKind::Response, header.id, &answer, limit)?;
+            transport::write_frame(stream, &frame).await?;
+            Ok(node_id)
+        }
+        Request::Hello {
+            version,
+            role: Role::NodeLink,
+            ..
+        } if version != crate::PROTOCOL_VERSION => Err(Error::protocol(format!(
+            "protocol version {version} is not supported; this iamd speaks version {}",
+            crate::PROTOCOL_VERSION
+        ))),
+        Request::Hello {
+            role: Role::NodeLink, ..
+        } => Err(Error::protocol("a node link's hello must name its node")),
+        Request::Hello { role, .. } => Err(Error::protocol(format!(
+            "role {role:?} is not served on a link listener"
+        ))),
+        other => Err(Error::protocol(format!("expected Hello first, got {}", other.name()))),
+    }
+}
+
+/// One node link: admission, hello, then RegisterNode and the node's info changes from the
+/// secondary, while forwarded requests go the other way (see [`Nodes::forward`]).
+async fn serve_link(mut stream: BoxStream, addr: &LinkAddr, from: LinkPeer, shared: Arc<Shared>) {
+    let limit = shared.body_limit;
+    let refuse = |e: Error| wire::error_frame(0, &e, limit);
+    if let LinkPeer::Unix(peer) = &from {
+        if !admitted(&shared.prov.config, peer) {
+            crate::log_warn!("link listener {addr}: refused {from}");
+            let e = Error::unauthorized(format!(
+                "uid {} gid {} is not allowed on the link listener",
+                peer.uid, peer.gid
+            ));
+            let _ = transport::write_frame(&mut stream, &refuse(e)).await;
+            return;
+        }
+    }
+    if let Err(why) = plaintext_allowed(&shared, addr) {
+        crate::log_warn!("link listener {addr}: refused {from}: {why}");
+        let e = Error::unauthorized(format!("this link must use TLS: {why}"));
+        let _ = transport::write_frame(&mut stream, &refuse(e)).await;
+        return;
+    }
+    let node_id = match link_hello(&mut stream, &shared).await {
+        Ok(id) => id,
+        Err(e) => {
+            crate::log_warn!("link listener {addr}, {from}: {e}; closing");
+            let _ = transport::write_frame(&mut stream, &refuse(e)).await;
+            return;
+        }
+    };
+    crate::log_info!("link listener {addr}: node \"{node_id}\" linked from {from}");
+    let (peer, reader) = Peer::new(format!("node \"{node_id}\""), stream, limit);
+    let registered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reason = peer
+        .read_loop(reader, |id, request| {
+            let (shared, peer, registered, node_id) =
+                (shared.clone(), peer.clone(), registered.clone(), node_id.clone());
+            async move {
+                let result = link_request(&shared, &peer, &registered, &node_id, request).await;
+                if let Err(e) = &result {
+                    crate::log_warn!("node \"{node_id}\": {e}");
+                }
+                let _ = peer.answer(id, result).await;
+                // A link that could not register its node has nothing more to do.
+                registered.load(std::sync::atomic::Ordering::SeqCst)
+            }
+        })
+        .await;
+    if registered.load(std::sync::atomic::Ordering::SeqCst) {
+        let (s, p, id) = (shared.clone(), peer.clone(), node_id.clone());
+        blocking::unblock(move || s.nodes.disconnected(&s.prov.db, &id, &p)).await;
+        crate::log_notice!("node \"{node_id}\" disconnected: {reason}");
+    }
+}
+
+/// A request from a secondary node over its link.
+async fn link_request(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    registered: &std::sync::atomic::AtomicBool,
+    node_id: &str,
+    request: Request,
+) -> Result<Response> {
+    use std::sync::atomic::Ordering;
+    let info = match request {
+        Request::RegisterNode { info } | Request::NodeInfoChanged { info } if info.node_id != node_id => {
+            return Err(Error::invalid(format!(
+                "the link said it is node \"{node_id}\" but reports node \"{}\"",
+                info.node_id
+            )))
+        }
+        Request::RegisterNode { info } if !registered.load(Ordering::SeqCst) => {
+            let (s, p) = (shared.clone(), peer.clone());
+            blocking::unblock(move || s.nodes.register(&s.prov.db, info, &p)).await?;
+            registered.store(true, Ordering::SeqCst);
+            crate::log_notice!("node \"{node_id}\" registered");
+            return Ok(Response::Done);
+        }
+        Request::RegisterNode { .. } => return Err(Error::wrong_state("the node is already registered on this link")),
+        Request::NodeInfoChanged { .. } if !registered.load(Ordering::SeqCst) => {
+            return Err(Error::wrong_state("RegisterNode must come first on a node link"))
+        }
+        Request::NodeInfoChanged { info } => info,
+        other => {
+            return Err(Error::protocol(format!(
+                "{} is not served on a node link",
+                other.name()
+            )))
+        }
+    };
+    let (s, p) = (shared.clone(), peer.clone());
+    blocking::unblock(move || s.nodes.update(&s.prov.db, info, &p)).await?;
+    Ok(Response::Done)
 }

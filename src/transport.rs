@@ -1,7 +1,9 @@
-//! Byte streams that carry frames: reading and writing whole frames, and Unix listeners.
+//! Byte streams that carry frames: reading and writing whole frames, Unix listeners, and
+//! the addresses, dialers and listeners of node links (unix, vsock, TCP, stdio).
 //!
 //! Frames are read header first; the body is allocated only after [`Header::decode`]
-//! has accepted its length. Vsock, TCP and stdio links use the same frame functions.
+//! has accepted its length. Every kind of link is one boxed [`Stream`], so the layers
+//! above (TLS, the link protocol) never know which carries them.
 
 use crate::wire::{FrameError, Header, HEADER_LEN};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -124,10 +126,288 @@ pub fn peer_credentials(stream: &impl std::os::fd::AsFd) -> io::Result<PeerCrede
     })
 }
 
+/// A byte stream a node link runs over.
+pub trait Stream: smol::io::AsyncRead + smol::io::AsyncWrite + Send + Unpin {}
+impl<T: smol::io::AsyncRead + smol::io::AsyncWrite + Send + Unpin> Stream for T {}
+pub type BoxStream = Box<dyn Stream>;
+
+/// `VMADDR_CID_ANY`: a vsock listener accepts from every context.
+pub const VSOCK_CID_ANY: u32 = u32::MAX;
+
+/// Where a node link is dialed or accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkAddr {
+    Unix(std::path::PathBuf),
+    Vsock {
+        cid: u32,
+        port: u32,
+    },
+    /// `host:port` (a name is resolved when dialing).
+    Tcp(String),
+    /// Standard input and output: the byte pipe of `vchan-socket-proxy`, `socat` or a
+    /// virtio-serial port.
+    Stdio,
+}
+
+impl std::fmt::Display for LinkAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            LinkAddr::Vsock {
+                cid: VSOCK_CID_ANY,
+                port,
+            } => write!(f, "vsock:{port}"),
+            LinkAddr::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+            LinkAddr::Tcp(a) => write!(f, "tcp:{a}"),
+            LinkAddr::Stdio => f.write_str("stdio"),
+        }
+    }
+}
+
+fn number<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, String> {
+    s.parse().map_err(|_| format!("\"{s}\" is not a valid {what}"))
+}
+
+impl LinkAddr {
+    /// `unix:PATH`, `vsock:PORT` (any CID) or `tcp:ADDR:PORT`.
+    pub fn parse_listen(s: &str) -> Result<LinkAddr, String> {
+        match s.split_once(':') {
+            Some(("vsock", port)) => Ok(LinkAddr::Vsock {
+                cid: VSOCK_CID_ANY,
+                port: number("vsock port", port)?,
+            }),
+            Some(("unix" | "tcp", _)) => Self::parse_connect(s),
+            _ => Err(format!("\"{s}\" is not one of unix:PATH, vsock:PORT, tcp:ADDR:PORT")),
+        }
+    }
+
+    /// `unix:PATH`, `vsock:CID:PORT`, `tcp:HOST:PORT` or `stdio`.
+    pub fn parse_connect(s: &str) -> Result<LinkAddr, String> {
+        match s.split_once(':') {
+            None if s == "stdio" => Ok(LinkAddr::Stdio),
+            Some(("unix", path)) if path.starts_with('/') => Ok(LinkAddr::Unix(path.into())),
+            Some(("unix", _)) => Err(format!("\"{s}\": a unix link needs an absolute path")),
+            Some(("vsock", rest)) => {
+                let (cid, port) = rest
+                    .split_once(':')
+                    .ok_or_else(|| format!("\"{s}\" is not vsock:CID:PORT"))?;
+                Ok(LinkAddr::Vsock {
+                    cid: number("vsock CID", cid)?,
+                    port: number("vsock port", port)?,
+                })
+            }
+            Some(("tcp", rest)) => match rest.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() => {
+                    number::<u16>("TCP port", port)?;
+                    Ok(LinkAddr::Tcp(rest.into()))
+                }
+                _ => Err(format!("\"{s}\" is not tcp:HOST:PORT")),
+            },
+            _ => Err(format!(
+                "\"{s}\" is not one of unix:PATH, vsock:CID:PORT, tcp:HOST:PORT, stdio"
+            )),
+        }
+    }
+
+    pub fn is_tcp(&self) -> bool {
+        matches!(self, LinkAddr::Tcp(_))
+    }
+}
+
+/// Standard input and output as one stream (blocking reads and writes on their own threads).
+struct Duplex<R, W> {
+    r: R,
+    w: W,
+}
+
+impl<R: smol::io::AsyncRead + Unpin, W: Unpin> smol::io::AsyncRead for Duplex<R, W> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.r).poll_read(cx, buf)
+    }
+}
+
+impl<R: Unpin, W: smol::io::AsyncWrite + Unpin> smol::io::AsyncWrite for Duplex<R, W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.w).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.w).poll_flush(cx)
+    }
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.w).poll_close(cx)
+    }
+}
+
+fn vsock_socket() -> io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(io::Error::from)
+}
+
+/// A connected or listening vsock socket, readable and writable like any fd: `File` reads
+/// and writes with read(2)/write(2), which is all a stream socket needs.
+fn vsock_async(fd: std::os::fd::OwnedFd) -> io::Result<smol::Async<std::fs::File>> {
+    smol::Async::new(std::fs::File::from(fd))
+}
+
+/// Dial a node link.
+pub async fn connect(addr: &LinkAddr) -> io::Result<BoxStream> {
+    Ok(match addr {
+        LinkAddr::Unix(p) => Box::new(smol::Async::<UnixStream>::connect(p).await?),
+        LinkAddr::Tcp(a) => {
+            let s = smol::net::TcpStream::connect(a.as_str()).await?;
+            s.set_nodelay(true)?;
+            Box::new(s)
+        }
+        LinkAddr::Vsock { cid, port } => {
+            let (cid, port) = (*cid, *port);
+            let fd = blocking::unblock(move || {
+                let fd = vsock_socket()?;
+                nix::sys::socket::connect(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    &nix::sys::socket::VsockAddr::new(cid, port),
+                )
+                .map_err(io::Error::from)?;
+                Ok::<_, io::Error>(fd)
+            })
+            .await?;
+            Box::new(vsock_async(fd)?)
+        }
+        LinkAddr::Stdio => Box::new(Duplex {
+            r: blocking::Unblock::new(std::io::stdin()),
+            w: blocking::Unblock::new(std::io::stdout()),
+        }),
+    })
+}
+
+/// A listener for node links.
+pub enum LinkListener {
+    Unix(smol::Async<UnixListener>),
+    Tcp(smol::Async<std::net::TcpListener>),
+    Vsock(smol::Async<std::fs::File>),
+}
+
+/// Who is at the other end of an accepted link, for logs and admission.
+#[derive(Debug, Clone)]
+pub enum LinkPeer {
+    Unix(PeerCredentials),
+    Tcp(std::net::SocketAddr),
+    Vsock { cid: u32, port: u32 },
+}
+
+impl std::fmt::Display for LinkPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkPeer::Unix(c) => write!(f, "pid {} uid {} gid {}", c.pid, c.uid, c.gid),
+            LinkPeer::Tcp(a) => write!(f, "tcp {a}"),
+            LinkPeer::Vsock { cid, port } => write!(f, "vsock cid {cid} port {port}"),
+        }
+    }
+}
+
+impl LinkListener {
+    /// Listen on `addr`; a unix listener gets `mode` and `gid` as [`bind_unix`] gives them.
+    pub fn bind(addr: &LinkAddr, mode: u32, gid: Option<u32>) -> io::Result<LinkListener> {
+        Ok(match addr {
+            LinkAddr::Unix(p) => LinkListener::Unix(smol::Async::new(bind_unix(p, mode, gid)?)?),
+            LinkAddr::Tcp(a) => LinkListener::Tcp(smol::Async::new(std::net::TcpListener::bind(a.as_str())?)?),
+            LinkAddr::Vsock { cid, port } => {
+                use std::os::fd::AsRawFd;
+                let fd = vsock_socket()?;
+                nix::sys::socket::bind(fd.as_raw_fd(), &nix::sys::socket::VsockAddr::new(*cid, *port))
+                    .map_err(io::Error::from)?;
+                nix::sys::socket::listen(&fd, nix::sys::socket::Backlog::new(64).map_err(io::Error::from)?)
+                    .map_err(io::Error::from)?;
+                LinkListener::Vsock(vsock_async(fd)?)
+            }
+            LinkAddr::Stdio => {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "stdio is not a listener"));
+            }
+        })
+    }
+
+    pub async fn accept(&self) -> io::Result<(BoxStream, LinkPeer)> {
+        match self {
+            LinkListener::Unix(l) => {
+                let (s, _) = l.accept().await?;
+                let peer = peer_credentials(s.get_ref())?;
+                Ok((Box::new(s), LinkPeer::Unix(peer)))
+            }
+            LinkListener::Tcp(l) => {
+                let (s, a) = l.accept().await?;
+                s.get_ref().set_nodelay(true)?;
+                Ok((Box::new(s), LinkPeer::Tcp(a)))
+            }
+            LinkListener::Vsock(l) => {
+                use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+                let fd = l
+                    .read_with(|f| {
+                        nix::sys::socket::accept4(f.as_raw_fd(), nix::sys::socket::SockFlag::SOCK_CLOEXEC)
+                            .map_err(io::Error::from)
+                    })
+                    .await?;
+                // SAFETY: accept4 just returned this descriptor; nothing else owns it.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                let addr: nix::sys::socket::VsockAddr =
+                    nix::sys::socket::getpeername(fd.as_raw_fd()).map_err(io::Error::from)?;
+                Ok((
+                    Box::new(vsock_async(fd)?),
+                    LinkPeer::Vsock {
+                        cid: addr.cid(),
+                        port: addr.port(),
+                    },
+                ))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::{encode_frame, FrameKind, Request, DEFAULT_BODY_LIMIT};
+
+    #[test]
+    fn link_addresses_parse_and_print_back() {
+        for s in [
+            "unix:/run/aos-iam/link.sock",
+            "vsock:5000",
+            "tcp:0.0.0.0:8089",
+            "tcp:[::1]:8089",
+        ] {
+            assert_eq!(LinkAddr::parse_listen(s).unwrap().to_string(), s);
+        }
+        for s in ["unix:/x/l.sock", "vsock:2:5000", "tcp:main.local:8089", "stdio"] {
+            assert_eq!(LinkAddr::parse_connect(s).unwrap().to_string(), s);
+        }
+        for bad in [
+            "",
+            "stdio",
+            "vsock:x",
+            "tcp:8089",
+            "unix:rel/path",
+            "udp:1:2",
+            "tcp:h:99999",
+        ] {
+            assert!(LinkAddr::parse_listen(bad).is_err(), "{bad}");
+        }
+        for bad in ["vsock:5000", "tcp::1", "unix:", "pipe"] {
+            assert!(LinkAddr::parse_connect(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn reads_back_what_was_written() {

@@ -197,6 +197,22 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     Ok(value)
 }
 
+/// A request body decoded exactly and within its bounds.
+pub fn decode_request(body: &[u8]) -> Result<Request, Error> {
+    let r: Request = decode_body(body)?;
+    r.check_bounds()?;
+    Ok(r)
+}
+
+/// An error frame for request `id` (0: the connection as a whole). A message too long for
+/// the limit is replaced by a short one of the same kind.
+pub fn error_frame(id: u64, e: &Error, limit: u32) -> Vec<u8> {
+    encode_frame(FrameKind::Error, id, e, limit).unwrap_or_else(|_| {
+        let short = Error::new(e.kind.clone(), "error message too long to send");
+        encode_frame(FrameKind::Error, id, &short, limit).expect("a short error fits any limit")
+    })
+}
+
 /// Who opened a connection, stated in the hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
@@ -230,9 +246,12 @@ impl NodeState {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
+    /// The first frame on every connection. `node_id` is the node a link speaks for
+    /// (empty for clients).
     Hello {
         version: u8,
         role: Role,
+        node_id: String,
     },
     Version,
     GetNodeInfo {
@@ -297,7 +316,18 @@ pub enum Request {
     ResumeNode {
         node_id: String,
     },
+    /// Node link, secondary → main: the first request after the hello.
+    RegisterNode {
+        info: NodeInfo,
+    },
+    /// Node link, secondary → main: the node's info changed (state, partitions…).
+    NodeInfoChanged {
+        info: NodeInfo,
+    },
 }
+
+/// Nodes of a unit whose info one link may report: CPUs, partitions and attributes.
+pub const MAX_NODE_ITEMS: usize = 256;
 
 impl Request {
     /// The operation's name as in DESIGN §4, for logs and errors.
@@ -325,7 +355,42 @@ impl Request {
             Request::SubscribeNodeChanged => "SubscribeNodeChanged",
             Request::PauseNode { .. } => "PauseNode",
             Request::ResumeNode { .. } => "ResumeNode",
+            Request::RegisterNode { .. } => "RegisterNode",
+            Request::NodeInfoChanged { .. } => "NodeInfoChanged",
         }
+    }
+
+    /// The node an operation is for, for those that name one. On the main node, a node id
+    /// other than its own sends the request over that node's link.
+    pub fn target_node(&self) -> Option<&str> {
+        match self {
+            Request::GetNodeInfo { node_id }
+            | Request::ListCerts { node_id }
+            | Request::GetProvisioningStatus { node_id }
+            | Request::GetCertTypes { node_id }
+            | Request::StartProvisioning { node_id, .. }
+            | Request::CreateKey { node_id, .. }
+            | Request::ApplyCert { node_id, .. }
+            | Request::FinishProvisioning { node_id, .. }
+            | Request::Deprovision { node_id, .. }
+            | Request::PauseNode { node_id }
+            | Request::ResumeNode { node_id } => Some(node_id),
+            _ => None,
+        }
+    }
+
+    /// Operations that may take minutes (hooks, token initialisation) and get the long
+    /// forwarding timeout.
+    pub fn is_long(&self) -> bool {
+        matches!(
+            self,
+            Request::StartProvisioning { .. } | Request::FinishProvisioning { .. } | Request::Deprovision { .. }
+        )
+    }
+
+    /// Requests that only a secondary node's link sends, and only on a link.
+    pub fn is_link_only(&self) -> bool {
+        matches!(self, Request::RegisterNode { .. } | Request::NodeInfoChanged { .. })
     }
 
     /// Whether the operation, when it succeeds, changes the node's state (reported to node
@@ -377,8 +442,9 @@ impl Request {
             Ok(())
         }
         match self {
-            Request::Hello { .. }
-            | Request::Version
+            Request::Hello { node_id, .. } => max("node_id", node_id.len(), MAX_NAME_LEN),
+            Request::RegisterNode { info } | Request::NodeInfoChanged { info } => info.check_bounds(),
+            Request::Version
             | Request::GetAllNodeIds
             | Request::GetSystemInfo
             | Request::GetSubjects
@@ -460,6 +526,65 @@ pub struct NodeInfo {
     pub os_version: String,
     /// Attributes from the configuration (`MainNode`…), name and value.
     pub attributes: Vec<(String, String)>,
+    /// Whether the node is reachable now: always for the node answering; for another
+    /// node, whether its link is up.
+    pub connected: bool,
+}
+
+impl NodeInfo {
+    /// Bounds on what a node link may report about its node.
+    pub fn check_bounds(&self) -> Result<(), FrameError> {
+        let too_long = [
+            ("node_id", &self.node_id),
+            ("node_type", &self.node_type),
+            ("name", &self.name),
+            ("os_name", &self.os_name),
+            ("os_version", &self.os_version),
+        ]
+        .into_iter()
+        .find(|(_, v)| v.len() > MAX_NAME_LEN);
+        if let Some((what, v)) = too_long {
+            return Err(FrameError::Bounds(format!(
+                "node info {what} is {} bytes, at most {MAX_NAME_LEN} allowed",
+                v.len()
+            )));
+        }
+        if self.node_id.is_empty() {
+            return Err(FrameError::Bounds("node info has an empty node_id".into()));
+        }
+        for (what, n) in [
+            ("CPUs", self.cpus.len()),
+            ("partitions", self.partitions.len()),
+            ("attributes", self.attributes.len()),
+        ] {
+            if n > MAX_NODE_ITEMS {
+                return Err(FrameError::Bounds(format!(
+                    "node info has {n} {what}, at most {MAX_NODE_ITEMS} allowed"
+                )));
+            }
+        }
+        let strings = self
+            .cpus
+            .iter()
+            .flat_map(|c| [&c.model, &c.architecture])
+            .chain(self.partitions.iter().flat_map(|p| [&p.name, &p.path]))
+            .chain(self.partitions.iter().flat_map(|p| p.types.iter()))
+            .chain(self.attributes.iter().flat_map(|(k, v)| [k, v]));
+        for s in strings {
+            if s.len() > MAX_VALUE_LEN {
+                return Err(FrameError::Bounds(format!(
+                    "a node info value is {} bytes, at most {MAX_VALUE_LEN} allowed",
+                    s.len()
+                )));
+            }
+        }
+        if self.partitions.iter().any(|p| p.types.len() > MAX_ENTRIES) {
+            return Err(FrameError::Bounds(format!(
+                "a partition has more than {MAX_ENTRIES} types"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// One physical CPU (socket) as /proc/cpuinfo describes it.

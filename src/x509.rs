@@ -23,6 +23,14 @@ pub const MAX_CHAIN_LEN: usize = 16;
 /// name checks grow with their product (x509-limbo nc-dos).
 pub const MAX_NAMES: usize = 64;
 
+/// Seconds since the Unix epoch as RFC 3339 (UTC), for humans and JSON.
+pub fn rfc3339(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| t.to_string())
+}
+
 /// PEM with 64-column base64, as openssl writes it.
 pub fn pem_encode(label: &str, der: &[u8]) -> String {
     let b64 = base64_encode(der);

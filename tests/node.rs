@@ -3,53 +3,8 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
-
-/// A watching applet, its JSON lines delivered on a channel.
-struct Watcher {
-    child: Child,
-    lines: mpsc::Receiver<serde_json::Value>,
-}
-
-impl Watcher {
-    fn start(node: &Node, applet: &str, args: &[&str]) -> Watcher {
-        let mut cmd = node.cmd();
-        cmd.arg(applet).args(args).stdout(Stdio::piped()).stderr(Stdio::null());
-        let mut child = cmd.spawn().unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
-                    break;
-                }
-            }
-        });
-        Watcher { child, lines }
-    }
-
-    fn next(&self) -> serde_json::Value {
-        self.lines
-            .recv_timeout(Duration::from_secs(20))
-            .expect("an event within 20 s")
-    }
-
-    fn nothing_for(&self, d: Duration) {
-        if let Ok(v) = self.lines.recv_timeout(d) {
-            panic!("unexpected event {v}");
-        }
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn hup(node: &Node) {
     let pid = node.iamd.as_ref().unwrap().id() as i32;

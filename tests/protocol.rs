@@ -31,6 +31,7 @@ fn hello_frame(id: u64, version: u8) -> Vec<u8> {
         &Request::Hello {
             version,
             role: Role::Client,
+            node_id: String::new(),
         },
         1 << 16,
     )

@@ -2,10 +2,11 @@
 //! root CA, an iamd configuration, and the real `aos-iam` binary run over its real sockets.
 #![allow(dead_code)]
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -99,6 +100,8 @@ pub struct Node {
     pub iamd: Option<Child>,
     /// Extra TOML appended to the generated configuration.
     pub extra_config: String,
+    /// Extra keys of its `[node]` table (`role = "secondary"`).
+    pub node_extra: String,
     /// Modules in the generated configuration: (id, algorithm, EKUs, self_signed, max_items).
     pub modules: Vec<(&'static str, &'static str, &'static str, bool, u32)>,
 }
@@ -124,6 +127,7 @@ impl Node {
             store,
             iamd: None,
             extra_config: String::new(),
+            node_extra: String::new(),
             modules: vec![
                 ("iam", "ecdsa-p384", r#"["clientAuth", "serverAuth"]"#, false, 2),
                 ("online", "ecdsa-p256", r#"["clientAuth"]"#, false, 2),
@@ -167,8 +171,9 @@ impl Node {
     pub fn config_text(&self) -> String {
         let d = self.dir.display();
         let mut c = format!(
-            "[node]\nid_file = \"{d}/node-id\"\nname = \"test node\"\n\n[paths]\nworking_dir = \"{d}/work\"\nroot_ca = \"{d}/ca.pem\"\n\
-             public_socket = \"{d}/run/public.sock\"\nprotected_socket = \"{d}/run/protected.sock\"\n"
+            "[node]\nid_file = \"{d}/node-id\"\nname = \"test node\"\n{}\n[paths]\nworking_dir = \"{d}/work\"\nroot_ca = \"{d}/ca.pem\"\n\
+             public_socket = \"{d}/run/public.sock\"\nprotected_socket = \"{d}/run/protected.sock\"\n",
+            self.node_extra
         );
         for (id, alg, eku, self_signed, max) in &self.modules {
             c.push_str(&format!(
@@ -459,4 +464,225 @@ pub fn as_nobody(node: &Node, args: &[&str]) -> Out {
 
 pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
+}
+
+/// A watching applet, its JSON lines delivered on a channel.
+pub struct Watcher {
+    child: Child,
+    lines: mpsc::Receiver<serde_json::Value>,
+}
+
+impl Watcher {
+    pub fn start(node: &Node, applet: &str, args: &[&str]) -> Watcher {
+        let mut cmd = node.cmd();
+        cmd.arg(applet).args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        Watcher { child, lines }
+    }
+
+    pub fn next(&self) -> serde_json::Value {
+        self.lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("an event within 20 s")
+    }
+
+    pub fn nothing_for(&self, d: Duration) {
+        if let Ok(v) = self.lines.recv_timeout(d) {
+            panic!("unexpected event {v}");
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A unit: a main node whose iamd accepts links on `run/link.sock`, and secondary nodes,
+/// each with its own SoftHSM token and iamd, all trusting the main node's root CA.
+pub struct Unit {
+    pub main: Node,
+    pub secondaries: Vec<Node>,
+    /// Running iam-nodelink processes (or the socat that carries one), by secondary index.
+    pub links: Vec<Option<Child>>,
+}
+
+impl Unit {
+    pub fn new(name: &str, secondaries: usize) -> Unit {
+        let mut main = Node::new(&format!("{name}-main"), Store::Pkcs11);
+        main.extra_config = format!("\n[links]\nlisten = [\"unix:{}\"]\n", main.p("run/link.sock"));
+        let secondaries: Vec<Node> = (0..secondaries)
+            .map(|i| {
+                let mut n = Node::new(&format!("{name}-s{i}"), Store::Pkcs11);
+                n.node_extra = "role = \"secondary\"\n".into();
+                for f in ["ca.pem", "ca.key"] {
+                    std::fs::copy(main.path(f), n.path(f)).unwrap();
+                }
+                n
+            })
+            .collect();
+        let links = secondaries.iter().map(|_| None).collect();
+        Unit {
+            main,
+            secondaries,
+            links,
+        }
+    }
+
+    pub fn link_addr(&self) -> String {
+        format!("unix:{}", self.main.p("run/link.sock"))
+    }
+
+    /// Start every iamd.
+    pub fn start(&mut self, provisioning: bool) {
+        self.main.start(provisioning);
+        for s in &mut self.secondaries {
+            s.start(provisioning);
+        }
+    }
+
+    /// The iam-nodelink command of secondary `i`, dialing `connect`.
+    pub fn nodelink_cmd(&self, i: usize, connect: &str) -> Command {
+        self.nodelink_cmd_with_status(i, connect, "run/nodelink.status")
+    }
+
+    pub fn nodelink_cmd_with_status(&self, i: usize, connect: &str, status: &str) -> Command {
+        let s = &self.secondaries[i];
+        let mut c = s.cmd();
+        c.args([
+            "iam-nodelink",
+            "-c",
+            &s.p("config.toml"),
+            "--connect",
+            connect,
+            "--status-file",
+            &s.p(status),
+            "--retry-min-ms",
+            "100",
+            "--retry-max",
+            "1",
+            "-vv",
+        ]);
+        c
+    }
+
+    fn spawn_logged(&mut self, i: usize, mut cmd: Command) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.secondaries[i].path("nodelink.log"))
+            .unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.links[i] = Some(child);
+    }
+
+    /// Link secondary `i` to the main node over the main node's unix link listener.
+    pub fn link_unix(&mut self, i: usize) {
+        let cmd = self.nodelink_cmd(i, &self.link_addr());
+        self.spawn_logged(i, cmd);
+    }
+
+    /// Link secondary `i` over stdio: socat joins the link socket and iam-nodelink's
+    /// stdin/stdout, as vchan-socket-proxy would.
+    pub fn link_stdio(&mut self, i: usize) {
+        let inner = self.nodelink_cmd(i, "stdio");
+        let argv: Vec<String> = std::iter::once(inner.get_program().to_string_lossy().into_owned())
+            .chain(inner.get_args().map(|a| a.to_string_lossy().into_owned()))
+            .collect();
+        let mut cmd = Command::new("socat");
+        cmd.arg(format!("UNIX-CONNECT:{}", self.main.p("run/link.sock")))
+            .arg(format!("EXEC:{},nofork", argv.join(" ")));
+        self.spawn_logged(i, cmd);
+    }
+
+    pub fn nodelink_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.secondaries[i].path("nodelink.log")).unwrap_or_default()
+    }
+
+    /// `iam-nodelink status --json` of secondary `i`.
+    pub fn link_status(&self, i: usize) -> Out {
+        let s = &self.secondaries[i];
+        s.applet(
+            "iam-nodelink",
+            &["--status-file", &s.p("run/nodelink.status"), "--json", "status"],
+            None,
+        )
+    }
+
+    /// Wait until the main node reports `node_id` connected (or not).
+    #[track_caller]
+    pub fn wait_connected(&self, node_id: &str, connected: bool) {
+        let start = Instant::now();
+        loop {
+            let out = self.main.provision(&["--node", node_id, "--json", "node-info"]);
+            if out.code == 0 && out.json()["connected"] == connected {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "node {node_id} not {} after 20 s: {}{}\nnodelink logs:\n{}",
+                if connected { "connected" } else { "disconnected" },
+                out.stdout,
+                out.stderr,
+                (0..self.secondaries.len())
+                    .map(|i| self.nodelink_log(i))
+                    .collect::<Vec<_>>()
+                    .join("\n---\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill_link(&mut self, i: usize) {
+        if let Some(mut c) = self.links[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `iam-provision --json --node all run` through the main node.
+    pub fn run_all(&self, extra: &[&str]) -> Out {
+        let (ca, key, pw) = (self.main.p("ca.pem"), self.main.p("ca.key"), self.main.p("password"));
+        let mut args = vec![
+            "--node",
+            "all",
+            "--json",
+            "run",
+            "--ca-cert",
+            &ca,
+            "--ca-key",
+            &key,
+            "--password-file",
+            &pw,
+        ];
+        args.extend_from_slice(extra);
+        self.main.provision(&args)
+    }
+}
+
+impl Drop for Unit {
+    fn drop(&mut self) {
+        for i in 0..self.links.len() {
+            if std::thread::panicking() {
+                eprintln!("nodelink {i} log:\n{}", self.nodelink_log(i));
+            }
+            self.kill_link(i);
+        }
+    }
 }

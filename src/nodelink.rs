@@ -1,0 +1,377 @@
+//! The secondary node's end of a node link, as `iam-nodelink` runs it.
+//!
+//! Dials the main node, states this node's id in the hello, registers the node with the
+//! NodeInfo of its own iamd, then runs the requests the main node forwards against that
+//! iamd's protected socket and sends the answers back; the node's info changes are pushed
+//! as they happen. A dropped link is dialed again after an exponential backoff with jitter.
+//! The link's state is kept in a status file for `iam-nodelink status`.
+
+use crate::config::LinkTls;
+use crate::error::{Error, ErrorKind, Result};
+use crate::peer::{self, Peer};
+use crate::transport::{self, LinkAddr};
+use crate::wire::{Event, Request, Response, Role};
+use serde::{Deserialize, Serialize};
+use smol::Executor;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_RETRY_MIN: Duration = Duration::from_millis(500);
+pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(30);
+
+static EXECUTOR: Executor<'static> = Executor::new();
+
+pub struct Options {
+    pub connect: LinkAddr,
+    /// The protected socket of this node's iamd.
+    pub local_socket: PathBuf,
+    pub status_file: PathBuf,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    pub body_limit: u32,
+    pub hello_timeout: Duration,
+    pub request_timeout: Duration,
+    pub long_request_timeout: Duration,
+    pub tls: LinkTls,
+}
+
+/// What `iam-nodelink status` reports, as the running link writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub pid: u32,
+    /// `connecting`, `registered`, `retrying` or `stopped`.
+    pub state: String,
+    pub link: String,
+    pub node_id: String,
+    pub main_node_id: String,
+    pub tls: bool,
+    /// Seconds since the Unix epoch when `state` was entered.
+    pub since: i64,
+    /// Times the node has registered since the link started.
+    pub registrations: u64,
+    /// Why the last attempt failed, if it did.
+    pub last_error: String,
+}
+
+impl Status {
+    pub fn load(path: &std::path::Path) -> Result<Status> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::unavailable(format!(
+                "no link status at {} ({e}): is iam-nodelink running?",
+                path.display()
+            ))
+        })?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::internal(format!("{} is not a link status: {e}", path.display())))
+    }
+
+    /// Whether the process that wrote the status still runs.
+    pub fn is_running(&self) -> bool {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), None).is_ok()
+    }
+}
+
+/// Exponential backoff with jitter: each delay is drawn from the upper half of a window
+/// that doubles from `min` up to `max`.
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    window: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            min,
+            max: max.max(min),
+            window: min,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.window = self.min;
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let mut b = [0u8; 4];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+        let fraction = u32::from_le_bytes(b) as f64 / u32::MAX as f64;
+        let delay = self.window.mul_f64(0.5 + fraction / 2.0);
+        self.window = (self.window * 2).min(self.max);
+        delay
+    }
+}
+
+struct Reporter {
+    path: PathBuf,
+    status: Status,
+}
+
+impl Reporter {
+    async fn set(&mut self, state: &str, f: impl FnOnce(&mut Status)) {
+        self.status.state = state.into();
+        self.status.since = time::OffsetDateTime::now_utc().unix_timestamp();
+        f(&mut self.status);
+        let (path, text) = (self.path.clone(), serde_json::to_vec(&self.status).unwrap_or_default());
+        let written = blocking::unblock(move || crate::atomic_file::write(&path, &text, 0o644)).await;
+        if let Err(e) = written {
+            crate::log_warn!("cannot write the link status {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Run the link until SIGTERM or SIGINT (or, for a stdio link, until the pipe ends).
+pub fn run(opts: Options) -> Result<()> {
+    let signals = crate::signals::watch()?;
+    let mut reporter = Reporter {
+        path: opts.status_file.clone(),
+        status: Status {
+            pid: std::process::id(),
+            state: String::new(),
+            link: opts.connect.to_string(),
+            node_id: String::new(),
+            main_node_id: String::new(),
+            tls: false,
+            since: 0,
+            registrations: 0,
+            last_error: String::new(),
+        },
+    };
+    let result = smol::block_on(EXECUTOR.run(async {
+        let stop = async {
+            let why = signals
+                .stop
+                .recv()
+                .await
+                .unwrap_or_else(|_| "signal thread ended".into());
+            crate::log_notice!("{why}: stopping");
+            Ok(())
+        };
+        let r = smol::future::or(stop, link_forever(&opts, &mut reporter)).await;
+        let _ = crate::notify::notify("STOPPING=1");
+        let last = r.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
+        reporter.set("stopped", |s| s.last_error = last).await;
+        r
+    }));
+    result
+}
+
+async fn link_forever(opts: &Options, reporter: &mut Reporter) -> Result<()> {
+    let mut backoff = Backoff::new(opts.retry_min, opts.retry_max);
+    let mut notified = false;
+    loop {
+        reporter.set("connecting", |_| {}).await;
+        let mut registered = false;
+        let ended = session(opts, reporter, &mut registered, &mut notified).await;
+        let e = match ended {
+            Ok(reason) => Error::unavailable(format!("the link to the main node ended: {reason}")),
+            Err(e) => e,
+        };
+        if opts.connect == LinkAddr::Stdio {
+            // A pipe cannot be dialed again: whoever runs the pipe restarts the link.
+            return Err(e);
+        }
+        if registered {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        crate::log_warn!("{e}; dialing again in {:.1} s", delay.as_secs_f64());
+        let message = e.to_string();
+        reporter.set("retrying", |s| s.last_error = message).await;
+        smol::Timer::after(delay).await;
+    }
+}
+
+/// One connection to the local iamd and one link to the main node, until either ends.
+/// Returns why the link ended (`Ok`) or why it could not be set up (`Err`).
+async fn session(
+    opts: &Options,
+    reporter: &mut Reporter,
+    registered: &mut bool,
+    notified: &mut bool,
+) -> Result<String> {
+    let limit = opts.body_limit;
+    let mut local_stream = transport::connect(&LinkAddr::Unix(opts.local_socket.clone()))
+        .await
+        .map_err(|e| {
+            Error::unavailable(format!(
+                "cannot connect to the local iamd at {}: {e}",
+                opts.local_socket.display()
+            ))
+        })?;
+    peer::hello(&mut local_stream, Role::Client, "", limit, opts.hello_timeout)
+        .await
+        .map_err(|e| e.context("the local iamd"))?;
+    let (local, local_reader) = Peer::new("the local iamd".into(), local_stream, limit);
+    let local_loop = {
+        let local = local.clone();
+        async move {
+            let l = local.clone();
+            let reason = local
+                .read_loop(local_reader, |id, r| {
+                    let l = l.clone();
+                    async move {
+                        let e = Error::protocol(format!("{} is not served by iam-nodelink", r.name()));
+                        let _ = l.answer(id, Err(e)).await;
+                        true
+                    }
+                })
+                .await;
+            Ok::<_, Error>(format!("the local iamd closed the connection ({reason})"))
+        }
+    };
+    let local_loop = EXECUTOR.spawn(local_loop);
+
+    let info = match local
+        .call(&Request::GetNodeInfo { node_id: String::new() }, opts.request_timeout)
+        .await?
+    {
+        Response::NodeInfo(i) => i,
+        r => return Err(Error::protocol(format!("GetNodeInfo answered {r:?}"))),
+    };
+    let node_id = info.node_id.clone();
+    let changes = local
+        .subscribe(&Request::SubscribeNodeChanged, opts.request_timeout)
+        .await?;
+
+    let use_tls = link_uses_tls(opts, &local).await?;
+    let mut stream = transport::connect(&opts.connect)
+        .await
+        .map_err(|e| Error::unavailable(format!("cannot reach the main node at {}: {e}", opts.connect)))?;
+    if use_tls {
+        return Err(Error::unavailable("TLS on node links is not available yet"));
+    }
+    let main_id = peer::hello(&mut stream, Role::NodeLink, &node_id, limit, opts.hello_timeout)
+        .await
+        .map_err(|e| e.context(format!("the main node at {}", opts.connect)))?;
+    let (link, link_reader) = Peer::new(format!("the main node \"{main_id}\""), stream, limit);
+
+    let link_loop = {
+        let (link, local, node_id) = (link.clone(), local.clone(), node_id.clone());
+        let timeouts = (opts.request_timeout, opts.long_request_timeout);
+        async move {
+            let l = link.clone();
+            let reason = link
+                .read_loop(link_reader, move |id, request| {
+                    let (link, local, node_id) = (l.clone(), local.clone(), node_id.clone());
+                    EXECUTOR
+                        .spawn(async move {
+                            let result = run_forwarded(&local, &node_id, request, timeouts).await;
+                            let _ = link.answer(id, result).await;
+                        })
+                        .detach();
+                    async { true }
+                })
+                .await;
+            Ok::<_, Error>(reason)
+        }
+    };
+    let link_loop = EXECUTOR.spawn(link_loop);
+
+    let register_and_push = async {
+        match link.call(&Request::RegisterNode { info }, opts.request_timeout).await {
+            Ok(Response::Done) => {}
+            Ok(r) => return Err(Error::protocol(format!("RegisterNode answered {r:?}"))),
+            Err(e) => return Err(e.context("registering with the main node")),
+        }
+        *registered = true;
+        crate::log_notice!(
+            "node \"{node_id}\" registered with the main node \"{main_id}\" over {}",
+            opts.connect
+        );
+        let (nid, mid) = (node_id.clone(), main_id.clone());
+        reporter
+            .set("registered", |s| {
+                s.node_id = nid;
+                s.main_node_id = mid;
+                s.tls = use_tls;
+                s.registrations += 1;
+                s.last_error.clear();
+            })
+            .await;
+        if !*notified {
+            *notified = true;
+            if let Err(e) = crate::notify::notify("READY=1") {
+                crate::log_warn!("cannot notify the service manager: {e}");
+            }
+        }
+        loop {
+            match changes.recv().await {
+                Ok(Ok(Event::NodeChanged(info))) if info.node_id == node_id => {
+                    link.call(&Request::NodeInfoChanged { info }, opts.request_timeout)
+                        .await
+                        .map_err(|e| e.context("reporting the node's info"))?;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.context("the local iamd's node events")),
+                Err(_) => return Err(Error::unavailable("the local iamd's node events ended")),
+            }
+        }
+    };
+    let ended = smol::future::or(register_and_push, smol::future::or(link_loop, local_loop)).await;
+    link.close("iam-nodelink closed the link");
+    local.close("iam-nodelink closed the connection");
+    ended
+}
+
+/// Run one request the main node forwarded, against the local iamd. Only operations aimed
+/// at this node by id are run: a forwarded request can never reach anything else.
+async fn run_forwarded(
+    local: &Peer,
+    node_id: &str,
+    request: Request,
+    timeouts: (Duration, Duration),
+) -> Result<Response> {
+    match request.target_node() {
+        Some(target) if target == node_id => {}
+        Some(target) => {
+            return Err(Error::not_found(format!(
+                "this link serves node \"{node_id}\", not \"{target}\""
+            )))
+        }
+        None => {
+            return Err(Error::unauthorized(format!(
+                "{} is not forwarded to a secondary node",
+                request.name()
+            )))
+        }
+    }
+    let timeout = if request.is_long() { timeouts.1 } else { timeouts.0 };
+    let op = request.name();
+    let r = local.call(&request, timeout).await;
+    if let Err(e) = &r {
+        if !matches!(e.kind, ErrorKind::Unavailable) {
+            crate::log_info!("{op} from the main node: {e}");
+        }
+    }
+    r
+}
+
+/// Whether this link runs inside TLS (DESIGN §7): `required` always, `off` never; `auto`
+/// once the node has a certificate for its link identity, and in the clear before that —
+/// which the main node accepts only while both are in provisioning mode.
+async fn link_uses_tls(opts: &Options, local: &Peer) -> Result<bool> {
+    match opts.tls {
+        LinkTls::Required => Ok(true),
+        _ if opts.connect.is_tcp() => Ok(true),
+        LinkTls::Off => Ok(false),
+        LinkTls::Auto => {
+            let status = match local
+                .call(
+                    &Request::GetProvisioningStatus { node_id: String::new() },
+                    opts.request_timeout,
+                )
+                .await?
+            {
+                Response::Status(s) => s,
+                r => return Err(Error::protocol(format!("GetProvisioningStatus answered {r:?}"))),
+            };
+            if status.provisioning_mode {
+                return Ok(false);
+            }
+            Err(Error::unavailable(
+                "this node is not in provisioning mode, so its link must use TLS",
+            ))
+        }
+    }
+}

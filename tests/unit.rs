@@ -1,0 +1,473 @@
+//! Multi-node units: secondary nodes linked to the main node by iam-nodelink (over unix
+//! sockets and over stdio through socat), registered, and provisioned through the main
+//! node only; forwarding by node id, many requests in flight on one link, link loss,
+//! timeouts, duplicate node ids, hello versions, and the registry across restarts.
+
+mod common;
+use aos_iam::wire::{self, FrameKind, Request, Role};
+use common::*;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+/// Each secondary's token holds the keys of its own certificates, and each certificate,
+/// exported from that token, verifies against the unit's root with openssl.
+fn assert_provisioned_on_its_own_token(node: &Node, ca: &str) {
+    assert_eq!(node.status()["state"], "provisioned", "{}", node.node_id());
+    let objects = node.token_objects();
+    for t in ["iam", "online"] {
+        assert!(
+            objects.iter().any(|o| o.0 == "Private Key" && o.1 == t),
+            "{}: no {t} key on its token: {objects:?}",
+            node.node_id()
+        );
+    }
+    for c in node.list_certs().iter().filter(|c| c["type"] != "diskencryption") {
+        let out = node.p(&format!("{}.pem", c["type"].as_str().unwrap()));
+        node.export_cert(c["cert_url"].as_str().unwrap(), &out);
+        let v = sh(&format!("openssl verify -CAfile {ca} {out}"));
+        assert!(
+            v.stdout.contains(": OK"),
+            "{}: {}{}",
+            node.node_id(),
+            v.stdout,
+            v.stderr
+        );
+        let subject = sh(&format!("openssl x509 -in {out} -noout -subject")).ok().stdout;
+        assert!(subject.contains(&node.node_id()), "{subject}");
+    }
+}
+
+fn linked_unit(name: &str, stdio: bool) -> Unit {
+    let mut unit = Unit::new(name, 2);
+    unit.start(true);
+    for i in 0..2 {
+        if stdio {
+            unit.link_stdio(i);
+        } else {
+            unit.link_unix(i);
+        }
+    }
+    for s in &unit.secondaries {
+        unit.wait_connected(&s.node_id(), true);
+    }
+    unit
+}
+
+fn provision_whole_unit(unit: &Unit) {
+    let out = unit.run_all(&["--expect-nodes", "3", "--wait", "20"]).ok().json();
+    let nodes = out["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{out}");
+    assert_eq!(nodes[0]["node"], unit.main.node_id().as_str());
+    assert_eq!(nodes[0]["main"], true);
+    for n in nodes {
+        assert_eq!(n["ok"], true, "{n}");
+        assert_eq!(n["certificates"].as_array().unwrap().len(), 2, "{n}");
+    }
+    let ca = unit.main.p("ca.pem");
+    assert_provisioned_on_its_own_token(&unit.main, &ca);
+    for s in &unit.secondaries {
+        assert_provisioned_on_its_own_token(s, &ca);
+    }
+}
+
+#[test]
+fn a_unit_linked_by_unix_sockets_is_provisioned_through_the_main_node_only() {
+    let unit = linked_unit("ux", false);
+    let ids = unit.main.provision(&["--json", "nodes"]).ok().json();
+    let mut expect = vec![unit.main.node_id()];
+    expect.extend(unit.secondaries.iter().map(Node::node_id));
+    expect[1..].sort();
+    assert_eq!(ids["nodes"], serde_json::json!(expect));
+    let status = unit.link_status(0).ok().json();
+    assert_eq!(status["state"], "registered");
+    assert_eq!(status["node_id"], unit.secondaries[0].node_id().as_str());
+    assert_eq!(status["main_node_id"], unit.main.node_id().as_str());
+    provision_whole_unit(&unit);
+    // The main node answers for a secondary as the secondary itself does.
+    let s0 = unit.secondaries[0].node_id();
+    let via_main = unit.main.provision(&["--node", &s0, "--json", "status"]).ok().json();
+    assert_eq!(via_main, unit.secondaries[0].status());
+    let info = unit.main.provision(&["--node", &s0, "--json", "node-info"]).ok().json();
+    assert_eq!(info["state"], "provisioned");
+    assert_eq!(info["connected"], true);
+}
+
+#[test]
+fn a_unit_linked_over_stdio_through_socat_is_provisioned_through_the_main_node() {
+    let unit = linked_unit("stdio", true);
+    provision_whole_unit(&unit);
+}
+
+/// Run `f` on `n` threads at once and collect what each returns.
+fn in_parallel<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    std::thread::scope(|s| {
+        let f = &f;
+        let hs: Vec<_> = (0..n).map(|i| s.spawn(move || f(i))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn many_requests_in_flight_to_one_node_each_get_their_own_answer() {
+    let unit = linked_unit("many", false);
+    let ids: Vec<String> = unit.secondaries.iter().map(Node::node_id).collect();
+    let answers = in_parallel(24, |i| {
+        let node = &ids[i % 2];
+        let out = match i % 3 {
+            0 => unit.main.provision(&["--node", node, "--json", "status"]),
+            1 => unit.main.provision(&["--node", node, "--json", "cert-types"]),
+            _ => unit.main.provision(&["--node", node, "--json", "node-info"]),
+        };
+        (i, node.clone(), out.ok().json())
+    });
+    for (i, node, v) in answers {
+        match i % 3 {
+            0 => {
+                assert_eq!(v["node"], node.as_str(), "{v}");
+                assert_eq!(v["state"], "unprovisioned", "{v}");
+            }
+            1 => assert_eq!(v["types"], serde_json::json!(["iam", "online"]), "{v}"),
+            _ => assert_eq!(v["node_id"], node.as_str(), "{v}"),
+        }
+    }
+}
+
+#[test]
+fn a_second_link_claiming_a_connected_node_id_is_refused() {
+    let mut unit = linked_unit("dup", false);
+    let s0 = unit.secondaries[0].node_id();
+    let mut twin = unit.nodelink_cmd_with_status(0, &unit.link_addr(), "run/twin.status");
+    let twin_status = unit.secondaries[0].p("run/twin.status");
+    let mut twin = twin
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        let s = std::fs::read_to_string(&twin_status).unwrap_or_default();
+        if s.contains("already connected") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the twin link was not refused: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = twin.kill();
+    let _ = twin.wait();
+    assert!(status.contains("\"retrying\""), "{status}");
+    assert!(
+        status.contains(&format!("node \\\"{s0}\\\" is already connected")),
+        "{status}"
+    );
+    // The first link is untouched.
+    assert_eq!(unit.link_status(0).ok().json()["state"], "registered");
+    unit.main.provision(&["--node", &s0, "status"]).ok();
+    unit.kill_link(1);
+}
+
+/// A secondary whose start hook signals that it runs, then takes `seconds`.
+fn slow_start_hook(node: &mut Node, seconds: u32) {
+    node.extra_config = format!(
+        "\n[hooks]\nstart = [\"sh\", \"-c\", \"touch {}; sleep {seconds}\"]\n",
+        node.p("hook-started")
+    );
+}
+
+fn wait_for_file(path: &std::path::Path) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{} did not appear",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_dropped_link_fails_the_requests_in_flight_at_once_naming_the_node() {
+    let mut unit = Unit::new("drop", 1);
+    slow_start_hook(&mut unit.secondaries[0], 20);
+    unit.start(true);
+    unit.link_unix(0);
+    let s0 = unit.secondaries[0].node_id();
+    unit.wait_connected(&s0, true);
+    let main = &unit.main;
+    let mut start = main.cmd();
+    start
+        .args([
+            "iam-provision",
+            "-s",
+            &main.protected(),
+            "--node",
+            &s0,
+            "start",
+            "--password-file",
+        ])
+        .arg(main.path("password"));
+    let pending = std::thread::spawn(move || run(&mut start, None));
+    wait_for_file(&unit.secondaries[0].path("hook-started"));
+    let cut = Instant::now();
+    unit.kill_link(0);
+    let out = pending.join().unwrap();
+    let waited = cut.elapsed();
+    out.fails(3, &format!("node \"{s0}\": link lost"));
+    assert!(
+        waited < Duration::from_secs(10),
+        "the request failed only after {waited:?}, not when the link dropped"
+    );
+    unit.wait_connected(&s0, false);
+    unit.main
+        .provision(&["--node", &s0, "status"])
+        .fails(3, &format!("node \"{s0}\" is not connected"));
+    unit.main
+        .provision(&["--node", "node-nowhere", "status"])
+        .fails(6, "node \"node-nowhere\" is not known");
+}
+
+#[test]
+fn a_forwarded_request_that_gets_no_answer_in_time_fails_with_timeout() {
+    let mut unit = Unit::new("slow", 1);
+    unit.main.extra_config.push_str("long_request_timeout = 1\n");
+    slow_start_hook(&mut unit.secondaries[0], 6);
+    unit.start(true);
+    unit.link_unix(0);
+    let s0 = unit.secondaries[0].node_id();
+    unit.wait_connected(&s0, true);
+    let pw = unit.main.p("password");
+    unit.main
+        .provision(&["--node", &s0, "start", "--password-file", &pw])
+        .fails(11, &format!("node \"{s0}\": no answer to StartProvisioning within 1 s"));
+    // The link itself stays up; quick requests still go through.
+    unit.main.provision(&["--node", &s0, "cert-types"]).ok();
+}
+
+/// Send raw frames to the main node's link listener and read the one answer.
+fn link_exchange(unit: &Unit, frames: &[Vec<u8>]) -> aos_iam::Error {
+    let mut s = std::os::unix::net::UnixStream::connect(unit.main.path("run/link.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    for f in frames {
+        s.write_all(f).unwrap();
+    }
+    loop {
+        let (h, body) = aos_iam::transport::read_frame_blocking(&mut s, wire::DEFAULT_BODY_LIMIT)
+            .unwrap()
+            .expect("an answer");
+        if h.kind == FrameKind::Error {
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+            return wire::decode_body(&body).unwrap();
+        }
+    }
+}
+
+fn frame(id: u64, r: &Request) -> Vec<u8> {
+    wire::encode_frame(FrameKind::Request, id, r, wire::DEFAULT_BODY_LIMIT).unwrap()
+}
+
+fn link_hello(version: u8, role: Role, node_id: &str) -> Vec<u8> {
+    frame(
+        0,
+        &Request::Hello {
+            version,
+            role,
+            node_id: node_id.into(),
+        },
+    )
+}
+
+#[test]
+fn link_hellos_with_other_versions_roles_or_ids_are_refused_clearly() {
+    let mut unit = Unit::new("hello", 0);
+    unit.main.start(true);
+    let mut v2 = link_hello(1, Role::NodeLink, "n2");
+    v2[4] = 2;
+    let e = link_exchange(&unit, &[v2]);
+    assert!(
+        e.message.contains("version 2") && e.message.contains("version 1"),
+        "{e:?}"
+    );
+    let e = link_exchange(&unit, &[link_hello(7, Role::NodeLink, "n2")]);
+    assert!(
+        e.message.contains("version 7") && e.message.contains("version 1"),
+        "{e:?}"
+    );
+    let e = link_exchange(&unit, &[link_hello(1, Role::Client, "")]);
+    assert!(
+        e.message.contains("role Client is not served on a link listener"),
+        "{e:?}"
+    );
+    let e = link_exchange(&unit, &[frame(1, &Request::Version)]);
+    assert!(e.message.contains("expected Hello first"), "{e:?}");
+
+    let mut info = unit.main.provision(&["--json", "node-info"]).ok().json();
+    let own = info["node_id"].as_str().unwrap().to_string();
+    let node_info = |id: &str| aos_iam::wire::NodeInfo {
+        node_id: id.into(),
+        node_type: "secondary".into(),
+        name: id.into(),
+        state: aos_iam::wire::NodeState::Unprovisioned,
+        cpus: vec![],
+        total_ram: 1,
+        partitions: vec![],
+        os_name: "t".into(),
+        os_version: "1".into(),
+        attributes: vec![],
+        connected: true,
+    };
+    let e = link_exchange(
+        &unit,
+        &[
+            link_hello(1, Role::NodeLink, &own),
+            frame(1, &Request::RegisterNode { info: node_info(&own) }),
+        ],
+    );
+    assert!(e.message.contains("is the main node's own"), "{e:?}");
+    let e = link_exchange(
+        &unit,
+        &[
+            link_hello(1, Role::NodeLink, "n2"),
+            frame(1, &Request::RegisterNode { info: node_info("n3") }),
+        ],
+    );
+    assert!(
+        e.message.contains("said it is node \"n2\" but reports node \"n3\""),
+        "{e:?}"
+    );
+    let e = link_exchange(
+        &unit,
+        &[
+            link_hello(1, Role::NodeLink, "n2"),
+            frame(1, &Request::NodeInfoChanged { info: node_info("n2") }),
+        ],
+    );
+    assert!(e.message.contains("RegisterNode must come first"), "{e:?}");
+    // None of that registered anything.
+    info = unit.main.provision(&["--json", "nodes"]).ok().json();
+    assert_eq!(info["nodes"], serde_json::json!([own]));
+    // Link-only requests are refused on the protected socket.
+    let mut c = aos_iam::client::Client::connect(&unit.main.path("run/protected.sock")).unwrap();
+    let e = c.call(Request::RegisterNode { info: node_info("n9") }).unwrap_err();
+    assert!(e.message.contains("RegisterNode is served on node links only"), "{e:?}");
+}
+
+#[test]
+fn node_changes_reach_subscribers_and_the_registry_survives_restarts_of_either_side() {
+    let mut unit = Unit::new("reg", 1);
+    unit.start(true);
+    let s0 = unit.secondaries[0].node_id();
+    let watch = Watcher::start(
+        &unit.main,
+        "iam-provision",
+        &["-s", &unit.main.protected(), "--json", "node-info", "--watch"],
+    );
+    assert_eq!(watch.next()["node_id"], unit.main.node_id().as_str());
+    unit.link_unix(0);
+    let ev = watch.next();
+    assert_eq!(
+        (ev["node_id"].as_str(), ev["connected"].as_bool()),
+        (Some(s0.as_str()), Some(true))
+    );
+    // A state change on the secondary (forwarded) reaches the main node's subscribers.
+    let pw = unit.main.p("password");
+    unit.main
+        .provision(&["--node", &s0, "start", "--password-file", &pw])
+        .ok();
+    let ev = watch.next();
+    assert_eq!(
+        (ev["node_id"].as_str(), ev["state"].as_str()),
+        (Some(s0.as_str()), Some("provisioning"))
+    );
+    unit.kill_link(0);
+    let ev = watch.next();
+    assert_eq!(
+        (ev["node_id"].as_str(), ev["connected"].as_bool()),
+        (Some(s0.as_str()), Some(false))
+    );
+    drop(watch);
+
+    // The main node restarts: the node is still known (disconnected), with its last info.
+    unit.main.stop();
+    unit.main.start(true);
+    let info = unit.main.provision(&["--node", &s0, "--json", "node-info"]).ok().json();
+    assert_eq!(
+        (info["connected"].as_bool(), info["state"].as_str()),
+        (Some(false), Some("provisioning"))
+    );
+
+    // The link comes back, and when the main node goes away and returns, it dials again.
+    unit.link_unix(0);
+    unit.wait_connected(&s0, true);
+    unit.main.stop();
+    let start = Instant::now();
+    while unit.link_status(0).json()["state"] != "retrying" {
+        assert!(start.elapsed() < Duration::from_secs(20), "the link did not notice");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unit.main.start(true);
+    unit.wait_connected(&s0, true);
+    let status = unit.link_status(0).ok().json();
+    assert_eq!(status["registrations"], 2, "{status}");
+}
+
+#[test]
+fn links_in_the_clear_are_refused_once_the_main_node_is_out_of_provisioning_mode() {
+    let mut unit = Unit::new("clear", 1);
+    unit.main.start(false);
+    unit.secondaries[0].start(true);
+    unit.link_unix(0);
+    let start = Instant::now();
+    let status = loop {
+        let s = unit.link_status(0);
+        if s.stdout.contains("must use TLS") {
+            break s.json();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not refused: {}{}",
+            s.stdout,
+            s.stderr
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status["state"], "retrying", "{status}");
+    assert_eq!(
+        unit.main.provision(&["--json", "nodes"]).ok().json()["nodes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn iam_nodelink_notifies_readiness_once_registered_and_status_says_when_it_stopped() {
+    let mut unit = Unit::new("ready", 1);
+    unit.start(true);
+    let s = &unit.secondaries[0];
+    let sock_path = s.path("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut cmd = unit.nodelink_cmd(0, &unit.link_addr());
+    cmd.env("NOTIFY_SOCKET", &sock_path).stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    assert_eq!(unit.link_status(0).ok().json()["state"], "registered");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    let out = unit.link_status(0).fails(3, "\"stopped\"");
+    assert_eq!(out.json()["ok"], false);
+    unit.wait_connected(&s.node_id(), false);
+}
