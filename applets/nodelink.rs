@@ -126,6 +126,7 @@ fn run(args: &Args) -> Result<u8, Error> {
         request_timeout: links.request_timeout,
         long_request_timeout: links.long_request_timeout,
         tls: links.tls,
+        root_ca: config.as_ref().and_then(|c| c.root_ca.clone()),
     };
     nodelink::run(opts)?;
     Ok(0)

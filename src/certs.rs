@@ -66,6 +66,26 @@ fn now() -> i64 {
     UnixTime::now().as_secs() as i64
 }
 
+/// Signs with one key of a store (a TLS identity on the main node; PKCS#11 blocks briefly).
+struct KeySigner {
+    store: Arc<dyn KeyStore>,
+    label: String,
+    id: KeyId,
+    algorithm: crate::config::Algorithm,
+}
+
+impl std::fmt::Debug for KeySigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "key {}/{} in {}", self.label, hex(&self.id), self.store.describe())
+    }
+}
+
+impl crate::tls::IdentitySigner for KeySigner {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
+        self.store.sign(&self.label, &self.id, self.algorithm, message)
+    }
+}
+
 /// The certificate modules of a node and the stores they share.
 pub struct CertModules {
     pub modules: Vec<CertModule>,
@@ -335,6 +355,49 @@ impl CertModules {
             .filter(|r| r.not_before <= t && t <= r.not_after)
             .max_by_key(|r| r.seq)
             .or_else(|| of_type().max_by_key(|r| r.seq))
+    }
+
+    /// The current certificate of `cert_type` (DER), its serial and its key: a node's TLS
+    /// identity on links. Not found while the type has no certificate.
+    pub fn identity(&self, db: &Db, cert_type: &str) -> Result<(Vec<u8>, Vec<u8>, crate::tls::Identity)> {
+        let m = self.get(cert_type)?;
+        let snap = db.snapshot()?;
+        let r = self.current(&snap, cert_type).ok_or_else(|| {
+            Error::not_found(format!(
+                "module {cert_type} has no certificate yet to serve as the link identity"
+            ))
+        })?;
+        let der = m.store.certificate(m.id(), &r.key_id)?.ok_or_else(|| {
+            Error::not_found(format!(
+                "module {cert_type}: the certificate of key {} is missing from {}",
+                hex(&r.key_id),
+                m.store.describe()
+            ))
+        })?;
+        let signer = Arc::new(KeySigner {
+            store: m.store.clone(),
+            label: m.id().to_string(),
+            id: r.key_id,
+            algorithm: m.config.algorithm,
+        });
+        let identity = crate::tls::Identity {
+            cert_der: der.clone(),
+            algorithm: m.config.algorithm,
+            signer,
+        };
+        Ok((der, r.serial.clone(), identity))
+    }
+
+    /// Sign with the key of the `cert_type` certificate whose serial is `serial`.
+    pub fn sign_with(&self, db: &Db, cert_type: &str, serial: &[u8], message: &[u8]) -> Result<Vec<u8>> {
+        let m = self.get(cert_type)?;
+        let snap = db.snapshot()?;
+        let r = snap
+            .certs
+            .iter()
+            .find(|r| r.cert_type == cert_type && r.serial == serial)
+            .ok_or_else(|| Error::not_found(format!("module {cert_type} has no certificate with that serial")))?;
+        m.store.sign(m.id(), &r.key_id, m.config.algorithm, message)
     }
 
     /// GetCert: by issuer and serial, or the current one.

@@ -28,6 +28,7 @@ pub mod secret;
 pub mod server;
 pub mod signals;
 pub mod signer;
+pub mod tls;
 pub mod transport;
 pub mod wire;
 pub mod x509;

@@ -6,7 +6,8 @@
 //! as they happen. A dropped link is dialed again after an exponential backoff with jitter.
 //! The link's state is kept in a status file for `iam-nodelink status`.
 
-use crate::config::LinkTls;
+use crate::client::Client;
+use crate::config::{Algorithm, LinkTls};
 use crate::error::{Error, ErrorKind, Result};
 use crate::peer::{self, Peer};
 use crate::transport::{self, LinkAddr};
@@ -14,6 +15,7 @@ use crate::wire::{Event, Request, Response, Role};
 use serde::{Deserialize, Serialize};
 use smol::Executor;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const DEFAULT_RETRY_MIN: Duration = Duration::from_millis(500);
@@ -33,6 +35,8 @@ pub struct Options {
     pub request_timeout: Duration,
     pub long_request_timeout: Duration,
     pub tls: LinkTls,
+    /// The unit's root CA, which the main node's certificate must chain to (TLS).
+    pub root_ca: Option<PathBuf>,
 }
 
 /// What `iam-nodelink status` reports, as the running link writes it.
@@ -234,16 +238,24 @@ async fn session(
         .subscribe(&Request::SubscribeNodeChanged, opts.request_timeout)
         .await?;
 
-    let use_tls = link_uses_tls(opts, &local).await?;
+    let identity = link_identity(opts, &local).await?;
+    let use_tls = identity.is_some();
     let mut stream = transport::connect(&opts.connect)
         .await
         .map_err(|e| Error::unavailable(format!("cannot reach the main node at {}: {e}", opts.connect)))?;
-    if use_tls {
-        return Err(Error::unavailable("TLS on node links is not available yet"));
+    let mut main_cert = None;
+    if let Some(identity) = identity {
+        let (s, cert) = connect_tls(opts, stream, identity).await?;
+        stream = s;
+        main_cert = Some(cert);
     }
     let main_id = peer::hello(&mut stream, Role::NodeLink, &node_id, limit, opts.hello_timeout)
         .await
         .map_err(|e| e.context(format!("the main node at {}", opts.connect)))?;
+    if let Some(cert) = &main_cert {
+        crate::tls::check_peer(cert, crate::config::Eku::ServerAuth, &main_id)
+            .map_err(|e| e.context(format!("the main node at {}", opts.connect)))?;
+    }
     let (link, link_reader) = Peer::new(format!("the main node \"{main_id}\""), stream, limit);
 
     let link_loop = {
@@ -347,15 +359,36 @@ async fn run_forwarded(
     r
 }
 
-/// Whether this link runs inside TLS (DESIGN §7): `required` always, `off` never; `auto`
-/// once the node has a certificate for its link identity, and in the clear before that —
-/// which the main node accepts only while both are in provisioning mode.
-async fn link_uses_tls(opts: &Options, local: &Peer) -> Result<bool> {
-    match opts.tls {
-        LinkTls::Required => Ok(true),
-        _ if opts.connect.is_tcp() => Ok(true),
-        LinkTls::Off => Ok(false),
-        LinkTls::Auto => {
+/// This node's link identity as its iamd serves it: (certificate, key algorithm, serial).
+async fn local_identity(local: &Peer, timeout: Duration) -> Result<(Vec<u8>, Algorithm, Vec<u8>)> {
+    match local.call(&Request::GetLinkIdentity, timeout).await? {
+        Response::LinkIdentity {
+            cert_der,
+            algorithm,
+            serial,
+        } => {
+            let alg = Algorithm::ALL
+                .iter()
+                .find(|(n, _)| *n == algorithm)
+                .map(|(_, a)| *a)
+                .ok_or_else(|| Error::protocol(format!("unknown key algorithm \"{algorithm}\"")))?;
+            Ok((cert_der, alg, serial))
+        }
+        r => Err(Error::protocol(format!("GetLinkIdentity answered {r:?}"))),
+    }
+}
+
+/// Whether this link runs inside TLS (DESIGN §7): `required` and TCP always, `off` never;
+/// `auto` once the node has a certificate for its link identity, and in the clear before
+/// that — which both ends accept only while in provisioning mode.
+async fn link_identity(opts: &Options, local: &Peer) -> Result<Option<(Vec<u8>, Algorithm, Vec<u8>)>> {
+    let must = opts.tls == LinkTls::Required || opts.connect.is_tcp();
+    if opts.tls == LinkTls::Off && !must {
+        return Ok(None);
+    }
+    match local_identity(local, opts.request_timeout).await {
+        Ok(id) => Ok(Some(id)),
+        Err(e) if e.kind == ErrorKind::NotFound && !must => {
             let status = match local
                 .call(
                     &Request::GetProvisioningStatus { node_id: String::new() },
@@ -367,11 +400,100 @@ async fn link_uses_tls(opts: &Options, local: &Peer) -> Result<bool> {
                 r => return Err(Error::protocol(format!("GetProvisioningStatus answered {r:?}"))),
             };
             if status.provisioning_mode {
-                return Ok(false);
+                return Ok(None);
             }
-            Err(Error::unavailable(
-                "this node is not in provisioning mode, so its link must use TLS",
+            Err(Error::unavailable(format!(
+                "{}; out of provisioning mode the link must use TLS",
+                e.message
+            )))
+        }
+        Err(e) => Err(e.context("the link must use TLS")),
+    }
+}
+
+/// The TLS handshake as a secondary node: its key signs through its iamd.
+async fn connect_tls(
+    opts: &Options,
+    stream: transport::BoxStream,
+    (cert_der, algorithm, serial): (Vec<u8>, Algorithm, Vec<u8>),
+) -> Result<(transport::BoxStream, Vec<u8>)> {
+    let root_ca = opts
+        .root_ca
+        .as_ref()
+        .ok_or_else(|| Error::invalid("TLS on the link needs paths.root_ca in the configuration"))?;
+    let pem = std::fs::read_to_string(root_ca)
+        .map_err(|e| Error::unavailable(format!("cannot read root CA {}: {e}", root_ca.display())))?;
+    let roots = crate::x509::parse_chain_pem(&pem)?;
+    let identity = crate::tls::Identity {
+        cert_der,
+        algorithm,
+        signer: Arc::new(LocalSigner {
+            socket: opts.local_socket.clone(),
+            serial,
+            client: std::sync::Mutex::new(None),
+        }),
+    };
+    let config = crate::tls::client_config(&identity, &roots)?;
+    let handshake = futures_rustls::TlsConnector::from(config).connect(crate::tls::main_server_name(), stream);
+    let deadline = opts.hello_timeout;
+    let tls = smol::future::or(
+        async {
+            handshake
+                .await
+                .map_err(|e| Error::unauthorized(format!("TLS with the main node at {}: {e}", opts.connect)))
+        },
+        async {
+            smol::Timer::after(deadline).await;
+            Err(Error::new(
+                ErrorKind::Timeout,
+                format!("no TLS handshake with {} within {} s", opts.connect, deadline.as_secs()),
             ))
+        },
+    )
+    .await?;
+    let cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .ok_or_else(|| Error::unauthorized("the main node presented no certificate"))?;
+    Ok((Box::new(tls), cert))
+}
+
+/// Signs with this node's identity key by asking its iamd (SignWithLinkIdentity): the key
+/// never leaves the store. Blocking, like every rustls signer; iamd answers from its own
+/// process, so the wait is one local round trip.
+struct LocalSigner {
+    socket: PathBuf,
+    serial: Vec<u8>,
+    client: std::sync::Mutex<Option<Client>>,
+}
+
+impl std::fmt::Debug for LocalSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "link identity key through {}", self.socket.display())
+    }
+}
+
+impl crate::tls::IdentitySigner for LocalSigner {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
+        let mut guard = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            *guard = Some(Client::connect(&self.socket)?);
+        }
+        let client = guard.as_mut().expect("connected above");
+        let answer = client.call(Request::SignWithLinkIdentity {
+            serial: self.serial.clone(),
+            message: message.to_vec(),
+        });
+        match answer {
+            Ok(Response::Signature(s)) => Ok(s),
+            Ok(r) => Err(Error::protocol(format!("SignWithLinkIdentity answered {r:?}"))),
+            Err(e) => {
+                *guard = None;
+                Err(e)
+            }
         }
     }
 }

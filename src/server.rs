@@ -578,6 +578,19 @@ fn handle(shared: &Shared, request: Request) -> Result<Response> {
         Request::RegisterNode { .. } | Request::NodeInfoChanged { .. } => {
             Err(Error::internal("node links are served by the link listeners"))
         }
+        Request::GetLinkIdentity => {
+            prov.modules
+                .identity(&prov.db, &prov.config.links.identity)
+                .map(|(cert_der, serial, id)| Response::LinkIdentity {
+                    cert_der,
+                    algorithm: id.algorithm.name().into(),
+                    serial,
+                })
+        }
+        Request::SignWithLinkIdentity { serial, message } => prov
+            .modules
+            .sign_with(&prov.db, &prov.config.links.identity, &serial, &message)
+            .map(Response::Signature),
     };
     if r.is_ok() {
         crate::log_info!("{op}: done");
@@ -625,6 +638,43 @@ fn plaintext_allowed(shared: &Shared, addr: &LinkAddr) -> std::result::Result<()
         LinkTls::Auto => Err("links use TLS once the main node is out of provisioning mode".into()),
         LinkTls::Required => Err("links.tls is \"required\"".into()),
     }
+}
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// The TLS handshake of a link, as the main node: its identity from its link identity
+/// module, the peer's certificate required and verified. Returns the stream and the peer's
+/// certificate (DER).
+async fn accept_tls(stream: BoxStream, shared: &Arc<Shared>) -> Result<(BoxStream, Vec<u8>)> {
+    let s = shared.clone();
+    let config = blocking::unblock(move || {
+        let (_, _, identity) = s.prov.modules.identity(&s.prov.db, &s.prov.config.links.identity)?;
+        let roots = crate::certs::read_roots(&s.prov.config)?;
+        crate::tls::server_config(&identity, &roots)
+    })
+    .await?;
+    let deadline = shared.prov.config.hello_timeout;
+    let handshake = futures_rustls::TlsAcceptor::from(config).accept(stream);
+    let tls = smol::future::or(
+        async { handshake.await.map_err(|e| Error::unauthorized(e.to_string())) },
+        async {
+            smol::Timer::after(deadline).await;
+            Err(Error::new(
+                crate::error::ErrorKind::Timeout,
+                format!("no TLS handshake within {} s", deadline.as_secs()),
+            ))
+        },
+    )
+    .await?;
+    let cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .ok_or_else(|| Error::unauthorized("the peer presented no certificate"))?;
+    Ok((Box::new(tls), cert))
 }
 
 /// Read the link's hello (within the hello timeout) and answer it. Returns the node id the
@@ -687,7 +737,28 @@ async fn serve_link(mut stream: BoxStream, addr: &LinkAddr, from: LinkPeer, shar
             return;
         }
     }
-    if let Err(why) = plaintext_allowed(&shared, addr) {
+    // A TLS ClientHello starts with a handshake record (0x16); a frame with its magic.
+    let (first, prefixed) = match transport::Prefixed::peek(stream).await {
+        Ok(p) => p,
+        Err(e) => {
+            crate::log_warn!("link listener {addr}, {from}: {e}");
+            return;
+        }
+    };
+    let mut stream: BoxStream = Box::new(prefixed);
+    let mut peer_cert = None;
+    if first == Some(TLS_HANDSHAKE) {
+        match accept_tls(stream, &shared).await {
+            Ok((s, cert)) => {
+                stream = s;
+                peer_cert = Some(cert);
+            }
+            Err(e) => {
+                crate::log_warn!("link listener {addr}, {from}: TLS: {e}; closing");
+                return;
+            }
+        }
+    } else if let Err(why) = plaintext_allowed(&shared, addr) {
         crate::log_warn!("link listener {addr}: refused {from}: {why}");
         let e = Error::unauthorized(format!("this link must use TLS: {why}"));
         let _ = transport::write_frame(&mut stream, &refuse(e)).await;
@@ -701,7 +772,17 @@ async fn serve_link(mut stream: BoxStream, addr: &LinkAddr, from: LinkPeer, shar
             return;
         }
     };
-    crate::log_info!("link listener {addr}: node \"{node_id}\" linked from {from}");
+    if let Some(cert) = &peer_cert {
+        if let Err(e) = crate::tls::check_peer(cert, crate::config::Eku::ClientAuth, &node_id) {
+            crate::log_warn!("link listener {addr}, {from}: {e}; closing");
+            let _ = transport::write_frame(&mut stream, &refuse(e)).await;
+            return;
+        }
+    }
+    crate::log_info!(
+        "link listener {addr}: node \"{node_id}\" linked from {from}{}",
+        if peer_cert.is_some() { " over TLS" } else { "" }
+    );
     let (peer, reader) = Peer::new(format!("node \"{node_id}\""), stream, limit);
     let registered = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reason = peer

@@ -252,6 +252,61 @@ impl<R: Unpin, W: smol::io::AsyncWrite + Unpin> smol::io::AsyncWrite for Duplex<
     }
 }
 
+/// A stream whose first byte was read to tell TLS from a plain frame, given back first.
+pub struct Prefixed {
+    first: Option<u8>,
+    inner: BoxStream,
+}
+
+impl Prefixed {
+    /// Read the first byte of `inner` (`None` at once if it ends first).
+    pub async fn peek(mut inner: BoxStream) -> io::Result<(Option<u8>, Prefixed)> {
+        let mut b = [0u8; 1];
+        let first = match inner.read(&mut b).await? {
+            0 => None,
+            _ => Some(b[0]),
+        };
+        Ok((first, Prefixed { first, inner }))
+    }
+}
+
+impl smol::io::AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        if let (Some(b), Some(slot)) = (self.first, buf.first_mut()) {
+            *slot = b;
+            self.first = None;
+            return std::task::Poll::Ready(Ok(1));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl smol::io::AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
 fn vsock_socket() -> io::Result<std::os::fd::OwnedFd> {
     use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
     socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(io::Error::from)

@@ -23,6 +23,8 @@ pub const MAX_SUBJECT_LEN: usize = 1024;
 pub const MAX_PASSWORD_LEN: usize = 1024;
 pub const MAX_SERIAL_LEN: usize = 64;
 pub const MAX_ISSUER_LEN: usize = 4096;
+/// Longest message SignWithLinkIdentity signs (a TLS handshake's is a few hundred bytes).
+pub const MAX_SIGNED_LEN: usize = 4096;
 /// Permissions: functional servers per instance, entries per server, and the length of
 /// a permission's name or value.
 pub const MAX_SERVERS: usize = 64;
@@ -316,6 +318,14 @@ pub enum Request {
     ResumeNode {
         node_id: String,
     },
+    /// The current certificate of the link identity module, for iam-nodelink's TLS.
+    GetLinkIdentity,
+    /// Sign a TLS handshake message with the key of the link identity certificate whose
+    /// serial is given (so a rotation in between can never mix keys).
+    SignWithLinkIdentity {
+        serial: Vec<u8>,
+        message: Vec<u8>,
+    },
     /// Node link, secondary → main: the first request after the hello.
     RegisterNode {
         info: NodeInfo,
@@ -355,6 +365,8 @@ impl Request {
             Request::SubscribeNodeChanged => "SubscribeNodeChanged",
             Request::PauseNode { .. } => "PauseNode",
             Request::ResumeNode { .. } => "ResumeNode",
+            Request::GetLinkIdentity => "GetLinkIdentity",
+            Request::SignWithLinkIdentity { .. } => "SignWithLinkIdentity",
             Request::RegisterNode { .. } => "RegisterNode",
             Request::NodeInfoChanged { .. } => "NodeInfoChanged",
         }
@@ -422,6 +434,8 @@ impl Request {
                 | Request::UnregisterInstance { .. }
                 | Request::PauseNode { .. }
                 | Request::ResumeNode { .. }
+                | Request::GetLinkIdentity
+                | Request::SignWithLinkIdentity { .. }
         )
     }
 
@@ -444,6 +458,11 @@ impl Request {
         match self {
             Request::Hello { node_id, .. } => max("node_id", node_id.len(), MAX_NAME_LEN),
             Request::RegisterNode { info } | Request::NodeInfoChanged { info } => info.check_bounds(),
+            Request::GetLinkIdentity => Ok(()),
+            Request::SignWithLinkIdentity { serial, message } => {
+                max("serial", serial.len(), MAX_SERIAL_LEN)?;
+                max("message", message.len(), MAX_SIGNED_LEN)
+            }
             Request::Version
             | Request::GetAllNodeIds
             | Request::GetSystemInfo
@@ -718,6 +737,13 @@ pub enum Response {
     Subjects(Vec<String>),
     /// A subscription is in place; its events follow with the request's id.
     Subscribed,
+    LinkIdentity {
+        cert_der: Vec<u8>,
+        /// The key's algorithm by its configuration name (`ecdsa-p384`).
+        algorithm: String,
+        serial: Vec<u8>,
+    },
+    Signature(Vec<u8>),
 }
 
 #[cfg(test)]

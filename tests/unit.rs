@@ -54,7 +54,13 @@ fn linked_unit(name: &str, stdio: bool) -> Unit {
 }
 
 fn provision_whole_unit(unit: &Unit) {
-    let out = unit.run_all(&["--expect-nodes", "3", "--wait", "20"]).ok().json();
+    provision_whole_unit_with(unit, &[]);
+}
+
+fn provision_whole_unit_with(unit: &Unit, extra: &[&str]) {
+    let mut args = vec!["--expect-nodes", "3", "--wait", "20"];
+    args.extend_from_slice(extra);
+    let out = unit.run_all(&args).ok().json();
     let nodes = out["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 3, "{out}");
     assert_eq!(nodes[0]["node"], unit.main.node_id().as_str());
@@ -470,4 +476,180 @@ fn iam_nodelink_notifies_readiness_once_registered_and_status_says_when_it_stopp
     let out = unit.link_status(0).fails(3, "\"stopped\"");
     assert_eq!(out.json()["ok"], false);
     unit.wait_connected(&s.node_id(), false);
+}
+
+/// A free TCP port on the loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Restart every iamd and link (over `connect`), and wait for the links.
+fn relink(unit: &mut Unit, provisioning: bool, connect: &str) {
+    for i in 0..unit.secondaries.len() {
+        unit.kill_link(i);
+    }
+    unit.main.stop();
+    for s in &mut unit.secondaries {
+        s.stop();
+    }
+    unit.start(provisioning);
+    for i in 0..unit.secondaries.len() {
+        let cmd = unit.nodelink_cmd(i, connect);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(unit.secondaries[i].path("nodelink.log"))
+            .unwrap();
+        let child = { cmd }
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        unit.links[i] = Some(child);
+    }
+    for s in &unit.secondaries {
+        unit.wait_connected(&s.node_id(), true);
+    }
+}
+
+/// A unit first provisioned over unix links (in the clear, in provisioning mode), with a
+/// TCP link listener on the main node as well.
+fn provisioned_unit_with_tcp(name: &str) -> (Unit, String) {
+    let mut unit = Unit::new(name, 2);
+    let port = free_port();
+    unit.main.extra_config = format!(
+        "\n[links]\nlisten = [\"unix:{}\", \"tcp:127.0.0.1:{port}\"]\n",
+        unit.main.p("run/link.sock")
+    );
+    unit.start(true);
+    for i in 0..2 {
+        unit.link_unix(i);
+    }
+    for s in &unit.secondaries {
+        unit.wait_connected(&s.node_id(), true);
+    }
+    provision_whole_unit(&unit);
+    (unit, format!("tcp:127.0.0.1:{port}"))
+}
+
+#[test]
+fn a_unit_linked_by_tcp_with_mutual_tls_is_provisioned_again_through_the_main_node() {
+    let (mut unit, tcp) = provisioned_unit_with_tcp("tcp");
+    // In operation: links over TCP, TLS with each node's key signing inside its token.
+    relink(&mut unit, false, &tcp);
+    for i in 0..2 {
+        let st = unit.link_status(i).ok().json();
+        assert_eq!(
+            (st["state"].as_str(), st["tls"].as_bool()),
+            (Some("registered"), Some(true)),
+            "{st}"
+        );
+    }
+    assert!(unit.main.log().contains("over TLS"), "{}", unit.main.log());
+    // The factory provisions the whole unit again, through the main node over those links.
+    relink(&mut unit, true, &tcp);
+    let before: Vec<String> = unit
+        .secondaries
+        .iter()
+        .map(|s| s.list_certs()[0]["serial"].to_string())
+        .collect();
+    provision_whole_unit_with(&unit, &["--deprovision-first"]);
+    let after: Vec<String> = unit
+        .secondaries
+        .iter()
+        .map(|s| s.list_certs()[0]["serial"].to_string())
+        .collect();
+    assert_ne!(before, after, "new certificates on the secondaries");
+    // And the new identities link again.
+    relink(&mut unit, false, &tcp);
+    assert_eq!(unit.link_status(1).ok().json()["tls"], true);
+}
+
+#[test]
+fn a_link_in_the_clear_over_tcp_is_refused() {
+    let (mut unit, tcp) = provisioned_unit_with_tcp("tcpclear");
+    unit.kill_link(0);
+    let s = &unit.secondaries[0];
+    // A client that speaks frames straight away over TCP is refused, naming why.
+    let mut c = std::net::TcpStream::connect(tcp.trim_start_matches("tcp:")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(&link_hello(1, Role::NodeLink, &s.node_id())).unwrap();
+    let (h, body) = aos_iam::transport::read_frame_blocking(&mut c, wire::DEFAULT_BODY_LIMIT)
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.kind, FrameKind::Error);
+    let e: aos_iam::Error = wire::decode_body(&body).unwrap();
+    assert!(e.message.contains("links over TCP always use TLS"), "{e:?}");
+}
+
+/// gnutls-cli against the main node's TCP link listener; returns its combined output and
+/// whether the TLS handshake completed.
+fn gnutls_handshake(unit: &Unit, tcp: &str, cert: &str, key: &str, env: &[(&str, &str)]) -> (String, bool) {
+    let (host, port) = tcp.trim_start_matches("tcp:").rsplit_once(':').unwrap();
+    let mut cmd = unit.secondaries[0].cmd_for("timeout");
+    cmd.args(["20", "gnutls-cli", "--provider", SOFTHSM, "--x509cafile"])
+        .arg(unit.main.path("ca.pem"))
+        .args([
+            "--verify-hostname",
+            &unit.main.node_id(),
+            "--x509certfile",
+            cert,
+            "--x509keyfile",
+            key,
+            "-p",
+            port,
+            host,
+        ]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = run(&mut cmd, Some(""));
+    let text = format!("{}{}", out.stdout, out.stderr);
+    let done = text.contains("Handshake was completed");
+    (text, done)
+}
+
+#[test]
+fn gnutls_completes_mutual_tls_with_a_node_key_in_its_token_and_another_root_is_refused() {
+    let (mut unit, tcp) = provisioned_unit_with_tcp("gnutls");
+    relink(&mut unit, false, &tcp);
+    // The secondary's own identity: its certificate from the token, its key by PKCS#11 URL.
+    let s = &unit.secondaries[0];
+    let iam = s.list_certs().into_iter().find(|c| c["type"] == "iam").unwrap();
+    let cert = s.p("iam-link.pem");
+    s.export_cert(iam["cert_url"].as_str().unwrap(), &cert);
+    let key_url = iam["key_url"].as_str().unwrap().to_string();
+    let pin = s.user_pin();
+    let (text, done) = gnutls_handshake(&unit, &tcp, &cert, &key_url, &[("GNUTLS_PIN", pin.trim())]);
+    assert!(
+        done && !text.contains("alert"),
+        "gnutls-cli did not complete the handshake:\n{text}"
+    );
+
+    // A client certificate from another root is refused by the main node.
+    s.make_ca("other");
+    let d = s.dir.display();
+    sh(&format!(
+        "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {d}/rogue.key -out {d}/rogue.csr \
+         -subj '/CN={id}' -addext extendedKeyUsage=clientAuth && \
+         openssl x509 -req -in {d}/rogue.csr -CA {d}/other.pem -CAkey {d}/other.key -days 30 -copy_extensions copy -out {d}/rogue.pem",
+        id = s.node_id()
+    ))
+    .ok();
+    // (With TLS 1.3 the client sees its side complete before the server checks its
+    // certificate; the server's answer is the alert.)
+    let (text, _) = gnutls_handshake(&unit, &tcp, &s.p("rogue.pem"), &s.p("rogue.key"), &[]);
+    assert!(
+        text.contains("CA is unknown"),
+        "a client of another root got through:\n{text}"
+    );
+    let log = unit.main.log();
+    assert!(log.contains("TLS:"), "the main node did not report the refusal:\n{log}");
+    // The real links are unaffected.
+    assert_eq!(unit.link_status(0).ok().json()["state"], "registered");
 }

@@ -1,0 +1,312 @@
+//! TLS on node links (rustls, ring provider): a node's identity is the current certificate
+//! of its link identity module, and its private key signs inside the key store.
+//!
+//! Both ends verify the other's chain against the configured root; the main node (server)
+//! must carry serverAuth and the secondary (client) clientAuth, and each certificate must
+//! name its node (its CN or a DNS name equal to the node id stated in the hello), so a
+//! node with a valid certificate cannot speak for another node. Host names are not
+//! checked: nodes are named by id, not by DNS.
+
+use crate::config::{Algorithm, Eku};
+use crate::error::{Error, ErrorKind, Result};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::{CertifiedKey, SigningKey, SingleCertAndKey};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use std::sync::Arc;
+use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
+
+/// Signs a TLS handshake message with a node's identity key, wherever that key lives.
+pub trait IdentitySigner: Send + Sync + std::fmt::Debug {
+    /// The signature over `message` as TLS wants it (DER ECDSA-Sig-Value).
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>>;
+}
+
+/// A node's TLS identity: its certificate and the signer of its key.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub cert_der: Vec<u8>,
+    pub algorithm: Algorithm,
+    pub signer: Arc<dyn IdentitySigner>,
+}
+
+fn scheme(algorithm: Algorithm) -> Result<SignatureScheme> {
+    match algorithm {
+        Algorithm::EcdsaP384 => Ok(SignatureScheme::ECDSA_NISTP384_SHA384),
+        Algorithm::EcdsaP256 => Ok(SignatureScheme::ECDSA_NISTP256_SHA256),
+        // The stores sign RSA with PKCS#1 v1.5, which TLS 1.3 does not allow for handshakes.
+        Algorithm::Rsa2048 => Err(Error::invalid(
+            "a link identity needs an ECDSA key (ecdsa-p384 or ecdsa-p256); rsa-2048 cannot sign TLS 1.3 handshakes here",
+        )),
+    }
+}
+
+#[derive(Debug)]
+struct StoreKey {
+    scheme: SignatureScheme,
+    signer: Arc<dyn IdentitySigner>,
+}
+
+impl SigningKey for StoreKey {
+    fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn rustls::sign::Signer>> {
+        offered.contains(&self.scheme).then(|| {
+            Box::new(StoreSigner {
+                scheme: self.scheme,
+                signer: self.signer.clone(),
+            }) as Box<dyn rustls::sign::Signer>
+        })
+    }
+
+    fn algorithm(&self) -> rustls::SignatureAlgorithm {
+        rustls::SignatureAlgorithm::ECDSA
+    }
+}
+
+#[derive(Debug)]
+struct StoreSigner {
+    scheme: SignatureScheme,
+    signer: Arc<dyn IdentitySigner>,
+}
+
+impl rustls::sign::Signer for StoreSigner {
+    fn sign(&self, message: &[u8]) -> std::result::Result<Vec<u8>, rustls::Error> {
+        self.signer.sign(message).map_err(|e| {
+            crate::log_error!("signing the TLS handshake: {e}");
+            rustls::Error::General(format!("the identity key could not sign: {}", e.kind.name()))
+        })
+    }
+
+    fn scheme(&self) -> SignatureScheme {
+        self.scheme
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certified_key(identity: &Identity) -> Result<Arc<CertifiedKey>> {
+    let key = StoreKey {
+        scheme: scheme(identity.algorithm)?,
+        signer: identity.signer.clone(),
+    };
+    Ok(Arc::new(CertifiedKey::new(
+        vec![CertificateDer::from(identity.cert_der.clone())],
+        Arc::new(key),
+    )))
+}
+
+fn tls_error(what: &str, e: rustls::Error) -> Error {
+    Error::internal(format!("{what}: {e}"))
+}
+
+/// TLS 1.3, and 1.2 for peers that have nothing newer.
+static VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+fn versions() -> &'static [&'static rustls::SupportedProtocolVersion] {
+    VERSIONS
+}
+
+/// The main node's side: its identity, and a client certificate required from every peer.
+pub fn server_config(identity: &Identity, roots: &[CertificateDer<'static>]) -> Result<Arc<rustls::ServerConfig>> {
+    let provider = provider();
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store
+            .add(r.clone())
+            .map_err(|e| Error::validation("BadRoot", format!("root CA for links: {e}")))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider.clone())
+        .build()
+        .map_err(|e| Error::internal(format!("TLS client verifier: {e}")))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions())
+        .map_err(|e| tls_error("TLS server", e))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified_key(identity)?)));
+    Ok(Arc::new(config))
+}
+
+/// A secondary node's side: its identity, and the main node's chain checked against the
+/// root with serverAuth (no host name: see the module comment).
+pub fn client_config(identity: &Identity, roots: &[CertificateDer<'static>]) -> Result<Arc<rustls::ClientConfig>> {
+    let provider = provider();
+    let anchors = roots
+        .iter()
+        .map(|r| {
+            webpki::anchor_from_trusted_cert(r)
+                .map(|a| a.to_owned())
+                .map_err(|e| Error::validation("BadRoot", format!("root CA for links: {e:?}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let verifier = NodeServerVerifier {
+        anchors,
+        algorithms: provider.signature_verification_algorithms,
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions())
+        .map_err(|e| tls_error("TLS client", e))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified_key(identity)?)));
+    config.enable_sni = false;
+    Ok(Arc::new(config))
+}
+
+/// The name a secondary gives the main node in its ClientHello; never checked (SNI is off).
+pub fn main_server_name() -> ServerName<'static> {
+    ServerName::try_from("aos-iam-main").expect("a valid DNS name")
+}
+
+#[derive(Debug)]
+struct NodeServerVerifier {
+    anchors: Vec<rustls::pki_types::TrustAnchor<'static>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for NodeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|e| rustls::Error::General(format!("{e:?}")))?;
+        cert.verify_for_usage(
+            self.algorithms.all,
+            &self.anchors,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| rustls::Error::InvalidCertificate(webpki_error(e)))?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+fn webpki_error(e: webpki::Error) -> rustls::CertificateError {
+    use rustls::CertificateError as C;
+    match e {
+        webpki::Error::UnknownIssuer => C::UnknownIssuer,
+        webpki::Error::CertExpired { .. } => C::Expired,
+        webpki::Error::CertNotValidYet { .. } => C::NotValidYet,
+        webpki::Error::InvalidSignatureForPublicKey => C::BadSignature,
+        e => C::Other(rustls::OtherError(Arc::new(Error::validation(
+            "BadCertificate",
+            format!("{e:?}"),
+        )))),
+    }
+}
+
+/// After the handshake (and the hello): the peer's certificate carries `eku` and names
+/// `node_id` in its CN or a DNS subject alternative name.
+pub fn check_peer(cert_der: &[u8], eku: Eku, node_id: &str) -> Result<()> {
+    let (_, cert) = X509Certificate::from_der(cert_der)
+        .map_err(|e| Error::validation("BadCertificate", format!("the peer's certificate: {e}")))?;
+    let mut has_eku = false;
+    let mut dns = Vec::new();
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::ExtendedKeyUsage(u) => {
+                has_eku = match eku {
+                    Eku::ServerAuth => u.server_auth,
+                    Eku::ClientAuth => u.client_auth,
+                    _ => false,
+                }
+            }
+            ParsedExtension::SubjectAlternativeName(san) => {
+                for n in &san.general_names {
+                    if let GeneralName::DNSName(d) = n {
+                        dns.push(d.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if !has_eku {
+        return Err(Error::validation(
+            "RequiredEkuNotFound",
+            format!("the peer's certificate lacks the {} extended key usage", eku.name()),
+        ));
+    }
+    let cns: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+        .collect();
+    if !cns.iter().chain(dns.iter()).any(|n| n == node_id) {
+        return Err(Error::new(
+            ErrorKind::Unauthorized,
+            format!(
+                "the peer's certificate (subject {}) does not name node \"{node_id}\" in its CN or DNS names",
+                cert.subject()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(cn: &str, dns: &[&str], eku: rcgen::ExtendedKeyUsagePurpose) -> Vec<u8> {
+        let mut p = rcgen::CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.extended_key_usages = vec![eku];
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_peer_certificate_must_carry_the_usage_and_name_its_node() {
+        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        let c = cert("n1", &[], ClientAuth);
+        assert!(check_peer(&c, Eku::ClientAuth, "n1").is_ok());
+        let e = check_peer(&c, Eku::ClientAuth, "n2").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unauthorized);
+        assert!(e.message.contains("does not name node \"n2\""), "{e}");
+        let e = check_peer(&c, Eku::ServerAuth, "n1").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Validation("RequiredEkuNotFound".into()));
+        let by_dns = cert("something else", &["n3"], ServerAuth);
+        assert!(check_peer(&by_dns, Eku::ServerAuth, "n3").is_ok());
+    }
+
+    #[test]
+    fn rsa_cannot_be_a_link_identity() {
+        assert!(scheme(Algorithm::Rsa2048).is_err());
+        assert_eq!(
+            scheme(Algorithm::EcdsaP384).unwrap(),
+            SignatureScheme::ECDSA_NISTP384_SHA384
+        );
+    }
+}
