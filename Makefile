@@ -24,7 +24,8 @@ APPLETS := iamd iam-provision iam-certctl iam-nodelink
 RELEASE := target/release/aos-iam
 STATIC  := target/$(TARGET)/release/aos-iam
 
-.PHONY: all build static test check demo bench install clean crates-inc check-layer yocto-parse
+# (demo-unit: a main and two secondary nodes provisioned through the main node)
+.PHONY: all build static test check demo demo-unit bench install clean crates-inc check-layer yocto-parse
 
 all: build
 
@@ -51,6 +52,9 @@ test:
 	AOS_IAM_BIN=target/debug/aos-iam sh scripts/demo.sh > target/demo-check.log 2>&1 \
 		|| { cat target/demo-check.log; exit 1; }
 	@echo "demo: ok (log in target/demo-check.log)"
+	AOS_IAM_BIN=target/debug/aos-iam sh scripts/demo-unit.sh > target/demo-unit-check.log 2>&1 \
+		|| { cat target/demo-unit-check.log; exit 1; }
+	@echo "demo-unit: ok (log in target/demo-unit-check.log)"
 	$(MAKE) --no-print-directory static
 	AOS_IAM_BIN=$(STATIC) sh scripts/demo.sh > target/demo-static.log 2>&1 \
 		|| { cat target/demo-static.log; exit 1; }
@@ -62,6 +66,11 @@ demo:
 	sh scripts/deps.sh demo
 	$(CARGO) build --release --locked
 	AOS_IAM_BIN=$(RELEASE) sh scripts/demo.sh
+
+demo-unit:
+	sh scripts/deps.sh demo
+	$(CARGO) build --release --locked
+	AOS_IAM_BIN=$(RELEASE) sh scripts/demo-unit.sh
 
 # Figures, not pass/fail: provisioning time against a baseline in the same run, the
 # stripped static binary's size, iamd's idle RSS.

@@ -27,7 +27,7 @@ pub const MARKER_FILE: &str = "provisioned";
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_LONG_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// Where iam-nodelink reports the state of its link, for `iam-nodelink status`.
-pub const DEFAULT_NODELINK_STATUS: &str = "/run/aos-iam/nodelink.status";
+pub const DEFAULT_NODELINK_STATUS: &str = "/run/aos-iam-nodelink/status";
 /// The module whose certificate and key are a node's TLS identity on links.
 pub const DEFAULT_LINK_IDENTITY: &str = "iam";
 
@@ -1082,6 +1082,64 @@ user_pin_file = "/tmp/w/pin"
                 dir: PathBuf::from("/tmp/w/keys")
             }
         );
+    }
+
+    #[test]
+    fn links_are_read_for_the_role_and_checked() {
+        let c = load(&[
+            "[links]\nlisten = [\"unix:/run/l.sock\", \"vsock:5000\", \"tcp:0.0.0.0:8089\"]\nrequest_timeout = 5\n",
+        ])
+        .unwrap();
+        assert_eq!(c.role, Role::Main);
+        assert_eq!(c.links.listen.len(), 3);
+        assert_eq!(c.links.request_timeout, Duration::from_secs(5));
+        assert_eq!(c.links.long_request_timeout, DEFAULT_LONG_REQUEST_TIMEOUT);
+        assert_eq!(c.links.tls, LinkTls::Auto);
+        let c =
+            load(&["[node]\nrole = \"secondary\"\n[links]\nconnect = \"vsock:2:5000\"\ntls = \"required\"\n"]).unwrap();
+        assert_eq!(c.role, Role::Secondary);
+        assert_eq!(
+            c.links.connect,
+            Some(crate::transport::LinkAddr::Vsock { cid: 2, port: 5000 })
+        );
+        for (text, key, reason) in [
+            (
+                "[node]\nrole = \"secondary\"\n[links]\nlisten = [\"vsock:1\"]\n",
+                "links.listen",
+                "only the main node",
+            ),
+            (
+                "[links]\nconnect = \"stdio\"\n",
+                "links.connect",
+                "only a secondary node",
+            ),
+            (
+                "[links]\nlisten = [\"tcp:0.0.0.0:1\"]\ntls = \"off\"\n",
+                "links.tls",
+                "always use TLS",
+            ),
+            ("[links]\nlisten = [\"udp:1\"]\n", "links.listen[0]", "is not one of"),
+            (
+                "[links]\nlisten = [\"vsock:1\", \"vsock:1\"]\n",
+                "links.listen[1]",
+                "listed twice",
+            ),
+            (
+                "[links]\nlisten = [\"vsock:1\"]\nidentity = \"nope\"\n",
+                "links.identity",
+                "names no certificate module",
+            ),
+            (
+                "[links]\nrequest_timeout = 0\n",
+                "links.request_timeout",
+                "at least 1 second",
+            ),
+            ("[node]\nrole = \"leader\"\n", "node.role", "not one of main, secondary"),
+        ] {
+            let e = load(&[text]).unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e}");
+            assert!(e.reason.contains(reason), "{text}: {e}");
+        }
     }
 
     #[test]
