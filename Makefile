@@ -14,6 +14,11 @@ NODE_TYPE ?= main
 NODE_NAME ?= $(shell hostname)
 PKCS11_LIBRARY ?= /usr/lib/softhsm/libsofthsm2.so
 TOKEN_LABEL ?= aos
+# Node links: NODE_ROLE main (LINK_LISTEN: where secondaries dial in) or secondary
+# (LINK_CONNECT: the main node's link address); see scripts/links-dropin.sh.
+NODE_ROLE ?= main
+LINK_LISTEN ?= unix:/run/aos-iam/link.sock
+LINK_CONNECT ?=
 LAYER_FILES := meta-aos-iam/recipes-security/aos-iam/files
 # oelint-adv: the newest supported release; homepageping needs the network; srcurifile
 # cannot expand AOS_IAM_SRC_URI (see meta-aos-iam/README.md).
@@ -90,7 +95,7 @@ install:
 	install -m 0755 $(RELEASE) $(DESTDIR)$(BINDIR)/aos-iam
 	$(STRIP) $(DESTDIR)$(BINDIR)/aos-iam
 	for a in $(APPLETS); do ln -sf aos-iam $(DESTDIR)$(BINDIR)/$$a; done
-	for u in iamd.service iamd-provisioning.service; do \
+	for u in iamd.service iamd-provisioning.service iam-nodelink.service; do \
 		sed 's|/usr/bin/|$(BINDIR)/|' $(LAYER_FILES)/$$u > $(DESTDIR)$(UNITDIR)/$$u; \
 		chmod 0644 $(DESTDIR)$(UNITDIR)/$$u; done
 	install -m 0644 $(LAYER_FILES)/aos-iam.tmpfiles $(DESTDIR)$(TMPFILESDIR)/aos-iam.conf
@@ -100,6 +105,10 @@ install:
 		    -e 's|@PKCS11_LIBRARY@|$(PKCS11_LIBRARY)|' -e 's|@TOKEN_LABEL@|$(TOKEN_LABEL)|' \
 		    $(LAYER_FILES)/config.toml > $(DESTDIR)$(SYSCONFDIR)/aos-iam/config.toml && \
 		chmod 0644 $(DESTDIR)$(SYSCONFDIR)/aos-iam/config.toml; }
+	[ -e $(DESTDIR)$(SYSCONFDIR)/aos-iam/config.d/10-links.toml ] || { \
+		sh scripts/links-dropin.sh $(NODE_ROLE) "$(if $(filter main,$(NODE_ROLE)),$(LINK_LISTEN))" "$(LINK_CONNECT)" \
+			> $(DESTDIR)$(SYSCONFDIR)/aos-iam/config.d/10-links.toml && \
+		chmod 0644 $(DESTDIR)$(SYSCONFDIR)/aos-iam/config.d/10-links.toml; }
 
 # The Yocto crates include, from Cargo.lock.
 crates-inc:

@@ -26,7 +26,7 @@ struct Args {
     /// the local iamd's protected socket (default: paths.protected_socket)
     #[argh(option, short = 's')]
     socket: Option<String>,
-    /// where the link's state is written (default: links.status_file, /run/aos-iam/nodelink.status)
+    /// where the link's state is written (default: links.status_file, /run/aos-iam-nodelink/status)
     #[argh(option)]
     status_file: Option<String>,
     /// first delay before dialing again, in milliseconds (default 500)

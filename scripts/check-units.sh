@@ -13,10 +13,11 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 ln -s "$BIN" "$tmp/iamd"
+ln -s "$BIN" "$tmp/iam-nodelink"
 status=0
 for unit in "$FILES"/*.service; do
     name=$(basename "$unit")
-    sed "s|/usr/bin/iamd|$tmp/iamd|" "$unit" > "$tmp/$name"
+    sed -e "s|/usr/bin/iamd|$tmp/iamd|" -e "s|/usr/bin/iam-nodelink|$tmp/iam-nodelink|" "$unit" > "$tmp/$name"
     err=$(systemd-analyze verify --man=no "$tmp/$name" 2>&1 >/dev/null | grep -v "^$" || true)
     if [ -n "$err" ]; then
         echo "$name: systemd-analyze verify:" >&2
@@ -29,5 +30,8 @@ done
 exposure=$(systemd-analyze security --offline=yes --no-pager "$tmp/iamd.service" 2>/dev/null \
     | sed -n 's/.*Overall exposure level for iamd.service: \([0-9.]*\).*/\1/p')
 echo "iamd.service: security exposure $exposure (target <= 2.5)"
+nl=$(systemd-analyze security --offline=yes --no-pager "$tmp/iam-nodelink.service" 2>/dev/null \
+    | sed -n 's/.*Overall exposure level for iam-nodelink.service: \([0-9.]*\).*/\1/p')
+echo "iam-nodelink.service: security exposure $nl"
 awk -v e="$exposure" 'BEGIN { exit !(e != "" && e <= 2.5) }' || { echo "iamd.service: exposure above 2.5" >&2; status=1; }
 exit $status

@@ -14,7 +14,7 @@ for a in iamd iam-provision iam-certctl iam-nodelink; do
     [ "$(readlink "$dest/usr/bin/$a")" = aos-iam ] || fail "/usr/bin/$a is not a link to aos-iam"
 done
 "$dest/usr/bin/iamd" --version | grep -q '^iamd ' || fail "the iamd link does not run iamd"
-for u in iamd.service iamd-provisioning.service; do
+for u in iamd.service iamd-provisioning.service iam-nodelink.service; do
     f="$dest/usr/lib/systemd/system/$u"
     [ -f "$f" ] || fail "no $u"
     [ "$(stat -c %a "$f")" = 644 ] || fail "$u mode"
@@ -22,6 +22,20 @@ done
 grep -q '^ExecStart=/usr/bin/iamd -c /etc/aos-iam/config.toml$' "$dest/usr/lib/systemd/system/iamd.service" || fail "iamd.service ExecStart"
 grep -q '^ExecStart=/usr/bin/iamd -c /etc/aos-iam/config.toml --provisioning$' "$dest/usr/lib/systemd/system/iamd-provisioning.service" \
     || fail "iamd-provisioning.service ExecStart"
+grep -q '^ExecStart=/usr/bin/iam-nodelink -c /etc/aos-iam/config.toml$' "$dest/usr/lib/systemd/system/iam-nodelink.service" \
+    || fail "iam-nodelink.service ExecStart"
+links="$dest/etc/aos-iam/config.d/10-links.toml"
+grep -q '^role = "main"$' "$links" && grep -q '^listen = \["unix:/run/aos-iam/link.sock"\]$' "$links" || fail "links drop-in of a main node"
+sec=$(mktemp -d)
+make --no-print-directory -s install DESTDIR="$sec" PREFIX=/usr RELEASE=target/debug/aos-iam STRIP=true \
+    NODE_ROLE=secondary LINK_CONNECT=vsock:2:8089 >/dev/null
+grep -q '^role = "secondary"$' "$sec/etc/aos-iam/config.d/10-links.toml" \
+    && grep -q '^connect = "vsock:2:8089"$' "$sec/etc/aos-iam/config.d/10-links.toml" || { rm -rf "$sec"; fail "links drop-in of a secondary node"; }
+if [ -r /etc/machine-id ]; then
+    "$sec/usr/bin/iamd" -c "$sec/etc/aos-iam/config.toml" --check-config >/dev/null || { rm -rf "$sec"; fail "iamd refuses a secondary's installed config"; }
+fi
+rm -rf "$sec"
+sh scripts/links-dropin.sh secondary "" "" >/dev/null 2>&1 && fail "a secondary without CONNECT was accepted"
 grep -q '^d /var/aos/iam 0700 root root -$' "$dest/usr/lib/tmpfiles.d/aos-iam.conf" || fail "tmpfiles entry"
 grep -q '^g aos-iam 990$' "$dest/usr/lib/sysusers.d/aos-iam.conf" || fail "sysusers entry"
 cfg="$dest/etc/aos-iam/config.toml"

@@ -15,6 +15,7 @@ AOS_IAM_SRC_URI ??= "git://git.example.invalid/aos-iam.git;protocol=https;branch
 SRC_URI = "${AOS_IAM_SRC_URI} \
            file://iamd.service \
            file://iamd-provisioning.service \
+           file://iam-nodelink.service \
            file://aos-iam.tmpfiles \
            file://aos-iam.sysusers \
            file://config.toml \
@@ -30,6 +31,13 @@ AOS_IAM_NODE_TYPE ??= "main"
 AOS_IAM_NODE_NAME ??= "${MACHINE}"
 AOS_IAM_PKCS11_LIBRARY ??= "${libdir}/softhsm/libsofthsm2.so"
 AOS_IAM_TOKEN_LABEL ??= "aos"
+# Node links: the main node accepts them on AOS_IAM_LINK_LISTEN (space-separated
+# unix:PATH, vsock:PORT, tcp:ADDR:PORT); a secondary node dials AOS_IAM_LINK_CONNECT
+# (unix:PATH, vsock:CID:PORT, tcp:HOST:PORT, or stdio under vchan-socket-proxy) and runs
+# iam-nodelink.service.
+AOS_IAM_NODE_ROLE ??= "main"
+AOS_IAM_LINK_LISTEN ??= "${@'vsock:8089' if d.getVar('AOS_IAM_NODE_ROLE') == 'main' else ''}"
+AOS_IAM_LINK_CONNECT ??= ""
 # SoftHSM as the PKCS#11 module (loaded with dlopen, so a run-time dependency only);
 # production images drop it and name their own module in AOS_IAM_PKCS11_LIBRARY.
 PACKAGECONFIG ??= "softhsm"
@@ -38,7 +46,7 @@ PACKAGECONFIG[softhsm] = ",,,softhsm"
 # musl: a static binary cannot load PKCS#11 modules, so it is linked dynamically (the
 # default for the Rust target); glibc images may also use `make static` outside bitbake.
 
-SYSTEMD_SERVICE:${PN} = "iamd.service iamd-provisioning.service"
+SYSTEMD_SERVICE:${PN} = "iamd.service iamd-provisioning.service ${@'iam-nodelink.service' if d.getVar('AOS_IAM_NODE_ROLE') == 'secondary' else ''}"
 SYSTEMD_AUTO_ENABLE:${PN} = "enable"
 
 do_install() {
@@ -51,6 +59,7 @@ do_install() {
     install -d ${D}${systemd_system_unitdir}
     install -m 0644 ${UNPACKDIR}/iamd.service ${D}${systemd_system_unitdir}/
     install -m 0644 ${UNPACKDIR}/iamd-provisioning.service ${D}${systemd_system_unitdir}/
+    install -m 0644 ${UNPACKDIR}/iam-nodelink.service ${D}${systemd_system_unitdir}/
     sed -i -e 's|/usr/bin/|${bindir}/|' ${D}${systemd_system_unitdir}/*.service
 
     install -d ${D}${nonarch_libdir}/tmpfiles.d ${D}${nonarch_libdir}/sysusers.d
@@ -64,7 +73,10 @@ do_install() {
         -e 's|@TOKEN_LABEL@|${AOS_IAM_TOKEN_LABEL}|' \
         ${UNPACKDIR}/config.toml > ${D}${sysconfdir}/aos-iam/config.toml
     chmod 0644 ${D}${sysconfdir}/aos-iam/config.toml
+    sh ${S}/scripts/links-dropin.sh "${AOS_IAM_NODE_ROLE}" "${AOS_IAM_LINK_LISTEN}" "${AOS_IAM_LINK_CONNECT}" \
+        > ${D}${sysconfdir}/aos-iam/config.d/10-links.toml
+    chmod 0644 ${D}${sysconfdir}/aos-iam/config.d/10-links.toml
 }
 
 FILES:${PN} += "${nonarch_libdir}/tmpfiles.d ${nonarch_libdir}/sysusers.d ${sysconfdir}/aos-iam"
-CONFFILES:${PN} = "${sysconfdir}/aos-iam/config.toml"
+CONFFILES:${PN} = "${sysconfdir}/aos-iam/config.toml ${sysconfdir}/aos-iam/config.d/10-links.toml"
