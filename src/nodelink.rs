@@ -435,29 +435,14 @@ async fn connect_tls(
     };
     let config = crate::tls::client_config(&identity, &roots)?;
     let handshake = futures_rustls::TlsConnector::from(config).connect(crate::tls::main_server_name(), stream);
-    let deadline = opts.hello_timeout;
-    let tls = smol::future::or(
-        async {
-            handshake
-                .await
-                .map_err(|e| Error::unauthorized(format!("TLS with the main node at {}: {e}", opts.connect)))
-        },
-        async {
-            smol::Timer::after(deadline).await;
-            Err(Error::new(
-                ErrorKind::Timeout,
-                format!("no TLS handshake with {} within {} s", opts.connect, deadline.as_secs()),
-            ))
-        },
-    )
+    let what = format!("no TLS handshake with {}", opts.connect);
+    let tls = transport::within(opts.hello_timeout, what, async {
+        handshake
+            .await
+            .map_err(|e| Error::unauthorized(format!("TLS with the main node at {}: {e}", opts.connect)))
+    })
     .await?;
-    let cert = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| c.to_vec())
-        .ok_or_else(|| Error::unauthorized("the main node presented no certificate"))?;
+    let cert = crate::tls::peer_leaf(tls.get_ref().1)?;
     Ok((Box::new(tls), cert))
 }
 

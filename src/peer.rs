@@ -308,12 +308,5 @@ pub async fn hello(stream: &mut BoxStream, role: Role, node_id: &str, limit: u32
             k => Err(Error::protocol(format!("expected a Hello answer, got a {k:?} frame"))),
         }
     };
-    smol::future::or(exchange, async {
-        smol::Timer::after(timeout).await;
-        Err(Error::new(
-            ErrorKind::Timeout,
-            format!("no hello answer within {} s", timeout.as_secs()),
-        ))
-    })
-    .await
+    crate::transport::within(timeout, "no hello answer", exchange).await
 }

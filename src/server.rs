@@ -654,26 +654,12 @@ async fn accept_tls(stream: BoxStream, shared: &Arc<Shared>) -> Result<(BoxStrea
         crate::tls::server_config(&identity, &roots)
     })
     .await?;
-    let deadline = shared.prov.config.hello_timeout;
     let handshake = futures_rustls::TlsAcceptor::from(config).accept(stream);
-    let tls = smol::future::or(
-        async { handshake.await.map_err(|e| Error::unauthorized(e.to_string())) },
-        async {
-            smol::Timer::after(deadline).await;
-            Err(Error::new(
-                crate::error::ErrorKind::Timeout,
-                format!("no TLS handshake within {} s", deadline.as_secs()),
-            ))
-        },
-    )
+    let tls = transport::within(shared.prov.config.hello_timeout, "no TLS handshake", async {
+        handshake.await.map_err(|e| Error::unauthorized(e.to_string()))
+    })
     .await?;
-    let cert = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| c.to_vec())
-        .ok_or_else(|| Error::unauthorized("the peer presented no certificate"))?;
+    let cert = crate::tls::peer_leaf(tls.get_ref().1)?;
     Ok((Box::new(tls), cert))
 }
 
@@ -682,10 +668,8 @@ async fn accept_tls(stream: BoxStream, shared: &Arc<Shared>) -> Result<(BoxStrea
 async fn link_hello(stream: &mut BoxStream, shared: &Shared) -> Result<String> {
     let limit = shared.body_limit;
     let deadline = shared.prov.config.hello_timeout;
-    let read = transport::read_frame(stream, limit);
-    let frame = smol::future::or(async { read.await.map_err(Error::from) }, async {
-        smol::Timer::after(deadline).await;
-        Err(FrameError::HelloTimeout(deadline.as_secs()).into())
+    let frame = transport::within(deadline, "no hello", async {
+        transport::read_frame(stream, limit).await.map_err(Error::from)
     })
     .await?;
     let (header, body) = frame.ok_or_else(|| Error::unavailable("closed before its hello"))?;

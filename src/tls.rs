@@ -226,6 +226,15 @@ fn webpki_error(e: webpki::Error) -> rustls::CertificateError {
     }
 }
 
+/// The certificate the other end presented in the handshake (its leaf, DER).
+pub fn peer_leaf(state: &rustls::CommonState) -> Result<Vec<u8>> {
+    state
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .ok_or_else(|| Error::unauthorized("the other end presented no certificate"))
+}
+
 /// After the handshake (and the hello): the peer's certificate carries `eku` and names
 /// `node_id` in its CN or a DNS subject alternative name.
 pub fn check_peer(cert_der: &[u8], eku: Eku, node_id: &str) -> Result<()> {

@@ -126,6 +126,23 @@ pub fn peer_credentials(stream: &impl std::os::fd::AsFd) -> io::Result<PeerCrede
     })
 }
 
+/// `fut`, or a `timeout` error saying `what` did not happen within `limit`. Every step of
+/// setting up a link (hello, TLS handshake) is bounded this way.
+pub async fn within<T>(
+    limit: std::time::Duration,
+    what: impl std::fmt::Display,
+    fut: impl std::future::Future<Output = crate::error::Result<T>>,
+) -> crate::error::Result<T> {
+    smol::future::or(fut, async {
+        smol::Timer::after(limit).await;
+        Err(crate::error::Error::new(
+            crate::error::ErrorKind::Timeout,
+            format!("{what} within {} s", limit.as_secs()),
+        ))
+    })
+    .await
+}
+
 /// A byte stream a node link runs over.
 pub trait Stream: smol::io::AsyncRead + smol::io::AsyncWrite + Send + Unpin {}
 impl<T: smol::io::AsyncRead + smol::io::AsyncWrite + Send + Unpin> Stream for T {}

@@ -96,6 +96,19 @@ fn a_unit_linked_by_unix_sockets_is_provisioned_through_the_main_node_only() {
     let info = unit.main.provision(&["--node", &s0, "--json", "node-info"]).ok().json();
     assert_eq!(info["state"], "provisioned");
     assert_eq!(info["connected"], true);
+    // Pause and resume reach the secondary through its link; its new state comes back.
+    unit.main.provision(&["--node", &s0, "pause"]).ok();
+    assert_eq!(unit.secondaries[0].status()["state"], "paused");
+    let start = Instant::now();
+    while unit.main.provision(&["--node", &s0, "--json", "node-info"]).ok().json()["state"] != "paused" {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the main node never saw the pause"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unit.main.provision(&["--node", &s0, "resume"]).ok();
+    assert_eq!(unit.secondaries[0].status()["state"], "provisioned");
 }
 
 #[test]

@@ -289,8 +289,14 @@ impl Node {
 
     /// `iam-provision --json run` with the node's CA, its password file and `extra` options.
     pub fn run_flow_with(&self, extra: &[&str]) -> Out {
+        self.run_flow_on(None, extra)
+    }
+
+    /// The same for `--node NODE` (`all` for a whole unit).
+    pub fn run_flow_on(&self, node: Option<&str>, extra: &[&str]) -> Out {
         let (ca, key, pw) = (self.p("ca.pem"), self.p("ca.key"), self.p("password"));
-        let mut args = vec![
+        let mut args: Vec<&str> = node.map(|n| vec!["--node", n]).unwrap_or_default();
+        args.extend([
             "--json",
             "run",
             "--ca-cert",
@@ -299,7 +305,7 @@ impl Node {
             &key,
             "--password-file",
             &pw,
-        ];
+        ]);
         args.extend_from_slice(extra);
         self.provision(&args)
     }
@@ -658,21 +664,7 @@ impl Unit {
 
     /// `iam-provision --json --node all run` through the main node.
     pub fn run_all(&self, extra: &[&str]) -> Out {
-        let (ca, key, pw) = (self.main.p("ca.pem"), self.main.p("ca.key"), self.main.p("password"));
-        let mut args = vec![
-            "--node",
-            "all",
-            "--json",
-            "run",
-            "--ca-cert",
-            &ca,
-            "--ca-key",
-            &key,
-            "--password-file",
-            &pw,
-        ];
-        args.extend_from_slice(extra);
-        self.main.provision(&args)
+        self.main.run_flow_on(Some("all"), extra)
     }
 }
 
