@@ -7,7 +7,7 @@
 //! owner with their id and answered with [`Peer::answer`]. When the connection ends, every
 //! request still waiting fails at once with `unavailable`, naming the peer.
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::transport::{self, BoxStream};
 use crate::wire::{self, Event, FrameError, FrameKind, Request, Response, Role};
 use std::collections::HashMap;
@@ -107,32 +107,26 @@ impl Peer {
         timeout: Duration,
     ) -> Result<(u64, Response)> {
         let id = self.register(waiter)?;
-        let sent = async {
+        // The whole exchange is bounded, the write too: a peer that stops reading must not
+        // hold a caller forever.
+        let writing = std::sync::atomic::AtomicBool::new(true);
+        let exchange = async {
             // The frame may carry a password: zeroed once written.
             let frame = zeroize::Zeroizing::new(wire::encode_frame(FrameKind::Request, id, request, self.limit)?);
-            self.send(&frame).await
+            self.send(&frame).await?;
+            writing.store(false, Ordering::Relaxed);
+            rx.recv().await.unwrap_or_else(|_| Err(self.lost("connection closed")))
         };
-        if let Err(e) = sent.await {
+        let what = format!("{}: no answer to {}", self.name, request.name());
+        let answer = crate::transport::within(timeout, what, exchange).await;
+        if answer.is_err() {
             self.forget(id);
-            return Err(e);
+            if writing.load(Ordering::Relaxed) {
+                // A frame may be half written: nothing more can be sent on this connection.
+                self.close(&format!("a frame could not be written within {} s", timeout.as_secs()));
+            }
         }
-        let answer = smol::future::or(
-            async { rx.recv().await.unwrap_or_else(|_| Err(self.lost("connection closed"))) },
-            async {
-                smol::Timer::after(timeout).await;
-                Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "{}: no answer to {} within {} s",
-                        self.name,
-                        request.name(),
-                        timeout.as_secs()
-                    ),
-                ))
-            },
-        )
-        .await;
-        answer.map(|r| (id, r)).inspect_err(|_| self.forget(id))
+        answer.map(|r| (id, r))
     }
 
     /// Send a request and wait (at most `timeout`) for its answer.
