@@ -1,4 +1,5 @@
-//! iam-certctl: certificates in operation. `list` (protected socket) and `get` (public).
+//! iam-certctl: certificates in operation. `list` (protected socket), `get` and `watch`
+//! (public).
 
 use crate::common::{self, cert_json, cert_text};
 use aos_iam::client::Client;
@@ -28,6 +29,17 @@ enum Verb {
     SystemInfo(SystemInfo),
     Subjects(Subjects),
     Permissions(Permissions),
+    Watch(Watch),
+}
+
+/// Print each change of the current certificate of TYPE (every type without one), until
+/// interrupted: a line each, or a JSON object per line with --json.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "watch")]
+struct Watch {
+    /// certificate type (default: every type)
+    #[argh(positional)]
+    cert_type: Option<String>,
 }
 
 /// GetSystemInfo: the unit's system id, model and version.
@@ -166,6 +178,34 @@ fn run(args: &Args) -> Result<(), Error> {
                     instance.item_id, instance.subject_id, instance.instance
                 );
                 entries.iter().for_each(|(k, v)| println!("{k}={v}"));
+            }
+        }
+        Verb::Watch(w) => {
+            let mut c = Client::connect(socket(DEFAULT_PUBLIC_SOCKET).as_ref())?;
+            let id = c.subscribe(aos_iam::wire::Request::SubscribeCertChanged {
+                cert_type: w.cert_type.clone().unwrap_or_default(),
+            })?;
+            if !args.json {
+                eprintln!("watching; interrupt to stop");
+            }
+            loop {
+                if let aos_iam::wire::Event::CertChanged { cert_type, current } = c.next_event(id)? {
+                    match (&current, args.json) {
+                        (_, true) => println!(
+                            "{}",
+                            json!({"ok": true, "type": cert_type, "current": current.as_ref().map(cert_json)})
+                        ),
+                        (Some(cert), false) => println!(
+                            "{cert_type}: serial {} subject \"{}\" not after {}",
+                            common::hex(&cert.serial),
+                            cert.subject,
+                            common::rfc3339(cert.not_after)
+                        ),
+                        (None, false) => println!("{cert_type}: no current certificate"),
+                    }
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                }
             }
         }
         Verb::Get(g) => {

@@ -15,7 +15,7 @@ use crate::peer::Peer;
 use crate::permissions::Registry;
 use crate::provisioning::Provisioning;
 use crate::transport::{self, BoxStream, LinkAddr, LinkListener, LinkPeer, PeerCredentials};
-use crate::wire::{self, Event, FrameError, FrameKind, NodeInfo, Request, Response, Role};
+use crate::wire::{self, CertInfo, Event, FrameError, FrameKind, NodeInfo, Request, Response, Role};
 use smol::{lock::Semaphore, Async, Executor};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -44,6 +44,36 @@ struct Shared {
     subjects: Broadcast<Vec<String>>,
     nodes: Nodes,
     provisioning_mode: bool,
+    /// CertChanged events: (type, its current certificate).
+    certs: Broadcast<(String, Option<CertInfo>)>,
+    /// The current certificate of each type (issuer DER, serial) as last reported.
+    current_certs: std::sync::Mutex<std::collections::BTreeMap<String, Option<(Vec<u8>, Vec<u8>)>>>,
+}
+
+impl Shared {
+    /// Report every type whose current certificate differs from the last one reported.
+    fn publish_cert_changes(&self) {
+        let prov = &self.prov;
+        let mut last = self.current_certs.lock().unwrap_or_else(|p| p.into_inner());
+        for t in prov.config.modules.iter().map(|m| m.id.clone()) {
+            let current = match prov.modules.get_cert(&prov.db, &t, None, None) {
+                Ok(c) => Some(c),
+                Err(e) if e.kind == crate::error::ErrorKind::NotFound => None,
+                Err(e) => {
+                    crate::log_warn!("certificate events: {t}: {e}");
+                    continue;
+                }
+            };
+            let key = current.as_ref().map(|c| (c.issuer_der.clone(), c.serial.clone()));
+            if last.get(&t) != Some(&key) {
+                let first = !last.contains_key(&t);
+                last.insert(t.clone(), key);
+                if !first {
+                    self.certs.send((t, current));
+                }
+            }
+        }
+    }
 }
 
 /// The sockets iamd made: public, protected, and unix link listeners.
@@ -84,7 +114,10 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
         subjects: Broadcast::new("subjects", MAX_SUBSCRIBERS, SUBSCRIBER_BACKLOG),
         nodes,
         provisioning_mode,
+        certs: Broadcast::new("certificate", MAX_SUBSCRIBERS, SUBSCRIBER_BACKLOG),
+        current_certs: Default::default(),
     });
+    shared.publish_cert_changes();
 
     let bind = |path: &PathBuf, mode: u32, gid: Option<u32>| -> Result<Async<UnixListener>> {
         let l = transport::bind_unix(path, mode, gid)
@@ -369,7 +402,7 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
         }
         if matches!(
             request,
-            Request::SubscribeSubjectsChanged | Request::SubscribeNodeChanged
+            Request::SubscribeSubjectsChanged | Request::SubscribeNodeChanged | Request::SubscribeCertChanged { .. }
         ) {
             subscribe(&request, header.id, &stream, &lock, &shared, closed.clone()).await;
             continue;
@@ -408,22 +441,29 @@ async fn subscribe(
     enum Source {
         Subjects(smol::channel::Receiver<Vec<String>>),
         Nodes(smol::channel::Receiver<NodeInfo>),
+        Certs(smol::channel::Receiver<(String, Option<CertInfo>)>, String),
     }
-    let (key, source) = match request {
-        Request::SubscribeSubjectsChanged => match shared.subjects.subscribe() {
-            Ok((k, rx)) => (k, Source::Subjects(rx)),
-            Err(e) => {
-                send(stream, lock, wire::error_frame(id, &e, limit)).await;
-                return;
-            }
+    let subscribed = match request {
+        Request::SubscribeSubjectsChanged => shared.subjects.subscribe().map(|(k, rx)| (k, Source::Subjects(rx))),
+        Request::SubscribeCertChanged { cert_type } => match shared.prov.modules.get(cert_type) {
+            _ if cert_type.is_empty() => shared
+                .certs
+                .subscribe()
+                .map(|(k, rx)| (k, Source::Certs(rx, String::new()))),
+            Ok(_) => shared
+                .certs
+                .subscribe()
+                .map(|(k, rx)| (k, Source::Certs(rx, cert_type.clone()))),
+            Err(e) => Err(e),
         },
-        _ => match shared.nodes.events.subscribe() {
-            Ok((k, rx)) => (k, Source::Nodes(rx)),
-            Err(e) => {
-                send(stream, lock, wire::error_frame(id, &e, limit)).await;
-                return;
-            }
-        },
+        _ => shared.nodes.events.subscribe().map(|(k, rx)| (k, Source::Nodes(rx))),
+    };
+    let (key, source) = match subscribed {
+        Ok(s) => s,
+        Err(e) => {
+            send(stream, lock, wire::error_frame(id, &e, limit)).await;
+            return;
+        }
     };
     let ack = wire::encode_frame(FrameKind::Response, id, &Response::Subscribed, limit).expect("fits");
     if !send(stream, lock, ack).await {
@@ -437,6 +477,15 @@ async fn subscribe(
                     match &source {
                         Source::Subjects(rx) => rx.recv().await.map(Event::SubjectsChanged).ok(),
                         Source::Nodes(rx) => rx.recv().await.map(Event::NodeChanged).ok(),
+                        Source::Certs(rx, only) => loop {
+                            match rx.recv().await {
+                                Ok((cert_type, current)) if only.is_empty() || *only == cert_type => {
+                                    break Some(Event::CertChanged { cert_type, current })
+                                }
+                                Ok(_) => continue,
+                                Err(_) => break None,
+                            }
+                        },
                     }
                 };
                 let event = smol::future::or(async { Some(next.await) }, async {
@@ -465,6 +514,7 @@ async fn subscribe(
             match &source {
                 Source::Subjects(_) => shared.subjects.unsubscribe(key),
                 Source::Nodes(_) => shared.nodes.events.unsubscribe(key),
+                Source::Certs(..) => shared.certs.unsubscribe(key),
             }
         })
         .detach();
@@ -509,6 +559,7 @@ fn handle(shared: &Shared, request: Request) -> Result<Response> {
     let prov = &shared.prov;
     let op = request.name();
     let changes_node = request.changes_node_state();
+    let changes_certs = request.changes_certs();
     let r = match request {
         Request::Hello { .. } => Err(Error::protocol("Hello was already exchanged")),
         Request::Version => Ok(Response::Version {
@@ -572,7 +623,7 @@ fn handle(shared: &Shared, request: Request) -> Result<Response> {
                 })
         }
         Request::GetSubjects => Ok(Response::Subjects(shared.identity.subjects())),
-        Request::SubscribeSubjectsChanged | Request::SubscribeNodeChanged => {
+        Request::SubscribeSubjectsChanged | Request::SubscribeNodeChanged | Request::SubscribeCertChanged { .. } => {
             Err(Error::internal("subscriptions are served by the connection"))
         }
         Request::RegisterNode { .. } | Request::NodeInfoChanged { .. } => {
@@ -594,6 +645,9 @@ fn handle(shared: &Shared, request: Request) -> Result<Response> {
     };
     if r.is_ok() {
         crate::log_info!("{op}: done");
+        if changes_certs {
+            shared.publish_cert_changes();
+        }
         if changes_node {
             match prov.node_info("") {
                 Ok(info) => shared.nodes.events.send(info),

@@ -312,6 +312,11 @@ pub enum Request {
     GetSubjects,
     SubscribeSubjectsChanged,
     SubscribeNodeChanged,
+    /// Events each time the current certificate of `cert_type` (every type if empty)
+    /// changes: applied, rotated or removed.
+    SubscribeCertChanged {
+        cert_type: String,
+    },
     PauseNode {
         node_id: String,
     },
@@ -363,6 +368,7 @@ impl Request {
             Request::GetSubjects => "GetSubjects",
             Request::SubscribeSubjectsChanged => "SubscribeSubjectsChanged",
             Request::SubscribeNodeChanged => "SubscribeNodeChanged",
+            Request::SubscribeCertChanged { .. } => "SubscribeCertChanged",
             Request::PauseNode { .. } => "PauseNode",
             Request::ResumeNode { .. } => "ResumeNode",
             Request::GetLinkIdentity => "GetLinkIdentity",
@@ -403,6 +409,15 @@ impl Request {
     /// Requests that only a secondary node's link sends, and only on a link.
     pub fn is_link_only(&self) -> bool {
         matches!(self, Request::RegisterNode { .. } | Request::NodeInfoChanged { .. })
+    }
+
+    /// Whether the operation, when it succeeds, may change a current certificate (reported
+    /// to certificate subscribers).
+    pub fn changes_certs(&self) -> bool {
+        matches!(
+            self,
+            Request::StartProvisioning { .. } | Request::ApplyCert { .. } | Request::Deprovision { .. }
+        )
     }
 
     /// Whether the operation, when it succeeds, changes the node's state (reported to node
@@ -459,6 +474,7 @@ impl Request {
             Request::Hello { node_id, .. } => max("node_id", node_id.len(), MAX_NAME_LEN),
             Request::RegisterNode { info } | Request::NodeInfoChanged { info } => info.check_bounds(),
             Request::GetLinkIdentity => Ok(()),
+            Request::SubscribeCertChanged { cert_type } => max("cert_type", cert_type.len(), MAX_NAME_LEN),
             Request::SignWithLinkIdentity { serial, message } => {
                 max("serial", serial.len(), MAX_SERIAL_LEN)?;
                 max("message", message.len(), MAX_SIGNED_LEN)
@@ -665,6 +681,11 @@ pub struct ServerPermissions {
 pub enum Event {
     SubjectsChanged(Vec<String>),
     NodeChanged(NodeInfo),
+    /// The current certificate of a type is now `current` (`None`: there is none).
+    CertChanged {
+        cert_type: String,
+        current: Option<CertInfo>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
