@@ -46,9 +46,12 @@ struct Shared {
     provisioning_mode: bool,
     /// CertChanged events: (type, its current certificate).
     certs: Broadcast<(String, Option<CertInfo>)>,
-    /// The current certificate of each type (issuer DER, serial) as last reported.
-    current_certs: std::sync::Mutex<std::collections::BTreeMap<String, Option<(Vec<u8>, Vec<u8>)>>>,
+    /// The current certificate of each type as last reported.
+    current_certs: std::sync::Mutex<std::collections::BTreeMap<String, Option<CertKey>>>,
 }
+
+/// A certificate by its issuer (DER) and serial.
+type CertKey = (Vec<u8>, Vec<u8>);
 
 impl Shared {
     /// Report every type whose current certificate differs from the last one reported.
