@@ -30,6 +30,58 @@ enum Verb {
     Subjects(Subjects),
     Permissions(Permissions),
     Watch(Watch),
+    Check(Check),
+    Renew(Renew),
+}
+
+/// Every certificate: chain still valid, key and certificate in the store, days to expiry.
+/// Exit 0 ok, 1 warning, 2 critical, 3 unknown (as monitoring plugins do).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "check")]
+struct Check {
+    /// the node to check (default: the node iamd runs on)
+    #[argh(option)]
+    node: Option<String>,
+    /// warn when a current certificate expires within this many days (default 30)
+    #[argh(option, default = "aos_iam::health::DEFAULT_WARNING_DAYS")]
+    warning_days: u32,
+    /// critical when it expires within this many days (default 7)
+    #[argh(option, default = "aos_iam::health::DEFAULT_CRITICAL_DAYS")]
+    critical_days: u32,
+}
+
+/// Renew TYPE now: a new key in the store, its CSR signed by a local CA or a command, the
+/// chain applied (validated as in provisioning).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "renew")]
+struct Renew {
+    /// certificate type
+    #[argh(positional)]
+    cert_type: String,
+    /// the node to renew on (default: the node iamd runs on; another node through the main node)
+    #[argh(option)]
+    node: Option<String>,
+    /// file holding the provisioning password ("-" or absent: stdin)
+    #[argh(option)]
+    password_file: Option<String>,
+    /// CA certificate (PEM) that signs the CSR (with --ca-key)
+    #[argh(option)]
+    ca_cert: Option<String>,
+    /// CA private key (PKCS#8 PEM)
+    #[argh(option)]
+    ca_key: Option<String>,
+    /// lifetime of the certificate the local CA issues, in days (default 365)
+    #[argh(option, default = "365")]
+    days: u32,
+    /// command that signs: CSR PEM on stdin, chain PEM on stdout; exit 75 = retry later
+    #[argh(option)]
+    sign_cmd: Option<String>,
+    /// seconds the signing command may run (default 300)
+    #[argh(option)]
+    sign_timeout: Option<u64>,
+    /// subject; {node} and {type} are replaced (default "CN={node},OU={type}")
+    #[argh(option)]
+    subject: Option<String>,
 }
 
 /// Print each change of the current certificate of TYPE (every type without one), until
@@ -98,12 +150,17 @@ pub fn main(name: &str, args: &[&str]) -> u8 {
         Err(code) => return code,
     };
     match run(&args) {
-        Ok(()) => 0,
+        Ok(code) => code,
+        // A check that could not run is UNKNOWN (3), as monitoring plugins say it.
+        Err(e) if matches!(args.verb, Verb::Check(_)) => {
+            common::fail(name, &e, args.json);
+            3
+        }
         Err(e) => common::fail(name, &e, args.json),
     }
 }
 
-fn run(args: &Args) -> Result<(), Error> {
+fn run(args: &Args) -> Result<u8, Error> {
     let socket = |default: &str| args.socket.clone().unwrap_or_else(|| default.to_string());
     match &args.verb {
         Verb::List(l) => {
@@ -180,6 +237,73 @@ fn run(args: &Args) -> Result<(), Error> {
                 entries.iter().for_each(|(k, v)| println!("{k}={v}"));
             }
         }
+        Verb::Check(v) => {
+            let checks = Client::connect(socket(DEFAULT_PROTECTED_SOCKET).as_ref())?
+                .check_certs(v.node.as_deref().unwrap_or(""))?;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let rated: Vec<_> = checks
+                .iter()
+                .map(|c| (c, aos_iam::health::rate(c, now, v.warning_days, v.critical_days)))
+                .collect();
+            let worst = rated
+                .iter()
+                .map(|(_, r)| r.level)
+                .max()
+                .unwrap_or(aos_iam::health::Level::Ok);
+            if args.json {
+                let certs: Vec<_> = rated
+                    .iter()
+                    .map(|(c, r)| {
+                        json!({"type": c.info.cert_type, "serial": common::hex(&c.info.serial), "current": c.info.current,
+                            "status": r.level.name(), "reason": r.reason, "days_left": r.days_left,
+                            "chain_error": c.chain_error, "key_present": c.key_present, "cert_present": c.cert_present})
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"ok": worst == aos_iam::health::Level::Ok, "status": worst.name(), "certificates": certs})
+                );
+            } else {
+                let bad = rated
+                    .iter()
+                    .filter(|(_, r)| r.level == worst && worst != aos_iam::health::Level::Ok)
+                    .count();
+                println!(
+                    "IAM {} - {} certificate(s){}",
+                    worst.name(),
+                    rated.len(),
+                    if bad > 0 {
+                        format!(", {bad} {}", worst.name().to_lowercase())
+                    } else {
+                        String::new()
+                    }
+                );
+                for (c, r) in &rated {
+                    println!(
+                        "{:<9} {} {}: {}",
+                        r.level.name(),
+                        c.info.cert_type,
+                        common::hex(&c.info.serial),
+                        r.reason
+                    );
+                }
+            }
+            return Ok(worst.exit_code());
+        }
+        Verb::Renew(v) => {
+            let signer = common::signer(&v.ca_cert, &v.ca_key, v.days, &v.sign_cmd, v.sign_timeout)?;
+            let pw = common::read_secret(v.password_file.as_deref(), "provisioning password")?;
+            let mut c = Client::connect(socket(DEFAULT_PROTECTED_SOCKET).as_ref())?;
+            let node = v.node.clone().unwrap_or_else(|| c.server_node_id.clone());
+            let template = v.subject.as_deref().unwrap_or(aos_iam::factory::DEFAULT_SUBJECT);
+            let subject = aos_iam::factory::subject_for(template, &node, &v.cert_type);
+            let cert = aos_iam::factory::renew(&mut c, signer.as_ref(), &node, &v.cert_type, &subject, &pw)?;
+            if args.json {
+                println!("{}", json!({"ok": true, "certificate": cert_json(&cert)}));
+            } else {
+                print!("{}", cert_text(&cert));
+            }
+        }
         Verb::Watch(w) => {
             let mut c = Client::connect(socket(DEFAULT_PUBLIC_SOCKET).as_ref())?;
             let id = c.subscribe(aos_iam::wire::Request::SubscribeCertChanged {
@@ -227,5 +351,5 @@ fn run(args: &Args) -> Result<(), Error> {
             }
         }
     }
-    Ok(())
+    Ok(0)
 }

@@ -78,6 +78,27 @@ pub fn parse<T: FromArgs>(name: &str, args: &[&str]) -> Result<T, u8> {
     })
 }
 
+/// The signer that `--ca-cert`/`--ca-key` or `--sign-cmd` name (exactly one of them).
+pub fn signer(
+    ca_cert: &Option<String>,
+    ca_key: &Option<String>,
+    days: u32,
+    sign_cmd: &Option<String>,
+    sign_timeout: Option<u64>,
+) -> Result<Box<dyn aos_iam::signer::CsrSigner + Sync>, Error> {
+    use aos_iam::signer::{CommandSigner, LocalCa, DEFAULT_COMMAND_TIMEOUT};
+    Ok(match (ca_cert, ca_key, sign_cmd) {
+        (Some(c), Some(k), None) => Box::new(LocalCa::load(c.as_ref(), k.as_ref(), days)?),
+        (None, None, Some(cmd)) => Box::new(CommandSigner {
+            command: cmd.clone(),
+            timeout: sign_timeout
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(DEFAULT_COMMAND_TIMEOUT),
+        }),
+        _ => return Err(Error::invalid("give either --ca-cert and --ca-key, or --sign-cmd")),
+    })
+}
+
 /// An error as JSON: `{"kind", "reason", "message"}`.
 pub fn error_json(e: &Error) -> serde_json::Value {
     let reason = match &e.kind {

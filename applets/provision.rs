@@ -7,7 +7,7 @@ use crate::common::{self, cert_json, cert_text};
 use aos_iam::client::Client;
 use aos_iam::config::DEFAULT_PROTECTED_SOCKET;
 use aos_iam::factory::{self, RunOptions, DEFAULT_SUBJECT};
-use aos_iam::signer::{CommandSigner, CsrSigner, LocalCa, DEFAULT_COMMAND_TIMEOUT};
+use aos_iam::signer::CsrSigner;
 use aos_iam::Error;
 use argh::FromArgs;
 use serde_json::json;
@@ -404,17 +404,7 @@ fn done(args: &Args, what: &str) {
 }
 
 fn run_flow(args: &Args, v: &Run, node: &str) -> Result<u8, Error> {
-    let signer: Box<dyn CsrSigner + Sync> = match (&v.ca_cert, &v.ca_key, &v.sign_cmd) {
-        (Some(c), Some(k), None) => Box::new(LocalCa::load(c.as_ref(), k.as_ref(), v.days)?),
-        (None, None, Some(cmd)) => Box::new(CommandSigner {
-            command: cmd.clone(),
-            timeout: v
-                .sign_timeout
-                .map(Duration::from_secs)
-                .unwrap_or(DEFAULT_COMMAND_TIMEOUT),
-        }),
-        _ => return Err(Error::invalid("give either --ca-cert and --ca-key, or --sign-cmd")),
-    };
+    let signer = common::signer(&v.ca_cert, &v.ca_key, v.days, &v.sign_cmd, v.sign_timeout)?;
     let pw = common::read_secret(v.password_file.as_deref(), "provisioning password")?;
     if node == "all" {
         return run_unit(args, v, signer.as_ref(), &pw);

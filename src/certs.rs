@@ -9,7 +9,7 @@ use crate::config::{Config, ModuleConfig};
 use crate::db::{CertRecord, Db, PendingKey, Snapshot, TrashEntry};
 use crate::error::{Error, Result};
 use crate::keystore::{self, hex, KeyId, KeyStore};
-use crate::wire::CertInfo;
+use crate::wire::{CertCheck, CertInfo};
 use crate::x509::{self, StoredKey};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use std::sync::Arc;
@@ -231,6 +231,7 @@ impl CertModules {
             not_before: leaf.not_before,
             not_after: leaf.not_after,
             seq: 0,
+            intermediates: chain[1..].iter().map(|c| c.to_vec()).collect(),
         };
         let mut of_type: Vec<&CertRecord> = snap.certs.iter().filter(|r| r.cert_type == cert_type).collect();
         of_type.sort_by_key(|r| r.seq);
@@ -278,6 +279,7 @@ impl CertModules {
             not_before: f.not_before,
             not_after: f.not_after,
             seq: 0,
+            intermediates: vec![],
         };
         let trashed = db.apply(&record, &[])?;
         self.empty_trash(db, &trashed)
@@ -417,6 +419,50 @@ impl CertModules {
         };
         let r = found.ok_or_else(|| Error::not_found(format!("no certificate of type \"{cert_type}\" matches")))?;
         Ok(m.cert_info(r, current.is_some_and(|c| c.key_id == r.key_id)))
+    }
+
+    /// Every certificate checked as it stands now: its chain against the root (validity
+    /// included; self-signed modules: their period only), and its objects in the store.
+    pub fn check(&self, db: &Db, config: &Config) -> Result<Vec<CertCheck>> {
+        let snap = db.snapshot()?;
+        let roots = read_roots(config);
+        let at = now();
+        let mut out = Vec::new();
+        for m in &self.modules {
+            let current = self.current(&snap, m.id()).map(|c| c.key_id);
+            for r in snap.certs.iter().filter(|r| r.cert_type == m.id()) {
+                let key_present = m.store.public_key(m.id(), &r.key_id)?.is_some();
+                let der = m.store.certificate(m.id(), &r.key_id)?;
+                let chain_error = match (&der, &roots) {
+                    (None, _) => "the certificate object is missing from the store".to_string(),
+                    (Some(_), _) if m.config.self_signed || m.config.skip_validation => {
+                        if at < r.not_before || at > r.not_after {
+                            "outside its validity period".to_string()
+                        } else {
+                            String::new()
+                        }
+                    }
+                    (Some(_), Err(e)) => e.to_string(),
+                    (Some(leaf), Ok(roots)) => {
+                        let chain: Vec<CertificateDer> = std::iter::once(leaf.clone())
+                            .chain(r.intermediates.iter().cloned())
+                            .map(CertificateDer::from)
+                            .collect();
+                        match x509::validate_chain(&chain, roots, &m.config.extended_key_usage, UnixTime::now()) {
+                            Ok(()) => String::new(),
+                            Err(e) => e.to_string(),
+                        }
+                    }
+                };
+                out.push(CertCheck {
+                    info: m.cert_info(r, current == Some(r.key_id)),
+                    chain_error,
+                    key_present,
+                    cert_present: der.is_some(),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Every applied certificate, by type in configuration order, oldest first.

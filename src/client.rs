@@ -118,6 +118,15 @@ impl Client {
         }
     }
 
+    pub fn check_certs(&mut self, node_id: &str) -> Result<Vec<crate::wire::CertCheck>> {
+        match self.call(Request::CheckCerts {
+            node_id: node_id.into(),
+        })? {
+            Response::CertChecks(c) => Ok(c),
+            r => Err(unexpected("CheckCerts", r)),
+        }
+    }
+
     pub fn status(&mut self, node_id: &str) -> Result<ProvisioningStatus> {
         match self.call(Request::GetProvisioningStatus {
             node_id: node_id.into(),

@@ -45,6 +45,9 @@ pub struct CertRecord {
     pub not_after: i64,
     /// Order of application; the newest valid certificate of a type is its current one.
     pub seq: u64,
+    /// The intermediate certificates (DER) the chain was validated with, for later checks;
+    /// only the leaf is kept in the store.
+    pub intermediates: Vec<Vec<u8>>,
 }
 
 /// Objects of a store that are to be removed (key pair and certificate).
@@ -364,6 +367,7 @@ mod tests {
             not_before: 0,
             not_after: 1,
             seq: 0,
+            intermediates: vec![],
         }
     }
 

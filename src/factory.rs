@@ -114,6 +114,28 @@ fn finish(client: &mut Client, opts: &RunOptions, node_id: &str, progress: &mut 
     })
 }
 
+/// Renew one certificate of a provisioned node: a new key and its CSR, signed by `signer`,
+/// applied (validated exactly as in provisioning). The old certificate stays current until
+/// the new one is applied; beyond `max_items`, the oldest goes.
+pub fn renew(
+    client: &mut Client,
+    signer: &dyn CsrSigner,
+    node_id: &str,
+    cert_type: &str,
+    subject: &str,
+    password: &Secret,
+) -> Result<CertInfo> {
+    let csr = client
+        .create_key(node_id, cert_type, subject, password)
+        .map_err(|e| e.context(format!("CreateKey {cert_type}")))?;
+    let chain = signer
+        .sign(cert_type, &csr)
+        .map_err(|e| e.context(format!("Sign {cert_type}")))?;
+    client
+        .apply_cert(node_id, cert_type, &chain)
+        .map_err(|e| e.context(format!("ApplyCert {cert_type}")))
+}
+
 /// How one node of a whole-unit run ended.
 #[derive(Debug)]
 pub struct NodeOutcome {

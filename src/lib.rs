@@ -14,6 +14,7 @@ pub mod db;
 pub mod der;
 pub mod error;
 pub mod factory;
+pub mod health;
 pub mod identity;
 pub mod keystore;
 pub mod log;

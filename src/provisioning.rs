@@ -436,6 +436,11 @@ impl Provisioning {
         Ok(self.modules.cert_types())
     }
 
+    pub fn check_certs(&self, node_id: &str) -> Result<Vec<crate::wire::CertCheck>> {
+        self.check_node(node_id)?;
+        self.modules.check(&self.db, &self.config)
+    }
+
     pub fn list_certs(&self, node_id: &str) -> Result<Vec<CertInfo>> {
         self.check_node(node_id)?;
         self.modules.list(&self.db)

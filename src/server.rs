@@ -580,6 +580,7 @@ fn handle(shared: &Shared, request: Request) -> Result<Response> {
             .get_cert(&prov.db, &cert_type, issuer.as_deref(), serial.as_deref())
             .map(Response::Cert),
         Request::ListCerts { node_id } => prov.list_certs(&node_id).map(Response::Certs),
+        Request::CheckCerts { node_id } => prov.check_certs(&node_id).map(Response::CertChecks),
         Request::GetProvisioningStatus { node_id } => prov.status(&node_id).map(Response::Status),
         Request::GetCertTypes { node_id } => prov.cert_types(&node_id).map(Response::CertTypes),
         Request::StartProvisioning { node_id, password } => prov.start(&node_id, &password).map(|_| Response::Done),

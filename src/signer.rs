@@ -77,8 +77,13 @@ impl CsrSigner for LocalCa {
     }
 }
 
-/// A command run through `/bin/sh -c`: CSR PEM on stdin, chain PEM on stdout; a non-zero
-/// exit is a refusal and its stderr is shown.
+/// The exit status by which a signing command says "not now, ask again later"
+/// (`EX_TEMPFAIL`); any other non-zero status is a refusal.
+pub const EXIT_RETRY_LATER: i32 = 75;
+
+/// A command run through `/bin/sh -c`: CSR PEM on stdin, chain PEM on stdout. Exit 0: the
+/// chain is issued; exit 75: retry later (an `unavailable` error); any other status: refused
+/// (`unauthorized`), with its stderr shown. Stopped after `timeout`.
 pub struct CommandSigner {
     pub command: String,
     pub timeout: Duration,
@@ -101,6 +106,11 @@ impl CsrSigner for CommandSigner {
             } else {
                 format!(": {}", done.stderr)
             };
+            if done.status.code() == Some(EXIT_RETRY_LATER) {
+                return Err(Error::unavailable(format!(
+                    "the signing command asks to retry later (exit {EXIT_RETRY_LATER}){detail}"
+                )));
+            }
             return Err(Error::unauthorized(format!(
                 "the signing command refused ({}){detail}",
                 done.status

@@ -323,6 +323,10 @@ pub enum Request {
     ResumeNode {
         node_id: String,
     },
+    /// Every certificate of the node checked now (chain, objects in the store).
+    CheckCerts {
+        node_id: String,
+    },
     /// The current certificate of the link identity module, for iam-nodelink's TLS.
     GetLinkIdentity,
     /// Sign a TLS handshake message with the key of the link identity certificate whose
@@ -371,6 +375,7 @@ impl Request {
             Request::SubscribeCertChanged { .. } => "SubscribeCertChanged",
             Request::PauseNode { .. } => "PauseNode",
             Request::ResumeNode { .. } => "ResumeNode",
+            Request::CheckCerts { .. } => "CheckCerts",
             Request::GetLinkIdentity => "GetLinkIdentity",
             Request::SignWithLinkIdentity { .. } => "SignWithLinkIdentity",
             Request::RegisterNode { .. } => "RegisterNode",
@@ -384,6 +389,7 @@ impl Request {
         match self {
             Request::GetNodeInfo { node_id }
             | Request::ListCerts { node_id }
+            | Request::CheckCerts { node_id }
             | Request::GetProvisioningStatus { node_id }
             | Request::GetCertTypes { node_id }
             | Request::StartProvisioning { node_id, .. }
@@ -438,6 +444,7 @@ impl Request {
         matches!(
             self,
             Request::ListCerts { .. }
+                | Request::CheckCerts { .. }
                 | Request::GetProvisioningStatus { .. }
                 | Request::GetCertTypes { .. }
                 | Request::StartProvisioning { .. }
@@ -511,6 +518,7 @@ impl Request {
             }
             Request::GetNodeInfo { node_id }
             | Request::ListCerts { node_id }
+            | Request::CheckCerts { node_id }
             | Request::GetProvisioningStatus { node_id }
             | Request::GetCertTypes { node_id } => max("node_id", node_id.len(), MAX_NAME_LEN),
             Request::GetCert {
@@ -707,6 +715,16 @@ pub struct CertInfo {
     pub current: bool,
 }
 
+/// A certificate as `iam-certctl check` sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertCheck {
+    pub info: CertInfo,
+    /// Why the chain does not validate against the root now (empty: it does).
+    pub chain_error: String,
+    pub key_present: bool,
+    pub cert_present: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModuleStatus {
     pub cert_type: String,
@@ -765,6 +783,7 @@ pub enum Response {
         serial: Vec<u8>,
     },
     Signature(Vec<u8>),
+    CertChecks(Vec<CertCheck>),
 }
 
 #[cfg(test)]

@@ -105,3 +105,155 @@ fn certificate_watch_reports_removal_and_unknown_types_are_refused() {
     node.applet("iam-certctl", &["-s", &node.public(), "watch", "nope"], None)
         .fails(6, "nope");
 }
+
+fn certctl(node: &Node, args: &[&str]) -> Out {
+    let mut all = vec!["-s".to_string(), node.protected()];
+    all.extend(args.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    node.applet("iam-certctl", &refs, None)
+}
+
+fn renew_local_ca(node: &Node, cert_type: &str, days: &str) -> Out {
+    certctl(
+        node,
+        &[
+            "--json",
+            "renew",
+            cert_type,
+            "--ca-cert",
+            &node.p("ca.pem"),
+            "--ca-key",
+            &node.p("ca.key"),
+            "--days",
+            days,
+            "--password-file",
+            &node.p("password"),
+        ],
+    )
+}
+
+#[test]
+fn check_rates_expiry_and_a_tampered_token_like_a_monitoring_plugin() {
+    let node = provisioned("check");
+    let out = certctl(&node, &["check"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.starts_with("IAM OK - 3 certificate(s)"), "{}", out.stdout);
+
+    // A renewal that brings a short-lived certificate: warning, then critical.
+    let renewed = renew_local_ca(&node, "online", "20").ok().json();
+    assert_eq!(renewed["certificate"]["current"], true);
+    let out = certctl(&node, &["check"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("WARNING   online") && out.stdout.contains("expires in "),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(certctl(&node, &["check", "--warning-days", "10"]).code, 0);
+    let out = certctl(&node, &["--json", "check", "--critical-days", "25"]);
+    assert_eq!(out.code, 2);
+    assert_eq!(out.json()["status"], "CRITICAL");
+
+    // The current certificate object is deleted behind iamd's back.
+    let iam = node.list_certs().into_iter().find(|c| c["type"] == "iam").unwrap();
+    let id = iam["key_url"]
+        .as_str()
+        .unwrap()
+        .split("id=")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let id_hex: String = percent_decode(&id).iter().map(|b| format!("{b:02x}")).collect();
+    node.pkcs11_tool(&["--delete-object", "--type", "cert", "--id", &id_hex]);
+    let out = certctl(
+        &node,
+        &["--json", "check", "--warning-days", "1", "--critical-days", "1"],
+    );
+    assert_eq!(out.code, 2, "{}", out.stdout);
+    let v = out.json();
+    let broken = v["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "iam")
+        .unwrap()
+        .clone();
+    assert_eq!(broken["cert_present"], false, "{v}");
+    assert!(
+        broken["reason"]
+            .as_str()
+            .unwrap()
+            .contains("certificate object is missing"),
+        "{broken}"
+    );
+
+    // iamd unreachable: UNKNOWN.
+    node.applet("iam-certctl", &["-s", "/nonexistent.sock", "check"], None)
+        .fails(3, "is iamd running?");
+}
+
+/// RFC 7512 percent-encoding back to bytes.
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn renew_with_a_signing_command_that_refuses_or_asks_to_retry_changes_nothing() {
+    let node = provisioned("renewcmd");
+    let before = node.list_certs();
+    let pw = node.p("password");
+    certctl(
+        &node,
+        &[
+            "renew",
+            "iam",
+            "--sign-cmd",
+            "echo busy >&2; exit 75",
+            "--password-file",
+            &pw,
+        ],
+    )
+    .fails(3, "asks to retry later (exit 75): busy");
+    certctl(
+        &node,
+        &[
+            "renew",
+            "iam",
+            "--sign-cmd",
+            "echo no >&2; exit 1",
+            "--password-file",
+            &pw,
+        ],
+    )
+    .fails(4, "the signing command refused");
+    let after = node.list_certs();
+    assert_eq!(before, after, "no certificate changed");
+    // A command that issues: the renewal goes through.
+    let cmd = format!(
+        "cat > {d}/cmd.csr && openssl x509 -req -in {d}/cmd.csr -CA {d}/ca.pem -CAkey {d}/ca.key -days 30 -copy_extensions copy 2>/dev/null",
+        d = node.dir.display()
+    );
+    let out = certctl(
+        &node,
+        &["--json", "renew", "iam", "--sign-cmd", &cmd, "--password-file", &pw],
+    )
+    .ok()
+    .json();
+    assert_eq!(out["certificate"]["current"], true);
+    assert_eq!(node.list_certs().iter().filter(|c| c["type"] == "iam").count(), 2);
+}

@@ -565,6 +565,40 @@ fn a_unit_linked_by_tcp_with_mutual_tls_is_provisioned_again_through_the_main_no
         );
     }
     assert!(unit.main.log().contains("over TLS"), "{}", unit.main.log());
+    // Renewal in operation, as the cloud does it: through the main node, for a secondary.
+    let s1 = unit.secondaries[1].node_id();
+    let (ca, key, pw) = (unit.main.p("ca.pem"), unit.main.p("ca.key"), unit.main.p("password"));
+    let renewed = unit
+        .main
+        .applet(
+            "iam-certctl",
+            &[
+                "-s",
+                &unit.main.protected(),
+                "--json",
+                "renew",
+                "online",
+                "--node",
+                &s1,
+                "--ca-cert",
+                &ca,
+                "--ca-key",
+                &key,
+                "--password-file",
+                &pw,
+            ],
+            None,
+        )
+        .ok()
+        .json();
+    let serial = renewed["certificate"]["serial"].as_str().unwrap();
+    let on_s1 = unit.secondaries[1].list_certs();
+    assert!(
+        on_s1
+            .iter()
+            .any(|c| c["type"] == "online" && c["serial"] == serial && c["current"] == true),
+        "{on_s1:?}"
+    );
     // The factory provisions the whole unit again, through the main node over those links.
     relink(&mut unit, true, &tcp);
     let before: Vec<String> = unit
