@@ -285,11 +285,12 @@ impl CertModules {
         self.empty_trash(db, &trashed)
     }
 
-    /// Compare the database with the stores: records whose objects are missing, and objects
-    /// of our certificate types that no record names. Reported, not cleaned.
-    pub fn audit(&self, snap: &Snapshot) -> Vec<String> {
+    /// Compare the database with the stores: records whose objects are missing (findings),
+    /// and objects of our certificate types that no record names (orphans, by type and id).
+    pub fn audit(&self, snap: &Snapshot) -> (Vec<String>, Vec<(String, KeyId)>) {
         use crate::keystore::ObjectKind;
         let mut findings = Vec::new();
+        let mut orphans: Vec<(String, KeyId)> = Vec::new();
         let mut listed = Vec::new();
         for store in self.stores() {
             match store.objects() {
@@ -335,18 +336,79 @@ impl CertModules {
                     .any(|m| m.id() == o.label && Arc::ptr_eq(&m.store, store));
                 let recorded = snap.certs.iter().any(|r| r.cert_type == o.label && r.key_id == o.id)
                     || snap.pending.iter().any(|p| p.cert_type == o.label && p.key_id == o.id);
-                if ours && !recorded {
-                    findings.push(format!(
-                        "{:?} {}/{} on {} is in no database record",
-                        o.kind,
-                        o.label,
-                        hex(&o.id),
-                        store.describe()
-                    ));
+                if ours && !recorded && !orphans.iter().any(|(l, id)| *l == o.label && *id == o.id) {
+                    orphans.push((o.label.clone(), o.id));
                 }
             }
         }
-        findings
+        (findings, orphans)
+    }
+
+    /// Reconciliation (DESIGN §8), by this policy: objects of our types that no record
+    /// names are removed; pending keys older than `pending_max_age` seconds are removed; a
+    /// certificate that no longer validates is removed only if it is not the current one of
+    /// its type (so the only certificate of a type is never deleted); records whose objects
+    /// are missing are reported and kept, so `check` keeps showing them until a renewal.
+    /// Returns what was found and done, one line each. The caller holds the journal lock.
+    pub fn reconcile(&self, db: &Db, config: &Config, pending_max_age: i64) -> Result<Vec<String>> {
+        let snap = db.snapshot()?;
+        let (mut report, orphans) = self.audit(&snap);
+        for (label, id) in orphans {
+            let Ok(m) = self.get(&label) else { continue };
+            m.store.remove(&label, &id)?;
+            report.push(format!(
+                "removed objects {label}/{} from {}: no database record names them",
+                hex(&id),
+                m.store.describe()
+            ));
+        }
+        let at = now();
+        let mut discard = Vec::new();
+        for p in snap.pending.iter().filter(|p| at - p.created > pending_max_age) {
+            report.push(format!(
+                "removed pending key {}/{}: no certificate came for it in {} s",
+                p.cert_type,
+                hex(&p.key_id),
+                at - p.created
+            ));
+            discard.push((p.cert_type.clone(), p.key_id));
+        }
+        if let Ok(roots) = read_roots(config) {
+            for m in self
+                .modules
+                .iter()
+                .filter(|m| !m.config.self_signed && !m.config.skip_validation)
+            {
+                let current = self.current(&snap, m.id()).map(|c| c.key_id);
+                for r in snap
+                    .certs
+                    .iter()
+                    .filter(|r| r.cert_type == m.id() && Some(r.key_id) != current)
+                {
+                    let Some(der) = m.store.certificate(m.id(), &r.key_id)? else {
+                        continue;
+                    };
+                    let chain: Vec<CertificateDer> = std::iter::once(der)
+                        .chain(r.intermediates.iter().cloned())
+                        .map(CertificateDer::from)
+                        .collect();
+                    if let Err(e) = x509::validate_chain(&chain, &roots, &m.config.extended_key_usage, UnixTime::now())
+                    {
+                        report.push(format!(
+                            "removed certificate {}/{} (not current): it no longer validates: {e}",
+                            r.cert_type,
+                            hex(&r.key_id)
+                        ));
+                        discard.push((r.cert_type.clone(), r.key_id));
+                    }
+                }
+            }
+        }
+        if !discard.is_empty() {
+            let trashed = db.discard(&discard)?;
+            self.empty_trash(db, &trashed)?;
+        }
+        Ok(report)
     }
 
     /// The current certificate of a type: the newest that is valid now, else the newest.

@@ -31,6 +31,26 @@ pub const DEFAULT_NODELINK_STATUS: &str = "/run/aos-iam-nodelink/status";
 /// The module whose certificate and key are a node's TLS identity on links.
 pub const DEFAULT_LINK_IDENTITY: &str = "iam";
 
+/// Reconciliation of the database with the stores (DESIGN §8): at start, then every
+/// `interval` (zero: at start only); pending keys older than `pending_max_age` are removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcileConfig {
+    pub interval: Duration,
+    pub pending_max_age: Duration,
+}
+
+pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(3600);
+pub const DEFAULT_PENDING_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            interval: DEFAULT_RECONCILE_INTERVAL,
+            pending_max_age: DEFAULT_PENDING_MAX_AGE,
+        }
+    }
+}
+
 /// A node is the unit's main node (it accepts links and forwards) or a secondary one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -300,6 +320,7 @@ pub struct Config {
     pub node_type: String,
     pub role: Role,
     pub links: LinksConfig,
+    pub reconcile: ReconcileConfig,
     pub working_dir: PathBuf,
     pub root_ca: Option<PathBuf>,
     pub public_socket: PathBuf,
@@ -716,6 +737,21 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         None => (crate::wire::DEFAULT_BODY_LIMIT, DEFAULT_HELLO_TIMEOUT),
     };
 
+    let reconcile = match root.sub("reconcile")? {
+        Some(mut r) => {
+            let c = ReconcileConfig {
+                interval: r
+                    .uint("interval", 30 * 24 * 3600)?
+                    .map(Duration::from_secs)
+                    .unwrap_or(DEFAULT_RECONCILE_INTERVAL),
+                pending_max_age: seconds(&mut r, "pending_max_age", 365 * 24 * 3600, DEFAULT_PENDING_MAX_AGE)?,
+            };
+            r.finish()?;
+            c
+        }
+        None => ReconcileConfig::default(),
+    };
+
     let links = match root.sub("links")? {
         Some(l) => parse_links(l, role)?,
         None => LinksConfig::default(),
@@ -793,6 +829,7 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         node_type,
         role,
         links,
+        reconcile,
         working_dir,
         root_ca,
         public_socket,

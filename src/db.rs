@@ -210,6 +210,22 @@ impl Db {
         Ok(trashed)
     }
 
+    /// Pending keys or certificate records to be removed: each record moves to the trash in
+    /// one commit (its objects are removed by the caller, then the entries forgotten).
+    pub fn discard(&self, items: &[(String, KeyId)]) -> Result<Vec<TrashEntry>> {
+        let mut trashed = Vec::new();
+        self.write(|t| {
+            for (cert_type, id) in items {
+                let k = key(cert_type, id);
+                t.pending.remove(k.as_str())?;
+                t.certs.remove(k.as_str())?;
+                trashed.push(t.move_to_trash(cert_type, id)?);
+            }
+            Ok(())
+        })?;
+        Ok(trashed)
+    }
+
     /// Persisted permission registrations: (key, encoded registration).
     pub fn instances(&self) -> Result<Vec<(String, Vec<u8>)>> {
         self.read_all(INSTANCES)

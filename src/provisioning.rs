@@ -80,6 +80,8 @@ pub struct Provisioning {
     /// then costs one HMAC instead of a PBKDF2 derivation.
     remembered: Mutex<Option<(Vec<u8>, ring::hmac::Tag)>>,
     remember_key: ring::hmac::Key,
+    /// What the last reconciliation found, so that standing findings are logged once.
+    reported: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Provisioning {
@@ -97,12 +99,13 @@ impl Provisioning {
             failures: AtomicU32::new(0),
             remembered: Mutex::new(None),
             remember_key,
+            reported: Mutex::new(Default::default()),
         })
     }
 
     /// Finish what a power cut interrupted: objects in the trash are removed.
     pub fn recover(&self) -> Result<()> {
-        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let journal = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let snap = self.db.snapshot()?;
         if !snap.trash.is_empty() {
             crate::log_notice!(
@@ -111,15 +114,8 @@ impl Provisioning {
             );
         }
         self.modules.empty_trash(&self.db, &snap.trash)?;
-        if matches!(
-            snap.state(),
-            NodeState::Provisioning | NodeState::Provisioned | NodeState::Paused
-        ) {
-            let snap = self.db.snapshot()?;
-            for finding in self.modules.audit(&snap) {
-                crate::log_warn!("reconciliation: {finding}");
-            }
-        }
+        drop(journal);
+        self.reconcile()?;
         let marker = self.config.marker_file.exists();
         match (snap.state(), marker) {
             (NodeState::Provisioned, false) => self.write_marker()?,
@@ -130,6 +126,30 @@ impl Provisioning {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Reconcile the database with the stores (see [`CertModules::reconcile`]) while the
+    /// node has keys: provisioning, provisioned or paused. Every finding is logged.
+    pub fn reconcile(&self) -> Result<Vec<String>> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if !matches!(
+            self.db.snapshot()?.state(),
+            NodeState::Provisioning | NodeState::Provisioned | NodeState::Paused
+        ) {
+            return Ok(Vec::new());
+        }
+        let report = self.modules.reconcile(
+            &self.db,
+            &self.config,
+            self.config.reconcile.pending_max_age.as_secs() as i64,
+        )?;
+        // A finding that stands is logged once, not at every pass.
+        let mut last = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        for line in report.iter().filter(|l| !last.contains(*l)) {
+            crate::log_warn!("reconciliation: {line}");
+        }
+        *last = report.iter().cloned().collect();
+        Ok(report)
     }
 
     pub fn state(&self) -> Result<NodeState> {

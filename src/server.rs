@@ -170,6 +170,7 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
         let a = EXECUTOR.spawn(accept_loop(public, Socket::Public, shared.clone()));
         let b = EXECUTOR.spawn(accept_loop(protected, Socket::Protected, shared.clone()));
         let c = EXECUTOR.spawn(watch_identity(shared.clone(), signals.reload));
+        let d = EXECUTOR.spawn(reconcile_periodically(shared.clone()));
         let links: Vec<_> = link_listeners
             .into_iter()
             .map(|(addr, l)| EXECUTOR.spawn(accept_links(addr, l, shared.clone())))
@@ -179,13 +180,31 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
             .recv()
             .await
             .unwrap_or_else(|_| "signal thread ended".into());
-        drop((a, b, c, links));
+        drop((a, b, c, d, links));
         why
     }));
     let _ = crate::notify::notify("STOPPING=1");
     crate::log_notice!("{why}: stopping");
     remove_sockets(&config);
     Ok(())
+}
+
+/// Reconcile the database with the stores every `reconcile.interval` (the start-up pass
+/// ran before the sockets opened).
+async fn reconcile_periodically(shared: Arc<Shared>) {
+    let interval = shared.prov.config.reconcile.interval;
+    if interval.is_zero() {
+        return;
+    }
+    loop {
+        smol::Timer::after(interval).await;
+        let s = shared.clone();
+        match blocking::unblock(move || s.prov.reconcile()).await {
+            Ok(report) if !report.is_empty() => shared.publish_cert_changes(),
+            Ok(_) => {}
+            Err(e) => crate::log_error!("reconciliation: {e}"),
+        }
+    }
 }
 
 /// Check the identity files on SIGHUP and every poll interval; push changed subjects.

@@ -257,3 +257,74 @@ fn renew_with_a_signing_command_that_refuses_or_asks_to_retry_changes_nothing() 
     assert_eq!(out["certificate"]["current"], true);
     assert_eq!(node.list_certs().iter().filter(|c| c["type"] == "iam").count(), 2);
 }
+
+#[test]
+fn reconciliation_removes_orphans_and_stale_pending_keys_and_reports_missing_objects() {
+    let mut node = Node::new("recon", Store::Pkcs11);
+    node.extra_config = "\n[reconcile]\ninterval = 1\npending_max_age = 2\n".into();
+    node.start(true);
+    node.run_flow().ok();
+    node.stop();
+    // An orphan key pair of our type, planted while iamd is down (SoftHSM shows a running
+    // iamd the objects another process creates only once it opens the token again).
+    let orphan = "0a0b0c0d0e0f10111213141516171819";
+    node.pkcs11_tool(&[
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--label",
+        "iam",
+        "--id",
+        orphan,
+    ]);
+    assert!(node.token_objects().iter().any(|o| o.2 == orphan));
+    node.start(false);
+    // The current online certificate object goes behind iamd's back.
+    let online = node.list_certs().into_iter().find(|c| c["type"] == "online").unwrap();
+    let online_id = node
+        .token_objects()
+        .into_iter()
+        .find(|o| o.0 == "Certificate" && o.1 == "online")
+        .unwrap()
+        .2;
+    node.pkcs11_tool(&["--delete-object", "--type", "cert", "--id", &online_id]);
+    // A key whose certificate never comes.
+    let pw = node.p("password");
+    node.provision(&["create-key", "iam", "--password-file", &pw, "-o", &node.p("stale.csr")])
+        .ok();
+    assert_eq!(node.status()["modules"][0]["pending_key"], true);
+
+    let start = std::time::Instant::now();
+    loop {
+        let objects = node.token_objects();
+        let keys_of_iam = objects.iter().filter(|o| o.0 == "Private Key" && o.1 == "iam").count();
+        if !objects.iter().any(|o| o.2 == orphan)
+            && keys_of_iam == 1
+            && node.status()["modules"][0]["pending_key"] == false
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "not reconciled: {objects:?}\n{}",
+            node.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let log = node.log();
+    assert!(log.contains(&format!("removed objects iam/{orphan}")), "{log}");
+    assert!(log.contains("removed pending key iam/"), "{log}");
+    let missing = format!("certificate record online/{online_id}: its certificate is missing");
+    assert!(log.contains(&missing), "{log}");
+    assert_eq!(
+        log.matches(&missing).count(),
+        1,
+        "a standing finding is logged once:\n{log}"
+    );
+    // The record whose object went is kept (check shows it) and the only key of online stays.
+    assert!(node.list_certs().iter().any(|c| c["serial"] == online["serial"]));
+    assert!(node
+        .token_objects()
+        .iter()
+        .any(|o| o.0 == "Private Key" && o.1 == "online"));
+}
