@@ -169,10 +169,10 @@ fn repeated_create_key_after_a_kill_leaves_no_orphan() {
     assert_converged(&node);
 }
 
-/// Objects changed behind iamd's back are reported when it starts: a key no record names,
-/// and a record whose certificate object was deleted.
+/// Objects changed behind iamd's back are reconciled when it starts: a key no record names
+/// is removed, a record whose certificate object was deleted is reported.
 #[test]
-fn objects_changed_behind_iamds_back_are_reported_at_start() {
+fn objects_changed_behind_iamds_back_are_reconciled_at_start() {
     let mut node = Node::new("audit", Store::Pkcs11);
     node.start(true);
     node.run_flow().ok();
@@ -195,7 +195,14 @@ fn objects_changed_behind_iamds_back_are_reported_at_start() {
     node.pkcs11_tool(&["--delete-object", "--type", "cert", "--id", &online_id]);
     node.start(false);
     let log = node.log();
-    assert!(log.contains("PrivateKey iam/0102030405060708090a0b0c0d0e0f10 on PKCS#11 token label \"aos-test\" is in no database record"), "{log}");
+    assert!(
+        log.contains("removed objects iam/0102030405060708090a0b0c0d0e0f10 from PKCS#11 token label \"aos-test\": no database record names them"),
+        "{log}"
+    );
+    assert!(!node
+        .token_objects()
+        .iter()
+        .any(|o| o.2 == "0102030405060708090a0b0c0d0e0f10"));
     assert!(
         log.contains(&format!(
             "certificate record online/{online_id}: its certificate is missing"
