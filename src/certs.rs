@@ -155,7 +155,7 @@ impl CertModules {
     }
 
     /// CreateKey: a new key pair in the module's store and a CSR for it.
-    pub fn create_key(&self, db: &Db, cert_type: &str, subject: &str) -> Result<String> {
+    pub fn create_key(&self, db: &Db, cert_type: &str, subject: &str) -> Result<(KeyId, String)> {
         let m = self.get(cert_type)?;
         x509::parse_subject(subject)?;
         let id = keystore::new_key_id()?;
@@ -175,7 +175,8 @@ impl CertModules {
             id,
             public,
         };
-        x509::build_csr(&key, subject, &m.config.alt_names, &m.config.extended_key_usage)
+        let csr = x509::build_csr(&key, subject, &m.config.alt_names, &m.config.extended_key_usage)?;
+        Ok((id, csr))
     }
 
     /// ApplyCert: validate, store, record, then evict beyond `max_items`.

@@ -226,6 +226,122 @@ pub struct ModuleConfig {
     pub skip_validation: bool,
     /// Days a self-signed certificate is valid.
     pub self_signed_days: u32,
+    /// Automatic renewal by iamd itself (`[modules.renew]`), if configured.
+    pub renew: Option<RenewPolicy>,
+}
+
+/// When a renewal is due: a share of the certificate's lifetime, or a time before expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threshold {
+    /// Per mille of the lifetime elapsed (`"80%"` is 800).
+    Elapsed(u32),
+    BeforeExpiry(Duration),
+}
+
+/// How iamd renews a module's certificate by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewPolicy {
+    /// A command run with `/bin/sh -c`: CSR PEM on stdin, chain PEM on stdout; exit 75 asks
+    /// to retry later (the protocol of `iam-provision run --sign-cmd`).
+    pub command: String,
+    pub command_timeout: Duration,
+    pub threshold: Threshold,
+    /// First delay after a failure; it doubles per failure up to [`MAX_RENEW_RETRY`].
+    pub retry: Duration,
+    /// Per mille of the time between issue and the threshold by which the renewal may come
+    /// earlier, drawn per certificate, so that a fleet does not renew all at once.
+    pub jitter: u32,
+    /// Subject of the new certificate; `{node}` and `{type}` are replaced.
+    pub subject: String,
+}
+
+/// Longest delay between renewal attempts.
+pub const MAX_RENEW_RETRY: Duration = Duration::from_secs(24 * 3600);
+
+/// `"90s"`, `"15m"`, `"12h"`, `"30d"` or a number of seconds.
+fn parse_duration(s: &str) -> Option<Duration> {
+    let (n, unit) = match s.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    let n: u64 = n.trim().parse().ok()?;
+    let secs = match unit {
+        's' => n,
+        'm' => n.checked_mul(60)?,
+        'h' => n.checked_mul(3600)?,
+        'd' => n.checked_mul(86400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
+/// `"80%"` (or `"12.5%"`) as per mille.
+fn parse_per_mille(s: &str) -> Option<u32> {
+    let v: f64 = s.strip_suffix('%')?.trim().parse().ok()?;
+    (0.0..=100.0).contains(&v).then(|| (v * 10.0).round() as u32)
+}
+
+fn parse_renew(r: &mut Reader) -> Result<RenewPolicy, ConfigError> {
+    match r.string("method")?.as_deref() {
+        None | Some("command") => {}
+        Some("est") => return Err(r.err("method", "\"est\" is not available in this build yet; use \"command\"")),
+        Some(m) => return Err(r.err("method", format!("\"{m}\" is not one of command, est"))),
+    }
+    let command = r.required_string("command")?;
+    let threshold = match r.string("threshold")? {
+        None => Threshold::Elapsed(800),
+        Some(t) if t.ends_with('%') => match parse_per_mille(&t) {
+            Some(p) if p > 0 && p < 1000 => Threshold::Elapsed(p),
+            _ => {
+                return Err(r.err(
+                    "threshold",
+                    format!("\"{t}\" is not a share of the lifetime between 0% and 100%"),
+                ))
+            }
+        },
+        Some(t) => Threshold::BeforeExpiry(parse_duration(&t).filter(|d| !d.is_zero()).ok_or_else(|| {
+            r.err(
+                "threshold",
+                format!("\"{t}\" is neither \"80%\" nor a duration such as \"30d\""),
+            )
+        })?),
+    };
+    let duration = |r: &mut Reader, key: &str, default: Duration| -> Result<Duration, ConfigError> {
+        match r.string(key)? {
+            None => Ok(default),
+            Some(t) => parse_duration(&t).filter(|d| !d.is_zero()).ok_or_else(|| {
+                r.err(
+                    key,
+                    format!("\"{t}\" is not a duration such as \"90s\", \"15m\", \"1h\", \"30d\""),
+                )
+            }),
+        }
+    };
+    let retry = duration(r, "retry", Duration::from_secs(3600))?;
+    let jitter = match r.string("jitter")? {
+        None => 100,
+        Some(j) => parse_per_mille(&j)
+            .filter(|p| *p <= 500)
+            .ok_or_else(|| r.err("jitter", format!("\"{j}\" is not a share between 0% and 50%")))?,
+    };
+    if !r.bool("rotate_key", true)? {
+        return Err(r.err(
+            "rotate_key",
+            "false (certifying the same key again) is not supported: every renewal makes a new key",
+        ));
+    }
+    let command_timeout = seconds(r, "timeout", 24 * 3600, crate::signer::DEFAULT_COMMAND_TIMEOUT)?;
+    let subject = r
+        .string("subject")?
+        .unwrap_or_else(|| crate::factory::DEFAULT_SUBJECT.to_string());
+    Ok(RenewPolicy {
+        command,
+        command_timeout,
+        threshold,
+        retry,
+        jitter,
+        subject,
+    })
 }
 
 /// How often the identity files are checked for changes by default (SIGHUP checks at once).
@@ -967,6 +1083,17 @@ fn parse_module(m: &mut Reader, working_dir: &Path) -> Result<ModuleConfig, Conf
     let self_signed = m.bool("self_signed", false)?;
     let skip_validation = m.bool("skip_validation", false)?;
     let self_signed_days = m.uint("self_signed_days", 36500)?.map(|d| d as u32).unwrap_or(3650);
+    let renew = match m.sub("renew")? {
+        Some(mut r) => {
+            let p = parse_renew(&mut r)?;
+            r.finish()?;
+            Some(p)
+        }
+        None => None,
+    };
+    if renew.is_some() && self_signed {
+        return Err(m.err("renew", "a self-signed module is not renewed through a CA"));
+    }
     let store_name = m.string("store")?.unwrap_or_else(|| "pkcs11".into());
     let store = match store_name.as_str() {
         "pkcs11" => {
@@ -1058,6 +1185,7 @@ fn parse_module(m: &mut Reader, working_dir: &Path) -> Result<ModuleConfig, Conf
         self_signed,
         skip_validation,
         self_signed_days,
+        renew,
     })
 }
 
@@ -1177,6 +1305,36 @@ user_pin_file = "/tmp/w/pin"
             assert_eq!(e.key, key, "{text}: {e}");
             assert!(e.reason.contains(reason), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn renewal_policies_are_read_and_checked() {
+        let c = load(&["[[modules]]\nid = \"r\"\nstore = \"software\"\n[modules.renew]\ncommand = \"sign\"\nthreshold = \"30d\"\nretry = \"15m\"\njitter = \"5%\"\n"]).unwrap();
+        let p = c.module("r").unwrap().renew.clone().unwrap();
+        assert_eq!(p.threshold, Threshold::BeforeExpiry(Duration::from_secs(30 * 86400)));
+        assert_eq!((p.retry, p.jitter), (Duration::from_secs(900), 50));
+        let c =
+            load(&["[[modules]]\nid = \"r\"\nstore = \"software\"\n[modules.renew]\ncommand = \"sign\"\n"]).unwrap();
+        assert_eq!(
+            c.module("r").unwrap().renew.as_ref().unwrap().threshold,
+            Threshold::Elapsed(800)
+        );
+        for (renew, key, reason) in [
+            ("threshold = \"120%\"", "threshold", "between 0% and 100%"),
+            ("threshold = \"soon\"", "threshold", "neither"),
+            ("retry = \"0s\"", "retry", "not a duration"),
+            ("jitter = \"80%\"", "jitter", "between 0% and 50%"),
+            ("rotate_key = false", "rotate_key", "not supported"),
+            ("method = \"est\"", "method", "not available in this build yet"),
+        ] {
+            let text = format!(
+                "[[modules]]\nid = \"r\"\nstore = \"software\"\n[modules.renew]\ncommand = \"sign\"\n{renew}\n"
+            );
+            let e = load(&[&text]).unwrap_err();
+            assert_eq!(e.key, format!("modules[1].renew.{key}"), "{renew}: {e}");
+            assert!(e.reason.contains(reason), "{renew}: {e}");
+        }
+        assert!(parse_duration("12h") == Some(Duration::from_secs(43200)) && parse_duration("x").is_none());
     }
 
     #[test]

@@ -17,6 +17,8 @@ const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending");
 const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
 const TRASH: TableDefinition<&str, &[u8]> = TableDefinition::new("trash");
 const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
+/// Renewals in progress, by certificate type (see `renewal`).
+const RENEWALS: TableDefinition<&str, &[u8]> = TableDefinition::new("renewals");
 /// Main node: every node that registered over a link, by node id.
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 
@@ -248,6 +250,22 @@ impl Db {
     pub fn clear_instances(&self) -> Result<()> {
         self.write_table(INSTANCES, |t| {
             t.retain(|_, _| false)?;
+            Ok(())
+        })
+    }
+
+    /// Renewals in progress: (certificate type, encoded state).
+    pub fn renewals(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        self.read_all(RENEWALS)
+    }
+
+    /// Record a renewal's step (`None`: the renewal is over).
+    pub fn set_renewal(&self, cert_type: &str, value: Option<&[u8]>) -> Result<()> {
+        self.write_table(RENEWALS, |t| {
+            match value {
+                Some(v) => t.insert(cert_type, v)?,
+                None => t.remove(cert_type)?,
+            };
             Ok(())
         })
     }

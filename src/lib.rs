@@ -25,6 +25,7 @@ pub mod notify;
 pub mod peer;
 pub mod permissions;
 pub mod provisioning;
+pub mod renewal;
 pub mod secret;
 pub mod server;
 pub mod signals;

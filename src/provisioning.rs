@@ -128,6 +128,12 @@ impl Provisioning {
         Ok(())
     }
 
+    /// Run `f` holding the journal lock, as every step that writes keys or records does.
+    pub fn with_journal<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        f()
+    }
+
     /// Reconcile the database with the stores (see [`CertModules::reconcile`]) while the
     /// node has keys: provisioning, provisioned or paused. Every finding is logged.
     pub fn reconcile(&self) -> Result<Vec<String>> {
@@ -304,7 +310,9 @@ impl Provisioning {
         if !self.verify(password)? {
             return Err(Error::wrong_state("CreateKey: no provisioning password is set"));
         }
-        self.modules.create_key(&self.db, cert_type, subject)
+        self.modules
+            .create_key(&self.db, cert_type, subject)
+            .map(|(_, csr)| csr)
     }
 
     pub fn apply(&self, node_id: &str, cert_type: &str, chain_pem: &str) -> Result<CertInfo> {

@@ -46,6 +46,8 @@ struct Shared {
     provisioning_mode: bool,
     /// CertChanged events: (type, its current certificate).
     certs: Broadcast<(String, Option<CertInfo>)>,
+    /// Wakes the renewal scheduler when a current certificate changes.
+    certs_changed: (smol::channel::Sender<()>, smol::channel::Receiver<()>),
     /// The current certificate of each type as last reported.
     current_certs: std::sync::Mutex<std::collections::BTreeMap<String, Option<CertKey>>>,
 }
@@ -73,6 +75,7 @@ impl Shared {
                 last.insert(t.clone(), key);
                 if !first {
                     self.certs.send((t, current));
+                    let _ = self.certs_changed.0.try_send(());
                 }
             }
         }
@@ -118,6 +121,7 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
         nodes,
         provisioning_mode,
         certs: Broadcast::new("certificate", MAX_SUBSCRIBERS, SUBSCRIBER_BACKLOG),
+        certs_changed: smol::channel::bounded(1),
         current_certs: Default::default(),
     });
     shared.publish_cert_changes();
@@ -171,6 +175,7 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
         let b = EXECUTOR.spawn(accept_loop(protected, Socket::Protected, shared.clone()));
         let c = EXECUTOR.spawn(watch_identity(shared.clone(), signals.reload));
         let d = EXECUTOR.spawn(reconcile_periodically(shared.clone()));
+        let e = EXECUTOR.spawn(renew_when_due(shared.clone()));
         let links: Vec<_> = link_listeners
             .into_iter()
             .map(|(addr, l)| EXECUTOR.spawn(accept_links(addr, l, shared.clone())))
@@ -180,7 +185,7 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
             .recv()
             .await
             .unwrap_or_else(|_| "signal thread ended".into());
-        drop((a, b, c, d, links));
+        drop((a, b, c, d, e, links));
         why
     }));
     let _ = crate::notify::notify("STOPPING=1");
@@ -204,6 +209,43 @@ async fn reconcile_periodically(shared: Arc<Shared>) {
             Ok(_) => {}
             Err(e) => crate::log_error!("reconciliation: {e}"),
         }
+    }
+}
+
+/// Longest sleep of the renewal scheduler (a certificate applied meanwhile wakes it at once).
+const RENEW_POLL_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Renew the certificates of modules with a `[modules.renew]` policy when they are due, and
+/// resume renewals a restart interrupted.
+async fn renew_when_due(shared: Arc<Shared>) {
+    if shared.prov.config.modules.iter().all(|m| m.renew.is_none()) {
+        return;
+    }
+    loop {
+        let s = shared.clone();
+        let wait = match blocking::unblock(move || crate::renewal::run_due(&s.prov)).await {
+            Ok((applied, next)) => {
+                if applied {
+                    shared.publish_cert_changes();
+                }
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                std::time::Duration::from_secs((next - now).clamp(1, RENEW_POLL_MAX.as_secs() as i64) as u64)
+            }
+            Err(e) => {
+                crate::log_error!("renewal: {e}");
+                RENEW_POLL_MAX
+            }
+        };
+        let changed = shared.certs_changed.1.clone();
+        smol::future::or(
+            async {
+                smol::Timer::after(wait).await;
+            },
+            async {
+                let _ = changed.recv().await;
+            },
+        )
+        .await;
     }
 }
 

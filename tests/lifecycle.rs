@@ -328,3 +328,128 @@ fn reconciliation_removes_orphans_and_stale_pending_keys_and_reports_missing_obj
         .iter()
         .any(|o| o.0 == "Private Key" && o.1 == "online"));
 }
+
+/// An openssl CA (`openssl ca`) in the node's directory that issues certificates valid for
+/// `seconds` from 10 s ago. Returns the signing command (CSR on stdin, certificate on
+/// stdout). While the file `slow` exists it first touches `signing` and takes 4 s.
+fn short_lived_ca(node: &Node, seconds: u32) -> String {
+    let d = node.dir.display();
+    std::fs::create_dir_all(node.path("newcerts")).unwrap();
+    std::fs::write(node.path("index.txt"), "").unwrap();
+    std::fs::write(node.path("serial"), "1000\n").unwrap();
+    std::fs::write(
+        node.path("ca.cnf"),
+        format!(
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = {d}/index.txt\nnew_certs_dir = {d}/newcerts\nserial = {d}/serial\n\
+             certificate = {d}/ca.pem\nprivate_key = {d}/ca.key\ndefault_md = sha384\npolicy = p\ncopy_extensions = copy\n\
+             unique_subject = no\nx509_extensions = leaf\n[p]\ncommonName = supplied\norganizationalUnitName = optional\n\
+             [leaf]\nbasicConstraints = CA:FALSE\nauthorityKeyIdentifier = keyid\n"
+        ),
+    )
+    .unwrap();
+    format!(
+        "set -e; if [ -e {d}/slow ]; then touch {d}/signing; sleep 4; fi; f=$(mktemp -p {d}); cat > $f.csr; \
+         openssl ca -batch -config {d}/ca.cnf -in $f.csr -out $f.pem -notext \
+           -startdate $(date -u -d '-10 sec' +%y%m%d%H%M%SZ) -enddate $(date -u -d '+{seconds} sec' +%y%m%d%H%M%SZ) 2>$f.err \
+           || {{ cat $f.err >&2; exit 1; }}; cat $f.pem"
+    )
+}
+
+fn current_iam(node: &Node) -> serde_json::Value {
+    node.list_certs()
+        .into_iter()
+        .find(|c| c["type"] == "iam" && c["current"] == true)
+        .unwrap()
+}
+
+fn wait_for_new_iam(node: &Node, old_serial: &str, within: u64) -> serde_json::Value {
+    let start = std::time::Instant::now();
+    loop {
+        let c = current_iam(node);
+        if c["serial"] != old_serial {
+            return c;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(within),
+            "no renewal within {within} s:\n{}",
+            node.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_short_lived_certificate_is_renewed_by_iamd_and_a_renewal_killed_midway_completes_after_restart() {
+    let mut node = Node::new("auto", Store::Pkcs11);
+    // iam last, so that [modules.renew] below belongs to it.
+    node.modules.rotate_left(1);
+    assert_eq!(node.modules.last().unwrap().0, "iam");
+    let cmd = short_lived_ca(&node, 20);
+    node.extra_config = format!(
+        "[modules.renew]\ncommand = \"{}\"\nthreshold = \"50%\"\nretry = \"1s\"\njitter = \"0%\"\n",
+        cmd.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    node.start(true);
+    node.run_flow().ok();
+    node.stop();
+    node.start(false);
+    // A certificate that lives 30 s: renewed when half of it is gone.
+    let pw = node.p("password");
+    let short = certctl(
+        &node,
+        &["--json", "renew", "iam", "--sign-cmd", &cmd, "--password-file", &pw],
+    )
+    .ok()
+    .json();
+    let first = short["certificate"]["serial"].as_str().unwrap().to_string();
+    let renewed = wait_for_new_iam(&node, &first, 40);
+    assert!(node.log().contains("renewal of iam: certificate"), "{}", node.log());
+    let out = node.p("renewed.pem");
+    node.export_cert(renewed["cert_url"].as_str().unwrap(), &out);
+    assert!(sh(&format!("openssl verify -CAfile {} {out}", node.p("ca.pem")))
+        .stdout
+        .contains(": OK"));
+
+    // The next renewal is killed while the CA is signing; the old certificate stays served.
+    let second = renewed["serial"].as_str().unwrap().to_string();
+    std::fs::write(node.path("slow"), "").unwrap();
+    let start = std::time::Instant::now();
+    while !node.path("signing").exists() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(40),
+            "the renewal never began:\n{}",
+            node.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    node.kill9();
+    std::fs::remove_file(node.path("slow")).unwrap();
+    node.start(false);
+    let served = current_iam(&node);
+    assert_eq!(
+        served["serial"],
+        second.as_str(),
+        "the old certificate is served until the new one is applied"
+    );
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let not_after = time::OffsetDateTime::parse(
+        served["not_after"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap()
+    .unix_timestamp();
+    assert!(not_after > now, "the served certificate is still valid");
+    wait_for_new_iam(&node, &second, 30);
+    assert!(
+        node.log().contains("renewal of iam: resuming at step KeyCreated"),
+        "{}",
+        node.log()
+    );
+    // max_items = 2: the token holds two iam certificates and their keys, no more.
+    let objects = node.token_objects();
+    assert_eq!(
+        objects.iter().filter(|o| o.0 == "Private Key" && o.1 == "iam").count(),
+        2,
+        "{objects:?}"
+    );
+}
