@@ -21,6 +21,8 @@ struct Args {
     verb: Verb,
 }
 
+// argh takes subcommands by value (no Box); the enum is built once per process.
+#[allow(clippy::large_enum_variant)]
 #[derive(FromArgs)]
 #[argh(subcommand)]
 enum Verb {
@@ -82,6 +84,66 @@ struct Renew {
     /// subject; {node} and {type} are replaced (default "CN={node},OU={type}")
     #[argh(option)]
     subject: Option<String>,
+    /// enroll with this EST server (https://host[:port]/.well-known/est): /simpleenroll
+    #[argh(option)]
+    est: Option<String>,
+    /// the EST server's trust anchor (PEM), required with --est
+    #[argh(option)]
+    est_anchor: Option<String>,
+    /// EST HTTP basic auth user (with --est-password-file)
+    #[argh(option)]
+    est_user: Option<String>,
+    /// file holding the EST password
+    #[argh(option)]
+    est_password_file: Option<String>,
+    /// bootstrap certificate (PEM) for EST mutual TLS (with --est-key)
+    #[argh(option)]
+    est_cert: Option<String>,
+    /// bootstrap certificate's private key (PKCS#8 PEM)
+    #[argh(option)]
+    est_key: Option<String>,
+}
+
+/// The EST signer `renew --est` names: /simpleenroll, by basic auth or a bootstrap certificate.
+fn est_signer(v: &Renew, url: &str) -> Result<Box<dyn aos_iam::signer::CsrSigner + Sync>, Error> {
+    use aos_iam::tls::ClientAuth;
+    use rustls_pki_types::pem::PemObject;
+    if v.ca_cert.is_some() || v.ca_key.is_some() || v.sign_cmd.is_some() {
+        return Err(Error::invalid(
+            "give one way of signing: --est, --ca-cert/--ca-key or --sign-cmd",
+        ));
+    }
+    let anchor = v
+        .est_anchor
+        .as_ref()
+        .ok_or_else(|| Error::invalid("--est needs --est-anchor: the EST server's trust anchor"))?;
+    let pem = std::fs::read_to_string(anchor).map_err(|e| Error::invalid(format!("--est-anchor {anchor}: {e}")))?;
+    let anchors = aos_iam::x509::parse_chain_pem(&pem)?;
+    let basic = match (&v.est_user, &v.est_password_file) {
+        (Some(u), Some(_)) => Some((
+            u.clone(),
+            common::read_secret(v.est_password_file.as_deref(), "EST password")?,
+        )),
+        (None, None) => None,
+        _ => return Err(Error::invalid("--est-user and --est-password-file go together")),
+    };
+    let auth = match (&v.est_cert, &v.est_key) {
+        (Some(c), Some(k)) => {
+            let chain = aos_iam::x509::parse_chain_pem(
+                &std::fs::read_to_string(c).map_err(|e| Error::invalid(format!("--est-cert {c}: {e}")))?,
+            )?;
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_file(k)
+                .map_err(|e| Error::invalid(format!("--est-key {k}: {e}")))?;
+            ClientAuth::Files(chain, key)
+        }
+        (None, None) => ClientAuth::None,
+        _ => return Err(Error::invalid("--est-cert and --est-key go together")),
+    };
+    Ok(Box::new(aos_iam::est::EstSigner {
+        client: aos_iam::est::EstClient::new(url, &anchors, auth, basic)?,
+        reenroll: false,
+        retry_after: Default::default(),
+    }))
 }
 
 /// Print each change of the current certificate of TYPE (every type without one), until
@@ -291,7 +353,10 @@ fn run(args: &Args) -> Result<u8, Error> {
             return Ok(worst.exit_code());
         }
         Verb::Renew(v) => {
-            let signer = common::signer(&v.ca_cert, &v.ca_key, v.days, &v.sign_cmd, v.sign_timeout)?;
+            let signer = match &v.est {
+                Some(url) => est_signer(v, url)?,
+                None => common::signer(&v.ca_cert, &v.ca_key, v.days, &v.sign_cmd, v.sign_timeout)?,
+            };
             let pw = common::read_secret(v.password_file.as_deref(), "provisioning password")?;
             let mut c = Client::connect(socket(DEFAULT_PROTECTED_SOCKET).as_ref())?;
             let node = v.node.clone().unwrap_or_else(|| c.server_node_id.clone());

@@ -238,13 +238,36 @@ pub enum Threshold {
     BeforeExpiry(Duration),
 }
 
+/// Where a renewal gets its certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenewMethod {
+    /// A command run with `/bin/sh -c`: CSR PEM on stdin, chain PEM on stdout; exit 75 asks
+    /// to retry later (the protocol of `iam-provision run --sign-cmd`).
+    Command {
+        command: String,
+        timeout: Duration,
+    },
+    Est(EstConfig),
+}
+
+/// An EST server (RFC 7030) and how to authenticate to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EstConfig {
+    /// `https://host[:port]/.well-known/est` (with a CA label, if the server uses one).
+    pub url: String,
+    /// The server's trust anchor (PEM): the only roots its certificate is checked against.
+    pub anchor: PathBuf,
+    /// `/simplereenroll` with the module's current certificate over mutual TLS (default);
+    /// otherwise `/simpleenroll` with HTTP basic auth.
+    pub reenroll: bool,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
 /// How iamd renews a module's certificate by itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenewPolicy {
-    /// A command run with `/bin/sh -c`: CSR PEM on stdin, chain PEM on stdout; exit 75 asks
-    /// to retry later (the protocol of `iam-provision run --sign-cmd`).
-    pub command: String,
-    pub command_timeout: Duration,
+    pub method: RenewMethod,
     pub threshold: Threshold,
     /// First delay after a failure; it doubles per failure up to [`MAX_RENEW_RETRY`].
     pub retry: Duration,
@@ -282,12 +305,49 @@ fn parse_per_mille(s: &str) -> Option<u32> {
 }
 
 fn parse_renew(r: &mut Reader) -> Result<RenewPolicy, ConfigError> {
-    match r.string("method")?.as_deref() {
-        None | Some("command") => {}
-        Some("est") => return Err(r.err("method", "\"est\" is not available in this build yet; use \"command\"")),
+    let method = match r.string("method")?.as_deref() {
+        None | Some("command") => {
+            if r.table.contains_key("est") {
+                return Err(r.err("est", "given, but the method is \"command\""));
+            }
+            RenewMethod::Command {
+                command: r.required_string("command")?,
+                timeout: seconds(r, "timeout", 24 * 3600, crate::signer::DEFAULT_COMMAND_TIMEOUT)?,
+            }
+        }
+        Some("est") => {
+            for key in ["command", "timeout"] {
+                if r.table.contains_key(key) {
+                    return Err(r.err(key, "given, but the method is \"est\""));
+                }
+            }
+            let mut e = r
+                .sub("est")?
+                .ok_or_else(|| r.err("est", "is required with method = \"est\""))?;
+            let url = e.required_string("url")?;
+            if !url.starts_with("https://") {
+                return Err(e.err("url", "must be an https:// URL"));
+            }
+            let est = EstConfig {
+                url,
+                anchor: e
+                    .path("anchor")?
+                    .ok_or_else(|| e.err("anchor", "is required: the EST server's trust anchor"))?,
+                reenroll: e.bool("reenroll", true)?,
+                username: e.string("username")?,
+                password_file: e.path("password_file")?,
+            };
+            if est.username.is_some() != est.password_file.is_some() {
+                return Err(e.err("username", "username and password_file go together"));
+            }
+            if !est.reenroll && est.username.is_none() {
+                return Err(e.err("reenroll", "false needs username and password_file for /simpleenroll"));
+            }
+            e.finish()?;
+            RenewMethod::Est(est)
+        }
         Some(m) => return Err(r.err("method", format!("\"{m}\" is not one of command, est"))),
-    }
-    let command = r.required_string("command")?;
+    };
     let threshold = match r.string("threshold")? {
         None => Threshold::Elapsed(800),
         Some(t) if t.ends_with('%') => match parse_per_mille(&t) {
@@ -330,13 +390,11 @@ fn parse_renew(r: &mut Reader) -> Result<RenewPolicy, ConfigError> {
             "false (certifying the same key again) is not supported: every renewal makes a new key",
         ));
     }
-    let command_timeout = seconds(r, "timeout", 24 * 3600, crate::signer::DEFAULT_COMMAND_TIMEOUT)?;
     let subject = r
         .string("subject")?
         .unwrap_or_else(|| crate::factory::DEFAULT_SUBJECT.to_string());
     Ok(RenewPolicy {
-        command,
-        command_timeout,
+        method,
         threshold,
         retry,
         jitter,
@@ -1325,7 +1383,7 @@ user_pin_file = "/tmp/w/pin"
             ("retry = \"0s\"", "retry", "not a duration"),
             ("jitter = \"80%\"", "jitter", "between 0% and 50%"),
             ("rotate_key = false", "rotate_key", "not supported"),
-            ("method = \"est\"", "method", "not available in this build yet"),
+            ("method = \"est\"", "command", "given, but the method is \"est\""),
         ] {
             let text = format!(
                 "[[modules]]\nid = \"r\"\nstore = \"software\"\n[modules.renew]\ncommand = \"sign\"\n{renew}\n"
@@ -1335,6 +1393,10 @@ user_pin_file = "/tmp/w/pin"
             assert!(e.reason.contains(reason), "{renew}: {e}");
         }
         assert!(parse_duration("12h") == Some(Duration::from_secs(43200)) && parse_duration("x").is_none());
+        let c = load(&["[[modules]]\nid = \"r\"\nstore = \"software\"\n[modules.renew]\nmethod = \"est\"\n[modules.renew.est]\nurl = \"https://est:8443/.well-known/est\"\nanchor = \"/a.pem\"\n"]).unwrap();
+        assert!(matches!(&c.module("r").unwrap().renew.as_ref().unwrap().method, RenewMethod::Est(e) if e.reenroll));
+        let e = load(&["[[modules]]\nid = \"r\"\nstore = \"software\"\n[modules.renew]\nmethod = \"est\"\n[modules.renew.est]\nurl = \"http://est\"\nanchor = \"/a.pem\"\n"]).unwrap_err();
+        assert_eq!(e.key, "modules[1].renew.est.url");
     }
 
     #[test]

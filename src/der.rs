@@ -1,7 +1,8 @@
 //! The few DER encodings the key stores need and no chosen crate exposes.
 //!
 //! ECDSA-Sig-Value from a token's raw r‖s, PKCS#1 RSAPublicKey from modulus and exponent,
-//! the OCTET STRING around `CKA_EC_POINT`, and the named-curve parameters.
+//! the OCTET STRING around `CKA_EC_POINT`, and the named-curve parameters; and the reading
+//! of a PKCS#7 certs-only structure (RFC 2315/5652), which EST answers with.
 
 /// `id-ecPublicKey` parameters: the named curve OIDs, DER-encoded with their tag.
 pub const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
@@ -89,6 +90,101 @@ pub fn unwrap_octet_string(v: &[u8]) -> &[u8] {
     }
 }
 
+/// One DER TLV and what follows it.
+pub struct Tlv<'a> {
+    pub tag: u8,
+    pub content: &'a [u8],
+    /// The whole TLV, header included.
+    pub whole: &'a [u8],
+    pub rest: &'a [u8],
+}
+
+/// Read one TLV: definite lengths only, at most four length bytes, and never past the
+/// input; `None` otherwise.
+pub fn read_tlv(input: &[u8]) -> Option<Tlv<'_>> {
+    let tag = *input.first()?;
+    let first = *input.get(1)?;
+    let (len, head) = if first < 0x80 {
+        (first as usize, 2)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let bytes = input.get(2..2 + n)?;
+        (bytes.iter().fold(0usize, |l, b| l << 8 | *b as usize), 2 + n)
+    };
+    let end = head.checked_add(len)?;
+    Some(Tlv {
+        tag,
+        content: input.get(head..end)?,
+        whole: &input[..end],
+        rest: &input[end..],
+    })
+}
+
+/// A TLV with tag `tag`: its content and what follows.
+fn expect(tag: u8, input: &[u8]) -> Option<(&[u8], &[u8])> {
+    let t = read_tlv(input)?;
+    (t.tag == tag).then_some((t.content, t.rest))
+}
+
+/// `pkcs7-signedData` (1.2.840.113549.1.7.2), DER content bytes.
+const SIGNED_DATA_OID: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02];
+/// Most certificates a certs-only structure may carry.
+pub const MAX_PKCS7_CERTS: usize = 16;
+
+/// The certificates (DER) of a PKCS#7 certs-only ("degenerate" SignedData) structure.
+pub fn pkcs7_certificates(der: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let (content_info, rest) = expect(0x30, der)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    let (oid, after_oid) = expect(0x06, content_info)?;
+    if oid != SIGNED_DATA_OID {
+        return None;
+    }
+    let (explicit, _) = expect(0xa0, after_oid)?;
+    let (signed_data, _) = expect(0x30, explicit)?;
+    let (_, rest) = expect(0x02, signed_data)?; // version
+    let (_, rest) = expect(0x31, rest)?; // digestAlgorithms
+    let (_, rest) = expect(0x30, rest)?; // encapContentInfo
+    let (mut certs, _) = expect(0xa0, rest)?; // [0] IMPLICIT certificates
+    let mut out = Vec::new();
+    while !certs.is_empty() {
+        let t = read_tlv(certs)?;
+        if t.tag == 0x30 {
+            out.push(t.whole.to_vec());
+            if out.len() > MAX_PKCS7_CERTS {
+                return None;
+            }
+        }
+        certs = t.rest;
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// A PKCS#7 certs-only structure carrying `certs` (for tests and EST servers).
+pub fn pkcs7_certs_only(certs: &[Vec<u8>]) -> Vec<u8> {
+    let mut set = Vec::new();
+    certs.iter().for_each(|c| set.extend_from_slice(c));
+    let signed = [
+        tlv(0x02, &[1]),
+        tlv(0x31, &[]),
+        tlv(
+            0x30,
+            &tlv(0x06, &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01]),
+        ),
+        tlv(0xa0, &set),
+        tlv(0x31, &[]),
+    ]
+    .concat();
+    tlv(
+        0x30,
+        &[tlv(0x06, SIGNED_DATA_OID), tlv(0xa0, &tlv(0x30, &signed))].concat(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +219,19 @@ mod tests {
         );
         let wrapped = tlv(0x04, &bare);
         assert_eq!(ec_point(&wrapped, 65), &bare[..]);
+    }
+
+    #[test]
+    fn pkcs7_certs_only_round_trips_and_garbage_is_refused() {
+        let certs = vec![tlv(0x30, &[1, 2, 3]), tlv(0x30, &[4; 300])];
+        let p7 = pkcs7_certs_only(&certs);
+        assert_eq!(pkcs7_certificates(&p7).unwrap(), certs);
+        assert!(pkcs7_certificates(&p7[..p7.len() - 1]).is_none());
+        assert!(pkcs7_certificates(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_none());
+        assert!(pkcs7_certificates(b"not der").is_none());
+        assert!(pkcs7_certificates(&pkcs7_certs_only(&[])).is_none());
+        let mut trailing = p7.clone();
+        trailing.push(0);
+        assert!(pkcs7_certificates(&trailing).is_none());
     }
 }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod db;
 pub mod der;
 pub mod error;
+pub mod est;
 pub mod factory;
 pub mod health;
 pub mod identity;

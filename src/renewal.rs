@@ -11,12 +11,14 @@
 //! served until the new one is applied; a failure is retried after a delay that doubles up
 //! to a day. Renewals run only on a provisioned node.
 
-use crate::config::{RenewPolicy, Threshold, MAX_RENEW_RETRY};
+use crate::config::{RenewMethod, RenewPolicy, Threshold, MAX_RENEW_RETRY};
 use crate::db::CertRecord;
 use crate::error::{Error, Result};
+use crate::est::{EstClient, EstSigner};
 use crate::keystore::{hex, KeyId};
 use crate::provisioning::Provisioning;
 use crate::signer::{CommandSigner, CsrSigner};
+use crate::tls::ClientAuth;
 use crate::wire::NodeState;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -189,14 +191,16 @@ fn renew_module(prov: &Provisioning, cert_type: &str, policy: &RenewPolicy) -> R
         store(prov, cert_type, None)?;
         return Ok((Outcome::Idle, t));
     }
-    let result = advance(prov, cert_type, policy, &mut renewal);
+    let mut retry_after = None;
+    let result = advance(prov, cert_type, policy, &mut renewal, &mut retry_after);
     match result {
         Ok(()) => {
             store(prov, cert_type, None)?;
             Ok((Outcome::Applied, now()))
         }
         Err(e) => {
-            let delay = backoff(policy, renewal.failures);
+            // The server's Retry-After, when longer than our own delay, is honoured.
+            let delay = backoff(policy, renewal.failures).max(retry_after.unwrap_or_default().min(MAX_RENEW_RETRY));
             renewal.failures = renewal.failures.saturating_add(1);
             renewal.next_try = now() + delay.as_secs() as i64;
             renewal.last_error = e.to_string();
@@ -211,14 +215,63 @@ fn renew_module(prov: &Provisioning, cert_type: &str, policy: &RenewPolicy) -> R
     }
 }
 
+/// The signer a policy names. An EST re-enrollment authenticates with the module's current
+/// certificate, its key signing in the store.
+fn signer(prov: &Provisioning, cert_type: &str, policy: &RenewPolicy) -> Result<Box<dyn CsrSigner>> {
+    Ok(match &policy.method {
+        RenewMethod::Command { command, timeout } => Box::new(CommandSigner {
+            command: command.clone(),
+            timeout: *timeout,
+        }),
+        RenewMethod::Est(est) => {
+            let pem = std::fs::read_to_string(&est.anchor)
+                .map_err(|e| Error::unavailable(format!("EST trust anchor {}: {e}", est.anchor.display())))?;
+            let anchors = crate::x509::parse_chain_pem(&pem)?;
+            let basic = match (&est.username, &est.password_file) {
+                (Some(u), Some(f)) => {
+                    let text = zeroize::Zeroizing::new(
+                        std::fs::read_to_string(f)
+                            .map_err(|e| Error::unavailable(format!("EST password file {}: {e}", f.display())))?,
+                    );
+                    Some((
+                        u.clone(),
+                        crate::secret::Secret::new(text.trim_end_matches('\n').to_string()),
+                    ))
+                }
+                _ => None,
+            };
+            let auth = if est.reenroll {
+                let (_, _, identity) = prov.with_journal(|| prov.modules.identity(&prov.db, cert_type))?;
+                ClientAuth::Identity(identity)
+            } else {
+                ClientAuth::None
+            };
+            Box::new(EstSigner {
+                client: EstClient::new(&est.url, &anchors, auth, basic)?,
+                reenroll: est.reenroll,
+                retry_after: Default::default(),
+            })
+        }
+    })
+}
+
 /// Take the renewal through its remaining steps, committing each.
-fn advance(prov: &Provisioning, cert_type: &str, policy: &RenewPolicy, renewal: &mut Renewal) -> Result<()> {
+fn advance(
+    prov: &Provisioning,
+    cert_type: &str,
+    policy: &RenewPolicy,
+    renewal: &mut Renewal,
+    retry_after: &mut Option<Duration>,
+) -> Result<()> {
     if let Step::KeyCreated { key_id, csr } = &renewal.step {
-        let signer = CommandSigner {
-            command: policy.command.clone(),
-            timeout: policy.command_timeout,
+        let signer = signer(prov, cert_type, policy)?;
+        let chain_pem = match signer.sign(cert_type, csr) {
+            Ok(c) => c,
+            Err(e) => {
+                *retry_after = signer.retry_after();
+                return Err(e);
+            }
         };
-        let chain_pem = signer.sign(cert_type, csr)?;
         renewal.step = Step::Obtained {
             key_id: *key_id,
             csr: csr.clone(),

@@ -16,6 +16,10 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 pub trait CsrSigner {
     /// Sign `csr_pem` for `cert_type`; returns the chain PEM, leaf first.
     fn sign(&self, cert_type: &str, csr_pem: &str) -> Result<String>;
+    /// After a failure: how long the signer asked to wait before trying again, if it said.
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// A CA whose certificate and PKCS#8 key are files.

@@ -155,6 +155,41 @@ pub fn client_config(identity: &Identity, roots: &[CertificateDer<'static>]) -> 
     Ok(Arc::new(config))
 }
 
+/// How a TLS client authenticates to a server other than a node (an EST server).
+pub enum ClientAuth {
+    None,
+    /// The node's certificate, its key signing inside the key store.
+    Identity(Identity),
+    /// A bootstrap certificate chain and its key from files.
+    Files(Vec<CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>),
+}
+
+/// A client of an EST server: the server verified against `anchors` (and its host name),
+/// this side authenticated as `auth` says.
+pub fn est_client_config(anchors: &[CertificateDer<'static>], auth: ClientAuth) -> Result<Arc<rustls::ClientConfig>> {
+    let provider = provider();
+    let mut store = rustls::RootCertStore::empty();
+    for a in anchors {
+        store
+            .add(a.clone())
+            .map_err(|e| Error::validation("BadRoot", format!("EST trust anchor: {e}")))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions())
+        .map_err(|e| tls_error("TLS client", e))?
+        .with_root_certificates(store);
+    let config = match auth {
+        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::Identity(id) => {
+            builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified_key(&id)?)))
+        }
+        ClientAuth::Files(chain, key) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| Error::invalid(format!("the bootstrap certificate and key: {e}")))?,
+    };
+    Ok(Arc::new(config))
+}
+
 /// The name a secondary gives the main node in its ClientHello; never checked (SNI is off).
 pub fn main_server_name() -> ServerName<'static> {
     ServerName::try_from("aos-iam-main").expect("a valid DNS name")

@@ -43,7 +43,8 @@ pub fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
-fn base64_encode(data: &[u8]) -> String {
+/// Standard base64 (RFC 4648 §4), as PEM and EST bodies carry it.
+pub fn base64_encode(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for c in data.chunks(3) {
@@ -57,6 +58,41 @@ fn base64_encode(data: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Decode standard base64, skipping line breaks and other white space (EST bodies are
+/// wrapped). `None` for any other character or a wrong length.
+pub fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let clean: Vec<u8> = text.iter().copied().filter(|c| !c.is_ascii_whitespace()).collect();
+    if !clean.len().is_multiple_of(4) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(clean.len() / 4 * 3);
+    for (i, quad) in clean.chunks(4).enumerate() {
+        let last = i == clean.len() / 4 - 1;
+        let pad = quad.iter().rev().take_while(|c| **c == b'=').count();
+        if pad > 2 || (pad > 0 && !last) {
+            return None;
+        }
+        let mut n = 0u32;
+        for c in &quad[..4 - pad] {
+            n = n << 6 | value(*c)?;
+        }
+        n <<= 6 * pad as u32;
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..3 - pad]);
+    }
+    Some(out)
 }
 
 /// Parse a PEM chain, leaf first. Broken or truncated PEM, a non-certificate section, an
@@ -651,6 +687,20 @@ fn check_leaf(der: &[u8], ekus: &[Eku]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_decodes_what_it_encodes_and_refuses_garbage() {
+        for i in ["", "f", "fo", "foo", "foob", "fooba", "foobar"] {
+            assert_eq!(
+                base64_decode(base64_encode(i.as_bytes()).as_bytes()).unwrap(),
+                i.as_bytes()
+            );
+        }
+        assert_eq!(base64_decode(b"Zm9v\r\nYmFy\n").unwrap(), b"foobar");
+        for bad in [&b"Zm9"[..], b"Zm9v!", b"Z===", b"Zg==Zm9v"] {
+            assert!(base64_decode(bad).is_none(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn base64_matches_the_rfc_vectors() {

@@ -2,6 +2,8 @@
 //! root CA, an iamd configuration, and the real `aos-iam` binary run over its real sockets.
 #![allow(dead_code)]
 
+pub mod est;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,154 @@
+//! EST (RFC 7030) end to end against the EST test server of tests/common/est.rs, which
+//! signs with the node's real CA: enrollment by basic auth (`iam-certctl renew --est`),
+//! re-enrollment by iamd over mutual TLS with the token key, `/cacerts`, and the refusals.
+
+mod common;
+use common::est::{EstServer, Mode};
+use common::*;
+
+const EST_USER: &str = "node-enroll";
+const EST_PASSWORD: &str = "est-secret";
+
+fn provisioned(name: &str, configure: impl FnOnce(&mut Node)) -> Node {
+    let mut node = Node::new(name, Store::Pkcs11);
+    configure(&mut node);
+    node.start(true);
+    node.run_flow().ok();
+    node.stop();
+    node.start(false);
+    std::fs::write(node.path("est-password"), format!("{EST_PASSWORD}\n")).unwrap();
+    node
+}
+
+fn est_renew(node: &Node, server: &EstServer, password_file: &str, anchor: &str) -> Out {
+    node.applet(
+        "iam-certctl",
+        &[
+            "-s",
+            &node.protected(),
+            "--json",
+            "renew",
+            "iam",
+            "--password-file",
+            &node.p("password"),
+            "--est",
+            &server.url,
+            "--est-anchor",
+            anchor,
+            "--est-user",
+            EST_USER,
+            "--est-password-file",
+            password_file,
+        ],
+        None,
+    )
+}
+
+fn iam_serials(node: &Node) -> Vec<String> {
+    node.list_certs()
+        .into_iter()
+        .filter(|c| c["type"] == "iam")
+        .map(|c| c["serial"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn est_enrollment_by_basic_auth_then_reenrollment_by_iamd_with_its_token_key() {
+    let mut est = None;
+    let node = provisioned("est", |n| {
+        // iam last, so that [modules.renew] belongs to it; the server is started first to
+        // know its URL.
+        n.modules.rotate_left(1);
+        let server = EstServer::start(&n.dir, EST_USER, EST_PASSWORD);
+        n.extra_config = format!(
+            "[modules.renew]\nmethod = \"est\"\nthreshold = \"50%\"\nretry = \"1s\"\njitter = \"0%\"\n\
+             [modules.renew.est]\nurl = \"{}\"\nanchor = \"{}\"\n",
+            server.url,
+            server.anchor.display()
+        );
+        est = Some(server);
+    });
+    let server = est.unwrap();
+    // /cacerts through the library's client: the unit CA.
+    let anchors = aos_iam::x509::parse_chain_pem(&read(&server.anchor)).unwrap();
+    let client = aos_iam::est::EstClient::new(&server.url, &anchors, aos_iam::tls::ClientAuth::None, None).unwrap();
+    let cas = client.cacerts().unwrap();
+    assert_eq!(
+        aos_iam::x509::pem_encode("CERTIFICATE", &cas[0]).trim(),
+        read(node.path("ca.pem")).trim()
+    );
+
+    // Enrollment: a certificate that lives 30 s, so that iamd renews it soon.
+    *server.lifetime.lock().unwrap() = 20;
+    let out = est_renew(
+        &node,
+        &server,
+        &node.p("est-password"),
+        &server.anchor.display().to_string(),
+    )
+    .ok()
+    .json();
+    let enrolled = out["certificate"]["serial"].as_str().unwrap().to_string();
+    assert_eq!(server.requests(), [format!("simpleenroll user={EST_USER}")]);
+    // Re-enrollment by iamd itself, authenticated by that certificate over mutual TLS.
+    *server.lifetime.lock().unwrap() = 30 * 86400;
+    let start = std::time::Instant::now();
+    while !server.requests().iter().any(|r| r.starts_with("simplereenroll"))
+        || iam_serials(&node).last() == Some(&enrolled)
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(40),
+            "no re-enrollment:\n{}",
+            node.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert!(
+        server
+            .requests()
+            .contains(&format!("simplereenroll cn={}", node.node_id())),
+        "{:?}",
+        server.requests()
+    );
+    let current = node
+        .list_certs()
+        .into_iter()
+        .find(|c| c["type"] == "iam" && c["current"] == true)
+        .unwrap();
+    assert_ne!(current["serial"], enrolled.as_str());
+    let pem = node.p("reenrolled.pem");
+    node.export_cert(current["cert_url"].as_str().unwrap(), &pem);
+    assert!(sh(&format!("openssl verify -CAfile {} {pem}", node.p("ca.pem")))
+        .stdout
+        .contains(": OK"));
+}
+
+#[test]
+fn est_refusals_are_typed_and_change_no_certificate() {
+    let mut est = None;
+    let node = provisioned("estbad", |n| {
+        est = Some(EstServer::start(&n.dir, EST_USER, EST_PASSWORD))
+    });
+    let server = est.unwrap();
+    let anchor = server.anchor.display().to_string();
+    let before = iam_serials(&node);
+    std::fs::write(node.path("wrong-password"), "nope\n").unwrap();
+    est_renew(&node, &server, &node.p("wrong-password"), &anchor).fails(
+        4,
+        "the EST server refused the credentials for /simpleenroll (401 Unauthorized)",
+    );
+    server.set_mode(Mode::BadRequest);
+    est_renew(&node, &server, &node.p("est-password"), &anchor)
+        .fails(7, "refused /simpleenroll (400 Bad Request): the CSR is not acceptable");
+    server.set_mode(Mode::Malformed);
+    est_renew(&node, &server, &node.p("est-password"), &anchor).fails(10, "not a PKCS#7 certs-only structure");
+    server.set_mode(Mode::RetryLater(7));
+    est_renew(&node, &server, &node.p("est-password"), &anchor).fails(3, "asks to retry after 7 s");
+    server.set_mode(Mode::Normal);
+    // The wrong trust anchor: the node's own CA did not sign the EST server's certificate.
+    est_renew(&node, &server, &node.p("est-password"), &node.p("ca.pem")).fails(4, "TLS with the EST server");
+    assert_eq!(iam_serials(&node), before, "no certificate changed");
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
+    // The EST password never reaches iamd's log.
+    assert!(!node.log().contains(EST_PASSWORD));
+}
