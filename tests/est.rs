@@ -152,3 +152,45 @@ fn est_refusals_are_typed_and_change_no_certificate() {
     // The EST password never reaches iamd's log.
     assert!(!node.log().contains(EST_PASSWORD));
 }
+
+#[test]
+fn est_enrollment_with_a_bootstrap_certificate_from_files() {
+    let mut est = None;
+    let node = provisioned("estboot", |n| {
+        est = Some(EstServer::start(&n.dir, EST_USER, EST_PASSWORD))
+    });
+    let server = est.unwrap();
+    let d = node.dir.display();
+    sh(&format!(
+        "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {d}/boot.key -out {d}/boot.csr \
+         -subj '/CN=factory-bootstrap' -addext extendedKeyUsage=clientAuth && \
+         openssl x509 -req -in {d}/boot.csr -CA {d}/ca.pem -CAkey {d}/ca.key -days 30 -copy_extensions copy -out {d}/boot.pem"
+    ))
+    .ok();
+    let out = node
+        .applet(
+            "iam-certctl",
+            &[
+                "-s",
+                &node.protected(),
+                "--json",
+                "renew",
+                "iam",
+                "--password-file",
+                &node.p("password"),
+                "--est",
+                &server.url,
+                "--est-anchor",
+                &server.anchor.display().to_string(),
+                "--est-cert",
+                &node.p("boot.pem"),
+                "--est-key",
+                &node.p("boot.key"),
+            ],
+            None,
+        )
+        .ok()
+        .json();
+    assert_eq!(out["certificate"]["current"], true);
+    assert_eq!(server.requests(), ["simpleenroll cn=factory-bootstrap"]);
+}

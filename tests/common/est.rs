@@ -130,6 +130,15 @@ impl EstServer {
     }
 }
 
+/// The CN of the client certificate the TLS layer verified, if the client sent one.
+fn peer_cn(tls: &rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>) -> Option<String> {
+    use x509_parser::prelude::FromDer;
+    let peer = tls.conn.peer_certificates()?.first()?.clone();
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&peer).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    Some(cn)
+}
+
 fn http(status: &str, headers: &str, body: &[u8]) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
@@ -199,39 +208,33 @@ impl Ca {
                     .find_map(|l| l.strip_prefix("Authorization: Basic "))
                     .and_then(|b| aos_iam::x509::base64_decode(b.as_bytes()))
                     .map(|b| String::from_utf8_lossy(&b).to_string());
-                if auth.as_deref() != Some(&format!("{}:{}", self.user, self.password)) {
-                    return Some(http(
-                        "401 Unauthorized",
-                        "WWW-Authenticate: Basic realm=\"est\"\r\n",
-                        b"",
-                    ));
-                }
-                self.log
-                    .lock()
-                    .unwrap()
-                    .push(format!("simpleenroll user={}", self.user));
+                // A bootstrap certificate (chained to the unit CA, checked by the TLS layer)
+                // or the right basic-auth credentials.
+                let who = match (auth, peer_cn(tls)) {
+                    (Some(a), _) if a == format!("{}:{}", self.user, self.password) => format!("user={}", self.user),
+                    (None, Some(cn)) => format!("cn={cn}"),
+                    _ => {
+                        return Some(http(
+                            "401 Unauthorized",
+                            "WWW-Authenticate: Basic realm=\"est\"\r\n",
+                            b"",
+                        ))
+                    }
+                };
+                self.log.lock().unwrap().push(format!("simpleenroll {who}"));
                 Some(
                     self.issue(&body)
                         .map_or_else(|e| http("400 Bad Request", "", e.as_bytes()), |c| p7(&[c])),
                 )
             }
             "simplereenroll" => {
-                let Some(peer) = tls.conn.peer_certificates().and_then(|c| c.first()).cloned() else {
+                let Some(cn) = peer_cn(tls) else {
                     return Some(http(
                         "401 Unauthorized",
                         "",
                         b"re-enrollment needs a client certificate",
                     ));
                 };
-                use x509_parser::prelude::FromDer;
-                let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&peer).unwrap();
-                let cn = cert
-                    .subject()
-                    .iter_common_name()
-                    .next()
-                    .and_then(|c| c.as_str().ok())
-                    .unwrap_or("")
-                    .to_string();
                 self.log.lock().unwrap().push(format!("simplereenroll cn={cn}"));
                 Some(
                     self.issue(&body)
