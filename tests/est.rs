@@ -20,27 +20,33 @@ fn provisioned(name: &str, configure: impl FnOnce(&mut Node)) -> Node {
     node
 }
 
+/// `iam-certctl renew iam --est URL --est-anchor ANCHOR AUTH...`
+fn est_renew_with(node: &Node, server: &EstServer, anchor: &str, auth: &[&str]) -> Out {
+    let (sock, pw) = (node.protected(), node.p("password"));
+    let mut args = vec![
+        "-s",
+        &sock,
+        "--json",
+        "renew",
+        "iam",
+        "--password-file",
+        &pw,
+        "--est",
+        &server.url,
+        "--est-anchor",
+        anchor,
+    ];
+    args.extend_from_slice(auth);
+    node.applet("iam-certctl", &args, None)
+}
+
+/// Enrollment by basic auth with the password in `password_file`.
 fn est_renew(node: &Node, server: &EstServer, password_file: &str, anchor: &str) -> Out {
-    node.applet(
-        "iam-certctl",
-        &[
-            "-s",
-            &node.protected(),
-            "--json",
-            "renew",
-            "iam",
-            "--password-file",
-            &node.p("password"),
-            "--est",
-            &server.url,
-            "--est-anchor",
-            anchor,
-            "--est-user",
-            EST_USER,
-            "--est-password-file",
-            password_file,
-        ],
-        None,
+    est_renew_with(
+        node,
+        server,
+        anchor,
+        &["--est-user", EST_USER, "--est-password-file", password_file],
     )
 }
 
@@ -167,28 +173,9 @@ fn est_enrollment_with_a_bootstrap_certificate_from_files() {
          openssl x509 -req -in {d}/boot.csr -CA {d}/ca.pem -CAkey {d}/ca.key -days 30 -copy_extensions copy -out {d}/boot.pem"
     ))
     .ok();
-    let out = node
-        .applet(
-            "iam-certctl",
-            &[
-                "-s",
-                &node.protected(),
-                "--json",
-                "renew",
-                "iam",
-                "--password-file",
-                &node.p("password"),
-                "--est",
-                &server.url,
-                "--est-anchor",
-                &server.anchor.display().to_string(),
-                "--est-cert",
-                &node.p("boot.pem"),
-                "--est-key",
-                &node.p("boot.key"),
-            ],
-            None,
-        )
+    let anchor = server.anchor.display().to_string();
+    let (cert, key) = (node.p("boot.pem"), node.p("boot.key"));
+    let out = est_renew_with(&node, &server, &anchor, &["--est-cert", &cert, "--est-key", &key])
         .ok()
         .json();
     assert_eq!(out["certificate"]["current"], true);

@@ -155,18 +155,12 @@ fn check_rates_expiry_and_a_tampered_token_like_a_monitoring_plugin() {
     assert_eq!(out.json()["status"], "CRITICAL");
 
     // The current certificate object is deleted behind iamd's back.
-    let iam = node.list_certs().into_iter().find(|c| c["type"] == "iam").unwrap();
-    let id = iam["key_url"]
-        .as_str()
+    let id_hex = node
+        .token_objects()
+        .into_iter()
+        .find(|o| o.0 == "Certificate" && o.1 == "iam")
         .unwrap()
-        .split("id=")
-        .nth(1)
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let id_hex: String = percent_decode(&id).iter().map(|b| format!("{b:02x}")).collect();
+        .2;
     node.pkcs11_tool(&["--delete-object", "--type", "cert", "--id", &id_hex]);
     let out = certctl(
         &node,
@@ -193,23 +187,6 @@ fn check_rates_expiry_and_a_tampered_token_like_a_monitoring_plugin() {
     // iamd unreachable: UNKNOWN.
     node.applet("iam-certctl", &["-s", "/nonexistent.sock", "check"], None)
         .fails(3, "is iamd running?");
-}
-
-/// RFC 7512 percent-encoding back to bytes.
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 #[test]
