@@ -84,6 +84,7 @@ bench: build static
 	$(STRIP) -o target/aos-iam.static.stripped $(STATIC)
 	AOS_IAM_BIN=$(RELEASE) AOS_IAM_STATIC_STRIPPED=target/aos-iam.static.stripped \
 		$(CARGO) bench --locked --bench provision
+	AOS_IAM_BIN=$(RELEASE) $(CARGO) bench --locked --bench unit
 
 # Installs the binary, one symlink per applet, the systemd units, tmpfiles.d and
 # sysusers.d entries, and /etc/aos-iam/config.toml (only if there is none yet). Set

@@ -350,7 +350,11 @@ async fn run_forwarded(
     }
     let timeout = if request.is_long() { timeouts.1 } else { timeouts.0 };
     let op = request.name();
-    let r = local.call(&request, timeout).await;
+    // Errors say which node they come from, the main node's caller sees many.
+    let r = local
+        .call(&request, timeout)
+        .await
+        .map_err(|e| e.context(format!("node \"{node_id}\"")));
     if let Err(e) = &r {
         if !matches!(e.kind, ErrorKind::Unavailable) {
             crate::log_info!("{op} from the main node: {e}");

@@ -127,26 +127,50 @@ fn in_parallel<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
 }
 
 #[test]
-fn many_requests_in_flight_to_one_node_each_get_their_own_answer() {
+fn fifty_requests_in_flight_to_one_node_each_get_their_own_answer() {
     let unit = linked_unit("many", false);
     let ids: Vec<String> = unit.secondaries.iter().map(Node::node_id).collect();
-    let answers = in_parallel(24, |i| {
-        let node = &ids[i % 2];
-        let out = match i % 3 {
-            0 => unit.main.provision(&["--node", node, "--json", "status"]),
-            1 => unit.main.provision(&["--node", node, "--json", "cert-types"]),
-            _ => unit.main.provision(&["--node", node, "--json", "node-info"]),
-        };
-        (i, node.clone(), out.ok().json())
-    });
-    for (i, node, v) in answers {
-        match i % 3 {
-            0 => {
-                assert_eq!(v["node"], node.as_str(), "{v}");
-                assert_eq!(v["state"], "unprovisioned", "{v}");
+    let pw = unit.main.p("password");
+    unit.main
+        .provision(&["--node", &ids[0], "start", "--password-file", &pw])
+        .ok();
+    // 50 at once to the first secondary: CreateKey (both types) and GetCertTypes, with
+    // status and node info for the second one mixed in.
+    let answers = in_parallel(50, |i| {
+        let out = match i % 5 {
+            0 | 1 => {
+                let t = if i % 5 == 0 { "iam" } else { "online" };
+                unit.main
+                    .provision(&["--node", &ids[0], "--json", "create-key", t, "--password-file", &pw])
             }
-            1 => assert_eq!(v["types"], serde_json::json!(["iam", "online"]), "{v}"),
-            _ => assert_eq!(v["node_id"], node.as_str(), "{v}"),
+            2 => unit.main.provision(&["--node", &ids[0], "--json", "cert-types"]),
+            3 => unit.main.provision(&["--node", &ids[1], "--json", "status"]),
+            _ => unit.main.provision(&["--node", &ids[1], "--json", "node-info"]),
+        };
+        (i, out.ok().json())
+    });
+    for (i, v) in answers {
+        match i % 5 {
+            0 | 1 => {
+                let t = if i % 5 == 0 { "iam" } else { "online" };
+                assert_eq!(v["type"], t, "{v}");
+                let csr = unit.main.p(&format!("csr-{i}.pem"));
+                std::fs::write(&csr, v["csr"].as_str().unwrap()).unwrap();
+                let subject = sh(&format!("openssl req -in {csr} -noout -verify -subject 2>&1"))
+                    .ok()
+                    .stdout;
+                assert!(
+                    subject.contains(&format!("CN = {}", ids[0])) && subject.contains(&format!("OU = {t}")),
+                    "{subject}"
+                );
+            }
+            2 => assert_eq!(v["types"], serde_json::json!(["iam", "online"]), "{v}"),
+            3 => assert_eq!(
+                (v["node"].as_str(), v["state"].as_str()),
+                (Some(ids[1].as_str()), Some("unprovisioned")),
+                "{v}"
+            ),
+            _ => assert_eq!(v["node_id"], ids[1].as_str(), "{v}"),
         }
     }
 }
@@ -247,6 +271,54 @@ fn a_dropped_link_fails_the_requests_in_flight_at_once_naming_the_node() {
     unit.main
         .provision(&["--node", "node-nowhere", "status"])
         .fails(6, "node \"node-nowhere\" is not known");
+    // The link process comes back: it registers the node again.
+    unit.link_unix(0);
+    unit.wait_connected(&s0, true);
+    assert_eq!(unit.link_status(0).ok().json()["registrations"], 1);
+}
+
+#[test]
+fn a_secondary_iamd_killed_during_a_request_is_unavailable_naming_the_node() {
+    let mut unit = Unit::new("kill", 1);
+    slow_start_hook(&mut unit.secondaries[0], 20);
+    unit.start(true);
+    unit.link_unix(0);
+    let s0 = unit.secondaries[0].node_id();
+    unit.wait_connected(&s0, true);
+    let main = &unit.main;
+    let mut start = main.cmd();
+    start
+        .args([
+            "iam-provision",
+            "-s",
+            &main.protected(),
+            "--node",
+            &s0,
+            "start",
+            "--password-file",
+        ])
+        .arg(main.path("password"));
+    let pending = std::thread::spawn(move || run(&mut start, None));
+    wait_for_file(&unit.secondaries[0].path("hook-started"));
+    let cut = Instant::now();
+    unit.secondaries[0].kill9();
+    let out = pending.join().unwrap();
+    assert!(
+        cut.elapsed() < Duration::from_secs(10),
+        "answered only after {:?}",
+        cut.elapsed()
+    );
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code, 3, "{all}");
+    assert!(all.contains(&s0), "the error names the node: {all}");
+    // iamd comes back: the link serves the node again.
+    unit.secondaries[0].extra_config.clear();
+    unit.secondaries[0].start(true);
+    let start = Instant::now();
+    while unit.main.provision(&["--node", &s0, "cert-types"]).code != 0 {
+        assert!(start.elapsed() < Duration::from_secs(20), "the node did not come back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -301,6 +373,55 @@ fn link_hello(version: u8, role: Role, node_id: &str) -> Vec<u8> {
 }
 
 #[test]
+fn garbage_and_oversized_frames_on_a_link_listener_are_refused_while_other_links_work() {
+    let unit = linked_unit("garbage", false);
+    let s0 = unit.secondaries[0].node_id();
+    // Garbage instead of a frame.
+    let e = link_exchange(&unit, &[b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()]);
+    assert!(e.message.contains("bad frame magic"), "{e:?}");
+    // A header announcing a 4 GiB body: refused before anything is read or allocated.
+    let mut huge = link_hello(1, Role::NodeLink, "n9");
+    huge[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+    let e = link_exchange(&unit, &[huge[..wire::HEADER_LEN].to_vec()]);
+    assert!(e.message.contains("exceeds the limit"), "{e:?}");
+    // After a good hello and registration, a broken frame closes that link only.
+    let e = link_exchange(
+        &unit,
+        &[
+            link_hello(1, Role::NodeLink, "n9"),
+            frame(
+                1,
+                &Request::RegisterNode {
+                    info: sample_info("n9"),
+                },
+            ),
+            vec![0xff; 40],
+        ],
+    );
+    assert!(e.message.contains("bad frame magic"), "{e:?}");
+    unit.wait_connected("n9", false);
+    // The real links keep working.
+    unit.main.provision(&["--node", &s0, "cert-types"]).ok();
+    assert_eq!(unit.link_status(0).ok().json()["state"], "registered");
+}
+
+fn sample_info(id: &str) -> aos_iam::wire::NodeInfo {
+    aos_iam::wire::NodeInfo {
+        node_id: id.into(),
+        node_type: "secondary".into(),
+        name: id.into(),
+        state: aos_iam::wire::NodeState::Unprovisioned,
+        cpus: vec![],
+        total_ram: 1,
+        partitions: vec![],
+        os_name: "t".into(),
+        os_version: "1".into(),
+        attributes: vec![],
+        connected: true,
+    }
+}
+
+#[test]
 fn link_hellos_with_other_versions_roles_or_ids_are_refused_clearly() {
     let mut unit = Unit::new("hello", 0);
     unit.main.start(true);
@@ -326,19 +447,7 @@ fn link_hellos_with_other_versions_roles_or_ids_are_refused_clearly() {
 
     let mut info = unit.main.provision(&["--json", "node-info"]).ok().json();
     let own = info["node_id"].as_str().unwrap().to_string();
-    let node_info = |id: &str| aos_iam::wire::NodeInfo {
-        node_id: id.into(),
-        node_type: "secondary".into(),
-        name: id.into(),
-        state: aos_iam::wire::NodeState::Unprovisioned,
-        cpus: vec![],
-        total_ram: 1,
-        partitions: vec![],
-        os_name: "t".into(),
-        os_version: "1".into(),
-        attributes: vec![],
-        connected: true,
-    };
+    let node_info = sample_info;
     let e = link_exchange(
         &unit,
         &[
@@ -798,4 +907,32 @@ fn a_vsock_link_listener_is_bound_beside_the_others_and_a_taken_port_is_a_clear_
         !other.path("run/public.sock").exists(),
         "a failed start leaves no sockets behind"
     );
+    // End to end over vsock where this machine can reach itself (CID 1), else skipped.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let fd = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Vsock,
+            nix::sys::socket::SockType::Stream,
+            nix::sys::socket::SockFlag::empty(),
+            None,
+        );
+        let r = fd.and_then(|fd| nix::sys::socket::connect(fd.as_raw_fd(), &nix::sys::socket::VsockAddr::new(1, port)));
+        let _ = tx.send(r);
+    });
+    match rx.recv_timeout(Duration::from_secs(3)) {
+        Ok(Ok(())) => {
+            let mut unit = unit;
+            let mut s = Node::new("vsock-s0", Store::Pkcs11);
+            s.node_extra = "role = \"secondary\"\n".into();
+            s.start(true);
+            unit.secondaries.push(s);
+            unit.links.push(None);
+            let cmd = unit.nodelink_cmd(0, &format!("vsock:1:{port}"));
+            let log = std::fs::File::create(unit.secondaries[0].path("nodelink.log")).unwrap();
+            unit.links[0] = Some({ cmd }.stderr(log).spawn().unwrap());
+            unit.wait_connected(&unit.secondaries[0].node_id(), true);
+        }
+        other => eprintln!("vsock end to end: skipped, this machine has no vsock loopback ({other:?})"),
+    }
 }

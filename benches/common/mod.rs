@@ -1,0 +1,103 @@
+//! What the benchmarks share: fresh SoftHSM directories, a CA, stopping iamd, resident
+//! memory by mapping, medians.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+pub fn fresh_dir(root: &Path, name: &str) -> PathBuf {
+    let d = root.join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    for sub in ["tokens", "work", "run"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    std::fs::write(
+        d.join("softhsm2.conf"),
+        format!(
+            "directories.tokendir = {}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    d
+}
+
+pub fn make_ca(root: &Path) -> (String, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, "bench root");
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    p.key_identifier_method = rcgen::KeyIdMethod::Sha256;
+    let cert = p.self_signed(&key).unwrap();
+    std::fs::write(root.join("ca.pem"), cert.pem()).unwrap();
+    std::fs::write(root.join("ca.key"), key.serialize_pem()).unwrap();
+    (cert.pem(), key)
+}
+
+pub fn stop(mut child: std::process::Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+}
+
+/// Resident memory of a process by mapping, in KiB.
+pub struct Rss {
+    pub total: u64,
+    pub anon: u64,
+    pub binary: u64,
+    pub module: u64,
+}
+
+impl Rss {
+    pub fn of(pid: u32, bin: &Path) -> Rss {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+        let bin = bin.display().to_string();
+        let (mut r, mut name) = (
+            Rss {
+                total: 0,
+                anon: 0,
+                binary: 0,
+                module: 0,
+            },
+            String::new(),
+        );
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                name = line.split_whitespace().nth(5).unwrap_or("").to_string();
+            } else if let Some(v) = line.strip_prefix("Rss:") {
+                let kib: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap();
+                r.total += kib;
+                if name.is_empty() || name.starts_with('[') {
+                    r.anon += kib;
+                } else if name == bin {
+                    r.binary += kib;
+                } else if ["libsofthsm2", "libcrypto", "libstdc++", "libgcc_s"]
+                    .iter()
+                    .any(|l| name.contains(l))
+                {
+                    r.module += kib;
+                }
+            }
+        }
+        r
+    }
+}
+
+pub fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
