@@ -457,6 +457,9 @@ impl Default for PermissionsConfig {
 
 /// How long a new connection may take to send its hello by default.
 pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// How long a hook may run by default before it is stopped and its step fails.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -507,6 +510,12 @@ pub struct Config {
     pub body_limit: u32,
     /// How long a new connection may take to complete its hello before it is closed.
     pub hello_timeout: Duration,
+    /// How long the rest of a frame may take once its first byte has come.
+    pub frame_timeout: Duration,
+    /// How long a peer that does not read may hold up one write before it is dropped.
+    pub write_timeout: Duration,
+    /// Connections served at once per socket; more are refused with an error.
+    pub max_connections: usize,
     pub hooks: Hooks,
     pub modules: Vec<ModuleConfig>,
 }
@@ -891,25 +900,25 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         return Err(root.err("paths.protected_socket", "must differ from paths.public_socket"));
     }
 
-    let (body_limit, hello_timeout) = match root.sub("limits")? {
-        Some(mut l) => {
-            let b = l
-                .uint("body_limit", 16 * 1024 * 1024)?
-                .map(|b| b as u32)
-                .unwrap_or(crate::wire::DEFAULT_BODY_LIMIT);
-            if b < 4096 {
-                return Err(l.err("body_limit", "must be at least 4096 bytes"));
-            }
-            let t = match l.uint("hello_timeout", 3600)? {
-                Some(0) => return Err(l.err("hello_timeout", "must be at least 1 second")),
-                Some(t) => Duration::from_secs(t),
-                None => DEFAULT_HELLO_TIMEOUT,
-            };
-            l.finish()?;
-            (b, t)
-        }
-        None => (crate::wire::DEFAULT_BODY_LIMIT, DEFAULT_HELLO_TIMEOUT),
+    let mut l = root
+        .sub("limits")?
+        .unwrap_or_else(|| root.child("limits".into(), Table::new()));
+    let body_limit = l
+        .uint("body_limit", 16 * 1024 * 1024)?
+        .map(|b| b as u32)
+        .unwrap_or(crate::wire::DEFAULT_BODY_LIMIT);
+    if body_limit < 4096 {
+        return Err(l.err("body_limit", "must be at least 4096 bytes"));
+    }
+    let hello_timeout = seconds(&mut l, "hello_timeout", 3600, DEFAULT_HELLO_TIMEOUT)?;
+    let frame_timeout = seconds(&mut l, "frame_timeout", 3600, DEFAULT_FRAME_TIMEOUT)?;
+    let write_timeout = seconds(&mut l, "write_timeout", 3600, DEFAULT_WRITE_TIMEOUT)?;
+    let max_connections = match l.uint("max_connections", 65536)? {
+        Some(0) => return Err(l.err("max_connections", "must be at least 1")),
+        Some(n) => n as usize,
+        None => DEFAULT_MAX_CONNECTIONS,
     };
+    l.finish()?;
 
     let reconcile = match root.sub("reconcile")? {
         Some(mut r) => {
@@ -1015,6 +1024,9 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         marker_file,
         body_limit,
         hello_timeout,
+        frame_timeout,
+        write_timeout,
+        max_connections,
         hooks,
         modules,
         attributes,

@@ -23,8 +23,6 @@ use std::sync::Arc;
 
 /// Requests answered at once on one connection; the next waits for a free place.
 pub const MAX_IN_FLIGHT: usize = 64;
-/// Connections served at once on one socket; further ones wait in the listen backlog.
-pub const MAX_CONNECTIONS: usize = 256;
 /// Subscribers of one kind of event, and the events each may fall behind before it is dropped.
 pub use crate::nodes::{MAX_SUBSCRIBERS, SUBSCRIBER_BACKLOG};
 
@@ -108,6 +106,7 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
     // Before any other thread is spawned: TERM and INT stop, HUP re-reads the identity files.
     let signals = crate::signals::watch()?;
 
+    let _ = WRITE_TIMEOUT.set(config.write_timeout);
     let prov = Provisioning::open(config.clone(), provisioning_mode)?;
     prov.recover()?;
     let permissions = Registry::open(config.permissions.clone(), &prov.db)?;
@@ -280,11 +279,24 @@ async fn watch_identity(shared: Arc<Shared>, reload: smol::channel::Receiver<()>
 }
 
 async fn accept_loop(listener: Async<UnixListener>, socket: Socket, shared: Arc<Shared>) {
-    let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let max = shared.prov.config.max_connections;
+    let places = Arc::new(Semaphore::new(max));
     loop {
-        let permit = places.acquire_arc().await;
         match listener.accept().await {
             Ok((stream, _)) => {
+                let Some(permit) = places.try_acquire_arc() else {
+                    // Refused with a clear error rather than left waiting in the backlog.
+                    EXECUTOR
+                        .spawn(async move {
+                            let e = Error::unavailable(format!(
+                                "too many connections on the {socket:?} socket (at most {max}); try again later"
+                            ));
+                            let lock = smol::lock::Mutex::new(());
+                            send_last(&stream, &lock, wire::error_frame(0, &e, wire::DEFAULT_BODY_LIMIT)).await;
+                        })
+                        .detach();
+                    continue;
+                };
                 let shared = shared.clone();
                 EXECUTOR
                     .spawn(async move {
@@ -330,10 +342,35 @@ async fn send_last(stream: &Async<UnixStream>, lock: &smol::lock::Mutex<()>, fra
     .await;
 }
 
-/// Write a whole frame; concurrent answers on one connection are serialised by `lock`.
+/// How long one frame may take to write before the peer counts as not reading; set once
+/// from the configuration at start.
+static WRITE_TIMEOUT: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+
+/// Write a whole frame; concurrent answers on one connection are serialised by `lock`. A
+/// peer that does not read within the write timeout is disconnected (both directions shut),
+/// so that every task writing to it ends and nothing queues up for it.
 async fn send(stream: &Async<UnixStream>, lock: &smol::lock::Mutex<()>, frame: Vec<u8>) -> bool {
     let _g = lock.lock().await;
-    transport::write_frame(&mut &*stream, &frame).await.is_ok()
+    let limit = *WRITE_TIMEOUT.get_or_init(|| crate::config::DEFAULT_WRITE_TIMEOUT);
+    let written = smol::future::or(
+        async { Some(transport::write_frame(&mut &*stream, &frame).await) },
+        async {
+            smol::Timer::after(limit).await;
+            None
+        },
+    )
+    .await;
+    match written {
+        Some(r) => r.is_ok(),
+        None => {
+            crate::log_warn!(
+                "a client did not read an answer within {} s; disconnected",
+                limit.as_secs()
+            );
+            let _ = stream.get_ref().shutdown(std::net::Shutdown::Both);
+            false
+        }
+    }
 }
 
 async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
@@ -372,9 +409,10 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
     let places = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     // Dropped when this connection ends, which ends its subscriptions.
     let (_open, closed) = smol::channel::bounded::<()>(1);
+    let stall = shared.prov.config.frame_timeout;
     loop {
         let mut reader = &*stream;
-        let next = transport::read_frame(&mut reader, limit);
+        let next = transport::read_frame_timed(&mut reader, limit, stall);
         let frame = if greeted {
             next.await
         } else {

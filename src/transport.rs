@@ -19,10 +19,40 @@ fn io_err(e: io::Error) -> FrameError {
 /// Read one frame. `Ok(None)` is a clean end of stream between frames.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, limit: u32) -> Result<Option<(Header, Vec<u8>)>, FrameError> {
     let mut head = [0u8; HEADER_LEN];
-    let mut got = 0;
+    match r.read(&mut head[..1]).await.map_err(io_err)? {
+        0 => Ok(None),
+        _ => read_rest(r, head, limit).await.map(Some),
+    }
+}
+
+/// Read one frame, waiting as long as it takes for it to begin, but at most `stall` for
+/// the rest once its first byte has come: a peer cannot hold a reader with half a frame.
+pub async fn read_frame_timed<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit: u32,
+    stall: std::time::Duration,
+) -> Result<Option<(Header, Vec<u8>)>, FrameError> {
+    let mut head = [0u8; HEADER_LEN];
+    if r.read(&mut head[..1]).await.map_err(io_err)? == 0 {
+        return Ok(None);
+    }
+    smol::future::or(read_rest(r, head, limit), async {
+        smol::Timer::after(stall).await;
+        Err(FrameError::Stalled(stall.as_secs()))
+    })
+    .await
+    .map(Some)
+}
+
+/// The rest of a frame whose first header byte is in `head[0]`.
+async fn read_rest<R: AsyncRead + Unpin>(
+    r: &mut R,
+    mut head: [u8; HEADER_LEN],
+    limit: u32,
+) -> Result<(Header, Vec<u8>), FrameError> {
+    let mut got = 1;
     while got < HEADER_LEN {
         match r.read(&mut head[got..]).await.map_err(io_err)? {
-            0 if got == 0 => return Ok(None),
             0 => return Err(FrameError::Truncated),
             n => got += n,
         }
@@ -33,7 +63,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, limit: u32) -> Result<O
         io::ErrorKind::UnexpectedEof => FrameError::Truncated,
         _ => io_err(e),
     })?;
-    Ok(Some((header, body)))
+    Ok((header, body))
 }
 
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), FrameError> {

@@ -82,6 +82,8 @@ pub enum FrameError {
     Bounds(String),
     /// The peer did not complete its hello in time (seconds allowed).
     HelloTimeout(u64),
+    /// A frame was begun but its rest did not come in time (seconds allowed).
+    Stalled(u64),
     Io(String),
 }
 
@@ -106,6 +108,7 @@ impl fmt::Display for FrameError {
             FrameError::TrailingBytes(n) => write!(f, "frame body has {n} trailing bytes"),
             FrameError::Bounds(e) => write!(f, "frame body out of bounds: {e}"),
             FrameError::HelloTimeout(s) => write!(f, "no hello within {s} s; closing"),
+            FrameError::Stalled(s) => write!(f, "a frame was begun but not finished within {s} s; closing"),
             FrameError::Io(e) => write!(f, "i/o: {e}"),
         }
     }
@@ -117,7 +120,7 @@ impl From<FrameError> for Error {
     fn from(e: FrameError) -> Self {
         let kind = match e {
             FrameError::Io(_) | FrameError::Truncated => ErrorKind::Unavailable,
-            FrameError::HelloTimeout(_) => ErrorKind::Timeout,
+            FrameError::HelloTimeout(_) | FrameError::Stalled(_) => ErrorKind::Timeout,
             _ => ErrorKind::Protocol,
         };
         Error::new(kind, e.to_string())
