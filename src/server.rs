@@ -21,6 +21,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// Threads of the blocking pool iamd runs PKCS#11, database and file work on.
+pub const BLOCKING_THREADS: usize = 8;
 /// Requests answered at once on one connection; the next waits for a free place.
 pub const MAX_IN_FLIGHT: usize = 64;
 /// Subscribers of one kind of event, and the events each may fall behind before it is dropped.
@@ -107,6 +109,12 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
     let signals = crate::signals::watch()?;
 
     let _ = WRITE_TIMEOUT.set(config.write_timeout);
+    // The blocking pool (PKCS#11, redb, fsync) would grow to 500 threads under a flood of
+    // requests; the token serialises its calls anyway, so a few threads serve as fast and
+    // keep memory bounded on a small node. The operator's setting wins.
+    if std::env::var_os("BLOCKING_MAX_THREADS").is_none() {
+        std::env::set_var("BLOCKING_MAX_THREADS", BLOCKING_THREADS.to_string());
+    }
     let prov = Provisioning::open(config.clone(), provisioning_mode)?;
     prov.recover()?;
     let permissions = Registry::open(config.permissions.clone(), &prov.db)?;

@@ -2,6 +2,9 @@
 //! memory by mapping, medians.
 #![allow(dead_code)]
 
+use aos_iam::wire::{self, FrameKind, NodeInfo, NodeState, Request, Role};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -100,4 +103,37 @@ pub fn median(mut v: Vec<Duration>) -> Duration {
 
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// A link that says hello and registers a node, then stays idle.
+pub fn idle_link(main: &Path, i: usize) -> UnixStream {
+    let mut s = UnixStream::connect(main.join("run/link.sock")).unwrap();
+    let id = format!("bench-idle-{i}");
+    let hello = Request::Hello {
+        version: aos_iam::PROTOCOL_VERSION,
+        role: Role::NodeLink,
+        node_id: id.clone(),
+    };
+    let info = NodeInfo {
+        node_id: id.clone(),
+        node_type: "secondary".into(),
+        name: id,
+        state: NodeState::Unprovisioned,
+        cpus: vec![],
+        total_ram: 0,
+        partitions: vec![],
+        os_name: "bench".into(),
+        os_version: "1".into(),
+        attributes: vec![],
+        connected: true,
+    };
+    for (n, r) in [(0, hello), (1, Request::RegisterNode { info })] {
+        s.write_all(&wire::encode_frame(FrameKind::Request, n, &r, wire::DEFAULT_BODY_LIMIT).unwrap())
+            .unwrap();
+        let (h, _) = aos_iam::transport::read_frame_blocking(&mut s, wire::DEFAULT_BODY_LIMIT)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.kind, FrameKind::Response, "link {i} refused");
+    }
+    s
 }
