@@ -8,7 +8,7 @@ use aos_iam::wire::{self, FrameKind, Request, Role};
 use common::*;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,9 +48,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let bin = PathBuf::from(std::env::var("AOS_IAM_BIN").unwrap_or_else(|_| "target/release/aos-iam".into()));
-    let bin =
-        std::fs::canonicalize(&bin).unwrap_or_else(|e| panic!("{}: {e} (build it first: make load)", bin.display()));
+    let bin = binary();
     let seconds: u64 = std::env::var("LOAD_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -11,7 +11,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, CertificateType, ObjectClass};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -219,13 +219,8 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let bin = PathBuf::from(std::env::var("AOS_IAM_BIN").unwrap_or_else(|_| "target/release/aos-iam".into()));
-    let bin =
-        std::fs::canonicalize(&bin).unwrap_or_else(|e| panic!("{}: {e} (build it first: make bench)", bin.display()));
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(7);
+    let bin = binary();
+    let rounds: usize = env_number("BENCH_ROUNDS", 7);
     let root = std::env::temp_dir().join(format!("aos-iam-bench-{}", std::process::id()));
     std::fs::create_dir_all(&root).unwrap();
     let (ca_pem, ca_key) = make_ca(&root);

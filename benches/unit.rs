@@ -252,13 +252,8 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let bin = PathBuf::from(std::env::var("AOS_IAM_BIN").unwrap_or_else(|_| "target/release/aos-iam".into()));
-    let bin =
-        std::fs::canonicalize(&bin).unwrap_or_else(|e| panic!("{}: {e} (build it first: make bench)", bin.display()));
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(3);
+    let bin = binary();
+    let rounds: usize = env_number("BENCH_ROUNDS", 3);
     let root = std::env::temp_dir().join(format!("aos-iam-bench-unit-{}", std::process::id()));
     std::fs::create_dir_all(&root).unwrap();
     make_ca(&root);

@@ -232,29 +232,36 @@ fn wait_for_file(path: &std::path::Path) {
     }
 }
 
-#[test]
-fn a_dropped_link_fails_the_requests_in_flight_at_once_naming_the_node() {
-    let mut unit = Unit::new("drop", 1);
+/// A unit of one secondary linked over unix, whose StartProvisioning, sent through the main
+/// node, is in flight: its start hook runs for 20 s. Returns the unit, the secondary's id
+/// and the pending `iam-provision` call.
+fn unit_with_a_request_in_flight(name: &str) -> (Unit, String, std::thread::JoinHandle<Out>) {
+    let mut unit = Unit::new(name, 1);
     slow_start_hook(&mut unit.secondaries[0], 20);
     unit.start(true);
     unit.link_unix(0);
     let s0 = unit.secondaries[0].node_id();
     unit.wait_connected(&s0, true);
-    let main = &unit.main;
-    let mut start = main.cmd();
+    let mut start = unit.main.cmd();
     start
         .args([
             "iam-provision",
             "-s",
-            &main.protected(),
+            &unit.main.protected(),
             "--node",
             &s0,
             "start",
             "--password-file",
         ])
-        .arg(main.path("password"));
+        .arg(unit.main.path("password"));
     let pending = std::thread::spawn(move || run(&mut start, None));
     wait_for_file(&unit.secondaries[0].path("hook-started"));
+    (unit, s0, pending)
+}
+
+#[test]
+fn a_dropped_link_fails_the_requests_in_flight_at_once_naming_the_node() {
+    let (mut unit, s0, pending) = unit_with_a_request_in_flight("drop");
     let cut = Instant::now();
     unit.kill_link(0);
     let out = pending.join().unwrap();
@@ -279,27 +286,7 @@ fn a_dropped_link_fails_the_requests_in_flight_at_once_naming_the_node() {
 
 #[test]
 fn a_secondary_iamd_killed_during_a_request_is_unavailable_naming_the_node() {
-    let mut unit = Unit::new("kill", 1);
-    slow_start_hook(&mut unit.secondaries[0], 20);
-    unit.start(true);
-    unit.link_unix(0);
-    let s0 = unit.secondaries[0].node_id();
-    unit.wait_connected(&s0, true);
-    let main = &unit.main;
-    let mut start = main.cmd();
-    start
-        .args([
-            "iam-provision",
-            "-s",
-            &main.protected(),
-            "--node",
-            &s0,
-            "start",
-            "--password-file",
-        ])
-        .arg(main.path("password"));
-    let pending = std::thread::spawn(move || run(&mut start, None));
-    wait_for_file(&unit.secondaries[0].path("hook-started"));
+    let (mut unit, s0, pending) = unit_with_a_request_in_flight("kill");
     let cut = Instant::now();
     unit.secondaries[0].kill9();
     let out = pending.join().unwrap();

@@ -8,6 +8,17 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The aos-iam binary a benchmark drives: `AOS_IAM_BIN`, or the release build.
+pub fn binary() -> PathBuf {
+    let bin = PathBuf::from(std::env::var("AOS_IAM_BIN").unwrap_or_else(|_| "target/release/aos-iam".into()));
+    std::fs::canonicalize(&bin).unwrap_or_else(|e| panic!("{}: {e} (build it first: make bench)", bin.display()))
+}
+
+/// A whole number from the environment, or `default`.
+pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 pub fn fresh_dir(root: &Path, name: &str) -> PathBuf {
