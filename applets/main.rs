@@ -28,7 +28,11 @@ const APPLETS: [(&str, Applet, &str); 4] = [
         Applet::Provision,
         "provision a node: step by step, or the whole flow",
     ),
-    ("iam-certctl", Applet::Certctl, "certificates in operation: list, get, watch, check, renew"),
+    (
+        "iam-certctl",
+        Applet::Certctl,
+        "certificates in operation: list, get, watch, check, renew",
+    ),
     (
         "iam-nodelink",
         Applet::Nodelink,
