@@ -79,18 +79,7 @@ fn main() {
         child
     };
     let iamd = iamd_cmd(true);
-    let out = Command::new(&bin)
-        .args(["iam-provision", "-s"])
-        .arg(dir.join("run/protected.sock"))
-        .args(["run", "--ca-cert"])
-        .arg(root.join("ca.pem"))
-        .arg("--ca-key")
-        .arg(root.join("ca.key"))
-        .arg("--password-file")
-        .arg(dir.join("password"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    provision_run(&bin, &root, &dir, &[], &[]);
     stop(iamd);
     let iamd = iamd_cmd(false);
     let pid = iamd.id();

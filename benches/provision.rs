@@ -196,21 +196,7 @@ fn start_iamd(bin: &Path, dir: &Path, provisioning: bool) -> std::process::Child
 fn flow(bin: &Path, root: &Path, dir: &Path) -> Duration {
     let iamd = start_iamd(bin, dir, true);
     std::fs::write(dir.join("password"), "factory-secret\n").unwrap();
-    let start = Instant::now();
-    let out = Command::new(bin)
-        .args(["iam-provision", "-s"])
-        .arg(dir.join("run/protected.sock"))
-        .args(["run", "--ca-cert"])
-        .arg(root.join("ca.pem"))
-        .arg("--ca-key")
-        .arg(root.join("ca.key"))
-        .arg("--password-file")
-        .arg(dir.join("password"))
-        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
-        .output()
-        .unwrap();
-    let elapsed = start.elapsed();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let elapsed = provision_run(bin, root, dir, &[], &[]);
     stop(iamd);
     elapsed
 }

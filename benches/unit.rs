@@ -189,42 +189,16 @@ fn forwarding_overhead(bin: &Path, root: &Path) {
     unit.stop();
 }
 
-fn provision(bin: &Path, root: &Path, dir: &Path, node: &[&str], run: &[&str]) -> Duration {
-    let t = Instant::now();
-    let out = Command::new(bin)
-        .args(["iam-provision", "-s"])
-        .arg(dir.join("run/protected.sock"))
-        .args(node)
-        .arg("run")
-        .args(run)
-        .arg("--ca-cert")
-        .arg(root.join("ca.pem"))
-        .arg("--ca-key")
-        .arg(root.join("ca.key"))
-        .arg("--password-file")
-        .arg(dir.join("password"))
-        .output()
-        .unwrap();
-    let elapsed = t.elapsed();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    elapsed
-}
-
 /// A unit of 1 + 8 nodes through the main node against one node alone.
 fn unit_provisioning(bin: &Path, root: &Path, rounds: usize) {
     let (mut alone, mut whole) = (Vec::new(), Vec::new());
     let expect = (SECONDARIES + 1).to_string();
     for round in 0..=rounds {
         let single = Unit::start(bin, root, 0);
-        let a = provision(bin, root, &single.main, &[], &[]);
+        let a = provision_run(bin, root, &single.main, &[], &[]);
         single.stop();
         let unit = Unit::start(bin, root, SECONDARIES);
-        let w = provision(bin, root, &unit.main, &["--node", "all"], &["--expect-nodes", &expect]);
+        let w = provision_run(bin, root, &unit.main, &["--node", "all"], &["--expect-nodes", &expect]);
         unit.stop();
         if round > 0 {
             alone.push(a);

@@ -245,15 +245,7 @@ fn reconciliation_removes_orphans_and_stale_pending_keys_and_reports_missing_obj
     // An orphan key pair of our type, planted while iamd is down (SoftHSM shows a running
     // iamd the objects another process creates only once it opens the token again).
     let orphan = "0a0b0c0d0e0f10111213141516171819";
-    node.pkcs11_tool(&[
-        "--keypairgen",
-        "--key-type",
-        "EC:prime256v1",
-        "--label",
-        "iam",
-        "--id",
-        orphan,
-    ]);
+    node.plant_key("iam", orphan);
     assert!(node.token_objects().iter().any(|o| o.2 == orphan));
     node.start(false);
     // The current online certificate object goes behind iamd's back.

@@ -177,15 +177,7 @@ fn objects_changed_behind_iamds_back_are_reconciled_at_start() {
     node.start(true);
     node.run_flow().ok();
     node.stop();
-    node.pkcs11_tool(&[
-        "--keypairgen",
-        "--key-type",
-        "EC:prime256v1",
-        "--label",
-        "iam",
-        "--id",
-        "0102030405060708090a0b0c0d0e0f10",
-    ]);
+    node.plant_key("iam", "0102030405060708090a0b0c0d0e0f10");
     let online_id = node
         .token_objects()
         .into_iter()

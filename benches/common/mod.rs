@@ -19,6 +19,34 @@ pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// `iam-provision -s DIR/run/protected.sock NODE_ARGS run RUN_ARGS` with the CA in `root`
+/// and the password file in `dir`; how long it took. Panics if it fails.
+pub fn provision_run(bin: &Path, root: &Path, dir: &Path, node_args: &[&str], run_args: &[&str]) -> Duration {
+    let t = std::time::Instant::now();
+    let out = std::process::Command::new(bin)
+        .args(["iam-provision", "-s"])
+        .arg(dir.join("run/protected.sock"))
+        .args(node_args)
+        .arg("run")
+        .args(run_args)
+        .arg("--ca-cert")
+        .arg(root.join("ca.pem"))
+        .arg("--ca-key")
+        .arg(root.join("ca.key"))
+        .arg("--password-file")
+        .arg(dir.join("password"))
+        .output()
+        .unwrap();
+    let elapsed = t.elapsed();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    elapsed
+}
+
 pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 pub fn fresh_dir(root: &Path, name: &str) -> PathBuf {

@@ -361,6 +361,20 @@ impl Node {
         run(&mut cmd, None).ok()
     }
 
+    /// Plant an EC key pair labelled `label` with CKA_ID `id_hex` on the token, behind
+    /// iamd's back (pkcs11-tool).
+    pub fn plant_key(&self, label: &str, id_hex: &str) {
+        self.pkcs11_tool(&[
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--label",
+            label,
+            "--id",
+            id_hex,
+        ]);
+    }
+
     /// Objects on the token, by pkcs11-tool: (kind, label, id hex, access).
     pub fn token_objects(&self) -> Vec<(String, String, String, String)> {
         let out = self.pkcs11_tool(&["-O"]);
