@@ -30,7 +30,7 @@ RELEASE := target/release/aos-iam
 STATIC  := target/$(TARGET)/release/aos-iam
 
 # (demo-unit: a main and two secondary nodes provisioned through the main node)
-.PHONY: all build static test check demo demo-unit bench load install clean crates-inc check-layer yocto-parse
+.PHONY: all build static test check demo demo-unit bench load fuzz install clean crates-inc check-layer yocto-parse
 
 all: build
 
@@ -92,6 +92,13 @@ LOAD_SECONDS ?= 60
 load: build
 	sh scripts/deps.sh demo
 	AOS_IAM_BIN=$(RELEASE) LOAD_SECONDS=$(LOAD_SECONDS) $(CARGO) bench --locked --bench load
+
+# Every fuzz target (fuzz/) for FUZZ_SECONDS each (default 60), on stable Rust with
+# cargo-fuzz (installed from crates.io if missing); executions per target in
+# target/fuzz/report.txt, a crash's input in fuzz/artifacts/TARGET/.
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) sh scripts/fuzz.sh
 
 # Installs the binary, one symlink per applet, the systemd units, tmpfiles.d and
 # sysusers.d entries, and /etc/aos-iam/config.toml (only if there is none yet). Set

@@ -194,6 +194,36 @@ pub fn encode_frame<T: Serialize>(kind: FrameKind, id: u64, body: &T, limit: u32
 }
 
 /// Decode a body exactly: postcard must consume every byte.
+/// A list whose memory follows the items actually decoded, not the count the sender
+/// claims: serde would reserve up to 1 MiB on a count alone (a 4-byte prefix). Grown by a
+/// quarter at a time, so a list never holds more than 1.25 times its items; with the
+/// smallest encoding of each item (1 to 10 bytes for 24 to 224 bytes in memory), decoding
+/// stays within 32 times the body.
+fn growing_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Items<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Items<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                if items.len() == items.capacity() {
+                    items.reserve_exact(items.len() / 4 + 4);
+                }
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+    d.deserialize_seq(Items(std::marker::PhantomData))
+}
+
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     let (value, rest) = postcard::take_from_bytes(body).map_err(|e| FrameError::Body(e.to_string()))?;
     if !rest.is_empty() {
@@ -302,6 +332,7 @@ pub enum Request {
     },
     RegisterInstance {
         instance: InstanceIdent,
+        #[serde(deserialize_with = "growing_list")]
         permissions: Vec<ServerPermissions>,
     },
     UnregisterInstance {
@@ -564,13 +595,16 @@ pub struct NodeInfo {
     pub node_type: String,
     pub name: String,
     pub state: NodeState,
+    #[serde(deserialize_with = "growing_list")]
     pub cpus: Vec<CpuInfo>,
     /// Total RAM in bytes.
     pub total_ram: u64,
+    #[serde(deserialize_with = "growing_list")]
     pub partitions: Vec<PartitionInfo>,
     pub os_name: String,
     pub os_version: String,
     /// Attributes from the configuration (`MainNode`…), name and value.
+    #[serde(deserialize_with = "growing_list")]
     pub attributes: Vec<(String, String)>,
     /// Whether the node is reachable now: always for the node answering; for another
     /// node, whether its link is up.
@@ -684,6 +718,7 @@ pub enum InstanceKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerPermissions {
     pub server: String,
+    #[serde(deserialize_with = "growing_list")]
     pub entries: Vec<(String, String)>,
 }
 
@@ -742,6 +777,7 @@ pub struct ProvisioningStatus {
     pub node_id: String,
     pub state: NodeState,
     pub provisioning_mode: bool,
+    #[serde(deserialize_with = "growing_list")]
     pub modules: Vec<ModuleStatus>,
 }
 
@@ -758,7 +794,7 @@ pub enum Response {
     NodeInfo(NodeInfo),
     NodeIds(Vec<String>),
     Cert(CertInfo),
-    Certs(Vec<CertInfo>),
+    Certs(#[serde(deserialize_with = "growing_list")] Vec<CertInfo>),
     Status(ProvisioningStatus),
     CertTypes(Vec<String>),
     Csr {
@@ -769,6 +805,7 @@ pub enum Response {
     Secret(Secret),
     Permissions {
         instance: InstanceIdent,
+        #[serde(deserialize_with = "growing_list")]
         entries: Vec<(String, String)>,
     },
     SystemInfo {
@@ -786,7 +823,7 @@ pub enum Response {
         serial: Vec<u8>,
     },
     Signature(Vec<u8>),
-    CertChecks(Vec<CertCheck>),
+    CertChecks(#[serde(deserialize_with = "growing_list")] Vec<CertCheck>),
 }
 
 #[cfg(test)]

@@ -1,0 +1,17 @@
+//! An EST server's answer: the base64 body decoded, the PKCS#7 certs-only structure
+//! parsed, and what it held wrapped again.
+#![no_main]
+use aos_iam::{der, x509};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let raw = x509::base64_decode(data).unwrap_or_else(|| data.to_vec());
+    if let Some(certs) = der::pkcs7_certificates(&raw) {
+        for c in &certs {
+            assert!(c.len() <= raw.len(), "a certificate larger than its container");
+        }
+        // Re-wrapping what was found must give back the same certificates.
+        let again = der::pkcs7_certs_only(&certs);
+        assert_eq!(der::pkcs7_certificates(&again).as_deref(), Some(&certs[..]));
+    }
+});
