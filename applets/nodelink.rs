@@ -125,6 +125,7 @@ fn run(args: &Args) -> Result<u8, Error> {
             .map_or(aos_iam::config::DEFAULT_HELLO_TIMEOUT, |c| c.hello_timeout),
         request_timeout: links.request_timeout,
         long_request_timeout: links.long_request_timeout,
+        keepalive: links.keepalive,
         tls: links.tls,
         root_ca: config.as_ref().and_then(|c| c.root_ca.clone()),
     };

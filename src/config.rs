@@ -26,6 +26,7 @@ pub const MARKER_FILE: &str = "provisioned";
 /// and Deprovision (hooks, token initialisation) get the long one.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_LONG_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(30);
 /// Where iam-nodelink reports the state of its link, for `iam-nodelink status`.
 pub const DEFAULT_NODELINK_STATUS: &str = "/run/aos-iam-nodelink/status";
 /// The module whose certificate and key are a node's TLS identity on links.
@@ -80,6 +81,10 @@ pub struct LinksConfig {
     pub identity: String,
     pub request_timeout: Duration,
     pub long_request_timeout: Duration,
+    /// Secondary: how often iam-nodelink checks that the main node still answers; a link
+    /// that misses one is dialed again (`None`: never). A byte pipe (stdio, vchan) cannot
+    /// tell that the iamd at its other end restarted; this does.
+    pub keepalive: Option<Duration>,
     pub status_file: PathBuf,
 }
 
@@ -92,6 +97,7 @@ impl Default for LinksConfig {
             identity: DEFAULT_LINK_IDENTITY.into(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             long_request_timeout: DEFAULT_LONG_REQUEST_TIMEOUT,
+            keepalive: Some(DEFAULT_KEEPALIVE),
             status_file: PathBuf::from(DEFAULT_NODELINK_STATUS),
         }
     }
@@ -1087,6 +1093,12 @@ fn parse_links(mut l: Reader, role: Role) -> Result<LinksConfig, ConfigError> {
         identity: l.string("identity")?.unwrap_or_else(|| DEFAULT_LINK_IDENTITY.into()),
         request_timeout: seconds(&mut l, "request_timeout", 24 * 3600, DEFAULT_REQUEST_TIMEOUT)?,
         long_request_timeout: seconds(&mut l, "long_request_timeout", 24 * 3600, DEFAULT_LONG_REQUEST_TIMEOUT)?,
+        // 0 turns the keepalive off.
+        keepalive: match l.uint("keepalive", 3600)? {
+            Some(0) => None,
+            Some(t) => Some(Duration::from_secs(t)),
+            None => Some(DEFAULT_KEEPALIVE),
+        },
         status_file: l
             .path("status_file")?
             .unwrap_or_else(|| PathBuf::from(DEFAULT_NODELINK_STATUS)),
@@ -1330,6 +1342,15 @@ user_pin_file = "/tmp/w/pin"
         assert_eq!(c.links.request_timeout, Duration::from_secs(5));
         assert_eq!(c.links.long_request_timeout, DEFAULT_LONG_REQUEST_TIMEOUT);
         assert_eq!(c.links.tls, LinkTls::Auto);
+        assert_eq!(c.links.keepalive, Some(DEFAULT_KEEPALIVE));
+        let k = |v: &str| {
+            load(&[&format!(
+                "[node]\nrole = \"secondary\"\n[links]\nconnect = \"stdio\"\nkeepalive = {v}\n"
+            )])
+        };
+        assert_eq!(k("5").unwrap().links.keepalive, Some(Duration::from_secs(5)));
+        assert_eq!(k("0").unwrap().links.keepalive, None);
+        assert!(k("-1").is_err());
         let c =
             load(&["[node]\nrole = \"secondary\"\n[links]\nconnect = \"vsock:2:5000\"\ntls = \"required\"\n"]).unwrap();
         assert_eq!(c.role, Role::Secondary);

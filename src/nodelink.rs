@@ -34,6 +34,8 @@ pub struct Options {
     pub hello_timeout: Duration,
     pub request_timeout: Duration,
     pub long_request_timeout: Duration,
+    /// How often the main node must answer a keepalive (`None`: never asked).
+    pub keepalive: Option<Duration>,
     pub tls: LinkTls,
     /// The unit's root CA, which the main node's certificate must chain to (TLS).
     pub root_ca: Option<PathBuf>,
@@ -307,23 +309,48 @@ async fn session(
                 crate::log_warn!("cannot notify the service manager: {e}");
             }
         }
-        loop {
-            match changes.recv().await {
-                Ok(Ok(Event::NodeChanged(info))) if info.node_id == node_id => {
-                    link.call(&Request::NodeInfoChanged { info }, opts.request_timeout)
-                        .await
-                        .map_err(|e| e.context("reporting the node's info"))?;
+        let push = async {
+            loop {
+                match changes.recv().await {
+                    Ok(Ok(Event::NodeChanged(info))) if info.node_id == node_id => {
+                        link.call(&Request::NodeInfoChanged { info }, opts.request_timeout)
+                            .await
+                            .map_err(|e| e.context("reporting the node's info"))?;
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(e.context("the local iamd's node events")),
+                    Err(_) => return Err(Error::unavailable("the local iamd's node events ended")),
                 }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e.context("the local iamd's node events")),
-                Err(_) => return Err(Error::unavailable("the local iamd's node events ended")),
             }
-        }
+        };
+        smol::future::or(push, keepalive(&link, opts.keepalive)).await
     };
     let ended = smol::future::or(register_and_push, smol::future::or(link_loop, local_loop)).await;
     link.close("iam-nodelink closed the link");
     local.close("iam-nodelink closed the connection");
     ended
+}
+
+/// Ask the main node every `every` whether it still answers; the first miss ends the link.
+/// Over a byte pipe (stdio, a vchan proxy) nothing else would notice that the iamd at the
+/// other end restarted and forgot this link.
+async fn keepalive(link: &Peer, every: Option<Duration>) -> Result<String> {
+    let Some(every) = every else {
+        return std::future::pending().await;
+    };
+    loop {
+        smol::Timer::after(every).await;
+        match link.call(&Request::Version, every).await {
+            Ok(Response::Version { .. }) => {}
+            Ok(r) => return Err(Error::protocol(format!("the keepalive was answered {r:?}"))),
+            Err(e) => {
+                return Err(Error::unavailable(format!(
+                    "the main node did not answer a keepalive within {} s: {e}",
+                    every.as_secs()
+                )))
+            }
+        }
+    }
 }
 
 /// Run one request the main node forwarded, against the local iamd. Only operations aimed

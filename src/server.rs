@@ -984,6 +984,13 @@ async fn link_request(
             return Err(Error::wrong_state("RegisterNode must come first on a node link"))
         }
         Request::NodeInfoChanged { info } => info,
+        // The secondary's keepalive: this iamd still knows the link.
+        Request::Version if registered.load(Ordering::SeqCst) => {
+            return Ok(Response::Version {
+                version: crate::VERSION.into(),
+                protocol: crate::PROTOCOL_VERSION,
+            })
+        }
         other => {
             return Err(Error::protocol(format!(
                 "{} is not served on a node link",

@@ -923,3 +923,96 @@ fn a_vsock_link_listener_is_bound_beside_the_others_and_a_taken_port_is_a_clear_
         other => eprintln!("vsock end to end: skipped, this machine has no vsock loopback ({other:?})"),
     }
 }
+
+/// A byte pipe that outlives the main node's iamd, as a virtio-serial port or a vchan does:
+/// iam-nodelink's stdin and stdout stay open while the relay dials the main node's link
+/// socket again, silently, whenever its side ends.
+fn relay_forever(main_link: std::path::PathBuf, mut child: std::process::Child) -> std::process::Child {
+    use std::os::unix::net::UnixStream;
+    use std::sync::{Arc, Mutex};
+    let mut to_link = child.stdout.take().unwrap();
+    let from_link = Arc::new(Mutex::new(child.stdin.take().unwrap()));
+    let current: Arc<Mutex<Option<UnixStream>>> = Arc::new(Mutex::new(None));
+    let (cur, out) = (current.clone(), from_link.clone());
+    std::thread::spawn(move || loop {
+        let Ok(s) = UnixStream::connect(&main_link) else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        *cur.lock().unwrap() = Some(s.try_clone().unwrap());
+        let mut s = s;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 || out.lock().unwrap().write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        *cur.lock().unwrap() = None;
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = to_link.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            // Bytes written while the far side is being dialed again are lost, as on a port.
+            if let Some(s) = current.lock().unwrap().as_mut() {
+                let _ = s.write_all(&buf[..n]);
+            }
+        }
+    });
+    child
+}
+
+#[test]
+fn a_byte_pipe_link_notices_by_its_keepalive_that_the_main_iamd_restarted() {
+    let mut unit = Unit::new("keepalive", 2);
+    unit.secondaries[0].extra_config = "\n[links]\nkeepalive = 1\n".into();
+    unit.secondaries[1].extra_config = "\n[links]\nkeepalive = 0\n".into();
+    unit.start(true);
+    let mut links: Vec<std::process::Child> = (0..2)
+        .map(|i| {
+            let mut cmd = unit.nodelink_cmd(i, "stdio");
+            let log = std::fs::File::create(unit.secondaries[i].path("nodelink.log")).unwrap();
+            let child = cmd
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            relay_forever(unit.main.path("run/link.sock"), child)
+        })
+        .collect();
+    for s in &unit.secondaries {
+        unit.wait_connected(&s.node_id(), true);
+    }
+    // The main node's iamd restarts; the pipes stay open and say nothing.
+    unit.main.stop();
+    unit.main.start(true);
+    // With a keepalive the link ends (a stdio link exits for its runner to restart it)…
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = links[0].try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the link with a keepalive did not notice: {}",
+            unit.nodelink_log(0)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let log = unit.nodelink_log(0);
+    assert!(log.contains("did not answer a keepalive within 1 s"), "{log}");
+    // …without one, the link goes on believing it is registered, and the main node does not
+    // know it: what the keepalive is for.
+    assert!(links[1].try_wait().unwrap().is_none(), "{}", unit.nodelink_log(1));
+    let s1 = unit.secondaries[1].node_id();
+    assert_eq!(
+        unit.main.provision(&["--node", &s1, "--json", "node-info"]).ok().json()["connected"],
+        false
+    );
+    let _ = links[1].kill();
+    let _ = links[1].wait();
+}
