@@ -30,7 +30,7 @@ RELEASE := target/release/aos-iam
 STATIC  := target/$(TARGET)/release/aos-iam
 
 # (demo-unit: a main and two secondary nodes provisioned through the main node)
-.PHONY: all build static test check demo demo-unit bench load fuzz install clean crates-inc check-layer yocto-parse
+.PHONY: all build static test check demo demo-unit bench load fuzz qemu-image qemu-test install clean crates-inc check-layer yocto-parse
 
 all: build
 
@@ -65,6 +65,7 @@ test:
 		|| { cat target/demo-static.log; exit 1; }
 	@file -L $(STATIC) | grep -q 'static-pie linked' || { echo "$(STATIC) is not static-pie"; exit 1; }
 	@echo "static-pie binary: demo ok, PKCS#11 module loaded (log in target/demo-static.log)"
+	$(MAKE) --no-print-directory qemu-test QEMU_SCENARIOS="$(TEST_QEMU_SCENARIOS)"
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
 
 demo:
@@ -92,6 +93,21 @@ LOAD_SECONDS ?= 60
 load: build
 	sh scripts/deps.sh demo
 	AOS_IAM_BIN=$(RELEASE) LOAD_SECONDS=$(LOAD_SECONDS) $(CARGO) bench --locked --bench load
+
+# The QEMU rig (qemu/README.md): a test image from Debian's kernel, busybox, SoftHSM and
+# the static binary (rebuilt only when an input changed), and units of VMs provisioned
+# through the main node: full (main, a secondary over vsock, one over virtio-serial),
+# serial (main and the virtio-serial secondary), fault (full, with a link killed during
+# provisioning). TCG unless QEMU_ACCEL=kvm.
+QEMU_SCENARIOS ?= full fault
+# What `make test` (and so CI) runs of it; see qemu/README.md for why.
+TEST_QEMU_SCENARIOS ?= serial
+qemu-image: static
+	sh scripts/deps.sh qemu
+	sh qemu/build-image.sh $(STATIC)
+
+qemu-test: qemu-image
+	@for s in $(QEMU_SCENARIOS); do sh qemu/run-unit.sh $$s || exit 1; done
 
 # Every fuzz target (fuzz/) for FUZZ_SECONDS each (default 60), on stable Rust with
 # cargo-fuzz (installed from crates.io if missing); executions per target in

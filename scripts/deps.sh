@@ -20,6 +20,16 @@ if [ "${1:-demo}" = test ]; then
         || missing_engine=libengine-pkcs11-openssl
 fi
 pkgs="${missing_engine:-}"
+if [ "$1" = test ] || [ "$1" = qemu ]; then
+    # The QEMU rig (qemu/): the VMs, a static busybox, the tools copied into the image, and
+    # the userspace vsock device between sibling VMs (a crate).
+    need="$need qemu-system-x86_64:qemu-system-x86 cpio:cpio socat:socat file:file gnutls-cli:gnutls-bin"
+    ldd /usr/bin/busybox 2>&1 | grep -q 'not a dynamic executable' || pkgs="$pkgs busybox-static"
+    if ! command -v vhost-device-vsock >/dev/null 2>&1; then
+        echo "installing vhost-device-vsock (crates.io)" >&2
+        cargo install --locked vhost-device-vsock
+    fi
+fi
 for pair in $need; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || pkgs="$pkgs ${pair#*:}"
 done

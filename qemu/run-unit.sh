@@ -1,0 +1,145 @@
+#!/bin/sh
+# Boot a unit of QEMU VMs and provision it through the main node, end to end.
+# Usage: qemu/run-unit.sh [full|serial|fault]
+#   full    main + sec1 (vsock, vhost-user-vsock and vhost-device-vsock) + sec2 (virtio-serial,
+#           iam-nodelink --connect stdio on the port device)
+#   serial  main + sec2 only (no vsock)
+#   fault   as full, and sec1's link is killed (kill -9) while it is being provisioned: the
+#           main node reports it unavailable, and it is provisioned once it is back
+# Environment: QEMU_ACCEL (tcg, the default; kvm only when asked), QEMU_TIMEOUT (seconds for
+# the whole run, default 170), QEMU_KEEP=1 (keep target/qemu/run-MODE after success).
+# Prints one line per result and a summary; exits 1 on any failure or timeout.
+set -eu
+cd "$(dirname "$0")/.."
+MODE=${1:-full}
+ACCEL=${QEMU_ACCEL:-tcg}
+TIMEOUT=${QEMU_TIMEOUT:-170}
+IMG=target/qemu
+OUT=$IMG/run-$MODE
+PORT=8089
+case "$MODE" in
+full|fault) NODES="sec1 sec2 main" ;;
+serial) NODES="sec2 main" ;;
+*) echo "qemu-test: scenario must be full, serial or fault, not $MODE" >&2; exit 2 ;;
+esac
+case "$ACCEL" in
+tcg) ACCEL_ARGS="-accel tcg -cpu max" ;;
+kvm) ACCEL_ARGS="-accel kvm -cpu max" ;;
+*) echo "qemu-test: QEMU_ACCEL must be tcg or kvm" >&2; exit 2 ;;
+esac
+[ -f "$IMG/vmlinux" ] && [ -f "$IMG/initramfs.cpio" ] || { echo "qemu-test: no image (make qemu-image)" >&2; exit 1; }
+
+rm -rf "$OUT"
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+PIDS=""
+cleanup() {
+    for p in $PIDS; do kill "$p" 2>/dev/null || true; done
+    sleep 0.5
+    for p in $PIDS; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+start=$(date +%s)
+elapsed() { echo $(($(date +%s) - start)); }
+
+# The unit's root CA and the factory's password, passed to the VMs with -fw_cfg.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -days 3650 \
+    -keyout "$OUT/ca.key" -out "$OUT/ca.pem" -subj "/O=aos-iam qemu/CN=QEMU Unit Root CA" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+(umask 077; printf 'factory-secret\n' > "$OUT/password")
+echo "$MODE" > "$OUT/mode"
+echo "$NODES" | wc -w | tr -d ' ' > "$OUT/nodes"
+
+# vsock between sibling VMs: one userspace device for all of them, CID 3 the main node.
+uses_vsock=""
+case "$NODES" in *sec1*) uses_vsock=1 ;; esac
+if [ -n "$uses_vsock" ]; then
+    command -v vhost-device-vsock >/dev/null 2>&1 || { echo "qemu-test: vhost-device-vsock is missing (cargo install vhost-device-vsock)" >&2; exit 1; }
+    vhost-device-vsock --vm "guest-cid=3,socket=$OUT/vh-main.sock,uds-path=$OUT/main.vsock" \
+        --vm "guest-cid=4,socket=$OUT/vh-sec1.sock,uds-path=$OUT/sec1.vsock" > "$OUT/vhost-device-vsock.log" 2>&1 &
+    PIDS="$PIDS $!"
+    i=0
+    until [ -S "$OUT/vh-main.sock" ] && [ -S "$OUT/vh-sec1.sock" ]; do
+        i=$((i + 1)); [ $i -lt 100 ] || { cat "$OUT/vhost-device-vsock.log"; echo "qemu-test: vhost-device-vsock did not start" >&2; exit 1; }
+        sleep 0.1
+    done
+fi
+
+vm() { # NAME ROLE APPEND EXTRA-ARGS...
+    name=$1 role=$2 append=$3; shift 3
+    mem=""
+    case "$name" in main|sec1) [ -z "$uses_vsock" ] || mem="-object memory-backend-memfd,id=mem0,size=256M,share=on -machine memory-backend=mem0 -chardev socket,id=v,path=$OUT/vh-$name.sock -device vhost-user-vsock-pci,chardev=v" ;; esac
+    # shellcheck disable=SC2086
+    qemu-system-x86_64 $ACCEL_ARGS -M q35 -m 256 -smp 1 -nodefaults -no-user-config -display none \
+        -serial "file:$OUT/$name.log" -no-reboot -kernel "$IMG/vmlinux" -initrd "$IMG/initramfs.cpio" \
+        -append "console=ttyS0 quiet panic=-1 iam.node=$name iam.role=$role $append" \
+        -fw_cfg "name=opt/iam/scenario.sh,file=qemu/scenario.sh" -fw_cfg "name=opt/iam/root-ca.pem,file=$OUT/ca.pem" \
+        -fw_cfg "name=opt/iam/mode,file=$OUT/mode" -fw_cfg "name=opt/iam/nodes,file=$OUT/nodes" \
+        $mem "$@" < /dev/null > "$OUT/$name.qemu.log" 2>&1 &
+    PIDS="$PIDS $!"
+    eval "PID_$name=$!"
+}
+seen() { grep -q "^IAMTEST $1 $2" "$OUT/$1.log" 2>/dev/null; }
+wait_for() { # NODE WHAT SECONDS
+    t=$(($3 * 5))
+    while ! seen "$1" "$2"; do
+        t=$((t - 1)); [ $t -gt 0 ] || return 1
+        eval "p=\$PID_$1"; kill -0 "$p" 2>/dev/null || return 1
+        sleep 0.2
+    done
+}
+
+serial_args=""
+case "$NODES" in *sec2*) serial_args="-device virtio-serial-pci -chardev socket,id=l,path=$OUT/link-sec2.sock,server=on,wait=off -device virtserialport,chardev=l,name=iam.link" ;; esac
+listen=""
+[ -z "$uses_vsock" ] || listen="iam.listen=vsock:$PORT"
+boot_main() {
+    # shellcheck disable=SC2086
+    vm main main "$listen" -fw_cfg "name=opt/iam/ca.key,file=$OUT/ca.key" -fw_cfg "name=opt/iam/password,file=$OUT/password" $serial_args
+    wait_for main ready 60 || { echo "qemu-test: main did not become ready"; tail -20 "$OUT/main.log"; exit 1; }
+    echo "qemu-test: main ready after $(elapsed) s"
+}
+boot_secondaries() {
+    for n in $NODES; do
+        case "$n" in
+        sec1) vm sec1 secondary "iam.connect=vsock:3:$PORT" ;;
+        sec2) vm sec2 secondary "iam.connect=stdio" -device virtio-serial-pci \
+            -chardev "socket,id=l,path=$OUT/link-sec2.sock,reconnect=1" -device virtserialport,chardev=l,name=iam.link ;;
+        esac
+    done
+    for n in $NODES; do
+        [ "$n" = main ] && continue
+        wait_for "$n" ready 60 || { echo "qemu-test: $n did not become ready"; tail -20 "$OUT/$n.log"; exit 1; }
+        echo "qemu-test: $n ready after $(elapsed) s"
+    done
+}
+# The order is explicit, never a race: the main node boots first and is ready (iamd and
+# its link listeners up) before any secondary boots and dials it. A vsock link dialed
+# before its peer's device was up has been seen to hang for good in vhost-device-vsock.
+boot_main
+boot_secondaries
+
+# Every node's results, until each says it is done or the time is up.
+status=0
+for n in $NODES; do
+    left=$((TIMEOUT - $(elapsed)))
+    [ $left -gt 0 ] || left=1
+    if ! wait_for "$n" done "$left"; then
+        echo "qemu-test: $n did not finish within ${TIMEOUT} s (VM $(eval "kill -0 \$PID_$n" 2>/dev/null && echo running || echo stopped))"
+        status=1
+    fi
+done
+echo
+echo "== qemu-test $MODE ($ACCEL): results"
+for n in $NODES; do tr -d '\r' < "$OUT/$n.log" | grep '^IAMTEST' | grep -v ' boot ok\| ready\| done\| exit' || true; done > "$OUT/results"
+cat "$OUT/results"
+fails=$(grep -c ' fail ' "$OUT/results" || true)
+oks=$(grep -c ' ok ' "$OUT/results" || true)
+[ "$fails" = 0 ] || status=1
+[ "$oks" -gt 0 ] || status=1
+echo "== qemu-test $MODE: $oks ok, $fails failed, $(elapsed) s$([ $status = 0 ] || echo ", FAILED (logs in $OUT)")"
+if [ $status != 0 ]; then
+    for n in $NODES; do echo "--- $n console (last lines)"; tr -d '\r' < "$OUT/$n.log" | tail -25; done
+fi
+exit $status
