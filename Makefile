@@ -30,7 +30,7 @@ RELEASE := target/release/aos-iam
 STATIC  := target/$(TARGET)/release/aos-iam
 
 # (demo-unit: a main and two secondary nodes provisioned through the main node)
-.PHONY: all build static test check demo demo-unit bench load fuzz qemu-image qemu-test install clean crates-inc check-layer yocto-parse
+.PHONY: all build static test check demo demo-unit bench load fuzz crash-test qemu-image qemu-test install clean crates-inc check-layer yocto-parse
 
 all: build
 
@@ -65,6 +65,7 @@ test:
 		|| { cat target/demo-static.log; exit 1; }
 	@file -L $(STATIC) | grep -q 'static-pie linked' || { echo "$(STATIC) is not static-pie"; exit 1; }
 	@echo "static-pie binary: demo ok, PKCS#11 module loaded (log in target/demo-static.log)"
+	$(MAKE) --no-print-directory crash-test RUNS=$(TEST_CRASH_RUNS)
 	$(MAKE) --no-print-directory qemu-test QEMU_SCENARIOS="$(TEST_QEMU_SCENARIOS)"
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
 
@@ -100,7 +101,8 @@ load: build
 # serial (main and the virtio-serial secondary), fault (full, with a link killed during
 # provisioning). TCG unless QEMU_ACCEL=kvm.
 QEMU_SCENARIOS ?= full fault
-# What `make test` (and so CI) runs of it; see qemu/README.md for why.
+# What `make test` (and so CI) runs of it; see qemu/README.md for why. And of crash-test.
+TEST_CRASH_RUNS ?= 3
 TEST_QEMU_SCENARIOS ?= serial
 qemu-image: static
 	sh scripts/deps.sh qemu
@@ -108,6 +110,16 @@ qemu-image: static
 
 qemu-test: qemu-image
 	@for s in $(QEMU_SCENARIOS); do sh qemu/run-unit.sh $$s || exit 1; done
+
+# Power loss at random moments (tests/crash.rs): kill -9 of iamd, iam-provision,
+# iam-nodelink or iam-certctl during single-node and whole-unit provisioning and renewals,
+# RUNS times per kind (default 20); each must converge. CRASH_SEED=N replays a sequence.
+RUNS ?= 20
+crash-test:
+	sh scripts/deps.sh test
+	RUNS=$(RUNS) $(CARGO) test --locked --test crash -- --ignored --test-threads=1 --nocapture 2>&1 \
+		| tee target/crash-test.log | grep -E '^crash-test|^  run|panicked|^test result'; \
+		grep -q '^test result: ok' target/crash-test.log
 
 # Every fuzz target (fuzz/) for FUZZ_SECONDS each (default 60), on stable Rust with
 # cargo-fuzz (installed from crates.io if missing); executions per target in

@@ -196,17 +196,37 @@ pub fn run_unit(
     progress: &(dyn Fn(&str, &Step) + Sync),
 ) -> Vec<NodeOutcome> {
     let main_id = nodes.first().cloned().unwrap_or_default();
-    // Per node: the connection that prepared it (FinishProvisioning uses it too) and the
-    // certificates it got.
-    type Prepared = Result<(Client, Vec<CertInfo>)>;
+    // Per node: the connection that prepared it (FinishProvisioning uses it too), the
+    // certificates it got, and whether it was provisioned already.
+    type Prepared = Result<(Client, Vec<CertInfo>, bool)>;
+    let main = main_id.as_str();
     let prepared: Vec<(String, Prepared)> = std::thread::scope(|scope| {
         let handles: Vec<_> = nodes
             .iter()
             .map(|id| {
                 scope.spawn(move || {
                     let mut client = connect()?;
+                    // The same command run again after a cut: a secondary that finished then
+                    // is done, so that the main node can finish now.
+                    if id != main && !opts.deprovision_first && client.status(id)?.state == NodeState::Provisioned {
+                        // What a run reports: the current certificates of the types a CA signs.
+                        let types = client.cert_types(id)?;
+                        let certs = client
+                            .list_certs(id)?
+                            .into_iter()
+                            .filter(|c| c.current && types.contains(&c.cert_type))
+                            .collect();
+                        progress(
+                            id,
+                            &Step {
+                                name: "already provisioned".into(),
+                                done: true,
+                            },
+                        );
+                        return Ok((client, certs, true));
+                    }
                     let certs = prepare(&mut client, signer, opts, id, &mut |s| progress(id, s))?;
-                    Ok((client, certs))
+                    Ok((client, certs, false))
                 })
             })
             .collect();
@@ -229,8 +249,11 @@ pub fn run_unit(
             main_prepared = Some(r);
             continue;
         }
-        let result = r.and_then(|(mut client, certs)| {
-            finish(&mut client, opts, &id, &mut |s| progress(&id, s)).map_err(|e| e.context(format!("node {id}")))?;
+        let result = r.and_then(|(mut client, certs, already)| {
+            if !already {
+                finish(&mut client, opts, &id, &mut |s| progress(&id, s))
+                    .map_err(|e| e.context(format!("node {id}")))?;
+            }
             Ok(certs)
         });
         if result.is_err() {
@@ -243,7 +266,7 @@ pub fn run_unit(
         });
     }
     if let Some(r) = main_prepared {
-        let result = r.and_then(|(mut client, certs)| {
+        let result = r.and_then(|(mut client, certs, _)| {
             if !failed_secondaries.is_empty() {
                 return Err(Error::wrong_state(format!(
                     "node {main_id}: not finished, because secondary node(s) {} failed; its certificates are applied and it is still provisioning — run again once they are fixed",

@@ -39,60 +39,6 @@ fn run_flow(node: &Node) -> Out {
     ])
 }
 
-fn assert_converged(node: &Node) {
-    let status = node.status();
-    assert_eq!(status["state"], "provisioned", "{status}");
-    for m in status["modules"].as_array().unwrap() {
-        assert_eq!(m["certificates"], 1, "one certificate record per module: {m}");
-        assert_eq!(m["pending_key"], false, "no pending key left: {m}");
-    }
-    let objs = node.token_objects();
-    assert_eq!(
-        objs.len(),
-        9,
-        "three objects for each of three modules, nothing else: {objs:#?}"
-    );
-    let certs = node.list_certs();
-    assert_eq!(certs.len(), 3);
-    for c in &certs {
-        let t = c["type"].as_str().unwrap();
-        let of: Vec<_> = objs.iter().filter(|o| o.1 == t).collect();
-        assert_eq!(of.len(), 3, "{t}: {of:#?}");
-        let id = &of[0].2;
-        assert!(
-            of.iter().all(|o| &o.2 == id),
-            "{t}: key pair and certificate share one ID"
-        );
-        // The record's URL names the object on the token.
-        let id_in_url: String = c["key_url"]
-            .as_str()
-            .unwrap()
-            .split("id=")
-            .nth(1)
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_string();
-        let decoded: String = {
-            let mut out = String::new();
-            let b = id_in_url.as_bytes();
-            let mut i = 0;
-            while i < b.len() {
-                if b[i] == b'%' {
-                    out.push_str(&id_in_url[i + 1..i + 3].to_ascii_lowercase());
-                    i += 3;
-                } else {
-                    out.push_str(&format!("{:02x}", b[i]));
-                    i += 1;
-                }
-            }
-            out
-        };
-        assert_eq!(&decoded, id, "{t}: the database record names the token objects");
-    }
-}
-
 fn kill_at(point: &str) {
     let mut node = Node::new(&format!("kill-{point}"), Store::Pkcs11);
     let killer = node.p("killer.sh");

@@ -1016,3 +1016,42 @@ fn a_byte_pipe_link_notices_by_its_keepalive_that_the_main_iamd_restarted() {
     let _ = links[1].kill();
     let _ = links[1].wait();
 }
+
+#[test]
+fn a_secondary_with_its_certificate_links_in_the_clear_to_a_main_node_that_has_none_yet() {
+    // As after a power cut in the middle of whole-unit provisioning: the secondaries got
+    // their certificates, the main node did not.
+    let mut unit = linked_unit("clear", false);
+    provision_whole_unit(&unit);
+    let pw = unit.main.p("password");
+    unit.main.provision(&["deprovision", "--password-file", &pw]).ok();
+    unit.main.stop();
+    unit.main.start(true);
+    for (i, s) in unit.secondaries.iter().enumerate() {
+        unit.wait_connected(&s.node_id(), true);
+        let log = unit.nodelink_log(i);
+        assert!(log.contains("closed the connection during the handshake"), "{log}");
+        assert!(log.contains("linking in the clear this once"), "{log}");
+        assert_eq!(unit.link_status(i).ok().json()["tls"], false);
+    }
+    // The same command then provisions the main node; the secondaries count as done.
+    let out = unit.run_all(&["--expect-nodes", "3", "--wait", "20"]).ok().json();
+    for n in out["nodes"].as_array().unwrap() {
+        assert_eq!(n["ok"], true, "{n}");
+        assert_eq!(n["certificates"].as_array().unwrap().len(), 2, "{n}");
+    }
+    assert_converged(&unit.main);
+    // Out of provisioning mode there is no way back to the clear: the main node is
+    // provisioned again, and the links come back in TLS.
+    unit.main.stop();
+    unit.main.start(false);
+    for (i, s) in unit.secondaries.iter().enumerate() {
+        unit.wait_connected(&s.node_id(), true);
+        let start = Instant::now();
+        while unit.link_status(i).ok().json()["tls"] != true {
+            assert!(start.elapsed() < Duration::from_secs(20), "{}", unit.nodelink_log(i));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let _ = &mut unit;
+}

@@ -296,20 +296,39 @@ impl Node {
 
     /// The same for `--node NODE` (`all` for a whole unit).
     pub fn run_flow_on(&self, node: Option<&str>, extra: &[&str]) -> Out {
-        let (ca, key, pw) = (self.p("ca.pem"), self.p("ca.key"), self.p("password"));
-        let mut args: Vec<&str> = node.map(|n| vec!["--node", n]).unwrap_or_default();
-        args.extend([
+        let args = self.run_flow_args(node, extra);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.provision(&refs)
+    }
+
+    /// The arguments of `run_flow_on`, after `iam-provision -s PROTECTED`.
+    pub fn run_flow_args(&self, node: Option<&str>, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = node.map(|n| vec!["--node".into(), n.into()]).unwrap_or_default();
+        for a in [
             "--json",
             "run",
             "--ca-cert",
-            &ca,
+            &self.p("ca.pem"),
             "--ca-key",
-            &key,
-            "--password-file",
-            &pw,
-        ]);
-        args.extend_from_slice(extra);
-        self.provision(&args)
+            &self.p("ca.key"),
+        ] {
+            args.push(a.into());
+        }
+        args.extend(["--password-file".into(), self.p("password")]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    }
+
+    /// An applet started in the background, its output collected, to be killed or waited for.
+    pub fn spawn_applet(&self, applet: &str, args: &[String]) -> std::process::Child {
+        self.cmd()
+            .arg(applet)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 
     pub fn run_flow(&self) -> Out {
@@ -692,5 +711,68 @@ impl Drop for Unit {
             }
             self.kill_link(i);
         }
+    }
+}
+
+/// The key ID (lower-case hex) in a certificate's `key_url` (RFC 7512, percent-encoded).
+pub fn key_id_of(cert: &serde_json::Value) -> String {
+    let url = cert["key_url"].as_str().unwrap();
+    let enc = url.split("id=").nth(1).unwrap().split(';').next().unwrap();
+    let b = enc.as_bytes();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            out.push_str(&enc[i + 1..i + 3].to_ascii_lowercase());
+            i += 3;
+        } else {
+            out.push_str(&format!("{:02x}", b[i]));
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The node is provisioned with one certificate per module and exactly its objects.
+#[track_caller]
+pub fn assert_converged(node: &Node) {
+    assert_store_matches(node, &[]);
+}
+
+/// The node is provisioned, and its token holds exactly the objects its records name:
+/// `per_type` certificate records of each type, each with its key pair and certificate
+/// sharing one ID; no pending key, no orphan, nothing missing.
+#[track_caller]
+pub fn assert_store_matches(node: &Node, per_type: &[(&str, usize)]) {
+    let status = node.status();
+    assert_eq!(status["state"], "provisioned", "{status}");
+    for m in status["modules"].as_array().unwrap() {
+        let want = per_type.iter().find(|(t, _)| m["type"] == *t).map_or(1, |(_, n)| *n);
+        assert_eq!(m["certificates"], want, "certificate records of the module: {m}");
+        assert_eq!(m["pending_key"], false, "no pending key left: {m}");
+    }
+    let objs = node.token_objects();
+    let total: usize = status["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["certificates"].as_u64().unwrap() as usize)
+        .sum();
+    assert_eq!(
+        objs.len(),
+        3 * total,
+        "three objects per certificate record, nothing else: {objs:#?}"
+    );
+    let certs = node.list_certs();
+    assert_eq!(certs.len(), total);
+    for c in &certs {
+        let t = c["type"].as_str().unwrap();
+        let id: &str = &key_id_of(c);
+        let of: Vec<_> = objs.iter().filter(|o| o.1 == t && o.2 == id).collect();
+        assert_eq!(
+            of.len(),
+            3,
+            "{t} {id}: key pair and certificate on the token: {objs:#?}"
+        );
     }
 }
