@@ -113,7 +113,13 @@ impl Provisioning {
                 snap.trash.len()
             );
         }
-        self.modules.empty_trash(&self.db, &snap.trash)?;
+        // A store that cannot be reached now (a token not initialised or not plugged in) must
+        // not keep iamd down: the entries stay, and the next start removes them.
+        if let Err(e) = self.modules.empty_trash(&self.db, &snap.trash) {
+            crate::log_warn!(
+                "objects left from an interrupted step cannot be removed now: {e}; kept for the next start"
+            );
+        }
         drop(journal);
         self.reconcile()?;
         let marker = self.config.marker_file.exists();

@@ -152,3 +152,143 @@ fn objects_changed_behind_iamds_back_are_reconciled_at_start() {
         "intact records are not reported: {log}"
     );
 }
+
+/// Every persisted provisioning state, reached by the real steps and then cut off by
+/// kill -9 (after each acknowledged step), plus journal debris seeded straight into the
+/// database — a pending key whose key never reached the token, a trash entry whose objects
+/// are gone and one whose objects are still there: after a restart the same `run`
+/// converges.
+#[test]
+fn every_persisted_provisioning_state_converges() {
+    let steps: &[&[&str]] = &[
+        &["start"],
+        &["create-key", "iam"],
+        &["apply", "iam"],
+        &["create-key", "online"],
+        &["apply", "online"],
+        &["finish"],
+    ];
+    for cut in 0..=steps.len() {
+        let mut node = Node::new(&format!("state-{cut}"), Store::Pkcs11);
+        node.start(true);
+        let pw = node.p("password");
+        for (i, step) in steps[..cut].iter().enumerate() {
+            match step[0] {
+                "start" | "finish" => {
+                    node.provision(&[step[0], "--password-file", &pw]).ok();
+                }
+                "create-key" => {
+                    let csr = node.p(&format!("{}.csr", step[1]));
+                    node.provision(&["create-key", step[1], "--password-file", &pw, "-o", &csr])
+                        .ok();
+                    node.openssl_sign(&csr, "ca", &node.p(&format!("{}.pem", step[1])));
+                }
+                _ => {
+                    node.provision(&["apply", step[1], &node.p(&format!("{}.pem", step[1]))])
+                        .ok();
+                }
+            }
+            assert!(i < cut);
+        }
+        node.kill9();
+        if cut < steps.len() {
+            seed_debris(&node);
+        }
+        node.start(true);
+        let again = run_flow_ca(&node);
+        if cut == steps.len() {
+            assert_eq!(
+                again.json()["error"]["kind"],
+                "wrong_state",
+                "a provisioned node refuses run: {}",
+                again.stdout
+            );
+        } else {
+            again.ok();
+        }
+        assert_converged(&node);
+        node.stop();
+        node.start(false);
+        assert_converged(&node);
+    }
+}
+
+fn run_flow_ca(node: &Node) -> Out {
+    node.run_flow()
+}
+
+/// Straight into the database (iamd stopped): a pending `online` key that never reached
+/// the token, and two trash entries for `iam` — one whose objects are gone, one whose key
+/// pair is still on the token (once the token is initialised).
+fn seed_debris(node: &Node) {
+    use aos_iam::db::{Db, PendingKey};
+    let db = Db::open(&node.path("work/iam.db")).unwrap();
+    let absent = *b"seeded-absent-01";
+    let present = *b"seeded-present-1";
+    db.add_pending(&PendingKey {
+        cert_type: "online".into(),
+        key_id: absent,
+        created: 0,
+    })
+    .unwrap();
+    db.discard(&[("iam".to_string(), *b"seeded-trash-gon"), ("iam".to_string(), present)])
+        .unwrap();
+    drop(db);
+    // Before StartProvisioning the token is not initialised: nothing can be on it.
+    if node.path("work/user-pin").exists() {
+        let hex: String = present.iter().map(|b| format!("{b:02x}")).collect();
+        node.plant_key("iam", &hex);
+    }
+}
+
+/// Renewal records seeded straight into the database of a provisioned node whose
+/// certificates are not due: a renewal at `KeyCreated` and one at `Obtained` whose new key
+/// is not on the token (nor pending). iamd drops each and starts over when due; the token
+/// and the served certificates are unchanged, and the record is gone.
+#[test]
+fn every_persisted_renewal_step_without_its_key_is_dropped_and_changes_nothing() {
+    use aos_iam::db::Db;
+    use aos_iam::renewal::{Renewal, Step};
+    let mut node = Node::new("renew-seed", Store::Pkcs11);
+    node.modules.rotate_left(1);
+    node.extra_config =
+        "[modules.renew]\ncommand = \"false\"\nthreshold = \"50%\"\nretry = \"1s\"\njitter = \"0%\"\n".into();
+    node.start(true);
+    node.run_flow().ok();
+    node.stop();
+    let before = node.token_objects();
+    for step in [
+        Step::KeyCreated {
+            key_id: *b"seeded-renewal-1",
+            csr: "-----BEGIN CERTIFICATE REQUEST-----\nMAA=\n-----END CERTIFICATE REQUEST-----\n".into(),
+        },
+        Step::Obtained {
+            key_id: *b"seeded-renewal-2",
+            csr: String::new(),
+            chain_pem: "not a chain".into(),
+        },
+    ] {
+        let db = Db::open(&node.path("work/iam.db")).unwrap();
+        let r = Renewal {
+            step,
+            failures: 0,
+            next_try: 0,
+            last_error: String::new(),
+        };
+        db.set_renewal("iam", Some(&postcard::to_stdvec(&r).unwrap())).unwrap();
+        drop(db);
+        node.start(false);
+        let start = std::time::Instant::now();
+        while !node.log().contains("its new key is gone; starting over") {
+            assert!(start.elapsed() < std::time::Duration::from_secs(20), "{}", node.log());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_converged(&node);
+        node.stop();
+        std::fs::write(node.path("iamd.log"), "").unwrap();
+        let db = Db::open(&node.path("work/iam.db")).unwrap();
+        assert!(db.renewals().unwrap().is_empty(), "the renewal record is gone");
+        drop(db);
+        assert_eq!(node.token_objects(), before, "the token is unchanged");
+    }
+}
