@@ -101,9 +101,11 @@ load: build
 # serial (main and the virtio-serial secondary), fault (full, with a link killed during
 # provisioning). TCG unless QEMU_ACCEL=kvm.
 QEMU_SCENARIOS ?= full fault
-# What `make test` (and so CI) runs of it; see qemu/README.md for why. And of crash-test.
+# What `make test` (and so CI) runs of it: all of it (about 80 s; see qemu/README.md).
+# And of crash-test: a few runs per kind.
+TEST_QEMU_SCENARIOS ?= $(QEMU_SCENARIOS)
 TEST_CRASH_RUNS ?= 3
-TEST_QEMU_SCENARIOS ?= serial
+
 qemu-image: static
 	sh scripts/deps.sh qemu
 	sh qemu/build-image.sh $(STATIC)

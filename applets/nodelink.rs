@@ -123,6 +123,9 @@ fn run(args: &Args) -> Result<u8, Error> {
         hello_timeout: config
             .as_ref()
             .map_or(aos_iam::config::DEFAULT_HELLO_TIMEOUT, |c| c.hello_timeout),
+        frame_timeout: config
+            .as_ref()
+            .map_or(aos_iam::config::DEFAULT_FRAME_TIMEOUT, |c| c.frame_timeout),
         request_timeout: links.request_timeout,
         long_request_timeout: links.long_request_timeout,
         keepalive: links.keepalive,

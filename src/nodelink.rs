@@ -32,6 +32,8 @@ pub struct Options {
     pub retry_max: Duration,
     pub body_limit: u32,
     pub hello_timeout: Duration,
+    /// How long the rest of a frame may take once it has begun (`limits.frame_timeout`).
+    pub frame_timeout: Duration,
     pub request_timeout: Duration,
     pub long_request_timeout: Duration,
     /// How often the main node must answer a keepalive (`None`: never asked).
@@ -210,7 +212,7 @@ async fn session(
     peer::hello(&mut local_stream, Role::Client, "", limit, opts.hello_timeout)
         .await
         .map_err(|e| e.context("the local iamd"))?;
-    let (local, local_reader) = Peer::new("the local iamd".into(), local_stream, limit);
+    let (local, local_reader) = Peer::new("the local iamd".into(), local_stream, limit, opts.frame_timeout);
     let local_loop = {
         let local = local.clone();
         async move {
@@ -277,7 +279,12 @@ async fn session(
         crate::tls::check_peer(cert, crate::config::Eku::ServerAuth, &main_id)
             .map_err(|e| e.context(format!("the main node at {}", opts.connect)))?;
     }
-    let (link, link_reader) = Peer::new(format!("the main node \"{main_id}\""), stream, limit);
+    let (link, link_reader) = Peer::new(
+        format!("the main node \"{main_id}\""),
+        stream,
+        limit,
+        opts.frame_timeout,
+    );
 
     let link_loop = {
         let (link, local, node_id) = (link.clone(), local.clone(), node_id.clone());

@@ -33,6 +33,8 @@ enum Waiter {
 pub struct Peer {
     name: String,
     limit: u32,
+    /// How long the rest of a frame may take once it has begun.
+    stall: std::time::Duration,
     writer: smol::lock::Mutex<smol::io::WriteHalf<BoxStream>>,
     waiters: Mutex<HashMap<u64, Waiter>>,
     next_id: AtomicU64,
@@ -45,12 +47,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Peer {
     /// Wrap a stream whose hello is done. `name` is how errors name the other end
-    /// (`node "n2"`, `the local iamd`). Returns the peer and the half [`Peer::read_loop`] reads.
-    pub fn new(name: String, stream: BoxStream, limit: u32) -> (Arc<Peer>, smol::io::ReadHalf<BoxStream>) {
+    /// (`node "n2"`, `the local iamd`); a frame that has begun must be complete within
+    /// `stall`, or the connection ends. Returns the peer and the half [`Peer::read_loop`] reads.
+    pub fn new(
+        name: String,
+        stream: BoxStream,
+        limit: u32,
+        stall: std::time::Duration,
+    ) -> (Arc<Peer>, smol::io::ReadHalf<BoxStream>) {
         let (r, w) = smol::io::split(stream);
         let peer = Peer {
             name,
             limit,
+            stall,
             writer: smol::lock::Mutex::new(w),
             waiters: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -212,7 +221,7 @@ impl Peer {
         Fut: Future<Output = bool>,
     {
         let reason = loop {
-            let (header, body) = match transport::read_frame(&mut reader, self.limit).await {
+            let (header, body) = match transport::read_frame_timed(&mut reader, self.limit, self.stall).await {
                 Ok(Some(f)) => f,
                 Ok(None) => break "connection closed".to_string(),
                 Err(e) => {

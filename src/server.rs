@@ -932,7 +932,12 @@ async fn serve_link(mut stream: BoxStream, addr: &LinkAddr, from: LinkPeer, shar
         "link listener {addr}: node \"{node_id}\" linked from {from}{}",
         if peer_cert.is_some() { " over TLS" } else { "" }
     );
-    let (peer, reader) = Peer::new(format!("node \"{node_id}\""), stream, limit);
+    let (peer, reader) = Peer::new(
+        format!("node \"{node_id}\""),
+        stream,
+        limit,
+        shared.prov.config.frame_timeout,
+    );
     let registered = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reason = peer
         .read_loop(reader, |id, request| {

@@ -1055,3 +1055,33 @@ fn a_secondary_with_its_certificate_links_in_the_clear_to_a_main_node_that_has_n
     }
     let _ = &mut unit;
 }
+
+#[test]
+fn a_link_peer_that_stalls_in_the_middle_of_a_frame_is_dropped_and_other_links_go_on() {
+    let mut unit = Unit::new("stall", 1);
+    unit.main.extra_config.push_str("\n[limits]\nframe_timeout = 1\n");
+    unit.start(true);
+    unit.link_unix(0);
+    let s0 = unit.secondaries[0].node_id();
+    unit.wait_connected(&s0, true);
+    let start = Instant::now();
+    let half = frame(2, &Request::Version)[..7].to_vec();
+    let e = link_exchange(
+        &unit,
+        &[
+            link_hello(1, Role::NodeLink, "n9"),
+            frame(
+                1,
+                &Request::RegisterNode {
+                    info: sample_info("n9"),
+                },
+            ),
+            half,
+        ],
+    );
+    assert!(e.message.contains("not finished within 1 s"), "{e:?}");
+    assert_eq!(e.kind, aos_iam::ErrorKind::Timeout);
+    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    unit.wait_connected("n9", false);
+    unit.main.provision(&["--node", &s0, "cert-types"]).ok();
+}
