@@ -105,11 +105,14 @@ fn main() {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let failures = Arc::new(AtomicU64::new(0));
     let peak = Arc::new(AtomicU64::new(0));
+    let peak_anon = Arc::new(AtomicU64::new(0));
     let sampler = {
-        let (peak, bin) = (peak.clone(), bin.clone());
+        let (peak, peak_anon, bin) = (peak.clone(), peak_anon.clone(), bin.clone());
         std::thread::spawn(move || {
             while Instant::now() < deadline {
-                peak.fetch_max(Rss::of(pid, &bin).total, Ordering::Relaxed);
+                let r = Rss::of(pid, &bin);
+                peak.fetch_max(r.total, Ordering::Relaxed);
+                peak_anon.fetch_max(r.anon, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(500));
             }
         })
@@ -178,6 +181,17 @@ fn main() {
         mib(idle_rss.total),
         mib(peak.load(Ordering::Relaxed)),
         mib(end_rss.total)
+    );
+    // What is iamd's own (heap, stacks) and what is shared file pages: the binary, and the
+    // PKCS#11 module with OpenSSL and libstdc++ under it.
+    println!(
+        "  of which anonymous (iamd's heap and stacks): idle {:.2} MiB, peak {:.2} MiB; the binary {:.2} MiB, \
+         the PKCS#11 module and its libraries {:.2} MiB, the rest (libc...) {:.2} MiB (idle)",
+        mib(idle_rss.anon),
+        mib(peak_anon.load(Ordering::Relaxed)),
+        mib(idle_rss.binary),
+        mib(idle_rss.module),
+        mib(idle_rss.total - idle_rss.anon - idle_rss.binary - idle_rss.module)
     );
     drop((links, subscribers));
     stop(iamd);

@@ -50,8 +50,20 @@ fn finish(child: Child) -> Option<i32> {
     child.wait_with_output().unwrap().status.code()
 }
 
-fn kill9(child: &mut Child) {
-    let _ = child.kill();
+/// The cut: after `at`, kill -9 iamd (restarted then, in provisioning mode or not) or the
+/// client; returns the client's exit code (None: killed).
+fn cut(node: &mut Node, mut client: Child, at: Duration, kill_iamd: bool, provisioning: bool) -> Option<i32> {
+    std::thread::sleep(at);
+    if kill_iamd {
+        node.kill9();
+    } else {
+        let _ = client.kill();
+    }
+    let first = finish(client);
+    if kill_iamd {
+        node.start(provisioning);
+    }
+    first
 }
 
 /// The run's outcome per node is fine if the node is provisioned now, whether by this run
@@ -112,18 +124,9 @@ fn single_node(victim: &str) {
         node.start(true);
         let mut args = vec!["-s".to_string(), node.protected()];
         args.extend(node.run_flow_args(None, &[]));
-        let mut client = node.spawn_applet("iam-provision", &args);
+        let client = node.spawn_applet("iam-provision", &args);
         let at = rng.moment(window);
-        std::thread::sleep(at);
-        if victim == "iamd" {
-            node.kill9();
-        } else {
-            kill9(&mut client);
-        }
-        let first = finish(client);
-        if victim == "iamd" {
-            node.start(true);
-        }
+        let first = cut(&mut node, client, at, victim == "iamd", true);
         let again = node.run_flow();
         assert_rerun_converged(&again, &[&node]);
         assert_converged(&node);
@@ -176,7 +179,9 @@ fn a_process_of_the_unit_killed_at_random_during_whole_unit_provisioning() {
             "main iamd" => unit.main.kill9(),
             "secondary iamd" => unit.secondaries[which].kill9(),
             "iam-nodelink" => unit.kill_link(which),
-            _ => kill9(&mut client),
+            _ => {
+                let _ = client.kill();
+            }
         }
         let first = finish(client);
         match victim {
@@ -212,14 +217,6 @@ fn a_process_of_the_unit_killed_at_random_during_whole_unit_provisioning() {
 #[ignore]
 fn iamd_or_iam_certctl_killed_at_random_during_a_renewal() {
     let mut rng = Rng::new("renewal");
-    let provisioned = |name: &str| {
-        let mut node = Node::new(name, Store::Pkcs11);
-        node.start(true);
-        node.run_flow().ok();
-        node.stop();
-        node.start(false);
-        node
-    };
     let renew_args = |node: &Node| -> Vec<String> {
         let mut a: Vec<String> = ["-s", &node.protected(), "--json", "renew", "iam", "--ca-cert"]
             .iter()
@@ -230,7 +227,7 @@ fn iamd_or_iam_certctl_killed_at_random_during_a_renewal() {
         a
     };
     let window = {
-        let node = provisioned("crash-rw");
+        let node = Node::provisioned("crash-rw");
         let t = Instant::now();
         let out = node.spawn_applet("iam-certctl", &renew_args(&node));
         assert_eq!(finish(out), Some(0));
@@ -238,20 +235,11 @@ fn iamd_or_iam_certctl_killed_at_random_during_a_renewal() {
     };
     let mut lines = Vec::new();
     for run in 0..runs() {
-        let mut node = provisioned(&format!("crash-r{run}"));
+        let mut node = Node::provisioned(&format!("crash-r{run}"));
         let victim = if rng.pick(2) == 0 { "iamd" } else { "iam-certctl" };
-        let mut client = node.spawn_applet("iam-certctl", &renew_args(&node));
+        let client = node.spawn_applet("iam-certctl", &renew_args(&node));
         let at = rng.moment(window);
-        std::thread::sleep(at);
-        if victim == "iamd" {
-            node.kill9();
-        } else {
-            kill9(&mut client);
-        }
-        let first = finish(client);
-        if victim == "iamd" {
-            node.start(false);
-        }
+        let first = cut(&mut node, client, at, victim == "iamd", false);
         let again = node.spawn_applet("iam-certctl", &renew_args(&node));
         assert_eq!(finish(again), Some(0), "the renewal run again succeeds");
         // max_items 2 for iam: the first certificate and a renewed one, whether the cut-off

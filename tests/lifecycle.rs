@@ -4,14 +4,8 @@
 mod common;
 use common::*;
 
-/// A node provisioned by `run`, then restarted out of provisioning mode.
 fn provisioned(name: &str) -> Node {
-    let mut node = Node::new(name, Store::Pkcs11);
-    node.start(true);
-    node.run_flow().ok();
-    node.stop();
-    node.start(false);
-    node
+    Node::provisioned(name)
 }
 
 /// CreateKey, sign with the node's openssl CA, ApplyCert: one renewal. Returns the serial.

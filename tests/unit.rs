@@ -372,24 +372,20 @@ fn garbage_and_oversized_frames_on_a_link_listener_are_refused_while_other_links
     let e = link_exchange(&unit, &[huge[..wire::HEADER_LEN].to_vec()]);
     assert!(e.message.contains("exceeds the limit"), "{e:?}");
     // After a good hello and registration, a broken frame closes that link only.
-    let e = link_exchange(
-        &unit,
-        &[
-            link_hello(1, Role::NodeLink, "n9"),
-            frame(
-                1,
-                &Request::RegisterNode {
-                    info: sample_info("n9"),
-                },
-            ),
-            vec![0xff; 40],
-        ],
-    );
+    let e = link_exchange(&unit, &[registered_as("n9"), vec![vec![0xff; 40]]].concat());
     assert!(e.message.contains("bad frame magic"), "{e:?}");
     unit.wait_connected("n9", false);
     // The real links keep working.
     unit.main.provision(&["--node", &s0, "cert-types"]).ok();
     assert_eq!(unit.link_status(0).ok().json()["state"], "registered");
+}
+
+/// A link's first frames: its hello and its registration as node `id`.
+fn registered_as(id: &str) -> Vec<Vec<u8>> {
+    vec![
+        link_hello(1, Role::NodeLink, id),
+        frame(1, &Request::RegisterNode { info: sample_info(id) }),
+    ]
 }
 
 fn sample_info(id: &str) -> aos_iam::wire::NodeInfo {
@@ -1066,19 +1062,7 @@ fn a_link_peer_that_stalls_in_the_middle_of_a_frame_is_dropped_and_other_links_g
     unit.wait_connected(&s0, true);
     let start = Instant::now();
     let half = frame(2, &Request::Version)[..7].to_vec();
-    let e = link_exchange(
-        &unit,
-        &[
-            link_hello(1, Role::NodeLink, "n9"),
-            frame(
-                1,
-                &Request::RegisterNode {
-                    info: sample_info("n9"),
-                },
-            ),
-            half,
-        ],
-    );
+    let e = link_exchange(&unit, &[registered_as("n9"), vec![half]].concat());
     assert!(e.message.contains("not finished within 1 s"), "{e:?}");
     assert_eq!(e.kind, aos_iam::ErrorKind::Timeout);
     assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());

@@ -140,6 +140,16 @@ impl Node {
         node
     }
 
+    /// A node provisioned by `run`, then restarted out of provisioning mode.
+    pub fn provisioned(name: &str) -> Node {
+        let mut node = Node::new(name, Store::Pkcs11);
+        node.start(true);
+        node.run_flow().ok();
+        node.stop();
+        node.start(false);
+        node
+    }
+
     pub fn path(&self, p: &str) -> PathBuf {
         self.dir.join(p)
     }
