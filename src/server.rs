@@ -306,12 +306,11 @@ async fn accept_loop(listener: Async<UnixListener>, socket: Socket, shared: Arc<
                     continue;
                 };
                 let shared = shared.clone();
-                EXECUTOR
-                    .spawn(async move {
-                        serve(stream, socket, shared).await;
-                        drop(permit);
-                    })
-                    .detach();
+                let fut = async move {
+                    serve(stream, socket, shared).await;
+                    drop(permit);
+                };
+                EXECUTOR.spawn(fut).detach();
             }
             Err(e) => {
                 crate::log_error!("accept on the {socket:?} socket: {e}");
@@ -409,7 +408,7 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
             "uid {} gid {} is not allowed on the protected socket",
             peer.uid, peer.gid
         ));
-        send_last(&stream, &lock, wire::error_frame(0, &e, limit)).await;
+        Box::pin(send_last(&stream, &lock, wire::error_frame(0, &e, limit))).await;
         return;
     }
 
@@ -420,7 +419,8 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
     let stall = shared.prov.config.frame_timeout;
     loop {
         let mut reader = &*stream;
-        let next = transport::read_frame_timed(&mut reader, limit, stall);
+        // Boxed, as are the other awaits below: a connection's task stays small while it waits.
+        let next = Box::pin(transport::read_frame_timed(&mut reader, limit, stall));
         let frame = if greeted {
             next.await
         } else {
@@ -442,7 +442,7 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
                     _ => 0,
                 };
                 if !matches!(e, FrameError::Io(_) | FrameError::Truncated) {
-                    send_last(&stream, &lock, wire::error_frame(id, &e.into(), limit)).await;
+                    Box::pin(send_last(&stream, &lock, wire::error_frame(id, &e.into(), limit))).await;
                 }
                 return;
             }
@@ -453,7 +453,7 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
             Ok(r) => r,
             Err(e) => {
                 crate::log_warn!("{socket:?} socket, pid {}: {e}; closing", peer.pid);
-                send_last(&stream, &lock, wire::error_frame(header.id, &e, limit)).await;
+                Box::pin(send_last(&stream, &lock, wire::error_frame(header.id, &e, limit))).await;
                 return;
             }
         };
@@ -502,10 +502,10 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
                 ),
             };
             if !greeted {
-                send_last(&stream, &lock, answer).await;
+                Box::pin(send_last(&stream, &lock, answer)).await;
                 return;
             }
-            if !send(&stream, &lock, answer).await {
+            if !Box::pin(send(&stream, &lock, answer)).await {
                 return;
             }
             continue;
@@ -514,26 +514,25 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
             request,
             Request::SubscribeSubjectsChanged | Request::SubscribeNodeChanged | Request::SubscribeCertChanged { .. }
         ) {
-            subscribe(&request, header.id, &stream, &lock, &shared, closed.clone()).await;
+            Box::pin(subscribe(&request, header.id, &stream, &lock, &shared, closed.clone())).await;
             continue;
         }
         let permit = places.acquire_arc().await;
         let (stream, lock, shared) = (stream.clone(), lock.clone(), shared.clone());
-        EXECUTOR
-            .spawn(async move {
-                let op = request.name();
-                let frame = match dispatch(request, socket, shared.clone()).await {
-                    Ok(resp) => wire::encode_frame(FrameKind::Response, header.id, &resp, limit)
-                        .unwrap_or_else(|e| wire::error_frame(header.id, &Error::from(e).context(op), limit)),
-                    Err(e) => {
-                        crate::log_info!("{op} from pid {}: {} ({})", peer.pid, e, e.kind.name());
-                        wire::error_frame(header.id, &e, limit)
-                    }
-                };
-                send(&stream, &lock, frame).await;
-                drop(permit);
-            })
-            .detach();
+        let fut = async move {
+            let op = request.name();
+            let frame = match dispatch(request, socket, shared.clone()).await {
+                Ok(resp) => wire::encode_frame(FrameKind::Response, header.id, &resp, limit)
+                    .unwrap_or_else(|e| wire::error_frame(header.id, &Error::from(e).context(op), limit)),
+                Err(e) => {
+                    crate::log_info!("{op} from pid {}: {} ({})", peer.pid, e, e.kind.name());
+                    wire::error_frame(header.id, &e, limit)
+                }
+            };
+            send(&stream, &lock, frame).await;
+            drop(permit);
+        };
+        EXECUTOR.spawn(fut).detach();
     }
 }
 
