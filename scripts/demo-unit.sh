@@ -5,24 +5,8 @@
 #
 # With DEMO_DIR=path everything (tokens, CA, configurations, logs, certificates) is kept there.
 set -eu
-BIN=${AOS_IAM_BIN:-target/release/aos-iam}
-[ -x "$BIN" ] || { echo "demo-unit: $BIN is not built" >&2; exit 1; }
-BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
-SOFTHSM_LIB=${SOFTHSM_LIB:-/usr/lib/softhsm/libsofthsm2.so}
-
-if [ -n "${DEMO_DIR:-}" ]; then
-    mkdir -p "$DEMO_DIR"; DIR=$(cd "$DEMO_DIR" && pwd); KEEP=1
-else
-    DIR=$(mktemp -d /tmp/aos-iam-demo-unit.XXXXXX); KEEP=0
-fi
-PIDS=""
-cleanup() {
-    for p in $PIDS; do kill "$p" 2>/dev/null || true; done
-    for p in $PIDS; do wait "$p" 2>/dev/null || true; done
-    if [ "$KEEP" = 0 ]; then rm -rf "$DIR"; else echo "demo-unit: kept everything in $DIR"; fi
-}
-trap cleanup EXIT INT TERM
-say() { printf '\n== %s\n' "$*"; }
+DEMO=demo-unit
+. "$(dirname "$0")/demo-lib.sh"
 
 mkdir -p "$DIR/bin"
 for a in iamd iam-provision iam-certctl iam-nodelink; do ln -sf "$BIN" "$DIR/bin/$a"; done

@@ -6,23 +6,8 @@
 # certificates and the token objects, checks them with openssl, stops iamd and cleans up.
 # With DEMO_DIR=path everything is kept there for inspection.
 set -eu
-BIN=${AOS_IAM_BIN:-target/release/aos-iam}
-[ -x "$BIN" ] || { echo "demo: $BIN is not built" >&2; exit 1; }
-BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
-SOFTHSM_LIB=${SOFTHSM_LIB:-/usr/lib/softhsm/libsofthsm2.so}
-
-if [ -n "${DEMO_DIR:-}" ]; then
-    mkdir -p "$DEMO_DIR"; DIR=$(cd "$DEMO_DIR" && pwd); KEEP=1
-else
-    DIR=$(mktemp -d /tmp/aos-iam-demo.XXXXXX); KEEP=0
-fi
-IAMD_PID=""
-cleanup() {
-    [ -z "$IAMD_PID" ] || { kill "$IAMD_PID" 2>/dev/null || true; wait "$IAMD_PID" 2>/dev/null || true; }
-    if [ "$KEEP" = 0 ]; then rm -rf "$DIR"; else echo "demo: kept everything in $DIR"; fi
-}
-trap cleanup EXIT INT TERM
-say() { printf '\n== %s\n' "$*"; }
+DEMO=demo
+. "$(dirname "$0")/demo-lib.sh"
 
 mkdir -p "$DIR/bin" "$DIR/tokens" "$DIR/work" "$DIR/run"
 for a in iamd iam-provision iam-certctl; do ln -sf "$BIN" "$DIR/bin/$a"; done
@@ -95,6 +80,7 @@ iamd -c "$DIR/config.toml" --check-config
 say "iamd --provisioning (log: $DIR/iamd.log)"
 iamd -c "$DIR/config.toml" --provisioning -v > "$DIR/iamd.log" 2>&1 &
 IAMD_PID=$!
+PIDS=$IAMD_PID
 i=0
 while [ ! -S "$DIR/run/protected.sock" ]; do
     i=$((i + 1)); [ $i -lt 100 ] || { cat "$DIR/iamd.log"; echo "demo: iamd did not start" >&2; exit 1; }
@@ -125,7 +111,7 @@ for t in iam online offline; do
 done
 
 say "stopping iamd"
-kill -TERM "$IAMD_PID"; wait "$IAMD_PID" || true; IAMD_PID=""
+kill -TERM "$IAMD_PID"; wait "$IAMD_PID" || true; PIDS=""
 tail -n 3 "$DIR/iamd.log"
 echo
 echo "demo: node demo-node-0001 provisioned; keys never left the token"
