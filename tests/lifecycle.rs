@@ -4,10 +4,6 @@
 mod common;
 use common::*;
 
-fn provisioned(name: &str) -> Node {
-    Node::provisioned(name)
-}
-
 /// CreateKey, sign with the node's openssl CA, ApplyCert: one renewal. Returns the serial.
 fn renew(node: &Node, cert_type: &str, n: usize) -> String {
     let (csr, pem) = (node.p(&format!("renew-{n}.csr")), node.p(&format!("renew-{n}.pem")));
@@ -27,7 +23,7 @@ fn renew(node: &Node, cert_type: &str, n: usize) -> String {
 
 #[test]
 fn five_renewals_with_max_items_2_keep_two_certificates_serve_the_newest_and_remove_old_keys() {
-    let node = provisioned("rot");
+    let node = Node::provisioned("rot");
     let watch = Watcher::start(&node, "iam-certctl", &["-s", &node.public(), "--json", "watch", "iam"]);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let key_ids = |node: &Node| -> Vec<String> {
@@ -128,7 +124,7 @@ fn renew_local_ca(node: &Node, cert_type: &str, days: &str) -> Out {
 
 #[test]
 fn check_rates_expiry_and_a_tampered_token_like_a_monitoring_plugin() {
-    let node = provisioned("check");
+    let node = Node::provisioned("check");
     let out = certctl(&node, &["check"]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(out.stdout.starts_with("IAM OK - 3 certificate(s)"), "{}", out.stdout);
@@ -185,7 +181,7 @@ fn check_rates_expiry_and_a_tampered_token_like_a_monitoring_plugin() {
 
 #[test]
 fn renew_with_a_signing_command_that_refuses_or_asks_to_retry_changes_nothing() {
-    let node = provisioned("renewcmd");
+    let node = Node::provisioned("renewcmd");
     let before = node.list_certs();
     let pw = node.p("password");
     certctl(
