@@ -47,6 +47,18 @@ pub fn main(name: &str, args: &[&str]) -> u8 {
         }
     };
     if args.check_config {
+        // A root the chain profile refuses would be dropped silently at every apply.
+        match aos_iam::certs::refused_roots(&config) {
+            Ok(refused) => {
+                for e in &refused {
+                    eprintln!("{name}: warning: root CA refused and not used: {e}");
+                }
+            }
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                return 1;
+            }
+        }
         println!("{path}: valid ({} certificate modules)", config.modules.len());
         return 0;
     }

@@ -453,14 +453,15 @@ fn run_flow(args: &Args, v: &Run, node: &str) -> Result<u8, Error> {
 
 /// `run --node all`: every node of the unit through the main node, a result per node.
 fn run_unit(args: &Args, v: &Run, signer: &(dyn CsrSigner + Sync), pw: &aos_iam::secret::Secret) -> Result<u8, Error> {
-    let mut client = connect(args)?;
+    let client = connect(args)?;
     let expect = match v.expect_nodes {
         Some(0) => return Err(Error::invalid("--expect-nodes must be at least 1")),
         Some(n) => n,
         None => 1,
     };
-    let nodes = factory::wait_for_nodes(&mut client, expect, Duration::from_secs(v.wait))?;
+    let main_id = client.server_node_id.clone();
     drop(client);
+    let wait_nodes = || factory::wait_for_nodes(&mut connect(args)?, expect, Duration::from_secs(v.wait));
     let tty = std::io::stderr().is_terminal();
     let progress = |node: &str, s: &factory::Step| {
         if tty && s.done {
@@ -473,7 +474,7 @@ fn run_unit(args: &Args, v: &Run, signer: &(dyn CsrSigner + Sync), pw: &aos_iam:
         subject_template: v.subject.as_deref().unwrap_or(DEFAULT_SUBJECT),
         deprovision_first: v.deprovision_first,
     };
-    let outcomes = factory::run_unit(&|| connect(args), &nodes, signer, &opts, &progress);
+    let outcomes = factory::run_unit(&|| connect(args), &main_id, &wait_nodes, signer, &opts, &progress)?;
     let first_error = outcomes.iter().find_map(|o| o.result.as_ref().err()).cloned();
     if args.json {
         let per_node: Vec<_> = outcomes

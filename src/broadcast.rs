@@ -28,13 +28,24 @@ impl<T: Clone> Broadcast<T> {
         }
     }
 
-    pub fn subscribe(&self) -> Result<(u64, Receiver<T>)> {
+    /// A new subscriber, provided `reserved` slots stay free after it: 0 for admitted
+    /// peers, `limits.reserved_subscriptions` for users who are not admitted.
+    pub fn subscribe(&self, reserved: usize) -> Result<(u64, Receiver<T>)> {
         let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
         subs.retain(|(_, s)| !s.is_closed());
         if subs.len() >= self.limit {
             return Err(Error::unavailable(format!(
                 "{} subscriptions are at their limit of {}",
                 self.name, self.limit
+            )));
+        }
+        if subs.len() + reserved >= self.limit {
+            return Err(Error::unavailable(format!(
+                "{} subscriptions open to users not admitted are taken ({} of {}; \
+                 limits.reserved_subscriptions = {reserved} are kept for admitted clients)",
+                self.name,
+                self.limit - reserved,
+                self.limit
             )));
         }
         let (tx, rx) = smol::channel::bounded(self.backlog);
@@ -85,9 +96,10 @@ mod tests {
     #[test]
     fn a_stalled_subscriber_is_dropped_and_others_keep_receiving() {
         let b = Broadcast::new("test", 2, 2);
-        let (_, stalled) = b.subscribe().unwrap();
-        let (_, reader) = b.subscribe().unwrap();
-        assert!(b.subscribe().is_err(), "limit");
+        let (_, stalled) = b.subscribe(1).unwrap();
+        assert!(b.subscribe(1).is_err(), "the reserved slot");
+        let (_, reader) = b.subscribe(0).unwrap();
+        assert!(b.subscribe(0).is_err(), "limit");
         for i in 0..3 {
             b.send(i);
             assert_eq!(reader.try_recv().unwrap(), i);

@@ -553,3 +553,23 @@ pub fn read_roots(config: &Config) -> Result<Vec<CertificateDer<'static>>> {
         .map_err(|e| Error::unavailable(format!("cannot read root CA {}: {e}", path.display())))?;
     x509::parse_chain_pem(&pem).map_err(|e| e.context(format!("root CA {}", path.display())))
 }
+
+/// The configured roots that cannot be trust anchors now, each with its reason; empty when
+/// no root file is there yet (a node that is given its root later, whose apply then says so).
+pub fn refused_roots(config: &Config) -> Result<Vec<Error>> {
+    if !config.root_ca.as_ref().is_some_and(|p| p.exists()) {
+        return Ok(Vec::new());
+    }
+    let roots = read_roots(config)?;
+    let refused = x509::refused_roots(&roots, UnixTime::now());
+    if !roots.is_empty() && refused.len() == roots.len() {
+        return Err(Error::validation(
+            "NoUsableRoot",
+            format!(
+                "no usable root is configured: {}",
+                refused.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+            ),
+        ));
+    }
+    Ok(refused)
+}

@@ -466,6 +466,39 @@ pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+pub const DEFAULT_CONNECTIONS_PER_UID: usize = 32;
+pub const DEFAULT_SUBSCRIPTIONS_PER_UID: usize = 16;
+/// Of each kind's subscriber slots, those only admitted peers may take.
+pub const DEFAULT_RESERVED_SUBSCRIPTIONS: usize = 64;
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What one local user who is not admitted to the protected socket may hold on the public
+/// socket, so that no such user can starve iamd, its admitted clients or the node link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaConfig {
+    /// Connections one such uid may have open at once.
+    pub connections_per_uid: usize,
+    /// Subscriptions (of every kind together) one such uid may hold at once.
+    pub subscriptions_per_uid: usize,
+    /// Of each socket's `max_connections`, the places such users together cannot take.
+    pub reserved_connections: usize,
+    /// Of each event kind's subscriber slots, the ones such users together cannot take.
+    pub reserved_subscriptions: usize,
+    /// A connection of such a user that neither asks nor subscribes for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl QuotaConfig {
+    fn defaults(max_connections: usize) -> Self {
+        QuotaConfig {
+            connections_per_uid: DEFAULT_CONNECTIONS_PER_UID,
+            subscriptions_per_uid: DEFAULT_SUBSCRIPTIONS_PER_UID,
+            reserved_connections: max_connections / 8,
+            reserved_subscriptions: DEFAULT_RESERVED_SUBSCRIPTIONS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
 /// How long a hook may run by default before it is stopped and its step fails.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -522,6 +555,7 @@ pub struct Config {
     pub write_timeout: Duration,
     /// Connections served at once per socket; more are refused with an error.
     pub max_connections: usize,
+    pub quotas: QuotaConfig,
     pub hooks: Hooks,
     pub modules: Vec<ModuleConfig>,
 }
@@ -924,6 +958,37 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         Some(n) => n as usize,
         None => DEFAULT_MAX_CONNECTIONS,
     };
+    let mut quotas = QuotaConfig::defaults(max_connections);
+    for (key, value) in [
+        ("connections_per_uid", &mut quotas.connections_per_uid),
+        ("subscriptions_per_uid", &mut quotas.subscriptions_per_uid),
+    ] {
+        match l.uint(key, 65536)? {
+            Some(0) => return Err(l.err(key, "must be at least 1")),
+            Some(n) => *value = n as usize,
+            None => {}
+        }
+    }
+    if let Some(n) = l.uint("reserved_connections", 65536)? {
+        if n as usize >= max_connections {
+            return Err(l.err(
+                "reserved_connections",
+                format!("must be less than max_connections ({max_connections})"),
+            ));
+        }
+        quotas.reserved_connections = n as usize;
+    }
+    let subscribers = crate::nodes::MAX_SUBSCRIBERS;
+    if let Some(n) = l.uint("reserved_subscriptions", 65536)? {
+        if n as usize >= subscribers {
+            return Err(l.err(
+                "reserved_subscriptions",
+                format!("must be less than the {subscribers} subscribers of each kind"),
+            ));
+        }
+        quotas.reserved_subscriptions = n as usize;
+    }
+    quotas.idle_timeout = seconds(&mut l, "idle_timeout", 24 * 3600, DEFAULT_IDLE_TIMEOUT)?;
     l.finish()?;
 
     let reconcile = match root.sub("reconcile")? {
@@ -1033,6 +1098,7 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         frame_timeout,
         write_timeout,
         max_connections,
+        quotas,
         hooks,
         modules,
         attributes,

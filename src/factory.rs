@@ -184,63 +184,72 @@ pub fn wait_for_nodes(client: &mut Client, expect: usize, wait: Duration) -> Res
 /// How often [`wait_for_nodes`] looks again.
 const UNIT_POLL: Duration = Duration::from_millis(200);
 
-/// Provision every node of a unit through the main node: all nodes in parallel up to their
-/// last certificate, then FinishProvisioning on each secondary, then on the main node —
-/// which is left unfinished, and says why, if any secondary failed. `connect` opens a
-/// connection to the main node's protected socket (one per node, so they run in parallel).
+/// Provision every node of a unit through the main node: the main node up to its last
+/// certificate; then, once `wait_nodes` returns the connected nodes (the main node's id
+/// first), the secondaries in parallel; then FinishProvisioning on each secondary, then on
+/// the main node — which is left unfinished, and says why, if any secondary failed.
+/// `connect` opens a connection to the main node's protected socket (one per node, so they
+/// run in parallel).
+///
+/// The main node comes first because a secondary that has its certificate links only in
+/// TLS: after a cut in the middle of a run, the secondaries can link again only once the
+/// main node has its link identity, so the run must not wait for them before that.
 pub fn run_unit(
     connect: &(dyn Fn() -> Result<Client> + Sync),
-    nodes: &[String],
+    main_id: &str,
+    wait_nodes: &dyn Fn() -> Result<Vec<String>>,
     signer: &(dyn CsrSigner + Sync),
     opts: &RunOptions,
     progress: &(dyn Fn(&str, &Step) + Sync),
-) -> Vec<NodeOutcome> {
-    let main_id = nodes.first().cloned().unwrap_or_default();
+) -> Result<Vec<NodeOutcome>> {
+    let main_id = main_id.to_string();
     // Per node: the connection that prepared it (FinishProvisioning uses it too), the
     // certificates it got, and whether it was provisioned already.
     type Prepared = Result<(Client, Vec<CertInfo>, bool)>;
     let main = main_id.as_str();
-    let prepared: Vec<(String, Prepared)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = nodes
-            .iter()
-            .map(|id| {
-                scope.spawn(move || {
-                    let mut client = connect()?;
-                    // The same command run again after a cut: a secondary that finished then
-                    // is done, so that the main node can finish now.
-                    if id != main && !opts.deprovision_first && client.status(id)?.state == NodeState::Provisioned {
-                        // What a run reports: the current certificates of the types a CA signs.
-                        let types = client.cert_types(id)?;
-                        let certs = client
-                            .list_certs(id)?
-                            .into_iter()
-                            .filter(|c| c.current && types.contains(&c.cert_type))
-                            .collect();
-                        progress(
-                            id,
-                            &Step {
-                                name: "already provisioned".into(),
-                                done: true,
-                            },
-                        );
-                        return Ok((client, certs, true));
-                    }
-                    let certs = prepare(&mut client, signer, opts, id, &mut |s| progress(id, s))?;
-                    Ok((client, certs, false))
+    let prepare_node = |id: &String| -> Prepared {
+        let mut client = connect()?;
+        // The same command run again after a cut: a secondary that finished then
+        // is done, so that the main node can finish now.
+        if id != main && !opts.deprovision_first && client.status(id)?.state == NodeState::Provisioned {
+            // What a run reports: the current certificates of the types a CA signs.
+            let types = client.cert_types(id)?;
+            let certs = client
+                .list_certs(id)?
+                .into_iter()
+                .filter(|c| c.current && types.contains(&c.cert_type))
+                .collect();
+            progress(
+                id,
+                &Step {
+                    name: "already provisioned".into(),
+                    done: true,
+                },
+            );
+            return Ok((client, certs, true));
+        }
+        let certs = prepare(&mut client, signer, opts, id, &mut |s| progress(id, s))?;
+        Ok((client, certs, false))
+    };
+    let with_context = |id: &String, r: Prepared| (id.clone(), r.map_err(|e: Error| e.context(format!("node {id}"))));
+    let mut prepared: Vec<(String, Prepared)> = vec![with_context(&main_id, prepare_node(&main_id))];
+    if prepared[0].1.is_ok() {
+        let nodes = wait_nodes()?;
+        let secondaries: Vec<&String> = nodes.iter().filter(|id| *id != main).collect();
+        prepared.extend(std::thread::scope(|scope| {
+            let handles: Vec<_> = secondaries.iter().map(|id| scope.spawn(|| prepare_node(id))).collect();
+            secondaries
+                .into_iter()
+                .zip(handles)
+                .map(|(id, h)| {
+                    let r = h
+                        .join()
+                        .unwrap_or_else(|_| Err(Error::internal("the provisioning thread panicked")));
+                    with_context(id, r)
                 })
-            })
-            .collect();
-        nodes
-            .iter()
-            .zip(handles)
-            .map(|(id, h)| {
-                let r = h
-                    .join()
-                    .unwrap_or_else(|_| Err(Error::internal("the provisioning thread panicked")));
-                (id.clone(), r.map_err(|e: Error| e.context(format!("node {id}"))))
-            })
-            .collect()
-    });
+                .collect::<Vec<_>>()
+        }));
+    }
     let mut outcomes = Vec::new();
     let mut main_prepared = None;
     let mut failed_secondaries = Vec::new();
@@ -286,5 +295,5 @@ pub fn run_unit(
             },
         );
     }
-    outcomes
+    Ok(outcomes)
 }

@@ -167,11 +167,10 @@ pub fn run(opts: Options) -> Result<()> {
 async fn link_forever(opts: &Options, reporter: &mut Reporter) -> Result<()> {
     let mut backoff = Backoff::new(opts.retry_min, opts.retry_max);
     let mut notified = false;
-    let mut clear_next = false;
     loop {
         reporter.set("connecting", |_| {}).await;
         let mut registered = false;
-        let ended = session(opts, reporter, &mut registered, &mut notified, &mut clear_next).await;
+        let ended = session(opts, reporter, &mut registered, &mut notified).await;
         let e = match ended {
             Ok(reason) => Error::unavailable(format!("the link to the main node ended: {reason}")),
             Err(e) => e,
@@ -198,7 +197,6 @@ async fn session(
     reporter: &mut Reporter,
     registered: &mut bool,
     notified: &mut bool,
-    clear_next: &mut bool,
 ) -> Result<String> {
     let limit = opts.body_limit;
     let mut local_stream = transport::connect(&LinkAddr::Unix(opts.local_socket.clone()))
@@ -244,33 +242,18 @@ async fn session(
         .subscribe(&Request::SubscribeNodeChanged, opts.request_timeout)
         .await?;
 
-    let mut identity = link_identity(opts, &local).await?;
-    if identity.is_some() && std::mem::take(clear_next) {
-        crate::log_notice!(
-            "the main node at {} closed the TLS handshake (it has no link identity yet, as after a power cut \
-             in the middle of provisioning): linking in the clear this once, both nodes being in provisioning mode",
-            opts.connect
-        );
-        identity = None;
-    }
+    // A node that has its link identity never links in the clear, whatever happens to its
+    // handshakes: an on-path attacker who resets them gets no downgrade.
+    let identity = link_identity(opts, &local).await?;
     let use_tls = identity.is_some();
     let mut stream = transport::connect(&opts.connect)
         .await
         .map_err(|e| Error::unavailable(format!("cannot reach the main node at {}: {e}", opts.connect)))?;
     let mut main_cert = None;
     if let Some(identity) = identity {
-        match connect_tls(opts, stream, identity).await {
-            Ok((s, cert)) => {
-                stream = s;
-                main_cert = Some(cert);
-            }
-            Err(e) => {
-                if e.kind == ErrorKind::Unavailable && may_link_in_clear(opts, &local).await {
-                    *clear_next = true;
-                }
-                return Err(e);
-            }
-        }
+        let (s, cert) = connect_tls(opts, stream, identity).await?;
+        stream = s;
+        main_cert = Some(cert);
     }
     let main_id = peer::hello(&mut stream, Role::NodeLink, &node_id, limit, opts.hello_timeout)
         .await
@@ -468,21 +451,6 @@ async fn link_identity(opts: &Options, local: &Peer) -> Result<Option<(Vec<u8>, 
     }
 }
 
-/// Whether this node may link in the clear when the main node cannot do TLS: under `auto`,
-/// not over TCP, and only while this node is in provisioning mode (the main node accepts it
-/// only while it is too) — the same rule as for a node that has no certificate yet.
-async fn may_link_in_clear(opts: &Options, local: &Peer) -> bool {
-    if opts.tls != LinkTls::Auto || opts.connect.is_tcp() {
-        return false;
-    }
-    matches!(
-        local
-            .call(&Request::GetProvisioningStatus { node_id: String::new() }, opts.request_timeout)
-            .await,
-        Ok(Response::Status(s)) if s.provisioning_mode
-    )
-}
-
 /// The TLS handshake as a secondary node: its key signs through its iamd. A main node that
 /// closes the connection instead of answering is `unavailable` (it has no identity to
 /// answer with); any other failure, a certificate that does not verify above all, is
@@ -517,7 +485,9 @@ async fn connect_tls(
             match e.kind() {
                 Io::ConnectionReset | Io::UnexpectedEof | Io::BrokenPipe | Io::ConnectionAborted => {
                     Error::unavailable(format!(
-                        "TLS with the main node at {}: it closed the connection during the handshake ({e})",
+                        "TLS with the main node at {}: it closed the connection during the handshake ({e}); \
+                         this node has its link identity and never links in the clear: if the main node \
+                         has none yet, provision the main node first",
                         opts.connect
                     ))
                 }

@@ -3,26 +3,20 @@
 //! Each step is journaled in the database before it is acknowledged, and every step can be
 //! repeated: StartProvisioning wipes and begins again, CreateKey replaces a pending key,
 //! ApplyCert of an applied certificate is a no-op. So a factory script that is cut off at any
-//! point converges by running again. Wrong passwords are answered after a growing delay.
+//! point converges by running again. Wrong passwords are answered after a growing delay per uid (see [`crate::guesses`]).
 
 use crate::certs::CertModules;
 use crate::config::Config;
 use crate::db::Db;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::secret::Secret;
 use crate::wire::{CertInfo, ModuleStatus, NodeInfo, NodeState, ProvisioningStatus};
 use std::num::NonZeroU32;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
 
 /// PBKDF2-HMAC-SHA256 iterations for the password verifier.
 const PBKDF2_ITERATIONS: u32 = 50_000;
-/// The delay after the first wrong password; it doubles with each further one.
-pub const WRONG_PASSWORD_BASE_DELAY: Duration = Duration::from_millis(250);
-/// The longest delay after a wrong password.
-pub const WRONG_PASSWORD_MAX_DELAY: Duration = Duration::from_secs(30);
 /// Bytes of a hook's stdout read (and discarded: hooks report through their exit status).
 const HOOK_OUTPUT_LIMIT: usize = 64 * 1024;
 
@@ -59,22 +53,13 @@ fn check_verifier(verifier: &[u8], password: &Secret) -> bool {
     crate::secret::constant_time_eq(&hash, &verifier[20..])
 }
 
-/// The delay before answering the `n`th wrong password in a row (n ≥ 1).
-pub fn wrong_password_delay(n: u32) -> Duration {
-    let factor = 1u32.checked_shl(n.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
-    WRONG_PASSWORD_BASE_DELAY
-        .saturating_mul(factor)
-        .min(WRONG_PASSWORD_MAX_DELAY)
-}
-
 pub struct Provisioning {
     pub config: Config,
     pub provisioning_mode: bool,
     pub db: Db,
     pub modules: CertModules,
-    /// Serialises the operations that change state (and password attempts with them).
+    /// Serialises the operations that change state.
     lock: Mutex<()>,
-    failures: AtomicU32,
     /// The last password that passed the verifier, as an HMAC under a key that lives only
     /// in this process, with the verifier it passed: a repeated check (one per CreateKey)
     /// then costs one HMAC instead of a PBKDF2 derivation.
@@ -96,7 +81,6 @@ impl Provisioning {
             db,
             modules,
             lock: Mutex::new(()),
-            failures: AtomicU32::new(0),
             remembered: Mutex::new(None),
             remember_key,
             reported: Mutex::new(Default::default()),
@@ -189,17 +173,6 @@ impl Provisioning {
         }
     }
 
-    fn wrong_password(&self, e: Error) -> Error {
-        let n = self.failures.fetch_add(1, Ordering::SeqCst) + 1;
-        let delay = wrong_password_delay(n);
-        crate::log_warn!(
-            "wrong provisioning password (attempt {n} in a row); answering after {} ms",
-            delay.as_millis()
-        );
-        std::thread::sleep(delay);
-        e
-    }
-
     /// Check a password against the verifier; `Ok(false)` when there is no verifier yet.
     fn verify(&self, password: &Secret) -> Result<bool> {
         let Some(verifier) = self.db.snapshot()?.verifier else {
@@ -212,11 +185,9 @@ impl Provisioning {
             .is_some_and(|(v, t)| *v == verifier && crate::secret::constant_time_eq(t.as_ref(), tag.as_ref()));
         if known || check_verifier(&verifier, password) {
             *remembered = Some((verifier, tag));
-            self.failures.store(0, Ordering::SeqCst);
             return Ok(true);
         }
-        drop(remembered);
-        Err(self.wrong_password(Error::unauthorized("wrong password")))
+        Err(Error::unauthorized("wrong password"))
     }
 
     /// Store the new verifier for `password`, remembering it as verified.
@@ -270,16 +241,12 @@ impl Provisioning {
         let verifier = std::thread::scope(|scope| {
             let derivation = scope.spawn(|| make_verifier(password));
             for store in self.modules.stores() {
-                store.take_ownership(password).map_err(|e| match e.kind {
-                    ErrorKind::Unauthorized => self.wrong_password(e),
-                    _ => e,
-                })?;
+                store.take_ownership(password)?;
             }
             derivation
                 .join()
                 .map_err(|_| Error::internal("password derivation failed"))?
         })?;
-        self.failures.store(0, Ordering::SeqCst);
         self.set_password(password, verifier)?;
         for m in self.modules.modules.iter().filter(|m| m.config.self_signed) {
             let subject = format!("CN={},OU={}", self.config.node_id, m.id());
@@ -310,12 +277,14 @@ impl Provisioning {
 
     pub fn create_key(&self, node_id: &str, cert_type: &str, subject: &str, password: &Secret) -> Result<String> {
         self.check_node(node_id)?;
-        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.require_keys_allowed("CreateKey")?;
         self.modules.get(cert_type)?;
+        // The key derivation of a wrong password holds no lock that other steps need.
         if !self.verify(password)? {
             return Err(Error::wrong_state("CreateKey: no provisioning password is set"));
         }
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.require_keys_allowed("CreateKey")?;
         self.modules
             .create_key(&self.db, cert_type, subject)
             .map(|(_, csr)| csr)
@@ -379,12 +348,8 @@ impl Provisioning {
         self.verify(password)?;
         self.hook("deprovision", &self.config.hooks.deprovision)?;
         for store in self.modules.stores() {
-            store.wipe(password).map_err(|e| match e.kind {
-                ErrorKind::Unauthorized => self.wrong_password(e),
-                _ => e,
-            })?;
+            store.wipe(password)?;
         }
-        self.failures.store(0, Ordering::SeqCst);
         crate::atomic_file::remove(&self.config.marker_file)
             .map_err(|e| Error::internal(format!("cannot remove {}: {e}", self.config.marker_file.display())))?;
         self.db.reset()?;
@@ -491,13 +456,5 @@ mod tests {
         assert!(check_verifier(&v, &Secret::new("right".into())));
         assert!(!check_verifier(&v, &Secret::new("wrong".into())));
         assert!(!check_verifier(&v[1..], &Secret::new("right".into())));
-    }
-
-    #[test]
-    fn wrong_password_delay_grows_and_is_bounded() {
-        assert_eq!(wrong_password_delay(1), WRONG_PASSWORD_BASE_DELAY);
-        assert_eq!(wrong_password_delay(2), WRONG_PASSWORD_BASE_DELAY * 2);
-        assert!(wrong_password_delay(3) > wrong_password_delay(2));
-        assert_eq!(wrong_password_delay(100), WRONG_PASSWORD_MAX_DELAY);
     }
 }

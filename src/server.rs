@@ -14,6 +14,7 @@ use crate::nodes::Nodes;
 use crate::peer::Peer;
 use crate::permissions::Registry;
 use crate::provisioning::Provisioning;
+use crate::quota::{Held, Quotas};
 use crate::transport::{self, BoxStream, LinkAddr, LinkListener, LinkPeer, PeerCredentials};
 use crate::wire::{self, CertInfo, Event, FrameError, FrameKind, NodeInfo, Request, Response, Role};
 use smol::{lock::Semaphore, Async, Executor};
@@ -50,6 +51,10 @@ struct Shared {
     certs_changed: (smol::channel::Sender<()>, smol::channel::Receiver<()>),
     /// The current certificate of each type as last reported.
     current_certs: std::sync::Mutex<std::collections::BTreeMap<String, Option<CertKey>>>,
+    /// What users who are not admitted may hold on the public socket.
+    quotas: Arc<Quotas>,
+    /// Wrong passwords, per uid.
+    guesses: crate::guesses::Guesses,
 }
 
 /// A certificate by its issuer (DER) and serial.
@@ -97,7 +102,7 @@ fn remove_sockets(config: &Config) {
 }
 
 fn admitted(config: &Config, peer: &PeerCredentials) -> bool {
-    peer.uid == 0 || config.allowed_uids.contains(&peer.uid) || config.allowed_gids.contains(&peer.gid)
+    peer.uid == 0 || config.allowed_uids.contains(&peer.uid) || config.allowed_gids.iter().any(|g| peer.in_group(*g))
 }
 
 /// Run iamd until SIGTERM or SIGINT. Returns once the sockets are removed.
@@ -115,6 +120,14 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
     if std::env::var_os("BLOCKING_MAX_THREADS").is_none() {
         std::env::set_var("BLOCKING_MAX_THREADS", BLOCKING_THREADS.to_string());
     }
+    match crate::certs::refused_roots(&config) {
+        Ok(refused) => {
+            for e in refused {
+                crate::log_warn!("root CA refused and not used: {e}");
+            }
+        }
+        Err(e) => crate::log_error!("{e}"),
+    }
     let prov = Provisioning::open(config.clone(), provisioning_mode)?;
     prov.recover()?;
     let permissions = Registry::open(config.permissions.clone(), &prov.db)?;
@@ -130,6 +143,8 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
         certs: Broadcast::new("certificate", MAX_SUBSCRIBERS, SUBSCRIBER_BACKLOG),
         certs_changed: smol::channel::bounded(1),
         current_certs: Default::default(),
+        quotas: Quotas::new(config.quotas.clone(), config.max_connections),
+        guesses: Default::default(),
     });
     shared.publish_cert_changes();
 
@@ -292,23 +307,46 @@ async fn accept_loop(listener: Async<UnixListener>, socket: Socket, shared: Arc<
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let Some(permit) = places.try_acquire_arc() else {
-                    // Refused with a clear error rather than left waiting in the backlog.
-                    EXECUTOR
-                        .spawn(async move {
-                            let e = Error::unavailable(format!(
-                                "too many connections on the {socket:?} socket (at most {max}); try again later"
-                            ));
-                            let lock = smol::lock::Mutex::new(());
-                            send_last(&stream, &lock, wire::error_frame(0, &e, wire::DEFAULT_BODY_LIMIT)).await;
-                        })
-                        .detach();
-                    continue;
+                let peer = match transport::peer_credentials(stream.get_ref()) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        crate::log_warn!("{socket:?} socket: cannot read peer credentials: {e}");
+                        continue;
+                    }
+                };
+                let admitted = admitted(&shared.prov.config, &peer);
+                // Users who are not admitted are counted per uid and leave a reserve of
+                // places to admitted ones (the protected socket refuses them after this).
+                let quota = match (admitted, socket) {
+                    (false, Socket::Public) => shared.quotas.connection(peer.uid).map(Some),
+                    _ => Ok(None),
+                };
+                let permit = match quota {
+                    Err(e) => Err(e),
+                    Ok(q) => places.try_acquire_arc().map(|p| (p, q)).ok_or_else(|| {
+                        Error::unavailable(format!(
+                            "too many connections on the {socket:?} socket (at most {max}); try again later"
+                        ))
+                    }),
+                };
+                let (permit, quota) = match permit {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // Refused with a clear error rather than left waiting in the backlog.
+                        crate::log_info!("{socket:?} socket: refused pid {} uid {}: {e}", peer.pid, peer.uid);
+                        EXECUTOR
+                            .spawn(async move {
+                                let lock = smol::lock::Mutex::new(());
+                                send_last(&stream, &lock, wire::error_frame(0, &e, wire::DEFAULT_BODY_LIMIT)).await;
+                            })
+                            .detach();
+                        continue;
+                    }
                 };
                 let shared = shared.clone();
                 let fut = async move {
-                    serve(stream, socket, shared).await;
-                    drop(permit);
+                    serve(stream, socket, shared, Client { peer, admitted }).await;
+                    drop((permit, quota));
                 };
                 EXECUTOR.spawn(fut).detach();
             }
@@ -318,6 +356,13 @@ async fn accept_loop(listener: Async<UnixListener>, socket: Socket, shared: Arc<
             }
         }
     }
+}
+
+/// Who is at the other end of a connection.
+struct Client {
+    peer: PeerCredentials,
+    /// Root or a configured uid or gid: not counted by the quotas, never idled out.
+    admitted: bool,
 }
 
 /// Input read and thrown away after a protocol error, so that closing with unread data
@@ -380,24 +425,18 @@ async fn send(stream: &Async<UnixStream>, lock: &smol::lock::Mutex<()>, frame: V
     }
 }
 
-async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
+async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>, client: Client) {
     let stream = Arc::new(stream);
     let lock = Arc::new(smol::lock::Mutex::new(()));
     let limit = shared.body_limit;
-    let peer = match transport::peer_credentials(stream.get_ref()) {
-        Ok(p) => p,
-        Err(e) => {
-            crate::log_warn!("{socket:?} socket: cannot read peer credentials: {e}");
-            return;
-        }
-    };
+    let peer = &client.peer;
     crate::log_debug!(
         "{socket:?} socket: connection from pid {} uid {} gid {}",
         peer.pid,
         peer.uid,
         peer.gid
     );
-    if socket == Socket::Protected && !admitted(&shared.prov.config, &peer) {
+    if socket == Socket::Protected && !client.admitted {
         crate::log_warn!(
             "protected socket: refused pid {} uid {} gid {}",
             peer.pid,
@@ -417,12 +456,27 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
     // Dropped when this connection ends, which ends its subscriptions.
     let (_open, closed) = smol::channel::bounded::<()>(1);
     let stall = shared.prov.config.frame_timeout;
+    // Requests in flight and subscriptions held: a connection with none is idle.
+    let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let idle_limit = shared.quotas.config().idle_timeout;
     loop {
         let mut reader = &*stream;
         // Boxed, as are the other awaits below: a connection's task stays small while it waits.
         let next = Box::pin(transport::read_frame_timed(&mut reader, limit, stall));
-        let frame = if greeted {
+        let frame = if greeted && client.admitted {
             next.await
+        } else if greeted {
+            // A user who is not admitted keeps its place only while it uses it.
+            let busy = busy.clone();
+            smol::future::or(next, async move {
+                loop {
+                    smol::Timer::after(idle_limit).await;
+                    if busy.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                        return Err(FrameError::Idle(idle_limit.as_secs()));
+                    }
+                }
+            })
+            .await
         } else {
             // A peer that does not complete its hello in time loses its place.
             let deadline = shared.prov.config.hello_timeout;
@@ -514,26 +568,105 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>) {
             request,
             Request::SubscribeSubjectsChanged | Request::SubscribeNodeChanged | Request::SubscribeCertChanged { .. }
         ) {
-            Box::pin(subscribe(&request, header.id, &stream, &lock, &shared, closed.clone())).await;
+            let held = match client.admitted {
+                true => Ok(None),
+                false => shared.quotas.subscription(peer.uid).map(Some),
+            };
+            match held {
+                Ok(held) => {
+                    let sub = Subscriber {
+                        _held: held,
+                        _busy: Busy::new(&busy),
+                        reserved: match client.admitted {
+                            true => 0,
+                            false => shared.quotas.config().reserved_subscriptions,
+                        },
+                    };
+                    Box::pin(subscribe(
+                        &request,
+                        header.id,
+                        &stream,
+                        &lock,
+                        &shared,
+                        closed.clone(),
+                        sub,
+                    ))
+                    .await;
+                }
+                Err(e) => {
+                    crate::log_info!("{} from pid {}: {e}", request.name(), peer.pid);
+                    if !Box::pin(send(&stream, &lock, wire::error_frame(header.id, &e, limit))).await {
+                        return;
+                    }
+                }
+            }
             continue;
         }
         let permit = places.acquire_arc().await;
-        let (stream, lock, shared) = (stream.clone(), lock.clone(), shared.clone());
+        let in_flight = Busy::new(&busy);
+        let (stream, lock, shared, pid, uid) = (stream.clone(), lock.clone(), shared.clone(), peer.pid, peer.uid);
+        let gone = closed.clone();
         let fut = async move {
             let op = request.name();
-            let frame = match dispatch(request, socket, shared.clone()).await {
+            let answer = async {
+                match request.carries_password() {
+                    true => {
+                        shared
+                            .guesses
+                            .attempt(uid, dispatch(request, socket, shared.clone()))
+                            .await
+                    }
+                    false => dispatch(request, socket, shared.clone()).await,
+                }
+            };
+            // A request whose client has gone is dropped (a step already running on a
+            // blocking thread completes; one waiting for its turn never starts).
+            let answer = smol::future::or(async { Some(answer.await) }, async {
+                let _ = gone.recv().await;
+                None
+            });
+            let Some(answer) = answer.await else {
+                crate::log_info!("{op} from pid {pid}: dropped, its client has gone");
+                return;
+            };
+            let frame = match answer {
                 Ok(resp) => wire::encode_frame(FrameKind::Response, header.id, &resp, limit)
                     .unwrap_or_else(|e| wire::error_frame(header.id, &Error::from(e).context(op), limit)),
                 Err(e) => {
-                    crate::log_info!("{op} from pid {}: {} ({})", peer.pid, e, e.kind.name());
+                    crate::log_info!("{op} from pid {pid}: {} ({})", e, e.kind.name());
                     wire::error_frame(header.id, &e, limit)
                 }
             };
             send(&stream, &lock, frame).await;
-            drop(permit);
+            drop((permit, in_flight));
         };
         EXECUTOR.spawn(fut).detach();
     }
+}
+
+/// One count of a connection's work (a request in flight, a subscription), given back
+/// when dropped.
+struct Busy(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Busy {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Busy {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Busy(count.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// What a subscription holds while it lasts: its place under the subscriber's quota, and
+/// its count against the connection's idleness; and the slots it must leave free.
+struct Subscriber {
+    _held: Option<Held>,
+    _busy: Busy,
+    reserved: usize,
 }
 
 /// A subscription: acknowledged with `Subscribed`, then an event frame (with the request's
@@ -545,7 +678,9 @@ async fn subscribe(
     lock: &Arc<smol::lock::Mutex<()>>,
     shared: &Arc<Shared>,
     closed: smol::channel::Receiver<()>,
+    sub: Subscriber,
 ) {
+    let reserved = sub.reserved;
     let limit = shared.body_limit;
     enum Source {
         Subjects(smol::channel::Receiver<Vec<String>>),
@@ -553,19 +688,26 @@ async fn subscribe(
         Certs(smol::channel::Receiver<(String, Option<CertInfo>)>, String),
     }
     let subscribed = match request {
-        Request::SubscribeSubjectsChanged => shared.subjects.subscribe().map(|(k, rx)| (k, Source::Subjects(rx))),
+        Request::SubscribeSubjectsChanged => shared
+            .subjects
+            .subscribe(reserved)
+            .map(|(k, rx)| (k, Source::Subjects(rx))),
         Request::SubscribeCertChanged { cert_type } => match shared.prov.modules.get(cert_type) {
             _ if cert_type.is_empty() => shared
                 .certs
-                .subscribe()
+                .subscribe(reserved)
                 .map(|(k, rx)| (k, Source::Certs(rx, String::new()))),
             Ok(_) => shared
                 .certs
-                .subscribe()
+                .subscribe(reserved)
                 .map(|(k, rx)| (k, Source::Certs(rx, cert_type.clone()))),
             Err(e) => Err(e),
         },
-        _ => shared.nodes.events.subscribe().map(|(k, rx)| (k, Source::Nodes(rx))),
+        _ => shared
+            .nodes
+            .events
+            .subscribe(reserved)
+            .map(|(k, rx)| (k, Source::Nodes(rx))),
     };
     let (key, source) = match subscribed {
         Ok(s) => s,
@@ -625,6 +767,7 @@ async fn subscribe(
                 Source::Nodes(_) => shared.nodes.events.unsubscribe(key),
                 Source::Certs(..) => shared.certs.unsubscribe(key),
             }
+            drop(sub);
         })
         .detach();
 }

@@ -138,12 +138,21 @@ pub fn bind_unix(path: &Path, mode: u32, gid: Option<u32>) -> io::Result<UnixLis
     Ok(listener)
 }
 
-/// The uid, gid and pid of the process at the other end of a Unix connection (SO_PEERCRED).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The uid, gid, supplementary groups and pid of the process at the other end of a Unix
+/// connection (SO_PEERCRED and SO_PEERGROUPS, both fixed when it connected).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerCredentials {
     pub pid: i32,
     pub uid: u32,
     pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+impl PeerCredentials {
+    /// Whether the peer has `gid` as its primary or one of its supplementary groups.
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
 }
 
 pub fn peer_credentials(stream: &impl std::os::fd::AsFd) -> io::Result<PeerCredentials> {
@@ -153,7 +162,45 @@ pub fn peer_credentials(stream: &impl std::os::fd::AsFd) -> io::Result<PeerCrede
         pid: c.pid(),
         uid: c.uid(),
         gid: c.gid(),
+        groups: peer_groups(stream.as_fd())?,
     })
+}
+
+/// Supplementary groups a process may have at the most (NGROUPS_MAX on Linux).
+const MAX_GROUPS: usize = 65_536;
+
+/// The peer's supplementary groups as the kernel recorded them at connect (SO_PEERGROUPS,
+/// Linux 4.13): unlike /proc/PID/status, they cannot belong to a later process of that pid.
+fn peer_groups(fd: std::os::fd::BorrowedFd) -> io::Result<Vec<u32>> {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    let size = std::mem::size_of::<libc::gid_t>();
+    let mut groups: Vec<libc::gid_t> = vec![0; 32];
+    loop {
+        let mut len = (groups.len() * size) as libc::socklen_t;
+        // SAFETY: the buffer is `len` bytes of initialised gid_t that outlive the call, and
+        // the kernel writes at most `len` bytes, setting `len` to what it wrote or needs.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / size;
+        if rc == 0 {
+            groups.truncate(n);
+            return Ok(groups);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ERANGE) && n > groups.len() && n <= MAX_GROUPS {
+            groups.resize(n, 0);
+            continue;
+        }
+        return Err(e);
+    }
 }
 
 /// `fut`, or a `timeout` error saying `what` did not happen within `limit`. Every step of

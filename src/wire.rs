@@ -84,6 +84,8 @@ pub enum FrameError {
     HelloTimeout(u64),
     /// A frame was begun but its rest did not come in time (seconds allowed).
     Stalled(u64),
+    /// A connection neither asked nor subscribed for this long (seconds, `limits.idle_timeout`).
+    Idle(u64),
     Io(String),
 }
 
@@ -109,6 +111,10 @@ impl fmt::Display for FrameError {
             FrameError::Bounds(e) => write!(f, "frame body out of bounds: {e}"),
             FrameError::HelloTimeout(s) => write!(f, "no hello within {s} s; closing"),
             FrameError::Stalled(s) => write!(f, "a frame was begun but not finished within {s} s; closing"),
+            FrameError::Idle(s) => write!(
+                f,
+                "no request and no subscription for {s} s (limits.idle_timeout); closing"
+            ),
             FrameError::Io(e) => write!(f, "i/o: {e}"),
         }
     }
@@ -120,7 +126,7 @@ impl From<FrameError> for Error {
     fn from(e: FrameError) -> Self {
         let kind = match e {
             FrameError::Io(_) | FrameError::Truncated => ErrorKind::Unavailable,
-            FrameError::HelloTimeout(_) | FrameError::Stalled(_) => ErrorKind::Timeout,
+            FrameError::HelloTimeout(_) | FrameError::Stalled(_) | FrameError::Idle(_) => ErrorKind::Timeout,
             _ => ErrorKind::Protocol,
         };
         Error::new(kind, e.to_string())
@@ -471,6 +477,28 @@ impl Request {
                 | Request::PauseNode { .. }
                 | Request::ResumeNode { .. }
         )
+    }
+
+    /// Whether the request carries the provisioning password (and so counts as a guess).
+    pub fn carries_password(&self) -> bool {
+        matches!(
+            self,
+            Request::StartProvisioning { .. }
+                | Request::CreateKey { .. }
+                | Request::FinishProvisioning { .. }
+                | Request::Deprovision { .. }
+        )
+    }
+
+    /// The provisioning password the request carries, if it is one that does.
+    pub fn password_mut(&mut self) -> Option<&mut crate::secret::Secret> {
+        match self {
+            Request::StartProvisioning { password, .. }
+            | Request::CreateKey { password, .. }
+            | Request::FinishProvisioning { password, .. }
+            | Request::Deprovision { password, .. } => Some(password),
+            _ => None,
+        }
     }
 
     /// Whether the operation is served only on the protected socket.

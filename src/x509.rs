@@ -31,10 +31,14 @@ pub fn rfc3339(t: i64) -> String {
         .unwrap_or_else(|| t.to_string())
 }
 
-/// PEM with 64-column base64, as openssl writes it.
+/// PEM with 64-column base64, as openssl writes it. The base64 in between is zeroed and
+/// the output is allocated once at its final size, so that encoding a private key leaves
+/// no copy of it behind but the one returned (which a caller of a key wraps in `Zeroizing`).
 pub fn pem_encode(label: &str, der: &[u8]) -> String {
-    let b64 = base64_encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
+    let b64 = zeroize::Zeroizing::new(base64_encode(der));
+    let lines = b64.len().div_ceil(64);
+    let mut out = String::with_capacity(2 * (label.len() + 17) + b64.len() + lines);
+    out.push_str(&format!("-----BEGIN {label}-----\n"));
     for chunk in b64.as_bytes().chunks(64) {
         out.push_str(std::str::from_utf8(chunk).expect("base64 is ascii"));
         out.push('\n');
@@ -333,18 +337,21 @@ pub fn validate_chain(
     let leaf = chain.first().ok_or_else(|| Error::invalid("empty chain"))?;
     let at = time.as_secs() as i64;
     let mut anchors = Vec::new();
-    let mut refused = None;
+    let mut refused = Vec::new();
     for root in roots {
-        match check_root(root, at).and_then(|()| {
-            webpki::anchor_from_trusted_cert(root)
-                .map_err(|e| policy(&webpki_reason(&e), format!("a root cannot be a trust anchor: {e}")))
-        }) {
+        match usable_root(root, at) {
             Ok(a) => anchors.push(a),
-            Err(e) => refused = Some(e),
+            Err(e) => refused.push(e.to_string()),
         }
     }
     if anchors.is_empty() {
-        return Err(refused.unwrap_or_else(|| policy("NoRoot", "no root certificate is configured")));
+        return Err(match refused.is_empty() {
+            true => policy("NoRoot", "no root certificate is configured"),
+            false => policy(
+                "NoUsableRoot",
+                format!("no usable root is configured: {}", refused.join("; ")),
+            ),
+        });
     }
 
     let ee = webpki::EndEntityCert::try_from(leaf)
@@ -365,9 +372,13 @@ pub fn validate_chain(
             None,
         )
         .map_err(|e| {
+            let also = match refused.is_empty() {
+                true => String::new(),
+                false => format!(" (roots refused and not used: {})", refused.join("; ")),
+            };
             policy(
                 &webpki_reason(&e),
-                format!("the chain does not validate against the configured root: {e}"),
+                format!("the chain does not validate against the configured root: {e}{also}"),
             )
         })?;
 
@@ -376,6 +387,20 @@ pub fn validate_chain(
         check_intermediate(&ica.der())?;
     }
     Ok(())
+}
+
+/// A configured root as a trust anchor, or why it cannot be one.
+fn usable_root<'a>(root: &'a CertificateDer<'_>, at: i64) -> Result<rustls_pki_types::TrustAnchor<'a>> {
+    check_root(root, at)?;
+    webpki::anchor_from_trusted_cert(root)
+        .map_err(|e| policy(&webpki_reason(&e), format!("a root cannot be a trust anchor: {e}")))
+}
+
+/// The configured roots that cannot serve as trust anchors at `time`, each with its reason
+/// (for `iamd --check-config` and iamd's start, so that a refused root is never silent).
+pub fn refused_roots(roots: &[CertificateDer<'_>], time: UnixTime) -> Vec<Error> {
+    let at = time.as_secs() as i64;
+    roots.iter().filter_map(|r| usable_root(r, at).err()).collect()
 }
 
 fn parse<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>> {
@@ -605,6 +630,18 @@ fn check_intermediate(der: &[u8]) -> Result<()> {
             "MissingKeyIdentifier",
             format!("{what}: authority and subject key identifiers are required"),
         ));
+    }
+    // RFC 5280 4.2.1.3: a key that signs certificates must have keyCertSign when its key
+    // usage is stated, critical or not (webpki does not check it).
+    for ext in c.extensions() {
+        if let x509_parser::extensions::ParsedExtension::KeyUsage(ku) = ext.parsed_extension() {
+            if !ku.key_cert_sign() {
+                return Err(policy(
+                    "IntermediateWithoutKeyCertSign",
+                    format!("{what}: a CA whose key usage lacks keyCertSign"),
+                ));
+            }
+        }
     }
     Ok(())
 }

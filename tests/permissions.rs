@@ -156,10 +156,7 @@ fn secrets_are_unique_url_safe_revocable_and_never_logged() {
 
 #[test]
 fn register_instance_from_a_user_not_admitted_is_refused() {
-    if !is_root() {
-        eprintln!("skipped: running a client as another user needs root (setpriv)");
-        return;
-    }
+    require_root();
     let mut node = Node::new("perm-uid", Store::Software);
     node.start(false);
     node.stop();

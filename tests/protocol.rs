@@ -195,10 +195,7 @@ fn protected_operations_are_refused_on_the_public_socket() {
 
 #[test]
 fn the_protected_socket_admits_root_and_configured_ids_only() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: running a client as another user needs root (setpriv)");
-        return;
-    }
+    require_root();
     // With the default mode the file system already keeps other users out.
     let mut node = Node::new("uid", Store::Software);
     node.start(true);
@@ -222,6 +219,22 @@ fn the_protected_socket_admits_root_and_configured_ids_only() {
     let cfg = cfg.replace("[paths]\n", "[paths]\nallowed_uids = [65534]\n");
     start_with_config(&mut node, &cfg);
     as_nobody(&node, &["iam-provision", "-s", &node.protected(), "status"]).ok();
+}
+
+#[test]
+fn a_supplementary_group_in_allowed_gids_admits_and_its_absence_refuses() {
+    require_root();
+    let mut node = Node::new("groups", Store::Software);
+    let cfg = node.config_text().replace(
+        "[paths]\n",
+        "[paths]\nprotected_socket_mode = \"0666\"\nallowed_gids = [4242]\n",
+    );
+    start_with_config(&mut node, &cfg);
+    let status = ["iam-provision", "-s", &node.protected(), "status"];
+    // Primary group 65534, the allowed group only as a supplementary one.
+    as_user(&node, 65534, 65534, &[4242], &status).ok();
+    as_user(&node, 65534, 4242, &[], &status).ok();
+    as_user(&node, 65534, 65534, &[4243, 65534], &status).fails(4, "uid 65534 gid 65534 is not allowed");
 }
 
 /// Start iamd with a hand-edited configuration (the harness would regenerate it).

@@ -7,6 +7,7 @@ mod common;
 use aos_iam::wire::{self, FrameKind, Request, Role};
 use common::*;
 use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 /// Each secondary's token holds the keys of its own certificates, and each certificate,
@@ -1014,42 +1015,112 @@ fn a_byte_pipe_link_notices_by_its_keepalive_that_the_main_iamd_restarted() {
 }
 
 #[test]
-fn a_secondary_with_its_certificate_links_in_the_clear_to_a_main_node_that_has_none_yet() {
+fn a_secondary_with_its_certificate_waits_in_tls_for_a_main_node_that_has_none_yet() {
     // As after a power cut in the middle of whole-unit provisioning: the secondaries got
-    // their certificates, the main node did not.
+    // their certificates, the main node lost its own.
     let mut unit = linked_unit("clear", false);
     provision_whole_unit(&unit);
     let pw = unit.main.p("password");
     unit.main.provision(&["deprovision", "--password-file", &pw]).ok();
     unit.main.stop();
     unit.main.start(true);
-    for (i, s) in unit.secondaries.iter().enumerate() {
-        unit.wait_connected(&s.node_id(), true);
-        let log = unit.nodelink_log(i);
-        assert!(log.contains("closed the connection during the handshake"), "{log}");
-        assert!(log.contains("linking in the clear this once"), "{log}");
-        assert_eq!(unit.link_status(i).ok().json()["tls"], false);
+    for i in 0..unit.secondaries.len() {
+        let start = Instant::now();
+        while !unit.nodelink_log(i).contains("never links in the clear") {
+            assert!(start.elapsed() < Duration::from_secs(20), "{}", unit.nodelink_log(i));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_ne!(unit.link_status(i).json()["state"], "registered");
     }
-    // The same command then provisions the main node; the secondaries count as done.
+    // The same command provisions the main node first; the secondaries then link in TLS and
+    // count as done.
     let out = unit.run_all(&["--expect-nodes", "3", "--wait", "20"]).ok().json();
     for n in out["nodes"].as_array().unwrap() {
         assert_eq!(n["ok"], true, "{n}");
         assert_eq!(n["certificates"].as_array().unwrap().len(), 2, "{n}");
     }
     assert_converged(&unit.main);
-    // Out of provisioning mode there is no way back to the clear: the main node is
-    // provisioned again, and the links come back in TLS.
-    unit.main.stop();
-    unit.main.start(false);
     for (i, s) in unit.secondaries.iter().enumerate() {
         unit.wait_connected(&s.node_id(), true);
-        let start = Instant::now();
-        while unit.link_status(i).ok().json()["tls"] != true {
-            assert!(start.elapsed() < Duration::from_secs(20), "{}", unit.nodelink_log(i));
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert_eq!(unit.link_status(i).ok().json()["tls"], true);
+        assert!(!unit.nodelink_log(i).contains("in the clear this once"));
     }
     let _ = &mut unit;
+}
+
+/// A relay between a secondary and the main node's link socket that resets the first
+/// `resets` TLS handshakes; it counts the connections that began in TLS and in the clear.
+struct ResettingRelay {
+    path: std::path::PathBuf,
+    tls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    clear: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ResettingRelay {
+    fn start(unit: &Unit, resets: usize) -> ResettingRelay {
+        use std::sync::atomic::Ordering::SeqCst;
+        let path = unit.main.path("run/relay.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let target = unit.main.path("run/link.sock");
+        let (tls, clear) = (Default::default(), Default::default());
+        let relay = ResettingRelay {
+            path,
+            tls: std::sync::Arc::clone(&tls),
+            clear: std::sync::Arc::clone(&clear),
+        };
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                let mut first = [0u8; 1];
+                if client.read_exact(&mut first).is_err() {
+                    continue;
+                }
+                if first[0] != 0x16 {
+                    clear.fetch_add(1, SeqCst);
+                    continue;
+                }
+                if tls.fetch_add(1, SeqCst) < resets {
+                    continue; // dropped: the handshake is cut
+                }
+                let mut server = UnixStream::connect(&target).unwrap();
+                server.write_all(&first).unwrap();
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || std::io::copy(&mut c2, &mut s2));
+                std::thread::spawn(move || std::io::copy(&mut server, &mut client));
+            }
+        });
+        relay
+    }
+}
+
+#[test]
+fn a_relay_that_resets_tls_handshakes_never_gets_a_secondary_with_a_certificate_to_speak_in_the_clear() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut unit = linked_unit("downgrade", false);
+    provision_whole_unit(&unit);
+    // Both nodes stay in provisioning mode, where the main node would accept the clear.
+    let relay = ResettingRelay::start(&unit, 4);
+    unit.kill_link(0);
+    let cmd = unit.nodelink_cmd(0, &format!("unix:{}", relay.path.display()));
+    let log = std::fs::File::create(unit.secondaries[0].path("nodelink.log")).unwrap();
+    let mut link = cmd_spawn(cmd, log);
+    let start = Instant::now();
+    while unit.link_status(0).json()["tls"] != true || unit.link_status(0).json()["state"] != "registered" {
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", unit.nodelink_log(0));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(relay.tls.load(SeqCst) > 4, "the handshakes were reset and tried again");
+    assert_eq!(relay.clear.load(SeqCst), 0, "{}", unit.nodelink_log(0));
+    let _ = link.kill();
+    let _ = link.wait();
+}
+
+fn cmd_spawn(mut cmd: std::process::Command, log: std::fs::File) -> std::process::Child {
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
 #[test]

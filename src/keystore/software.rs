@@ -47,12 +47,14 @@ impl SoftwareStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error("cannot read", &path, e)),
         };
-        let der = PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| {
-            Error::new(
-                ErrorKind::KeyStore("format".into()),
-                format!("software store: {} is not a PKCS#8 key: {e}", path.display()),
-            )
-        })?;
+        let der = PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes())
+            .map(zeroize::Zeroizing::new)
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::KeyStore("format".into()),
+                    format!("software store: {} is not a PKCS#8 key: {e}", path.display()),
+                )
+            })?;
         rcgen::KeyPair::try_from(der.secret_pkcs8_der()).map(Some).map_err(|e| {
             Error::new(
                 ErrorKind::KeyStore("format".into()),

@@ -501,20 +501,38 @@ pub fn rcgen_sign(node: &Node, csr_pem: &str, adjust: impl FnOnce(&mut rcgen::Ce
 /// Run the applet as uid/gid 65534 (nobody) with setpriv; the binary is copied where that
 /// user can execute it.
 pub fn as_nobody(node: &Node, args: &[&str]) -> Out {
+    as_user(node, 65534, 65534, &[], args)
+}
+
+/// Run the applet as `uid`, primary group `gid` and supplementary `groups`, with setpriv.
+pub fn as_user(node: &Node, uid: u32, gid: u32, groups: &[u32], args: &[&str]) -> Out {
+    require_root();
     let copy = node.path("aos-iam");
     if !copy.exists() {
         std::fs::copy(bin(), &copy).unwrap();
         sh(&format!("chmod 0755 {} {}", node.dir.display(), copy.display())).ok();
     }
     let mut c = Command::new("setpriv");
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(&copy)
-        .args(args);
+    c.args([format!("--reuid={uid}"), format!("--regid={gid}")]);
+    match groups {
+        [] => c.arg("--clear-groups"),
+        g => c.arg(format!(
+            "--groups={}",
+            g.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",")
+        )),
+    };
+    c.arg("--").arg(&copy).args(args);
     run(&mut c, None)
 }
 
-pub fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
+/// Tests that act as another local user need root (setpriv, as CI has): without it they
+/// fail, saying so, rather than pass having proven nothing.
+#[track_caller]
+pub fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test runs clients as other users (setpriv) and needs root; run the suite as root"
+    );
 }
 
 /// A watching applet, its JSON lines delivered on a channel.

@@ -1,0 +1,238 @@
+//! The public socket's trust boundary: a local user who is not admitted attacks the running
+//! iamd by holding connections and subscriptions, and by sitting idle. Each attacker is a
+//! real process running as another uid (setpriv), so the quotas are iamd's own view of it.
+
+mod common;
+use aos_iam::wire::{self, FrameKind, Request, Role};
+use common::*;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ATTACKER: &str = include_str!("attack/hold.py");
+
+fn frame(request: &Request) -> Vec<u8> {
+    wire::encode_frame(FrameKind::Request, 1, request, 1 << 16).unwrap()
+}
+
+fn hello_frame() -> Vec<u8> {
+    frame(&Request::Hello {
+        version: aos_iam::PROTOCOL_VERSION,
+        role: Role::Client,
+        node_id: String::new(),
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An attacker process as `uid`, holding what it got until dropped.
+struct Attacker {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    connections: usize,
+    subscriptions: usize,
+    refused: Vec<String>,
+}
+
+impl Attacker {
+    /// Open up to `connections` to `socket`, then send each of `requests` `per_connection`
+    /// times on each.
+    fn start(uid: u32, socket: &str, connections: usize, per_connection: usize, requests: &[Request]) -> Attacker {
+        require_root();
+        let list: Vec<String> = requests.iter().map(|r| hex(&frame(r))).collect();
+        let mut child = Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+                "--",
+            ])
+            .args(["/usr/bin/python3", "-c", ATTACKER, socket])
+            .args([
+                connections.to_string(),
+                per_connection.to_string(),
+                hex(&hello_frame()),
+                list.join(","),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut a = Attacker {
+            connections: 0,
+            subscriptions: 0,
+            refused: Vec::new(),
+            child,
+            lines,
+        };
+        while let Some(line) = a.lines.next() {
+            let line = line.unwrap();
+            if let Some(n) = line.strip_prefix("connections ") {
+                a.connections = n.parse().unwrap();
+            } else if let Some(n) = line.strip_prefix("subscriptions ") {
+                a.subscriptions = n.parse().unwrap();
+            } else if let Some(r) = line.strip_prefix("refused ") {
+                a.refused.push(r.to_string());
+            } else if line == "holding" {
+                return a;
+            }
+        }
+        panic!("the attacker as uid {uid} ended before holding: {:?}", a.child.wait());
+    }
+
+    /// Let go; how many of its connections iamd had kept open until then.
+    fn finish(mut self) -> usize {
+        drop(self.child.stdin.take());
+        let line = self.lines.next().expect("a last report").unwrap();
+        line.strip_prefix("open ").expect("open N").parse().unwrap()
+    }
+
+    #[track_caller]
+    fn refused_for(&self, limit: &str) {
+        assert!(
+            self.refused.iter().any(|r| r.contains(limit)),
+            "expected a refusal naming {limit}, got {:?}",
+            self.refused
+        );
+    }
+}
+
+impl Drop for Attacker {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// A greeted connection to `socket`.
+fn connect(socket: &str) -> UnixStream {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.write_all(&hello_frame()).unwrap();
+    let (h, _) = read(&mut s);
+    assert_eq!(h.kind, FrameKind::Response);
+    s
+}
+
+fn read(s: &mut UnixStream) -> (wire::Header, Vec<u8>) {
+    aos_iam::transport::read_frame_blocking(s, wire::DEFAULT_BODY_LIMIT)
+        .expect("a well-formed frame")
+        .expect("a frame, not the end")
+}
+
+/// The 99th percentile of `n` GetCert round trips on one connection, in microseconds.
+fn get_cert_p99(socket: &str, n: usize) -> u128 {
+    let mut s = connect(socket);
+    let request = frame(&Request::GetCert {
+        cert_type: "iam".into(),
+        issuer: None,
+        serial: None,
+    });
+    let mut times: Vec<u128> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            s.write_all(&request).unwrap();
+            read(&mut s);
+            t.elapsed().as_micros()
+        })
+        .collect();
+    times.sort_unstable();
+    times[n * 99 / 100]
+}
+
+#[test]
+fn an_unprivileged_user_cannot_starve_the_node_link_root_or_get_cert() {
+    let mut unit = Unit::new("quota", 1);
+    unit.start(true);
+    let sec = &unit.secondaries[0];
+    sh(&format!("chmod 0755 {} {}", sec.dir.display(), sec.p("run"))).ok();
+    let public = sec.public();
+    let idle_p99 = get_cert_p99(&public, 400);
+
+    // One uid: 32 connections (limits.connections_per_uid), 16 subscriptions of its own.
+    let greedy = Attacker::start(65534, &public, 40, 3, &[Request::SubscribeNodeChanged]);
+    assert_eq!(greedy.connections, 32, "{:?}", greedy.refused);
+    greedy.refused_for("limits.connections_per_uid = 32");
+    assert_eq!(greedy.subscriptions, 16);
+    greedy.refused_for("limits.subscriptions_per_uid = 16");
+
+    // More uids together fill what users not admitted may take (256 - 64 reserved)...
+    let mut crowd = vec![greedy];
+    for uid in 65000..65011 {
+        let a = Attacker::start(uid, &public, 2, 8, &[Request::SubscribeNodeChanged]);
+        assert_eq!(a.subscriptions, 16, "uid {uid}: {:?}", a.refused);
+        crowd.push(a);
+    }
+    // ... and the next one is refused, naming the reserve.
+    let late = Attacker::start(65011, &public, 1, 1, &[Request::SubscribeNodeChanged]);
+    assert_eq!((late.connections, late.subscriptions), (1, 0));
+    late.refused_for("limits.reserved_subscriptions = 64");
+
+    // The node link still subscribes (on the protected socket) and links ...
+    unit.link_unix(0);
+    unit.wait_connected("node-quota-s0", true);
+    // ... root still subscribes on the public socket ...
+    let mut root = connect(&public);
+    root.write_all(&frame(&Request::SubscribeNodeChanged)).unwrap();
+    let (h, body) = read(&mut root);
+    assert_eq!(h.kind, FrameKind::Response, "{}", String::from_utf8_lossy(&body));
+    // ... and GetCert answers as fast as on an idle daemon (2x, plus 5 ms for the noise of
+    // a loaded 2-core machine).
+    let attacked_p99 = get_cert_p99(&public, 400);
+    eprintln!("GetCert p99: idle {idle_p99} us, attacked {attacked_p99} us");
+    assert!(
+        attacked_p99 <= 2 * idle_p99 + 5_000,
+        "GetCert p99 {attacked_p99} us under attack against {idle_p99} us idle"
+    );
+    drop((crowd, late));
+}
+
+#[test]
+fn an_idle_connection_of_a_user_not_admitted_is_closed_and_one_that_subscribes_is_kept() {
+    let mut node = Node::new("idle-out", Store::Software);
+    node.extra_config = "\n[limits]\nidle_timeout = 2\n".into();
+    node.start(false);
+    sh(&format!("chmod 0755 {} {}", node.dir.display(), node.p("run"))).ok();
+    let public = node.public();
+    let mut admitted = connect(&public);
+    let subscriber = Attacker::start(
+        65534,
+        &public,
+        1,
+        1,
+        &[Request::SubscribeCertChanged {
+            cert_type: String::new(),
+        }],
+    );
+    assert_eq!(subscriber.subscriptions, 1, "{:?}", subscriber.refused);
+
+    // The idle one: its hello, then nothing. iamd closes it with an error naming the limit.
+    let script = format!(
+        "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect({public:?})\ns.sendall(bytes.fromhex({:?}))\n\
+         d=b''\nwhile True:\n    c=s.recv(4096)\n    if not c: break\n    d+=c\nprint(''.join(chr(b) for b in d if 32<=b<127))\n",
+        hex(&hello_frame())
+    );
+    let idle = run(
+        Command::new("setpriv").args([
+            "--reuid=65533",
+            "--regid=65533",
+            "--clear-groups",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            &script,
+        ]),
+        None,
+    )
+    .ok();
+    assert!(idle.stdout.contains("limits.idle_timeout"), "{}", idle.stdout);
+
+    // Another idle period later, the subscriber and the admitted client are still served.
+    std::thread::sleep(Duration::from_secs(3));
+    admitted.write_all(&frame(&Request::Version)).unwrap();
+    assert_eq!(read(&mut admitted).0.kind, FrameKind::Response);
+    assert_eq!(subscriber.finish(), 1, "the subscribing connection was closed");
+}
