@@ -86,6 +86,9 @@ pub struct LinksConfig {
     /// tell that the iamd at its other end restarted; this does.
     pub keepalive: Option<Duration>,
     pub status_file: PathBuf,
+    /// Secondary: the uids besides root that may have iamd sign a TLS handshake with the
+    /// link identity (SignWithLinkIdentity): iam-nodelink's own user.
+    pub signer_uids: Vec<u32>,
 }
 
 impl Default for LinksConfig {
@@ -99,6 +102,7 @@ impl Default for LinksConfig {
             long_request_timeout: DEFAULT_LONG_REQUEST_TIMEOUT,
             keepalive: Some(DEFAULT_KEEPALIVE),
             status_file: PathBuf::from(DEFAULT_NODELINK_STATUS),
+            signer_uids: Vec::new(),
         }
     }
 }
@@ -1168,6 +1172,7 @@ fn parse_links(mut l: Reader, role: Role) -> Result<LinksConfig, ConfigError> {
         status_file: l
             .path("status_file")?
             .unwrap_or_else(|| PathBuf::from(DEFAULT_NODELINK_STATUS)),
+        signer_uids: l.uints("signer_uids")?,
     };
     l.finish()?;
     Ok(c)

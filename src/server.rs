@@ -613,10 +613,10 @@ async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>, c
                     true => {
                         shared
                             .guesses
-                            .attempt(uid, dispatch(request, socket, shared.clone()))
+                            .attempt(uid, dispatch(request, socket, uid, shared.clone()))
                             .await
                     }
-                    false => dispatch(request, socket, shared.clone()).await,
+                    false => dispatch(request, socket, uid, shared.clone()).await,
                 }
             };
             // A request whose client has gone is dropped (a step already running on a
@@ -779,12 +779,15 @@ fn decode_request(kind: FrameKind, body: &[u8]) -> Result<Request> {
     wire::decode_request(body)
 }
 
-async fn dispatch(request: Request, socket: Socket, shared: Arc<Shared>) -> Result<Response> {
+async fn dispatch(request: Request, socket: Socket, uid: u32, shared: Arc<Shared>) -> Result<Response> {
     if request.is_protected() && socket != Socket::Protected {
         return Err(Error::unauthorized(format!(
             "{} is served on the protected socket only",
             request.name()
         )));
+    }
+    if let Request::SignWithLinkIdentity { message, .. } = &request {
+        may_sign_for_link(&shared.prov.config, uid, message)?;
     }
     if request.is_link_only() {
         return Err(Error::protocol(format!(
@@ -804,6 +807,28 @@ async fn dispatch(request: Request, socket: Socket, shared: Arc<Shared>) -> Resu
         _ => {}
     }
     blocking::unblock(move || handle(&shared, request)).await
+}
+
+/// SignWithLinkIdentity is no signing oracle: it is served only on a secondary node (the
+/// main node makes no links), only to root and `links.signer_uids` (iam-nodelink), and only
+/// for what a TLS 1.3 client CertificateVerify signs.
+fn may_sign_for_link(config: &Config, uid: u32, message: &[u8]) -> Result<()> {
+    if config.role != crate::config::Role::Secondary {
+        return Err(Error::unauthorized(
+            "SignWithLinkIdentity is not served on the main node: it makes no links",
+        ));
+    }
+    if uid != 0 && !config.links.signer_uids.contains(&uid) {
+        return Err(Error::unauthorized(format!(
+            "SignWithLinkIdentity: uid {uid} is not the link's user (links.signer_uids)"
+        )));
+    }
+    if !crate::tls::is_client_certificate_verify(message) {
+        return Err(Error::unauthorized(
+            "SignWithLinkIdentity signs only a TLS 1.3 client CertificateVerify",
+        ));
+    }
+    Ok(())
 }
 
 /// Answer one request (on a blocking thread).

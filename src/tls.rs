@@ -102,11 +102,30 @@ fn tls_error(what: &str, e: rustls::Error) -> Error {
     Error::internal(format!("{what}: {e}"))
 }
 
-/// TLS 1.3, and 1.2 for peers that have nothing newer.
+/// TLS 1.3, and 1.2 for peers that have nothing newer (EST servers).
 static VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+/// Node links: both ends are aos-iam, so TLS 1.3 only. The secondary's key signs through
+/// its iamd, which signs nothing but what a TLS 1.3 client CertificateVerify is.
+static LINK_VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
 
 fn versions() -> &'static [&'static rustls::SupportedProtocolVersion] {
     VERSIONS
+}
+
+/// What a TLS 1.3 client signs in its CertificateVerify (RFC 8446 4.4.3): 64 spaces, the
+/// context string, a zero byte, then the transcript hash (SHA-256 or SHA-384).
+const CLIENT_VERIFY_CONTEXT: &[u8] = b"TLS 1.3, client CertificateVerify\0";
+
+/// Whether `message` is exactly what a TLS 1.3 client CertificateVerify signs, and so no
+/// other statement (a server's handshake, a CSR, a document) can be had signed as one.
+pub fn is_client_certificate_verify(message: &[u8]) -> bool {
+    let Some(rest) = message.strip_prefix(&[b' '; 64]) else {
+        return false;
+    };
+    let Some(hash) = rest.strip_prefix(CLIENT_VERIFY_CONTEXT) else {
+        return false;
+    };
+    matches!(hash.len(), 32 | 48)
 }
 
 /// The main node's side: its identity, and a client certificate required from every peer.
@@ -122,7 +141,7 @@ pub fn server_config(identity: &Identity, roots: &[CertificateDer<'static>]) -> 
         .build()
         .map_err(|e| Error::internal(format!("TLS client verifier: {e}")))?;
     let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions())
+        .with_protocol_versions(LINK_VERSIONS)
         .map_err(|e| tls_error("TLS server", e))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified_key(identity)?)));
@@ -146,7 +165,7 @@ pub fn client_config(identity: &Identity, roots: &[CertificateDer<'static>]) -> 
         algorithms: provider.signature_verification_algorithms,
     };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions())
+        .with_protocol_versions(LINK_VERSIONS)
         .map_err(|e| tls_error("TLS client", e))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
@@ -322,6 +341,25 @@ pub fn check_peer(cert_der: &[u8], eku: Eku, node_id: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_tls13_client_certificate_verify_counts_as_one() {
+        let mut m = vec![b' '; 64];
+        m.extend_from_slice(CLIENT_VERIFY_CONTEXT);
+        for (len, ok) in [(32, true), (48, true), (31, false), (33, false), (64, false)] {
+            let mut x = m.clone();
+            x.extend(std::iter::repeat_n(7u8, len));
+            assert_eq!(is_client_certificate_verify(&x), ok, "hash of {len} bytes");
+        }
+        let server = [
+            vec![b' '; 64],
+            b"TLS 1.3, server CertificateVerify\0".to_vec(),
+            vec![1; 32],
+        ]
+        .concat();
+        assert!(!is_client_certificate_verify(&server));
+        assert!(!is_client_certificate_verify(&[b' '; 64 + 34 + 32]));
+    }
 
     fn cert(cn: &str, dns: &[&str], eku: rcgen::ExtendedKeyUsagePurpose) -> Vec<u8> {
         let mut p = rcgen::CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>()).unwrap();

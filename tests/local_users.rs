@@ -3,125 +3,12 @@
 //! real process running as another uid (setpriv), so the quotas are iamd's own view of it.
 
 mod common;
-use aos_iam::wire::{self, FrameKind, Request, Role};
+use aos_iam::wire::{FrameKind, Request};
+use common::attack::*;
 use common::*;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-const ATTACKER: &str = include_str!("attack/hold.py");
-
-fn frame(request: &Request) -> Vec<u8> {
-    wire::encode_frame(FrameKind::Request, 1, request, 1 << 16).unwrap()
-}
-
-fn hello_frame() -> Vec<u8> {
-    frame(&Request::Hello {
-        version: aos_iam::PROTOCOL_VERSION,
-        role: Role::Client,
-        node_id: String::new(),
-    })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// An attacker process as `uid`, holding what it got until dropped.
-struct Attacker {
-    child: Child,
-    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
-    connections: usize,
-    subscriptions: usize,
-    refused: Vec<String>,
-}
-
-impl Attacker {
-    /// Open up to `connections` to `socket`, then send each of `requests` `per_connection`
-    /// times on each.
-    fn start(uid: u32, socket: &str, connections: usize, per_connection: usize, requests: &[Request]) -> Attacker {
-        require_root();
-        let list: Vec<String> = requests.iter().map(|r| hex(&frame(r))).collect();
-        let mut child = Command::new("setpriv")
-            .args([
-                &format!("--reuid={uid}"),
-                &format!("--regid={uid}"),
-                "--clear-groups",
-                "--",
-            ])
-            .args(["/usr/bin/python3", "-c", ATTACKER, socket])
-            .args([
-                connections.to_string(),
-                per_connection.to_string(),
-                hex(&hello_frame()),
-                list.join(","),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut a = Attacker {
-            connections: 0,
-            subscriptions: 0,
-            refused: Vec::new(),
-            child,
-            lines,
-        };
-        while let Some(line) = a.lines.next() {
-            let line = line.unwrap();
-            if let Some(n) = line.strip_prefix("connections ") {
-                a.connections = n.parse().unwrap();
-            } else if let Some(n) = line.strip_prefix("subscriptions ") {
-                a.subscriptions = n.parse().unwrap();
-            } else if let Some(r) = line.strip_prefix("refused ") {
-                a.refused.push(r.to_string());
-            } else if line == "holding" {
-                return a;
-            }
-        }
-        panic!("the attacker as uid {uid} ended before holding: {:?}", a.child.wait());
-    }
-
-    /// Let go; how many of its connections iamd had kept open until then.
-    fn finish(mut self) -> usize {
-        drop(self.child.stdin.take());
-        let line = self.lines.next().expect("a last report").unwrap();
-        line.strip_prefix("open ").expect("open N").parse().unwrap()
-    }
-
-    #[track_caller]
-    fn refused_for(&self, limit: &str) {
-        assert!(
-            self.refused.iter().any(|r| r.contains(limit)),
-            "expected a refusal naming {limit}, got {:?}",
-            self.refused
-        );
-    }
-}
-
-impl Drop for Attacker {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
-    }
-}
-
-/// A greeted connection to `socket`.
-fn connect(socket: &str) -> UnixStream {
-    let mut s = UnixStream::connect(socket).unwrap();
-    s.write_all(&hello_frame()).unwrap();
-    let (h, _) = read(&mut s);
-    assert_eq!(h.kind, FrameKind::Response);
-    s
-}
-
-fn read(s: &mut UnixStream) -> (wire::Header, Vec<u8>) {
-    aos_iam::transport::read_frame_blocking(s, wire::DEFAULT_BODY_LIMIT)
-        .expect("a well-formed frame")
-        .expect("a frame, not the end")
-}
 
 /// The 99th percentile of `n` GetCert round trips on one connection, in microseconds.
 fn get_cert_p99(socket: &str, n: usize) -> u128 {
@@ -135,7 +22,7 @@ fn get_cert_p99(socket: &str, n: usize) -> u128 {
         .map(|_| {
             let t = Instant::now();
             s.write_all(&request).unwrap();
-            read(&mut s);
+            read_answer(&mut s);
             t.elapsed().as_micros()
         })
         .collect();
@@ -177,7 +64,7 @@ fn an_unprivileged_user_cannot_starve_the_node_link_root_or_get_cert() {
     // ... root still subscribes on the public socket ...
     let mut root = connect(&public);
     root.write_all(&frame(&Request::SubscribeNodeChanged)).unwrap();
-    let (h, body) = read(&mut root);
+    let (h, body) = read_answer(&mut root);
     assert_eq!(h.kind, FrameKind::Response, "{}", String::from_utf8_lossy(&body));
     // ... and GetCert answers as fast as on an idle daemon (2x, plus 5 ms for the noise of
     // a loaded 2-core machine).
@@ -233,6 +120,6 @@ fn an_idle_connection_of_a_user_not_admitted_is_closed_and_one_that_subscribes_i
     // Another idle period later, the subscriber and the admitted client are still served.
     std::thread::sleep(Duration::from_secs(3));
     admitted.write_all(&frame(&Request::Version)).unwrap();
-    assert_eq!(read(&mut admitted).0.kind, FrameKind::Response);
+    assert_eq!(read_answer(&mut admitted).0.kind, FrameKind::Response);
     assert_eq!(subscriber.finish(), 1, "the subscribing connection was closed");
 }

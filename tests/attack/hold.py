@@ -1,7 +1,8 @@
 # A local user who is not admitted, trying to hold iamd's places: run under setpriv as that
 # user by tests/local_users.rs. It opens up to CONNECTIONS connections to SOCKET (each with
 # the hello frame HELLO), then sends each request frame of REQUESTS (hex, comma-separated)
-# SUBS times on every connection, each with its own id, and reports on stdout:
+# SUBS times on every connection, each with its own id (SUBS 0: once, without waiting for
+# the answer, so that they are all in flight at once), and reports on stdout:
 #   connections N / subscriptions N / refused TEXT (the error body, printable part)
 # then "holding" and keeps everything open until its stdin closes; then it reports
 # "open N", the connections iamd has not closed meanwhile.
@@ -59,6 +60,13 @@ print("connections %d" % len(held), flush=True)
 
 subscribed = 0
 next_id = 100
+if subs == 0:
+    for s in held:
+        for r in requests:
+            frame = bytearray(r)
+            frame[8:16] = struct.pack("<Q", next_id)
+            next_id += 1
+            s.sendall(frame)
 for s in held:
     for _ in range(subs):
         for r in requests:

@@ -2,6 +2,7 @@
 //! root CA, an iamd configuration, and the real `aos-iam` binary run over its real sockets.
 #![allow(dead_code)]
 
+pub mod attack;
 pub mod est;
 
 use std::io::{BufRead, BufReader, Write};
@@ -104,6 +105,8 @@ pub struct Node {
     pub extra_config: String,
     /// Extra keys of its `[node]` table (`role = "secondary"`).
     pub node_extra: String,
+    /// Extra keys of its `[paths]` table (`allowed_uids = [65534]`).
+    pub paths_extra: String,
     /// Modules in the generated configuration: (id, algorithm, EKUs, self_signed, max_items).
     pub modules: Vec<(&'static str, &'static str, &'static str, bool, u32)>,
 }
@@ -130,6 +133,7 @@ impl Node {
             iamd: None,
             extra_config: String::new(),
             node_extra: String::new(),
+            paths_extra: String::new(),
             modules: vec![
                 ("iam", "ecdsa-p384", r#"["clientAuth", "serverAuth"]"#, false, 2),
                 ("online", "ecdsa-p256", r#"["clientAuth"]"#, false, 2),
@@ -184,8 +188,8 @@ impl Node {
         let d = self.dir.display();
         let mut c = format!(
             "[node]\nid_file = \"{d}/node-id\"\nname = \"test node\"\n{}\n[paths]\nworking_dir = \"{d}/work\"\nroot_ca = \"{d}/ca.pem\"\n\
-             public_socket = \"{d}/run/public.sock\"\nprotected_socket = \"{d}/run/protected.sock\"\n",
-            self.node_extra
+             public_socket = \"{d}/run/public.sock\"\nprotected_socket = \"{d}/run/protected.sock\"\n{}\n",
+            self.node_extra, self.paths_extra
         );
         for (id, alg, eku, self_signed, max) in &self.modules {
             c.push_str(&format!(

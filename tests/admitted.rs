@@ -1,0 +1,176 @@
+//! The protected socket's trust boundary: processes admitted to it (by uid or group) are
+//! trusted to provision, not to speak as the node nor to stall it. Each attack runs as a
+//! real process of another uid (setpriv) against the running iamd.
+
+mod common;
+use aos_iam::secret::Secret;
+use aos_iam::wire::{FrameKind, Request, Response};
+use common::attack::*;
+use common::*;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// What the TLS 1.3 client CertificateVerify of a handshake with a SHA-256 transcript signs.
+fn certificate_verify_message() -> Vec<u8> {
+    [
+        vec![b' '; 64],
+        b"TLS 1.3, client CertificateVerify\0".to_vec(),
+        vec![0x5a; 32],
+    ]
+    .concat()
+}
+
+/// Send `request` as root on `socket`; the answer, or the error's message.
+fn ask(socket: &str, request: &Request) -> Result<Response, String> {
+    let mut s = connect(socket);
+    s.write_all(&frame(request)).unwrap();
+    let (h, body) = read_answer(&mut s);
+    match h.kind {
+        FrameKind::Response => Ok(aos_iam::wire::decode_body(&body).unwrap()),
+        _ => Err(aos_iam::wire::decode_body::<aos_iam::Error>(&body).unwrap().message),
+    }
+}
+
+fn link_serial(node: &Node) -> Vec<u8> {
+    match ask(&node.protected(), &Request::GetLinkIdentity).unwrap() {
+        Response::LinkIdentity { serial, .. } => serial,
+        r => panic!("{r:?}"),
+    }
+}
+
+#[test]
+fn only_the_link_user_has_the_link_key_sign_and_only_a_tls13_certificate_verify() {
+    let mut node = Node::new("oracle", Store::Pkcs11);
+    node.node_extra = "role = \"secondary\"\n".into();
+    node.paths_extra = "protected_socket_mode = \"0666\"\nallowed_uids = [65534, 65533]\n".into();
+    node.extra_config = "\n[links]\nconnect = \"unix:/nonexistent\"\nsigner_uids = [65533]\n".into();
+    node.start(true);
+    node.run_flow().ok();
+    let serial = link_serial(&node);
+    let sign = |message: Vec<u8>| Request::SignWithLinkIdentity {
+        serial: serial.clone(),
+        message,
+    };
+
+    // The link's user (and root) have a handshake signed...
+    assert!(matches!(
+        ask(&node.protected(), &sign(certificate_verify_message())),
+        Ok(Response::Signature(_))
+    ));
+    let linker = Attacker::start(65533, &node.protected(), 1, 1, &[sign(certificate_verify_message())]);
+    assert_eq!(
+        (linker.subscriptions, linker.refused.len()),
+        (1, 0),
+        "{:?}",
+        linker.refused
+    );
+    // ... another admitted uid has nothing signed, not even a handshake ...
+    let other = Attacker::start(65534, &node.protected(), 1, 1, &[sign(certificate_verify_message())]);
+    assert_eq!(other.subscriptions, 0);
+    other.refused_for("uid 65534 is not the link's user (links.signer_uids)");
+    // ... and nobody has anything else signed: a server's CertificateVerify, a CSR, bytes.
+    let server_verify = [
+        vec![b' '; 64],
+        b"TLS 1.3, server CertificateVerify\0".to_vec(),
+        vec![1; 32],
+    ]
+    .concat();
+    for message in [server_verify, b"any statement at all".to_vec(), vec![b' '; 130]] {
+        let e = ask(&node.protected(), &sign(message)).unwrap_err();
+        assert!(e.contains("signs only a TLS 1.3 client CertificateVerify"), "{e}");
+    }
+    assert!(!node.log().contains("any statement"), "the message is not logged");
+}
+
+#[test]
+fn the_main_node_signs_nothing_with_its_link_identity() {
+    let mut node = Node::new("oracle-main", Store::Pkcs11);
+    node.start(true);
+    node.run_flow().ok();
+    let request = Request::SignWithLinkIdentity {
+        serial: link_serial(&node),
+        message: certificate_verify_message(),
+    };
+    let e = ask(&node.protected(), &request).unwrap_err();
+    assert!(e.contains("not served on the main node"), "{e}");
+}
+
+/// The 99th percentile of `n` GetCert round trips on one connection, in microseconds.
+fn get_cert_p99(socket: &str, n: usize) -> u128 {
+    let mut s = connect(socket);
+    let request = frame(&Request::GetCert {
+        cert_type: "iam".into(),
+        issuer: None,
+        serial: None,
+    });
+    let mut times: Vec<u128> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            s.write_all(&request).unwrap();
+            let (h, _) = read_answer(&mut s);
+            assert_eq!(h.kind, FrameKind::Response);
+            t.elapsed().as_micros()
+        })
+        .collect();
+    times.sort_unstable();
+    times[n * 99 / 100]
+}
+
+#[test]
+fn wrong_passwords_from_one_uid_slow_that_uid_only_and_are_dropped_when_it_goes() {
+    let mut node = Node::new("guess", Store::Pkcs11);
+    node.paths_extra = "protected_socket_mode = \"0666\"\nallowed_uids = [65534]\n".into();
+    node.start(true);
+    node.run_flow().ok();
+    node.stop();
+    node.start(false);
+    sh(&format!("chmod 0755 {} {}", node.dir.display(), node.p("run"))).ok();
+    let idle_p99 = get_cert_p99(&node.public(), 400);
+
+    // 16 connections of one admitted uid, each with a wrong password in flight at once.
+    let wrong = Request::CreateKey {
+        node_id: String::new(),
+        cert_type: "online".into(),
+        subject: "CN=guess".into(),
+        password: Secret::new("not-the-password".into()),
+    };
+    let guesser = Attacker::start(65534, &node.protected(), 16, 0, &[wrong]);
+    assert_eq!(guesser.connections, 16);
+    let start = Instant::now();
+    while !node
+        .log()
+        .contains("wrong provisioning password from uid 65534 (attempt 3 in a row)")
+    {
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", node.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Meanwhile another uid is served as on an idle daemon (2x, plus 5 ms for the noise of
+    // a loaded 2-core machine) ...
+    let attacked_p99 = get_cert_p99(&node.public(), 400);
+    eprintln!("GetCert p99: idle {idle_p99} us, during the guessing {attacked_p99} us");
+    assert!(
+        attacked_p99 <= 2 * idle_p99 + 5_000,
+        "GetCert p99 {attacked_p99} us during the guessing against {idle_p99} us idle"
+    );
+    // ... and the right password from another uid is not delayed: the guesser's next delay
+    // is 2 s and growing, this takes one key generation.
+    let t = Instant::now();
+    node.provision_stdin(&["create-key", "online"], PASSWORD).ok();
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "create-key took {:?}",
+        t.elapsed()
+    );
+
+    // The guesser goes away: its attempts still waiting for their turn are dropped.
+    assert_eq!(guesser.finish(), 16, "iamd kept the guesser's connections");
+    let start = Instant::now();
+    while !node.log().contains("CreateKey from pid") || !node.log().contains("dropped, its client has gone") {
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", node.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let tried = node.log().matches("wrong provisioning password from uid 65534").count();
+    assert!(tried < 16, "{tried} of 16 abandoned attempts were tried");
+    assert!(!node.log().contains("not-the-password"));
+}
