@@ -218,3 +218,61 @@ fn a_failing_or_hanging_hook_fails_its_step_and_changes_nothing() {
     );
     assert!(!node.path("work/provisioned").exists());
 }
+
+#[test]
+fn a_root_the_profile_refuses_is_named_at_check_config_at_start_and_in_the_apply_error() {
+    let mut node = Node::new("badroot", Store::Software);
+    let d = node.dir.display().to_string();
+    // A root whose basic constraints are not critical (RFC 5280 4.2.1.9).
+    sh(&format!(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -days 365 \
+         -keyout {d}/weak.key -out {d}/weak.pem -subj '/O=aos-iam tests/CN=weak' \
+         -addext basicConstraints=CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign"
+    ))
+    .ok();
+    let (good, weak) = (read(node.path("ca.pem")), read(node.path("weak.pem")));
+    node.write_config();
+    let check = |node: &Node| {
+        run(
+            node.cmd()
+                .args(["iamd", "-c", &node.p("config.toml"), "--check-config"]),
+            None,
+        )
+    };
+
+    // Only the refused root: the configuration is not usable, and says why.
+    std::fs::write(node.path("ca.pem"), &weak).unwrap();
+    let out = check(&node);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("no usable root is configured"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("CN=weak") && out.stderr.contains("basic constraints must be critical"),
+        "{}",
+        out.stderr
+    );
+
+    // Beside a good root: valid, with a warning naming the refused one; iamd logs it at start.
+    std::fs::write(node.path("ca.pem"), format!("{good}{weak}")).unwrap();
+    let out = check(&node).ok();
+    assert!(
+        out.stderr.contains("warning: root CA refused and not used") && out.stderr.contains("CN=weak"),
+        "{}",
+        out.stderr
+    );
+    node.start(true);
+    assert!(
+        node.log().contains("root CA refused and not used") && node.log().contains("CN=weak"),
+        "{}",
+        node.log()
+    );
+
+    // Apply with the refused root alone: the error says that no usable root is configured.
+    node.provision_stdin(&["start"], PASSWORD).ok();
+    let csr = node.p("iam.csr");
+    node.provision(&["create-key", "iam", "--password-file", &node.p("password"), "-o", &csr])
+        .ok();
+    node.openssl_sign(&csr, "weak", &node.p("iam.pem"));
+    std::fs::write(node.path("ca.pem"), &weak).unwrap();
+    node.provision(&["apply", "iam", &node.p("iam.pem")])
+        .fails(8, "no usable root is configured");
+}
