@@ -538,6 +538,9 @@ pub struct Config {
     pub node_id: String,
     pub node_name: String,
     pub node_type: String,
+    /// The unit this node belongs to (`node.unit_id`): secrets derived for each secondary
+    /// from the provisioning password are bound to it.
+    pub unit_id: String,
     pub role: Role,
     pub links: LinksConfig,
     pub reconcile: ReconcileConfig,
@@ -858,6 +861,10 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
     }
     let node_name = node.string("name")?.unwrap_or_else(|| node_id.clone());
     let node_type = node.string("type")?.unwrap_or_else(|| "main".into());
+    let unit_id = node.string("unit_id")?.unwrap_or_default();
+    if unit_id.len() > crate::wire::MAX_NAME_LEN {
+        return Err(node.err("unit_id", format!("longer than {} bytes", crate::wire::MAX_NAME_LEN)));
+    }
     let role = match node.string("role")?.as_deref() {
         None | Some("main") => Role::Main,
         Some("secondary") => Role::Secondary,
@@ -1085,6 +1092,7 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         node_id,
         node_name,
         node_type,
+        unit_id,
         role,
         links,
         reconcile,

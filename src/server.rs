@@ -802,6 +802,11 @@ async fn dispatch(request: Request, socket: Socket, uid: u32, shared: Arc<Shared
         }
         (_, Some(node_id)) if shared.nodes.is_other(node_id) => {
             let node_id = node_id.to_string();
+            let mut request = request;
+            // A secondary is given its own secret, never the unit's password.
+            if let Some(password) = request.password_mut() {
+                *password = crate::secret::node_secret(password, &shared.prov.config.unit_id, &node_id);
+            }
             return shared.nodes.forward(&node_id, request).await;
         }
         _ => {}

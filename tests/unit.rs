@@ -1049,24 +1049,40 @@ fn a_secondary_with_its_certificate_waits_in_tls_for_a_main_node_that_has_none_y
 }
 
 /// A relay between a secondary and the main node's link socket that resets the first
-/// `resets` TLS handshakes; it counts the connections that began in TLS and in the clear.
+/// `resets` TLS handshakes; it counts the connections that began in TLS and in the clear,
+/// and records every byte it carries (both ways).
 struct ResettingRelay {
     path: std::path::PathBuf,
     tls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     clear: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+/// Copy `from` to `to`, recording what passes into `log`.
+fn copy_recorded(mut from: UnixStream, mut to: UnixStream, log: std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        log.lock().unwrap().extend_from_slice(&buf[..n]);
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
 }
 
 impl ResettingRelay {
-    fn start(unit: &Unit, resets: usize) -> ResettingRelay {
+    /// `pass_clear`: carry links in the clear too (recording them) instead of dropping them.
+    fn start(unit: &Unit, resets: usize, pass_clear: bool) -> ResettingRelay {
         use std::sync::atomic::Ordering::SeqCst;
         let path = unit.main.path("run/relay.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let target = unit.main.path("run/link.sock");
-        let (tls, clear) = (Default::default(), Default::default());
+        let (tls, clear, bytes) = (Default::default(), Default::default(), Default::default());
         let relay = ResettingRelay {
             path,
             tls: std::sync::Arc::clone(&tls),
             clear: std::sync::Arc::clone(&clear),
+            bytes: std::sync::Arc::clone(&bytes),
         };
         std::thread::spawn(move || {
             for client in listener.incoming() {
@@ -1077,16 +1093,19 @@ impl ResettingRelay {
                 }
                 if first[0] != 0x16 {
                     clear.fetch_add(1, SeqCst);
-                    continue;
-                }
-                if tls.fetch_add(1, SeqCst) < resets {
+                    if !pass_clear {
+                        continue;
+                    }
+                } else if tls.fetch_add(1, SeqCst) < resets {
                     continue; // dropped: the handshake is cut
                 }
                 let mut server = UnixStream::connect(&target).unwrap();
                 server.write_all(&first).unwrap();
-                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || std::io::copy(&mut c2, &mut s2));
-                std::thread::spawn(move || std::io::copy(&mut server, &mut client));
+                bytes.lock().unwrap().push(first[0]);
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (b1, b2) = (std::sync::Arc::clone(&bytes), std::sync::Arc::clone(&bytes));
+                std::thread::spawn(move || copy_recorded(c2, s2, b1));
+                std::thread::spawn(move || copy_recorded(server, client, b2));
             }
         });
         relay
@@ -1099,7 +1118,7 @@ fn a_relay_that_resets_tls_handshakes_never_gets_a_secondary_with_a_certificate_
     let mut unit = linked_unit("downgrade", false);
     provision_whole_unit(&unit);
     // Both nodes stay in provisioning mode, where the main node would accept the clear.
-    let relay = ResettingRelay::start(&unit, 4);
+    let relay = ResettingRelay::start(&unit, 4, false);
     unit.kill_link(0);
     let cmd = unit.nodelink_cmd(0, &format!("unix:{}", relay.path.display()));
     let log = std::fs::File::create(unit.secondaries[0].path("nodelink.log")).unwrap();
@@ -1139,4 +1158,69 @@ fn a_link_peer_that_stalls_in_the_middle_of_a_frame_is_dropped_and_other_links_g
     assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
     unit.wait_connected("n9", false);
     unit.main.provision(&["--node", &s0, "cert-types"]).ok();
+}
+
+#[test]
+fn each_secondary_gets_a_secret_of_its_own_and_the_password_never_crosses_a_link() {
+    let mut unit = Unit::new("secret", 2);
+    unit.main.node_extra = "unit_id = \"unit-7\"\n".into();
+    unit.start(true);
+    // The first secondary links through a relay that records the bytes; in provisioning
+    // mode, before it has a certificate, the link is in the clear.
+    let relay = ResettingRelay::start(&unit, 0, true);
+    let cmd = unit.nodelink_cmd(0, &format!("unix:{}", relay.path.display()));
+    let log = std::fs::File::create(unit.secondaries[0].path("nodelink.log")).unwrap();
+    let mut link = cmd_spawn(cmd, log);
+    unit.link_unix(1);
+    for s in &unit.secondaries {
+        unit.wait_connected(&s.node_id(), true);
+    }
+    provision_whole_unit(&unit);
+
+    let recorded = relay.bytes.lock().unwrap().clone();
+    let contains = |needle: &[u8]| recorded.windows(needle.len()).any(|w| w == needle);
+    let password = aos_iam::secret::Secret::new(PASSWORD.into());
+    let secret = |node: &Node| aos_iam::secret::node_secret(&password, "unit-7", &node.node_id());
+    assert!(!contains(PASSWORD.as_bytes()), "the password crossed the link");
+    assert!(
+        contains(secret(&unit.secondaries[0]).expose().as_bytes()),
+        "what crossed is the node's own secret"
+    );
+
+    // Each token's SO PIN is its node's secret: the password, or another node's secret, is
+    // refused by the token and by iamd alike.
+    // An SO login proven by re-initialising the user PIN to the value it has.
+    let so_login = |node: &Node, pin: &str| {
+        let user_pin = node.user_pin();
+        let args = [
+            "--module",
+            SOFTHSM,
+            "--token-label",
+            TOKEN,
+            "--login",
+            "--login-type",
+            "so",
+            "--so-pin",
+            pin,
+        ];
+        run(
+            node.cmd_for("pkcs11-tool")
+                .args(args)
+                .args(["--init-pin", "--new-pin", user_pin.trim()]),
+            None,
+        )
+        .code
+    };
+    assert_eq!(so_login(&unit.main, PASSWORD), 0);
+    let (s0, s1) = (&unit.secondaries[0], &unit.secondaries[1]);
+    assert_ne!(secret(s0), secret(s1));
+    for (node, other) in [(s0, s1), (s1, s0)] {
+        assert_eq!(so_login(node, secret(node).expose()), 0);
+        assert_ne!(so_login(node, PASSWORD), 0);
+        assert_ne!(so_login(node, secret(other).expose()), 0);
+        node.provision_stdin(&["finish"], PASSWORD).fails(4, "wrong password");
+        node.provision_stdin(&["finish"], secret(node).expose()).ok();
+    }
+    let _ = link.kill();
+    let _ = link.wait();
 }
