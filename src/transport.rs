@@ -8,7 +8,7 @@
 use crate::wire::{FrameError, Header, HEADER_LEN};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::io::{self, Read};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 
@@ -126,7 +126,9 @@ pub fn bind_unix(path: &Path, mode: u32, gid: Option<u32>) -> io::Result<UnixLis
     let listener = UnixListener::bind(&tmp)?;
     let placed = (|| {
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-        if let Some(gid) = gid {
+        // A daemon whose own group is the socket's (Group= in its unit) needs no chown,
+        // and so no CAP_CHOWN and no chown system call.
+        if let Some(gid) = gid.filter(|g| std::fs::metadata(&tmp).map_or(true, |m| m.gid() != *g)) {
             std::os::unix::fs::chown(&tmp, None, Some(gid))?;
         }
         std::fs::rename(&tmp, path)

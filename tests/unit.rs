@@ -1224,3 +1224,99 @@ fn each_secondary_gets_a_secret_of_its_own_and_the_password_never_crosses_a_link
     let _ = link.kill();
     let _ = link.wait();
 }
+
+#[test]
+fn iam_nodelink_as_its_own_user_links_in_tls_and_reads_no_pin_database_or_token() {
+    require_root();
+    // The layer's arrangement with test ids: the protected socket in group 4990, which
+    // admits; iam-nodelink as uid 4991, in that group, the only signer besides root.
+    // The main node's link socket (a vchan proxy's, on a real unit) admits that group too.
+    let mut unit = Unit::new("least", 1);
+    let admit = "protected_socket_group = 4990\nallowed_gids = [4990]\n";
+    unit.main.paths_extra = admit.into();
+    unit.secondaries[0].paths_extra = admit.into();
+    unit.secondaries[0].extra_config = "\n[links]\nsigner_uids = [4991]\n".into();
+    unit.start(true);
+    sh(&format!("chmod 0755 {d} {d}/run", d = unit.main.dir.display())).ok();
+    let s = &unit.secondaries[0];
+    let own = s.path("link-user");
+    std::fs::create_dir_all(&own).unwrap();
+    let copy = own.join("aos-iam");
+    std::fs::copy(bin(), &copy).unwrap();
+    sh(&format!(
+        "chmod 0755 {d} {d}/run && chmod 0644 {d}/config.toml {d}/node-id {d}/ca.pem && chown 4991:4991 {o} && chmod 0755 {o}/aos-iam",
+        d = s.dir.display(),
+        o = own.display()
+    ))
+    .ok();
+    let status = own.join("status");
+    let spawn = |unit: &Unit| {
+        let s = &unit.secondaries[0];
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=4991", "--regid=4991", "--groups=4990", "--"])
+            .arg(&copy)
+            .args([
+                "iam-nodelink",
+                "-c",
+                &s.p("config.toml"),
+                "--connect",
+                &unit.link_addr(),
+            ])
+            .arg("--status-file")
+            .arg(&status)
+            .args(["--retry-min-ms", "100", "--retry-max", "1", "-vv"]);
+        let log = std::fs::File::create(s.path("nodelink.log")).unwrap();
+        cmd_spawn(c, log)
+    };
+    let mut link = spawn(&unit);
+    unit.wait_connected(&unit.secondaries[0].node_id(), true);
+    let out = unit.run_all(&["--expect-nodes", "2", "--wait", "20"]).ok().json();
+    assert_eq!(out["ok"], true, "{out}");
+
+    // Out of provisioning mode the link runs in TLS, its handshake signed by iamd for uid 4991.
+    let _ = link.kill();
+    let _ = link.wait();
+    unit.main.stop();
+    unit.main.start(false);
+    let mut link = spawn(&unit);
+    let start = Instant::now();
+    let tls = || {
+        let out = unit.secondaries[0].applet(
+            "iam-nodelink",
+            &["--status-file", &status.display().to_string(), "--json", "status"],
+            None,
+        );
+        out.code == 0 && out.json()["tls"] == true && out.json()["state"] == "registered"
+    };
+    while !tls() {
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", unit.nodelink_log(0));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // That user reads none of what the node's identity rests on.
+    let s = &unit.secondaries[0];
+    let token = std::fs::read_dir(s.path("tokens"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let as_link_user = |args: &[&str], path: &std::path::Path| {
+        run(
+            std::process::Command::new("setpriv")
+                .args(["--reuid=4991", "--regid=4991", "--groups=4990", "--"])
+                .args(args)
+                .arg(path),
+            None,
+        )
+    };
+    for (args, path) in [
+        (&["cat"][..], s.path("work/user-pin")),
+        (&["cat"][..], s.path("work/iam.db")),
+        (&["ls", "-l"][..], token.clone()),
+    ] {
+        let out = as_link_user(args, &path);
+        assert_ne!(out.code, 0, "uid 4991 read {}: {}", path.display(), out.stdout);
+    }
+    let _ = link.kill();
+    let _ = link.wait();
+}
