@@ -29,6 +29,11 @@ impl CertModule {
         !self.config.self_signed
     }
 
+    /// The subject alternative names its CSRs ask for: DNS names, then URIs.
+    fn alt_names(&self) -> Vec<String> {
+        [&self.config.alt_names[..], &self.config.uri_names[..]].concat()
+    }
+
     fn stored_key(&self, id: KeyId) -> Result<StoredKey<'_>> {
         let public = self.store.public_key(self.id(), &id)?.ok_or_else(|| {
             Error::not_found(format!(
@@ -175,7 +180,7 @@ impl CertModules {
             id,
             public,
         };
-        let csr = x509::build_csr(&key, subject, &m.config.alt_names, &m.config.extended_key_usage)?;
+        let csr = x509::build_csr(&key, subject, &m.alt_names(), &m.config.extended_key_usage)?;
         Ok((id, csr))
     }
 
@@ -218,6 +223,7 @@ impl CertModules {
             x509::validate_chain(&chain, &roots, &m.config.extended_key_usage, UnixTime::now())
                 .map_err(|e| e.context(format!("module {cert_type}")))?;
         }
+        x509::refuse_ekus(&chain[0], &m.config.forbidden_ekus).map_err(|e| e.context(format!("module {cert_type}")))?;
 
         m.store
             .store_certificate(cert_type, &key_id, &chain[0])
@@ -264,7 +270,7 @@ impl CertModules {
         let der = x509::self_signed(
             &key,
             subject,
-            &m.config.alt_names,
+            &m.alt_names(),
             &m.config.extended_key_usage,
             m.config.self_signed_days,
         )?;

@@ -89,6 +89,9 @@ pub struct LinksConfig {
     /// Secondary: the uids besides root that may have iamd sign a TLS handshake with the
     /// link identity (SignWithLinkIdentity): iam-nodelink's own user.
     pub signer_uids: Vec<u32>,
+    /// Secondary: the main node's id, which its certificate must name; when unset, the id
+    /// the main node states in its hello.
+    pub main_node_id: Option<String>,
 }
 
 impl Default for LinksConfig {
@@ -103,6 +106,7 @@ impl Default for LinksConfig {
             keepalive: Some(DEFAULT_KEEPALIVE),
             status_file: PathBuf::from(DEFAULT_NODELINK_STATUS),
             signer_uids: Vec::new(),
+            main_node_id: None,
         }
     }
 }
@@ -232,6 +236,12 @@ pub struct ModuleConfig {
     pub max_items: u32,
     pub extended_key_usage: Vec<Eku>,
     pub alt_names: Vec<String>,
+    /// URI subject alternative names asked for in its CSRs: the unit's URI for the link
+    /// identity of a node with `node.unit_id` (see [`unit_uri`]).
+    pub uri_names: Vec<String>,
+    /// Usages its certificates must not carry: serverAuth for a secondary's link identity,
+    /// which could otherwise pose as the main node.
+    pub forbidden_ekus: Vec<Eku>,
     pub self_signed: bool,
     pub skip_validation: bool,
     /// Days a self-signed certificate is valid.
@@ -463,6 +473,11 @@ impl Default for PermissionsConfig {
             max_instances: DEFAULT_MAX_INSTANCES,
         }
     }
+}
+
+/// The URI subject alternative name that binds a link identity to its unit.
+pub fn unit_uri(unit_id: &str) -> String {
+    format!("urn:aos-iam:unit:{unit_id}")
 }
 
 /// How long a new connection may take to send its hello by default.
@@ -862,8 +877,18 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
     let node_name = node.string("name")?.unwrap_or_else(|| node_id.clone());
     let node_type = node.string("type")?.unwrap_or_else(|| "main".into());
     let unit_id = node.string("unit_id")?.unwrap_or_default();
-    if unit_id.len() > crate::wire::MAX_NAME_LEN {
-        return Err(node.err("unit_id", format!("longer than {} bytes", crate::wire::MAX_NAME_LEN)));
+    if unit_id.len() > crate::wire::MAX_NAME_LEN
+        || !unit_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(node.err(
+            "unit_id",
+            format!(
+                "must be at most {} letters, digits, dots, dashes and underscores",
+                crate::wire::MAX_NAME_LEN
+            ),
+        ));
     }
     let role = match node.string("role")?.as_deref() {
         None | Some("main") => Role::Main,
@@ -1084,6 +1109,17 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
             ),
         ));
     }
+    // The link identity is bound to the unit, and a secondary's cannot serve as a main
+    // node's: it asks for no serverAuth and refuses a certificate that carries it.
+    if let Some(m) = modules.iter_mut().find(|m| m.id == links.identity) {
+        if !unit_id.is_empty() {
+            m.uri_names.push(unit_uri(&unit_id));
+        }
+        if role == Role::Secondary {
+            m.extended_key_usage.retain(|e| *e != Eku::ServerAuth);
+            m.forbidden_ekus.push(Eku::ServerAuth);
+        }
+    }
     root.table.remove("node");
     let rest = std::mem::take(&mut root.table);
     root.child(String::new(), rest).finish()?;
@@ -1181,6 +1217,7 @@ fn parse_links(mut l: Reader, role: Role) -> Result<LinksConfig, ConfigError> {
             .path("status_file")?
             .unwrap_or_else(|| PathBuf::from(DEFAULT_NODELINK_STATUS)),
         signer_uids: l.uints("signer_uids")?,
+        main_node_id: l.string("main_node_id")?,
     };
     l.finish()?;
     Ok(c)
@@ -1343,6 +1380,8 @@ fn parse_module(m: &mut Reader, working_dir: &Path) -> Result<ModuleConfig, Conf
         max_items,
         extended_key_usage,
         alt_names,
+        uri_names: Vec::new(),
+        forbidden_ekus: Vec::new(),
         self_signed,
         skip_validation,
         self_signed_days,

@@ -41,6 +41,10 @@ pub struct Options {
     pub tls: LinkTls,
     /// The unit's root CA, which the main node's certificate must chain to (TLS).
     pub root_ca: Option<PathBuf>,
+    /// This node's unit (`node.unit_id`): the main node's certificate must carry its URI.
+    pub unit_id: String,
+    /// The main node this node links to only (`links.main_node_id`), if configured.
+    pub main_node_id: Option<String>,
 }
 
 /// What `iam-nodelink status` reports, as the running link writes it.
@@ -258,9 +262,18 @@ async fn session(
     let main_id = peer::hello(&mut stream, Role::NodeLink, &node_id, limit, opts.hello_timeout)
         .await
         .map_err(|e| e.context(format!("the main node at {}", opts.connect)))?;
+    // The certificate must name the main node this node is configured for (or, without
+    // one configured, the one it says it is), of this node's unit.
+    let expected = opts.main_node_id.as_deref().unwrap_or(&main_id);
     if let Some(cert) = &main_cert {
-        crate::tls::check_peer(cert, crate::config::Eku::ServerAuth, &main_id)
+        crate::tls::check_peer(cert, crate::config::Eku::ServerAuth, expected, &opts.unit_id)
             .map_err(|e| e.context(format!("the main node at {}", opts.connect)))?;
+    }
+    if expected != main_id {
+        return Err(Error::unauthorized(format!(
+            "the main node at {} says it is node \"{main_id}\", not \"{expected}\" (links.main_node_id)",
+            opts.connect
+        )));
     }
     let (link, link_reader) = Peer::new(
         format!("the main node \"{main_id}\""),

@@ -1094,7 +1094,12 @@ async fn serve_link(mut stream: BoxStream, addr: &LinkAddr, from: LinkPeer, shar
         }
     };
     if let Some(cert) = &peer_cert {
-        if let Err(e) = crate::tls::check_peer(cert, crate::config::Eku::ClientAuth, &node_id) {
+        if let Err(e) = crate::tls::check_peer(
+            cert,
+            crate::config::Eku::ClientAuth,
+            &node_id,
+            &shared.prov.config.unit_id,
+        ) {
             crate::log_warn!("link listener {addr}, {from}: {e}; closing");
             let _ = transport::write_frame(&mut stream, &refuse(e)).await;
             return;

@@ -273,6 +273,9 @@ fn webpki_error(e: webpki::Error) -> rustls::CertificateError {
         webpki::Error::CertExpired { .. } => C::Expired,
         webpki::Error::CertNotValidYet { .. } => C::NotValidYet,
         webpki::Error::InvalidSignatureForPublicKey => C::BadSignature,
+        // The usage this end requires is missing (a secondary's certificate has no serverAuth).
+        #[allow(deprecated)]
+        webpki::Error::RequiredEkuNotFound | webpki::Error::RequiredEkuNotFoundContext(_) => C::InvalidPurpose,
         e => C::Other(rustls::OtherError(Arc::new(Error::validation(
             "BadCertificate",
             format!("{e:?}"),
@@ -289,13 +292,16 @@ pub fn peer_leaf(state: &rustls::CommonState) -> Result<Vec<u8>> {
         .ok_or_else(|| Error::unauthorized("the other end presented no certificate"))
 }
 
-/// After the handshake (and the hello): the peer's certificate carries `eku` and names
-/// `node_id` in its CN or a DNS subject alternative name.
-pub fn check_peer(cert_der: &[u8], eku: Eku, node_id: &str) -> Result<()> {
+/// After the handshake (and the hello): the peer's certificate carries `eku`, names
+/// `node_id` in its CN or a DNS subject alternative name, and, where the node belongs to a
+/// unit (`unit_id` not empty), carries that unit's URI ([`crate::config::unit_uri`]): so a
+/// node of another unit, whose names may repeat across a fleet, is refused.
+pub fn check_peer(cert_der: &[u8], eku: Eku, node_id: &str, unit_id: &str) -> Result<()> {
     let (_, cert) = X509Certificate::from_der(cert_der)
         .map_err(|e| Error::validation("BadCertificate", format!("the peer's certificate: {e}")))?;
     let mut has_eku = false;
     let mut dns = Vec::new();
+    let mut uris = Vec::new();
     for ext in cert.extensions() {
         match ext.parsed_extension() {
             ParsedExtension::ExtendedKeyUsage(u) => {
@@ -307,8 +313,10 @@ pub fn check_peer(cert_der: &[u8], eku: Eku, node_id: &str) -> Result<()> {
             }
             ParsedExtension::SubjectAlternativeName(san) => {
                 for n in &san.general_names {
-                    if let GeneralName::DNSName(d) = n {
-                        dns.push(d.to_string());
+                    match n {
+                        GeneralName::DNSName(d) => dns.push(d.to_string()),
+                        GeneralName::URI(u) => uris.push(u.to_string()),
+                        _ => {}
                     }
                 }
             }
@@ -334,6 +342,13 @@ pub fn check_peer(cert_der: &[u8], eku: Eku, node_id: &str) -> Result<()> {
                 cert.subject()
             ),
         ));
+    }
+    let unit = crate::config::unit_uri(unit_id);
+    if !unit_id.is_empty() && !uris.contains(&unit) {
+        return Err(Error::unauthorized(format!(
+            "the peer's certificate (subject {}) is not of unit \"{unit_id}\" (no URI {unit})",
+            cert.subject()
+        )));
     }
     Ok(())
 }
@@ -373,14 +388,14 @@ mod tests {
     fn a_peer_certificate_must_carry_the_usage_and_name_its_node() {
         use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
         let c = cert("n1", &[], ClientAuth);
-        assert!(check_peer(&c, Eku::ClientAuth, "n1").is_ok());
-        let e = check_peer(&c, Eku::ClientAuth, "n2").unwrap_err();
+        assert!(check_peer(&c, Eku::ClientAuth, "n1", "").is_ok());
+        let e = check_peer(&c, Eku::ClientAuth, "n2", "").unwrap_err();
         assert_eq!(e.kind, ErrorKind::Unauthorized);
         assert!(e.message.contains("does not name node \"n2\""), "{e}");
-        let e = check_peer(&c, Eku::ServerAuth, "n1").unwrap_err();
+        let e = check_peer(&c, Eku::ServerAuth, "n1", "").unwrap_err();
         assert_eq!(e.kind, ErrorKind::Validation("RequiredEkuNotFound".into()));
         let by_dns = cert("something else", &["n3"], ServerAuth);
-        assert!(check_peer(&by_dns, Eku::ServerAuth, "n3").is_ok());
+        assert!(check_peer(&by_dns, Eku::ServerAuth, "n3", "").is_ok());
     }
 
     #[test]

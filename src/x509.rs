@@ -237,15 +237,18 @@ fn eku_purpose(e: Eku) -> ExtendedKeyUsagePurpose {
     }
 }
 
+/// Subject alternative names: DNS names, and URIs (a name with a colon, which no DNS name
+/// has: the unit's URI of a link identity).
 fn leaf_params(subject: &str, alt_names: &[String], ekus: &[Eku]) -> Result<CertificateParams> {
     let mut params = CertificateParams::default();
     params.distinguished_name = parse_subject(subject)?;
     for n in alt_names {
-        let name = n
-            .clone()
-            .try_into()
-            .map_err(|_| Error::invalid(format!("alternative name \"{n}\" is not a valid DNS name")))?;
-        params.subject_alt_names.push(SanType::DnsName(name));
+        let bad = || Error::invalid(format!("alternative name \"{n}\" is not a valid DNS name or URI"));
+        let san = match n.contains(':') {
+            true => SanType::URI(n.clone().try_into().map_err(|_| bad())?),
+            false => SanType::DnsName(n.clone().try_into().map_err(|_| bad())?),
+        };
+        params.subject_alt_names.push(san);
     }
     params.extended_key_usages = ekus.iter().map(|e| eku_purpose(*e)).collect();
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -641,6 +644,39 @@ fn check_intermediate(der: &[u8]) -> Result<()> {
                     format!("{what}: a CA whose key usage lacks keyCertSign"),
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+/// Refuse a leaf that carries one of `forbidden` (a secondary's link identity with
+/// serverAuth could pose as the main node).
+pub fn refuse_ekus(der: &[u8], forbidden: &[Eku]) -> Result<()> {
+    if forbidden.is_empty() {
+        return Ok(());
+    }
+    let c = parse(der, "the leaf")?;
+    let Ok(Some(ext)) = c.extended_key_usage() else {
+        return Ok(());
+    };
+    let u = &ext.value;
+    for e in forbidden {
+        let has = match e {
+            Eku::ServerAuth => u.server_auth,
+            Eku::ClientAuth => u.client_auth,
+            Eku::CodeSigning => u.code_signing,
+            Eku::EmailProtection => u.email_protection,
+            Eku::TimeStamping => u.time_stamping,
+            Eku::OcspSigning => u.ocsp_signing,
+        };
+        if has || u.any {
+            return Err(policy(
+                "ForbiddenEku",
+                format!(
+                    "the leaf carries {}, which a secondary node's link identity must not (it could pose as the main node)",
+                    if has { e.name() } else { "anyExtendedKeyUsage" }
+                ),
+            ));
         }
     }
     Ok(())

@@ -1320,3 +1320,112 @@ fn iam_nodelink_as_its_own_user_links_in_tls_and_reads_no_pin_database_or_token(
     let _ = link.kill();
     let _ = link.wait();
 }
+
+/// A main node that is not the unit's: its own token, the fleet's CA, a link listener.
+/// `node_id`: node names repeat across a fleet, so an impostor may well have the main's.
+fn impostor_main(name: &str, node_id: &str, unit_id: &str, iam_ekus: &'static str, ca_from: &Node) -> Node {
+    let mut n = Node::new(name, Store::Pkcs11);
+    std::fs::write(n.path("node-id"), format!("{node_id}\n")).unwrap();
+    for f in ["ca.pem", "ca.key"] {
+        std::fs::copy(ca_from.path(f), n.path(f)).unwrap();
+    }
+    n.node_extra = format!("unit_id = \"{unit_id}\"\n");
+    n.modules[0].2 = iam_ekus;
+    n.extra_config = format!("\n[links]\nlisten = [\"unix:{}\"]\n", n.p("run/link.sock"));
+    n.start(true);
+    n.run_flow().ok();
+    n
+}
+
+#[test]
+fn a_secondarys_certificate_another_units_main_node_and_an_unpinned_main_are_refused_as_main() {
+    let mut unit = Unit::new("pin", 1);
+    unit.main.node_extra = "unit_id = \"unit-a\"\n".into();
+    unit.secondaries[0].node_extra.push_str("unit_id = \"unit-a\"\n");
+    unit.secondaries[0].extra_config = "\n[links]\nmain_node_id = \"node-pin-main\"\n".into();
+    unit.start(true);
+    unit.link_unix(0);
+    unit.wait_connected("node-pin-s0", true);
+    let out = unit.run_all(&["--expect-nodes", "2", "--wait", "20"]).ok().json();
+    assert_eq!(out["ok"], true, "{out}");
+
+    // Link identities carry the unit; a secondary's has no serverAuth.
+    let text = |node: &Node| {
+        let url = node.list_certs().into_iter().find(|c| c["type"] == "iam").unwrap()["cert_url"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        node.export_cert(&url, &node.p("iam-now.pem"));
+        sh(&format!("openssl x509 -in {} -noout -text", node.p("iam-now.pem")))
+            .ok()
+            .stdout
+    };
+    let (main_text, s0_text) = (text(&unit.main), text(&unit.secondaries[0]));
+    for t in [&main_text, &s0_text] {
+        assert!(t.contains("URI:urn:aos-iam:unit:unit-a"), "{t}");
+    }
+    assert!(main_text.contains("TLS Web Server Authentication"), "{main_text}");
+    assert!(!s0_text.contains("TLS Web Server Authentication"), "{s0_text}");
+
+    // Each impostor, dialed by the secondary, is refused after its handshake.
+    let impostors = [
+        (
+            impostor_main(
+                "pin-unit-b",
+                "node-pin-main",
+                "unit-b",
+                r#"["clientAuth", "serverAuth"]"#,
+                &unit.main,
+            ),
+            "is not of unit \"unit-a\"",
+        ),
+        (
+            impostor_main("pin-as-sec", "node-pin-main", "unit-a", r#"["clientAuth"]"#, &unit.main),
+            "invalid peer certificate: InvalidPurpose",
+        ),
+        (
+            impostor_main(
+                "pin-other",
+                "node-pin-other",
+                "unit-a",
+                r#"["clientAuth", "serverAuth"]"#,
+                &unit.main,
+            ),
+            "does not name node \"node-pin-main\"",
+        ),
+    ];
+    for (impostor, why) in &impostors {
+        unit.kill_link(0);
+        let _ = std::fs::remove_file(unit.secondaries[0].path("nodelink.log"));
+        let cmd = unit.nodelink_cmd(0, &format!("unix:{}", impostor.p("run/link.sock")));
+        let log = std::fs::File::create(unit.secondaries[0].path("nodelink.log")).unwrap();
+        let mut link = cmd_spawn(cmd, log);
+        let start = Instant::now();
+        while !unit.nodelink_log(0).contains(why) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "expected {why:?}:\n{}",
+                unit.nodelink_log(0)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            !unit.nodelink_log(0).contains("registered with"),
+            "{}",
+            unit.nodelink_log(0)
+        );
+        let _ = link.kill();
+        let _ = link.wait();
+    }
+
+    // A certificate with serverAuth for a secondary's link identity is refused by its iamd.
+    let s0 = &unit.secondaries[0];
+    let secret = aos_iam::secret::node_secret(&aos_iam::secret::Secret::new(PASSWORD.into()), "unit-a", &s0.node_id());
+    let csr = s0.provision_stdin(&["create-key", "iam"], secret.expose()).ok().stdout;
+    let with_server_auth = rcgen_sign(s0, &csr, |p| {
+        p.extended_key_usages.push(rcgen::ExtendedKeyUsagePurpose::ServerAuth)
+    });
+    std::fs::write(s0.path("server-auth.pem"), with_server_auth).unwrap();
+    s0.provision(&["apply", "iam", &s0.p("server-auth.pem")])
+        .fails(8, "ForbiddenEku");
+}
