@@ -45,6 +45,7 @@ enum Verb {
     Resume(Resume),
     NodeInfo(NodeInfoVerb),
     Nodes(Nodes),
+    ForgetNode(ForgetNode),
     RegisterInstance(RegisterInstance),
     UnregisterInstance(UnregisterInstance),
 }
@@ -53,6 +54,16 @@ enum Verb {
 #[derive(FromArgs)]
 #[argh(subcommand, name = "pause")]
 struct Pause {}
+
+/// ForgetNode, on the main node: NODE leaves the node registry, and its link, if up, is
+/// closed (with [[links.listener]] nodes, a node not listed cannot register again).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "forget-node")]
+struct ForgetNode {
+    /// the node to forget
+    #[argh(positional)]
+    node: String,
+}
 
 /// ResumeNode: a paused node is provisioned again.
 #[derive(FromArgs)]
@@ -344,6 +355,10 @@ fn run(args: &Args) -> Result<u8, Error> {
         Verb::Resume(_) => {
             connect(args)?.resume(&node)?;
             done(args, "node resumed");
+        }
+        Verb::ForgetNode(v) => {
+            connect(args)?.forget_node(&v.node)?;
+            done(args, &format!("node {} forgotten", v.node));
         }
         Verb::NodeInfo(v) => {
             let mut c = connect(args)?;

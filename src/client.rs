@@ -209,6 +209,13 @@ impl Client {
         })
     }
 
+    /// ForgetNode, on the main node: the node leaves the registry.
+    pub fn forget_node(&mut self, node_id: &str) -> Result<()> {
+        self.done(Request::ForgetNode {
+            node_id: node_id.into(),
+        })
+    }
+
     pub fn node_ids(&mut self) -> Result<Vec<String>> {
         match self.call(Request::GetAllNodeIds)? {
             Response::NodeIds(ids) => Ok(ids),

@@ -92,6 +92,17 @@ pub struct LinksConfig {
     /// Secondary: the main node's id, which its certificate must name; when unset, the id
     /// the main node states in its hello.
     pub main_node_id: Option<String>,
+    /// Main: the listeners that admit only some nodes (and CIDs); the others admit any.
+    pub admission: Vec<Admission>,
+}
+
+/// Who may link on one listener: the node ids that may register there (empty: any) and,
+/// for vsock, the CIDs they may come from (empty: any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    pub addr: crate::transport::LinkAddr,
+    pub nodes: Vec<String>,
+    pub cids: Vec<u32>,
 }
 
 impl Default for LinksConfig {
@@ -107,6 +118,7 @@ impl Default for LinksConfig {
             status_file: PathBuf::from(DEFAULT_NODELINK_STATUS),
             signer_uids: Vec::new(),
             main_node_id: None,
+            admission: Vec::new(),
         }
     }
 }
@@ -1175,6 +1187,24 @@ fn parse_links(mut l: Reader, role: Role) -> Result<LinksConfig, ConfigError> {
         }
         listen.push(addr);
     }
+    // Listeners with an admission list: `[[links.listener]]` with its address, the node
+    // ids that may register on it and, for vsock, the CIDs they may come from.
+    let mut admission = Vec::new();
+    for mut t in l.tables("listener")? {
+        let a = t.string("address")?.ok_or_else(|| t.err("address", "is required"))?;
+        let addr = LinkAddr::parse_listen(&a).map_err(|e| t.err("address", e))?;
+        if listen.contains(&addr) {
+            return Err(t.err("address", format!("\"{a}\" is listed twice")));
+        }
+        let nodes = t.strings("nodes")?.unwrap_or_default();
+        let cids = t.uints("cids")?;
+        if !cids.is_empty() && !matches!(addr, LinkAddr::Vsock { .. }) {
+            return Err(t.err("cids", "only a vsock listener has peers by CID"));
+        }
+        t.finish()?;
+        listen.push(addr.clone());
+        admission.push(Admission { addr, nodes, cids });
+    }
     if role == Role::Secondary && !listen.is_empty() {
         return Err(l.err(
             "listen",
@@ -1218,6 +1248,7 @@ fn parse_links(mut l: Reader, role: Role) -> Result<LinksConfig, ConfigError> {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_NODELINK_STATUS)),
         signer_uids: l.uints("signer_uids")?,
         main_node_id: l.string("main_node_id")?,
+        admission,
     };
     l.finish()?;
     Ok(c)

@@ -275,6 +275,15 @@ impl Db {
         self.read_all(NODES)
     }
 
+    pub fn delete_nodes(&self, node_ids: &[String]) -> Result<()> {
+        self.write_table(NODES, |t| {
+            for id in node_ids {
+                t.remove(id.as_str())?;
+            }
+            Ok(())
+        })
+    }
+
     pub fn put_node(&self, node_id: &str, value: &[u8]) -> Result<()> {
         self.write_table(NODES, |t| {
             t.insert(node_id, value)?;

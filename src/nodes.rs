@@ -149,6 +149,7 @@ impl Nodes {
             last_seen: now(),
         };
         self.persist(db, &rec)?;
+        crate::log_debug!("node \"{id}\": its info is stored");
         lock(&self.known).insert(id, rec);
         self.events.send(info);
         Ok(())
@@ -174,6 +175,46 @@ impl Nodes {
             crate::log_warn!("node \"{node_id}\": cannot record its disconnection: {e}");
         }
         self.events.send(rec.info);
+    }
+
+    /// ForgetNode: `node_id` leaves the registry (durably first); its link, if up, is
+    /// closed, so a node that is not allowed back (`[[links.listener]] nodes`) stays out.
+    pub fn forget(&self, db: &Db, node_id: &str) -> Result<()> {
+        if !self.is_other(node_id) {
+            return Err(Error::invalid("ForgetNode: name a secondary node, not this one"));
+        }
+        if !lock(&self.known).contains_key(node_id) {
+            return Err(self.unknown(node_id));
+        }
+        db.delete_nodes(&[node_id.to_string()])?;
+        let rec = lock(&self.known).remove(node_id);
+        if let Some(peer) = lock(&self.links).remove(node_id) {
+            peer.close("the node was forgotten (ForgetNode)");
+        }
+        if let Some(mut rec) = rec {
+            rec.info.connected = false;
+            self.events.send(rec.info);
+        }
+        crate::log_notice!("node \"{node_id}\" forgotten");
+        Ok(())
+    }
+
+    /// After the main node's own deprovisioning: every node whose link is down leaves the
+    /// registry (those linked now stay, and are known again as they are).
+    pub fn forget_disconnected(&self, db: &Db) -> Result<()> {
+        let links = lock(&self.links);
+        let gone: Vec<String> = lock(&self.known)
+            .keys()
+            .filter(|id| !links.get(*id).is_some_and(|p| !p.is_closed()))
+            .cloned()
+            .collect();
+        drop(links);
+        db.delete_nodes(&gone)?;
+        let mut known = lock(&self.known);
+        for id in &gone {
+            known.remove(id);
+        }
+        Ok(())
     }
 
     /// Send a request over `node_id`'s link and wait for its answer.

@@ -39,6 +39,8 @@ pub struct Peer {
     waiters: Mutex<HashMap<u64, Waiter>>,
     next_id: AtomicU64,
     closed: Mutex<Option<String>>,
+    /// Closed by [`Peer::close`], which ends [`Peer::read_loop`] even while it waits.
+    stop: (smol::channel::Sender<()>, smol::channel::Receiver<()>),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -64,6 +66,7 @@ impl Peer {
             waiters: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             closed: Mutex::new(None),
+            stop: smol::channel::bounded(1),
         };
         (Arc::new(peer), r)
     }
@@ -221,7 +224,19 @@ impl Peer {
         Fut: Future<Output = bool>,
     {
         let reason = loop {
-            let (header, body) = match transport::read_frame_timed(&mut reader, self.limit, self.stall).await {
+            let next = smol::future::or(
+                async { Some(transport::read_frame_timed(&mut reader, self.limit, self.stall).await) },
+                async {
+                    let _ = self.stop.1.recv().await;
+                    None
+                },
+            );
+            let Some(next) = next.await else {
+                break lock(&self.closed)
+                    .clone()
+                    .unwrap_or_else(|| "closed by this end".into());
+            };
+            let (header, body) = match next {
                 Ok(Some(f)) => f,
                 Ok(None) => break "connection closed".to_string(),
                 Err(e) => {
@@ -266,6 +281,7 @@ impl Peer {
     /// Mark the connection ended: every waiting request fails now, later ones at once.
     pub fn close(&self, reason: &str) {
         lock(&self.closed).get_or_insert_with(|| reason.to_string());
+        self.stop.0.close();
         let waiters: Vec<Waiter> = lock(&self.waiters).drain().map(|(_, w)| w).collect();
         for w in waiters {
             match w {

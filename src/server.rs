@@ -877,7 +877,10 @@ fn handle(shared: &Shared, request: Request) -> Result<Response> {
             chain_pem,
         } => prov.apply(&node_id, &cert_type, &chain_pem).map(Response::Applied),
         Request::FinishProvisioning { node_id, password } => prov.finish(&node_id, &password).map(|_| Response::Done),
-        Request::Deprovision { node_id, password } => prov.deprovision(&node_id, &password).map(|_| Response::Done),
+        Request::Deprovision { node_id, password } => prov.deprovision(&node_id, &password).and_then(|_| {
+            // The main node starts over: nodes whose links are down are forgotten.
+            shared.nodes.forget_disconnected(&prov.db).map(|_| Response::Done)
+        }),
         Request::PauseNode { node_id } => prov.pause(&node_id).map(|_| Response::Done),
         Request::ResumeNode { node_id } => prov.resume(&node_id).map(|_| Response::Done),
         Request::RegisterInstance { instance, permissions } => shared
@@ -912,6 +915,7 @@ fn handle(shared: &Shared, request: Request) -> Result<Response> {
         Request::RegisterNode { .. } | Request::NodeInfoChanged { .. } => {
             Err(Error::internal("node links are served by the link listeners"))
         }
+        Request::ForgetNode { node_id } => shared.nodes.forget(&prov.db, &node_id).map(|_| Response::Done),
         Request::GetLinkIdentity => {
             prov.modules
                 .identity(&prov.db, &prov.config.links.identity)
@@ -1002,7 +1006,11 @@ async fn accept_tls(stream: BoxStream, shared: &Arc<Shared>) -> Result<(BoxStrea
 
 /// Read the link's hello (within the hello timeout) and answer it. Returns the node id the
 /// secondary states.
-async fn link_hello(stream: &mut BoxStream, shared: &Shared) -> Result<String> {
+async fn link_hello(
+    stream: &mut BoxStream,
+    shared: &Shared,
+    admission: Option<&crate::config::Admission>,
+) -> Result<String> {
     let limit = shared.body_limit;
     let deadline = shared.prov.config.hello_timeout;
     let frame = transport::within(deadline, "no hello", async {
@@ -1016,6 +1024,12 @@ async fn link_hello(stream: &mut BoxStream, shared: &Shared) -> Result<String> {
             role: Role::NodeLink,
             node_id,
         } if version == crate::PROTOCOL_VERSION && !node_id.is_empty() => {
+            if let Some(a) = admission.filter(|a| !a.nodes.is_empty() && !a.nodes.contains(&node_id)) {
+                return Err(Error::unauthorized(format!(
+                    "node \"{node_id}\" is not admitted on this link listener (links.listener nodes: {})",
+                    a.nodes.join(", ")
+                )));
+            }
             let answer = Response::Hello {
                 version: crate::PROTOCOL_VERSION,
                 node_id: shared.prov.config.node_id.clone(),
@@ -1058,6 +1072,15 @@ async fn serve_link(mut stream: BoxStream, addr: &LinkAddr, from: LinkPeer, shar
             return;
         }
     }
+    let admission = shared.prov.config.links.admission.iter().find(|a| a.addr == *addr);
+    if let (Some(a), LinkPeer::Vsock { cid, .. }) = (admission, &from) {
+        if !a.cids.is_empty() && !a.cids.contains(cid) {
+            crate::log_warn!("link listener {addr}: refused {from}: CID {cid} is not admitted");
+            let e = Error::unauthorized(format!("CID {cid} is not admitted on this link listener"));
+            let _ = transport::write_frame(&mut stream, &refuse(e)).await;
+            return;
+        }
+    }
     // A TLS ClientHello starts with a handshake record (0x16); a frame with its magic.
     let (first, prefixed) = match transport::Prefixed::peek(stream).await {
         Ok(p) => p,
@@ -1085,7 +1108,7 @@ async fn serve_link(mut stream: BoxStream, addr: &LinkAddr, from: LinkPeer, shar
         let _ = transport::write_frame(&mut stream, &refuse(e)).await;
         return;
     }
-    let node_id = match link_hello(&mut stream, &shared).await {
+    let node_id = match link_hello(&mut stream, &shared, admission).await {
         Ok(id) => id,
         Err(e) => {
             crate::log_warn!("link listener {addr}, {from}: {e}; closing");
@@ -1116,12 +1139,18 @@ async fn serve_link(mut stream: BoxStream, addr: &LinkAddr, from: LinkPeer, shar
         shared.prov.config.frame_timeout,
     );
     let registered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let changes: Arc<std::sync::Mutex<InfoChanges>> = Default::default();
     let reason = peer
         .read_loop(reader, |id, request| {
-            let (shared, peer, registered, node_id) =
-                (shared.clone(), peer.clone(), registered.clone(), node_id.clone());
+            let (shared, peer, registered, node_id, changes) = (
+                shared.clone(),
+                peer.clone(),
+                registered.clone(),
+                node_id.clone(),
+                changes.clone(),
+            );
             async move {
-                let result = link_request(&shared, &peer, &registered, &node_id, request).await;
+                let result = link_request(&shared, &peer, &registered, &node_id, &changes, request).await;
                 if let Err(e) = &result {
                     crate::log_warn!("node \"{node_id}\": {e}");
                 }
@@ -1133,9 +1162,96 @@ async fn serve_link(mut stream: BoxStream, addr: &LinkAddr, from: LinkPeer, shar
         .await;
     if registered.load(std::sync::atomic::Ordering::SeqCst) {
         let (s, p, id) = (shared.clone(), peer.clone(), node_id.clone());
-        blocking::unblock(move || s.nodes.disconnected(&s.prov.db, &id, &p)).await;
+        let last = lock_changes(&changes).pending.take();
+        blocking::unblock(move || {
+            // The last change the link reported is kept, even one not committed yet.
+            if let Some(info) = last {
+                if let Err(e) = s.nodes.update(&s.prov.db, info, &p) {
+                    crate::log_warn!("node \"{id}\": its last info: {e}");
+                }
+            }
+            s.nodes.disconnected(&s.prov.db, &id, &p)
+        })
+        .await;
         crate::log_notice!("node \"{node_id}\" disconnected: {reason}");
     }
+}
+
+/// A registered link's node info changes commit at most once per this interval; the
+/// changes in between are coalesced into the latest.
+pub const NODE_INFO_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// NodeInfoChanged a link may send in one second; beyond it the link is closed as flooding.
+pub const NODE_INFO_MAX_PER_SECOND: u32 = 50;
+
+/// The node info changes of one link: the rate it sends them at, and the latest one not
+/// committed yet.
+#[derive(Default)]
+struct InfoChanges {
+    window: Option<std::time::Instant>,
+    in_window: u32,
+    pending: Option<NodeInfo>,
+    flushing: bool,
+    last_commit: Option<std::time::Instant>,
+}
+
+fn lock_changes(c: &std::sync::Mutex<InfoChanges>) -> std::sync::MutexGuard<'_, InfoChanges> {
+    c.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// NodeInfoChanged on a registered link: refused (and the link closed) past the rate limit;
+/// otherwise kept as the latest, and committed now or, when one was committed less than
+/// [`NODE_INFO_COMMIT_INTERVAL`] ago, once that has passed.
+fn info_changed(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    changes: &Arc<std::sync::Mutex<InfoChanges>>,
+    info: NodeInfo,
+) -> Result<Response> {
+    let now = std::time::Instant::now();
+    let wait = {
+        let mut c = lock_changes(changes);
+        if c.window
+            .is_none_or(|w| now.duration_since(w) >= std::time::Duration::from_secs(1))
+        {
+            c.window = Some(now);
+            c.in_window = 0;
+        }
+        c.in_window += 1;
+        if c.in_window > NODE_INFO_MAX_PER_SECOND {
+            peer.close("flooding: too many NodeInfoChanged");
+            return Err(Error::unavailable(format!(
+                "more than {NODE_INFO_MAX_PER_SECOND} NodeInfoChanged in a second; the link is closed"
+            )));
+        }
+        c.pending = Some(info);
+        if c.flushing {
+            return Ok(Response::Done);
+        }
+        c.flushing = true;
+        c.last_commit.map_or(std::time::Duration::ZERO, |t| {
+            (t + NODE_INFO_COMMIT_INTERVAL).saturating_duration_since(now)
+        })
+    };
+    let (shared, peer, changes) = (shared.clone(), peer.clone(), changes.clone());
+    EXECUTOR
+        .spawn(async move {
+            smol::Timer::after(wait).await;
+            let info = {
+                let mut c = lock_changes(&changes);
+                c.flushing = false;
+                c.last_commit = Some(std::time::Instant::now());
+                c.pending.take()
+            };
+            if let Some(info) = info {
+                let id = info.node_id.clone();
+                let s = shared.clone();
+                if let Err(e) = blocking::unblock(move || s.nodes.update(&s.prov.db, info, &peer)).await {
+                    crate::log_warn!("node \"{id}\": {e}");
+                }
+            }
+        })
+        .detach();
+    Ok(Response::Done)
 }
 
 /// A request from a secondary node over its link.
@@ -1144,6 +1260,7 @@ async fn link_request(
     peer: &Arc<Peer>,
     registered: &std::sync::atomic::AtomicBool,
     node_id: &str,
+    changes: &Arc<std::sync::Mutex<InfoChanges>>,
     request: Request,
 ) -> Result<Response> {
     use std::sync::atomic::Ordering;
@@ -1180,7 +1297,5 @@ async fn link_request(
             )))
         }
     };
-    let (s, p) = (shared.clone(), peer.clone());
-    blocking::unblock(move || s.nodes.update(&s.prov.db, info, &p)).await?;
-    Ok(Response::Done)
+    info_changed(shared, peer, changes, info)
 }

@@ -383,6 +383,10 @@ pub enum Request {
     NodeInfoChanged {
         info: NodeInfo,
     },
+    /// Main node: remove a node from the registry (its link, if up, is closed).
+    ForgetNode {
+        node_id: String,
+    },
 }
 
 /// Nodes of a unit whose info one link may report: CPUs, partitions and attributes.
@@ -420,6 +424,7 @@ impl Request {
             Request::SignWithLinkIdentity { .. } => "SignWithLinkIdentity",
             Request::RegisterNode { .. } => "RegisterNode",
             Request::NodeInfoChanged { .. } => "NodeInfoChanged",
+            Request::ForgetNode { .. } => "ForgetNode",
         }
     }
 
@@ -520,6 +525,7 @@ impl Request {
                 | Request::ResumeNode { .. }
                 | Request::GetLinkIdentity
                 | Request::SignWithLinkIdentity { .. }
+                | Request::ForgetNode { .. }
         )
     }
 
@@ -554,7 +560,7 @@ impl Request {
             | Request::GetSubjects
             | Request::SubscribeSubjectsChanged
             | Request::SubscribeNodeChanged => Ok(()),
-            Request::PauseNode { node_id } | Request::ResumeNode { node_id } => {
+            Request::PauseNode { node_id } | Request::ResumeNode { node_id } | Request::ForgetNode { node_id } => {
                 max("node_id", node_id.len(), MAX_NAME_LEN)
             }
             Request::RegisterInstance { instance, permissions } => {

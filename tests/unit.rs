@@ -1429,3 +1429,132 @@ fn a_secondarys_certificate_another_units_main_node_and_an_unpinned_main_are_ref
     s0.provision(&["apply", "iam", &s0.p("server-auth.pem")])
         .fails(8, "ForbiddenEku");
 }
+
+#[test]
+fn a_listener_with_an_admission_list_admits_its_nodes_only_and_forget_node_removes_one() {
+    let mut unit = Unit::new("admit", 2);
+    let only = unit.main.p("run/only-s0.sock");
+    unit.main.extra_config.push_str(&format!(
+        "[[links.listener]]\naddress = \"unix:{only}\"\nnodes = [\"node-admit-s0\"]\n"
+    ));
+    unit.start(true);
+    let (s0, s1) = (unit.secondaries[0].node_id(), unit.secondaries[1].node_id());
+
+    // s1 on the restricted listener is refused; s0 links there, s1 on the open one.
+    let cmd = unit.nodelink_cmd(1, &format!("unix:{only}"));
+    let log = std::fs::File::create(unit.secondaries[1].path("nodelink.log")).unwrap();
+    let mut refused = cmd_spawn(cmd, log);
+    let start = Instant::now();
+    while !unit.nodelink_log(1).contains("is not admitted on this link listener") {
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", unit.nodelink_log(1));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = refused.kill();
+    let _ = refused.wait();
+    let ids = unit.main.provision(&["--json", "nodes"]).ok().json().to_string();
+    assert!(!ids.contains(&s1), "a refused node is not registered: {ids}");
+    let cmd = unit.nodelink_cmd(0, &format!("unix:{only}"));
+    let log = std::fs::File::create(unit.secondaries[0].path("nodelink.log")).unwrap();
+    let mut s0_link = cmd_spawn(cmd, log);
+    unit.link_unix(1);
+    unit.wait_connected(&s0, true);
+    unit.wait_connected(&s1, true);
+
+    // forget-node closes the link of a connected node and removes it (an admitted node
+    // then dials again and registers anew); a node that is gone is not found.
+    unit.main.provision(&["forget-node", &s0]).ok();
+    assert!(unit.main.log().contains(&format!("node \"{s0}\" forgotten")));
+    let start = Instant::now();
+    while unit.nodelink_log(0).matches("registered with the main node").count() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", unit.nodelink_log(0));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unit.main
+        .provision(&["forget-node", "node-never"])
+        .fails(6, "is not known");
+    unit.main
+        .provision(&["forget-node", &unit.main.node_id()])
+        .fails(7, "not this one");
+    let _ = s0_link.kill();
+    let _ = s0_link.wait();
+    unit.wait_connected(&s1, true);
+
+    // The main node's own deprovisioning forgets the nodes whose links are down.
+    unit.kill_link(1);
+    unit.wait_connected(&s1, false);
+    let pw = unit.main.p("password");
+    unit.main.provision(&["start", "--password-file", &pw]).ok();
+    unit.main.provision(&["deprovision", "--password-file", &pw]).ok();
+    unit.main
+        .provision(&["--node", &s1, "node-info"])
+        .fails(6, "is not known");
+    unit.main.stop();
+    unit.main.start(true);
+    unit.main
+        .provision(&["--node", &s1, "node-info"])
+        .fails(6, "is not known");
+}
+
+#[test]
+fn a_flooding_link_is_coalesced_then_closed_and_commits_stay_few() {
+    let mut unit = Unit::new("flood", 0);
+    unit.start(true);
+    let mut s = UnixStream::connect(unit.main.path("run/link.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    for f in registered_as("n-flood") {
+        s.write_all(&f).unwrap();
+    }
+    // A burst within the rate: answered at once, committed at most once a second, the
+    // latest kept.
+    for i in 0..40u64 {
+        let mut info = sample_info("n-flood");
+        info.total_ram = 1000 + i;
+        s.write_all(&frame(10 + i, &Request::NodeInfoChanged { info })).unwrap();
+    }
+    let mut answered = 0;
+    while answered < 41 {
+        let (h, _) = aos_iam::transport::read_frame_blocking(&mut s, wire::DEFAULT_BODY_LIMIT)
+            .unwrap()
+            .expect("an answer");
+        assert_eq!(h.kind, FrameKind::Response);
+        answered += 1;
+    }
+    let start = Instant::now();
+    while unit
+        .main
+        .provision(&["--node", "n-flood", "--json", "node-info"])
+        .ok()
+        .json()["total_ram"]
+        != 1039
+    {
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", unit.main.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stored = unit.main.log().matches("node \"n-flood\": its info is stored").count();
+    assert!(stored <= 3, "{stored} commits for 40 changes");
+
+    // Past the rate, the link is closed with an error naming the limit.
+    let flood: Vec<u8> = (0..200u64)
+        .flat_map(|i| {
+            frame(
+                100 + i,
+                &Request::NodeInfoChanged {
+                    info: sample_info("n-flood"),
+                },
+            )
+        })
+        .collect();
+    let _ = s.write_all(&flood);
+    let mut closed_why = None;
+    while let Ok(Some((h, body))) = aos_iam::transport::read_frame_blocking(&mut s, wire::DEFAULT_BODY_LIMIT) {
+        if h.kind == FrameKind::Error {
+            let e: aos_iam::Error = wire::decode_body(&body).unwrap();
+            closed_why.get_or_insert(e.message);
+        }
+    }
+    let why = closed_why.expect("an error before the link closed");
+    assert!(why.contains("more than 50 NodeInfoChanged in a second"), "{why}");
+    unit.wait_connected("n-flood", false);
+    let stored = unit.main.log().matches("node \"n-flood\": its info is stored").count();
+    assert!(stored <= 6, "{stored} commits for 240 changes");
+}

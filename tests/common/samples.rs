@@ -117,5 +117,6 @@ pub fn requests() -> Vec<Request> {
         },
         Request::RegisterNode { info: node_info() },
         Request::NodeInfoChanged { info: node_info() },
+        Request::ForgetNode { node_id: node() },
     ]
 }
