@@ -205,7 +205,7 @@ impl Nodes {
         let links = lock(&self.links);
         let gone: Vec<String> = lock(&self.known)
             .keys()
-            .filter(|id| !links.get(*id).is_some_and(|p| !p.is_closed()))
+            .filter(|id| links.get(*id).is_none_or(|p| p.is_closed()))
             .cloned()
             .collect();
         drop(links);
