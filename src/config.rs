@@ -1449,6 +1449,36 @@ user_pin_file = "/tmp/w/pin"
     }
 
     #[test]
+    fn trust_settings_parse_and_bad_ones_name_their_key() {
+        let c = load(&[
+            "[node]\nunit_id = \"unit-7\"\n[limits]\nconnections_per_uid = 4\nidle_timeout = 9\n",
+            "[links]\nsigner_uids = [991]\n[[links.listener]]\naddress = \"vsock:8089\"\nnodes = [\"n1\"]\ncids = [4]\n",
+        ])
+        .unwrap();
+        assert_eq!(c.unit_id, "unit-7");
+        assert_eq!(c.quotas.connections_per_uid, 4);
+        assert_eq!(c.quotas.idle_timeout, Duration::from_secs(9));
+        assert_eq!(c.quotas.reserved_connections, DEFAULT_MAX_CONNECTIONS / 8);
+        assert_eq!(c.links.signer_uids, [991]);
+        assert_eq!(c.links.admission[0].cids, [4]);
+        assert!(c.links.listen.contains(&c.links.admission[0].addr));
+        // The link identity carries the unit; on a main node it keeps serverAuth.
+        let iam = c.module("iam").unwrap();
+        assert_eq!(iam.uri_names, [unit_uri("unit-7")]);
+        assert!(iam.forbidden_ekus.is_empty());
+        for (text, key) in [
+            ("[node]\nunit_id = \"a/b\"\n", "node.unit_id"),
+            ("[limits]\nreserved_connections = 256\n", "limits.reserved_connections"),
+            ("[limits]\nsubscriptions_per_uid = 0\n", "limits.subscriptions_per_uid"),
+            ("[[links.listener]]\naddress = \"unix:/x\"\ncids = [3]\n", "cids"),
+            ("[[links.listener]]\nnodes = []\n", "address"),
+        ] {
+            let e = load(&[text]).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn base_config_parses_with_defaults() {
         let c = load(&[]).unwrap();
         assert_eq!(c.node_id, "node0");

@@ -135,8 +135,9 @@ impl Nodes {
         Ok(())
     }
 
-    /// A registered link reports new info for its node.
-    pub fn update(&self, db: &Db, mut info: NodeInfo, peer: &Arc<Peer>) -> Result<()> {
+    /// A registered link reports new info for its node: served and announced at once; it
+    /// reaches the database with the next [`Nodes::store`] (the caller coalesces those).
+    pub fn update(&self, mut info: NodeInfo, peer: &Arc<Peer>) -> Result<()> {
         let id = info.node_id.clone();
         if !lock(&self.links).get(&id).is_some_and(|p| Arc::ptr_eq(p, peer)) {
             return Err(Error::unauthorized(format!(
@@ -148,10 +149,18 @@ impl Nodes {
             info: info.clone(),
             last_seen: now(),
         };
-        self.persist(db, &rec)?;
-        crate::log_debug!("node \"{id}\": its info is stored");
         lock(&self.known).insert(id, rec);
         self.events.send(info);
+        Ok(())
+    }
+
+    /// Commit what the registry holds of `node_id` now. Blocking (one durable commit).
+    pub fn store(&self, db: &Db, node_id: &str) -> Result<()> {
+        let Some(rec) = lock(&self.known).get(node_id).cloned() else {
+            return Ok(());
+        };
+        self.persist(db, &rec)?;
+        crate::log_debug!("node \"{node_id}\": its info is stored");
         Ok(())
     }
 

@@ -1162,17 +1162,8 @@ async fn serve_link(mut stream: BoxStream, addr: &LinkAddr, from: LinkPeer, shar
         .await;
     if registered.load(std::sync::atomic::Ordering::SeqCst) {
         let (s, p, id) = (shared.clone(), peer.clone(), node_id.clone());
-        let last = lock_changes(&changes).pending.take();
-        blocking::unblock(move || {
-            // The last change the link reported is kept, even one not committed yet.
-            if let Some(info) = last {
-                if let Err(e) = s.nodes.update(&s.prov.db, info, &p) {
-                    crate::log_warn!("node \"{id}\": its last info: {e}");
-                }
-            }
-            s.nodes.disconnected(&s.prov.db, &id, &p)
-        })
-        .await;
+        // The disconnection commits the registry's record, the last change included.
+        blocking::unblock(move || s.nodes.disconnected(&s.prov.db, &id, &p)).await;
         crate::log_notice!("node \"{node_id}\" disconnected: {reason}");
     }
 }
@@ -1183,13 +1174,12 @@ pub const NODE_INFO_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::
 /// NodeInfoChanged a link may send in one second; beyond it the link is closed as flooding.
 pub const NODE_INFO_MAX_PER_SECOND: u32 = 50;
 
-/// The node info changes of one link: the rate it sends them at, and the latest one not
-/// committed yet.
+/// The node info changes of one link: the rate it sends them at, and whether a commit of
+/// the latest is due.
 #[derive(Default)]
 struct InfoChanges {
     window: Option<std::time::Instant>,
     in_window: u32,
-    pending: Option<NodeInfo>,
     flushing: bool,
     last_commit: Option<std::time::Instant>,
 }
@@ -1199,12 +1189,13 @@ fn lock_changes(c: &std::sync::Mutex<InfoChanges>) -> std::sync::MutexGuard<'_, 
 }
 
 /// NodeInfoChanged on a registered link: refused (and the link closed) past the rate limit;
-/// otherwise kept as the latest, and committed now or, when one was committed less than
-/// [`NODE_INFO_COMMIT_INTERVAL`] ago, once that has passed.
+/// otherwise served and announced at once, and committed now or, when a commit was made
+/// less than [`NODE_INFO_COMMIT_INTERVAL`] ago, once that has passed (the latest wins).
 fn info_changed(
     shared: &Arc<Shared>,
     peer: &Arc<Peer>,
     changes: &Arc<std::sync::Mutex<InfoChanges>>,
+    node_id: &str,
     info: NodeInfo,
 ) -> Result<Response> {
     let now = std::time::Instant::now();
@@ -1223,7 +1214,7 @@ fn info_changed(
                 "more than {NODE_INFO_MAX_PER_SECOND} NodeInfoChanged in a second; the link is closed"
             )));
         }
-        c.pending = Some(info);
+        shared.nodes.update(info, peer)?;
         if c.flushing {
             return Ok(Response::Done);
         }
@@ -1232,22 +1223,19 @@ fn info_changed(
             (t + NODE_INFO_COMMIT_INTERVAL).saturating_duration_since(now)
         })
     };
-    let (shared, peer, changes) = (shared.clone(), peer.clone(), changes.clone());
+    let (shared, changes, id) = (shared.clone(), changes.clone(), node_id.to_string());
     EXECUTOR
         .spawn(async move {
             smol::Timer::after(wait).await;
-            let info = {
+            {
                 let mut c = lock_changes(&changes);
                 c.flushing = false;
                 c.last_commit = Some(std::time::Instant::now());
-                c.pending.take()
-            };
-            if let Some(info) = info {
-                let id = info.node_id.clone();
-                let s = shared.clone();
-                if let Err(e) = blocking::unblock(move || s.nodes.update(&s.prov.db, info, &peer)).await {
-                    crate::log_warn!("node \"{id}\": {e}");
-                }
+            }
+            let s = shared.clone();
+            let node = id.clone();
+            if let Err(e) = blocking::unblock(move || s.nodes.store(&s.prov.db, &node)).await {
+                crate::log_warn!("node \"{id}\": {e}");
             }
         })
         .detach();
@@ -1297,5 +1285,5 @@ async fn link_request(
             )))
         }
     };
-    info_changed(shared, peer, changes, info)
+    info_changed(shared, peer, changes, node_id, info)
 }
