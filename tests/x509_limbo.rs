@@ -1,4 +1,4 @@
-//! The x509-limbo device subset (../shared/testdata/x509-limbo) through the validator that
+//! The x509-limbo device subset (tests/data/x509-limbo, see its README) through the validator that
 //! ApplyCert uses. Every case must agree with its expected result, except the deviations
 //! listed below, each with its reason; the list may only shrink.
 
@@ -32,7 +32,7 @@ const DEVIATIONS: &[(&str, &str)] = &[
 ];
 
 fn limbo_path() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/x509-limbo/device-subset.json")
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/x509-limbo/device-subset.json")
 }
 
 fn pems(v: &Value) -> String {
