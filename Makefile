@@ -67,7 +67,8 @@ test:
 	@echo "static-pie binary: demo ok, PKCS#11 module loaded (log in target/demo-static.log)"
 	$(MAKE) --no-print-directory crash-test RUNS=$(TEST_CRASH_RUNS)
 	$(MAKE) --no-print-directory qemu-test QEMU_SCENARIOS="$(TEST_QEMU_SCENARIOS)"
-	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
+	@grep -E '^test .* \.\.\. ignored' target/test.log | sed 's/^test \(.*\) \.\.\. ignored, /not run by cargo test: \1: /' || true
+	@awk '/^test result:/ { p += $$4; f += $$6; i += $$8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' target/test.log
 
 demo:
 	sh scripts/deps.sh demo

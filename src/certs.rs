@@ -351,7 +351,7 @@ impl CertModules {
         (findings, orphans)
     }
 
-    /// Reconciliation (DESIGN §8), by this policy: objects of our types that no record
+    /// Reconciliation (docs/ARCHITECTURE.md §8), by this policy: objects of our types that no record
     /// names are removed; pending keys older than `pending_max_age` seconds are removed; a
     /// certificate that no longer validates is removed only if it is not the current one of
     /// its type (so the only certificate of a type is never deleted); records whose objects

@@ -32,7 +32,7 @@ pub const DEFAULT_NODELINK_STATUS: &str = "/run/aos-iam-nodelink/status";
 /// The module whose certificate and key are a node's TLS identity on links.
 pub const DEFAULT_LINK_IDENTITY: &str = "iam";
 
-/// Reconciliation of the database with the stores (DESIGN §8): at start, then every
+/// Reconciliation of the database with the stores (docs/ARCHITECTURE.md §8): at start, then every
 /// `interval` (zero: at start only); pending keys older than `pending_max_age` are removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReconcileConfig {

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// What went wrong, in the terms of DESIGN §3. Stable on the wire: append only.
+/// What went wrong, in the terms of docs/ARCHITECTURE.md §3. Stable on the wire: append only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorKind {
     NotFound,

@@ -431,7 +431,7 @@ async fn local_identity(local: &Peer, timeout: Duration) -> Result<(Vec<u8>, Alg
     }
 }
 
-/// Whether this link runs inside TLS (DESIGN §7): `required` and TCP always, `off` never;
+/// Whether this link runs inside TLS (docs/ARCHITECTURE.md §7): `required` and TCP always, `off` never;
 /// `auto` once the node has a certificate for its link identity, and in the clear before
 /// that — which both ends accept only while in provisioning mode.
 async fn link_identity(opts: &Options, local: &Peer) -> Result<Option<(Vec<u8>, Algorithm, Vec<u8>)>> {

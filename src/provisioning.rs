@@ -1,4 +1,4 @@
-//! The provisioning state machine (DESIGN §5): unprovisioned → provisioning → provisioned.
+//! The provisioning state machine (docs/ARCHITECTURE.md §5): unprovisioned → provisioning → provisioned.
 //!
 //! Each step is journaled in the database before it is acknowledged, and every step can be
 //! repeated: StartProvisioning wipes and begins again, CreateKey replaces a pending key,

@@ -968,7 +968,7 @@ async fn accept_links(addr: LinkAddr, listener: LinkListener, shared: Arc<Shared
     }
 }
 
-/// Whether a link may run in the clear on this main node now (DESIGN §7): never over TCP;
+/// Whether a link may run in the clear on this main node now (docs/ARCHITECTURE.md §7): never over TCP;
 /// with `tls = "auto"` only while the main node is in provisioning mode.
 fn plaintext_allowed(shared: &Shared, addr: &LinkAddr) -> std::result::Result<(), String> {
     use crate::config::LinkTls;

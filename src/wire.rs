@@ -1,6 +1,6 @@
 //! The wire protocol: a fixed little-endian frame header, then a postcard body.
 //!
-//! `magic u32 | version u8 | kind u8 | flags u16 | id u64 | body_len u32` (DESIGN §3).
+//! `magic u32 | version u8 | kind u8 | flags u16 | id u64 | body_len u32` (docs/ARCHITECTURE.md §3).
 //! The header is checked field by field before a byte of body is allocated; a body must
 //! decode exactly (no trailing bytes) and pass the bounds of [`Request::check_bounds`].
 
@@ -17,7 +17,7 @@ pub const DEFAULT_BODY_LIMIT: u32 = 64 * 1024;
 /// Flags defined so far: none. Unknown flags are refused, so that a later meaning is never ignored.
 pub const KNOWN_FLAGS: u16 = 0;
 
-/// Bounds on decoded fields (DESIGN §3: vectors are bounded after decoding).
+/// Bounds on decoded fields (docs/ARCHITECTURE.md §3: vectors are bounded after decoding).
 pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_SUBJECT_LEN: usize = 1024;
 pub const MAX_PASSWORD_LEN: usize = 1024;
@@ -263,7 +263,7 @@ pub enum Role {
     NodeLink,
 }
 
-/// Where a node is in its life (DESIGN §5).
+/// Where a node is in its life (docs/ARCHITECTURE.md §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeState {
     Unprovisioned,
@@ -393,7 +393,7 @@ pub enum Request {
 pub const MAX_NODE_ITEMS: usize = 256;
 
 impl Request {
-    /// The operation's name as in DESIGN §4, for logs and errors.
+    /// The operation's name as in docs/ARCHITECTURE.md §4, for logs and errors.
     pub fn name(&self) -> &'static str {
         match self {
             Request::Hello { .. } => "Hello",

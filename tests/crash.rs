@@ -97,13 +97,13 @@ fn summary(kind: &str, lines: &[String]) {
 }
 
 #[test]
-#[ignore]
+#[ignore = "random kill -9 runs: `make crash-test` runs them (and `make test` a few)"]
 fn iamd_killed_at_random_during_single_node_provisioning() {
     single_node("iamd");
 }
 
 #[test]
-#[ignore]
+#[ignore = "random kill -9 runs: `make crash-test` runs them (and `make test` a few)"]
 fn iam_provision_killed_at_random_during_single_node_provisioning() {
     single_node("iam-provision");
 }
@@ -143,7 +143,7 @@ fn single_node(victim: &str) {
 }
 
 #[test]
-#[ignore]
+#[ignore = "random kill -9 runs: `make crash-test` runs them (and `make test` a few)"]
 fn a_process_of_the_unit_killed_at_random_during_whole_unit_provisioning() {
     let mut rng = Rng::new("unit");
     let start_unit = |name: &str| {
@@ -214,7 +214,7 @@ fn a_process_of_the_unit_killed_at_random_during_whole_unit_provisioning() {
 }
 
 #[test]
-#[ignore]
+#[ignore = "random kill -9 runs: `make crash-test` runs them (and `make test` a few)"]
 fn iamd_or_iam_certctl_killed_at_random_during_a_renewal() {
     let mut rng = Rng::new("renewal");
     let renew_args = |node: &Node| -> Vec<String> {
