@@ -207,7 +207,7 @@ struct Get {
 }
 
 pub fn main(name: &str, args: &[&str]) -> u8 {
-    let args: Args = match common::parse(name, args) {
+    let args: Args = match common::parse_with(name, args, &[("-s", true), ("--socket", true), ("--json", false)]) {
         Ok(a) => a,
         Err(code) => return code,
     };
@@ -215,7 +215,16 @@ pub fn main(name: &str, args: &[&str]) -> u8 {
         Ok(code) => code,
         // A check that could not run is UNKNOWN (3), as monitoring plugins say it.
         Err(e) if matches!(args.verb, Verb::Check(_)) => {
-            common::fail(name, &e, args.json);
+            // On stdout too, where a monitoring system reads a plugin's status line.
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"ok": false, "status": "UNKNOWN", "error": common::error_json(&e)})
+                );
+            } else {
+                println!("IAM UNKNOWN - {e}");
+                eprintln!("{name}: {e}");
+            }
             3
         }
         Err(e) => common::fail(name, &e, args.json),

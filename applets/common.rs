@@ -66,6 +66,56 @@ pub fn expand_verbose<'a>(args: &[&'a str]) -> Vec<&'a str> {
 }
 
 /// Parse an applet's arguments; help goes to stdout (exit 0), errors to stderr (exit 2).
+/// An applet's own options, before its verb: (name, whether it takes a value).
+pub type Globals<'a> = &'a [(&'a str, bool)];
+
+/// Options of the applet given after the verb (`iam-certctl get iam --json`) are moved in
+/// front of it, where argh expects them; nothing after `--` moves.
+fn hoist<'a>(args: &[&'a str], globals: Globals) -> Vec<&'a str> {
+    let takes = |a: &str| globals.iter().find(|(n, _)| *n == a).map(|(_, v)| *v);
+    let mut front = Vec::new();
+    let mut rest = Vec::new();
+    let mut verb_seen = false;
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i];
+        if a == "--" {
+            rest.extend_from_slice(&args[i..]);
+            break;
+        }
+        match takes(a) {
+            Some(with_value) => {
+                let n = if with_value { 2 } else { 1 };
+                let end = (i + n).min(args.len());
+                if verb_seen {
+                    front.extend_from_slice(&args[i..end])
+                } else {
+                    rest.extend_from_slice(&args[i..end])
+                }
+                i = end;
+                continue;
+            }
+            None => {
+                verb_seen |= !a.starts_with('-');
+                rest.push(a);
+            }
+        }
+        i += 1;
+    }
+    front.extend(rest);
+    front
+}
+
+/// Parse an applet's arguments; `--version` prints the version. `globals` are the applet's
+/// own options, which may also follow the verb.
+pub fn parse_with<T: FromArgs>(name: &str, args: &[&str], globals: Globals) -> Result<T, u8> {
+    if args.first() == Some(&"--version") {
+        println!("{name} {} (protocol {})", aos_iam::VERSION, aos_iam::PROTOCOL_VERSION);
+        return Err(EXIT_OK);
+    }
+    parse(name, &hoist(args, globals))
+}
+
 pub fn parse<T: FromArgs>(name: &str, args: &[&str]) -> Result<T, u8> {
     T::from_args(&[name], &positional_dash(args)).map_err(|early| {
         if early.status.is_ok() {
@@ -118,17 +168,37 @@ pub fn fail(name: &str, e: &Error, json: bool) -> u8 {
     exit_code(e)
 }
 
-/// Read a secret from a file (`-` for stdin) or, with no file, from stdin. Never argv.
+/// One line typed on the terminal with echo off (restored whatever happens), as passwd does.
+fn read_from_terminal(what: &str) -> Result<zeroize::Zeroizing<String>, Error> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    use std::io::BufRead;
+    use std::os::fd::AsFd;
+    let stdin = std::io::stdin();
+    let fail = |e: &dyn std::fmt::Display| Error::invalid(format!("reading the {what} from the terminal: {e}"));
+    let saved = tcgetattr(stdin.as_fd()).map_err(|e| fail(&e))?;
+    let mut quiet = saved.clone();
+    quiet.local_flags.remove(LocalFlags::ECHO);
+    quiet.local_flags.insert(LocalFlags::ECHONL);
+    tcsetattr(stdin.as_fd(), SetArg::TCSAFLUSH, &quiet).map_err(|e| fail(&e))?;
+    eprint!("{what}: ");
+    let mut line = zeroize::Zeroizing::new(String::new());
+    let read = stdin.lock().read_line(&mut line);
+    let restored = tcsetattr(stdin.as_fd(), SetArg::TCSAFLUSH, &saved);
+    read.map_err(|e| fail(&e))?;
+    restored.map_err(|e| fail(&e))?;
+    Ok(line)
+}
+
+/// Read a secret from a file (`-`: stdin up to end of file) or, with no file, from stdin:
+/// one line with echo off on a terminal, up to end of file from a pipe. Never argv.
 pub fn read_secret(file: Option<&str>, what: &str) -> Result<aos_iam::secret::Secret, Error> {
     let mut text = zeroize::Zeroizing::new(String::new());
     match file {
         Some(path) if path != "-" => {
             *text = std::fs::read_to_string(path).map_err(|e| Error::invalid(format!("{what} file {path}: {e}")))?;
         }
+        None if std::io::stdin().is_terminal() => text = read_from_terminal(what)?,
         _ => {
-            if std::io::stdin().is_terminal() {
-                eprint!("{what}: ");
-            }
             std::io::stdin()
                 .read_to_string(&mut text)
                 .map_err(|e| Error::invalid(format!("reading the {what} from stdin: {e}")))?;
@@ -275,6 +345,25 @@ pub fn cert_text(c: &aos_iam::wire::CertInfo) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_after_the_verb_move_in_front_of_it() {
+        let g: Globals = &[("-s", true), ("--json", false), ("--node", true)];
+        assert_eq!(
+            hoist(&["get", "iam", "--json", "-s", "x"], g),
+            ["--json", "-s", "x", "get", "iam"]
+        );
+        assert_eq!(hoist(&["-s", "x", "get", "iam"], g), ["-s", "x", "get", "iam"]);
+        assert_eq!(
+            hoist(&["--node", "n", "run", "--json"], g),
+            ["--json", "--node", "n", "run"]
+        );
+        assert_eq!(
+            hoist(&["apply", "iam", "--", "--json"], g),
+            ["apply", "iam", "--", "--json"]
+        );
+        assert_eq!(hoist(&["get", "-s"], g), ["-s", "get"]);
+    }
 
     #[test]
     fn a_lone_dash_is_a_positional_unless_it_is_an_option_value() {

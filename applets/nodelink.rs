@@ -58,7 +58,20 @@ struct StatusVerb {}
 
 pub fn main(name: &str, args: &[&str]) -> u8 {
     let expanded = common::expand_verbose(args);
-    let args: Args = match common::parse(name, &expanded) {
+    let globals: common::Globals = &[
+        ("-c", true),
+        ("--config", true),
+        ("--connect", true),
+        ("-s", true),
+        ("--socket", true),
+        ("--status-file", true),
+        ("--retry-min-ms", true),
+        ("--retry-max", true),
+        ("-v", false),
+        ("--verbose", false),
+        ("--json", false),
+    ];
+    let args: Args = match common::parse_with(name, &expanded, globals) {
         Ok(a) => a,
         Err(code) => return code,
     };

@@ -228,7 +228,11 @@ struct Run {
 }
 
 pub fn main(name: &str, args: &[&str]) -> u8 {
-    let args: Args = match common::parse(name, args) {
+    let args: Args = match common::parse_with(
+        name,
+        args,
+        &[("-s", true), ("--socket", true), ("--node", true), ("--json", false)],
+    ) {
         Ok(a) => a,
         Err(code) => return code,
     };

@@ -181,3 +181,76 @@ fn iamd_tells_systemd_it_is_ready() {
     let n = sock.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"STOPPING=1");
 }
+
+#[test]
+fn a_password_typed_on_a_terminal_is_not_echoed_and_ends_at_enter() {
+    let mut node = Node::new("tty", Store::Software);
+    node.start(true);
+    let pty = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/on_a_terminal.py");
+    let bin = bin();
+    let out = run(
+        Command::new("python3")
+            .args([pty, "provisioning password: "])
+            .arg(&bin)
+            .args(["iam-provision", "-s", &node.protected(), "start"]),
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert_eq!(out.code, 0, "the screen:\n{}", out.stdout);
+    assert!(out.stdout.contains("provisioning password: "), "{}", out.stdout);
+    assert!(
+        !out.stdout.contains(PASSWORD),
+        "the password was echoed:\n{}",
+        out.stdout
+    );
+    assert_eq!(node.status()["state"], "provisioning");
+    // From a pipe, as before: everything up to end of file.
+    node.provision_stdin(&["finish"], PASSWORD)
+        .fails(5, "no certificate applied yet");
+}
+
+#[test]
+fn check_with_iamd_unreachable_is_unknown_on_stdout_as_a_monitoring_plugin_says() {
+    let out = run(
+        Command::new(bin()).args(["iam-certctl", "-s", "/nonexistent/iam.sock", "check"]),
+        None,
+    );
+    assert_eq!(out.code, 3);
+    assert!(out.stdout.starts_with("IAM UNKNOWN - "), "{}", out.stdout);
+    assert!(out.stdout.contains("/nonexistent/iam.sock"), "{}", out.stdout);
+    let out = run(
+        Command::new(bin()).args(["iam-certctl", "-s", "/nonexistent/iam.sock", "--json", "check"]),
+        None,
+    );
+    assert_eq!(out.code, 3);
+    assert_eq!(out.json()["status"], "UNKNOWN");
+}
+
+#[test]
+fn every_applet_answers_version_and_takes_its_options_after_the_verb_too() {
+    for applet in ["iamd", "iam-provision", "iam-certctl", "iam-nodelink"] {
+        let out = run(Command::new(bin()).args([applet, "--version"]), None).ok();
+        assert!(
+            out.stdout.starts_with(&format!("{applet} {}", aos_iam::VERSION)),
+            "{applet}: {}",
+            out.stdout
+        );
+    }
+    let mut node = Node::new("after", Store::Software);
+    node.start(true);
+    let public = node.public();
+    let before = run(
+        node.cmd()
+            .args(["iam-certctl", "-s", &public, "--json", "get", "diskencryption"]),
+        None,
+    );
+    let after = run(
+        node.cmd()
+            .args(["iam-certctl", "get", "diskencryption", "--json", "-s", &public]),
+        None,
+    );
+    assert_eq!((after.code, after.json()), (before.code, before.json()));
+    let status = node
+        .applet("iam-provision", &["status", "--json", "-s", &node.protected()], None)
+        .ok();
+    assert_eq!(status.json()["state"], "unprovisioned");
+}

@@ -8,9 +8,17 @@ fn nothing_in_the_repository_refers_to_a_path_outside_it() {
         .args(["-C", root, "ls-files", "-z"])
         .output()
         .expect("git, to list the tracked files");
-    assert!(out.status.success(), "git ls-files: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git ls-files: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Spelt in pieces, so that this file does not name them itself.
-    let outside = [["..", "/shared"].concat(), ["shared/", "testdata"].concat(), ["shared/", "notes"].concat()];
+    let outside = [
+        ["..", "/shared"].concat(),
+        ["shared/", "testdata"].concat(),
+        ["shared/", "notes"].concat(),
+    ];
     let mut found = Vec::new();
     for file in out.stdout.split(|b| *b == 0).filter(|f| !f.is_empty()) {
         let path = std::path::Path::new(root).join(String::from_utf8_lossy(file).as_ref());

@@ -1,5 +1,5 @@
 //! Attackers for the trust-boundary tests: raw frames, and a process that holds iamd's
-//! places as another local user (tests/attack/hold.py under setpriv).
+//! places as another local user (tests/scripts/hold.py under setpriv).
 
 use super::*;
 use aos_iam::wire::{self, FrameKind, Request, Role};
@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
 
-const ATTACKER: &str = include_str!("../attack/hold.py");
+const ATTACKER: &str = include_str!("../scripts/hold.py");
 
 pub fn frame(request: &Request) -> Vec<u8> {
     wire::encode_frame(FrameKind::Request, 1, request, 1 << 16).unwrap()
