@@ -292,15 +292,15 @@ fn run(args: &Args) -> Result<u8, Error> {
             }
         }
         Verb::Apply(v) => {
-            let mut pem = String::new();
+            let mut bytes = Vec::new();
             if v.chain == "-" {
                 std::io::stdin()
-                    .read_to_string(&mut pem)
+                    .read_to_end(&mut bytes)
                     .map_err(|e| Error::invalid(format!("reading the chain from stdin: {e}")))?;
             } else {
-                pem = std::fs::read_to_string(&v.chain)
-                    .map_err(|e| Error::invalid(format!("chain file {}: {e}", v.chain)))?;
+                bytes = std::fs::read(&v.chain).map_err(|e| Error::invalid(format!("chain file {}: {e}", v.chain)))?;
             }
+            let pem = aos_iam::x509::chain_text(&bytes).map_err(|e| e.context(format!("chain file {}", v.chain)))?;
             let cert = connect(args)?.apply_cert(&node, &v.cert_type, &pem)?;
             if args.json {
                 ok_json(json!({ "certificate": cert_json(&cert) }));

@@ -188,6 +188,7 @@ impl CertModules {
     pub fn apply(&self, db: &Db, config: &Config, cert_type: &str, chain_pem: &str) -> Result<CertInfo> {
         let m = self.get(cert_type)?;
         let chain = x509::parse_chain_pem(chain_pem)?;
+        x509::check_chain_order(&chain)?;
         let leaf = x509::fields(&chain[0])?;
         let snap = db.snapshot()?;
 

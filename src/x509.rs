@@ -104,7 +104,13 @@ pub fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
 pub fn parse_chain_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
     let mut chain = Vec::new();
     for (i, item) in CertificateDer::pem_slice_iter(pem.as_bytes()).enumerate() {
-        let cert = item.map_err(|e| Error::invalid(format!("certificate {} of the chain: broken PEM: {e}", i + 1)))?;
+        let cert = item.map_err(|e| {
+            Error::invalid(format!(
+                "certificate {} of the chain: broken PEM: {}",
+                i + 1,
+                pem_error(&e)
+            ))
+        })?;
         X509Certificate::from_der(&cert)
             .map_err(|e| Error::invalid(format!("certificate {} of the chain is not valid X.509: {e}", i + 1)))?;
         chain.push(cert);
@@ -120,6 +126,88 @@ pub fn parse_chain_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
         ));
     }
     Ok(chain)
+}
+
+/// A PEM error as a person can act on it: the line that is missing or wrong, as text.
+fn pem_error(e: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error as P;
+    match e {
+        P::MissingSectionEnd { end_marker } => format!(
+            "it ends before its end line -----END {}----- (truncated?)",
+            String::from_utf8_lossy(end_marker).trim()
+        ),
+        P::IllegalSectionStart { line } => {
+            format!(
+                "a section starts with the malformed line \"{}\"",
+                String::from_utf8_lossy(line).trim()
+            )
+        }
+        P::Base64Decode(e) => format!("its base64 does not decode ({e})"),
+        e => e.to_string(),
+    }
+}
+
+/// A chain given as a file's bytes: PEM, or DER certificates one after another (what
+/// `openssl x509 -outform der` writes), which are accepted and turned into PEM.
+pub fn chain_text(bytes: &[u8]) -> Result<String> {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        if text.contains("-----BEGIN") || !bytes.starts_with(&[0x30]) {
+            return Ok(text.to_string());
+        }
+    }
+    let mut rest = bytes;
+    let mut pem = String::new();
+    while !rest.is_empty() {
+        let (after, _) = X509Certificate::from_der(rest).map_err(|e| {
+            Error::invalid(format!(
+                "neither PEM (no -----BEGIN CERTIFICATE----- line) nor DER certificates: {e}"
+            ))
+        })?;
+        let der = &rest[..rest.len() - after.len()];
+        pem.push_str(&pem_encode("CERTIFICATE", der));
+        rest = after;
+    }
+    Ok(pem)
+}
+
+/// A chain must be given leaf first, each certificate followed by its issuer. When it is
+/// not, but its certificates could be put in that order, say so: otherwise the leaf would
+/// be taken for a certificate of another key, or the path would not build.
+pub fn check_chain_order(chain: &[CertificateDer<'_>]) -> Result<()> {
+    let certs: Vec<X509Certificate> = chain
+        .iter()
+        .map(|c| X509Certificate::from_der(c).map(|(_, c)| c))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::invalid(format!("a certificate of the chain is not valid X.509: {e}")))?;
+    let issued_another = |i: usize| {
+        certs
+            .iter()
+            .enumerate()
+            .any(|(j, c)| j != i && c.issuer() == certs[i].subject() && c.subject() != c.issuer())
+    };
+    if let Some(leaf) = (0..certs.len()).find(|i| !issued_another(*i)) {
+        if leaf != 0 && issued_another(0) {
+            return Err(Error::invalid(format!(
+                "the chain is not in order: certificate {} (\"{}\") is the leaf and must come first, then each issuer",
+                leaf + 1,
+                certs[leaf].subject()
+            )));
+        }
+    }
+    for i in 0..certs.len().saturating_sub(1) {
+        if certs[i].issuer() == certs[i + 1].subject() {
+            continue;
+        }
+        if let Some(j) = (i + 2..certs.len()).find(|j| certs[*j].subject() == certs[i].issuer()) {
+            return Err(Error::invalid(format!(
+                "the chain is not in order: certificate {} (\"{}\") issued certificate {} and must follow it",
+                j + 1,
+                certs[j].subject(),
+                i + 1
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The fields of a certificate that iamd records and reports.

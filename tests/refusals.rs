@@ -153,16 +153,33 @@ fn apply_refusals(store: Store) {
     // Truncated PEM, and text that is no PEM at all.
     let good = rcgen_sign(&node, &csr, |_| {});
     std::fs::write(node.path("truncated.pem"), &good[..good.len() / 2]).unwrap();
-    node.provision(&["apply", "iam", &node.p("truncated.pem")])
-        .fails(7, "broken PEM");
+    let out = node
+        .provision(&["apply", "iam", &node.p("truncated.pem")])
+        .fails(7, "it ends before its end line -----END CERTIFICATE-----");
+    assert!(!out.stderr.contains("[45, 45"), "the marker as bytes: {}", out.stderr);
+    std::fs::write(node.path("garbage.der"), [0x30, 0x82, 0x01]).unwrap();
+    node.provision(&["apply", "iam", &node.p("garbage.der")])
+        .fails(7, "neither PEM");
+
+    // An intermediate given before the leaf it issued: the order is named.
+    make_intermediate(&node, "sub");
+    node.openssl_sign(&csr_file, "sub", &node.p("by-sub.pem"));
+    std::fs::write(
+        node.path("reversed.pem"),
+        read(node.path("sub.pem")) + &read(node.path("by-sub.pem")),
+    )
+    .unwrap();
+    node.provision(&["apply", "iam", &node.p("reversed.pem")])
+        .fails(7, "the chain is not in order: certificate 2");
     node.provision_stdin(&["apply", "iam", "-"], "hello\n")
         .fails(7, "no PEM certificate");
 
     assert_eq!(observable(&node), before, "refused applies changed nothing");
 
-    // The pending key is intact: the right certificate still applies.
+    // The pending key is intact: the right certificate still applies, given as DER.
     std::fs::write(node.path("good.pem"), &good).unwrap();
-    node.provision(&["apply", "iam", &node.p("good.pem")]).ok();
+    sh(&format!("openssl x509 -in {d}/good.pem -outform der -out {d}/good.der")).ok();
+    node.provision(&["apply", "iam", &node.p("good.der")]).ok();
     assert_eq!(node.status()["modules"][0]["certificates"], 1);
 }
 
