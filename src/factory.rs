@@ -67,28 +67,61 @@ fn prepare(
     node_id: &str,
     progress: &mut dyn FnMut(&Step),
 ) -> Result<Vec<CertInfo>> {
-    let state = client.status(node_id)?.state;
-    if matches!(state, NodeState::Provisioned | NodeState::Paused) {
-        if !opts.deprovision_first {
+    let status = client.status(node_id)?;
+    let state = status.state;
+    if matches!(state, NodeState::Provisioned | NodeState::Paused) && !opts.deprovision_first {
+        return Err(Error::wrong_state(format!(
+            "node \"{node_id}\" is already {}; pass --deprovision-first to provision it again",
+            state.name()
+        )));
+    }
+    // A node part-way through provisioning (steps done by hand, or a run cut off after a
+    // certificate was applied) is resumed: what is applied stays, the rest is done.
+    let applied_before: Vec<String> = status
+        .modules
+        .iter()
+        .filter(|m| m.needs_ca && m.certificates > 0)
+        .map(|m| m.cert_type.clone())
+        .collect();
+    let resume = state == NodeState::Provisioning && !applied_before.is_empty() && !opts.deprovision_first;
+    if resume {
+        if let Some(m) = status.modules.iter().find(|m| !m.needs_ca && m.certificates == 0) {
             return Err(Error::wrong_state(format!(
-                "node \"{node_id}\" is already {}; pass --deprovision-first to provision it again",
-                state.name()
+                "node \"{node_id}\" is part-way through provisioning ({} applied) but its self-signed {} certificate is missing; \
+                 pass --deprovision-first to start over",
+                applied_before.join(", "),
+                m.cert_type
             )));
         }
-        step(progress, "Deprovision".into(), &mut || {
-            client.deprovision(node_id, opts.password)
+        progress(&Step {
+            name: format!("resuming: {} already applied", applied_before.join(", ")),
+            done: true,
+        });
+    } else {
+        if opts.deprovision_first && state != NodeState::Unprovisioned {
+            step(progress, "Deprovision".into(), &mut || {
+                client.deprovision(node_id, opts.password)
+            })?;
+        }
+        step(progress, "StartProvisioning".into(), &mut || {
+            client.start_provisioning(node_id, opts.password)
         })?;
     }
-    step(progress, "StartProvisioning".into(), &mut || {
-        client.start_provisioning(node_id, opts.password)
-    })?;
     let mut types = Vec::new();
     step(progress, "GetCertTypes".into(), &mut || {
         types = client.cert_types(node_id)?;
         Ok(())
     })?;
     let mut applied = Vec::new();
+    let current: Vec<CertInfo> = match resume {
+        true => client.list_certs(node_id)?.into_iter().filter(|c| c.current).collect(),
+        false => Vec::new(),
+    };
     for t in &types {
+        if let Some(c) = current.iter().find(|c| c.cert_type == *t && applied_before.contains(t)) {
+            applied.push(c.clone());
+            continue;
+        }
         let mut csr = String::new();
         let subject = subject_for(opts.subject_template, node_id, t);
         step(progress, format!("CreateKey {t}"), &mut || {

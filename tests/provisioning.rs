@@ -408,3 +408,30 @@ fn run_shows_a_line_per_step_on_a_terminal_and_nothing_extra_otherwise() {
         out.stdout
     );
 }
+
+#[test]
+fn run_on_a_node_provisioned_part_way_by_hand_resumes_and_keeps_what_was_applied() {
+    let mut node = Node::new("resume", Store::Pkcs11);
+    node.start(true);
+    let pw = node.p("password");
+    node.provision(&["start", "--password-file", &pw]).ok();
+    let csr = node.p("iam.csr");
+    node.provision(&["create-key", "iam", "--password-file", &pw, "-o", &csr])
+        .ok();
+    node.openssl_sign(&csr, "ca", &node.p("iam.pem"));
+    let by_hand = node
+        .provision(&["--json", "apply", "iam", &node.p("iam.pem")])
+        .ok()
+        .json();
+
+    let out = node.run_flow().ok().json();
+    let certs = out["certificates"].as_array().unwrap();
+    let iam = certs.iter().find(|c| c["type"] == "iam").unwrap();
+    assert_eq!(
+        iam["serial"], by_hand["certificate"]["serial"],
+        "the applied certificate stays"
+    );
+    assert!(certs.iter().any(|c| c["type"] == "online"), "{out}");
+    assert_eq!(node.status()["state"], "provisioned");
+    assert_eq!(node.list_certs().iter().filter(|c| c["type"] == "iam").count(), 1);
+}
