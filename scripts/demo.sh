@@ -110,8 +110,50 @@ for t in iam online offline; do
     printf '%-8s ' "$t"; openssl verify -CAfile "$DIR/ca.pem" "$DIR/issued/$t.pem"
 done
 
+say "using the online key by its URI: openssl (pkcs11 engine) signs, gnutls-cli does mutual TLS"
+KEY_URL=$(iam-certctl -s "$DIR/run/public.sock" --json get online | sed 's/.*"key_url":"\([^"]*\)".*/\1/')
+PIN_FILE="$DIR/work/user-pin"
+printf 'signed by a key that never left its token\n' > "$DIR/data"
+openssl dgst -sha384 -binary "$DIR/data" > "$DIR/digest"
+OPENSSL_CMD="OPENSSL_CONF=/dev/null openssl pkeyutl -engine pkcs11 -keyform engine -inkey '$KEY_URL' -passin file:$PIN_FILE -sign -in $DIR/digest -out $DIR/sig"
+sh -c "$OPENSSL_CMD" 2>/dev/null
+openssl x509 -in "$DIR/issued/online.pem" -pubkey -noout > "$DIR/online-pub.pem"
+openssl pkeyutl -verify -pubin -inkey "$DIR/online-pub.pem" -in "$DIR/digest" -sigfile "$DIR/sig"
+# A TLS server that asks for a client certificate from the unit's CA: the node's key answers.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
+    -keyout "$DIR/server.key" -out "$DIR/server.pem" 2>/dev/null
+PORT=$((20000 + $$ % 20000))
+openssl s_server -quiet -accept "127.0.0.1:$PORT" -cert "$DIR/server.pem" -key "$DIR/server.key" \
+    -CAfile "$DIR/ca.pem" -Verify 1 > "$DIR/s_server.log" 2>&1 &
+PIDS="$IAMD_PID $!"
+GNUTLS_CMD="GNUTLS_PIN=\$(cat $PIN_FILE) gnutls-cli --provider $SOFTHSM_LIB --x509cafile $DIR/server.pem --x509certfile $DIR/issued/online.pem --x509keyfile '$KEY_URL' -p $PORT localhost"
+i=0
+until GNUTLS_PIN=$(cat "$PIN_FILE") gnutls-cli --provider "$SOFTHSM_LIB" --x509cafile "$DIR/server.pem" \
+    --x509certfile "$DIR/issued/online.pem" --x509keyfile "$KEY_URL" -p "$PORT" localhost < /dev/null 2>&1 \
+    | grep -q "Handshake was completed"; do
+    i=$((i + 1)); [ $i -lt 50 ] || { cat "$DIR/s_server.log"; echo "demo: gnutls-cli did not complete the handshake" >&2; exit 1; }
+    sleep 0.1
+done
+echo "gnutls-cli: mutual TLS handshake completed with the online key in the token"
+
 say "stopping iamd"
-kill -TERM "$IAMD_PID"; wait "$IAMD_PID" || true; PIDS=""
+kill -TERM "$IAMD_PID"; wait "$IAMD_PID" || true
 tail -n 3 "$DIR/iamd.log"
 echo
 echo "demo: node demo-node-0001 provisioned; keys never left the token"
+if [ "$KEEP" = 1 ]; then
+    cat <<USE
+
+What was made is kept in $DIR. To use it:
+  export SOFTHSM2_CONF=$SOFTHSM2_CONF        # the token
+  $BIN iamd -c $DIR/config.toml &            # iamd again (provisioned, normal mode)
+  $BIN iam-certctl -s $DIR/run/public.sock get online
+                                             # prints the key and certificate URIs
+  The token's user PIN is in $PIN_FILE (0600).
+  Sign with the key (openssl's pkcs11 engine):
+    $OPENSSL_CMD
+  Mutual TLS with it (gnutls-cli), against a server that asks for a client certificate:
+    openssl s_server -quiet -accept 127.0.0.1:$PORT -cert $DIR/server.pem -key $DIR/server.key -CAfile $DIR/ca.pem -Verify 1 &
+    $GNUTLS_CMD
+USE
+fi

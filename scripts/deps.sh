@@ -13,11 +13,12 @@ if [ "$2" -lt 1 ] || { [ "$2" -eq 1 ] && [ "$3" -lt 90 ]; }; then
     echo "aos-iam needs Rust 1.90 or later; this is $(rustc --version)" >&2
     exit 1
 fi
-need="softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl p11tool:gnutls-bin"
+need="softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl p11tool:gnutls-bin gnutls-cli:gnutls-bin"
+# The demo signs with openssl's pkcs11 engine; the tests judge with it.
+[ -e /usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so ] || [ -e /usr/lib/x86_64-linux-gnu/engines-3/libpkcs11.so ] \
+    || missing_engine=libengine-pkcs11-openssl
 if [ "${1:-demo}" = test ]; then
-    need="$need gnutls-cli:gnutls-bin setpriv:util-linux socat:socat systemd-analyze:systemd file:file"
-    [ -e /usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so ] || [ -e /usr/lib/x86_64-linux-gnu/engines-3/libpkcs11.so ] \
-        || missing_engine=libengine-pkcs11-openssl
+    need="$need setpriv:util-linux socat:socat systemd-analyze:systemd file:file python3:python3"
 fi
 pkgs="${missing_engine:-}"
 if [ "$1" = test ] || [ "$1" = qemu ]; then
