@@ -2,8 +2,8 @@
 //! (public).
 
 use crate::common::{self, cert_json, cert_text};
-use aos_iam::client::Client;
 use aos_iam::config::{DEFAULT_PROTECTED_SOCKET, DEFAULT_PUBLIC_SOCKET};
+use aos_iam::proto::client::Client;
 use aos_iam::Error;
 use argh::FromArgs;
 use serde_json::json;
@@ -45,10 +45,10 @@ struct Check {
     #[argh(option)]
     node: Option<String>,
     /// warn when a current certificate expires within this many days (default 30)
-    #[argh(option, default = "aos_iam::health::DEFAULT_WARNING_DAYS")]
+    #[argh(option, default = "aos_iam::pki::health::DEFAULT_WARNING_DAYS")]
     warning_days: u32,
     /// critical when it expires within this many days (default 7)
-    #[argh(option, default = "aos_iam::health::DEFAULT_CRITICAL_DAYS")]
+    #[argh(option, default = "aos_iam::pki::health::DEFAULT_CRITICAL_DAYS")]
     critical_days: u32,
 }
 
@@ -105,8 +105,8 @@ struct Renew {
 }
 
 /// The EST signer `renew --est` names: /simpleenroll, by basic auth or a bootstrap certificate.
-fn est_signer(v: &Renew, url: &str) -> Result<Box<dyn aos_iam::signer::CsrSigner + Sync>, Error> {
-    use aos_iam::tls::ClientAuth;
+fn est_signer(v: &Renew, url: &str) -> Result<Box<dyn aos_iam::pki::signer::CsrSigner + Sync>, Error> {
+    use aos_iam::link::tls::ClientAuth;
     use rustls_pki_types::pem::PemObject;
     if v.ca_cert.is_some() || v.ca_key.is_some() || v.sign_cmd.is_some() {
         return Err(Error::invalid(
@@ -117,8 +117,7 @@ fn est_signer(v: &Renew, url: &str) -> Result<Box<dyn aos_iam::signer::CsrSigner
         .est_anchor
         .as_ref()
         .ok_or_else(|| Error::invalid("--est needs --est-anchor: the EST server's trust anchor"))?;
-    let pem = std::fs::read_to_string(anchor).map_err(|e| Error::invalid(format!("--est-anchor {anchor}: {e}")))?;
-    let anchors = aos_iam::x509::parse_chain_pem(&pem)?;
+    let anchors = aos_iam::pki::x509::read_certs(anchor.as_ref(), "--est-anchor")?;
     let basic = match (&v.est_user, &v.est_password_file) {
         (Some(u), Some(_)) => Some((
             u.clone(),
@@ -129,9 +128,7 @@ fn est_signer(v: &Renew, url: &str) -> Result<Box<dyn aos_iam::signer::CsrSigner
     };
     let auth = match (&v.est_cert, &v.est_key) {
         (Some(c), Some(k)) => {
-            let chain = aos_iam::x509::parse_chain_pem(
-                &std::fs::read_to_string(c).map_err(|e| Error::invalid(format!("--est-cert {c}: {e}")))?,
-            )?;
+            let chain = aos_iam::pki::x509::read_certs(c.as_ref(), "--est-cert")?;
             let key = rustls_pki_types::PrivateKeyDer::from_pem_file(k)
                 .map_err(|e| Error::invalid(format!("--est-key {k}: {e}")))?;
             ClientAuth::Files(chain, key)
@@ -139,8 +136,8 @@ fn est_signer(v: &Renew, url: &str) -> Result<Box<dyn aos_iam::signer::CsrSigner
         (None, None) => ClientAuth::None,
         _ => return Err(Error::invalid("--est-cert and --est-key go together")),
     };
-    Ok(Box::new(aos_iam::est::EstSigner {
-        client: aos_iam::est::EstClient::new(url, &anchors, auth, basic)?,
+    Ok(Box::new(aos_iam::pki::est::EstSigner {
+        client: aos_iam::pki::est::EstClient::new(url, &anchors, auth, basic)?,
         reenroll: false,
         retry_after: Default::default(),
     }))
@@ -270,14 +267,14 @@ fn run(args: &Args) -> Result<u8, Error> {
             };
             // Subscribe first, so that no change between the two calls is missed.
             let id = if v.watch {
-                Some(c.subscribe(aos_iam::wire::Request::SubscribeSubjectsChanged)?)
+                Some(c.subscribe(aos_iam::proto::wire::Request::SubscribeSubjectsChanged)?)
             } else {
                 None
             };
             show(&c.subjects()?);
             if let Some(id) = id {
                 loop {
-                    if let aos_iam::wire::Event::SubjectsChanged(s) = c.next_event(id)? {
+                    if let aos_iam::proto::wire::Event::SubjectsChanged(s) = c.next_event(id)? {
                         if !args.json {
                             println!("--");
                         }
@@ -291,8 +288,8 @@ fn run(args: &Args) -> Result<u8, Error> {
             let (instance, entries) =
                 Client::connect(socket(DEFAULT_PUBLIC_SOCKET).as_ref())?.permissions(&secret, &v.server)?;
             let kind = match instance.kind {
-                aos_iam::wire::InstanceKind::Service => "service",
-                aos_iam::wire::InstanceKind::Component => "component",
+                aos_iam::proto::wire::InstanceKind::Service => "service",
+                aos_iam::proto::wire::InstanceKind::Component => "component",
             };
             if args.json {
                 let perms: serde_json::Map<_, _> = entries.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
@@ -314,13 +311,13 @@ fn run(args: &Args) -> Result<u8, Error> {
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             let rated: Vec<_> = checks
                 .iter()
-                .map(|c| (c, aos_iam::health::rate(c, now, v.warning_days, v.critical_days)))
+                .map(|c| (c, aos_iam::pki::health::rate(c, now, v.warning_days, v.critical_days)))
                 .collect();
             let worst = rated
                 .iter()
                 .map(|(_, r)| r.level)
                 .max()
-                .unwrap_or(aos_iam::health::Level::Ok);
+                .unwrap_or(aos_iam::pki::health::Level::Ok);
             if args.json {
                 let certs: Vec<_> = rated
                     .iter()
@@ -332,12 +329,12 @@ fn run(args: &Args) -> Result<u8, Error> {
                     .collect();
                 println!(
                     "{}",
-                    json!({"ok": worst == aos_iam::health::Level::Ok, "status": worst.name(), "certificates": certs})
+                    json!({"ok": worst == aos_iam::pki::health::Level::Ok, "status": worst.name(), "certificates": certs})
                 );
             } else {
                 let bad = rated
                     .iter()
-                    .filter(|(_, r)| r.level == worst && worst != aos_iam::health::Level::Ok)
+                    .filter(|(_, r)| r.level == worst && worst != aos_iam::pki::health::Level::Ok)
                     .count();
                 println!(
                     "IAM {} - {} certificate(s){}",
@@ -369,9 +366,9 @@ fn run(args: &Args) -> Result<u8, Error> {
             let pw = common::read_secret(v.password_file.as_deref(), "provisioning password")?;
             let mut c = Client::connect(socket(DEFAULT_PROTECTED_SOCKET).as_ref())?;
             let node = v.node.clone().unwrap_or_else(|| c.server_node_id.clone());
-            let template = v.subject.as_deref().unwrap_or(aos_iam::factory::DEFAULT_SUBJECT);
-            let subject = aos_iam::factory::subject_for(template, &node, &v.cert_type);
-            let cert = aos_iam::factory::renew(&mut c, signer.as_ref(), &node, &v.cert_type, &subject, &pw)?;
+            let template = v.subject.as_deref().unwrap_or(aos_iam::pki::factory::DEFAULT_SUBJECT);
+            let subject = aos_iam::pki::factory::subject_for(template, &node, &v.cert_type);
+            let cert = aos_iam::pki::factory::renew(&mut c, signer.as_ref(), &node, &v.cert_type, &subject, &pw)?;
             if args.json {
                 println!("{}", json!({"ok": true, "certificate": cert_json(&cert)}));
             } else {
@@ -380,14 +377,14 @@ fn run(args: &Args) -> Result<u8, Error> {
         }
         Verb::Watch(w) => {
             let mut c = Client::connect(socket(DEFAULT_PUBLIC_SOCKET).as_ref())?;
-            let id = c.subscribe(aos_iam::wire::Request::SubscribeCertChanged {
+            let id = c.subscribe(aos_iam::proto::wire::Request::SubscribeCertChanged {
                 cert_type: w.cert_type.clone().unwrap_or_default(),
             })?;
             if !args.json {
                 eprintln!("watching; interrupt to stop");
             }
             loop {
-                if let aos_iam::wire::Event::CertChanged { cert_type, current } = c.next_event(id)? {
+                if let aos_iam::proto::wire::Event::CertChanged { cert_type, current } = c.next_event(id)? {
                     match (&current, args.json) {
                         (_, true) => println!(
                             "{}",

@@ -135,8 +135,8 @@ pub fn signer(
     days: u32,
     sign_cmd: &Option<String>,
     sign_timeout: Option<u64>,
-) -> Result<Box<dyn aos_iam::signer::CsrSigner + Sync>, Error> {
-    use aos_iam::signer::{CommandSigner, LocalCa, DEFAULT_COMMAND_TIMEOUT};
+) -> Result<Box<dyn aos_iam::pki::signer::CsrSigner + Sync>, Error> {
+    use aos_iam::pki::signer::{CommandSigner, LocalCa, DEFAULT_COMMAND_TIMEOUT};
     Ok(match (ca_cert, ca_key, sign_cmd) {
         (Some(c), Some(k), None) => Box::new(LocalCa::load(c.as_ref(), k.as_ref(), days)?),
         (None, None, Some(cmd)) => Box::new(CommandSigner {
@@ -211,13 +211,18 @@ pub fn read_secret(file: Option<&str>, what: &str) -> Result<aos_iam::secret::Se
     Ok(s)
 }
 
-pub fn instance(item: &str, subject: &str, instance: u64, kind: &str) -> Result<aos_iam::wire::InstanceIdent, Error> {
+pub fn instance(
+    item: &str,
+    subject: &str,
+    instance: u64,
+    kind: &str,
+) -> Result<aos_iam::proto::wire::InstanceIdent, Error> {
     let kind = match kind {
-        "service" => aos_iam::wire::InstanceKind::Service,
-        "component" => aos_iam::wire::InstanceKind::Component,
+        "service" => aos_iam::proto::wire::InstanceKind::Service,
+        "component" => aos_iam::proto::wire::InstanceKind::Component,
         other => return Err(Error::invalid(format!("--type {other}: expected service or component"))),
     };
-    Ok(aos_iam::wire::InstanceIdent {
+    Ok(aos_iam::proto::wire::InstanceIdent {
         item_id: item.into(),
         subject_id: subject.into(),
         instance,
@@ -226,8 +231,8 @@ pub fn instance(item: &str, subject: &str, instance: u64, kind: &str) -> Result<
 }
 
 /// `SERVER:NAME=VALUE` options, grouped by server in the order given.
-pub fn parse_permissions(items: &[String]) -> Result<Vec<aos_iam::wire::ServerPermissions>, Error> {
-    let mut out: Vec<aos_iam::wire::ServerPermissions> = Vec::new();
+pub fn parse_permissions(items: &[String]) -> Result<Vec<aos_iam::proto::wire::ServerPermissions>, Error> {
+    let mut out: Vec<aos_iam::proto::wire::ServerPermissions> = Vec::new();
     for item in items {
         let (server, rest) = item
             .split_once(':')
@@ -238,7 +243,7 @@ pub fn parse_permissions(items: &[String]) -> Result<Vec<aos_iam::wire::ServerPe
         let entry = (name.to_string(), value.to_string());
         match out.iter_mut().find(|p| p.server == server) {
             Some(p) => p.entries.push(entry),
-            None => out.push(aos_iam::wire::ServerPermissions {
+            None => out.push(aos_iam::proto::wire::ServerPermissions {
                 server: server.into(),
                 entries: vec![entry],
             }),
@@ -247,9 +252,7 @@ pub fn parse_permissions(items: &[String]) -> Result<Vec<aos_iam::wire::ServerPe
     Ok(out)
 }
 
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use aos_iam::codec::hex;
 
 pub fn parse_hex(what: &str, s: &str) -> Result<Vec<u8>, Error> {
     let s = s.trim_start_matches("0x").replace(':', "");
@@ -262,9 +265,9 @@ pub fn parse_hex(what: &str, s: &str) -> Result<Vec<u8>, Error> {
         .collect()
 }
 
-pub use aos_iam::x509::rfc3339;
+pub use aos_iam::pki::x509::rfc3339;
 
-pub fn cert_json(c: &aos_iam::wire::CertInfo) -> serde_json::Value {
+pub fn cert_json(c: &aos_iam::proto::wire::CertInfo) -> serde_json::Value {
     json!({
         "type": c.cert_type,
         "subject": c.subject,
@@ -279,7 +282,7 @@ pub fn cert_json(c: &aos_iam::wire::CertInfo) -> serde_json::Value {
     })
 }
 
-pub fn node_json(n: &aos_iam::wire::NodeInfo) -> serde_json::Value {
+pub fn node_json(n: &aos_iam::proto::wire::NodeInfo) -> serde_json::Value {
     json!({
         "node_id": n.node_id,
         "node_type": n.node_type,
@@ -295,7 +298,7 @@ pub fn node_json(n: &aos_iam::wire::NodeInfo) -> serde_json::Value {
     })
 }
 
-pub fn node_text(n: &aos_iam::wire::NodeInfo) -> String {
+pub fn node_text(n: &aos_iam::proto::wire::NodeInfo) -> String {
     let mut t = format!(
         "node:       {}\nname:       {}\ntype:       {}\nstate:      {}{}\nos:         {} {}\nram:        {} bytes\n",
         n.node_id,
@@ -328,7 +331,7 @@ pub fn node_text(n: &aos_iam::wire::NodeInfo) -> String {
     t
 }
 
-pub fn cert_text(c: &aos_iam::wire::CertInfo) -> String {
+pub fn cert_text(c: &aos_iam::proto::wire::CertInfo) -> String {
     format!(
         "{}{}\n  subject:   {}\n  issuer:    {}\n  serial:    {}\n  not after: {}\n  cert:      {}\n  key:       {}\n",
         c.cert_type,

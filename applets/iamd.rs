@@ -48,7 +48,7 @@ pub fn main(name: &str, args: &[&str]) -> u8 {
     };
     if args.check_config {
         // A root the chain profile refuses would be dropped silently at every apply.
-        match aos_iam::certs::refused_roots(&config) {
+        match aos_iam::daemon::certs::refused_roots(&config) {
             Ok(refused) => {
                 for e in &refused {
                     eprintln!("{name}: warning: root CA refused and not used: {e}");
@@ -62,7 +62,7 @@ pub fn main(name: &str, args: &[&str]) -> u8 {
         println!("{path}: valid ({} certificate modules)", config.modules.len());
         return 0;
     }
-    match aos_iam::server::run(config, args.provisioning) {
+    match aos_iam::daemon::run(config, args.provisioning) {
         Ok(()) => 0,
         Err(e) => {
             aos_iam::log_error!("{e}");

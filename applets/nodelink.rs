@@ -6,8 +6,8 @@
 
 use crate::common;
 use aos_iam::config::{Config, DEFAULT_CONFIG, DEFAULT_NODELINK_STATUS};
-use aos_iam::nodelink::{self, Options, Status};
-use aos_iam::transport::LinkAddr;
+use aos_iam::link::nodelink::{self, Options, Status};
+use aos_iam::proto::transport::LinkAddr;
 use aos_iam::Error;
 use argh::FromArgs;
 use serde_json::json;
@@ -132,7 +132,7 @@ fn run(args: &Args) -> Result<u8, Error> {
             .unwrap_or(nodelink::DEFAULT_RETRY_MAX),
         body_limit: config
             .as_ref()
-            .map_or(aos_iam::wire::DEFAULT_BODY_LIMIT, |c| c.body_limit),
+            .map_or(aos_iam::proto::wire::DEFAULT_BODY_LIMIT, |c| c.body_limit),
         hello_timeout: config
             .as_ref()
             .map_or(aos_iam::config::DEFAULT_HELLO_TIMEOUT, |c| c.hello_timeout),

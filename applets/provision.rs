@@ -4,10 +4,10 @@
 //! come from `--password-file` or stdin, never from the command line.
 
 use crate::common::{self, cert_json, cert_text};
-use aos_iam::client::Client;
 use aos_iam::config::DEFAULT_PROTECTED_SOCKET;
-use aos_iam::factory::{self, RunOptions, DEFAULT_SUBJECT};
-use aos_iam::signer::CsrSigner;
+use aos_iam::pki::factory::{self, RunOptions, DEFAULT_SUBJECT};
+use aos_iam::pki::signer::CsrSigner;
+use aos_iam::proto::client::Client;
 use aos_iam::Error;
 use argh::FromArgs;
 use serde_json::json;
@@ -300,7 +300,8 @@ fn run(args: &Args) -> Result<u8, Error> {
             } else {
                 bytes = std::fs::read(&v.chain).map_err(|e| Error::invalid(format!("chain file {}: {e}", v.chain)))?;
             }
-            let pem = aos_iam::x509::chain_text(&bytes).map_err(|e| e.context(format!("chain file {}", v.chain)))?;
+            let pem =
+                aos_iam::pki::x509::chain_text(&bytes).map_err(|e| e.context(format!("chain file {}", v.chain)))?;
             let cert = connect(args)?.apply_cert(&node, &v.cert_type, &pem)?;
             if args.json {
                 ok_json(json!({ "certificate": cert_json(&cert) }));
@@ -366,7 +367,7 @@ fn run(args: &Args) -> Result<u8, Error> {
         }
         Verb::NodeInfo(v) => {
             let mut c = connect(args)?;
-            let show = |n: &aos_iam::wire::NodeInfo| {
+            let show = |n: &aos_iam::proto::wire::NodeInfo| {
                 if args.json {
                     let mut j = common::node_json(n);
                     j["ok"] = json!(true);
@@ -377,9 +378,9 @@ fn run(args: &Args) -> Result<u8, Error> {
             };
             show(&c.node_info(&node)?);
             if v.watch {
-                let id = c.subscribe(aos_iam::wire::Request::SubscribeNodeChanged)?;
+                let id = c.subscribe(aos_iam::proto::wire::Request::SubscribeNodeChanged)?;
                 loop {
-                    if let aos_iam::wire::Event::NodeChanged(n) = c.next_event(id)? {
+                    if let aos_iam::proto::wire::Event::NodeChanged(n) = c.next_event(id)? {
                         if node.is_empty() || n.node_id == node {
                             show(&n);
                         }

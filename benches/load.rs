@@ -4,7 +4,7 @@
 //! failures, p50/p99 latency and iamd's RSS; a report, not a pass/fail test.
 
 mod common;
-use aos_iam::wire::{self, FrameKind, Request, Role};
+use aos_iam::proto::wire::{self, FrameKind, Request, Role};
 use common::*;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -38,7 +38,7 @@ fn connect(path: &Path) -> UnixStream {
     };
     s.write_all(&wire::encode_frame(FrameKind::Request, 1, &hello, wire::DEFAULT_BODY_LIMIT).unwrap())
         .unwrap();
-    aos_iam::transport::read_frame_blocking(&mut s, wire::DEFAULT_BODY_LIMIT)
+    aos_iam::proto::transport::read_frame_blocking(&mut s, wire::DEFAULT_BODY_LIMIT)
         .unwrap()
         .unwrap();
     s
@@ -95,7 +95,7 @@ fn main() {
             };
             s.write_all(&wire::encode_frame(FrameKind::Request, 2, &r, wire::DEFAULT_BODY_LIMIT).unwrap())
                 .unwrap();
-            aos_iam::transport::read_frame_blocking(&mut s, wire::DEFAULT_BODY_LIMIT)
+            aos_iam::proto::transport::read_frame_blocking(&mut s, wire::DEFAULT_BODY_LIMIT)
                 .unwrap()
                 .unwrap();
             s
@@ -140,7 +140,7 @@ fn main() {
                             )
                             .is_ok()
                             && matches!(
-                                aos_iam::transport::read_frame_blocking(&mut s, wire::DEFAULT_BODY_LIMIT),
+                                aos_iam::proto::transport::read_frame_blocking(&mut s, wire::DEFAULT_BODY_LIMIT),
                                 Ok(Some((h, _))) if h.kind == FrameKind::Response && h.id == id
                             );
                         lat.push(t.elapsed());

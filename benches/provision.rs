@@ -42,7 +42,7 @@ impl rcgen::SigningKey for TokenKey<'_> {
             .session
             .sign(&Mechanism::Ecdsa, self.key, digest.as_ref())
             .map_err(|_| rcgen::Error::RemoteKeyError)?;
-        aos_iam::der::ecdsa_signature(&raw).ok_or(rcgen::Error::RemoteKeyError)
+        aos_iam::codec::der::ecdsa_signature(&raw).ok_or(rcgen::Error::RemoteKeyError)
     }
 }
 
@@ -89,7 +89,7 @@ fn baseline(dir: &Path, ca_pem: &str, ca_key: &rcgen::KeyPair) -> Duration {
             Attribute::Id(id.clone()),
             Attribute::Label(label.clone()),
             Attribute::Verify(true),
-            Attribute::EcParams(aos_iam::der::P384_PARAMS.to_vec()),
+            Attribute::EcParams(aos_iam::codec::der::P384_PARAMS.to_vec()),
         ];
         let private = [
             Attribute::Token(true),
@@ -108,7 +108,7 @@ fn baseline(dir: &Path, ca_pem: &str, ca_key: &rcgen::KeyPair) -> Duration {
             .unwrap()
             .pop()
         {
-            Some(Attribute::EcPoint(p)) => aos_iam::der::ec_point(&p, 97).to_vec(),
+            Some(Attribute::EcPoint(p)) => aos_iam::codec::der::ec_point(&p, 97).to_vec(),
             _ => panic!("no EC point"),
         };
         let token_key = TokenKey {
@@ -123,7 +123,7 @@ fn baseline(dir: &Path, ca_pem: &str, ca_key: &rcgen::KeyPair) -> Duration {
         let csr = params.serialize_request(&token_key).unwrap();
         let csr = rcgen::CertificateSigningRequestParams::from_der(csr.der()).unwrap();
         let cert = csr.signed_by(&issuer).unwrap();
-        let f = aos_iam::x509::fields(cert.der()).unwrap();
+        let f = aos_iam::pki::x509::fields(cert.der()).unwrap();
         let subject = {
             use x509_parser::prelude::FromDer;
             x509_parser::certificate::X509Certificate::from_der(cert.der())
@@ -143,7 +143,7 @@ fn baseline(dir: &Path, ca_pem: &str, ca_key: &rcgen::KeyPair) -> Duration {
                 Attribute::Label(label),
                 Attribute::Subject(subject),
                 Attribute::Issuer(f.issuer_der),
-                Attribute::SerialNumber(aos_iam::der::unsigned_integer(&f.serial)),
+                Attribute::SerialNumber(aos_iam::codec::der::unsigned_integer(&f.serial)),
                 Attribute::Value(cert.der().to_vec()),
             ])
             .unwrap();

@@ -4,7 +4,7 @@
 //! idle links. Each against its baseline measured in the same run; figures, not pass/fail.
 
 mod common;
-use aos_iam::client::Client;
+use aos_iam::proto::client::Client;
 use common::*;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};

@@ -73,9 +73,9 @@ pub enum LinkTls {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinksConfig {
     /// Main node: where secondary nodes' links are accepted.
-    pub listen: Vec<crate::transport::LinkAddr>,
+    pub listen: Vec<crate::proto::transport::LinkAddr>,
     /// Secondary node: where iam-nodelink dials the main node (overridden by `--connect`).
-    pub connect: Option<crate::transport::LinkAddr>,
+    pub connect: Option<crate::proto::transport::LinkAddr>,
     pub tls: LinkTls,
     /// The module whose certificate is this node's TLS identity.
     pub identity: String,
@@ -100,7 +100,7 @@ pub struct LinksConfig {
 /// for vsock, the CIDs they may come from (empty: any).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admission {
-    pub addr: crate::transport::LinkAddr,
+    pub addr: crate::proto::transport::LinkAddr,
     pub nodes: Vec<String>,
     pub cids: Vec<u32>,
 }
@@ -344,7 +344,7 @@ fn parse_renew(r: &mut Reader) -> Result<RenewPolicy, ConfigError> {
             }
             RenewMethod::Command {
                 command: r.required_string("command")?,
-                timeout: seconds(r, "timeout", 24 * 3600, crate::signer::DEFAULT_COMMAND_TIMEOUT)?,
+                timeout: seconds(r, "timeout", 24 * 3600, DEFAULT_COMMAND_TIMEOUT)?,
             }
         }
         Some("est") => {
@@ -422,9 +422,7 @@ fn parse_renew(r: &mut Reader) -> Result<RenewPolicy, ConfigError> {
             "false (certifying the same key again) is not supported: every renewal makes a new key",
         ));
     }
-    let subject = r
-        .string("subject")?
-        .unwrap_or_else(|| crate::factory::DEFAULT_SUBJECT.to_string());
+    let subject = r.string("subject")?.unwrap_or_else(|| DEFAULT_SUBJECT.to_string());
     Ok(RenewPolicy {
         method,
         threshold,
@@ -491,6 +489,14 @@ impl Default for PermissionsConfig {
 pub fn unit_uri(unit_id: &str) -> String {
     format!("urn:aos-iam:unit:{unit_id}")
 }
+
+/// How long a signing command (`--sign-cmd`, `[modules.renew] command`) may run by default.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default subject template: `{node}` is the node id, `{type}` the certificate type.
+pub const DEFAULT_SUBJECT: &str = "CN={node},OU={type}";
+/// Subscribers of one kind of event, and the events each may fall behind before it is dropped.
+pub const MAX_SUBSCRIBERS: usize = 256;
+pub const SUBSCRIBER_BACKLOG: usize = 64;
 
 /// How long a new connection may take to send its hello by default.
 pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -883,13 +889,13 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
             id
         }
     };
-    if node_id.len() > crate::wire::MAX_NAME_LEN {
-        return Err(node.err("id", format!("longer than {} bytes", crate::wire::MAX_NAME_LEN)));
+    if node_id.len() > crate::proto::wire::MAX_NAME_LEN {
+        return Err(node.err("id", format!("longer than {} bytes", crate::proto::wire::MAX_NAME_LEN)));
     }
     let node_name = node.string("name")?.unwrap_or_else(|| node_id.clone());
     let node_type = node.string("type")?.unwrap_or_else(|| "main".into());
     let unit_id = node.string("unit_id")?.unwrap_or_default();
-    if unit_id.len() > crate::wire::MAX_NAME_LEN
+    if unit_id.len() > crate::proto::wire::MAX_NAME_LEN
         || !unit_id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
@@ -898,7 +904,7 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
             "unit_id",
             format!(
                 "must be at most {} letters, digits, dots, dashes and underscores",
-                crate::wire::MAX_NAME_LEN
+                crate::proto::wire::MAX_NAME_LEN
             ),
         ));
     }
@@ -994,7 +1000,7 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
     let body_limit = l
         .uint("body_limit", 16 * 1024 * 1024)?
         .map(|b| b as u32)
-        .unwrap_or(crate::wire::DEFAULT_BODY_LIMIT);
+        .unwrap_or(crate::proto::wire::DEFAULT_BODY_LIMIT);
     if body_limit < 4096 {
         return Err(l.err("body_limit", "must be at least 4096 bytes"));
     }
@@ -1026,7 +1032,7 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         }
         quotas.reserved_connections = n as usize;
     }
-    let subscribers = crate::nodes::MAX_SUBSCRIBERS;
+    let subscribers = MAX_SUBSCRIBERS;
     if let Some(n) = l.uint("reserved_subscriptions", 65536)? {
         if n as usize >= subscribers {
             return Err(l.err(
@@ -1177,7 +1183,7 @@ fn seconds(r: &mut Reader, key: &str, max: u64, default: Duration) -> Result<Dur
 }
 
 fn parse_links(mut l: Reader, role: Role) -> Result<LinksConfig, ConfigError> {
-    use crate::transport::LinkAddr;
+    use crate::proto::transport::LinkAddr;
     let mut listen = Vec::new();
     for (i, a) in l.strings("listen")?.unwrap_or_default().into_iter().enumerate() {
         let key = format!("listen[{i}]");
@@ -1535,7 +1541,7 @@ user_pin_file = "/tmp/w/pin"
         assert_eq!(c.role, Role::Secondary);
         assert_eq!(
             c.links.connect,
-            Some(crate::transport::LinkAddr::Vsock { cid: 2, port: 5000 })
+            Some(crate::proto::transport::LinkAddr::Vsock { cid: 2, port: 5000 })
         );
         for (text, key, reason) in [
             (

@@ -1,42 +1,23 @@
 //! aos-iam: the identity and access manager of a multi-node embedded unit.
 //!
 //! All behaviour lives in this library; the `aos-iam` binary (applets/) only parses
-//! arguments, calls [`client`] or [`server`], and prints. Data flows one way:
-//! applets → client → wire → server → modules → keystore/db.
+//! arguments, calls [`proto::client`] or [`daemon`], and prints. Data flows one way:
+//! applets → client → wire → daemon → modules → key stores and database. The folders are
+//! the layers: `proto` (wire, transport, client), `daemon` (iamd and its modules), `link`
+//! (node links), `pki` (certificates), `store` (keys, database, files), `sys` (the OS);
+//! docs/ARCHITECTURE.md §2 has one line per file.
 
-pub mod atomic_file;
-pub mod broadcast;
-pub mod certs;
-pub mod client;
-pub mod command;
+pub mod codec;
 pub mod config;
-pub mod db;
-pub mod der;
+pub mod daemon;
 pub mod error;
-pub mod est;
-pub mod factory;
-pub mod guesses;
-pub mod health;
-pub mod identity;
-pub mod keystore;
+pub mod link;
 pub mod log;
-pub mod node_info;
-pub mod nodelink;
-pub mod nodes;
-pub mod notify;
-pub mod peer;
-pub mod permissions;
-pub mod provisioning;
-pub mod quota;
-pub mod renewal;
+pub mod pki;
+pub mod proto;
 pub mod secret;
-pub mod server;
-pub mod signals;
-pub mod signer;
-pub mod tls;
-pub mod transport;
-pub mod wire;
-pub mod x509;
+pub mod store;
+pub mod sys;
 
 pub use error::{Error, ErrorKind};
 

@@ -3,8 +3,8 @@
 //! real process of another uid (setpriv) against the running iamd.
 
 mod common;
+use aos_iam::proto::wire::{FrameKind, Request, Response};
 use aos_iam::secret::Secret;
-use aos_iam::wire::{FrameKind, Request, Response};
 use common::attack::*;
 use common::*;
 use std::io::Write;
@@ -26,8 +26,10 @@ fn ask(socket: &str, request: &Request) -> Result<Response, String> {
     s.write_all(&frame(request)).unwrap();
     let (h, body) = read_answer(&mut s);
     match h.kind {
-        FrameKind::Response => Ok(aos_iam::wire::decode_body(&body).unwrap()),
-        _ => Err(aos_iam::wire::decode_body::<aos_iam::Error>(&body).unwrap().message),
+        FrameKind::Response => Ok(aos_iam::proto::wire::decode_body(&body).unwrap()),
+        _ => Err(aos_iam::proto::wire::decode_body::<aos_iam::Error>(&body)
+            .unwrap()
+            .message),
     }
 }
 

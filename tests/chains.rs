@@ -54,12 +54,12 @@ fn chain(kus: [Ku; 4]) -> Vec<CertificateDer<'static>> {
 
 fn ours(c: &[CertificateDer<'static>]) -> Result<(), aos_iam::Error> {
     let leaf_first = [c[3].clone(), c[2].clone(), c[1].clone()];
-    aos_iam::x509::validate_chain(&leaf_first, &c[..1], &[Eku::ClientAuth], UnixTime::now())
+    aos_iam::pki::x509::validate_chain(&leaf_first, &c[..1], &[Eku::ClientAuth], UnixTime::now())
 }
 
 /// `openssl verify`'s verdict on the same chain, as the independent judge.
 fn openssl(c: &[CertificateDer<'static>], dir: &std::path::Path) -> bool {
-    let pem = |d: &CertificateDer| aos_iam::x509::pem_encode("CERTIFICATE", d);
+    let pem = |d: &CertificateDer| aos_iam::codec::pem::pem_encode("CERTIFICATE", d);
     std::fs::write(dir.join("root.pem"), pem(&c[0])).unwrap();
     std::fs::write(dir.join("untrusted.pem"), pem(&c[1]) + &pem(&c[2])).unwrap();
     std::fs::write(dir.join("leaf.pem"), pem(&c[3])).unwrap();

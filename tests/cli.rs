@@ -254,3 +254,33 @@ fn every_applet_answers_version_and_takes_its_options_after_the_verb_too() {
         .ok();
     assert_eq!(status.json()["state"], "unprovisioned");
 }
+
+#[test]
+fn an_iamd_that_never_answers_makes_check_unknown_within_the_client_timeout() {
+    // A socket that accepts and then says nothing, as a hung iamd would.
+    let dir = std::env::temp_dir().join(format!("aos-iam-t-silent-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming() {
+            held.push(s);
+        }
+    });
+    let t = std::time::Instant::now();
+    let out = run(
+        Command::new(bin()).args(["iam-certctl", "-s", &path.display().to_string(), "check"]),
+        None,
+    );
+    assert_eq!(out.code, 3, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .starts_with("IAM UNKNOWN - no answer from iamd to Hello within 10 s"),
+        "{}",
+        out.stdout
+    );
+    assert!(t.elapsed() < std::time::Duration::from_secs(60), "{:?}", t.elapsed());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -5,7 +5,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use aos_iam::wire::{self, Event, Response};
+use aos_iam::proto::wire::{self, Event, Response};
 
 #[path = "common/samples.rs"]
 mod samples;

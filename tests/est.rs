@@ -76,11 +76,12 @@ fn est_enrollment_by_basic_auth_then_reenrollment_by_iamd_with_its_token_key() {
     });
     let server = est.unwrap();
     // /cacerts through the library's client: the unit CA.
-    let anchors = aos_iam::x509::parse_chain_pem(&read(&server.anchor)).unwrap();
-    let client = aos_iam::est::EstClient::new(&server.url, &anchors, aos_iam::tls::ClientAuth::None, None).unwrap();
+    let anchors = aos_iam::pki::x509::parse_chain_pem(&read(&server.anchor)).unwrap();
+    let client =
+        aos_iam::pki::est::EstClient::new(&server.url, &anchors, aos_iam::link::tls::ClientAuth::None, None).unwrap();
     let cas = client.cacerts().unwrap();
     assert_eq!(
-        aos_iam::x509::pem_encode("CERTIFICATE", &cas[0]).trim(),
+        aos_iam::codec::pem::pem_encode("CERTIFICATE", &cas[0]).trim(),
         read(node.path("ca.pem")).trim()
     );
 

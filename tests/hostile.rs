@@ -3,7 +3,7 @@
 //! each refused or dropped with a clear error while other clients keep being served.
 
 mod common;
-use aos_iam::wire::{self, FrameKind, Request, Role, HEADER_LEN, MAGIC};
+use aos_iam::proto::wire::{self, FrameKind, Request, Role, HEADER_LEN, MAGIC};
 use common::*;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -21,7 +21,7 @@ fn send(s: &mut UnixStream, id: u64, r: &Request) {
 }
 
 fn answer(s: &mut UnixStream) -> (wire::Header, Vec<u8>) {
-    aos_iam::transport::read_frame_blocking(s, wire::DEFAULT_BODY_LIMIT)
+    aos_iam::proto::transport::read_frame_blocking(s, wire::DEFAULT_BODY_LIMIT)
         .expect("a well-formed answer")
         .expect("an answer, not the end")
 }

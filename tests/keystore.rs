@@ -5,9 +5,9 @@
 mod common;
 
 use aos_iam::config::{Algorithm, Pkcs11Config, TokenSelector};
-use aos_iam::keystore::{self, pkcs11::Pkcs11Store, software::SoftwareStore, KeyStore, ObjectKind};
+use aos_iam::pki::x509::{self, StoredKey};
 use aos_iam::secret::Secret;
-use aos_iam::x509::{self, StoredKey};
+use aos_iam::store::keystore::{self, pkcs11::Pkcs11Store, software::SoftwareStore, KeyStore, ObjectKind};
 use aos_iam::ErrorKind;
 use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, ECDSA_P384_SHA384_ASN1, RSA_PKCS1_2048_8192_SHA256};
 use std::path::PathBuf;

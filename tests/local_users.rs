@@ -3,7 +3,7 @@
 //! real process running as another uid (setpriv), so the quotas are iamd's own view of it.
 
 mod common;
-use aos_iam::wire::{FrameKind, Request};
+use aos_iam::proto::wire::{FrameKind, Request};
 use common::attack::*;
 use common::*;
 use std::io::Write;

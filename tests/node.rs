@@ -192,8 +192,8 @@ fn pause_and_resume_are_persisted_reported_and_refused_in_the_wrong_state() {
 /// that the stalled connection's socket buffer fills after a few of them.
 #[test]
 fn a_stalled_subscriber_is_dropped_without_holding_back_others() {
-    use aos_iam::client::Client;
-    use aos_iam::wire::{Event, Request};
+    use aos_iam::proto::client::Client;
+    use aos_iam::proto::wire::{Event, Request};
     let mut node = Node::new("stall", Store::Software);
     let d = node.dir.display().to_string();
     node.extra_config = format!("\n[identity]\nsubjects_file = \"{d}/subjects\"\npoll_interval = 3600\n");

@@ -2,9 +2,9 @@
 //! GetPermissions on the public one, through the applets and the library client.
 
 mod common;
-use aos_iam::client::Client;
+use aos_iam::proto::client::Client;
+use aos_iam::proto::wire::{InstanceIdent, InstanceKind, ServerPermissions};
 use aos_iam::secret::Secret;
-use aos_iam::wire::{InstanceIdent, InstanceKind, ServerPermissions};
 use common::*;
 
 fn instance(n: u64) -> InstanceIdent {

@@ -216,7 +216,7 @@ fn every_persisted_provisioning_state_converges() {
 /// the token, and two trash entries for `iam` — one whose objects are gone, one whose key
 /// pair is still on the token (once the token is initialised).
 fn seed_debris(node: &Node) {
-    use aos_iam::db::{Db, PendingKey};
+    use aos_iam::store::db::{Db, PendingKey};
     let db = Db::open(&node.path("work/iam.db")).unwrap();
     let absent = *b"seeded-absent-01";
     let present = *b"seeded-present-1";
@@ -242,8 +242,8 @@ fn seed_debris(node: &Node) {
 /// and the served certificates are unchanged, and the record is gone.
 #[test]
 fn every_persisted_renewal_step_without_its_key_is_dropped_and_changes_nothing() {
-    use aos_iam::db::Db;
-    use aos_iam::renewal::{Renewal, Step};
+    use aos_iam::daemon::renewal::{Renewal, Step};
+    use aos_iam::store::db::Db;
     let mut node = Node::new("renew-seed", Store::Pkcs11);
     node.modules.rotate_left(1);
     node.extra_config =

@@ -3,14 +3,14 @@
 //! socket, and peers whose uid the protected socket does not admit.
 
 mod common;
-use aos_iam::wire::{self, FrameKind, Request, Role, HEADER_LEN, MAGIC};
+use aos_iam::proto::wire::{self, FrameKind, Request, Role, HEADER_LEN, MAGIC};
 use common::*;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
 /// Read one frame from a raw stream; `None` at end of stream.
 fn read_frame(s: &mut UnixStream) -> Option<(wire::Header, Vec<u8>)> {
-    aos_iam::transport::read_frame_blocking(s, wire::DEFAULT_BODY_LIMIT).expect("well-formed answer")
+    aos_iam::proto::transport::read_frame_blocking(s, wire::DEFAULT_BODY_LIMIT).expect("well-formed answer")
 }
 
 fn expect_error_then_close(s: &mut UnixStream, text: &str) -> aos_iam::Error {

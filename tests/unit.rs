@@ -4,7 +4,7 @@
 //! timeouts, duplicate node ids, hello versions, and the registry across restarts.
 
 mod common;
-use aos_iam::wire::{self, FrameKind, Request, Role};
+use aos_iam::proto::wire::{self, FrameKind, Request, Role};
 use common::*;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -334,7 +334,7 @@ fn link_exchange(unit: &Unit, frames: &[Vec<u8>]) -> aos_iam::Error {
         s.write_all(f).unwrap();
     }
     loop {
-        let (h, body) = aos_iam::transport::read_frame_blocking(&mut s, wire::DEFAULT_BODY_LIMIT)
+        let (h, body) = aos_iam::proto::transport::read_frame_blocking(&mut s, wire::DEFAULT_BODY_LIMIT)
             .unwrap()
             .expect("an answer");
         if h.kind == FrameKind::Error {
@@ -389,12 +389,12 @@ fn registered_as(id: &str) -> Vec<Vec<u8>> {
     ]
 }
 
-fn sample_info(id: &str) -> aos_iam::wire::NodeInfo {
-    aos_iam::wire::NodeInfo {
+fn sample_info(id: &str) -> aos_iam::proto::wire::NodeInfo {
+    aos_iam::proto::wire::NodeInfo {
         node_id: id.into(),
         node_type: "secondary".into(),
         name: id.into(),
-        state: aos_iam::wire::NodeState::Unprovisioned,
+        state: aos_iam::proto::wire::NodeState::Unprovisioned,
         cpus: vec![],
         total_ram: 1,
         partitions: vec![],
@@ -463,7 +463,7 @@ fn link_hellos_with_other_versions_roles_or_ids_are_refused_clearly() {
     info = unit.main.provision(&["--json", "nodes"]).ok().json();
     assert_eq!(info["nodes"], serde_json::json!([own]));
     // Link-only requests are refused on the protected socket.
-    let mut c = aos_iam::client::Client::connect(&unit.main.path("run/protected.sock")).unwrap();
+    let mut c = aos_iam::proto::client::Client::connect(&unit.main.path("run/protected.sock")).unwrap();
     let e = c.call(Request::RegisterNode { info: node_info("n9") }).unwrap_err();
     assert!(e.message.contains("RegisterNode is served on node links only"), "{e:?}");
 }
@@ -720,7 +720,7 @@ fn a_link_in_the_clear_over_tcp_is_refused() {
     let mut c = std::net::TcpStream::connect(tcp.trim_start_matches("tcp:")).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     c.write_all(&link_hello(1, Role::NodeLink, &s.node_id())).unwrap();
-    let (h, body) = aos_iam::transport::read_frame_blocking(&mut c, wire::DEFAULT_BODY_LIMIT)
+    let (h, body) = aos_iam::proto::transport::read_frame_blocking(&mut c, wire::DEFAULT_BODY_LIMIT)
         .unwrap()
         .unwrap();
     assert_eq!(h.kind, FrameKind::Error);
@@ -1503,7 +1503,7 @@ fn a_flooding_link_is_coalesced_then_closed_and_commits_stay_few() {
     }
     let mut answered = 0;
     while answered < 41 {
-        let (h, _) = aos_iam::transport::read_frame_blocking(&mut s, wire::DEFAULT_BODY_LIMIT)
+        let (h, _) = aos_iam::proto::transport::read_frame_blocking(&mut s, wire::DEFAULT_BODY_LIMIT)
             .unwrap()
             .expect("an answer");
         assert_eq!(h.kind, FrameKind::Response);
@@ -1536,7 +1536,7 @@ fn a_flooding_link_is_coalesced_then_closed_and_commits_stay_few() {
         .collect();
     let _ = s.write_all(&flood);
     let mut closed_why = None;
-    while let Ok(Some((h, body))) = aos_iam::transport::read_frame_blocking(&mut s, wire::DEFAULT_BODY_LIMIT) {
+    while let Ok(Some((h, body))) = aos_iam::proto::transport::read_frame_blocking(&mut s, wire::DEFAULT_BODY_LIMIT) {
         if h.kind == FrameKind::Error {
             let e: aos_iam::Error = wire::decode_body(&body).unwrap();
             closed_why.get_or_insert(e.message);

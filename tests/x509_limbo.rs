@@ -3,7 +3,7 @@
 //! listed below, each with its reason; the list may only shrink.
 
 use aos_iam::config::Eku;
-use aos_iam::x509::{parse_chain_pem, validate_chain};
+use aos_iam::pki::x509::{parse_chain_pem, validate_chain};
 use rustls_pki_types::UnixTime;
 use serde_json::Value;
 

@@ -2,7 +2,7 @@
 //! memory by mapping, medians.
 #![allow(dead_code)]
 
-use aos_iam::wire::{self, FrameKind, NodeInfo, NodeState, Request, Role};
+use aos_iam::proto::wire::{self, FrameKind, NodeInfo, NodeState, Request, Role};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -169,7 +169,7 @@ pub fn idle_link(main: &Path, i: usize) -> UnixStream {
     for (n, r) in [(0, hello), (1, Request::RegisterNode { info })] {
         s.write_all(&wire::encode_frame(FrameKind::Request, n, &r, wire::DEFAULT_BODY_LIMIT).unwrap())
             .unwrap();
-        let (h, _) = aos_iam::transport::read_frame_blocking(&mut s, wire::DEFAULT_BODY_LIMIT)
+        let (h, _) = aos_iam::proto::transport::read_frame_blocking(&mut s, wire::DEFAULT_BODY_LIMIT)
             .unwrap()
             .unwrap();
         assert_eq!(h.kind, FrameKind::Response, "link {i} refused");

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use aos_iam::wire::{self, FrameKind, Response, DEFAULT_BODY_LIMIT};
+use aos_iam::proto::wire::{self, FrameKind, Response, DEFAULT_BODY_LIMIT};
 use aos_iam_fuzz::{CHAIN_SEPARATOR, FLAG_HELLO, FLAG_PROTECTED};
 
 #[path = "../../tests/common/samples.rs"]
@@ -102,12 +102,12 @@ fn main() {
     }
 
     let certs = vec![leaf.der().to_vec(), int.der().to_vec()];
-    let p7 = aos_iam::der::pkcs7_certs_only(&certs);
+    let p7 = aos_iam::codec::der::pkcs7_certs_only(&certs);
     write(dir, "est_pkcs7", "certs-only.der", &p7);
     write(
         dir,
         "est_pkcs7",
         "certs-only.b64",
-        aos_iam::x509::base64_encode(&p7).as_bytes(),
+        aos_iam::codec::pem::base64_encode(&p7).as_bytes(),
     );
 }

@@ -4,7 +4,7 @@
 //! Input: roots PEM, a NUL byte, chain PEM (leaf first).
 #![no_main]
 use aos_iam::config::Eku;
-use aos_iam::x509;
+use aos_iam::pki::x509;
 use aos_iam_fuzz::CHAIN_SEPARATOR;
 use libfuzzer_sys::fuzz_target;
 use rustls_pki_types::UnixTime;

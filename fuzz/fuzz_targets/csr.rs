@@ -7,15 +7,15 @@
 use std::sync::OnceLock;
 
 use aos_iam::config::{Algorithm, Eku};
-use aos_iam::keystore::{software::SoftwareStore, KeyStore};
-use aos_iam::x509::{self, StoredKey};
+use aos_iam::store::keystore::{software::SoftwareStore, KeyStore};
+use aos_iam::pki::x509::{self, StoredKey};
 use libfuzzer_sys::fuzz_target;
 use x509_parser::prelude::FromDer;
 
 struct Key {
     store: SoftwareStore,
-    id: aos_iam::keystore::KeyId,
-    public: aos_iam::keystore::PublicKey,
+    id: aos_iam::store::keystore::KeyId,
+    public: aos_iam::store::keystore::PublicKey,
 }
 
 fn key() -> &'static Key {
@@ -24,7 +24,7 @@ fn key() -> &'static Key {
         let dir = std::env::temp_dir().join(format!("aos-iam-fuzz-csr-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = SoftwareStore::new(dir);
-        let id = aos_iam::keystore::new_key_id().unwrap();
+        let id = aos_iam::store::keystore::new_key_id().unwrap();
         let public = store
             .generate("fuzz", &id, Algorithm::EcdsaP256)
             .expect("a software key");
@@ -59,5 +59,5 @@ fuzz_target!(|data: &[u8]| {
 
 fn pem_body(pem: &str) -> Vec<u8> {
     let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    x509::base64_decode(b64.as_bytes()).expect("our PEM is base64")
+    aos_iam::codec::pem::base64_decode(b64.as_bytes()).expect("our PEM is base64")
 }

@@ -1,11 +1,11 @@
 //! An EST server's answer: the base64 body decoded, the PKCS#7 certs-only structure
 //! parsed, and what it held wrapped again.
 #![no_main]
-use aos_iam::{der, x509};
+use aos_iam::codec::der;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let raw = x509::base64_decode(data).unwrap_or_else(|| data.to_vec());
+    let raw = aos_iam::codec::pem::base64_decode(data).unwrap_or_else(|| data.to_vec());
     if let Some(certs) = der::pkcs7_certificates(&raw) {
         for c in &certs {
             assert!(c.len() <= raw.len(), "a certificate larger than its container");

@@ -2,7 +2,7 @@
 //! each message type and its bounds checked. Whatever decodes must encode back to a frame
 //! that decodes to the same value.
 #![no_main]
-use aos_iam::wire::{self, Event, FrameKind, Header, Response, DEFAULT_BODY_LIMIT, HEADER_LEN};
+use aos_iam::proto::wire::{self, Event, FrameKind, Header, Response, DEFAULT_BODY_LIMIT, HEADER_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

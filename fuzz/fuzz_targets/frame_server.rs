@@ -6,7 +6,7 @@
 #![no_main]
 use std::time::Duration;
 
-use aos_iam::wire::{self, FrameKind, Request, Role, DEFAULT_BODY_LIMIT};
+use aos_iam::proto::wire::{self, FrameKind, Request, Role, DEFAULT_BODY_LIMIT};
 use aos_iam_fuzz::{Server, FLAG_HELLO, FLAG_PROTECTED};
 use libfuzzer_sys::fuzz_target;
 

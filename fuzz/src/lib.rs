@@ -56,7 +56,7 @@ impl Server {
         );
         let config = Config::from_sources(&[("fuzz.toml".to_string(), text)]).expect("fuzz configuration");
         std::thread::spawn(move || {
-            if let Err(e) = aos_iam::server::run(config, false) {
+            if let Err(e) = aos_iam::daemon::run(config, false) {
                 panic!("iamd stopped: {e}");
             }
         });
@@ -77,8 +77,8 @@ impl Server {
         })
     }
 
-    pub fn client(&self) -> aos_iam::error::Result<aos_iam::client::Client> {
-        aos_iam::client::Client::connect(&self.socket(false))
+    pub fn client(&self) -> aos_iam::error::Result<aos_iam::proto::client::Client> {
+        aos_iam::proto::client::Client::connect(&self.socket(false))
     }
 
     /// Write `bytes` on a fresh connection, close the writing half and read until iamd

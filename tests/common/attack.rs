@@ -2,7 +2,7 @@
 //! places as another local user (tests/scripts/hold.py under setpriv).
 
 use super::*;
-use aos_iam::wire::{self, FrameKind, Request, Role};
+use aos_iam::proto::wire::{self, FrameKind, Request, Role};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
@@ -115,7 +115,7 @@ pub fn connect(socket: &str) -> UnixStream {
 }
 
 pub fn read_answer(s: &mut UnixStream) -> (wire::Header, Vec<u8>) {
-    aos_iam::transport::read_frame_blocking(s, wire::DEFAULT_BODY_LIMIT)
+    aos_iam::proto::transport::read_frame_blocking(s, wire::DEFAULT_BODY_LIMIT)
         .expect("a well-formed frame")
         .expect("a frame, not the end")
 }

@@ -192,7 +192,7 @@ impl Ca {
             http(
                 "200 OK",
                 "Content-Type: application/pkcs7-mime; smime-type=certs-only\r\nContent-Transfer-Encoding: base64\r\n",
-                aos_iam::x509::base64_encode(&aos_iam::der::pkcs7_certs_only(certs)).as_bytes(),
+                aos_iam::codec::pem::base64_encode(&aos_iam::codec::der::pkcs7_certs_only(certs)).as_bytes(),
             )
         };
         match op.as_str() {
@@ -206,7 +206,7 @@ impl Ca {
                 let auth = head
                     .lines()
                     .find_map(|l| l.strip_prefix("Authorization: Basic "))
-                    .and_then(|b| aos_iam::x509::base64_decode(b.as_bytes()))
+                    .and_then(|b| aos_iam::codec::pem::base64_decode(b.as_bytes()))
                     .map(|b| String::from_utf8_lossy(&b).to_string());
                 // A bootstrap certificate (chained to the unit CA, checked by the TLS layer)
                 // or the right basic-auth credentials.
@@ -247,13 +247,13 @@ impl Ca {
 
     /// Sign a base64 CSR with the unit CA: a leaf valid for the configured lifetime.
     fn issue(&self, body: &[u8]) -> Result<Vec<u8>, String> {
-        let der = aos_iam::x509::base64_decode(body).ok_or("the body is not base64")?;
+        let der = aos_iam::codec::pem::base64_decode(body).ok_or("the body is not base64")?;
         let csr = rustls::pki_types::CertificateSigningRequestDer::from(der);
         let mut params = rcgen::CertificateSigningRequestParams::from_der(&csr).map_err(|e| format!("bad CSR: {e}"))?;
         let now = time::OffsetDateTime::now_utc();
         params.params.not_before = now - time::Duration::seconds(10);
         params.params.not_after = now + time::Duration::seconds(*self.lifetime.lock().unwrap());
-        params.params.serial_number = Some(aos_iam::x509::random_serial().unwrap());
+        params.params.serial_number = Some(aos_iam::pki::x509::random_serial().unwrap());
         params.params.use_authority_key_identifier_extension = true;
         let issuer = rcgen::Issuer::from_ca_cert_pem(&self.cert_pem, &self.key).unwrap();
         Ok(params.signed_by(&issuer).map_err(|e| e.to_string())?.der().to_vec())

@@ -1,10 +1,10 @@
 //! One request of every type, as the tests send them: the fuzz seed corpora and the
 //! decoding allocation test start from these (included by path from `fuzz/` too).
 
-use aos_iam::secret::Secret;
-use aos_iam::wire::{
+use aos_iam::proto::wire::{
     CpuInfo, InstanceIdent, InstanceKind, NodeInfo, NodeState, PartitionInfo, Request, Role, ServerPermissions,
 };
+use aos_iam::secret::Secret;
 
 pub fn node_info() -> NodeInfo {
     NodeInfo {

@@ -1,0 +1,475 @@
+//! Client connections on the public and protected sockets: admission, quotas and idleness,
+//! the hello, requests answered concurrently, and subscriptions.
+
+use super::*;
+
+pub(super) async fn accept_loop(listener: Async<UnixListener>, socket: Socket, shared: Arc<Shared>) {
+    let max = shared.prov.config.max_connections;
+    let places = Arc::new(Semaphore::new(max));
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let peer = match transport::peer_credentials(stream.get_ref()) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        crate::log_warn!("{socket:?} socket: cannot read peer credentials: {e}");
+                        continue;
+                    }
+                };
+                let admitted = admitted(&shared.prov.config, &peer);
+                // Users who are not admitted are counted per uid and leave a reserve of
+                // places to admitted ones (the protected socket refuses them after this).
+                let quota = match (admitted, socket) {
+                    (false, Socket::Public) => shared.quotas.connection(peer.uid).map(Some),
+                    _ => Ok(None),
+                };
+                let permit = match quota {
+                    Err(e) => Err(e),
+                    Ok(q) => places.try_acquire_arc().map(|p| (p, q)).ok_or_else(|| {
+                        Error::unavailable(format!(
+                            "too many connections on the {socket:?} socket (at most {max}); try again later"
+                        ))
+                    }),
+                };
+                let (permit, quota) = match permit {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // Refused with a clear error rather than left waiting in the backlog.
+                        crate::log_info!("{socket:?} socket: refused pid {} uid {}: {e}", peer.pid, peer.uid);
+                        EXECUTOR
+                            .spawn(async move {
+                                let lock = smol::lock::Mutex::new(());
+                                send_last(&stream, &lock, wire::error_frame(0, &e, wire::DEFAULT_BODY_LIMIT)).await;
+                            })
+                            .detach();
+                        continue;
+                    }
+                };
+                let shared = shared.clone();
+                let fut = async move {
+                    serve(stream, socket, shared, Client { peer, admitted }).await;
+                    drop((permit, quota));
+                };
+                EXECUTOR.spawn(fut).detach();
+            }
+            Err(e) => {
+                crate::log_error!("accept on the {socket:?} socket: {e}");
+                smol::Timer::after(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Who is at the other end of a connection.
+pub(super) struct Client {
+    peer: PeerCredentials,
+    /// Root or a configured uid or gid: not counted by the quotas, never idled out.
+    admitted: bool,
+}
+
+/// Input read and thrown away after a protocol error, so that closing with unread data
+/// does not reset the connection before the peer has read the error.
+pub(super) const DRAIN_LIMIT: usize = 1024 * 1024;
+pub(super) const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Send a last error frame and close gracefully: shut down writing, drain what the peer
+/// still sends (bounded in bytes and time), then drop the connection.
+pub(super) async fn send_last(stream: &Async<UnixStream>, lock: &smol::lock::Mutex<()>, frame: Vec<u8>) {
+    use smol::io::AsyncReadExt;
+    if !send(stream, lock, frame).await {
+        return;
+    }
+    let _ = stream.get_ref().shutdown(std::net::Shutdown::Write);
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        while total < DRAIN_LIMIT {
+            match (&mut &*stream).read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    smol::future::or(drain, async {
+        smol::Timer::after(DRAIN_TIME).await;
+    })
+    .await;
+}
+
+/// How long one frame may take to write before the peer counts as not reading; set once
+/// from the configuration at start.
+pub(super) static WRITE_TIMEOUT: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+
+/// Write a whole frame; concurrent answers on one connection are serialised by `lock`. A
+/// peer that does not read within the write timeout is disconnected (both directions shut),
+/// so that every task writing to it ends and nothing queues up for it.
+pub(super) async fn send(stream: &Async<UnixStream>, lock: &smol::lock::Mutex<()>, frame: Vec<u8>) -> bool {
+    let _g = lock.lock().await;
+    let limit = *WRITE_TIMEOUT.get_or_init(|| crate::config::DEFAULT_WRITE_TIMEOUT);
+    let written = smol::future::or(
+        async { Some(transport::write_frame(&mut &*stream, &frame).await) },
+        async {
+            smol::Timer::after(limit).await;
+            None
+        },
+    )
+    .await;
+    match written {
+        Some(r) => r.is_ok(),
+        None => {
+            crate::log_warn!(
+                "a client did not read an answer within {} s; disconnected",
+                limit.as_secs()
+            );
+            let _ = stream.get_ref().shutdown(std::net::Shutdown::Both);
+            false
+        }
+    }
+}
+
+pub(super) async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc<Shared>, client: Client) {
+    let stream = Arc::new(stream);
+    let lock = Arc::new(smol::lock::Mutex::new(()));
+    let limit = shared.body_limit;
+    let peer = &client.peer;
+    crate::log_debug!(
+        "{socket:?} socket: connection from pid {} uid {} gid {}",
+        peer.pid,
+        peer.uid,
+        peer.gid
+    );
+    if socket == Socket::Protected && !client.admitted {
+        crate::log_warn!(
+            "protected socket: refused pid {} uid {} gid {}",
+            peer.pid,
+            peer.uid,
+            peer.gid
+        );
+        let e = Error::unauthorized(format!(
+            "uid {} gid {} is not allowed on the protected socket",
+            peer.uid, peer.gid
+        ));
+        Box::pin(send_last(&stream, &lock, wire::error_frame(0, &e, limit))).await;
+        return;
+    }
+
+    let mut greeted = false;
+    let places = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    // Dropped when this connection ends, which ends its subscriptions.
+    let (_open, closed) = smol::channel::bounded::<()>(1);
+    let stall = shared.prov.config.frame_timeout;
+    // Requests in flight and subscriptions held: a connection with none is idle.
+    let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let idle_limit = shared.quotas.config().idle_timeout;
+    loop {
+        let mut reader = &*stream;
+        // Boxed, as are the other awaits below: a connection's task stays small while it waits.
+        let next = Box::pin(transport::read_frame_timed(&mut reader, limit, stall));
+        let frame = if greeted && client.admitted {
+            next.await
+        } else if greeted {
+            // A user who is not admitted keeps its place only while it uses it.
+            let busy = busy.clone();
+            smol::future::or(next, async move {
+                loop {
+                    smol::Timer::after(idle_limit).await;
+                    if busy.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                        return Err(FrameError::Idle(idle_limit.as_secs()));
+                    }
+                }
+            })
+            .await
+        } else {
+            // A peer that does not complete its hello in time loses its place.
+            let deadline = shared.prov.config.hello_timeout;
+            smol::future::or(next, async move {
+                smol::Timer::after(deadline).await;
+                Err(FrameError::HelloTimeout(deadline.as_secs()))
+            })
+            .await
+        };
+        let (header, body) = match frame {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => {
+                crate::log_warn!("{socket:?} socket, pid {}: {e}; closing", peer.pid);
+                let id = match e {
+                    FrameError::UnsupportedVersion { id, .. } => id,
+                    _ => 0,
+                };
+                if !matches!(e, FrameError::Io(_) | FrameError::Truncated) {
+                    Box::pin(send_last(&stream, &lock, wire::error_frame(id, &e.into(), limit))).await;
+                }
+                return;
+            }
+        };
+        // The body may carry a password: zeroed once decoded (the request zeroes its own copy).
+        let body = zeroize::Zeroizing::new(body);
+        let request = match decode_request(header.kind, &body) {
+            Ok(r) => r,
+            Err(e) => {
+                crate::log_warn!("{socket:?} socket, pid {}: {e}; closing", peer.pid);
+                Box::pin(send_last(&stream, &lock, wire::error_frame(header.id, &e, limit))).await;
+                return;
+            }
+        };
+        if !greeted {
+            let answer = match request {
+                Request::Hello {
+                    version,
+                    role: Role::Client,
+                    ..
+                } if version == crate::PROTOCOL_VERSION => {
+                    greeted = true;
+                    wire::encode_frame(
+                        FrameKind::Response,
+                        header.id,
+                        &Response::Hello {
+                            version: crate::PROTOCOL_VERSION,
+                            node_id: shared.prov.config.node_id.clone(),
+                        },
+                        limit,
+                    )
+                    .expect("hello fits")
+                }
+                Request::Hello {
+                    version,
+                    role: Role::Client,
+                    ..
+                } => wire::error_frame(
+                    header.id,
+                    &Error::protocol(format!(
+                        "protocol version {version} is not supported; this iamd speaks version {}",
+                        crate::PROTOCOL_VERSION
+                    )),
+                    limit,
+                ),
+                Request::Hello { role, .. } => wire::error_frame(
+                    header.id,
+                    &Error::protocol(format!(
+                        "role {role:?} is not served on this socket; node links use the link listeners"
+                    )),
+                    limit,
+                ),
+                other => wire::error_frame(
+                    header.id,
+                    &Error::protocol(format!("expected Hello first, got {}", other.name())),
+                    limit,
+                ),
+            };
+            if !greeted {
+                Box::pin(send_last(&stream, &lock, answer)).await;
+                return;
+            }
+            if !Box::pin(send(&stream, &lock, answer)).await {
+                return;
+            }
+            continue;
+        }
+        if matches!(
+            request,
+            Request::SubscribeSubjectsChanged | Request::SubscribeNodeChanged | Request::SubscribeCertChanged { .. }
+        ) {
+            let held = match client.admitted {
+                true => Ok(None),
+                false => shared.quotas.subscription(peer.uid).map(Some),
+            };
+            match held {
+                Ok(held) => {
+                    let sub = Subscriber {
+                        _held: held,
+                        _busy: Busy::new(&busy),
+                        reserved: match client.admitted {
+                            true => 0,
+                            false => shared.quotas.config().reserved_subscriptions,
+                        },
+                    };
+                    Box::pin(subscribe(
+                        &request,
+                        header.id,
+                        &stream,
+                        &lock,
+                        &shared,
+                        closed.clone(),
+                        sub,
+                    ))
+                    .await;
+                }
+                Err(e) => {
+                    crate::log_info!("{} from pid {}: {e}", request.name(), peer.pid);
+                    if !Box::pin(send(&stream, &lock, wire::error_frame(header.id, &e, limit))).await {
+                        return;
+                    }
+                }
+            }
+            continue;
+        }
+        let permit = places.acquire_arc().await;
+        let in_flight = Busy::new(&busy);
+        let (stream, lock, shared, pid, uid) = (stream.clone(), lock.clone(), shared.clone(), peer.pid, peer.uid);
+        let gone = closed.clone();
+        let fut = async move {
+            let op = request.name();
+            let answer = async {
+                match request.carries_password() {
+                    true => {
+                        shared
+                            .guesses
+                            .attempt(uid, dispatch(request, socket, uid, shared.clone()))
+                            .await
+                    }
+                    false => dispatch(request, socket, uid, shared.clone()).await,
+                }
+            };
+            // A request whose client has gone is dropped (a step already running on a
+            // blocking thread completes; one waiting for its turn never starts).
+            let answer = smol::future::or(async { Some(answer.await) }, async {
+                let _ = gone.recv().await;
+                None
+            });
+            let Some(answer) = answer.await else {
+                crate::log_info!("{op} from pid {pid}: dropped, its client has gone");
+                return;
+            };
+            let frame = match answer {
+                Ok(resp) => wire::encode_frame(FrameKind::Response, header.id, &resp, limit)
+                    .unwrap_or_else(|e| wire::error_frame(header.id, &Error::from(e).context(op), limit)),
+                Err(e) => {
+                    crate::log_info!("{op} from pid {pid}: {} ({})", e, e.kind.name());
+                    wire::error_frame(header.id, &e, limit)
+                }
+            };
+            send(&stream, &lock, frame).await;
+            drop((permit, in_flight));
+        };
+        EXECUTOR.spawn(fut).detach();
+    }
+}
+
+/// One count of a connection's work (a request in flight, a subscription), given back
+/// when dropped.
+pub(super) struct Busy(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Busy {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Busy {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Busy(count.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// What a subscription holds while it lasts: its place under the subscriber's quota, and
+/// its count against the connection's idleness; and the slots it must leave free.
+pub(super) struct Subscriber {
+    _held: Option<Held>,
+    _busy: Busy,
+    reserved: usize,
+}
+
+/// A subscription: acknowledged with `Subscribed`, then an event frame (with the request's
+/// id) per change, until the connection closes or the subscriber falls too far behind.
+pub(super) async fn subscribe(
+    request: &Request,
+    id: u64,
+    stream: &Arc<Async<UnixStream>>,
+    lock: &Arc<smol::lock::Mutex<()>>,
+    shared: &Arc<Shared>,
+    closed: smol::channel::Receiver<()>,
+    sub: Subscriber,
+) {
+    let reserved = sub.reserved;
+    let limit = shared.body_limit;
+    enum Source {
+        Subjects(smol::channel::Receiver<Vec<String>>),
+        Nodes(smol::channel::Receiver<NodeInfo>),
+        Certs(smol::channel::Receiver<(String, Option<CertInfo>)>, String),
+    }
+    let subscribed = match request {
+        Request::SubscribeSubjectsChanged => shared
+            .subjects
+            .subscribe(reserved)
+            .map(|(k, rx)| (k, Source::Subjects(rx))),
+        Request::SubscribeCertChanged { cert_type } => match shared.prov.modules.get(cert_type) {
+            _ if cert_type.is_empty() => shared
+                .certs
+                .subscribe(reserved)
+                .map(|(k, rx)| (k, Source::Certs(rx, String::new()))),
+            Ok(_) => shared
+                .certs
+                .subscribe(reserved)
+                .map(|(k, rx)| (k, Source::Certs(rx, cert_type.clone()))),
+            Err(e) => Err(e),
+        },
+        _ => shared
+            .nodes
+            .events
+            .subscribe(reserved)
+            .map(|(k, rx)| (k, Source::Nodes(rx))),
+    };
+    let (key, source) = match subscribed {
+        Ok(s) => s,
+        Err(e) => {
+            send(stream, lock, wire::error_frame(id, &e, limit)).await;
+            return;
+        }
+    };
+    let ack = wire::encode_frame(FrameKind::Response, id, &Response::Subscribed, limit).expect("fits");
+    if !send(stream, lock, ack).await {
+        return;
+    }
+    let (stream, lock, shared) = (stream.clone(), lock.clone(), shared.clone());
+    EXECUTOR
+        .spawn(async move {
+            loop {
+                let next = async {
+                    match &source {
+                        Source::Subjects(rx) => rx.recv().await.map(Event::SubjectsChanged).ok(),
+                        Source::Nodes(rx) => rx.recv().await.map(Event::NodeChanged).ok(),
+                        Source::Certs(rx, only) => loop {
+                            match rx.recv().await {
+                                Ok((cert_type, current)) if only.is_empty() || *only == cert_type => {
+                                    break Some(Event::CertChanged { cert_type, current })
+                                }
+                                Ok(_) => continue,
+                                Err(_) => break None,
+                            }
+                        },
+                    }
+                };
+                let event = smol::future::or(async { Some(next.await) }, async {
+                    let _ = closed.recv().await;
+                    None
+                })
+                .await;
+                match event {
+                    Some(Some(e)) => {
+                        let frame = wire::encode_frame(FrameKind::Event, id, &e, limit)
+                            .unwrap_or_else(|e| wire::error_frame(id, &Error::from(e), limit));
+                        if !send(&stream, &lock, frame).await {
+                            break;
+                        }
+                    }
+                    Some(None) => {
+                        let e = Error::unavailable(format!(
+                            "subscription ended: the subscriber fell {SUBSCRIBER_BACKLOG} events behind"
+                        ));
+                        send(&stream, &lock, wire::error_frame(id, &e, limit)).await;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            match &source {
+                Source::Subjects(_) => shared.subjects.unsubscribe(key),
+                Source::Nodes(_) => shared.nodes.events.unsubscribe(key),
+                Source::Certs(..) => shared.certs.unsubscribe(key),
+            }
+            drop(sub);
+        })
+        .detach();
+}

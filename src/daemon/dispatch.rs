@@ -1,0 +1,170 @@
+//! Requests dispatched to the modules: the socket they may come on, forwarding to other
+//! nodes, and the answer of each operation (on a blocking thread).
+
+use super::*;
+
+pub(super) async fn dispatch(request: Request, socket: Socket, uid: u32, shared: Arc<Shared>) -> Result<Response> {
+    if request.is_protected() && socket != Socket::Protected {
+        return Err(Error::unauthorized(format!(
+            "{} is served on the protected socket only",
+            request.name()
+        )));
+    }
+    if let Request::SignWithLinkIdentity { message, .. } = &request {
+        may_sign_for_link(&shared.prov.config, uid, message)?;
+    }
+    if request.is_link_only() {
+        return Err(Error::protocol(format!(
+            "{} is served on node links only",
+            request.name()
+        )));
+    }
+    // Another node's request: its info from the registry, everything else over its link.
+    match (&request, request.target_node()) {
+        (Request::GetNodeInfo { node_id }, _) if shared.nodes.is_other(node_id) => {
+            return shared.nodes.info(node_id).map(Response::NodeInfo)
+        }
+        (_, Some(node_id)) if shared.nodes.is_other(node_id) => {
+            let node_id = node_id.to_string();
+            let mut request = request;
+            // A secondary is given its own secret, never the unit's password.
+            if let Some(password) = request.password_mut() {
+                *password = crate::secret::node_secret(password, &shared.prov.config.unit_id, &node_id);
+            }
+            return shared.nodes.forward(&node_id, request).await;
+        }
+        _ => {}
+    }
+    blocking::unblock(move || handle(&shared, request)).await
+}
+
+/// SignWithLinkIdentity is no signing oracle: it is served only on a secondary node (the
+/// main node makes no links), only to root and `links.signer_uids` (iam-nodelink), and only
+/// for what a TLS 1.3 client CertificateVerify signs.
+pub(super) fn may_sign_for_link(config: &Config, uid: u32, message: &[u8]) -> Result<()> {
+    if config.role != crate::config::Role::Secondary {
+        return Err(Error::unauthorized(
+            "SignWithLinkIdentity is not served on the main node: it makes no links",
+        ));
+    }
+    if uid != 0 && !config.links.signer_uids.contains(&uid) {
+        return Err(Error::unauthorized(format!(
+            "SignWithLinkIdentity: uid {uid} is not the link's user (links.signer_uids)"
+        )));
+    }
+    if !crate::link::tls::is_client_certificate_verify(message) {
+        return Err(Error::unauthorized(
+            "SignWithLinkIdentity signs only a TLS 1.3 client CertificateVerify",
+        ));
+    }
+    Ok(())
+}
+
+/// Answer one request (on a blocking thread).
+pub(super) fn handle(shared: &Shared, request: Request) -> Result<Response> {
+    let prov = &shared.prov;
+    let op = request.name();
+    let changes_node = request.changes_node_state();
+    let changes_certs = request.changes_certs();
+    let r = match request {
+        Request::Hello { .. } => Err(Error::protocol("Hello was already exchanged")),
+        Request::Version => Ok(Response::Version {
+            version: crate::VERSION.into(),
+            protocol: crate::PROTOCOL_VERSION,
+        }),
+        Request::GetNodeInfo { node_id } => prov.node_info(&node_id).map(Response::NodeInfo),
+        Request::GetAllNodeIds => Ok(Response::NodeIds(shared.nodes.ids())),
+        Request::GetCert {
+            cert_type,
+            issuer,
+            serial,
+        } => prov
+            .modules
+            .get_cert(&prov.db, &cert_type, issuer.as_deref(), serial.as_deref())
+            .map(Response::Cert),
+        Request::ListCerts { node_id } => prov.list_certs(&node_id).map(Response::Certs),
+        Request::CheckCerts { node_id } => prov.check_certs(&node_id).map(Response::CertChecks),
+        Request::GetProvisioningStatus { node_id } => prov.status(&node_id).map(Response::Status),
+        Request::GetCertTypes { node_id } => prov.cert_types(&node_id).map(Response::CertTypes),
+        Request::StartProvisioning { node_id, password } => prov.start(&node_id, &password).map(|_| Response::Done),
+        Request::CreateKey {
+            node_id,
+            cert_type,
+            subject,
+            password,
+        } => prov
+            .create_key(&node_id, &cert_type, &subject, &password)
+            .map(|pem| Response::Csr { pem }),
+        Request::ApplyCert {
+            node_id,
+            cert_type,
+            chain_pem,
+        } => prov.apply(&node_id, &cert_type, &chain_pem).map(Response::Applied),
+        Request::FinishProvisioning { node_id, password } => prov.finish(&node_id, &password).map(|_| Response::Done),
+        Request::Deprovision { node_id, password } => prov.deprovision(&node_id, &password).and_then(|_| {
+            // The main node starts over: nodes whose links are down are forgotten.
+            shared.nodes.forget_disconnected(&prov.db).map(|_| Response::Done)
+        }),
+        Request::PauseNode { node_id } => prov.pause(&node_id).map(|_| Response::Done),
+        Request::ResumeNode { node_id } => prov.resume(&node_id).map(|_| Response::Done),
+        Request::RegisterInstance { instance, permissions } => shared
+            .permissions
+            .register(&prov.db, instance, permissions)
+            .map(Response::Secret),
+        Request::UnregisterInstance { instance } => shared
+            .permissions
+            .unregister(&prov.db, &instance)
+            .map(|_| Response::Done),
+        Request::GetPermissions {
+            secret,
+            functional_server_id,
+        } => shared
+            .permissions
+            .get(&secret, &functional_server_id)
+            .map(|(instance, entries)| Response::Permissions { instance, entries }),
+        Request::GetSystemInfo => {
+            shared
+                .identity
+                .system_info()
+                .map(|(system_id, unit_model, version)| Response::SystemInfo {
+                    system_id,
+                    unit_model,
+                    version,
+                })
+        }
+        Request::GetSubjects => Ok(Response::Subjects(shared.identity.subjects())),
+        Request::SubscribeSubjectsChanged | Request::SubscribeNodeChanged | Request::SubscribeCertChanged { .. } => {
+            Err(Error::internal("subscriptions are served by the connection"))
+        }
+        Request::RegisterNode { .. } | Request::NodeInfoChanged { .. } => {
+            Err(Error::internal("node links are served by the link listeners"))
+        }
+        Request::ForgetNode { node_id } => shared.nodes.forget(&prov.db, &node_id).map(|_| Response::Done),
+        Request::GetLinkIdentity => {
+            prov.modules
+                .identity(&prov.db, &prov.config.links.identity)
+                .map(|(cert_der, serial, id)| Response::LinkIdentity {
+                    cert_der,
+                    algorithm: id.algorithm.name().into(),
+                    serial,
+                })
+        }
+        Request::SignWithLinkIdentity { serial, message } => prov
+            .modules
+            .sign_with(&prov.db, &prov.config.links.identity, &serial, &message)
+            .map(Response::Signature),
+    };
+    if r.is_ok() {
+        crate::log_info!("{op}: done");
+        if changes_certs {
+            shared.publish_cert_changes();
+        }
+        if changes_node {
+            match prov.node_info("") {
+                Ok(info) => shared.nodes.events.send(info),
+                Err(e) => crate::log_warn!("node info for subscribers: {e}"),
+            }
+        }
+    }
+    r
+}

@@ -1,0 +1,112 @@
+//! Wrong provisioning passwords slow down the one who guesses, not the daemon.
+//!
+//! Each local uid has its own count of wrong passwords in a row and the earliest time its
+//! next attempt may start. A uid's attempts run one at a time, and each waits out its
+//! delay on a timer: no lock of the node and no thread is held while it waits, so other
+//! uids (GetCert, a right password) are served as usual, and an attempt whose client has
+//! gone away is dropped with the connection before it starts.
+
+use crate::error::{ErrorKind, Result};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The delay after the first wrong password; it doubles with each further one.
+pub const WRONG_PASSWORD_BASE_DELAY: Duration = Duration::from_millis(250);
+/// The longest delay after a wrong password.
+pub const WRONG_PASSWORD_MAX_DELAY: Duration = Duration::from_secs(30);
+/// Uids whose counts are kept at once; past it, those with no wait left are forgotten.
+const MAX_TRACKED: usize = 4096;
+
+/// The delay before answering the `n`th wrong password in a row (n ≥ 1).
+pub fn wrong_password_delay(n: u32) -> Duration {
+    let factor = 1u32.checked_shl(n.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
+    WRONG_PASSWORD_BASE_DELAY
+        .saturating_mul(factor)
+        .min(WRONG_PASSWORD_MAX_DELAY)
+}
+
+#[derive(Default)]
+struct Attempts {
+    wrong_in_a_row: u32,
+    next: Option<Instant>,
+}
+
+#[derive(Default)]
+pub struct Guesses {
+    by_uid: Mutex<BTreeMap<u32, Arc<smol::lock::Mutex<Attempts>>>>,
+}
+
+impl Guesses {
+    fn slot(&self, uid: u32) -> Arc<smol::lock::Mutex<Attempts>> {
+        let mut map = crate::sys::lock(&self.by_uid);
+        if map.len() >= MAX_TRACKED && !map.contains_key(&uid) {
+            let now = Instant::now();
+            map.retain(|_, a| {
+                Arc::strong_count(a) > 1 || a.try_lock().is_some_and(|a| a.next.is_some_and(|t| t > now))
+            });
+        }
+        map.entry(uid).or_default().clone()
+    }
+
+    /// Run `attempt`, a request that carries a password, as `uid`: after that uid's earlier
+    /// attempts and their delays; a wrong password (an `unauthorized` answer) is answered
+    /// after the next delay, a right one clears the count.
+    pub async fn attempt<T>(&self, uid: u32, attempt: impl Future<Output = Result<T>>) -> Result<T> {
+        let slot = self.slot(uid);
+        let mut a = slot.lock().await;
+        if let Some(wait) = a.next.and_then(|t| t.checked_duration_since(Instant::now())) {
+            smol::Timer::after(wait).await;
+        }
+        let r = attempt.await;
+        match &r {
+            Err(e) if e.kind == ErrorKind::Unauthorized => {
+                a.wrong_in_a_row = a.wrong_in_a_row.saturating_add(1);
+                let delay = wrong_password_delay(a.wrong_in_a_row);
+                a.next = Some(Instant::now() + delay);
+                crate::log_warn!(
+                    "wrong provisioning password from uid {uid} (attempt {} in a row); answering after {} ms",
+                    a.wrong_in_a_row,
+                    delay.as_millis()
+                );
+                smol::Timer::after(delay).await;
+            }
+            _ => {
+                a.wrong_in_a_row = 0;
+                a.next = None;
+            }
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    #[test]
+    fn wrong_password_delay_grows_and_is_bounded() {
+        assert_eq!(wrong_password_delay(1), WRONG_PASSWORD_BASE_DELAY);
+        assert_eq!(wrong_password_delay(2), WRONG_PASSWORD_BASE_DELAY * 2);
+        assert!(wrong_password_delay(3) > wrong_password_delay(2));
+        assert_eq!(wrong_password_delay(100), WRONG_PASSWORD_MAX_DELAY);
+    }
+
+    #[test]
+    fn one_uid_waits_out_its_delays_and_another_does_not() {
+        let g = Guesses::default();
+        smol::block_on(async {
+            let wrong = || async { Err::<(), _>(Error::unauthorized("wrong password")) };
+            let t = Instant::now();
+            assert!(g.attempt(1, wrong()).await.is_err());
+            assert!(g.attempt(1, wrong()).await.is_err());
+            // 250 ms after the first, 500 after the second.
+            assert!(t.elapsed() >= Duration::from_millis(750), "{:?}", t.elapsed());
+            let t = Instant::now();
+            g.attempt(2, async { Ok(()) }).await.unwrap();
+            assert!(t.elapsed() < WRONG_PASSWORD_BASE_DELAY);
+        });
+    }
+}

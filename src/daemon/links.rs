@@ -1,0 +1,348 @@
+//! The main node's link server: admission, TLS or the clear, the hello, registration and
+//! node info changes (coalesced and rate-limited), while forwarded requests go the other way.
+
+use super::*;
+
+pub(super) async fn accept_links(addr: LinkAddr, listener: LinkListener, shared: Arc<Shared>) {
+    let places = Arc::new(Semaphore::new(crate::daemon::nodes::MAX_NODES));
+    loop {
+        let permit = places.acquire_arc().await;
+        match listener.accept().await {
+            Ok((stream, from)) => {
+                let shared = shared.clone();
+                let addr = addr.clone();
+                EXECUTOR
+                    .spawn(async move {
+                        serve_link(stream, &addr, from, shared).await;
+                        drop(permit);
+                    })
+                    .detach();
+            }
+            Err(e) => {
+                crate::log_error!("accept on the link listener {addr}: {e}");
+                smol::Timer::after(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Whether a link may run in the clear on this main node now (docs/ARCHITECTURE.md §7): never over TCP;
+/// with `tls = "auto"` only while the main node is in provisioning mode.
+pub(super) fn plaintext_allowed(shared: &Shared, addr: &LinkAddr) -> std::result::Result<(), String> {
+    use crate::config::LinkTls;
+    match shared.prov.config.links.tls {
+        _ if addr.is_tcp() => Err("links over TCP always use TLS".into()),
+        LinkTls::Off => Ok(()),
+        LinkTls::Auto if shared.provisioning_mode => Ok(()),
+        LinkTls::Auto => Err("links use TLS once the main node is out of provisioning mode".into()),
+        LinkTls::Required => Err("links.tls is \"required\"".into()),
+    }
+}
+
+/// The first byte of a TLS handshake record.
+pub(super) const TLS_HANDSHAKE: u8 = 0x16;
+
+/// The TLS handshake of a link, as the main node: its identity from its link identity
+/// module, the peer's certificate required and verified. Returns the stream and the peer's
+/// certificate (DER).
+pub(super) async fn accept_tls(stream: BoxStream, shared: &Arc<Shared>) -> Result<(BoxStream, Vec<u8>)> {
+    let s = shared.clone();
+    let config = blocking::unblock(move || {
+        let (_, _, identity) = s.prov.modules.identity(&s.prov.db, &s.prov.config.links.identity)?;
+        let roots = crate::daemon::certs::read_roots(&s.prov.config)?;
+        crate::link::tls::server_config(&identity, &roots)
+    })
+    .await?;
+    let handshake = futures_rustls::TlsAcceptor::from(config).accept(stream);
+    let limit = shared.prov.config.hello_timeout;
+    // The handshake's signature is a PKCS#11 call (rustls signers are synchronous): the
+    // handshake runs on a blocking thread, never on the executor that serves the sockets.
+    let tls = blocking::unblock(move || {
+        smol::block_on(transport::within(limit, "no TLS handshake", async {
+            handshake.await.map_err(|e| Error::unauthorized(e.to_string()))
+        }))
+    })
+    .await?;
+    let cert = crate::link::tls::peer_leaf(tls.get_ref().1)?;
+    Ok((Box::new(tls), cert))
+}
+
+/// Read the link's hello (within the hello timeout) and answer it. Returns the node id the
+/// secondary states.
+pub(super) async fn link_hello(
+    stream: &mut BoxStream,
+    shared: &Shared,
+    admission: Option<&crate::config::Admission>,
+) -> Result<String> {
+    let limit = shared.body_limit;
+    let deadline = shared.prov.config.hello_timeout;
+    let frame = transport::within(deadline, "no hello", async {
+        transport::read_frame(stream, limit).await.map_err(Error::from)
+    })
+    .await?;
+    let (header, body) = frame.ok_or_else(|| Error::unavailable("closed before its hello"))?;
+    match decode_request(header.kind, &body)? {
+        Request::Hello {
+            version,
+            role: Role::NodeLink,
+            node_id,
+        } if version == crate::PROTOCOL_VERSION && !node_id.is_empty() => {
+            if let Some(a) = admission.filter(|a| !a.nodes.is_empty() && !a.nodes.contains(&node_id)) {
+                return Err(Error::unauthorized(format!(
+                    "node \"{node_id}\" is not admitted on this link listener (links.listener nodes: {})",
+                    a.nodes.join(", ")
+                )));
+            }
+            let answer = Response::Hello {
+                version: crate::PROTOCOL_VERSION,
+                node_id: shared.prov.config.node_id.clone(),
+            };
+            let frame = wire::encode_frame(FrameKind::Response, header.id, &answer, limit)?;
+            transport::write_frame(stream, &frame).await?;
+            Ok(node_id)
+        }
+        Request::Hello {
+            version,
+            role: Role::NodeLink,
+            ..
+        } if version != crate::PROTOCOL_VERSION => Err(Error::protocol(format!(
+            "protocol version {version} is not supported; this iamd speaks version {}",
+            crate::PROTOCOL_VERSION
+        ))),
+        Request::Hello {
+            role: Role::NodeLink, ..
+        } => Err(Error::protocol("a node link's hello must name its node")),
+        Request::Hello { role, .. } => Err(Error::protocol(format!(
+            "role {role:?} is not served on a link listener"
+        ))),
+        other => Err(Error::protocol(format!("expected Hello first, got {}", other.name()))),
+    }
+}
+
+/// One node link: admission, hello, then RegisterNode and the node's info changes from the
+/// secondary, while forwarded requests go the other way (see [`Nodes::forward`]).
+pub(super) async fn serve_link(mut stream: BoxStream, addr: &LinkAddr, from: LinkPeer, shared: Arc<Shared>) {
+    let limit = shared.body_limit;
+    let refuse = |e: Error| wire::error_frame(0, &e, limit);
+    if let LinkPeer::Unix(peer) = &from {
+        if !admitted(&shared.prov.config, peer) {
+            crate::log_warn!("link listener {addr}: refused {from}");
+            let e = Error::unauthorized(format!(
+                "uid {} gid {} is not allowed on the link listener",
+                peer.uid, peer.gid
+            ));
+            let _ = transport::write_frame(&mut stream, &refuse(e)).await;
+            return;
+        }
+    }
+    let admission = shared.prov.config.links.admission.iter().find(|a| a.addr == *addr);
+    if let (Some(a), LinkPeer::Vsock { cid, .. }) = (admission, &from) {
+        if !a.cids.is_empty() && !a.cids.contains(cid) {
+            crate::log_warn!("link listener {addr}: refused {from}: CID {cid} is not admitted");
+            let e = Error::unauthorized(format!("CID {cid} is not admitted on this link listener"));
+            let _ = transport::write_frame(&mut stream, &refuse(e)).await;
+            return;
+        }
+    }
+    // A TLS ClientHello starts with a handshake record (0x16); a frame with its magic.
+    let (first, prefixed) = match transport::Prefixed::peek(stream).await {
+        Ok(p) => p,
+        Err(e) => {
+            crate::log_warn!("link listener {addr}, {from}: {e}");
+            return;
+        }
+    };
+    let mut stream: BoxStream = Box::new(prefixed);
+    let mut peer_cert = None;
+    if first == Some(TLS_HANDSHAKE) {
+        match accept_tls(stream, &shared).await {
+            Ok((s, cert)) => {
+                stream = s;
+                peer_cert = Some(cert);
+            }
+            Err(e) => {
+                crate::log_warn!("link listener {addr}, {from}: TLS: {e}; closing");
+                return;
+            }
+        }
+    } else if let Err(why) = plaintext_allowed(&shared, addr) {
+        crate::log_warn!("link listener {addr}: refused {from}: {why}");
+        let e = Error::unauthorized(format!("this link must use TLS: {why}"));
+        let _ = transport::write_frame(&mut stream, &refuse(e)).await;
+        return;
+    }
+    let node_id = match link_hello(&mut stream, &shared, admission).await {
+        Ok(id) => id,
+        Err(e) => {
+            crate::log_warn!("link listener {addr}, {from}: {e}; closing");
+            let _ = transport::write_frame(&mut stream, &refuse(e)).await;
+            return;
+        }
+    };
+    if let Some(cert) = &peer_cert {
+        if let Err(e) = crate::link::tls::check_peer(
+            cert,
+            crate::config::Eku::ClientAuth,
+            &node_id,
+            &shared.prov.config.unit_id,
+        ) {
+            crate::log_warn!("link listener {addr}, {from}: {e}; closing");
+            let _ = transport::write_frame(&mut stream, &refuse(e)).await;
+            return;
+        }
+    }
+    crate::log_info!(
+        "link listener {addr}: node \"{node_id}\" linked from {from}{}",
+        if peer_cert.is_some() { " over TLS" } else { "" }
+    );
+    let (peer, reader) = Peer::new(
+        format!("node \"{node_id}\""),
+        stream,
+        limit,
+        shared.prov.config.frame_timeout,
+    );
+    let registered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let changes: Arc<std::sync::Mutex<InfoChanges>> = Default::default();
+    let reason = peer
+        .read_loop(reader, |id, request| {
+            let (shared, peer, registered, node_id, changes) = (
+                shared.clone(),
+                peer.clone(),
+                registered.clone(),
+                node_id.clone(),
+                changes.clone(),
+            );
+            async move {
+                let result = link_request(&shared, &peer, &registered, &node_id, &changes, request).await;
+                if let Err(e) = &result {
+                    crate::log_warn!("node \"{node_id}\": {e}");
+                }
+                let _ = peer.answer(id, result).await;
+                // A link that could not register its node has nothing more to do.
+                registered.load(std::sync::atomic::Ordering::SeqCst)
+            }
+        })
+        .await;
+    if registered.load(std::sync::atomic::Ordering::SeqCst) {
+        let (s, p, id) = (shared.clone(), peer.clone(), node_id.clone());
+        // The disconnection commits the registry's record, the last change included.
+        blocking::unblock(move || s.nodes.disconnected(&s.prov.db, &id, &p)).await;
+        crate::log_notice!("node \"{node_id}\" disconnected: {reason}");
+    }
+}
+
+/// A registered link's node info changes commit at most once per this interval; the
+/// changes in between are coalesced into the latest.
+pub const NODE_INFO_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// NodeInfoChanged a link may send in one second; beyond it the link is closed as flooding.
+pub const NODE_INFO_MAX_PER_SECOND: u32 = 50;
+
+/// The node info changes of one link: the rate it sends them at, and whether a commit of
+/// the latest is due.
+#[derive(Default)]
+pub(super) struct InfoChanges {
+    window: Option<std::time::Instant>,
+    in_window: u32,
+    flushing: bool,
+    last_commit: Option<std::time::Instant>,
+}
+
+/// NodeInfoChanged on a registered link: refused (and the link closed) past the rate limit;
+/// otherwise served and announced at once, and committed now or, when a commit was made
+/// less than [`NODE_INFO_COMMIT_INTERVAL`] ago, once that has passed (the latest wins).
+pub(super) fn info_changed(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    changes: &Arc<std::sync::Mutex<InfoChanges>>,
+    node_id: &str,
+    info: NodeInfo,
+) -> Result<Response> {
+    let now = std::time::Instant::now();
+    let wait = {
+        let mut c = crate::sys::lock(changes);
+        if c.window
+            .is_none_or(|w| now.duration_since(w) >= std::time::Duration::from_secs(1))
+        {
+            c.window = Some(now);
+            c.in_window = 0;
+        }
+        c.in_window += 1;
+        if c.in_window > NODE_INFO_MAX_PER_SECOND {
+            peer.close("flooding: too many NodeInfoChanged");
+            return Err(Error::unavailable(format!(
+                "more than {NODE_INFO_MAX_PER_SECOND} NodeInfoChanged in a second; the link is closed"
+            )));
+        }
+        shared.nodes.update(info, peer)?;
+        if c.flushing {
+            return Ok(Response::Done);
+        }
+        c.flushing = true;
+        c.last_commit.map_or(std::time::Duration::ZERO, |t| {
+            (t + NODE_INFO_COMMIT_INTERVAL).saturating_duration_since(now)
+        })
+    };
+    let (shared, changes, id) = (shared.clone(), changes.clone(), node_id.to_string());
+    EXECUTOR
+        .spawn(async move {
+            smol::Timer::after(wait).await;
+            {
+                let mut c = crate::sys::lock(&changes);
+                c.flushing = false;
+                c.last_commit = Some(std::time::Instant::now());
+            }
+            let s = shared.clone();
+            let node = id.clone();
+            if let Err(e) = blocking::unblock(move || s.nodes.store(&s.prov.db, &node)).await {
+                crate::log_warn!("node \"{id}\": {e}");
+            }
+        })
+        .detach();
+    Ok(Response::Done)
+}
+
+/// A request from a secondary node over its link.
+pub(super) async fn link_request(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    registered: &std::sync::atomic::AtomicBool,
+    node_id: &str,
+    changes: &Arc<std::sync::Mutex<InfoChanges>>,
+    request: Request,
+) -> Result<Response> {
+    use std::sync::atomic::Ordering;
+    let info = match request {
+        Request::RegisterNode { info } | Request::NodeInfoChanged { info } if info.node_id != node_id => {
+            return Err(Error::invalid(format!(
+                "the link said it is node \"{node_id}\" but reports node \"{}\"",
+                info.node_id
+            )))
+        }
+        Request::RegisterNode { info } if !registered.load(Ordering::SeqCst) => {
+            let (s, p) = (shared.clone(), peer.clone());
+            blocking::unblock(move || s.nodes.register(&s.prov.db, info, &p)).await?;
+            registered.store(true, Ordering::SeqCst);
+            crate::log_notice!("node \"{node_id}\" registered");
+            return Ok(Response::Done);
+        }
+        Request::RegisterNode { .. } => return Err(Error::wrong_state("the node is already registered on this link")),
+        Request::NodeInfoChanged { .. } if !registered.load(Ordering::SeqCst) => {
+            return Err(Error::wrong_state("RegisterNode must come first on a node link"))
+        }
+        Request::NodeInfoChanged { info } => info,
+        // The secondary's keepalive: this iamd still knows the link.
+        Request::Version if registered.load(Ordering::SeqCst) => {
+            return Ok(Response::Version {
+                version: crate::VERSION.into(),
+                protocol: crate::PROTOCOL_VERSION,
+            })
+        }
+        other => {
+            return Err(Error::protocol(format!(
+                "{} is not served on a node link",
+                other.name()
+            )))
+        }
+    };
+    info_changed(shared, peer, changes, node_id, info)
+}

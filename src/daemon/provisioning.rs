@@ -1,0 +1,462 @@
+//! The provisioning state machine (docs/ARCHITECTURE.md §5): unprovisioned → provisioning → provisioned.
+//!
+//! Each step is journaled in the database before it is acknowledged, and every step can be
+//! repeated: StartProvisioning wipes and begins again, CreateKey replaces a pending key,
+//! ApplyCert of an applied certificate is a no-op. So a factory script that is cut off at any
+//! point converges by running again. Wrong passwords are answered after a growing delay per uid (see [`crate::daemon::guesses`]).
+
+use crate::config::Config;
+use crate::daemon::certs::CertModules;
+use crate::error::{Error, Result};
+use crate::proto::wire::{CertInfo, ModuleStatus, NodeInfo, NodeState, ProvisioningStatus};
+use crate::secret::Secret;
+use crate::store::db::Db;
+use std::num::NonZeroU32;
+use std::process::Command;
+use std::sync::Mutex;
+
+/// PBKDF2-HMAC-SHA256 iterations for a new password verifier (OWASP's 2023 guidance). The
+/// count is stored beside each verifier, so raising it here applies to the next one made
+/// while older verifiers still check.
+const PBKDF2_ITERATIONS: u32 = 600_000;
+/// Bytes of a hook's stdout read (and discarded: hooks report through their exit status).
+const HOOK_OUTPUT_LIMIT: usize = 64 * 1024;
+
+fn pbkdf2(password: &Secret, salt: &[u8], iterations: u32) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let n = NonZeroU32::new(iterations).unwrap_or(NonZeroU32::MIN);
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        n,
+        salt,
+        password.expose().as_bytes(),
+        &mut out,
+    );
+    out
+}
+
+/// `iterations u32 LE | salt 16 | hash 32`.
+fn make_verifier(password: &Secret) -> Result<Vec<u8>> {
+    let mut salt = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt)
+        .map_err(|_| Error::internal("the OS random number generator failed"))?;
+    let mut v = PBKDF2_ITERATIONS.to_le_bytes().to_vec();
+    v.extend_from_slice(&salt);
+    v.extend_from_slice(&pbkdf2(password, &salt, PBKDF2_ITERATIONS));
+    Ok(v)
+}
+
+fn check_verifier(verifier: &[u8], password: &Secret) -> bool {
+    if verifier.len() != 4 + 16 + 32 {
+        return false;
+    }
+    let iterations = u32::from_le_bytes(verifier[..4].try_into().expect("4 bytes"));
+    let hash = pbkdf2(password, &verifier[4..20], iterations);
+    crate::secret::constant_time_eq(&hash, &verifier[20..])
+}
+
+pub struct Provisioning {
+    pub config: Config,
+    pub provisioning_mode: bool,
+    pub db: Db,
+    pub modules: CertModules,
+    /// Serialises the operations that change state.
+    lock: Mutex<()>,
+    /// The last password that passed the verifier, as an HMAC under a key that lives only
+    /// in this process, with the verifier it passed: a repeated check (one per CreateKey)
+    /// then costs one HMAC instead of a PBKDF2 derivation.
+    remembered: Mutex<Option<(Vec<u8>, ring::hmac::Tag)>>,
+    remember_key: ring::hmac::Key,
+    /// What the last reconciliation found, so that standing findings are logged once.
+    reported: Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl Provisioning {
+    pub fn open(config: Config, provisioning_mode: bool) -> Result<Provisioning> {
+        let db = Db::open(&config.db_path())?;
+        let modules = CertModules::open(&config)?;
+        let remember_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+            .map_err(|_| Error::internal("the OS random number generator failed"))?;
+        Ok(Provisioning {
+            config,
+            provisioning_mode,
+            db,
+            modules,
+            lock: Mutex::new(()),
+            remembered: Mutex::new(None),
+            remember_key,
+            reported: Mutex::new(Default::default()),
+        })
+    }
+
+    /// Finish what a power cut interrupted: objects in the trash are removed.
+    pub fn recover(&self) -> Result<()> {
+        let journal = crate::sys::lock(&self.lock);
+        let snap = self.db.snapshot()?;
+        if !snap.trash.is_empty() {
+            crate::log_notice!(
+                "removing {} object set(s) left from an interrupted step",
+                snap.trash.len()
+            );
+        }
+        // A store that cannot be reached now (a token not initialised or not plugged in) must
+        // not keep iamd down: the entries stay, and the next start removes them.
+        if let Err(e) = self.modules.empty_trash(&self.db, &snap.trash) {
+            crate::log_warn!(
+                "objects left from an interrupted step cannot be removed now: {e}; kept for the next start"
+            );
+        }
+        drop(journal);
+        self.reconcile()?;
+        let marker = self.config.marker_file.exists();
+        match (snap.state(), marker) {
+            (NodeState::Provisioned, false) => self.write_marker()?,
+            (s, true) if s != NodeState::Provisioned && s != NodeState::Paused => {
+                crate::store::atomic_file::remove(&self.config.marker_file)
+                    .map_err(|e| Error::internal(format!("cannot remove {}: {e}", self.config.marker_file.display())))?
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Run `f` holding the journal lock, as every step that writes keys or records does.
+    pub fn with_journal<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _g = crate::sys::lock(&self.lock);
+        f()
+    }
+
+    /// Reconcile the database with the stores (see [`CertModules::reconcile`]) while the
+    /// node has keys: provisioning, provisioned or paused. Every finding is logged.
+    pub fn reconcile(&self) -> Result<Vec<String>> {
+        let _g = crate::sys::lock(&self.lock);
+        if !matches!(
+            self.db.snapshot()?.state(),
+            NodeState::Provisioning | NodeState::Provisioned | NodeState::Paused
+        ) {
+            return Ok(Vec::new());
+        }
+        let report = self.modules.reconcile(
+            &self.db,
+            &self.config,
+            self.config.reconcile.pending_max_age.as_secs() as i64,
+        )?;
+        // A finding that stands is logged once, not at every pass.
+        let mut last = crate::sys::lock(&self.reported);
+        for line in report.iter().filter(|l| !last.contains(*l)) {
+            crate::log_warn!("reconciliation: {line}");
+        }
+        *last = report.iter().cloned().collect();
+        Ok(report)
+    }
+
+    pub fn state(&self) -> Result<NodeState> {
+        Ok(self.db.snapshot()?.state())
+    }
+
+    fn check_node(&self, node_id: &str) -> Result<()> {
+        if node_id.is_empty() || node_id == self.config.node_id {
+            Ok(())
+        } else {
+            Err(Error::not_found(format!(
+                "node \"{node_id}\" is not known (this is node \"{}\")",
+                self.config.node_id
+            )))
+        }
+    }
+
+    fn require_mode(&self, op: &str) -> Result<()> {
+        if self.provisioning_mode {
+            Ok(())
+        } else {
+            Err(Error::wrong_state(format!(
+                "{op} is refused: iamd is not in provisioning mode (start it with --provisioning)"
+            )))
+        }
+    }
+
+    /// Check a password against the verifier; `Ok(false)` when there is no verifier yet.
+    fn verify(&self, password: &Secret) -> Result<bool> {
+        let Some(verifier) = self.db.snapshot()?.verifier else {
+            return Ok(false);
+        };
+        let tag = ring::hmac::sign(&self.remember_key, password.expose().as_bytes());
+        let mut remembered = crate::sys::lock(&self.remembered);
+        let known = remembered
+            .as_ref()
+            .is_some_and(|(v, t)| *v == verifier && crate::secret::constant_time_eq(t.as_ref(), tag.as_ref()));
+        if known || check_verifier(&verifier, password) {
+            *remembered = Some((verifier, tag));
+            return Ok(true);
+        }
+        Err(Error::unauthorized("wrong password"))
+    }
+
+    /// Store the new verifier for `password`, remembering it as verified.
+    fn set_password(&self, password: &Secret, verifier: Vec<u8>) -> Result<()> {
+        self.db.begin_provisioning(&verifier)?;
+        let tag = ring::hmac::sign(&self.remember_key, password.expose().as_bytes());
+        *crate::sys::lock(&self.remembered) = Some((verifier, tag));
+        Ok(())
+    }
+
+    /// Run a configured hook; a failure names the hook and its exit status.
+    fn hook(&self, name: &str, argv: &Option<Vec<String>>) -> Result<()> {
+        let Some(argv) = argv else { return Ok(()) };
+        crate::log_info!("running {name} hook {}", argv[0]);
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]).env("AOS_IAM_NODE_ID", &self.config.node_id);
+        let what = format!("{name} hook {}", argv[0]);
+        let done = crate::sys::command::run(cmd, &what, None, HOOK_OUTPUT_LIMIT, self.config.hooks.timeout)?;
+        if done.status.success() {
+            return Ok(());
+        }
+        Err(Error::unavailable(format!(
+            "{what} failed ({}): {}",
+            done.status, done.stderr
+        )))
+    }
+
+    fn write_marker(&self) -> Result<()> {
+        crate::store::atomic_file::write(&self.config.marker_file, self.config.node_id.as_bytes(), 0o644)
+            .map_err(|e| Error::internal(format!("cannot write {}: {e}", self.config.marker_file.display())))
+    }
+
+    pub fn start(&self, node_id: &str, password: &Secret) -> Result<()> {
+        self.check_node(node_id)?;
+        self.require_mode("StartProvisioning")?;
+        if password.is_empty() {
+            return Err(Error::invalid("the password must not be empty"));
+        }
+        let _g = crate::sys::lock(&self.lock);
+        let state = self.state()?;
+        if matches!(state, NodeState::Provisioned | NodeState::Paused) {
+            return Err(Error::wrong_state(format!(
+                "the node is {}; deprovision it first",
+                state.name()
+            )));
+        }
+        self.verify(password)?;
+        self.hook("start", &self.config.hooks.start)?;
+        // The verifier's key derivation does not depend on the tokens: derive it on another
+        // thread while the tokens are initialised.
+        let verifier = std::thread::scope(|scope| {
+            let derivation = scope.spawn(|| make_verifier(password));
+            for store in self.modules.stores() {
+                store.take_ownership(password)?;
+            }
+            derivation
+                .join()
+                .map_err(|_| Error::internal("password derivation failed"))?
+        })?;
+        self.set_password(password, verifier)?;
+        for m in self.modules.modules.iter().filter(|m| m.config.self_signed) {
+            let subject = format!("CN={},OU={}", self.config.node_id, m.id());
+            self.modules
+                .make_self_signed(&self.db, m, &subject)
+                .map_err(|e| e.context(format!("module {}", m.id())))?;
+        }
+        self.hook("disk encryption", &self.config.hooks.disk_encryption)?;
+        crate::log_notice!("provisioning started");
+        Ok(())
+    }
+
+    /// CreateKey and ApplyCert are allowed while provisioning, and on a provisioned node
+    /// (renewal); never on an unprovisioned or paused one.
+    fn require_keys_allowed(&self, op: &str) -> Result<()> {
+        match self.state()? {
+            NodeState::Provisioning if self.provisioning_mode => Ok(()),
+            NodeState::Provisioned => Ok(()),
+            NodeState::Provisioning => Err(Error::wrong_state(format!(
+                "{op}: provisioning is in progress; iamd must run with --provisioning"
+            ))),
+            NodeState::Paused => Err(Error::wrong_state(format!(
+                "{op} is refused: the node is paused (ResumeNode first)"
+            ))),
+            s => Err(Error::wrong_state(format!("{op} is refused: the node is {}", s.name()))),
+        }
+    }
+
+    pub fn create_key(&self, node_id: &str, cert_type: &str, subject: &str, password: &Secret) -> Result<String> {
+        self.check_node(node_id)?;
+        self.require_keys_allowed("CreateKey")?;
+        self.modules.get(cert_type)?;
+        // The key derivation of a wrong password holds no lock that other steps need.
+        if !self.verify(password)? {
+            return Err(Error::wrong_state("CreateKey: no provisioning password is set"));
+        }
+        let _g = crate::sys::lock(&self.lock);
+        self.require_keys_allowed("CreateKey")?;
+        self.modules
+            .create_key(&self.db, cert_type, subject)
+            .map(|(_, csr)| csr)
+    }
+
+    pub fn apply(&self, node_id: &str, cert_type: &str, chain_pem: &str) -> Result<CertInfo> {
+        self.check_node(node_id)?;
+        let _g = crate::sys::lock(&self.lock);
+        self.require_keys_allowed("ApplyCert")?;
+        self.modules.apply(&self.db, &self.config, cert_type, chain_pem)
+    }
+
+    pub fn finish(&self, node_id: &str, password: &Secret) -> Result<()> {
+        self.check_node(node_id)?;
+        self.require_mode("FinishProvisioning")?;
+        let _g = crate::sys::lock(&self.lock);
+        let snap = self.db.snapshot()?;
+        match snap.state() {
+            NodeState::Provisioning => {}
+            NodeState::Provisioned => {
+                self.verify(password)?;
+                return Ok(());
+            }
+            NodeState::Paused => {
+                return Err(Error::wrong_state(
+                    "FinishProvisioning: the node is paused (ResumeNode first)",
+                ))
+            }
+            s => {
+                return Err(Error::wrong_state(format!(
+                    "FinishProvisioning: the node is {}; start provisioning first",
+                    s.name()
+                )))
+            }
+        }
+        self.verify(password)?;
+        let missing: Vec<&str> = self
+            .modules
+            .modules
+            .iter()
+            .filter(|m| !snap.certs.iter().any(|c| c.cert_type == m.id()))
+            .map(|m| m.id())
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::wrong_state(format!(
+                "FinishProvisioning: no certificate applied yet for {}",
+                missing.join(", ")
+            )));
+        }
+        self.hook("finish", &self.config.hooks.finish)?;
+        self.db.set_state(NodeState::Provisioned)?;
+        self.write_marker()?;
+        crate::log_notice!("provisioning finished");
+        Ok(())
+    }
+
+    pub fn deprovision(&self, node_id: &str, password: &Secret) -> Result<()> {
+        self.check_node(node_id)?;
+        self.require_mode("Deprovision")?;
+        let _g = crate::sys::lock(&self.lock);
+        self.verify(password)?;
+        self.hook("deprovision", &self.config.hooks.deprovision)?;
+        for store in self.modules.stores() {
+            store.wipe(password)?;
+        }
+        crate::store::atomic_file::remove(&self.config.marker_file)
+            .map_err(|e| Error::internal(format!("cannot remove {}: {e}", self.config.marker_file.display())))?;
+        self.db.reset()?;
+        crate::log_notice!("node deprovisioned");
+        Ok(())
+    }
+
+    /// PauseNode: a provisioned node is paused (persisted); pausing a paused node is done.
+    pub fn pause(&self, node_id: &str) -> Result<()> {
+        self.set_paused(node_id, true)
+    }
+
+    /// ResumeNode: a paused node is provisioned again; resuming a provisioned node is done.
+    pub fn resume(&self, node_id: &str) -> Result<()> {
+        self.set_paused(node_id, false)
+    }
+
+    fn set_paused(&self, node_id: &str, pause: bool) -> Result<()> {
+        self.check_node(node_id)?;
+        let _g = crate::sys::lock(&self.lock);
+        let (op, from, to) = if pause {
+            ("PauseNode", NodeState::Provisioned, NodeState::Paused)
+        } else {
+            ("ResumeNode", NodeState::Paused, NodeState::Provisioned)
+        };
+        match self.state()? {
+            s if s == to => Ok(()),
+            s if s == from => {
+                self.db.set_state(to)?;
+                crate::log_notice!("node {}", if pause { "paused" } else { "resumed" });
+                Ok(())
+            }
+            s => Err(Error::wrong_state(format!(
+                "{op} is refused: the node is {} (only a {} node can be)",
+                s.name(),
+                from.name()
+            ))),
+        }
+    }
+
+    /// NodeInfo of this node.
+    pub fn node_info(&self, node_id: &str) -> Result<NodeInfo> {
+        self.check_node(node_id)?;
+        let (os_name, os_version) = crate::daemon::node_info::os();
+        Ok(NodeInfo {
+            node_id: self.config.node_id.clone(),
+            node_type: self.config.node_type.clone(),
+            name: self.config.node_name.clone(),
+            state: self.state()?,
+            cpus: crate::daemon::node_info::cpus(),
+            total_ram: crate::daemon::node_info::total_ram(),
+            partitions: crate::daemon::node_info::partitions(&self.config.partitions),
+            os_name,
+            os_version,
+            attributes: self.config.attributes.clone(),
+            connected: true,
+        })
+    }
+
+    pub fn status(&self, node_id: &str) -> Result<ProvisioningStatus> {
+        self.check_node(node_id)?;
+        let snap = self.db.snapshot()?;
+        Ok(ProvisioningStatus {
+            node_id: self.config.node_id.clone(),
+            state: snap.state(),
+            provisioning_mode: self.provisioning_mode,
+            modules: self
+                .modules
+                .modules
+                .iter()
+                .map(|m| ModuleStatus {
+                    cert_type: m.id().to_string(),
+                    needs_ca: m.needs_ca(),
+                    pending_key: snap.pending.iter().any(|p| p.cert_type == m.id()),
+                    certificates: snap.certs.iter().filter(|c| c.cert_type == m.id()).count() as u32,
+                })
+                .collect(),
+        })
+    }
+
+    pub fn cert_types(&self, node_id: &str) -> Result<Vec<String>> {
+        self.check_node(node_id)?;
+        Ok(self.modules.cert_types())
+    }
+
+    pub fn check_certs(&self, node_id: &str) -> Result<Vec<crate::proto::wire::CertCheck>> {
+        self.check_node(node_id)?;
+        self.modules.check(&self.db, &self.config)
+    }
+
+    pub fn list_certs(&self, node_id: &str) -> Result<Vec<CertInfo>> {
+        self.check_node(node_id)?;
+        self.modules.list(&self.db)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifier_accepts_the_password_only() {
+        let v = make_verifier(&Secret::new("right".into())).unwrap();
+        assert!(check_verifier(&v, &Secret::new("right".into())));
+        assert!(!check_verifier(&v, &Secret::new("wrong".into())));
+        assert!(!check_verifier(&v[1..], &Secret::new("right".into())));
+    }
+}

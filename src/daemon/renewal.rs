@@ -1,0 +1,299 @@
+//! Automatic renewal by iamd itself, for modules with a `[modules.renew]` policy.
+//!
+//! A renewal goes through named steps, each committed before the next begins, so that a
+//! renewal interrupted at any point resumes after a restart:
+//! - `KeyCreated` — a new key is in the store (journaled as pending) and its CSR is kept;
+//!   resumes by asking for the certificate again (if the pending key is gone, the renewal
+//!   starts over);
+//! - `Obtained` — the signer's chain is kept; resumes by applying it.
+//!
+//! Applying validates the chain exactly as ApplyCert does. The current certificate stays
+//! served until the new one is applied; a failure is retried after a delay that doubles up
+//! to a day. Renewals run only on a provisioned node.
+
+use crate::config::{RenewMethod, RenewPolicy, Threshold, MAX_RENEW_RETRY};
+use crate::daemon::provisioning::Provisioning;
+use crate::error::{Error, Result};
+use crate::link::tls::ClientAuth;
+use crate::pki::est::{EstClient, EstSigner};
+use crate::pki::signer::{CommandSigner, CsrSigner};
+use crate::proto::wire::NodeState;
+use crate::store::db::CertRecord;
+use crate::store::keystore::{hex, KeyId};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Step {
+    KeyCreated {
+        key_id: KeyId,
+        csr: String,
+    },
+    Obtained {
+        key_id: KeyId,
+        csr: String,
+        chain_pem: String,
+    },
+}
+
+impl Step {
+    fn name(&self) -> &'static str {
+        match self {
+            Step::KeyCreated { .. } => "KeyCreated",
+            Step::Obtained { .. } => "Obtained",
+        }
+    }
+    fn key_id(&self) -> &KeyId {
+        match self {
+            Step::KeyCreated { key_id, .. } | Step::Obtained { key_id, .. } => key_id,
+        }
+    }
+}
+
+/// A renewal in progress, as the database keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Renewal {
+    pub step: Step,
+    /// Failures so far; the next delay is `retry * 2^failures` (bounded).
+    pub failures: u32,
+    /// Not before this time (seconds since the Unix epoch).
+    pub next_try: i64,
+    pub last_error: String,
+}
+
+use crate::sys::now;
+
+/// When a certificate's renewal is due under `policy`: the threshold, brought forward by a
+/// jitter that is fixed per certificate (drawn from its serial), so a fleet spreads out.
+pub fn due_at(record: &CertRecord, policy: &RenewPolicy) -> i64 {
+    let (start, end) = (record.not_before, record.not_after.max(record.not_before));
+    let threshold = match policy.threshold {
+        Threshold::Elapsed(per_mille) => start + (end - start) * per_mille as i64 / 1000,
+        Threshold::BeforeExpiry(d) => end - d.as_secs() as i64,
+    };
+    let spread = (threshold - start).max(0) * policy.jitter as i64 / 1000;
+    let draw = record
+        .serial
+        .iter()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(*b as u64));
+    let early = if spread > 0 {
+        (draw % (spread as u64 + 1)) as i64
+    } else {
+        0
+    };
+    threshold - early
+}
+
+fn backoff(policy: &RenewPolicy, failures: u32) -> Duration {
+    policy
+        .retry
+        .checked_mul(1u32 << failures.min(20))
+        .unwrap_or(MAX_RENEW_RETRY)
+        .min(MAX_RENEW_RETRY)
+}
+
+fn load(prov: &Provisioning, cert_type: &str) -> Result<Option<Renewal>> {
+    for (t, bytes) in prov.db.renewals()? {
+        if t == cert_type {
+            return crate::proto::wire::decode_body(&bytes)
+                .map(Some)
+                .map_err(|e| Error::internal(format!("database: renewal of {t} is corrupt: {e}")));
+        }
+    }
+    Ok(None)
+}
+
+fn store(prov: &Provisioning, cert_type: &str, r: Option<&Renewal>) -> Result<()> {
+    let bytes = r
+        .map(postcard::to_stdvec)
+        .transpose()
+        .map_err(|e| Error::internal(format!("database encode: {e}")))?;
+    prov.db.set_renewal(cert_type, bytes.as_deref())
+}
+
+/// What one pass did for a module, for the log and for certificate events.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Idle,
+    Applied,
+    Failed,
+}
+
+/// One pass over every module with a renewal policy: start what is due, resume what is in
+/// progress. Blocking (key store, database, the signing command). Returns whether any
+/// certificate was applied, and the earliest time something is due next.
+pub fn run_due(prov: &Provisioning) -> Result<(bool, i64)> {
+    let mut applied = false;
+    let mut next = now() + 3600;
+    if prov.state()? != NodeState::Provisioned {
+        return Ok((false, next));
+    }
+    for m in &prov.config.modules {
+        let Some(policy) = &m.renew else { continue };
+        match renew_module(prov, &m.id, policy) {
+            Ok((Outcome::Applied, n)) => {
+                applied = true;
+                next = next.min(n);
+            }
+            Ok((_, n)) => next = next.min(n),
+            Err(e) => crate::log_error!("renewal of {}: {e}", m.id),
+        }
+    }
+    Ok((applied, next))
+}
+
+fn renew_module(prov: &Provisioning, cert_type: &str, policy: &RenewPolicy) -> Result<(Outcome, i64)> {
+    let t = now();
+    let mut renewal = match load(prov, cert_type)? {
+        Some(r) if r.next_try > t => return Ok((Outcome::Idle, r.next_try)),
+        Some(r) => {
+            crate::log_info!("renewal of {cert_type}: resuming at step {}", r.step.name());
+            r
+        }
+        None => {
+            let snap = prov.db.snapshot()?;
+            let Some(current) = prov.modules.current(&snap, cert_type) else {
+                return Ok((Outcome::Idle, t + 3600));
+            };
+            let due = due_at(current, policy);
+            if due > t {
+                return Ok((Outcome::Idle, due));
+            }
+            crate::log_notice!(
+                "renewal of {cert_type}: due (certificate {} expires {})",
+                hex(&current.serial),
+                crate::pki::x509::rfc3339(current.not_after)
+            );
+            let subject = crate::pki::factory::subject_for(&policy.subject, &prov.config.node_id, cert_type);
+            let (key_id, csr) = prov.with_journal(|| prov.modules.create_key(&prov.db, cert_type, &subject))?;
+            let r = Renewal {
+                step: Step::KeyCreated { key_id, csr },
+                failures: 0,
+                next_try: t,
+                last_error: String::new(),
+            };
+            store(prov, cert_type, Some(&r))?;
+            r
+        }
+    };
+    // The renewal's key must still be pending (a provisioning step or reconciliation may
+    // have removed it); if not, start over.
+    let pending = prov
+        .db
+        .snapshot()?
+        .pending
+        .iter()
+        .any(|p| p.cert_type == cert_type && p.key_id == *renewal.step.key_id());
+    if !pending {
+        crate::log_warn!("renewal of {cert_type}: its new key is gone; starting over");
+        store(prov, cert_type, None)?;
+        return Ok((Outcome::Idle, t));
+    }
+    let mut retry_after = None;
+    let result = advance(prov, cert_type, policy, &mut renewal, &mut retry_after);
+    match result {
+        Ok(()) => {
+            store(prov, cert_type, None)?;
+            Ok((Outcome::Applied, now()))
+        }
+        Err(e) => {
+            // The server's Retry-After, when longer than our own delay, is honoured.
+            let delay = backoff(policy, renewal.failures).max(retry_after.unwrap_or_default().min(MAX_RENEW_RETRY));
+            renewal.failures = renewal.failures.saturating_add(1);
+            renewal.next_try = now() + delay.as_secs() as i64;
+            renewal.last_error = e.to_string();
+            store(prov, cert_type, Some(&renewal))?;
+            crate::log_warn!(
+                "renewal of {cert_type}: {e}; trying again in {} s (step {})",
+                delay.as_secs(),
+                renewal.step.name()
+            );
+            Ok((Outcome::Failed, renewal.next_try))
+        }
+    }
+}
+
+/// The signer a policy names. An EST re-enrollment authenticates with the module's current
+/// certificate, its key signing in the store.
+fn signer(prov: &Provisioning, cert_type: &str, policy: &RenewPolicy) -> Result<Box<dyn CsrSigner>> {
+    Ok(match &policy.method {
+        RenewMethod::Command { command, timeout } => Box::new(CommandSigner {
+            command: command.clone(),
+            timeout: *timeout,
+        }),
+        RenewMethod::Est(est) => {
+            let anchors = crate::pki::x509::read_certs(&est.anchor, "EST trust anchor")?;
+            let basic = match (&est.username, &est.password_file) {
+                (Some(u), Some(f)) => {
+                    let text = zeroize::Zeroizing::new(
+                        std::fs::read_to_string(f)
+                            .map_err(|e| Error::unavailable(format!("EST password file {}: {e}", f.display())))?,
+                    );
+                    Some((
+                        u.clone(),
+                        crate::secret::Secret::new(text.trim_end_matches('\n').to_string()),
+                    ))
+                }
+                _ => None,
+            };
+            let auth = if est.reenroll {
+                let (_, _, identity) = prov.with_journal(|| prov.modules.identity(&prov.db, cert_type))?;
+                ClientAuth::Identity(identity)
+            } else {
+                ClientAuth::None
+            };
+            Box::new(EstSigner {
+                client: EstClient::new(&est.url, &anchors, auth, basic)?,
+                reenroll: est.reenroll,
+                retry_after: Default::default(),
+            })
+        }
+    })
+}
+
+/// Take the renewal through its remaining steps, committing each.
+fn advance(
+    prov: &Provisioning,
+    cert_type: &str,
+    policy: &RenewPolicy,
+    renewal: &mut Renewal,
+    retry_after: &mut Option<Duration>,
+) -> Result<()> {
+    if let Step::KeyCreated { key_id, csr } = &renewal.step {
+        let signer = signer(prov, cert_type, policy)?;
+        let chain_pem = match signer.sign(cert_type, csr) {
+            Ok(c) => c,
+            Err(e) => {
+                *retry_after = signer.retry_after();
+                return Err(e);
+            }
+        };
+        renewal.step = Step::Obtained {
+            key_id: *key_id,
+            csr: csr.clone(),
+            chain_pem,
+        };
+        store(prov, cert_type, Some(renewal))?;
+    }
+    let Step::Obtained { key_id, csr, chain_pem } = &renewal.step else {
+        return Err(Error::internal("renewal step out of order"));
+    };
+    match prov.with_journal(|| prov.modules.apply(&prov.db, &prov.config, cert_type, chain_pem)) {
+        Ok(cert) => {
+            crate::log_notice!(
+                "renewal of {cert_type}: certificate {} applied, valid until {}",
+                hex(&cert.serial),
+                crate::pki::x509::rfc3339(cert.not_after)
+            );
+            Ok(())
+        }
+        Err(e) => {
+            // The chain was refused: ask for a certificate again next time.
+            renewal.step = Step::KeyCreated {
+                key_id: *key_id,
+                csr: csr.clone(),
+            };
+            Err(e.context("the new certificate was refused"))
+        }
+    }
+}

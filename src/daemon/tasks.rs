@@ -1,0 +1,89 @@
+//! iamd's background tasks: periodic reconciliation, renewals when due, and the identity
+//! files watched on SIGHUP and every poll interval.
+
+use super::*;
+
+/// Reconcile the database with the stores every `reconcile.interval` (the start-up pass
+/// ran before the sockets opened).
+pub(super) async fn reconcile_periodically(shared: Arc<Shared>) {
+    let interval = shared.prov.config.reconcile.interval;
+    if interval.is_zero() {
+        return;
+    }
+    loop {
+        smol::Timer::after(interval).await;
+        let s = shared.clone();
+        match blocking::unblock(move || s.prov.reconcile()).await {
+            Ok(report) if !report.is_empty() => shared.publish_cert_changes(),
+            Ok(_) => {}
+            Err(e) => crate::log_error!("reconciliation: {e}"),
+        }
+    }
+}
+
+/// Longest sleep of the renewal scheduler (a certificate applied meanwhile wakes it at once).
+pub(super) const RENEW_POLL_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Renew the certificates of modules with a `[modules.renew]` policy when they are due, and
+/// resume renewals a restart interrupted.
+pub(super) async fn renew_when_due(shared: Arc<Shared>) {
+    if shared.prov.config.modules.iter().all(|m| m.renew.is_none()) {
+        return;
+    }
+    loop {
+        let s = shared.clone();
+        let wait = match blocking::unblock(move || crate::daemon::renewal::run_due(&s.prov)).await {
+            Ok((applied, next)) => {
+                if applied {
+                    shared.publish_cert_changes();
+                }
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                std::time::Duration::from_secs((next - now).clamp(1, RENEW_POLL_MAX.as_secs() as i64) as u64)
+            }
+            Err(e) => {
+                crate::log_error!("renewal: {e}");
+                RENEW_POLL_MAX
+            }
+        };
+        let changed = shared.certs_changed.1.clone();
+        smol::future::or(
+            async {
+                smol::Timer::after(wait).await;
+            },
+            async {
+                let _ = changed.recv().await;
+            },
+        )
+        .await;
+    }
+}
+
+/// Check the identity files on SIGHUP and every poll interval; push changed subjects.
+pub(super) async fn watch_identity(shared: Arc<Shared>, reload: smol::channel::Receiver<()>) {
+    let interval = shared.prov.config.identity.poll_interval;
+    loop {
+        // A closed channel (the signal thread has ended) means no more HUPs: the timer alone.
+        let hup = smol::future::or(
+            async {
+                match reload.recv().await {
+                    Ok(()) => true,
+                    Err(_) => smol::future::pending().await,
+                }
+            },
+            async {
+                smol::Timer::after(interval).await;
+                false
+            },
+        )
+        .await;
+        let s = shared.clone();
+        if let Some(subjects) = blocking::unblock(move || s.identity.refresh()).await {
+            crate::log_notice!(
+                "subjects changed ({} now){}",
+                subjects.len(),
+                if hup { " on SIGHUP" } else { "" }
+            );
+            shared.subjects.send(subjects);
+        }
+    }
+}

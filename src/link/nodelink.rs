@@ -1,0 +1,553 @@
+//! The secondary node's end of a node link, as `iam-nodelink` runs it.
+//!
+//! Dials the main node, states this node's id in the hello, registers the node with the
+//! NodeInfo of its own iamd, then runs the requests the main node forwards against that
+//! iamd's protected socket and sends the answers back; the node's info changes are pushed
+//! as they happen. A dropped link is dialed again after an exponential backoff with jitter.
+//! The link's state is kept in a status file for `iam-nodelink status`.
+
+use crate::config::{Algorithm, LinkTls};
+use crate::error::{Error, ErrorKind, Result};
+use crate::link::peer::{self, Peer};
+use crate::proto::client::Client;
+use crate::proto::transport::{self, LinkAddr};
+use crate::proto::wire::{Event, Request, Response, Role};
+use serde::{Deserialize, Serialize};
+use smol::Executor;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const DEFAULT_RETRY_MIN: Duration = Duration::from_millis(500);
+pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(30);
+
+static EXECUTOR: Executor<'static> = Executor::new();
+
+#[derive(Clone)]
+pub struct Options {
+    pub connect: LinkAddr,
+    /// The protected socket of this node's iamd.
+    pub local_socket: PathBuf,
+    pub status_file: PathBuf,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    pub body_limit: u32,
+    pub hello_timeout: Duration,
+    /// How long the rest of a frame may take once it has begun (`limits.frame_timeout`).
+    pub frame_timeout: Duration,
+    pub request_timeout: Duration,
+    pub long_request_timeout: Duration,
+    /// How often the main node must answer a keepalive (`None`: never asked).
+    pub keepalive: Option<Duration>,
+    pub tls: LinkTls,
+    /// The unit's root CA, which the main node's certificate must chain to (TLS).
+    pub root_ca: Option<PathBuf>,
+    /// This node's unit (`node.unit_id`): the main node's certificate must carry its URI.
+    pub unit_id: String,
+    /// The main node this node links to only (`links.main_node_id`), if configured.
+    pub main_node_id: Option<String>,
+}
+
+/// What `iam-nodelink status` reports, as the running link writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub pid: u32,
+    /// `connecting`, `registered`, `retrying` or `stopped`.
+    pub state: String,
+    pub link: String,
+    pub node_id: String,
+    pub main_node_id: String,
+    pub tls: bool,
+    /// Seconds since the Unix epoch when `state` was entered.
+    pub since: i64,
+    /// Times the node has registered since the link started.
+    pub registrations: u64,
+    /// Why the last attempt failed, if it did.
+    pub last_error: String,
+}
+
+impl Status {
+    pub fn load(path: &std::path::Path) -> Result<Status> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::unavailable(format!(
+                "no link status at {} ({e}): is iam-nodelink running?",
+                path.display()
+            ))
+        })?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::internal(format!("{} is not a link status: {e}", path.display())))
+    }
+
+    /// Whether the process that wrote the status still runs.
+    pub fn is_running(&self) -> bool {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), None).is_ok()
+    }
+}
+
+/// Exponential backoff with jitter: each delay is drawn from the upper half of a window
+/// that doubles from `min` up to `max`.
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    window: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            min,
+            max: max.max(min),
+            window: min,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.window = self.min;
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let mut b = [0u8; 4];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+        let fraction = u32::from_le_bytes(b) as f64 / u32::MAX as f64;
+        let delay = self.window.mul_f64(0.5 + fraction / 2.0);
+        self.window = (self.window * 2).min(self.max);
+        delay
+    }
+}
+
+struct Reporter {
+    path: PathBuf,
+    status: Status,
+}
+
+impl Reporter {
+    async fn set(&mut self, state: &str, f: impl FnOnce(&mut Status)) {
+        self.status.state = state.into();
+        self.status.since = time::OffsetDateTime::now_utc().unix_timestamp();
+        f(&mut self.status);
+        let (path, text) = (self.path.clone(), serde_json::to_vec(&self.status).unwrap_or_default());
+        let written = blocking::unblock(move || crate::store::atomic_file::write(&path, &text, 0o644)).await;
+        if let Err(e) = written {
+            crate::log_warn!("cannot write the link status {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Run the link until SIGTERM or SIGINT (or, for a stdio link, until the pipe ends).
+pub fn run(opts: Options) -> Result<()> {
+    let signals = crate::sys::signals::watch()?;
+    let mut reporter = Reporter {
+        path: opts.status_file.clone(),
+        status: Status {
+            pid: std::process::id(),
+            state: String::new(),
+            link: opts.connect.to_string(),
+            node_id: String::new(),
+            main_node_id: String::new(),
+            tls: false,
+            since: 0,
+            registrations: 0,
+            last_error: String::new(),
+        },
+    };
+    let result = smol::block_on(EXECUTOR.run(async {
+        let stop = async {
+            let why = signals
+                .stop
+                .recv()
+                .await
+                .unwrap_or_else(|_| "signal thread ended".into());
+            crate::log_notice!("{why}: stopping");
+            Ok(())
+        };
+        let r = smol::future::or(stop, link_forever(&opts, &mut reporter)).await;
+        let _ = crate::sys::notify::notify("STOPPING=1");
+        let last = r.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
+        reporter.set("stopped", |s| s.last_error = last).await;
+        r
+    }));
+    result
+}
+
+async fn link_forever(opts: &Options, reporter: &mut Reporter) -> Result<()> {
+    let mut backoff = Backoff::new(opts.retry_min, opts.retry_max);
+    let mut notified = false;
+    loop {
+        reporter.set("connecting", |_| {}).await;
+        let mut registered = false;
+        let ended = session(opts, reporter, &mut registered, &mut notified).await;
+        let e = match ended {
+            Ok(reason) => Error::unavailable(format!("the link to the main node ended: {reason}")),
+            Err(e) => e,
+        };
+        if opts.connect == LinkAddr::Stdio {
+            // A pipe cannot be dialed again: whoever runs the pipe restarts the link.
+            return Err(e);
+        }
+        if registered {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        crate::log_warn!("{e}; dialing again in {:.1} s", delay.as_secs_f64());
+        let message = e.to_string();
+        reporter.set("retrying", |s| s.last_error = message).await;
+        smol::Timer::after(delay).await;
+    }
+}
+
+/// One connection to the local iamd and one link to the main node, until either ends.
+/// Returns why the link ended (`Ok`) or why it could not be set up (`Err`).
+async fn session(
+    opts: &Options,
+    reporter: &mut Reporter,
+    registered: &mut bool,
+    notified: &mut bool,
+) -> Result<String> {
+    let limit = opts.body_limit;
+    let mut local_stream = transport::connect(&LinkAddr::Unix(opts.local_socket.clone()))
+        .await
+        .map_err(|e| {
+            Error::unavailable(format!(
+                "cannot connect to the local iamd at {}: {e}",
+                opts.local_socket.display()
+            ))
+        })?;
+    peer::hello(&mut local_stream, Role::Client, "", limit, opts.hello_timeout)
+        .await
+        .map_err(|e| e.context("the local iamd"))?;
+    let (local, local_reader) = Peer::new("the local iamd".into(), local_stream, limit, opts.frame_timeout);
+    let local_loop = {
+        let local = local.clone();
+        async move {
+            let l = local.clone();
+            let reason = local
+                .read_loop(local_reader, |id, r| {
+                    let l = l.clone();
+                    async move {
+                        let e = Error::protocol(format!("{} is not served by iam-nodelink", r.name()));
+                        let _ = l.answer(id, Err(e)).await;
+                        true
+                    }
+                })
+                .await;
+            Ok::<_, Error>(format!("the local iamd closed the connection ({reason})"))
+        }
+    };
+    let local_loop = EXECUTOR.spawn(local_loop);
+
+    let info = match local
+        .call(&Request::GetNodeInfo { node_id: String::new() }, opts.request_timeout)
+        .await?
+    {
+        Response::NodeInfo(i) => i,
+        r => return Err(Error::protocol(format!("GetNodeInfo answered {r:?}"))),
+    };
+    let node_id = info.node_id.clone();
+    let changes = local
+        .subscribe(&Request::SubscribeNodeChanged, opts.request_timeout)
+        .await?;
+
+    // A node that has its link identity never links in the clear, whatever happens to its
+    // handshakes: an on-path attacker who resets them gets no downgrade.
+    let identity = link_identity(opts, &local).await?;
+    let use_tls = identity.is_some();
+    let mut stream = transport::connect(&opts.connect)
+        .await
+        .map_err(|e| Error::unavailable(format!("cannot reach the main node at {}: {e}", opts.connect)))?;
+    let mut main_cert = None;
+    if let Some(identity) = identity {
+        // The handshake's signature is a blocking call to iamd (rustls signers are
+        // synchronous): it runs on a thread of its own, never on this executor's.
+        let opts2 = opts.clone();
+        let (s, cert) = blocking::unblock(move || smol::block_on(connect_tls(&opts2, stream, identity))).await?;
+        stream = s;
+        main_cert = Some(cert);
+    }
+    let main_id = peer::hello(&mut stream, Role::NodeLink, &node_id, limit, opts.hello_timeout)
+        .await
+        .map_err(|e| e.context(format!("the main node at {}", opts.connect)))?;
+    // The certificate must name the main node this node is configured for (or, without
+    // one configured, the one it says it is), of this node's unit.
+    let expected = opts.main_node_id.as_deref().unwrap_or(&main_id);
+    if let Some(cert) = &main_cert {
+        crate::link::tls::check_peer(cert, crate::config::Eku::ServerAuth, expected, &opts.unit_id)
+            .map_err(|e| e.context(format!("the main node at {}", opts.connect)))?;
+    }
+    if expected != main_id {
+        return Err(Error::unauthorized(format!(
+            "the main node at {} says it is node \"{main_id}\", not \"{expected}\" (links.main_node_id)",
+            opts.connect
+        )));
+    }
+    let (link, link_reader) = Peer::new(
+        format!("the main node \"{main_id}\""),
+        stream,
+        limit,
+        opts.frame_timeout,
+    );
+
+    let link_loop = {
+        let (link, local, node_id) = (link.clone(), local.clone(), node_id.clone());
+        let timeouts = (opts.request_timeout, opts.long_request_timeout);
+        async move {
+            let l = link.clone();
+            let reason = link
+                .read_loop(link_reader, move |id, request| {
+                    let (link, local, node_id) = (l.clone(), local.clone(), node_id.clone());
+                    EXECUTOR
+                        .spawn(async move {
+                            let result = run_forwarded(&local, &node_id, request, timeouts).await;
+                            let _ = link.answer(id, result).await;
+                        })
+                        .detach();
+                    async { true }
+                })
+                .await;
+            Ok::<_, Error>(reason)
+        }
+    };
+    let link_loop = EXECUTOR.spawn(link_loop);
+
+    let register_and_push = async {
+        match link.call(&Request::RegisterNode { info }, opts.request_timeout).await {
+            Ok(Response::Done) => {}
+            Ok(r) => return Err(Error::protocol(format!("RegisterNode answered {r:?}"))),
+            Err(e) => return Err(e.context("registering with the main node")),
+        }
+        *registered = true;
+        crate::log_notice!(
+            "node \"{node_id}\" registered with the main node \"{main_id}\" over {}",
+            opts.connect
+        );
+        let (nid, mid) = (node_id.clone(), main_id.clone());
+        reporter
+            .set("registered", |s| {
+                s.node_id = nid;
+                s.main_node_id = mid;
+                s.tls = use_tls;
+                s.registrations += 1;
+                s.last_error.clear();
+            })
+            .await;
+        if !*notified {
+            *notified = true;
+            if let Err(e) = crate::sys::notify::notify("READY=1") {
+                crate::log_warn!("cannot notify the service manager: {e}");
+            }
+        }
+        let push = async {
+            loop {
+                match changes.recv().await {
+                    Ok(Ok(Event::NodeChanged(info))) if info.node_id == node_id => {
+                        link.call(&Request::NodeInfoChanged { info }, opts.request_timeout)
+                            .await
+                            .map_err(|e| e.context("reporting the node's info"))?;
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(e.context("the local iamd's node events")),
+                    Err(_) => return Err(Error::unavailable("the local iamd's node events ended")),
+                }
+            }
+        };
+        smol::future::or(push, keepalive(&link, opts.keepalive)).await
+    };
+    let ended = smol::future::or(register_and_push, smol::future::or(link_loop, local_loop)).await;
+    link.close("iam-nodelink closed the link");
+    local.close("iam-nodelink closed the connection");
+    ended
+}
+
+/// Ask the main node every `every` whether it still answers; the first miss ends the link.
+/// Over a byte pipe (stdio, a vchan proxy) nothing else would notice that the iamd at the
+/// other end restarted and forgot this link.
+async fn keepalive(link: &Peer, every: Option<Duration>) -> Result<String> {
+    let Some(every) = every else {
+        return std::future::pending().await;
+    };
+    loop {
+        smol::Timer::after(every).await;
+        match link.call(&Request::Version, every).await {
+            Ok(Response::Version { .. }) => {}
+            Ok(r) => return Err(Error::protocol(format!("the keepalive was answered {r:?}"))),
+            Err(e) => {
+                return Err(Error::unavailable(format!(
+                    "the main node did not answer a keepalive within {} s: {e}",
+                    every.as_secs()
+                )))
+            }
+        }
+    }
+}
+
+/// Run one request the main node forwarded, against the local iamd. Only operations aimed
+/// at this node by id are run: a forwarded request can never reach anything else.
+async fn run_forwarded(
+    local: &Peer,
+    node_id: &str,
+    request: Request,
+    timeouts: (Duration, Duration),
+) -> Result<Response> {
+    match request.target_node() {
+        Some(target) if target == node_id => {}
+        Some(target) => {
+            return Err(Error::not_found(format!(
+                "this link serves node \"{node_id}\", not \"{target}\""
+            )))
+        }
+        None => {
+            return Err(Error::unauthorized(format!(
+                "{} is not forwarded to a secondary node",
+                request.name()
+            )))
+        }
+    }
+    let timeout = if request.is_long() { timeouts.1 } else { timeouts.0 };
+    let op = request.name();
+    // Errors say which node they come from, the main node's caller sees many.
+    let r = local
+        .call(&request, timeout)
+        .await
+        .map_err(|e| e.context(format!("node \"{node_id}\"")));
+    if let Err(e) = &r {
+        if !matches!(e.kind, ErrorKind::Unavailable) {
+            crate::log_info!("{op} from the main node: {e}");
+        }
+    }
+    r
+}
+
+/// This node's link identity as its iamd serves it: (certificate, key algorithm, serial).
+async fn local_identity(local: &Peer, timeout: Duration) -> Result<(Vec<u8>, Algorithm, Vec<u8>)> {
+    match local.call(&Request::GetLinkIdentity, timeout).await? {
+        Response::LinkIdentity {
+            cert_der,
+            algorithm,
+            serial,
+        } => {
+            let alg = Algorithm::ALL
+                .iter()
+                .find(|(n, _)| *n == algorithm)
+                .map(|(_, a)| *a)
+                .ok_or_else(|| Error::protocol(format!("unknown key algorithm \"{algorithm}\"")))?;
+            Ok((cert_der, alg, serial))
+        }
+        r => Err(Error::protocol(format!("GetLinkIdentity answered {r:?}"))),
+    }
+}
+
+/// Whether this link runs inside TLS (docs/ARCHITECTURE.md §7): `required` and TCP always, `off` never;
+/// `auto` once the node has a certificate for its link identity, and in the clear before
+/// that — which both ends accept only while in provisioning mode.
+async fn link_identity(opts: &Options, local: &Peer) -> Result<Option<(Vec<u8>, Algorithm, Vec<u8>)>> {
+    let must = opts.tls == LinkTls::Required || opts.connect.is_tcp();
+    if opts.tls == LinkTls::Off && !must {
+        return Ok(None);
+    }
+    match local_identity(local, opts.request_timeout).await {
+        Ok(id) => Ok(Some(id)),
+        Err(e) if e.kind == ErrorKind::NotFound && !must => {
+            let status = match local
+                .call(
+                    &Request::GetProvisioningStatus { node_id: String::new() },
+                    opts.request_timeout,
+                )
+                .await?
+            {
+                Response::Status(s) => s,
+                r => return Err(Error::protocol(format!("GetProvisioningStatus answered {r:?}"))),
+            };
+            if status.provisioning_mode {
+                return Ok(None);
+            }
+            Err(Error::unavailable(format!(
+                "{}; out of provisioning mode the link must use TLS",
+                e.message
+            )))
+        }
+        Err(e) => Err(e.context("the link must use TLS")),
+    }
+}
+
+/// The TLS handshake as a secondary node: its key signs through its iamd. A main node that
+/// closes the connection instead of answering is `unavailable` (it has no identity to
+/// answer with); any other failure, a certificate that does not verify above all, is
+/// `unauthorized`.
+async fn connect_tls(
+    opts: &Options,
+    stream: transport::BoxStream,
+    (cert_der, algorithm, serial): (Vec<u8>, Algorithm, Vec<u8>),
+) -> Result<(transport::BoxStream, Vec<u8>)> {
+    let root_ca = opts
+        .root_ca
+        .as_ref()
+        .ok_or_else(|| Error::invalid("TLS on the link needs paths.root_ca in the configuration"))?;
+    let roots = crate::pki::x509::read_certs(root_ca, "root CA")?;
+    let identity = crate::link::tls::Identity {
+        cert_der,
+        algorithm,
+        signer: Arc::new(LocalSigner {
+            socket: opts.local_socket.clone(),
+            serial,
+            client: std::sync::Mutex::new(None),
+        }),
+    };
+    let config = crate::link::tls::client_config(&identity, &roots)?;
+    let handshake = futures_rustls::TlsConnector::from(config).connect(crate::link::tls::main_server_name(), stream);
+    let what = format!("no TLS handshake with {}", opts.connect);
+    let tls = transport::within(opts.hello_timeout, what, async {
+        handshake.await.map_err(|e| {
+            use std::io::ErrorKind as Io;
+            match e.kind() {
+                Io::ConnectionReset | Io::UnexpectedEof | Io::BrokenPipe | Io::ConnectionAborted => {
+                    Error::unavailable(format!(
+                        "TLS with the main node at {}: it closed the connection during the handshake ({e}); \
+                         this node has its link identity and never links in the clear: if the main node \
+                         has none yet, provision the main node first",
+                        opts.connect
+                    ))
+                }
+                _ => Error::unauthorized(format!("TLS with the main node at {}: {e}", opts.connect)),
+            }
+        })
+    })
+    .await?;
+    let cert = crate::link::tls::peer_leaf(tls.get_ref().1)?;
+    Ok((Box::new(tls), cert))
+}
+
+/// Signs with this node's identity key by asking its iamd (SignWithLinkIdentity): the key
+/// never leaves the store. Blocking, like every rustls signer; iamd answers from its own
+/// process, so the wait is one local round trip.
+struct LocalSigner {
+    socket: PathBuf,
+    serial: Vec<u8>,
+    client: std::sync::Mutex<Option<Client>>,
+}
+
+impl std::fmt::Debug for LocalSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "link identity key through {}", self.socket.display())
+    }
+}
+
+impl crate::link::tls::IdentitySigner for LocalSigner {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
+        let mut guard = crate::sys::lock(&self.client);
+        if guard.is_none() {
+            *guard = Some(Client::connect(&self.socket)?);
+        }
+        let client = guard.as_mut().expect("connected above");
+        let answer = client.call(Request::SignWithLinkIdentity {
+            serial: self.serial.clone(),
+            message: message.to_vec(),
+        });
+        match answer {
+            Ok(Response::Signature(s)) => Ok(s),
+            Ok(r) => Err(Error::protocol(format!("SignWithLinkIdentity answered {r:?}"))),
+            Err(e) => {
+                *guard = None;
+                Err(e)
+            }
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! EST client (RFC 7030) over rustls: `/cacerts`, `/simpleenroll` and `/simplereenroll`.
+//!
+//! The EST server is trusted through an explicitly configured anchor, never the system's
+//! roots. Enrollment authenticates by HTTP basic auth or a bootstrap certificate;
+//! re-enrollment by the node's current certificate over mutual TLS, its key signing inside
+//! the key store. Answers are PKCS#7 certs-only (base64); HTTP refusals become typed errors:
+//! 401 `unauthorized`, 400 `invalid_argument`, 202 with Retry-After and 5xx `unavailable`.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::link::tls::ClientAuth;
+use crate::pki::signer::CsrSigner;
+use crate::secret::Secret;
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Largest EST response read.
+pub const MAX_RESPONSE: usize = 1024 * 1024;
+/// How long one EST exchange may take by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct EstClient {
+    host: String,
+    port: u16,
+    /// The path prefix, `/.well-known/est` (with a CA label, if any).
+    path: String,
+    tls: Arc<rustls::ClientConfig>,
+    basic: Option<(String, Secret)>,
+    timeout: Duration,
+}
+
+/// An HTTP response: status, headers (names lower-cased), body.
+struct Response {
+    status: u16,
+    reason: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+    fn text(&self) -> String {
+        let t = String::from_utf8_lossy(&self.body);
+        let t = t.trim();
+        t.chars().take(200).collect()
+    }
+}
+
+/// What went wrong with an EST exchange, and how long the server asked to wait, if it did.
+#[derive(Debug)]
+pub struct Refusal {
+    pub error: Error,
+    pub retry_after: Option<Duration>,
+}
+
+fn parse_url(url: &str) -> Result<(String, u16, String)> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| Error::invalid(format!("EST URL {url}: only https:// is allowed")))?;
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+            h.trim_start_matches('[').trim_end_matches(']').to_string(),
+            p.parse()
+                .map_err(|_| Error::invalid(format!("EST URL {url}: bad port \"{p}\"")))?,
+        ),
+        _ => (authority.to_string(), 443),
+    };
+    if host.is_empty() {
+        return Err(Error::invalid(format!("EST URL {url}: no host")));
+    }
+    let path = format!("/{}", path.trim_end_matches('/'));
+    let path = if path == "/" {
+        "/.well-known/est".to_string()
+    } else {
+        path
+    };
+    Ok((host, port, path))
+}
+
+impl EstClient {
+    pub fn new(
+        url: &str,
+        anchors: &[CertificateDer<'static>],
+        auth: ClientAuth,
+        basic: Option<(String, Secret)>,
+    ) -> Result<EstClient> {
+        let (host, port, path) = parse_url(url)?;
+        Ok(EstClient {
+            host,
+            port,
+            path,
+            tls: crate::link::tls::est_client_config(anchors, auth)?,
+            basic,
+            timeout: DEFAULT_TIMEOUT,
+        })
+    }
+
+    /// `/cacerts`: the CA certificates the server distributes.
+    pub fn cacerts(&self) -> std::result::Result<Vec<Vec<u8>>, Refusal> {
+        let r = self.exchange("GET", "cacerts", None)?;
+        self.certs(r, "cacerts")
+    }
+
+    /// `/simpleenroll` (or `/simplereenroll`) with a CSR (DER): the issued certificates.
+    pub fn enroll(&self, csr_der: &[u8], reenroll: bool) -> std::result::Result<Vec<Vec<u8>>, Refusal> {
+        let op = if reenroll { "simplereenroll" } else { "simpleenroll" };
+        let body = crate::codec::pem::base64_encode(csr_der);
+        let r = self.exchange("POST", op, Some(body.into_bytes()))?;
+        self.certs(r, op)
+    }
+
+    fn certs(&self, r: Response, op: &str) -> std::result::Result<Vec<Vec<u8>>, Refusal> {
+        let refuse = |error: Error| Refusal {
+            error,
+            retry_after: None,
+        };
+        match r.status {
+            200 => {}
+            202 => {
+                let after = r.header("retry-after").and_then(|v| v.trim().parse::<u64>().ok());
+                return Err(Refusal {
+                    error: Error::unavailable(format!(
+                        "the EST server accepted /{op} and asks to retry after {} s",
+                        after.map_or("an unstated number of".into(), |s| s.to_string())
+                    )),
+                    retry_after: after.map(Duration::from_secs),
+                });
+            }
+            401 | 403 => {
+                return Err(refuse(Error::unauthorized(format!(
+                    "the EST server refused the credentials for /{op} ({} {})",
+                    r.status, r.reason
+                ))))
+            }
+            400..=499 => {
+                return Err(refuse(Error::invalid(format!(
+                    "the EST server refused /{op} ({} {}): {}",
+                    r.status,
+                    r.reason,
+                    r.text()
+                ))))
+            }
+            500..=599 => {
+                return Err(Refusal {
+                    error: Error::unavailable(format!(
+                        "the EST server failed /{op} ({} {}): {}",
+                        r.status,
+                        r.reason,
+                        r.text()
+                    )),
+                    retry_after: r
+                        .header("retry-after")
+                        .and_then(|v| v.trim().parse().ok())
+                        .map(Duration::from_secs),
+                })
+            }
+            s => {
+                return Err(refuse(Error::protocol(format!(
+                    "the EST server answered /{op} with HTTP {s} {}",
+                    r.reason
+                ))))
+            }
+        }
+        // RFC 7030 bodies are base64; a server that sends DER as it is is read too.
+        let der = crate::codec::pem::base64_decode(&r.body).unwrap_or(r.body);
+        crate::codec::der::pkcs7_certificates(&der).ok_or_else(|| {
+            refuse(Error::protocol(format!(
+                "the EST answer to /{op} is not a PKCS#7 certs-only structure"
+            )))
+        })
+    }
+
+    fn exchange(&self, method: &str, op: &str, body: Option<Vec<u8>>) -> std::result::Result<Response, Refusal> {
+        let refuse = |error: Error| Refusal {
+            error,
+            retry_after: None,
+        };
+        let addr = format!("{}:{}", self.host, self.port);
+        let tcp = std::net::TcpStream::connect(&addr).map_err(|e| {
+            refuse(Error::unavailable(format!(
+                "cannot reach the EST server at {addr}: {e}"
+            )))
+        })?;
+        let _ = tcp.set_read_timeout(Some(self.timeout));
+        let _ = tcp.set_write_timeout(Some(self.timeout));
+        let name = ServerName::try_from(self.host.clone()).map_err(|_| {
+            refuse(Error::invalid(format!(
+                "EST host \"{}\" is not a valid name",
+                self.host
+            )))
+        })?;
+        let conn = rustls::ClientConnection::new(self.tls.clone(), name)
+            .map_err(|e| refuse(Error::internal(format!("TLS: {e}"))))?;
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut head = format!(
+            "{method} {}/{op} HTTP/1.1\r\nHost: {}:{}\r\nAccept: application/pkcs7-mime\r\nConnection: close\r\n",
+            self.path, self.host, self.port
+        );
+        if let Some((user, password)) = &self.basic {
+            let pair = zeroize::Zeroizing::new(format!("{user}:{}", password.expose()));
+            head.push_str(&format!(
+                "Authorization: Basic {}\r\n",
+                crate::codec::pem::base64_encode(pair.as_bytes())
+            ));
+        }
+        let head = zeroize::Zeroizing::new(head);
+        let tls_error = |e: std::io::Error| {
+            let kind = if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) {
+                ErrorKind::Unauthorized
+            } else {
+                ErrorKind::Unavailable
+            };
+            refuse(Error::new(kind, format!("TLS with the EST server at {addr}: {e}")))
+        };
+        let mut request = head.as_bytes().to_vec();
+        if let Some(b) = &body {
+            request.extend_from_slice(
+                format!(
+                    "Content-Type: application/pkcs10\r\nContent-Transfer-Encoding: base64\r\nContent-Length: {}\r\n\r\n",
+                    b.len()
+                )
+                .as_bytes(),
+            );
+            request.extend_from_slice(b);
+        } else {
+            request.extend_from_slice(b"\r\n");
+        }
+        let request = zeroize::Zeroizing::new(request);
+        tls.write_all(&request).map_err(tls_error)?;
+        tls.flush().map_err(tls_error)?;
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match tls.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    raw.extend_from_slice(&buf[..n]);
+                    if raw.len() > MAX_RESPONSE {
+                        return Err(refuse(Error::protocol(format!(
+                            "the EST answer to /{op} exceeds {MAX_RESPONSE} bytes"
+                        ))));
+                    }
+                }
+                // A server that closes without close_notify: what came is the answer.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => break,
+                Err(e) => return Err(tls_error(e)),
+            }
+        }
+        parse_response(&raw).map_err(|e| refuse(e.context(format!("the EST answer to /{op}"))))
+    }
+}
+
+fn parse_response(raw: &[u8]) -> Result<Response> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| Error::protocol("no HTTP header"))?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| Error::protocol("HTTP header is not text"))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.splitn(3, ' ');
+    let (version, code, reason) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
+    if !version.is_some_and(|v| v.starts_with("HTTP/1.")) {
+        return Err(Error::protocol(format!("not an HTTP/1 answer: \"{status_line}\"")));
+    }
+    let status: u16 = code
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| Error::protocol(format!("bad HTTP status line \"{status_line}\"")))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
+    if chunked {
+        body = dechunk(&body).ok_or_else(|| Error::protocol("malformed chunked body"))?;
+    } else if let Some(len) = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+    {
+        if body.len() < len {
+            return Err(Error::protocol("the body is shorter than its Content-Length"));
+        }
+        body.truncate(len);
+    }
+    Ok(Response {
+        status,
+        reason: reason.to_string(),
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&data[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
+}
+
+/// Put the issued certificates in chain order: the one whose key is the CSR's first.
+pub fn chain_pem(certs: &[Vec<u8>], csr_der: &[u8]) -> Result<String> {
+    use x509_parser::prelude::FromDer;
+    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
+        .map_err(|e| Error::invalid(format!("the CSR: {e}")))?;
+    let key = csr
+        .certification_request_info
+        .subject_pki
+        .subject_public_key
+        .data
+        .to_vec();
+    let mut ordered: Vec<&Vec<u8>> = certs.iter().collect();
+    let leaf = ordered
+        .iter()
+        .position(|c| crate::pki::x509::fields(c).is_ok_and(|f| f.public_key == key))
+        .ok_or_else(|| Error::validation("KeyMismatch", "no certificate in the EST answer is for the CSR's key"))?;
+    let leaf = ordered.remove(leaf);
+    Ok(std::iter::once(leaf)
+        .chain(ordered)
+        .map(|c| crate::codec::pem::pem_encode("CERTIFICATE", c))
+        .collect())
+}
+
+/// Signs CSRs by EST enrollment (`/simpleenroll`) or re-enrollment (`/simplereenroll`).
+pub struct EstSigner {
+    pub client: EstClient,
+    pub reenroll: bool,
+    /// What the server last asked to wait, for the caller's retry schedule.
+    pub retry_after: Mutex<Option<Duration>>,
+}
+
+impl CsrSigner for EstSigner {
+    fn sign(&self, _cert_type: &str, csr_pem: &str) -> Result<String> {
+        use rustls::pki_types::pem::PemObject;
+        let csr = rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+            .map_err(|e| Error::invalid(format!("the CSR is not PEM: {e}")))?;
+        match self.client.enroll(csr.as_ref(), self.reenroll) {
+            Ok(certs) => chain_pem(&certs, csr.as_ref()),
+            Err(r) => {
+                *crate::sys::lock(&self.retry_after) = r.retry_after;
+                Err(r.error)
+            }
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        *crate::sys::lock(&self.retry_after)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_host_port_and_path() {
+        assert_eq!(
+            parse_url("https://est.example:8443/.well-known/est").unwrap(),
+            ("est.example".into(), 8443, "/.well-known/est".into())
+        );
+        assert_eq!(
+            parse_url("https://est.example").unwrap(),
+            ("est.example".into(), 443, "/.well-known/est".into())
+        );
+        assert!(parse_url("http://est.example").is_err());
+        assert!(parse_url("https://:1/").is_err());
+    }
+
+    #[test]
+    fn responses_parse_with_length_or_chunks_and_garbage_is_refused() {
+        let r = parse_response(b"HTTP/1.1 202 Accepted\r\nRetry-After: 5\r\nContent-Length: 2\r\n\r\nokXX").unwrap();
+        assert_eq!(
+            (r.status, r.header("retry-after"), r.body.as_slice()),
+            (202, Some("5"), &b"ok"[..])
+        );
+        let r =
+            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+                .unwrap();
+        assert_eq!(r.body, b"abcde");
+        assert!(parse_response(b"garbage").is_err());
+        assert!(parse_response(b"SSH-2.0 x\r\n\r\n").is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc").is_err());
+        assert!(dechunk(b"zz\r\n").is_none());
+    }
+}

@@ -1,0 +1,8 @@
+//! Certificates: X.509 building and validation, EST, CSR signers, the factory flow, and
+//! certificate health as monitoring rates it.
+
+pub mod est;
+pub mod factory;
+pub mod health;
+pub mod signer;
+pub mod x509;

@@ -1,0 +1,126 @@
+//! How a client gets a CSR signed: a local CA (certificate and key files, as a factory
+//! station holds them) or an external command (CSR PEM on stdin, chain PEM on stdout).
+
+use crate::error::{Error, Result};
+use crate::pki::x509;
+use rcgen::{CertificateSigningRequestParams, IsCa, Issuer, KeyPair, PublicKeyData};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// Largest chain a signing command may print.
+pub const MAX_COMMAND_OUTPUT: usize = 1024 * 1024;
+pub use crate::config::DEFAULT_COMMAND_TIMEOUT;
+
+pub trait CsrSigner {
+    /// Sign `csr_pem` for `cert_type`; returns the chain PEM, leaf first.
+    fn sign(&self, cert_type: &str, csr_pem: &str) -> Result<String>;
+    /// After a failure: how long the signer asked to wait before trying again, if it said.
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// A CA whose certificate and PKCS#8 key are files.
+pub struct LocalCa {
+    cert_pem: String,
+    key: KeyPair,
+    days: u32,
+}
+
+impl LocalCa {
+    pub fn load(cert: &Path, key: &Path, days: u32) -> Result<LocalCa> {
+        let chain = x509::read_certs(cert, "CA certificate")?;
+        let key_pem = zeroize::Zeroizing::new(
+            std::fs::read_to_string(key).map_err(|e| Error::invalid(format!("CA key {}: {e}", key.display())))?,
+        );
+        let key_pair = KeyPair::from_pem(&key_pem).map_err(|e| {
+            Error::invalid(format!(
+                "CA key {}: not a PKCS#8 private key this build can use: {e}",
+                key.display()
+            ))
+        })?;
+        if x509::fields(&chain[0])?.public_key != key_pair.der_bytes() {
+            return Err(Error::invalid(format!(
+                "CA key {} does not belong to the CA certificate {}",
+                key.display(),
+                cert.display()
+            )));
+        }
+        if days == 0 {
+            return Err(Error::invalid("certificate lifetime must be at least one day"));
+        }
+        Ok(LocalCa {
+            // The CA's certificate first (the issuer), then whatever chain the file held.
+            cert_pem: chain
+                .iter()
+                .map(|c| crate::codec::pem::pem_encode("CERTIFICATE", c))
+                .collect(),
+            key: key_pair,
+            days,
+        })
+    }
+}
+
+impl CsrSigner for LocalCa {
+    fn sign(&self, _cert_type: &str, csr_pem: &str) -> Result<String> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| Error::invalid(format!("the CSR does not parse or its signature is wrong: {e}")))?;
+        let now = time::OffsetDateTime::now_utc();
+        csr.params.not_before = now - time::Duration::minutes(5);
+        csr.params.not_after = now + time::Duration::days(self.days as i64);
+        csr.params.serial_number = Some(x509::random_serial()?);
+        csr.params.is_ca = IsCa::ExplicitNoCa;
+        csr.params.use_authority_key_identifier_extension = true;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)
+            .map_err(|e| Error::invalid(format!("the CA certificate: {e}")))?;
+        let cert = csr
+            .signed_by(&issuer)
+            .map_err(|e| Error::internal(format!("signing the CSR: {e}")))?;
+        Ok(format!("{}{}", cert.pem(), self.cert_pem))
+    }
+}
+
+/// The exit status by which a signing command says "not now, ask again later"
+/// (`EX_TEMPFAIL`); any other non-zero status is a refusal.
+pub const EXIT_RETRY_LATER: i32 = 75;
+
+/// A command run through `/bin/sh -c`: CSR PEM on stdin, chain PEM on stdout. Exit 0: the
+/// chain is issued; exit 75: retry later (an `unavailable` error); any other status: refused
+/// (`unauthorized`), with its stderr shown. Stopped after `timeout`.
+pub struct CommandSigner {
+    pub command: String,
+    pub timeout: Duration,
+}
+
+impl CsrSigner for CommandSigner {
+    fn sign(&self, cert_type: &str, csr_pem: &str) -> Result<String> {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg(&self.command).env("AOS_IAM_CERT_TYPE", cert_type);
+        let done = crate::sys::command::run(
+            cmd,
+            "the signing command",
+            Some(csr_pem.as_bytes()),
+            MAX_COMMAND_OUTPUT,
+            self.timeout,
+        )?;
+        if !done.status.success() {
+            let detail = if done.stderr.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", done.stderr)
+            };
+            if done.status.code() == Some(EXIT_RETRY_LATER) {
+                return Err(Error::unavailable(format!(
+                    "the signing command asks to retry later (exit {EXIT_RETRY_LATER}){detail}"
+                )));
+            }
+            return Err(Error::unauthorized(format!(
+                "the signing command refused ({}){detail}",
+                done.status
+            )));
+        }
+        String::from_utf8(done.stdout)
+            .map_err(|_| Error::invalid("the signing command printed something that is not PEM text"))
+    }
+}
