@@ -97,27 +97,6 @@ fn the_main_node_signs_nothing_with_its_link_identity() {
     assert!(e.contains("not served on the main node"), "{e}");
 }
 
-/// The 99th percentile of `n` GetCert round trips on one connection, in microseconds.
-fn get_cert_p99(socket: &str, n: usize) -> u128 {
-    let mut s = connect(socket);
-    let request = frame(&Request::GetCert {
-        cert_type: "iam".into(),
-        issuer: None,
-        serial: None,
-    });
-    let mut times: Vec<u128> = (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            s.write_all(&request).unwrap();
-            let (h, _) = read_answer(&mut s);
-            assert_eq!(h.kind, FrameKind::Response);
-            t.elapsed().as_micros()
-        })
-        .collect();
-    times.sort_unstable();
-    times[n * 99 / 100]
-}
-
 #[test]
 fn wrong_passwords_from_one_uid_slow_that_uid_only_and_are_dropped_when_it_goes() {
     let mut node = Node::new("guess", Store::Pkcs11);

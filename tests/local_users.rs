@@ -8,27 +8,7 @@ use common::attack::*;
 use common::*;
 use std::io::Write;
 use std::process::Command;
-use std::time::{Duration, Instant};
-
-/// The 99th percentile of `n` GetCert round trips on one connection, in microseconds.
-fn get_cert_p99(socket: &str, n: usize) -> u128 {
-    let mut s = connect(socket);
-    let request = frame(&Request::GetCert {
-        cert_type: "iam".into(),
-        issuer: None,
-        serial: None,
-    });
-    let mut times: Vec<u128> = (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            s.write_all(&request).unwrap();
-            read_answer(&mut s);
-            t.elapsed().as_micros()
-        })
-        .collect();
-    times.sort_unstable();
-    times[n * 99 / 100]
-}
+use std::time::Duration;
 
 #[test]
 fn an_unprivileged_user_cannot_starve_the_node_link_root_or_get_cert() {

@@ -310,17 +310,17 @@ pub(super) async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc
         let gone = closed.clone();
         let fut = async move {
             let op = request.name();
-            let answer = async {
+            // Boxed: the task holds a pointer while it waits, not the request's whole state
+            // (which would count once per request in flight).
+            let answer: std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response>> + Send>> =
                 match request.carries_password() {
                     true => {
-                        shared
-                            .guesses
-                            .attempt(uid, dispatch(request, socket, uid, shared.clone()))
-                            .await
+                        let inner = Box::pin(dispatch(request, socket, uid, shared.clone()));
+                        let s = shared.clone();
+                        Box::pin(async move { s.guesses.attempt(uid, inner).await })
                     }
-                    false => dispatch(request, socket, uid, shared.clone()).await,
-                }
-            };
+                    false => Box::pin(dispatch(request, socket, uid, shared.clone())),
+                };
             // A request whose client has gone is dropped (a step already running on a
             // blocking thread completes; one waiting for its turn never starts).
             let answer = smol::future::or(async { Some(answer.await) }, async {

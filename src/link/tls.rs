@@ -304,13 +304,7 @@ pub fn check_peer(cert_der: &[u8], eku: Eku, node_id: &str, unit_id: &str) -> Re
     let mut uris = Vec::new();
     for ext in cert.extensions() {
         match ext.parsed_extension() {
-            ParsedExtension::ExtendedKeyUsage(u) => {
-                has_eku = match eku {
-                    Eku::ServerAuth => u.server_auth,
-                    Eku::ClientAuth => u.client_auth,
-                    _ => false,
-                }
-            }
+            ParsedExtension::ExtendedKeyUsage(u) => has_eku = crate::pki::x509::has_eku(u, eku),
             ParsedExtension::SubjectAlternativeName(san) => {
                 for n in &san.general_names {
                     match n {

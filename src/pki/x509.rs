@@ -680,6 +680,18 @@ fn check_intermediate(der: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Whether an extended key usage extension lists `e`.
+pub fn has_eku(u: &x509_parser::extensions::ExtendedKeyUsage, e: Eku) -> bool {
+    match e {
+        Eku::ServerAuth => u.server_auth,
+        Eku::ClientAuth => u.client_auth,
+        Eku::CodeSigning => u.code_signing,
+        Eku::EmailProtection => u.email_protection,
+        Eku::TimeStamping => u.time_stamping,
+        Eku::OcspSigning => u.ocsp_signing,
+    }
+}
+
 /// Refuse a leaf that carries one of `forbidden` (a secondary's link identity with
 /// serverAuth could pose as the main node).
 pub fn refuse_ekus(der: &[u8], forbidden: &[Eku]) -> Result<()> {
@@ -692,14 +704,7 @@ pub fn refuse_ekus(der: &[u8], forbidden: &[Eku]) -> Result<()> {
     };
     let u = &ext.value;
     for e in forbidden {
-        let has = match e {
-            Eku::ServerAuth => u.server_auth,
-            Eku::ClientAuth => u.client_auth,
-            Eku::CodeSigning => u.code_signing,
-            Eku::EmailProtection => u.email_protection,
-            Eku::TimeStamping => u.time_stamping,
-            Eku::OcspSigning => u.ocsp_signing,
-        };
+        let has = has_eku(u, *e);
         if has || u.any {
             return Err(policy(
                 "ForbiddenEku",
@@ -769,14 +774,7 @@ fn check_leaf(der: &[u8], ekus: &[Eku]) -> Result<()> {
             ));
         };
         for e in ekus {
-            let ok = match e {
-                Eku::ServerAuth => have.server_auth,
-                Eku::ClientAuth => have.client_auth,
-                Eku::CodeSigning => have.code_signing,
-                Eku::EmailProtection => have.email_protection,
-                Eku::TimeStamping => have.time_stamping,
-                Eku::OcspSigning => have.ocsp_signing,
-            };
+            let ok = has_eku(&have, *e);
             if !ok {
                 return Err(policy(
                     "RequiredEkuNotFound",
