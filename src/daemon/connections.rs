@@ -23,14 +23,13 @@ pub(super) async fn accept_loop(listener: Async<UnixListener>, socket: Socket, s
                     (false, Socket::Public) => shared.quotas.connection(peer.uid).map(Some),
                     _ => Ok(None),
                 };
-                let permit = match quota {
-                    Err(e) => Err(e),
-                    Ok(q) => places.try_acquire_arc().map(|p| (p, q)).ok_or_else(|| {
+                let permit = quota.and_then(|q| {
+                    places.try_acquire_arc().map(|p| (p, q)).ok_or_else(|| {
                         Error::unavailable(format!(
                             "too many connections on the {socket:?} socket (at most {max}); try again later"
                         ))
-                    }),
-                };
+                    })
+                });
                 let (permit, quota) = match permit {
                     Ok(p) => p,
                     Err(e) => {

@@ -2,7 +2,8 @@
 //!
 //! Start, list the certificate types, then for each: create a key, get its CSR signed,
 //! apply the chain; finish. It talks only through the [`Client`], so it works against any
-//! iamd, and re-running it after an interruption converges (StartProvisioning wipes first).
+//! iamd, and re-running it after an interruption converges: a node part-way through is
+//! resumed from the certificates it has, otherwise StartProvisioning wipes first.
 //! [`run_unit`] does the same for every node of a unit through its main node.
 
 use crate::error::{Error, ErrorKind, Result};
@@ -117,7 +118,7 @@ fn prepare(
         false => Vec::new(),
     };
     for t in &types {
-        if let Some(c) = current.iter().find(|c| c.cert_type == *t && applied_before.contains(t)) {
+        if let Some(c) = current.iter().find(|c| c.cert_type == *t) {
             applied.push(c.clone());
             continue;
         }
