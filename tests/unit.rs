@@ -282,7 +282,7 @@ fn a_dropped_link_fails_the_requests_in_flight_at_once_naming_the_node() {
     // The link process comes back: it registers the node again.
     unit.link_unix(0);
     unit.wait_connected(&s0, true);
-    assert_eq!(unit.link_status(0).ok().json()["registrations"], 1);
+    assert_eq!(unit.wait_link_registered(0)["registrations"], 1);
 }
 
 #[test]
@@ -523,7 +523,7 @@ fn node_changes_reach_subscribers_and_the_registry_survives_restarts_of_either_s
     }
     unit.main.start(true);
     unit.wait_connected(&s0, true);
-    let status = unit.link_status(0).ok().json();
+    let status = unit.wait_link_registered(0);
     assert_eq!(status["registrations"], 2, "{status}");
 }
 
@@ -1041,7 +1041,7 @@ fn a_secondary_with_its_certificate_waits_in_tls_for_a_main_node_that_has_none_y
     assert_converged(&unit.main);
     for (i, s) in unit.secondaries.iter().enumerate() {
         unit.wait_connected(&s.node_id(), true);
-        assert_eq!(unit.link_status(i).ok().json()["tls"], true);
+        assert_eq!(unit.wait_link_registered(i)["tls"], true);
         assert!(!unit.nodelink_log(i).contains("in the clear this once"));
     }
     let _ = &mut unit;

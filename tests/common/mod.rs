@@ -698,6 +698,26 @@ impl Unit {
         )
     }
 
+    /// Wait until secondary `i`'s link itself says it is registered (the main node may count
+    /// it connected a moment before the link has its answer), and return its status.
+    #[track_caller]
+    pub fn wait_link_registered(&self, i: usize) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let out = self.link_status(i);
+            if out.code == 0 && out.json()["state"] == "registered" {
+                return out.json();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "link {i} not registered after 20 s: {}\n{}",
+                out.stdout,
+                self.nodelink_log(i)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Wait until the main node reports `node_id` connected (or not).
     #[track_caller]
     pub fn wait_connected(&self, node_id: &str, connected: bool) {
