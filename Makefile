@@ -81,13 +81,15 @@ demo-unit:
 	AOS_IAM_BIN=$(RELEASE) sh scripts/demo-unit.sh
 
 # Figures, not pass/fail: provisioning time against a baseline in the same run, the
-# stripped static binary's size, iamd's idle RSS.
+# stripped static binary's size, iamd's idle RSS, GetCert latency under the attacks of the
+# trust-boundary tests against an idle node.
 bench: build static
 	sh scripts/deps.sh demo
 	$(STRIP) -o target/aos-iam.static.stripped $(STATIC)
 	AOS_IAM_BIN=$(RELEASE) AOS_IAM_STATIC_STRIPPED=target/aos-iam.static.stripped \
 		$(CARGO) bench --locked --bench provision
 	AOS_IAM_BIN=$(RELEASE) $(CARGO) bench --locked --bench unit
+	$(CARGO) bench --locked --bench attack
 
 # iamd under load for LOAD_SECONDS (default 60): 1 000 GetCert clients, 100 subscribers,
 # 64 node links; requests, failures, p50/p99 and RSS. A report, not a pass/fail test.

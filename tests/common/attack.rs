@@ -119,34 +119,3 @@ pub fn read_answer(s: &mut UnixStream) -> (wire::Header, Vec<u8>) {
         .expect("a well-formed frame")
         .expect("a frame, not the end")
 }
-
-/// GetCert's 99th percentile latency on `socket`, in microseconds: the median of three
-/// rounds of `n` round trips on one connection, so that one burst of noise on a loaded
-/// machine does not decide.
-pub fn get_cert_p99(socket: &str, n: usize) -> u128 {
-    let mut rounds: Vec<u128> = (0..3).map(|_| one_round_p99(socket, n)).collect();
-    rounds.sort_unstable();
-    rounds[1]
-}
-
-fn one_round_p99(socket: &str, n: usize) -> u128 {
-    let mut s = connect(socket);
-    let request = frame(&Request::GetCert {
-        cert_type: "iam".into(),
-        issuer: None,
-        serial: None,
-    });
-    let mut times: Vec<u128> = (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            s.write_all(&request).unwrap();
-            // Its answer: the certificate, or (on a node without one yet) not_found; either
-            // way a round trip through iamd's database.
-            let (h, _) = read_answer(&mut s);
-            assert!(matches!(h.kind, FrameKind::Response | FrameKind::Error));
-            t.elapsed().as_micros()
-        })
-        .collect();
-    times.sort_unstable();
-    times[n * 99 / 100]
-}
