@@ -234,6 +234,7 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
     }));
     let _ = crate::sys::notify::notify("STOPPING=1");
     crate::log_notice!("{why}: stopping");
+    shared.nodes.store_unsaved(&shared.prov.db);
     remove_sockets(&config);
     Ok(())
 }

@@ -34,6 +34,8 @@ pub struct Nodes {
     long_request_timeout: Duration,
     links: Mutex<BTreeMap<String, Arc<Peer>>>,
     known: Mutex<BTreeMap<String, NodeRecord>>,
+    /// Nodes whose info changed since it was last committed (the commits are coalesced).
+    unsaved: Mutex<std::collections::BTreeSet<String>>,
     /// NodeChanged events: this node's state changes and every other node's registration,
     /// disconnection and info change.
     pub events: Broadcast<NodeInfo>,
@@ -57,6 +59,7 @@ impl Nodes {
             long_request_timeout: config.links.long_request_timeout,
             links: Mutex::new(BTreeMap::new()),
             known: Mutex::new(known),
+            unsaved: Default::default(),
             events: Broadcast::new("node", MAX_SUBSCRIBERS, SUBSCRIBER_BACKLOG),
         })
     }
@@ -89,6 +92,7 @@ impl Nodes {
     }
 
     fn persist(&self, db: &Db, rec: &NodeRecord) -> Result<()> {
+        lock(&self.unsaved).remove(&rec.info.node_id);
         let bytes = postcard::to_stdvec(rec).map_err(|e| Error::internal(format!("database encode: {e}")))?;
         db.put_node(&rec.info.node_id, &bytes)
     }
@@ -141,9 +145,20 @@ impl Nodes {
             info: info.clone(),
             last_seen: now(),
         };
-        lock(&self.known).insert(id, rec);
+        lock(&self.known).insert(id.clone(), rec);
+        lock(&self.unsaved).insert(id);
         self.events.send(info);
         Ok(())
+    }
+
+    /// Commit every node info change not committed yet (iamd is stopping).
+    pub fn store_unsaved(&self, db: &Db) {
+        let ids = std::mem::take(&mut *lock(&self.unsaved));
+        for id in ids {
+            if let Err(e) = self.store(db, &id) {
+                crate::log_warn!("node \"{id}\": its last info is not stored: {e}");
+            }
+        }
     }
 
     /// Commit what the registry holds of `node_id` now. Blocking (one durable commit).

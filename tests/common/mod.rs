@@ -109,6 +109,10 @@ pub struct Node {
     pub paths_extra: String,
     /// Modules in the generated configuration: (id, algorithm, EKUs, self_signed, max_items).
     pub modules: Vec<(&'static str, &'static str, &'static str, bool, u32)>,
+    /// The aos-iam binary this node runs: [`bin`], or another build (tests/upgrade.rs).
+    pub bin: PathBuf,
+    /// A whole configuration in place of the generated one (a fixture's).
+    pub config_override: Option<String>,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -139,6 +143,8 @@ impl Node {
                 ("online", "ecdsa-p256", r#"["clientAuth"]"#, false, 2),
                 ("diskencryption", "ecdsa-p384", "[]", true, 1),
             ],
+            bin: bin(),
+            config_override: None,
         };
         node.make_ca("ca");
         node
@@ -185,6 +191,9 @@ impl Node {
     }
 
     pub fn config_text(&self) -> String {
+        if let Some(c) = &self.config_override {
+            return c.clone();
+        }
         let d = self.dir.display();
         let mut c = format!(
             "[node]\nid_file = \"{d}/node-id\"\nname = \"test node\"\n{}\n[paths]\nworking_dir = \"{d}/work\"\nroot_ca = \"{d}/ca.pem\"\n\
@@ -211,7 +220,7 @@ impl Node {
     }
 
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(bin());
+        let mut c = Command::new(&self.bin);
         c.env("SOFTHSM2_CONF", self.path("softhsm2.conf"));
         c
     }
@@ -513,7 +522,7 @@ pub fn as_user(node: &Node, uid: u32, gid: u32, groups: &[u32], args: &[&str]) -
     require_root();
     let copy = node.path("aos-iam");
     if !copy.exists() {
-        std::fs::copy(bin(), &copy).unwrap();
+        std::fs::copy(&node.bin, &copy).unwrap();
         sh(&format!("chmod 0755 {} {}", node.dir.display(), copy.display())).ok();
     }
     let mut c = Command::new("setpriv");
