@@ -33,6 +33,7 @@ fn connect(path: &Path) -> UnixStream {
     let mut s = UnixStream::connect(path).unwrap();
     let hello = Request::Hello {
         version: aos_iam::PROTOCOL_VERSION,
+        min_version: aos_iam::MIN_PROTOCOL_VERSION,
         role: Role::Client,
         node_id: String::new(),
     };

@@ -21,8 +21,11 @@ pub mod sys;
 
 pub use error::{Error, ErrorKind};
 
-/// The protocol version this build speaks, in every frame header and in the hello.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The newest protocol version this build speaks: in its hello, and in the header of every
+/// frame to a peer that speaks it too (docs/ARCHITECTURE.md §3, versions).
+pub const PROTOCOL_VERSION: u8 = 2;
+/// The oldest protocol version this build still speaks, with a peer one release older.
+pub const MIN_PROTOCOL_VERSION: u8 = 1;
 
 /// Version of this build, as reported by `Version` and `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -30,6 +30,7 @@ fn greet(path: &str) -> UnixStream {
     let mut s = connect(path);
     let hello = Request::Hello {
         version: aos_iam::PROTOCOL_VERSION,
+        min_version: aos_iam::MIN_PROTOCOL_VERSION,
         role: Role::Client,
         node_id: String::new(),
     };

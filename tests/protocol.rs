@@ -30,6 +30,7 @@ fn hello_frame(id: u64, version: u8) -> Vec<u8> {
         id,
         &Request::Hello {
             version,
+            min_version: version,
             role: Role::Client,
             node_id: String::new(),
         },
@@ -127,15 +128,61 @@ fn other_protocol_versions_are_refused_naming_both() {
     );
     let e: aos_iam::Error = wire::decode_body(&body).unwrap();
     assert!(
-        e.message.contains("version 7") && e.message.contains("version 1"),
+        e.message.contains("version 7") && e.message.contains("versions 1 to 2"),
         "{e:?}"
     );
-    // In the hello.
+    // In the hello: a range that does not meet this side's.
     let mut s = UnixStream::connect(node.public()).unwrap();
     let f = hello_frame(1, 3);
     s.write_all(&f).unwrap();
-    let e = expect_error_then_close(&mut s, "protocol version 3 is not supported");
-    assert!(e.message.contains("speaks version 1"));
+    let e = expect_error_then_close(&mut s, "the other end speaks protocol versions 3 to 3");
+    assert!(e.message.contains("this side speaks versions 1 to 2"), "{e:?}");
+    // A client of the release before (version 1: its own hello, in a version 1 frame) is
+    // answered in version 1, and served in it.
+    let mut s = UnixStream::connect(node.public()).unwrap();
+    let v1_hello = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/wire/v1/request-00-Hello.hex"
+    ))
+    .unwrap();
+    let v1_hello: Vec<u8> = (0..v1_hello.trim().len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&v1_hello.trim()[i..i + 2], 16).unwrap())
+        .collect();
+    s.write_all(&v1_hello).unwrap();
+    let (h, body) = read_frame(&mut s).unwrap();
+    assert_eq!((h.kind, h.version), (FrameKind::Response, 1));
+    assert!(matches!(
+        wire::decode_body::<wire::Response>(&body).unwrap(),
+        wire::Response::Hello { version: 1, .. }
+    ));
+    s.write_all(&wire::encode_frame_at(1, FrameKind::Request, 2, &Request::Version, 1 << 16).unwrap())
+        .unwrap();
+    let (h, _) = read_frame(&mut s).unwrap();
+    assert_eq!((h.kind, h.id, h.version), (FrameKind::Response, 2, 1));
+    // This build's client agrees on version 2.
+    let mut s = UnixStream::connect(node.public()).unwrap();
+    s.write_all(
+        &wire::encode_frame(
+            FrameKind::Request,
+            1,
+            &Request::Hello {
+                version: 2,
+                min_version: 1,
+                role: Role::Client,
+                node_id: String::new(),
+            },
+            1 << 16,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let (h, body) = read_frame(&mut s).unwrap();
+    assert_eq!((h.kind, h.version), (FrameKind::Response, 2));
+    assert!(matches!(
+        wire::decode_body::<wire::Response>(&body).unwrap(),
+        wire::Response::Hello { version: 2, .. }
+    ));
     still_serving(&node);
 }
 

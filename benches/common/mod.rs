@@ -150,6 +150,7 @@ pub fn idle_link(main: &Path, i: usize) -> UnixStream {
     let id = format!("bench-idle-{i}");
     let hello = Request::Hello {
         version: aos_iam::PROTOCOL_VERSION,
+        min_version: aos_iam::MIN_PROTOCOL_VERSION,
         role: Role::NodeLink,
         node_id: id.clone(),
     };

@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
     if flags & FLAG_HELLO != 0 {
         let hello = Request::Hello {
             version: aos_iam::PROTOCOL_VERSION,
+            min_version: aos_iam::MIN_PROTOCOL_VERSION,
             role: Role::Client,
             node_id: String::new(),
         };

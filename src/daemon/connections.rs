@@ -38,7 +38,8 @@ pub(super) async fn accept_loop(listener: Async<UnixListener>, socket: Socket, s
                         EXECUTOR
                             .spawn(async move {
                                 let lock = smol::lock::Mutex::new(());
-                                send_last(&stream, &lock, wire::error_frame(0, &e, wire::DEFAULT_BODY_LIMIT)).await;
+                                let oldest = Wire::new(wire::DEFAULT_BODY_LIMIT).at(crate::MIN_PROTOCOL_VERSION);
+                                send_last(&stream, &lock, oldest.error(0, &e)).await;
                             })
                             .detach();
                         continue;
@@ -130,6 +131,8 @@ pub(super) async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc
     let stream = Arc::new(stream);
     let lock = Arc::new(smol::lock::Mutex::new(()));
     let limit = shared.body_limit;
+    // The version agreed in the hello; until then, refusals every peer can read.
+    let mut w = Wire::new(limit).at(crate::MIN_PROTOCOL_VERSION);
     let peer = &client.peer;
     crate::log_debug!(
         "{socket:?} socket: connection from pid {} uid {} gid {}",
@@ -148,7 +151,7 @@ pub(super) async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc
             "uid {} gid {} is not allowed on the protected socket",
             peer.uid, peer.gid
         ));
-        Box::pin(send_last(&stream, &lock, wire::error_frame(0, &e, limit))).await;
+        Box::pin(send_last(&stream, &lock, w.error(0, &e))).await;
         return;
     }
 
@@ -197,63 +200,58 @@ pub(super) async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc
                     _ => 0,
                 };
                 if !matches!(e, FrameError::Io(_) | FrameError::Truncated) {
-                    Box::pin(send_last(&stream, &lock, wire::error_frame(id, &e.into(), limit))).await;
+                    // A version this side does not speak is refused in the newest it does.
+                    let w = if greeted { w } else { w.at(crate::PROTOCOL_VERSION) };
+                    Box::pin(send_last(&stream, &lock, w.error(id, &e.into()))).await;
                 }
                 return;
             }
         };
         // The body may carry a password: zeroed once decoded (the request zeroes its own copy).
         let body = zeroize::Zeroizing::new(body);
-        let request = match decode_request(header.kind, &body) {
+        if !greeted {
+            w = w.at(header.version);
+        }
+        let request = match decode_request(header.kind, header.version, &body) {
             Ok(r) => r,
             Err(e) => {
                 crate::log_warn!("{socket:?} socket, pid {}: {e}; closing", peer.pid);
-                Box::pin(send_last(&stream, &lock, wire::error_frame(header.id, &e, limit))).await;
+                Box::pin(send_last(&stream, &lock, w.error(header.id, &e))).await;
                 return;
             }
         };
         if !greeted {
             let answer = match request {
                 Request::Hello {
-                    version,
+                    version: max,
+                    min_version,
                     role: Role::Client,
                     ..
-                } if version == crate::PROTOCOL_VERSION => {
-                    greeted = true;
-                    wire::encode_frame(
-                        FrameKind::Response,
-                        header.id,
-                        &Response::Hello {
-                            version: crate::PROTOCOL_VERSION,
-                            node_id: shared.prov.config.node_id.clone(),
-                        },
-                        limit,
-                    )
-                    .expect("hello fits")
-                }
-                Request::Hello {
-                    version,
-                    role: Role::Client,
-                    ..
-                } => wire::error_frame(
-                    header.id,
-                    &Error::protocol(format!(
-                        "protocol version {version} is not supported; this iamd speaks version {}",
-                        crate::PROTOCOL_VERSION
-                    )),
-                    limit,
-                ),
-                Request::Hello { role, .. } => wire::error_frame(
+                } => match wire::agree(min_version, max) {
+                    Ok(version) => {
+                        greeted = true;
+                        w = w.at(version);
+                        w.frame(
+                            FrameKind::Response,
+                            header.id,
+                            &Response::Hello {
+                                version,
+                                node_id: shared.prov.config.node_id.clone(),
+                            },
+                        )
+                        .expect("hello fits")
+                    }
+                    Err(e) => w.error(header.id, &e),
+                },
+                Request::Hello { role, .. } => w.error(
                     header.id,
                     &Error::protocol(format!(
                         "role {role:?} is not served on this socket; node links use the link listeners"
                     )),
-                    limit,
                 ),
-                other => wire::error_frame(
+                other => w.error(
                     header.id,
                     &Error::protocol(format!("expected Hello first, got {}", other.name())),
-                    limit,
                 ),
             };
             if !greeted {
@@ -285,7 +283,7 @@ pub(super) async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc
                     };
                     Box::pin(subscribe(
                         &request,
-                        header.id,
+                        (header.id, w),
                         &stream,
                         &lock,
                         &shared,
@@ -296,7 +294,7 @@ pub(super) async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc
                 }
                 Err(e) => {
                     crate::log_info!("{} from pid {}: {e}", request.name(), peer.pid);
-                    if !Box::pin(send(&stream, &lock, wire::error_frame(header.id, &e, limit))).await {
+                    if !Box::pin(send(&stream, &lock, w.error(header.id, &e))).await {
                         return;
                     }
                 }
@@ -331,11 +329,12 @@ pub(super) async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc
                 return;
             };
             let frame = match answer {
-                Ok(resp) => wire::encode_frame(FrameKind::Response, header.id, &resp, limit)
-                    .unwrap_or_else(|e| wire::error_frame(header.id, &Error::from(e).context(op), limit)),
+                Ok(resp) => w
+                    .frame(FrameKind::Response, header.id, &resp)
+                    .unwrap_or_else(|e| w.error(header.id, &Error::from(e).context(op))),
                 Err(e) => {
                     crate::log_info!("{op} from pid {pid}: {} ({})", e, e.kind.name());
-                    wire::error_frame(header.id, &e, limit)
+                    w.error(header.id, &e)
                 }
             };
             send(&stream, &lock, frame).await;
@@ -374,7 +373,7 @@ pub(super) struct Subscriber {
 /// id) per change, until the connection closes or the subscriber falls too far behind.
 pub(super) async fn subscribe(
     request: &Request,
-    id: u64,
+    (id, w): (u64, Wire),
     stream: &Arc<Async<UnixStream>>,
     lock: &Arc<smol::lock::Mutex<()>>,
     shared: &Arc<Shared>,
@@ -382,7 +381,6 @@ pub(super) async fn subscribe(
     sub: Subscriber,
 ) {
     let reserved = sub.reserved;
-    let limit = shared.body_limit;
     enum Source {
         Subjects(smol::channel::Receiver<Vec<String>>),
         Nodes(smol::channel::Receiver<NodeInfo>),
@@ -413,11 +411,11 @@ pub(super) async fn subscribe(
     let (key, source) = match subscribed {
         Ok(s) => s,
         Err(e) => {
-            send(stream, lock, wire::error_frame(id, &e, limit)).await;
+            send(stream, lock, w.error(id, &e)).await;
             return;
         }
     };
-    let ack = wire::encode_frame(FrameKind::Response, id, &Response::Subscribed, limit).expect("fits");
+    let ack = w.frame(FrameKind::Response, id, &Response::Subscribed).expect("fits");
     if !send(stream, lock, ack).await {
         return;
     }
@@ -447,8 +445,9 @@ pub(super) async fn subscribe(
                 .await;
                 match event {
                     Some(Some(e)) => {
-                        let frame = wire::encode_frame(FrameKind::Event, id, &e, limit)
-                            .unwrap_or_else(|e| wire::error_frame(id, &Error::from(e), limit));
+                        let frame = w
+                            .frame(FrameKind::Event, id, &e)
+                            .unwrap_or_else(|e| w.error(id, &Error::from(e)));
                         if !send(&stream, &lock, frame).await {
                             break;
                         }
@@ -457,7 +456,7 @@ pub(super) async fn subscribe(
                         let e = Error::unavailable(format!(
                             "subscription ended: the subscriber fell {SUBSCRIBER_BACKLOG} events behind"
                         ));
-                        send(&stream, &lock, wire::error_frame(id, &e, limit)).await;
+                        send(&stream, &lock, w.error(id, &e)).await;
                         break;
                     }
                     None => break,

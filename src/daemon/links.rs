@@ -68,54 +68,64 @@ pub(super) async fn accept_tls(stream: BoxStream, shared: &Arc<Shared>) -> Resul
 }
 
 /// Read the link's hello (within the hello timeout) and answer it. Returns the node id the
-/// secondary states.
+/// secondary states and the protocol version agreed; a refusal comes with the version to
+/// write it in (the hello frame's, so that an older secondary can read why).
 pub(super) async fn link_hello(
     stream: &mut BoxStream,
     shared: &Shared,
     admission: Option<&crate::config::Admission>,
-) -> Result<String> {
+) -> std::result::Result<(String, u8), (Error, u8)> {
     let limit = shared.body_limit;
     let deadline = shared.prov.config.hello_timeout;
+    let oldest = crate::MIN_PROTOCOL_VERSION;
     let frame = transport::within(deadline, "no hello", async {
         transport::read_frame(stream, limit).await.map_err(Error::from)
     })
-    .await?;
-    let (header, body) = frame.ok_or_else(|| Error::unavailable("closed before its hello"))?;
-    match decode_request(header.kind, &body)? {
+    .await
+    .map_err(|e| (e, oldest))?;
+    let (header, body) = frame.ok_or_else(|| (Error::unavailable("closed before its hello"), oldest))?;
+    let v = header.version;
+    match decode_request(header.kind, header.version, &body).map_err(|e| (e, v))? {
         Request::Hello {
-            version,
+            version: max,
+            min_version,
             role: Role::NodeLink,
             node_id,
-        } if version == crate::PROTOCOL_VERSION && !node_id.is_empty() => {
+        } if !node_id.is_empty() => {
+            let version = wire::agree(min_version, max).map_err(|e| (e, v))?;
             if let Some(a) = admission.filter(|a| !a.nodes.is_empty() && !a.nodes.contains(&node_id)) {
-                return Err(Error::unauthorized(format!(
-                    "node \"{node_id}\" is not admitted on this link listener (links.listener nodes: {})",
-                    a.nodes.join(", ")
-                )));
+                return Err((
+                    Error::unauthorized(format!(
+                        "node \"{node_id}\" is not admitted on this link listener (links.listener nodes: {})",
+                        a.nodes.join(", ")
+                    )),
+                    v,
+                ));
             }
             let answer = Response::Hello {
-                version: crate::PROTOCOL_VERSION,
+                version,
                 node_id: shared.prov.config.node_id.clone(),
             };
-            let frame = wire::encode_frame(FrameKind::Response, header.id, &answer, limit)?;
-            transport::write_frame(stream, &frame).await?;
-            Ok(node_id)
+            let frame = Wire::new(limit)
+                .at(version)
+                .frame(FrameKind::Response, header.id, &answer)
+                .map_err(|e| (e.into(), v))?;
+            transport::write_frame(stream, &frame)
+                .await
+                .map_err(|e| (e.into(), v))?;
+            Ok((node_id, version))
         }
         Request::Hello {
-            version,
-            role: Role::NodeLink,
-            ..
-        } if version != crate::PROTOCOL_VERSION => Err(Error::protocol(format!(
-            "protocol version {version} is not supported; this iamd speaks version {}",
-            crate::PROTOCOL_VERSION
-        ))),
-        Request::Hello {
             role: Role::NodeLink, ..
-        } => Err(Error::protocol("a node link's hello must name its node")),
-        Request::Hello { role, .. } => Err(Error::protocol(format!(
-            "role {role:?} is not served on a link listener"
-        ))),
-        other => Err(Error::protocol(format!("expected Hello first, got {}", other.name()))),
+        } => Err((Error::protocol("a node link's hello must name its node"), v)),
+        Request::Hello { role, .. } => Err((
+            Error::protocol(format!("role {role:?} is not served on a link listener")),
+            v,
+        )),
+        other => Err((
+            Error::protocol(format!("expected Hello first, got {}", other.name())),
+            v,
+        )),
     }
 }
 
@@ -123,7 +133,8 @@ pub(super) async fn link_hello(
 /// secondary, while forwarded requests go the other way (see [`Nodes::forward`]).
 pub(super) async fn serve_link(mut stream: BoxStream, addr: &LinkAddr, from: LinkPeer, shared: Arc<Shared>) {
     let limit = shared.body_limit;
-    let refuse = |e: Error| wire::error_frame(0, &e, limit);
+    // Refusals before the hello are written in the oldest version spoken: every peer reads it.
+    let refuse = |e: Error| wire::error_frame_at(crate::MIN_PROTOCOL_VERSION, 0, &e, limit);
     if let LinkPeer::Unix(peer) = &from {
         if !admitted(&shared.prov.config, peer) {
             crate::log_warn!("link listener {addr}: refused {from}");
@@ -171,14 +182,16 @@ pub(super) async fn serve_link(mut stream: BoxStream, addr: &LinkAddr, from: Lin
         let _ = transport::write_frame(&mut stream, &refuse(e)).await;
         return;
     }
-    let node_id = match link_hello(&mut stream, &shared, admission).await {
-        Ok(id) => id,
-        Err(e) => {
+    let (node_id, version) = match link_hello(&mut stream, &shared, admission).await {
+        Ok(agreed) => agreed,
+        Err((e, version)) => {
             crate::log_warn!("link listener {addr}, {from}: {e}; closing");
-            let _ = transport::write_frame(&mut stream, &refuse(e)).await;
+            let _ = transport::write_frame(&mut stream, &wire::error_frame_at(version, 0, &e, limit)).await;
             return;
         }
     };
+    let wire = Wire::new(limit).at(version);
+    let refuse = |e: Error| wire.error(0, &e);
     if let Some(cert) = &peer_cert {
         if let Err(e) = crate::link::tls::check_peer(
             cert,
@@ -192,13 +205,13 @@ pub(super) async fn serve_link(mut stream: BoxStream, addr: &LinkAddr, from: Lin
         }
     }
     crate::log_info!(
-        "link listener {addr}: node \"{node_id}\" linked from {from}{}",
+        "link listener {addr}: node \"{node_id}\" linked from {from}{}, protocol version {version}",
         if peer_cert.is_some() { " over TLS" } else { "" }
     );
     let (peer, reader) = Peer::new(
         format!("node \"{node_id}\""),
         stream,
-        limit,
+        wire,
         shared.prov.config.frame_timeout,
     );
     let registered = Arc::new(std::sync::atomic::AtomicBool::new(false));

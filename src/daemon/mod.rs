@@ -33,7 +33,7 @@ use crate::daemon::quota::{Held, Quotas};
 use crate::error::{Error, Result};
 use crate::link::peer::Peer;
 use crate::proto::transport::{self, BoxStream, LinkAddr, LinkListener, LinkPeer, PeerCredentials};
-use crate::proto::wire::{self, CertInfo, Event, FrameError, FrameKind, NodeInfo, Request, Response, Role};
+use crate::proto::wire::{self, CertInfo, Event, FrameError, FrameKind, NodeInfo, Request, Response, Role, Wire};
 use smol::{lock::Semaphore, Async, Executor};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -235,13 +235,14 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
     let _ = crate::sys::notify::notify("STOPPING=1");
     crate::log_notice!("{why}: stopping");
     shared.nodes.store_unsaved(&shared.prov.db);
+    shared.prov.db.close();
     remove_sockets(&config);
     Ok(())
 }
 
-fn decode_request(kind: FrameKind, body: &[u8]) -> Result<Request> {
+fn decode_request(kind: FrameKind, version: u8, body: &[u8]) -> Result<Request> {
     if kind != FrameKind::Request {
         return Err(Error::protocol(format!("expected a request frame, got {kind:?}")));
     }
-    wire::decode_request(body)
+    wire::decode_request_at(version, body)
 }

@@ -11,7 +11,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::link::peer::{self, Peer};
 use crate::proto::client::Client;
 use crate::proto::transport::{self, LinkAddr};
-use crate::proto::wire::{Event, Request, Response, Role};
+use crate::proto::wire::{Event, Request, Response, Role, Wire};
 use serde::{Deserialize, Serialize};
 use smol::Executor;
 use std::path::PathBuf;
@@ -212,10 +212,29 @@ async fn session(
                 opts.local_socket.display()
             ))
         })?;
-    peer::hello(&mut local_stream, Role::Client, "", limit, opts.hello_timeout)
-        .await
-        .map_err(|e| e.context("the local iamd"))?;
-    let (local, local_reader) = Peer::new("the local iamd".into(), local_stream, limit, opts.frame_timeout);
+    // The local iamd is of this build's release, so it speaks this version.
+    let local_version = match peer::hello(
+        &mut local_stream,
+        Role::Client,
+        "",
+        limit,
+        opts.hello_timeout,
+        crate::PROTOCOL_VERSION,
+    )
+    .await
+    .map_err(|e| e.context("the local iamd"))?
+    {
+        peer::Greeting::Agreed { version, .. } => version,
+        peer::Greeting::Older { refusal, .. } => {
+            return Err(Error::protocol(format!("the local iamd: {refusal}")));
+        }
+    };
+    let (local, local_reader) = Peer::new(
+        "the local iamd".into(),
+        local_stream,
+        Wire::new(limit).at(local_version),
+        opts.frame_timeout,
+    );
     let local_loop = {
         let local = local.clone();
         async move {
@@ -251,21 +270,39 @@ async fn session(
     // handshakes: an on-path attacker who resets them gets no downgrade.
     let identity = link_identity(opts, &local).await?;
     let use_tls = identity.is_some();
-    let mut stream = transport::connect(&opts.connect)
-        .await
-        .map_err(|e| Error::unavailable(format!("cannot reach the main node at {}: {e}", opts.connect)))?;
-    let mut main_cert = None;
-    if let Some(identity) = identity {
-        // The handshake's signature is a blocking call to iamd (rustls signers are
-        // synchronous): it runs on a thread of its own, never on this executor's.
-        let opts2 = opts.clone();
-        let (s, cert) = blocking::unblock(move || smol::block_on(connect_tls(&opts2, stream, identity))).await?;
-        stream = s;
-        main_cert = Some(cert);
-    }
-    let main_id = peer::hello(&mut stream, Role::NodeLink, &node_id, limit, opts.hello_timeout)
-        .await
-        .map_err(|e| e.context(format!("the main node at {}", opts.connect)))?;
+    // Dialled once, and once more offering the main node's version if it is of the release
+    // before versions were agreed (it refuses this one outright).
+    let mut offer = crate::PROTOCOL_VERSION;
+    let (stream, main_cert, main_id, version) = loop {
+        let mut stream = transport::connect(&opts.connect)
+            .await
+            .map_err(|e| Error::unavailable(format!("cannot reach the main node at {}: {e}", opts.connect)))?;
+        let mut main_cert = None;
+        if let Some(identity) = identity.clone() {
+            // The handshake's signature is a blocking call to iamd (rustls signers are
+            // synchronous): it runs on a thread of its own, never on this executor's.
+            let opts2 = opts.clone();
+            let (s, cert) = blocking::unblock(move || smol::block_on(connect_tls(&opts2, stream, identity))).await?;
+            stream = s;
+            main_cert = Some(cert);
+        }
+        match peer::hello(&mut stream, Role::NodeLink, &node_id, limit, opts.hello_timeout, offer)
+            .await
+            .map_err(|e| e.context(format!("the main node at {}", opts.connect)))?
+        {
+            peer::Greeting::Agreed { node_id, version } => break (stream, main_cert, node_id, version),
+            peer::Greeting::Older { version, refusal } if version < offer => {
+                crate::log_notice!(
+                    "the main node at {} speaks protocol version {version} only ({refusal}); linking again with it",
+                    opts.connect
+                );
+                offer = version;
+            }
+            peer::Greeting::Older { refusal, .. } => {
+                return Err(Error::protocol(format!("the main node at {}: {refusal}", opts.connect)));
+            }
+        }
+    };
     // The certificate must name the main node this node is configured for (or, without
     // one configured, the one it says it is), of this node's unit.
     let expected = opts.main_node_id.as_deref().unwrap_or(&main_id);
@@ -279,10 +316,13 @@ async fn session(
             opts.connect
         )));
     }
+    if version < crate::PROTOCOL_VERSION {
+        crate::log_notice!("the main node \"{main_id}\" speaks protocol version {version}");
+    }
     let (link, link_reader) = Peer::new(
         format!("the main node \"{main_id}\""),
         stream,
-        limit,
+        Wire::new(limit).at(version),
         opts.frame_timeout,
     );
 

@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::proto::transport::{self, BoxStream};
-use crate::proto::wire::{self, Event, FrameError, FrameKind, Request, Response, Role};
+use crate::proto::wire::{self, Event, FrameError, FrameKind, Request, Response, Role, Wire};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +32,8 @@ enum Waiter {
 
 pub struct Peer {
     name: String,
-    limit: u32,
+    /// The protocol version agreed in the hello, and the body limit.
+    wire: Wire,
     /// How long the rest of a frame may take once it has begun.
     stall: std::time::Duration,
     writer: smol::lock::Mutex<smol::io::WriteHalf<BoxStream>>,
@@ -48,17 +49,18 @@ use crate::sys::lock;
 impl Peer {
     /// Wrap a stream whose hello is done. `name` is how errors name the other end
     /// (`node "n2"`, `the local iamd`); a frame that has begun must be complete within
-    /// `stall`, or the connection ends. Returns the peer and the half [`Peer::read_loop`] reads.
+    /// `stall`, or the connection ends; frames go out as `wire` says (the version agreed in
+    /// the hello). Returns the peer and the half [`Peer::read_loop`] reads.
     pub fn new(
         name: String,
         stream: BoxStream,
-        limit: u32,
+        wire: Wire,
         stall: std::time::Duration,
     ) -> (Arc<Peer>, smol::io::ReadHalf<BoxStream>) {
         let (r, w) = smol::io::split(stream);
         let peer = Peer {
             name,
-            limit,
+            wire,
             stall,
             writer: smol::lock::Mutex::new(w),
             waiters: Mutex::new(HashMap::new()),
@@ -71,6 +73,11 @@ impl Peer {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The protocol version this link speaks.
+    pub fn version(&self) -> u8 {
+        self.wire.version
     }
 
     pub fn is_closed(&self) -> bool {
@@ -122,7 +129,11 @@ impl Peer {
         let writing = std::sync::atomic::AtomicBool::new(true);
         let exchange = async {
             // The frame may carry a password: zeroed once written.
-            let frame = zeroize::Zeroizing::new(wire::encode_frame(FrameKind::Request, id, request, self.limit)?);
+            let frame = zeroize::Zeroizing::new(
+                self.wire
+                    .request(id, request)
+                    .map_err(|e| e.context(self.name.clone()))?,
+            );
             self.send(&frame).await?;
             writing.store(false, Ordering::Relaxed);
             rx.recv().await.unwrap_or_else(|_| Err(self.lost("connection closed")))
@@ -174,9 +185,11 @@ impl Peer {
     /// Answer a request of the other end.
     pub async fn answer(&self, id: u64, result: Result<Response>) -> Result<()> {
         let frame = match result {
-            Ok(r) => wire::encode_frame(FrameKind::Response, id, &r, self.limit)
-                .unwrap_or_else(|e| wire::error_frame(id, &Error::from(e), self.limit)),
-            Err(e) => wire::error_frame(id, &e, self.limit),
+            Ok(r) => self
+                .wire
+                .frame(FrameKind::Response, id, &r)
+                .unwrap_or_else(|e| self.wire.error(id, &Error::from(e))),
+            Err(e) => self.wire.error(id, &e),
         };
         self.send(&frame).await
     }
@@ -223,7 +236,7 @@ impl Peer {
     {
         let reason = loop {
             let next = smol::future::or(
-                async { Some(transport::read_frame_timed(&mut reader, self.limit, self.stall).await) },
+                async { Some(transport::read_frame_timed(&mut reader, self.wire.limit, self.stall).await) },
                 async {
                     let _ = self.stop.1.recv().await;
                     None
@@ -239,14 +252,14 @@ impl Peer {
                 Ok(None) => break "connection closed".to_string(),
                 Err(e) => {
                     if !matches!(e, FrameError::Io(_) | FrameError::Truncated) {
-                        let _ = self.send(&wire::error_frame(0, &e.clone().into(), self.limit)).await;
+                        let _ = self.send(&self.wire.error(0, &e.clone().into())).await;
                     }
                     break e.to_string();
                 }
             };
             let body = zeroize::Zeroizing::new(body);
             match header.kind {
-                FrameKind::Request => match wire::decode_request(&body) {
+                FrameKind::Request => match wire::decode_request_at(header.version, &body) {
                     Ok(r) => {
                         if !on_request(header.id, r).await {
                             break "closed by this end".to_string();
@@ -294,31 +307,59 @@ impl Peer {
     }
 }
 
-/// The dialing side's hello: state the role, the node id and the protocol version; returns
-/// the node id the other end states. An incompatible version is refused naming both.
-pub async fn hello(stream: &mut BoxStream, role: Role, node_id: &str, limit: u32, timeout: Duration) -> Result<String> {
+/// What the dialing side's hello came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Greeting {
+    /// The other end states `node_id`; the link speaks protocol `version`.
+    Agreed { node_id: String, version: u8 },
+    /// The other end refused the version offered and speaks only `version` (an iamd of the
+    /// release before versions were agreed): dial again offering that.
+    Older { version: u8, refusal: String },
+}
+
+/// The dialing side's hello: state the role, the node id and the protocol versions this
+/// side speaks, from [`crate::MIN_PROTOCOL_VERSION`] up to `offer`. An incompatible version
+/// is refused naming both.
+pub async fn hello(
+    stream: &mut BoxStream,
+    role: Role,
+    node_id: &str,
+    limit: u32,
+    timeout: Duration,
+    offer: u8,
+) -> Result<Greeting> {
     let exchange = async {
-        let frame = wire::encode_frame(
-            FrameKind::Request,
-            0,
-            &Request::Hello {
-                version: crate::PROTOCOL_VERSION,
-                role,
-                node_id: node_id.to_string(),
-            },
-            limit,
-        )?;
+        let request = Request::Hello {
+            version: offer,
+            min_version: crate::MIN_PROTOCOL_VERSION,
+            role,
+            node_id: node_id.to_string(),
+        };
+        let frame = Wire { version: offer, limit }.request(0, &request)?;
         transport::write_frame(stream, &frame).await?;
         let (header, body) = transport::read_frame(stream, limit)
             .await?
             .ok_or_else(|| Error::unavailable("closed during the hello"))?;
         match header.kind {
-            FrameKind::Error => Err(wire::decode_body::<Error>(&body)?),
+            FrameKind::Error => {
+                let e = wire::decode_body::<Error>(&body)?;
+                // An older peer refuses the header's version before it reads the hello, and
+                // answers in the one version it speaks.
+                if e.kind == crate::ErrorKind::Protocol && header.version < offer {
+                    return Ok(Greeting::Older {
+                        version: header.version,
+                        refusal: e.message,
+                    });
+                }
+                Err(e)
+            }
             FrameKind::Response => match wire::decode_body::<Response>(&body)? {
-                Response::Hello { version, node_id } if version == crate::PROTOCOL_VERSION => Ok(node_id),
+                Response::Hello { version, node_id } if (crate::MIN_PROTOCOL_VERSION..=offer).contains(&version) => {
+                    Ok(Greeting::Agreed { node_id, version })
+                }
                 Response::Hello { version, .. } => Err(Error::protocol(format!(
-                    "the other end speaks protocol version {version}; this side speaks version {}",
-                    crate::PROTOCOL_VERSION
+                    "the other end answered protocol version {version}; this side offered versions {} to {offer}",
+                    crate::MIN_PROTOCOL_VERSION
                 ))),
                 r => Err(Error::protocol(format!("expected Hello, got {r:?}"))),
             },

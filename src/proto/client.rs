@@ -8,6 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::proto::transport;
+use crate::proto::wire::Wire;
 use crate::proto::wire::{
     self, CertInfo, Event, FrameKind, InstanceIdent, NodeInfo, ProvisioningStatus, Request, Response, Role,
     ServerPermissions,
@@ -101,7 +102,10 @@ pub struct Client {
     stream: UnixStream,
     queued: std::collections::VecDeque<(u64, Vec<u8>)>,
     next_id: u64,
-    limit: u32,
+    /// The protocol version agreed in the hello, and the body limit.
+    wire: Wire,
+    /// The header version of the last error frame (what an older iamd speaks).
+    refused_in: Option<u8>,
     /// The node id the server stated in its hello.
     pub server_node_id: String,
 }
@@ -112,6 +116,17 @@ fn unexpected(op: &str, r: Response) -> Error {
 
 impl Client {
     pub fn connect(path: &Path) -> Result<Client> {
+        match Client::connect_offering(path, crate::PROTOCOL_VERSION)? {
+            Ok(c) => Ok(c),
+            // An iamd of the release before versions were agreed: once more, in its version.
+            Err(version) => Client::connect_offering(path, version)?
+                .map_err(|v| Error::protocol(format!("iamd at {} refused protocol version {v}", path.display()))),
+        }
+    }
+
+    /// Connect and say hello offering protocol versions up to `offer`; `Err(v)` if iamd
+    /// refused that outright in the one version `v` it speaks.
+    fn connect_offering(path: &Path, offer: u8) -> Result<std::result::Result<Client, u8>> {
         let stream = connect_within(path, CONNECT_TIMEOUT)
             .map_err(|e| Error::unavailable(format!("cannot connect to {}: {e} (is iamd running?)", path.display())))?;
         stream
@@ -122,18 +137,28 @@ impl Client {
             stream,
             queued: Default::default(),
             next_id: 1,
-            limit: wire::DEFAULT_BODY_LIMIT,
+            wire: Wire::new(wire::DEFAULT_BODY_LIMIT).at(offer),
+            refused_in: None,
             server_node_id: String::new(),
         };
-        match c.call(Request::Hello {
-            version: crate::PROTOCOL_VERSION,
+        let hello = Request::Hello {
+            version: offer,
+            min_version: crate::MIN_PROTOCOL_VERSION,
             role: Role::Client,
             node_id: String::new(),
-        })? {
-            Response::Hello { node_id, .. } => c.server_node_id = node_id,
-            r => return Err(unexpected("Hello", r)),
+        };
+        match c.call(hello) {
+            Ok(Response::Hello { node_id, version }) if (crate::MIN_PROTOCOL_VERSION..=offer).contains(&version) => {
+                c.server_node_id = node_id;
+                c.wire = c.wire.at(version);
+            }
+            Ok(r) => return Err(unexpected("Hello", r)),
+            Err(e) if e.kind == crate::ErrorKind::Protocol && c.refused_in.is_some_and(|v| v < offer) => {
+                return Ok(Err(c.refused_in.unwrap_or(offer)));
+            }
+            Err(e) => return Err(e),
         }
-        Ok(c)
+        Ok(Ok(c))
     }
 
     /// Send one request and wait for its answer, at most [`REQUEST_TIMEOUT`] (or
@@ -152,16 +177,19 @@ impl Client {
         let id = self.next_id;
         self.next_id += 1;
         // The frame may carry a password: zeroed once sent.
-        let frame = zeroize::Zeroizing::new(wire::encode_frame(FrameKind::Request, id, &request, self.limit)?);
+        let frame = zeroize::Zeroizing::new(self.wire.request(id, &request)?);
         self.stream
             .write_all(&frame)
             .map_err(|e| Error::unavailable(format!("sending {}: {e}", request.name())))?;
         drop(frame);
         loop {
-            let (header, body) = read_within(&mut self.stream, self.limit, limit, request.name())?
+            let (header, body) = read_within(&mut self.stream, self.wire.limit, limit, request.name())?
                 .ok_or_else(|| Error::unavailable(format!("iamd closed the connection during {}", request.name())))?;
             match header.kind {
-                FrameKind::Error => return Err(wire::decode_body::<Error>(&body)?),
+                FrameKind::Error => {
+                    self.refused_in = Some(header.version);
+                    return Err(wire::decode_body::<Error>(&body)?);
+                }
                 FrameKind::Response if header.id == id => return Ok(wire::decode_body(&body)?),
                 FrameKind::Event => {
                     if self.queued.len() == MAX_QUEUED_EVENTS {
@@ -381,7 +409,7 @@ impl Client {
             .set_read_timeout(None)
             .map_err(|e| Error::internal(format!("socket timeouts: {e}")))?;
         loop {
-            let (header, body) = transport::read_frame_blocking(&mut self.stream, self.limit)?
+            let (header, body) = transport::read_frame_blocking(&mut self.stream, self.wire.limit)?
                 .ok_or_else(|| Error::unavailable("iamd closed the connection"))?;
             match header.kind {
                 FrameKind::Event if header.id == id => return Ok(wire::decode_body(&body)?),

@@ -97,7 +97,8 @@ impl fmt::Display for FrameError {
             }
             FrameError::UnsupportedVersion { got, .. } => write!(
                 f,
-                "protocol version {got} is not supported; this side speaks version {}",
+                "protocol version {got} is not supported; this side speaks versions {} to {}",
+                crate::MIN_PROTOCOL_VERSION,
                 crate::PROTOCOL_VERSION
             ),
             FrameError::UnknownKind(k) => write!(f, "unknown frame kind {k}"),
@@ -164,7 +165,7 @@ impl Header {
         }
         let id = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
         let version = b[4];
-        if version != crate::PROTOCOL_VERSION {
+        if !(crate::MIN_PROTOCOL_VERSION..=crate::PROTOCOL_VERSION).contains(&version) {
             return Err(FrameError::UnsupportedVersion { got: version, id });
         }
         let kind = FrameKind::from_u8(b[5]).ok_or(FrameError::UnknownKind(b[5]))?;
@@ -186,17 +187,135 @@ impl Header {
     }
 }
 
-/// Encode one frame (header and body). Refuses a body over `limit` rather than send it.
+/// Encode one frame (header and body) at the current protocol version. Refuses a body over
+/// `limit` rather than send it.
 pub fn encode_frame<T: Serialize>(kind: FrameKind, id: u64, body: &T, limit: u32) -> Result<Vec<u8>, FrameError> {
+    encode_frame_at(crate::PROTOCOL_VERSION, kind, id, body, limit)
+}
+
+/// Encode one frame with `version` in its header. The body's encoding is the caller's: a
+/// request for an older peer goes through [`for_version`] first.
+pub fn encode_frame_at<T: Serialize>(
+    version: u8,
+    kind: FrameKind,
+    id: u64,
+    body: &T,
+    limit: u32,
+) -> Result<Vec<u8>, FrameError> {
     let body = postcard::to_stdvec(body).map_err(|e| FrameError::Body(e.to_string()))?;
     let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
     if len > limit {
         return Err(FrameError::TooLarge { len, limit });
     }
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-    out.extend_from_slice(&Header::new(kind, id, len).encode());
+    let mut header = Header::new(kind, id, len);
+    header.version = version;
+    out.extend_from_slice(&header.encode());
     out.extend_from_slice(&body);
     Ok(out)
+}
+
+/// The messages of protocol version 1 that version 2 changed: only the hello, which states
+/// one version where version 2 states the range a side speaks.
+mod v1 {
+    use super::Role;
+    use serde::{Deserialize, Serialize};
+
+    /// Encoded as variant 0 of `Request`, as version 1 had it.
+    #[derive(Serialize, Deserialize)]
+    pub enum Hello {
+        Hello { version: u8, role: Role, node_id: String },
+    }
+}
+
+/// A request as a peer speaking `version` reads it: the same value, or its older form.
+/// Refuses a request that version cannot express, naming both versions.
+pub fn for_version(version: u8, r: &Request) -> Result<RequestAt<'_>, Error> {
+    let since = r.since();
+    if since > version {
+        return Err(Error::protocol(format!(
+            "{} needs protocol version {since}; the other end speaks version {version}",
+            r.name()
+        )));
+    }
+    Ok(match (version, r) {
+        (1, Request::Hello { role, node_id, .. }) => RequestAt::V1Hello(v1::Hello::Hello {
+            version: 1,
+            role: *role,
+            node_id: node_id.clone(),
+        }),
+        _ => RequestAt::Current(r),
+    })
+}
+
+/// A request encoded for one protocol version (see [`for_version`]).
+pub enum RequestAt<'a> {
+    Current(&'a Request),
+    V1Hello(v1::Hello),
+}
+
+impl Serialize for RequestAt<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RequestAt::Current(r) => r.serialize(s),
+            RequestAt::V1Hello(h) => h.serialize(s),
+        }
+    }
+}
+
+/// How frames go to one peer: the protocol version agreed in its hello, and the body limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wire {
+    pub version: u8,
+    pub limit: u32,
+}
+
+impl Wire {
+    /// Before a hello: the current version.
+    pub fn new(limit: u32) -> Wire {
+        Wire {
+            version: crate::PROTOCOL_VERSION,
+            limit,
+        }
+    }
+
+    pub fn at(self, version: u8) -> Wire {
+        Wire { version, ..self }
+    }
+
+    /// A response or event frame.
+    pub fn frame<T: Serialize>(&self, kind: FrameKind, id: u64, body: &T) -> Result<Vec<u8>, FrameError> {
+        encode_frame_at(self.version, kind, id, body, self.limit)
+    }
+
+    /// A request frame, in the form this peer's version reads.
+    pub fn request(&self, id: u64, r: &Request) -> Result<Vec<u8>, Error> {
+        Ok(encode_frame_at(
+            self.version,
+            FrameKind::Request,
+            id,
+            &for_version(self.version, r)?,
+            self.limit,
+        )?)
+    }
+
+    /// An error frame (see [`error_frame`]).
+    pub fn error(&self, id: u64, e: &Error) -> Vec<u8> {
+        error_frame_at(self.version, id, e, self.limit)
+    }
+}
+
+/// The protocol version two sides speak: the newest both do, if their ranges meet.
+pub fn agree(min: u8, max: u8) -> Result<u8, Error> {
+    let version = max.min(crate::PROTOCOL_VERSION);
+    if version < min.max(crate::MIN_PROTOCOL_VERSION) || min > max {
+        return Err(Error::protocol(format!(
+            "the other end speaks protocol versions {min} to {max}; this side speaks versions {} to {}",
+            crate::MIN_PROTOCOL_VERSION,
+            crate::PROTOCOL_VERSION
+        )));
+    }
+    Ok(version)
 }
 
 /// Decode a body exactly: postcard must consume every byte.
@@ -238,19 +357,46 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     Ok(value)
 }
 
-/// A request body decoded exactly and within its bounds.
+/// A request body of the current version decoded exactly and within its bounds.
 pub fn decode_request(body: &[u8]) -> Result<Request, Error> {
-    let r: Request = decode_body(body)?;
+    decode_request_at(crate::PROTOCOL_VERSION, body)
+}
+
+/// A request body of protocol `version` (its frame's header), decoded exactly and within
+/// its bounds, as this version's `Request`. A request that version did not have is refused.
+pub fn decode_request_at(version: u8, body: &[u8]) -> Result<Request, Error> {
+    let r: Request = match (version, body.first()) {
+        (1, Some(0)) => match decode_body::<v1::Hello>(body)? {
+            v1::Hello::Hello { version, role, node_id } => Request::Hello {
+                version,
+                min_version: version,
+                role,
+                node_id,
+            },
+        },
+        _ => decode_body(body)?,
+    };
+    if r.since() > version {
+        return Err(Error::protocol(format!(
+            "{} is not in protocol version {version} (it came with version {})",
+            r.name(),
+            r.since()
+        )));
+    }
     r.check_bounds()?;
     Ok(r)
 }
 
-/// An error frame for request `id` (0: the connection as a whole). A message too long for
-/// the limit is replaced by a short one of the same kind.
+/// An error frame for request `id` (0: the connection as a whole), at the current version.
+/// A message too long for the limit is replaced by a short one of the same kind.
 pub fn error_frame(id: u64, e: &Error, limit: u32) -> Vec<u8> {
-    encode_frame(FrameKind::Error, id, e, limit).unwrap_or_else(|_| {
+    error_frame_at(crate::PROTOCOL_VERSION, id, e, limit)
+}
+
+pub fn error_frame_at(version: u8, id: u64, e: &Error, limit: u32) -> Vec<u8> {
+    encode_frame_at(version, FrameKind::Error, id, e, limit).unwrap_or_else(|_| {
         let short = Error::new(e.kind.clone(), "error message too long to send");
-        encode_frame(FrameKind::Error, id, &short, limit).expect("a short error fits any limit")
+        encode_frame_at(version, FrameKind::Error, id, &short, limit).expect("a short error fits any limit")
     })
 }
 
@@ -287,12 +433,14 @@ impl NodeState {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// The first frame on every connection. `node_id` is the node a link speaks for
-    /// (empty for clients).
+    /// The first frame on every connection: the newest and the oldest protocol version the
+    /// sender speaks (version 1 stated one version), and for a link the node it speaks for
+    /// (empty for clients). Answered with the version both speak.
     Hello {
         version: u8,
         role: Role,
         node_id: String,
+        min_version: u8,
     },
     Version,
     GetNodeInfo {
@@ -394,6 +542,12 @@ pub const MAX_NODE_ITEMS: usize = 256;
 
 impl Request {
     /// The operation's name as in docs/ARCHITECTURE.md §4, for logs and errors.
+    /// The protocol version that brought this request: a peer of an older version is never
+    /// sent it (every request of version 2 was in version 1; a later one says so here).
+    pub fn since(&self) -> u8 {
+        1
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Request::Hello { .. } => "Hello",
@@ -888,10 +1042,30 @@ mod tests {
     #[test]
     fn other_version_is_refused_naming_both() {
         let mut b = header_bytes();
-        b[4] = 2;
-        let e = Header::decode(&b, DEFAULT_BODY_LIMIT).unwrap_err();
-        assert_eq!(e, FrameError::UnsupportedVersion { got: 2, id: 7 });
-        assert!(e.to_string().contains("version 2") && e.to_string().contains("version 1"));
+        for v in [0, 3, 255] {
+            b[4] = v;
+            let e = Header::decode(&b, DEFAULT_BODY_LIMIT).unwrap_err();
+            assert_eq!(e, FrameError::UnsupportedVersion { got: v, id: 7 });
+            assert!(e.to_string().contains(&format!("version {v}")) && e.to_string().contains("versions 1 to 2"));
+        }
+        for v in [1, 2] {
+            b[4] = v;
+            assert_eq!(Header::decode(&b, DEFAULT_BODY_LIMIT).unwrap().version, v);
+        }
+    }
+
+    #[test]
+    fn two_sides_agree_on_the_newest_version_both_speak_or_name_both_ranges() {
+        assert_eq!(agree(1, 1).unwrap(), 1);
+        assert_eq!(agree(1, 2).unwrap(), 2);
+        assert_eq!(agree(1, 9).unwrap(), 2);
+        assert_eq!(agree(2, 9).unwrap(), 2);
+        let e = agree(3, 4).unwrap_err();
+        assert!(
+            e.message.contains("versions 3 to 4") && e.message.contains("versions 1 to 2"),
+            "{e}"
+        );
+        assert!(agree(2, 1).is_err(), "an empty range");
     }
 
     #[test]

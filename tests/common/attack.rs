@@ -16,6 +16,7 @@ pub fn frame(request: &Request) -> Vec<u8> {
 pub fn hello_frame() -> Vec<u8> {
     frame(&Request::Hello {
         version: aos_iam::PROTOCOL_VERSION,
+        min_version: aos_iam::MIN_PROTOCOL_VERSION,
         role: Role::Client,
         node_id: String::new(),
     })

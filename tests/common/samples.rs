@@ -1,8 +1,11 @@
+#![allow(dead_code)]
 //! One request of every type, as the tests send them: the fuzz seed corpora and the
 //! decoding allocation test start from these (included by path from `fuzz/` too).
 
+use aos_iam::error::{Error, ErrorKind};
 use aos_iam::proto::wire::{
-    CpuInfo, InstanceIdent, InstanceKind, NodeInfo, NodeState, PartitionInfo, Request, Role, ServerPermissions,
+    CertCheck, CertInfo, CpuInfo, Event, InstanceIdent, InstanceKind, ModuleStatus, NodeInfo, NodeState, PartitionInfo,
+    ProvisioningStatus, Request, Response, Role, ServerPermissions,
 };
 use aos_iam::secret::Secret;
 
@@ -44,11 +47,13 @@ pub fn requests() -> Vec<Request> {
     vec![
         Request::Hello {
             version: aos_iam::PROTOCOL_VERSION,
+            min_version: aos_iam::MIN_PROTOCOL_VERSION,
             role: Role::Client,
             node_id: String::new(),
         },
         Request::Hello {
             version: aos_iam::PROTOCOL_VERSION,
+            min_version: aos_iam::MIN_PROTOCOL_VERSION,
             role: Role::NodeLink,
             node_id: "node-sec1".into(),
         },
@@ -119,4 +124,119 @@ pub fn requests() -> Vec<Request> {
         Request::NodeInfoChanged { info: node_info() },
         Request::ForgetNode { node_id: node() },
     ]
+}
+
+pub fn cert_info() -> CertInfo {
+    CertInfo {
+        cert_type: "iam".into(),
+        issuer: "CN=Unit Root".into(),
+        issuer_der: vec![0x30, 0x15, 0x31, 0x13],
+        serial: vec![0x01, 0xa2],
+        subject: "CN=node-main, OU=iam".into(),
+        not_before: 1_764_547_200,
+        not_after: 1_796_083_200,
+        cert_url: "pkcs11:token=aos;object=iam;id=%01%02;type=cert".into(),
+        key_url: "pkcs11:token=aos;object=iam;id=%01%02;type=private".into(),
+        current: true,
+    }
+}
+
+/// One response of every type.
+pub fn responses() -> Vec<Response> {
+    let instance = InstanceIdent {
+        item_id: "service1".into(),
+        subject_id: "subject1".into(),
+        instance: 3,
+        kind: InstanceKind::Component,
+    };
+    vec![
+        Response::Hello {
+            version: 1,
+            node_id: "node-main".into(),
+        },
+        Response::Version {
+            version: "0.1.0".into(),
+            protocol: 1,
+        },
+        Response::NodeInfo(node_info()),
+        Response::NodeIds(vec!["node-main".into(), "node-sec1".into()]),
+        Response::Cert(cert_info()),
+        Response::Certs(vec![cert_info()]),
+        Response::Status(ProvisioningStatus {
+            node_id: "node-main".into(),
+            state: NodeState::Provisioned,
+            provisioning_mode: false,
+            modules: vec![ModuleStatus {
+                cert_type: "iam".into(),
+                needs_ca: true,
+                pending_key: false,
+                certificates: 1,
+            }],
+        }),
+        Response::CertTypes(vec!["iam".into(), "online".into()]),
+        Response::Csr {
+            pem: "-----BEGIN CERTIFICATE REQUEST-----\nMAA=\n-----END CERTIFICATE REQUEST-----\n".into(),
+        },
+        Response::Applied(cert_info()),
+        Response::Done,
+        Response::Secret(Secret::new("hvdV_ncivtZYAghfBy4wLEcqtUpNu5Zj".into())),
+        Response::Permissions {
+            instance,
+            entries: vec![("read".into(), "yes".into())],
+        },
+        Response::SystemInfo {
+            system_id: "unit-0001".into(),
+            unit_model: "model-a;1.0".into(),
+            version: "0.1.0".into(),
+        },
+        Response::Subjects(vec!["subject1".into()]),
+        Response::Subscribed,
+        Response::LinkIdentity {
+            cert_der: vec![0x30, 0x82, 0x01, 0x00],
+            algorithm: "ecdsa-p384".into(),
+            serial: vec![7],
+        },
+        Response::Signature(vec![0x30, 0x44, 0x02, 0x20]),
+        Response::CertChecks(vec![CertCheck {
+            info: cert_info(),
+            chain_error: String::new(),
+            key_present: true,
+            cert_present: true,
+        }]),
+    ]
+}
+
+/// One event of every type.
+pub fn events() -> Vec<Event> {
+    vec![
+        Event::SubjectsChanged(vec!["subject1".into()]),
+        Event::NodeChanged(node_info()),
+        Event::CertChanged {
+            cert_type: "iam".into(),
+            current: Some(cert_info()),
+        },
+        Event::CertChanged {
+            cert_type: "online".into(),
+            current: None,
+        },
+    ]
+}
+
+/// One error of every kind.
+pub fn errors() -> Vec<Error> {
+    [
+        ErrorKind::NotFound,
+        ErrorKind::InvalidArgument,
+        ErrorKind::WrongState,
+        ErrorKind::Unauthorized,
+        ErrorKind::Timeout,
+        ErrorKind::Unavailable,
+        ErrorKind::KeyStore("CKR_PIN_INCORRECT".into()),
+        ErrorKind::Validation("UnknownIssuer".into()),
+        ErrorKind::Protocol,
+        ErrorKind::Internal,
+    ]
+    .into_iter()
+    .map(|kind| Error::new(kind, "what went wrong"))
+    .collect()
 }
