@@ -60,6 +60,14 @@ pub fn main(name: &str, args: &[&str]) -> u8 {
             }
         }
         println!("{path}: valid ({} certificate modules)", config.modules.len());
+        // The state it would open: a database of a newer release is refused here too.
+        match aos_iam::store::db::schema_report(&config.db_path()) {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                return 1;
+            }
+        }
         return 0;
     }
     match aos_iam::daemon::run(config, args.provisioning) {

@@ -412,3 +412,53 @@ fn a_short_lived_certificate_is_renewed_by_iamd_and_a_renewal_killed_midway_comp
         "{objects:?}"
     );
 }
+
+#[test]
+fn a_renewal_waiting_for_its_ca_keeps_its_key_past_pending_max_age() {
+    let mut node = Node::new("renew-wait", Store::Pkcs11);
+    node.modules.rotate_left(1);
+    let cmd = short_lived_ca(&node, 3600);
+    // The CA refuses while `away` exists; stale pending keys go after 1 s, checked every 1 s.
+    let d = node.dir.display().to_string();
+    let gated = format!("if [ -e {d}/away ]; then echo the CA is away >&2; exit 1; fi; {cmd}");
+    node.extra_config = format!(
+        "[modules.renew]\ncommand = \"{}\"\nthreshold = \"36500d\"\nretry = \"1s\"\njitter = \"0%\"\n\
+         \n[reconcile]\ninterval = 1\npending_max_age = 1\n",
+        gated.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    std::fs::write(node.path("away"), "").unwrap();
+    node.start(true);
+    node.run_flow().ok();
+    let first = node.list_certs().into_iter().find(|c| c["type"] == "iam").unwrap()["serial"].clone();
+    node.stop();
+    node.start(false);
+    // Refused three times (after 1 s, then 2 s): the renewal's key is 3 s old, past its
+    // pending_max_age; then two more reconciliation passes.
+    let start = std::time::Instant::now();
+    while !node.log().contains("trying again in 4 s") {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "{}", node.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let passes = |log: &str| log.matches("reconciliation: pass done").count();
+    let seen = passes(&node.log());
+    while passes(&node.log()) < seen + 2 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "{}", node.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!node.log().contains("removed pending key iam/"), "{}", node.log());
+    std::fs::remove_file(node.path("away")).unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        let current = node
+            .list_certs()
+            .into_iter()
+            .find(|c| c["type"] == "iam" && c["current"] == true)
+            .unwrap();
+        if current["serial"] != first {
+            break;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "{}", node.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!node.log().contains("its new key is gone"), "{}", node.log());
+}

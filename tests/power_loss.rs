@@ -270,7 +270,7 @@ fn every_persisted_renewal_step_without_its_key_is_dropped_and_changes_nothing()
             next_try: 0,
             last_error: String::new(),
         };
-        db.set_renewal("iam", Some(&postcard::to_stdvec(&r).unwrap())).unwrap();
+        db.set_renewal("iam", Some(&r)).unwrap();
         drop(db);
         node.start(false);
         let start = std::time::Instant::now();

@@ -356,7 +356,9 @@ impl CertModules {
     /// its type (so the only certificate of a type is never deleted); records whose objects
     /// are missing are reported and kept, so `check` keeps showing them until a renewal.
     /// Returns what was found and done, one line each. The caller holds the journal lock.
-    pub fn reconcile(&self, db: &Db, config: &Config, pending_max_age: i64) -> Result<Vec<String>> {
+    /// Pending keys in `keep` (those of renewals in progress, which resume with them) are
+    /// kept whatever their age.
+    pub fn reconcile(&self, db: &Db, config: &Config, pending_max_age: i64, keep: &[KeyId]) -> Result<Vec<String>> {
         let snap = db.snapshot()?;
         let (mut report, orphans) = self.audit(&snap);
         for (label, id) in orphans {
@@ -370,7 +372,11 @@ impl CertModules {
         }
         let at = now();
         let mut discard = Vec::new();
-        for p in snap.pending.iter().filter(|p| at - p.created > pending_max_age) {
+        for p in snap
+            .pending
+            .iter()
+            .filter(|p| at - p.created > pending_max_age && !keep.contains(&p.key_id))
+        {
             report.push(format!(
                 "removed pending key {}/{}: no certificate came for it in {} s",
                 p.cert_type,

@@ -11,7 +11,6 @@ use crate::error::{Error, Result};
 use crate::link::peer::Peer;
 use crate::proto::wire::{NodeInfo, Request, Response};
 use crate::store::db::Db;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,8 +19,8 @@ use std::time::Duration;
 pub const MAX_NODES: usize = 256;
 pub use crate::config::{MAX_SUBSCRIBERS, SUBSCRIBER_BACKLOG};
 
-/// What the database keeps of a node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What the registry holds of a node (stored as a `records::NodeRecord`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeRecord {
     pub info: NodeInfo,
     /// Seconds since the Unix epoch when the link was last up.
@@ -47,11 +46,13 @@ impl Nodes {
     /// Load the registry; every node starts disconnected.
     pub fn open(config: &Config, db: &Db) -> Result<Nodes> {
         let mut known = BTreeMap::new();
-        for (id, bytes) in db.nodes()? {
-            let mut rec: NodeRecord = crate::proto::wire::decode_body(&bytes)
-                .map_err(|e| Error::internal(format!("database: node record {id} is corrupt: {e}")))?;
+        for stored in db.nodes()? {
+            let mut rec = NodeRecord {
+                info: NodeInfo::from(&stored.info),
+                last_seen: stored.last_seen,
+            };
             rec.info.connected = false;
-            known.insert(id, rec);
+            known.insert(rec.info.node_id.clone(), rec);
         }
         Ok(Nodes {
             own_id: config.node_id.clone(),
@@ -93,8 +94,10 @@ impl Nodes {
 
     fn persist(&self, db: &Db, rec: &NodeRecord) -> Result<()> {
         lock(&self.unsaved).remove(&rec.info.node_id);
-        let bytes = postcard::to_stdvec(rec).map_err(|e| Error::internal(format!("database encode: {e}")))?;
-        db.put_node(&rec.info.node_id, &bytes)
+        db.put_node(&crate::store::records::NodeRecord {
+            info: (&rec.info).into(),
+            last_seen: rec.last_seen,
+        })
     }
 
     /// A link registers its node. Refused for this node's own id, for a node whose link is

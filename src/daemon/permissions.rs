@@ -10,13 +10,12 @@ use crate::error::{Error, Result};
 use crate::proto::wire::{InstanceIdent, ServerPermissions};
 use crate::secret::{constant_time_eq, Secret};
 use crate::store::db::Db;
-use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
 /// Random bytes in a secret: 192 bits.
 pub const SECRET_BYTES: usize = 24;
 
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone)]
 pub struct Registration {
     pub instance: InstanceIdent,
     pub secret: Secret,
@@ -85,9 +84,13 @@ impl Registry {
     pub fn open(config: PermissionsConfig, db: &Db) -> Result<Registry> {
         let mut entries = Vec::new();
         if config.persist {
-            for (key, bytes) in db.instances()? {
-                match crate::proto::wire::decode_body::<Registration>(&bytes) {
-                    Ok(r) => entries.push(r),
+            for (key, stored) in db.instances()? {
+                match stored {
+                    Ok(r) => entries.push(Registration {
+                        instance: (&r.instance).into(),
+                        secret: r.secret,
+                        permissions: r.permissions.iter().map(Into::into).collect(),
+                    }),
                     Err(e) => crate::log_warn!("instance record {key} is corrupt ({e}); dropped"),
                 }
             }
@@ -125,10 +128,12 @@ impl Registry {
             permissions,
         };
         if self.config.persist {
-            let bytes = zeroize::Zeroizing::new(
-                postcard::to_stdvec(&reg).map_err(|e| Error::internal(format!("encoding a registration: {e}")))?,
-            );
-            db.put_instance(&instance_key(&reg.instance), &bytes)?;
+            let stored = crate::store::records::StoredRegistration {
+                instance: (&reg.instance).into(),
+                secret: reg.secret.clone(),
+                permissions: reg.permissions.iter().map(Into::into).collect(),
+            };
+            db.put_instance(&instance_key(&reg.instance), &stored)?;
         }
         match at {
             Some(i) => entries[i] = reg,

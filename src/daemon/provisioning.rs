@@ -136,10 +136,21 @@ impl Provisioning {
         ) {
             return Ok(Vec::new());
         }
+        // A renewal waiting for its CA keeps its key and CSR, however long it waits.
+        let renewing: Vec<_> = self
+            .db
+            .renewals()?
+            .iter()
+            .map(|(_, r)| match &r.step {
+                crate::store::records::Step::KeyCreated { key_id, .. }
+                | crate::store::records::Step::Obtained { key_id, .. } => *key_id,
+            })
+            .collect();
         let report = self.modules.reconcile(
             &self.db,
             &self.config,
             self.config.reconcile.pending_max_age.as_secs() as i64,
+            &renewing,
         )?;
         // A finding that stands is logged once, not at every pass.
         let mut last = crate::sys::lock(&self.reported);

@@ -20,21 +20,9 @@ use crate::pki::signer::{CommandSigner, CsrSigner};
 use crate::proto::wire::NodeState;
 use crate::store::db::CertRecord;
 use crate::store::keystore::{hex, KeyId};
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Step {
-    KeyCreated {
-        key_id: KeyId,
-        csr: String,
-    },
-    Obtained {
-        key_id: KeyId,
-        csr: String,
-        chain_pem: String,
-    },
-}
+pub use crate::store::records::{Renewal, Step};
 
 impl Step {
     fn name(&self) -> &'static str {
@@ -48,17 +36,6 @@ impl Step {
             Step::KeyCreated { key_id, .. } | Step::Obtained { key_id, .. } => key_id,
         }
     }
-}
-
-/// A renewal in progress, as the database keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Renewal {
-    pub step: Step,
-    /// Failures so far; the next delay is `retry * 2^failures` (bounded).
-    pub failures: u32,
-    /// Not before this time (seconds since the Unix epoch).
-    pub next_try: i64,
-    pub last_error: String,
 }
 
 use crate::sys::now;
@@ -93,22 +70,16 @@ fn backoff(policy: &RenewPolicy, failures: u32) -> Duration {
 }
 
 fn load(prov: &Provisioning, cert_type: &str) -> Result<Option<Renewal>> {
-    for (t, bytes) in prov.db.renewals()? {
-        if t == cert_type {
-            return crate::proto::wire::decode_body(&bytes)
-                .map(Some)
-                .map_err(|e| Error::internal(format!("database: renewal of {t} is corrupt: {e}")));
-        }
-    }
-    Ok(None)
+    Ok(prov
+        .db
+        .renewals()?
+        .into_iter()
+        .find(|(t, _)| t == cert_type)
+        .map(|(_, r)| r))
 }
 
 fn store(prov: &Provisioning, cert_type: &str, r: Option<&Renewal>) -> Result<()> {
-    let bytes = r
-        .map(postcard::to_stdvec)
-        .transpose()
-        .map_err(|e| Error::internal(format!("database encode: {e}")))?;
-    prov.db.set_renewal(cert_type, bytes.as_deref())
+    prov.db.set_renewal(cert_type, r)
 }
 
 /// What one pass did for a module, for the log and for certificate events.

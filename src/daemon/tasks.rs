@@ -14,8 +14,12 @@ pub(super) async fn reconcile_periodically(shared: Arc<Shared>) {
         smol::Timer::after(interval).await;
         let s = shared.clone();
         match blocking::unblock(move || s.prov.reconcile()).await {
-            Ok(report) if !report.is_empty() => shared.publish_cert_changes(),
-            Ok(_) => {}
+            Ok(report) => {
+                crate::log_debug!("reconciliation: pass done, {} findings", report.len());
+                if !report.is_empty() {
+                    shared.publish_cert_changes();
+                }
+            }
             Err(e) => crate::log_error!("reconciliation: {e}"),
         }
     }

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::proto::wire::NodeState;
 use crate::store::keystore::{hex, parse_hex_id, KeyId};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -21,43 +21,41 @@ const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances"
 const RENEWALS: TableDefinition<&str, &[u8]> = TableDefinition::new("renewals");
 /// Main node: every node that registered over a link, by node id.
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+/// The schema version of every table, by table name (see `records::SCHEMA`).
+const SCHEMA: TableDefinition<&str, u32> = TableDefinition::new("schema");
+
+/// One step of a table's records from schema version `from` to `from + 1`, run inside the
+/// transaction that records the new version: it rewrites every record of `table`.
+pub struct Migration {
+    pub table: &'static str,
+    pub from: u32,
+    pub rewrite: fn(key: &str, old: &[u8]) -> Result<Vec<u8>>,
+}
+
+/// The migrations this build knows. Every table is still at the version the release before
+/// versions were recorded wrote, so there are none yet; a layout change adds its step here
+/// and its fixtures under tests/data/db/.
+pub const MIGRATIONS: &[Migration] = &[];
+
+/// What opening a database found and did about its schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemaFound {
+    /// A new database: every table at this build's version.
+    Created,
+    /// Every table at this build's version.
+    Current,
+    /// Written before versions were recorded (every table at version 1): the versions
+    /// are now recorded.
+    Unversioned,
+    /// Tables migrated: (table, from, to).
+    Migrated(Vec<(String, u32, u32)>),
+}
 
 const STATE: &str = "state";
 const VERIFIER: &str = "password";
 const SEQ: &str = "seq";
 
-/// A key generated for a certificate type and waiting for its certificate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingKey {
-    pub cert_type: String,
-    pub key_id: KeyId,
-    pub created: i64,
-}
-
-/// An applied certificate, stored next to its key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CertRecord {
-    pub cert_type: String,
-    pub key_id: KeyId,
-    pub subject: String,
-    pub issuer: String,
-    pub issuer_der: Vec<u8>,
-    pub serial: Vec<u8>,
-    pub not_before: i64,
-    pub not_after: i64,
-    /// Order of application; the newest valid certificate of a type is its current one.
-    pub seq: u64,
-    /// The intermediate certificates (DER) the chain was validated with, for later checks;
-    /// only the leaf is kept in the store.
-    pub intermediates: Vec<Vec<u8>>,
-}
-
-/// Objects of a store that are to be removed (key pair and certificate).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct TrashEntry {
-    pub cert_type: String,
-    pub key_id: KeyId,
-}
+pub use crate::store::records::{CertRecord, PendingKey, TrashEntry};
 
 /// Everything the database holds, read in one transaction.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -79,40 +77,167 @@ fn key(cert_type: &str, id: &KeyId) -> String {
     format!("{cert_type}/{}", hex(id))
 }
 
-fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>> {
-    postcard::to_stdvec(v).map_err(|e| Error::internal(format!("database encode: {e}")))
-}
-
-fn dec<T: for<'a> Deserialize<'a>>(table: &str, k: &str, v: &[u8]) -> Result<T> {
-    crate::proto::wire::decode_body(v)
-        .map_err(|e| Error::internal(format!("database: record {table}/{k} is corrupt: {e}")))
-}
+use crate::store::records::{decode as dec, encode as enc, NodeRecord, Renewal, StoredRegistration, StoredState};
 
 pub struct Db {
-    db: Database,
+    /// `None` once closed ([`Db::close`]).
+    db: std::sync::RwLock<Option<Database>>,
 }
 
 impl Db {
+    fn with<T>(&self, f: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            Some(db) => f(db),
+            None => Err(Error::unavailable("the database is closed: iamd is stopping")),
+        }
+    }
+
+    /// Close the database cleanly (iamd is stopping): the next open needs no repair. A
+    /// transaction still running finishes first; later calls fail as `unavailable`.
+    pub fn close(&self) {
+        let db = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(db) = db {
+            match db.close() {
+                Ok(()) | Err(redb::DatabaseError::TransactionInProgress) => {}
+                Err(e) => crate::log_warn!("closing the database: {e}"),
+            }
+        }
+    }
+
     pub fn open(path: &Path) -> Result<Db> {
+        Db::open_with(path, crate::store::records::SCHEMA, MIGRATIONS).map(|(db, _)| db)
+    }
+
+    /// Open (or create) the database at `path` and bring its schema to `schema`: a table
+    /// at an older version is migrated by `migrations`, all tables in one durable
+    /// transaction (nothing is changed unless all of it commits); a table at a newer
+    /// version, or one this build does not know, is refused with both versions named and
+    /// nothing changed.
+    pub fn open_with(path: &Path, schema: &[(&str, u32)], migrations: &[Migration]) -> Result<(Db, SchemaFound)> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let db = Database::create(path).map_err(|e| match e {
+        let in_use = |e: redb::DatabaseError| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::unavailable(format!(
                 "database {} is in use by another process (another iamd?)",
                 path.display()
             )),
             e => Error::internal(format!("cannot open database {}: {e}", path.display())),
-        })?;
-        let this = Db { db };
-        this.write(|_| Ok(()))?;
-        Ok(this)
+        };
+        // A database of a newer release is refused before it is opened for writing, which
+        // could change its file.
+        // (One not closed cleanly, after a crash or a stop, cannot be read so without its
+        // repair: that one is checked once opened, before anything is written.)
+        if path.exists() {
+            match redb::ReadOnlyDatabase::open(path) {
+                Ok(db) => {
+                    let txn = db.begin_read()?;
+                    if let Some(v) = read_versions(&txn)? {
+                        refuse_newer(path, &v, schema)?;
+                    }
+                }
+                Err(e @ redb::DatabaseError::DatabaseAlreadyOpen) => return Err(in_use(e)),
+                Err(_) => {}
+            }
+        }
+        let db = Database::create(path).map_err(in_use)?;
+        let found = {
+            let txn = db.begin_read()?;
+            read_versions(&txn)?
+        };
+        // A database of the release before versions were recorded has every table at 1.
+        let unversioned = found.as_ref().is_some_and(|v| v.is_empty());
+        let versions: BTreeMap<String, u32> = match &found {
+            Some(v) if !v.is_empty() => v.clone(),
+            Some(_) => schema.iter().map(|(t, _)| (t.to_string(), 1)).collect(),
+            None => BTreeMap::new(),
+        };
+        refuse_newer(path, &versions, schema)?;
+        let mut steps = Vec::new();
+        let mut migrated = Vec::new();
+        for (table, want) in schema {
+            if let Some(&have) = versions.get(*table) {
+                for from in have..*want {
+                    let m = migrations
+                        .iter()
+                        .find(|m| m.table == *table && m.from == from)
+                        .ok_or_else(|| {
+                            Error::internal(format!("no migration of table {table} from schema version {from}"))
+                        })?;
+                    steps.push(m);
+                }
+                if have < *want {
+                    migrated.push((table.to_string(), have, *want));
+                }
+            }
+        }
+        let outcome = if found.is_none() {
+            SchemaFound::Created
+        } else if !migrated.is_empty() {
+            SchemaFound::Migrated(migrated)
+        } else if unversioned {
+            SchemaFound::Unversioned
+        } else if schema.iter().all(|(t, _)| versions.contains_key(*t)) {
+            SchemaFound::Current
+        } else {
+            // A table this build has and the database does not record yet: recorded now.
+            SchemaFound::Migrated(Vec::new())
+        };
+        if outcome != SchemaFound::Current {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)
+                .map_err(|e| Error::internal(format!("database: {e}")))?;
+            for m in &steps {
+                let mut table = txn.open_table(TableDefinition::<&str, &[u8]>::new(m.table))?;
+                let mut rewritten = Vec::new();
+                for item in table.iter()? {
+                    let (k, v) = item?;
+                    rewritten.push((k.value().to_string(), (m.rewrite)(k.value(), v.value())?));
+                }
+                for (k, v) in rewritten {
+                    table.insert(k.as_str(), v.as_slice())?;
+                }
+            }
+            {
+                let mut t = txn.open_table(SCHEMA)?;
+                for (table, version) in schema {
+                    t.insert(*table, *version)?;
+                }
+            }
+            // Every table exists from here on.
+            for def in [META, PENDING, CERTS, TRASH, INSTANCES, RENEWALS, NODES] {
+                txn.open_table(def)?;
+            }
+            txn.commit()?;
+        }
+        match &outcome {
+            SchemaFound::Unversioned => crate::log_notice!(
+                "database {}: written before schema versions were recorded; every table is at version 1, now recorded",
+                path.display()
+            ),
+            SchemaFound::Migrated(m) => {
+                for (t, from, to) in m {
+                    crate::log_notice!(
+                        "database {}: table {t} migrated from schema version {from} to {to}",
+                        path.display()
+                    );
+                }
+            }
+            _ => {}
+        }
+        Ok((
+            Db {
+                db: std::sync::RwLock::new(Some(db)),
+            },
+            outcome,
+        ))
     }
 
     /// One durable transaction with every table open.
     fn write(&self, f: impl FnOnce(&mut Tables) -> Result<()>) -> Result<()> {
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.with(|db| Ok(db.begin_write()?))?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| Error::internal(format!("database: {e}")))?;
         {
@@ -129,11 +254,11 @@ impl Db {
     }
 
     pub fn snapshot(&self) -> Result<Snapshot> {
-        let txn = self.db.begin_read()?;
+        let txn = self.with(|db| Ok(db.begin_read()?))?;
         let mut s = Snapshot::default();
         let meta = txn.open_table(META)?;
         if let Some(v) = meta.get(STATE)? {
-            s.state = Some(dec("meta", STATE, v.value())?);
+            s.state = Some(dec::<StoredState>("meta", STATE, v.value())?.into());
         }
         if let Some(v) = meta.get(VERIFIER)? {
             s.verifier = Some(v.value().to_vec());
@@ -229,14 +354,23 @@ impl Db {
         Ok(trashed)
     }
 
-    /// Persisted permission registrations: (key, encoded registration).
-    pub fn instances(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        self.read_all(INSTANCES)
+    /// Persisted permission registrations by key; a record that does not decode is given
+    /// as its error (the registry drops it).
+    pub fn instances(&self) -> Result<Vec<(String, Result<StoredRegistration>)>> {
+        Ok(self
+            .read_all(INSTANCES)?
+            .into_iter()
+            .map(|(k, v)| {
+                let r = dec("instances", &k, &v);
+                (k, r)
+            })
+            .collect())
     }
 
-    pub fn put_instance(&self, key: &str, value: &[u8]) -> Result<()> {
+    pub fn put_instance(&self, key: &str, reg: &StoredRegistration) -> Result<()> {
+        let value = zeroize::Zeroizing::new(enc(reg)?);
         self.write_table(INSTANCES, |t| {
-            t.insert(key, value)?;
+            t.insert(key, value.as_slice())?;
             Ok(())
         })
     }
@@ -255,25 +389,32 @@ impl Db {
         })
     }
 
-    /// Renewals in progress: (certificate type, encoded state).
-    pub fn renewals(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        self.read_all(RENEWALS)
+    /// Renewals in progress, by certificate type.
+    pub fn renewals(&self) -> Result<Vec<(String, Renewal)>> {
+        self.read_all(RENEWALS)?
+            .into_iter()
+            .map(|(k, v)| Ok((k.clone(), dec("renewals", &k, &v)?)))
+            .collect()
     }
 
     /// Record a renewal's step (`None`: the renewal is over).
-    pub fn set_renewal(&self, cert_type: &str, value: Option<&[u8]>) -> Result<()> {
+    pub fn set_renewal(&self, cert_type: &str, renewal: Option<&Renewal>) -> Result<()> {
+        let value = renewal.map(enc).transpose()?;
         self.write_table(RENEWALS, |t| {
-            match value {
-                Some(v) => t.insert(cert_type, v)?,
+            match &value {
+                Some(v) => t.insert(cert_type, v.as_slice())?,
                 None => t.remove(cert_type)?,
             };
             Ok(())
         })
     }
 
-    /// The node registry of the main node: (node id, encoded record).
-    pub fn nodes(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        self.read_all(NODES)
+    /// The node registry of the main node.
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        self.read_all(NODES)?
+            .into_iter()
+            .map(|(k, v)| dec("nodes", &k, &v))
+            .collect()
     }
 
     pub fn delete_nodes(&self, node_ids: &[String]) -> Result<()> {
@@ -285,16 +426,17 @@ impl Db {
         })
     }
 
-    pub fn put_node(&self, node_id: &str, value: &[u8]) -> Result<()> {
+    pub fn put_node(&self, rec: &NodeRecord) -> Result<()> {
+        let value = enc(rec)?;
         self.write_table(NODES, |t| {
-            t.insert(node_id, value)?;
+            t.insert(rec.info.node_id.as_str(), value.as_slice())?;
             Ok(())
         })
     }
 
     /// Every entry of a table that lives beside the provisioning tables.
     fn read_all(&self, def: TableDefinition<&str, &[u8]>) -> Result<Vec<(String, Vec<u8>)>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.with(|db| Ok(db.begin_read()?))?;
         let table = match txn.open_table(def) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -313,7 +455,7 @@ impl Db {
         def: TableDefinition<&str, &[u8]>,
         f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<()>,
     ) -> Result<()> {
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.with(|db| Ok(db.begin_write()?))?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| Error::internal(format!("database: {e}")))?;
         {
@@ -333,6 +475,106 @@ impl Db {
     }
 }
 
+/// The schema versions recorded in a database: `None` for a new (empty) one, an empty map
+/// for one written before versions were recorded (every table at version 1).
+fn read_versions(txn: &redb::ReadTransaction) -> Result<Option<BTreeMap<String, u32>>> {
+    match txn.open_table(SCHEMA) {
+        Ok(t) => {
+            let mut v = BTreeMap::new();
+            for item in t.iter()? {
+                let (k, n) = item?;
+                v.insert(k.value().to_string(), n.value());
+            }
+            Ok(Some(v))
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => match txn.open_table(META) {
+            Ok(_) => Ok(Some(BTreeMap::new())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn refuse_newer(path: &Path, versions: &BTreeMap<String, u32>, schema: &[(&str, u32)]) -> Result<()> {
+    for (table, have) in versions {
+        match schema.iter().find(|(t, _)| t == table) {
+            Some((_, want)) if have <= want => {}
+            found => {
+                let reads = match found {
+                    Some((_, want)) => format!("reads table {table} up to schema version {want}"),
+                    None => format!("has no table {table}"),
+                };
+                return Err(Error::wrong_state(format!(
+                    "database {}: table {table} is at schema version {have}, written by a newer release; \
+                     this build (aos-iam {}) {reads}. Nothing was changed: run that release again, \
+                     or restore the database it had before the upgrade",
+                    path.display(),
+                    crate::VERSION
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The schema versions of the database at `path`, read without changing it (for
+/// `iamd --check-config`): one line.
+pub fn schema_report(path: &Path) -> Result<String> {
+    if !path.exists() {
+        return Ok(format!(
+            "database {}: not created yet (this build writes {})",
+            path.display(),
+            describe(crate::store::records::SCHEMA.iter().map(|(t, v)| (t.to_string(), *v)))
+        ));
+    }
+    let db = match redb::ReadOnlyDatabase::open(path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            return Ok(format!(
+                "database {}: in use by a running iamd (its schema was checked when it started)",
+                path.display()
+            ))
+        }
+        Err(redb::DatabaseError::RepairAborted) => {
+            return Ok(format!(
+                "database {}: not closed cleanly; iamd repairs it and checks its schema at start",
+                path.display()
+            ))
+        }
+        Err(e) => return Err(Error::internal(format!("cannot open database {}: {e}", path.display()))),
+    };
+    let txn = db.begin_read()?;
+    let versions = read_versions(&txn)?.unwrap_or_default();
+    let recorded = !versions.is_empty();
+    let versions: BTreeMap<String, u32> = if recorded {
+        versions
+    } else {
+        crate::store::records::SCHEMA
+            .iter()
+            .map(|(t, _)| (t.to_string(), 1))
+            .collect()
+    };
+    refuse_newer(path, &versions, crate::store::records::SCHEMA)?;
+    let behind = crate::store::records::SCHEMA
+        .iter()
+        .any(|(t, want)| versions.get(*t).is_some_and(|have| have < want));
+    Ok(format!(
+        "database {}: schema {}{}",
+        path.display(),
+        describe(versions.into_iter()),
+        match (recorded, behind) {
+            (false, _) => " (written before versions were recorded; iamd records them at start)",
+            (true, true) => " (older than this build's; iamd migrates it at start)",
+            (true, false) => "",
+        }
+    ))
+}
+
+fn describe(versions: impl Iterator<Item = (String, u32)>) -> String {
+    versions.map(|(t, v)| format!("{t} {v}")).collect::<Vec<_>>().join(", ")
+}
+
 struct Tables<'t> {
     meta: redb::Table<'t, &'static str, &'static [u8]>,
     pending: redb::Table<'t, &'static str, &'static [u8]>,
@@ -342,7 +584,7 @@ struct Tables<'t> {
 
 impl Tables<'_> {
     fn set_state(&mut self, state: NodeState) -> Result<()> {
-        self.meta.insert(STATE, enc(&state)?.as_slice())?;
+        self.meta.insert(STATE, enc(&StoredState::from(state))?.as_slice())?;
         Ok(())
     }
 
@@ -413,6 +655,165 @@ mod tests {
             seq: 0,
             intermediates: vec![],
         }
+    }
+
+    fn versions_of(path: &std::path::Path) -> BTreeMap<String, u32> {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_read().unwrap();
+        read_versions(&txn).unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_new_database_records_this_builds_schema() {
+        let (db, dir) = tmp_db("schema-new");
+        drop(db);
+        let v = versions_of(&dir.join("iam.db"));
+        let want: BTreeMap<String, u32> = crate::store::records::SCHEMA
+            .iter()
+            .map(|(t, v)| (t.to_string(), *v))
+            .collect();
+        assert_eq!(v, want);
+        let (_, found) = Db::open_with(&dir.join("iam.db"), crate::store::records::SCHEMA, MIGRATIONS).unwrap();
+        assert_eq!(found, SchemaFound::Current);
+        let report = schema_report(&dir.join("iam.db")).unwrap();
+        assert!(
+            report.contains("meta 1") && report.contains("nodes 1") && !report.contains('('),
+            "{report}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn upper(_: &str, old: &[u8]) -> Result<Vec<u8>> {
+        let s: String = dec("nodes", "", old)?;
+        enc(&s.to_uppercase())
+    }
+
+    fn refuse(k: &str, _: &[u8]) -> Result<Vec<u8>> {
+        if k == "b" {
+            return Err(Error::internal("record b cannot be migrated"));
+        }
+        enc(&"migrated".to_string())
+    }
+
+    /// A database whose table `nodes` holds two strings, written at schema version 1.
+    fn v1_db(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("aos-iam-db-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (db, _) = Db::open_with(&dir.join("iam.db"), &[("meta", 1), ("nodes", 1)], &[]).unwrap();
+        db.write_table(NODES, |t| {
+            t.insert("a", enc(&"alpha".to_string())?.as_slice())?;
+            t.insert("b", enc(&"beta".to_string())?.as_slice())?;
+            Ok(())
+        })
+        .unwrap();
+        dir
+    }
+
+    fn strings(db: &Db) -> Vec<(String, String)> {
+        db.read_all(NODES)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k.clone(), dec::<String>("nodes", &k, &v).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn an_older_table_is_migrated_in_one_durable_transaction() {
+        let dir = v1_db("migrate");
+        let path = dir.join("iam.db");
+        let step = [Migration {
+            table: "nodes",
+            from: 1,
+            rewrite: upper,
+        }];
+        let (db, found) = Db::open_with(&path, &[("meta", 1), ("nodes", 2)], &step).unwrap();
+        assert_eq!(found, SchemaFound::Migrated(vec![("nodes".into(), 1, 2)]));
+        assert_eq!(
+            strings(&db),
+            [("a".into(), "ALPHA".into()), ("b".into(), "BETA".into())]
+        );
+        drop(db);
+        assert_eq!(versions_of(&path)["nodes"], 2);
+        let (db, found) = Db::open_with(&path, &[("meta", 1), ("nodes", 2)], &step).unwrap();
+        assert_eq!(found, SchemaFound::Current, "migrated once");
+        assert_eq!(strings(&db)[0].1, "ALPHA");
+        drop(db);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_migration_that_fails_part_way_changes_nothing() {
+        let dir = v1_db("migrate-fail");
+        let path = dir.join("iam.db");
+        let step = [Migration {
+            table: "nodes",
+            from: 1,
+            rewrite: refuse,
+        }];
+        let e = Db::open_with(&path, &[("meta", 1), ("nodes", 2)], &step).err().unwrap();
+        assert!(e.message.contains("record b cannot be migrated"), "{e}");
+        assert_eq!(versions_of(&path)["nodes"], 1);
+        let (db, _) = Db::open_with(&path, &[("meta", 1), ("nodes", 1)], &[]).unwrap();
+        assert_eq!(
+            strings(&db),
+            [("a".into(), "alpha".into()), ("b".into(), "beta".into())]
+        );
+        drop(db);
+        // A step this build does not have is an error too, and changes nothing.
+        let e = Db::open_with(&path, &[("meta", 1), ("nodes", 3)], &step).err().unwrap();
+        assert!(
+            e.message.contains("no migration of table nodes from schema version"),
+            "{e}"
+        );
+        assert_eq!(versions_of(&path)["nodes"], 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_database_of_a_newer_release_is_refused_naming_both_versions_and_left_alone() {
+        let dir = v1_db("newer");
+        let path = dir.join("iam.db");
+        let (db, _) = Db::open_with(
+            &path,
+            &[("meta", 1), ("nodes", 5)],
+            &[
+                Migration {
+                    table: "nodes",
+                    from: 1,
+                    rewrite: upper,
+                },
+                Migration {
+                    table: "nodes",
+                    from: 2,
+                    rewrite: upper,
+                },
+                Migration {
+                    table: "nodes",
+                    from: 3,
+                    rewrite: upper,
+                },
+                Migration {
+                    table: "nodes",
+                    from: 4,
+                    rewrite: upper,
+                },
+            ],
+        )
+        .unwrap();
+        drop(db);
+        let before = std::fs::read(&path).unwrap();
+        let e = Db::open_with(&path, &[("meta", 1), ("nodes", 2)], &[]).err().unwrap();
+        assert!(
+            e.message.contains("table nodes is at schema version 5") && e.message.contains("up to schema version 2"),
+            "{e}"
+        );
+        assert!(std::fs::read(&path).unwrap() == before, "the file was changed");
+        let e = schema_report(&path).unwrap_err();
+        assert!(e.message.contains("schema version 5"), "{e}");
+        // A table this build does not know is refused the same way.
+        let e = Db::open_with(&path, &[("meta", 1)], &[]).err().unwrap();
+        assert!(e.message.contains("has no table nodes"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

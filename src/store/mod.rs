@@ -3,3 +3,4 @@
 pub mod atomic_file;
 pub mod db;
 pub mod keystore;
+pub mod records;
