@@ -362,3 +362,333 @@ fn a_renewal_in_progress_under_an_earlier_release_resumes_and_completes() {
         assert!(!node.log().contains("its new key is gone"), "{}", node.log());
     }
 }
+
+// ---- nodes of the release named in tests/data/UPGRADE_FROM beside nodes of this build ----
+
+/// The binary of the release named in tests/data/UPGRADE_FROM, built once from this
+/// repository's history into target/upgrade-from/COMMIT (kept for the next run).
+fn old_binary() -> PathBuf {
+    static BUILT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(b) = built.as_ref() {
+        return b.clone();
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let commit = std::fs::read_to_string(data("UPGRADE_FROM")).unwrap();
+    let commit = commit
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .unwrap()
+        .trim()
+        .to_string();
+    let cache = repo.join("target/upgrade-from").join(&commit);
+    let bin = cache.join("aos-iam");
+    if !bin.exists() {
+        let src = cache.join("src");
+        let _ = std::fs::remove_dir_all(&src);
+        std::fs::create_dir_all(&src).unwrap();
+        let out = sh(&format!(
+            "cd {r} && git cat-file -e {commit}^{{commit}} 2>&1 && git archive {commit} | tar -x -C {s}",
+            r = repo.display(),
+            s = src.display()
+        ));
+        assert_eq!(
+            out.code, 0,
+            "tests/data/UPGRADE_FROM names {commit}, which this clone's history does not have \
+             (a shallow clone? fetch it): {}{}",
+            out.stdout, out.stderr
+        );
+        let started = std::time::Instant::now();
+        let out = sh(&format!(
+            "cd {s} && CARGO_TARGET_DIR={t} cargo build --locked --quiet 2>&1",
+            s = src.display(),
+            t = repo.join("target/upgrade-from/target").display()
+        ));
+        assert_eq!(out.code, 0, "building release {commit}: {}", out.stdout);
+        std::fs::copy(repo.join("target/upgrade-from/target/debug/aos-iam"), &bin).unwrap();
+        eprintln!("built release {commit} in {:?}", started.elapsed());
+    }
+    *built = Some(bin.clone());
+    bin
+}
+
+fn served_and_checked(node: &Node, what: &str) {
+    let certs = node.list_certs();
+    assert_eq!(
+        certs.iter().filter(|c| c["current"] == true).count(),
+        3,
+        "{what}: {certs:?}"
+    );
+    let check = node.applet("iam-certctl", &["-s", &node.protected(), "check"], None);
+    assert_eq!(check.code, 0, "{what}: {}", check.stdout);
+    assert!(check.stdout.starts_with("IAM OK"), "{what}: {}", check.stdout);
+}
+
+/// Renew `cert_type` of `node_id` (empty: the node asked) through `via` with its local CA;
+/// the new certificate's serial.
+fn renew_through(via: &Node, node_id: &str, cert_type: &str) -> String {
+    let mut args = vec![
+        "-s".to_string(),
+        via.protected(),
+        "--json".into(),
+        "renew".into(),
+        cert_type.into(),
+        "--ca-cert".into(),
+        via.p("ca.pem"),
+        "--ca-key".into(),
+        via.p("ca.key"),
+        "--password-file".into(),
+        via.p("password"),
+    ];
+    if !node_id.is_empty() {
+        args.extend(["--node".into(), node_id.into()]);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = via.applet("iam-certctl", &refs, None).ok().json();
+    out["certificate"]["serial"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_single_node_provisioned_by_the_previous_release_keeps_working_under_this_one() {
+    let old = old_binary();
+    let mut node = Node::new("upg-single", Store::Pkcs11);
+    node.bin = old.clone();
+    node.start(true);
+    node.run_flow().ok();
+    node.stop();
+    node.start(false);
+    served_and_checked(&node, "under the old release");
+    let before = node.list_certs();
+    node.stop();
+
+    node.bin = bin();
+    node.start(false);
+    assert_eq!(node.list_certs(), before, "the same certificates, served the same way");
+    served_and_checked(&node, "under this release");
+    let serial = renew_through(&node, "", "iam");
+    let current = node
+        .list_certs()
+        .into_iter()
+        .find(|c| c["type"] == "iam" && c["current"] == true)
+        .unwrap();
+    assert_eq!(current["serial"], serial.as_str());
+}
+
+/// A unit of a main node and one secondary provisioned by the old release, its link up.
+fn old_unit(name: &str, old: &Path) -> Unit {
+    let mut unit = Unit::new(name, 1);
+    unit.main.bin = old.to_path_buf();
+    unit.secondaries[0].bin = old.to_path_buf();
+    unit.start(true);
+    unit.link_unix(0);
+    unit.wait_link_registered(0);
+    unit.run_all(&[]).ok();
+    unit.kill_link(0);
+    unit.main.stop();
+    unit.secondaries[0].stop();
+    unit.main.start(false);
+    unit.secondaries[0].start(false);
+    unit.link_unix(0);
+    let id = unit.secondaries[0].node_id();
+    unit.wait_connected(&id, true);
+    unit
+}
+
+/// Through the main node: the secondary's certificates, its check, a renewal.
+fn unit_works(unit: &Unit, what: &str) {
+    let id = unit.secondaries[0].node_id();
+    served_and_checked(&unit.main, what);
+    served_and_checked(&unit.secondaries[0], what);
+    let listed = unit
+        .main
+        .applet(
+            "iam-certctl",
+            &["-s", &unit.main.protected(), "--json", "list", "--node", &id],
+            None,
+        )
+        .ok()
+        .json();
+    let current = listed["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["current"] == true)
+        .count();
+    assert_eq!(current, 3, "{what}: {listed}");
+    let serial = renew_through(&unit.main, &id, "online");
+    let current = unit.secondaries[0]
+        .list_certs()
+        .into_iter()
+        .find(|c| c["type"] == "online" && c["current"] == true)
+        .unwrap();
+    assert_eq!(
+        current["serial"],
+        serial.as_str(),
+        "{what}: renewed through the main node"
+    );
+}
+
+fn restart_main_as(unit: &mut Unit, bin: &Path) {
+    unit.main.stop();
+    unit.main.bin = bin.to_path_buf();
+    unit.main.start(false);
+    let id = unit.secondaries[0].node_id();
+    unit.wait_connected(&id, true);
+}
+
+fn restart_secondary_as(unit: &mut Unit, bin: &Path) {
+    unit.kill_link(0);
+    unit.secondaries[0].stop();
+    unit.secondaries[0].bin = bin.to_path_buf();
+    unit.secondaries[0].start(false);
+    unit.link_unix(0);
+    let id = unit.secondaries[0].node_id();
+    unit.wait_connected(&id, true);
+}
+
+#[test]
+fn a_unit_is_upgraded_main_node_first_then_the_secondary() {
+    let old = old_binary();
+    let mut unit = old_unit("upg-mf", &old);
+    unit_works(&unit, "all of the old release");
+
+    // A new main node serves the old secondary in protocol version 1.
+    restart_main_as(&mut unit, &bin());
+    assert!(unit.main.log().contains("protocol version 1"), "{}", unit.main.log());
+    unit_works(&unit, "new main, old secondary");
+
+    // Both new: the link speaks this version.
+    restart_secondary_as(&mut unit, &bin());
+    let v = format!("protocol version {}", aos_iam::PROTOCOL_VERSION);
+    assert!(unit.main.log().lines().last_linked(&v), "{}", unit.main.log());
+    unit_works(&unit, "both new");
+}
+
+#[test]
+fn a_unit_is_upgraded_secondary_first_then_the_main_node() {
+    let old = old_binary();
+    let mut unit = old_unit("upg-sf", &old);
+
+    // A new secondary links to the old main node: refused in version 2, it links in 1.
+    restart_secondary_as(&mut unit, &bin());
+    assert!(
+        unit.nodelink_log(0).contains("speaks protocol version 1 only"),
+        "{}",
+        unit.nodelink_log(0)
+    );
+    unit_works(&unit, "old main, new secondary");
+
+    restart_main_as(&mut unit, &bin());
+    unit_works(&unit, "both new");
+}
+
+trait LastLinked {
+    fn last_linked(self, version: &str) -> bool;
+}
+
+impl<'a, I: DoubleEndedIterator<Item = &'a str>> LastLinked for I {
+    /// Whether the last "linked from" line names `version`.
+    fn last_linked(mut self, version: &str) -> bool {
+        self.rfind(|l| l.contains(" linked from "))
+            .is_some_and(|l| l.contains(version))
+    }
+}
+
+// ---- configuration and schema checks ---------------------------------------------------
+
+/// `iamd --check-config` on `config` (with `@DIR@` as the node's directory).
+fn check_config(node: &Node, config: &str) -> Out {
+    let path = node.path("check.toml");
+    std::fs::write(&path, config.replace("@DIR@", &node.dir.display().to_string())).unwrap();
+    node.applet("iamd", &["-c", &path.display().to_string(), "--check-config"], None)
+}
+
+#[test]
+fn every_configuration_an_earlier_release_accepted_is_accepted_without_warnings() {
+    let node = Node::new("up-config", Store::Pkcs11);
+    let mut seen = 0;
+    for release in std::fs::read_dir(data("config")).unwrap() {
+        for file in std::fs::read_dir(release.unwrap().path()).unwrap() {
+            let file = file.unwrap().path();
+            let out = check_config(&node, &std::fs::read_to_string(&file).unwrap());
+            assert_eq!(out.code, 0, "{}: {}{}", file.display(), out.stdout, out.stderr);
+            assert!(!out.stderr.contains("warning"), "{}: {}", file.display(), out.stderr);
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2);
+}
+
+#[test]
+fn check_config_reports_the_schema_of_the_database_it_would_open() {
+    let (mut node, _) = restore("c48f784", "single", "");
+    let config = node.config_text();
+    let out = check_config(&node, &config);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // The release before stopped without closing its database: it is repaired at start.
+    assert!(
+        out.stdout.contains("written before versions were recorded") || out.stdout.contains("not closed cleanly"),
+        "{}",
+        out.stdout
+    );
+    node.start(false);
+    let out = check_config(&node, &config);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("in use by a running iamd"), "{}", out.stdout);
+    node.stop();
+    let out = check_config(&node, &config);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("database "))
+        .unwrap()
+        .to_string();
+    // This build closes its database when it stops: the versions it recorded are read.
+    assert!(
+        line.contains("certs 1") && line.contains("nodes 1") && !line.contains('('),
+        "{line}"
+    );
+    let fresh = Node::new("up-config-fresh", Store::Pkcs11);
+    let out = check_config(&fresh, &fresh.config_text());
+    assert!(out.stdout.contains("not created yet"), "{}", out.stdout);
+}
+
+#[test]
+fn iamd_refuses_a_database_of_a_newer_release_naming_both_versions_and_changes_nothing() {
+    let (node, _) = restore("c48f784", "single", "");
+    // What a later release would leave: the nodes table at schema version 2.
+    let db = node.path("work/iam.db");
+    let mut newer: Vec<(&str, u32)> = aos_iam::store::records::SCHEMA.to_vec();
+    newer.retain(|(t, _)| *t != "nodes");
+    newer.push(("nodes", 2));
+    fn same(_: &str, v: &[u8]) -> aos_iam::error::Result<Vec<u8>> {
+        Ok(v.to_vec())
+    }
+    let step = [aos_iam::store::db::Migration {
+        table: "nodes",
+        from: 1,
+        rewrite: same,
+    }];
+    drop(aos_iam::store::db::Db::open_with(&db, &newer, &step).unwrap());
+    let before = std::fs::read(&db).unwrap();
+    node.write_config();
+    let out = sh(&format!(
+        "SOFTHSM2_CONF={} timeout 60 {} iamd -c {} 2>&1",
+        node.p("softhsm2.conf"),
+        node.bin.display(),
+        node.p("config.toml")
+    ));
+    assert_eq!(out.code, 5, "wrong_state: {}", out.stdout);
+    assert!(
+        out.stdout.contains("table nodes is at schema version 2")
+            && out.stdout.contains("up to schema version 1")
+            && out.stdout.contains("Nothing was changed"),
+        "{}",
+        out.stdout
+    );
+    assert!(std::fs::read(&db).unwrap() == before, "the database file was changed");
+    let out = check_config(&node, &node.config_text());
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(out.stderr.contains("schema version 2"), "{}", out.stderr);
+}
