@@ -3,7 +3,7 @@
 //! re-enrollment by iamd over mutual TLS with the token key, `/cacerts`, and the refusals.
 
 mod common;
-use common::est::{EstServer, Mode};
+use common::est::{Answer, EstServer, Mode};
 use common::*;
 
 const EST_USER: &str = "node-enroll";
@@ -181,4 +181,92 @@ fn est_enrollment_with_a_bootstrap_certificate_from_files() {
         .json();
     assert_eq!(out["certificate"]["current"], true);
     assert_eq!(server.requests(), ["simpleenroll cn=factory-bootstrap"]);
+}
+
+#[test]
+fn answers_made_by_openssl_in_der_or_ber_base64_in_lines_on_one_line_or_binary_are_applied() {
+    let node = provisioned("est-forms", |_| {});
+    let server = EstServer::start(&node.dir, EST_USER, EST_PASSWORD);
+    // The server reads request bodies as libest does (OpenSSL line-mode base64): one long
+    // line reads as nothing, lines of 64 as the CSR.
+    let csr = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".repeat(4);
+    let flat = aos_iam::codec::pem::base64_encode(&csr);
+    assert!(common::est::openssl_base64_decode(flat.as_bytes()).is_empty());
+    let lines = aos_iam::codec::pem::base64_lines(&csr, 64);
+    assert_eq!(common::est::openssl_base64_decode(lines.as_bytes()), csr);
+
+    let anchor = server.anchor.display().to_string();
+    let mut serials = iam_serials(&node);
+    for answer in [
+        Answer::Crl2pkcs7Lines,
+        Answer::Crl2pkcs7OneLine,
+        Answer::CmsBer,
+        Answer::CmsBerBinary,
+    ] {
+        server.set_answer(answer);
+        let out = est_renew(&node, &server, &node.p("est-password"), &anchor);
+        assert_eq!(out.code, 0, "{answer:?}: {}{}", out.stdout, out.stderr);
+        let serial = out.json()["certificate"]["serial"].as_str().unwrap().to_string();
+        assert!(!serials.contains(&serial), "{answer:?}: a new certificate");
+        serials.push(serial.clone());
+        let current = node
+            .list_certs()
+            .into_iter()
+            .find(|c| c["type"] == "iam" && c["current"] == true)
+            .unwrap();
+        assert_eq!(current["serial"], serial.as_str(), "{answer:?}");
+        node.export_cert(current["cert_url"].as_str().unwrap(), &node.p("enrolled.pem"));
+        let v = sh(&format!(
+            "openssl verify -CAfile {} {}",
+            node.p("ca.pem"),
+            node.p("enrolled.pem")
+        ));
+        assert!(v.stdout.contains(": OK"), "{answer:?}: {}", v.stdout);
+    }
+    // /cacerts in BER too.
+    server.set_answer(Answer::CmsBer);
+    let anchors = aos_iam::pki::x509::parse_chain_pem(&read(&server.anchor)).unwrap();
+    let client =
+        aos_iam::pki::est::EstClient::new(&server.url, &anchors, aos_iam::link::tls::ClientAuth::None, None).unwrap();
+    let cas = client.cacerts().unwrap();
+    assert!(cas
+        .iter()
+        .any(|c| aos_iam::codec::pem::pem_encode("CERTIFICATE", c).trim() == read(node.path("ca.pem")).trim()));
+}
+
+#[test]
+fn a_server_that_stalls_or_trickles_fails_the_exchange_as_a_timeout() {
+    let node = Node::new("est-stall", Store::Software);
+    let anchors_for = |server: &EstServer| aos_iam::pki::x509::parse_chain_pem(&read(&server.anchor)).unwrap();
+    // Accepts the connection, then says nothing: no TLS handshake ever.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || silent.accept().map(|(s, _)| s));
+    let server = EstServer::start(&node.dir, EST_USER, EST_PASSWORD);
+    let client = aos_iam::pki::est::EstClient::new(
+        &format!("https://localhost:{port}/.well-known/est"),
+        &anchors_for(&server),
+        aos_iam::link::tls::ClientAuth::None,
+        None,
+    )
+    .unwrap()
+    .with_timeout(std::time::Duration::from_secs(2));
+    let e = client.cacerts().unwrap_err().error;
+    assert_eq!(e.kind, aos_iam::ErrorKind::Timeout, "{e}");
+    assert!(e.message.contains("did not answer within 2 s"), "{e}");
+    drop(held);
+
+    // Answers its headers, then a byte every 200 ms: the deadline holds for the whole answer.
+    server.set_mode(Mode::Trickle);
+    let client = aos_iam::pki::est::EstClient::new(
+        &server.url,
+        &anchors_for(&server),
+        aos_iam::link::tls::ClientAuth::None,
+        None,
+    )
+    .unwrap()
+    .with_timeout(std::time::Duration::from_secs(2));
+    let e = client.cacerts().unwrap_err().error;
+    assert_eq!(e.kind, aos_iam::ErrorKind::Timeout, "{e}");
+    assert!(e.message.contains("did not finish its answer within 2 s"), "{e}");
 }

@@ -134,9 +134,54 @@ const SIGNED_DATA_OID: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07,
 /// Most certificates a certs-only structure may carry.
 pub const MAX_PKCS7_CERTS: usize = 16;
 
-/// The certificates (DER) of a PKCS#7 certs-only ("degenerate" SignedData) structure.
+/// Deepest nesting of indefinite lengths followed in a BER structure.
+const MAX_BER_DEPTH: usize = 16;
+
+/// Read one BER TLV: a definite length as [`read_tlv`] does, or an indefinite one (`0x80`,
+/// constructed only) whose content runs to its end-of-contents octets, nested TLVs skipped
+/// on the way. `content` excludes the end-of-contents octets; `whole` includes them.
+pub fn read_ber(input: &[u8]) -> Option<Tlv<'_>> {
+    read_ber_at(input, 0)
+}
+
+fn read_ber_at(input: &[u8], depth: usize) -> Option<Tlv<'_>> {
+    let tag = *input.first()?;
+    if tag & 0x1f == 0x1f {
+        return None; // high tag numbers: not in the structures read here
+    }
+    if *input.get(1)? != 0x80 {
+        return read_tlv(input);
+    }
+    if tag & 0x20 == 0 || depth >= MAX_BER_DEPTH {
+        return None;
+    }
+    let mut at = 2;
+    loop {
+        let rest = input.get(at..)?;
+        if rest.starts_with(&[0, 0]) {
+            return Some(Tlv {
+                tag,
+                content: &input[2..at],
+                whole: &input[..at + 2],
+                rest: &input[at + 2..],
+            });
+        }
+        let child = read_ber_at(rest, depth + 1)?;
+        at += child.whole.len();
+    }
+}
+
+/// A BER TLV with tag `tag`: its content and what follows.
+fn expect_ber(tag: u8, input: &[u8]) -> Option<(&[u8], &[u8])> {
+    let t = read_ber(input)?;
+    (t.tag == tag).then_some((t.content, t.rest))
+}
+
+/// The certificates (DER) of a PKCS#7 SignedData, as EST servers send them: certs-only
+/// ("degenerate") or signed, in DER or BER (indefinite lengths, as `openssl cms -stream`
+/// writes). Each certificate is returned as it was sent.
 pub fn pkcs7_certificates(der: &[u8]) -> Option<Vec<Vec<u8>>> {
-    let (content_info, rest) = expect(0x30, der)?;
+    let (content_info, rest) = expect_ber(0x30, der)?;
     if !rest.is_empty() {
         return None;
     }
@@ -144,16 +189,18 @@ pub fn pkcs7_certificates(der: &[u8]) -> Option<Vec<Vec<u8>>> {
     if oid != SIGNED_DATA_OID {
         return None;
     }
-    let (explicit, _) = expect(0xa0, after_oid)?;
-    let (signed_data, _) = expect(0x30, explicit)?;
+    let (explicit, _) = expect_ber(0xa0, after_oid)?;
+    let (signed_data, _) = expect_ber(0x30, explicit)?;
     let (_, rest) = expect(0x02, signed_data)?; // version
-    let (_, rest) = expect(0x31, rest)?; // digestAlgorithms
-    let (_, rest) = expect(0x30, rest)?; // encapContentInfo
-    let (mut certs, _) = expect(0xa0, rest)?; // [0] IMPLICIT certificates
+    let (_, rest) = expect_ber(0x31, rest)?; // digestAlgorithms
+    let (_, rest) = expect_ber(0x30, rest)?; // encapContentInfo
+    let (mut certs, _) = expect_ber(0xa0, rest)?; // [0] IMPLICIT certificates
     let mut out = Vec::new();
     while !certs.is_empty() {
-        let t = read_tlv(certs)?;
+        let t = read_ber(certs)?;
         if t.tag == 0x30 {
+            // A certificate is DER in any PKCS#7 (it is signed as such).
+            read_tlv(t.whole)?;
             out.push(t.whole.to_vec());
             if out.len() > MAX_PKCS7_CERTS {
                 return None;
@@ -187,6 +234,34 @@ pub fn pkcs7_certs_only(certs: &[Vec<u8>]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn ber_indefinite_lengths_are_followed_and_malformed_ones_refused() {
+        // SEQUENCE (indefinite) { INTEGER 1, SEQUENCE (indefinite) { NULL } }, then a byte.
+        let ber = [
+            0x30, 0x80, 0x02, 0x01, 0x01, 0x30, 0x80, 0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff,
+        ];
+        let t = read_ber(&ber).unwrap();
+        assert_eq!(t.tag, 0x30);
+        assert_eq!(t.content, &ber[2..11]);
+        assert_eq!(t.rest, &[0xff]);
+        assert!(read_ber(&ber[..12]).is_none(), "no end-of-contents");
+        assert!(
+            read_ber(&[0x04, 0x80, 0x00, 0x00]).is_none(),
+            "primitive with an indefinite length"
+        );
+        let deep: Vec<u8> = std::iter::repeat_n([0x30u8, 0x80], 40)
+            .flatten()
+            .chain(std::iter::repeat_n(0u8, 80))
+            .collect();
+        assert!(read_ber(&deep).is_none(), "nesting beyond the limit");
+        assert_eq!(
+            read_ber(&[0x02, 0x01, 0x05]).unwrap().content,
+            &[5],
+            "definite as before"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -19,6 +19,18 @@ pub fn pem_encode(label: &str, der: &[u8]) -> String {
 }
 
 /// Standard base64 (RFC 4648 §4), as PEM and EST bodies carry it.
+/// Base64 in lines of `width` characters, each ended by CRLF (RFC 2045 bodies, as
+/// line-oriented decoders such as OpenSSL's BIO base64 read them).
+pub fn base64_lines(data: &[u8], width: usize) -> String {
+    let flat = base64_encode(data);
+    let mut out = String::with_capacity(flat.len() + flat.len() / width * 2 + 2);
+    for line in flat.as_bytes().chunks(width) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push_str("\r\n");
+    }
+    out
+}
+
 pub fn base64_encode(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);

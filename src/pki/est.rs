@@ -99,6 +99,13 @@ impl EstClient {
         })
     }
 
+    /// The longest one exchange may take, connection and TLS handshake included (default
+    /// [`DEFAULT_TIMEOUT`]).
+    pub fn with_timeout(mut self, timeout: Duration) -> EstClient {
+        self.timeout = timeout;
+        self
+    }
+
     /// `/cacerts`: the CA certificates the server distributes.
     pub fn cacerts(&self) -> std::result::Result<Vec<Vec<u8>>, Refusal> {
         let r = self.exchange("GET", "cacerts", None)?;
@@ -108,7 +115,9 @@ impl EstClient {
     /// `/simpleenroll` (or `/simplereenroll`) with a CSR (DER): the issued certificates.
     pub fn enroll(&self, csr_der: &[u8], reenroll: bool) -> std::result::Result<Vec<Vec<u8>>, Refusal> {
         let op = if reenroll { "simplereenroll" } else { "simpleenroll" };
-        let body = crate::codec::pem::base64_encode(csr_der);
+        // Lines of 64 characters: servers that decode with OpenSSL's line-oriented base64
+        // (Cisco libest) read a body without a line break as empty.
+        let body = crate::codec::pem::base64_lines(csr_der, 64);
         let r = self.exchange("POST", op, Some(body.into_bytes()))?;
         self.certs(r, op)
     }
@@ -180,13 +189,27 @@ impl EstClient {
             retry_after: None,
         };
         let addr = format!("{}:{}", self.host, self.port);
-        let tcp = std::net::TcpStream::connect(&addr).map_err(|e| {
-            refuse(Error::unavailable(format!(
+        // One deadline for the whole exchange: connecting, the handshake, the request and
+        // every read of the answer (a server that trickles bytes does not reset it).
+        let deadline = std::time::Instant::now() + self.timeout;
+        let stalled = |what: &str| {
+            refuse(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the EST server at {addr} {what} within {} s",
+                    self.timeout.as_secs_f32()
+                ),
+            ))
+        };
+        let tcp = connect_within(&addr, self.timeout).map_err(|e| match e.kind() {
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => stalled("did not accept the connection"),
+            _ => refuse(Error::unavailable(format!(
                 "cannot reach the EST server at {addr}: {e}"
-            )))
+            ))),
         })?;
-        let _ = tcp.set_read_timeout(Some(self.timeout));
-        let _ = tcp.set_write_timeout(Some(self.timeout));
+        let remaining = || deadline.saturating_duration_since(std::time::Instant::now());
+        let _ = tcp.set_read_timeout(Some(remaining().max(Duration::from_millis(1))));
+        let _ = tcp.set_write_timeout(Some(remaining().max(Duration::from_millis(1))));
         let name = ServerName::try_from(self.host.clone()).map_err(|_| {
             refuse(Error::invalid(format!(
                 "EST host \"{}\" is not a valid name",
@@ -209,6 +232,9 @@ impl EstClient {
         }
         let head = zeroize::Zeroizing::new(head);
         let tls_error = |e: std::io::Error| {
+            if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) {
+                return stalled("did not answer");
+            }
             let kind = if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) {
                 ErrorKind::Unauthorized
             } else {
@@ -235,6 +261,11 @@ impl EstClient {
         let mut raw = Vec::new();
         let mut buf = [0u8; 8192];
         loop {
+            let left = remaining();
+            if left.is_zero() {
+                return Err(stalled("did not finish its answer"));
+            }
+            let _ = tls.sock.set_read_timeout(Some(left));
             match tls.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
@@ -247,11 +278,30 @@ impl EstClient {
                 }
                 // A server that closes without close_notify: what came is the answer.
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => break,
+                Err(e)
+                    if !raw.is_empty()
+                        && matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) =>
+                {
+                    return Err(stalled("did not finish its answer"))
+                }
                 Err(e) => return Err(tls_error(e)),
             }
         }
         parse_response(&raw).map_err(|e| refuse(e.context(format!("the EST answer to /{op}"))))
     }
+}
+
+/// Connect to `addr` (host:port), trying each address it resolves to, within `timeout`.
+fn connect_within(addr: &str, timeout: Duration) -> std::io::Result<std::net::TcpStream> {
+    use std::net::ToSocketAddrs;
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for a in addr.to_socket_addrs()? {
+        match std::net::TcpStream::connect_timeout(&a, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 fn parse_response(raw: &[u8]) -> Result<Response> {

@@ -19,10 +19,28 @@ pub enum Mode {
     Malformed,
     /// 202 with `Retry-After: N`.
     RetryLater(u64),
+    /// The headers of a 200, then one byte of body every 200 ms for a minute.
+    Trickle,
+}
+
+/// How a 200 answer's PKCS#7 is made and sent: always by openssl, as real servers do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// `openssl crl2pkcs7` (DER), base64 in lines of 64 (`openssl base64`), with
+    /// `Content-Transfer-Encoding: base64`.
+    Crl2pkcs7Lines,
+    /// The same, base64 on one line (`openssl base64 -A`).
+    Crl2pkcs7OneLine,
+    /// `openssl cms -sign -stream` by the CA (BER, indefinite lengths, the CA among the
+    /// certificates), base64 in lines.
+    CmsBer,
+    /// The same BER as binary, without `Content-Transfer-Encoding`.
+    CmsBerBinary,
 }
 
 pub struct EstServer {
     pub url: String,
+    pub answer: Arc<Mutex<Answer>>,
     /// The server's trust anchor (PEM file).
     pub anchor: PathBuf,
     pub mode: Arc<Mutex<Mode>>,
@@ -33,6 +51,8 @@ pub struct EstServer {
 }
 
 struct Ca {
+    dir: PathBuf,
+    answer: Arc<Mutex<Answer>>,
     cert_pem: String,
     key: rcgen::KeyPair,
     user: String,
@@ -87,11 +107,14 @@ impl EstServer {
         let server = EstServer {
             url: format!("https://localhost:{port}/.well-known/est"),
             anchor,
+            answer: Arc::new(Mutex::new(Answer::Crl2pkcs7Lines)),
             mode: Arc::new(Mutex::new(Mode::Normal)),
             lifetime: Arc::new(Mutex::new(30 * 86400)),
             log: Arc::new(Mutex::new(Vec::new())),
         };
         let ca = Arc::new(Ca {
+            dir: dir.to_path_buf(),
+            answer: server.answer.clone(),
             cert_pem: unit_ca,
             key: rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key")).unwrap()).unwrap(),
             user: user.into(),
@@ -119,6 +142,10 @@ impl EstServer {
             }
         });
         server
+    }
+
+    pub fn set_answer(&self, a: Answer) {
+        *self.answer.lock().unwrap() = a;
     }
 
     pub fn set_mode(&self, m: Mode) {
@@ -186,15 +213,20 @@ impl Ca {
             Mode::BadRequest => return Some(http("400 Bad Request", "", b"the CSR is not acceptable")),
             Mode::Malformed => return Some(http("200 OK", "Content-Transfer-Encoding: base64\r\n", b"bm90IHBrY3M3")),
             Mode::RetryLater(n) => return Some(http("202 Accepted", &format!("Retry-After: {n}\r\n"), b"")),
+            Mode::Trickle => {
+                let _ = tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n");
+                let _ = tls.flush();
+                for _ in 0..300 {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    if tls.write_all(b"M").and_then(|()| tls.flush()).is_err() {
+                        break;
+                    }
+                }
+                return None;
+            }
             Mode::Normal => {}
         }
-        let p7 = |certs: &[Vec<u8>]| {
-            http(
-                "200 OK",
-                "Content-Type: application/pkcs7-mime; smime-type=certs-only\r\nContent-Transfer-Encoding: base64\r\n",
-                aos_iam::codec::pem::base64_encode(&aos_iam::codec::der::pkcs7_certs_only(certs)).as_bytes(),
-            )
-        };
+        let p7 = |certs: &[Vec<u8>]| self.pkcs7_answer(certs);
         match op.as_str() {
             "cacerts" => {
                 let ca = CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
@@ -245,9 +277,66 @@ impl Ca {
         }
     }
 
-    /// Sign a base64 CSR with the unit CA: a leaf valid for the configured lifetime.
+    /// A 200 answer carrying `certs`, made by openssl as [`Answer`] says.
+    fn pkcs7_answer(&self, certs: &[Vec<u8>]) -> Vec<u8> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let d = self.dir.join(format!("est-answer-{n}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("certs.pem"), pem_of(certs)).unwrap();
+        std::fs::write(d.join("ca.key"), self.key.serialize_pem()).unwrap();
+        std::fs::write(d.join("ca.pem"), &self.cert_pem).unwrap();
+        let answer = *self.answer.lock().unwrap();
+        let make = match answer {
+            Answer::Crl2pkcs7Lines | Answer::Crl2pkcs7OneLine => {
+                "openssl crl2pkcs7 -nocrl -certfile certs.pem -outform DER -out p7"
+            }
+            // The signer's own certificate is in the answer anyway (for /cacerts, all of it).
+            Answer::CmsBer | Answer::CmsBerBinary if pem_of(certs).trim() == self.cert_pem.trim() => {
+                "printf x > data && openssl cms -sign -in data -signer ca.pem -inkey ca.key \
+                 -nodetach -stream -outform DER -out p7"
+            }
+            Answer::CmsBer | Answer::CmsBerBinary => {
+                "printf x > data && openssl cms -sign -in data -signer ca.pem -inkey ca.key \
+                 -certfile certs.pem -nodetach -stream -outform DER -out p7"
+            }
+        };
+        let encode = match answer {
+            Answer::Crl2pkcs7OneLine => "openssl base64 -A -in p7 -out body",
+            Answer::CmsBerBinary => "cp p7 body",
+            _ => "openssl base64 -in p7 -out body",
+        };
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("cd {} && {make} && {encode}", d.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let body = std::fs::read(d.join("body")).unwrap();
+        if matches!(answer, Answer::CmsBer | Answer::CmsBerBinary) {
+            let p7 = std::fs::read(d.join("p7")).unwrap();
+            assert_eq!(p7[1], 0x80, "openssl cms -stream writes indefinite lengths");
+        }
+        let _ = std::fs::remove_dir_all(&d);
+        let cte = match answer {
+            Answer::CmsBerBinary => "",
+            _ => "Content-Transfer-Encoding: base64\r\n",
+        };
+        http(
+            "200 OK",
+            &format!("Content-Type: application/pkcs7-mime; smime-type=certs-only\r\n{cte}"),
+            &body,
+        )
+    }
+
+    /// Sign a base64 CSR with the unit CA: a leaf valid for the configured lifetime. The
+    /// body is decoded as Cisco libest does, with OpenSSL's line-oriented base64: a body
+    /// without a line break reads as nothing.
     fn issue(&self, body: &[u8]) -> Result<Vec<u8>, String> {
-        let der = aos_iam::codec::pem::base64_decode(body).ok_or("the body is not base64")?;
+        let der = openssl_base64_decode(body);
+        if der.is_empty() {
+            return Err("Problem reading DER encoded certificate request".into());
+        }
         let csr = rustls::pki_types::CertificateSigningRequestDer::from(der);
         let mut params = rcgen::CertificateSigningRequestParams::from_der(&csr).map_err(|e| format!("bad CSR: {e}"))?;
         let now = time::OffsetDateTime::now_utc();
@@ -258,4 +347,24 @@ impl Ca {
         let issuer = rcgen::Issuer::from_ca_cert_pem(&self.cert_pem, &self.key).unwrap();
         Ok(params.signed_by(&issuer).map_err(|e| e.to_string())?.der().to_vec())
     }
+}
+
+/// `openssl base64 -d` (line mode, as libest's BIO base64 reads request bodies).
+pub fn openssl_base64_decode(body: &[u8]) -> Vec<u8> {
+    let mut child = std::process::Command::new("openssl")
+        .args(["base64", "-d"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    child.wait_with_output().unwrap().stdout
+}
+
+fn pem_of(certs: &[Vec<u8>]) -> String {
+    certs
+        .iter()
+        .map(|c| aos_iam::codec::pem::pem_encode("CERTIFICATE", c))
+        .collect()
 }
