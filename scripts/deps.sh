@@ -18,7 +18,7 @@ need="softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl p11tool:gnutls-b
 [ -e /usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so ] || [ -e /usr/lib/x86_64-linux-gnu/engines-3/libpkcs11.so ] \
     || missing_engine=libengine-pkcs11-openssl
 if [ "${1:-demo}" = test ]; then
-    need="$need setpriv:util-linux socat:socat systemd-analyze:systemd file:file python3:python3"
+    need="$need setpriv:util-linux socat:socat systemd-analyze:systemd file:file python3:python3 tinyproxy:tinyproxy"
 fi
 pkgs="${missing_engine:-}"
 if [ "$1" = test ] || [ "$1" = qemu ]; then

@@ -270,3 +270,130 @@ fn a_server_that_stalls_or_trickles_fails_the_exchange_as_a_timeout() {
     assert_eq!(e.kind, aos_iam::ErrorKind::Timeout, "{e}");
     assert!(e.message.contains("did not finish its answer within 2 s"), "{e}");
 }
+
+/// tinyproxy (Debian's) on a free port, allowing CONNECT to `port` only, with basic auth.
+struct Tinyproxy {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Tinyproxy {
+    fn start(dir: &std::path::Path, port: u16) -> Tinyproxy {
+        let own = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy_port = own.local_addr().unwrap().port();
+        drop(own);
+        let conf = dir.join("tinyproxy.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "Port {proxy_port}\nListen 127.0.0.1\nTimeout 30\nLogLevel Connect\nMaxClients 16\n\
+                 ConnectPort {port}\nBasicAuth proxyuser proxypass\n"
+            ),
+        )
+        .unwrap();
+        let log = dir.join("tinyproxy.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new("tinyproxy")
+            .args(["-d", "-c"])
+            .arg(&conf)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("tinyproxy (Debian package tinyproxy; scripts/deps.sh test installs it)");
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", proxy_port)).is_err() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "tinyproxy did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Tinyproxy {
+            child,
+            port: proxy_port,
+            log,
+        }
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn est_goes_through_the_https_proxy_with_connect_and_no_proxy_bypasses_it() {
+    let node = provisioned("est-proxy", |_| {});
+    let server = EstServer::start(&node.dir, EST_USER, EST_PASSWORD);
+    let est_port: u16 = server
+        .url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proxy = Tinyproxy::start(&node.dir, est_port);
+    let renew = |env: &[(&str, String)]| {
+        let mut c = node.cmd();
+        c.env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c
+            .args([
+                "iam-certctl",
+                "-s",
+                &node.protected(),
+                "--json",
+                "renew",
+                "iam",
+                "--password-file",
+            ])
+            .arg(node.path("password"))
+            .args(["--est", &server.url, "--est-anchor"])
+            .arg(&server.anchor)
+            .args(["--est-user", EST_USER, "--est-password-file"])
+            .arg(node.path("est-password"))
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let via = |userinfo: &str| vec![("HTTPS_PROXY", format!("http://{userinfo}127.0.0.1:{}", proxy.port))];
+
+    // Through the proxy, with its credentials: the tunnel is in its log.
+    let (code, out) = renew(&via("proxyuser:proxypass@"));
+    assert_eq!(code, 0, "{out}");
+    let log = std::fs::read_to_string(&proxy.log).unwrap();
+    assert!(log.contains(&format!("localhost:{est_port}")), "{log}");
+    assert_eq!(server.requests().len(), 1);
+    // Wrong proxy credentials: unauthorized, naming the proxy; nothing reached the server.
+    let (code, out) = renew(&via("proxyuser:wrong@"));
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains("refused the tunnel") && out.contains("Unauthorized"),
+        "{out}"
+    );
+    assert!(!out.contains("wrong"), "the proxy password is not in the error: {out}");
+    assert_eq!(server.requests().len(), 1);
+    // NO_PROXY: straight to the server, even with a proxy that cannot be reached.
+    let mut env = vec![("HTTPS_PROXY", "http://127.0.0.1:1".to_string())];
+    let (code, out) = renew(&env);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("cannot reach the proxy 127.0.0.1:1"), "{out}");
+    env.push(("NO_PROXY", "example.org,localhost".into()));
+    let (code, out) = renew(&env);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(server.requests().len(), 2);
+}
