@@ -104,45 +104,6 @@ struct Renew {
     est_key: Option<String>,
 }
 
-/// The EST signer `renew --est` names: /simpleenroll, by basic auth or a bootstrap certificate.
-fn est_signer(v: &Renew, url: &str) -> Result<Box<dyn aos_iam::pki::signer::CsrSigner + Sync>, Error> {
-    use aos_iam::link::tls::ClientAuth;
-    use rustls_pki_types::pem::PemObject;
-    if v.ca_cert.is_some() || v.ca_key.is_some() || v.sign_cmd.is_some() {
-        return Err(Error::invalid(
-            "give one way of signing: --est, --ca-cert/--ca-key or --sign-cmd",
-        ));
-    }
-    let anchor = v
-        .est_anchor
-        .as_ref()
-        .ok_or_else(|| Error::invalid("--est needs --est-anchor: the EST server's trust anchor"))?;
-    let anchors = aos_iam::pki::x509::read_certs(anchor.as_ref(), "--est-anchor")?;
-    let basic = match (&v.est_user, &v.est_password_file) {
-        (Some(u), Some(_)) => Some((
-            u.clone(),
-            common::read_secret(v.est_password_file.as_deref(), "EST password")?,
-        )),
-        (None, None) => None,
-        _ => return Err(Error::invalid("--est-user and --est-password-file go together")),
-    };
-    let auth = match (&v.est_cert, &v.est_key) {
-        (Some(c), Some(k)) => {
-            let chain = aos_iam::pki::x509::read_certs(c.as_ref(), "--est-cert")?;
-            let key = rustls_pki_types::PrivateKeyDer::from_pem_file(k)
-                .map_err(|e| Error::invalid(format!("--est-key {k}: {e}")))?;
-            ClientAuth::Files(chain, key)
-        }
-        (None, None) => ClientAuth::None,
-        _ => return Err(Error::invalid("--est-cert and --est-key go together")),
-    };
-    Ok(Box::new(aos_iam::pki::est::EstSigner {
-        client: aos_iam::pki::est::EstClient::new(url, &anchors, auth, basic)?,
-        reenroll: false,
-        retry_after: Default::default(),
-    }))
-}
-
 /// Print each change of the current certificate of TYPE (every type without one), until
 /// interrupted: a line each, or a JSON object per line with --json.
 #[derive(FromArgs)]
@@ -360,7 +321,21 @@ fn run(args: &Args) -> Result<u8, Error> {
         }
         Verb::Renew(v) => {
             let signer = match &v.est {
-                Some(url) => est_signer(v, url)?,
+                Some(url) => {
+                    if v.ca_cert.is_some() || v.ca_key.is_some() || v.sign_cmd.is_some() {
+                        return Err(Error::invalid(
+                            "give one way of signing: --est, --ca-cert/--ca-key or --sign-cmd",
+                        ));
+                    }
+                    common::est_signer(&common::EstArgs {
+                        url,
+                        anchor: &v.est_anchor,
+                        user: &v.est_user,
+                        password_file: &v.est_password_file,
+                        cert: &v.est_cert,
+                        key: &v.est_key,
+                    })?
+                }
                 None => common::signer(&v.ca_cert, &v.ca_key, v.days, &v.sign_cmd, v.sign_timeout)?,
             };
             let pw = common::read_secret(v.password_file.as_deref(), "provisioning password")?;

@@ -149,6 +149,47 @@ pub fn signer(
     })
 }
 
+/// The `--est*` options of a command that signs through an EST server.
+pub struct EstArgs<'a> {
+    pub url: &'a str,
+    pub anchor: &'a Option<String>,
+    pub user: &'a Option<String>,
+    pub password_file: &'a Option<String>,
+    pub cert: &'a Option<String>,
+    pub key: &'a Option<String>,
+}
+
+/// The EST signer `--est` names: /simpleenroll, by basic auth or a bootstrap certificate.
+pub fn est_signer(v: &EstArgs) -> Result<Box<dyn aos_iam::pki::signer::CsrSigner + Sync>, Error> {
+    use aos_iam::link::tls::ClientAuth;
+    use rustls_pki_types::pem::PemObject;
+    let anchor = v
+        .anchor
+        .as_ref()
+        .ok_or_else(|| Error::invalid("--est needs --est-anchor: the EST server's trust anchor"))?;
+    let anchors = aos_iam::pki::x509::read_certs(anchor.as_ref(), "--est-anchor")?;
+    let basic = match (v.user, v.password_file) {
+        (Some(u), Some(_)) => Some((u.clone(), read_secret(v.password_file.as_deref(), "EST password")?)),
+        (None, None) => None,
+        _ => return Err(Error::invalid("--est-user and --est-password-file go together")),
+    };
+    let auth = match (v.cert, v.key) {
+        (Some(c), Some(k)) => {
+            let chain = aos_iam::pki::x509::read_certs(c.as_ref(), "--est-cert")?;
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_file(k)
+                .map_err(|e| Error::invalid(format!("--est-key {k}: {e}")))?;
+            ClientAuth::Files(chain, key)
+        }
+        (None, None) => ClientAuth::None,
+        _ => return Err(Error::invalid("--est-cert and --est-key go together")),
+    };
+    Ok(Box::new(aos_iam::pki::est::EstSigner {
+        client: aos_iam::pki::est::EstClient::new(v.url, &anchors, auth, basic)?,
+        reenroll: false,
+        retry_after: Default::default(),
+    }))
+}
+
 /// An error as JSON: `{"kind", "reason", "message"}`.
 pub fn error_json(e: &Error) -> serde_json::Value {
     let reason = match &e.kind {

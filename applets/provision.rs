@@ -212,6 +212,24 @@ struct Run {
     /// seconds the signing command may run (default 300)
     #[argh(option)]
     sign_timeout: Option<u64>,
+    /// sign through this EST server (https://host[:port]/.well-known/est): /simpleenroll
+    #[argh(option)]
+    est: Option<String>,
+    /// the EST server's trust anchor (PEM), required with --est
+    #[argh(option)]
+    est_anchor: Option<String>,
+    /// EST HTTP basic auth user (with --est-password-file)
+    #[argh(option)]
+    est_user: Option<String>,
+    /// file holding the EST password
+    #[argh(option)]
+    est_password_file: Option<String>,
+    /// certificate (PEM) for EST mutual TLS, the factory's (with --est-key)
+    #[argh(option)]
+    est_cert: Option<String>,
+    /// that certificate's private key (PKCS#8 PEM)
+    #[argh(option)]
+    est_key: Option<String>,
     /// subject template; {node} and {type} are replaced (default "CN={node},OU={type}")
     #[argh(option)]
     subject: Option<String>,
@@ -424,7 +442,22 @@ fn done(args: &Args, what: &str) {
 }
 
 fn run_flow(args: &Args, v: &Run, node: &str) -> Result<u8, Error> {
-    let signer = common::signer(&v.ca_cert, &v.ca_key, v.days, &v.sign_cmd, v.sign_timeout)?;
+    let signer = match &v.est {
+        Some(_) if v.ca_cert.is_some() || v.ca_key.is_some() || v.sign_cmd.is_some() => {
+            return Err(Error::invalid(
+                "give one way of signing: --est, --ca-cert/--ca-key or --sign-cmd",
+            ));
+        }
+        Some(url) => common::est_signer(&common::EstArgs {
+            url,
+            anchor: &v.est_anchor,
+            user: &v.est_user,
+            password_file: &v.est_password_file,
+            cert: &v.est_cert,
+            key: &v.est_key,
+        })?,
+        None => common::signer(&v.ca_cert, &v.ca_key, v.days, &v.sign_cmd, v.sign_timeout)?,
+    };
     let pw = common::read_secret(v.password_file.as_deref(), "provisioning password")?;
     if node == "all" {
         return run_unit(args, v, signer.as_ref(), &pw);

@@ -397,3 +397,72 @@ fn est_goes_through_the_https_proxy_with_connect_and_no_proxy_bypasses_it() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(server.requests().len(), 2);
 }
+
+#[test]
+fn the_factory_flow_signs_every_module_through_an_est_server() {
+    let mut node = Node::new("est-run", Store::Pkcs11);
+    node.start(true);
+    std::fs::write(node.path("est-password"), format!("{EST_PASSWORD}\n")).unwrap();
+    let server = EstServer::start(&node.dir, EST_USER, EST_PASSWORD);
+    let anchor = server.anchor.display().to_string();
+    let (pw, estpw) = (node.p("password"), node.p("est-password"));
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--json",
+            "run",
+            "--password-file",
+            &pw,
+            "--est",
+            &server.url,
+            "--est-anchor",
+            &anchor,
+        ];
+        args.extend_from_slice(extra);
+        node.provision(&args)
+    };
+    // Two ways of signing at once are refused before anything is done.
+    let out = run(&[
+        "--est-user",
+        EST_USER,
+        "--est-password-file",
+        &estpw,
+        "--sign-cmd",
+        "cat",
+    ]);
+    assert_eq!(out.code, 7, "{}", out.stdout);
+    assert!(out.stdout.contains("give one way of signing"), "{}", out.stdout);
+    assert_eq!(node.status()["state"], "unprovisioned");
+    // Wrong EST credentials: unauthorized, and the node is not provisioned.
+    std::fs::write(node.path("wrong"), "nope\n").unwrap();
+    let wrong = node.p("wrong");
+    let out = run(&["--est-user", EST_USER, "--est-password-file", &wrong]);
+    assert_eq!(out.code, 4, "{}", out.stdout);
+    assert_ne!(node.status()["state"], "provisioned");
+
+    run(&[
+        "--est-user",
+        EST_USER,
+        "--est-password-file",
+        &estpw,
+        "--deprovision-first",
+    ])
+    .ok();
+    assert_eq!(node.status()["state"], "provisioned");
+    // iam and online came from the EST server (diskencryption is self-signed).
+    assert_eq!(
+        server.requests(),
+        [
+            format!("simpleenroll user={EST_USER}"),
+            format!("simpleenroll user={EST_USER}")
+        ]
+    );
+    for c in node.list_certs().into_iter().filter(|c| c["type"] != "diskencryption") {
+        node.export_cert(c["cert_url"].as_str().unwrap(), &node.p("c.pem"));
+        let v = sh(&format!(
+            "openssl verify -CAfile {} {}",
+            node.p("ca.pem"),
+            node.p("c.pem")
+        ));
+        assert!(v.stdout.contains(": OK"), "{}: {}", c["type"], v.stdout);
+    }
+}
