@@ -87,9 +87,12 @@ struct Renew {
     /// enroll with this EST server (https://host[:port]/.well-known/est): /simpleenroll
     #[argh(option)]
     est: Option<String>,
-    /// the EST server's trust anchor (PEM), required with --est
+    /// the EST server's trust anchor (PEM); or --est-ca-fingerprint
     #[argh(option)]
     est_anchor: Option<String>,
+    /// SHA-256 (hex) of the EST CA, checked out of band: trust what /cacerts sends only if it matches
+    #[argh(option)]
+    est_ca_fingerprint: Option<String>,
     /// EST HTTP basic auth user (with --est-password-file)
     #[argh(option)]
     est_user: Option<String>,
@@ -330,6 +333,7 @@ fn run(args: &Args) -> Result<u8, Error> {
                     common::est_signer(&common::EstArgs {
                         url,
                         anchor: &v.est_anchor,
+                        fingerprint: &v.est_ca_fingerprint,
                         user: &v.est_user,
                         password_file: &v.est_password_file,
                         cert: &v.est_cert,

@@ -153,6 +153,7 @@ pub fn signer(
 pub struct EstArgs<'a> {
     pub url: &'a str,
     pub anchor: &'a Option<String>,
+    pub fingerprint: &'a Option<String>,
     pub user: &'a Option<String>,
     pub password_file: &'a Option<String>,
     pub cert: &'a Option<String>,
@@ -163,11 +164,21 @@ pub struct EstArgs<'a> {
 pub fn est_signer(v: &EstArgs) -> Result<Box<dyn aos_iam::pki::signer::CsrSigner + Sync>, Error> {
     use aos_iam::link::tls::ClientAuth;
     use rustls_pki_types::pem::PemObject;
-    let anchor = v
-        .anchor
-        .as_ref()
-        .ok_or_else(|| Error::invalid("--est needs --est-anchor: the EST server's trust anchor"))?;
-    let anchors = aos_iam::pki::x509::read_certs(anchor.as_ref(), "--est-anchor")?;
+    let anchors = match (v.anchor, v.fingerprint) {
+        (Some(anchor), None) => Some(aos_iam::pki::x509::read_certs(anchor.as_ref(), "--est-anchor")?),
+        (None, Some(_)) => None,
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid(
+                "give the EST server's trust either as --est-anchor or as --est-ca-fingerprint",
+            ))
+        }
+        (None, None) => {
+            return Err(Error::invalid(
+                "--est needs --est-anchor (the EST server's trust anchor) or --est-ca-fingerprint \
+                 (the SHA-256 of its CA, checked out of band, for a /cacerts bootstrap)",
+            ))
+        }
+    };
     let basic = match (v.user, v.password_file) {
         (Some(u), Some(_)) => Some((u.clone(), read_secret(v.password_file.as_deref(), "EST password")?)),
         (None, None) => None,
@@ -183,8 +194,20 @@ pub fn est_signer(v: &EstArgs) -> Result<Box<dyn aos_iam::pki::signer::CsrSigner
         (None, None) => ClientAuth::None,
         _ => return Err(Error::invalid("--est-cert and --est-key go together")),
     };
+    let client = match (anchors, v.fingerprint) {
+        (Some(anchors), _) => aos_iam::pki::est::EstClient::new(v.url, &anchors, auth, basic)?,
+        (None, Some(f)) => {
+            let bytes = parse_hex("--est-ca-fingerprint", f)
+                .ok()
+                .filter(|b| b.len() == 32)
+                .ok_or_else(|| Error::invalid("--est-ca-fingerprint: 64 hex digits (a SHA-256), colons allowed"))?;
+            let fingerprint: [u8; 32] = bytes.try_into().expect("32 bytes");
+            aos_iam::pki::est::EstClient::bootstrap(v.url, &fingerprint, auth, basic)?.0
+        }
+        (None, None) => unreachable!("refused above"),
+    };
     Ok(Box::new(aos_iam::pki::est::EstSigner {
-        client: aos_iam::pki::est::EstClient::new(v.url, &anchors, auth, basic)?,
+        client,
         reenroll: false,
         retry_after: Default::default(),
     }))
@@ -297,13 +320,9 @@ pub use aos_iam::codec::hex;
 
 pub fn parse_hex(what: &str, s: &str) -> Result<Vec<u8>, Error> {
     let s = s.trim_start_matches("0x").replace(':', "");
-    if s.is_empty() || !s.len().is_multiple_of(2) {
-        return Err(Error::invalid(format!("{what} must be hex bytes")));
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| Error::invalid(format!("{what} must be hex bytes"))))
-        .collect()
+    aos_iam::codec::unhex(&s)
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| Error::invalid(format!("{what} must be hex bytes")))
 }
 
 pub use aos_iam::pki::x509::rfc3339;

@@ -217,9 +217,12 @@ struct Run {
     /// sign through this EST server (https://host[:port]/.well-known/est): /simpleenroll
     #[argh(option)]
     est: Option<String>,
-    /// the EST server's trust anchor (PEM), required with --est
+    /// the EST server's trust anchor (PEM); or --est-ca-fingerprint
     #[argh(option)]
     est_anchor: Option<String>,
+    /// SHA-256 (hex) of the EST CA, checked out of band: trust what /cacerts sends only if it matches
+    #[argh(option)]
+    est_ca_fingerprint: Option<String>,
     /// EST HTTP basic auth user (with --est-password-file)
     #[argh(option)]
     est_user: Option<String>,
@@ -453,6 +456,7 @@ fn run_flow(args: &Args, v: &Run, node: &str) -> Result<u8, Error> {
         Some(url) => common::est_signer(&common::EstArgs {
             url,
             anchor: &v.est_anchor,
+            fingerprint: &v.est_ca_fingerprint,
             user: &v.est_user,
             password_file: &v.est_password_file,
             cert: &v.est_cert,

@@ -466,3 +466,66 @@ fn the_factory_flow_signs_every_module_through_an_est_server() {
         assert!(v.stdout.contains(": OK"), "{}: {}", c["type"], v.stdout);
     }
 }
+
+#[test]
+fn a_cacerts_bootstrap_trusts_only_the_ca_with_the_configured_fingerprint() {
+    let node = provisioned("est-boot", |_| {});
+    let server = EstServer::start(&node.dir, EST_USER, EST_PASSWORD);
+    *server.cacerts_with_anchor.lock().unwrap() = true;
+    let fingerprint = |pem: &std::path::Path| {
+        let out = sh(&format!(
+            "openssl x509 -in {} -noout -fingerprint -sha256",
+            pem.display()
+        ));
+        out.stdout.trim().rsplit('=').next().unwrap().to_string()
+    };
+    let (sock, pw, estpw) = (node.protected(), node.p("password"), node.p("est-password"));
+    let renew = |trust: &[&str]| {
+        let mut args = vec![
+            "-s",
+            &sock,
+            "--json",
+            "renew",
+            "iam",
+            "--password-file",
+            &pw,
+            "--est",
+            &server.url,
+        ];
+        args.extend_from_slice(trust);
+        args.extend_from_slice(&["--est-user", EST_USER, "--est-password-file", &estpw]);
+        node.applet("iam-certctl", &args, None)
+    };
+    let before = iam_serials(&node);
+
+    // The fingerprint of a CA /cacerts does not send: refused, nothing asked of the server.
+    let other = ["00"; 32].join(":");
+    let out = renew(&["--est-ca-fingerprint", &other]);
+    assert_eq!(out.code, 4, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("has the configured SHA-256 fingerprint"),
+        "{}",
+        out.stdout
+    );
+    // The unit CA is sent, but the server's TLS certificate does not chain to it: refused.
+    let unit_ca = fingerprint(&node.path("ca.pem"));
+    let out = renew(&["--est-ca-fingerprint", &unit_ca]);
+    assert_eq!(out.code, 4, "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("does not chain to the CA with the configured fingerprint"),
+        "{}",
+        out.stdout
+    );
+    // Both ways of trust at once, or a fingerprint that is not one: invalid.
+    let anchor = server.anchor.display().to_string();
+    renew(&["--est-anchor", &anchor, "--est-ca-fingerprint", &unit_ca]).fails(7, "either as --est-anchor");
+    renew(&["--est-ca-fingerprint", "AB:CD"]).fails(7, "64 hex digits");
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
+    assert_eq!(iam_serials(&node), before);
+
+    // The CA of the server's certificate, checked out of band: enrolled.
+    let out = renew(&["--est-ca-fingerprint", &fingerprint(&server.anchor)]);
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert_eq!(server.requests(), [format!("simpleenroll user={EST_USER}")]);
+}

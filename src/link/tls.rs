@@ -209,6 +209,98 @@ pub fn est_client_config(anchors: &[CertificateDer<'static>], auth: ClientAuth) 
     Ok(Arc::new(config))
 }
 
+/// The server's certificate chain as a [`Provisional`] verifier saw it.
+pub type SeenChain = (CertificateDer<'static>, Vec<CertificateDer<'static>>);
+
+/// RFC 7030 §4.1.1 bootstrap: a verifier that lets the handshake through without judging
+/// the server's certificate yet (its handshake signatures are still checked, so the server
+/// holds the key of the certificate it sent), and keeps that chain for the check made once
+/// `/cacerts` has named the CA. Nothing but `/cacerts` is ever asked over such a session.
+#[derive(Debug)]
+pub struct Provisional {
+    pub seen: std::sync::Mutex<Option<SeenChain>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for Provisional {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        *crate::sys::lock(&self.seen) = Some((
+            end_entity.clone().into_owned(),
+            intermediates.iter().map(|c| c.clone().into_owned()).collect(),
+        ));
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// A client for the provisional `/cacerts` of a bootstrap, and the verifier that keeps the
+/// server's chain.
+pub fn est_bootstrap_config() -> Result<(Arc<rustls::ClientConfig>, Arc<Provisional>)> {
+    let provider = provider();
+    let verifier = Arc::new(Provisional {
+        seen: Default::default(),
+        algorithms: provider.signature_verification_algorithms,
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions())
+        .map_err(|e| tls_error("TLS client", e))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    Ok((Arc::new(config), verifier))
+}
+
+/// Whether `chain` (as a server sent it) is a TLS server certificate for `host` issued
+/// under `anchor`, now.
+pub fn verify_server_chain(chain: &SeenChain, anchor: &CertificateDer<'_>, host: &str) -> Result<()> {
+    let bad = |e: String| Error::validation("UnknownIssuer", e);
+    let ta = webpki::anchor_from_trusted_cert(anchor).map_err(|e| bad(format!("the CA from /cacerts: {e:?}")))?;
+    let cert = webpki::EndEntityCert::try_from(&chain.0).map_err(|e| bad(format!("{e:?}")))?;
+    let now = UnixTime::now();
+    cert.verify_for_usage(
+        provider().signature_verification_algorithms.all,
+        &[ta],
+        &chain.1,
+        now,
+        webpki::KeyUsage::server_auth(),
+        None,
+        None,
+    )
+    .map_err(|e| bad(format!("{e:?}")))?;
+    let name = ServerName::try_from(host).map_err(|_| Error::invalid(format!("\"{host}\" is not a valid name")))?;
+    cert.verify_is_valid_for_subject_name(&name)
+        .map_err(|e| Error::validation("NotValidForName", format!("not for \"{host}\": {e:?}")))?;
+    Ok(())
+}
+
 /// The name a secondary gives the main node in its ClientHello; never checked (SNI is off).
 pub fn main_server_name() -> ServerName<'static> {
     ServerName::try_from("aos-iam-main").expect("a valid DNS name")

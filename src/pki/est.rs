@@ -99,6 +99,56 @@ impl EstClient {
         })
     }
 
+    /// RFC 7030 §4.1.1 bootstrap, never trust-on-first-use: fetch `/cacerts` over a
+    /// provisional TLS session, keep the CA whose SHA-256 fingerprint (of its DER) is the
+    /// one an operator checked and configured, and require the server's own certificate
+    /// to chain to it. Returns a client that trusts that CA only, and the CA.
+    pub fn bootstrap(
+        url: &str,
+        fingerprint: &[u8; 32],
+        auth: ClientAuth,
+        basic: Option<(String, Secret)>,
+    ) -> Result<(EstClient, CertificateDer<'static>)> {
+        let (host, port, path) = parse_url(url)?;
+        let (tls, seen) = crate::link::tls::est_bootstrap_config()?;
+        let provisional = EstClient {
+            host: host.clone(),
+            port,
+            path,
+            tls,
+            basic: None,
+            timeout: DEFAULT_TIMEOUT,
+        };
+        let offered = provisional
+            .cacerts()
+            .map_err(|r| r.error.context("EST bootstrap: /cacerts"))?;
+        let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":");
+        let digest = |c: &[u8]| ring::digest::digest(&ring::digest::SHA256, c);
+        let Some(ca) = offered.iter().find(|c| digest(c).as_ref() == fingerprint) else {
+            return Err(Error::unauthorized(format!(
+                "EST bootstrap: no certificate /cacerts of {host} sent has the configured SHA-256 fingerprint {}; \
+                 it sent {}; nothing is trusted",
+                hex(fingerprint),
+                offered
+                    .iter()
+                    .map(|c| hex(digest(c).as_ref()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        let chain = crate::sys::lock(&seen.seen)
+            .clone()
+            .ok_or_else(|| Error::internal("no server certificate seen"))?;
+        let ca = CertificateDer::from(ca.clone());
+        crate::link::tls::verify_server_chain(&chain, &ca, &host).map_err(|e| {
+            Error::unauthorized(format!(
+                "EST bootstrap: the TLS certificate of {host} does not chain to the CA with the configured fingerprint: {}",
+                e.message
+            ))
+        })?;
+        Ok((EstClient::new(url, std::slice::from_ref(&ca), auth, basic)?, ca))
+    }
+
     /// The longest one exchange may take, connection and TLS handshake included (default
     /// [`DEFAULT_TIMEOUT`]).
     pub fn with_timeout(mut self, timeout: Duration) -> EstClient {

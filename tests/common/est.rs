@@ -40,6 +40,8 @@ pub enum Answer {
 
 pub struct EstServer {
     pub url: String,
+    /// Whether /cacerts also sends the CA of the server's own TLS certificate.
+    pub cacerts_with_anchor: Arc<Mutex<bool>>,
     pub answer: Arc<Mutex<Answer>>,
     /// The server's trust anchor (PEM file).
     pub anchor: PathBuf,
@@ -52,6 +54,8 @@ pub struct EstServer {
 
 struct Ca {
     dir: PathBuf,
+    anchor_der: Vec<u8>,
+    cacerts_with_anchor: Arc<Mutex<bool>>,
     answer: Arc<Mutex<Answer>>,
     cert_pem: String,
     key: rcgen::KeyPair,
@@ -108,12 +112,15 @@ impl EstServer {
             url: format!("https://localhost:{port}/.well-known/est"),
             anchor,
             answer: Arc::new(Mutex::new(Answer::Crl2pkcs7Lines)),
+            cacerts_with_anchor: Arc::new(Mutex::new(false)),
             mode: Arc::new(Mutex::new(Mode::Normal)),
             lifetime: Arc::new(Mutex::new(30 * 86400)),
             log: Arc::new(Mutex::new(Vec::new())),
         };
         let ca = Arc::new(Ca {
             dir: dir.to_path_buf(),
+            anchor_der: anchor_cert.der().to_vec(),
+            cacerts_with_anchor: server.cacerts_with_anchor.clone(),
             answer: server.answer.clone(),
             cert_pem: unit_ca,
             key: rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key")).unwrap()).unwrap(),
@@ -232,7 +239,10 @@ impl Ca {
                 let ca = CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
                     .unwrap()
                     .to_vec();
-                Some(p7(&[ca]))
+                match *self.cacerts_with_anchor.lock().unwrap() {
+                    true => Some(p7(&[ca, self.anchor_der.clone()])),
+                    false => Some(p7(&[ca])),
+                }
             }
             "simpleenroll" => {
                 let auth = head
