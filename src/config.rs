@@ -126,16 +126,22 @@ impl Default for LinksConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub file: String,
+    /// The line of `key` in `file` (of its table when the key is missing), when known.
+    pub line: Option<usize>,
     pub key: String,
     pub reason: String,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+        }
         if self.key.is_empty() {
-            write!(f, "{}: {}", self.file, self.reason)
+            write!(f, ": {}", self.reason)
         } else {
-            write!(f, "{}: {}: {}", self.file, self.key, self.reason)
+            write!(f, ": {}: {}", self.key, self.reason)
         }
     }
 }
@@ -623,6 +629,7 @@ impl Config {
         let mut sources = Vec::new();
         for f in &files {
             let text = std::fs::read_to_string(f).map_err(|e| ConfigError {
+                line: None,
                 file: f.display().to_string(),
                 key: String::new(),
                 reason: format!("cannot read: {e}"),
@@ -638,11 +645,14 @@ impl Config {
         let mut origin = Origins::default();
         for (file, text) in sources {
             let table: Table = text.parse().map_err(|e: toml::de::Error| ConfigError {
+                line: e.span().map(|r| line_of(text, r.start)),
                 file: file.clone(),
                 key: String::new(),
                 reason: format!("not valid TOML: {}", e.message()),
             })?;
-            merge(&mut merged, table, "", file, &mut origin);
+            let lines = key_lines(text);
+            let at = Source { file, lines: &lines };
+            merge(&mut merged, table, ("", ""), &at, &mut origin);
         }
         let first = sources.first().map(|s| s.0.clone()).unwrap_or_default();
         let mut root = Reader {
@@ -655,8 +665,55 @@ impl Config {
     }
 }
 
+/// Where each key of the merged tree came from: its file, and its line there.
 #[derive(Default)]
-struct Origins(BTreeMap<String, String>);
+struct Origins(BTreeMap<String, (String, Option<usize>)>);
+
+/// One source being merged: its name and the line of each of its keys (its own paths).
+struct Source<'a> {
+    file: &'a str,
+    lines: &'a BTreeMap<String, usize>,
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+/// The line of every key path of one file (`modules[0].pkcs11.library`), from the spans of
+/// toml's parser.
+fn key_lines(text: &str) -> BTreeMap<String, usize> {
+    use toml::de::{DeTable, DeValue};
+    fn walk(text: &str, path: &str, t: &DeTable, out: &mut BTreeMap<String, usize>) {
+        for (k, v) in t.iter() {
+            let p = join(path, k.get_ref());
+            out.insert(p.clone(), line_of(text, k.span().start));
+            value(text, &p, v, out);
+        }
+    }
+    fn value(text: &str, path: &str, v: &toml::Spanned<DeValue>, out: &mut BTreeMap<String, usize>) {
+        match v.get_ref() {
+            DeValue::Table(t) => walk(text, path, t, out),
+            DeValue::Array(a) => {
+                for (i, item) in a.iter().enumerate() {
+                    let p = format!("{path}[{i}]");
+                    out.entry(p.clone()).or_insert(line_of(text, item.span().start));
+                    value(text, &p, item, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = BTreeMap::new();
+    if let Ok(t) = DeTable::parse(text) {
+        walk(text, "", t.get_ref(), &mut out);
+    }
+    out
+}
 
 fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
@@ -666,33 +723,39 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
-fn merge(into: &mut Table, from: Table, path: &str, file: &str, origin: &mut Origins) {
+/// Merge `from` (one file's table at `local` there) into `into` (at `path` in the merged
+/// tree): tables merge key by key, arrays append.
+fn merge(into: &mut Table, from: Table, (path, local): (&str, &str), src: &Source, origin: &mut Origins) {
     for (k, v) in from {
-        let p = join(path, &k);
+        let (p, l) = (join(path, &k), join(local, &k));
         match (into.get_mut(&k), v) {
-            (Some(Value::Table(a)), Value::Table(b)) => merge(a, b, &p, file, origin),
+            (Some(Value::Table(a)), Value::Table(b)) => merge(a, b, (&p, &l), src, origin),
             (Some(Value::Array(a)), Value::Array(b)) => {
-                for item in b {
-                    mark(&format!("{p}[{}]", a.len()), &item, file, origin);
+                for (i, item) in b.into_iter().enumerate() {
+                    mark(&format!("{p}[{}]", a.len()), &format!("{l}[{i}]"), &item, src, origin);
                     a.push(item);
                 }
             }
             (_, v) => {
-                mark(&p, &v, file, origin);
+                mark(&p, &l, &v, src, origin);
                 into.insert(k, v);
             }
         }
     }
 }
 
-fn mark(path: &str, v: &Value, file: &str, origin: &mut Origins) {
-    origin.0.insert(path.to_string(), file.to_string());
+fn mark(path: &str, local: &str, v: &Value, src: &Source, origin: &mut Origins) {
+    origin
+        .0
+        .insert(path.to_string(), (src.file.to_string(), src.lines.get(local).copied()));
     match v {
-        Value::Table(t) => t.iter().for_each(|(k, v)| mark(&join(path, k), v, file, origin)),
+        Value::Table(t) => t
+            .iter()
+            .for_each(|(k, v)| mark(&join(path, k), &join(local, k), v, src, origin)),
         Value::Array(a) => a
             .iter()
             .enumerate()
-            .for_each(|(i, v)| mark(&format!("{path}[{i}]"), v, file, origin)),
+            .for_each(|(i, v)| mark(&format!("{path}[{i}]"), &format!("{local}[{i}]"), v, src, origin)),
         _ => {}
     }
 }
@@ -708,15 +771,16 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn err(&self, key: &str, reason: impl Into<String>) -> ConfigError {
         let key = join(&self.path, key);
-        let file = self
+        let (file, line) = self
             .origin
             .0
             .get(&key)
             .or_else(|| self.origin.0.get(&self.path))
             .cloned()
-            .unwrap_or_else(|| self.default_file.clone());
+            .unwrap_or_else(|| (self.default_file.clone(), None));
         ConfigError {
             file,
+            line,
             key,
             reason: reason.into(),
         }
@@ -1627,6 +1691,38 @@ user_pin_file = "/tmp/w/pin"
         assert_eq!((e.file.as_str(), e.key.as_str()), ("config.d/0.toml", "paths.socket"));
         let e = load(&["top = 1\n"]).unwrap_err();
         assert_eq!(e.key, "top");
+    }
+
+    #[test]
+    fn errors_name_the_line_in_the_file_that_set_the_key() {
+        // An unknown key in a drop-in's second [[modules]]: its own line there.
+        let e = load(&["[node]\nname = \"n\"\n\n[[modules]]\nid = \"x\"\nstore = \"software\"\ncolour = \"red\"\n"])
+            .unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.line, e.key.as_str()),
+            ("config.d/0.toml", Some(7), "modules[1].colour")
+        );
+        assert_eq!(e.to_string(), "config.d/0.toml:7: modules[1].colour: unknown key");
+        // A bad value: the line of its key.
+        let e = load(&["\n[limits]\nidle_timeout = 0\n"]).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(3), "limits.idle_timeout"));
+        // A key that is missing: the line of the table it is missing from.
+        let e = load(&["\n\n[[modules]]\nstore = \"software\"\n"]).unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.line, e.key.as_str()),
+            ("config.d/0.toml", Some(3), "modules[1].id")
+        );
+        // Not TOML at all: the line of the fault.
+        let e = load(&["[node]\nname = \"n\"\nthis is not toml\n"]).unwrap_err();
+        assert_eq!((e.file.as_str(), e.line), ("config.d/0.toml", Some(3)), "{e}");
+        // The main file's keys keep their own lines.
+        let text = format!("{BASE}\n[permissions]\nbogus = 1\n");
+        let e = Config::from_sources(&[("c.toml".into(), text.clone())]).unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (Some(text.lines().count()), "permissions.bogus"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -92,8 +92,15 @@ fn check_config_names_file_key_and_reason() {
     )
     .unwrap();
     let out = check(1);
+    // The file, the line of the key in it, the key, the reason.
+    let line = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("colour ="))
+        .unwrap()
+        + 1;
     assert!(
-        out.stderr.contains(&format!("{cfg}: paths.colour: unknown key")),
+        out.stderr.contains(&format!("{cfg}:{line}: paths.colour: unknown key")),
         "{}",
         out.stderr
     );
@@ -108,7 +115,7 @@ fn check_config_names_file_key_and_reason() {
     let out = check(1);
     assert!(
         out.stderr
-            .contains("config.d/50-extra.toml: modules[3].algorithm: \"dsa\" is not one of"),
+            .contains("config.d/50-extra.toml:4: modules[3].algorithm: \"dsa\" is not one of"),
         "{}",
         out.stderr
     );
