@@ -206,3 +206,60 @@ fn the_pkcs11_store_passes_the_suite_on_softhsm() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_token_that_goes_away_and_comes_back_is_used_again_without_a_restart() {
+    let node = common::Node::provisioned("tok-away");
+    let check = |n: &common::Node| n.applet("iam-certctl", &["-s", &n.protected(), "--json", "check"], None);
+    let serial = node.list_certs().into_iter().find(|c| c["type"] == "iam").unwrap()["serial"].clone();
+    assert_eq!(check(&node).code, 0);
+    // The token's directory goes away (a USB token unplugged, a resource manager down):
+    // check says the token is absent, not that every key is missing.
+    std::fs::rename(node.path("tokens"), node.path("tokens.away")).unwrap();
+    std::fs::create_dir(node.path("tokens")).unwrap();
+    let out = check(&node);
+    assert_eq!(out.code, 3, "{}", out.stdout);
+    assert!(out.stdout.contains("it is absent"), "{}", out.stdout);
+    assert!(!out.stdout.contains("missing from the store"), "{}", out.stdout);
+    // It comes back: used again without a restart (looked for again at most every 2 s).
+    std::fs::remove_dir(node.path("tokens")).unwrap();
+    std::fs::rename(node.path("tokens.away"), node.path("tokens")).unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        let out = check(&node);
+        if out.code == 0 {
+            assert!(out.stdout.contains("\"status\":\"OK\""), "{}", out.stdout);
+            break;
+        }
+        assert!(out.stdout.contains("it is absent"), "{}", out.stdout);
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "{}", out.stdout);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // The same certificate is served, and iamd's session on the token works: a renewal
+    // generates a key and signs its CSR there.
+    let cert = node.list_certs().into_iter().find(|c| c["serial"] == serial).unwrap();
+    assert_eq!(cert["current"], true);
+    let (ca, key, pw) = (node.p("ca.pem"), node.p("ca.key"), node.p("password"));
+    let renewed = node
+        .applet(
+            "iam-certctl",
+            &[
+                "-s",
+                &node.protected(),
+                "--json",
+                "renew",
+                "online",
+                "--ca-cert",
+                &ca,
+                "--ca-key",
+                &key,
+                "--password-file",
+                &pw,
+            ],
+            None,
+        )
+        .ok()
+        .json();
+    assert!(renewed["certificate"]["serial"].is_string(), "{renewed}");
+    assert!(node.log().contains("was initialised again"), "{}", node.log());
+}

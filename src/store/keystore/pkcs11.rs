@@ -2,7 +2,10 @@
 //!
 //! One library context per module path, initialised once per process and shared. The token
 //! is looked up by label, serial or slot each time a session is opened (a slot id changes
-//! after `C_InitToken` on SoftHSM). A session broken by a token error is reopened once.
+//! after `C_InitToken` on SoftHSM). A session broken by a token error is reopened once. A
+//! lookup that finds nothing, or no token, initialises the library again (at most every
+//! 2 s) and looks once more, so a token that went away and came back is used again
+//! without a restart, and one that is away is named as absent.
 //! Every failure names the token, the step and the CKR return value.
 
 use super::{KeyId, KeyStore, ObjectKind, PublicKey, StoredObject};
@@ -23,31 +26,57 @@ use std::sync::{Mutex, OnceLock};
 /// Length of the random user PIN iamd sets (hex characters: 128 bits).
 const USER_PIN_BYTES: usize = 16;
 
-/// One initialised context per library path, for the whole process.
-fn context(library: &Path) -> Result<Pkcs11> {
-    static CONTEXTS: OnceLock<Mutex<Vec<(PathBuf, Pkcs11)>>> = OnceLock::new();
-    let mut all = crate::sys::lock(CONTEXTS.get_or_init(Default::default));
-    if let Some((_, c)) = all.iter().find(|(p, _)| p == library) {
-        return Ok(c.clone());
+/// One loaded PKCS#11 library, shared by every store that names it, for the whole process.
+/// It may be initialised again (`C_Finalize`, `C_Initialize`) when a token went away and
+/// came back: `generation` counts those, and a session opened under an older generation is
+/// never used nor closed again (its handle number may belong to a new session by then).
+/// Every use of a session holds `in_use` for reading; re-initialising holds it for writing.
+struct Library {
+    ctx: Pkcs11,
+    generation: std::sync::atomic::AtomicU64,
+    in_use: std::sync::RwLock<()>,
+    last_reinit: Mutex<Option<std::time::Instant>>,
+}
+
+/// A library is initialised again at most this often (a token that is truly gone must not
+/// cost a re-initialisation per lookup).
+const REINIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Every library loaded, by path.
+type Libraries = Mutex<Vec<(PathBuf, std::sync::Arc<Library>)>>;
+
+fn library(path: &Path) -> Result<std::sync::Arc<Library>> {
+    static LIBRARIES: OnceLock<Libraries> = OnceLock::new();
+    let mut all = crate::sys::lock(LIBRARIES.get_or_init(Default::default));
+    if let Some((_, l)) = all.iter().find(|(p, _)| p == path) {
+        return Ok(l.clone());
     }
-    let ctx = Pkcs11::new(library).map_err(|e| {
+    let ctx = Pkcs11::new(path).map_err(|e| {
         Error::new(
             ErrorKind::KeyStore("load".into()),
-            format!("cannot load PKCS#11 library {}: {e}", library.display()),
+            format!("cannot load PKCS#11 library {}: {e}", path.display()),
         )
     })?;
+    initialize(&ctx, path)?;
+    let lib = std::sync::Arc::new(Library {
+        ctx,
+        generation: Default::default(),
+        in_use: Default::default(),
+        last_reinit: Default::default(),
+    });
+    all.push((path.to_path_buf(), lib.clone()));
+    Ok(lib)
+}
+
+fn initialize(ctx: &Pkcs11, path: &Path) -> Result<()> {
     match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(e) => {
-            return Err(ck_error(
-                e,
-                &format!("PKCS#11 library {}", library.display()),
-                "C_Initialize",
-            ))
-        }
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+        Err(e) => Err(ck_error(
+            e,
+            &format!("PKCS#11 library {}", path.display()),
+            "C_Initialize",
+        )),
     }
-    all.push((library.to_path_buf(), ctx.clone()));
-    Ok(ctx)
 }
 
 /// `PinIncorrect` → `CKR_PIN_INCORRECT`.
@@ -107,18 +136,96 @@ fn session_broken(e: &CkError) -> bool {
 
 pub struct Pkcs11Store {
     config: Pkcs11Config,
+    lib: std::sync::Arc<Library>,
     ctx: Pkcs11,
-    session: Mutex<Option<Session>>,
+    /// The logged-in session, with the library generation it was opened in.
+    session: Mutex<Option<(u64, Session)>>,
 }
 
 impl Pkcs11Store {
     pub fn new(config: Pkcs11Config) -> Result<Self> {
-        let ctx = context(&config.library)?;
+        let lib = library(&config.library)?;
         Ok(Pkcs11Store {
             config,
-            ctx,
+            ctx: lib.ctx.clone(),
+            lib,
             session: Mutex::new(None),
         })
+    }
+
+    fn generation(&self) -> u64 {
+        self.lib.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Forget this store's session: closed if it is of the current generation, left alone
+    /// (never closed) if the library was initialised again since.
+    fn drop_session(&self, slot: &mut Option<(u64, Session)>) {
+        if let Some((generation, session)) = slot.take() {
+            if generation != self.generation() {
+                std::mem::forget(session);
+            }
+        }
+    }
+
+    /// A lookup found nothing where the database says there is something: the token may
+    /// have gone away, and maybe come back (SoftHSM, for one, sees a token directory that
+    /// returned only once initialised again). Initialise the library again (at most once per
+    /// [`REINIT_INTERVAL`]) and look for the token: `Ok(true)` to look again, `Ok(false)` if
+    /// nothing changed, an error naming the token as absent if it is not there.
+    fn revalidate(&self) -> Result<bool> {
+        let due = {
+            let mut last = crate::sys::lock(&self.lib.last_reinit);
+            let due = last.is_none_or(|t| t.elapsed() >= REINIT_INTERVAL);
+            if due {
+                *last = Some(std::time::Instant::now());
+            }
+            due
+        };
+        if due {
+            let _all = self.lib.in_use.write().unwrap_or_else(|e| e.into_inner());
+            let finalised = self.ctx.clone().finalize();
+            self.lib.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            initialize(&self.ctx, &self.config.library)?;
+            crate::log_notice!(
+                "{}: an object was missing; the PKCS#11 library {} was initialised again ({})",
+                self.describe(),
+                self.config.library.display(),
+                match finalised {
+                    Ok(()) => "finalised first".to_string(),
+                    Err(e) => format!("C_Finalize: {e}"),
+                }
+            );
+        }
+        let _using = self.lib.in_use.read().unwrap_or_else(|e| e.into_inner());
+        match self.find_slot(false) {
+            Ok(_) => Ok(due),
+            Err(e) if e.kind == ErrorKind::KeyStore("CKR_TOKEN_NOT_PRESENT".into()) => Err(Error::new(
+                e.kind,
+                format!(
+                    "{}: no such token in {}: it is absent (a token that went away is used again once it is back)",
+                    self.describe(),
+                    self.config.library.display()
+                ),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `lookup`, and once more after [`revalidate`](Self::revalidate) if it found nothing
+    /// or found no token (an absent token is an error that says so).
+    fn looked_up<T>(&self, lookup: impl Fn() -> Result<Option<T>>) -> Result<Option<T>> {
+        match lookup() {
+            Ok(Some(v)) => Ok(Some(v)),
+            Ok(None) => match self.revalidate()? {
+                true => lookup(),
+                false => Ok(None),
+            },
+            Err(e) if e.kind == ErrorKind::KeyStore("CKR_TOKEN_NOT_PRESENT".into()) => {
+                self.revalidate()?;
+                lookup()
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn err(&self, step: &str) -> impl Fn(CkError) -> Error + '_ {
@@ -199,23 +306,51 @@ impl Pkcs11Store {
         }
     }
 
-    /// Run `f` in the logged-in user session, reopening it once if the token broke it.
+    /// Run `f` in the logged-in user session, reopening it once if the token broke it (and
+    /// opening a new one if the library was initialised again since it was opened).
     fn with_session<T>(&self, step: &str, f: impl Fn(&Session) -> std::result::Result<T, CkError>) -> Result<T> {
+        let _using = self.lib.in_use.read().unwrap_or_else(|e| e.into_inner());
         let mut guard = crate::sys::lock(&self.session);
         for attempt in 0..2 {
-            if guard.is_none() {
-                *guard = Some(self.open_user_session()?);
+            if guard.as_ref().is_some_and(|(g, _)| *g != self.generation()) {
+                self.drop_session(&mut guard);
             }
-            let session = guard.as_ref().expect("opened above");
+            if guard.is_none() {
+                *guard = Some((self.generation(), self.open_user_session()?));
+            }
+            let (_, session) = guard.as_ref().expect("opened above");
             match f(session) {
                 Err(e) if attempt == 0 && session_broken(&e) => {
                     crate::log_warn!("{}: {step}: session broken ({}), reopening", self.describe(), e);
-                    *guard = None;
+                    self.drop_session(&mut guard);
                 }
                 other => return other.map_err(self.err(step)),
             }
         }
         unreachable!("the second attempt returns")
+    }
+
+    /// One signature by the private key `label`/`id`, or `None` if the token has no such key.
+    fn sign_once(&self, label: &str, id: &KeyId, algorithm: Algorithm, message: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.with_session("sign", |s| {
+            let Some(key) = Self::find(s, ObjectClass::PRIVATE_KEY, label, id)?.first().copied() else {
+                return Ok(None);
+            };
+            // Tokens such as SoftHSM lack CKM_ECDSA_SHA384: hash here, sign the digest there.
+            Ok(Some(match algorithm {
+                Algorithm::EcdsaP384 => s.sign(
+                    &Mechanism::Ecdsa,
+                    key,
+                    ring::digest::digest(&ring::digest::SHA384, message).as_ref(),
+                )?,
+                Algorithm::EcdsaP256 => s.sign(
+                    &Mechanism::Ecdsa,
+                    key,
+                    ring::digest::digest(&ring::digest::SHA256, message).as_ref(),
+                )?,
+                Algorithm::Rsa2048 => s.sign(&Mechanism::Sha256RsaPkcs, key, message)?,
+            }))
+        })
     }
 
     fn find(
@@ -234,7 +369,7 @@ impl Pkcs11Store {
     /// Initialise the token with `password` as SO PIN: wipes it, and checks the password
     /// against the SO PIN it had if it was initialised before.
     fn init_token(&self, password: &Secret) -> Result<Slot> {
-        *crate::sys::lock(&self.session) = None;
+        self.drop_session(&mut crate::sys::lock(&self.session));
         let slot = self.find_slot(true)?;
         let info = self.ctx.get_token_info(slot).map_err(self.err("read token info"))?;
         let (min, max) = (info.min_pin_length(), info.max_pin_length());
@@ -314,6 +449,7 @@ impl KeyStore for Pkcs11Store {
     }
 
     fn take_ownership(&self, password: &Secret) -> Result<()> {
+        let _using = self.lib.in_use.read().unwrap_or_else(|e| e.into_inner());
         let slot = self.init_token(password)?;
         let session = self.ctx.open_rw_session(slot).map_err(self.err("open session"))?;
         let so_pin = AuthPin::from(password.expose());
@@ -335,7 +471,7 @@ impl KeyStore for Pkcs11Store {
             ))
         })?;
         drop(session);
-        *crate::sys::lock(&self.session) = Some(self.open_user_session()?);
+        *crate::sys::lock(&self.session) = Some((self.generation(), self.open_user_session()?));
         Ok(())
     }
 
@@ -410,25 +546,7 @@ impl KeyStore for Pkcs11Store {
     }
 
     fn sign(&self, label: &str, id: &KeyId, algorithm: Algorithm, message: &[u8]) -> Result<Vec<u8>> {
-        let raw = self.with_session("sign", |s| {
-            let Some(key) = Self::find(s, ObjectClass::PRIVATE_KEY, label, id)?.first().copied() else {
-                return Ok(None);
-            };
-            // Tokens such as SoftHSM lack CKM_ECDSA_SHA384: hash here, sign the digest there.
-            Ok(Some(match algorithm {
-                Algorithm::EcdsaP384 => s.sign(
-                    &Mechanism::Ecdsa,
-                    key,
-                    ring::digest::digest(&ring::digest::SHA384, message).as_ref(),
-                )?,
-                Algorithm::EcdsaP256 => s.sign(
-                    &Mechanism::Ecdsa,
-                    key,
-                    ring::digest::digest(&ring::digest::SHA256, message).as_ref(),
-                )?,
-                Algorithm::Rsa2048 => s.sign(&Mechanism::Sha256RsaPkcs, key, message)?,
-            }))
-        })?;
+        let raw = self.looked_up(|| self.sign_once(label, id, algorithm, message))?;
         let raw = raw.ok_or_else(|| {
             Error::not_found(format!(
                 "{}: no private key {label}/{}",
@@ -448,11 +566,13 @@ impl KeyStore for Pkcs11Store {
     }
 
     fn public_key(&self, label: &str, id: &KeyId) -> Result<Option<PublicKey>> {
-        self.with_session("read public key", |s| {
-            let Some(h) = Self::find(s, ObjectClass::PUBLIC_KEY, label, id)?.first().copied() else {
-                return Ok(None);
-            };
-            Self::read_public_key(s, h)
+        self.looked_up(|| {
+            self.with_session("read public key", |s| {
+                let Some(h) = Self::find(s, ObjectClass::PUBLIC_KEY, label, id)?.first().copied() else {
+                    return Ok(None);
+                };
+                Self::read_public_key(s, h)
+            })
         })
     }
 
@@ -480,13 +600,15 @@ impl KeyStore for Pkcs11Store {
     }
 
     fn certificate(&self, label: &str, id: &KeyId) -> Result<Option<Vec<u8>>> {
-        self.with_session("read certificate", |s| {
-            let Some(h) = Self::find(s, ObjectClass::CERTIFICATE, label, id)?.first().copied() else {
-                return Ok(None);
-            };
-            Ok(match s.get_attributes(h, &[AttributeType::Value])?.pop() {
-                Some(Attribute::Value(v)) => Some(v),
-                _ => None,
+        self.looked_up(|| {
+            self.with_session("read certificate", |s| {
+                let Some(h) = Self::find(s, ObjectClass::CERTIFICATE, label, id)?.first().copied() else {
+                    return Ok(None);
+                };
+                Ok(match s.get_attributes(h, &[AttributeType::Value])?.pop() {
+                    Some(Attribute::Value(v)) => Some(v),
+                    _ => None,
+                })
             })
         })
     }
