@@ -173,10 +173,11 @@ check-layer:
 		[ $$status = 0 ] && [ ! -s target/oelint.log ] && echo "oelint-adv: no findings"
 	sh scripts/check-units.sh target/debug/aos-iam
 
-# `bitbake -p` against an oe-core checkout, for maintainers who have one.
+# `bitbake -p` against an oe-core checkout, for maintainers who have one (PLAN=1: also
+# `bitbake -n aos-iam`; BUILD_DIR keeps the build directory). Not run by CI.
 yocto-parse:
 	@if [ -z "$(OE_CORE_DIR)" ]; then echo "yocto-parse: skipped, OE_CORE_DIR is not set"; exit 0; fi; \
-	sh scripts/yocto-parse.sh "$(OE_CORE_DIR)"
+	bash scripts/yocto-parse.sh "$(OE_CORE_DIR)"
 
 clean:
 	$(CARGO) clean

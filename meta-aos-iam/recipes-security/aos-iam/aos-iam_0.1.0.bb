@@ -49,6 +49,10 @@ PACKAGECONFIG[softhsm] = ",,,softhsm"
 SYSTEMD_SERVICE:${PN} = "iamd.service iamd-provisioning.service ${@'iam-nodelink.service' if d.getVar('AOS_IAM_NODE_ROLE') == 'secondary' else ''}"
 SYSTEMD_AUTO_ENABLE:${PN} = "enable"
 
+# Where do_unpack put the files of SRC_URI: UNPACKDIR from whinlatter on, WORKDIR before
+# (scarthgap has no UNPACKDIR). Read here, in this recipe only; never set for the build.
+AOS_IAM_FILES = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}"
+
 do_install() {
     install -d ${D}${bindir}
     install -m 0755 ${B}/target/${CARGO_TARGET_SUBDIR}/aos-iam ${D}${bindir}/aos-iam
@@ -57,26 +61,29 @@ do_install() {
     done
 
     install -d ${D}${systemd_system_unitdir}
-    install -m 0644 ${UNPACKDIR}/iamd.service ${D}${systemd_system_unitdir}/
-    install -m 0644 ${UNPACKDIR}/iamd-provisioning.service ${D}${systemd_system_unitdir}/
-    install -m 0644 ${UNPACKDIR}/iam-nodelink.service ${D}${systemd_system_unitdir}/
+    install -m 0644 ${AOS_IAM_FILES}/iamd.service ${D}${systemd_system_unitdir}/
+    install -m 0644 ${AOS_IAM_FILES}/iamd-provisioning.service ${D}${systemd_system_unitdir}/
+    install -m 0644 ${AOS_IAM_FILES}/iam-nodelink.service ${D}${systemd_system_unitdir}/
     sed -i -e 's|/usr/bin/|${bindir}/|' ${D}${systemd_system_unitdir}/*.service
 
     install -d ${D}${nonarch_libdir}/tmpfiles.d ${D}${nonarch_libdir}/sysusers.d
-    install -m 0644 ${UNPACKDIR}/aos-iam.tmpfiles ${D}${nonarch_libdir}/tmpfiles.d/aos-iam.conf
-    install -m 0644 ${UNPACKDIR}/aos-iam.sysusers ${D}${nonarch_libdir}/sysusers.d/aos-iam.conf
+    install -m 0644 ${AOS_IAM_FILES}/aos-iam.tmpfiles ${D}${nonarch_libdir}/tmpfiles.d/aos-iam.conf
+    install -m 0644 ${AOS_IAM_FILES}/aos-iam.sysusers ${D}${nonarch_libdir}/sysusers.d/aos-iam.conf
 
     install -d ${D}${sysconfdir}/aos-iam/config.d
     sed -e 's|@NODE_TYPE@|${AOS_IAM_NODE_TYPE}|' \
         -e 's|@NODE_NAME@|${AOS_IAM_NODE_NAME}|' \
         -e 's|@PKCS11_LIBRARY@|${AOS_IAM_PKCS11_LIBRARY}|' \
         -e 's|@TOKEN_LABEL@|${AOS_IAM_TOKEN_LABEL}|' \
-        ${UNPACKDIR}/config.toml > ${D}${sysconfdir}/aos-iam/config.toml
+        ${AOS_IAM_FILES}/config.toml > ${D}${sysconfdir}/aos-iam/config.toml
     chmod 0644 ${D}${sysconfdir}/aos-iam/config.toml
     sh ${S}/scripts/links-dropin.sh "${AOS_IAM_NODE_ROLE}" "${AOS_IAM_LINK_LISTEN}" "${AOS_IAM_LINK_CONNECT}" \
         > ${D}${sysconfdir}/aos-iam/config.d/10-links.toml
     chmod 0644 ${D}${sysconfdir}/aos-iam/config.d/10-links.toml
 }
 
-FILES:${PN} += "${nonarch_libdir}/tmpfiles.d ${nonarch_libdir}/sysusers.d ${sysconfdir}/aos-iam"
+# iam-nodelink.service is shipped on every node (a main node may become a secondary by a
+# drop-in) and enabled only where SYSTEMD_SERVICE lists it, on secondaries.
+FILES:${PN} += "${nonarch_libdir}/tmpfiles.d ${nonarch_libdir}/sysusers.d ${sysconfdir}/aos-iam \
+                ${systemd_system_unitdir}/iam-nodelink.service"
 CONFFILES:${PN} = "${sysconfdir}/aos-iam/config.toml ${sysconfdir}/aos-iam/config.d/10-links.toml"

@@ -11,14 +11,16 @@ SRC_URI = "file://softhsm2.conf \
            file://softhsm-dev.tmpfiles \
            "
 
-S = "${UNPACKDIR}"
+# Where do_unpack put the files: UNPACKDIR from whinlatter on, WORKDIR before.
+SOFTHSM_DEV_FILES = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}"
+S = "${SOFTHSM_DEV_FILES}"
 
 inherit allarch
 
 do_install() {
     install -d ${D}${sysconfdir}/softhsm ${D}${nonarch_libdir}/tmpfiles.d
-    install -m 0644 ${UNPACKDIR}/softhsm2.conf ${D}${sysconfdir}/softhsm/softhsm2.conf
-    install -m 0644 ${UNPACKDIR}/softhsm-dev.tmpfiles ${D}${nonarch_libdir}/tmpfiles.d/softhsm-dev.conf
+    install -m 0644 ${SOFTHSM_DEV_FILES}/softhsm2.conf ${D}${sysconfdir}/softhsm/softhsm2.conf
+    install -m 0644 ${SOFTHSM_DEV_FILES}/softhsm-dev.tmpfiles ${D}${nonarch_libdir}/tmpfiles.d/softhsm-dev.conf
 }
 
 FILES:${PN} += "${nonarch_libdir}/tmpfiles.d"
