@@ -160,6 +160,25 @@ pub struct EstArgs<'a> {
     pub key: &'a Option<String>,
 }
 
+/// The one signer a command's options name: `--est` (with `est`), or `--ca-cert`/`--ca-key`,
+/// or `--sign-cmd`; more than one way is refused before anything is done.
+pub fn signer_for(
+    est: Option<EstArgs>,
+    ca_cert: &Option<String>,
+    ca_key: &Option<String>,
+    days: u32,
+    sign_cmd: &Option<String>,
+    sign_timeout: Option<u64>,
+) -> Result<Box<dyn aos_iam::pki::signer::CsrSigner + Sync>, Error> {
+    match est {
+        Some(_) if ca_cert.is_some() || ca_key.is_some() || sign_cmd.is_some() => Err(Error::invalid(
+            "give one way of signing: --est, --ca-cert/--ca-key or --sign-cmd",
+        )),
+        Some(e) => est_signer(&e),
+        None => signer(ca_cert, ca_key, days, sign_cmd, sign_timeout),
+    }
+}
+
 /// The EST signer `--est` names: /simpleenroll, by basic auth or a bootstrap certificate.
 pub fn est_signer(v: &EstArgs) -> Result<Box<dyn aos_iam::pki::signer::CsrSigner + Sync>, Error> {
     use aos_iam::link::tls::ClientAuth;

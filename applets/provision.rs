@@ -447,23 +447,16 @@ fn done(args: &Args, what: &str) {
 }
 
 fn run_flow(args: &Args, v: &Run, node: &str) -> Result<u8, Error> {
-    let signer = match &v.est {
-        Some(_) if v.ca_cert.is_some() || v.ca_key.is_some() || v.sign_cmd.is_some() => {
-            return Err(Error::invalid(
-                "give one way of signing: --est, --ca-cert/--ca-key or --sign-cmd",
-            ));
-        }
-        Some(url) => common::est_signer(&common::EstArgs {
-            url,
-            anchor: &v.est_anchor,
-            fingerprint: &v.est_ca_fingerprint,
-            user: &v.est_user,
-            password_file: &v.est_password_file,
-            cert: &v.est_cert,
-            key: &v.est_key,
-        })?,
-        None => common::signer(&v.ca_cert, &v.ca_key, v.days, &v.sign_cmd, v.sign_timeout)?,
-    };
+    let est = v.est.as_deref().map(|url| common::EstArgs {
+        url,
+        anchor: &v.est_anchor,
+        fingerprint: &v.est_ca_fingerprint,
+        user: &v.est_user,
+        password_file: &v.est_password_file,
+        cert: &v.est_cert,
+        key: &v.est_key,
+    });
+    let signer = common::signer_for(est, &v.ca_cert, &v.ca_key, v.days, &v.sign_cmd, v.sign_timeout)?;
     let pw = common::read_secret(v.password_file.as_deref(), "provisioning password")?;
     if node == "all" {
         return run_unit(args, v, signer.as_ref(), &pw);

@@ -1558,3 +1558,38 @@ fn a_flooding_link_is_coalesced_then_closed_and_commits_stay_few() {
     let stored = unit.main.log().matches("node \"n-flood\": its info is stored").count();
     assert!(stored <= 6, "{stored} commits for 240 changes");
 }
+
+#[test]
+fn a_node_info_change_still_waiting_for_its_commit_is_committed_when_iamd_stops() {
+    let mut unit = Unit::new("unsaved", 0);
+    unit.start(true);
+    let mut s = UnixStream::connect(unit.main.path("run/link.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    for f in registered_as("n-unsaved") {
+        s.write_all(&f).unwrap();
+    }
+    // Two changes at once: the first is committed, the second waits its turn (commits are
+    // at most one a second) ...
+    for (i, ram) in [(10u64, 1001u64), (11, 1002)] {
+        let mut info = sample_info("n-unsaved");
+        info.total_ram = ram;
+        s.write_all(&frame(i, &Request::NodeInfoChanged { info })).unwrap();
+    }
+    let ram = |u: &Unit| {
+        u.main
+            .provision(&["--node", "n-unsaved", "--json", "node-info"])
+            .ok()
+            .json()["total_ram"]
+            .clone()
+    };
+    let start = Instant::now();
+    while ram(&unit) != 1002 {
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", unit.main.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // ... and iamd is stopped meanwhile, the link still up: the change is not lost.
+    unit.main.stop();
+    drop(s);
+    unit.main.start(true);
+    assert_eq!(ram(&unit), 1002, "{}", unit.main.log());
+}

@@ -25,6 +25,8 @@ pub struct NodeRecord {
     pub info: NodeInfo,
     /// Seconds since the Unix epoch when the link was last up.
     pub last_seen: i64,
+    /// Order of the changes (not stored): a commit never replaces a newer one.
+    pub seq: u64,
 }
 
 pub struct Nodes {
@@ -35,6 +37,9 @@ pub struct Nodes {
     known: Mutex<BTreeMap<String, NodeRecord>>,
     /// Nodes whose info changed since it was last committed (the commits are coalesced).
     unsaved: Mutex<std::collections::BTreeSet<String>>,
+    /// The order of the last change given to each record, and of the last one committed.
+    next_seq: std::sync::atomic::AtomicU64,
+    committed: Mutex<BTreeMap<String, u64>>,
     /// NodeChanged events: this node's state changes and every other node's registration,
     /// disconnection and info change.
     pub events: Broadcast<NodeInfo>,
@@ -50,6 +55,7 @@ impl Nodes {
             let mut rec = NodeRecord {
                 info: NodeInfo::from(&stored.info),
                 last_seen: stored.last_seen,
+                seq: 0,
             };
             rec.info.connected = false;
             known.insert(rec.info.node_id.clone(), rec);
@@ -61,6 +67,8 @@ impl Nodes {
             links: Mutex::new(BTreeMap::new()),
             known: Mutex::new(known),
             unsaved: Default::default(),
+            next_seq: std::sync::atomic::AtomicU64::new(1),
+            committed: Default::default(),
             events: Broadcast::new("node", MAX_SUBSCRIBERS, SUBSCRIBER_BACKLOG),
         })
     }
@@ -92,12 +100,23 @@ impl Nodes {
         ))
     }
 
+    fn seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Commit `rec`, unless a newer change of that node was committed already (commits run
+    /// on blocking threads and may finish out of order).
     fn persist(&self, db: &Db, rec: &NodeRecord) -> Result<()> {
-        lock(&self.unsaved).remove(&rec.info.node_id);
+        let mut committed = lock(&self.committed);
+        if committed.get(&rec.info.node_id).is_some_and(|s| *s > rec.seq) {
+            return Ok(());
+        }
         db.put_node(&crate::store::records::NodeRecord {
             info: (&rec.info).into(),
             last_seen: rec.last_seen,
-        })
+        })?;
+        committed.insert(rec.info.node_id.clone(), rec.seq);
+        Ok(())
     }
 
     /// A link registers its node. Refused for this node's own id, for a node whose link is
@@ -125,6 +144,7 @@ impl Nodes {
         let rec = NodeRecord {
             info: info.clone(),
             last_seen: now(),
+            seq: self.seq(),
         };
         self.persist(db, &rec)?;
         known.insert(id.clone(), rec);
@@ -147,9 +167,13 @@ impl Nodes {
         let rec = NodeRecord {
             info: info.clone(),
             last_seen: now(),
+            seq: self.seq(),
         };
-        lock(&self.known).insert(id.clone(), rec);
-        lock(&self.unsaved).insert(id);
+        {
+            let mut known = lock(&self.known);
+            known.insert(id.clone(), rec);
+            lock(&self.unsaved).insert(id);
+        }
         self.events.send(info);
         Ok(())
     }
@@ -166,7 +190,14 @@ impl Nodes {
 
     /// Commit what the registry holds of `node_id` now. Blocking (one durable commit).
     pub fn store(&self, db: &Db, node_id: &str) -> Result<()> {
-        let Some(rec) = lock(&self.known).get(node_id).cloned() else {
+        // Taken off the unsaved set while the record is read, both under the registry's
+        // lock (as `update` adds to it): a change made after this is left for a later commit.
+        let rec = {
+            let known = lock(&self.known);
+            lock(&self.unsaved).remove(node_id);
+            known.get(node_id).cloned()
+        };
+        let Some(rec) = rec else {
             return Ok(());
         };
         self.persist(db, &rec)?;
@@ -188,6 +219,8 @@ impl Nodes {
             let Some(rec) = known.get_mut(node_id) else { return };
             rec.info.connected = false;
             rec.last_seen = now();
+            rec.seq = self.seq();
+            lock(&self.unsaved).remove(node_id);
             rec.clone()
         };
         if let Err(e) = self.persist(db, &rec) {
