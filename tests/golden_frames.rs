@@ -4,7 +4,6 @@
 //! encode to exactly its frames, so that an encoding change cannot go unnoticed: a
 //! deliberate one bumps the protocol version and adds a directory.
 
-mod common;
 #[path = "common/samples.rs"]
 mod samples;
 use aos_iam::proto::wire::{self, FrameKind};
