@@ -2,7 +2,8 @@
 //! SoftHSM, against a baseline measured in the same run: the same token initialisation,
 //! key generations, token and CA signatures, certificate objects and durable redb commits,
 //! done directly with cryptoki, rcgen and redb. Also the stripped static binary's size and
-//! iamd's idle RSS. Figures, not a pass/fail test.
+//! iamd's idle RSS, and start to ready against a bare process that binds a Unix socket.
+//! Figures, not a pass/fail test.
 
 mod common;
 use common::*;
@@ -201,7 +202,54 @@ fn flow(bin: &Path, root: &Path, dir: &Path) -> Duration {
     elapsed
 }
 
+/// How long from spawn until `READY=1` reaches `NOTIFY_SOCKET`, and until the public socket
+/// accepts a connection, for one start of `cmd`.
+fn start_to_ready(mut cmd: Command, dir: &Path, socket: &Path) -> (Duration, Duration) {
+    let notify = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&notify);
+    let _ = std::fs::remove_file(socket);
+    let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    listener.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let t = Instant::now();
+    let mut child = cmd
+        .env("NOTIFY_SOCKET", &notify)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut accepting = None;
+    let mut ready = None;
+    listener.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 512];
+    while accepting.is_none() || ready.is_none() {
+        assert!(t.elapsed() < Duration::from_secs(20), "no start");
+        if accepting.is_none() && std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            accepting = Some(t.elapsed());
+        }
+        if let Ok(n) = listener.recv(&mut buf) {
+            if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+                ready = Some(t.elapsed());
+            }
+        }
+        std::hint::spin_loop();
+    }
+    stop(child.try_wait().unwrap().map_or(child, |_| panic!("exited")));
+    (ready.unwrap(), accepting.unwrap())
+}
+
 fn main() {
+    // Re-run as the baseline of a start: a bare process that binds a Unix socket, says
+    // READY=1 and waits.
+    if let Ok(path) = std::env::var("AOS_IAM_BENCH_BIND") {
+        let _l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        if let Ok(n) = std::env::var("NOTIFY_SOCKET") {
+            let s = std::os::unix::net::UnixDatagram::unbound().unwrap();
+            let _ = s.send_to(b"READY=1", n);
+        }
+        std::thread::sleep(Duration::from_secs(60));
+        return;
+    }
     if std::env::args().any(|a| a == "--list") {
         return;
     }
@@ -264,6 +312,39 @@ fn main() {
         mib(rss.binary),
         mib(rss.module),
         mib(rss.total - rss.anon - rss.binary - rss.module)
+    );
+
+    // Start to ready, normal mode on the provisioned node, against a bare process that binds
+    // a Unix socket, both measured here: READY=1 received, and the socket accepting.
+    std::fs::write(dir.join("config.toml"), config(&dir)).unwrap();
+    let (mut bare, mut ours) = (Vec::new(), Vec::new());
+    let sock = dir.join("run/public.sock");
+    for _ in 0..15 {
+        let mut b = Command::new(std::env::current_exe().unwrap());
+        b.env("AOS_IAM_BENCH_BIND", &sock);
+        bare.push(start_to_ready(b, &dir, &sock));
+        let mut c = Command::new(&bin);
+        c.arg("iamd")
+            .arg("-c")
+            .arg(dir.join("config.toml"))
+            .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"));
+        ours.push(start_to_ready(c, &dir, &sock));
+    }
+    let med = |v: &[(Duration, Duration)], f: fn(&(Duration, Duration)) -> Duration| median(v.iter().map(f).collect());
+    let (br, ba) = (med(&bare, |x| x.0), med(&bare, |x| x.1));
+    let (or, oa) = (med(&ours, |x| x.0), med(&ours, |x| x.1));
+    println!("start to ready, normal mode, provisioned, {MODULES} modules on SoftHSM (median of 15):");
+    println!(
+        "  a bare process binding a Unix socket: READY=1 {:6.1} ms, accepting {:6.1} ms",
+        ms(br),
+        ms(ba)
+    );
+    println!(
+        "  iamd:                                 READY=1 {:6.1} ms, accepting {:6.1} ms ({:.1}x and {:.1}x the bare process)",
+        ms(or),
+        ms(oa),
+        or.as_secs_f64() / br.as_secs_f64(),
+        oa.as_secs_f64() / ba.as_secs_f64()
     );
 
     if let Ok(stripped) = std::env::var("AOS_IAM_STATIC_STRIPPED") {
