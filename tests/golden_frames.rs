@@ -54,16 +54,13 @@ fn frames(version: u8) -> Vec<(String, FrameKind, String, Vec<u8>)> {
     out
 }
 
+/// A frame as its golden file holds it: lower-case hex and a line end.
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect::<String>() + "\n"
+    aos_iam::codec::hex(b) + "\n"
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    let s = s.trim();
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    aos_iam::codec::unhex(s.trim()).expect("a golden frame is hex")
 }
 
 #[test]

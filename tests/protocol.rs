@@ -145,10 +145,7 @@ fn other_protocol_versions_are_refused_naming_both() {
         "/tests/data/wire/v1/request-00-Hello.hex"
     ))
     .unwrap();
-    let v1_hello: Vec<u8> = (0..v1_hello.trim().len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&v1_hello.trim()[i..i + 2], 16).unwrap())
-        .collect();
+    let v1_hello = aos_iam::codec::unhex(v1_hello.trim()).unwrap();
     s.write_all(&v1_hello).unwrap();
     let (h, body) = read_frame(&mut s).unwrap();
     assert_eq!((h.kind, h.version), (FrameKind::Response, 1));

@@ -147,13 +147,8 @@ impl Db {
             let txn = db.begin_read()?;
             read_versions(&txn)?
         };
-        // A database of the release before versions were recorded has every table at 1.
         let unversioned = found.as_ref().is_some_and(|v| v.is_empty());
-        let versions: BTreeMap<String, u32> = match &found {
-            Some(v) if !v.is_empty() => v.clone(),
-            Some(_) => schema.iter().map(|(t, _)| (t.to_string(), 1)).collect(),
-            None => BTreeMap::new(),
-        };
+        let versions = versions_in_effect(found.as_ref(), schema);
         refuse_newer(path, &versions, schema)?;
         let mut steps = Vec::new();
         let mut migrated = Vec::new();
@@ -496,6 +491,16 @@ fn read_versions(txn: &redb::ReadTransaction) -> Result<Option<BTreeMap<String, 
     }
 }
 
+/// The version of each table as `read_versions` found them: none for a new database, and
+/// for one written before versions were recorded, every table of `schema` at 1.
+fn versions_in_effect(found: Option<&BTreeMap<String, u32>>, schema: &[(&str, u32)]) -> BTreeMap<String, u32> {
+    match found {
+        Some(v) if !v.is_empty() => v.clone(),
+        Some(_) => schema.iter().map(|(t, _)| (t.to_string(), 1)).collect(),
+        None => BTreeMap::new(),
+    }
+}
+
 fn refuse_newer(path: &Path, versions: &BTreeMap<String, u32>, schema: &[(&str, u32)]) -> Result<()> {
     for (table, have) in versions {
         match schema.iter().find(|(t, _)| t == table) {
@@ -545,16 +550,9 @@ pub fn schema_report(path: &Path) -> Result<String> {
         Err(e) => return Err(Error::internal(format!("cannot open database {}: {e}", path.display()))),
     };
     let txn = db.begin_read()?;
-    let versions = read_versions(&txn)?.unwrap_or_default();
-    let recorded = !versions.is_empty();
-    let versions: BTreeMap<String, u32> = if recorded {
-        versions
-    } else {
-        crate::store::records::SCHEMA
-            .iter()
-            .map(|(t, _)| (t.to_string(), 1))
-            .collect()
-    };
+    let recorded = read_versions(&txn)?.unwrap_or_default();
+    let versions = versions_in_effect(Some(&recorded), crate::store::records::SCHEMA);
+    let recorded = !recorded.is_empty();
     refuse_newer(path, &versions, crate::store::records::SCHEMA)?;
     let behind = crate::store::records::SCHEMA
         .iter()

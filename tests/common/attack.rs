@@ -22,9 +22,7 @@ pub fn hello_frame() -> Vec<u8> {
     })
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use aos_iam::codec::hex;
 
 /// An attacker process as `uid`, holding what it got until dropped.
 pub struct Attacker {
