@@ -225,9 +225,12 @@ impl Node {
         c
     }
 
-    /// Start iamd and wait until both sockets answer.
+    /// Start iamd and wait until it serves: its protected socket answers and it has logged
+    /// that it serves (which it does once every socket, link listeners included, listens).
     pub fn start(&mut self, provisioning: bool) {
         self.write_config();
+        let served = |n: &Node| n.log().matches(" serving node \"").count();
+        let before = served(self);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -246,7 +249,8 @@ impl Node {
             .unwrap();
         let start = Instant::now();
         while !(self.path("run/protected.sock").exists()
-            && std::os::unix::net::UnixStream::connect(self.path("run/protected.sock")).is_ok())
+            && std::os::unix::net::UnixStream::connect(self.path("run/protected.sock")).is_ok()
+            && served(self) > before)
         {
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("iamd exited ({status}):\n{}", self.log());
