@@ -422,9 +422,12 @@ impl Provisioning {
         })
     }
 
+    /// The status as the last finished step left it: a step still running (one whose client
+    /// has gone included) is waited for, so a rerun of the factory script never sees a
+    /// half-done step and does it again.
     pub fn status(&self, node_id: &str) -> Result<ProvisioningStatus> {
         self.check_node(node_id)?;
-        let snap = self.db.snapshot()?;
+        let snap = self.with_journal(|| self.db.snapshot())?;
         Ok(ProvisioningStatus {
             node_id: self.config.node_id.clone(),
             state: snap.state(),
@@ -453,9 +456,10 @@ impl Provisioning {
         self.modules.check(&self.db, &self.config)
     }
 
+    /// The certificates as the last finished step left them (see [`Provisioning::status`]).
     pub fn list_certs(&self, node_id: &str) -> Result<Vec<CertInfo>> {
         self.check_node(node_id)?;
-        self.modules.list(&self.db)
+        self.with_journal(|| self.modules.list(&self.db))
     }
 }
 
