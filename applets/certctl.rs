@@ -26,6 +26,7 @@ struct Args {
 #[derive(FromArgs)]
 #[argh(subcommand)]
 enum Verb {
+    Status(Status),
     List(List),
     Get(Get),
     SystemInfo(SystemInfo),
@@ -143,6 +144,16 @@ struct Permissions {
     secret_file: Option<String>,
 }
 
+/// The node's enrollment: state, step, attempts, next attempt, last error (protected socket).
+/// Exit 0, or 2 when the node is quarantined.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "status")]
+struct Status {
+    /// the node (default: the node iamd runs on; on the main node, any of its secondaries)
+    #[argh(option)]
+    node: Option<String>,
+}
+
 /// Every certificate: type, serial, issuer, expiry, URLs, and which one is current.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "list")]
@@ -195,6 +206,54 @@ pub fn main(name: &str, args: &[&str]) -> u8 {
 fn run(args: &Args) -> Result<u8, Error> {
     let socket = |default: &str| args.socket.clone().unwrap_or_else(|| default.to_string());
     match &args.verb {
+        Verb::Status(v) => {
+            let node = v.node.as_deref().unwrap_or("");
+            let mut client = Client::connect(socket(DEFAULT_PROTECTED_SOCKET).as_ref())?;
+            let st = client.enrollment_status(node)?;
+            let node_state = client.status(node)?.state;
+            let at = |t: i64| match t {
+                0 => String::new(),
+                t => aos_iam::pki::x509::rfc3339(t),
+            };
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"ok": true, "node_id": st.node_id, "node_state": node_state.name(),
+                        "enrollment": {"state": st.state.name(), "step": st.step, "attempts": st.attempts,
+                        "max_attempts": st.max_attempts, "next_attempt": at(st.next_attempt),
+                        "last_error": st.last_error, "reason": st.reason, "since": at(st.since),
+                        "enrolled": st.enrolled}})
+                );
+            } else {
+                println!("node:         {}", st.node_id);
+                println!("node state:   {}", node_state.name());
+                println!("enrollment:   {}", st.state.name());
+                println!("step:         {}", st.step);
+                if st.max_attempts > 0 {
+                    println!("attempts:     {} failed of {}", st.attempts, st.max_attempts);
+                }
+                if st.next_attempt > 0 {
+                    println!("next attempt: {}", at(st.next_attempt));
+                }
+                if !st.enrolled.is_empty() {
+                    println!("enrolled:     {}", st.enrolled.join(", "));
+                }
+                if st.since > 0 {
+                    println!("since:        {}", at(st.since));
+                }
+                if !st.last_error.is_empty() {
+                    println!("last error:   {}", st.last_error);
+                }
+                if !st.reason.is_empty() {
+                    println!("QUARANTINED:  {}", st.reason);
+                }
+            }
+            return Ok(if st.state == aos_iam::proto::wire::EnrollState::Quarantined {
+                2
+            } else {
+                0
+            });
+        }
         Verb::List(l) => {
             let certs = Client::connect(socket(DEFAULT_PROTECTED_SOCKET).as_ref())?
                 .list_certs(l.node.as_deref().unwrap_or(""))?;
@@ -270,8 +329,16 @@ fn run(args: &Args) -> Result<u8, Error> {
             }
         }
         Verb::Check(v) => {
-            let checks = Client::connect(socket(DEFAULT_PROTECTED_SOCKET).as_ref())?
-                .check_certs(v.node.as_deref().unwrap_or(""))?;
+            let mut client = Client::connect(socket(DEFAULT_PROTECTED_SOCKET).as_ref())?;
+            let checks = client.check_certs(v.node.as_deref().unwrap_or(""))?;
+            // A quarantined node is CRITICAL whatever its certificates say (an iamd too old
+            // to enroll has nothing to say).
+            let quarantine = match client.enrollment_status(v.node.as_deref().unwrap_or("")) {
+                Ok(s) if s.state == aos_iam::proto::wire::EnrollState::Quarantined => Some(s.reason),
+                Ok(_) => None,
+                Err(e) if e.kind == aos_iam::ErrorKind::Protocol => None,
+                Err(e) => return Err(e),
+            };
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             let rated: Vec<_> = checks
                 .iter()
@@ -282,6 +349,10 @@ fn run(args: &Args) -> Result<u8, Error> {
                 .map(|(_, r)| r.level)
                 .max()
                 .unwrap_or(aos_iam::pki::health::Level::Ok);
+            let worst = match quarantine {
+                Some(_) => aos_iam::pki::health::Level::Critical,
+                None => worst,
+            };
             if args.json {
                 let certs: Vec<_> = rated
                     .iter()
@@ -293,7 +364,8 @@ fn run(args: &Args) -> Result<u8, Error> {
                     .collect();
                 println!(
                     "{}",
-                    json!({"ok": worst == aos_iam::pki::health::Level::Ok, "status": worst.name(), "certificates": certs})
+                    json!({"ok": worst == aos_iam::pki::health::Level::Ok, "status": worst.name(), "certificates": certs,
+                        "quarantined": quarantine})
                 );
             } else {
                 let bad = rated
@@ -310,6 +382,9 @@ fn run(args: &Args) -> Result<u8, Error> {
                         String::new()
                     }
                 );
+                if let Some(reason) = &quarantine {
+                    println!("CRITICAL  the node is quarantined: {reason}");
+                }
                 for (c, r) in &rated {
                     println!(
                         "{:<9} {} {}: {}",

@@ -43,6 +43,8 @@ enum Verb {
     Deprovision(Deprovision),
     Status(Status),
     Run(Run),
+    Bootstrap(Bootstrap),
+    ReleaseQuarantine(ReleaseQuarantine),
     Pause(Pause),
     Resume(Resume),
     NodeInfo(NodeInfoVerb),
@@ -192,10 +194,12 @@ struct Deprovision {
 #[argh(subcommand, name = "status")]
 struct Status {}
 
-/// The whole flow: start, create each key, get it signed, apply, finish.
-#[derive(FromArgs)]
-#[argh(subcommand, name = "run")]
-struct Run {
+/// The options of a flow that gets CSRs signed (`run`, `bootstrap`), declared once.
+macro_rules! signing_flow {
+    ($(#[$meta:meta])* struct $name:ident { $($extra:tt)* }) => {
+        #[derive(FromArgs)]
+        $(#[$meta])*
+        struct $name {
     /// file holding the provisioning password ("-" or absent: stdin)
     #[argh(option)]
     password_file: Option<String>,
@@ -241,6 +245,16 @@ struct Run {
     /// deprovision a provisioned node first instead of refusing
     #[argh(switch)]
     deprovision_first: bool,
+            $($extra)*
+        }
+    };
+}
+
+signing_flow! {
+    /// The whole flow: start, create each key, get it signed, apply, finish (with
+    /// --bootstrap: the factory half of enrollment, as `bootstrap` does it).
+    #[argh(subcommand, name = "run")]
+    struct Run {
     /// with --node all: wait until this many nodes (the main one included) are connected
     /// (default: those connected now)
     #[argh(option)]
@@ -248,6 +262,52 @@ struct Run {
     /// with --node all: seconds to wait for --expect-nodes (default 300)
     #[argh(option, default = "300")]
     wait: u64,
+        /// only bootstrap the node for zero-touch enrollment (see `bootstrap`)
+        #[argh(switch)]
+        bootstrap: bool,
+        /// the module of the bootstrap identity (default "bootstrap")
+        #[argh(option, default = "String::from(\"bootstrap\")")]
+        bootstrap_type: String,
+        /// the EST server the node enrolls with on site (default: its [enroll] url)
+        #[argh(option)]
+        enroll_url: Option<String>,
+        /// that server's trust anchor, PEM (default: the node's [enroll] anchor)
+        #[argh(option)]
+        enroll_anchor: Option<String>,
+        /// file holding the claim token the node presents when it enrolls
+        #[argh(option)]
+        claim_token_file: Option<String>,
+    }
+}
+
+signing_flow! {
+    /// The factory half of zero-touch enrollment: start, the bootstrap key and its
+    /// manufacturer certificate signed by the factory CA (--ca-cert/--ca-key, --sign-cmd or
+    /// --est), the enrollment settings; the node is left unprovisioned, ready to ship.
+    #[argh(subcommand, name = "bootstrap")]
+    struct Bootstrap {
+        /// the module of the bootstrap identity (default "bootstrap")
+        #[argh(option, default = "String::from(\"bootstrap\")")]
+        bootstrap_type: String,
+        /// the EST server the node enrolls with on site (default: its [enroll] url)
+        #[argh(option)]
+        enroll_url: Option<String>,
+        /// that server's trust anchor, PEM (default: the node's [enroll] anchor)
+        #[argh(option)]
+        enroll_anchor: Option<String>,
+        /// file holding the claim token the node presents when it enrolls
+        #[argh(option)]
+        claim_token_file: Option<String>,
+    }
+}
+
+/// ReleaseQuarantine: a quarantined node tries to enroll again.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "release-quarantine")]
+struct ReleaseQuarantine {
+    /// file holding the provisioning password ("-" or absent: stdin)
+    #[argh(option)]
+    password_file: Option<String>,
 }
 
 pub fn main(name: &str, args: &[&str]) -> u8 {
@@ -375,7 +435,55 @@ fn run(args: &Args) -> Result<u8, Error> {
                 }
             }
         }
-        Verb::Run(v) => return run_flow(args, v, &node),
+        Verb::Run(v) if v.bootstrap => {
+            if v.expect_nodes.is_some() || node == "all" {
+                return Err(Error::invalid(
+                    "--bootstrap is for one node: each node is bootstrapped on its own",
+                ));
+            }
+            let f = BootstrapFlow {
+                signer: flow_signer!(v),
+                password_file: &v.password_file,
+                subject: &v.subject,
+                deprovision_first: v.deprovision_first,
+                bootstrap_type: &v.bootstrap_type,
+                enroll_url: &v.enroll_url,
+                enroll_anchor: &v.enroll_anchor,
+                claim_token_file: &v.claim_token_file,
+            };
+            return bootstrap_flow(args, &f, &node);
+        }
+        Verb::Run(v) => {
+            if v.enroll_url.is_some() || v.enroll_anchor.is_some() || v.claim_token_file.is_some() {
+                return Err(Error::invalid(
+                    "--enroll-url, --enroll-anchor and --claim-token-file go with --bootstrap",
+                ));
+            }
+            return run_flow(args, v, &node);
+        }
+        Verb::Bootstrap(v) => {
+            let f = BootstrapFlow {
+                signer: flow_signer!(v),
+                password_file: &v.password_file,
+                subject: &v.subject,
+                deprovision_first: v.deprovision_first,
+                bootstrap_type: &v.bootstrap_type,
+                enroll_url: &v.enroll_url,
+                enroll_anchor: &v.enroll_anchor,
+                claim_token_file: &v.claim_token_file,
+            };
+            if node == "all" {
+                return Err(Error::invalid(
+                    "bootstrap is for one node: each node is bootstrapped on its own",
+                ));
+            }
+            return bootstrap_flow(args, &f, &node);
+        }
+        Verb::ReleaseQuarantine(v) => {
+            let pw = password(&v.password_file)?;
+            connect(args)?.release_quarantine(&node, &pw)?;
+            done(args, "quarantine released: the node enrolls again");
+        }
         Verb::Pause(_) => {
             connect(args)?.pause(&node)?;
             done(args, "node paused");
@@ -446,17 +554,96 @@ fn done(args: &Args, what: &str) {
     }
 }
 
+/// The signer a flow's options name.
+macro_rules! flow_signer {
+    ($v:expr) => {{
+        let v = $v;
+        let est = v.est.as_deref().map(|url| common::EstArgs {
+            url,
+            anchor: &v.est_anchor,
+            fingerprint: &v.est_ca_fingerprint,
+            user: &v.est_user,
+            password_file: &v.est_password_file,
+            cert: &v.est_cert,
+            key: &v.est_key,
+        });
+        common::signer_for(est, &v.ca_cert, &v.ca_key, v.days, &v.sign_cmd, v.sign_timeout)?
+    }};
+}
+use flow_signer;
+
+struct BootstrapFlow<'a> {
+    signer: Box<dyn CsrSigner + Sync>,
+    password_file: &'a Option<String>,
+    subject: &'a Option<String>,
+    deprovision_first: bool,
+    bootstrap_type: &'a str,
+    enroll_url: &'a Option<String>,
+    enroll_anchor: &'a Option<String>,
+    claim_token_file: &'a Option<String>,
+}
+
+fn bootstrap_flow(args: &Args, f: &BootstrapFlow, node: &str) -> Result<u8, Error> {
+    let anchor_pem = match f.enroll_anchor {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| Error::invalid(format!("--enroll-anchor {path}: {e}")))?;
+            aos_iam::pki::x509::chain_text(&bytes).map_err(|e| e.context(format!("--enroll-anchor {path}")))?
+        }
+        None => String::new(),
+    };
+    let claim_token = match f.claim_token_file {
+        Some(path) => common::read_secret(Some(path), "claim token")?,
+        None => aos_iam::secret::Secret::new(String::new()),
+    };
+    if f.claim_token_file.is_some() && claim_token.is_empty() {
+        return Err(Error::invalid("--claim-token-file: the claim token is empty"));
+    }
+    let pw = common::read_secret(f.password_file.as_deref(), "provisioning password")?;
+    let mut client = connect(args)?;
+    let tty = std::io::stderr().is_terminal();
+    let mut progress = |s: &factory::Step| {
+        if tty {
+            let mut e = std::io::stderr().lock();
+            if s.done {
+                let _ = writeln!(e, " ok");
+            } else {
+                let _ = write!(e, "{} ...", s.name);
+            }
+        }
+    };
+    let opts = RunOptions {
+        node_id: node,
+        password: &pw,
+        subject_template: f.subject.as_deref().unwrap_or(DEFAULT_SUBJECT),
+        deprovision_first: f.deprovision_first,
+    };
+    let b = factory::BootstrapOptions {
+        bootstrap_type: f.bootstrap_type,
+        est_url: f.enroll_url.as_deref().unwrap_or(""),
+        anchor_pem: &anchor_pem,
+        claim_token: &claim_token,
+    };
+    let result = factory::bootstrap(&mut client, f.signer.as_ref(), &opts, &b, &mut progress);
+    if tty && result.is_err() {
+        eprintln!(" failed");
+    }
+    let cert = result?;
+    let node_id = if node.is_empty() {
+        client.server_node_id.clone()
+    } else {
+        node.to_string()
+    };
+    if args.json {
+        ok_json(json!({"node": node_id, "state": "unprovisioned", "bootstrap": cert_json(&cert)}));
+    } else {
+        println!("node {node_id} bootstrapped: it enrolls itself at first power-on");
+        print!("{}", cert_text(&cert));
+    }
+    Ok(0)
+}
+
 fn run_flow(args: &Args, v: &Run, node: &str) -> Result<u8, Error> {
-    let est = v.est.as_deref().map(|url| common::EstArgs {
-        url,
-        anchor: &v.est_anchor,
-        fingerprint: &v.est_ca_fingerprint,
-        user: &v.est_user,
-        password_file: &v.est_password_file,
-        cert: &v.est_cert,
-        key: &v.est_key,
-    });
-    let signer = common::signer_for(est, &v.ca_cert, &v.ca_key, v.days, &v.sign_cmd, v.sign_timeout)?;
+    let signer = flow_signer!(v);
     let pw = common::read_secret(v.password_file.as_deref(), "provisioning password")?;
     if node == "all" {
         return run_unit(args, v, signer.as_ref(), &pw);

@@ -266,6 +266,38 @@ pub struct ModuleConfig {
     pub self_signed_days: u32,
     /// Automatic renewal by iamd itself (`[modules.renew]`), if configured.
     pub renew: Option<RenewPolicy>,
+    /// The roots its chains must validate against, when not `paths.root_ca` (the factory
+    /// CA of a bootstrap identity).
+    pub root_ca: Option<PathBuf>,
+}
+
+/// Zero-touch enrollment (`[enroll]`): at first power-on a bootstrapped node enrolls every
+/// CA-signed module over EST with its bootstrap identity (see `daemon::enroll`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollConfig {
+    /// The module that holds the bootstrap (manufacturer) identity.
+    pub bootstrap: String,
+    /// The EST server and its trust anchor, unless bootstrap stored others.
+    pub url: Option<String>,
+    pub anchor: Option<PathBuf>,
+    /// Where bootstrap writes the claim token (sent as `Authorization: Bearer`), if one is given.
+    pub claim_token_file: PathBuf,
+    /// HTTP basic auth on /simpleenroll besides the bootstrap certificate, if configured.
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Attempts before quarantine; the first delay, doubling up to `max_retry`; the share of
+    /// each delay drawn at random (per mille) so that a fleet spreads out.
+    pub attempts: u32,
+    pub retry: Duration,
+    pub max_retry: Duration,
+    pub jitter: u32,
+    /// The longest one EST exchange may take.
+    pub timeout: Duration,
+    /// `host:port` of the verify step's mutual-TLS handshake (`None`: the EST server's).
+    pub verify: Option<String>,
+    /// The module whose new identity the verify step presents (default: the first
+    /// enrolled module).
+    pub verify_module: Option<String>,
 }
 
 /// When a renewal is due: a share of the certificate's lifetime, or a time before expiry.
@@ -604,6 +636,7 @@ pub struct Config {
     pub quotas: QuotaConfig,
     pub hooks: Hooks,
     pub modules: Vec<ModuleConfig>,
+    pub enroll: Option<EnrollConfig>,
 }
 
 impl Config {
@@ -1175,7 +1208,11 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
     if modules.is_empty() {
         return Err(root.err("modules", "at least one certificate module ([[modules]]) is required"));
     }
-    if root_ca.is_none() && modules.iter().any(|m| !m.self_signed && !m.skip_validation) {
+    if root_ca.is_none()
+        && modules
+            .iter()
+            .any(|m| !m.self_signed && !m.skip_validation && m.root_ca.is_none())
+    {
         return Err(root.err(
             "paths.root_ca",
             "is required when a module validates CA-signed certificates",
@@ -1202,6 +1239,14 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
             m.forbidden_ekus.push(Eku::ServerAuth);
         }
     }
+    let enroll = match root.sub("enroll")? {
+        Some(mut e) => {
+            let c = parse_enroll(&mut e, &working_dir, &modules)?;
+            e.finish()?;
+            Some(c)
+        }
+        None => None,
+    };
     root.table.remove("node");
     let rest = std::mem::take(&mut root.table);
     root.child(String::new(), rest).finish()?;
@@ -1235,6 +1280,102 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         partitions,
         identity,
         permissions,
+        enroll,
+    })
+}
+
+fn duration_or(r: &mut Reader, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+    match r.string(key)? {
+        None => Ok(default),
+        Some(t) => parse_duration(&t).filter(|d| !d.is_zero()).ok_or_else(|| {
+            r.err(
+                key,
+                format!("\"{t}\" is not a duration such as \"90s\", \"15m\", \"1h\", \"30d\""),
+            )
+        }),
+    }
+}
+
+fn parse_enroll(e: &mut Reader, working_dir: &Path, modules: &[ModuleConfig]) -> Result<EnrollConfig, ConfigError> {
+    let bootstrap = e.string("bootstrap")?.unwrap_or_else(|| "bootstrap".into());
+    let Some(b) = modules.iter().find(|m| m.id == bootstrap) else {
+        return Err(e.err(
+            "bootstrap",
+            format!("\"{bootstrap}\" names no module; the bootstrap identity needs one"),
+        ));
+    };
+    if b.self_signed || b.renew.is_some() {
+        return Err(e.err(
+            "bootstrap",
+            format!(
+                "module \"{bootstrap}\" holds the factory's certificate: it can be neither self-signed nor renewed"
+            ),
+        ));
+    }
+    if !modules.iter().any(|m| m.id != bootstrap && !m.self_signed) {
+        return Err(e.err("bootstrap", "no other module needs a CA: there is nothing to enroll"));
+    }
+    let url = e.string("url")?;
+    if let Some(u) = &url {
+        if !u.starts_with("https://") {
+            return Err(e.err("url", "must be an https:// URL"));
+        }
+    }
+    let anchor = e.path("anchor")?;
+    let claim_token_file = e
+        .path("claim_token_file")?
+        .unwrap_or_else(|| working_dir.join("claim-token"));
+    let username = e.string("username")?;
+    let password_file = e.path("password_file")?;
+    if username.is_some() != password_file.is_some() {
+        return Err(e.err("username", "username and password_file go together"));
+    }
+    let attempts = e.uint("attempts", 1000)?.map(|v| v as u32).unwrap_or(5);
+    if attempts == 0 {
+        return Err(e.err("attempts", "must be at least 1"));
+    }
+    let retry = duration_or(e, "retry", Duration::from_secs(30))?;
+    let max_retry = duration_or(e, "max_retry", Duration::from_secs(3600))?;
+    if max_retry < retry {
+        return Err(e.err("max_retry", "must not be shorter than retry"));
+    }
+    let jitter = match e.string("jitter")? {
+        None => 200,
+        Some(j) => parse_per_mille(&j)
+            .filter(|p| *p <= 500)
+            .ok_or_else(|| e.err("jitter", format!("\"{j}\" is not a share between 0% and 50%")))?,
+    };
+    let timeout = duration_or(e, "timeout", Duration::from_secs(60))?;
+    let verify = e.string("verify")?;
+    if let Some(v) = &verify {
+        if v.rsplit_once(':')
+            .and_then(|(h, p)| (!h.is_empty()).then(|| p.parse::<u16>().ok()))
+            .flatten()
+            .is_none()
+        {
+            return Err(e.err("verify", format!("\"{v}\" is not host:port")));
+        }
+    }
+    let verify_module = e.string("verify_module")?;
+    if let Some(v) = &verify_module {
+        if *v == bootstrap || !modules.iter().any(|m| m.id == *v && !m.self_signed) {
+            return Err(e.err("verify_module", format!("\"{v}\" names no module that is enrolled")));
+        }
+    }
+    Ok(EnrollConfig {
+        bootstrap,
+        url,
+        anchor,
+        claim_token_file,
+        username,
+        password_file,
+        attempts,
+        retry,
+        max_retry,
+        jitter,
+        timeout,
+        verify,
+        verify_module,
     })
 }
 
@@ -1382,6 +1523,7 @@ fn parse_module(m: &mut Reader, working_dir: &Path) -> Result<ModuleConfig, Conf
     let self_signed = m.bool("self_signed", false)?;
     let skip_validation = m.bool("skip_validation", false)?;
     let self_signed_days = m.uint("self_signed_days", 36500)?.map(|d| d as u32).unwrap_or(3650);
+    let root_ca = m.path("root_ca")?;
     let renew = match m.sub("renew")? {
         Some(mut r) => {
             let p = parse_renew(&mut r)?;
@@ -1487,6 +1629,7 @@ fn parse_module(m: &mut Reader, working_dir: &Path) -> Result<ModuleConfig, Conf
         skip_validation,
         self_signed_days,
         renew,
+        root_ca,
     })
 }
 

@@ -28,7 +28,14 @@ fn frames(version: u8) -> Vec<(String, FrameKind, String, Vec<u8>)> {
     let mut add = |what: &str, i: usize, kind: FrameKind, debug: String, frame: Vec<u8>| {
         out.push((format!("{what}-{i:02}-{}.hex", variant(&debug)), kind, debug, frame));
     };
-    for (i, r) in samples::requests().into_iter().enumerate() {
+    // Samples are appended as versions bring them; a version's hello states that version.
+    for (i, mut r) in samples::requests().into_iter().enumerate() {
+        if r.since() > version {
+            continue;
+        }
+        if let wire::Request::Hello { version: v, .. } = &mut r {
+            *v = version;
+        }
         let f = wire::encode_frame_at(
             version,
             FrameKind::Request,
@@ -40,6 +47,9 @@ fn frames(version: u8) -> Vec<(String, FrameKind, String, Vec<u8>)> {
         add("request", i, FrameKind::Request, format!("{r:?}"), f);
     }
     for (i, r) in samples::responses().into_iter().enumerate() {
+        if r.since() > version {
+            continue;
+        }
         let f = wire::encode_frame_at(version, FrameKind::Response, 1, &r, limit).unwrap();
         add("response", i, FrameKind::Response, format!("{r:?}"), f);
     }

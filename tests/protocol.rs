@@ -128,15 +128,15 @@ fn other_protocol_versions_are_refused_naming_both() {
     );
     let e: aos_iam::Error = wire::decode_body(&body).unwrap();
     assert!(
-        e.message.contains("version 7") && e.message.contains("versions 1 to 2"),
+        e.message.contains("version 7") && e.message.contains("versions 1 to 3"),
         "{e:?}"
     );
     // In the hello: a range that does not meet this side's.
     let mut s = UnixStream::connect(node.public()).unwrap();
-    let f = hello_frame(1, 3);
+    let f = hello_frame(1, 4);
     s.write_all(&f).unwrap();
-    let e = expect_error_then_close(&mut s, "the other end speaks protocol versions 3 to 3");
-    assert!(e.message.contains("this side speaks versions 1 to 2"), "{e:?}");
+    let e = expect_error_then_close(&mut s, "the other end speaks protocol versions 4 to 4");
+    assert!(e.message.contains("this side speaks versions 1 to 3"), "{e:?}");
     // A client of the release before (version 1: its own hello, in a version 1 frame) is
     // answered in version 1, and served in it.
     let mut s = UnixStream::connect(node.public()).unwrap();
@@ -157,7 +157,7 @@ fn other_protocol_versions_are_refused_naming_both() {
         .unwrap();
     let (h, _) = read_frame(&mut s).unwrap();
     assert_eq!((h.kind, h.id, h.version), (FrameKind::Response, 2, 1));
-    // This build's client agrees on version 2.
+    // A client of version 2 (the release before enrollment) is served in version 2.
     let mut s = UnixStream::connect(node.public()).unwrap();
     s.write_all(
         &wire::encode_frame(

@@ -218,7 +218,7 @@ impl CertModules {
         })?;
 
         if !m.config.skip_validation {
-            let roots = read_roots(config)?;
+            let roots = module_roots(config, &m.config)?;
             x509::validate_chain(&chain, &roots, &m.config.extended_key_usage, UnixTime::now())
                 .map_err(|e| e.context(format!("module {cert_type}")))?;
         }
@@ -385,12 +385,15 @@ impl CertModules {
             ));
             discard.push((p.cert_type.clone(), p.key_id));
         }
-        if let Ok(roots) = read_roots(config) {
+        {
             for m in self
                 .modules
                 .iter()
                 .filter(|m| !m.config.self_signed && !m.config.skip_validation)
             {
+                let Ok(roots) = module_roots(config, &m.config) else {
+                    continue;
+                };
                 let current = self.current(&snap, m.id()).map(|c| c.key_id);
                 for r in snap
                     .certs
@@ -458,6 +461,7 @@ impl CertModules {
         });
         let identity = crate::link::tls::Identity {
             cert_der: der.clone(),
+            intermediates: r.intermediates.clone(),
             algorithm: m.config.algorithm,
             signer,
         };
@@ -499,10 +503,10 @@ impl CertModules {
     /// included; self-signed modules: their period only), and its objects in the store.
     pub fn check(&self, db: &Db, config: &Config) -> Result<Vec<CertCheck>> {
         let snap = db.snapshot()?;
-        let roots = read_roots(config);
         let at = now();
         let mut out = Vec::new();
         for m in &self.modules {
+            let roots = module_roots(config, &m.config);
             let current = self.current(&snap, m.id()).map(|c| c.key_id);
             for r in snap.certs.iter().filter(|r| r.cert_type == m.id()) {
                 let key_present = m.store.public_key(m.id(), &r.key_id)?.is_some();
@@ -550,6 +554,15 @@ impl CertModules {
             }
         }
         Ok(out)
+    }
+}
+
+/// The roots a module's chains validate against: its own `root_ca` (a bootstrap identity's
+/// factory CA), else the node's.
+pub fn module_roots(config: &Config, m: &ModuleConfig) -> Result<Vec<CertificateDer<'static>>> {
+    match &m.root_ca {
+        Some(path) => x509::read_certs(path, &format!("root CA of module {}", m.id)),
+        None => read_roots(config),
     }
 }
 

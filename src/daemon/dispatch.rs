@@ -105,6 +105,23 @@ pub(super) fn handle(shared: &Shared, request: Request) -> Result<Response> {
             // The main node starts over: nodes whose links are down are forgotten.
             shared.nodes.forget_disconnected(&prov.db).map(|_| Response::Done)
         }),
+        Request::FinishBootstrap {
+            node_id,
+            password,
+            est_url,
+            anchor_pem,
+            claim_token,
+        } => prov
+            .finish_bootstrap(&node_id, &password, &est_url, &anchor_pem, &claim_token)
+            .map(|_| Response::Done),
+        Request::ReleaseQuarantine { node_id, password } => prov.release_quarantine(&node_id, &password).map(|_| {
+            let _ = shared.enroll_wake.0.try_send(());
+            Response::Done
+        }),
+        Request::GetEnrollmentStatus { node_id } => {
+            prov.check_node_id(&node_id)?;
+            crate::daemon::enroll::status(prov).map(Response::Enrollment)
+        }
         Request::PauseNode { node_id } => prov.pause(&node_id).map(|_| Response::Done),
         Request::ResumeNode { node_id } => prov.resume(&node_id).map(|_| Response::Done),
         Request::RegisterInstance { instance, permissions } => shared

@@ -14,6 +14,7 @@ mod tasks;
 
 pub mod broadcast;
 pub mod certs;
+pub mod enroll;
 pub mod guesses;
 pub mod identity;
 pub mod node_info;
@@ -77,6 +78,8 @@ struct Shared {
     quotas: Arc<Quotas>,
     /// Wrong passwords, per uid.
     guesses: crate::daemon::guesses::Guesses,
+    /// Wakes the enrollment task (a quarantine released).
+    enroll_wake: (smol::channel::Sender<()>, smol::channel::Receiver<()>),
 }
 
 /// A certificate by its issuer (DER) and serial.
@@ -167,6 +170,7 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
         current_certs: Default::default(),
         quotas: Quotas::new(config.quotas.clone(), config.max_connections),
         guesses: Default::default(),
+        enroll_wake: smol::channel::bounded(1),
     });
     shared.publish_cert_changes();
 
@@ -220,6 +224,7 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
         let c = EXECUTOR.spawn(watch_identity(shared.clone(), signals.reload));
         let d = EXECUTOR.spawn(reconcile_periodically(shared.clone()));
         let e = EXECUTOR.spawn(renew_when_due(shared.clone()));
+        let f = EXECUTOR.spawn(enroll_when_due(shared.clone()));
         let links: Vec<_> = link_listeners
             .into_iter()
             .map(|(addr, l)| EXECUTOR.spawn(accept_links(addr, l, shared.clone())))
@@ -229,7 +234,7 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
             .recv()
             .await
             .unwrap_or_else(|_| "signal thread ended".into());
-        drop((a, b, c, d, e, links));
+        drop((a, b, c, d, e, f, links));
         why
     }));
     let _ = crate::sys::notify::notify("STOPPING=1");

@@ -127,24 +127,34 @@ impl Provisioning {
     }
 
     /// Reconcile the database with the stores (see [`CertModules::reconcile`]) while the
-    /// node has keys: provisioning, provisioned or paused. Every finding is logged.
+    /// node has keys: provisioning, provisioned or paused, or bootstrapped for enrollment.
+    /// Every finding is logged.
     pub fn reconcile(&self) -> Result<Vec<String>> {
         let _g = crate::sys::lock(&self.lock);
+        let snap = self.db.snapshot()?;
         if !matches!(
-            self.db.snapshot()?.state(),
+            snap.state(),
             NodeState::Provisioning | NodeState::Provisioned | NodeState::Paused
-        ) {
+        ) && snap.enrollment.is_none()
+        {
             return Ok(Vec::new());
         }
-        // A renewal waiting for its CA keeps its key and CSR, however long it waits.
+        let key_of = |s: &crate::store::records::Step| match s {
+            crate::store::records::Step::KeyCreated { key_id, .. }
+            | crate::store::records::Step::Obtained { key_id, .. } => *key_id,
+        };
+        // A renewal waiting for its CA keeps its key and CSR, however long it waits; so
+        // does an enrollment waiting for its next attempt.
         let renewing: Vec<_> = self
             .db
             .renewals()?
             .iter()
-            .map(|(_, r)| match &r.step {
-                crate::store::records::Step::KeyCreated { key_id, .. }
-                | crate::store::records::Step::Obtained { key_id, .. } => *key_id,
-            })
+            .map(|(_, r)| key_of(&r.step))
+            .chain(
+                snap.enrollment
+                    .iter()
+                    .filter_map(|e| e.current.as_ref().map(|(_, s)| key_of(s))),
+            )
             .collect();
         let report = self.modules.reconcile(
             &self.db,
@@ -163,6 +173,10 @@ impl Provisioning {
 
     pub fn state(&self) -> Result<NodeState> {
         Ok(self.db.snapshot()?.state())
+    }
+
+    pub fn check_node_id(&self, node_id: &str) -> Result<()> {
+        self.check_node(node_id)
     }
 
     fn check_node(&self, node_id: &str) -> Result<()> {
@@ -226,6 +240,15 @@ impl Provisioning {
             "{what} failed ({}): {}",
             done.status, done.stderr
         )))
+    }
+
+    /// The finish hook, as FinishProvisioning runs it (enrollment's last step).
+    pub(crate) fn hook_finish(&self) -> Result<()> {
+        self.hook("finish", &self.config.hooks.finish)
+    }
+
+    pub(crate) fn write_marker_file(&self) -> Result<()> {
+        self.write_marker()
     }
 
     fn write_marker(&self) -> Result<()> {
@@ -370,6 +393,129 @@ impl Provisioning {
         Ok(())
     }
 
+    /// FinishBootstrap: the factory half of enrollment is done. The bootstrap identity and the
+    /// self-signed certificates are in place, no enrolled module has a certificate yet; the
+    /// enrollment settings are stored, the claim token written for iamd alone, and the node is
+    /// `unprovisioned`, ready to ship.
+    pub fn finish_bootstrap(
+        &self,
+        node_id: &str,
+        password: &Secret,
+        est_url: &str,
+        anchor_pem: &str,
+        claim_token: &Secret,
+    ) -> Result<()> {
+        self.check_node(node_id)?;
+        self.require_mode("FinishBootstrap")?;
+        let Some(cfg) = &self.config.enroll else {
+            return Err(Error::wrong_state(
+                "FinishBootstrap: iamd has no [enroll] in its configuration; this node is provisioned by the factory flow",
+            ));
+        };
+        let _g = crate::sys::lock(&self.lock);
+        let snap = self.db.snapshot()?;
+        if snap.state() != NodeState::Provisioning {
+            return Err(Error::wrong_state(format!(
+                "FinishBootstrap: the node is {}; start provisioning first",
+                snap.state().name()
+            )));
+        }
+        self.verify(password)?;
+        if self.modules.current(&snap, &cfg.bootstrap).is_none() {
+            return Err(Error::wrong_state(format!(
+                "FinishBootstrap: module {} has no bootstrap certificate yet (CreateKey and ApplyCert it first)",
+                cfg.bootstrap
+            )));
+        }
+        let enrolled: Vec<&str> = crate::daemon::enroll::enrolled_modules(self, cfg)
+            .filter(|t| snap.certs.iter().any(|c| c.cert_type == *t))
+            .collect();
+        if !enrolled.is_empty() {
+            return Err(Error::wrong_state(format!(
+                "FinishBootstrap: {} already ha{} a certificate; a bootstrapped node gets its own on site (Deprovision to start over)",
+                enrolled.join(", "),
+                if enrolled.len() == 1 { "s" } else { "ve" }
+            )));
+        }
+        if !est_url.is_empty() {
+            crate::pki::est::EstClient::new(est_url, &[], crate::link::tls::ClientAuth::None, None)
+                .map_err(|e| e.context("FinishBootstrap: the EST URL"))?;
+        } else if cfg.url.is_none() {
+            return Err(Error::invalid(
+                "FinishBootstrap: no EST URL given, and [enroll] url is not configured",
+            ));
+        }
+        if !anchor_pem.is_empty() {
+            crate::pki::x509::parse_chain_pem(anchor_pem)
+                .map_err(|e| e.context("FinishBootstrap: the EST trust anchor"))?;
+        } else if cfg.anchor.is_none() {
+            return Err(Error::invalid(
+                "FinishBootstrap: no EST trust anchor given, and [enroll] anchor is not configured",
+            ));
+        }
+        let token_file = &cfg.claim_token_file;
+        if claim_token.is_empty() {
+            crate::store::atomic_file::remove(token_file)
+                .map_err(|e| Error::internal(format!("cannot remove {}: {e}", token_file.display())))?;
+        } else {
+            crate::store::atomic_file::write(token_file, claim_token.expose().as_bytes(), 0o600).map_err(|e| {
+                Error::internal(format!(
+                    "cannot write the claim token file {}: {e}",
+                    token_file.display()
+                ))
+            })?;
+        }
+        let e = crate::store::db::Enrollment {
+            state: crate::store::db::StoredEnrollState::Unprovisioned,
+            url: est_url.to_string(),
+            anchor_pem: anchor_pem.to_string(),
+            current: None,
+            enrolled: Vec::new(),
+            failures: 0,
+            next_try: 0,
+            last_error: String::new(),
+            reason: String::new(),
+            since: crate::sys::now(),
+        };
+        self.db.set_enrollment(&e, Some(NodeState::Unprovisioned))?;
+        crate::log_notice!("bootstrapped: the node enrolls itself at its next start outside provisioning mode");
+        Ok(())
+    }
+
+    /// ReleaseQuarantine: a quarantined node tries to enroll again, its attempts counted anew.
+    pub fn release_quarantine(&self, node_id: &str, password: &Secret) -> Result<()> {
+        self.check_node(node_id)?;
+        self.verify_quarantine_password(password)?;
+        let _g = crate::sys::lock(&self.lock);
+        let snap = self.db.snapshot()?;
+        let Some(mut e) = snap.enrollment else {
+            return Err(Error::wrong_state(
+                "ReleaseQuarantine: the node was not bootstrapped for enrollment",
+            ));
+        };
+        if e.state != crate::store::db::StoredEnrollState::Quarantined {
+            return Err(Error::wrong_state(format!(
+                "ReleaseQuarantine: the node is not quarantined (it is {})",
+                crate::proto::wire::EnrollState::from(e.state).name()
+            )));
+        }
+        crate::log_notice!("enrollment: released from quarantine ({}); enrolling again", e.reason);
+        e.state = crate::store::db::StoredEnrollState::Enrolling;
+        e.failures = 0;
+        e.next_try = crate::sys::now();
+        e.reason.clear();
+        e.since = crate::sys::now();
+        self.db.set_enrollment(&e, Some(NodeState::Provisioning))
+    }
+
+    fn verify_quarantine_password(&self, password: &Secret) -> Result<()> {
+        if self.verify(password)? {
+            Ok(())
+        } else {
+            Err(Error::wrong_state("ReleaseQuarantine: no provisioning password is set"))
+        }
+    }
+
     /// PauseNode: a provisioned node is paused (persisted); pausing a paused node is done.
     pub fn pause(&self, node_id: &str) -> Result<()> {
         self.set_paused(node_id, true)
@@ -417,7 +563,16 @@ impl Provisioning {
             partitions: crate::daemon::node_info::partitions(&self.config.partitions),
             os_name,
             os_version,
-            attributes: self.config.attributes.clone(),
+            attributes: {
+                let mut a = self.config.attributes.clone();
+                if let Some(e) = self.db.snapshot()?.enrollment {
+                    a.push((
+                        crate::daemon::enroll::STATE_ATTRIBUTE.into(),
+                        crate::proto::wire::EnrollState::from(e.state).name().into(),
+                    ));
+                }
+                a
+            },
             connected: true,
         })
     }

@@ -62,6 +62,52 @@ pub(super) async fn renew_when_due(shared: Arc<Shared>) {
     }
 }
 
+/// Longest sleep of the enrollment task (ReleaseQuarantine wakes it at once).
+pub(super) const ENROLL_POLL_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Take a bootstrapped node through its enrollment (see [`crate::daemon::enroll`]),
+/// reporting each transition to node subscribers and each certificate applied.
+pub(super) async fn enroll_when_due(shared: Arc<Shared>) {
+    if shared.prov.config.enroll.is_none() || shared.provisioning_mode {
+        return;
+    }
+    loop {
+        let s = shared.clone();
+        let wait = match blocking::unblock(move || crate::daemon::enroll::run_due(&s.prov)).await {
+            Ok(pass) => {
+                if pass.applied {
+                    shared.publish_cert_changes();
+                }
+                if pass.transitions {
+                    match shared.prov.node_info("") {
+                        Ok(info) => shared.nodes.events.send(info),
+                        Err(e) => crate::log_warn!("node info for subscribers: {e}"),
+                    }
+                }
+                let now = crate::sys::now();
+                std::time::Duration::from_secs((pass.next - now).clamp(0, ENROLL_POLL_MAX.as_secs() as i64) as u64)
+            }
+            Err(e) => {
+                crate::log_error!("enrollment: {e}");
+                ENROLL_POLL_MAX
+            }
+        };
+        if wait.is_zero() {
+            continue;
+        }
+        let wake = shared.enroll_wake.1.clone();
+        smol::future::or(
+            async {
+                smol::Timer::after(wait).await;
+            },
+            async {
+                let _ = wake.recv().await;
+            },
+        )
+        .await;
+    }
+}
+
 /// Check the identity files on SIGHUP and every poll interval; push changed subjects.
 pub(super) async fn watch_identity(shared: Arc<Shared>, reload: smol::channel::Receiver<()>) {
     let interval = shared.prov.config.identity.poll_interval;

@@ -524,6 +524,7 @@ async fn connect_tls(
     let roots = crate::pki::x509::read_certs(root_ca, "root CA")?;
     let identity = crate::link::tls::Identity {
         cert_der,
+        intermediates: Vec::new(),
         algorithm,
         signer: Arc::new(LocalSigner {
             socket: opts.local_socket.clone(),

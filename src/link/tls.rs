@@ -28,6 +28,8 @@ pub trait IdentitySigner: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub cert_der: Vec<u8>,
+    /// Certificates between the leaf and its root, sent after it (a manufacturer chain).
+    pub intermediates: Vec<Vec<u8>>,
     pub algorithm: Algorithm,
     pub signer: Arc<dyn IdentitySigner>,
 }
@@ -92,10 +94,11 @@ fn certified_key(identity: &Identity) -> Result<Arc<CertifiedKey>> {
         scheme: scheme(identity.algorithm)?,
         signer: identity.signer.clone(),
     };
-    Ok(Arc::new(CertifiedKey::new(
-        vec![CertificateDer::from(identity.cert_der.clone())],
-        Arc::new(key),
-    )))
+    let chain = std::iter::once(&identity.cert_der)
+        .chain(&identity.intermediates)
+        .map(|c| CertificateDer::from(c.clone()))
+        .collect();
+    Ok(Arc::new(CertifiedKey::new(chain, Arc::new(key))))
 }
 
 fn tls_error(what: &str, e: rustls::Error) -> Error {
@@ -480,5 +483,100 @@ mod tests {
             scheme(Algorithm::EcdsaP384).unwrap(),
             SignatureScheme::ECDSA_NISTP384_SHA384
         );
+    }
+}
+
+/// Presents one identity and records whether the server asked for a client certificate.
+#[derive(Debug)]
+struct Asked {
+    key: Arc<CertifiedKey>,
+    asked: std::sync::atomic::AtomicBool,
+}
+
+impl rustls::client::ResolvesClientCert for Asked {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.asked.store(true, std::sync::atomic::Ordering::SeqCst);
+        Some(self.key.clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The enrollment's verify step: a mutual-TLS handshake with `identity` to `host:port`,
+/// the server checked against `anchors`. It passes only if the server asked for a client
+/// certificate and did not refuse this one (an alert at any point, during the handshake or
+/// after it, as a TLS 1.3 server sends it, fails the step).
+pub fn verify_client_identity(
+    host: &str,
+    port: u16,
+    anchors: &[CertificateDer<'static>],
+    identity: &Identity,
+    timeout: std::time::Duration,
+) -> Result<()> {
+    use std::io::Read;
+    let addr = format!("{host}:{port}");
+    let mut store = rustls::RootCertStore::empty();
+    for a in anchors {
+        store
+            .add(a.clone())
+            .map_err(|e| Error::validation("BadRoot", format!("verify step trust anchor: {e}")))?;
+    }
+    let resolver = Arc::new(Asked {
+        key: certified_key(identity)?,
+        asked: Default::default(),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions())
+        .map_err(|e| tls_error("TLS client", e))?
+        .with_root_certificates(store)
+        .with_client_cert_resolver(resolver.clone());
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|_| Error::invalid(format!("verify step: \"{host}\" is not a valid host name")))?;
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| tls_error("TLS client", e))?;
+    let deadline = std::time::Instant::now() + timeout;
+    let sock = std::net::ToSocketAddrs::to_socket_addrs(&addr)
+        .map_err(|e| Error::unavailable(format!("verify step: cannot resolve {addr}: {e}")))?
+        .next()
+        .ok_or_else(|| Error::unavailable(format!("verify step: {addr} has no address")))?;
+    let mut tcp = std::net::TcpStream::connect_timeout(&sock, timeout)
+        .map_err(|e| Error::unavailable(format!("verify step: cannot reach {addr}: {e}")))?;
+    let left = || {
+        deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .max(std::time::Duration::from_millis(1))
+    };
+    let failed = |e: std::io::Error| {
+        let kind = match e.kind() {
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => ErrorKind::Timeout,
+            _ if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) => ErrorKind::Unauthorized,
+            _ => ErrorKind::Unavailable,
+        };
+        Error::new(kind, format!("verify step: mutual TLS with {addr}: {e}"))
+    };
+    while conn.is_handshaking() {
+        let _ = tcp.set_read_timeout(Some(left()));
+        let _ = tcp.set_write_timeout(Some(left()));
+        conn.complete_io(&mut tcp).map_err(failed)?;
+    }
+    if !resolver.asked.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(Error::validation(
+            "NotVerified",
+            format!("verify step: {addr} did not ask for a client certificate, so it cannot verify the new identity"),
+        ));
+    }
+    // The server's verdict on the certificate may come after the client's Finished (TLS
+    // 1.3): say goodbye and read until the server closes, an alert failing the step.
+    conn.send_close_notify();
+    let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+    let mut sink = [0u8; 512];
+    loop {
+        let _ = tls.sock.set_read_timeout(Some(left()));
+        match tls.read(&mut sink) {
+            Ok(0) => return Ok(()),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(failed(e)),
+        }
     }
 }

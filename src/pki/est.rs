@@ -27,6 +27,8 @@ pub struct EstClient {
     path: String,
     tls: Arc<rustls::ClientConfig>,
     basic: Option<(String, Secret)>,
+    /// A claim token, sent as `Authorization: Bearer` (in place of basic auth).
+    bearer: Option<Secret>,
     timeout: Duration,
 }
 
@@ -95,6 +97,7 @@ impl EstClient {
             path,
             tls: crate::link::tls::est_client_config(anchors, auth)?,
             basic,
+            bearer: None,
             timeout: DEFAULT_TIMEOUT,
         })
     }
@@ -117,6 +120,7 @@ impl EstClient {
             path,
             tls,
             basic: None,
+            bearer: None,
             timeout: DEFAULT_TIMEOUT,
         };
         let offered = provisional
@@ -154,6 +158,18 @@ impl EstClient {
     pub fn with_timeout(mut self, timeout: Duration) -> EstClient {
         self.timeout = timeout;
         self
+    }
+
+    /// Authenticate with a claim token (`Authorization: Bearer`, as libest's token
+    /// authentication reads it) instead of basic auth.
+    pub fn with_bearer(mut self, token: Secret) -> EstClient {
+        self.bearer = Some(token);
+        self
+    }
+
+    /// `host:port` of the server.
+    pub fn authority(&self) -> (&str, u16) {
+        (&self.host, self.port)
     }
 
     /// `/cacerts`: the CA certificates the server distributes.
@@ -285,7 +301,9 @@ impl EstClient {
             "{method} {}/{op} HTTP/1.1\r\nHost: {}:{}\r\nAccept: application/pkcs7-mime\r\nConnection: close\r\n",
             self.path, self.host, self.port
         );
-        if let Some((user, password)) = &self.basic {
+        if let Some(token) = &self.bearer {
+            head.push_str(&format!("Authorization: Bearer {}\r\n", token.expose()));
+        } else if let Some((user, password)) = &self.basic {
             let pair = zeroize::Zeroizing::new(format!("{user}:{}", password.expose()));
             head.push_str(&format!(
                 "Authorization: Basic {}\r\n",

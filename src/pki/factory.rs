@@ -141,6 +141,91 @@ fn prepare(
     Ok(applied)
 }
 
+/// What the factory half of zero-touch enrollment installs besides the bootstrap identity.
+pub struct BootstrapOptions<'a> {
+    /// The module of the bootstrap identity (`[enroll] bootstrap` of the node).
+    pub bootstrap_type: &'a str,
+    /// The EST server and its trust anchor (PEM) the node enrolls with on site; empty:
+    /// those of the node's `[enroll]`.
+    pub est_url: &'a str,
+    pub anchor_pem: &'a str,
+    /// Empty: none.
+    pub claim_token: &'a Secret,
+}
+
+/// `iam-provision bootstrap`: start, the bootstrap key and its manufacturer certificate
+/// signed by the factory CA, then FinishBootstrap; the node is left `unprovisioned`, ready
+/// to ship. Run again after an interruption, a node whose bootstrap certificate is applied
+/// is only finished.
+pub fn bootstrap(
+    client: &mut Client,
+    signer: &dyn CsrSigner,
+    opts: &RunOptions,
+    b: &BootstrapOptions,
+    progress: &mut dyn FnMut(&Step),
+) -> Result<CertInfo> {
+    let node_id = if opts.node_id.is_empty() {
+        client.server_node_id.clone()
+    } else {
+        opts.node_id.to_string()
+    };
+    let status = client.status(&node_id)?;
+    let state = status.state;
+    if matches!(state, NodeState::Provisioned | NodeState::Paused | NodeState::Error) && !opts.deprovision_first {
+        return Err(Error::wrong_state(format!(
+            "node \"{node_id}\" is {}; pass --deprovision-first to bootstrap it again",
+            state.name()
+        )));
+    }
+    let applied = state == NodeState::Provisioning
+        && status
+            .modules
+            .iter()
+            .any(|m| m.cert_type == b.bootstrap_type && m.certificates > 0);
+    let cert = if applied && !opts.deprovision_first {
+        progress(&Step {
+            name: format!("resuming: {} already applied", b.bootstrap_type),
+            done: true,
+        });
+        client
+            .list_certs(&node_id)?
+            .into_iter()
+            .find(|c| c.cert_type == b.bootstrap_type && c.current)
+            .ok_or_else(|| Error::internal("the applied bootstrap certificate is not listed"))?
+    } else {
+        if opts.deprovision_first && state != NodeState::Unprovisioned {
+            step(progress, "Deprovision".into(), &mut || {
+                client.deprovision(&node_id, opts.password)
+            })?;
+        }
+        step(progress, "StartProvisioning".into(), &mut || {
+            client.start_provisioning(&node_id, opts.password)
+        })?;
+        let t = b.bootstrap_type;
+        let mut csr = String::new();
+        let subject = subject_for(opts.subject_template, &node_id, t);
+        step(progress, format!("CreateKey {t}"), &mut || {
+            csr = client.create_key(&node_id, t, &subject, opts.password)?;
+            Ok(())
+        })?;
+        let mut chain = String::new();
+        step(progress, format!("Sign {t}"), &mut || {
+            chain = signer.sign(t, &csr)?;
+            Ok(())
+        })?;
+        let mut cert = None;
+        step(progress, format!("ApplyCert {t}"), &mut || {
+            cert = Some(client.apply_cert(&node_id, t, &chain)?);
+            Ok(())
+        })?;
+        cert.ok_or_else(|| Error::internal("ApplyCert gave nothing"))?
+    };
+    step(progress, "FinishBootstrap".into(), &mut || {
+        client.finish_bootstrap(&node_id, opts.password, b.est_url, b.anchor_pem, b.claim_token)
+    })?;
+    Ok(cert)
+}
+
 fn finish(client: &mut Client, opts: &RunOptions, node_id: &str, progress: &mut dyn FnMut(&Step)) -> Result<()> {
     step(progress, "FinishProvisioning".into(), &mut || {
         client.finish_provisioning(node_id, opts.password)

@@ -332,6 +332,41 @@ impl Client {
         })
     }
 
+    /// FinishBootstrap: the factory half of enrollment is done (empty URL, anchor and
+    /// token: the node's configuration's, and no claim token).
+    pub fn finish_bootstrap(
+        &mut self,
+        node_id: &str,
+        password: &Secret,
+        est_url: &str,
+        anchor_pem: &str,
+        claim_token: &Secret,
+    ) -> Result<()> {
+        self.done(Request::FinishBootstrap {
+            node_id: node_id.into(),
+            password: password.clone(),
+            est_url: est_url.into(),
+            anchor_pem: anchor_pem.into(),
+            claim_token: claim_token.clone(),
+        })
+    }
+
+    pub fn release_quarantine(&mut self, node_id: &str, password: &Secret) -> Result<()> {
+        self.done(Request::ReleaseQuarantine {
+            node_id: node_id.into(),
+            password: password.clone(),
+        })
+    }
+
+    pub fn enrollment_status(&mut self, node_id: &str) -> Result<crate::proto::wire::EnrollmentStatus> {
+        match self.call(Request::GetEnrollmentStatus {
+            node_id: node_id.into(),
+        })? {
+            Response::Enrollment(s) => Ok(s),
+            r => Err(unexpected("GetEnrollmentStatus", r)),
+        }
+    }
+
     /// ForgetNode, on the main node: the node leaves the registry.
     pub fn forget_node(&mut self, node_id: &str) -> Result<()> {
         self.done(Request::ForgetNode {

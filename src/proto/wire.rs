@@ -30,6 +30,8 @@ pub const MAX_SIGNED_LEN: usize = 4096;
 pub const MAX_SERVERS: usize = 64;
 pub const MAX_ENTRIES: usize = 64;
 pub const MAX_VALUE_LEN: usize = 256;
+/// Longest EST trust anchor (PEM, a small bundle) FinishBootstrap carries.
+pub const MAX_ANCHOR_LEN: usize = 32 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -535,6 +537,25 @@ pub enum Request {
     ForgetNode {
         node_id: String,
     },
+    /// Factory, version 3: the bootstrap identity is applied; store the enrollment settings
+    /// (EST URL and trust anchor, empty for the configuration's; the claim token, empty for
+    /// none) and leave the node `unprovisioned`, ready to enroll itself on site.
+    FinishBootstrap {
+        node_id: String,
+        password: Secret,
+        est_url: String,
+        anchor_pem: String,
+        claim_token: Secret,
+    },
+    /// Version 3: a quarantined node may try to enroll again.
+    ReleaseQuarantine {
+        node_id: String,
+        password: Secret,
+    },
+    /// Version 3: the enrollment state machine of a node (see `EnrollmentStatus`).
+    GetEnrollmentStatus {
+        node_id: String,
+    },
 }
 
 /// Nodes of a unit whose info one link may report: CPUs, partitions and attributes.
@@ -545,7 +566,12 @@ impl Request {
     /// The protocol version that brought this request: a peer of an older version is never
     /// sent it (every request of version 2 was in version 1; a later one says so here).
     pub fn since(&self) -> u8 {
-        1
+        match self {
+            Request::FinishBootstrap { .. }
+            | Request::ReleaseQuarantine { .. }
+            | Request::GetEnrollmentStatus { .. } => 3,
+            _ => 1,
+        }
     }
 
     pub fn name(&self) -> &'static str {
@@ -579,6 +605,9 @@ impl Request {
             Request::RegisterNode { .. } => "RegisterNode",
             Request::NodeInfoChanged { .. } => "NodeInfoChanged",
             Request::ForgetNode { .. } => "ForgetNode",
+            Request::FinishBootstrap { .. } => "FinishBootstrap",
+            Request::ReleaseQuarantine { .. } => "ReleaseQuarantine",
+            Request::GetEnrollmentStatus { .. } => "GetEnrollmentStatus",
         }
     }
 
@@ -597,7 +626,10 @@ impl Request {
             | Request::FinishProvisioning { node_id, .. }
             | Request::Deprovision { node_id, .. }
             | Request::PauseNode { node_id }
-            | Request::ResumeNode { node_id } => Some(node_id),
+            | Request::ResumeNode { node_id }
+            | Request::FinishBootstrap { node_id, .. }
+            | Request::ReleaseQuarantine { node_id, .. }
+            | Request::GetEnrollmentStatus { node_id } => Some(node_id),
             _ => None,
         }
     }
@@ -607,7 +639,10 @@ impl Request {
     pub fn is_long(&self) -> bool {
         matches!(
             self,
-            Request::StartProvisioning { .. } | Request::FinishProvisioning { .. } | Request::Deprovision { .. }
+            Request::StartProvisioning { .. }
+                | Request::FinishProvisioning { .. }
+                | Request::Deprovision { .. }
+                | Request::FinishBootstrap { .. }
         )
     }
 
@@ -635,6 +670,8 @@ impl Request {
                 | Request::Deprovision { .. }
                 | Request::PauseNode { .. }
                 | Request::ResumeNode { .. }
+                | Request::FinishBootstrap { .. }
+                | Request::ReleaseQuarantine { .. }
         )
     }
 
@@ -646,6 +683,8 @@ impl Request {
                 | Request::CreateKey { .. }
                 | Request::FinishProvisioning { .. }
                 | Request::Deprovision { .. }
+                | Request::FinishBootstrap { .. }
+                | Request::ReleaseQuarantine { .. }
         )
     }
 
@@ -655,7 +694,9 @@ impl Request {
             Request::StartProvisioning { password, .. }
             | Request::CreateKey { password, .. }
             | Request::FinishProvisioning { password, .. }
-            | Request::Deprovision { password, .. } => Some(password),
+            | Request::Deprovision { password, .. }
+            | Request::FinishBootstrap { password, .. }
+            | Request::ReleaseQuarantine { password, .. } => Some(password),
             _ => None,
         }
     }
@@ -680,6 +721,9 @@ impl Request {
                 | Request::GetLinkIdentity
                 | Request::SignWithLinkIdentity { .. }
                 | Request::ForgetNode { .. }
+                | Request::FinishBootstrap { .. }
+                | Request::ReleaseQuarantine { .. }
+                | Request::GetEnrollmentStatus { .. }
         )
     }
 
@@ -742,7 +786,8 @@ impl Request {
             | Request::ListCerts { node_id }
             | Request::CheckCerts { node_id }
             | Request::GetProvisioningStatus { node_id }
-            | Request::GetCertTypes { node_id } => max("node_id", node_id.len(), MAX_NAME_LEN),
+            | Request::GetCertTypes { node_id }
+            | Request::GetEnrollmentStatus { node_id } => max("node_id", node_id.len(), MAX_NAME_LEN),
             Request::GetCert {
                 cert_type,
                 issuer,
@@ -754,9 +799,23 @@ impl Request {
             }
             Request::StartProvisioning { node_id, password }
             | Request::FinishProvisioning { node_id, password }
-            | Request::Deprovision { node_id, password } => {
+            | Request::Deprovision { node_id, password }
+            | Request::ReleaseQuarantine { node_id, password } => {
                 max("node_id", node_id.len(), MAX_NAME_LEN)?;
                 max("password", password.expose().len(), MAX_PASSWORD_LEN)
+            }
+            Request::FinishBootstrap {
+                node_id,
+                password,
+                est_url,
+                anchor_pem,
+                claim_token,
+            } => {
+                max("node_id", node_id.len(), MAX_NAME_LEN)?;
+                max("password", password.expose().len(), MAX_PASSWORD_LEN)?;
+                max("est_url", est_url.len(), MAX_SUBJECT_LEN)?;
+                max("anchor_pem", anchor_pem.len(), MAX_ANCHOR_LEN)?;
+                max("claim_token", claim_token.expose().len(), MAX_PASSWORD_LEN)
             }
             Request::CreateKey {
                 node_id,
@@ -1012,6 +1071,65 @@ pub enum Response {
     },
     Signature(Vec<u8>),
     CertChecks(#[serde(deserialize_with = "growing_list")] Vec<CertCheck>),
+    /// Version 3: the answer to GetEnrollmentStatus.
+    Enrollment(EnrollmentStatus),
+}
+
+impl Response {
+    /// The protocol version that brought this answer (a request of that version asks for it).
+    pub fn since(&self) -> u8 {
+        match self {
+            Response::Enrollment(_) => 3,
+            _ => 1,
+        }
+    }
+}
+
+/// The enrollment state machine of a node (docs/ARCHITECTURE.md §5b):
+/// `unprovisioned → enrolling → provisioned → operational`, and `quarantined`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnrollState {
+    /// No enrollment configured or bootstrapped: the node is provisioned by a factory script.
+    NotConfigured,
+    Unprovisioned,
+    Enrolling,
+    Provisioned,
+    Operational,
+    Quarantined,
+}
+
+impl EnrollState {
+    pub fn name(self) -> &'static str {
+        match self {
+            EnrollState::NotConfigured => "not-configured",
+            EnrollState::Unprovisioned => "unprovisioned",
+            EnrollState::Enrolling => "enrolling",
+            EnrollState::Provisioned => "provisioned",
+            EnrollState::Operational => "operational",
+            EnrollState::Quarantined => "quarantined",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentStatus {
+    pub node_id: String,
+    pub state: EnrollState,
+    /// The step in progress or last done, for humans (`enroll online: certificate obtained`).
+    pub step: String,
+    /// Failed attempts since enrollment began (or was released), and how many are allowed.
+    pub attempts: u32,
+    pub max_attempts: u32,
+    /// When the next attempt is due (seconds since the Unix epoch; 0: none is planned).
+    pub next_attempt: i64,
+    pub last_error: String,
+    /// Why the node is quarantined (empty otherwise).
+    pub reason: String,
+    /// When the state was entered (seconds since the Unix epoch).
+    pub since: i64,
+    /// The certificate types enrolled so far.
+    #[serde(deserialize_with = "growing_list")]
+    pub enrolled: Vec<String>,
 }
 
 #[cfg(test)]
@@ -1042,13 +1160,13 @@ mod tests {
     #[test]
     fn other_version_is_refused_naming_both() {
         let mut b = header_bytes();
-        for v in [0, 3, 255] {
+        for v in [0, 4, 255] {
             b[4] = v;
             let e = Header::decode(&b, DEFAULT_BODY_LIMIT).unwrap_err();
             assert_eq!(e, FrameError::UnsupportedVersion { got: v, id: 7 });
-            assert!(e.to_string().contains(&format!("version {v}")) && e.to_string().contains("versions 1 to 2"));
+            assert!(e.to_string().contains(&format!("version {v}")) && e.to_string().contains("versions 1 to 3"));
         }
-        for v in [1, 2] {
+        for v in [1, 2, 3] {
             b[4] = v;
             assert_eq!(Header::decode(&b, DEFAULT_BODY_LIMIT).unwrap().version, v);
         }
@@ -1058,11 +1176,11 @@ mod tests {
     fn two_sides_agree_on_the_newest_version_both_speak_or_name_both_ranges() {
         assert_eq!(agree(1, 1).unwrap(), 1);
         assert_eq!(agree(1, 2).unwrap(), 2);
-        assert_eq!(agree(1, 9).unwrap(), 2);
-        assert_eq!(agree(2, 9).unwrap(), 2);
-        let e = agree(3, 4).unwrap_err();
+        assert_eq!(agree(1, 9).unwrap(), 3);
+        assert_eq!(agree(2, 9).unwrap(), 3);
+        let e = agree(4, 5).unwrap_err();
         assert!(
-            e.message.contains("versions 3 to 4") && e.message.contains("versions 1 to 2"),
+            e.message.contains("versions 4 to 5") && e.message.contains("versions 1 to 3"),
             "{e}"
         );
         assert!(agree(2, 1).is_err(), "an empty range");

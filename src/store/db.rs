@@ -54,8 +54,9 @@ pub enum SchemaFound {
 const STATE: &str = "state";
 const VERIFIER: &str = "password";
 const SEQ: &str = "seq";
+const ENROLLMENT: &str = "enrollment";
 
-pub use crate::store::records::{CertRecord, PendingKey, TrashEntry};
+pub use crate::store::records::{CertRecord, Enrollment, PendingKey, StoredEnrollState, TrashEntry};
 
 /// Everything the database holds, read in one transaction.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -65,6 +66,8 @@ pub struct Snapshot {
     pub pending: Vec<PendingKey>,
     pub certs: Vec<CertRecord>,
     pub trash: Vec<TrashEntry>,
+    /// The enrollment of a bootstrapped node.
+    pub enrollment: Option<Enrollment>,
 }
 
 impl Snapshot {
@@ -258,6 +261,9 @@ impl Db {
         if let Some(v) = meta.get(VERIFIER)? {
             s.verifier = Some(v.value().to_vec());
         }
+        if let Some(v) = meta.get(ENROLLMENT)? {
+            s.enrollment = Some(dec("meta", ENROLLMENT, v.value())?);
+        }
         for item in txn.open_table(PENDING)?.iter()? {
             let (k, v) = item?;
             s.pending.push(dec("pending", k.value(), v.value())?);
@@ -276,6 +282,18 @@ impl Db {
 
     pub fn set_state(&self, state: NodeState) -> Result<()> {
         self.write(|t| t.set_state(state))
+    }
+
+    /// Record the enrollment's progress, and the node state that goes with it, in one commit.
+    pub fn set_enrollment(&self, e: &Enrollment, state: Option<NodeState>) -> Result<()> {
+        let v = enc(e)?;
+        self.write(|t| {
+            t.meta.insert(ENROLLMENT, v.as_slice())?;
+            match state {
+                Some(s) => t.set_state(s),
+                None => Ok(()),
+            }
+        })
     }
 
     /// Provisioning begins: every store was just wiped, so every record goes too.
@@ -587,6 +605,7 @@ impl Tables<'_> {
     }
 
     fn clear(&mut self) -> Result<()> {
+        self.meta.remove(ENROLLMENT)?;
         self.pending.retain(|_, _| false)?;
         self.certs.retain(|_, _| false)?;
         self.trash.retain(|_, _| false)?;

@@ -110,6 +110,40 @@ pub enum Step {
     },
 }
 
+/// The enrollment state machine (`meta/enrollment`, see `daemon::enroll`). A key of `meta`
+/// that builds before enrollment never read: they ignore it, so no table version changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoredEnrollState {
+    Unprovisioned,
+    Enrolling,
+    Provisioned,
+    Operational,
+    Quarantined,
+}
+
+/// A node bootstrapped for enrollment, and how far its enrollment has come.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrollment {
+    pub state: StoredEnrollState,
+    /// The EST server and its trust anchor (PEM) given at bootstrap (empty: the
+    /// configuration's `[enroll]`).
+    pub url: String,
+    pub anchor_pem: String,
+    /// The certificate type being enrolled and its step, if one is under way.
+    pub current: Option<(String, Step)>,
+    /// The types enrolled (certificate applied) so far.
+    pub enrolled: Vec<String>,
+    /// Failed attempts since enrollment began or was released.
+    pub failures: u32,
+    /// Not before this time (seconds since the Unix epoch).
+    pub next_try: i64,
+    pub last_error: String,
+    /// Why the node is quarantined.
+    pub reason: String,
+    /// When the state was entered.
+    pub since: i64,
+}
+
 /// A renewal in progress (`renewals`, by certificate type).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Renewal {

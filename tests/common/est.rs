@@ -21,6 +21,8 @@ pub enum Mode {
     RetryLater(u64),
     /// The headers of a 200, then one byte of body every 200 ms for a minute.
     Trickle,
+    /// 503 with `Retry-After: N`.
+    Unavailable(u64),
 }
 
 /// How a 200 answer's PKCS#7 is made and sent: always by openssl, as real servers do.
@@ -50,6 +52,11 @@ pub struct EstServer {
     pub lifetime: Arc<Mutex<i64>>,
     /// One line per request: `simpleenroll user=…` or `simplereenroll cn=…`.
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The claim token /simpleenroll by client certificate requires (`Authorization:
+    /// Bearer`), if set.
+    pub claim_token: Arc<Mutex<Option<String>>>,
+    /// Requests received, whatever the mode made of them.
+    pub received: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 struct Ca {
@@ -64,22 +71,46 @@ struct Ca {
     mode: Arc<Mutex<Mode>>,
     lifetime: Arc<Mutex<i64>>,
     log: Arc<Mutex<Vec<String>>>,
+    claim_token: Arc<Mutex<Option<String>>>,
+    received: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl EstServer {
     /// Serve in `dir`, issuing with the CA `ca.pem`/`ca.key` there; re-enrollment clients
     /// must chain to that CA too.
     pub fn start(dir: &Path, user: &str, password: &str) -> EstServer {
+        Self::start_at(dir, user, password, 0)
+    }
+
+    /// A free port of the loopback (nothing listens on it once this returns).
+    pub fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// [`EstServer::start`] on `port` (0: any). Client certificates must chain to the CA
+    /// `ca.pem` in `dir`, or to `factory-ca.pem` there if there is one (bootstrap
+    /// certificates); the anchor's key is left in `est-anchor.key` for other test servers.
+    pub fn start_at(dir: &Path, user: &str, password: &str, port: u16) -> EstServer {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let anchor_key = rcgen::KeyPair::generate().unwrap();
+        // The anchor of a server started before in `dir` is kept: a server that comes back
+        // is the same server.
+        let anchor = dir.join("est-anchor.pem");
+        let anchor_key_file = dir.join("est-anchor.key");
+        let anchor_key = match std::fs::read_to_string(&anchor_key_file) {
+            Ok(pem) => rcgen::KeyPair::from_pem(&pem).unwrap(),
+            Err(_) => rcgen::KeyPair::generate().unwrap(),
+        };
         let mut anchor_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         anchor_params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "EST test anchor");
         anchor_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        // Made again with the same name and key, it is the same trust anchor.
         let anchor_cert = anchor_params.self_signed(&anchor_key).unwrap();
-        let anchor = dir.join("est-anchor.pem");
-        std::fs::write(&anchor, anchor_cert.pem()).unwrap();
+        if !anchor_key_file.exists() {
+            std::fs::write(&anchor, anchor_cert.pem()).unwrap();
+            std::fs::write(&anchor_key_file, anchor_key.serialize_pem()).unwrap();
+        }
         let server_key = rcgen::KeyPair::generate().unwrap();
         let mut server_params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         server_params
@@ -92,6 +123,11 @@ impl EstServer {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(unit_ca.as_bytes()) {
             roots.add(c.unwrap()).unwrap();
+        }
+        if let Ok(factory) = std::fs::read_to_string(dir.join("factory-ca.pem")) {
+            for c in CertificateDer::pem_slice_iter(factory.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
         }
         let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
             .allow_unauthenticated()
@@ -106,7 +142,7 @@ impl EstServer {
                 )
                 .unwrap(),
         );
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = EstServer {
             url: format!("https://localhost:{port}/.well-known/est"),
@@ -116,6 +152,8 @@ impl EstServer {
             mode: Arc::new(Mutex::new(Mode::Normal)),
             lifetime: Arc::new(Mutex::new(30 * 86400)),
             log: Arc::new(Mutex::new(Vec::new())),
+            claim_token: Arc::new(Mutex::new(None)),
+            received: Default::default(),
         };
         let ca = Arc::new(Ca {
             dir: dir.to_path_buf(),
@@ -129,6 +167,8 @@ impl EstServer {
             mode: server.mode.clone(),
             lifetime: server.lifetime.clone(),
             log: server.log.clone(),
+            claim_token: server.claim_token.clone(),
+            received: server.received.clone(),
         });
         std::thread::spawn(move || {
             for tcp in listener.incoming().flatten() {
@@ -157,6 +197,10 @@ impl EstServer {
 
     pub fn set_mode(&self, m: Mode) {
         *self.mode.lock().unwrap() = m;
+    }
+
+    pub fn set_claim_token(&self, t: Option<&str>) {
+        *self.claim_token.lock().unwrap() = t.map(String::from);
     }
 
     pub fn requests(&self) -> Vec<String> {
@@ -214,12 +258,20 @@ impl Ca {
             raw.extend_from_slice(&buf[..n]);
         }
         let body = raw[head_end + 4..].to_vec();
+        self.received.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
         let op = path.rsplit('/').next().unwrap_or("").to_string();
         match self.mode.lock().unwrap().clone() {
             Mode::BadRequest => return Some(http("400 Bad Request", "", b"the CSR is not acceptable")),
             Mode::Malformed => return Some(http("200 OK", "Content-Transfer-Encoding: base64\r\n", b"bm90IHBrY3M3")),
             Mode::RetryLater(n) => return Some(http("202 Accepted", &format!("Retry-After: {n}\r\n"), b"")),
+            Mode::Unavailable(n) => {
+                return Some(http(
+                    "503 Service Unavailable",
+                    &format!("Retry-After: {n}\r\n"),
+                    b"the CA is busy",
+                ))
+            }
             Mode::Trickle => {
                 let _ = tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n");
                 let _ = tls.flush();
@@ -252,8 +304,24 @@ impl Ca {
                     .map(|b| String::from_utf8_lossy(&b).to_string());
                 // A bootstrap certificate (chained to the unit CA, checked by the TLS layer)
                 // or the right basic-auth credentials.
+                let bearer = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Authorization: Bearer "))
+                    .map(|t| t.trim().to_string());
+                let token = self.claim_token.lock().unwrap().clone();
                 let who = match (auth, peer_cn(tls)) {
                     (Some(a), _) if a == format!("{}:{}", self.user, self.password) => format!("user={}", self.user),
+                    (None, Some(_)) if token.is_some() && bearer != token => {
+                        self.log
+                            .lock()
+                            .unwrap()
+                            .push("simpleenroll refused: claim token".into());
+                        return Some(http(
+                            "401 Unauthorized",
+                            "WWW-Authenticate: Bearer realm=\"est\"\r\n",
+                            b"wrong or missing claim token",
+                        ));
+                    }
                     (None, Some(cn)) => format!("cn={cn}"),
                     _ => {
                         return Some(http(

@@ -4,8 +4,8 @@
 
 use aos_iam::error::{Error, ErrorKind};
 use aos_iam::proto::wire::{
-    CertCheck, CertInfo, CpuInfo, Event, InstanceIdent, InstanceKind, ModuleStatus, NodeInfo, NodeState, PartitionInfo,
-    ProvisioningStatus, Request, Response, Role, ServerPermissions,
+    CertCheck, CertInfo, CpuInfo, EnrollState, EnrollmentStatus, Event, InstanceIdent, InstanceKind, ModuleStatus,
+    NodeInfo, NodeState, PartitionInfo, ProvisioningStatus, Request, Response, Role, ServerPermissions,
 };
 use aos_iam::secret::Secret;
 
@@ -123,6 +123,18 @@ pub fn requests() -> Vec<Request> {
         Request::RegisterNode { info: node_info() },
         Request::NodeInfoChanged { info: node_info() },
         Request::ForgetNode { node_id: node() },
+        Request::FinishBootstrap {
+            node_id: node(),
+            password: secret(),
+            est_url: "https://est.example:8443/.well-known/est".into(),
+            anchor_pem: "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n".into(),
+            claim_token: Secret::new("claim-1234".into()),
+        },
+        Request::ReleaseQuarantine {
+            node_id: node(),
+            password: secret(),
+        },
+        Request::GetEnrollmentStatus { node_id: node() },
     ]
 }
 
@@ -203,6 +215,18 @@ pub fn responses() -> Vec<Response> {
             key_present: true,
             cert_present: true,
         }]),
+        Response::Enrollment(EnrollmentStatus {
+            node_id: "node-main".into(),
+            state: EnrollState::Quarantined,
+            step: "enroll online: certificate requested".into(),
+            attempts: 5,
+            max_attempts: 5,
+            next_attempt: 0,
+            last_error: "EST server est.example:8443: connection refused".into(),
+            reason: "5 attempts failed".into(),
+            since: 1_790_000_000,
+            enrolled: vec!["iam".into()],
+        }),
     ]
 }
 

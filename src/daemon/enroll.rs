@@ -1,0 +1,456 @@
+//! Zero-touch enrollment by iamd itself (docs/ARCHITECTURE.md §5b).
+//!
+//! A node bootstrapped at the factory (a bootstrap key in its token, the manufacturer's
+//! certificate for it, the enrollment settings: FinishBootstrap) is `unprovisioned`. Started
+//! outside provisioning mode with `[enroll]` configured, iamd takes it through
+//!
+//! ```text
+//!   unprovisioned ──► enrolling ──► provisioned ──► operational
+//!                      │  ▲ (retry after a delay)
+//!                      ▼  │ release-quarantine
+//!                     quarantined
+//! ```
+//!
+//! - `enrolling`: for each CA-signed module in turn, a new key and its CSR (step
+//!   `KeyCreated`), the EST server's certificate (`Obtained`, over mutual TLS with the
+//!   bootstrap identity), applied exactly as ApplyCert applies it; then the verify step,
+//!   a mutual-TLS handshake with the new identity. Every step is committed before the next
+//!   begins and resumes after a power cut; a module enrolled stays enrolled, a module that
+//!   failed resumes from its step.
+//! - a failed attempt waits `retry * 2^failures` (capped, with jitter, at least the
+//!   server's Retry-After); after `attempts` failures the node is `quarantined`, persisted
+//!   with the reason, until ReleaseQuarantine or a factory reset.
+//! - `provisioned`: the new identities are in place and verified; the finish hook runs
+//!   and the node becomes `operational` (node state `provisioned`, marker written).
+//!
+//! The node state of the provisioning state machine follows: `unprovisioned`, then
+//! `provisioning` while enrolling, `error` while quarantined, `provisioned` once operational.
+
+use crate::config::EnrollConfig;
+use crate::daemon::provisioning::Provisioning;
+use crate::error::{Error, Result};
+use crate::link::tls::ClientAuth;
+use crate::pki::est::{EstClient, EstSigner};
+use crate::pki::signer::CsrSigner;
+use crate::proto::wire::{EnrollState, EnrollmentStatus, NodeState};
+use crate::secret::Secret;
+use crate::store::db::{Enrollment, StoredEnrollState};
+use crate::store::records::Step;
+use crate::sys::now;
+use std::time::Duration;
+
+impl From<StoredEnrollState> for EnrollState {
+    fn from(s: StoredEnrollState) -> Self {
+        match s {
+            StoredEnrollState::Unprovisioned => EnrollState::Unprovisioned,
+            StoredEnrollState::Enrolling => EnrollState::Enrolling,
+            StoredEnrollState::Provisioned => EnrollState::Provisioned,
+            StoredEnrollState::Operational => EnrollState::Operational,
+            StoredEnrollState::Quarantined => EnrollState::Quarantined,
+        }
+    }
+}
+
+/// The node attribute (in NodeInfo) that carries the enrollment state to subscribers and,
+/// over node links, to the main node.
+pub const STATE_ATTRIBUTE: &str = "EnrollmentState";
+
+/// The modules enrolled, in configuration order: every CA-signed one but the bootstrap.
+pub fn enrolled_modules<'c>(prov: &'c Provisioning, e: &'c EnrollConfig) -> impl Iterator<Item = &'c str> + 'c {
+    prov.config
+        .modules
+        .iter()
+        .filter(move |m| m.id != e.bootstrap && !m.self_signed)
+        .map(|m| m.id.as_str())
+}
+
+fn step_text(e: &Enrollment) -> String {
+    match (&e.state, &e.current) {
+        (StoredEnrollState::Enrolling, Some((t, Step::KeyCreated { .. }))) => {
+            format!("enroll {t}: key created, certificate to be requested")
+        }
+        (StoredEnrollState::Enrolling, Some((t, Step::Obtained { .. }))) => {
+            format!("enroll {t}: certificate obtained, to be applied")
+        }
+        (StoredEnrollState::Enrolling, None) if !e.enrolled.is_empty() => {
+            format!("enrolled {}", e.enrolled.join(", "))
+        }
+        (StoredEnrollState::Enrolling, None) => "enrollment begun".into(),
+        (StoredEnrollState::Unprovisioned, _) => "bootstrapped, waiting to enroll".into(),
+        (StoredEnrollState::Provisioned, _) => "identities verified, finishing".into(),
+        (StoredEnrollState::Operational, _) => "done".into(),
+        (StoredEnrollState::Quarantined, _) => "quarantined".into(),
+    }
+}
+
+/// GetEnrollmentStatus of this node.
+pub fn status(prov: &Provisioning) -> Result<EnrollmentStatus> {
+    let snap = prov.db.snapshot()?;
+    let max_attempts = prov.config.enroll.as_ref().map_or(0, |e| e.attempts);
+    Ok(match snap.enrollment {
+        None => EnrollmentStatus {
+            node_id: prov.config.node_id.clone(),
+            state: EnrollState::NotConfigured,
+            step: match prov.config.enroll {
+                Some(_) => "not bootstrapped (iam-provision bootstrap)".into(),
+                None => "no [enroll] in the configuration".into(),
+            },
+            attempts: 0,
+            max_attempts,
+            next_attempt: 0,
+            last_error: String::new(),
+            reason: String::new(),
+            since: 0,
+            enrolled: Vec::new(),
+        },
+        Some(e) => EnrollmentStatus {
+            node_id: prov.config.node_id.clone(),
+            state: e.state.into(),
+            step: step_text(&e),
+            attempts: e.failures,
+            max_attempts,
+            next_attempt: match e.state {
+                StoredEnrollState::Enrolling | StoredEnrollState::Unprovisioned => e.next_try,
+                _ => 0,
+            },
+            last_error: e.last_error.clone(),
+            reason: e.reason.clone(),
+            since: e.since,
+            enrolled: e.enrolled.clone(),
+        },
+    })
+}
+
+/// The delay after `failures` failed attempts: `retry * 2^(failures-1)`, capped, less a
+/// random share of up to `jitter` per mille.
+pub fn backoff(e: &EnrollConfig, failures: u32) -> Duration {
+    let base = e
+        .retry
+        .checked_mul(1u32 << failures.saturating_sub(1).min(20))
+        .unwrap_or(e.max_retry)
+        .min(e.max_retry);
+    let mut r = [0u8; 4];
+    let draw = match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut r) {
+        Ok(()) => u32::from_le_bytes(r) % (e.jitter + 1),
+        Err(_) => 0,
+    };
+    base - base * draw / 1000
+}
+
+/// What one pass did, for the caller's events.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// The enrollment state changed (node subscribers are told).
+    pub transitions: bool,
+    /// A certificate was applied (certificate subscribers are told).
+    pub applied: bool,
+    /// When to look again (seconds since the Unix epoch).
+    pub next: i64,
+}
+
+/// The longest Retry-After honoured.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// Longest time between passes when nothing is due.
+pub const IDLE: i64 = 3600;
+
+/// One pass of the state machine. Blocking (key store, database, EST, hooks).
+pub fn run_due(prov: &Provisioning) -> Result<Pass> {
+    let mut pass = Pass {
+        next: now() + IDLE,
+        ..Default::default()
+    };
+    let Some(cfg) = &prov.config.enroll else {
+        return Ok(pass);
+    };
+    // In provisioning mode the factory is at work: nothing is enrolled behind its back.
+    if prov.provisioning_mode {
+        return Ok(pass);
+    }
+    // One transition per pass, so that each is reported before the next begins.
+    {
+        let Some(mut e) = prov.db.snapshot()?.enrollment else {
+            return Ok(pass);
+        };
+        match e.state {
+            StoredEnrollState::Operational | StoredEnrollState::Quarantined => Ok(pass),
+            StoredEnrollState::Unprovisioned => {
+                crate::log_notice!("enrollment: beginning (first power-on)");
+                e.state = StoredEnrollState::Enrolling;
+                e.since = now();
+                e.next_try = now();
+                prov.db.set_enrollment(&e, Some(NodeState::Provisioning))?;
+                pass.transitions = true;
+                pass.next = now();
+                Ok(pass)
+            }
+            StoredEnrollState::Enrolling => {
+                if e.next_try > now() {
+                    pass.next = e.next_try;
+                    return Ok(pass);
+                }
+                let mut retry_after = None;
+                match attempt(prov, cfg, &mut e, &mut pass, &mut retry_after) {
+                    Ok(()) => {
+                        crate::log_notice!(
+                            "enrollment: {} enrolled and verified; the node is provisioned",
+                            e.enrolled.join(", ")
+                        );
+                        e.state = StoredEnrollState::Provisioned;
+                        e.since = now();
+                        e.last_error.clear();
+                        prov.db.set_enrollment(&e, None)?;
+                        pass.transitions = true;
+                        pass.next = now();
+                        Ok(pass)
+                    }
+                    Err(err) => {
+                        e.failures = e.failures.saturating_add(1);
+                        e.last_error = err.to_string();
+                        if e.failures >= cfg.attempts {
+                            e.state = StoredEnrollState::Quarantined;
+                            e.since = now();
+                            e.reason = format!("{} attempt(s) failed; the last: {err}", e.failures);
+                            e.next_try = 0;
+                            prov.db.set_enrollment(&e, Some(NodeState::Error))?;
+                            crate::log_error!(
+                                "enrollment: QUARANTINED after {} failed attempt(s): {err}; \
+                                 the node keeps serving what it has and enrolls again only after \
+                                 iam-provision release-quarantine or a factory reset",
+                                e.failures
+                            );
+                            pass.transitions = true;
+                            return Ok(pass);
+                        }
+                        // The server's Retry-After is honoured when longer (up to a day).
+                        let delay = backoff(cfg, e.failures).max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER));
+                        e.next_try = now() + delay.as_secs().max(1) as i64;
+                        prov.db.set_enrollment(&e, None)?;
+                        crate::log_warn!(
+                            "enrollment: attempt {} of {} failed: {err}; next attempt in {} s",
+                            e.failures,
+                            cfg.attempts,
+                            delay.as_secs().max(1)
+                        );
+                        pass.transitions = true;
+                        pass.next = e.next_try;
+                        Ok(pass)
+                    }
+                }
+            }
+            StoredEnrollState::Provisioned => {
+                prov.hook_finish()?;
+                e.state = StoredEnrollState::Operational;
+                e.since = now();
+                e.current = None;
+                prov.db.set_enrollment(&e, Some(NodeState::Provisioned))?;
+                prov.write_marker_file()?;
+                crate::log_notice!("enrollment: done; the node is operational");
+                pass.transitions = true;
+                Ok(pass)
+            }
+        }
+    }
+}
+
+/// The EST server and its anchor: those bootstrap stored, else the configuration's.
+type Anchors = Vec<rustls::pki_types::CertificateDer<'static>>;
+
+fn server(cfg: &EnrollConfig, e: &Enrollment) -> Result<(String, Anchors)> {
+    let url = match (&e.url, &cfg.url) {
+        (u, _) if !u.is_empty() => u.clone(),
+        (_, Some(u)) => u.clone(),
+        _ => {
+            return Err(Error::wrong_state(
+                "no EST server: neither bootstrap nor [enroll] url gave one",
+            ))
+        }
+    };
+    let anchors = if !e.anchor_pem.is_empty() {
+        crate::pki::x509::parse_chain_pem(&e.anchor_pem)
+            .map_err(|err| err.context("the EST trust anchor stored at bootstrap"))?
+    } else {
+        match &cfg.anchor {
+            Some(p) => crate::pki::x509::read_certs(p, "EST trust anchor")?,
+            None => {
+                return Err(Error::wrong_state(
+                    "no EST trust anchor: neither bootstrap nor [enroll] anchor gave one",
+                ))
+            }
+        }
+    };
+    Ok((url, anchors))
+}
+
+/// The EST client of this attempt: mutual TLS with the bootstrap identity, and the claim
+/// token or basic auth where configured.
+fn client(prov: &Provisioning, cfg: &EnrollConfig, e: &Enrollment) -> Result<EstClient> {
+    let (url, anchors) = server(cfg, e)?;
+    let (_, _, identity) = prov
+        .with_journal(|| prov.modules.identity(&prov.db, &cfg.bootstrap))
+        .map_err(|err| err.context("the bootstrap identity"))?;
+    let basic = match (&cfg.username, &cfg.password_file) {
+        (Some(u), Some(f)) => Some((u.clone(), read_secret(f, "EST password file")?)),
+        _ => None,
+    };
+    let mut client = EstClient::new(&url, &anchors, ClientAuth::Identity(identity), basic)?.with_timeout(cfg.timeout);
+    if cfg.claim_token_file.exists() {
+        client = client.with_bearer(read_secret(&cfg.claim_token_file, "claim token file")?);
+    }
+    Ok(client)
+}
+
+fn read_secret(path: &std::path::Path, what: &str) -> Result<Secret> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| Error::unavailable(format!("{what} {}: {e}", path.display())))?,
+    );
+    Ok(Secret::new(text.trim_end_matches(['\n', '\r']).to_string()))
+}
+
+/// One attempt: every module not yet enrolled, then the verify step.
+fn attempt(
+    prov: &Provisioning,
+    cfg: &EnrollConfig,
+    e: &mut Enrollment,
+    pass: &mut Pass,
+    retry_after: &mut Option<Duration>,
+) -> Result<()> {
+    let todo: Vec<String> = enrolled_modules(prov, cfg)
+        .filter(|t| !e.enrolled.iter().any(|d| d == t))
+        .map(String::from)
+        .collect();
+    let mut est = None;
+    for t in todo {
+        enroll_module(prov, cfg, e, &t, &mut est, pass, retry_after)
+            .map_err(|err| err.context(format!("enroll {t}")))?;
+    }
+    verify(prov, cfg, e)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn enroll_module(
+    prov: &Provisioning,
+    cfg: &EnrollConfig,
+    e: &mut Enrollment,
+    cert_type: &str,
+    est: &mut Option<EstSigner>,
+    pass: &mut Pass,
+    retry_after: &mut Option<Duration>,
+) -> Result<()> {
+    // The step under way, if it is this module's and its key is still pending.
+    let mut step = match e.current.take() {
+        Some((t, s)) if t == cert_type => Some(s),
+        _ => None,
+    };
+    if let Some(s) = &step {
+        let key_id = match s {
+            Step::KeyCreated { key_id, .. } | Step::Obtained { key_id, .. } => *key_id,
+        };
+        let pending = prov
+            .db
+            .snapshot()?
+            .pending
+            .iter()
+            .any(|p| p.cert_type == cert_type && p.key_id == key_id);
+        if !pending {
+            crate::log_warn!("enrollment of {cert_type}: its new key is gone; making another");
+            step = None;
+        }
+    }
+    let step = match step {
+        Some(s) => s,
+        None => {
+            let subject = format!("CN={},OU={cert_type}", prov.config.node_id);
+            let (key_id, csr) = prov.with_journal(|| prov.modules.create_key(&prov.db, cert_type, &subject))?;
+            let s = Step::KeyCreated { key_id, csr };
+            e.current = Some((cert_type.to_string(), s.clone()));
+            prov.db.set_enrollment(e, None)?;
+            s
+        }
+    };
+    // What is kept of this attempt, whatever fails below.
+    e.current = Some((cert_type.to_string(), step.clone()));
+    let (key_id, csr, chain_pem) = match step {
+        Step::KeyCreated { key_id, csr } => {
+            if est.is_none() {
+                *est = Some(EstSigner {
+                    client: client(prov, cfg, e)?,
+                    reenroll: false,
+                    retry_after: Default::default(),
+                });
+            }
+            let signer = est.as_ref().expect("made above");
+            let chain_pem = match signer.sign(cert_type, &csr) {
+                Ok(c) => c,
+                Err(err) => {
+                    *retry_after = signer.retry_after();
+                    return Err(err);
+                }
+            };
+            e.current = Some((
+                cert_type.to_string(),
+                Step::Obtained {
+                    key_id,
+                    csr: csr.clone(),
+                    chain_pem: chain_pem.clone(),
+                },
+            ));
+            prov.db.set_enrollment(e, None)?;
+            (key_id, csr, chain_pem)
+        }
+        Step::Obtained { key_id, csr, chain_pem } => (key_id, csr, chain_pem),
+    };
+    match prov.with_journal(|| prov.modules.apply(&prov.db, &prov.config, cert_type, &chain_pem)) {
+        Ok(cert) => {
+            crate::log_notice!(
+                "enrollment of {cert_type}: certificate {} applied, valid until {}",
+                crate::store::keystore::hex(&cert.serial),
+                crate::pki::x509::rfc3339(cert.not_after)
+            );
+            e.current = None;
+            e.enrolled.push(cert_type.to_string());
+            prov.db.set_enrollment(e, None)?;
+            pass.applied = true;
+            Ok(())
+        }
+        Err(err) => {
+            // The certificate was refused: the same key asks for another next time.
+            e.current = Some((cert_type.to_string(), Step::KeyCreated { key_id, csr }));
+            prov.db.set_enrollment(e, None)?;
+            Err(err.context("the issued certificate was refused"))
+        }
+    }
+}
+
+/// The verify step: the new identity is accepted by a server that checks it.
+fn verify(prov: &Provisioning, cfg: &EnrollConfig, e: &Enrollment) -> Result<()> {
+    let module = match &cfg.verify_module {
+        Some(m) => m.clone(),
+        None => enrolled_modules(prov, cfg)
+            .next()
+            .ok_or_else(|| Error::internal("no module is enrolled"))?
+            .to_string(),
+    };
+    let (url, anchors) = server(cfg, e)?;
+    let (host, port) = match &cfg.verify {
+        Some(v) => {
+            let (h, p) = v
+                .rsplit_once(':')
+                .ok_or_else(|| Error::invalid("verify is not host:port"))?;
+            (
+                h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                p.parse().map_err(|_| Error::invalid("verify: bad port"))?,
+            )
+        }
+        None => {
+            let c = EstClient::new(&url, &anchors, ClientAuth::None, None)?;
+            let (h, p) = c.authority();
+            (h.to_string(), p)
+        }
+    };
+    let (_, _, identity) = prov.with_journal(|| prov.modules.identity(&prov.db, &module))?;
+    crate::link::tls::verify_client_identity(&host, port, &anchors, &identity, cfg.timeout)
+        .map_err(|err| err.context(format!("the new {module} identity")))?;
+    crate::log_info!("enrollment: verify step passed: {host}:{port} accepted the new {module} identity");
+    Ok(())
+}

@@ -1,0 +1,525 @@
+//! Zero-touch enrollment end to end: a node bootstrapped at the factory (`iam-provision
+//! bootstrap`: a bootstrap key in its SoftHSM token, its manufacturer certificate signed by
+//! an openssl factory CA) is started as at first power-on and enrolls itself over EST with
+//! mutual TLS against the EST test server (tests/common/est.rs, its answers made by
+//! openssl); the verify step; retries, Retry-After, quarantine and its release; power cuts.
+
+mod common;
+use common::est::{EstServer, Mode};
+use common::*;
+use std::time::{Duration, Instant};
+
+const EST_USER: &str = "node-enroll";
+const EST_PASSWORD: &str = "est-secret";
+const CLAIM: &str = "claim-7f3a9c";
+
+/// The bootstrap module and the `[enroll]` section: `enroll`'s keys, and the defaults of
+/// these tests for those it does not give (3 attempts, 1 s doubling to 2 s, no jitter).
+fn enroll_config(node: &Node, enroll: &str) -> String {
+    let d = node.dir.display();
+    let mut keys = enroll.to_string();
+    for (k, v) in [
+        ("attempts", "3"),
+        ("retry", "\"1s\""),
+        ("max_retry", "\"2s\""),
+        ("jitter", "\"0%\""),
+        ("timeout", "\"10s\""),
+    ] {
+        if !enroll.lines().any(|l| l.starts_with(&format!("{k} ="))) {
+            keys.push_str(&format!("{k} = {v}\n"));
+        }
+    }
+    format!(
+        "\n[[modules]]\nid = \"bootstrap\"\nalgorithm = \"ecdsa-p256\"\nextended_key_usage = [\"clientAuth\"]\n\
+         root_ca = \"{d}/factory-ca.pem\"\n\
+         [modules.pkcs11]\nlibrary = \"{SOFTHSM}\"\ntoken_label = \"{TOKEN}\"\nuser_pin_file = \"{d}/work/user-pin\"\n\
+         \n[enroll]\n{keys}"
+    )
+}
+
+/// A node with a factory CA and an EST server that trusts it, not yet bootstrapped.
+fn site(name: &str, enroll: &str) -> (Node, EstServer) {
+    site_with(name, enroll, true)
+}
+
+/// The same; the EST server trusts bootstrap certificates of the factory CA or not.
+fn site_with(name: &str, enroll: &str, trust_factory: bool) -> (Node, EstServer) {
+    let mut node = Node::new(name, Store::Pkcs11);
+    if trust_factory {
+        node.make_ca("factory-ca");
+    }
+    let server = EstServer::start(&node.dir, EST_USER, EST_PASSWORD);
+    if !trust_factory {
+        node.make_ca("factory-ca");
+    }
+    node.extra_config = enroll_config(&node, enroll);
+    (node, server)
+}
+
+/// `iam-provision --json bootstrap` with the factory CA and `extra` options.
+fn bootstrap(node: &Node, extra: &[&str]) -> Out {
+    let (pw, ca, key) = (node.p("password"), node.p("factory-ca.pem"), node.p("factory-ca.key"));
+    let mut args = vec![
+        "--json",
+        "bootstrap",
+        "--password-file",
+        &pw,
+        "--ca-cert",
+        &ca,
+        "--ca-key",
+        &key,
+    ];
+    args.extend_from_slice(extra);
+    node.provision(&args)
+}
+
+/// Bootstrap at the factory with the EST server's URL and anchor (and the claim token),
+/// then stop: the node is ready to ship. Returns what `bootstrap` printed.
+fn factory(node: &mut Node, server: &EstServer, claim: Option<&str>) -> serde_json::Value {
+    node.start(true);
+    let anchor = server.anchor.display().to_string();
+    let mut extra = vec!["--enroll-url", &server.url, "--enroll-anchor", &anchor];
+    let token_file = node.p("claim-token.txt");
+    if let Some(c) = claim {
+        std::fs::write(&token_file, format!("{c}\n")).unwrap();
+        extra.extend(["--claim-token-file", &token_file]);
+    }
+    let out = bootstrap(node, &extra).ok().json();
+    assert_eq!(out["state"], "unprovisioned", "{out}");
+    assert_eq!(node.status()["state"], "unprovisioned");
+    node.stop();
+    out
+}
+
+fn enrollment(node: &Node) -> Out {
+    node.applet("iam-certctl", &["-s", &node.protected(), "--json", "status"], None)
+}
+
+/// Wait until the enrollment is in `state` (quarantined exits 2), and return its status.
+#[track_caller]
+fn wait_state(node: &Node, state: &str) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let out = enrollment(node);
+        let j = out.json();
+        if j["enrollment"]["state"] == state {
+            assert_eq!(out.code, if state == "quarantined" { 2 } else { 0 }, "{j}");
+            return j;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "enrollment never reached {state}: {j}\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every certificate the node lists verifies with openssl against the root of its module.
+fn openssl_verifies(node: &Node) {
+    for c in node.list_certs() {
+        let t = c["type"].as_str().unwrap();
+        let out = node.p(&format!("{t}.pem"));
+        node.export_cert(c["cert_url"].as_str().unwrap(), &out);
+        let root = match t {
+            "bootstrap" => node.p("factory-ca.pem"),
+            "diskencryption" => out.clone(),
+            _ => node.p("ca.pem"),
+        };
+        sh(&format!("openssl verify -CAfile {root} {out}")).ok();
+    }
+}
+
+#[test]
+fn a_bootstrapped_node_enrolls_itself_at_first_power_on_and_becomes_operational() {
+    let (mut node, server) = site("enroll", "attempts = 10\n");
+    server.set_claim_token(Some(CLAIM));
+    let out = factory(&mut node, &server, Some(CLAIM));
+    // Ready to ship: unprovisioned, the bootstrap identity chained to the factory CA (checked
+    // by openssl below), the claim token for iamd alone.
+    assert_eq!(out["bootstrap"]["type"], "bootstrap", "{out}");
+    let mode = std::fs::metadata(node.path("work/claim-token")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+
+    // First power-on; the EST server is busy at first, so that a watcher is in place before
+    // the enrollment goes on.
+    server.set_mode(Mode::Unavailable(1));
+    node.start(false);
+    let watcher = Watcher::start(
+        &node,
+        "iam-provision",
+        &["-s", &node.protected(), "--json", "node-info", "--watch"],
+    );
+    let first = watcher.next();
+    // The first attempt is refused (503), and the node waits to try again.
+    let start = Instant::now();
+    let s = loop {
+        let s = wait_state(&node, "enrolling");
+        if s["enrollment"]["attempts"].as_u64().unwrap() >= 1 {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{s}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(s["enrollment"]["last_error"].as_str().unwrap().contains("503"), "{s}");
+    server.set_mode(Mode::Normal);
+    let s = wait_state(&node, "operational");
+    assert_eq!(s["node_state"], "provisioned", "{s}");
+    assert_eq!(s["enrollment"]["enrolled"], serde_json::json!(["iam", "online"]), "{s}");
+    // Node subscribers saw the transitions, as the EnrollmentState attribute.
+    let mut seen = vec![first["attributes"]["EnrollmentState"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()];
+    while seen.last().map(String::as_str) != Some("operational") {
+        seen.push(
+            watcher.next()["attributes"]["EnrollmentState"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let at = |s: &str| seen.iter().position(|x| x == s);
+    assert!(
+        at("provisioned").is_some() && at("provisioned") < at("operational"),
+        "{seen:?}"
+    );
+
+    // Each module enrolled once, over mutual TLS with the bootstrap certificate, with the
+    // claim token; everything verifies with openssl; the token holds exactly its objects.
+    let bootstrap_cn = format!("cn={}", node.node_id());
+    let enrolls: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("simpleenroll"))
+        .collect();
+    assert_eq!(enrolls, vec![format!("simpleenroll {bootstrap_cn}"); 2], "{enrolls:?}");
+    openssl_verifies(&node);
+    assert_converged(&node);
+    node.applet(
+        "iam-certctl",
+        &[
+            "-s",
+            &node.protected(),
+            "check",
+            "--warning-days",
+            "7",
+            "--critical-days",
+            "2",
+        ],
+        None,
+    )
+    .ok();
+    // Nothing secret in the log.
+    let log = node.log();
+    assert!(!log.contains(CLAIM) && !log.contains(PASSWORD), "{log}");
+
+    // A restart does nothing more.
+    node.stop();
+    node.start(false);
+    wait_state(&node, "operational");
+    assert_eq!(
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with("simpleenroll"))
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn a_wrong_claim_token_quarantines_the_node_which_keeps_serving_until_released() {
+    let (mut node, server) = site("claim", "");
+    server.set_claim_token(Some(CLAIM));
+    factory(&mut node, &server, Some("not-the-claim"));
+    node.start(false);
+    let s = wait_state(&node, "quarantined");
+    assert_eq!(s["node_state"], "error", "{s}");
+    assert_eq!(s["enrollment"]["attempts"], 3, "{s}");
+    let reason = s["enrollment"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("3 attempt(s) failed") && reason.contains("401"),
+        "{reason}"
+    );
+    assert!(node.log().contains("QUARANTINED"), "{}", node.log());
+    assert!(!node.log().contains("not-the-claim"), "the token stays out of the log");
+    // Monitoring says CRITICAL; the node still serves what it has.
+    node.applet("iam-certctl", &["-s", &node.protected(), "check"], None)
+        .fails(2, "CRITICAL  the node is quarantined");
+    node.applet(
+        "iam-certctl",
+        &["-s", &node.public(), "--json", "get", "diskencryption"],
+        None,
+    )
+    .ok();
+    // Nothing was applied for the modules it could not enroll.
+    assert!(node
+        .list_certs()
+        .iter()
+        .all(|c| c["type"] != "iam" && c["type"] != "online"));
+    // Quarantine is persisted: a restart does not try again.
+    let refused = server.requests().len();
+    node.stop();
+    node.start(false);
+    wait_state(&node, "quarantined");
+    assert_eq!(server.requests().len(), refused, "a quarantined node does not enroll");
+
+    // Released with a wrong password: refused, still quarantined.
+    std::fs::write(node.path("wrong"), "wrong\n").unwrap();
+    node.provision(&["release-quarantine", "--password-file", &node.p("wrong")])
+        .fails(4, "wrong password");
+    wait_state(&node, "quarantined");
+    // The operator puts the right token in place and releases it: it enrolls.
+    std::fs::write(node.path("work/claim-token"), CLAIM).unwrap();
+    node.provision(&["release-quarantine", "--password-file", &node.p("password")])
+        .ok();
+    let s = wait_state(&node, "operational");
+    assert_eq!(s["enrollment"]["reason"], "", "{s}");
+    assert_converged(&node);
+    // Released again: there is nothing to release.
+    node.provision(&["release-quarantine", "--password-file", &node.p("password")])
+        .fails(5, "not quarantined");
+}
+
+#[test]
+fn a_bootstrap_certificate_of_another_ca_is_refused_at_the_factory_and_by_the_server() {
+    // Signed by a CA that is not the module's root: ApplyCert refuses it, nothing ships.
+    let (mut node, server) = site("foreign", "");
+    node.make_ca("other-ca");
+    node.start(true);
+    let (pw, ca, key) = (node.p("password"), node.p("other-ca.pem"), node.p("other-ca.key"));
+    let anchor = server.anchor.display().to_string();
+    node.provision(&[
+        "bootstrap",
+        "--password-file",
+        &pw,
+        "--ca-cert",
+        &ca,
+        "--ca-key",
+        &key,
+        "--enroll-url",
+        &server.url,
+        "--enroll-anchor",
+        &anchor,
+    ])
+    .fails(8, "module bootstrap");
+    let s = node.status();
+    assert_eq!(s["state"], "provisioning", "not bootstrapped: {s}");
+    assert_eq!(enrollment(&node).ok().json()["enrollment"]["state"], "not-configured");
+    node.stop();
+
+    // A factory CA the EST server does not trust: the TLS handshake is refused, retried,
+    // and the node quarantined.
+    let (mut node, server) = site_with("untrusted", "", false);
+    factory(&mut node, &server, None);
+    node.start(false);
+    let s = wait_state(&node, "quarantined");
+    let err = s["enrollment"]["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("enroll iam") && err.contains("TLS with the EST server"),
+        "{err}"
+    );
+    assert!(
+        server.requests().iter().all(|r| !r.starts_with("simpleenroll cn=")),
+        "{:?}",
+        server.requests()
+    );
+}
+
+#[test]
+fn an_issued_certificate_that_does_not_chain_to_the_roots_is_refused_and_retried() {
+    let (mut node, server) = site("badchain", "");
+    factory(&mut node, &server, None);
+    // The node's root is now another CA: what the EST server issues does not chain to it.
+    // (The server read its CA at its start; iamd reads its roots at each use.)
+    node.make_ca("other-ca");
+    std::fs::copy(node.path("other-ca.pem"), node.path("ca.pem")).unwrap();
+    node.start(false);
+    let s = wait_state(&node, "quarantined");
+    let err = s["enrollment"]["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("the issued certificate was refused") && err.contains("module iam"),
+        "{err}"
+    );
+    assert!(node.list_certs().iter().all(|c| c["type"] != "iam"));
+    // Each attempt asked again with the same key (kept pending while the node waits).
+    let asked = server
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("simpleenroll"))
+        .count();
+    assert_eq!(asked, 3, "{:?}", server.requests());
+}
+
+#[test]
+fn a_server_that_is_down_stalls_or_asks_to_retry_later_is_waited_for() {
+    // Down: nothing listens on the bootstrap URL's port; the node retries, then quarantines.
+    let (mut node, server) = site("down", "");
+    let port = EstServer::free_port();
+    let url = format!("https://localhost:{port}/.well-known/est");
+    node.start(true);
+    let anchor = server.anchor.display().to_string();
+    bootstrap(&node, &["--enroll-url", &url, "--enroll-anchor", &anchor]).ok();
+    node.stop();
+    node.start(false);
+    let s = wait_state(&node, "quarantined");
+    let err = s["enrollment"]["last_error"].as_str().unwrap();
+    assert!(
+        err.contains(&format!("cannot reach the EST server at localhost:{port}")),
+        "{err}"
+    );
+    // The server comes up at that address; released, the node enrolls.
+    let _up = EstServer::start_at(&node.dir, EST_USER, EST_PASSWORD, port);
+    node.provision(&["release-quarantine", "--password-file", &node.p("password")])
+        .ok();
+    wait_state(&node, "operational");
+    assert_converged(&node);
+    node.stop();
+    drop(server);
+
+    // 503 with Retry-After: the next attempt waits at least that long.
+    let (mut node, server) = site("busy", "");
+    factory(&mut node, &server, None);
+    server.set_mode(Mode::Unavailable(120));
+    node.start(false);
+    let start = Instant::now();
+    let s = loop {
+        let s = wait_state(&node, "enrolling");
+        if s["enrollment"]["attempts"] == 1 {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(s["enrollment"]["last_error"].as_str().unwrap().contains("503"), "{s}");
+    let next = s["enrollment"]["next_attempt"].as_str().unwrap();
+    let next = time::OffsetDateTime::parse(next, &time::format_description::well_known::Rfc3339)
+        .unwrap()
+        .unix_timestamp();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    // Its own delay would be 1 s (max_retry 2 s): the server's 120 s is what it waits.
+    assert!(next - now >= 100, "{s}");
+    node.stop();
+
+    // A server that stalls mid-answer: the attempt times out, iamd keeps serving meanwhile.
+    let (mut node, server) = site("stall", "timeout = \"3s\"\n");
+    factory(&mut node, &server, None);
+    server.set_mode(Mode::Trickle);
+    node.start(false);
+    // While an exchange is stalled, certificates are served.
+    node.applet("iam-certctl", &["-s", &node.public(), "get", "diskencryption"], None)
+        .ok();
+    let s = wait_state(&node, "quarantined");
+    let err = s["enrollment"]["last_error"].as_str().unwrap();
+    assert!(err.contains("within 3 s"), "{err}");
+}
+
+#[test]
+fn a_verify_endpoint_that_does_not_check_the_new_identity_fails_the_verify_step() {
+    // openssl s_server without -verify never asks for a client certificate: the verify step
+    // cannot pass there.
+    let (mut node, server) = site("verify", "");
+    let port = EstServer::free_port();
+    let d = node.dir.display().to_string();
+    sh(&format!(
+        "cd {d} && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout vs.key -out vs.csr -subj /CN=localhost && \
+         printf 'subjectAltName=DNS:localhost\\n' > vs.ext && \
+         openssl x509 -req -in vs.csr -CA est-anchor.pem -CAkey est-anchor.key -days 2 -extfile vs.ext -out vs.pem"
+    ))
+    .ok();
+    node.extra_config = enroll_config(&node, &format!("verify = \"localhost:{port}\"\n"));
+    factory(&mut node, &server, None);
+    let mut s_server = std::process::Command::new("openssl")
+        .args([
+            "s_server",
+            "-quiet",
+            "-accept",
+            &port.to_string(),
+            "-cert",
+            "vs.pem",
+            "-key",
+            "vs.key",
+        ])
+        .current_dir(&node.dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    node.start(false);
+    let s = wait_state(&node, "quarantined");
+    let err = s["enrollment"]["last_error"].as_str().unwrap();
+    assert!(err.contains("did not ask for a client certificate"), "{err}");
+    // The modules were enrolled; only the verify step failed.
+    assert_eq!(s["enrollment"]["enrolled"], serde_json::json!(["iam", "online"]), "{s}");
+    let _ = s_server.kill();
+    let _ = s_server.wait();
+
+    // openssl s_server that requires a client certificate of the unit CA: the step passes.
+    let mut s_server = std::process::Command::new("openssl")
+        .args([
+            "s_server",
+            "-quiet",
+            "-accept",
+            &port.to_string(),
+            "-cert",
+            "vs.pem",
+            "-key",
+            "vs.key",
+            "-Verify",
+            "2",
+            "-CAfile",
+            "ca.pem",
+            "-verify_return_error",
+        ])
+        .current_dir(&node.dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    node.provision(&["release-quarantine", "--password-file", &node.p("password")])
+        .ok();
+    wait_state(&node, "operational");
+    let _ = s_server.kill();
+    let _ = s_server.wait();
+}
+
+#[test]
+fn iamd_killed_during_enrollment_resumes_and_converges() {
+    let (mut node, server) = site("enrollkill", "");
+    factory(&mut node, &server, None);
+    // Killed while an EST answer trickles in (the key made, the certificate asked for).
+    server.set_mode(Mode::Trickle);
+    node.start(false);
+    let start = Instant::now();
+    while server.received.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", node.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.kill9();
+    server.set_mode(Mode::Normal);
+    node.start(false);
+    wait_state(&node, "operational");
+    assert_converged(&node);
+
+    // Killed at once after the first power-on, many times: each restart converges.
+    let (mut node, server) = site("enrollkill2", "");
+    factory(&mut node, &server, None);
+    for _ in 0..3 {
+        node.start(false);
+        let start = Instant::now();
+        while !node.log().contains("enrollment of iam: certificate") && !node.log().contains("enrollment: done") {
+            assert!(start.elapsed() < Duration::from_secs(30), "{}", node.log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        node.kill9();
+    }
+    node.start(false);
+    wait_state(&node, "operational");
+    assert_converged(&node);
+}
