@@ -30,7 +30,7 @@ RELEASE := target/release/aos-iam
 STATIC  := target/$(TARGET)/release/aos-iam
 
 # (demo-unit: a main and two secondary nodes provisioned through the main node)
-.PHONY: all build static test check demo demo-unit bench load fuzz crash-test qemu-image qemu-test install clean crates-inc check-layer yocto-parse size
+.PHONY: all build static test check demo demo-enroll demo-unit bench load fuzz crash-test qemu-image qemu-test install clean crates-inc check-layer yocto-parse size
 
 all: build
 
@@ -43,7 +43,8 @@ static:
 
 # Formatting and lints, then every test: unit tests, the real binary against SoftHSM,
 # openssl, p11tool, pkcs11-tool and the openssl pkcs11 engine, the Yocto layer's static
-# checks, make install, and the demo, with the debug binary and with the static-pie one.
+# checks, make install, and the demos (demo, demo-unit, demo-enroll) with the debug binary,
+# and the demo with the static-pie one.
 test:
 	sh scripts/deps.sh test
 	mkdir -p target
@@ -60,6 +61,11 @@ test:
 	AOS_IAM_BIN=target/debug/aos-iam sh scripts/demo-unit.sh > target/demo-unit-check.log 2>&1 \
 		|| { cat target/demo-unit-check.log; exit 1; }
 	@echo "demo-unit: ok (log in target/demo-unit-check.log)"
+	$(CARGO) build --locked --example est-test-server
+	AOS_IAM_BIN=target/debug/aos-iam EST_TEST_SERVER=target/debug/examples/est-test-server \
+		sh scripts/demo-enroll.sh > target/demo-enroll-check.log 2>&1 \
+		|| { cat target/demo-enroll-check.log; exit 1; }
+	@echo "demo-enroll: ok (log in target/demo-enroll-check.log)"
 	$(MAKE) --no-print-directory static
 	AOS_IAM_BIN=$(STATIC) sh scripts/demo.sh > target/demo-static.log 2>&1 \
 		|| { cat target/demo-static.log; exit 1; }
@@ -74,6 +80,11 @@ demo:
 	sh scripts/deps.sh demo
 	$(CARGO) build --release --locked
 	AOS_IAM_BIN=$(RELEASE) sh scripts/demo.sh
+
+demo-enroll:
+	sh scripts/deps.sh demo
+	$(CARGO) build --release --locked --bin aos-iam --example est-test-server
+	AOS_IAM_BIN=$(RELEASE) sh scripts/demo-enroll.sh
 
 demo-unit:
 	sh scripts/deps.sh demo
@@ -117,7 +128,8 @@ qemu-test: qemu-image
 	@for s in $(QEMU_SCENARIOS); do sh qemu/run-unit.sh $$s || exit 1; done
 
 # Power loss at random moments (tests/crash.rs): kill -9 of iamd, iam-provision,
-# iam-nodelink or iam-certctl during single-node and whole-unit provisioning and renewals,
+# iam-nodelink or iam-certctl during single-node and whole-unit provisioning, renewals and
+# zero-touch enrollment,
 # RUNS times per kind (default 20); each must converge. CRASH_SEED=N replays a sequence.
 RUNS ?= 20
 crash-test:

@@ -1,6 +1,6 @@
 //! The power-loss harness (`make crash-test RUNS=N`): kill -9 at random moments — of iamd,
 //! of iam-provision, of iam-nodelink — during single-node provisioning, whole-unit
-//! provisioning and renewals, on SoftHSM; then restart what was killed, run the same
+//! provisioning, renewals and zero-touch enrollment, on SoftHSM; then restart what was killed, run the same
 //! command again, and check the state: provisioned, exactly the token objects the records
 //! name (no orphan key, no lost certificate), and a database that opens cleanly (iamd
 //! restarted out of provisioning mode serves the same). `RUNS` (default 5) per kind;
@@ -255,4 +255,48 @@ fn iamd_or_iam_certctl_killed_at_random_during_a_renewal() {
         ));
     }
     summary("renewal", &lines);
+}
+
+#[test]
+#[ignore = "random kill -9 runs: `make crash-test` runs them (and `make test` a few)"]
+fn iamd_killed_at_random_during_zero_touch_enrollment() {
+    use common::enrollment::*;
+    let mut rng = Rng::new("enrollment");
+    // A clean enrollment's duration, from the first power-on to operational.
+    let window = {
+        let (mut node, server) = site("crash-ew", "");
+        factory(&mut node, &server, None);
+        let t = Instant::now();
+        node.start(false);
+        wait_state(&node, "operational");
+        t.elapsed()
+    };
+    let mut lines = Vec::new();
+    for run in 0..runs() {
+        let (mut node, server) = site(&format!("crash-e{run}"), "attempts = 20\n");
+        factory(&mut node, &server, None);
+        // Up to three power cuts in one enrollment, each at a random moment.
+        let cuts = 1 + rng.pick(3);
+        let mut at = Vec::new();
+        for _ in 0..cuts {
+            node.start(false);
+            let t = rng.moment(window);
+            std::thread::sleep(t);
+            node.kill9();
+            at.push(t.as_millis());
+        }
+        node.start(false);
+        let s = wait_state(&node, "operational");
+        assert_eq!(s["enrollment"]["enrolled"], serde_json::json!(["iam", "online"]), "{s}");
+        assert_converged(&node);
+        node.stop();
+        node.start(false);
+        assert_converged(&node);
+        lines.push(format!(
+            "run {run}: iamd killed at {at:?} ms of {} ms, then restarted: converged",
+            window.as_millis()
+        ));
+        drop(server);
+    }
+    summary("enrollment", &lines);
 }

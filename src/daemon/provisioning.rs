@@ -62,6 +62,10 @@ pub struct Provisioning {
     pub modules: CertModules,
     /// Serialises the operations that change state.
     lock: Mutex<()>,
+    /// Held while an ApplyCert runs (under `lock`): status and listing wait for it, so a
+    /// factory script killed during ApplyCert and run again never reads the state from
+    /// before a certificate the dropped request is still applying.
+    applying: Mutex<()>,
     /// The last password that passed the verifier, as an HMAC under a key that lives only
     /// in this process, with the verifier it passed: a repeated check (one per CreateKey)
     /// then costs one HMAC instead of a PBKDF2 derivation.
@@ -83,6 +87,7 @@ impl Provisioning {
             db,
             modules,
             lock: Mutex::new(()),
+            applying: Mutex::new(()),
             remembered: Mutex::new(None),
             remember_key,
             reported: Mutex::new(Default::default()),
@@ -329,6 +334,7 @@ impl Provisioning {
     pub fn apply(&self, node_id: &str, cert_type: &str, chain_pem: &str) -> Result<CertInfo> {
         self.check_node(node_id)?;
         let _g = crate::sys::lock(&self.lock);
+        let _a = crate::sys::lock(&self.applying);
         self.require_keys_allowed("ApplyCert")?;
         self.modules.apply(&self.db, &self.config, cert_type, chain_pem)
     }
@@ -577,12 +583,13 @@ impl Provisioning {
         })
     }
 
-    /// The status as the last finished step left it: a step still running (one whose client
-    /// has gone included) is waited for, so a rerun of the factory script never sees a
-    /// half-done step and does it again.
+    /// The status, once an ApplyCert running (one whose client has gone included) is done,
+    /// so that a rerun of the factory script does not apply its certificate again. Longer
+    /// steps (hooks) are not waited for: iam-nodelink asks the status while one runs.
     pub fn status(&self, node_id: &str) -> Result<ProvisioningStatus> {
         self.check_node(node_id)?;
-        let snap = self.with_journal(|| self.db.snapshot())?;
+        drop(crate::sys::lock(&self.applying));
+        let snap = self.db.snapshot()?;
         Ok(ProvisioningStatus {
             node_id: self.config.node_id.clone(),
             state: snap.state(),
@@ -611,10 +618,11 @@ impl Provisioning {
         self.modules.check(&self.db, &self.config)
     }
 
-    /// The certificates as the last finished step left them (see [`Provisioning::status`]).
+    /// The certificates, once an ApplyCert running is done (see [`Provisioning::status`]).
     pub fn list_certs(&self, node_id: &str) -> Result<Vec<CertInfo>> {
         self.check_node(node_id)?;
-        self.with_journal(|| self.modules.list(&self.db))
+        drop(crate::sys::lock(&self.applying));
+        self.modules.list(&self.db)
     }
 }
 

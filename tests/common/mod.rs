@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod attack;
+pub mod enrollment;
 pub mod est;
 
 use std::io::{BufRead, BufReader, Write};
