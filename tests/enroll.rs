@@ -418,3 +418,88 @@ fn iamd_killed_during_enrollment_resumes_and_converges() {
     wait_state(&node, "operational");
     assert_converged(&node);
 }
+
+/// `/csrattrs` as `openssl asn1parse -genconf` makes it: the items of `attrs` (sections
+/// follow).
+fn csrattrs(items: &str, sections: &str) -> String {
+    format!("asn1 = SEQUENCE:attrs\n[attrs]\n{items}\n{sections}")
+}
+
+#[test]
+fn what_csrattrs_asks_is_put_in_the_csrs_or_refused_naming_it() {
+    // challengePassword, EC keys on P-384 or P-256, an extension request for the key usages:
+    // each CSR carries the claim token as its challengePassword (checked by openssl req).
+    let (mut node, server) = site("csrattrs", "");
+    server.set_claim_token(Some(CLAIM));
+    factory(&mut node, &server, Some(CLAIM));
+    server.set_csrattrs(Some(&csrattrs(
+        "cp = OID:1.2.840.113549.1.9.7\nec = SEQUENCE:ecattr\ner = SEQUENCE:extreq\nsig = OID:1.2.840.10045.4.3.3\nsig2 = OID:1.2.840.10045.4.3.2",
+        "[ecattr]\ntype = OID:1.2.840.10045.2.1\nvalues = SET:curves\n[curves]\nc1 = OID:1.3.132.0.34\nc2 = OID:1.2.840.10045.3.1.7\n\
+         [extreq]\ntype = OID:1.2.840.113549.1.9.14\nvalues = SET:exts\n[exts]\ne1 = OID:2.5.29.37\ne2 = OID:2.5.29.15\n",
+    )));
+    server.require_challenge(Some(CLAIM));
+    node.start(false);
+    wait_state(&node, "operational");
+    let log = server.requests();
+    assert_eq!(
+        log.iter().filter(|l| *l == "challengePassword ok").count(),
+        2,
+        "{log:?}"
+    );
+    assert!(
+        !node.log().contains(CLAIM),
+        "the challengePassword stays out of the log"
+    );
+    node.stop();
+
+    // Keys the modules do not make: refused before a key is made or a CSR sent.
+    let (mut node, server) = site("csrattrs-curve", "");
+    factory(&mut node, &server, None);
+    server.set_csrattrs(Some(&csrattrs("k = OID:1.2.840.10045.2.1\nc = OID:1.3.132.0.35", "")));
+    node.start(false);
+    let s = wait_state(&node, "quarantined");
+    let err = s["enrollment"]["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("asks CSRs of module iam for keys on secp521r1 (1.3.132.0.35)") && err.contains("ecdsa-p384"),
+        "{err}"
+    );
+    assert!(
+        server.requests().iter().all(|r| !r.starts_with("simpleenroll")),
+        "{:?}",
+        server.requests()
+    );
+    let st = node.status();
+    assert!(
+        st["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["pending_key"] == false),
+        "{st}"
+    );
+    node.stop();
+
+    // An attribute aos-iam cannot give (macAddress), and a challengePassword with no secret
+    // to put in it: each refused, naming it.
+    for (name, items, want) in [
+        (
+            "csrattrs-mac",
+            "m = OID:1.3.6.1.1.1.1.22",
+            "the attribute macAddress (1.3.6.1.1.1.1.22)",
+        ),
+        (
+            "csrattrs-cp",
+            "cp = OID:1.2.840.113549.1.9.7",
+            "a challengePassword, and no claim token or EST password is configured",
+        ),
+    ] {
+        let (mut node, server) = site(name, "");
+        factory(&mut node, &server, None);
+        server.set_csrattrs(Some(&csrattrs(items, "")));
+        node.start(false);
+        let s = wait_state(&node, "quarantined");
+        let err = s["enrollment"]["last_error"].as_str().unwrap();
+        assert!(err.contains(want), "{err}");
+        node.stop();
+    }
+}

@@ -90,6 +90,34 @@ pub fn unwrap_octet_string(v: &[u8]) -> &[u8] {
     }
 }
 
+/// An OBJECT IDENTIFIER's content as dotted text (`1.2.840.113549.1.9.7`); `None` when
+/// it is not a valid encoding.
+pub fn oid_text(content: &[u8]) -> Option<String> {
+    let mut arcs: Vec<u64> = Vec::new();
+    let mut v: u64 = 0;
+    if content.is_empty() || *content.last()? & 0x80 != 0 {
+        return None;
+    }
+    for (i, b) in content.iter().enumerate() {
+        // A leading 0x80 is not minimal.
+        if v == 0 && *b == 0x80 && (i == 0 || content[i - 1] & 0x80 == 0) {
+            return None;
+        }
+        v = v.checked_mul(128)?.checked_add((b & 0x7f) as u64)?;
+        if b & 0x80 == 0 {
+            if arcs.is_empty() {
+                let first = (v / 40).min(2);
+                arcs.push(first);
+                arcs.push(v - first * 40);
+            } else {
+                arcs.push(v);
+            }
+            v = 0;
+        }
+    }
+    Some(arcs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join("."))
+}
+
 /// One DER TLV and what follows it.
 pub struct Tlv<'a> {
     pub tag: u8,
@@ -234,6 +262,24 @@ pub fn pkcs7_certs_only(certs: &[Vec<u8>]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn oids_read_as_dotted_text_and_bad_encodings_are_refused() {
+        use super::oid_text;
+        assert_eq!(
+            oid_text(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x07]).as_deref(),
+            Some("1.2.840.113549.1.9.7")
+        );
+        assert_eq!(oid_text(&[0x55, 0x1d, 0x25]).as_deref(), Some("2.5.29.37"));
+        assert_eq!(
+            oid_text(&[0x2b, 0x81, 0x04, 0x00, 0x22]).as_deref(),
+            Some("1.3.132.0.34")
+        );
+        assert_eq!(oid_text(&[]), None, "empty");
+        assert_eq!(oid_text(&[0x2a, 0x86]), None, "ends inside an arc");
+        assert_eq!(oid_text(&[0x2a, 0x80, 0x01]), None, "a leading 0x80 is not minimal");
+        assert_eq!(oid_text(&[0xff; 12]), None, "an arc beyond 64 bits");
+    }
 
     #[test]
     fn ber_indefinite_lengths_are_followed_and_malformed_ones_refused() {

@@ -159,6 +159,17 @@ impl CertModules {
 
     /// CreateKey: a new key pair in the module's store and a CSR for it.
     pub fn create_key(&self, db: &Db, cert_type: &str, subject: &str) -> Result<(KeyId, String)> {
+        self.create_key_with(db, cert_type, subject, None)
+    }
+
+    /// CreateKey with a challengePassword in the CSR (what an EST server's /csrattrs asked).
+    pub fn create_key_with(
+        &self,
+        db: &Db,
+        cert_type: &str,
+        subject: &str,
+        challenge: Option<&crate::secret::Secret>,
+    ) -> Result<(KeyId, String)> {
         let m = self.get(cert_type)?;
         x509::parse_subject(subject)?;
         let id = keystore::new_key_id()?;
@@ -178,7 +189,7 @@ impl CertModules {
             id,
             public,
         };
-        let csr = x509::build_csr(&key, subject, &m.alt_names(), &m.config.extended_key_usage)?;
+        let csr = x509::build_csr_with(&key, subject, &m.alt_names(), &m.config.extended_key_usage, challenge)?;
         Ok((id, csr))
     }
 

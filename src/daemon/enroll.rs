@@ -300,6 +300,18 @@ fn client(prov: &Provisioning, cfg: &EnrollConfig, e: &Enrollment) -> Result<Est
     Ok(client)
 }
 
+/// The challengePassword a server's /csrattrs may ask for: the claim token, else the EST
+/// password.
+fn challenge_secret(cfg: &EnrollConfig) -> Result<Option<Secret>> {
+    if cfg.claim_token_file.exists() {
+        return read_secret(&cfg.claim_token_file, "claim token file").map(Some);
+    }
+    match &cfg.password_file {
+        Some(f) => read_secret(f, "EST password file").map(Some),
+        None => Ok(None),
+    }
+}
+
 fn read_secret(path: &std::path::Path, what: &str) -> Result<Secret> {
     let text = zeroize::Zeroizing::new(
         std::fs::read_to_string(path).map_err(|e| Error::unavailable(format!("{what} {}: {e}", path.display())))?,
@@ -360,8 +372,30 @@ fn enroll_module(
     let step = match step {
         Some(s) => s,
         None => {
+            // What the server asks CSRs to carry (/csrattrs), honoured or refused before a
+            // key is made.
+            if est.is_none() {
+                *est = Some(EstSigner {
+                    client: client(prov, cfg, e)?,
+                    reenroll: false,
+                    retry_after: Default::default(),
+                });
+            }
+            let signer = est.as_ref().expect("made above");
+            let attrs = signer.client.csrattrs().map_err(|r| {
+                *retry_after = r.retry_after;
+                r.error
+            })?;
+            let module = prov.modules.get(cert_type)?;
+            let challenge = match attrs.items.is_empty() {
+                true => None,
+                false => attrs.honour(&module.config, challenge_secret(cfg)?.as_ref())?,
+            };
             let subject = format!("CN={},OU={cert_type}", prov.config.node_id);
-            let (key_id, csr) = prov.with_journal(|| prov.modules.create_key(&prov.db, cert_type, &subject))?;
+            let (key_id, csr) = prov.with_journal(|| {
+                prov.modules
+                    .create_key_with(&prov.db, cert_type, &subject, challenge.as_ref())
+            })?;
             let s = Step::KeyCreated { key_id, csr };
             e.current = Some((cert_type.to_string(), s.clone()));
             prov.db.set_enrollment(e, None)?;

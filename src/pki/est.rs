@@ -178,6 +178,21 @@ impl EstClient {
         self.certs(r, "cacerts")
     }
 
+    /// `/csrattrs` (RFC 7030 §4.5): what the server asks CSRs to carry; none when it
+    /// answers 204 or 404 (it has nothing to ask).
+    pub fn csrattrs(&self) -> std::result::Result<CsrAttrs, Refusal> {
+        let r = self.exchange("GET", "csrattrs", None)?;
+        if matches!(r.status, 204 | 404) {
+            return Ok(CsrAttrs::default());
+        }
+        let r = self.accept(r, "csrattrs")?;
+        let der = crate::codec::pem::base64_decode(&r.body).unwrap_or(r.body);
+        CsrAttrs::parse(&der).map_err(|error| Refusal {
+            error: error.context("the EST answer to /csrattrs"),
+            retry_after: None,
+        })
+    }
+
     /// `/simpleenroll` (or `/simplereenroll`) with a CSR (DER): the issued certificates.
     pub fn enroll(&self, csr_der: &[u8], reenroll: bool) -> std::result::Result<Vec<Vec<u8>>, Refusal> {
         let op = if reenroll { "simplereenroll" } else { "simpleenroll" };
@@ -188,7 +203,8 @@ impl EstClient {
         self.certs(r, op)
     }
 
-    fn certs(&self, r: Response, op: &str) -> std::result::Result<Vec<Vec<u8>>, Refusal> {
+    /// A 200 answer, or the refusal its status says.
+    fn accept(&self, r: Response, op: &str) -> std::result::Result<Response, Refusal> {
         let refuse = |error: Error| Refusal {
             error,
             retry_after: None,
@@ -240,6 +256,15 @@ impl EstClient {
                 ))))
             }
         }
+        Ok(r)
+    }
+
+    fn certs(&self, r: Response, op: &str) -> std::result::Result<Vec<Vec<u8>>, Refusal> {
+        let refuse = |error: Error| Refusal {
+            error,
+            retry_after: None,
+        };
+        let r = self.accept(r, op)?;
         // RFC 7030 bodies are base64; a server that sends DER as it is is read too.
         let der = crate::codec::pem::base64_decode(&r.body).unwrap_or(r.body);
         crate::codec::der::pkcs7_certificates(&der).ok_or_else(|| {
@@ -563,6 +588,229 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// One item of a `/csrattrs` answer: an OID, or an attribute with its values (DER).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttrOrOid {
+    Oid(String),
+    Attribute(String, Vec<Vec<u8>>),
+}
+
+/// What an EST server asks CSRs to carry (`CsrAttrs ::= SEQUENCE OF AttrOrOID`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CsrAttrs {
+    pub items: Vec<AttrOrOid>,
+}
+
+/// Most items a `/csrattrs` answer may hold.
+const MAX_CSR_ATTRS: usize = 64;
+
+const CHALLENGE_PASSWORD: &str = "1.2.840.113549.1.9.7";
+const EXTENSION_REQUEST: &str = "1.2.840.113549.1.9.14";
+const EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+const RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
+
+/// Names of the OIDs a `/csrattrs` answer may hold, for messages.
+fn oid_name(oid: &str) -> &'static str {
+    match oid {
+        CHALLENGE_PASSWORD => "challengePassword",
+        EXTENSION_REQUEST => "extensionRequest",
+        EC_PUBLIC_KEY => "id-ecPublicKey",
+        RSA_ENCRYPTION => "rsaEncryption",
+        "1.2.840.10045.3.1.7" => "prime256v1",
+        "1.3.132.0.34" => "secp384r1",
+        "1.3.132.0.35" => "secp521r1",
+        "1.2.840.10045.4.3.2" => "ecdsa-with-SHA256",
+        "1.2.840.10045.4.3.3" => "ecdsa-with-SHA384",
+        "1.2.840.10045.4.3.4" => "ecdsa-with-SHA512",
+        "1.2.840.113549.1.1.11" => "sha256WithRSAEncryption",
+        "1.2.840.113549.1.1.12" => "sha384WithRSAEncryption",
+        "1.2.840.113549.1.1.13" => "sha512WithRSAEncryption",
+        "1.3.101.112" => "Ed25519",
+        "2.5.29.17" => "subjectAltName",
+        "2.5.29.37" => "extKeyUsage",
+        "2.5.29.15" => "keyUsage",
+        "2.5.29.19" => "basicConstraints",
+        "1.3.6.1.1.1.1.22" => "macAddress",
+        _ => "",
+    }
+}
+
+fn named(oid: &str) -> String {
+    match oid_name(oid) {
+        "" => oid.to_string(),
+        n => format!("{n} ({oid})"),
+    }
+}
+
+fn is_key_type(oid: &str) -> bool {
+    matches!(oid, EC_PUBLIC_KEY | RSA_ENCRYPTION | "1.3.101.112" | "1.3.101.113")
+}
+fn is_curve(oid: &str) -> bool {
+    matches!(oid, "1.2.840.10045.3.1.7" | "1.3.132.0.34" | "1.3.132.0.35")
+}
+fn is_signature(oid: &str) -> bool {
+    matches!(
+        oid,
+        "1.2.840.10045.4.3.2"
+            | "1.2.840.10045.4.3.3"
+            | "1.2.840.10045.4.3.4"
+            | "1.2.840.113549.1.1.11"
+            | "1.2.840.113549.1.1.12"
+            | "1.2.840.113549.1.1.13"
+    )
+}
+
+/// What a module's CSRs are: key type, curve, signature algorithm (OIDs).
+fn module_algorithms(a: crate::config::Algorithm) -> (&'static str, Option<&'static str>, &'static str) {
+    use crate::config::Algorithm;
+    match a {
+        Algorithm::EcdsaP384 => (EC_PUBLIC_KEY, Some("1.3.132.0.34"), "1.2.840.10045.4.3.3"),
+        Algorithm::EcdsaP256 => (EC_PUBLIC_KEY, Some("1.2.840.10045.3.1.7"), "1.2.840.10045.4.3.2"),
+        Algorithm::Rsa2048 => (RSA_ENCRYPTION, None, "1.2.840.113549.1.1.11"),
+    }
+}
+
+impl CsrAttrs {
+    /// Parse the DER of a `/csrattrs` answer; anything else is a `protocol` error.
+    pub fn parse(der: &[u8]) -> Result<CsrAttrs> {
+        use crate::codec::der::{oid_text, read_tlv};
+        let bad = |why: &str| Error::protocol(format!("not a CsrAttrs structure: {why}"));
+        let top = read_tlv(der)
+            .filter(|t| t.tag == 0x30 && t.rest.is_empty())
+            .ok_or_else(|| bad("no SEQUENCE"))?;
+        let mut items = Vec::new();
+        let mut rest = top.content;
+        while !rest.is_empty() {
+            if items.len() == MAX_CSR_ATTRS {
+                return Err(bad(&format!("more than {MAX_CSR_ATTRS} items")));
+            }
+            let t = read_tlv(rest).ok_or_else(|| bad("a truncated item"))?;
+            rest = t.rest;
+            match t.tag {
+                0x06 => items.push(AttrOrOid::Oid(oid_text(t.content).ok_or_else(|| bad("a bad OID"))?)),
+                0x30 => {
+                    let ty = read_tlv(t.content)
+                        .filter(|x| x.tag == 0x06)
+                        .ok_or_else(|| bad("an attribute without its type"))?;
+                    let oid = oid_text(ty.content).ok_or_else(|| bad("a bad OID"))?;
+                    let set = read_tlv(ty.rest)
+                        .filter(|x| x.tag == 0x31 && x.rest.is_empty())
+                        .ok_or_else(|| bad("an attribute without its values"))?;
+                    let mut values = Vec::new();
+                    let mut v = set.content;
+                    while !v.is_empty() {
+                        let x = read_tlv(v).ok_or_else(|| bad("a truncated value"))?;
+                        values.push(x.whole.to_vec());
+                        v = x.rest;
+                    }
+                    items.push(AttrOrOid::Attribute(oid, values));
+                }
+                tag => return Err(bad(&format!("an item with tag {tag:#04x}"))),
+            }
+        }
+        Ok(CsrAttrs { items })
+    }
+
+    /// Check that a CSR of `module` can carry what the server asks, and say what to add: the
+    /// challengePassword (`challenge`, refused when the server asks for one and there is
+    /// none). Anything that cannot be honoured is refused naming it: another key type, curve
+    /// or signature algorithm than the module's, an extension it does not make, an attribute
+    /// aos-iam does not know.
+    pub fn honour(&self, module: &crate::config::ModuleConfig, challenge: Option<&Secret>) -> Result<Option<Secret>> {
+        use crate::codec::der::{oid_text, read_tlv};
+        let refuse = |what: String| {
+            Error::invalid(format!(
+                "the EST server asks CSRs of module {} for {what}, which it cannot give",
+                module.id
+            ))
+        };
+        let (key, curve, sig) = module_algorithms(module.algorithm);
+        let (mut keys, mut curves, mut sigs) = (Vec::new(), Vec::new(), Vec::new());
+        let mut password = None;
+        let oid_of = |v: &[u8]| read_tlv(v).filter(|t| t.tag == 0x06).and_then(|t| oid_text(t.content));
+        for item in &self.items {
+            let (oid, values) = match item {
+                AttrOrOid::Oid(o) => (o.as_str(), &[][..]),
+                AttrOrOid::Attribute(o, v) => (o.as_str(), &v[..]),
+            };
+            match oid {
+                CHALLENGE_PASSWORD => {
+                    password = Some(challenge.cloned().ok_or_else(|| {
+                        refuse("a challengePassword, and no claim token or EST password is configured".into())
+                    })?)
+                }
+                o if is_key_type(o) => {
+                    keys.push(o.to_string());
+                    // id-ecPublicKey with its curves as values (RFC 7030 §4.5.2).
+                    curves.extend(values.iter().filter_map(|v| oid_of(v)));
+                }
+                o if is_curve(o) => curves.push(o.to_string()),
+                o if is_signature(o) => sigs.push(o.to_string()),
+                EXTENSION_REQUEST => {
+                    for v in values {
+                        // An extension's OID, or Extension(s) as templates: their OIDs.
+                        let mut wanted = Vec::new();
+                        if let Some(o) = oid_of(v) {
+                            wanted.push(o);
+                        } else if let Some(t) = read_tlv(v).filter(|t| t.tag == 0x30) {
+                            match oid_of(t.content) {
+                                Some(o) => wanted.push(o),
+                                None => {
+                                    let mut r = t.content;
+                                    while let Some(e) = read_tlv(r) {
+                                        wanted.extend(oid_of(e.content));
+                                        r = e.rest;
+                                    }
+                                }
+                            }
+                        }
+                        if wanted.is_empty() {
+                            return Err(refuse("an extension request it cannot read".into()));
+                        }
+                        for e in wanted {
+                            match e.as_str() {
+                                "2.5.29.15" | "2.5.29.19" => {}
+                                "2.5.29.37" if !module.extended_key_usage.is_empty() => {}
+                                "2.5.29.17" if !module.alt_names.is_empty() || !module.uri_names.is_empty() => {}
+                                "2.5.29.37" | "2.5.29.17" => {
+                                    return Err(refuse(format!(
+                                        "the extension {}, and the module configures none",
+                                        named(&e)
+                                    )))
+                                }
+                                _ => return Err(refuse(format!("the extension {}", named(&e)))),
+                            }
+                        }
+                    }
+                }
+                o => return Err(refuse(format!("the attribute {}", named(o)))),
+            }
+        }
+        if !keys.is_empty() && !keys.iter().any(|k| k == key) {
+            return Err(refuse(format!(
+                "{} keys (it makes {} keys: change the module's algorithm)",
+                keys.iter().map(|k| named(k)).collect::<Vec<_>>().join(" or "),
+                module.algorithm.name()
+            )));
+        }
+        if !curves.is_empty() && curve.is_none_or(|c| !curves.iter().any(|x| x == c)) {
+            return Err(refuse(format!(
+                "keys on {} (it makes {} keys: change the module's algorithm)",
+                curves.iter().map(|k| named(k)).collect::<Vec<_>>().join(" or "),
+                module.algorithm.name()
+            )));
+        }
+        if !sigs.is_empty() && !sigs.iter().any(|x| x == sig) {
+            return Err(refuse(format!(
+                "signatures by {} (its CSRs are signed with {})",
+                sigs.iter().map(|k| named(k)).collect::<Vec<_>>().join(" or "),
+                named(sig)
+            )));
+        }
+        Ok(password)
+    }
+}
+
 /// Put the issued certificates in chain order: the one whose key is the CSR's first.
 pub fn chain_pem(certs: &[Vec<u8>], csr_der: &[u8]) -> Result<String> {
     use x509_parser::prelude::FromDer;
@@ -616,6 +864,84 @@ impl CsrSigner for EstSigner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn module(algorithm: crate::config::Algorithm) -> crate::config::ModuleConfig {
+        crate::config::ModuleConfig {
+            id: "iam".into(),
+            store: crate::config::StoreConfig::Software {
+                dir: "/nonexistent".into(),
+            },
+            algorithm,
+            max_items: 1,
+            extended_key_usage: vec![crate::config::Eku::ClientAuth],
+            alt_names: Vec::new(),
+            uri_names: Vec::new(),
+            forbidden_ekus: Vec::new(),
+            self_signed: false,
+            skip_validation: false,
+            self_signed_days: 1,
+            renew: None,
+            root_ca: None,
+        }
+    }
+
+    #[test]
+    fn csrattrs_parse_and_are_honoured_or_refused_naming_what() {
+        use crate::codec::der::tlv;
+        use crate::config::Algorithm;
+        let oid = |c: &[u8]| tlv(0x06, c);
+        let cp = oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x07]);
+        let ec = oid(&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01]);
+        let p384 = oid(&[0x2b, 0x81, 0x04, 0x00, 0x22]);
+        let san = oid(&[0x55, 0x1d, 0x11]);
+        let ext_req = |v: &[u8]| {
+            tlv(
+                0x30,
+                &[
+                    oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x0e]),
+                    tlv(0x31, v),
+                ]
+                .concat(),
+            )
+        };
+        let ec_attr = tlv(0x30, &[ec.clone(), tlv(0x31, &p384)].concat());
+        let der = tlv(0x30, &[cp.clone(), ec_attr, ext_req(&san)].concat());
+        let a = CsrAttrs::parse(&der).unwrap();
+        assert_eq!(a.items.len(), 3);
+        let secret = Secret::new("t".into());
+        // SAN asked, none configured: refused naming it.
+        let e = a.honour(&module(Algorithm::EcdsaP384), Some(&secret)).unwrap_err();
+        assert!(e.message.contains("subjectAltName (2.5.29.17)"), "{e}");
+        let mut m = module(Algorithm::EcdsaP384);
+        m.alt_names = vec!["node.local".into()];
+        assert_eq!(
+            a.honour(&m, Some(&secret)).unwrap().map(|s| s.expose().to_string()),
+            Some("t".into())
+        );
+        m.algorithm = Algorithm::EcdsaP256;
+        let e = a.honour(&m, Some(&secret)).unwrap_err();
+        assert!(
+            e.message.contains("keys on secp384r1") && e.message.contains("ecdsa-p256"),
+            "{e}"
+        );
+        m.algorithm = Algorithm::Rsa2048;
+        let e = a.honour(&m, Some(&secret)).unwrap_err();
+        assert!(
+            e.message.contains("id-ecPublicKey") && e.message.contains("rsa-2048"),
+            "{e}"
+        );
+        // Not a CsrAttrs: refused as a protocol error, whatever the bytes.
+        for bad in [
+            &b""[..],
+            &[0x31, 0x00],
+            &[0x30, 0x05, 0x06, 0x01],
+            &[0x30, 0x02, 0x02, 0x00],
+            &tlv(0x30, &[der.clone(), vec![0]].concat()),
+        ] {
+            let e = CsrAttrs::parse(bad).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Protocol, "{bad:02x?}: {e}");
+        }
+    }
 
     #[test]
     fn urls_name_host_port_and_path() {

@@ -290,9 +290,27 @@ fn leaf_params(subject: &str, alt_names: &[String], ekus: &[Eku]) -> Result<Cert
 
 /// A PEM CSR for the key, signed inside its store.
 pub fn build_csr(key: &StoredKey, subject: &str, alt_names: &[String], ekus: &[Eku]) -> Result<String> {
+    build_csr_with(key, subject, alt_names, ekus, None)
+}
+
+/// The same, with a challengePassword attribute (PKCS #9) when an EST server asks for one.
+pub fn build_csr_with(
+    key: &StoredKey,
+    subject: &str,
+    alt_names: &[String],
+    ekus: &[Eku],
+    challenge: Option<&crate::secret::Secret>,
+) -> Result<String> {
     let params = leaf_params(subject, alt_names, ekus)?;
+    let attrs = match challenge {
+        Some(pw) => vec![rcgen::Attribute {
+            oid: &[1, 2, 840, 113549, 1, 9, 7],
+            values: crate::codec::der::tlv(0x31, &crate::codec::der::tlv(0x0c, pw.expose().as_bytes())),
+        }],
+        None => Vec::new(),
+    };
     let csr = params
-        .serialize_request(key)
+        .serialize_request_with_attributes(key, attrs)
         .map_err(|e| Error::internal(format!("building the CSR with {}: {e}", key.store.describe())))?;
     csr.pem().map_err(|e| Error::internal(format!("encoding the CSR: {e}")))
 }

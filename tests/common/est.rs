@@ -57,6 +57,10 @@ pub struct EstServer {
     pub claim_token: Arc<Mutex<Option<String>>>,
     /// Requests received, whatever the mode made of them.
     pub received: Arc<std::sync::atomic::AtomicUsize>,
+    /// The DER `/csrattrs` answers (base64 by openssl); `None`: 404.
+    pub csrattrs: Arc<Mutex<Option<Vec<u8>>>>,
+    /// The challengePassword every CSR must carry (checked by `openssl req -text`), if set.
+    pub require_challenge: Arc<Mutex<Option<String>>>,
 }
 
 struct Ca {
@@ -73,6 +77,8 @@ struct Ca {
     log: Arc<Mutex<Vec<String>>>,
     claim_token: Arc<Mutex<Option<String>>>,
     received: Arc<std::sync::atomic::AtomicUsize>,
+    csrattrs: Arc<Mutex<Option<Vec<u8>>>>,
+    require_challenge: Arc<Mutex<Option<String>>>,
 }
 
 impl EstServer {
@@ -154,6 +160,8 @@ impl EstServer {
             log: Arc::new(Mutex::new(Vec::new())),
             claim_token: Arc::new(Mutex::new(None)),
             received: Default::default(),
+            csrattrs: Default::default(),
+            require_challenge: Default::default(),
         };
         let ca = Arc::new(Ca {
             dir: dir.to_path_buf(),
@@ -169,6 +177,8 @@ impl EstServer {
             log: server.log.clone(),
             claim_token: server.claim_token.clone(),
             received: server.received.clone(),
+            csrattrs: server.csrattrs.clone(),
+            require_challenge: server.require_challenge.clone(),
         });
         std::thread::spawn(move || {
             for tcp in listener.incoming().flatten() {
@@ -296,6 +306,18 @@ impl Ca {
                     false => Some(p7(&[ca])),
                 }
             }
+            "csrattrs" => {
+                self.log.lock().unwrap().push("csrattrs".into());
+                let Some(der) = self.csrattrs.lock().unwrap().clone() else {
+                    return Some(http("404 Not Found", "", b""));
+                };
+                let b64 = openssl(&["base64"], &der);
+                Some(http(
+                    "200 OK",
+                    "Content-Type: application/csrattrs\r\nContent-Transfer-Encoding: base64\r\n",
+                    &b64,
+                ))
+            }
             "simpleenroll" => {
                 let auth = head
                     .lines()
@@ -415,6 +437,26 @@ impl Ca {
         if der.is_empty() {
             return Err("Problem reading DER encoded certificate request".into());
         }
+        // The CSR's signature and, if one is required, its challengePassword, by openssl.
+        let text = openssl(&["req", "-inform", "DER", "-noout", "-verify", "-text"], &der);
+        let text = String::from_utf8_lossy(&text);
+        if !text.contains("Certificate Request:") {
+            return Err("the CSR does not verify (openssl req -verify)".into());
+        }
+        if let Some(want) = self.require_challenge.lock().unwrap().clone() {
+            let got = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("challengePassword"))
+                .map(|v| v.trim().trim_start_matches(':').trim().to_string());
+            if got.as_deref() != Some(want.as_str()) {
+                self.log
+                    .lock()
+                    .unwrap()
+                    .push("simpleenroll refused: challengePassword".into());
+                return Err("the CSR lacks the challengePassword asked for".into());
+            }
+            self.log.lock().unwrap().push("challengePassword ok".into());
+        }
         let csr = rustls::pki_types::CertificateSigningRequestDer::from(der);
         let mut params = rcgen::CertificateSigningRequestParams::from_der(&csr).map_err(|e| format!("bad CSR: {e}"))?;
         let now = time::OffsetDateTime::now_utc();
@@ -424,6 +466,54 @@ impl Ca {
         params.params.use_authority_key_identifier_extension = true;
         let issuer = rcgen::Issuer::from_ca_cert_pem(&self.cert_pem, &self.key).unwrap();
         Ok(params.signed_by(&issuer).map_err(|e| e.to_string())?.der().to_vec())
+    }
+}
+
+/// `openssl ARGS` with `input` on stdin: its stdout (empty when it fails).
+pub fn openssl(args: &[&str], input: &[u8]) -> Vec<u8> {
+    let mut child = std::process::Command::new("openssl")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let feed = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = feed.join();
+    if out.status.success() {
+        out.stdout
+    } else {
+        Vec::new()
+    }
+}
+
+impl EstServer {
+    /// Answer `/csrattrs` with the DER openssl makes of `genconf` (`openssl asn1parse
+    /// -genconf`), or 404 for `None`.
+    pub fn set_csrattrs(&self, genconf: Option<&str>) {
+        let der = genconf.map(|conf| {
+            let f = std::env::temp_dir().join(format!("csrattrs-{}-{:p}.cnf", std::process::id(), self));
+            std::fs::write(&f, conf).unwrap();
+            let out = std::process::Command::new("openssl")
+                .args(["asn1parse", "-genconf"])
+                .arg(&f)
+                .args(["-noout", "-out", "/dev/stdout"])
+                .output()
+                .unwrap();
+            let _ = std::fs::remove_file(&f);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            out.stdout
+        });
+        *self.csrattrs.lock().unwrap() = der;
+    }
+
+    pub fn require_challenge(&self, v: Option<&str>) {
+        *self.require_challenge.lock().unwrap() = v.map(String::from);
     }
 }
 
