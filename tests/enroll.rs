@@ -503,3 +503,31 @@ fn what_csrattrs_asks_is_put_in_the_csrs_or_refused_naming_it() {
         node.stop();
     }
 }
+
+#[test]
+fn the_main_node_reports_a_secondarys_enrollment_status() {
+    let mut unit = Unit::new("enroll-unit", 1);
+    unit.start(true);
+    unit.link_unix(0);
+    let s0 = unit.secondaries[0].node_id();
+    unit.wait_connected(&s0, true);
+    let main = &unit.main;
+    let out = main
+        .applet(
+            "iam-certctl",
+            &["-s", &main.protected(), "--json", "status", "--node", &s0],
+            None,
+        )
+        .ok()
+        .json();
+    assert_eq!(out["node_id"], s0.as_str(), "{out}");
+    assert_eq!(out["enrollment"]["state"], "not-configured", "{out}");
+    assert_eq!(out["enrollment"]["step"], "no [enroll] in the configuration", "{out}");
+    // A node the main node does not know is named.
+    main.applet(
+        "iam-certctl",
+        &["-s", &main.protected(), "status", "--node", "node-nowhere"],
+        None,
+    )
+    .fails(6, "node \"node-nowhere\" is not known");
+}
