@@ -1,7 +1,8 @@
 //! An EST test server (RFC 7030) for the tests: HTTPS on the loopback with rustls, its own
 //! trust anchor, `/cacerts`, `/simpleenroll` (HTTP basic auth) and `/simplereenroll`
-//! (client certificate chained to the unit root), signing CSRs with the node's real CA
-//! (rcgen). A mode makes it answer as a failing server would.
+//! (client certificate chained to the unit root), signing CSRs with the node's real CA:
+//! by `openssl x509 -req` (rcgen only for lifetimes of seconds, which openssl 3.0 cannot
+//! set). A mode makes it answer as a failing server would.
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -457,15 +458,72 @@ impl Ca {
             }
             self.log.lock().unwrap().push("challengePassword ok".into());
         }
+        let lifetime = *self.lifetime.lock().unwrap();
+        if lifetime % 86400 == 0 {
+            return self.openssl_issue(&der, lifetime / 86400);
+        }
+        // Lifetimes in seconds (renewal tests), which openssl 3.0's x509 cannot set: rcgen.
         let csr = rustls::pki_types::CertificateSigningRequestDer::from(der);
         let mut params = rcgen::CertificateSigningRequestParams::from_der(&csr).map_err(|e| format!("bad CSR: {e}"))?;
         let now = time::OffsetDateTime::now_utc();
         params.params.not_before = now - time::Duration::seconds(10);
-        params.params.not_after = now + time::Duration::seconds(*self.lifetime.lock().unwrap());
+        params.params.not_after = now + time::Duration::seconds(lifetime);
         params.params.serial_number = Some(aos_iam::pki::x509::random_serial().unwrap());
         params.params.use_authority_key_identifier_extension = true;
         let issuer = rcgen::Issuer::from_ca_cert_pem(&self.cert_pem, &self.key).unwrap();
         Ok(params.signed_by(&issuer).map_err(|e| e.to_string())?.der().to_vec())
+    }
+
+    /// Issue for `days` as a CA does with openssl: `openssl x509 -req`, the CSR's extensions
+    /// copied, a random serial.
+    fn openssl_issue(&self, csr_der: &[u8], days: i64) -> Result<Vec<u8>, String> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let d = self.dir.join(format!("est-issue-{n}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("csr.pem"),
+            aos_iam::codec::pem::pem_encode("CERTIFICATE REQUEST", csr_der),
+        )
+        .unwrap();
+        std::fs::write(d.join("ca.key"), self.key.serialize_pem()).unwrap();
+        std::fs::write(d.join("ca.pem"), &self.cert_pem).unwrap();
+        let serial = aos_iam::codec::hex(&aos_iam::pki::x509::random_serial().unwrap().to_bytes());
+        let out = std::process::Command::new("openssl")
+            .args([
+                "x509",
+                "-req",
+                "-in",
+                "csr.pem",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-copy_extensions",
+                "copy",
+            ])
+            .args([
+                "-days",
+                &days.to_string(),
+                "-set_serial",
+                &format!("0x{serial}"),
+                "-outform",
+                "DER",
+                "-out",
+                "cert.der",
+            ])
+            .current_dir(&d)
+            .output()
+            .unwrap();
+        let cert = std::fs::read(d.join("cert.der"));
+        let _ = std::fs::remove_dir_all(&d);
+        match (out.status.success(), cert) {
+            (true, Ok(c)) => Ok(c),
+            _ => Err(format!(
+                "openssl x509 -req: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        }
     }
 }
 
