@@ -19,8 +19,13 @@ need="softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl p11tool:gnutls-b
     || missing_engine=libengine-pkcs11-openssl
 if [ "${1:-demo}" = test ]; then
     need="$need setpriv:util-linux socat:socat systemd-analyze:systemd file:file python3:python3 tinyproxy:tinyproxy"
+    # A software TPM behind its resource manager, with the tpm2-pkcs11 module (tests/tpm.rs).
+    need="$need swtpm:swtpm swtpm_setup:swtpm-tools tpm2_getcap:tpm2-tools tpm2-abrmd:tpm2-abrmd dbus-daemon:dbus"
+    [ -e /usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so ] || pkgs_tpm="libtpm2-pkcs11-1"
+    ls /usr/lib/x86_64-linux-gnu/libtss2-tcti-tabrmd.so* >/dev/null 2>&1 || pkgs_tpm="${pkgs_tpm:-} libtss2-tcti-tabrmd0"
+    ls /usr/lib/x86_64-linux-gnu/libtss2-tcti-swtpm.so* >/dev/null 2>&1 || pkgs_tpm="${pkgs_tpm:-} libtss2-tcti-swtpm0"
 fi
-pkgs="${missing_engine:-}"
+pkgs="${missing_engine:-} ${pkgs_tpm:-}"
 if [ "$1" = test ] || [ "$1" = qemu ]; then
     # The QEMU rig (qemu/): the VMs, a static busybox, the tools copied into the image, and
     # the userspace vsock device between sibling VMs (a crate).

@@ -114,6 +114,8 @@ pub struct Node {
     pub bin: PathBuf,
     /// A whole configuration in place of the generated one (a fixture's).
     pub config_override: Option<String>,
+    /// Environment of every process run for the node (a TPM's TCTI).
+    pub env: Vec<(String, String)>,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -146,6 +148,7 @@ impl Node {
             ],
             bin: bin(),
             config_override: None,
+            env: Vec::new(),
         };
         node.make_ca("ca");
         node
@@ -223,6 +226,7 @@ impl Node {
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(&self.bin);
         c.env("SOFTHSM2_CONF", self.path("softhsm2.conf"));
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 
@@ -452,6 +456,7 @@ impl Node {
     pub fn cmd_for(&self, program: &str) -> Command {
         let mut c = Command::new(program);
         c.env("SOFTHSM2_CONF", self.path("softhsm2.conf"));
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 

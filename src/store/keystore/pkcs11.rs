@@ -381,11 +381,57 @@ impl Pkcs11Store {
             )));
         }
         let so_pin = AuthPin::from(password.expose());
-        self.ctx
-            .init_token(slot, &so_pin, &self.config.init_label)
-            .map_err(self.err("initialise token"))?;
+        if let Err(e) = self.ctx.init_token(slot, &so_pin, &self.config.init_label) {
+            // A token that cannot be initialised twice (tpm2-pkcs11: "Token already
+            // initialized", CKR_ARGUMENTS_BAD) is emptied under its SO PIN instead. A wrong
+            // SO PIN stays the error it is.
+            let refused_again = info.token_initialized()
+                && matches!(&e, CkError::Pkcs11(rv, _)
+                    if !matches!(rv, RvError::PinIncorrect | RvError::PinLocked | RvError::PinLenRange));
+            let e = self.err("initialise token")(e);
+            if !refused_again {
+                return Err(e);
+            }
+            crate::log_notice!("{e}: the token cannot be initialised again; emptying it under its SO PIN");
+            self.empty_token(slot, password)?;
+            return Ok(slot);
+        }
         // SoftHSM moves a freshly initialised token to a new slot: look it up again.
         self.find_slot(false)
+    }
+
+    /// Whether the module derives key usages from its own objects (tpm2-pkcs11).
+    fn derives_usages(&self) -> bool {
+        self.ctx
+            .get_library_info()
+            .is_ok_and(|i| i.manufacturer_id().contains("tpm2-software"))
+    }
+
+    /// Destroy every object of an initialised token: an SO login with `password` (which must
+    /// be the SO PIN it was initialised with), a fresh user PIN, and every object the user
+    /// sees destroyed. What C_InitToken does, for tokens that refuse it once initialised.
+    fn empty_token(&self, slot: Slot, password: &Secret) -> Result<()> {
+        let session = self.ctx.open_rw_session(slot).map_err(self.err("open session"))?;
+        session
+            .login(UserType::So, Some(&AuthPin::from(password.expose())))
+            .map_err(self.err("security officer login"))?;
+        let mut random = [0u8; USER_PIN_BYTES];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+            .map_err(|_| Error::internal("the OS random number generator failed"))?;
+        let pin = zeroize::Zeroizing::new(super::hex(&random));
+        zeroize::Zeroize::zeroize(&mut random);
+        session
+            .init_pin(&AuthPin::from(pin.as_str()))
+            .map_err(self.err("set user PIN"))?;
+        session.logout().map_err(self.err("security officer logout"))?;
+        session
+            .login(UserType::User, Some(&AuthPin::from(pin.as_str())))
+            .map_err(self.err("user login"))?;
+        let objects = session.find_objects(&[]).map_err(self.err("list objects"))?;
+        for o in objects {
+            session.destroy_object(o).map_err(self.err("destroy object"))?;
+        }
+        Ok(())
     }
 
     /// A public key object's value, read with its type and curve in one call.
@@ -533,6 +579,18 @@ impl KeyStore for Pkcs11Store {
                 Mechanism::RsaPkcsKeyPairGen
             }
         };
+        // tpm2-pkcs11 derives CKA_VERIFY, CKA_ENCRYPT and CKA_DECRYPT from the TPM object's
+        // attributes (its VERIFY follows DECRYPT) and refuses a template that states them
+        // otherwise, after the TPM made the key (a transient object that, without a resource
+        // manager, stays loaded). Its templates leave those usage attributes to it; what
+        // makes the key safe (sensitive, never extractable, signing only in the token) is
+        // in both.
+        if self.derives_usages() {
+            let keep =
+                |a: &Attribute| !matches!(a, Attribute::Verify(_) | Attribute::Encrypt(_) | Attribute::Decrypt(_));
+            public.retain(keep);
+            private.retain(keep);
+        }
         let key = self.with_session("generate key pair", |s| {
             let (pubk, _) = s.generate_key_pair(&mechanism, &public, &private)?;
             Self::read_public_key(s, pubk)
