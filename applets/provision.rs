@@ -583,6 +583,18 @@ struct BootstrapFlow<'a> {
     claim_token_file: &'a Option<String>,
 }
 
+/// A step of a flow on stderr, when it is a terminal: `NAME ...` as it begins, ` ok` when done.
+fn print_step(tty: bool, s: &factory::Step) {
+    if tty {
+        let mut e = std::io::stderr().lock();
+        if s.done {
+            let _ = writeln!(e, " ok");
+        } else {
+            let _ = write!(e, "{} ...", s.name);
+        }
+    }
+}
+
 fn bootstrap_flow(args: &Args, f: &BootstrapFlow, node: &str) -> Result<u8, Error> {
     let anchor_pem = match f.enroll_anchor {
         Some(path) => {
@@ -601,16 +613,7 @@ fn bootstrap_flow(args: &Args, f: &BootstrapFlow, node: &str) -> Result<u8, Erro
     let pw = common::read_secret(f.password_file.as_deref(), "provisioning password")?;
     let mut client = connect(args)?;
     let tty = std::io::stderr().is_terminal();
-    let mut progress = |s: &factory::Step| {
-        if tty {
-            let mut e = std::io::stderr().lock();
-            if s.done {
-                let _ = writeln!(e, " ok");
-            } else {
-                let _ = write!(e, "{} ...", s.name);
-            }
-        }
-    };
+    let mut progress = |s: &factory::Step| print_step(tty, s);
     let opts = RunOptions {
         node_id: node,
         password: &pw,
@@ -653,16 +656,7 @@ fn run_flow(args: &Args, v: &Run, node: &str) -> Result<u8, Error> {
     }
     let mut client = connect(args)?;
     let tty = std::io::stderr().is_terminal();
-    let mut progress = |s: &factory::Step| {
-        if tty {
-            let mut e = std::io::stderr().lock();
-            if s.done {
-                let _ = writeln!(e, " ok");
-            } else {
-                let _ = write!(e, "{} ...", s.name);
-            }
-        }
-    };
+    let mut progress = |s: &factory::Step| print_step(tty, s);
     let opts = RunOptions {
         node_id: node,
         password: &pw,

@@ -122,23 +122,37 @@ fn prepare(
             applied.push(c.clone());
             continue;
         }
-        let mut csr = String::new();
-        let subject = subject_for(opts.subject_template, node_id, t);
-        step(progress, format!("CreateKey {t}"), &mut || {
-            csr = client.create_key(node_id, t, &subject, opts.password)?;
-            Ok(())
-        })?;
-        let mut chain = String::new();
-        step(progress, format!("Sign {t}"), &mut || {
-            chain = signer.sign(t, &csr)?;
-            Ok(())
-        })?;
-        step(progress, format!("ApplyCert {t}"), &mut || {
-            applied.push(client.apply_cert(node_id, t, &chain)?);
-            Ok(())
-        })?;
+        applied.push(certify(client, signer, opts, node_id, t, progress)?);
     }
     Ok(applied)
+}
+
+/// One certificate: CreateKey, the CSR signed, ApplyCert, each a step.
+fn certify(
+    client: &mut Client,
+    signer: &dyn CsrSigner,
+    opts: &RunOptions,
+    node_id: &str,
+    t: &str,
+    progress: &mut dyn FnMut(&Step),
+) -> Result<CertInfo> {
+    let mut csr = String::new();
+    let subject = subject_for(opts.subject_template, node_id, t);
+    step(progress, format!("CreateKey {t}"), &mut || {
+        csr = client.create_key(node_id, t, &subject, opts.password)?;
+        Ok(())
+    })?;
+    let mut chain = String::new();
+    step(progress, format!("Sign {t}"), &mut || {
+        chain = signer.sign(t, &csr)?;
+        Ok(())
+    })?;
+    let mut cert = None;
+    step(progress, format!("ApplyCert {t}"), &mut || {
+        cert = Some(client.apply_cert(node_id, t, &chain)?);
+        Ok(())
+    })?;
+    cert.ok_or_else(|| Error::internal("ApplyCert gave nothing"))
 }
 
 /// What the factory half of zero-touch enrollment installs besides the bootstrap identity.
@@ -201,24 +215,7 @@ pub fn bootstrap(
         step(progress, "StartProvisioning".into(), &mut || {
             client.start_provisioning(&node_id, opts.password)
         })?;
-        let t = b.bootstrap_type;
-        let mut csr = String::new();
-        let subject = subject_for(opts.subject_template, &node_id, t);
-        step(progress, format!("CreateKey {t}"), &mut || {
-            csr = client.create_key(&node_id, t, &subject, opts.password)?;
-            Ok(())
-        })?;
-        let mut chain = String::new();
-        step(progress, format!("Sign {t}"), &mut || {
-            chain = signer.sign(t, &csr)?;
-            Ok(())
-        })?;
-        let mut cert = None;
-        step(progress, format!("ApplyCert {t}"), &mut || {
-            cert = Some(client.apply_cert(&node_id, t, &chain)?);
-            Ok(())
-        })?;
-        cert.ok_or_else(|| Error::internal("ApplyCert gave nothing"))?
+        certify(client, signer, opts, &node_id, b.bootstrap_type, progress)?
     };
     step(progress, "FinishBootstrap".into(), &mut || {
         client.finish_bootstrap(&node_id, opts.password, b.est_url, b.anchor_pem, b.claim_token)

@@ -400,6 +400,23 @@ impl Pkcs11Store {
         self.find_slot(false)
     }
 
+    /// Log in as the security officer with `password` and set a new random user PIN, which
+    /// is returned (the session stays logged in as SO).
+    fn new_user_pin(&self, session: &Session, password: &Secret) -> Result<zeroize::Zeroizing<String>> {
+        session
+            .login(UserType::So, Some(&AuthPin::from(password.expose())))
+            .map_err(self.err("security officer login"))?;
+        let mut random = [0u8; USER_PIN_BYTES];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+            .map_err(|_| Error::internal("the OS random number generator failed"))?;
+        let pin = zeroize::Zeroizing::new(super::hex(&random));
+        zeroize::Zeroize::zeroize(&mut random);
+        session
+            .init_pin(&AuthPin::from(pin.as_str()))
+            .map_err(self.err("set user PIN"))?;
+        Ok(pin)
+    }
+
     /// Whether the module derives key usages from its own objects (tpm2-pkcs11).
     fn derives_usages(&self) -> bool {
         self.ctx
@@ -412,17 +429,7 @@ impl Pkcs11Store {
     /// sees destroyed. What C_InitToken does, for tokens that refuse it once initialised.
     fn empty_token(&self, slot: Slot, password: &Secret) -> Result<()> {
         let session = self.ctx.open_rw_session(slot).map_err(self.err("open session"))?;
-        session
-            .login(UserType::So, Some(&AuthPin::from(password.expose())))
-            .map_err(self.err("security officer login"))?;
-        let mut random = [0u8; USER_PIN_BYTES];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
-            .map_err(|_| Error::internal("the OS random number generator failed"))?;
-        let pin = zeroize::Zeroizing::new(super::hex(&random));
-        zeroize::Zeroize::zeroize(&mut random);
-        session
-            .init_pin(&AuthPin::from(pin.as_str()))
-            .map_err(self.err("set user PIN"))?;
+        let pin = self.new_user_pin(&session, password)?;
         session.logout().map_err(self.err("security officer logout"))?;
         session
             .login(UserType::User, Some(&AuthPin::from(pin.as_str())))
@@ -498,18 +505,7 @@ impl KeyStore for Pkcs11Store {
         let _using = self.lib.in_use.read().unwrap_or_else(|e| e.into_inner());
         let slot = self.init_token(password)?;
         let session = self.ctx.open_rw_session(slot).map_err(self.err("open session"))?;
-        let so_pin = AuthPin::from(password.expose());
-        session
-            .login(UserType::So, Some(&so_pin))
-            .map_err(self.err("security officer login"))?;
-        let mut random = [0u8; USER_PIN_BYTES];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
-            .map_err(|_| Error::internal("the OS random number generator failed"))?;
-        let user_pin = zeroize::Zeroizing::new(super::hex(&random));
-        zeroize::Zeroize::zeroize(&mut random);
-        session
-            .init_pin(&AuthPin::from(user_pin.as_str()))
-            .map_err(self.err("set user PIN"))?;
+        let user_pin = self.new_user_pin(&session, password)?;
         crate::store::atomic_file::write(&self.config.user_pin_file, user_pin.as_bytes(), 0o600).map_err(|e| {
             Error::internal(format!(
                 "cannot write user PIN file {}: {e}",
