@@ -263,3 +263,37 @@ fn a_token_that_goes_away_and_comes_back_is_used_again_without_a_restart() {
     assert!(renewed["certificate"]["serial"].is_string(), "{renewed}");
     assert!(node.log().contains("was initialised again"), "{}", node.log());
 }
+
+/// The PKCS#11 store on a TPM 2.0 (swtpm behind tpm2-abrmd, the tpm2-pkcs11 module): the
+/// same suite. Where the module differs from SoftHSM — key usages it derives itself, a token
+/// it cannot initialise twice (emptied under its SO PIN instead) — the store's answers do not.
+#[test]
+fn the_pkcs11_store_passes_the_suite_on_a_software_tpm() {
+    let dir = tmp("tpm");
+    let tpm = common::tpm::Tpm::start(&dir);
+    // The module reads its environment when it is initialised, in this process.
+    for (k, v) in &tpm.env {
+        std::env::set_var(k, v);
+    }
+    let config = Pkcs11Config {
+        library: common::tpm::TPM2_PKCS11.into(),
+        token: TokenSelector::SlotIndex(0),
+        init_label: "suite".into(),
+        user_pin_file: dir.join("user-pin"),
+    };
+    let store = Pkcs11Store::new(config.clone()).unwrap();
+    suite(
+        &store,
+        &[Algorithm::EcdsaP384, Algorithm::EcdsaP256, Algorithm::Rsa2048],
+    );
+    // Once more on the token it initialised: emptied and taken over again.
+    suite(&store, &[Algorithm::EcdsaP256, Algorithm::EcdsaP384]);
+    assert!(!dir.join("user-pin").exists(), "wipe removes the user PIN file");
+    // The token belongs to the password: another one is refused, naming the CKR value.
+    let e = store
+        .take_ownership(&Secret::new("another-password".into()))
+        .unwrap_err();
+    assert!(e.message.contains("CKR_PIN_INCORRECT"), "{e}");
+    drop(tpm);
+    std::fs::remove_dir_all(dir).unwrap();
+}

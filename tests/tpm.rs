@@ -2,120 +2,19 @@
 //! private D-Bus session, as a real TPM has /dev/tpmrm0) and the tpm2-pkcs11 module. The real
 //! binary provisions a node whose keys (P-256, P-384, RSA-2048) are made in the TPM,
 //! renews one, and provisions it again (a token tpm2-pkcs11 cannot initialise twice, emptied
-//! under its SO PIN). Judges: openssl verify on the certificates p11tool exports, and
+//! under its SO PIN); and keeps working when the TPM's resource manager is restarted under
+//! it. Judges: openssl verify on the certificates p11tool exports, and
 //! pkcs11-tool for the token's objects (OpenSSL's pkcs11 engine cannot use tpm2-pkcs11 keys
 //! on Debian 12).
 
 mod common;
-use common::est::EstServer;
+use common::tpm::{Tpm, TPM2_PKCS11};
 use common::*;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-const TPM2_PKCS11: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so";
-
-/// swtpm, a D-Bus session and tpm2-abrmd on it, for one node; stopped when dropped.
-struct Tpm {
-    children: Vec<Child>,
-    env: Vec<(String, String)>,
-}
-
-impl Tpm {
-    fn start(node: &Node) -> Tpm {
-        let state = node.path("tpm-state");
-        std::fs::create_dir_all(&state).unwrap();
-        std::fs::create_dir_all(node.path("tpm-store")).unwrap();
-        // The swtpm TCTI finds the control channel on the port after the server's.
-        let server = loop {
-            let p = EstServer::free_port();
-            if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-                break p;
-            }
-        };
-        let ctrl = server + 1;
-        let swtpm = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
-            .arg("--tpmstate")
-            .arg(format!("dir={}", state.display()))
-            .args(["--server", &format!("type=tcp,port={server},bindaddr=127.0.0.1")])
-            .args(["--ctrl", &format!("type=tcp,port={ctrl},bindaddr=127.0.0.1")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("swtpm (Debian package swtpm)");
-        // tpm2-abrmd gives up if the TPM is not there yet.
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", server)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(20), "swtpm did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let mut dbus = Command::new("dbus-daemon")
-            .args(["--session", "--nofork", "--print-address"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dbus-daemon (Debian package dbus)");
-        let mut address = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(dbus.stdout.take().unwrap()), &mut address).unwrap();
-        let address = address.trim().to_string();
-        let tcti = format!("swtpm:host=127.0.0.1,port={server}");
-        let abrmd_bin = match std::path::Path::new("/usr/sbin/tpm2-abrmd").exists() {
-            true => "/usr/sbin/tpm2-abrmd",
-            false => "tpm2-abrmd",
-        };
-        let abrmd = Command::new(abrmd_bin)
-            .args(["--session", "--allow-root", &format!("--tcti={tcti}")])
-            .env("DBUS_SESSION_BUS_ADDRESS", &address)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(node.path("tpm2-abrmd.log")).unwrap())
-            .spawn()
-            .expect("tpm2-abrmd (Debian package tpm2-abrmd)");
-        let env = vec![
-            ("DBUS_SESSION_BUS_ADDRESS".to_string(), address),
-            ("TPM2_PKCS11_TCTI".into(), "tabrmd:bus_type=session".into()),
-            ("TPM2TOOLS_TCTI".into(), "tabrmd:bus_type=session".into()),
-            ("TPM2_PKCS11_STORE".into(), node.p("tpm-store")),
-        ];
-        let tpm = Tpm {
-            children: vec![swtpm, dbus, abrmd],
-            env,
-        };
-        // Ready once the TPM answers through the resource manager.
-        let start = Instant::now();
-        loop {
-            let ok = Command::new("tpm2_getcap")
-                .arg("properties-fixed")
-                .envs(tpm.env.iter().map(|(k, v)| (k, v)))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                return tpm;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "the software TPM did not come up: {}",
-                std::fs::read_to_string(node.path("tpm2-abrmd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Tpm {
-    fn drop(&mut self) {
-        for c in self.children.iter_mut().rev() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// A node whose modules all live in the TPM's token.
 fn tpm_node(name: &str) -> (Node, Tpm) {
     let mut node = Node::new(name, Store::Pkcs11);
-    let tpm = Tpm::start(&node);
+    let tpm = Tpm::start(&node.dir);
     node.env = tpm.env.clone();
     let d = node.dir.display();
     let store = format!(
@@ -237,4 +136,59 @@ fn a_node_is_provisioned_renewed_and_provisioned_again_in_a_software_tpm() {
     node.start(false);
     node.applet("iam-certctl", &["-s", &node.protected(), "check"], None)
         .ok();
+}
+
+#[test]
+fn a_resource_manager_restarted_under_a_running_iamd_is_used_again() {
+    let (mut node, mut tpm) = tpm_node("tpm-away");
+    node.start(true);
+    node.run_flow().ok();
+    node.stop();
+    node.start(false);
+    let check = |n: &Node| n.applet("iam-certctl", &["-s", &n.protected(), "--json", "check"], None);
+    assert_eq!(check(&node).code, 0);
+    let renew = |n: &Node| {
+        let (ca, key, pw) = (n.p("ca.pem"), n.p("ca.key"), n.p("password"));
+        n.applet(
+            "iam-certctl",
+            &[
+                "-s",
+                &n.protected(),
+                "renew",
+                "online",
+                "--ca-cert",
+                &ca,
+                "--ca-key",
+                &key,
+                "--password-file",
+                &pw,
+            ],
+            None,
+        )
+    };
+    // The TPM goes out of reach (its resource manager stops): what needs it fails, saying so.
+    tpm.stop_manager();
+    renew(&node).fails(9, "module online");
+    // It is back: used again without a restart of iamd.
+    tpm.start_manager();
+    let start = std::time::Instant::now();
+    loop {
+        let out = renew(&node);
+        if out.code == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "{}\n{}",
+            out.stderr,
+            node.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(check(&node).code, 0);
+    assert!(
+        node.log().contains("the token failed as a device; the PKCS#11 library"),
+        "{}",
+        node.log()
+    );
 }

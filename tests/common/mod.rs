@@ -5,6 +5,7 @@
 pub mod attack;
 pub mod enrollment;
 pub mod est;
+pub mod tpm;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

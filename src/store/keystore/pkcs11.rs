@@ -42,6 +42,12 @@ struct Library {
 /// cost a re-initialisation per lookup).
 const REINIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Whether a token failed as a device would (rather than refusing one request).
+fn device_failed(e: &Error) -> bool {
+    matches!(&e.kind, ErrorKind::KeyStore(rv)
+        if matches!(rv.as_str(), "CKR_GENERAL_ERROR" | "CKR_DEVICE_ERROR" | "CKR_DEVICE_REMOVED" | "CKR_CRYPTOKI_NOT_INITIALIZED"))
+}
+
 /// Every library loaded, by path.
 type Libraries = Mutex<Vec<(PathBuf, std::sync::Arc<Library>)>>;
 
@@ -172,7 +178,7 @@ impl Pkcs11Store {
     /// returned only once initialised again). Initialise the library again (at most once per
     /// [`REINIT_INTERVAL`]) and look for the token: `Ok(true)` to look again, `Ok(false)` if
     /// nothing changed, an error naming the token as absent if it is not there.
-    fn revalidate(&self) -> Result<bool> {
+    fn revalidate(&self, why: &str) -> Result<bool> {
         let due = {
             let mut last = crate::sys::lock(&self.lib.last_reinit);
             let due = last.is_none_or(|t| t.elapsed() >= REINIT_INTERVAL);
@@ -187,7 +193,7 @@ impl Pkcs11Store {
             self.lib.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             initialize(&self.ctx, &self.config.library)?;
             crate::log_notice!(
-                "{}: an object was missing; the PKCS#11 library {} was initialised again ({})",
+                "{}: {why}; the PKCS#11 library {} was initialised again ({})",
                 self.describe(),
                 self.config.library.display(),
                 match finalised {
@@ -216,12 +222,12 @@ impl Pkcs11Store {
     fn looked_up<T>(&self, lookup: impl Fn() -> Result<Option<T>>) -> Result<Option<T>> {
         match lookup() {
             Ok(Some(v)) => Ok(Some(v)),
-            Ok(None) => match self.revalidate()? {
+            Ok(None) => match self.revalidate("an object was missing")? {
                 true => lookup(),
                 false => Ok(None),
             },
             Err(e) if e.kind == ErrorKind::KeyStore("CKR_TOKEN_NOT_PRESENT".into()) => {
-                self.revalidate()?;
+                self.revalidate("the token was not present")?;
                 lookup()
             }
             Err(e) => Err(e),
@@ -308,7 +314,34 @@ impl Pkcs11Store {
 
     /// Run `f` in the logged-in user session, reopening it once if the token broke it (and
     /// opening a new one if the library was initialised again since it was opened).
+    /// Run `f` on this store's session (see [`Pkcs11Store::session_once`]). A token that
+    /// fails as a device (CKR_GENERAL_ERROR, CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED: a TPM
+    /// whose resource manager restarted, a token unplugged; or a library whose last
+    /// initialisation failed meanwhile) gets the library initialised again, at most once per [`REINIT_INTERVAL`], and `f` one more try.
     fn with_session<T>(&self, step: &str, f: impl Fn(&Session) -> std::result::Result<T, CkError>) -> Result<T> {
+        match self.session_once(step, &f) {
+            Err(e) if device_failed(&e) => match self.revalidate("the token failed as a device")? {
+                true => self.session_once(step, &f),
+                false => Err(e),
+            },
+            r => r,
+        }
+    }
+
+    /// The same for a step that makes objects (key generation, storing a certificate): not
+    /// tried again, since the failed try may have made some; the library is initialised
+    /// again for the next request.
+    fn with_session_once<T>(&self, step: &str, f: impl Fn(&Session) -> std::result::Result<T, CkError>) -> Result<T> {
+        let r = self.session_once(step, &f);
+        if let Err(e) = &r {
+            if device_failed(e) {
+                let _ = self.revalidate("the token failed as a device");
+            }
+        }
+        r
+    }
+
+    fn session_once<T>(&self, step: &str, f: &impl Fn(&Session) -> std::result::Result<T, CkError>) -> Result<T> {
         let _using = self.lib.in_use.read().unwrap_or_else(|e| e.into_inner());
         let mut guard = crate::sys::lock(&self.session);
         for attempt in 0..2 {
@@ -587,7 +620,7 @@ impl KeyStore for Pkcs11Store {
             public.retain(keep);
             private.retain(keep);
         }
-        let key = self.with_session("generate key pair", |s| {
+        let key = self.with_session_once("generate key pair", |s| {
             let (pubk, _) = s.generate_key_pair(&mechanism, &public, &private)?;
             Self::read_public_key(s, pubk)
         })?;
@@ -645,7 +678,7 @@ impl KeyStore for Pkcs11Store {
             Attribute::SerialNumber(der::tlv(0x02, cert.tbs_certificate.raw_serial())),
             Attribute::Value(cert_der.to_vec()),
         ];
-        self.with_session("store certificate", |s| {
+        self.with_session_once("store certificate", |s| {
             for old in Self::find(s, ObjectClass::CERTIFICATE, label, id)? {
                 s.destroy_object(old)?;
             }
