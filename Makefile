@@ -58,6 +58,9 @@ test:
 	AOS_IAM_BIN=target/debug/aos-iam sh scripts/demo.sh > target/demo-check.log 2>&1 \
 		|| { cat target/demo-check.log; exit 1; }
 	@echo "demo: ok (log in target/demo-check.log)"
+	KEYSTORE=tpm AOS_IAM_BIN=target/debug/aos-iam sh scripts/demo.sh > target/demo-tpm-check.log 2>&1 \
+		|| { cat target/demo-tpm-check.log; exit 1; }
+	@echo "demo KEYSTORE=tpm: ok (log in target/demo-tpm-check.log)"
 	AOS_IAM_BIN=target/debug/aos-iam sh scripts/demo-unit.sh > target/demo-unit-check.log 2>&1 \
 		|| { cat target/demo-unit-check.log; exit 1; }
 	@echo "demo-unit: ok (log in target/demo-unit-check.log)"
@@ -76,10 +79,12 @@ test:
 	@grep -E '^test .* \.\.\. ignored' target/test.log | sed 's/^test \(.*\) \.\.\. ignored, /not run by cargo test: \1: /' || true
 	@awk '/^test result:/ { p += $$4; f += $$6; i += $$8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' target/test.log
 
+KEYSTORE ?= softhsm
+# KEYSTORE=tpm: the same on a software TPM 2.0 (swtpm, tpm2-abrmd, tpm2-pkcs11).
 demo:
-	sh scripts/deps.sh demo
+	KEYSTORE=$(KEYSTORE) sh scripts/deps.sh demo
 	$(CARGO) build --release --locked
-	AOS_IAM_BIN=$(RELEASE) sh scripts/demo.sh
+	KEYSTORE=$(KEYSTORE) AOS_IAM_BIN=$(RELEASE) sh scripts/demo.sh
 
 demo-enroll:
 	sh scripts/deps.sh demo

@@ -1,5 +1,6 @@
 #!/bin/sh
-# The README's demo: provision one node end to end on a throwaway SoftHSM token.
+# The README's demo: provision one node end to end on a throwaway SoftHSM token, or with
+# KEYSTORE=tpm on a software TPM 2.0 (swtpm behind tpm2-abrmd, the tpm2-pkcs11 module).
 #
 # Creates a token, a root CA and an iamd configuration in a temporary directory, starts
 # iamd in provisioning mode, provisions the node with `iam-provision run`, shows the
@@ -14,6 +15,46 @@ for a in iamd iam-provision iam-certctl; do ln -sf "$BIN" "$DIR/bin/$a"; done
 export PATH="$DIR/bin:$PATH"
 export SOFTHSM2_CONF="$DIR/softhsm2.conf"
 printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' "$DIR" > "$SOFTHSM2_CONF"
+KEYSTORE=${KEYSTORE:-softhsm}
+case "$KEYSTORE" in
+softhsm)
+    LIB=$SOFTHSM_LIB
+    TOKEN_KEYS='token_label = "aos-demo"'
+    TOKEN_ARGS="--token-label aos-demo"
+    ;;
+tpm)
+    LIB=/usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so
+    TOKEN_KEYS='slot_index = 0
+init_label = "aos-demo"'
+    TOKEN_ARGS="--slot-index 0"
+    say "a software TPM 2.0: swtpm, behind tpm2-abrmd on a private D-Bus session"
+    mkdir -p "$DIR/tpm-state" "$DIR/tpm-store"
+    TPM_PORT=$((20000 + ($$ * 2) % 20000))
+    swtpm socket --tpm2 --flags not-need-init,startup-clear --tpmstate "dir=$DIR/tpm-state" \
+        --server "type=tcp,port=$TPM_PORT,bindaddr=127.0.0.1" --ctrl "type=tcp,port=$((TPM_PORT + 1)),bindaddr=127.0.0.1" &
+    PIDS="$PIDS $!"
+    dbus-daemon --session --fork --print-address=1 --print-pid=1 > "$DIR/dbus" 2>/dev/null
+    DBUS_SESSION_BUS_ADDRESS=$(sed -n 1p "$DIR/dbus"); export DBUS_SESSION_BUS_ADDRESS
+    PIDS="$PIDS $(sed -n 2p "$DIR/dbus")"
+    i=0
+    until tpm2_getcap -T "swtpm:host=127.0.0.1,port=$TPM_PORT" properties-fixed > /dev/null 2>&1; do
+        i=$((i + 1)); [ $i -lt 100 ] || { echo "demo: swtpm did not start" >&2; exit 1; }
+        sleep 0.1
+    done
+    ABRMD=$(command -v tpm2-abrmd || echo /usr/sbin/tpm2-abrmd)
+    "$ABRMD" --session --allow-root --tcti="swtpm:host=127.0.0.1,port=$TPM_PORT" > "$DIR/tpm2-abrmd.log" 2>&1 &
+    PIDS="$PIDS $!"
+    export TPM2_PKCS11_TCTI=tabrmd:bus_type=session TPM2TOOLS_TCTI=tabrmd:bus_type=session
+    export TPM2_PKCS11_STORE="$DIR/tpm-store"
+    i=0
+    until tpm2_getcap properties-fixed > /dev/null 2>&1; do
+        i=$((i + 1)); [ $i -lt 100 ] || { cat "$DIR/tpm2-abrmd.log"; echo "demo: tpm2-abrmd did not start" >&2; exit 1; }
+        sleep 0.1
+    done
+    tpm2_getcap properties-fixed | grep -A2 -E "TPM2_PT_MANUFACTURER:" | tr -s ' ' | head -3
+    ;;
+*) echo "demo: KEYSTORE=$KEYSTORE is not one of softhsm, tpm" >&2; exit 2 ;;
+esac
 
 say "a root CA for the unit (openssl, EC P-384)"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -days 3650 \
@@ -43,8 +84,8 @@ algorithm = "ecdsa-p384"
 extended_key_usage = ["clientAuth", "serverAuth"]
 alt_names = ["demo-node-0001.local"]
 [modules.pkcs11]
-library = "$SOFTHSM_LIB"
-token_label = "aos-demo"
+library = "$LIB"
+$TOKEN_KEYS
 user_pin_file = "$DIR/work/user-pin"
 
 [[modules]]
@@ -52,8 +93,8 @@ id = "online"
 algorithm = "ecdsa-p384"
 extended_key_usage = ["clientAuth"]
 [modules.pkcs11]
-library = "$SOFTHSM_LIB"
-token_label = "aos-demo"
+library = "$LIB"
+$TOKEN_KEYS
 user_pin_file = "$DIR/work/user-pin"
 
 [[modules]]
@@ -61,16 +102,16 @@ id = "offline"
 algorithm = "ecdsa-p256"
 extended_key_usage = ["clientAuth"]
 [modules.pkcs11]
-library = "$SOFTHSM_LIB"
-token_label = "aos-demo"
+library = "$LIB"
+$TOKEN_KEYS
 user_pin_file = "$DIR/work/user-pin"
 
 [[modules]]
 id = "diskencryption"
 self_signed = true
 [modules.pkcs11]
-library = "$SOFTHSM_LIB"
-token_label = "aos-demo"
+library = "$LIB"
+$TOKEN_KEYS
 user_pin_file = "$DIR/work/user-pin"
 CONF
 
@@ -80,7 +121,7 @@ iamd -c "$DIR/config.toml" --check-config
 say "iamd --provisioning (log: $DIR/iamd.log)"
 iamd -c "$DIR/config.toml" --provisioning -v > "$DIR/iamd.log" 2>&1 &
 IAMD_PID=$!
-PIDS=$IAMD_PID
+PIDS="$PIDS $IAMD_PID"
 i=0
 while [ ! -S "$DIR/run/protected.sock" ]; do
     i=$((i + 1)); [ $i -lt 100 ] || { cat "$DIR/iamd.log"; echo "demo: iamd did not start" >&2; exit 1; }
@@ -99,36 +140,42 @@ say "iam-certctl get iam --json (public socket)"
 iam-certctl -s "$DIR/run/public.sock" --json get iam
 
 say "token objects (pkcs11-tool)"
-pkcs11-tool --module "$SOFTHSM_LIB" --token-label aos-demo --login --pin "$(cat "$DIR/work/user-pin")" -O 2>/dev/null \
+pkcs11-tool --module "$LIB" $TOKEN_ARGS --login --pin "$(cat "$DIR/work/user-pin")" -O 2>/dev/null \
     | grep -E "^(Private Key|Public Key|Certificate) Object|label:|ID:|Access:" || true
 
 say "openssl verify of each applied certificate (exported by p11tool from its URL)"
 mkdir -p "$DIR/issued"
 for t in iam online offline; do
     url=$(iam-certctl -s "$DIR/run/public.sock" --json get "$t" | sed 's/.*"cert_url":"\([^"]*\)".*/\1/')
-    p11tool --provider "$SOFTHSM_LIB" --export "$url" > "$DIR/issued/$t.pem"
+    p11tool --provider "$LIB" --export "$url" > "$DIR/issued/$t.pem"
     printf '%-8s ' "$t"; openssl verify -CAfile "$DIR/ca.pem" "$DIR/issued/$t.pem"
 done
 
-say "using the online key by its URI: openssl (pkcs11 engine) signs, gnutls-cli does mutual TLS"
 KEY_URL=$(iam-certctl -s "$DIR/run/public.sock" --json get online | sed 's/.*"key_url":"\([^"]*\)".*/\1/')
 PIN_FILE="$DIR/work/user-pin"
-printf 'signed by a key that never left its token\n' > "$DIR/data"
-openssl dgst -sha384 -binary "$DIR/data" > "$DIR/digest"
 OPENSSL_CMD="OPENSSL_CONF=/dev/null openssl pkeyutl -engine pkcs11 -keyform engine -inkey '$KEY_URL' -passin file:$PIN_FILE -sign -in $DIR/digest -out $DIR/sig"
-sh -c "$OPENSSL_CMD" 2>/dev/null
-openssl x509 -in "$DIR/issued/online.pem" -pubkey -noout > "$DIR/online-pub.pem"
-openssl pkeyutl -verify -pubin -inkey "$DIR/online-pub.pem" -in "$DIR/digest" -sigfile "$DIR/sig"
+if [ "$KEYSTORE" = softhsm ]; then
+    say "using the online key by its URI: openssl (pkcs11 engine) signs, gnutls-cli does mutual TLS"
+    printf 'signed by a key that never left its token\n' > "$DIR/data"
+    openssl dgst -sha384 -binary "$DIR/data" > "$DIR/digest"
+    sh -c "$OPENSSL_CMD" 2>/dev/null
+    openssl x509 -in "$DIR/issued/online.pem" -pubkey -noout > "$DIR/online-pub.pem"
+    openssl pkeyutl -verify -pubin -inkey "$DIR/online-pub.pem" -in "$DIR/digest" -sigfile "$DIR/sig"
+else
+    # OpenSSL's libp11 engine cannot log in to tpm2-pkcs11 on Debian 12 (tss2 and the engine
+    # clash in one process): gnutls-cli alone uses the key here.
+    say "using the online key by its URI: gnutls-cli does mutual TLS (openssl's pkcs11 engine cannot use tpm2-pkcs11 keys on Debian 12)"
+fi
 # A TLS server that asks for a client certificate from the unit's CA: the node's key answers.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
     -keyout "$DIR/server.key" -out "$DIR/server.pem" 2>/dev/null
 PORT=$((20000 + $$ % 20000))
 openssl s_server -quiet -accept "127.0.0.1:$PORT" -cert "$DIR/server.pem" -key "$DIR/server.key" \
     -CAfile "$DIR/ca.pem" -Verify 1 > "$DIR/s_server.log" 2>&1 &
-PIDS="$IAMD_PID $!"
-GNUTLS_CMD="GNUTLS_PIN=\$(cat $PIN_FILE) gnutls-cli --provider $SOFTHSM_LIB --x509cafile $DIR/server.pem --x509certfile $DIR/issued/online.pem --x509keyfile '$KEY_URL' -p $PORT localhost"
+PIDS="$PIDS $!"
+GNUTLS_CMD="GNUTLS_PIN=\$(cat $PIN_FILE) gnutls-cli --provider $LIB --x509cafile $DIR/server.pem --x509certfile $DIR/issued/online.pem --x509keyfile '$KEY_URL' -p $PORT localhost"
 i=0
-until GNUTLS_PIN=$(cat "$PIN_FILE") gnutls-cli --provider "$SOFTHSM_LIB" --x509cafile "$DIR/server.pem" \
+until GNUTLS_PIN=$(cat "$PIN_FILE") gnutls-cli --provider "$LIB" --x509cafile "$DIR/server.pem" \
     --x509certfile "$DIR/issued/online.pem" --x509keyfile "$KEY_URL" -p "$PORT" localhost < /dev/null 2>&1 \
     | grep -q "Handshake was completed"; do
     i=$((i + 1)); [ $i -lt 50 ] || { cat "$DIR/s_server.log"; echo "demo: gnutls-cli did not complete the handshake" >&2; exit 1; }
@@ -145,7 +192,8 @@ if [ "$KEEP" = 1 ]; then
     cat <<USE
 
 What was made is kept in $DIR. To use it:
-  export SOFTHSM2_CONF=$SOFTHSM2_CONF        # the token
+  export SOFTHSM2_CONF=$SOFTHSM2_CONF        # the token (KEYSTORE=tpm: the TPM is stopped
+                                             # with the demo; its state is in $DIR/tpm-state)
   $BIN iamd -c $DIR/config.toml &            # iamd again (provisioned, normal mode)
   $BIN iam-certctl -s $DIR/run/public.sock get online
                                              # prints the key and certificate URIs

@@ -19,6 +19,8 @@ need="softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl p11tool:gnutls-b
     || missing_engine=libengine-pkcs11-openssl
 if [ "${1:-demo}" = test ]; then
     need="$need setpriv:util-linux socat:socat systemd-analyze:systemd file:file python3:python3 tinyproxy:tinyproxy"
+fi
+if [ "${1:-demo}" = test ] || [ "${KEYSTORE:-}" = tpm ]; then
     # A software TPM behind its resource manager, with the tpm2-pkcs11 module (tests/tpm.rs).
     need="$need swtpm:swtpm swtpm_setup:swtpm-tools tpm2_getcap:tpm2-tools tpm2-abrmd:tpm2-abrmd dbus-daemon:dbus"
     [ -e /usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so ] || pkgs_tpm="libtpm2-pkcs11-1"
