@@ -531,3 +531,48 @@ fn the_main_node_reports_a_secondarys_enrollment_status() {
     )
     .fails(6, "node \"node-nowhere\" is not known");
 }
+
+#[test]
+fn enrollment_by_http_basic_auth_beside_the_bootstrap_certificate_and_a_factory_reset_of_a_quarantined_node() {
+    // Basic auth configured (no claim token): /simpleenroll carries it, over mutual TLS.
+    let (mut node, server) = site("basic", "");
+    std::fs::write(node.path("est-password"), format!("{EST_PASSWORD}\n")).unwrap();
+    let extra = format!(
+        "username = \"{EST_USER}\"\npassword_file = \"{}\"\n",
+        node.p("est-password")
+    );
+    node.extra_config = enroll_config(&node, &extra);
+    factory(&mut node, &server, None);
+    node.start(false);
+    wait_state(&node, "operational");
+    let enrolls: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("simpleenroll"))
+        .collect();
+    assert_eq!(enrolls, vec![format!("simpleenroll user={EST_USER}"); 2], "{enrolls:?}");
+    assert!(
+        !node.log().contains(EST_PASSWORD),
+        "the EST password stays out of the log"
+    );
+    node.stop();
+
+    // A quarantined node is reset at the factory: Deprovision empties it, and it can be
+    // bootstrapped again.
+    let (mut node, server) = site("reset", "");
+    server.set_claim_token(Some(CLAIM));
+    factory(&mut node, &server, None);
+    node.start(false);
+    wait_state(&node, "quarantined");
+    node.stop();
+    node.start(true);
+    node.provision(&["deprovision", "--password-file", &node.p("password")])
+        .ok();
+    assert_eq!(enrollment(&node).ok().json()["enrollment"]["state"], "not-configured");
+    assert_eq!(node.status()["state"], "unprovisioned");
+    node.stop();
+    factory(&mut node, &server, Some(CLAIM));
+    node.start(false);
+    wait_state(&node, "operational");
+    assert_converged(&node);
+}
