@@ -373,8 +373,9 @@ fn run(args: &Args) -> Result<u8, Error> {
                     .filter(|(_, r)| r.level == worst && worst != aos_iam::pki::health::Level::Ok)
                     .count();
                 println!(
-                    "IAM {} - {} certificate(s){}",
+                    "IAM {} - {}{} certificate(s){}",
                     worst.name(),
+                    if quarantine.is_some() { "node quarantined, " } else { "" },
                     rated.len(),
                     if bad > 0 {
                         format!(", {bad} {}", worst.name().to_lowercase())

@@ -144,7 +144,7 @@ fn a_wrong_claim_token_quarantines_the_node_which_keeps_serving_until_released()
     assert!(!node.log().contains("not-the-claim"), "the token stays out of the log");
     // Monitoring says CRITICAL; the node still serves what it has.
     node.applet("iam-certctl", &["-s", &node.protected(), "check"], None)
-        .fails(2, "CRITICAL  the node is quarantined");
+        .fails(2, "IAM CRITICAL - node quarantined, 2 certificate(s)");
     node.applet(
         "iam-certctl",
         &["-s", &node.public(), "--json", "get", "diskencryption"],
