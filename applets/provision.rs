@@ -196,6 +196,27 @@ struct Status {}
 
 /// The options of a flow that gets CSRs signed (`run`, `bootstrap`), declared once.
 macro_rules! signing_flow {
+    // With the options of the enrollment settings bootstrap installs.
+    (enroll $(#[$meta:meta])* struct $name:ident { $($extra:tt)* }) => {
+        signing_flow! {
+            $(#[$meta])*
+            struct $name {
+                /// the module of the bootstrap identity (default "bootstrap")
+                #[argh(option, default = "String::from(\"bootstrap\")")]
+                bootstrap_type: String,
+                /// the EST server the node enrolls with on site (default: its [enroll] url)
+                #[argh(option)]
+                enroll_url: Option<String>,
+                /// that server's trust anchor, PEM (default: the node's [enroll] anchor)
+                #[argh(option)]
+                enroll_anchor: Option<String>,
+                /// file holding the claim token the node presents when it enrolls
+                #[argh(option)]
+                claim_token_file: Option<String>,
+                $($extra)*
+            }
+        }
+    };
     ($(#[$meta:meta])* struct $name:ident { $($extra:tt)* }) => {
         #[derive(FromArgs)]
         $(#[$meta])*
@@ -251,6 +272,7 @@ macro_rules! signing_flow {
 }
 
 signing_flow! {
+    enroll
     /// The whole flow: start, create each key, get it signed, apply, finish (with
     /// --bootstrap: the factory half of enrollment, as `bootstrap` does it).
     #[argh(subcommand, name = "run")]
@@ -265,39 +287,16 @@ signing_flow! {
         /// only bootstrap the node for zero-touch enrollment (see `bootstrap`)
         #[argh(switch)]
         bootstrap: bool,
-        /// the module of the bootstrap identity (default "bootstrap")
-        #[argh(option, default = "String::from(\"bootstrap\")")]
-        bootstrap_type: String,
-        /// the EST server the node enrolls with on site (default: its [enroll] url)
-        #[argh(option)]
-        enroll_url: Option<String>,
-        /// that server's trust anchor, PEM (default: the node's [enroll] anchor)
-        #[argh(option)]
-        enroll_anchor: Option<String>,
-        /// file holding the claim token the node presents when it enrolls
-        #[argh(option)]
-        claim_token_file: Option<String>,
     }
 }
 
 signing_flow! {
+    enroll
     /// The factory half of zero-touch enrollment: start, the bootstrap key and its
     /// manufacturer certificate signed by the factory CA (--ca-cert/--ca-key, --sign-cmd or
     /// --est), the enrollment settings; the node is left unprovisioned, ready to ship.
     #[argh(subcommand, name = "bootstrap")]
     struct Bootstrap {
-        /// the module of the bootstrap identity (default "bootstrap")
-        #[argh(option, default = "String::from(\"bootstrap\")")]
-        bootstrap_type: String,
-        /// the EST server the node enrolls with on site (default: its [enroll] url)
-        #[argh(option)]
-        enroll_url: Option<String>,
-        /// that server's trust anchor, PEM (default: the node's [enroll] anchor)
-        #[argh(option)]
-        enroll_anchor: Option<String>,
-        /// file holding the claim token the node presents when it enrolls
-        #[argh(option)]
-        claim_token_file: Option<String>,
     }
 }
 
@@ -441,16 +440,7 @@ fn run(args: &Args) -> Result<u8, Error> {
                     "--bootstrap is for one node: each node is bootstrapped on its own",
                 ));
             }
-            let f = BootstrapFlow {
-                signer: flow_signer!(v),
-                password_file: &v.password_file,
-                subject: &v.subject,
-                deprovision_first: v.deprovision_first,
-                bootstrap_type: &v.bootstrap_type,
-                enroll_url: &v.enroll_url,
-                enroll_anchor: &v.enroll_anchor,
-                claim_token_file: &v.claim_token_file,
-            };
+            let f = bootstrap_of!(v);
             return bootstrap_flow(args, &f, &node);
         }
         Verb::Run(v) => {
@@ -462,16 +452,7 @@ fn run(args: &Args) -> Result<u8, Error> {
             return run_flow(args, v, &node);
         }
         Verb::Bootstrap(v) => {
-            let f = BootstrapFlow {
-                signer: flow_signer!(v),
-                password_file: &v.password_file,
-                subject: &v.subject,
-                deprovision_first: v.deprovision_first,
-                bootstrap_type: &v.bootstrap_type,
-                enroll_url: &v.enroll_url,
-                enroll_anchor: &v.enroll_anchor,
-                claim_token_file: &v.claim_token_file,
-            };
+            let f = bootstrap_of!(v);
             if node == "all" {
                 return Err(Error::invalid(
                     "bootstrap is for one node: each node is bootstrapped on its own",
@@ -571,6 +552,24 @@ macro_rules! flow_signer {
     }};
 }
 use flow_signer;
+
+/// The bootstrap flow a verb's options (`run --bootstrap`, `bootstrap`) describe.
+macro_rules! bootstrap_of {
+    ($v:expr) => {{
+        let v = $v;
+        BootstrapFlow {
+            signer: flow_signer!(v),
+            password_file: &v.password_file,
+            subject: &v.subject,
+            deprovision_first: v.deprovision_first,
+            bootstrap_type: &v.bootstrap_type,
+            enroll_url: &v.enroll_url,
+            enroll_anchor: &v.enroll_anchor,
+            claim_token_file: &v.claim_token_file,
+        }
+    }};
+}
+use bootstrap_of;
 
 struct BootstrapFlow<'a> {
     signer: Box<dyn CsrSigner + Sync>,

@@ -576,3 +576,51 @@ fn enrollment_by_http_basic_auth_beside_the_bootstrap_certificate_and_a_factory_
     wait_state(&node, "operational");
     assert_converged(&node);
 }
+
+#[test]
+fn run_bootstrap_signs_the_bootstrap_certificate_through_a_sign_command() {
+    // The factory CA as a command (openssl x509 -req), through `run --bootstrap`.
+    let (mut node, server) = site("runboot", "");
+    node.start(true);
+    let cmd = format!(
+        "openssl x509 -req -CA {d}/factory-ca.pem -CAkey {d}/factory-ca.key -days 30 -copy_extensions copy 2>/dev/null",
+        d = node.dir.display()
+    );
+    let (pw, anchor) = (node.p("password"), server.anchor.display().to_string());
+    let out = node
+        .provision(&[
+            "--json",
+            "run",
+            "--bootstrap",
+            "--sign-cmd",
+            &cmd,
+            "--password-file",
+            &pw,
+            "--enroll-url",
+            &server.url,
+            "--enroll-anchor",
+            &anchor,
+        ])
+        .ok()
+        .json();
+    assert_eq!(out["state"], "unprovisioned", "{out}");
+    assert!(
+        out["bootstrap"]["issuer"].as_str().unwrap().contains("factory-ca"),
+        "{out}"
+    );
+    // The enrollment options go with --bootstrap only.
+    node.provision(&[
+        "run",
+        "--sign-cmd",
+        &cmd,
+        "--password-file",
+        &pw,
+        "--enroll-url",
+        &server.url,
+    ])
+    .fails(7, "go with --bootstrap");
+    node.stop();
+    node.start(false);
+    wait_state(&node, "operational");
+    assert_converged(&node);
+}
