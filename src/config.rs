@@ -282,6 +282,9 @@ pub struct EnrollConfig {
     pub anchor: Option<PathBuf>,
     /// Where bootstrap writes the claim token (sent as `Authorization: Bearer`), if one is given.
     pub claim_token_file: PathBuf,
+    /// The token sent base64-encoded (`claim_token_encoding = "base64"`), as Cisco libest's
+    /// server decodes it; as it is by default (RFC 6750).
+    pub claim_token_base64: bool,
     /// HTTP basic auth on /simpleenroll besides the bootstrap certificate, if configured.
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
@@ -298,6 +301,10 @@ pub struct EnrollConfig {
     /// The module whose new identity the verify step presents (default: the first
     /// enrolled module).
     pub verify_module: Option<String>,
+    /// `[enroll] csrattrs = "strict"`: what a CSR cannot carry of what the server's
+    /// /csrattrs asks refuses the attempt; `"lenient"` (default): it is logged and the CSR
+    /// goes without it, for the server to judge (RFC 7030 §4.5).
+    pub strict_csrattrs: bool,
 }
 
 /// When a renewal is due: a share of the certificate's lifetime, or a time before expiry.
@@ -1325,6 +1332,11 @@ fn parse_enroll(e: &mut Reader, working_dir: &Path, modules: &[ModuleConfig]) ->
     let claim_token_file = e
         .path("claim_token_file")?
         .unwrap_or_else(|| working_dir.join("claim-token"));
+    let claim_token_base64 = match e.string("claim_token_encoding")?.as_deref() {
+        None | Some("as-is") => false,
+        Some("base64") => true,
+        Some(v) => return Err(e.err("claim_token_encoding", format!("\"{v}\" is not one of as-is, base64"))),
+    };
     let username = e.string("username")?;
     let password_file = e.path("password_file")?;
     if username.is_some() != password_file.is_some() {
@@ -1356,6 +1368,11 @@ fn parse_enroll(e: &mut Reader, working_dir: &Path, modules: &[ModuleConfig]) ->
             return Err(e.err("verify", format!("\"{v}\" is not host:port")));
         }
     }
+    let strict_csrattrs = match e.string("csrattrs")?.as_deref() {
+        None | Some("lenient") => false,
+        Some("strict") => true,
+        Some(v) => return Err(e.err("csrattrs", format!("\"{v}\" is not one of lenient, strict"))),
+    };
     let verify_module = e.string("verify_module")?;
     if let Some(v) = &verify_module {
         if *v == bootstrap || !modules.iter().any(|m| m.id == *v && !m.self_signed) {
@@ -1367,6 +1384,7 @@ fn parse_enroll(e: &mut Reader, working_dir: &Path, modules: &[ModuleConfig]) ->
         url,
         anchor,
         claim_token_file,
+        claim_token_base64,
         username,
         password_file,
         attempts,
@@ -1376,6 +1394,7 @@ fn parse_enroll(e: &mut Reader, working_dir: &Path, modules: &[ModuleConfig]) ->
         timeout,
         verify,
         verify_module,
+        strict_csrattrs,
     })
 }
 

@@ -178,6 +178,15 @@ fn a_wrong_claim_token_quarantines_the_node_which_keeps_serving_until_released()
     // Released again: there is nothing to release.
     node.provision(&["release-quarantine", "--password-file", &node.p("password")])
         .fails(5, "not quarantined");
+    node.stop();
+
+    // A server that decodes the token as base64, as Cisco libest does: with
+    // claim_token_encoding = "base64" the node enrolls.
+    let (mut node, server) = site("claim-b64", "claim_token_encoding = \"base64\"\n");
+    server.set_claim_token(Some(&format!("b64:{CLAIM}")));
+    factory(&mut node, &server, Some(CLAIM));
+    node.start(false);
+    wait_state(&node, "operational");
 }
 
 #[test]
@@ -452,8 +461,9 @@ fn what_csrattrs_asks_is_put_in_the_csrs_or_refused_naming_it() {
     );
     node.stop();
 
-    // Keys the modules do not make: refused before a key is made or a CSR sent.
-    let (mut node, server) = site("csrattrs-curve", "");
+    // Keys the modules do not make, with csrattrs = "strict": refused before a key is made
+    // or a CSR sent.
+    let (mut node, server) = site("csrattrs-curve", "csrattrs = \"strict\"\n");
     factory(&mut node, &server, None);
     server.set_csrattrs(Some(&csrattrs("k = OID:1.2.840.10045.2.1\nc = OID:1.3.132.0.35", "")));
     node.start(false);
@@ -493,7 +503,7 @@ fn what_csrattrs_asks_is_put_in_the_csrs_or_refused_naming_it() {
             "a challengePassword, and no claim token or EST password is configured",
         ),
     ] {
-        let (mut node, server) = site(name, "");
+        let (mut node, server) = site(name, "csrattrs = \"strict\"\n");
         factory(&mut node, &server, None);
         server.set_csrattrs(Some(&csrattrs(items, "")));
         node.start(false);
@@ -502,6 +512,24 @@ fn what_csrattrs_asks_is_put_in_the_csrs_or_refused_naming_it() {
         assert!(err.contains(want), "{err}");
         node.stop();
     }
+
+    // By default (lenient), what cannot be given is logged and the CSRs go without it, as
+    // Cisco libest's example server expects (it lists macAddress, emailAddress, secp384r1
+    // and sha384, and enforces them only with --enforce-csr).
+    let (mut node, server) = site("csrattrs-lenient", "");
+    factory(&mut node, &server, None);
+    server.set_csrattrs(Some(&csrattrs(
+        "m = OID:1.3.6.1.1.1.1.22\ne = OID:1.2.840.113549.1.9.1\nc = OID:1.3.132.0.34\nh = OID:2.16.840.1.101.3.4.2.2",
+        "",
+    )));
+    node.start(false);
+    wait_state(&node, "operational");
+    let log = node.log();
+    assert!(
+        log.contains("enrollment of online: the EST server's /csrattrs asks for the attribute macAddress (1.3.6.1.1.1.1.22); the CSR goes without it")
+            && log.contains("keys on secp384r1"),
+        "{log}"
+    );
 }
 
 #[test]

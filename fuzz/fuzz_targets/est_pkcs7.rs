@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
         )])
         .unwrap();
         let secret = aos_iam::secret::Secret::new("s".into());
-        let _ = attrs.honour(&config.modules[0], Some(&secret));
+        let _ = attrs.honour(&config.modules[0], Some(&secret), true);
+        let _ = attrs.honour(&config.modules[0], None, false);
     }
 });

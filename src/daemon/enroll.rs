@@ -295,7 +295,12 @@ fn client(prov: &Provisioning, cfg: &EnrollConfig, e: &Enrollment) -> Result<Est
     };
     let mut client = EstClient::new(&url, &anchors, ClientAuth::Identity(identity), basic)?.with_timeout(cfg.timeout);
     if cfg.claim_token_file.exists() {
-        client = client.with_bearer(read_secret(&cfg.claim_token_file, "claim token file")?);
+        let token = read_secret(&cfg.claim_token_file, "claim token file")?;
+        let token = match cfg.claim_token_base64 {
+            true => Secret::new(crate::codec::pem::base64_encode(token.expose().as_bytes())),
+            false => token,
+        };
+        client = client.with_bearer(token);
     }
     Ok(client)
 }
@@ -389,7 +394,16 @@ fn enroll_module(
             let module = prov.modules.get(cert_type)?;
             let challenge = match attrs.items.is_empty() {
                 true => None,
-                false => attrs.honour(&module.config, challenge_secret(cfg)?.as_ref())?,
+                false => {
+                    let h = attrs.honour(&module.config, challenge_secret(cfg)?.as_ref(), cfg.strict_csrattrs)?;
+                    for what in &h.not_honoured {
+                        crate::log_warn!(
+                            "enrollment of {cert_type}: the EST server's /csrattrs asks for {what}; \
+                             the CSR goes without it ([enroll] csrattrs = \"strict\" refuses instead)"
+                        );
+                    }
+                    h.challenge
+                }
             };
             let subject = format!("CN={},OU={cert_type}", prov.config.node_id);
             let (key_id, csr) = prov.with_journal(|| {

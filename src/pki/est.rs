@@ -186,7 +186,7 @@ impl EstClient {
             return Ok(CsrAttrs::default());
         }
         let r = self.accept(r, "csrattrs")?;
-        let der = crate::codec::pem::base64_decode(&r.body).unwrap_or(r.body);
+        let der = body_der(r.body);
         CsrAttrs::parse(&der).map_err(|error| Refusal {
             error: error.context("the EST answer to /csrattrs"),
             retry_after: None,
@@ -265,8 +265,7 @@ impl EstClient {
             retry_after: None,
         };
         let r = self.accept(r, op)?;
-        // RFC 7030 bodies are base64; a server that sends DER as it is is read too.
-        let der = crate::codec::pem::base64_decode(&r.body).unwrap_or(r.body);
+        let der = body_der(r.body);
         crate::codec::der::pkcs7_certificates(&der).ok_or_else(|| {
             refuse(Error::protocol(format!(
                 "the EST answer to /{op} is not a PKCS#7 certs-only structure"
@@ -588,6 +587,16 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// An answer's DER: RFC 7030 bodies are base64 (a server that sends DER as it is is read
+/// too); a NUL that ends the body is dropped first, as Cisco libest counts its C string's
+/// terminator in Content-Length and OpenSSL's base64 decoder ignores it.
+fn body_der(mut body: Vec<u8>) -> Vec<u8> {
+    while body.last() == Some(&0) {
+        body.pop();
+    }
+    crate::codec::pem::base64_decode(&body).unwrap_or(body)
+}
+
 /// One item of a `/csrattrs` answer: an OID, or an attribute with its values (DER).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttrOrOid {
@@ -599,6 +608,14 @@ pub enum AttrOrOid {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CsrAttrs {
     pub items: Vec<AttrOrOid>,
+}
+
+/// What [`CsrAttrs::honour`] found: the challengePassword to put in the CSR, and what the
+/// CSR will not carry of what the server asked.
+#[derive(Debug)]
+pub struct Honoured {
+    pub challenge: Option<Secret>,
+    pub not_honoured: Vec<String>,
 }
 
 /// Most items a `/csrattrs` answer may hold.
@@ -631,6 +648,10 @@ fn oid_name(oid: &str) -> &'static str {
         "2.5.29.15" => "keyUsage",
         "2.5.29.19" => "basicConstraints",
         "1.3.6.1.1.1.1.22" => "macAddress",
+        "1.2.840.113549.1.9.1" => "emailAddress",
+        "2.16.840.1.101.3.4.2.1" => "sha256",
+        "2.16.840.1.101.3.4.2.2" => "sha384",
+        "2.16.840.1.101.3.4.2.3" => "sha512",
         _ => "",
     }
 }
@@ -648,6 +669,12 @@ fn is_key_type(oid: &str) -> bool {
 fn is_curve(oid: &str) -> bool {
     matches!(oid, "1.2.840.10045.3.1.7" | "1.3.132.0.34" | "1.3.132.0.35")
 }
+fn is_hash(oid: &str) -> bool {
+    matches!(
+        oid,
+        "2.16.840.1.101.3.4.2.1" | "2.16.840.1.101.3.4.2.2" | "2.16.840.1.101.3.4.2.3"
+    )
+}
 fn is_signature(oid: &str) -> bool {
     matches!(
         oid,
@@ -660,13 +687,24 @@ fn is_signature(oid: &str) -> bool {
     )
 }
 
-/// What a module's CSRs are: key type, curve, signature algorithm (OIDs).
-fn module_algorithms(a: crate::config::Algorithm) -> (&'static str, Option<&'static str>, &'static str) {
+/// What a module's CSRs are: key type, curve, signature algorithm, hash (OIDs).
+fn module_algorithms(a: crate::config::Algorithm) -> (&'static str, Option<&'static str>, &'static str, &'static str) {
     use crate::config::Algorithm;
+    const SHA256: &str = "2.16.840.1.101.3.4.2.1";
     match a {
-        Algorithm::EcdsaP384 => (EC_PUBLIC_KEY, Some("1.3.132.0.34"), "1.2.840.10045.4.3.3"),
-        Algorithm::EcdsaP256 => (EC_PUBLIC_KEY, Some("1.2.840.10045.3.1.7"), "1.2.840.10045.4.3.2"),
-        Algorithm::Rsa2048 => (RSA_ENCRYPTION, None, "1.2.840.113549.1.1.11"),
+        Algorithm::EcdsaP384 => (
+            EC_PUBLIC_KEY,
+            Some("1.3.132.0.34"),
+            "1.2.840.10045.4.3.3",
+            "2.16.840.1.101.3.4.2.2",
+        ),
+        Algorithm::EcdsaP256 => (
+            EC_PUBLIC_KEY,
+            Some("1.2.840.10045.3.1.7"),
+            "1.2.840.10045.4.3.2",
+            SHA256,
+        ),
+        Algorithm::Rsa2048 => (RSA_ENCRYPTION, None, "1.2.840.113549.1.1.11", SHA256),
     }
 }
 
@@ -711,21 +749,22 @@ impl CsrAttrs {
         Ok(CsrAttrs { items })
     }
 
-    /// Check that a CSR of `module` can carry what the server asks, and say what to add: the
-    /// challengePassword (`challenge`, refused when the server asks for one and there is
-    /// none). Anything that cannot be honoured is refused naming it: another key type, curve
-    /// or signature algorithm than the module's, an extension it does not make, an attribute
-    /// aos-iam does not know.
-    pub fn honour(&self, module: &crate::config::ModuleConfig, challenge: Option<&Secret>) -> Result<Option<Secret>> {
+    /// What a CSR of `module` can carry of what the server asks: the challengePassword to add
+    /// (`challenge`), and what cannot be honoured, each named: a challengePassword with no
+    /// secret, another key type, curve or signature algorithm than the module's, an extension
+    /// it does not make, an attribute aos-iam does not know. With `strict`, anything not
+    /// honoured refuses the CSR before it is made; otherwise the caller says what was not
+    /// (RFC 7030 §4.5: the server decides whether it matters).
+    pub fn honour(
+        &self,
+        module: &crate::config::ModuleConfig,
+        challenge: Option<&Secret>,
+        strict: bool,
+    ) -> Result<Honoured> {
+        let mut missing: Vec<String> = Vec::new();
         use crate::codec::der::{oid_text, read_tlv};
-        let refuse = |what: String| {
-            Error::invalid(format!(
-                "the EST server asks CSRs of module {} for {what}, which it cannot give",
-                module.id
-            ))
-        };
-        let (key, curve, sig) = module_algorithms(module.algorithm);
-        let (mut keys, mut curves, mut sigs) = (Vec::new(), Vec::new(), Vec::new());
+        let (key, curve, sig, hash) = module_algorithms(module.algorithm);
+        let (mut keys, mut curves, mut sigs, mut hashes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut password = None;
         let oid_of = |v: &[u8]| read_tlv(v).filter(|t| t.tag == 0x06).and_then(|t| oid_text(t.content));
         for item in &self.items {
@@ -734,11 +773,12 @@ impl CsrAttrs {
                 AttrOrOid::Attribute(o, v) => (o.as_str(), &v[..]),
             };
             match oid {
-                CHALLENGE_PASSWORD => {
-                    password = Some(challenge.cloned().ok_or_else(|| {
-                        refuse("a challengePassword, and no claim token or EST password is configured".into())
-                    })?)
-                }
+                CHALLENGE_PASSWORD => match challenge {
+                    Some(c) => password = Some(c.clone()),
+                    None => {
+                        missing.push("a challengePassword, and no claim token or EST password is configured".into())
+                    }
+                },
                 o if is_key_type(o) => {
                     keys.push(o.to_string());
                     // id-ecPublicKey with its curves as values (RFC 7030 §4.5.2).
@@ -746,6 +786,7 @@ impl CsrAttrs {
                 }
                 o if is_curve(o) => curves.push(o.to_string()),
                 o if is_signature(o) => sigs.push(o.to_string()),
+                o if is_hash(o) => hashes.push(o.to_string()),
                 EXTENSION_REQUEST => {
                     for v in values {
                         // An extension's OID, or Extension(s) as templates: their OIDs.
@@ -765,7 +806,7 @@ impl CsrAttrs {
                             }
                         }
                         if wanted.is_empty() {
-                            return Err(refuse("an extension request it cannot read".into()));
+                            missing.push("an extension request it cannot read".into());
                         }
                         for e in wanted {
                             match e.as_str() {
@@ -773,41 +814,55 @@ impl CsrAttrs {
                                 "2.5.29.37" if !module.extended_key_usage.is_empty() => {}
                                 "2.5.29.17" if !module.alt_names.is_empty() || !module.uri_names.is_empty() => {}
                                 "2.5.29.37" | "2.5.29.17" => {
-                                    return Err(refuse(format!(
-                                        "the extension {}, and the module configures none",
-                                        named(&e)
-                                    )))
+                                    missing.push(format!("the extension {}, and the module configures none", named(&e)))
                                 }
-                                _ => return Err(refuse(format!("the extension {}", named(&e)))),
+                                _ => missing.push(format!("the extension {}", named(&e))),
                             }
                         }
                     }
                 }
-                o => return Err(refuse(format!("the attribute {}", named(o)))),
+                o => missing.push(format!("the attribute {}", named(o))),
             }
         }
         if !keys.is_empty() && !keys.iter().any(|k| k == key) {
-            return Err(refuse(format!(
+            missing.push(format!(
                 "{} keys (it makes {} keys: change the module's algorithm)",
                 keys.iter().map(|k| named(k)).collect::<Vec<_>>().join(" or "),
                 module.algorithm.name()
-            )));
+            ));
         }
         if !curves.is_empty() && curve.is_none_or(|c| !curves.iter().any(|x| x == c)) {
-            return Err(refuse(format!(
+            missing.push(format!(
                 "keys on {} (it makes {} keys: change the module's algorithm)",
                 curves.iter().map(|k| named(k)).collect::<Vec<_>>().join(" or "),
                 module.algorithm.name()
-            )));
+            ));
         }
         if !sigs.is_empty() && !sigs.iter().any(|x| x == sig) {
-            return Err(refuse(format!(
+            missing.push(format!(
                 "signatures by {} (its CSRs are signed with {})",
                 sigs.iter().map(|k| named(k)).collect::<Vec<_>>().join(" or "),
                 named(sig)
+            ));
+        }
+        if !hashes.is_empty() && !hashes.iter().any(|x| x == hash) {
+            missing.push(format!(
+                "signatures with {} (its CSRs are signed with {})",
+                hashes.iter().map(|k| named(k)).collect::<Vec<_>>().join(" or "),
+                named(hash)
+            ));
+        }
+        if strict && !missing.is_empty() {
+            return Err(Error::invalid(format!(
+                "the EST server asks CSRs of module {} for {}, which it cannot give",
+                module.id,
+                missing.join("; and for ")
             )));
         }
-        Ok(password)
+        Ok(Honoured {
+            challenge: password,
+            not_honoured: missing,
+        })
     }
 }
 
@@ -910,22 +965,27 @@ mod tests {
         assert_eq!(a.items.len(), 3);
         let secret = Secret::new("t".into());
         // SAN asked, none configured: refused naming it.
-        let e = a.honour(&module(Algorithm::EcdsaP384), Some(&secret)).unwrap_err();
+        let e = a
+            .honour(&module(Algorithm::EcdsaP384), Some(&secret), true)
+            .unwrap_err();
         assert!(e.message.contains("subjectAltName (2.5.29.17)"), "{e}");
         let mut m = module(Algorithm::EcdsaP384);
         m.alt_names = vec!["node.local".into()];
         assert_eq!(
-            a.honour(&m, Some(&secret)).unwrap().map(|s| s.expose().to_string()),
+            a.honour(&m, Some(&secret), true)
+                .unwrap()
+                .challenge
+                .map(|s| s.expose().to_string()),
             Some("t".into())
         );
         m.algorithm = Algorithm::EcdsaP256;
-        let e = a.honour(&m, Some(&secret)).unwrap_err();
+        let e = a.honour(&m, Some(&secret), true).unwrap_err();
         assert!(
             e.message.contains("keys on secp384r1") && e.message.contains("ecdsa-p256"),
             "{e}"
         );
         m.algorithm = Algorithm::Rsa2048;
-        let e = a.honour(&m, Some(&secret)).unwrap_err();
+        let e = a.honour(&m, Some(&secret), true).unwrap_err();
         assert!(
             e.message.contains("id-ecPublicKey") && e.message.contains("rsa-2048"),
             "{e}"

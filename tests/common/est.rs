@@ -331,7 +331,16 @@ impl Ca {
                     .lines()
                     .find_map(|l| l.strip_prefix("Authorization: Bearer "))
                     .map(|t| t.trim().to_string());
-                let token = self.claim_token.lock().unwrap().clone();
+                // A token "b64:T" is expected base64-encoded, as Cisco libest decodes it.
+                let token = self
+                    .claim_token
+                    .lock()
+                    .unwrap()
+                    .clone()
+                    .map(|t| match t.strip_prefix("b64:") {
+                        Some(t) => aos_iam::codec::pem::base64_encode(t.as_bytes()),
+                        None => t,
+                    });
                 let who = match (auth, peer_cn(tls)) {
                     (Some(a), _) if a == format!("{}:{}", self.user, self.password) => format!("user={}", self.user),
                     (None, Some(_)) if token.is_some() && bearer != token => {
