@@ -363,12 +363,23 @@ fn enroll_module(
         let key_id = match s {
             Step::KeyCreated { key_id, .. } | Step::Obtained { key_id, .. } => *key_id,
         };
-        let pending = prov
-            .db
-            .snapshot()?
+        let snap = prov.db.snapshot()?;
+        let pending = snap
             .pending
             .iter()
             .any(|p| p.cert_type == cert_type && p.key_id == key_id);
+        // Applied, and cut off before that was recorded here: the module is enrolled.
+        if snap
+            .certs
+            .iter()
+            .any(|c| c.cert_type == cert_type && c.key_id == key_id)
+        {
+            crate::log_info!("enrollment of {cert_type}: its certificate was applied before the restart");
+            e.enrolled.push(cert_type.to_string());
+            prov.db.set_enrollment(e, None)?;
+            pass.applied = true;
+            return Ok(());
+        }
         if !pending {
             crate::log_warn!("enrollment of {cert_type}: its new key is gone; making another");
             step = None;

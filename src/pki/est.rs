@@ -588,13 +588,14 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// An answer's DER: RFC 7030 bodies are base64 (a server that sends DER as it is is read
-/// too); a NUL that ends the body is dropped first, as Cisco libest counts its C string's
+/// too); one NUL ending a base64 body is dropped, as Cisco libest counts its C string's
 /// terminator in Content-Length and OpenSSL's base64 decoder ignores it.
-fn body_der(mut body: Vec<u8>) -> Vec<u8> {
-    while body.last() == Some(&0) {
-        body.pop();
-    }
-    crate::codec::pem::base64_decode(&body).unwrap_or(body)
+fn body_der(body: Vec<u8>) -> Vec<u8> {
+    use crate::codec::pem::base64_decode;
+    let text = body.strip_suffix(&[0]).unwrap_or(&body);
+    // Binary DER or BER as it is (whose end-of-contents octets are NULs too) when it is not
+    // base64.
+    base64_decode(text).unwrap_or(body)
 }
 
 /// One item of a `/csrattrs` answer: an OID, or an attribute with its values (DER).
