@@ -399,16 +399,7 @@ fn run(args: &Args) -> Result<u8, Error> {
             return Ok(worst.exit_code());
         }
         Verb::Renew(v) => {
-            let est = v.est.as_deref().map(|url| common::EstArgs {
-                url,
-                anchor: &v.est_anchor,
-                fingerprint: &v.est_ca_fingerprint,
-                user: &v.est_user,
-                password_file: &v.est_password_file,
-                cert: &v.est_cert,
-                key: &v.est_key,
-            });
-            let signer = common::signer_for(est, &v.ca_cert, &v.ca_key, v.days, &v.sign_cmd, v.sign_timeout)?;
+            let signer = common::options_signer!(v);
             let pw = common::read_secret(v.password_file.as_deref(), "provisioning password")?;
             let mut c = Client::connect(socket(DEFAULT_PROTECTED_SOCKET).as_ref())?;
             let node = v.node.clone().unwrap_or_else(|| c.server_node_id.clone());

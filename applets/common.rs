@@ -160,6 +160,26 @@ pub struct EstArgs<'a> {
     pub key: &'a Option<String>,
 }
 
+/// The signer that a verb's signing options (`--est` and its companions, `--ca-cert`/`--ca-key`
+/// with `--days`, `--sign-cmd` with `--sign-timeout`) name, as [`signer_for`] chooses it;
+/// `?` on its error. For `iam-provision run`/`bootstrap` and `iam-certctl renew`.
+macro_rules! options_signer {
+    ($v:expr) => {{
+        let v = $v;
+        let est = v.est.as_deref().map(|url| $crate::common::EstArgs {
+            url,
+            anchor: &v.est_anchor,
+            fingerprint: &v.est_ca_fingerprint,
+            user: &v.est_user,
+            password_file: &v.est_password_file,
+            cert: &v.est_cert,
+            key: &v.est_key,
+        });
+        $crate::common::signer_for(est, &v.ca_cert, &v.ca_key, v.days, &v.sign_cmd, v.sign_timeout)?
+    }};
+}
+pub(crate) use options_signer;
+
 /// The one signer a command's options name: `--est` (with `est`), or `--ca-cert`/`--ca-key`,
 /// or `--sign-cmd`; more than one way is refused before anything is done.
 pub fn signer_for(

@@ -535,30 +535,12 @@ fn done(args: &Args, what: &str) {
     }
 }
 
-/// The signer a flow's options name.
-macro_rules! flow_signer {
-    ($v:expr) => {{
-        let v = $v;
-        let est = v.est.as_deref().map(|url| common::EstArgs {
-            url,
-            anchor: &v.est_anchor,
-            fingerprint: &v.est_ca_fingerprint,
-            user: &v.est_user,
-            password_file: &v.est_password_file,
-            cert: &v.est_cert,
-            key: &v.est_key,
-        });
-        common::signer_for(est, &v.ca_cert, &v.ca_key, v.days, &v.sign_cmd, v.sign_timeout)?
-    }};
-}
-use flow_signer;
-
 /// The bootstrap flow a verb's options (`run --bootstrap`, `bootstrap`) describe.
 macro_rules! bootstrap_of {
     ($v:expr) => {{
         let v = $v;
         BootstrapFlow {
-            signer: flow_signer!(v),
+            signer: common::options_signer!(v),
             password_file: &v.password_file,
             subject: &v.subject,
             deprovision_first: v.deprovision_first,
@@ -645,7 +627,7 @@ fn bootstrap_flow(args: &Args, f: &BootstrapFlow, node: &str) -> Result<u8, Erro
 }
 
 fn run_flow(args: &Args, v: &Run, node: &str) -> Result<u8, Error> {
-    let signer = flow_signer!(v);
+    let signer = common::options_signer!(v);
     let pw = common::read_secret(v.password_file.as_deref(), "provisioning password")?;
     if node == "all" {
         return run_unit(args, v, signer.as_ref(), &pw);
