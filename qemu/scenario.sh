@@ -82,6 +82,14 @@ certs_verify() { # NODE_ID: each certificate exported from the token, verified b
 }
 
 secondary() {
+    if [ "$MODE" = fault ] && [ "$NODE" = sec1 ]; then
+        # The start hook holds sec1's first step until the link has been cut, so the cut
+        # falls inside a request in flight however fast the rest of the steps run.
+        cat > /etc/aos-iam/config.d/50-fault.toml <<'EOF2'
+[hooks]
+start = ["/bin/sh", "-c", "touch /run/iam/hook-started; while [ ! -e /run/iam/hook-release ]; do sleep 0.2; done"]
+EOF2
+    fi
     start_iamd --provisioning
     result iamd ok "provisioning mode"
     start_link
@@ -89,10 +97,11 @@ secondary() {
     # Not provisioned a minute on: the logs go to the console while there is still time.
     (sleep 60; provisioned || diag) &
     if [ "$MODE" = fault ] && [ "$NODE" = sec1 ]; then
-        # Cut this node's link as soon as provisioning has reached it, then come back.
-        if wait_until 120 sh -c "! iam-provision --json status | grep -q '\"state\":\"unprovisioned\"'"; then
+        # Cut this node's link while its start hook runs, then let the hook end and come back.
+        if wait_until 120 test -e /run/iam/hook-started; then
             stop_link
             result fault ok "link killed (kill -9) during provisioning"
+            touch /run/iam/hook-release
             sleep 8
             start_link
         else
