@@ -106,6 +106,15 @@ struct Renew {
     /// bootstrap certificate's private key (PKCS#8 PEM)
     #[argh(option)]
     est_key: Option<String>,
+    /// renew through this SCEP server (http://host[:port]/path); the node makes the request
+    #[argh(option)]
+    scep: Option<String>,
+    /// SHA-256 (hex) of the SCEP CA certificate, checked out of band (with --scep)
+    #[argh(option)]
+    scep_ca_fingerprint: Option<String>,
+    /// file holding the SCEP challenge password; without it, a RenewalReq by the current certificate
+    #[argh(option)]
+    challenge_file: Option<String>,
 }
 
 /// Print each change of the current certificate of TYPE (every type without one), until

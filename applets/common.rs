@@ -175,7 +175,20 @@ macro_rules! options_signer {
             cert: &v.est_cert,
             key: &v.est_key,
         });
-        $crate::common::signer_for(est, &v.ca_cert, &v.ca_key, v.days, &v.sign_cmd, v.sign_timeout)?
+        match v.scep.as_deref() {
+            Some(url) => $crate::common::scep_signer(
+                url,
+                &v.scep_ca_fingerprint,
+                &v.challenge_file,
+                v.est.is_some() || v.ca_cert.is_some() || v.ca_key.is_some() || v.sign_cmd.is_some(),
+            )?,
+            None if v.scep_ca_fingerprint.is_some() || v.challenge_file.is_some() => {
+                return Err(Error::invalid(
+                    "--scep-ca-fingerprint and --challenge-file go with --scep",
+                ))
+            }
+            None => $crate::common::signer_for(est, &v.ca_cert, &v.ca_key, v.days, &v.sign_cmd, v.sign_timeout)?,
+        }
     }};
 }
 pub(crate) use options_signer;
@@ -197,6 +210,39 @@ pub fn signer_for(
         Some(e) => est_signer(&e),
         None => signer(ca_cert, ca_key, days, sign_cmd, sign_timeout),
     }
+}
+
+/// The SCEP signer `--scep` names: the node makes the request (ScepEnroll) with its key.
+pub fn scep_signer(
+    url: &str,
+    fingerprint: &Option<String>,
+    challenge_file: &Option<String>,
+    another_way: bool,
+) -> Result<Box<dyn aos_iam::pki::signer::CsrSigner + Sync>, Error> {
+    if another_way {
+        return Err(Error::invalid(
+            "give one way of signing: --scep, --est, --ca-cert/--ca-key or --sign-cmd",
+        ));
+    }
+    if !url.starts_with("http://") {
+        return Err(Error::invalid(format!(
+            "--scep {url}: an http:// URL (SCEP's trust is --scep-ca-fingerprint)"
+        )));
+    }
+    let fingerprint = fingerprint.clone().ok_or_else(|| {
+        Error::invalid(
+            "--scep needs --scep-ca-fingerprint: the SHA-256 of the SCEP CA's certificate, checked out of band",
+        )
+    })?;
+    let challenge = match challenge_file {
+        Some(f) => aos_iam::pki::scep::read_challenge(f.as_ref())?,
+        None => aos_iam::secret::Secret::new(String::new()),
+    };
+    Ok(Box::new(aos_iam::pki::signer::NodeScep {
+        url: url.to_string(),
+        ca_fingerprint: fingerprint,
+        challenge,
+    }))
 }
 
 /// The EST signer `--est` names: /simpleenroll, by basic auth or a bootstrap certificate.

@@ -260,6 +260,15 @@ macro_rules! signing_flow {
     /// that certificate's private key (PKCS#8 PEM)
     #[argh(option)]
     est_key: Option<String>,
+    /// get the CSRs signed by this SCEP server (http://host[:port]/path); the node makes the requests
+    #[argh(option)]
+    scep: Option<String>,
+    /// SHA-256 (hex) of the SCEP CA certificate, checked out of band (with --scep)
+    #[argh(option)]
+    scep_ca_fingerprint: Option<String>,
+    /// file holding the SCEP challenge password (with --scep)
+    #[argh(option)]
+    challenge_file: Option<String>,
     /// subject template; {node} and {type} are replaced (default "CN={node},OU={type}")
     #[argh(option)]
     subject: Option<String>,

@@ -325,6 +325,24 @@ pub enum RenewMethod {
         timeout: Duration,
     },
     Est(EstConfig),
+    Scep(ScepSettings),
+}
+
+/// A SCEP server (RFC 8894), the CA it speaks for, and how long PENDING is polled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScepSettings {
+    /// `http://host[:port]/path` (SCEP is plain HTTP: the CA fingerprint is the trust).
+    pub url: String,
+    /// SHA-256 of the CA certificate's DER, hex, as checked out of band.
+    pub ca_fingerprint: String,
+    /// The challenge password of a PKCSReq, read from this file when a request is made.
+    pub challenge_file: Option<PathBuf>,
+    /// A RenewalReq signed by the module's current certificate where the server offers
+    /// Renewal (default); otherwise a PKCSReq with the challenge.
+    pub renewal: bool,
+    pub timeout: Duration,
+    pub poll_for: Duration,
+    pub poll_every: Duration,
 }
 
 /// An EST server (RFC 7030) and how to authenticate to it.
@@ -423,7 +441,41 @@ fn parse_renew(r: &mut Reader) -> Result<RenewPolicy, ConfigError> {
             e.finish()?;
             RenewMethod::Est(est)
         }
-        Some(m) => return Err(r.err("method", format!("\"{m}\" is not one of command, est"))),
+        Some("scep") => {
+            for key in ["command", "timeout", "est"] {
+                if r.table.contains_key(key) {
+                    return Err(r.err(key, "given, but the method is \"scep\""));
+                }
+            }
+            let mut e = r
+                .sub("scep")?
+                .ok_or_else(|| r.err("scep", "is required with method = \"scep\""))?;
+            let url = e.required_string("url")?;
+            if !url.starts_with("http://") {
+                return Err(e.err("url", "must be an http:// URL (SCEP's trust is ca_fingerprint)"));
+            }
+            let ca_fingerprint = e.required_string("ca_fingerprint")?;
+            if ca_fingerprint.chars().filter(|c| c.is_ascii_hexdigit()).count() != 64
+                || ca_fingerprint.chars().any(|c| !c.is_ascii_hexdigit() && c != ':')
+            {
+                return Err(e.err("ca_fingerprint", "must be a SHA-256: 64 hex digits, colons allowed"));
+            }
+            let scep = ScepSettings {
+                url,
+                ca_fingerprint,
+                challenge_file: e.path("challenge_file")?,
+                renewal: e.bool("renewal", true)?,
+                timeout: seconds(&mut e, "timeout", 3600, crate::pki::scep::DEFAULT_TIMEOUT)?,
+                poll_for: seconds(&mut e, "poll_for", 24 * 3600, crate::pki::scep::DEFAULT_POLL_FOR)?,
+                poll_every: seconds(&mut e, "poll_every", 3600, crate::pki::scep::DEFAULT_POLL_EVERY)?,
+            };
+            if !scep.renewal && scep.challenge_file.is_none() {
+                return Err(e.err("renewal", "false needs challenge_file for a PKCSReq"));
+            }
+            e.finish()?;
+            RenewMethod::Scep(scep)
+        }
+        Some(m) => return Err(r.err("method", format!("\"{m}\" is not one of command, est, scep"))),
     };
     let threshold = match r.string("threshold")? {
         None => Threshold::Elapsed(800),

@@ -479,6 +479,52 @@ impl CertModules {
         Ok((der, r.serial.clone(), identity))
     }
 
+    /// Get the CSR of a pending key of `cert_type` signed by SCEP: the request is signed and
+    /// its answer decrypted by that key in its store (or, for a RenewalReq, by the key of
+    /// the module's current certificate). Returns the chain PEM for [`CertModules::apply`].
+    pub fn scep_enroll(
+        &self,
+        db: &Db,
+        cert_type: &str,
+        csr_pem: &str,
+        config: &crate::pki::scep::ScepConfig,
+        renewal: bool,
+    ) -> Result<String> {
+        use rustls_pki_types::pem::PemObject;
+        let m = self.get(cert_type)?;
+        let csr = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+            .map_err(|e| Error::invalid(format!("the CSR is not PEM: {e}")))?;
+        let csr_key = crate::pki::x509::csr_public_key(csr.as_ref())?;
+        let snap = db.snapshot()?;
+        // The key must be one this module made and still waits for a certificate for.
+        let mut key = None;
+        for p in snap.pending.iter().filter(|p| p.cert_type == cert_type) {
+            if let Ok(k) = m.stored_key(p.key_id) {
+                if k.public.raw == csr_key {
+                    key = Some(k);
+                    break;
+                }
+            }
+        }
+        let key = key.ok_or_else(|| {
+            Error::wrong_state(format!(
+                "module {cert_type} has no pending key for this CSR: CreateKey first (SCEP signs with that key)"
+            ))
+        })?;
+        let current = match (renewal, self.current(&snap, cert_type)) {
+            (true, Some(r)) => match (m.stored_key(r.key_id), m.store.certificate(m.id(), &r.key_id)?) {
+                (Ok(k), Some(der)) => Some((k, der)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let current_identity = current.as_ref().map(|(k, der)| crate::pki::scep::CurrentIdentity {
+            key: k,
+            cert: der.clone(),
+        });
+        crate::pki::scep::enroll(config, &key, csr.as_ref(), current_identity.as_ref())
+    }
+
     /// Sign with the key of the `cert_type` certificate whose serial is `serial`.
     pub fn sign_with(&self, db: &Db, cert_type: &str, serial: &[u8], message: &[u8]) -> Result<Vec<u8>> {
         let m = self.get(cert_type)?;

@@ -122,6 +122,26 @@ pub(super) fn handle(shared: &Shared, request: Request) -> Result<Response> {
             prov.check_node_id(&node_id)?;
             crate::daemon::enroll::status(prov).map(Response::Enrollment)
         }
+        Request::ScepEnroll {
+            node_id,
+            cert_type,
+            csr_pem,
+            url,
+            ca_fingerprint,
+            challenge,
+            password,
+        } => {
+            let config = crate::pki::scep::ScepConfig {
+                url,
+                ca_fingerprint,
+                challenge: (!challenge.expose().is_empty()).then_some(challenge),
+                timeout: crate::pki::scep::DEFAULT_TIMEOUT,
+                poll_for: crate::pki::scep::DEFAULT_POLL_FOR,
+                poll_every: crate::pki::scep::DEFAULT_POLL_EVERY,
+            };
+            prov.scep_enroll(&node_id, &cert_type, &csr_pem, &config, &password)
+                .map(|pem| Response::Chain { pem })
+        }
         Request::PauseNode { node_id } => prov.pause(&node_id).map(|_| Response::Done),
         Request::ResumeNode { node_id } => prov.resume(&node_id).map(|_| Response::Done),
         Request::RegisterInstance { instance, permissions } => shared

@@ -331,6 +331,27 @@ impl Provisioning {
             .map(|(_, csr)| csr)
     }
 
+    /// ScepEnroll: the CSR of a pending key signed by a SCEP server, the node itself making
+    /// the request with that key: a RenewalReq signed by the module's current certificate
+    /// when it has one and the server offers Renewal, else a PKCSReq. Holds no lock while it
+    /// talks to the server.
+    pub fn scep_enroll(
+        &self,
+        node_id: &str,
+        cert_type: &str,
+        csr_pem: &str,
+        config: &crate::pki::scep::ScepConfig,
+        password: &Secret,
+    ) -> Result<String> {
+        self.check_node(node_id)?;
+        self.require_keys_allowed("ScepEnroll")?;
+        self.modules.get(cert_type)?;
+        if !self.verify(password)? {
+            return Err(Error::wrong_state("ScepEnroll: no provisioning password is set"));
+        }
+        self.modules.scep_enroll(&self.db, cert_type, csr_pem, config, true)
+    }
+
     pub fn apply(&self, node_id: &str, cert_type: &str, chain_pem: &str) -> Result<CertInfo> {
         self.check_node(node_id)?;
         let _g = crate::sys::lock(&self.lock);

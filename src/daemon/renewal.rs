@@ -219,7 +219,28 @@ fn signer(prov: &Provisioning, cert_type: &str, policy: &RenewPolicy) -> Result<
                 retry_after: Default::default(),
             })
         }
+        RenewMethod::Scep(_) => return Err(Error::internal("SCEP renewals are not made by a CSR signer")),
     })
+}
+
+/// The chain for a renewal's CSR: by SCEP inside the key store, or by the policy's signer.
+fn obtain(
+    prov: &Provisioning,
+    cert_type: &str,
+    policy: &RenewPolicy,
+    csr: &str,
+    retry_after: &mut Option<Duration>,
+) -> Result<String> {
+    if let RenewMethod::Scep(scep) = &policy.method {
+        let config = crate::pki::scep::ScepConfig::from_settings(scep)?;
+        return prov
+            .modules
+            .scep_enroll(&prov.db, cert_type, csr, &config, scep.renewal);
+    }
+    let signer = signer(prov, cert_type, policy)?;
+    signer
+        .sign(cert_type, csr)
+        .inspect_err(|_| *retry_after = signer.retry_after())
 }
 
 /// Take the renewal through its remaining steps, committing each.
@@ -231,14 +252,7 @@ fn advance(
     retry_after: &mut Option<Duration>,
 ) -> Result<()> {
     if let Step::KeyCreated { key_id, csr } = &renewal.step {
-        let signer = signer(prov, cert_type, policy)?;
-        let chain_pem = match signer.sign(cert_type, csr) {
-            Ok(c) => c,
-            Err(e) => {
-                *retry_after = signer.retry_after();
-                return Err(e);
-            }
-        };
+        let chain_pem = obtain(prov, cert_type, policy, csr, retry_after)?;
         renewal.step = Step::Obtained {
             key_id: *key_id,
             csr: csr.clone(),

@@ -33,15 +33,15 @@ pub struct EstClient {
 }
 
 /// An HTTP response: status, headers (names lower-cased), body.
-struct Response {
-    status: u16,
-    reason: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+pub(crate) struct Response {
+    pub status: u16,
+    pub reason: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
     fn text(&self) -> String {
@@ -516,7 +516,7 @@ impl Proxy {
 }
 
 /// Connect to `addr` (host:port), trying each address it resolves to, within `timeout`.
-fn connect_within(addr: &str, timeout: Duration) -> std::io::Result<std::net::TcpStream> {
+pub(crate) fn connect_within(addr: &str, timeout: Duration) -> std::io::Result<std::net::TcpStream> {
     use std::net::ToSocketAddrs;
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
     for a in addr.to_socket_addrs()? {
@@ -528,7 +528,7 @@ fn connect_within(addr: &str, timeout: Duration) -> std::io::Result<std::net::Tc
     Err(last)
 }
 
-fn parse_response(raw: &[u8]) -> Result<Response> {
+pub(crate) fn parse_response(raw: &[u8]) -> Result<Response> {
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -144,7 +144,7 @@ fn certify(
     })?;
     let mut chain = String::new();
     step(progress, format!("Sign {t}"), &mut || {
-        chain = signer.sign(t, &csr)?;
+        chain = signer.sign_on(client, node_id, t, &csr, opts.password)?;
         Ok(())
     })?;
     let mut cert = None;
@@ -244,7 +244,7 @@ pub fn renew(
         .create_key(node_id, cert_type, subject, password)
         .map_err(|e| e.context(format!("CreateKey {cert_type}")))?;
     let chain = signer
-        .sign(cert_type, &csr)
+        .sign_on(client, node_id, cert_type, &csr, password)
         .map_err(|e| e.context(format!("Sign {cert_type}")))?;
     client
         .apply_cert(node_id, cert_type, &chain)

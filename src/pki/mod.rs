@@ -4,5 +4,6 @@
 pub mod est;
 pub mod factory;
 pub mod health;
+pub mod scep;
 pub mod signer;
 pub mod x509;

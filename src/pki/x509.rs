@@ -288,6 +288,35 @@ fn leaf_params(subject: &str, alt_names: &[String], ekus: &[Eku]) -> Result<Cert
     Ok(params)
 }
 
+/// The subjectPublicKey bits of a CSR (DER).
+pub fn csr_public_key(csr_der: &[u8]) -> Result<Vec<u8>> {
+    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
+        .map_err(|e| Error::invalid(format!("the CSR: {e}")))?;
+    Ok(csr
+        .certification_request_info
+        .subject_pki
+        .subject_public_key
+        .data
+        .to_vec())
+}
+
+/// The CSR (DER) again with a challengePassword attribute (PKCS #9), signed again by its
+/// key in the store: what a SCEP PKCSReq carries.
+pub fn csr_with_challenge(key: &StoredKey, csr_der: &[u8], challenge: &crate::secret::Secret) -> Result<Vec<u8>> {
+    let csr = rustls_pki_types::CertificateSigningRequestDer::from(csr_der.to_vec());
+    let params = rcgen::CertificateSigningRequestParams::from_der(&csr)
+        .map_err(|e| Error::invalid(format!("the CSR does not parse or its signature is wrong: {e}")))?
+        .params;
+    let attrs = vec![rcgen::Attribute {
+        oid: &[1, 2, 840, 113549, 1, 9, 7],
+        values: crate::codec::der::tlv(0x31, &crate::codec::der::tlv(0x0c, challenge.expose().as_bytes())),
+    }];
+    let csr = params
+        .serialize_request_with_attributes(key, attrs)
+        .map_err(|e| Error::internal(format!("building the CSR with {}: {e}", key.store.describe())))?;
+    Ok(csr.der().to_vec())
+}
+
 /// A PEM CSR for the key, signed inside its store.
 pub fn build_csr(key: &StoredKey, subject: &str, alt_names: &[String], ekus: &[Eku]) -> Result<String> {
     build_csr_with(key, subject, alt_names, ekus, None)

@@ -295,6 +295,29 @@ impl Client {
         }
     }
 
+    /// ScepEnroll: the node gets the CSR of its pending key signed by SCEP; the chain PEM.
+    pub fn scep_enroll(
+        &mut self,
+        node_id: &str,
+        cert_type: &str,
+        csr_pem: &str,
+        scep: &crate::pki::signer::NodeScep,
+        password: &Secret,
+    ) -> Result<String> {
+        match self.call(Request::ScepEnroll {
+            node_id: node_id.into(),
+            cert_type: cert_type.into(),
+            csr_pem: csr_pem.into(),
+            url: scep.url.clone(),
+            ca_fingerprint: scep.ca_fingerprint.clone(),
+            challenge: scep.challenge.clone(),
+            password: password.clone(),
+        })? {
+            Response::Chain { pem } => Ok(pem),
+            r => Err(unexpected("ScepEnroll", r)),
+        }
+    }
+
     pub fn apply_cert(&mut self, node_id: &str, cert_type: &str, chain_pem: &str) -> Result<CertInfo> {
         match self.call(Request::ApplyCert {
             node_id: node_id.into(),

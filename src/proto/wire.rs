@@ -556,6 +556,20 @@ pub enum Request {
     GetEnrollmentStatus {
         node_id: String,
     },
+    /// Version 4: get the CSR of a key CreateKey made signed by a SCEP server (RFC 8894).
+    /// The node itself makes the request, signed and its answer decrypted by that key in
+    /// its store; answered with the chain, for ApplyCert.
+    ScepEnroll {
+        node_id: String,
+        cert_type: String,
+        csr_pem: String,
+        /// `http://host[:port]/path`.
+        url: String,
+        /// SHA-256 of the CA certificate's DER, hex.
+        ca_fingerprint: String,
+        challenge: Secret,
+        password: Secret,
+    },
 }
 
 /// Nodes of a unit whose info one link may report: CPUs, partitions and attributes.
@@ -570,6 +584,7 @@ impl Request {
             Request::FinishBootstrap { .. }
             | Request::ReleaseQuarantine { .. }
             | Request::GetEnrollmentStatus { .. } => 3,
+            Request::ScepEnroll { .. } => 4,
             _ => 1,
         }
     }
@@ -608,6 +623,7 @@ impl Request {
             Request::FinishBootstrap { .. } => "FinishBootstrap",
             Request::ReleaseQuarantine { .. } => "ReleaseQuarantine",
             Request::GetEnrollmentStatus { .. } => "GetEnrollmentStatus",
+            Request::ScepEnroll { .. } => "ScepEnroll",
         }
     }
 
@@ -629,7 +645,8 @@ impl Request {
             | Request::ResumeNode { node_id }
             | Request::FinishBootstrap { node_id, .. }
             | Request::ReleaseQuarantine { node_id, .. }
-            | Request::GetEnrollmentStatus { node_id } => Some(node_id),
+            | Request::GetEnrollmentStatus { node_id }
+            | Request::ScepEnroll { node_id, .. } => Some(node_id),
             _ => None,
         }
     }
@@ -643,6 +660,7 @@ impl Request {
                 | Request::FinishProvisioning { .. }
                 | Request::Deprovision { .. }
                 | Request::FinishBootstrap { .. }
+                | Request::ScepEnroll { .. }
         )
     }
 
@@ -685,6 +703,7 @@ impl Request {
                 | Request::Deprovision { .. }
                 | Request::FinishBootstrap { .. }
                 | Request::ReleaseQuarantine { .. }
+                | Request::ScepEnroll { .. }
         )
     }
 
@@ -696,7 +715,8 @@ impl Request {
             | Request::FinishProvisioning { password, .. }
             | Request::Deprovision { password, .. }
             | Request::FinishBootstrap { password, .. }
-            | Request::ReleaseQuarantine { password, .. } => Some(password),
+            | Request::ReleaseQuarantine { password, .. }
+            | Request::ScepEnroll { password, .. } => Some(password),
             _ => None,
         }
     }
@@ -724,6 +744,7 @@ impl Request {
                 | Request::FinishBootstrap { .. }
                 | Request::ReleaseQuarantine { .. }
                 | Request::GetEnrollmentStatus { .. }
+                | Request::ScepEnroll { .. }
         )
     }
 
@@ -831,6 +852,23 @@ impl Request {
             Request::ApplyCert { node_id, cert_type, .. } => {
                 max("node_id", node_id.len(), MAX_NAME_LEN)?;
                 max("cert_type", cert_type.len(), MAX_NAME_LEN)
+            }
+            Request::ScepEnroll {
+                node_id,
+                cert_type,
+                csr_pem,
+                url,
+                ca_fingerprint,
+                challenge,
+                password,
+            } => {
+                max("node_id", node_id.len(), MAX_NAME_LEN)?;
+                max("cert_type", cert_type.len(), MAX_NAME_LEN)?;
+                max("csr_pem", csr_pem.len(), MAX_ANCHOR_LEN)?;
+                max("url", url.len(), MAX_SUBJECT_LEN)?;
+                max("ca_fingerprint", ca_fingerprint.len(), MAX_NAME_LEN)?;
+                max("challenge", challenge.expose().len(), MAX_PASSWORD_LEN)?;
+                max("password", password.expose().len(), MAX_PASSWORD_LEN)
             }
         }
     }
@@ -1073,6 +1111,10 @@ pub enum Response {
     CertChecks(#[serde(deserialize_with = "growing_list")] Vec<CertCheck>),
     /// Version 3: the answer to GetEnrollmentStatus.
     Enrollment(EnrollmentStatus),
+    /// Version 4: the answer to ScepEnroll, the issued chain, leaf first.
+    Chain {
+        pem: String,
+    },
 }
 
 impl Response {
@@ -1080,6 +1122,7 @@ impl Response {
     pub fn since(&self) -> u8 {
         match self {
             Response::Enrollment(_) => 3,
+            Response::Chain { .. } => 4,
             _ => 1,
         }
     }
@@ -1160,13 +1203,13 @@ mod tests {
     #[test]
     fn other_version_is_refused_naming_both() {
         let mut b = header_bytes();
-        for v in [0, 4, 255] {
+        for v in [0, 5, 255] {
             b[4] = v;
             let e = Header::decode(&b, DEFAULT_BODY_LIMIT).unwrap_err();
             assert_eq!(e, FrameError::UnsupportedVersion { got: v, id: 7 });
-            assert!(e.to_string().contains(&format!("version {v}")) && e.to_string().contains("versions 1 to 3"));
+            assert!(e.to_string().contains(&format!("version {v}")) && e.to_string().contains("versions 1 to 4"));
         }
-        for v in [1, 2, 3] {
+        for v in [1, 2, 3, 4] {
             b[4] = v;
             assert_eq!(Header::decode(&b, DEFAULT_BODY_LIMIT).unwrap().version, v);
         }
@@ -1176,11 +1219,12 @@ mod tests {
     fn two_sides_agree_on_the_newest_version_both_speak_or_name_both_ranges() {
         assert_eq!(agree(1, 1).unwrap(), 1);
         assert_eq!(agree(1, 2).unwrap(), 2);
-        assert_eq!(agree(1, 9).unwrap(), 3);
-        assert_eq!(agree(2, 9).unwrap(), 3);
-        let e = agree(4, 5).unwrap_err();
+        assert_eq!(agree(1, 3).unwrap(), 3);
+        assert_eq!(agree(1, 9).unwrap(), 4);
+        assert_eq!(agree(2, 9).unwrap(), 4);
+        let e = agree(5, 6).unwrap_err();
         assert!(
-            e.message.contains("versions 4 to 5") && e.message.contains("versions 1 to 3"),
+            e.message.contains("versions 5 to 6") && e.message.contains("versions 1 to 4"),
             "{e}"
         );
         assert!(agree(2, 1).is_err(), "an empty range");

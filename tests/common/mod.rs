@@ -5,6 +5,7 @@
 pub mod attack;
 pub mod enrollment;
 pub mod est;
+pub mod scep;
 pub mod tpm;
 
 use std::io::{BufRead, BufReader, Write};
@@ -846,5 +847,18 @@ pub fn assert_store_matches(node: &Node, per_type: &[(&str, usize)]) {
             3,
             "{t} {id}: key pair and certificate on the token: {objs:#?}"
         );
+    }
+}
+
+/// Wait (at most two minutes) until `cond` holds; `what` and the node's log if not.
+pub fn wait_for(cond: impl Fn() -> bool, what: &str, node: &Node) {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "{what} did not happen:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -135,6 +135,15 @@ pub fn requests() -> Vec<Request> {
             password: secret(),
         },
         Request::GetEnrollmentStatus { node_id: node() },
+        Request::ScepEnroll {
+            node_id: node(),
+            cert_type: "online".into(),
+            csr_pem: "-----BEGIN CERTIFICATE REQUEST-----\nMA==\n-----END CERTIFICATE REQUEST-----\n".into(),
+            url: "http://scep.example:8080/scep".into(),
+            ca_fingerprint: "ab".repeat(32),
+            challenge: Secret::new("scep-challenge".into()),
+            password: secret(),
+        },
     ]
 }
 
@@ -227,6 +236,9 @@ pub fn responses() -> Vec<Response> {
             since: 1_790_000_000,
             enrolled: vec!["iam".into()],
         }),
+        Response::Chain {
+            pem: "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n".into(),
+        },
     ]
 }
 

@@ -71,6 +71,15 @@ pub trait KeyStore: Send + Sync {
     fn generate(&self, label: &str, id: &KeyId, algorithm: Algorithm) -> Result<PublicKey>;
     /// Sign `message` with the key; the signature is encoded as X.509 and TLS want it.
     fn sign(&self, label: &str, id: &KeyId, algorithm: Algorithm, message: &[u8]) -> Result<Vec<u8>>;
+    /// Decrypt an RSAES-PKCS1-v1_5 `ciphertext` with the RSA key, inside the store (SCEP
+    /// answers carry their content key so). Stores and keys that cannot decrypt say so.
+    fn decrypt(&self, label: &str, id: &KeyId, ciphertext: &[u8]) -> Result<Vec<u8>> {
+        let _ = (label, id, ciphertext);
+        Err(crate::error::Error::invalid(format!(
+            "{}: its keys cannot decrypt",
+            self.describe()
+        )))
+    }
     /// The key's public half, or `None` if there is no such key.
     fn public_key(&self, label: &str, id: &KeyId) -> Result<Option<PublicKey>>;
     /// Store a certificate (DER) next to its key, replacing one stored before for that key.

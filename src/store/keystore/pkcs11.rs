@@ -589,7 +589,8 @@ impl KeyStore for Pkcs11Store {
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
             Attribute::Sign(true),
-            Attribute::Decrypt(false),
+            // RSA keys decrypt too: a SCEP answer's content key is encrypted to them.
+            Attribute::Decrypt(algorithm == Algorithm::Rsa2048),
             Attribute::Unwrap(false),
         ]);
         let mechanism = match algorithm {
@@ -650,6 +651,24 @@ impl KeyStore for Pkcs11Store {
                 )
             }),
         }
+    }
+
+    fn decrypt(&self, label: &str, id: &KeyId, ciphertext: &[u8]) -> Result<Vec<u8>> {
+        let plain = self.looked_up(|| {
+            self.with_session("decrypt", |s| {
+                let Some(key) = Self::find(s, ObjectClass::PRIVATE_KEY, label, id)?.first().copied() else {
+                    return Ok(None);
+                };
+                Ok(Some(s.decrypt(&Mechanism::RsaPkcs, key, ciphertext)?))
+            })
+        })?;
+        plain.ok_or_else(|| {
+            Error::not_found(format!(
+                "{}: no private key {label}/{}",
+                self.describe(),
+                super::hex(id)
+            ))
+        })
     }
 
     fn public_key(&self, label: &str, id: &KeyId) -> Result<Option<PublicKey>> {

@@ -1,0 +1,279 @@
+//! SCEP (RFC 8894) end to end against Debian's independent SCEP server (`scepserver`,
+//! micromdm), in a private network namespace per test (tests/common/scep.rs): keys in a
+//! SoftHSM token, the requests signed and the answers decrypted there, every issued
+//! certificate judged by `openssl verify` against the server's CA and matched to the key
+//! the token holds.
+
+mod common;
+use common::scep::{private_network, vanishing_relay, ScepServer, CHALLENGE};
+use common::*;
+
+/// A node whose CA-signed modules get their certificates by SCEP: `rsa` (RSA-2048, the
+/// key type that server issues for) and, if `p256`, a P-256 one too. The server's CA is
+/// one of its roots.
+fn scep_node(name: &str, p256: bool) -> (Node, ScepServer) {
+    let mut node = Node::new(name, Store::Pkcs11);
+    let server = ScepServer::start(&node.dir, &[]);
+    node.modules = vec![
+        ("rsa", "rsa-2048", r#"["clientAuth"]"#, false, 2),
+        ("diskencryption", "ecdsa-p384", "[]", true, 1),
+    ];
+    if p256 {
+        node.modules
+            .insert(1, ("ec", "ecdsa-p256", r#"["clientAuth"]"#, false, 2));
+    }
+    let mut roots = read(node.path("ca.pem"));
+    roots.push_str(&read(server.ca_pem()));
+    std::fs::write(node.path("ca.pem"), roots).unwrap();
+    std::fs::write(node.path("challenge"), format!("{CHALLENGE}\n")).unwrap();
+    std::fs::write(node.path("wrong-challenge"), "not-the-challenge\n").unwrap();
+    (node, server)
+}
+
+/// `iam-provision --json run --scep URL --scep-ca-fingerprint FP --challenge-file F`.
+fn scep_run(node: &Node, url: &str, fingerprint: &str, challenge: &str) -> Out {
+    let (pw, ch) = (node.p("password"), node.p(challenge));
+    node.provision(&[
+        "--json",
+        "run",
+        "--password-file",
+        &pw,
+        "--scep",
+        url,
+        "--scep-ca-fingerprint",
+        fingerprint,
+        "--challenge-file",
+        &ch,
+    ])
+}
+
+/// Every current certificate of `cert_type` exported from the token and verified by
+/// openssl against the SCEP CA; and the token's public key for it is the certificate's.
+fn verify_issued(node: &Node, server: &ScepServer, cert_type: &str) -> String {
+    let cert = node
+        .list_certs()
+        .into_iter()
+        .find(|c| c["type"] == cert_type && c["current"] == true)
+        .unwrap_or_else(|| panic!("no current {cert_type} certificate"));
+    let out = node.p(&format!("{cert_type}.pem"));
+    node.export_cert(cert["cert_url"].as_str().unwrap(), &out);
+    let v = sh(&format!("openssl verify -CAfile {} {out}", server.ca_pem().display())).ok();
+    assert!(v.stdout.contains(": OK"), "{}", v.stdout);
+    // The key the certificate names is the one the token holds under that label.
+    let from_cert = sh(&format!(
+        "openssl x509 -in {out} -noout -pubkey | openssl pkey -pubin -outform DER | sha256sum"
+    ))
+    .ok();
+    let url = cert["key_url"].as_str().unwrap().replace("type=private", "type=public");
+    let pubkey = run(
+        node.cmd_for("p11tool").env("GNUTLS_PIN", node.user_pin().trim()).args([
+            "--provider",
+            SOFTHSM,
+            "--export-pubkey",
+            &url,
+        ]),
+        None,
+    )
+    .ok();
+    std::fs::write(node.path("token-pub.pem"), pubkey.stdout).unwrap();
+    let from_token = sh(&format!(
+        "openssl pkey -pubin -in {} -outform DER | sha256sum",
+        node.p("token-pub.pem")
+    ))
+    .ok();
+    assert_eq!(
+        from_cert.stdout, from_token.stdout,
+        "the certificate is not for the token's key"
+    );
+    cert["serial"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn an_rsa_key_in_softhsm_is_enrolled_by_iam_provision_run_through_the_scep_server() {
+    private_network();
+    let (mut node, server) = scep_node("scep-run", false);
+    node.start(true);
+    let out = scep_run(&node, &server.url, &server.fingerprint(), "challenge").ok();
+    assert_eq!(out.json()["ok"], true, "{}", out.stdout);
+    assert_eq!(node.status()["state"], "provisioned");
+    verify_issued(&node, &server, "rsa");
+    // The server's own log: our PKCSReq parsed, its envelope decrypted with the challenge.
+    let log = server.log();
+    assert!(log.contains("scep_message_type=\"PKCSReq (19)\""), "{log}");
+    assert!(log.contains("has_challenge=true"), "{log}");
+    // The challenge never reaches iamd's log.
+    assert!(!node.log().contains(CHALLENGE));
+}
+
+/// A node provisioned by SCEP, then restarted out of provisioning mode.
+fn provisioned_by_scep(name: &str) -> (Node, ScepServer) {
+    let (mut node, server) = scep_node(name, false);
+    node.start(true);
+    scep_run(&node, &server.url, &server.fingerprint(), "challenge").ok();
+    node.stop();
+    node.start(false);
+    (node, server)
+}
+
+fn current_serial(node: &Node, cert_type: &str) -> Option<String> {
+    node.list_certs()
+        .into_iter()
+        .find(|c| c["type"] == cert_type && c["current"] == true)
+        .map(|c| c["serial"].as_str().unwrap().to_string())
+}
+
+/// `iam-certctl --json renew rsa --scep … [--challenge-file F]`.
+fn certctl_renew(node: &Node, server: &ScepServer, challenge: Option<&str>) -> Out {
+    let (sock, pw, fp) = (node.protected(), node.p("password"), server.fingerprint());
+    let mut args = vec![
+        "-s",
+        &sock,
+        "--json",
+        "renew",
+        "rsa",
+        "--password-file",
+        &pw,
+        "--scep",
+        &server.url,
+        "--scep-ca-fingerprint",
+        &fp,
+    ];
+    let file = challenge.map(|c| node.p(c));
+    if let Some(f) = &file {
+        args.extend(["--challenge-file", f]);
+    }
+    node.applet("iam-certctl", &args, None)
+}
+
+#[test]
+fn iam_certctl_renew_by_scep_sends_a_renewal_req_signed_by_the_current_certificate() {
+    private_network();
+    let (node, server) = provisioned_by_scep("scep-renew");
+    let before = verify_issued(&node, &server, "rsa");
+    // This server checks the challenge on a RenewalReq too: without one it is refused
+    // (its log: "failed to sign CSR" err="invalid challenge"), and nothing changes.
+    let out = certctl_renew(&node, &server, None);
+    let m = out.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(m.contains("refused the RenewalReq (FAILURE, badRequest 2)"), "{m}");
+    assert!(server.log().contains("invalid challenge"), "{}", server.log());
+    assert_eq!(current_serial(&node, "rsa").unwrap(), before);
+    let out = certctl_renew(&node, &server, Some("challenge")).ok();
+    assert_eq!(out.json()["ok"], true, "{}", out.stdout);
+    let after = verify_issued(&node, &server, "rsa");
+    assert_ne!(before, after, "a new certificate is current");
+    assert_eq!(
+        server.log().matches("scep_message_type=\"RenewalReq (17)\"").count(),
+        2,
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn iamd_renews_by_itself_with_method_scep() {
+    private_network();
+    let (mut node, server) = scep_node("scep-auto", false);
+    node.modules.rotate_left(1);
+    // Provisioned by the node's local CA for one day: due at once under a threshold of two
+    // days before expiry; the SCEP server's certificate (365 days) is not due again.
+    node.extra_config = format!(
+        "[modules.renew]\nmethod = \"scep\"\nthreshold = \"2d\"\nretry = \"1s\"\njitter = \"0%\"\n\
+         [modules.renew.scep]\nurl = \"{}\"\nca_fingerprint = \"{}\"\nchallenge_file = \"{}\"\n",
+        server.url,
+        server.fingerprint(),
+        node.p("challenge")
+    );
+    node.start(true);
+    node.run_flow_with(&["--days", "1"]).ok();
+    node.stop();
+    node.start(false);
+    wait_for(
+        || node.log().contains("renewal of rsa: certificate"),
+        "the renewal",
+        &node,
+    );
+    verify_issued(&node, &server, "rsa");
+    assert!(server.log().contains("RenewalReq (17)"), "{}", server.log());
+    assert!(!node.log().contains(CHALLENGE));
+}
+
+#[test]
+fn a_p256_key_is_refused_by_this_server_with_bad_request_and_nothing_is_applied() {
+    private_network();
+    let (mut node, server) = scep_node("scep-p256", true);
+    node.start(true);
+    let out = scep_run(&node, &server.url, &server.fingerprint(), "challenge");
+    let e = &out.json()["error"];
+    assert_eq!(e["kind"], "unauthorized", "{}", out.stdout);
+    let m = e["message"].as_str().unwrap();
+    assert!(m.contains("Sign ec") && m.contains("FAILURE, badRequest 2"), "{m}");
+    // The RSA module before it was issued; the refused one has no certificate.
+    let status = node.status();
+    let ec = status["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["type"] == "ec")
+        .unwrap()
+        .clone();
+    assert_eq!(ec["certificates"], 0, "{status}");
+    assert!(
+        server.log().contains("signature algorithm") || server.log().contains("SignatureAlgorithm"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn the_wrong_challenge_is_refused_and_changes_nothing() {
+    private_network();
+    let (mut node, server) = scep_node("scep-challenge", false);
+    node.start(true);
+    let out = scep_run(&node, &server.url, &server.fingerprint(), "wrong-challenge");
+    let m = out.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(m.contains("FAILURE, badRequest"), "{m}");
+    assert!(node.list_certs().iter().all(|c| c["type"] != "rsa"), "nothing applied");
+    assert!(!node.log().contains("not-the-challenge"));
+    // The right one then enrolls the same node.
+    let out = scep_run(&node, &server.url, &server.fingerprint(), "challenge").ok();
+    assert_eq!(out.json()["ok"], true, "{}", out.stdout);
+}
+
+#[test]
+fn a_wrong_ca_fingerprint_is_refused_before_anything_is_sent() {
+    private_network();
+    let (mut node, server) = scep_node("scep-fp", false);
+    node.start(true);
+    let out = scep_run(&node, &server.url, &"ab".repeat(32), "challenge");
+    let e = &out.json()["error"];
+    assert_eq!(e["kind"], "validation", "{}", out.stdout);
+    assert!(
+        e["message"].as_str().unwrap().contains("configured CA fingerprint"),
+        "{e}"
+    );
+    assert!(!server.log().contains("PKIOperation"), "no request reached the server");
+}
+
+#[test]
+fn a_server_that_goes_away_mid_transaction_is_unavailable_and_nothing_changes() {
+    private_network();
+    let (mut node, server) = scep_node("scep-gone", false);
+    node.start(true);
+    // GetCACaps and GetCACert pass; the PKIOperation's connection is closed unanswered.
+    let relay = vanishing_relay(8081, common::scep::PORT, 2);
+    let out = scep_run(&node, &relay, &server.fingerprint(), "challenge");
+    let e = &out.json()["error"];
+    assert_eq!(e["kind"], "unavailable", "{}", out.stdout);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("without answering PKIOperation"),
+        "{e}"
+    );
+    assert!(node.list_certs().iter().all(|c| c["type"] != "rsa"));
+    // Run again against the server itself: the node converges.
+    let out = scep_run(&node, &server.url, &server.fingerprint(), "challenge").ok();
+    assert_eq!(out.json()["ok"], true, "{}", out.stdout);
+    verify_issued(&node, &server, "rsa");
+}
