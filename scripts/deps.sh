@@ -19,6 +19,8 @@ need="softhsm2-util:softhsm2 pkcs11-tool:opensc openssl:openssl p11tool:gnutls-b
     || missing_engine=libengine-pkcs11-openssl
 if [ "${1:-demo}" = test ]; then
     need="$need setpriv:util-linux socat:socat systemd-analyze:systemd file:file python3:python3 tinyproxy:tinyproxy"
+    # Debian's independent SCEP server (micromdm) and ip(8) for its private network (tests/scep.rs).
+    need="$need scepserver:scep ip:iproute2"
 fi
 if [ "${1:-demo}" = test ] || [ "${KEYSTORE:-}" = tpm ]; then
     # A software TPM behind its resource manager, with the tpm2-pkcs11 module (tests/tpm.rs).

@@ -1893,6 +1893,40 @@ user_pin_file = "/tmp/w/pin"
         assert!(matches!(&c.module("r").unwrap().renew.as_ref().unwrap().method, RenewMethod::Est(e) if e.reenroll));
         let e = load(&["[[modules]]\nid = \"r\"\nstore = \"software\"\n[modules.renew]\nmethod = \"est\"\n[modules.renew.est]\nurl = \"http://est\"\nanchor = \"/a.pem\"\n"]).unwrap_err();
         assert_eq!(e.key, "modules[1].renew.est.url");
+        let fp = "3B:1F".to_string() + &":AA".repeat(30);
+        let scep = |body: &str| {
+            load(&[&format!(
+                "[[modules]]\nid = \"r\"\nstore = \"software\"\n[modules.renew]\nmethod = \"scep\"\n[modules.renew.scep]\n{body}"
+            )])
+        };
+        let c = scep(&format!(
+            "url = \"http://scep:8080/scep\"\nca_fingerprint = \"{fp}\"\npoll_every = 5\n"
+        ))
+        .unwrap();
+        assert!(matches!(&c.module("r").unwrap().renew.as_ref().unwrap().method,
+            RenewMethod::Scep(s) if s.renewal && s.poll_every == Duration::from_secs(5) && s.poll_for == Duration::from_secs(300)));
+        for (body, key, reason) in [
+            (
+                format!("url = \"https://scep\"\nca_fingerprint = \"{fp}\"\n"),
+                "url",
+                "http://",
+            ),
+            (
+                "url = \"http://scep\"\nca_fingerprint = \"ab:cd\"\n".to_string(),
+                "ca_fingerprint",
+                "SHA-256",
+            ),
+            ("url = \"http://scep\"\n".to_string(), "ca_fingerprint", "required"),
+            (
+                format!("url = \"http://scep\"\nca_fingerprint = \"{fp}\"\nrenewal = false\n"),
+                "renewal",
+                "challenge_file",
+            ),
+        ] {
+            let e = scep(&body).unwrap_err();
+            assert_eq!(e.key, format!("modules[1].renew.scep.{key}"), "{body}: {e}");
+            assert!(e.reason.contains(reason), "{body}: {e}");
+        }
     }
 
     #[test]

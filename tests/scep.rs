@@ -277,3 +277,55 @@ fn a_server_that_goes_away_mid_transaction_is_unavailable_and_nothing_changes() 
     assert_eq!(out.json()["ok"], true, "{}", out.stdout);
     verify_issued(&node, &server, "rsa");
 }
+
+#[test]
+fn a_pending_request_is_polled_with_cert_poll_within_its_bound_and_nothing_changes() {
+    // scepserver never answers PENDING: a server of ours does (tests/common/scep.rs), and
+    // openssl judges the signature of every request it gets.
+    private_network();
+    let mut node = Node::new("scep-pending", Store::Pkcs11);
+    let server = common::scep::PendingServer::start(&node.dir, 8082);
+    node.modules = vec![
+        ("diskencryption", "ecdsa-p384", "[]", true, 1),
+        ("rsa", "rsa-2048", r#"["clientAuth"]"#, false, 2),
+    ];
+    std::fs::write(node.path("challenge"), format!("{CHALLENGE}\n")).unwrap();
+    node.extra_config = format!(
+        "[modules.renew]\nmethod = \"scep\"\nthreshold = \"2d\"\nretry = \"1h\"\njitter = \"0%\"\n\
+         [modules.renew.scep]\nurl = \"{}\"\nca_fingerprint = \"{}\"\nchallenge_file = \"{}\"\npoll_every = 1\npoll_for = 3\n",
+        server.url,
+        server.fingerprint(),
+        node.p("challenge")
+    );
+    node.start(true);
+    node.run_flow_with(&["--days", "1"]).ok();
+    let before = current_serial(&node, "rsa").unwrap();
+    node.stop();
+    node.start(false);
+    wait_for(
+        || node.log().contains("still has the request"),
+        "giving up on PENDING",
+        &node,
+    );
+    let seen = server.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen[0].message_type, "19",
+        "a PKCSReq first (no Renewal offered): {seen:?}"
+    );
+    assert!(
+        seen.len() >= 3 && seen[1..].iter().all(|s| s.message_type == "20"),
+        "then CertPolls: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|s| s.verified),
+        "openssl cms -verify accepts every request: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|s| s.transaction_id == seen[0].transaction_id),
+        "one transaction: {seen:?}"
+    );
+    // Polling stopped at its bound (3 s, every second); the current certificate stays.
+    assert!(seen.len() <= 5, "{seen:?}");
+    assert_eq!(current_serial(&node, "rsa").unwrap(), before);
+    assert!(node.log().contains("PENDING after"), "{}", node.log());
+}

@@ -166,3 +166,259 @@ pub fn vanishing_relay(port: u16, to: u16, pass: usize) -> String {
     });
     format!("http://127.0.0.1:{port}/scep")
 }
+
+/// What the PENDING server saw of one request: its messageType, transactionID, and whether
+/// `openssl cms -verify` accepted its signature.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub message_type: String,
+    pub transaction_id: String,
+    pub verified: bool,
+}
+
+/// A SCEP server of our own that answers every PKIOperation PENDING, for the polling
+/// `scepserver` cannot show (it never answers PENDING). Its CA is an openssl RSA CA; its
+/// CertReps are signed with that key (ring), and each request it gets is checked by
+/// `openssl cms -verify` (the signature over the signed attributes, independently of this
+/// project's code).
+pub struct PendingServer {
+    pub url: String,
+    pub ca_pem: PathBuf,
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+}
+
+fn oid_of(content: &[u8]) -> String {
+    aos_iam::codec::der::oid_text(content).unwrap_or_default()
+}
+
+/// The signed attributes of a SignerInfo of a SCEP request: (OID, value TLV).
+fn request_attrs(msg: &[u8]) -> Vec<(String, Vec<u8>)> {
+    use aos_iam::codec::der::read_tlv;
+    let ci = read_tlv(msg).unwrap();
+    let o = read_tlv(ci.content).unwrap();
+    let explicit = read_tlv(o.rest).unwrap();
+    let sd = read_tlv(explicit.content).unwrap();
+    let mut rest = sd.content;
+    let mut last = None;
+    while !rest.is_empty() {
+        let t = read_tlv(rest).unwrap();
+        rest = t.rest;
+        last = Some(t);
+    }
+    let infos = last.unwrap(); // signerInfos, the last field
+    let info = read_tlv(infos.content).unwrap();
+    let v = read_tlv(info.content).unwrap();
+    let sid = read_tlv(v.rest).unwrap();
+    let dalg = read_tlv(sid.rest).unwrap();
+    let signed = read_tlv(dalg.rest).unwrap();
+    assert_eq!(signed.tag, 0xa0);
+    let mut attrs = Vec::new();
+    let mut set = signed.content;
+    while !set.is_empty() {
+        let a = read_tlv(set).unwrap();
+        let o = read_tlv(a.content).unwrap();
+        let values = read_tlv(o.rest).unwrap();
+        attrs.push((oid_of(o.content), read_tlv(values.content).unwrap().whole.to_vec()));
+        set = a.rest;
+    }
+    attrs
+}
+
+fn oid_der(dotted: &str) -> Vec<u8> {
+    let arcs: Vec<u64> = dotted.split('.').map(|a| a.parse().unwrap()).collect();
+    let mut out = Vec::new();
+    let mut push = |mut v: u64| {
+        let mut b = vec![(v & 0x7f) as u8];
+        v >>= 7;
+        while v > 0 {
+            b.push(0x80 | (v & 0x7f) as u8);
+            v >>= 7;
+        }
+        b.reverse();
+        out.extend(b);
+    };
+    push(arcs[0] * 40 + arcs[1]);
+    arcs[2..].iter().for_each(|a| push(*a));
+    aos_iam::codec::der::tlv(0x06, &out)
+}
+
+impl PendingServer {
+    pub fn start(dir: &Path, port: u16) -> PendingServer {
+        use aos_iam::codec::der::tlv;
+        let key = dir.join("pending-ca.key");
+        let ca_pem = dir.join("pending-ca.pem");
+        super::sh(&format!(
+            "openssl req -x509 -newkey rsa:2048 -nodes -days 30 -keyout {} -out {} -subj '/O=aos-iam tests/CN=pending CA' \
+             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign",
+            key.display(),
+            ca_pem.display()
+        ))
+        .ok();
+        let ca_der = aos_iam::pki::x509::parse_chain_pem(&super::read(&ca_pem)).unwrap()[0].to_vec();
+        let key_der = aos_iam::codec::pem::base64_decode(
+            super::read(&key)
+                .lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect::<String>()
+                .as_bytes(),
+        )
+        .unwrap();
+        let signer = ring::signature::RsaKeyPair::from_pkcs8(&key_der).unwrap();
+        let (issuer, serial) = {
+            use x509_parser::prelude::FromDer;
+            let (_, c) = x509_parser::certificate::X509Certificate::from_der(&ca_der).unwrap();
+            (
+                c.tbs_certificate.issuer.as_raw().to_vec(),
+                c.tbs_certificate.raw_serial().to_vec(),
+            )
+        };
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        let dir = dir.to_path_buf();
+        std::thread::spawn(move || {
+            for (n, conn) in listener.incoming().enumerate() {
+                let Ok(mut c) = conn else { continue };
+                let mut raw = Vec::new();
+                let mut buf = [0u8; 8192];
+                // The head, then as much body as Content-Length says.
+                let (head, body) = loop {
+                    let k = c.read(&mut buf).unwrap_or(0);
+                    if k == 0 {
+                        break (String::new(), Vec::new());
+                    }
+                    raw.extend_from_slice(&buf[..k]);
+                    if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&raw[..end]).to_string();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        while raw.len() < end + 4 + len {
+                            let k = c.read(&mut buf).unwrap();
+                            raw.extend_from_slice(&buf[..k]);
+                        }
+                        break (head, raw[end + 4..end + 4 + len].to_vec());
+                    }
+                };
+                let (ctype, answer): (&str, Vec<u8>) = if head.contains("operation=GetCACaps") {
+                    ("text/plain", b"POSTPKIOperation\nSHA-256\nAES\nSCEPStandard\n".to_vec())
+                } else if head.contains("operation=GetCACert") {
+                    ("application/x-x509-ca-cert", ca_der.clone())
+                } else {
+                    let file = dir.join(format!("pending-request-{n}.der"));
+                    std::fs::write(&file, &body).unwrap();
+                    let verified = Command::new("openssl")
+                        .args([
+                            "cms",
+                            "-verify",
+                            "-inform",
+                            "DER",
+                            "-noverify",
+                            "-out",
+                            "/dev/null",
+                            "-in",
+                        ])
+                        .arg(&file)
+                        .stderr(Stdio::null())
+                        .status()
+                        .unwrap()
+                        .success();
+                    let attrs = request_attrs(&body);
+                    let get = |o: &str| {
+                        attrs
+                            .iter()
+                            .find(|(a, _)| a == o)
+                            .map(|(_, v)| v.clone())
+                            .unwrap_or_default()
+                    };
+                    let text = |v: Vec<u8>| {
+                        String::from_utf8_lossy(aos_iam::codec::der::read_tlv(&v).map_or(&[][..], |t| t.content))
+                            .to_string()
+                    };
+                    let txid = get("2.16.840.1.113733.1.9.7");
+                    let nonce = get("2.16.840.1.113733.1.9.5");
+                    seen2.lock().unwrap().push(Seen {
+                        message_type: text(get("2.16.840.1.113733.1.9.2")),
+                        transaction_id: text(txid.clone()),
+                        verified,
+                    });
+                    let attr = |o: &str, v: Vec<u8>| tlv(0x30, &[oid_der(o), tlv(0x31, &v)].concat());
+                    let empty_digest = ring::digest::digest(&ring::digest::SHA256, b"");
+                    let mut set = [
+                        attr("1.2.840.113549.1.9.3", oid_der("1.2.840.113549.1.7.1")),
+                        attr("1.2.840.113549.1.9.4", tlv(0x04, empty_digest.as_ref())),
+                        attr("2.16.840.1.113733.1.9.2", tlv(0x13, b"3")),
+                        attr("2.16.840.1.113733.1.9.3", tlv(0x13, b"3")),
+                        attr("2.16.840.1.113733.1.9.7", txid),
+                        attr("2.16.840.1.113733.1.9.5", tlv(0x04, &[9u8; 16])),
+                        attr("2.16.840.1.113733.1.9.6", nonce),
+                    ];
+                    set.sort();
+                    let signed = tlv(0x31, &set.concat());
+                    let mut sig = vec![0u8; signer.public().modulus_len()];
+                    signer
+                        .sign(
+                            &ring::signature::RSA_PKCS1_SHA256,
+                            &ring::rand::SystemRandom::new(),
+                            &signed,
+                            &mut sig,
+                        )
+                        .unwrap();
+                    let mut implicit = signed.clone();
+                    implicit[0] = 0xa0;
+                    let sha256 = tlv(0x30, &oid_der("2.16.840.1.101.3.4.2.1"));
+                    let info = tlv(
+                        0x30,
+                        &[
+                            tlv(0x02, &[1]),
+                            tlv(0x30, &[issuer.clone(), tlv(0x02, &serial)].concat()),
+                            sha256.clone(),
+                            implicit,
+                            tlv(0x30, &[oid_der("1.2.840.113549.1.1.1"), vec![5, 0]].concat()),
+                            tlv(0x04, &sig),
+                        ]
+                        .concat(),
+                    );
+                    let sd = tlv(
+                        0x30,
+                        &[
+                            tlv(0x02, &[1]),
+                            tlv(0x31, &sha256),
+                            tlv(0x30, &oid_der("1.2.840.113549.1.7.1")),
+                            tlv(0x31, &info),
+                        ]
+                        .concat(),
+                    );
+                    (
+                        "application/x-pki-message",
+                        tlv(0x30, &[oid_der("1.2.840.113549.1.7.2"), tlv(0xa0, &sd)].concat()),
+                    )
+                };
+                let _ = c.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        answer.len()
+                    )
+                    .as_bytes(),
+                );
+                let _ = c.write_all(&answer);
+            }
+        });
+        PendingServer {
+            url: format!("http://127.0.0.1:{port}/scep"),
+            ca_pem,
+            seen,
+        }
+    }
+
+    /// SHA-256 of its CA certificate's DER, hex.
+    pub fn fingerprint(&self) -> String {
+        let der = aos_iam::pki::x509::parse_chain_pem(&super::read(&self.ca_pem)).unwrap()[0].to_vec();
+        aos_iam::store::keystore::hex(ring::digest::digest(&ring::digest::SHA256, &der).as_ref())
+    }
+}
