@@ -305,6 +305,9 @@ pub struct EnrollConfig {
     /// /csrattrs asks refuses the attempt; `"lenient"` (default): it is logged and the CSR
     /// goes without it, for the server to judge (RFC 7030 §4.5).
     pub strict_csrattrs: bool,
+    /// `method = "scep"`: enroll by SCEP (RFC 8894) instead of EST, trusting the CA with
+    /// this SHA-256 fingerprint; the claim token is the challenge password.
+    pub scep_fingerprint: Option<String>,
 }
 
 /// When a renewal is due: a share of the certificate's lifetime, or a time before expiry.
@@ -1374,12 +1377,31 @@ fn parse_enroll(e: &mut Reader, working_dir: &Path, modules: &[ModuleConfig]) ->
     if !modules.iter().any(|m| m.id != bootstrap && !m.self_signed) {
         return Err(e.err("bootstrap", "no other module needs a CA: there is nothing to enroll"));
     }
+    let scep = match e.string("method")?.as_deref() {
+        None | Some("est") => false,
+        Some("scep") => true,
+        Some(v) => return Err(e.err("method", format!("\"{v}\" is not one of est, scep"))),
+    };
     let url = e.string("url")?;
     if let Some(u) = &url {
-        if !u.starts_with("https://") {
-            return Err(e.err("url", "must be an https:// URL"));
+        match scep {
+            false if !u.starts_with("https://") => return Err(e.err("url", "must be an https:// URL")),
+            true if !u.starts_with("http://") => {
+                return Err(e.err(
+                    "url",
+                    "must be an http:// URL with method = \"scep\" (its trust is ca_fingerprint)",
+                ))
+            }
+            _ => {}
         }
     }
+    let scep_fingerprint = match (scep, e.string("ca_fingerprint")?) {
+        (true, Some(f)) if f.chars().filter(|c| c.is_ascii_hexdigit()).count() == 64 => Some(f),
+        (true, Some(_)) => return Err(e.err("ca_fingerprint", "must be a SHA-256: 64 hex digits, colons allowed")),
+        (true, None) => return Err(e.err("ca_fingerprint", "is required with method = \"scep\"")),
+        (false, Some(_)) => return Err(e.err("ca_fingerprint", "goes with method = \"scep\"")),
+        (false, None) => None,
+    };
     let anchor = e.path("anchor")?;
     let claim_token_file = e
         .path("claim_token_file")?
@@ -1447,6 +1469,7 @@ fn parse_enroll(e: &mut Reader, working_dir: &Path, modules: &[ModuleConfig]) ->
         verify,
         verify_module,
         strict_csrattrs,
+        scep_fingerprint,
     })
 }
 
@@ -1925,6 +1948,48 @@ user_pin_file = "/tmp/w/pin"
         ] {
             let e = scep(&body).unwrap_err();
             assert_eq!(e.key, format!("modules[1].renew.scep.{key}"), "{body}: {e}");
+            assert!(e.reason.contains(reason), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn enrollment_by_scep_needs_an_http_url_and_a_ca_fingerprint() {
+        let fp = "ab".repeat(32);
+        let enroll = |body: &str| {
+            load(&[&format!(
+                "[[modules]]\nid = \"bootstrap\"\nstore = \"software\"\n[enroll]\n{body}"
+            )])
+        };
+        let c = enroll(&format!(
+            "method = \"scep\"\nurl = \"http://scep:8080/scep\"\nca_fingerprint = \"{fp}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.enroll.unwrap().scep_fingerprint.as_deref(), Some(fp.as_str()));
+        for (body, key, reason) in [
+            (
+                format!("method = \"scep\"\nurl = \"https://scep\"\nca_fingerprint = \"{fp}\"\n"),
+                "url",
+                "http://",
+            ),
+            (
+                "method = \"scep\"\nurl = \"http://scep\"\n".to_string(),
+                "ca_fingerprint",
+                "required",
+            ),
+            (
+                "method = \"scep\"\nca_fingerprint = \"12\"\n".to_string(),
+                "ca_fingerprint",
+                "SHA-256",
+            ),
+            (
+                format!("url = \"https://est\"\nca_fingerprint = \"{fp}\"\n"),
+                "ca_fingerprint",
+                "method = \"scep\"",
+            ),
+            ("method = \"cmp\"\n".to_string(), "method", "not one of est, scep"),
+        ] {
+            let e = enroll(&body).unwrap_err();
+            assert_eq!(e.key, format!("enroll.{key}"), "{body}: {e}");
             assert!(e.reason.contains(reason), "{body}: {e}");
         }
     }

@@ -278,17 +278,20 @@ fn a_server_that_goes_away_mid_transaction_is_unavailable_and_nothing_changes() 
     verify_issued(&node, &server, "rsa");
 }
 
-#[test]
-fn a_pending_request_is_polled_with_cert_poll_within_its_bound_and_nothing_changes() {
-    // scepserver never answers PENDING: a server of ours does (tests/common/scep.rs), and
-    // openssl judges the signature of every request it gets.
-    private_network();
-    let mut node = Node::new("scep-pending", Store::Pkcs11);
-    let server = common::scep::PendingServer::start(&node.dir, 8082);
+/// A node provisioned by its local CA for one day, whose `rsa` module iamd renews at once
+/// by SCEP from a [`common::scep::PendingServer`] (polled every second, for 3 s at most);
+/// the pending CA is one of its roots. Returns the node, running, the server, and the
+/// serial of the certificate before the renewal.
+fn pending_renewal(name: &str, pending: usize, ra: bool) -> (Node, common::scep::PendingServer, String) {
+    let mut node = Node::new(name, Store::Pkcs11);
+    let server = common::scep::PendingServer::start(&node.dir, 8082, pending, ra);
     node.modules = vec![
         ("diskencryption", "ecdsa-p384", "[]", true, 1),
         ("rsa", "rsa-2048", r#"["clientAuth"]"#, false, 2),
     ];
+    let mut roots = read(node.path("ca.pem"));
+    roots.push_str(&read(&server.ca_pem));
+    std::fs::write(node.path("ca.pem"), roots).unwrap();
     std::fs::write(node.path("challenge"), format!("{CHALLENGE}\n")).unwrap();
     node.extra_config = format!(
         "[modules.renew]\nmethod = \"scep\"\nthreshold = \"2d\"\nretry = \"1h\"\njitter = \"0%\"\n\
@@ -302,6 +305,15 @@ fn a_pending_request_is_polled_with_cert_poll_within_its_bound_and_nothing_chang
     let before = current_serial(&node, "rsa").unwrap();
     node.stop();
     node.start(false);
+    (node, server, before)
+}
+
+#[test]
+fn a_pending_request_is_polled_with_cert_poll_within_its_bound_and_nothing_changes() {
+    // scepserver never answers PENDING: a server of ours does (tests/common/scep.rs), and
+    // openssl judges the signature of every request it gets.
+    private_network();
+    let (node, server, before) = pending_renewal("scep-pending", usize::MAX, false);
     wait_for(
         || node.log().contains("still has the request"),
         "giving up on PENDING",
@@ -328,4 +340,87 @@ fn a_pending_request_is_polled_with_cert_poll_within_its_bound_and_nothing_chang
     assert!(seen.len() <= 5, "{seen:?}");
     assert_eq!(current_serial(&node, "rsa").unwrap(), before);
     assert!(node.log().contains("PENDING after"), "{}", node.log());
+}
+
+#[test]
+fn a_request_pending_twice_is_issued_through_an_ra_and_applied() {
+    // GetCACert: RA and CA; the RA decrypts the request and signs the answers; the CA
+    // issues on the second CertPoll, enveloped by openssl to the request's signer.
+    private_network();
+    let (node, server, before) = pending_renewal("scep-ra", 2, true);
+    wait_for(
+        || node.log().contains("renewal of rsa: certificate"),
+        "the renewal applied",
+        &node,
+    );
+    let seen = server.seen.lock().unwrap().clone();
+    let types: Vec<&str> = seen.iter().map(|s| s.message_type.as_str()).collect();
+    assert_eq!(
+        types,
+        ["19", "20", "20"],
+        "PKCSReq, then CertPoll until issued: {seen:?}"
+    );
+    assert!(seen.iter().all(|s| s.verified), "{seen:?}");
+    let after = current_serial(&node, "rsa").unwrap();
+    assert_ne!(after, before);
+    let cert = node
+        .list_certs()
+        .into_iter()
+        .find(|c| c["serial"] == after.as_str())
+        .unwrap();
+    let out = node.p("issued.pem");
+    node.export_cert(cert["cert_url"].as_str().unwrap(), &out);
+    let v = sh(&format!("openssl verify -CAfile {} {out}", server.ca_pem.display())).ok();
+    assert!(v.stdout.contains(": OK"), "{}", v.stdout);
+}
+
+/// A node bootstrapped at the factory for zero-touch enrollment by SCEP (`[enroll] method =
+/// "scep"`), its claim token `claim` being the challenge; stopped, ready to ship.
+fn bootstrapped_for_scep(name: &str, claim: &str) -> (Node, ScepServer) {
+    let (mut node, server) = scep_node(name, false);
+    node.make_ca("factory-ca");
+    node.extra_config = common::enrollment::enroll_config(
+        &node,
+        &format!(
+            "method = \"scep\"\nurl = \"{}\"\nca_fingerprint = \"{}\"\n",
+            server.url,
+            server.fingerprint()
+        ),
+    );
+    node.start(true);
+    std::fs::write(node.path("claim"), format!("{claim}\n")).unwrap();
+    let claim_file = node.p("claim");
+    let out = common::enrollment::bootstrap(&node, &["--claim-token-file", &claim_file]).ok();
+    assert_eq!(out.json()["state"], "unprovisioned", "{}", out.stdout);
+    node.stop();
+    (node, server)
+}
+
+#[test]
+fn zero_touch_enrollment_by_scep_presents_the_claim_token_as_the_challenge() {
+    private_network();
+    let (mut node, server) = bootstrapped_for_scep("scep-zt", CHALLENGE);
+    node.start(false);
+    let status = common::enrollment::wait_state(&node, "operational");
+    assert_eq!(status["enrollment"]["enrolled"], serde_json::json!(["rsa"]), "{status}");
+    verify_issued(&node, &server, "rsa");
+    let log = server.log();
+    assert!(
+        log.contains("PKCSReq (19)") && log.contains("has_challenge=true"),
+        "{log}"
+    );
+    assert!(node.log().contains("verify step is skipped"), "{}", node.log());
+    assert!(!node.log().contains(CHALLENGE));
+}
+
+#[test]
+fn a_claim_token_the_scep_server_refuses_quarantines_the_node() {
+    private_network();
+    let (mut node, server) = bootstrapped_for_scep("scep-zt-bad", "not-the-challenge");
+    node.start(false);
+    let status = common::enrollment::wait_state(&node, "quarantined");
+    let err = status["enrollment"]["last_error"].as_str().unwrap();
+    assert!(err.contains("FAILURE, badRequest"), "{status}");
+    assert!(node.list_certs().iter().all(|c| c["type"] != "rsa"));
+    assert!(server.log().contains("invalid challenge"), "{}", server.log());
 }

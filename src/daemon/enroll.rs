@@ -305,6 +305,37 @@ fn client(prov: &Provisioning, cfg: &EnrollConfig, e: &Enrollment) -> Result<Est
     Ok(client)
 }
 
+/// With `method = "scep"`: the SCEP server, its CA fingerprint, and the claim token as the
+/// challenge password (required: SCEP has no other way to authenticate a first request).
+fn scep_config(cfg: &EnrollConfig, e: &Enrollment) -> Result<Option<crate::pki::scep::ScepConfig>> {
+    let Some(fingerprint) = &cfg.scep_fingerprint else {
+        return Ok(None);
+    };
+    let url = match (&e.url, &cfg.url) {
+        (u, _) if !u.is_empty() => u.clone(),
+        (_, Some(u)) => u.clone(),
+        _ => {
+            return Err(Error::wrong_state(
+                "no SCEP server: neither bootstrap nor [enroll] url gave one",
+            ))
+        }
+    };
+    if !cfg.claim_token_file.exists() {
+        return Err(Error::wrong_state(format!(
+            "SCEP enrollment needs the claim token (its challenge password) in {}; bootstrap gave none",
+            cfg.claim_token_file.display()
+        )));
+    }
+    Ok(Some(crate::pki::scep::ScepConfig {
+        url,
+        ca_fingerprint: fingerprint.clone(),
+        challenge: Some(read_secret(&cfg.claim_token_file, "claim token file")?),
+        timeout: cfg.timeout,
+        poll_for: crate::pki::scep::DEFAULT_POLL_FOR,
+        poll_every: crate::pki::scep::DEFAULT_POLL_EVERY,
+    }))
+}
+
 /// The challengePassword a server's /csrattrs may ask for: the claim token, else the EST
 /// password.
 fn challenge_secret(cfg: &EnrollConfig) -> Result<Option<Secret>> {
@@ -385,8 +416,18 @@ fn enroll_module(
             step = None;
         }
     }
+    let scep = scep_config(cfg, e)?;
     let step = match step {
         Some(s) => s,
+        None if scep.is_some() => {
+            // SCEP: the challenge goes into the CSR with each request (pki::scep).
+            let subject = format!("CN={},OU={cert_type}", prov.config.node_id);
+            let (key_id, csr) = prov.with_journal(|| prov.modules.create_key(&prov.db, cert_type, &subject))?;
+            let s = Step::KeyCreated { key_id, csr };
+            e.current = Some((cert_type.to_string(), s.clone()));
+            prov.db.set_enrollment(e, None)?;
+            s
+        }
         None => {
             // What the server asks CSRs to carry (/csrattrs), honoured or refused before a
             // key is made.
@@ -430,6 +471,20 @@ fn enroll_module(
     // What is kept of this attempt, whatever fails below.
     e.current = Some((cert_type.to_string(), step.clone()));
     let (key_id, csr, chain_pem) = match step {
+        Step::KeyCreated { key_id, csr } if scep.is_some() => {
+            let config = scep.as_ref().expect("matched");
+            let chain_pem = prov.modules.scep_enroll(&prov.db, cert_type, &csr, config, false)?;
+            e.current = Some((
+                cert_type.to_string(),
+                Step::Obtained {
+                    key_id,
+                    csr: csr.clone(),
+                    chain_pem: chain_pem.clone(),
+                },
+            ));
+            prov.db.set_enrollment(e, None)?;
+            (key_id, csr, chain_pem)
+        }
         Step::KeyCreated { key_id, csr } => {
             if est.is_none() {
                 *est = Some(EstSigner {
@@ -490,6 +545,34 @@ fn verify(prov: &Provisioning, cfg: &EnrollConfig, e: &Enrollment) -> Result<()>
             .ok_or_else(|| Error::internal("no module is enrolled"))?
             .to_string(),
     };
+    if cfg.scep_fingerprint.is_some() {
+        // SCEP has no TLS server of its own: the verify step needs an endpoint and its anchor.
+        let Some(v) = &cfg.verify else {
+            crate::log_info!("enrollment: no verify endpoint is configured for SCEP; the verify step is skipped");
+            return Ok(());
+        };
+        let anchors = if !e.anchor_pem.is_empty() {
+            crate::pki::x509::parse_chain_pem(&e.anchor_pem)?
+        } else {
+            match &cfg.anchor {
+                Some(p) => crate::pki::x509::read_certs(p, "verify endpoint trust anchor")?,
+                None => {
+                    return Err(Error::wrong_state(
+                        "verify with method = \"scep\" needs [enroll] anchor",
+                    ))
+                }
+            }
+        };
+        let (h, p) = v
+            .rsplit_once(':')
+            .ok_or_else(|| Error::invalid("verify is not host:port"))?;
+        let port = p.parse().map_err(|_| Error::invalid("verify: bad port"))?;
+        let (_, _, identity) = prov.with_journal(|| prov.modules.identity(&prov.db, &module))?;
+        crate::link::tls::verify_client_identity(h, port, &anchors, &identity, cfg.timeout)
+            .map_err(|err| err.context(format!("the new {module} identity")))?;
+        crate::log_info!("enrollment: verify step passed: {v} accepted the new {module} identity");
+        return Ok(());
+    }
     let (url, anchors) = server(cfg, e)?;
     let (host, port) = match &cfg.verify {
         Some(v) => {

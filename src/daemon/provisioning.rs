@@ -464,7 +464,10 @@ impl Provisioning {
                 if enrolled.len() == 1 { "s" } else { "ve" }
             )));
         }
-        if !est_url.is_empty() {
+        let scep = cfg.scep_fingerprint.is_some();
+        if !est_url.is_empty() && scep {
+            crate::pki::scep::ScepClient::new(est_url).map_err(|e| e.context("FinishBootstrap: the SCEP URL"))?;
+        } else if !est_url.is_empty() {
             crate::pki::est::EstClient::new(est_url, &[], crate::link::tls::ClientAuth::None, None)
                 .map_err(|e| e.context("FinishBootstrap: the EST URL"))?;
         } else if cfg.url.is_none() {
@@ -475,7 +478,8 @@ impl Provisioning {
         if !anchor_pem.is_empty() {
             crate::pki::x509::parse_chain_pem(anchor_pem)
                 .map_err(|e| e.context("FinishBootstrap: the EST trust anchor"))?;
-        } else if cfg.anchor.is_none() {
+        } else if cfg.anchor.is_none() && !scep {
+            // (SCEP's trust is [enroll] ca_fingerprint; an anchor serves only its verify step.)
             return Err(Error::invalid(
                 "FinishBootstrap: no EST trust anchor given, and [enroll] anchor is not configured",
             ));

@@ -176,11 +176,13 @@ pub struct Seen {
     pub verified: bool,
 }
 
-/// A SCEP server of our own that answers every PKIOperation PENDING, for the polling
-/// `scepserver` cannot show (it never answers PENDING). Its CA is an openssl RSA CA; its
-/// CertReps are signed with that key (ring), and each request it gets is checked by
-/// `openssl cms -verify` (the signature over the signed attributes, independently of this
-/// project's code).
+/// A SCEP server of our own, for what `scepserver` cannot show: it answers PENDING (this
+/// many times, then issues), and can speak through an RA. What it does with a request is
+/// done by openssl: `cms -verify` checks its signature and takes out the envelope and the
+/// signer's certificate, `cms -decrypt` opens the envelope with the RA's (or CA's) key,
+/// `req -verify` checks the CSR, `x509 -req` issues, `crl2pkcs7` and `cms -encrypt`
+/// envelope the answer to the request's signer. Only the CertRep's SignedData around it
+/// (its SCEP attributes, which openssl's CLI cannot set) is made here, signed with ring.
 pub struct PendingServer {
     pub url: String,
     pub ca_pem: PathBuf,
@@ -242,21 +244,54 @@ fn oid_der(dotted: &str) -> Vec<u8> {
     aos_iam::codec::der::tlv(0x06, &out)
 }
 
+fn ossl(args: &str) {
+    super::sh(&format!("openssl {args}")).ok();
+}
+
 impl PendingServer {
-    pub fn start(dir: &Path, port: u16) -> PendingServer {
+    /// `pending`: how many answers are PENDING before one issues (`usize::MAX`: never);
+    /// `ra`: GetCACert sends an RA and the CA, and the RA signs and decrypts.
+    pub fn start(dir: &Path, port: u16, pending: usize, ra: bool) -> PendingServer {
         use aos_iam::codec::der::tlv;
-        let key = dir.join("pending-ca.key");
+        let d = dir.display();
+        ossl(&format!(
+            "req -x509 -newkey rsa:2048 -nodes -days 30 -keyout {d}/pending-ca.key -out {d}/pending-ca.pem \
+             -subj '/O=aos-iam tests/CN=pending CA' -addext basicConstraints=critical,CA:TRUE \
+             -addext keyUsage=critical,keyCertSign,cRLSign"
+        ));
         let ca_pem = dir.join("pending-ca.pem");
-        super::sh(&format!(
-            "openssl req -x509 -newkey rsa:2048 -nodes -days 30 -keyout {} -out {} -subj '/O=aos-iam tests/CN=pending CA' \
-             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign",
-            key.display(),
-            ca_pem.display()
-        ))
-        .ok();
-        let ca_der = aos_iam::pki::x509::parse_chain_pem(&super::read(&ca_pem)).unwrap()[0].to_vec();
+        let pem_der = |p: &Path| aos_iam::pki::x509::parse_chain_pem(&super::read(p)).unwrap()[0].to_vec();
+        let ca_der = pem_der(&ca_pem);
+        let (signer_name, get_ca_cert) = if ra {
+            std::fs::write(
+                dir.join("ra.ext"),
+                "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n",
+            )
+            .unwrap();
+            ossl(&format!(
+                "req -new -newkey rsa:2048 -nodes -keyout {d}/pending-ra.key -out {d}/pending-ra.csr -subj '/O=aos-iam tests/CN=pending RA'"
+            ));
+            ossl(&format!(
+                "x509 -req -in {d}/pending-ra.csr -CA {d}/pending-ca.pem -CAkey {d}/pending-ca.key -days 30 \
+                 -set_serial 7 -extfile {d}/ra.ext -out {d}/pending-ra.pem"
+            ));
+            ossl(&format!(
+                "crl2pkcs7 -nocrl -certfile {d}/pending-ra.pem -certfile {d}/pending-ca.pem -outform DER -out {d}/getcacert.der"
+            ));
+            (
+                "pending-ra",
+                (
+                    "application/x-x509-ca-ra-cert",
+                    std::fs::read(dir.join("getcacert.der")).unwrap(),
+                ),
+            )
+        } else {
+            ("pending-ca", ("application/x-x509-ca-cert", ca_der.clone()))
+        };
+        let signer_pem = dir.join(format!("{signer_name}.pem"));
+        let signer_key = dir.join(format!("{signer_name}.key"));
         let key_der = aos_iam::codec::pem::base64_decode(
-            super::read(&key)
+            super::read(&signer_key)
                 .lines()
                 .filter(|l| !l.starts_with("-----"))
                 .collect::<String>()
@@ -266,7 +301,8 @@ impl PendingServer {
         let signer = ring::signature::RsaKeyPair::from_pkcs8(&key_der).unwrap();
         let (issuer, serial) = {
             use x509_parser::prelude::FromDer;
-            let (_, c) = x509_parser::certificate::X509Certificate::from_der(&ca_der).unwrap();
+            let der = pem_der(&signer_pem);
+            let (_, c) = x509_parser::certificate::X509Certificate::from_der(&der).unwrap();
             (
                 c.tbs_certificate.issuer.as_raw().to_vec(),
                 c.tbs_certificate.raw_serial().to_vec(),
@@ -277,6 +313,8 @@ impl PendingServer {
         let seen2 = seen.clone();
         let dir = dir.to_path_buf();
         std::thread::spawn(move || {
+            let d = dir.display().to_string();
+            let mut answered = 0usize;
             for (n, conn) in listener.incoming().enumerate() {
                 let Ok(mut c) = conn else { continue };
                 let mut raw = Vec::new();
@@ -308,22 +346,16 @@ impl PendingServer {
                 let (ctype, answer): (&str, Vec<u8>) = if head.contains("operation=GetCACaps") {
                     ("text/plain", b"POSTPKIOperation\nSHA-256\nAES\nSCEPStandard\n".to_vec())
                 } else if head.contains("operation=GetCACert") {
-                    ("application/x-x509-ca-cert", ca_der.clone())
+                    (get_ca_cert.0, get_ca_cert.1.clone())
                 } else {
-                    let file = dir.join(format!("pending-request-{n}.der"));
-                    std::fs::write(&file, &body).unwrap();
-                    let verified = Command::new("openssl")
-                        .args([
-                            "cms",
-                            "-verify",
-                            "-inform",
-                            "DER",
-                            "-noverify",
-                            "-out",
-                            "/dev/null",
-                            "-in",
-                        ])
-                        .arg(&file)
+                    std::fs::write(dir.join(format!("req-{n}.der")), &body).unwrap();
+                    let verified = Command::new("sh")
+                        .arg("-c")
+                        .arg(format!(
+                            "openssl cms -verify -binary -inform DER -noverify -in {d}/req-{n}.der -out {d}/env-{n}.der \
+                             -signer {d}/signer-{n}.pem"
+                        ))
+                        .stdout(Stdio::null())
                         .stderr(Stdio::null())
                         .status()
                         .unwrap()
@@ -340,20 +372,46 @@ impl PendingServer {
                         String::from_utf8_lossy(aos_iam::codec::der::read_tlv(&v).map_or(&[][..], |t| t.content))
                             .to_string()
                     };
+                    let message_type = text(get("2.16.840.1.113733.1.9.2"));
+                    if message_type == "19" || message_type == "17" {
+                        // The CSR, by openssl, with the RA's (or CA's) key; kept for CertPoll.
+                        ossl(&format!(
+                            "cms -decrypt -binary -inform DER -in {d}/env-{n}.der -recip {} -inkey {} -out {d}/csr.der",
+                            signer_pem.display(),
+                            signer_key.display()
+                        ));
+                        ossl(&format!("req -verify -inform DER -in {d}/csr.der -out {d}/csr.pem"));
+                        std::fs::copy(dir.join(format!("signer-{n}.pem")), dir.join("requester.pem")).unwrap();
+                    }
                     let txid = get("2.16.840.1.113733.1.9.7");
                     let nonce = get("2.16.840.1.113733.1.9.5");
                     seen2.lock().unwrap().push(Seen {
-                        message_type: text(get("2.16.840.1.113733.1.9.2")),
+                        message_type,
                         transaction_id: text(txid.clone()),
                         verified,
                     });
+                    answered += 1;
+                    // SUCCESS: issued by the CA, in a certs-only PKCS#7 enveloped to the requester.
+                    let content = (answered > pending).then(|| {
+                        ossl(&format!(
+                            "x509 -req -in {d}/csr.pem -CA {d}/pending-ca.pem -CAkey {d}/pending-ca.key -days 30 \
+                             -set_serial {} -copy_extensions copy -out {d}/issued.pem",
+                            100 + n
+                        ));
+                        ossl(&format!("crl2pkcs7 -nocrl -certfile {d}/issued.pem -outform DER -out {d}/issued.p7"));
+                        ossl(&format!(
+                            "cms -encrypt -binary -aes-128-cbc -in {d}/issued.p7 -outform DER -out {d}/answer-env.der {d}/requester.pem"
+                        ));
+                        std::fs::read(dir.join("answer-env.der")).unwrap()
+                    });
                     let attr = |o: &str, v: Vec<u8>| tlv(0x30, &[oid_der(o), tlv(0x31, &v)].concat());
-                    let empty_digest = ring::digest::digest(&ring::digest::SHA256, b"");
+                    let digest = ring::digest::digest(&ring::digest::SHA256, content.as_deref().unwrap_or_default());
+                    let status: &[u8] = if content.is_some() { b"0" } else { b"3" };
                     let mut set = [
                         attr("1.2.840.113549.1.9.3", oid_der("1.2.840.113549.1.7.1")),
-                        attr("1.2.840.113549.1.9.4", tlv(0x04, empty_digest.as_ref())),
+                        attr("1.2.840.113549.1.9.4", tlv(0x04, digest.as_ref())),
                         attr("2.16.840.1.113733.1.9.2", tlv(0x13, b"3")),
-                        attr("2.16.840.1.113733.1.9.3", tlv(0x13, b"3")),
+                        attr("2.16.840.1.113733.1.9.3", tlv(0x13, status)),
                         attr("2.16.840.1.113733.1.9.7", txid),
                         attr("2.16.840.1.113733.1.9.5", tlv(0x04, &[9u8; 16])),
                         attr("2.16.840.1.113733.1.9.6", nonce),
@@ -384,15 +442,16 @@ impl PendingServer {
                         ]
                         .concat(),
                     );
+                    let encap = match &content {
+                        Some(c) => tlv(
+                            0x30,
+                            &[oid_der("1.2.840.113549.1.7.1"), tlv(0xa0, &tlv(0x04, c))].concat(),
+                        ),
+                        None => tlv(0x30, &oid_der("1.2.840.113549.1.7.1")),
+                    };
                     let sd = tlv(
                         0x30,
-                        &[
-                            tlv(0x02, &[1]),
-                            tlv(0x31, &sha256),
-                            tlv(0x30, &oid_der("1.2.840.113549.1.7.1")),
-                            tlv(0x31, &info),
-                        ]
-                        .concat(),
+                        &[tlv(0x02, &[1]), tlv(0x31, &sha256), encap, tlv(0x31, &info)].concat(),
                     );
                     (
                         "application/x-pki-message",
