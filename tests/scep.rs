@@ -424,3 +424,40 @@ fn a_claim_token_the_scep_server_refuses_quarantines_the_node() {
     assert!(node.list_certs().iter().all(|c| c["type"] != "rsa"));
     assert!(server.log().contains("invalid challenge"), "{}", server.log());
 }
+
+#[test]
+fn a_server_without_aes_or_post_gets_des3_envelopes_by_get_and_aes_is_chosen_where_offered() {
+    private_network();
+    let mut node = Node::new("scep-des3", Store::Pkcs11);
+    // An old server: DES3 and SHA-256, no AES, no POSTPKIOperation; it issues at once.
+    let server = common::scep::PendingServer::start_with(&node.dir, 8082, 0, false, "DES3\nSHA-256\nRenewal\n");
+    node.modules = vec![
+        ("rsa", "rsa-2048", r#"["clientAuth"]"#, false, 2),
+        ("diskencryption", "ecdsa-p384", "[]", true, 1),
+    ];
+    let mut roots = read(node.path("ca.pem"));
+    roots.push_str(&read(&server.ca_pem));
+    std::fs::write(node.path("ca.pem"), roots).unwrap();
+    std::fs::write(node.path("challenge"), format!("{CHALLENGE}\n")).unwrap();
+    node.start(true);
+    let out = scep_run(&node, &server.url, &server.fingerprint(), "challenge").ok();
+    assert_eq!(out.json()["ok"], true, "{}", out.stdout);
+    let seen = server.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        (seen[0].cipher.as_str(), seen[0].verified),
+        ("des-ede3-cbc", true),
+        "{seen:?}"
+    );
+    // Where AES is offered (the other tests' servers), AES it is.
+    let mut other = Node::new("scep-aes", Store::Pkcs11);
+    let aes = common::scep::PendingServer::start(&other.dir, 8083, 0, false);
+    other.modules = node.modules.clone();
+    let mut roots = read(other.path("ca.pem"));
+    roots.push_str(&read(&aes.ca_pem));
+    std::fs::write(other.path("ca.pem"), roots).unwrap();
+    std::fs::write(other.path("challenge"), format!("{CHALLENGE}\n")).unwrap();
+    other.start(true);
+    scep_run(&other, &aes.url, &aes.fingerprint(), "challenge").ok();
+    assert_eq!(aes.seen.lock().unwrap()[0].cipher, "aes-128-cbc");
+}

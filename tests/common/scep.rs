@@ -174,6 +174,8 @@ pub struct Seen {
     pub message_type: String,
     pub transaction_id: String,
     pub verified: bool,
+    /// The request envelope's content cipher, as `openssl cms -cmsout -print` names it.
+    pub cipher: String,
 }
 
 /// A SCEP server of our own, for what `scepserver` cannot show: it answers PENDING (this
@@ -252,6 +254,12 @@ impl PendingServer {
     /// `pending`: how many answers are PENDING before one issues (`usize::MAX`: never);
     /// `ra`: GetCACert sends an RA and the CA, and the RA signs and decrypts.
     pub fn start(dir: &Path, port: u16, pending: usize, ra: bool) -> PendingServer {
+        Self::start_with(dir, port, pending, ra, "POSTPKIOperation\nSHA-256\nAES\nSCEPStandard\n")
+    }
+
+    /// The same, announcing `caps` in GetCACaps. Without POSTPKIOperation, PKIOperation
+    /// comes by GET, the message base64 and URL-escaped in the query (and a POST is refused).
+    pub fn start_with(dir: &Path, port: u16, pending: usize, ra: bool, caps: &'static str) -> PendingServer {
         use aos_iam::codec::der::tlv;
         let d = dir.display();
         ossl(&format!(
@@ -344,10 +352,33 @@ impl PendingServer {
                     }
                 };
                 let (ctype, answer): (&str, Vec<u8>) = if head.contains("operation=GetCACaps") {
-                    ("text/plain", b"POSTPKIOperation\nSHA-256\nAES\nSCEPStandard\n".to_vec())
+                    ("text/plain", caps.as_bytes().to_vec())
                 } else if head.contains("operation=GetCACert") {
                     (get_ca_cert.0, get_ca_cert.1.clone())
                 } else {
+                    let body = if caps.contains("POSTPKIOperation") {
+                        body
+                    } else {
+                        assert!(
+                            head.starts_with("GET "),
+                            "a POST to a server that did not announce it: {head}"
+                        );
+                        let query = head.split_whitespace().nth(1).unwrap();
+                        let message = query.split("message=").nth(1).unwrap();
+                        let mut unescaped = Vec::new();
+                        let b = message.as_bytes();
+                        let mut i = 0;
+                        while i < b.len() {
+                            if b[i] == b'%' {
+                                unescaped.push(u8::from_str_radix(&message[i + 1..i + 3], 16).unwrap());
+                                i += 3;
+                            } else {
+                                unescaped.push(b[i]);
+                                i += 1;
+                            }
+                        }
+                        aos_iam::codec::pem::base64_decode(&unescaped).unwrap()
+                    };
                     std::fs::write(dir.join(format!("req-{n}.der")), &body).unwrap();
                     let verified = Command::new("sh")
                         .arg("-c")
@@ -385,10 +416,22 @@ impl PendingServer {
                     }
                     let txid = get("2.16.840.1.113733.1.9.7");
                     let nonce = get("2.16.840.1.113733.1.9.5");
+                    let printed = Command::new("openssl")
+                        .args(["cms", "-cmsout", "-print", "-inform", "DER", "-in"])
+                        .arg(dir.join(format!("env-{n}.der")))
+                        .output()
+                        .unwrap();
+                    let printed = String::from_utf8_lossy(&printed.stdout).to_string();
+                    let cipher = ["aes-128-cbc", "aes-256-cbc", "des-ede3-cbc"]
+                        .into_iter()
+                        .find(|c| printed.contains(c))
+                        .unwrap_or("?")
+                        .to_string();
                     seen2.lock().unwrap().push(Seen {
                         message_type,
                         transaction_id: text(txid.clone()),
                         verified,
+                        cipher,
                     });
                     answered += 1;
                     // SUCCESS: issued by the CA, in a certs-only PKCS#7 enveloped to the requester.
