@@ -461,3 +461,47 @@ fn a_server_without_aes_or_post_gets_des3_envelopes_by_get_and_aes_is_chosen_whe
     scep_run(&other, &aes.url, &aes.fingerprint(), "challenge").ok();
     assert_eq!(aes.seen.lock().unwrap()[0].cipher, "aes-128-cbc");
 }
+
+#[test]
+fn a_whole_unit_is_provisioned_by_scep_each_node_making_its_own_requests() {
+    // `iam-provision --node all run --scep`: the main node forwards ScepEnroll over the link
+    // and the secondary's iamd makes the request with its own key, in its own token.
+    private_network();
+    let mut unit = common::Unit::new("scep-unit", 1);
+    let server = ScepServer::start(&unit.main.dir, &[]);
+    for n in std::iter::once(&mut unit.main).chain(unit.secondaries.iter_mut()) {
+        n.modules = vec![
+            ("iam", "rsa-2048", r#"["clientAuth"]"#, false, 2),
+            ("diskencryption", "ecdsa-p384", "[]", true, 1),
+        ];
+        let mut roots = read(n.path("ca.pem"));
+        roots.push_str(&read(server.ca_pem()));
+        std::fs::write(n.path("ca.pem"), roots).unwrap();
+    }
+    std::fs::write(unit.main.path("challenge"), format!("{CHALLENGE}\n")).unwrap();
+    unit.start(true);
+    unit.link_unix(0);
+    unit.wait_connected(&unit.secondaries[0].node_id(), true);
+    let (pw, ch, fp) = (unit.main.p("password"), unit.main.p("challenge"), server.fingerprint());
+    let out = unit.main.provision(&[
+        "--node",
+        "all",
+        "--json",
+        "run",
+        "--password-file",
+        &pw,
+        "--scep",
+        &server.url,
+        "--scep-ca-fingerprint",
+        &fp,
+        "--challenge-file",
+        &ch,
+    ]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    for n in std::iter::once(&unit.main).chain(unit.secondaries.iter()) {
+        assert_eq!(n.status()["state"], "provisioned");
+        verify_issued(n, &server, "iam");
+        assert!(n.log().contains("ScepEnroll: done"), "{}", n.log());
+    }
+    assert_eq!(server.log().matches("PKCSReq (19)").count(), 2, "{}", server.log());
+}
