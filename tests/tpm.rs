@@ -192,3 +192,43 @@ fn a_resource_manager_restarted_under_a_running_iamd_is_used_again() {
         node.log()
     );
 }
+
+#[test]
+fn an_rsa_key_in_the_tpm_is_enrolled_by_scep_its_answer_decrypted_in_the_tpm() {
+    // Debian's scepserver in a private network (tests/common/scep.rs), the TPM with it.
+    common::scep::private_network();
+    let (mut node, _tpm) = tpm_node("tpm-scep");
+    let server = common::scep::ScepServer::start(&node.dir, &[]);
+    // Only the RSA module is CA-signed: the server issues for RSA keys alone.
+    let c = node.config_override.take().unwrap();
+    let keep: Vec<&str> = c
+        .split("\n[[modules]]")
+        .filter(|part| !part.contains("id = \"iam\"") && !part.contains("id = \"online\""))
+        .collect();
+    node.config_override = Some(keep.join("\n[[modules]]"));
+    let mut roots = read(node.path("ca.pem"));
+    roots.push_str(&read(server.ca_pem()));
+    std::fs::write(node.path("ca.pem"), roots).unwrap();
+    std::fs::write(node.path("challenge"), format!("{}\n", common::scep::CHALLENGE)).unwrap();
+    node.start(true);
+    let (pw, ch, fp) = (node.p("password"), node.p("challenge"), server.fingerprint());
+    let out = node
+        .provision(&[
+            "--json",
+            "run",
+            "--password-file",
+            &pw,
+            "--scep",
+            &server.url,
+            "--scep-ca-fingerprint",
+            &fp,
+            "--challenge-file",
+            &ch,
+        ])
+        .ok();
+    assert_eq!(out.json()["ok"], true, "{}", out.stdout);
+    assert_eq!(node.status()["state"], "provisioned");
+    verifies(&node);
+    let issuer = node.list_certs().into_iter().find(|c| c["type"] == "offline").unwrap()["issuer"].clone();
+    assert!(issuer.as_str().unwrap().contains("scep test CA"), "{issuer}");
+}
