@@ -153,6 +153,44 @@ fn objects_changed_behind_iamds_back_are_reconciled_at_start() {
     );
 }
 
+/// Objects without a label, as SoftHSM keeps them when it is killed while it sets a new
+/// object's attributes (seen in `make crash-test`: a certificate with neither label nor id;
+/// a private key with its id and no label), are removed when iamd starts.
+#[test]
+fn objects_without_a_label_left_by_a_cut_creation_are_removed_at_start() {
+    let mut node = Node::new("incomplete", Store::Pkcs11);
+    node.start(true);
+    node.run_flow().ok();
+    node.stop();
+    let before = node.token_objects();
+    sh(&format!(
+        "openssl x509 -in {} -outform DER -out {}",
+        node.p("ca.pem"),
+        node.p("ca.der")
+    ))
+    .ok();
+    let der = node.p("ca.der");
+    node.pkcs11_tool(&["--write-object", &der, "--type", "cert"]);
+    node.pkcs11_tool(&[
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--id",
+        "0102030405060708090a0b0c0d0e0f10",
+    ]);
+    assert_eq!(node.token_objects().iter().filter(|o| o.1.is_empty()).count(), 3);
+    node.start(false);
+    assert!(
+        node.log()
+            .contains("removed 3 object(s) without a label from PKCS#11 token label \"aos-test\""),
+        "{}",
+        node.log()
+    );
+    assert_eq!(node.token_objects(), before, "only that object went");
+    node.applet("iam-certctl", &["-s", &node.protected(), "check"], None)
+        .ok();
+}
+
 /// Every persisted provisioning state, reached by the real steps and then cut off by
 /// kill -9 (after each acknowledged step), plus journal debris seeded straight into the
 /// database — a pending key whose key never reached the token, a trash entry whose objects

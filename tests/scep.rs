@@ -8,6 +8,21 @@ mod common;
 use common::scep::{private_network, vanishing_relay, ScepServer, CHALLENGE};
 use common::*;
 
+/// Make `ca` (PEM) one of the node's roots, beside its own CA.
+fn trust(node: &Node, ca: &std::path::Path) {
+    let mut roots = read(node.path("ca.pem"));
+    roots.push_str(&read(ca));
+    std::fs::write(node.path("ca.pem"), roots).unwrap();
+}
+
+/// `[modules.renew]` by SCEP from `url`, due at once for a certificate of one day.
+fn scep_renewal(url: &str, fingerprint: &str, challenge: &str, extra: &str) -> String {
+    format!(
+        "[modules.renew]\nmethod = \"scep\"\nthreshold = \"2d\"\nretry = \"1h\"\njitter = \"0%\"\n\
+         [modules.renew.scep]\nurl = \"{url}\"\nca_fingerprint = \"{fingerprint}\"\nchallenge_file = \"{challenge}\"\n{extra}"
+    )
+}
+
 /// A node whose CA-signed modules get their certificates by SCEP: `rsa` (RSA-2048, the
 /// key type that server issues for) and, if `p256`, a P-256 one too. The server's CA is
 /// one of its roots.
@@ -22,9 +37,7 @@ fn scep_node(name: &str, p256: bool) -> (Node, ScepServer) {
         node.modules
             .insert(1, ("ec", "ecdsa-p256", r#"["clientAuth"]"#, false, 2));
     }
-    let mut roots = read(node.path("ca.pem"));
-    roots.push_str(&read(server.ca_pem()));
-    std::fs::write(node.path("ca.pem"), roots).unwrap();
+    trust(&node, &server.ca_pem());
     std::fs::write(node.path("challenge"), format!("{CHALLENGE}\n")).unwrap();
     std::fs::write(node.path("wrong-challenge"), "not-the-challenge\n").unwrap();
     (node, server)
@@ -176,13 +189,7 @@ fn iamd_renews_by_itself_with_method_scep() {
     node.modules.rotate_left(1);
     // Provisioned by the node's local CA for one day: due at once under a threshold of two
     // days before expiry; the SCEP server's certificate (365 days) is not due again.
-    node.extra_config = format!(
-        "[modules.renew]\nmethod = \"scep\"\nthreshold = \"2d\"\nretry = \"1s\"\njitter = \"0%\"\n\
-         [modules.renew.scep]\nurl = \"{}\"\nca_fingerprint = \"{}\"\nchallenge_file = \"{}\"\n",
-        server.url,
-        server.fingerprint(),
-        node.p("challenge")
-    );
+    node.extra_config = scep_renewal(&server.url, &server.fingerprint(), &node.p("challenge"), "");
     node.start(true);
     node.run_flow_with(&["--days", "1"]).ok();
     node.stop();
@@ -289,17 +296,10 @@ fn pending_renewal(name: &str, pending: usize, ra: bool) -> (Node, common::scep:
         ("diskencryption", "ecdsa-p384", "[]", true, 1),
         ("rsa", "rsa-2048", r#"["clientAuth"]"#, false, 2),
     ];
-    let mut roots = read(node.path("ca.pem"));
-    roots.push_str(&read(&server.ca_pem));
-    std::fs::write(node.path("ca.pem"), roots).unwrap();
+    trust(&node, &server.ca_pem);
     std::fs::write(node.path("challenge"), format!("{CHALLENGE}\n")).unwrap();
-    node.extra_config = format!(
-        "[modules.renew]\nmethod = \"scep\"\nthreshold = \"2d\"\nretry = \"1h\"\njitter = \"0%\"\n\
-         [modules.renew.scep]\nurl = \"{}\"\nca_fingerprint = \"{}\"\nchallenge_file = \"{}\"\npoll_every = 1\npoll_for = 3\n",
-        server.url,
-        server.fingerprint(),
-        node.p("challenge")
-    );
+    let polling = "poll_every = 1\npoll_for = 3\n";
+    node.extra_config = scep_renewal(&server.url, &server.fingerprint(), &node.p("challenge"), polling);
     node.start(true);
     node.run_flow_with(&["--days", "1"]).ok();
     let before = current_serial(&node, "rsa").unwrap();
@@ -435,9 +435,7 @@ fn a_server_without_aes_or_post_gets_des3_envelopes_by_get_and_aes_is_chosen_whe
         ("rsa", "rsa-2048", r#"["clientAuth"]"#, false, 2),
         ("diskencryption", "ecdsa-p384", "[]", true, 1),
     ];
-    let mut roots = read(node.path("ca.pem"));
-    roots.push_str(&read(&server.ca_pem));
-    std::fs::write(node.path("ca.pem"), roots).unwrap();
+    trust(&node, &server.ca_pem);
     std::fs::write(node.path("challenge"), format!("{CHALLENGE}\n")).unwrap();
     node.start(true);
     let out = scep_run(&node, &server.url, &server.fingerprint(), "challenge").ok();
@@ -453,9 +451,7 @@ fn a_server_without_aes_or_post_gets_des3_envelopes_by_get_and_aes_is_chosen_whe
     let mut other = Node::new("scep-aes", Store::Pkcs11);
     let aes = common::scep::PendingServer::start(&other.dir, 8083, 0, false);
     other.modules = node.modules.clone();
-    let mut roots = read(other.path("ca.pem"));
-    roots.push_str(&read(&aes.ca_pem));
-    std::fs::write(other.path("ca.pem"), roots).unwrap();
+    trust(&other, &aes.ca_pem);
     std::fs::write(other.path("challenge"), format!("{CHALLENGE}\n")).unwrap();
     other.start(true);
     scep_run(&other, &aes.url, &aes.fingerprint(), "challenge").ok();
@@ -474,9 +470,7 @@ fn a_whole_unit_is_provisioned_by_scep_each_node_making_its_own_requests() {
             ("iam", "rsa-2048", r#"["clientAuth"]"#, false, 2),
             ("diskencryption", "ecdsa-p384", "[]", true, 1),
         ];
-        let mut roots = read(n.path("ca.pem"));
-        roots.push_str(&read(server.ca_pem()));
-        std::fs::write(n.path("ca.pem"), roots).unwrap();
+        trust(n, &server.ca_pem());
     }
     std::fs::write(unit.main.path("challenge"), format!("{CHALLENGE}\n")).unwrap();
     unit.start(true);

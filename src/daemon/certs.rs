@@ -372,6 +372,15 @@ impl CertModules {
     pub fn reconcile(&self, db: &Db, config: &Config, pending_max_age: i64, keep: &[KeyId]) -> Result<Vec<String>> {
         let snap = db.snapshot()?;
         let (mut report, orphans) = self.audit(&snap);
+        for store in self.stores() {
+            let n = store.remove_incomplete()?;
+            if n > 0 {
+                report.push(format!(
+                    "removed {n} object(s) without a label from {}: left by an object creation cut off",
+                    store.describe()
+                ));
+            }
+        }
         for (label, id) in orphans {
             let Ok(m) = self.get(&label) else { continue };
             m.store.remove(&label, &id)?;

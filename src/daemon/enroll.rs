@@ -471,34 +471,21 @@ fn enroll_module(
     // What is kept of this attempt, whatever fails below.
     e.current = Some((cert_type.to_string(), step.clone()));
     let (key_id, csr, chain_pem) = match step {
-        Step::KeyCreated { key_id, csr } if scep.is_some() => {
-            let config = scep.as_ref().expect("matched");
-            let chain_pem = prov.modules.scep_enroll(&prov.db, cert_type, &csr, config, false)?;
-            e.current = Some((
-                cert_type.to_string(),
-                Step::Obtained {
-                    key_id,
-                    csr: csr.clone(),
-                    chain_pem: chain_pem.clone(),
-                },
-            ));
-            prov.db.set_enrollment(e, None)?;
-            (key_id, csr, chain_pem)
-        }
         Step::KeyCreated { key_id, csr } => {
-            if est.is_none() {
-                *est = Some(EstSigner {
-                    client: client(prov, cfg, e)?,
-                    reenroll: false,
-                    retry_after: Default::default(),
-                });
-            }
-            let signer = est.as_ref().expect("made above");
-            let chain_pem = match signer.sign(cert_type, &csr) {
-                Ok(c) => c,
-                Err(err) => {
-                    *retry_after = signer.retry_after();
-                    return Err(err);
+            let chain_pem = match &scep {
+                Some(config) => prov.modules.scep_enroll(&prov.db, cert_type, &csr, config, false)?,
+                None => {
+                    if est.is_none() {
+                        *est = Some(EstSigner {
+                            client: client(prov, cfg, e)?,
+                            reenroll: false,
+                            retry_after: Default::default(),
+                        });
+                    }
+                    let signer = est.as_ref().expect("made above");
+                    signer
+                        .sign(cert_type, &csr)
+                        .inspect_err(|_| *retry_after = signer.retry_after())?
                 }
             };
             e.current = Some((

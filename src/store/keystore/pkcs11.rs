@@ -764,6 +764,35 @@ impl KeyStore for Pkcs11Store {
         })
     }
 
+    fn remove_incomplete(&self) -> Result<usize> {
+        self.with_session("remove incomplete objects", |s| {
+            let mut removed = 0;
+            for class in [
+                ObjectClass::PRIVATE_KEY,
+                ObjectClass::PUBLIC_KEY,
+                ObjectClass::CERTIFICATE,
+            ] {
+                for h in s.find_objects(&[Attribute::Class(class), Attribute::Token(true)])? {
+                    // No label, and no id or an id of iamd's size: a creation cut off
+                    // (SoftHSM sets CKA_ID before CKA_LABEL). Others' objects keep a label.
+                    let (mut label, mut id) = (false, false);
+                    for a in s.get_attributes(h, &[AttributeType::Label, AttributeType::Id])? {
+                        match a {
+                            Attribute::Label(l) => label = !l.is_empty(),
+                            Attribute::Id(i) => id = !i.is_empty() && i.len() != std::mem::size_of::<KeyId>(),
+                            _ => {}
+                        }
+                    }
+                    if !label && !id {
+                        s.destroy_object(h)?;
+                        removed += 1;
+                    }
+                }
+            }
+            Ok(removed)
+        })
+    }
+
     fn key_url(&self, label: &str, id: &KeyId) -> String {
         self.url(label, id, "private")
     }
