@@ -1,3 +1,4 @@
+#![cfg(feature = "scep")]
 //! SCEP (RFC 8894) end to end against Debian's independent SCEP server (`scepserver`,
 //! micromdm), in a private network namespace per test (tests/common/scep.rs): keys in a
 //! SoftHSM token, the requests signed and the answers decrypted there, every issued

@@ -194,6 +194,7 @@ fn a_resource_manager_restarted_under_a_running_iamd_is_used_again() {
 }
 
 #[test]
+#[cfg(feature = "scep")]
 fn an_rsa_key_in_the_tpm_is_enrolled_by_scep_its_answer_decrypted_in_the_tpm() {
     // Debian's scepserver in a private network (tests/common/scep.rs), the TPM with it.
     common::scep::private_network();

@@ -1,3 +1,4 @@
+#![cfg_attr(not(feature = "scep"), allow(dead_code, unused_imports))]
 //! SCEP client (RFC 8894): GetCACaps, GetCACert, PKCSReq or RenewalReq, CertPoll.
 //!
 //! SCEP runs over plain HTTP; what makes it safe is the CA certificate's SHA-256
@@ -221,6 +222,7 @@ impl Cipher {
         }
     }
 
+    #[cfg(feature = "scep")]
     fn encrypt(self, key: &[u8], iv: &[u8], data: &[u8]) -> Result<Vec<u8>> {
         use cbc::cipher::{block_padding::Pkcs7, BlockEncryptMut, KeyIvInit};
         let bad = |_| Error::internal("content cipher key or IV of the wrong length");
@@ -238,6 +240,7 @@ impl Cipher {
         })
     }
 
+    #[cfg(feature = "scep")]
     fn decrypt(self, key: &[u8], iv: &[u8], data: &[u8]) -> Result<Vec<u8>> {
         use cbc::cipher::{block_padding::Pkcs7, BlockDecryptMut, KeyIvInit};
         let bad = |_| malformed("its content key or IV has the wrong length");
@@ -619,6 +622,7 @@ struct Sent {
 }
 
 /// The SignedData of a request around `content` (DER), signed in the store.
+#[cfg(feature = "scep")]
 fn signed_request(
     signer: &RequestSigner,
     authority: &Authority,
@@ -728,6 +732,7 @@ fn utc_time(t: i64) -> Vec<u8> {
 }
 
 /// RSAES-PKCS1-v1_5 encryption of `data` to a PKCS#1 RSAPublicKey.
+#[cfg(feature = "scep")]
 fn rsa_encrypt(rsa_public_key: &[u8], data: &[u8]) -> Result<Vec<u8>> {
     use rsa::pkcs1::DecodeRsaPublicKey;
     let key = rsa::RsaPublicKey::from_pkcs1_der(rsa_public_key)
@@ -827,6 +832,7 @@ fn verify_signature(cert: &[u8], digest: Digest, signature_oid: &str, message: &
 
 /// Read and check a CertRep: signed by the RA or CA, for this transaction and nonce, and
 /// the content of a SUCCESS decrypted with the signer's key.
+#[cfg(feature = "scep")]
 fn read_cert_rep(raw: &[u8], authority: &Authority, sent: &Sent, signer: &RequestSigner) -> Result<Answer> {
     let ci = der::read_ber(raw)
         .filter(|t| t.tag == 0x30)
@@ -981,6 +987,7 @@ fn octet_string(input: &[u8]) -> Result<Vec<u8>> {
 
 /// pkcsPKIEnvelope of a CertRep, encrypted to the request's signer: its content key is
 /// decrypted inside the store.
+#[cfg(feature = "scep")]
 fn decrypt_envelope(envelope: &[u8], signer: &RequestSigner) -> Result<Vec<u8>> {
     let ci = der::read_ber(envelope)
         .filter(|t| t.tag == 0x30)
@@ -1121,6 +1128,7 @@ pub struct ScepConfig {
 /// Enroll `csr_der` for `key`: PKCSReq (or RenewalReq when `current` is given and the
 /// server offers Renewal), then CertPoll while PENDING, up to `poll_for`. Returns the chain
 /// PEM, leaf first, with the CA behind it.
+#[cfg(feature = "scep")]
 pub fn enroll(
     config: &ScepConfig,
     key: &StoredKey,
@@ -1231,6 +1239,15 @@ pub fn enroll(
     }
 }
 
+/// Without the cargo feature `scep` (its CMS and cipher crates left out), every SCEP
+/// request is refused so.
+#[cfg(not(feature = "scep"))]
+pub fn enroll(_: &ScepConfig, _: &StoredKey, _: &[u8], _: Option<&CurrentIdentity>) -> Result<String> {
+    Err(Error::invalid(
+        "this build of aos-iam has no SCEP client: it was built without the cargo feature \"scep\"",
+    ))
+}
+
 /// A transient self-signed certificate of the key, with the CSR's subject, for the request's
 /// SignedData and as the recipient of the answer.
 fn transient_certificate(key: &StoredKey, csr_der: &[u8]) -> Result<Vec<u8>> {
@@ -1326,6 +1343,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "scep")]
     fn content_ciphers_round_trip_and_bad_padding_is_refused() {
         for c in [Cipher::Aes128, Cipher::Aes256, Cipher::Des3] {
             let key = vec![7u8; c.key_len()];
