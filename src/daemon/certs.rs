@@ -304,7 +304,10 @@ impl CertModules {
 
     /// Compare the database with the stores: records whose objects are missing (findings),
     /// and objects of our certificate types that no record names (orphans, by type and id).
-    pub fn audit(&self, snap: &Snapshot) -> (Vec<String>, Vec<(String, KeyId)>) {
+    /// Records without objects (findings), objects of our types without records (orphans),
+    /// and the stores that hold objects without a label (see `KeyStore::remove_incomplete`).
+    #[allow(clippy::type_complexity)]
+    pub fn audit(&self, snap: &Snapshot) -> (Vec<String>, Vec<(String, KeyId)>, Vec<Arc<dyn KeyStore>>) {
         use crate::store::keystore::ObjectKind;
         let mut findings = Vec::new();
         let mut orphans: Vec<(String, KeyId)> = Vec::new();
@@ -358,7 +361,12 @@ impl CertModules {
                 }
             }
         }
-        (findings, orphans)
+        let unlabelled = listed
+            .iter()
+            .filter(|(_, objects)| objects.iter().any(|o| o.label.is_empty()))
+            .map(|(store, _)| store.clone())
+            .collect();
+        (findings, orphans, unlabelled)
     }
 
     /// Reconciliation (docs/ARCHITECTURE.md §8), by this policy: objects of our types that no record
@@ -371,8 +379,8 @@ impl CertModules {
     /// kept whatever their age.
     pub fn reconcile(&self, db: &Db, config: &Config, pending_max_age: i64, keep: &[KeyId]) -> Result<Vec<String>> {
         let snap = db.snapshot()?;
-        let (mut report, orphans) = self.audit(&snap);
-        for store in self.stores() {
+        let (mut report, orphans, unlabelled) = self.audit(&snap);
+        for store in unlabelled {
             let n = store.remove_incomplete()?;
             if n > 0 {
                 report.push(format!(

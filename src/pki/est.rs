@@ -58,22 +58,35 @@ pub struct Refusal {
     pub retry_after: Option<Duration>,
 }
 
-fn parse_url(url: &str) -> Result<(String, u16, String)> {
+/// The host, port and path (without its leading `/`) of `scheme://host[:port][/path]`, for
+/// EST and SCEP URLs (`what` names which in errors).
+pub(crate) fn split_url<'u>(
+    url: &'u str,
+    scheme: &str,
+    default_port: u16,
+    what: &str,
+) -> Result<(String, u16, &'u str)> {
     let rest = url
-        .strip_prefix("https://")
-        .ok_or_else(|| Error::invalid(format!("EST URL {url}: only https:// is allowed")))?;
+        .strip_prefix(scheme)
+        .and_then(|r| r.strip_prefix("://"))
+        .ok_or_else(|| Error::invalid(format!("{what} URL {url}: only {scheme}:// is allowed")))?;
     let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
             h.trim_start_matches('[').trim_end_matches(']').to_string(),
             p.parse()
-                .map_err(|_| Error::invalid(format!("EST URL {url}: bad port \"{p}\"")))?,
+                .map_err(|_| Error::invalid(format!("{what} URL {url}: bad port \"{p}\"")))?,
         ),
-        _ => (authority.to_string(), 443),
+        _ => (authority.to_string(), default_port),
     };
     if host.is_empty() {
-        return Err(Error::invalid(format!("EST URL {url}: no host")));
+        return Err(Error::invalid(format!("{what} URL {url}: no host")));
     }
+    Ok((host, port, path))
+}
+
+fn parse_url(url: &str) -> Result<(String, u16, String)> {
+    let (host, port, path) = split_url(url, "https", 443, "EST")?;
     let path = format!("/{}", path.trim_end_matches('/'));
     let path = if path == "/" {
         "/.well-known/est".to_string()

@@ -418,23 +418,7 @@ pub struct ScepClient {
 }
 
 fn parse_url(url: &str) -> Result<(String, u16, String)> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        Error::invalid(format!(
-            "SCEP URL {url}: only http:// is used (SCEP's trust is the CA fingerprint)"
-        ))
-    })?;
-    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-            h.trim_start_matches('[').trim_end_matches(']').to_string(),
-            p.parse()
-                .map_err(|_| Error::invalid(format!("SCEP URL {url}: bad port \"{p}\"")))?,
-        ),
-        _ => (authority.to_string(), 80),
-    };
-    if host.is_empty() {
-        return Err(Error::invalid(format!("SCEP URL {url}: no host")));
-    }
+    let (host, port, path) = crate::pki::est::split_url(url, "http", 80, "SCEP")?;
     let path = match path.trim_end_matches('/') {
         "" => "/cgi-bin/pkiclient.exe".to_string(),
         p => format!("/{p}"),
