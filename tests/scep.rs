@@ -6,15 +6,8 @@
 //! the token holds.
 
 mod common;
-use common::scep::{private_network, vanishing_relay, ScepServer, CHALLENGE};
+use common::scep::{private_network, scep_run, trust, vanishing_relay, ScepServer, CHALLENGE};
 use common::*;
-
-/// Make `ca` (PEM) one of the node's roots, beside its own CA.
-fn trust(node: &Node, ca: &std::path::Path) {
-    let mut roots = read(node.path("ca.pem"));
-    roots.push_str(&read(ca));
-    std::fs::write(node.path("ca.pem"), roots).unwrap();
-}
 
 /// `[modules.renew]` by SCEP from `url`, due at once for a certificate of one day.
 fn scep_renewal(url: &str, fingerprint: &str, challenge: &str, extra: &str) -> String {
@@ -42,23 +35,6 @@ fn scep_node(name: &str, p256: bool) -> (Node, ScepServer) {
     std::fs::write(node.path("challenge"), format!("{CHALLENGE}\n")).unwrap();
     std::fs::write(node.path("wrong-challenge"), "not-the-challenge\n").unwrap();
     (node, server)
-}
-
-/// `iam-provision --json run --scep URL --scep-ca-fingerprint FP --challenge-file F`.
-fn scep_run(node: &Node, url: &str, fingerprint: &str, challenge: &str) -> Out {
-    let (pw, ch) = (node.p("password"), node.p(challenge));
-    node.provision(&[
-        "--json",
-        "run",
-        "--password-file",
-        &pw,
-        "--scep",
-        url,
-        "--scep-ca-fingerprint",
-        fingerprint,
-        "--challenge-file",
-        &ch,
-    ])
 }
 
 /// Every current certificate of `cert_type` exported from the token and verified by

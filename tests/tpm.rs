@@ -207,26 +207,10 @@ fn an_rsa_key_in_the_tpm_is_enrolled_by_scep_its_answer_decrypted_in_the_tpm() {
         .filter(|part| !part.contains("id = \"iam\"") && !part.contains("id = \"online\""))
         .collect();
     node.config_override = Some(keep.join("\n[[modules]]"));
-    let mut roots = read(node.path("ca.pem"));
-    roots.push_str(&read(server.ca_pem()));
-    std::fs::write(node.path("ca.pem"), roots).unwrap();
+    common::scep::trust(&node, &server.ca_pem());
     std::fs::write(node.path("challenge"), format!("{}\n", common::scep::CHALLENGE)).unwrap();
     node.start(true);
-    let (pw, ch, fp) = (node.p("password"), node.p("challenge"), server.fingerprint());
-    let out = node
-        .provision(&[
-            "--json",
-            "run",
-            "--password-file",
-            &pw,
-            "--scep",
-            &server.url,
-            "--scep-ca-fingerprint",
-            &fp,
-            "--challenge-file",
-            &ch,
-        ])
-        .ok();
+    let out = common::scep::scep_run(&node, &server.url, &server.fingerprint(), "challenge").ok();
     assert_eq!(out.json()["ok"], true, "{}", out.stdout);
     assert_eq!(node.status()["state"], "provisioned");
     verifies(&node);

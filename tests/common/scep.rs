@@ -21,6 +21,31 @@ pub fn private_network() {
     assert!(up.success(), "ip link set lo up");
 }
 
+/// `iam-provision --json run --scep URL --scep-ca-fingerprint FP --challenge-file F`, F the
+/// node's file `challenge`.
+pub fn scep_run(node: &super::Node, url: &str, fingerprint: &str, challenge: &str) -> super::Out {
+    let (pw, ch) = (node.p("password"), node.p(challenge));
+    node.provision(&[
+        "--json",
+        "run",
+        "--password-file",
+        &pw,
+        "--scep",
+        url,
+        "--scep-ca-fingerprint",
+        fingerprint,
+        "--challenge-file",
+        &ch,
+    ])
+}
+
+/// Make `ca` (PEM) one of the node's roots, beside its own CA.
+pub fn trust(node: &super::Node, ca: &Path) {
+    let mut roots = super::read(node.path("ca.pem"));
+    roots.push_str(&super::read(ca));
+    std::fs::write(node.path("ca.pem"), roots).unwrap();
+}
+
 pub struct ScepServer {
     pub depot: PathBuf,
     pub url: String,
