@@ -305,6 +305,23 @@ fn client(prov: &Provisioning, cfg: &EnrollConfig, e: &Enrollment) -> Result<Est
     Ok(client)
 }
 
+/// The attempt's EST signer, made on first use (one client for every module of the attempt).
+fn est_signer<'s>(
+    est: &'s mut Option<EstSigner>,
+    prov: &Provisioning,
+    cfg: &EnrollConfig,
+    e: &Enrollment,
+) -> Result<&'s EstSigner> {
+    if est.is_none() {
+        *est = Some(EstSigner {
+            client: client(prov, cfg, e)?,
+            reenroll: false,
+            retry_after: Default::default(),
+        });
+    }
+    Ok(est.as_ref().expect("made above"))
+}
+
 /// With `method = "scep"`: the SCEP server, its CA fingerprint, and the claim token as the
 /// challenge password (required: SCEP has no other way to authenticate a first request).
 fn scep_config(cfg: &EnrollConfig, e: &Enrollment) -> Result<Option<crate::pki::scep::ScepConfig>> {
@@ -431,14 +448,7 @@ fn enroll_module(
         None => {
             // What the server asks CSRs to carry (/csrattrs), honoured or refused before a
             // key is made.
-            if est.is_none() {
-                *est = Some(EstSigner {
-                    client: client(prov, cfg, e)?,
-                    reenroll: false,
-                    retry_after: Default::default(),
-                });
-            }
-            let signer = est.as_ref().expect("made above");
+            let signer = est_signer(est, prov, cfg, e)?;
             let attrs = signer.client.csrattrs().map_err(|r| {
                 *retry_after = r.retry_after;
                 r.error
@@ -475,14 +485,7 @@ fn enroll_module(
             let chain_pem = match &scep {
                 Some(config) => prov.modules.scep_enroll(&prov.db, cert_type, &csr, config, false)?,
                 None => {
-                    if est.is_none() {
-                        *est = Some(EstSigner {
-                            client: client(prov, cfg, e)?,
-                            reenroll: false,
-                            retry_after: Default::default(),
-                        });
-                    }
-                    let signer = est.as_ref().expect("made above");
+                    let signer = est_signer(est, prov, cfg, e)?;
                     signer
                         .sign(cert_type, &csr)
                         .inspect_err(|_| *retry_after = signer.retry_after())?

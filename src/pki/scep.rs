@@ -1280,14 +1280,14 @@ pub fn read_challenge(path: &std::path::Path) -> Result<Secret> {
         std::fs::read_to_string(path)
             .map_err(|e| Error::unavailable(format!("SCEP challenge file {}: {e}", path.display())))?,
     );
-    let line = text.lines().next().unwrap_or_default();
-    if line.is_empty() {
+    let challenge = Secret::from_text(text);
+    if challenge.is_empty() {
         return Err(Error::invalid(format!(
             "SCEP challenge file {} is empty",
             path.display()
         )));
     }
-    Ok(Secret::new(line.to_string()))
+    Ok(challenge)
 }
 
 #[cfg(test)]
