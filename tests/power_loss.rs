@@ -325,3 +325,34 @@ fn every_persisted_renewal_step_without_its_key_is_dropped_and_changes_nothing()
         assert_eq!(node.token_objects(), before, "the token is unchanged");
     }
 }
+
+/// A token SoftHSM cannot initialise again: an object file without its lock file (iamd
+/// killed while SoftHSM created the two) makes C_InitToken fail with CKR_DEVICE_ERROR after
+/// it logged the SO in, and leaves the SO logged in. The store empties the token under its
+/// SO PIN instead, logging the SO in again with the password, and the run converges.
+#[test]
+fn a_token_softhsm_fails_to_initialise_again_is_emptied_and_the_run_converges() {
+    let mut node = Node::new("reinit-fails", Store::Pkcs11);
+    write_killer(&node);
+    std::fs::write(node.path("kill-at"), "sign-iam").unwrap();
+    node.start(true);
+    assert_eq!(run_flow(&node).code, 3);
+    node.reap();
+    let token = std::fs::read_dir(node.path("tokens"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .expect("the token's directory");
+    // An object file without its lock file: SoftHSM killed between creating the two.
+    let object = std::fs::read_dir(&token)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "object") && !p.ends_with("token.object"))
+        .expect("an object of the killed run");
+    std::fs::remove_file(object.with_extension("lock")).unwrap();
+    node.start(true);
+    let out = run_flow(&node);
+    assert_eq!(out.code, 0, "{}{}\n{}", out.stdout, out.stderr, node.log());
+    assert!(node.log().contains("emptying it under its SO PIN"), "{}", node.log());
+    assert_converged(&node);
+}

@@ -436,9 +436,18 @@ impl Pkcs11Store {
     /// Log in as the security officer with `password` and set a new random user PIN, which
     /// is returned (the session stays logged in as SO).
     fn new_user_pin(&self, session: &Session, password: &Secret) -> Result<zeroize::Zeroizing<String>> {
-        session
-            .login(UserType::So, Some(&AuthPin::from(password.expose())))
-            .map_err(self.err("security officer login"))?;
+        let so_pin = AuthPin::from(password.expose());
+        match session.login(UserType::So, Some(&so_pin)) {
+            // Left logged in by a C_InitToken that checked the SO PIN and then failed
+            // (SoftHSM: CKR_DEVICE_ERROR, an object file without its lock file). The
+            // password is checked all the same: log out and in again.
+            Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
+                session.logout().map_err(self.err("security officer logout"))?;
+                session.login(UserType::So, Some(&so_pin))
+            }
+            r => r,
+        }
+        .map_err(self.err("security officer login"))?;
         let mut random = [0u8; USER_PIN_BYTES];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
             .map_err(|_| Error::internal("the OS random number generator failed"))?;
