@@ -154,7 +154,7 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
         Err(e) => crate::log_error!("{e}"),
     }
     let prov = Provisioning::open(config.clone(), provisioning_mode)?;
-    prov.recover()?;
+    prov.recover_marker()?;
     let permissions = Registry::open(config.permissions.clone(), &prov.db)?;
     let nodes = Nodes::open(&config, &prov.db)?;
     let shared = Arc::new(Shared {
@@ -218,7 +218,12 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
         crate::log_warn!("cannot notify the service manager: {e}");
     }
 
+    // The key stores are opened and reconciled once iamd listens; steps that need them
+    // wait for it (Provisioning::journal), Version and reads of the database do not.
+    let recovering = shared.clone();
+    let recovered = blocking::unblock(move || recovering.prov.recover());
     let why = smol::block_on(EXECUTOR.run(async {
+        let r = EXECUTOR.spawn(recovered);
         let a = EXECUTOR.spawn(accept_loop(public, Socket::Public, shared.clone()));
         let b = EXECUTOR.spawn(accept_loop(protected, Socket::Protected, shared.clone()));
         let c = EXECUTOR.spawn(watch_identity(shared.clone(), signals.reload));
@@ -234,7 +239,7 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
             .recv()
             .await
             .unwrap_or_else(|_| "signal thread ended".into());
-        drop((a, b, c, d, e, f, links));
+        drop((r, a, b, c, d, e, f, links));
         why
     }));
     let _ = crate::sys::notify::notify("STOPPING=1");

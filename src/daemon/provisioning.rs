@@ -73,6 +73,9 @@ pub struct Provisioning {
     remember_key: ring::hmac::Key,
     /// What the last reconciliation found, so that standing findings are logged once.
     reported: Mutex<std::collections::BTreeSet<String>>,
+    /// Set once the start-up recovery (trash, reconciliation) has run: iamd listens before
+    /// it, and every step that takes the journal lock waits for it.
+    recovered: (Mutex<bool>, std::sync::Condvar),
 }
 
 impl Provisioning {
@@ -91,11 +94,49 @@ impl Provisioning {
             remembered: Mutex::new(None),
             remember_key,
             reported: Mutex::new(Default::default()),
+            recovered: (Mutex::new(false), std::sync::Condvar::new()),
         })
     }
 
-    /// Finish what a power cut interrupted: objects in the trash are removed.
-    pub fn recover(&self) -> Result<()> {
+    /// The journal lock, once the start-up recovery has run.
+    fn journal(&self) -> std::sync::MutexGuard<'_, ()> {
+        let (done, cv) = &self.recovered;
+        let mut d = crate::sys::lock(done);
+        while !*d {
+            d = cv.wait(d).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(d);
+        crate::sys::lock(&self.lock)
+    }
+
+    /// What needs no key store, before iamd listens: the marker file follows the state.
+    pub fn recover_marker(&self) -> Result<()> {
+        let marker = self.config.marker_file.exists();
+        match (self.db.snapshot()?.state(), marker) {
+            (NodeState::Provisioned, false) => self.write_marker()?,
+            (s, true) if s != NodeState::Provisioned && s != NodeState::Paused => {
+                crate::store::atomic_file::remove(&self.config.marker_file)
+                    .map_err(|e| Error::internal(format!("cannot remove {}: {e}", self.config.marker_file.display())))?
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Finish what a power cut interrupted, once iamd listens: objects in the trash are
+    /// removed, and the stores are reconciled with the database. Steps that take the
+    /// journal lock wait until this has run (whatever it found).
+    pub fn recover(&self) {
+        if let Err(e) = self.recover_stores() {
+            crate::log_error!("start-up recovery: {e}");
+        }
+        let (done, cv) = &self.recovered;
+        *crate::sys::lock(done) = true;
+        cv.notify_all();
+        crate::log_info!("start-up recovery done");
+    }
+
+    fn recover_stores(&self) -> Result<()> {
         let journal = crate::sys::lock(&self.lock);
         let snap = self.db.snapshot()?;
         if !snap.trash.is_empty() {
@@ -111,23 +152,13 @@ impl Provisioning {
                 "objects left from an interrupted step cannot be removed now: {e}; kept for the next start"
             );
         }
-        drop(journal);
-        self.reconcile()?;
-        let marker = self.config.marker_file.exists();
-        match (snap.state(), marker) {
-            (NodeState::Provisioned, false) => self.write_marker()?,
-            (s, true) if s != NodeState::Provisioned && s != NodeState::Paused => {
-                crate::store::atomic_file::remove(&self.config.marker_file)
-                    .map_err(|e| Error::internal(format!("cannot remove {}: {e}", self.config.marker_file.display())))?
-            }
-            _ => {}
-        }
+        self.reconcile_locked(journal)?;
         Ok(())
     }
 
     /// Run `f` holding the journal lock, as every step that writes keys or records does.
     pub fn with_journal<T>(&self, f: impl FnOnce() -> T) -> T {
-        let _g = crate::sys::lock(&self.lock);
+        let _g = self.journal();
         f()
     }
 
@@ -135,7 +166,10 @@ impl Provisioning {
     /// node has keys: provisioning, provisioned or paused, or bootstrapped for enrollment.
     /// Every finding is logged.
     pub fn reconcile(&self) -> Result<Vec<String>> {
-        let _g = crate::sys::lock(&self.lock);
+        self.reconcile_locked(self.journal())
+    }
+
+    fn reconcile_locked(&self, _g: std::sync::MutexGuard<'_, ()>) -> Result<Vec<String>> {
         let snap = self.db.snapshot()?;
         if !matches!(
             snap.state(),
@@ -267,7 +301,7 @@ impl Provisioning {
         if password.is_empty() {
             return Err(Error::invalid("the password must not be empty"));
         }
-        let _g = crate::sys::lock(&self.lock);
+        let _g = self.journal();
         let state = self.state()?;
         if matches!(state, NodeState::Provisioned | NodeState::Paused) {
             return Err(Error::wrong_state(format!(
@@ -324,7 +358,7 @@ impl Provisioning {
         if !self.verify(password)? {
             return Err(Error::wrong_state("CreateKey: no provisioning password is set"));
         }
-        let _g = crate::sys::lock(&self.lock);
+        let _g = self.journal();
         self.require_keys_allowed("CreateKey")?;
         self.modules
             .create_key(&self.db, cert_type, subject)
@@ -354,7 +388,7 @@ impl Provisioning {
 
     pub fn apply(&self, node_id: &str, cert_type: &str, chain_pem: &str) -> Result<CertInfo> {
         self.check_node(node_id)?;
-        let _g = crate::sys::lock(&self.lock);
+        let _g = self.journal();
         let _a = crate::sys::lock(&self.applying);
         self.require_keys_allowed("ApplyCert")?;
         self.modules.apply(&self.db, &self.config, cert_type, chain_pem)
@@ -363,7 +397,7 @@ impl Provisioning {
     pub fn finish(&self, node_id: &str, password: &Secret) -> Result<()> {
         self.check_node(node_id)?;
         self.require_mode("FinishProvisioning")?;
-        let _g = crate::sys::lock(&self.lock);
+        let _g = self.journal();
         let snap = self.db.snapshot()?;
         match snap.state() {
             NodeState::Provisioning => {}
@@ -407,7 +441,7 @@ impl Provisioning {
     pub fn deprovision(&self, node_id: &str, password: &Secret) -> Result<()> {
         self.check_node(node_id)?;
         self.require_mode("Deprovision")?;
-        let _g = crate::sys::lock(&self.lock);
+        let _g = self.journal();
         self.verify(password)?;
         self.hook("deprovision", &self.config.hooks.deprovision)?;
         for store in self.modules.stores() {
@@ -439,7 +473,7 @@ impl Provisioning {
                 "FinishBootstrap: iamd has no [enroll] in its configuration; this node is provisioned by the factory flow",
             ));
         };
-        let _g = crate::sys::lock(&self.lock);
+        let _g = self.journal();
         let snap = self.db.snapshot()?;
         if snap.state() != NodeState::Provisioning {
             return Err(Error::wrong_state(format!(
@@ -517,7 +551,7 @@ impl Provisioning {
     pub fn release_quarantine(&self, node_id: &str, password: &Secret) -> Result<()> {
         self.check_node(node_id)?;
         self.verify_quarantine_password(password)?;
-        let _g = crate::sys::lock(&self.lock);
+        let _g = self.journal();
         let snap = self.db.snapshot()?;
         let Some(mut e) = snap.enrollment else {
             return Err(Error::wrong_state(
@@ -559,7 +593,7 @@ impl Provisioning {
 
     fn set_paused(&self, node_id: &str, pause: bool) -> Result<()> {
         self.check_node(node_id)?;
-        let _g = crate::sys::lock(&self.lock);
+        let _g = self.journal();
         let (op, from, to) = if pause {
             ("PauseNode", NodeState::Provisioned, NodeState::Paused)
         } else {

@@ -142,25 +142,42 @@ fn session_broken(e: &CkError) -> bool {
 
 pub struct Pkcs11Store {
     config: Pkcs11Config,
-    lib: std::sync::Arc<Library>,
-    ctx: Pkcs11,
+    /// The library, loaded and initialised on first use (iamd listens before that).
+    loaded: Mutex<Option<std::sync::Arc<Library>>>,
     /// The logged-in session, with the library generation it was opened in.
     session: Mutex<Option<(u64, Session)>>,
 }
 
 impl Pkcs11Store {
     pub fn new(config: Pkcs11Config) -> Result<Self> {
-        let lib = library(&config.library)?;
+        if !config.library.exists() {
+            return Err(Error::new(
+                ErrorKind::KeyStore("load".into()),
+                format!("cannot load PKCS#11 library {}: no such file", config.library.display()),
+            ));
+        }
         Ok(Pkcs11Store {
             config,
-            ctx: lib.ctx.clone(),
-            lib,
+            loaded: Mutex::new(None),
             session: Mutex::new(None),
         })
     }
 
+    /// The library, loaded and initialised the first time it is needed.
+    fn lib(&self) -> Result<std::sync::Arc<Library>> {
+        let mut loaded = crate::sys::lock(&self.loaded);
+        if let Some(l) = &*loaded {
+            return Ok(l.clone());
+        }
+        let l = library(&self.config.library)?;
+        *loaded = Some(l.clone());
+        Ok(l)
+    }
+
     fn generation(&self) -> u64 {
-        self.lib.generation.load(std::sync::atomic::Ordering::SeqCst)
+        crate::sys::lock(&self.loaded)
+            .as_ref()
+            .map_or(0, |l| l.generation.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     /// Forget this store's session: closed if it is of the current generation, left alone
@@ -179,8 +196,9 @@ impl Pkcs11Store {
     /// [`REINIT_INTERVAL`]) and look for the token: `Ok(true)` to look again, `Ok(false)` if
     /// nothing changed, an error naming the token as absent if it is not there.
     fn revalidate(&self, why: &str) -> Result<bool> {
+        let lib = self.lib()?;
         let due = {
-            let mut last = crate::sys::lock(&self.lib.last_reinit);
+            let mut last = crate::sys::lock(&lib.last_reinit);
             let due = last.is_none_or(|t| t.elapsed() >= REINIT_INTERVAL);
             if due {
                 *last = Some(std::time::Instant::now());
@@ -188,10 +206,10 @@ impl Pkcs11Store {
             due
         };
         if due {
-            let _all = self.lib.in_use.write().unwrap_or_else(|e| e.into_inner());
-            let finalised = self.ctx.clone().finalize();
-            self.lib.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            initialize(&self.ctx, &self.config.library)?;
+            let _all = lib.in_use.write().unwrap_or_else(|e| e.into_inner());
+            let finalised = lib.ctx.clone().finalize();
+            lib.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            initialize(&lib.ctx, &self.config.library)?;
             crate::log_notice!(
                 "{}: {why}; the PKCS#11 library {} was initialised again ({})",
                 self.describe(),
@@ -202,7 +220,7 @@ impl Pkcs11Store {
                 }
             );
         }
-        let _using = self.lib.in_use.read().unwrap_or_else(|e| e.into_inner());
+        let _using = lib.in_use.read().unwrap_or_else(|e| e.into_inner());
         match self.find_slot(false) {
             Ok(_) => Ok(due),
             Err(e) if e.kind == ErrorKind::KeyStore("CKR_TOKEN_NOT_PRESENT".into()) => Err(Error::new(
@@ -243,8 +261,8 @@ impl Pkcs11Store {
     /// The slot holding the configured token; with `for_init`, an uninitialised token
     /// stands in for a label that no token has yet.
     fn find_slot(&self, for_init: bool) -> Result<Slot> {
-        let slots = self.ctx.get_slots_with_token().map_err(self.err("list slots"))?;
-        let info = |s: &Slot| self.ctx.get_token_info(*s).map_err(self.err("read token info"));
+        let slots = self.lib()?.ctx.get_slots_with_token().map_err(self.err("list slots"))?;
+        let info = |s: &Slot| self.lib()?.ctx.get_token_info(*s).map_err(self.err("read token info"));
         let found = match &self.config.token {
             TokenSelector::SlotId(id) => slots.iter().find(|s| s.id() == *id).copied(),
             TokenSelector::SlotIndex(i) => slots.get(*i as usize).copied(),
@@ -304,7 +322,11 @@ impl Pkcs11Store {
 
     fn open_user_session(&self) -> Result<Session> {
         let slot = self.find_slot(false)?;
-        let session = self.ctx.open_rw_session(slot).map_err(self.err("open session"))?;
+        let session = self
+            .lib()?
+            .ctx
+            .open_rw_session(slot)
+            .map_err(self.err("open session"))?;
         let pin = self.read_user_pin()?;
         match session.login(UserType::User, Some(&pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
@@ -342,7 +364,8 @@ impl Pkcs11Store {
     }
 
     fn session_once<T>(&self, step: &str, f: &impl Fn(&Session) -> std::result::Result<T, CkError>) -> Result<T> {
-        let _using = self.lib.in_use.read().unwrap_or_else(|e| e.into_inner());
+        let lib = self.lib()?;
+        let _using = lib.in_use.read().unwrap_or_else(|e| e.into_inner());
         let mut guard = crate::sys::lock(&self.session);
         for attempt in 0..2 {
             if guard.as_ref().is_some_and(|(g, _)| *g != self.generation()) {
@@ -404,7 +427,11 @@ impl Pkcs11Store {
     fn init_token(&self, password: &Secret) -> Result<Slot> {
         self.drop_session(&mut crate::sys::lock(&self.session));
         let slot = self.find_slot(true)?;
-        let info = self.ctx.get_token_info(slot).map_err(self.err("read token info"))?;
+        let info = self
+            .lib()?
+            .ctx
+            .get_token_info(slot)
+            .map_err(self.err("read token info"))?;
         let (min, max) = (info.min_pin_length(), info.max_pin_length());
         let len = password.expose().len();
         if len < min || len > max {
@@ -414,7 +441,7 @@ impl Pkcs11Store {
             )));
         }
         let so_pin = AuthPin::from(password.expose());
-        if let Err(e) = self.ctx.init_token(slot, &so_pin, &self.config.init_label) {
+        if let Err(e) = self.lib()?.ctx.init_token(slot, &so_pin, &self.config.init_label) {
             // A token that cannot be initialised twice (tpm2-pkcs11: "Token already
             // initialized", CKR_ARGUMENTS_BAD) is emptied under its SO PIN instead. A wrong
             // SO PIN stays the error it is.
@@ -461,16 +488,22 @@ impl Pkcs11Store {
 
     /// Whether the module derives key usages from its own objects (tpm2-pkcs11).
     fn derives_usages(&self) -> bool {
-        self.ctx
-            .get_library_info()
-            .is_ok_and(|i| i.manufacturer_id().contains("tpm2-software"))
+        self.lib().is_ok_and(|l| {
+            l.ctx
+                .get_library_info()
+                .is_ok_and(|i| i.manufacturer_id().contains("tpm2-software"))
+        })
     }
 
     /// Destroy every object of an initialised token: an SO login with `password` (which must
     /// be the SO PIN it was initialised with), a fresh user PIN, and every object the user
     /// sees destroyed. What C_InitToken does, for tokens that refuse it once initialised.
     fn empty_token(&self, slot: Slot, password: &Secret) -> Result<()> {
-        let session = self.ctx.open_rw_session(slot).map_err(self.err("open session"))?;
+        let session = self
+            .lib()?
+            .ctx
+            .open_rw_session(slot)
+            .map_err(self.err("open session"))?;
         let pin = self.new_user_pin(&session, password)?;
         session.logout().map_err(self.err("security officer logout"))?;
         session
@@ -544,9 +577,14 @@ impl KeyStore for Pkcs11Store {
     }
 
     fn take_ownership(&self, password: &Secret) -> Result<()> {
-        let _using = self.lib.in_use.read().unwrap_or_else(|e| e.into_inner());
+        let lib = self.lib()?;
+        let _using = lib.in_use.read().unwrap_or_else(|e| e.into_inner());
         let slot = self.init_token(password)?;
-        let session = self.ctx.open_rw_session(slot).map_err(self.err("open session"))?;
+        let session = self
+            .lib()?
+            .ctx
+            .open_rw_session(slot)
+            .map_err(self.err("open session"))?;
         let user_pin = self.new_user_pin(&session, password)?;
         crate::store::atomic_file::write(&self.config.user_pin_file, user_pin.as_bytes(), 0o600).map_err(|e| {
             Error::internal(format!(
@@ -563,6 +601,7 @@ impl KeyStore for Pkcs11Store {
         // A token that was never initialised holds nothing: wiping must not take it over.
         let initialised = match self.find_slot(false) {
             Ok(slot) => self
+                .lib()?
                 .ctx
                 .get_token_info(slot)
                 .map_err(self.err("read token info"))?
