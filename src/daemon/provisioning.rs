@@ -18,7 +18,7 @@ use std::sync::Mutex;
 /// PBKDF2-HMAC-SHA256 iterations for a new password verifier (OWASP's 2023 guidance). The
 /// count is stored beside each verifier, so raising it here applies to the next one made
 /// while older verifiers still check.
-const PBKDF2_ITERATIONS: u32 = 600_000;
+pub const PBKDF2_ITERATIONS: u32 = 600_000;
 /// Bytes of a hook's stdout read (and discarded: hooks report through their exit status).
 const HOOK_OUTPUT_LIMIT: usize = 64 * 1024;
 
