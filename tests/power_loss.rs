@@ -356,3 +356,67 @@ fn a_token_softhsm_fails_to_initialise_again_is_emptied_and_the_run_converges() 
     assert!(node.log().contains("emptying it under its SO PIN"), "{}", node.log());
     assert_converged(&node);
 }
+
+/// A step whose client goes while it waits for the step in progress is dropped before it
+/// starts: iam-certctl renew killed during its CreateKey, and run again, must not have the
+/// late CreateKey replace the new run's pending key (seen in `make crash-test`). Here the
+/// step in progress is a StartProvisioning held in its start hook, and the late step a
+/// CreateKey that would otherwise make a key on the token it has just initialised.
+#[test]
+fn a_step_whose_client_has_gone_while_it_waited_never_starts() {
+    let mut node = Node::new("gone-waiting", Store::Pkcs11);
+    let d = node.dir.display().to_string();
+    std::fs::write(
+        node.path("hold.sh"),
+        format!("[ -e {d}/hold ] || exit 0\ntouch {d}/held\nwhile [ -e {d}/hold ]; do sleep 0.05; done\n"),
+    )
+    .unwrap();
+    node.extra_config = format!("\n[hooks]\nstart = [\"sh\", \"{d}/hold.sh\"]\n");
+    node.start(true);
+    let pw = node.p("password");
+    node.provision(&["start", "--password-file", &pw]).ok();
+    let wait_for = |what: &dyn Fn() -> bool, why: &str| {
+        let t = std::time::Instant::now();
+        while !what() {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(60),
+                "{why}\n{}",
+                node.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    // A second StartProvisioning holds the journal in its start hook.
+    std::fs::write(node.path("hold"), "").unwrap();
+    let args = |v: &[&str]| -> Vec<String> {
+        let mut a = vec!["-s".to_string(), node.protected()];
+        a.extend(v.iter().map(|s| s.to_string()));
+        a
+    };
+    let start = node.spawn_applet("iam-provision", &args(&["start", "--password-file", &pw]));
+    wait_for(&|| node.path("held").exists(), "the start hook holds the journal");
+    // A CreateKey waits behind it; its client is killed.
+    let mut create = node.spawn_applet("iam-provision", &args(&["create-key", "iam", "--password-file", &pw]));
+    wait_for(
+        &|| node.log().contains("a step waits for the one in progress"),
+        "CreateKey waits for the journal",
+    );
+    create.kill().unwrap();
+    create.wait().unwrap();
+    wait_for(
+        &|| node.log().contains("CreateKey from pid") && node.log().contains("dropped, its client has gone"),
+        "iamd sees the client gone",
+    );
+    std::fs::remove_file(node.path("hold")).unwrap();
+    let out = start.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Nothing was made for iam on the token the StartProvisioning initialised (which holds
+    // the self-signed module it made itself).
+    let objects = node.token_objects();
+    assert!(
+        objects.iter().all(|o| o.1 == "diskencryption"),
+        "{objects:?}\n{}",
+        node.log()
+    );
+    assert!(!node.log().contains("CreateKey: done"), "{}", node.log());
+}

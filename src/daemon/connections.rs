@@ -305,6 +305,7 @@ pub(super) async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc
         let in_flight = Busy::new(&busy);
         let (stream, lock, shared, pid, uid) = (stream.clone(), lock.clone(), shared.clone(), peer.pid, peer.uid);
         let gone = closed.clone();
+        let wanted = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let fut = async move {
             let op = request.name();
             // Boxed: the task holds a pointer while it waits, not the request's whole state
@@ -312,16 +313,18 @@ pub(super) async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc
             let answer: std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response>> + Send>> =
                 match request.carries_password() {
                     true => {
-                        let inner = Box::pin(dispatch(request, socket, uid, shared.clone()));
+                        let inner = Box::pin(dispatch(request, socket, uid, shared.clone(), wanted.clone()));
                         let s = shared.clone();
                         Box::pin(async move { s.guesses.attempt(uid, inner).await })
                     }
-                    false => Box::pin(dispatch(request, socket, uid, shared.clone())),
+                    false => Box::pin(dispatch(request, socket, uid, shared.clone(), wanted.clone())),
                 };
-            // A request whose client has gone is dropped (a step already running on a
-            // blocking thread completes; one waiting for its turn never starts).
+            // A request whose client has gone is dropped: a step already running on a
+            // blocking thread completes; one still waiting for the journal lock, or for
+            // its turn, never starts.
             let answer = smol::future::or(async { Some(answer.await) }, async {
                 let _ = gone.recv().await;
+                wanted.store(false, std::sync::atomic::Ordering::SeqCst);
                 None
             });
             let Some(answer) = answer.await else {

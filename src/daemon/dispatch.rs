@@ -3,7 +3,14 @@
 
 use super::*;
 
-pub(super) async fn dispatch(request: Request, socket: Socket, uid: u32, shared: Arc<Shared>) -> Result<Response> {
+/// `wanted` turns false when the client goes (see [`provisioning::for_client`]).
+pub(super) async fn dispatch(
+    request: Request,
+    socket: Socket,
+    uid: u32,
+    shared: Arc<Shared>,
+    wanted: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Response> {
     if request.is_protected() && socket != Socket::Protected {
         return Err(Error::unauthorized(format!(
             "{} is served on the protected socket only",
@@ -35,7 +42,7 @@ pub(super) async fn dispatch(request: Request, socket: Socket, uid: u32, shared:
         }
         _ => {}
     }
-    blocking::unblock(move || handle(&shared, request)).await
+    blocking::unblock(move || provisioning::for_client(wanted, || handle(&shared, request))).await
 }
 
 /// SignWithLinkIdentity is no signing oracle: it is served only on a secondary node (the

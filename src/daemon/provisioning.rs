@@ -55,6 +55,26 @@ fn check_verifier(verifier: &[u8], password: &Secret) -> bool {
     crate::secret::constant_time_eq(&hash, &verifier[20..])
 }
 
+thread_local! {
+    /// While a blocking thread serves a client's request: false once that client has gone.
+    static CLIENT: std::cell::RefCell<Option<std::sync::Arc<std::sync::atomic::AtomicBool>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Run `f` (a client's request, on a blocking thread) for a client whose connection sets
+/// `wanted` false when it goes: a step that takes the journal lock after that does nothing.
+pub fn for_client<T>(wanted: std::sync::Arc<std::sync::atomic::AtomicBool>, f: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CLIENT.with(|c| *c.borrow_mut() = None);
+        }
+    }
+    CLIENT.with(|c| *c.borrow_mut() = Some(wanted));
+    let _reset = Reset;
+    f()
+}
+
 pub struct Provisioning {
     pub config: Config,
     pub provisioning_mode: bool,
@@ -98,15 +118,33 @@ impl Provisioning {
         })
     }
 
-    /// The journal lock, once the start-up recovery has run.
-    fn journal(&self) -> std::sync::MutexGuard<'_, ()> {
+    /// The journal lock, once the start-up recovery has run. A client's step whose client
+    /// has gone while it waited (see [`for_client`]) gets an error instead and changes
+    /// nothing: a CreateKey of a killed `iam-certctl renew` must not replace the pending key
+    /// of the run that came after it.
+    fn journal(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
         let (done, cv) = &self.recovered;
         let mut d = crate::sys::lock(done);
         while !*d {
             d = cv.wait(d).unwrap_or_else(|e| e.into_inner());
         }
         drop(d);
-        crate::sys::lock(&self.lock)
+        let journal = match self.lock.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                crate::log_debug!("a step waits for the one in progress");
+                crate::sys::lock(&self.lock)
+            }
+        };
+        if CLIENT.with(|c| {
+            c.borrow()
+                .as_ref()
+                .is_some_and(|w| !w.load(std::sync::atomic::Ordering::SeqCst))
+        }) {
+            return Err(Error::unavailable("not started: its client has gone"));
+        }
+        Ok(journal)
     }
 
     /// What needs no key store, before iamd listens: the marker file follows the state.
@@ -157,8 +195,8 @@ impl Provisioning {
     }
 
     /// Run `f` holding the journal lock, as every step that writes keys or records does.
-    pub fn with_journal<T>(&self, f: impl FnOnce() -> T) -> T {
-        let _g = self.journal();
+    pub fn with_journal<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _g = self.journal()?;
         f()
     }
 
@@ -166,7 +204,7 @@ impl Provisioning {
     /// node has keys: provisioning, provisioned or paused, or bootstrapped for enrollment.
     /// Every finding is logged.
     pub fn reconcile(&self) -> Result<Vec<String>> {
-        self.reconcile_locked(self.journal())
+        self.reconcile_locked(self.journal()?)
     }
 
     fn reconcile_locked(&self, _g: std::sync::MutexGuard<'_, ()>) -> Result<Vec<String>> {
@@ -301,7 +339,7 @@ impl Provisioning {
         if password.is_empty() {
             return Err(Error::invalid("the password must not be empty"));
         }
-        let _g = self.journal();
+        let _g = self.journal()?;
         let state = self.state()?;
         if matches!(state, NodeState::Provisioned | NodeState::Paused) {
             return Err(Error::wrong_state(format!(
@@ -358,7 +396,7 @@ impl Provisioning {
         if !self.verify(password)? {
             return Err(Error::wrong_state("CreateKey: no provisioning password is set"));
         }
-        let _g = self.journal();
+        let _g = self.journal()?;
         self.require_keys_allowed("CreateKey")?;
         self.modules
             .create_key(&self.db, cert_type, subject)
@@ -388,7 +426,7 @@ impl Provisioning {
 
     pub fn apply(&self, node_id: &str, cert_type: &str, chain_pem: &str) -> Result<CertInfo> {
         self.check_node(node_id)?;
-        let _g = self.journal();
+        let _g = self.journal()?;
         let _a = crate::sys::lock(&self.applying);
         self.require_keys_allowed("ApplyCert")?;
         self.modules.apply(&self.db, &self.config, cert_type, chain_pem)
@@ -397,7 +435,7 @@ impl Provisioning {
     pub fn finish(&self, node_id: &str, password: &Secret) -> Result<()> {
         self.check_node(node_id)?;
         self.require_mode("FinishProvisioning")?;
-        let _g = self.journal();
+        let _g = self.journal()?;
         let snap = self.db.snapshot()?;
         match snap.state() {
             NodeState::Provisioning => {}
@@ -441,7 +479,7 @@ impl Provisioning {
     pub fn deprovision(&self, node_id: &str, password: &Secret) -> Result<()> {
         self.check_node(node_id)?;
         self.require_mode("Deprovision")?;
-        let _g = self.journal();
+        let _g = self.journal()?;
         self.verify(password)?;
         self.hook("deprovision", &self.config.hooks.deprovision)?;
         for store in self.modules.stores() {
@@ -473,7 +511,7 @@ impl Provisioning {
                 "FinishBootstrap: iamd has no [enroll] in its configuration; this node is provisioned by the factory flow",
             ));
         };
-        let _g = self.journal();
+        let _g = self.journal()?;
         let snap = self.db.snapshot()?;
         if snap.state() != NodeState::Provisioning {
             return Err(Error::wrong_state(format!(
@@ -551,7 +589,7 @@ impl Provisioning {
     pub fn release_quarantine(&self, node_id: &str, password: &Secret) -> Result<()> {
         self.check_node(node_id)?;
         self.verify_quarantine_password(password)?;
-        let _g = self.journal();
+        let _g = self.journal()?;
         let snap = self.db.snapshot()?;
         let Some(mut e) = snap.enrollment else {
             return Err(Error::wrong_state(
@@ -593,7 +631,7 @@ impl Provisioning {
 
     fn set_paused(&self, node_id: &str, pause: bool) -> Result<()> {
         self.check_node(node_id)?;
-        let _g = self.journal();
+        let _g = self.journal()?;
         let (op, from, to) = if pause {
             ("PauseNode", NodeState::Provisioned, NodeState::Paused)
         } else {
