@@ -729,14 +729,23 @@ fn a_link_in_the_clear_over_tcp_is_refused() {
     assert!(e.message.contains("links over TCP always use TLS"), "{e:?}");
 }
 
-/// gnutls-cli against the main node's TCP link listener; returns its combined output and
-/// whether the TLS handshake completed.
-fn gnutls_handshake(unit: &Unit, tcp: &str, cert: &str, key: &str, env: &[(&str, &str)]) -> (String, bool) {
+/// gnutls-cli against the main node's TCP link listener (`priority`: its cipher priority
+/// string); returns its combined output and whether the TLS handshake completed.
+fn gnutls_handshake(
+    unit: &Unit,
+    tcp: &str,
+    cert: &str,
+    key: &str,
+    env: &[(&str, &str)],
+    priority: &str,
+) -> (String, bool) {
     let (host, port) = tcp.trim_start_matches("tcp:").rsplit_once(':').unwrap();
     let mut cmd = unit.secondaries[0].cmd_for("timeout");
     cmd.args(["20", "gnutls-cli", "--provider", SOFTHSM, "--x509cafile"])
         .arg(unit.main.path("ca.pem"))
         .args([
+            "--priority",
+            priority,
             "--verify-hostname",
             &unit.main.node_id(),
             "--x509certfile",
@@ -767,11 +776,27 @@ fn gnutls_completes_mutual_tls_with_a_node_key_in_its_token_and_another_root_is_
     s.export_cert(iam["cert_url"].as_str().unwrap(), &cert);
     let key_url = iam["key_url"].as_str().unwrap().to_string();
     let pin = s.user_pin();
-    let (text, done) = gnutls_handshake(&unit, &tcp, &cert, &key_url, &[("GNUTLS_PIN", pin.trim())]);
+    let pin = [("GNUTLS_PIN", pin.trim())];
+    let (text, done) = gnutls_handshake(&unit, &tcp, &cert, &key_url, &pin, "NORMAL");
     assert!(
         done && !text.contains("alert"),
         "gnutls-cli did not complete the handshake:\n{text}"
     );
+    assert!(text.contains("(TLS1.3-X.509)") && text.contains("-GCM)"), "{text}");
+    // The provider has TLS 1.3's AES-GCM suites only: a client that offers nothing else
+    // (ChaCha20-Poly1305) is refused; AES-128-GCM alone (the suite every TLS 1.3 peer has)
+    // is served.
+    let (text, done) = gnutls_handshake(
+        &unit,
+        &tcp,
+        &cert,
+        &key_url,
+        &pin,
+        "NORMAL:-CIPHER-ALL:+CHACHA20-POLY1305",
+    );
+    assert!(!done, "a ChaCha20-only client completed the handshake:\n{text}");
+    let (text, done) = gnutls_handshake(&unit, &tcp, &cert, &key_url, &pin, "NORMAL:-CIPHER-ALL:+AES-128-GCM");
+    assert!(done && text.contains("(AES-128-GCM)"), "{text}");
 
     // A client certificate from another root is refused by the main node.
     s.make_ca("other");
@@ -785,7 +810,7 @@ fn gnutls_completes_mutual_tls_with_a_node_key_in_its_token_and_another_root_is_
     .ok();
     // (With TLS 1.3 the client sees its side complete before the server checks its
     // certificate; the server's answer is the alert.)
-    let (text, _) = gnutls_handshake(&unit, &tcp, &s.p("rogue.pem"), &s.p("rogue.key"), &[]);
+    let (text, _) = gnutls_handshake(&unit, &tcp, &s.p("rogue.pem"), &s.p("rogue.key"), &[], "NORMAL");
     assert!(
         text.contains("CA is unknown"),
         "a client of another root got through:\n{text}"

@@ -85,8 +85,103 @@ impl rustls::sign::Signer for StoreSigner {
     }
 }
 
+/// The suites the links and EST servers need, and nothing more: TLS 1.3's AES-GCM suites
+/// (TLS_AES_128_GCM_SHA256 is mandatory to implement) and TLS 1.2's ECDHE AES-GCM ones; the
+/// mandatory P-256 group, P-384 and X25519. ChaCha20-Poly1305 is left out: every TLS 1.3
+/// peer has AES-128-GCM.
+static SUITES: &[rustls::SupportedCipherSuite] = {
+    use rustls::crypto::ring::cipher_suite as c;
+    &[
+        c::TLS13_AES_256_GCM_SHA384,
+        c::TLS13_AES_128_GCM_SHA256,
+        c::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        c::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        c::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        c::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    ]
+};
+
+/// The peer signatures checked: ECDSA (P-256, P-384), Ed25519, RSA PKCS#1 and PSS, as the
+/// ring provider's own table has them (built here so that its default suites stay out).
+static SIGNATURES: WebPkiSupportedAlgorithms = {
+    use webpki::ring as w;
+    WebPkiSupportedAlgorithms {
+        all: &[
+            w::ECDSA_P256_SHA256,
+            w::ECDSA_P256_SHA384,
+            w::ECDSA_P384_SHA256,
+            w::ECDSA_P384_SHA384,
+            w::ED25519,
+            w::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+            w::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
+            w::RSA_PSS_2048_8192_SHA512_LEGACY_KEY,
+            w::RSA_PKCS1_2048_8192_SHA256,
+            w::RSA_PKCS1_2048_8192_SHA384,
+            w::RSA_PKCS1_2048_8192_SHA512,
+            w::RSA_PKCS1_2048_8192_SHA256_ABSENT_PARAMS,
+            w::RSA_PKCS1_2048_8192_SHA384_ABSENT_PARAMS,
+            w::RSA_PKCS1_2048_8192_SHA512_ABSENT_PARAMS,
+        ],
+        mapping: &[
+            (
+                SignatureScheme::ECDSA_NISTP384_SHA384,
+                &[w::ECDSA_P384_SHA384, w::ECDSA_P256_SHA384],
+            ),
+            (
+                SignatureScheme::ECDSA_NISTP256_SHA256,
+                &[w::ECDSA_P256_SHA256, w::ECDSA_P384_SHA256],
+            ),
+            (SignatureScheme::ED25519, &[w::ED25519]),
+            (
+                SignatureScheme::RSA_PSS_SHA512,
+                &[w::RSA_PSS_2048_8192_SHA512_LEGACY_KEY],
+            ),
+            (
+                SignatureScheme::RSA_PSS_SHA384,
+                &[w::RSA_PSS_2048_8192_SHA384_LEGACY_KEY],
+            ),
+            (
+                SignatureScheme::RSA_PSS_SHA256,
+                &[w::RSA_PSS_2048_8192_SHA256_LEGACY_KEY],
+            ),
+            (SignatureScheme::RSA_PKCS1_SHA512, &[w::RSA_PKCS1_2048_8192_SHA512]),
+            (SignatureScheme::RSA_PKCS1_SHA384, &[w::RSA_PKCS1_2048_8192_SHA384]),
+            (SignatureScheme::RSA_PKCS1_SHA256, &[w::RSA_PKCS1_2048_8192_SHA256]),
+        ],
+    }
+};
+
+#[derive(Debug)]
+struct SystemRandom;
+
+impl rustls::crypto::SecureRandom for SystemRandom {
+    fn fill(&self, buf: &mut [u8]) -> std::result::Result<(), rustls::crypto::GetRandomFailed> {
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), buf)
+            .map_err(|_| rustls::crypto::GetRandomFailed)
+    }
+}
+
+#[derive(Debug)]
+struct FileKeys;
+
+impl rustls::crypto::KeyProvider for FileKeys {
+    fn load_private_key(
+        &self,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> std::result::Result<Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
+        rustls::crypto::ring::sign::any_supported_type(&key)
+    }
+}
+
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::kx_group;
+    Arc::new(CryptoProvider {
+        cipher_suites: SUITES.to_vec(),
+        kx_groups: vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1],
+        signature_verification_algorithms: SIGNATURES,
+        secure_random: &SystemRandom,
+        key_provider: &FileKeys,
+    })
 }
 
 fn certified_key(identity: &Identity) -> Result<Arc<CertifiedKey>> {
