@@ -529,3 +529,89 @@ fn a_cacerts_bootstrap_trusts_only_the_ca_with_the_configured_fingerprint() {
     assert_eq!(out.code, 0, "{}", out.stdout);
     assert_eq!(server.requests(), [format!("simpleenroll user={EST_USER}")]);
 }
+
+/// An EST server that speaks nothing newer than TLS 1.2 (OpenSSL, through socat, in front
+/// of the EST test server): the enrollment is made over TLS 1.2 with an ECDHE AES-GCM suite
+/// (cargo feature `tls12`, on by default).
+#[test]
+fn an_est_server_that_has_only_tls_1_2_is_enrolled_with() {
+    let node = provisioned("est-tls12", |_| {});
+    let server = EstServer::start(&node.dir, EST_USER, EST_PASSWORD);
+    let d = node.dir.display();
+    sh(&format!(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj '/CN=TLS 1.2 front CA' \
+           -keyout {d}/front-ca.key -out {d}/front-ca.pem 2>/dev/null && \
+         openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj '/CN=localhost' \
+           -addext subjectAltName=DNS:localhost -addext extendedKeyUsage=serverAuth \
+           -keyout {d}/front.key -out {d}/front.csr 2>/dev/null && \
+         openssl x509 -req -in {d}/front.csr -CA {d}/front-ca.pem -CAkey {d}/front-ca.key -days 2 \
+           -copy_extensions copy -out {d}/front.pem 2>/dev/null"
+    ))
+    .ok();
+    let port = EstServer::free_port();
+    let backend = server
+        .url
+        .trim_start_matches("https://localhost:")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let log = node.path("socat.log");
+    let mut front = std::process::Command::new("socat")
+        .args(["-d", "-d"])
+        .arg(format!(
+            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={d}/front.pem,key={d}/front.key,verify=0,max-version=TLS1.2"
+        ))
+        .arg(format!("OPENSSL:127.0.0.1:{backend},verify=0"))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "socat does not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let before = iam_serials(&node);
+    let (sock, pw, est_pw, anchor) = (
+        node.protected(),
+        node.p("password"),
+        node.p("est-password"),
+        node.p("front-ca.pem"),
+    );
+    let url = format!("https://localhost:{port}/.well-known/est");
+    let out = node.applet(
+        "iam-certctl",
+        &[
+            "-s",
+            &sock,
+            "--json",
+            "renew",
+            "iam",
+            "--password-file",
+            &pw,
+            "--est",
+            &url,
+            "--est-anchor",
+            &anchor,
+            "--est-user",
+            EST_USER,
+            "--est-password-file",
+            &est_pw,
+        ],
+        None,
+    );
+    let _ = front.kill();
+    let _ = front.wait();
+    let text = read(&log);
+    assert_eq!(out.code, 0, "{}{}\n{text}", out.stdout, out.stderr);
+    assert_ne!(iam_serials(&node), before, "a new certificate was applied");
+    // OpenSSL names the suite it agreed on: a TLS 1.2 ECDHE AES-GCM one.
+    assert!(
+        text.lines()
+            .any(|l| l.contains("SSL connection using ECDHE-") && l.contains("GCM")),
+        "{text}"
+    );
+}

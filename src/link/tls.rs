@@ -86,7 +86,8 @@ impl rustls::sign::Signer for StoreSigner {
 }
 
 /// The suites the links and EST servers need, and nothing more: TLS 1.3's AES-GCM suites
-/// (TLS_AES_128_GCM_SHA256 is mandatory to implement) and TLS 1.2's ECDHE AES-GCM ones; the
+/// (TLS_AES_128_GCM_SHA256 is mandatory to implement) and TLS 1.2's ECDHE AES-GCM ones
+/// (cargo feature `tls12`); the
 /// mandatory P-256 group, P-384 and X25519. ChaCha20-Poly1305 is left out: every TLS 1.3
 /// peer has AES-128-GCM.
 static SUITES: &[rustls::SupportedCipherSuite] = {
@@ -94,9 +95,13 @@ static SUITES: &[rustls::SupportedCipherSuite] = {
     &[
         c::TLS13_AES_256_GCM_SHA384,
         c::TLS13_AES_128_GCM_SHA256,
+        #[cfg(feature = "tls12")]
         c::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        #[cfg(feature = "tls12")]
         c::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        #[cfg(feature = "tls12")]
         c::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        #[cfg(feature = "tls12")]
         c::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
     ]
 };
@@ -200,8 +205,11 @@ fn tls_error(what: &str, e: rustls::Error) -> Error {
     Error::internal(format!("{what}: {e}"))
 }
 
-/// TLS 1.3, and 1.2 for peers that have nothing newer (EST servers).
+/// TLS 1.3, and 1.2 for peers that have nothing newer (EST servers; cargo feature `tls12`).
+#[cfg(feature = "tls12")]
 static VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+#[cfg(not(feature = "tls12"))]
+static VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
 /// Node links: both ends are aos-iam, so TLS 1.3 only. The secondary's key signs through
 /// its iamd, which signs nothing but what a TLS 1.3 client CertificateVerify is.
 static LINK_VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
