@@ -74,6 +74,7 @@ test:
 		|| { cat target/demo-static.log; exit 1; }
 	@file -L $(STATIC) | grep -q 'static-pie linked' || { echo "$(STATIC) is not static-pie"; exit 1; }
 	@echo "static-pie binary: demo ok, PKCS#11 module loaded (log in target/demo-static.log)"
+	$(MAKE) --no-print-directory size
 	$(MAKE) --no-print-directory crash-test RUNS=$(TEST_CRASH_RUNS)
 	$(MAKE) --no-print-directory qemu-test QEMU_SCENARIOS="$(TEST_QEMU_SCENARIOS)"
 	@grep -E '^test .* \.\.\. ignored' target/test.log | sed 's/^test \(.*\) \.\.\. ignored, /not run by cargo test: \1: /' || true
@@ -118,8 +119,9 @@ load: build
 # the static binary (rebuilt only when an input changed), and units of VMs provisioned
 # through the main node: full (main, a secondary over vsock, one over virtio-serial),
 # serial (main and the virtio-serial secondary), fault (full, with a link killed during
-# provisioning). TCG unless QEMU_ACCEL=kvm.
-QEMU_SCENARIOS ?= full fault
+# provisioning), systemd (main, and a secondary booting Debian's systemd from its disk with
+# the layer's units, twice). TCG unless QEMU_ACCEL=kvm.
+QEMU_SCENARIOS ?= full fault systemd
 # What `make test` (and so CI) runs of it: all of it (about 80 s; see qemu/README.md).
 # And of crash-test: a few runs per kind.
 TEST_QEMU_SCENARIOS ?= $(QEMU_SCENARIOS)
@@ -128,6 +130,7 @@ TEST_CRASH_RUNS ?= 3
 qemu-image: static
 	sh scripts/deps.sh qemu
 	sh qemu/build-image.sh $(STATIC)
+	sh qemu/build-systemd-disk.sh $(STATIC)
 
 qemu-test: qemu-image
 	@for s in $(QEMU_SCENARIOS); do sh qemu/run-unit.sh $$s || exit 1; done
@@ -192,9 +195,12 @@ check-layer:
 
 # The stripped static binary's size against its 3 MiB goal, and the largest contributors by
 # crate. A report: the binary is above the goal today.
+# The stripped static binary may not grow past SIZE_CEILING without the ceiling being raised
+# here on purpose (make test checks it). The goal is 3 MiB (3 145 728 bytes), not met yet.
+SIZE_CEILING ?= 5033165
 size: static
 	$(STRIP) -o target/aos-iam.static.stripped $(STATIC)
-	python3 scripts/size.py $(STATIC) target/aos-iam.static.stripped
+	python3 scripts/size.py $(STATIC) target/aos-iam.static.stripped $(SIZE_CEILING)
 
 # `bitbake -p` against an oe-core checkout, for maintainers who have one (PLAN=1: also
 # `bitbake -n aos-iam`; BUILD_DIR keeps the build directory). Not run by CI.

@@ -115,7 +115,8 @@ add_module() {
     cp "$(find "$K" -name "$1.ko" | head -1)" "$R/lib/modules/"
     echo "$1.ko" >> "$R/etc/modules.order"
 }
-for m in virtio_pci virtio_console vmw_vsock_virtio_transport qemu_fw_cfg; do add_module "$m"; done
+# (virtio_blk, ext4 and crc32c for the systemd scenario's root disk.)
+for m in virtio_pci virtio_console vmw_vsock_virtio_transport qemu_fw_cfg virtio_blk ext4 crc32c_generic; do add_module "$m"; done
 
 # Configuration as the Yocto layer writes it (values filled in at boot, per role).
 mkdir -p "$R/etc/aos-iam/config.d" "$R/usr/libexec/aos-iam"

@@ -6,21 +6,27 @@
 #   serial  main + sec2 only (no vsock)
 #   fault   as full, and sec1's link is killed (kill -9) while it is being provisioned: the
 #           main node reports it unavailable, and it is provisioned once it is back
+#   systemd main + sec1 (vsock), sec1 booting Debian's systemd from its own disk
+#           (target/qemu/systemd-disk.img, copied per run) with the layer's units: provisioned
+#           by iamd-provisioning.service, then booted again from the same disk into
+#           iamd.service, linked in TLS
 # Environment: QEMU_ACCEL (tcg, the default; kvm only when asked), QEMU_TIMEOUT (seconds for
-# the whole run, default 170), QEMU_KEEP=1 (keep target/qemu/run-MODE after success).
+# the whole run, default 170, systemd 300), QEMU_KEEP=1 (keep target/qemu/run-MODE after success).
 # Prints one line per result and a summary; exits 1 on any failure or timeout.
 set -eu
 cd "$(dirname "$0")/.."
 MODE=${1:-full}
 ACCEL=${QEMU_ACCEL:-tcg}
-TIMEOUT=${QEMU_TIMEOUT:-170}
+# (systemd: two boots of a systemd guest, and the main node waiting for the second.)
+TIMEOUT=${QEMU_TIMEOUT:-$([ "$MODE" = systemd ] && echo 300 || echo 170)}
 IMG=target/qemu
 OUT=$IMG/run-$MODE
 PORT=8089
 case "$MODE" in
 full|fault) NODES="sec1 sec2 main" ;;
 serial) NODES="sec2 main" ;;
-*) echo "qemu-test: scenario must be full, serial or fault, not $MODE" >&2; exit 2 ;;
+systemd) NODES="sec1 main" ;;
+*) echo "qemu-test: scenario must be full, serial, fault or systemd, not $MODE" >&2; exit 2 ;;
 esac
 case "$ACCEL" in
 tcg) ACCEL_ARGS="-accel tcg -cpu max" ;;
@@ -28,6 +34,7 @@ kvm) ACCEL_ARGS="-accel kvm -cpu max" ;;
 *) echo "qemu-test: QEMU_ACCEL must be tcg or kvm" >&2; exit 2 ;;
 esac
 [ -f "$IMG/vmlinux" ] && [ -f "$IMG/initramfs.cpio" ] || { echo "qemu-test: no image (make qemu-image)" >&2; exit 1; }
+[ "$MODE" != systemd ] || [ -f "$IMG/systemd-disk.img" ] || { echo "qemu-test: no systemd disk (make qemu-image)" >&2; exit 1; }
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
@@ -100,10 +107,23 @@ boot_main() {
     wait_for main ready 60 || { echo "qemu-test: main did not become ready"; tail -20 "$OUT/main.log"; exit 1; }
     echo "qemu-test: main ready after $(elapsed) s"
 }
+disk_args=""
+if [ "$MODE" = systemd ]; then
+    cp --sparse=always "$IMG/systemd-disk.img" "$OUT/sec1-disk.img"
+    disk_args="-drive file=$OUT/sec1-disk.img,format=raw,if=virtio"
+fi
+boot_sec1() {
+    if [ "$MODE" = systemd ]; then
+        # shellcheck disable=SC2086
+        vm sec1 secondary "iam.root=/dev/vda systemd.show_status=1" $disk_args
+    else
+        vm sec1 secondary "iam.connect=vsock:3:$PORT"
+    fi
+}
 boot_secondaries() {
     for n in $NODES; do
         case "$n" in
-        sec1) vm sec1 secondary "iam.connect=vsock:3:$PORT" ;;
+        sec1) boot_sec1 ;;
         sec2) vm sec2 secondary "iam.connect=stdio" -device virtio-serial-pci \
             -chardev "socket,id=l,path=$OUT/link-sec2.sock,reconnect=1" -device virtserialport,chardev=l,name=iam.link ;;
         esac
@@ -119,6 +139,24 @@ boot_secondaries() {
 # before its peer's device was up has been seen to hang for good in vhost-device-vsock.
 boot_main
 boot_secondaries
+if [ "$MODE" = systemd ]; then
+    # sec1 powers off after its first boot; the same disk boots again.
+    left=$((TIMEOUT - $(elapsed)))
+    if wait_for sec1 reboot "$left"; then
+        t=0
+        while kill -0 "$PID_sec1" 2>/dev/null; do
+            t=$((t + 1)); [ $t -lt 300 ] || { echo "qemu-test: sec1 did not power off"; exit 1; }
+            sleep 0.2
+        done
+        mv "$OUT/sec1.log" "$OUT/sec1-boot1.log"
+        echo "qemu-test: sec1 powered off after its first boot at $(elapsed) s; booting the same disk again"
+        boot_sec1
+    else
+        mv "$OUT/sec1.log" "$OUT/sec1-boot1.log"
+        : > "$OUT/sec1.log"
+        echo "qemu-test: sec1's first boot did not finish"
+    fi
+fi
 
 # Every node's results, until each says it is done or the time is up.
 status=0
@@ -132,7 +170,10 @@ for n in $NODES; do
 done
 echo
 echo "== qemu-test $MODE ($ACCEL): results"
-for n in $NODES; do tr -d '\r' < "$OUT/$n.log" | grep '^IAMTEST' | grep -v ' boot ok\| ready\| done\| exit' || true; done > "$OUT/results"
+for n in $NODES; do
+    [ ! -f "$OUT/$n-boot1.log" ] || tr -d '\r' < "$OUT/$n-boot1.log" | grep '^IAMTEST' | grep -v ' boot ok\| ready\| done\| exit\| reboot$' || true
+    tr -d '\r' < "$OUT/$n.log" | grep '^IAMTEST' | grep -v ' boot ok\| ready\| done\| exit' || true
+done > "$OUT/results"
 cat "$OUT/results"
 fails=$(grep -c ' fail ' "$OUT/results" || true)
 oks=$(grep -c ' ok ' "$OUT/results" || true)

@@ -1,7 +1,7 @@
 #!/bin/sh
 # The unit scenario, run by /init in every VM (passed in with -fw_cfg, so the image is not
 # rebuilt per scenario). NODE and ROLE come from /init; /run/iam holds the run's files:
-#   mode        full | serial | fault     nodes   how many nodes the unit has
+#   mode        full | serial | fault | systemd     nodes   how many nodes the unit has
 #   root-ca.pem the unit's root CA        ca.key, password   (main only) the factory's CA key
 #                                                             and password
 # Every result is one console line: IAMTEST NODE CHECK ok|fail DETAIL; the host collects them.
@@ -126,6 +126,69 @@ EOF2
     sleep 600
 }
 
+unit_state() { systemctl show -p ActiveState --value "$1"; }
+# What systemd ran or skipped for UNIT, in one line.
+unit_line() { systemctl show -p Type,ActiveState,SubState,ConditionResult "$1" | tr '\n' ' '; }
+
+# The systemd scenario's secondary: systemd is PID 1, and the units are the layer's. Boot 1
+# (no marker) must run iamd-provisioning.service, boot 2 of the same disk iamd.service.
+secondary_systemd() {
+    boot=$(cat /var/lib/iamtest/boots)
+    if [ "$(cat /proc/1/comm)" = systemd ]; then result "boot$boot" ok "systemd $(systemctl --version | head -1 | cut -d' ' -f2) is PID 1"
+    else result "boot$boot" fail "PID 1 is $(cat /proc/1/comm)"; fi
+    if [ ! -e /var/aos/iam/provisioned ]; then
+        # Type=notify: active only once iamd sent READY=1.
+        if wait_until 60 sh -c '[ "$(systemctl show -p ActiveState --value iamd-provisioning.service)" = active ]'; then
+            result iamd-provisioning.service ok "$(unit_line iamd-provisioning.service)"
+        else
+            result iamd-provisioning.service fail "$(unit_line iamd-provisioning.service) $(journalctl -b -u iamd-provisioning.service | tail -3 | tr '\n' ' ')"
+        fi
+        [ "$(unit_state iamd.service)" = inactive ] && result iamd.service-skipped ok "$(unit_line iamd.service)" \
+            || result iamd.service-skipped fail "$(unit_line iamd.service)"
+        if wait_until 60 sh -c '[ "$(systemctl show -p ActiveState --value iam-nodelink.service)" = active ]'; then
+            result iam-nodelink.service ok "$(unit_line iam-nodelink.service)"
+        else
+            result iam-nodelink.service fail "$(unit_line iam-nodelink.service) $(journalctl -b -u iam-nodelink.service | tail -3 | tr '\n' ' ')"
+        fi
+        echo "IAMTEST $NODE ready"
+        if ! wait_until 170 provisioned; then
+            result provisioned fail "$(iam-provision status 2>&1 | head -1)"
+            journalctl -b -u iamd-provisioning.service -u iam-nodelink.service | tail -15 | sed "s|^|DIAG $NODE journal: |"
+            echo "IAMTEST $NODE done"; return
+        fi
+        result provisioned ok "through the main node over vsock"
+        check cert-check iam-certctl check
+        check openssl-verify certs_verify
+        check marker test -e /var/aos/iam/provisioned
+        for u in iamd.service iamd-provisioning.service iam-nodelink.service; do
+            if out=$(systemd-analyze security --no-pager "$u" 2>&1); then
+                result "security:$u" ok "$(echo "$out" | tail -1 | sed 's/.*Overall exposure level for [^:]*: //')"
+            else
+                result "security:$u" fail "$(echo "$out" | tail -2 | tr '\n' ' ')"
+            fi
+        done
+        echo "IAMTEST $NODE reboot"
+        systemctl poweroff
+        return
+    fi
+    # Boot 2: the marker switched the node to iamd.service.
+    if wait_until 60 sh -c '[ "$(systemctl show -p ActiveState --value iamd.service)" = active ]'; then
+        result iamd.service ok "$(unit_line iamd.service)"
+    else
+        result iamd.service fail "$(unit_line iamd.service) $(journalctl -b -u iamd.service | tail -3 | tr '\n' ' ')"
+    fi
+    [ "$(unit_state iamd-provisioning.service)" = inactive ] && result iamd-provisioning.service-skipped ok "$(unit_line iamd-provisioning.service)" \
+        || result iamd-provisioning.service-skipped fail "$(unit_line iamd-provisioning.service)"
+    if wait_until 90 link_up_tls; then result link-tls ok "$(iam-nodelink status | grep -i "state\|tls" | tr -s " \n" " ")"
+    else
+        result link-tls fail "$(iam-nodelink status 2>&1 | tr '\n' ' ')"
+        journalctl -b -u iam-nodelink.service | tail -10 | sed "s|^|DIAG $NODE journal: |"
+    fi
+    check cert-check iam-certctl check
+    echo "IAMTEST $NODE done"
+    sleep 600
+}
+
 main_node() {
     start_iamd --provisioning
     result iamd ok "provisioning mode"
@@ -167,7 +230,7 @@ main_node() {
     ids=$(iam-provision nodes)
     for id in $ids; do
         [ "$id" = "node-$NODE" ] && continue
-        if wait_until 90 sh -c "iam-provision --json --node $id node-info | grep -q '\"connected\":true'"; then
+        if wait_until 150 sh -c "iam-provision --json --node $id node-info | grep -q '\"connected\":true'"; then
             check "state:$id" sh -c "iam-provision --json --node $id node-info | grep -o '\"state\":\"[a-z]*\"' | grep -q provisioned && echo provisioned"
             check "cert-check:$id" iam-certctl check --node "$id"
         else
@@ -180,7 +243,8 @@ main_node() {
     sleep 600
 }
 
-case "$ROLE" in
-main) main_node ;;
+case "$ROLE:$MODE" in
+main:*) main_node ;;
+*:systemd) secondary_systemd ;;
 *) secondary ;;
 esac

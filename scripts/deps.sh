@@ -34,6 +34,9 @@ if [ "$1" = test ] || [ "$1" = qemu ]; then
     # The QEMU rig (qemu/): the VMs, a static busybox, the tools copied into the image, and
     # the userspace vsock device between sibling VMs (a crate).
     need="$need qemu-system-x86_64:qemu-system-x86 cpio:cpio socat:socat file:file gnutls-cli:gnutls-bin"
+    # The systemd scenario: its disk (mke2fs -d), and the host systemd whose libraries name
+    # the packages downloaded for the guest.
+    need="$need mke2fs:e2fsprogs systemctl:systemd dpkg-deb:dpkg"
     ldd /usr/bin/busybox 2>&1 | grep -q 'not a dynamic executable' || pkgs="$pkgs busybox-static"
     if ! command -v vhost-device-vsock >/dev/null 2>&1; then
         echo "installing vhost-device-vsock (crates.io)" >&2
