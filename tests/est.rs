@@ -21,7 +21,7 @@ fn provisioned(name: &str, configure: impl FnOnce(&mut Node)) -> Node {
 }
 
 /// `iam-certctl renew iam --est URL --est-anchor ANCHOR AUTH...`
-fn est_renew_with(node: &Node, server: &EstServer, anchor: &str, auth: &[&str]) -> Out {
+fn est_renew_with(node: &Node, url: &str, anchor: &str, auth: &[&str]) -> Out {
     let (sock, pw) = (node.protected(), node.p("password"));
     let mut args = vec![
         "-s",
@@ -32,7 +32,7 @@ fn est_renew_with(node: &Node, server: &EstServer, anchor: &str, auth: &[&str]) 
         "--password-file",
         &pw,
         "--est",
-        &server.url,
+        url,
         "--est-anchor",
         anchor,
     ];
@@ -41,10 +41,10 @@ fn est_renew_with(node: &Node, server: &EstServer, anchor: &str, auth: &[&str]) 
 }
 
 /// Enrollment by basic auth with the password in `password_file`.
-fn est_renew(node: &Node, server: &EstServer, password_file: &str, anchor: &str) -> Out {
+fn est_renew(node: &Node, url: &str, password_file: &str, anchor: &str) -> Out {
     est_renew_with(
         node,
-        server,
+        url,
         anchor,
         &["--est-user", EST_USER, "--est-password-file", password_file],
     )
@@ -89,7 +89,7 @@ fn est_enrollment_by_basic_auth_then_reenrollment_by_iamd_with_its_token_key() {
     *server.lifetime.lock().unwrap() = 20;
     let out = est_renew(
         &node,
-        &server,
+        &server.url,
         &node.p("est-password"),
         &server.anchor.display().to_string(),
     )
@@ -140,20 +140,20 @@ fn est_refusals_are_typed_and_change_no_certificate() {
     let anchor = server.anchor.display().to_string();
     let before = iam_serials(&node);
     std::fs::write(node.path("wrong-password"), "nope\n").unwrap();
-    est_renew(&node, &server, &node.p("wrong-password"), &anchor).fails(
+    est_renew(&node, &server.url, &node.p("wrong-password"), &anchor).fails(
         4,
         "the EST server refused the credentials for /simpleenroll (401 Unauthorized)",
     );
     server.set_mode(Mode::BadRequest);
-    est_renew(&node, &server, &node.p("est-password"), &anchor)
+    est_renew(&node, &server.url, &node.p("est-password"), &anchor)
         .fails(7, "refused /simpleenroll (400 Bad Request): the CSR is not acceptable");
     server.set_mode(Mode::Malformed);
-    est_renew(&node, &server, &node.p("est-password"), &anchor).fails(10, "not a PKCS#7 certs-only structure");
+    est_renew(&node, &server.url, &node.p("est-password"), &anchor).fails(10, "not a PKCS#7 certs-only structure");
     server.set_mode(Mode::RetryLater(7));
-    est_renew(&node, &server, &node.p("est-password"), &anchor).fails(3, "asks to retry after 7 s");
+    est_renew(&node, &server.url, &node.p("est-password"), &anchor).fails(3, "asks to retry after 7 s");
     server.set_mode(Mode::Normal);
     // The wrong trust anchor: the node's own CA did not sign the EST server's certificate.
-    est_renew(&node, &server, &node.p("est-password"), &node.p("ca.pem")).fails(4, "TLS with the EST server");
+    est_renew(&node, &server.url, &node.p("est-password"), &node.p("ca.pem")).fails(4, "TLS with the EST server");
     assert_eq!(iam_serials(&node), before, "no certificate changed");
     assert!(server.requests().is_empty(), "{:?}", server.requests());
     // The EST password never reaches iamd's log.
@@ -176,7 +176,7 @@ fn est_enrollment_with_a_bootstrap_certificate_from_files() {
     .ok();
     let anchor = server.anchor.display().to_string();
     let (cert, key) = (node.p("boot.pem"), node.p("boot.key"));
-    let out = est_renew_with(&node, &server, &anchor, &["--est-cert", &cert, "--est-key", &key])
+    let out = est_renew_with(&node, &server.url, &anchor, &["--est-cert", &cert, "--est-key", &key])
         .ok()
         .json();
     assert_eq!(out["certificate"]["current"], true);
@@ -204,7 +204,7 @@ fn answers_made_by_openssl_in_der_or_ber_base64_in_lines_on_one_line_or_binary_a
         Answer::CmsBerBinary,
     ] {
         server.set_answer(answer);
-        let out = est_renew(&node, &server, &node.p("est-password"), &anchor);
+        let out = est_renew(&node, &server.url, &node.p("est-password"), &anchor);
         assert_eq!(out.code, 0, "{answer:?}: {}{}", out.stdout, out.stderr);
         let serial = out.json()["certificate"]["serial"].as_str().unwrap().to_string();
         assert!(!serials.contains(&serial), "{answer:?}: a new certificate");
@@ -575,34 +575,8 @@ fn an_est_server_that_has_only_tls_1_2_is_enrolled_with() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let before = iam_serials(&node);
-    let (sock, pw, est_pw, anchor) = (
-        node.protected(),
-        node.p("password"),
-        node.p("est-password"),
-        node.p("front-ca.pem"),
-    );
     let url = format!("https://localhost:{port}/.well-known/est");
-    let out = node.applet(
-        "iam-certctl",
-        &[
-            "-s",
-            &sock,
-            "--json",
-            "renew",
-            "iam",
-            "--password-file",
-            &pw,
-            "--est",
-            &url,
-            "--est-anchor",
-            &anchor,
-            "--est-user",
-            EST_USER,
-            "--est-password-file",
-            &est_pw,
-        ],
-        None,
-    );
+    let out = est_renew(&node, &url, &node.p("est-password"), &node.p("front-ca.pem"));
     let _ = front.kill();
     let _ = front.wait();
     let text = read(&log);
