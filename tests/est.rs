@@ -566,14 +566,11 @@ fn an_est_server_that_has_only_tls_1_2_is_enrolled_with() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let t = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed() < std::time::Duration::from_secs(20),
-            "socat does not listen"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for(
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "socat listening",
+        &node,
+    );
     let before = iam_serials(&node);
     let url = format!("https://localhost:{port}/.well-known/est");
     let out = est_renew(&node, &url, &node.p("est-password"), &node.p("front-ca.pem"));

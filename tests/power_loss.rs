@@ -375,17 +375,6 @@ fn a_step_whose_client_has_gone_while_it_waited_never_starts() {
     node.start(true);
     let pw = node.p("password");
     node.provision(&["start", "--password-file", &pw]).ok();
-    let wait_for = |what: &dyn Fn() -> bool, why: &str| {
-        let t = std::time::Instant::now();
-        while !what() {
-            assert!(
-                t.elapsed() < std::time::Duration::from_secs(60),
-                "{why}\n{}",
-                node.log()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    };
     // A second StartProvisioning holds the journal in its start hook.
     std::fs::write(node.path("hold"), "").unwrap();
     let args = |v: &[&str]| -> Vec<String> {
@@ -394,18 +383,24 @@ fn a_step_whose_client_has_gone_while_it_waited_never_starts() {
         a
     };
     let start = node.spawn_applet("iam-provision", &args(&["start", "--password-file", &pw]));
-    wait_for(&|| node.path("held").exists(), "the start hook holds the journal");
+    wait_for(
+        || node.path("held").exists(),
+        "the start hook holding the journal",
+        &node,
+    );
     // A CreateKey waits behind it; its client is killed.
     let mut create = node.spawn_applet("iam-provision", &args(&["create-key", "iam", "--password-file", &pw]));
     wait_for(
-        &|| node.log().contains("a step waits for the one in progress"),
-        "CreateKey waits for the journal",
+        || node.log().contains("a step waits for the one in progress"),
+        "CreateKey waiting for the journal",
+        &node,
     );
     create.kill().unwrap();
     create.wait().unwrap();
     wait_for(
-        &|| node.log().contains("CreateKey from pid") && node.log().contains("dropped, its client has gone"),
-        "iamd sees the client gone",
+        || node.log().contains("CreateKey from pid") && node.log().contains("dropped, its client has gone"),
+        "iamd seeing the client gone",
+        &node,
     );
     std::fs::remove_file(node.path("hold")).unwrap();
     let out = start.wait_with_output().unwrap();
