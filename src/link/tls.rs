@@ -87,9 +87,8 @@ impl rustls::sign::Signer for StoreSigner {
 
 /// The suites the links and EST servers need, and nothing more: TLS 1.3's AES-GCM suites
 /// (TLS_AES_128_GCM_SHA256 is mandatory to implement) and TLS 1.2's ECDHE AES-GCM ones
-/// (cargo feature `tls12`); the
-/// mandatory P-256 group, P-384 and X25519. ChaCha20-Poly1305 is left out: every TLS 1.3
-/// peer has AES-128-GCM.
+/// (cargo feature `tls12`); the mandatory P-256 group, P-384 and X25519. ChaCha20-Poly1305
+/// is left out: every TLS 1.3 peer has AES-128-GCM.
 static SUITES: &[rustls::SupportedCipherSuite] = {
     use rustls::crypto::ring::cipher_suite as c;
     &[
@@ -401,7 +400,7 @@ pub fn verify_server_chain(chain: &SeenChain, anchor: &CertificateDer<'_>, host:
     let cert = webpki::EndEntityCert::try_from(&chain.0).map_err(|e| bad(format!("{e:?}")))?;
     let now = UnixTime::now();
     cert.verify_for_usage(
-        provider().signature_verification_algorithms.all,
+        SIGNATURES.all,
         &[ta],
         &chain.1,
         now,
