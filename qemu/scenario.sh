@@ -127,6 +127,7 @@ EOF2
 }
 
 unit_state() { systemctl show -p ActiveState --value "$1"; }
+unit_active() { [ "$(unit_state "$1")" = active ]; }
 # What systemd ran or skipped for UNIT, in one line.
 unit_line() { systemctl show -p Type,ActiveState,SubState,ConditionResult "$1" | tr '\n' ' '; }
 
@@ -138,14 +139,14 @@ secondary_systemd() {
     else result "boot$boot" fail "PID 1 is $(cat /proc/1/comm)"; fi
     if [ ! -e /var/aos/iam/provisioned ]; then
         # Type=notify: active only once iamd sent READY=1.
-        if wait_until 60 sh -c '[ "$(systemctl show -p ActiveState --value iamd-provisioning.service)" = active ]'; then
+        if wait_until 60 unit_active iamd-provisioning.service; then
             result iamd-provisioning.service ok "$(unit_line iamd-provisioning.service)"
         else
             result iamd-provisioning.service fail "$(unit_line iamd-provisioning.service) $(journalctl -b -u iamd-provisioning.service | tail -3 | tr '\n' ' ')"
         fi
         [ "$(unit_state iamd.service)" = inactive ] && result iamd.service-skipped ok "$(unit_line iamd.service)" \
             || result iamd.service-skipped fail "$(unit_line iamd.service)"
-        if wait_until 60 sh -c '[ "$(systemctl show -p ActiveState --value iam-nodelink.service)" = active ]'; then
+        if wait_until 60 unit_active iam-nodelink.service; then
             result iam-nodelink.service ok "$(unit_line iam-nodelink.service)"
         else
             result iam-nodelink.service fail "$(unit_line iam-nodelink.service) $(journalctl -b -u iam-nodelink.service | tail -3 | tr '\n' ' ')"
@@ -172,7 +173,7 @@ secondary_systemd() {
         return
     fi
     # Boot 2: the marker switched the node to iamd.service.
-    if wait_until 60 sh -c '[ "$(systemctl show -p ActiveState --value iamd.service)" = active ]'; then
+    if wait_until 60 unit_active iamd.service; then
         result iamd.service ok "$(unit_line iamd.service)"
     else
         result iamd.service fail "$(unit_line iamd.service) $(journalctl -b -u iamd.service | tail -3 | tr '\n' ' ')"
