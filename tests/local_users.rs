@@ -110,3 +110,25 @@ fn an_idle_connection_of_a_user_not_admitted_is_closed_and_one_that_subscribes_i
     assert_eq!(read_answer(&mut admitted).0.kind, FrameKind::Response);
     assert_eq!(subscriber.finish(), 1, "the subscribing connection was closed");
 }
+
+#[test]
+fn the_subscriptions_of_a_connection_that_closes_give_their_places_back() {
+    let mut node = Node::new("sub-back", Store::Software);
+    node.start(false);
+    sh(&format!("chmod 0755 {} {}", node.dir.display(), node.p("run"))).ok();
+    let public = node.public();
+    let subscribe = [Request::SubscribeNodeChanged];
+    let first = Attacker::start(65534, &public, 16, 1, &subscribe);
+    assert_eq!(first.subscriptions, 16, "{:?}", first.refused);
+    let more = Attacker::start(65534, &public, 1, 1, &subscribe);
+    assert_eq!(more.subscriptions, 0);
+    more.refused_for("limits.subscriptions_per_uid = 16");
+    drop((first, more));
+    // No node changes while they were held: the subscriptions end, and their places come
+    // back, only because their connections closed.
+    wait_for(
+        || Attacker::start(65534, &public, 16, 1, &subscribe).subscriptions == 16,
+        "the places of a closed connection's subscriptions given back",
+        &node,
+    );
+}

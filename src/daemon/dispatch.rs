@@ -3,33 +3,27 @@
 
 use super::*;
 
-/// `wanted` turns false when the client goes (see [`provisioning::for_client`]).
-pub(super) async fn dispatch(
+/// A request's answer, as a future that holds only what it waits for.
+pub(super) type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response>> + Send>>;
+
+/// The answer to `request`: refused here, forwarded to another node, or served on a blocking
+/// thread. Not an `async fn`, whose state would hold the request beside the blocking task
+/// that holds it too, for every request in flight. `gone` is set when the client goes (see
+/// [`provisioning::for_client`]).
+pub(super) fn dispatch(
     request: Request,
     socket: Socket,
     uid: u32,
     shared: Arc<Shared>,
-    wanted: Arc<std::sync::atomic::AtomicBool>,
-) -> Result<Response> {
-    if request.is_protected() && socket != Socket::Protected {
-        return Err(Error::unauthorized(format!(
-            "{} is served on the protected socket only",
-            request.name()
-        )));
-    }
-    if let Request::SignWithLinkIdentity { message, .. } = &request {
-        may_sign_for_link(&shared.prov.config, uid, message)?;
-    }
-    if request.is_link_only() {
-        return Err(Error::protocol(format!(
-            "{} is served on node links only",
-            request.name()
-        )));
+    gone: Arc<connections::Gone>,
+) -> Answer {
+    if let Err(e) = admissible(&request, socket, uid, &shared.prov.config) {
+        return Box::pin(std::future::ready(Err(e)));
     }
     // Another node's request: its info from the registry, everything else over its link.
     match (&request, request.target_node()) {
         (Request::GetNodeInfo { node_id }, _) if shared.nodes.is_other(node_id) => {
-            return shared.nodes.info(node_id).map(Response::NodeInfo)
+            return Box::pin(std::future::ready(shared.nodes.info(node_id).map(Response::NodeInfo)))
         }
         (_, Some(node_id)) if shared.nodes.is_other(node_id) => {
             let node_id = node_id.to_string();
@@ -38,11 +32,33 @@ pub(super) async fn dispatch(
             if let Some(password) = request.password_mut() {
                 *password = crate::secret::node_secret(password, &shared.prov.config.unit_id, &node_id);
             }
-            return shared.nodes.forward(&node_id, request).await;
+            return Box::pin(async move { shared.nodes.forward(&node_id, request).await });
         }
         _ => {}
     }
-    blocking::unblock(move || provisioning::for_client(wanted, || handle(&shared, request))).await
+    Box::pin(blocking::unblock(move || {
+        provisioning::for_client(gone, || handle(&shared, request))
+    }))
+}
+
+/// Whether `request` may be asked on `socket` by `uid` at all.
+fn admissible(request: &Request, socket: Socket, uid: u32, config: &Config) -> Result<()> {
+    if request.is_protected() && socket != Socket::Protected {
+        return Err(Error::unauthorized(format!(
+            "{} is served on the protected socket only",
+            request.name()
+        )));
+    }
+    if let Request::SignWithLinkIdentity { message, .. } = request {
+        may_sign_for_link(config, uid, message)?;
+    }
+    if request.is_link_only() {
+        return Err(Error::protocol(format!(
+            "{} is served on node links only",
+            request.name()
+        )));
+    }
+    Ok(())
 }
 
 /// SignWithLinkIdentity is no signing oracle: it is served only on a secondary node (the

@@ -56,21 +56,21 @@ fn check_verifier(verifier: &[u8], password: &Secret) -> bool {
 }
 
 thread_local! {
-    /// While a blocking thread serves a client's request: false once that client has gone.
-    static CLIENT: std::cell::RefCell<Option<std::sync::Arc<std::sync::atomic::AtomicBool>>> =
+    /// While a blocking thread serves a client's request: set once that client has gone.
+    static CLIENT: std::cell::RefCell<Option<std::sync::Arc<super::connections::Gone>>> =
         const { std::cell::RefCell::new(None) };
 }
 
 /// Run `f` (a client's request, on a blocking thread) for a client whose connection sets
-/// `wanted` false when it goes: a step that takes the journal lock after that does nothing.
-pub fn for_client<T>(wanted: std::sync::Arc<std::sync::atomic::AtomicBool>, f: impl FnOnce() -> T) -> T {
+/// `gone` when it goes: a step that takes the journal lock after that does nothing.
+pub(super) fn for_client<T>(gone: std::sync::Arc<super::connections::Gone>, f: impl FnOnce() -> T) -> T {
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
             CLIENT.with(|c| *c.borrow_mut() = None);
         }
     }
-    CLIENT.with(|c| *c.borrow_mut() = Some(wanted));
+    CLIENT.with(|c| *c.borrow_mut() = Some(gone));
     let _reset = Reset;
     f()
 }
@@ -137,11 +137,7 @@ impl Provisioning {
                 crate::sys::lock(&self.lock)
             }
         };
-        if CLIENT.with(|c| {
-            c.borrow()
-                .as_ref()
-                .is_some_and(|w| !w.load(std::sync::atomic::Ordering::SeqCst))
-        }) {
+        if CLIENT.with(|c| c.borrow().as_ref().is_some_and(|g| g.is_set())) {
             return Err(Error::unavailable("not started: its client has gone"));
         }
         Ok(journal)

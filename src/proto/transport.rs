@@ -194,6 +194,8 @@ fn peer_groups(fd: std::os::fd::BorrowedFd) -> io::Result<Vec<u32>> {
         let n = len as usize / size;
         if rc == 0 {
             groups.truncate(n);
+            // Kept for the connection's life: most peers have no supplementary group.
+            groups.shrink_to_fit();
             return Ok(groups);
         }
         let e = io::Error::last_os_error();
