@@ -395,7 +395,13 @@ impl Db {
         })
     }
 
+    /// Forget every registered instance. Committed only when there is one to forget: every
+    /// start of an iamd that does not persist them calls this, and a durable commit there
+    /// would delay its listening by an fdatasync.
     pub fn clear_instances(&self) -> Result<()> {
+        if self.read_all(INSTANCES)?.is_empty() {
+            return Ok(());
+        }
         self.write_table(INSTANCES, |t| {
             t.retain(|_, _| false)?;
             Ok(())
