@@ -114,6 +114,8 @@ fn wrong_passwords_from_one_uid_slow_that_uid_only_and_are_dropped_when_it_goes(
         subject: "CN=guess".into(),
         password: Secret::new("not-the-password".into()),
     };
+    let checked = || node.log().matches("a password is checked against the verifier").count();
+    let checked_before = checked();
     let guesser = Attacker::start(65534, &node.protected(), 16, 0, &[wrong]);
     assert_eq!(guesser.connections, 16);
     // Its attempts run one at a time, each after a delay that doubles: the sixth wrong one
@@ -129,6 +131,8 @@ fn wrong_passwords_from_one_uid_slow_that_uid_only_and_are_dropped_when_it_goes(
         "attempts ran beside each other:\n{}",
         node.log()
     );
+    // Held back, not only answered late: the seventh has not even been checked.
+    assert_eq!(checked() - checked_before, 6, "passwords checked before their turn");
 
     // While the guesser's attempt waits, another uid is served: GetCert on the public
     // socket, and the right password (a key derivation and a key generation) on the

@@ -283,6 +283,9 @@ impl Provisioning {
         let known = remembered
             .as_ref()
             .is_some_and(|(v, t)| *v == verifier && crate::secret::constant_time_eq(t.as_ref(), tag.as_ref()));
+        if !known {
+            crate::log_debug!("a password is checked against the verifier");
+        }
         if known || check_verifier(&verifier, password) {
             *remembered = Some((verifier, tag));
             return Ok(true);
