@@ -315,14 +315,20 @@ impl Conn {
         let (stream, lock, gone, w) = (self.stream.clone(), self.lock.clone(), self.gone.clone(), self.w);
         let op = request.name();
         let uid = self.client.peer.uid;
-        let carries_password = request.carries_password();
         // Made here and boxed, so that the task holds a pointer while it waits, not the
-        // request's whole state (which would count once per request in flight).
-        let mut answer = dispatch(request, socket, uid, self.shared.clone(), gone.clone());
-        if carries_password {
-            let s = self.shared.clone();
-            answer = Box::pin(async move { s.guesses.attempt(uid, answer).await });
-        }
+        // request's whole state (which would count once per request in flight). A password's
+        // attempt is dispatched only in its turn, after the uid's earlier wrong ones.
+        let shared = self.shared.clone();
+        let answer: Answer = match request.carries_password() {
+            true => {
+                let g = gone.clone();
+                Box::pin(async move {
+                    let attempt = async { dispatch(request, socket, uid, shared.clone(), g).await };
+                    shared.guesses.attempt(uid, attempt).await
+                })
+            }
+            false => dispatch(request, socket, uid, shared, gone.clone()),
+        };
         let fut = async move {
             // A request whose client has gone is dropped: a step already running on a
             // blocking thread completes; one still waiting for the journal lock, or for

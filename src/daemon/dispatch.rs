@@ -7,7 +7,7 @@ use super::*;
 pub(super) type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response>> + Send>>;
 
 /// The answer to `request`: refused here, forwarded to another node, or served on a blocking
-/// thread once polled. Not an `async fn`, whose state would hold every branch's state (the
+/// thread. Not an `async fn`, whose state would hold every branch's state (the
 /// link's, the request beside the closure that holds it too) for every request in flight.
 /// `gone` is set when the client goes (see [`provisioning::for_client`]).
 pub(super) fn dispatch(
@@ -36,11 +36,11 @@ pub(super) fn dispatch(
         }
         _ => {}
     }
-    // Started when first polled, not here: a password's attempt waits for its turn
-    // (`Guesses::attempt`) before it runs.
-    Box::pin(
-        async move { blocking::unblock(move || provisioning::for_client(gone, || handle(&shared, request))).await },
-    )
+    // Started here, not when polled: a password's attempt, which must wait for its turn
+    // first, is dispatched only in its turn (see `Conn::on_frame`).
+    Box::pin(blocking::unblock(move || {
+        provisioning::for_client(gone, || handle(&shared, request))
+    }))
 }
 
 /// Whether `request` may be asked on `socket` by `uid` at all.
