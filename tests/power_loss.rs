@@ -191,6 +191,91 @@ fn objects_without_a_label_left_by_a_cut_creation_are_removed_at_start() {
         .ok();
 }
 
+/// The objects SoftHSM keeps when it is killed inside `C_CreateObject` (seen in `make
+/// crash-test`; tests/data/softhsm/README.md): it writes a new object's file, then the
+/// default attributes of its class one by one (`CKA_TOKEN` false among them), then the
+/// template in one transaction. Cut before the transaction: a certificate with every
+/// default; cut earlier: one with `CKA_CLASS` and `CKA_PRIVATE` only; cut before the first
+/// attribute: a file the token cannot describe. iamd's searches for token objects match
+/// none of them, so they are looked for as what they are: the first two are removed at the
+/// next start, and the third, which names nothing, is left without stopping iamd from
+/// listing and reconciling the token.
+#[test]
+fn objects_softhsm_keeps_when_killed_inside_an_object_creation_are_removed_at_start() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut node = Node::new("cut-create", Store::Pkcs11);
+    node.start(true);
+    node.run_flow().ok();
+    node.stop();
+    let before = node.token_objects();
+    let token = std::fs::read_dir(node.path("tokens"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let defaults = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/softhsm/cut-certificate.object"
+    ))
+    .unwrap();
+    // The file: a generation counter, then (type, kind, value) per attribute, big-endian
+    // u64s; kind 1 a bool byte, 2 a u64, others a u64 length and the bytes.
+    let mut early = defaults[..8].to_vec();
+    let mut at = 8;
+    while at < defaults.len() {
+        let word = |i: usize| u64::from_be_bytes(defaults[i..i + 8].try_into().unwrap()) as usize;
+        let (kind, start) = (word(at + 8), at);
+        at += 16
+            + match kind {
+                1 => 1,
+                2 => 8,
+                _ => 8 + word(at + 16),
+            };
+        if [0, 2].contains(&word(start)) {
+            early.extend_from_slice(&defaults[start..at]);
+        }
+    }
+    assert_eq!(early.len(), 8 + 24 + 17, "CKA_CLASS (a u64) and CKA_PRIVATE (a bool)");
+    for (name, bytes) in [
+        ("0c0ffee0-0000-4000-8000-000000000001", &defaults[..]),
+        ("0c0ffee0-0000-4000-8000-000000000002", &early[..]),
+        ("0c0ffee0-0000-4000-8000-000000000003", &defaults[..8]),
+    ] {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(token.join(format!("{name}.object")))
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
+        // SoftHSM makes an object's lock file as it first writes the object.
+        std::fs::write(token.join(format!("{name}.lock")), "").unwrap();
+    }
+    node.start(false);
+    let log = node.log();
+    assert!(
+        log.contains("removed 2 object(s) without a label from PKCS#11 token label \"aos-test\""),
+        "{log}"
+    );
+    assert!(!log.contains("start-up recovery: "), "recovery ran whole: {log}");
+    let after = node.token_objects();
+    let unreadable: Vec<_> = after.iter().filter(|o| !before.contains(o)).collect();
+    assert_eq!(
+        unreadable.len(),
+        1,
+        "only the object cut before its first attribute is left: {after:#?}"
+    );
+    assert_eq!(unreadable[0].0, "Data", "{after:#?}");
+    assert!(
+        before.iter().all(|o| after.contains(o)),
+        "nothing of iamd's went: {after:#?}"
+    );
+    let check = node.applet("iam-certctl", &["-s", &node.protected(), "check"], None);
+    assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+}
+
 /// Every persisted provisioning state, reached by the real steps and then cut off by
 /// kill -9 (after each acknowledged step), plus journal debris seeded straight into the
 /// database — a pending key whose key never reached the token, a trash entry whose objects

@@ -380,13 +380,15 @@ impl CertModules {
     pub fn reconcile(&self, db: &Db, config: &Config, pending_max_age: i64, keep: &[KeyId]) -> Result<Vec<String>> {
         let snap = db.snapshot()?;
         let (mut report, orphans, unlabelled) = self.audit(&snap);
+        // One that cannot be removed is a finding: the rest of the pass still runs.
         for store in unlabelled {
-            let n = store.remove_incomplete()?;
-            if n > 0 {
-                report.push(format!(
+            match store.remove_incomplete() {
+                Ok(0) => {}
+                Ok(n) => report.push(format!(
                     "removed {n} object(s) without a label from {}: left by an object creation cut off",
                     store.describe()
-                ));
+                )),
+                Err(e) => report.push(format!("cannot remove objects without a label: {e}")),
             }
         }
         for (label, id) in orphans {

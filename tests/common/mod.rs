@@ -446,7 +446,12 @@ impl Node {
         let mut objs = Vec::new();
         let mut cur: Option<(String, String, String, String)> = None;
         for line in out.stdout.lines() {
-            if let Some((kind, _)) = line.split_once(" Object") {
+            // "Certificate Object; ...", "Private Key Object; ...", "Data object 2".
+            let kind = match line.split_once(" Object") {
+                Some((kind, _)) => Some(kind),
+                None => line.starts_with("Data object").then_some("Data"),
+            };
+            if let Some(kind) = kind {
                 if let Some(c) = cur.take() {
                     objs.push(c);
                 }

@@ -56,6 +56,8 @@ pub enum ObjectKind {
     PrivateKey,
     PublicKey,
     Certificate,
+    /// What an object creation cut off left: see `KeyStore::remove_incomplete`.
+    Incomplete,
 }
 
 pub trait KeyStore: Send + Sync {
@@ -89,9 +91,10 @@ pub trait KeyStore: Send + Sync {
     /// Remove a key pair and its certificate. Removing what is not there is not an error.
     fn remove(&self, label: &str, id: &KeyId) -> Result<()>;
     fn objects(&self) -> Result<Vec<StoredObject>>;
-    /// Remove objects without a label whose id is absent or of iamd's size: iamd makes none
-    /// such, but a token killed in the middle of creating an object (SoftHSM sets a new
-    /// object's attributes one by one) can keep one. Returns how many were removed.
+    /// Remove what object creations cut off left behind (listed as `ObjectKind::Incomplete`):
+    /// a token killed in the middle of creating an object can keep one (SoftHSM writes a
+    /// new object's default attributes one by one, `CKA_TOKEN` false among them, before
+    /// its template). Returns how many were removed.
     fn remove_incomplete(&self) -> Result<usize> {
         Ok(0)
     }

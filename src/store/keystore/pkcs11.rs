@@ -140,6 +140,60 @@ fn session_broken(e: &CkError) -> bool {
     )
 }
 
+/// What iamd reads of an object on the token to list it, or to tell one that a creation
+/// cut off left behind.
+struct Seen {
+    /// `None`: a class iamd does not make.
+    kind: Option<ObjectKind>,
+    token: bool,
+    label: Vec<u8>,
+    id: Vec<u8>,
+}
+
+impl Seen {
+    /// `None` if the token gives none of the object's attributes (SoftHSM, for an object
+    /// whose file was created and not one attribute written yet): such an object is left
+    /// alone, as nothing says whose it is.
+    fn read(s: &Session, h: ObjectHandle) -> Option<Seen> {
+        let attributes = [
+            AttributeType::Class,
+            AttributeType::Token,
+            AttributeType::Label,
+            AttributeType::Id,
+        ];
+        let mut seen = Seen {
+            kind: None,
+            token: true,
+            label: Vec::new(),
+            id: Vec::new(),
+        };
+        for a in s.get_attributes(h, &attributes).ok()? {
+            match a {
+                Attribute::Class(c) if c == ObjectClass::PRIVATE_KEY => seen.kind = Some(ObjectKind::PrivateKey),
+                Attribute::Class(c) if c == ObjectClass::PUBLIC_KEY => seen.kind = Some(ObjectKind::PublicKey),
+                Attribute::Class(c) if c == ObjectClass::CERTIFICATE => seen.kind = Some(ObjectKind::Certificate),
+                Attribute::Token(t) => seen.token = t,
+                Attribute::Label(l) => seen.label = l,
+                Attribute::Id(i) => seen.id = i,
+                _ => {}
+            }
+        }
+        Some(seen)
+    }
+
+    /// Left by an object creation cut off. SoftHSM creates a new object's file, writes its
+    /// default attributes one by one (`CKA_TOKEN` false, no label, no id), then the
+    /// template in one transaction: iamd makes no session objects, so an object its session
+    /// sees that is not a token object is such a remnant. So is a key or certificate with
+    /// no label and no id, or an id of iamd's size. Others' objects keep a label.
+    fn incomplete(&self) -> bool {
+        !self.token
+            || (self.kind.is_some()
+                && self.label.is_empty()
+                && (self.id.is_empty() || self.id.len() == std::mem::size_of::<KeyId>()))
+    }
+}
+
 pub struct Pkcs11Store {
     config: Pkcs11Config,
     /// The library, loaded and initialised on first use (iamd listens before that).
@@ -785,27 +839,19 @@ impl KeyStore for Pkcs11Store {
     fn objects(&self) -> Result<Vec<StoredObject>> {
         self.with_session("list objects", |s| {
             let mut out = Vec::new();
-            for (class, kind) in [
-                (ObjectClass::PRIVATE_KEY, ObjectKind::PrivateKey),
-                (ObjectClass::PUBLIC_KEY, ObjectKind::PublicKey),
-                (ObjectClass::CERTIFICATE, ObjectKind::Certificate),
-            ] {
-                for h in s.find_objects(&[Attribute::Class(class), Attribute::Token(true)])? {
-                    let (mut label, mut id) = (String::new(), None);
-                    for a in s.get_attributes(h, &[AttributeType::Label, AttributeType::Id])? {
-                        match a {
-                            Attribute::Label(l) => label = String::from_utf8_lossy(&l).into_owned(),
-                            Attribute::Id(i) => id = <KeyId>::try_from(i.as_slice()).ok(),
-                            _ => {}
-                        }
-                    }
+            for h in s.find_objects(&[])? {
+                let Some(seen) = Seen::read(s, h) else { continue };
+                let kind = match seen.kind {
+                    _ if seen.incomplete() => ObjectKind::Incomplete,
+                    Some(kind) => kind,
+                    None => continue,
+                };
+                out.push(StoredObject {
+                    label: String::from_utf8_lossy(&seen.label).into_owned(),
                     // Objects whose id is not one of ours are listed with a zero id.
-                    out.push(StoredObject {
-                        label,
-                        id: id.unwrap_or_default(),
-                        kind,
-                    });
-                }
+                    id: <KeyId>::try_from(seen.id.as_slice()).unwrap_or_default(),
+                    kind,
+                });
             }
             out.sort();
             Ok(out)
@@ -815,26 +861,10 @@ impl KeyStore for Pkcs11Store {
     fn remove_incomplete(&self) -> Result<usize> {
         self.with_session("remove incomplete objects", |s| {
             let mut removed = 0;
-            for class in [
-                ObjectClass::PRIVATE_KEY,
-                ObjectClass::PUBLIC_KEY,
-                ObjectClass::CERTIFICATE,
-            ] {
-                for h in s.find_objects(&[Attribute::Class(class), Attribute::Token(true)])? {
-                    // No label, and no id or an id of iamd's size: a creation cut off
-                    // (SoftHSM sets CKA_ID before CKA_LABEL). Others' objects keep a label.
-                    let (mut label, mut id) = (false, false);
-                    for a in s.get_attributes(h, &[AttributeType::Label, AttributeType::Id])? {
-                        match a {
-                            Attribute::Label(l) => label = !l.is_empty(),
-                            Attribute::Id(i) => id = !i.is_empty() && i.len() != std::mem::size_of::<KeyId>(),
-                            _ => {}
-                        }
-                    }
-                    if !label && !id {
-                        s.destroy_object(h)?;
-                        removed += 1;
-                    }
+            for h in s.find_objects(&[])? {
+                if Seen::read(s, h).is_some_and(|o| o.incomplete()) {
+                    s.destroy_object(h)?;
+                    removed += 1;
                 }
             }
             Ok(removed)
