@@ -113,6 +113,39 @@ impl Unit {
 
     /// Stop every process (Drop does it too, on a panic as well).
     fn stop(self) {}
+
+    /// CPU time (user and system) its processes have used so far.
+    fn cpu(&self) -> Duration {
+        self.children
+            .iter()
+            .map(|c| cpu_of(&format!("/proc/{}/stat", c.id()), 11))
+            .sum()
+    }
+}
+
+/// Two CPU-time fields of a /proc stat line, from the `at`th field after the command name
+/// (0-based): utime and stime of a process (11), or of its waited-for children (13).
+fn cpu_of(path: &str, at: usize) -> Duration {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(at)
+        .take(2)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // USER_HZ is 100 on Linux whatever the kernel's HZ.
+    Duration::from_millis(fields.iter().sum::<u64>() * 10)
+}
+
+/// A provisioning run and the CPU time it took: the client's and the unit's processes'.
+fn timed_run(bin: &Path, root: &Path, unit: &Unit, node_args: &[&str], run_args: &[&str]) -> (Duration, Duration) {
+    let (client, own) = (cpu_of("/proc/self/stat", 13), unit.cpu());
+    let wall = provision_run(bin, root, &unit.main, node_args, run_args);
+    let cpu = cpu_of("/proc/self/stat", 13) - client + unit.cpu() - own;
+    (wall, cpu)
 }
 
 impl Drop for Unit {
@@ -192,20 +225,24 @@ fn forwarding_overhead(bin: &Path, root: &Path) {
 /// A unit of 1 + 8 nodes through the main node against one node alone.
 fn unit_provisioning(bin: &Path, root: &Path, rounds: usize) {
     let (mut alone, mut whole) = (Vec::new(), Vec::new());
+    let (mut alone_cpu, mut whole_cpu) = (Vec::new(), Vec::new());
     let expect = (SECONDARIES + 1).to_string();
     for round in 0..=rounds {
         let single = Unit::start(bin, root, 0);
-        let a = provision_run(bin, root, &single.main, &[], &[]);
+        let (a, a_cpu) = timed_run(bin, root, &single, &[], &[]);
         single.stop();
         let unit = Unit::start(bin, root, SECONDARIES);
-        let w = provision_run(bin, root, &unit.main, &["--node", "all"], &["--expect-nodes", &expect]);
+        let (w, w_cpu) = timed_run(bin, root, &unit, &["--node", "all"], &["--expect-nodes", &expect]);
         unit.stop();
         if round > 0 {
             alone.push(a);
             whole.push(w);
+            alone_cpu.push(a_cpu);
+            whole_cpu.push(w_cpu);
         }
     }
     let (a, w) = (median(alone.clone()), median(whole.clone()));
+    let (a_cpu, w_cpu) = (median(alone_cpu), median(whole_cpu));
     println!("provisioning with 2 modules per node, median of {rounds} rounds (1 warm-up):");
     println!(
         "  one node alone (iam-provision run):                        {:8.1} ms",
@@ -228,6 +265,16 @@ fn unit_provisioning(bin: &Path, root: &Path, rounds: usize) {
         "  ratio unit / floor: {:.2} (target <= 1.10); unit / one node: {:.2}",
         w.as_secs_f64() / floor,
         w.as_secs_f64() / a.as_secs_f64()
+    );
+    // Where a ratio above 1 goes: more work than nine nodes' own, or cores left idle.
+    println!(
+        "  CPU time: one node {:.0} ms ({:.2} cores while it ran); unit {:.0} ms = {:.2} x {nodes} nodes' ({:.2} of {} cores busy)",
+        ms(a_cpu),
+        a_cpu.as_secs_f64() / a.as_secs_f64(),
+        ms(w_cpu),
+        w_cpu.as_secs_f64() / (a_cpu.as_secs_f64() * nodes as f64),
+        w_cpu.as_secs_f64() / w.as_secs_f64(),
+        cores.min(nodes)
     );
 }
 

@@ -895,6 +895,86 @@ fn a_failing_secondary_is_reported_and_the_main_node_is_left_unfinished_saying_w
     );
 }
 
+/// A main node that starts unprovisioned takes any password and has no identity a
+/// secondary waits for: the secondaries linked already are provisioned alongside it, up to
+/// FinishProvisioning, while the main node's own StartProvisioning is still running (its
+/// start hook waits for a file the test writes only once the secondary is provisioned).
+#[test]
+fn secondaries_linked_already_are_provisioned_alongside_an_unprovisioned_main_node() {
+    let mut unit = Unit::new("overlap", 1);
+    let hook = format!(
+        "\n[hooks]\nstart = [\"sh\", \"-c\", \"touch {}; while [ ! -e {} ]; do sleep 0.05; done\"]\n",
+        unit.main.p("hook-started"),
+        unit.main.p("go-on")
+    );
+    unit.main.extra_config.push_str(&hook);
+    unit.start(true);
+    unit.link_unix(0);
+    let s0 = unit.secondaries[0].node_id();
+    unit.wait_connected(&s0, true);
+    let mut cmd = unit.main.cmd();
+    cmd.arg("iam-provision").args(["-s", &unit.main.protected()]).args(
+        unit.main
+            .run_flow_args(Some("all"), &["--expect-nodes", "2", "--wait", "20"]),
+    );
+    let run_all = std::thread::spawn(move || run(&mut cmd, None));
+    wait_for_file(&unit.main.path("hook-started"));
+    let secondary = &unit.secondaries[0];
+    wait_for(
+        || secondary.status()["state"] == "provisioned",
+        "the secondary provisioned",
+        &unit.main,
+    );
+    assert_eq!(
+        unit.main.status()["state"],
+        "unprovisioned",
+        "the main node's hook still runs"
+    );
+    std::fs::write(unit.main.path("go-on"), "").unwrap();
+    let out = run_all.join().unwrap().ok().json();
+    assert_eq!(out["ok"], true, "{out}");
+    assert_eq!(unit.main.status()["state"], "provisioned");
+    let ca = unit.main.p("ca.pem");
+    assert_provisioned_on_its_own_token(&unit.main, &ca);
+    assert_provisioned_on_its_own_token(secondary, &ca);
+}
+
+/// A main node with a verifier checks the password before any secondary is touched: a
+/// wrong one fails the run on the main node and leaves an unprovisioned secondary as it
+/// was (no verifier made from the wrong password); the right one then provisions both.
+#[test]
+fn a_wrong_password_refused_by_the_main_node_leaves_the_secondaries_untouched() {
+    let mut unit = Unit::new("gate", 1);
+    unit.start(true);
+    unit.link_unix(0);
+    let s0 = unit.secondaries[0].node_id();
+    unit.wait_connected(&s0, true);
+    unit.main
+        .provision(&["start", "--password-file", &unit.main.p("password")])
+        .ok();
+    assert_eq!(unit.main.status()["state"], "provisioning");
+    std::fs::write(unit.main.path("wrong-password"), "not the password\n").unwrap();
+    let mut args = unit
+        .main
+        .run_flow_args(Some("all"), &["--expect-nodes", "2", "--wait", "20"]);
+    let at = args.iter().position(|a| a == "--password-file").unwrap();
+    args[at + 1] = unit.main.p("wrong-password");
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = unit.main.provision(&refs);
+    assert_ne!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let v = out.json();
+    assert_eq!(
+        v["nodes"].as_array().unwrap().len(),
+        1,
+        "only the main node was tried: {v}"
+    );
+    assert_eq!(v["nodes"][0]["error"]["kind"], "unauthorized", "{v}");
+    assert_eq!(unit.secondaries[0].status()["state"], "unprovisioned");
+    let out = unit.run_all(&["--expect-nodes", "2", "--wait", "20"]).ok().json();
+    assert_eq!(out["ok"], true, "{out}");
+    assert_eq!(unit.secondaries[0].status()["state"], "provisioned");
+}
+
 #[test]
 fn waiting_for_nodes_that_never_link_times_out_naming_who_is_there() {
     let mut unit = Unit::new("wait", 1);

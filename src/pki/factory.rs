@@ -259,20 +259,27 @@ pub struct NodeOutcome {
     pub result: Result<Vec<CertInfo>>,
 }
 
+/// The nodes the main node knows: those connected now (the main node's id first) and those
+/// known but not connected.
+pub fn connected_nodes(client: &mut Client) -> Result<(Vec<String>, Vec<String>)> {
+    let mut connected = Vec::new();
+    let mut missing = Vec::new();
+    for id in client.node_ids()? {
+        if id == client.server_node_id || client.node_info(&id)?.connected {
+            connected.push(id);
+        } else {
+            missing.push(id);
+        }
+    }
+    Ok((connected, missing))
+}
+
 /// Wait (at most `wait`) until at least `expect` nodes, the main node included, are
 /// connected; returns their ids, the main node's first.
 pub fn wait_for_nodes(client: &mut Client, expect: usize, wait: Duration) -> Result<Vec<String>> {
     let deadline = Instant::now() + wait;
     loop {
-        let mut connected = Vec::new();
-        let mut missing = Vec::new();
-        for id in client.node_ids()? {
-            if id == client.server_node_id || client.node_info(&id)?.connected {
-                connected.push(id);
-            } else {
-                missing.push(id);
-            }
-        }
+        let (connected, missing) = connected_nodes(client)?;
         if connected.len() >= expect {
             return Ok(connected);
         }
@@ -301,14 +308,19 @@ const UNIT_POLL: Duration = Duration::from_millis(200);
 
 /// Provision every node of a unit through the main node: the main node up to its last
 /// certificate; then, once `wait_nodes` returns the connected nodes (the main node's id
-/// first), the secondaries in parallel; then FinishProvisioning on each secondary, then on
-/// the main node — which is left unfinished, and says why, if any secondary failed.
+/// first), the secondaries in parallel, each up to its FinishProvisioning; then the main
+/// node's FinishProvisioning — left undone, saying why, if any secondary failed.
 /// `connect` opens a connection to the main node's protected socket (one per node, so they
 /// run in parallel).
 ///
 /// The main node comes first because a secondary that has its certificate links only in
 /// TLS: after a cut in the middle of a run, the secondaries can link again only once the
-/// main node has its link identity, so the run must not wait for them before that.
+/// main node has its link identity, so the run must not wait for them before that. And a
+/// main node that has a verifier checks the password before any secondary is touched.
+/// When the main node starts unprovisioned (it takes any password, and no secondary can
+/// be waiting for its identity) and nothing is deprovisioned first, the secondaries
+/// connected already are provisioned alongside it, so every core works from the start;
+/// those that connect later are provisioned once the main node has its certificates.
 pub fn run_unit(
     connect: &(dyn Fn() -> Result<Client> + Sync),
     main_id: &str,
@@ -317,16 +329,23 @@ pub fn run_unit(
     opts: &RunOptions,
     progress: &(dyn Fn(&str, &Step) + Sync),
 ) -> Result<Vec<NodeOutcome>> {
-    let main_id = main_id.to_string();
-    // Per node: the connection that prepared it (FinishProvisioning uses it too), the
-    // certificates it got, and whether it was provisioned already.
-    type Prepared = Result<(Client, Vec<CertInfo>, bool)>;
-    let main = main_id.as_str();
-    let prepare_node = |id: &String| -> Prepared {
+    let main = main_id;
+    fn in_node(id: &str) -> impl Fn(Error) -> Error + '_ {
+        move |e| e.context(format!("node {id}"))
+    }
+    // The main node up to its last certificate: its connection (FinishProvisioning uses
+    // it too) and the certificates it got.
+    let prepare_main = || -> Result<(Client, Vec<CertInfo>)> {
         let mut client = connect()?;
-        // The same command run again after a cut: a secondary that finished then
-        // is done, so that the main node can finish now.
-        if id != main && !opts.deprovision_first && client.status(id)?.state == NodeState::Provisioned {
+        let certs = prepare(&mut client, signer, opts, main, &mut |s| progress(main, s))?;
+        Ok((client, certs))
+    };
+    // A secondary, finished too: its certificates.
+    let secondary = |id: &str| -> Result<Vec<CertInfo>> {
+        let mut client = connect()?;
+        // The same command run again after a cut: a secondary that finished then is done,
+        // so that the main node can finish now.
+        if !opts.deprovision_first && client.status(id)?.state == NodeState::Provisioned {
             // What a run reports: the current certificates of the types a CA signs.
             let types = client.cert_types(id)?;
             let certs = client
@@ -334,81 +353,88 @@ pub fn run_unit(
                 .into_iter()
                 .filter(|c| c.current && types.contains(&c.cert_type))
                 .collect();
-            progress(
-                id,
-                &Step {
-                    name: "already provisioned".into(),
-                    done: true,
-                },
-            );
-            return Ok((client, certs, true));
+            let step = Step {
+                name: "already provisioned".into(),
+                done: true,
+            };
+            progress(id, &step);
+            return Ok(certs);
         }
         let certs = prepare(&mut client, signer, opts, id, &mut |s| progress(id, s))?;
-        Ok((client, certs, false))
+        finish(&mut client, opts, id, &mut |s| progress(id, s))?;
+        Ok(certs)
     };
-    let with_context = |id: &String, r: Prepared| (id.clone(), r.map_err(|e: Error| e.context(format!("node {id}"))));
-    let mut prepared: Vec<(String, Prepared)> = vec![with_context(&main_id, prepare_node(&main_id))];
-    if prepared[0].1.is_ok() {
-        let nodes = wait_nodes()?;
-        let secondaries: Vec<&String> = nodes.iter().filter(|id| *id != main).collect();
-        prepared.extend(std::thread::scope(|scope| {
-            let handles: Vec<_> = secondaries.iter().map(|id| scope.spawn(|| prepare_node(id))).collect();
-            secondaries
+    let early: Vec<String> = {
+        let mut client = connect()?;
+        if !opts.deprovision_first && client.status(main)?.state == NodeState::Unprovisioned {
+            connected_nodes(&mut client)?
+                .0
                 .into_iter()
-                .zip(handles)
-                .map(|(id, h)| {
-                    let r = h
-                        .join()
-                        .unwrap_or_else(|_| Err(Error::internal("the provisioning thread panicked")));
-                    with_context(id, r)
-                })
-                .collect::<Vec<_>>()
-        }));
-    }
-    let mut outcomes = Vec::new();
-    let mut main_prepared = None;
-    let mut failed_secondaries = Vec::new();
-    for (id, r) in prepared {
-        if id == main_id {
-            main_prepared = Some(r);
-            continue;
+                .filter(|id| id != main)
+                .collect()
+        } else {
+            Vec::new()
         }
-        let result = r.and_then(|(mut client, certs, already)| {
-            if !already {
-                finish(&mut client, opts, &id, &mut |s| progress(&id, s))
-                    .map_err(|e| e.context(format!("node {id}")))?;
-            }
-            Ok(certs)
-        });
-        if result.is_err() {
-            failed_secondaries.push(id.clone());
+    };
+    let secondary = &secondary;
+    let (main_prepared, secondaries) = std::thread::scope(|scope| {
+        let start = |id: String| {
+            let h = scope.spawn({
+                let id = id.clone();
+                move || secondary(&id)
+            });
+            (id, h)
+        };
+        let mut started: Vec<_> = early.into_iter().map(start).collect();
+        let main_prepared = prepare_main().map_err(in_node(main));
+        // The others once the main node has its certificates; those started already are
+        // joined whatever happens.
+        let waited = match &main_prepared {
+            Ok(_) => wait_nodes().map(|nodes| {
+                let late: Vec<String> = nodes
+                    .into_iter()
+                    .filter(|id| id != main && !started.iter().any(|(s, _)| s == id))
+                    .collect();
+                started.extend(late.into_iter().map(start));
+            }),
+            Err(_) => Ok(()),
+        };
+        let secondaries: Vec<NodeOutcome> = started
+            .into_iter()
+            .map(|(id, h)| {
+                let result = h
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::internal("the provisioning thread panicked")))
+                    .map_err(in_node(&id));
+                NodeOutcome {
+                    node_id: id,
+                    main: false,
+                    result,
+                }
+            })
+            .collect();
+        waited.map(|()| (main_prepared, secondaries))
+    })?;
+    let failed: Vec<&str> = secondaries
+        .iter()
+        .filter(|o| o.result.is_err())
+        .map(|o| o.node_id.as_str())
+        .collect();
+    let main_result = main_prepared.and_then(|(mut client, certs)| {
+        if !failed.is_empty() {
+            return Err(Error::wrong_state(format!(
+                "node {main}: not finished, because secondary node(s) {} failed; its certificates are applied and it is still provisioning — run again once they are fixed",
+                failed.join(", ")
+            )));
         }
-        outcomes.push(NodeOutcome {
-            node_id: id,
-            main: false,
-            result,
-        });
-    }
-    if let Some(r) = main_prepared {
-        let result = r.and_then(|(mut client, certs, _)| {
-            if !failed_secondaries.is_empty() {
-                return Err(Error::wrong_state(format!(
-                    "node {main_id}: not finished, because secondary node(s) {} failed; its certificates are applied and it is still provisioning — run again once they are fixed",
-                    failed_secondaries.join(", ")
-                )));
-            }
-            finish(&mut client, opts, &main_id, &mut |s| progress(&main_id, s))
-                .map_err(|e| e.context(format!("node {main_id}")))?;
-            Ok(certs)
-        });
-        outcomes.insert(
-            0,
-            NodeOutcome {
-                node_id: main_id,
-                main: true,
-                result,
-            },
-        );
-    }
+        finish(&mut client, opts, main, &mut |s| progress(main, s)).map_err(in_node(main))?;
+        Ok(certs)
+    });
+    let mut outcomes = vec![NodeOutcome {
+        node_id: main.to_string(),
+        main: true,
+        result: main_result,
+    }];
+    outcomes.extend(secondaries);
     Ok(outcomes)
 }
