@@ -317,10 +317,10 @@ const UNIT_POLL: Duration = Duration::from_millis(200);
 /// TLS: after a cut in the middle of a run, the secondaries can link again only once the
 /// main node has its link identity, so the run must not wait for them before that. And a
 /// main node that has a verifier checks the password before any secondary is touched.
-/// When the main node starts unprovisioned (it takes any password, and no secondary can
-/// be waiting for its identity) and nothing is deprovisioned first, the secondaries
-/// connected already are provisioned alongside it, so every core works from the start;
-/// those that connect later are provisioned once the main node has its certificates.
+/// When the main node starts unprovisioned (it takes any password then) and nothing is
+/// deprovisioned first, the secondaries connected already are provisioned alongside it,
+/// so every core works from the start; those that connect later (one waiting in TLS for
+/// the main node's identity among them) once the main node has its certificates.
 pub fn run_unit(
     connect: &(dyn Fn() -> Result<Client> + Sync),
     main_id: &str,
