@@ -981,8 +981,21 @@ fn waiting_for_nodes_that_never_link_times_out_naming_who_is_there() {
     unit.start(true);
     unit.link_unix(0);
     unit.wait_connected(&unit.secondaries[0].node_id(), true);
-    unit.run_all(&["--expect-nodes", "3", "--wait", "1"])
+    let out = unit
+        .run_all(&["--expect-nodes", "3", "--wait", "1"])
         .fails(11, "2 of 3 nodes connected after 1 s");
+    // The secondary linked already was provisioned alongside the (unprovisioned) main
+    // node, and the error says so; the main node is left provisioning.
+    let s0 = unit.secondaries[0].node_id();
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        all.contains(&format!(
+            "meanwhile, alongside the main node (left provisioning): {s0} provisioned"
+        )),
+        "{all}"
+    );
+    assert_eq!(unit.secondaries[0].status()["state"], "provisioned");
+    assert_eq!(unit.main.status()["state"], "provisioning");
 }
 
 #[test]

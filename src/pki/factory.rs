@@ -413,7 +413,27 @@ pub fn run_unit(
                 }
             })
             .collect();
-        waited.map(|()| (main_prepared, secondaries))
+        match waited {
+            Ok(()) => Ok((main_prepared, secondaries)),
+            // Those provisioned alongside the main node meanwhile are named: the run's one
+            // error must not hide that they changed.
+            Err(mut e) if !secondaries.is_empty() => {
+                let done: Vec<String> = secondaries
+                    .iter()
+                    .map(|o| match &o.result {
+                        Ok(_) => format!("{} provisioned", o.node_id),
+                        Err(err) => format!("{} failed ({err})", o.node_id),
+                    })
+                    .collect();
+                e.message = format!(
+                    "{}; meanwhile, alongside the main node (left provisioning): {}",
+                    e.message,
+                    done.join(", ")
+                );
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     })?;
     let failed: Vec<&str> = secondaries
         .iter()
