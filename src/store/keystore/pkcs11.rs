@@ -151,9 +151,10 @@ struct Seen {
 }
 
 impl Seen {
-    /// `None` if the token gives none of the object's attributes (SoftHSM, for an object
-    /// whose file was created and not one attribute written yet): such an object is left
-    /// alone, as nothing says whose it is.
+    /// An object whose attributes the token calls invalid (`CKR_ATTRIBUTE_VALUE_INVALID`:
+    /// SoftHSM, for an object whose file was made and not one attribute written yet, as
+    /// it has no class) is seen as a remnant too: no application can use an object
+    /// without a class. `None` on any other failure: the object is left.
     fn read(s: &Session, h: ObjectHandle) -> Option<Seen> {
         let attributes = [
             AttributeType::Class,
@@ -167,7 +168,14 @@ impl Seen {
             label: Vec::new(),
             id: Vec::new(),
         };
-        for a in s.get_attributes(h, &attributes).ok()? {
+        let read = match s.get_attributes(h, &attributes) {
+            Err(CkError::Pkcs11(RvError::AttributeValueInvalid, _)) => {
+                seen.token = false;
+                return Some(seen);
+            }
+            r => r.ok()?,
+        };
+        for a in read {
             match a {
                 Attribute::Class(c) if c == ObjectClass::PRIVATE_KEY => seen.kind = Some(ObjectKind::PrivateKey),
                 Attribute::Class(c) if c == ObjectClass::PUBLIC_KEY => seen.kind = Some(ObjectKind::PublicKey),
