@@ -438,6 +438,36 @@ fn a_token_softhsm_fails_to_initialise_again_is_emptied_and_the_run_converges() 
     assert_converged(&node);
 }
 
+/// A token SoftHSM was killed inside `C_InitToken` for (seen in `make crash-test`;
+/// tests/data/softhsm/README.md): its token.object holds the label only, and
+/// `C_GetTokenInfo` fails for its slot. The store passes that slot over, says so, and
+/// initialises the free slot; the run converges, and the next start finds the token.
+#[test]
+fn a_token_cut_off_in_its_initialisation_is_passed_over_and_the_run_converges() {
+    let mut node = Node::new("cut-init", Store::Pkcs11);
+    let broken = node.path("tokens").join("0c0ffee0-0000-4000-8000-00000000000a");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/softhsm/cut-token.object"),
+        broken.join("token.object"),
+    )
+    .unwrap();
+    std::fs::write(broken.join("token.lock"), "").unwrap();
+    std::fs::write(broken.join("generation"), [0u8, 0, 0, 0, 0, 0, 0, 1]).unwrap();
+    node.start(true);
+    node.run_flow().ok();
+    let log = node.log();
+    assert!(
+        log.contains("slot 0 cannot be read (PKCS#11 token label \"aos-test\": read token info: C_GetTokenInfo returned CKR_GENERAL_ERROR")
+            && log.contains("); initialising slot 1 instead"),
+        "{log}"
+    );
+    assert_converged(&node);
+    node.stop();
+    node.start(false);
+    assert_converged(&node);
+}
+
 /// A step whose client goes while it waits for the step in progress is dropped before it
 /// starts: iam-certctl renew killed during its CreateKey, and run again, must not have the
 /// late CreateKey replace the new run's pending key (seen in `make crash-test`). Here the

@@ -325,39 +325,52 @@ impl Pkcs11Store {
     fn find_slot(&self, for_init: bool) -> Result<Slot> {
         let slots = self.lib()?.ctx.get_slots_with_token().map_err(self.err("list slots"))?;
         let info = |s: &Slot| self.lib()?.ctx.get_token_info(*s).map_err(self.err("read token info"));
+        // A token whose information cannot be read (SoftHSM killed inside C_InitToken keeps
+        // a token.object with its label only) is passed over by a search by serial or
+        // label, which could never match it; if nothing else matches, its error is the
+        // answer.
+        let mut unreadable: Option<(Slot, Error)> = None;
+        let mut readable = |s: &Slot| match info(s) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                crate::log_debug!("slot {}: {e}; passed over", s.id());
+                unreadable.get_or_insert((*s, e));
+                None
+            }
+        };
         let found = match &self.config.token {
             TokenSelector::SlotId(id) => slots.iter().find(|s| s.id() == *id).copied(),
             TokenSelector::SlotIndex(i) => slots.get(*i as usize).copied(),
-            TokenSelector::Serial(serial) => {
-                let mut hit = None;
-                for s in &slots {
-                    if info(s)?.serial_number().trim() == serial {
-                        hit = Some(*s);
-                        break;
-                    }
-                }
-                hit
-            }
+            TokenSelector::Serial(serial) => slots
+                .iter()
+                .find(|s| readable(s).is_some_and(|i| i.serial_number().trim() == serial))
+                .copied(),
             TokenSelector::Label(label) => {
-                let mut hit = None;
-                for s in &slots {
-                    let i = info(s)?;
-                    if i.token_initialized() && i.label().trim() == label {
-                        hit = Some(*s);
-                        break;
-                    }
-                }
+                let mut hit = slots
+                    .iter()
+                    .find(|s| readable(s).is_some_and(|i| i.token_initialized() && i.label().trim() == label))
+                    .copied();
                 if hit.is_none() && for_init {
-                    for s in &slots {
-                        if !info(s)?.token_initialized() {
-                            hit = Some(*s);
-                            break;
-                        }
+                    hit = slots
+                        .iter()
+                        .find(|s| readable(s).is_some_and(|i| !i.token_initialized()))
+                        .copied();
+                    if let (Some(free), Some((bad, e))) = (hit, &unreadable) {
+                        crate::log_warn!(
+                            "slot {} cannot be read ({e}); initialising slot {} instead",
+                            bad.id(),
+                            free.id()
+                        );
                     }
                 }
                 hit
             }
         };
+        if found.is_none() {
+            if let Some((_, e)) = unreadable {
+                return Err(e);
+            }
+        }
         found.ok_or_else(|| {
             Error::new(
                 ErrorKind::KeyStore("CKR_TOKEN_NOT_PRESENT".into()),
