@@ -191,6 +191,15 @@ fn objects_without_a_label_left_by_a_cut_creation_are_removed_at_start() {
         .ok();
 }
 
+/// The directory of a node's SoftHSM token (its only one).
+fn token_dir(node: &Node) -> std::path::PathBuf {
+    std::fs::read_dir(node.path("tokens"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .expect("the token's directory")
+}
+
 /// The objects SoftHSM keeps when it is killed inside `C_CreateObject` (seen in `make
 /// crash-test`; tests/data/softhsm/README.md): it writes a new object's file, then the
 /// default attributes of its class one by one (`CKA_TOKEN` false among them), then the
@@ -207,11 +216,7 @@ fn objects_softhsm_keeps_when_killed_inside_an_object_creation_are_removed_at_st
     node.run_flow().ok();
     node.stop();
     let before = node.token_objects();
-    let token = std::fs::read_dir(node.path("tokens"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.is_dir())
-        .unwrap();
+    let token = token_dir(&node);
     let defaults = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/data/softhsm/cut-certificate.object"
@@ -419,11 +424,7 @@ fn a_token_softhsm_fails_to_initialise_again_is_emptied_and_the_run_converges() 
     node.start(true);
     assert_eq!(run_flow(&node).code, 3);
     node.reap();
-    let token = std::fs::read_dir(node.path("tokens"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.is_dir())
-        .expect("the token's directory");
+    let token = token_dir(&node);
     // An object file without its lock file: SoftHSM killed between creating the two.
     let object = std::fs::read_dir(&token)
         .unwrap()
