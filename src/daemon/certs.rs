@@ -305,7 +305,8 @@ impl CertModules {
     /// Compare the database with the stores: records whose objects are missing (findings),
     /// and objects of our certificate types that no record names (orphans, by type and id).
     /// Records without objects (findings), objects of our types without records (orphans),
-    /// and the stores that hold objects without a label (see `KeyStore::remove_incomplete`).
+    /// and the stores that hold what object creations cut off left (`ObjectKind::Incomplete`,
+    /// see `KeyStore::remove_incomplete`).
     #[allow(clippy::type_complexity)]
     pub fn audit(&self, snap: &Snapshot) -> (Vec<String>, Vec<(String, KeyId)>, Vec<Arc<dyn KeyStore>>) {
         use crate::store::keystore::ObjectKind;
@@ -361,12 +362,12 @@ impl CertModules {
                 }
             }
         }
-        let unlabelled = listed
+        let incomplete = listed
             .iter()
-            .filter(|(_, objects)| objects.iter().any(|o| o.label.is_empty()))
+            .filter(|(_, objects)| objects.iter().any(|o| o.kind == ObjectKind::Incomplete))
             .map(|(store, _)| store.clone())
             .collect();
-        (findings, orphans, unlabelled)
+        (findings, orphans, incomplete)
     }
 
     /// Reconciliation (docs/ARCHITECTURE.md §8), by this policy: objects of our types that no record
@@ -379,9 +380,9 @@ impl CertModules {
     /// kept whatever their age.
     pub fn reconcile(&self, db: &Db, config: &Config, pending_max_age: i64, keep: &[KeyId]) -> Result<Vec<String>> {
         let snap = db.snapshot()?;
-        let (mut report, orphans, unlabelled) = self.audit(&snap);
+        let (mut report, orphans, incomplete) = self.audit(&snap);
         // One that cannot be removed is a finding: the rest of the pass still runs.
-        for store in unlabelled {
+        for store in incomplete {
             match store.remove_incomplete() {
                 Ok(0) => {}
                 Ok(n) => report.push(format!(
