@@ -59,6 +59,15 @@ pub fn main(name: &str, args: &[&str]) -> u8 {
                 return 1;
             }
         }
+        // A key store this build cannot load would stop iamd at its start.
+        for m in &config.modules {
+            if let aos_iam::config::StoreConfig::Pkcs11(p) = &m.store {
+                if let Err(e) = aos_iam::store::keystore::pkcs11::loadable(p) {
+                    eprintln!("{name}: module {}: {e}", m.id);
+                    return 1;
+                }
+            }
+        }
         println!("{path}: valid ({} certificate modules)", config.modules.len());
         // The state it would open: a database of a newer release is refused here too.
         match aos_iam::store::db::schema_report(&config.db_path()) {

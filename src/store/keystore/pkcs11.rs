@@ -210,14 +210,51 @@ pub struct Pkcs11Store {
     session: Mutex<Option<(u64, Session)>>,
 }
 
+/// Why a static build cannot use this module, if it cannot. A static glibc program loads a
+/// module's dependencies in a link namespace of their own, and GLib does not survive there:
+/// tpm2-pkcs11 through the tabrmd TCTI (libtss2-tcti-tabrmd, GDBus) aborts or crashes iamd
+/// inside `C_Initialize`. tctildr tries tabrmd first when `TPM2_PKCS11_TCTI` is unset, so
+/// the TCTI must be named, and must be one without GLib (device, swtpm, mssim).
+fn static_build_refuses(library: &Path, tcti: Option<&str>) -> Option<String> {
+    let name = library.file_name()?.to_string_lossy();
+    if !name.contains("tpm2_pkcs11") {
+        return None;
+    }
+    let why = match tcti.map(str::trim) {
+        None | Some("") => "TPM2_PKCS11_TCTI is not set, and the TCTI loader tries tabrmd first",
+        Some(t) if t == "tabrmd" || t.starts_with("tabrmd:") || t.contains("libtss2-tcti-tabrmd") => {
+            "TPM2_PKCS11_TCTI names tabrmd"
+        }
+        Some(_) => return None,
+    };
+    Some(format!(
+        "cannot use {} from the static build: {why}, whose GLib aborts a static program; \
+         set TPM2_PKCS11_TCTI=device:/dev/tpmrm0 (the kernel's resource manager) or use the dynamic build",
+        library.display()
+    ))
+}
+
+/// Whether this build can load the library a store names, found without loading it (for
+/// `iamd --check-config` as well as for opening the store).
+pub fn loadable(config: &Pkcs11Config) -> Result<()> {
+    if !config.library.exists() {
+        return Err(Error::new(
+            ErrorKind::KeyStore("load".into()),
+            format!("cannot load PKCS#11 library {}: no such file", config.library.display()),
+        ));
+    }
+    if cfg!(target_feature = "crt-static") {
+        let tcti = std::env::var("TPM2_PKCS11_TCTI").ok();
+        if let Some(why) = static_build_refuses(&config.library, tcti.as_deref()) {
+            return Err(Error::new(ErrorKind::KeyStore("load".into()), why));
+        }
+    }
+    Ok(())
+}
+
 impl Pkcs11Store {
     pub fn new(config: Pkcs11Config) -> Result<Self> {
-        if !config.library.exists() {
-            return Err(Error::new(
-                ErrorKind::KeyStore("load".into()),
-                format!("cannot load PKCS#11 library {}: no such file", config.library.display()),
-            ));
-        }
+        loadable(&config)?;
         Ok(Pkcs11Store {
             config,
             loaded: Mutex::new(None),
@@ -932,5 +969,27 @@ mod tests {
     fn urls_percent_encode_per_rfc7512() {
         assert_eq!(pct(b"a b/c"), "a%20b%2Fc");
         assert_eq!(pct(&[0xab, 0x01]), "%AB%01");
+    }
+
+    #[test]
+    fn the_static_build_refuses_tpm2_pkcs11_only_through_tabrmd_or_an_unnamed_tcti() {
+        let tpm = Path::new("/usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so");
+        for tcti in [
+            None,
+            Some(""),
+            Some("tabrmd"),
+            Some("tabrmd:bus_type=session"),
+            Some("libtss2-tcti-tabrmd.so.0:"),
+        ] {
+            let why = static_build_refuses(tpm, tcti).expect("refused");
+            assert!(why.contains("TPM2_PKCS11_TCTI=device:/dev/tpmrm0"), "{why}");
+        }
+        for tcti in ["device:/dev/tpmrm0", "swtpm:host=127.0.0.1,port=2321", "mssim"] {
+            assert_eq!(static_build_refuses(tpm, Some(tcti)), None, "{tcti}");
+        }
+        assert_eq!(
+            static_build_refuses(Path::new("/usr/lib/softhsm/libsofthsm2.so"), None),
+            None
+        );
     }
 }
