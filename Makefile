@@ -42,7 +42,9 @@ build:
 # a panic still prints its message and aborts, but RUST_BACKTRACE=1 prints no stack trace
 # (scripts/discard-unwind-tables.ld says why). UNWIND_TABLES=keep keeps them.
 UNWIND_TABLES ?= discard
-STATIC_RUSTFLAGS := -C target-feature=+crt-static
+# Its relocations are packed (DT_RELR, binutils 2.38 and glibc 2.36 or newer): about 160 KB
+# less than RELA entries, with the same ASLR.
+STATIC_RUSTFLAGS := -C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs
 ifeq ($(UNWIND_TABLES),discard)
 STATIC_RUSTFLAGS += -C link-arg=-Wl,-T,$(CURDIR)/scripts/discard-unwind-tables.ld
 else ifneq ($(UNWIND_TABLES),keep)
@@ -208,7 +210,7 @@ check-layer:
 # crate. A report: the binary is above the goal today.
 # The stripped static binary may not grow past SIZE_CEILING without the ceiling being raised
 # here on purpose (make test checks it). The goal is 3 MiB (3 145 728 bytes), not met yet.
-SIZE_CEILING ?= 4466664
+SIZE_CEILING ?= 4302896
 size: static
 	$(STRIP) -o target/aos-iam.static.stripped $(STATIC)
 	python3 scripts/size.py $(STATIC) target/aos-iam.static.stripped $(SIZE_CEILING)
