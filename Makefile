@@ -42,8 +42,9 @@ build:
 # a panic still prints its message and aborts, but RUST_BACKTRACE=1 prints no stack trace
 # (scripts/discard-unwind-tables.ld says why). UNWIND_TABLES=keep keeps them.
 UNWIND_TABLES ?= discard
-# Its relocations are packed (DT_RELR, binutils 2.38 and glibc 2.36 or newer): about 160 KB
-# less than RELA entries, with the same ASLR.
+# Its relocations are packed (DT_RELR: rustc's own rust-lld, the default linker here, or GNU
+# ld 2.38 or newer, and glibc 2.36 or newer): about 160 KB less than RELA entries, with the
+# same ASLR.
 STATIC_RUSTFLAGS := -C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs
 ifeq ($(UNWIND_TABLES),discard)
 STATIC_RUSTFLAGS += -C link-arg=-Wl,-T,$(CURDIR)/scripts/discard-unwind-tables.ld
