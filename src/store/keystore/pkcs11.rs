@@ -216,9 +216,13 @@ pub struct Pkcs11Store {
 /// unset) GLib aborts or crashes iamd inside `C_Initialize`, and through any TCTI the first
 /// TPM error crashes it in `Tss2_RC_Decode` (libtss2-rc's thread-local buffer). So the
 /// static build refuses tpm2-pkcs11 whatever the TCTI, naming the dynamic build.
+/// The module is recognised by its file name, or by the name of the file a link points to.
 fn static_build_refuses(library: &Path) -> Option<String> {
-    let name = library.file_name()?.to_string_lossy();
-    if !name.contains("tpm2_pkcs11") {
+    let is_tpm2 = |p: &Path| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().contains("tpm2_pkcs11"))
+    };
+    if !is_tpm2(library) && !std::fs::canonicalize(library).is_ok_and(|real| is_tpm2(&real)) {
         return None;
     }
     Some(format!(
@@ -976,5 +980,15 @@ mod tests {
             static_build_refuses(Path::new("/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so")),
             None
         );
+        // A link of another name to the module is the module.
+        let dir = std::env::temp_dir().join(format!("aos-iam-tpm2-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (real, link) = (dir.join("libtpm2_pkcs11.so.1"), dir.join("token.so"));
+        std::fs::write(&real, b"").unwrap();
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let refused = static_build_refuses(&link);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(refused.is_some());
     }
 }
