@@ -15,7 +15,6 @@ trap 'rm -rf "$DIR"' EXIT
 fail() { echo "check-static-tpm: $*" >&2; exit 1; }
 
 printf 'static-tpm-0001\n' > "$DIR/node-id"
-(umask 077; printf 'factory-secret\n' > "$DIR/password")
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
     -keyout "$DIR/ca.key" -out "$DIR/ca.pem" -subj "/CN=static tpm check CA" \
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
