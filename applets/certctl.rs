@@ -53,8 +53,9 @@ struct Check {
     critical_days: u32,
 }
 
-/// Renew TYPE now: a new key in the store, its CSR signed by a local CA or a command, the
-/// chain applied (validated as in provisioning).
+/// Renew TYPE now: a new key in the store, its CSR signed by a local CA, a command, EST or
+/// SCEP, the chain applied (validated as in provisioning). Without a signing option, iamd
+/// runs the module's own renewal ([modules.renew]) now and this waits for its outcome.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "renew")]
 struct Renew {
@@ -406,6 +407,22 @@ fn run(args: &Args) -> Result<u8, Error> {
                 }
             }
             return Ok(worst.exit_code());
+        }
+        Verb::Renew(v)
+            if v.ca_cert.is_none()
+                && v.ca_key.is_none()
+                && v.sign_cmd.is_none()
+                && v.est.is_none()
+                && v.scep.is_none() =>
+        {
+            let mut c = Client::connect(socket(DEFAULT_PROTECTED_SOCKET).as_ref())?;
+            let node = v.node.clone().unwrap_or_else(|| c.server_node_id.clone());
+            let cert = c.renew_now(&node, &v.cert_type)?;
+            if args.json {
+                println!("{}", json!({"ok": true, "certificate": cert_json(&cert)}));
+            } else {
+                print!("{}", cert_text(&cert));
+            }
         }
         Verb::Renew(v) => {
             let signer = common::options_signer!(v);

@@ -35,9 +35,29 @@ pub fn enabled(level: Level) -> bool {
 pub fn write(level: Level, args: std::fmt::Arguments) {
     if enabled(level) {
         use std::io::Write;
-        let line = format!("<{}>{}\n", level as u8, args);
+        let line = format!("<{}>{}\n", level as u8, escape(&args.to_string()));
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
+}
+
+/// `text` on one line with every control character written as `\xNN` (or `\n`, `\r`,
+/// `\t`): a log line is always one entry at its own priority, whatever a server, a peer or
+/// a file put into the text it carries (a line feed and `<0>` would forge another entry).
+pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 #[macro_export]
@@ -50,3 +70,15 @@ macro_rules! log_notice { ($($t:tt)*) => { $crate::log::write($crate::log::Level
 macro_rules! log_info { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Info, format_args!($($t)*)) } }
 #[macro_export]
 macro_rules! log_debug { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Debug, format_args!($($t)*)) } }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_control_character_cannot_start_another_log_entry() {
+        assert_eq!(super::escape("plain text"), "plain text");
+        assert_eq!(
+            super::escape("HTTP/1.1 200 OK\n<0>forged\r\x1b[2J\u{85}"),
+            "HTTP/1.1 200 OK\\n<0>forged\\r\\x1b[2J\\x85"
+        );
+    }
+}

@@ -128,15 +128,15 @@ fn other_protocol_versions_are_refused_naming_both() {
     );
     let e: aos_iam::Error = wire::decode_body(&body).unwrap();
     assert!(
-        e.message.contains("version 7") && e.message.contains("versions 1 to 4"),
+        e.message.contains("version 7") && e.message.contains("versions 1 to 5"),
         "{e:?}"
     );
     // In the hello: a range that does not meet this side's.
     let mut s = UnixStream::connect(node.public()).unwrap();
-    let f = hello_frame(1, 5);
+    let f = hello_frame(1, 6);
     s.write_all(&f).unwrap();
-    let e = expect_error_then_close(&mut s, "the other end speaks protocol versions 5 to 5");
-    assert!(e.message.contains("this side speaks versions 1 to 4"), "{e:?}");
+    let e = expect_error_then_close(&mut s, "the other end speaks protocol versions 6 to 6");
+    assert!(e.message.contains("this side speaks versions 1 to 5"), "{e:?}");
     // A client of the release before (version 1: its own hello, in a version 1 frame) is
     // answered in version 1, and served in it.
     let mut s = UnixStream::connect(node.public()).unwrap();

@@ -410,16 +410,16 @@ fn sample_info(id: &str) -> aos_iam::proto::wire::NodeInfo {
 fn link_hellos_with_other_versions_roles_or_ids_are_refused_clearly() {
     let mut unit = Unit::new("hello", 0);
     unit.main.start(true);
-    let mut v5 = link_hello(1, Role::NodeLink, "n2");
-    v5[4] = 5;
-    let e = link_exchange(&unit, &[v5]);
+    let mut v6 = link_hello(1, Role::NodeLink, "n2");
+    v6[4] = 6;
+    let e = link_exchange(&unit, &[v6]);
     assert!(
-        e.message.contains("version 5") && e.message.contains("versions 1 to 4"),
+        e.message.contains("version 6") && e.message.contains("versions 1 to 5"),
         "{e:?}"
     );
     let e = link_exchange(&unit, &[link_hello(7, Role::NodeLink, "n2")]);
     assert!(
-        e.message.contains("versions 7 to 7") && e.message.contains("versions 1 to 4"),
+        e.message.contains("versions 7 to 7") && e.message.contains("versions 1 to 5"),
         "{e:?}"
     );
     let e = link_exchange(&unit, &[link_hello(1, Role::Client, "")]);

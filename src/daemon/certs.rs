@@ -533,15 +533,18 @@ impl CertModules {
         })?;
         let current = match (renewal, self.current(&snap, cert_type)) {
             (true, Some(r)) => match (m.stored_key(r.key_id), m.store.certificate(m.id(), &r.key_id)?) {
-                (Ok(k), Some(der)) => Some((k, der)),
+                (Ok(k), Some(der)) => Some((k, der, r.intermediates.clone())),
                 _ => None,
             },
             _ => None,
         };
-        let current_identity = current.as_ref().map(|(k, der)| crate::pki::scep::CurrentIdentity {
-            key: k,
-            cert: der.clone(),
-        });
+        let current_identity = current
+            .as_ref()
+            .map(|(k, der, intermediates)| crate::pki::scep::CurrentIdentity {
+                key: k,
+                cert: der.clone(),
+                intermediates: intermediates.clone(),
+            });
         crate::pki::scep::enroll(config, &key, csr.as_ref(), current_identity.as_ref())
     }
 

@@ -211,6 +211,18 @@ pub(super) fn handle(shared: &Shared, request: Request) -> Result<Response> {
                     serial,
                 })
         }
+        Request::GetLinkChain => {
+            prov.modules
+                .identity(&prov.db, &prov.config.links.identity)
+                .map(|(cert_der, serial, id)| Response::LinkChain {
+                    chain: std::iter::once(cert_der).chain(id.intermediates).collect(),
+                    algorithm: id.algorithm.name().into(),
+                    serial,
+                })
+        }
+        Request::RenewNow { node_id, cert_type } => {
+            crate::daemon::renewal::renew_now(prov, &node_id, &cert_type).map(Response::Applied)
+        }
         Request::SignWithLinkIdentity { serial, message } => prov
             .modules
             .sign_with(&prov.db, &prov.config.links.identity, &serial, &message)

@@ -96,6 +96,10 @@ pub struct Provisioning {
     /// Set once the start-up recovery (trash, reconciliation) has run: iamd listens before
     /// it, and every step that takes the journal lock waits for it.
     recovered: (Mutex<bool>, std::sync::Condvar),
+    /// Held while a renewal runs (the scheduler's pass, or RenewNow), so that one module's
+    /// renewal is never run twice at once; and when each module's last renewal was applied
+    /// by this process (the floor between renewals, `renewal::FLOOR`).
+    pub(crate) renewing: Mutex<std::collections::BTreeMap<String, i64>>,
 }
 
 impl Provisioning {
@@ -115,6 +119,7 @@ impl Provisioning {
             remember_key,
             reported: Mutex::new(Default::default()),
             recovered: (Mutex::new(false), std::sync::Condvar::new()),
+            renewing: Mutex::new(Default::default()),
         })
     }
 

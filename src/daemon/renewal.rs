@@ -43,11 +43,8 @@ use crate::sys::now;
 /// When a certificate's renewal is due under `policy`: the threshold, brought forward by a
 /// jitter that is fixed per certificate (drawn from its serial), so a fleet spreads out.
 pub fn due_at(record: &CertRecord, policy: &RenewPolicy) -> i64 {
-    let (start, end) = (record.not_before, record.not_after.max(record.not_before));
-    let threshold = match policy.threshold {
-        Threshold::Elapsed(per_mille) => start + (end - start) * per_mille as i64 / 1000,
-        Threshold::BeforeExpiry(d) => end - d.as_secs() as i64,
-    };
+    let start = record.not_before;
+    let threshold = threshold_at(record.not_before, record.not_after, policy);
     let spread = (threshold - start).max(0) * policy.jitter as i64 / 1000;
     let draw = record
         .serial
@@ -59,6 +56,15 @@ pub fn due_at(record: &CertRecord, policy: &RenewPolicy) -> i64 {
         0
     };
     threshold - early
+}
+
+/// The policy's threshold for a certificate valid from `start` to `end`, without jitter.
+fn threshold_at(start: i64, end: i64, policy: &RenewPolicy) -> i64 {
+    let end = end.max(start);
+    match policy.threshold {
+        Threshold::Elapsed(per_mille) => start + (end - start) * per_mille as i64 / 1000,
+        Threshold::BeforeExpiry(d) => end - d.as_secs() as i64,
+    }
 }
 
 fn backoff(policy: &RenewPolicy, failures: u32) -> Duration {
@@ -82,12 +88,21 @@ fn store(prov: &Provisioning, cert_type: &str, r: Option<&Renewal>) -> Result<()
     prov.db.set_renewal(cert_type, r)
 }
 
-/// What one pass did for a module, for the log and for certificate events.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Idle,
-    Applied,
-    Failed,
+/// The least time between two renewals of one module, whatever the threshold: a threshold
+/// at least as long as the certificates the CA issues would otherwise renew again at once,
+/// without end (seen against Cisco libest: 32 re-enrollments in 3 s). Each certificate
+/// adds a jitter of up to half of it, drawn from its serial, so a fleet spreads out.
+pub const FLOOR: Duration = Duration::from_secs(600);
+
+/// The floor after `record` was applied: from when this process applied it, else from its
+/// notBefore (a restart forgets the former; CAs backdate notBefore by minutes at most).
+fn floor_after(record: &CertRecord, applied_at: Option<i64>) -> i64 {
+    let draw = record
+        .serial
+        .iter()
+        .fold(7u64, |h, b| h.wrapping_mul(131).wrapping_add(*b as u64));
+    let floor = FLOOR.as_secs() as i64 + (draw % (FLOOR.as_secs() / 2 + 1)) as i64;
+    applied_at.unwrap_or(record.not_before).max(record.not_before) + floor
 }
 
 /// One pass over every module with a renewal policy: start what is due, resume what is in
@@ -99,24 +114,103 @@ pub fn run_due(prov: &Provisioning) -> Result<(bool, i64)> {
     if prov.state()? != NodeState::Provisioned {
         return Ok((false, next));
     }
+    let mut last = crate::sys::lock(&prov.renewing);
     for m in &prov.config.modules {
         let Some(policy) = &m.renew else { continue };
-        match renew_module(prov, &m.id, policy) {
-            Ok((Outcome::Applied, n)) => {
-                applied = true;
-                next = next.min(n);
+        let renewal = match begin(prov, &m.id, policy, last.get(&m.id).copied(), false) {
+            Ok(Begun::Wait(at)) => {
+                next = next.min(at);
+                continue;
             }
-            Ok((_, n)) => next = next.min(n),
-            Err(e) => crate::log_error!("renewal of {}: {e}", m.id),
+            Ok(Begun::Go(r)) => r,
+            Err(e) => {
+                crate::log_error!("renewal of {}: {e}", m.id);
+                continue;
+            }
+        };
+        match run(prov, &m.id, policy, renewal) {
+            Ok(Some(_)) => {
+                last.insert(m.id.clone(), now());
+                applied = true;
+                next = now();
+            }
+            Ok(None) => next = now(),
+            Err((e, at)) => {
+                crate::log_error!("renewal of {}: {e}", m.id);
+                next = next.min(at);
+            }
         }
     }
     Ok((applied, next))
 }
 
-fn renew_module(prov: &Provisioning, cert_type: &str, policy: &RenewPolicy) -> Result<(Outcome, i64)> {
+/// RenewNow: the module's configured renewal, run now whatever its threshold (a renewal in
+/// progress is resumed, its retry delay waived); the answer is the certificate it applied.
+/// A failure is kept as the scheduler keeps its own, so the scheduler tries again later.
+pub fn renew_now(prov: &Provisioning, node_id: &str, cert_type: &str) -> Result<crate::proto::wire::CertInfo> {
+    prov.check_node_id(node_id)?;
+    let policy = prov
+        .config
+        .modules
+        .iter()
+        .find(|m| m.id == cert_type)
+        .ok_or_else(|| Error::not_found(format!("no module \"{cert_type}\"")))?
+        .renew
+        .as_ref()
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "module {cert_type} has no [modules.renew] policy: iamd has no renewal of its own to run \
+                 (renew it with a signer: iam-certctl renew {cert_type} --ca-cert/--sign-cmd/--est/--scep)"
+            ))
+        })?;
+    let state = prov.state()?;
+    if state != NodeState::Provisioned {
+        return Err(Error::wrong_state(format!(
+            "renewal of {cert_type}: the node is {} and renews only once provisioned",
+            state.name()
+        )));
+    }
+    let mut last = crate::sys::lock(&prov.renewing);
+    let renewal = match begin(prov, cert_type, policy, None, true)? {
+        Begun::Go(r) => r,
+        Begun::Wait(_) => return Err(Error::internal("a forced renewal did not start")),
+    };
+    let cert = match run(prov, cert_type, policy, renewal) {
+        Ok(Some(cert)) => cert,
+        Ok(None) => {
+            return Err(Error::unavailable(format!(
+                "renewal of {cert_type}: its new key was gone, so it starts over; ask again"
+            )))
+        }
+        Err((e, at)) => {
+            return Err(e.context(format!(
+                "renewal of {cert_type} (iamd tries again at {})",
+                crate::pki::x509::rfc3339(at)
+            )))
+        }
+    };
+    last.insert(cert_type.to_string(), now());
+    Ok(cert)
+}
+
+enum Begun {
+    /// Nothing to do before this time.
+    Wait(i64),
+    Go(Renewal),
+}
+
+/// The renewal of a module to run now, resumed or begun (its new key made and committed);
+/// or when it is due. `force` begins it whatever the threshold and the floor.
+fn begin(
+    prov: &Provisioning,
+    cert_type: &str,
+    policy: &RenewPolicy,
+    applied_at: Option<i64>,
+    force: bool,
+) -> Result<Begun> {
     let t = now();
-    let mut renewal = match load(prov, cert_type)? {
-        Some(r) if r.next_try > t => return Ok((Outcome::Idle, r.next_try)),
+    Ok(Begun::Go(match load(prov, cert_type)? {
+        Some(r) if r.next_try > t && !force => return Ok(Begun::Wait(r.next_try)),
         Some(r) => {
             crate::log_info!("renewal of {cert_type}: resuming at step {}", r.step.name());
             r
@@ -124,14 +218,20 @@ fn renew_module(prov: &Provisioning, cert_type: &str, policy: &RenewPolicy) -> R
         None => {
             let snap = prov.db.snapshot()?;
             let Some(current) = prov.modules.current(&snap, cert_type) else {
-                return Ok((Outcome::Idle, t + 3600));
+                if force {
+                    return Err(Error::wrong_state(format!(
+                        "module {cert_type} has no certificate to renew"
+                    )));
+                }
+                return Ok(Begun::Wait(t + 3600));
             };
-            let due = due_at(current, policy);
-            if due > t {
-                return Ok((Outcome::Idle, due));
+            let due = due_at(current, policy).max(floor_after(current, applied_at));
+            if due > t && !force {
+                return Ok(Begun::Wait(due));
             }
             crate::log_notice!(
-                "renewal of {cert_type}: due (certificate {} expires {})",
+                "renewal of {cert_type}: {} (certificate {} expires {})",
+                if force { "asked for now" } else { "due" },
                 hex(&current.serial),
                 crate::pki::x509::rfc3339(current.not_after)
             );
@@ -146,26 +246,37 @@ fn renew_module(prov: &Provisioning, cert_type: &str, policy: &RenewPolicy) -> R
             store(prov, cert_type, Some(&r))?;
             r
         }
-    };
+    }))
+}
+
+/// Take a begun renewal to its end: the key id of the certificate applied, `None` when its
+/// key was gone (it starts over), or the error and when it is tried again (kept).
+fn run(
+    prov: &Provisioning,
+    cert_type: &str,
+    policy: &RenewPolicy,
+    mut renewal: Renewal,
+) -> std::result::Result<Option<crate::proto::wire::CertInfo>, (Error, i64)> {
+    let kept = |e: Error| (e, now() + backoff(policy, 0).as_secs() as i64);
     // The renewal's key must still be pending (a provisioning step or reconciliation may
     // have removed it); if not, start over.
     let pending = prov
         .db
-        .snapshot()?
+        .snapshot()
+        .map_err(kept)?
         .pending
         .iter()
         .any(|p| p.cert_type == cert_type && p.key_id == *renewal.step.key_id());
     if !pending {
         crate::log_warn!("renewal of {cert_type}: its new key is gone; starting over");
-        store(prov, cert_type, None)?;
-        return Ok((Outcome::Idle, t));
+        store(prov, cert_type, None).map_err(kept)?;
+        return Ok(None);
     }
     let mut retry_after = None;
-    let result = advance(prov, cert_type, policy, &mut renewal, &mut retry_after);
-    match result {
-        Ok(()) => {
-            store(prov, cert_type, None)?;
-            Ok((Outcome::Applied, now()))
+    match advance(prov, cert_type, policy, &mut renewal, &mut retry_after) {
+        Ok(cert) => {
+            store(prov, cert_type, None).map_err(kept)?;
+            Ok(Some(cert))
         }
         Err(e) => {
             // The server's Retry-After, when longer than our own delay, is honoured.
@@ -173,13 +284,13 @@ fn renew_module(prov: &Provisioning, cert_type: &str, policy: &RenewPolicy) -> R
             renewal.failures = renewal.failures.saturating_add(1);
             renewal.next_try = now() + delay.as_secs() as i64;
             renewal.last_error = e.to_string();
-            store(prov, cert_type, Some(&renewal))?;
+            store(prov, cert_type, Some(&renewal)).map_err(kept)?;
             crate::log_warn!(
                 "renewal of {cert_type}: {e}; trying again in {} s (step {})",
                 delay.as_secs(),
                 renewal.step.name()
             );
-            Ok((Outcome::Failed, renewal.next_try))
+            Err((e, renewal.next_try))
         }
     }
 }
@@ -250,7 +361,7 @@ fn advance(
     policy: &RenewPolicy,
     renewal: &mut Renewal,
     retry_after: &mut Option<Duration>,
-) -> Result<()> {
+) -> Result<crate::proto::wire::CertInfo> {
     if let Step::KeyCreated { key_id, csr } = &renewal.step {
         let chain_pem = obtain(prov, cert_type, policy, csr, retry_after)?;
         renewal.step = Step::Obtained {
@@ -270,7 +381,16 @@ fn advance(
                 hex(&cert.serial),
                 crate::pki::x509::rfc3339(cert.not_after)
             );
-            Ok(())
+            let lifetime = cert.not_after - cert.not_before;
+            if threshold_at(cert.not_before, cert.not_after, policy) <= cert.not_before {
+                crate::log_warn!(
+                    "renewal of {cert_type}: the threshold is at least the lifetime of the certificate just issued \
+                     ({lifetime} s): it is due again at once, and only the floor between renewals ({} s and more) \
+                     keeps renewals apart; shorten [modules.renew] threshold or ask the CA for longer certificates",
+                    FLOOR.as_secs()
+                );
+            }
+            Ok(cert)
         }
         Err(e) => {
             // The chain was refused: ask for a certificate again next time.

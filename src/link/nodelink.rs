@@ -456,29 +456,60 @@ async fn run_forwarded(
     r
 }
 
-/// This node's link identity as its iamd serves it: (certificate, key algorithm, serial).
-async fn local_identity(local: &Peer, timeout: Duration) -> Result<(Vec<u8>, Algorithm, Vec<u8>)> {
+/// This node's link identity as its iamd serves it: its chain (leaf first, with the
+/// intermediates it was issued with), key algorithm and serial. An iamd of protocol 4 or
+/// older knows only the leaf (GetLinkIdentity).
+async fn local_identity(local: &Peer, timeout: Duration) -> Result<LocalIdentity> {
+    let algorithm = |name: &str| {
+        Algorithm::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, a)| *a)
+            .ok_or_else(|| Error::protocol(format!("unknown key algorithm \"{name}\"")))
+    };
+    if local.version() >= Request::GetLinkChain.since() {
+        return match local.call(&Request::GetLinkChain, timeout).await? {
+            Response::LinkChain {
+                mut chain,
+                algorithm: alg,
+                serial,
+            } if !chain.is_empty() => Ok(LocalIdentity {
+                cert_der: chain.remove(0),
+                intermediates: chain,
+                algorithm: algorithm(&alg)?,
+                serial,
+            }),
+            r => Err(Error::protocol(format!("GetLinkChain answered {r:?}"))),
+        };
+    }
     match local.call(&Request::GetLinkIdentity, timeout).await? {
         Response::LinkIdentity {
             cert_der,
-            algorithm,
+            algorithm: alg,
             serial,
-        } => {
-            let alg = Algorithm::ALL
-                .iter()
-                .find(|(n, _)| *n == algorithm)
-                .map(|(_, a)| *a)
-                .ok_or_else(|| Error::protocol(format!("unknown key algorithm \"{algorithm}\"")))?;
-            Ok((cert_der, alg, serial))
-        }
+        } => Ok(LocalIdentity {
+            cert_der,
+            intermediates: Vec::new(),
+            algorithm: algorithm(&alg)?,
+            serial,
+        }),
         r => Err(Error::protocol(format!("GetLinkIdentity answered {r:?}"))),
     }
+}
+
+/// A secondary's link identity: what it presents in TLS, and the serial its key signs by.
+#[derive(Clone)]
+struct LocalIdentity {
+    cert_der: Vec<u8>,
+    intermediates: Vec<Vec<u8>>,
+    algorithm: Algorithm,
+    serial: Vec<u8>,
 }
 
 /// Whether this link runs inside TLS (docs/ARCHITECTURE.md §7): `required` and TCP always, `off` never;
 /// `auto` once the node has a certificate for its link identity, and in the clear before
 /// that — which both ends accept only while in provisioning mode.
-async fn link_identity(opts: &Options, local: &Peer) -> Result<Option<(Vec<u8>, Algorithm, Vec<u8>)>> {
+async fn link_identity(opts: &Options, local: &Peer) -> Result<Option<LocalIdentity>> {
     let must = opts.tls == LinkTls::Required || opts.connect.is_tcp();
     if opts.tls == LinkTls::Off && !must {
         return Ok(None);
@@ -515,7 +546,7 @@ async fn link_identity(opts: &Options, local: &Peer) -> Result<Option<(Vec<u8>, 
 async fn connect_tls(
     opts: &Options,
     stream: transport::BoxStream,
-    (cert_der, algorithm, serial): (Vec<u8>, Algorithm, Vec<u8>),
+    local: LocalIdentity,
 ) -> Result<(transport::BoxStream, Vec<u8>)> {
     let root_ca = opts
         .root_ca
@@ -523,12 +554,12 @@ async fn connect_tls(
         .ok_or_else(|| Error::invalid("TLS on the link needs paths.root_ca in the configuration"))?;
     let roots = crate::pki::x509::read_certs(root_ca, "root CA")?;
     let identity = crate::link::tls::Identity {
-        cert_der,
-        intermediates: Vec::new(),
-        algorithm,
+        cert_der: local.cert_der,
+        intermediates: local.intermediates,
+        algorithm: local.algorithm,
         signer: Arc::new(LocalSigner {
             socket: opts.local_socket.clone(),
-            serial,
+            serial: local.serial,
             client: std::sync::Mutex::new(None),
         }),
     };

@@ -242,9 +242,13 @@ pub fn server_config(identity: &Identity, roots: &[CertificateDer<'static>]) -> 
             .add(r.clone())
             .map_err(|e| Error::validation("BadRoot", format!("root CA for links: {e}")))?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider.clone())
+    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider.clone())
         .build()
         .map_err(|e| Error::internal(format!("TLS client verifier: {e}")))?;
+    let verifier = Arc::new(NodeClientVerifier {
+        inner,
+        roots: roots.to_vec(),
+    });
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(LINK_VERSIONS)
         .map_err(|e| tls_error("TLS server", e))?
@@ -267,6 +271,7 @@ pub fn client_config(identity: &Identity, roots: &[CertificateDer<'static>]) -> 
         .collect::<Result<Vec<_>>>()?;
     let verifier = NodeServerVerifier {
         anchors,
+        roots: roots.to_vec(),
         algorithms: provider.signature_verification_algorithms,
     };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -423,7 +428,70 @@ pub fn main_server_name() -> ServerName<'static> {
 #[derive(Debug)]
 struct NodeServerVerifier {
     anchors: Vec<rustls::pki_types::TrustAnchor<'static>>,
+    /// The same roots as DER, to say which certificate a refused chain fails at.
+    roots: Vec<CertificateDer<'static>>,
     algorithms: WebPkiSupportedAlgorithms,
+}
+
+/// Log, once per refusal, which certificate of a peer's chain is at fault (an issuing CA
+/// left out, an intermediate expired): rustls' error names only the kind.
+fn explain_refusal(
+    whose: &str,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    roots: &[CertificateDer<'_>],
+    now: UnixTime,
+) {
+    if let Some(why) = crate::pki::x509::explain_path(end_entity, intermediates, roots, now.as_secs() as i64) {
+        crate::log_warn!("TLS: {whose} chain is refused: {why}");
+    }
+}
+
+/// The main node's check of a secondary's chain: rustls-webpki's, with the certificate at
+/// fault named in the log when it refuses.
+#[derive(Debug)]
+struct NodeClientVerifier {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    roots: Vec<CertificateDer<'static>>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for NodeClientVerifier {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+            .inspect_err(|_| explain_refusal("the secondary's", end_entity, intermediates, &self.roots, now))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 impl ServerCertVerifier for NodeServerVerifier {
@@ -445,7 +513,10 @@ impl ServerCertVerifier for NodeServerVerifier {
             None,
             None,
         )
-        .map_err(|e| rustls::Error::InvalidCertificate(webpki_error(e)))?;
+        .map_err(|e| {
+            explain_refusal("the main node's", end_entity, intermediates, &self.roots, now);
+            rustls::Error::InvalidCertificate(webpki_error(e))
+        })?;
         Ok(ServerCertVerified::assertion())
     }
 

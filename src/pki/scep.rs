@@ -597,6 +597,9 @@ impl ScepClient {
 pub struct RequestSigner<'a> {
     pub key: &'a StoredKey<'a>,
     pub cert: Vec<u8>,
+    /// The certificates between `cert` and the CA's root (a RenewalReq by a certificate an
+    /// issuing CA signed), carried beside it so that the server can build its chain.
+    pub intermediates: Vec<Vec<u8>>,
 }
 
 /// One SCEP request built, with what its answer must match.
@@ -689,7 +692,7 @@ fn signed_request(
         tlv(0x02, &[1]),
         tlv(0x31, &algorithm_id(digest_oid, None)),
         seq(&[oid(DATA), tlv(0xa0, &tlv(0x04, &envelope))]),
-        tlv(0xa0, &signer.cert),
+        tlv(0xa0, &[signer.cert.clone(), signer.intermediates.concat()].concat()),
         tlv(0x31, &signer_info),
     ]);
     Ok((
@@ -1135,15 +1138,21 @@ pub fn enroll(
     let txid = transaction_id(&key.public.raw);
     // The request's signer: the current certificate for a RenewalReq, else a transient
     // self-signed certificate of the new key (RFC 8894 §2.3).
-    let (message_type, signer_key, signer_cert) = match current {
+    let (message_type, signer_key, signer_cert, intermediates) = match current {
         Some(c) if caps.renewal && c.key.public.algorithm == Algorithm::Rsa2048 => {
-            (MessageType::RenewalReq, c.key, c.cert.clone())
+            (MessageType::RenewalReq, c.key, c.cert.clone(), c.intermediates.clone())
         }
-        _ => (MessageType::PkcsReq, key, transient_certificate(key, csr_der)?),
+        _ => (
+            MessageType::PkcsReq,
+            key,
+            transient_certificate(key, csr_der)?,
+            Vec::new(),
+        ),
     };
     let signer = RequestSigner {
         key: signer_key,
         cert: signer_cert,
+        intermediates,
     };
     // The challenge password goes in the CSR (RFC 8894 §2.2), which is signed again for it.
     let with_challenge = match &config.challenge {
@@ -1254,6 +1263,8 @@ fn transient_certificate(key: &StoredKey, csr_der: &[u8]) -> Result<Vec<u8>> {
 pub struct CurrentIdentity<'a> {
     pub key: &'a StoredKey<'a>,
     pub cert: Vec<u8>,
+    /// The intermediates it was issued with (leaf first order, the root left out).
+    pub intermediates: Vec<Vec<u8>>,
 }
 
 impl ScepConfig {

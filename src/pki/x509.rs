@@ -457,9 +457,12 @@ pub fn validate_chain(
                 true => String::new(),
                 false => format!(" (roots refused and not used: {})", refused.join("; ")),
             };
+            let why = explain_path(leaf, &intermediates, roots, at)
+                .map(|w| format!(": {w}"))
+                .unwrap_or_default();
             policy(
                 &webpki_reason(&e),
-                format!("the chain does not validate against the configured root: {e}{also}"),
+                format!("the chain does not validate against the configured root: {e}{why}{also}"),
             )
         })?;
 
@@ -471,6 +474,65 @@ pub fn validate_chain(
 }
 
 /// A configured root as a trust anchor, or why it cannot be one.
+/// Why no path leads from `leaf` to one of `roots`, in words that name the certificate at
+/// fault: the first one on the way up (by issuer name, from the certificates given) that is
+/// outside its validity at `at`, or the issuer that is neither given nor a root (an issuing
+/// CA left out of the chain). `None` when the walk finds neither.
+pub fn explain_path(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    roots: &[CertificateDer<'_>],
+    at: i64,
+) -> Option<String> {
+    let parsed: Vec<X509Certificate> = intermediates
+        .iter()
+        .filter_map(|c| X509Certificate::from_der(c).ok().map(|(_, c)| c))
+        .collect();
+    let root_subjects: Vec<Vec<u8>> = roots
+        .iter()
+        .filter_map(|c| {
+            X509Certificate::from_der(c)
+                .ok()
+                .map(|(_, c)| c.subject().as_raw().to_vec())
+        })
+        .collect();
+    let (_, mut cert) = X509Certificate::from_der(leaf).ok()?;
+    for _ in 0..=MAX_CHAIN_LEN {
+        let (from, to) = (
+            cert.validity().not_before.timestamp(),
+            cert.validity().not_after.timestamp(),
+        );
+        if at > to {
+            return Some(format!("certificate \"{}\" expired at {}", cert.subject(), rfc3339(to)));
+        }
+        if at < from {
+            return Some(format!(
+                "certificate \"{}\" is not valid before {}",
+                cert.subject(),
+                rfc3339(from)
+            ));
+        }
+        if root_subjects.iter().any(|r| r.as_slice() == cert.issuer().as_raw()) {
+            return None;
+        }
+        let next = parsed.iter().find(|c| {
+            c.subject().as_raw() == cert.issuer().as_raw() && c.subject().as_raw() != cert.subject().as_raw()
+        });
+        match next {
+            Some(c) => cert = c.clone(),
+            None => {
+                return Some(format!(
+                    "the issuer \"{}\" of \"{}\" is neither among the certificates presented nor a configured root \
+                     (an issuing CA left out of the chain?)",
+                    cert.issuer(),
+                    cert.subject()
+                ))
+            }
+        }
+    }
+    None
+}
+
 fn usable_root<'a>(root: &'a CertificateDer<'_>, at: i64) -> Result<rustls_pki_types::TrustAnchor<'a>> {
     check_root(root, at)?;
     webpki::anchor_from_trusted_cert(root)

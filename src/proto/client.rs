@@ -295,6 +295,17 @@ impl Client {
         }
     }
 
+    /// RenewNow: the module's configured renewal run by iamd now; the certificate applied.
+    pub fn renew_now(&mut self, node_id: &str, cert_type: &str) -> Result<CertInfo> {
+        match self.call(Request::RenewNow {
+            node_id: node_id.into(),
+            cert_type: cert_type.into(),
+        })? {
+            Response::Applied(c) => Ok(c),
+            r => Err(unexpected("RenewNow", r)),
+        }
+    }
+
     /// ScepEnroll: the node gets the CSR of its pending key signed by SCEP; the chain PEM.
     pub fn scep_enroll(
         &mut self,

@@ -570,6 +570,16 @@ pub enum Request {
         challenge: Secret,
         password: Secret,
     },
+    /// Version 5: the link identity as GetLinkIdentity gives it, with the intermediates it
+    /// was issued with, which a secondary presents in its TLS handshake (an issuing CA under
+    /// the unit's root).
+    GetLinkChain,
+    /// Version 5: run the module's configured renewal (`[modules.renew]`) now, whatever its
+    /// threshold, and answer with the certificate it applied.
+    RenewNow {
+        node_id: String,
+        cert_type: String,
+    },
 }
 
 /// Nodes of a unit whose info one link may report: CPUs, partitions and attributes.
@@ -585,6 +595,7 @@ impl Request {
             | Request::ReleaseQuarantine { .. }
             | Request::GetEnrollmentStatus { .. } => 3,
             Request::ScepEnroll { .. } => 4,
+            Request::GetLinkChain | Request::RenewNow { .. } => 5,
             _ => 1,
         }
     }
@@ -624,6 +635,8 @@ impl Request {
             Request::ReleaseQuarantine { .. } => "ReleaseQuarantine",
             Request::GetEnrollmentStatus { .. } => "GetEnrollmentStatus",
             Request::ScepEnroll { .. } => "ScepEnroll",
+            Request::GetLinkChain => "GetLinkChain",
+            Request::RenewNow { .. } => "RenewNow",
         }
     }
 
@@ -646,21 +659,24 @@ impl Request {
             | Request::FinishBootstrap { node_id, .. }
             | Request::ReleaseQuarantine { node_id, .. }
             | Request::GetEnrollmentStatus { node_id }
-            | Request::ScepEnroll { node_id, .. } => Some(node_id),
+            | Request::ScepEnroll { node_id, .. }
+            | Request::RenewNow { node_id, .. } => Some(node_id),
             _ => None,
         }
     }
 
-    /// Operations that may take minutes (hooks, token initialisation) and get the long
-    /// forwarding timeout.
+    /// Operations that may take minutes (hooks, token initialisation, key generation in a
+    /// TPM or a secure element, a CA's answer) and get the long forwarding timeout.
     pub fn is_long(&self) -> bool {
         matches!(
             self,
             Request::StartProvisioning { .. }
+                | Request::CreateKey { .. }
                 | Request::FinishProvisioning { .. }
                 | Request::Deprovision { .. }
                 | Request::FinishBootstrap { .. }
                 | Request::ScepEnroll { .. }
+                | Request::RenewNow { .. }
         )
     }
 
@@ -674,7 +690,10 @@ impl Request {
     pub fn changes_certs(&self) -> bool {
         matches!(
             self,
-            Request::StartProvisioning { .. } | Request::ApplyCert { .. } | Request::Deprovision { .. }
+            Request::StartProvisioning { .. }
+                | Request::ApplyCert { .. }
+                | Request::Deprovision { .. }
+                | Request::RenewNow { .. }
         )
     }
 
@@ -745,6 +764,8 @@ impl Request {
                 | Request::ReleaseQuarantine { .. }
                 | Request::GetEnrollmentStatus { .. }
                 | Request::ScepEnroll { .. }
+                | Request::GetLinkChain
+                | Request::RenewNow { .. }
         )
     }
 
@@ -767,7 +788,11 @@ impl Request {
         match self {
             Request::Hello { node_id, .. } => max("node_id", node_id.len(), MAX_NAME_LEN),
             Request::RegisterNode { info } | Request::NodeInfoChanged { info } => info.check_bounds(),
-            Request::GetLinkIdentity => Ok(()),
+            Request::GetLinkIdentity | Request::GetLinkChain => Ok(()),
+            Request::RenewNow { node_id, cert_type } => {
+                max("node_id", node_id.len(), MAX_NAME_LEN)?;
+                max("cert_type", cert_type.len(), MAX_NAME_LEN)
+            }
             Request::SubscribeCertChanged { cert_type } => max("cert_type", cert_type.len(), MAX_NAME_LEN),
             Request::SignWithLinkIdentity { serial, message } => {
                 max("serial", serial.len(), MAX_SERIAL_LEN)?;
@@ -1115,6 +1140,14 @@ pub enum Response {
     Chain {
         pem: String,
     },
+    /// Version 5: the answer to GetLinkChain: the leaf and its intermediates (DER, leaf
+    /// first, the root left out).
+    LinkChain {
+        #[serde(deserialize_with = "growing_list")]
+        chain: Vec<Vec<u8>>,
+        algorithm: String,
+        serial: Vec<u8>,
+    },
 }
 
 impl Response {
@@ -1123,6 +1156,7 @@ impl Response {
         match self {
             Response::Enrollment(_) => 3,
             Response::Chain { .. } => 4,
+            Response::LinkChain { .. } => 5,
             _ => 1,
         }
     }
@@ -1203,13 +1237,13 @@ mod tests {
     #[test]
     fn other_version_is_refused_naming_both() {
         let mut b = header_bytes();
-        for v in [0, 5, 255] {
+        for v in [0, 6, 255] {
             b[4] = v;
             let e = Header::decode(&b, DEFAULT_BODY_LIMIT).unwrap_err();
             assert_eq!(e, FrameError::UnsupportedVersion { got: v, id: 7 });
-            assert!(e.to_string().contains(&format!("version {v}")) && e.to_string().contains("versions 1 to 4"));
+            assert!(e.to_string().contains(&format!("version {v}")) && e.to_string().contains("versions 1 to 5"));
         }
-        for v in [1, 2, 3, 4] {
+        for v in [1, 2, 3, 4, 5] {
             b[4] = v;
             assert_eq!(Header::decode(&b, DEFAULT_BODY_LIMIT).unwrap().version, v);
         }
@@ -1220,11 +1254,12 @@ mod tests {
         assert_eq!(agree(1, 1).unwrap(), 1);
         assert_eq!(agree(1, 2).unwrap(), 2);
         assert_eq!(agree(1, 3).unwrap(), 3);
-        assert_eq!(agree(1, 9).unwrap(), 4);
-        assert_eq!(agree(2, 9).unwrap(), 4);
-        let e = agree(5, 6).unwrap_err();
+        assert_eq!(agree(1, 4).unwrap(), 4);
+        assert_eq!(agree(1, 9).unwrap(), 5);
+        assert_eq!(agree(2, 9).unwrap(), 5);
+        let e = agree(6, 7).unwrap_err();
         assert!(
-            e.message.contains("versions 5 to 6") && e.message.contains("versions 1 to 4"),
+            e.message.contains("versions 6 to 7") && e.message.contains("versions 1 to 5"),
             "{e}"
         );
         assert!(agree(2, 1).is_err(), "an empty range");

@@ -118,6 +118,9 @@ pub struct Node {
     pub config_override: Option<String>,
     /// Environment of every process run for the node (a TPM's TCTI).
     pub env: Vec<(String, String)>,
+    /// The CA (`NAME.pem`/`NAME.key` in the node's directory) that `run_flow*` signs with:
+    /// the root `ca`, or an issuing CA under it.
+    pub signing_ca: String,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -151,6 +154,7 @@ impl Node {
             bin: bin(),
             config_override: None,
             env: Vec::new(),
+            signing_ca: "ca".into(),
         };
         node.make_ca("ca");
         node
@@ -350,13 +354,19 @@ impl Node {
     /// The arguments of `run_flow_on`, after `iam-provision -s PROTECTED`.
     pub fn run_flow_args(&self, node: Option<&str>, extra: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = node.map(|n| vec!["--node".into(), n.into()]).unwrap_or_default();
+        // An issuing CA signs with the intermediates above it, as a factory station holds it.
+        let chain = self.path(&format!("{}-chain.pem", self.signing_ca));
+        let cert = match chain.exists() {
+            true => chain.display().to_string(),
+            false => self.p(&format!("{}.pem", self.signing_ca)),
+        };
         for a in [
             "--json",
             "run",
             "--ca-cert",
-            &self.p("ca.pem"),
+            &cert,
             "--ca-key",
-            &self.p("ca.key"),
+            &self.p(&format!("{}.key", self.signing_ca)),
         ] {
             args.push(a.into());
         }
@@ -511,18 +521,32 @@ pub fn read(p: impl AsRef<Path>) -> String {
 
 /// An intermediate CA `NAME.pem`/`NAME.key` signed by the node's root `ca`.
 pub fn make_intermediate(node: &Node, name: &str) {
+    make_ca_under(node, name, "ca", Some(0));
+}
+
+/// An issuing CA `NAME.pem`/`NAME.key` (EC P-384, made by openssl) signed by the node's CA
+/// `parent`, with a path length constraint when given. Its `NAME-chain.pem` holds it and
+/// the intermediates above it (not the root), as a factory station keeps its signing CA.
+pub fn make_ca_under(node: &Node, name: &str, parent: &str, pathlen: Option<u8>) {
     let d = node.dir.display();
+    let pathlen = pathlen.map(|n| format!(",pathlen:{n}")).unwrap_or_default();
     std::fs::write(
         node.path(&format!("{name}.ext")),
-        "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n",
+        format!("basicConstraints=critical,CA:TRUE{pathlen}\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"),
     )
     .unwrap();
     sh(&format!(
         "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -keyout {d}/{name}.key -out {d}/{name}.csr \
          -subj '/O=aos-iam tests/CN={name}' && \
-         openssl x509 -req -in {d}/{name}.csr -CA {d}/ca.pem -CAkey {d}/ca.key -days 100 -extfile {d}/{name}.ext -out {d}/{name}.pem"
+         openssl x509 -req -in {d}/{name}.csr -CA {d}/{parent}.pem -CAkey {d}/{parent}.key -days 100 -extfile {d}/{name}.ext -out {d}/{name}.pem"
     ))
     .ok();
+    let above = std::fs::read_to_string(node.path(&format!("{parent}-chain.pem"))).unwrap_or_default();
+    std::fs::write(
+        node.path(&format!("{name}-chain.pem")),
+        read(node.path(&format!("{name}.pem"))) + &above,
+    )
+    .unwrap();
 }
 
 /// Sign a CSR with rcgen as the node's CA `ca`, after `adjust` changes the parameters:

@@ -144,6 +144,11 @@ pub fn requests() -> Vec<Request> {
             challenge: Secret::new("scep-challenge".into()),
             password: secret(),
         },
+        Request::GetLinkChain,
+        Request::RenewNow {
+            node_id: node(),
+            cert_type: "online".into(),
+        },
     ]
 }
 
@@ -238,6 +243,11 @@ pub fn responses() -> Vec<Response> {
         }),
         Response::Chain {
             pem: "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n".into(),
+        },
+        Response::LinkChain {
+            chain: vec![vec![0x30, 0x82, 0x01, 0x00], vec![0x30, 0x82, 0x02, 0x00]],
+            algorithm: "ecdsa-p256".into(),
+            serial: vec![7],
         },
     ]
 }
