@@ -462,3 +462,84 @@ fn a_renewal_waiting_for_its_ca_keeps_its_key_past_pending_max_age() {
     }
     assert!(!node.log().contains("its new key is gone"), "{}", node.log());
 }
+
+#[test]
+fn renew_without_a_signer_runs_the_configured_renewal_now_and_waits_for_its_outcome() {
+    let mut node = Node::new("renew-now", Store::Pkcs11);
+    let ca = short_lived_ca(&node, 3600);
+    let gated = format!(
+        "if [ -e {d}/away ]; then echo the CA is away >&2; exit 1; fi; {ca}",
+        d = node.dir.display()
+    );
+    // Not due for years: only RenewNow renews it.
+    node.modules.rotate_left(1);
+    node.extra_config = format!(
+        "[modules.renew]\ncommand = \"{}\"\nthreshold = \"10%\"\nretry = \"1s\"\njitter = \"0%\"\n",
+        gated.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    node.start(true);
+    node.run_flow().ok();
+    node.stop();
+    node.start(false);
+    let before = current_iam(&node);
+    let renewed = certctl(&node, &["--json", "renew", "iam"]).ok().json();
+    let serial = renewed["certificate"]["serial"].as_str().unwrap();
+    assert_ne!(serial, before["serial"].as_str().unwrap());
+    assert_eq!(
+        current_iam(&node)["serial"],
+        serial,
+        "the renewed certificate is served"
+    );
+    assert!(node.log().contains("renewal of iam: asked for now"), "{}", node.log());
+    // Its issuer is the configured signer: the openssl CA's database holds it.
+    assert!(read(node.path("index.txt")).lines().count() >= 1);
+    // The CA refuses: the outcome is the refusal, and the current certificate stays.
+    std::fs::write(node.path("away"), "").unwrap();
+    certctl(&node, &["renew", "iam"]).fails(4, "the CA is away");
+    assert_eq!(current_iam(&node)["serial"], serial);
+    // A module without a policy: nothing to run, said so.
+    certctl(&node, &["renew", "online"]).fails(7, "[modules.renew]");
+    // Back: the renewal kept by the failure is resumed now.
+    std::fs::remove_file(node.path("away")).unwrap();
+    let again = certctl(&node, &["--json", "renew", "iam"]).ok().json();
+    assert_ne!(again["certificate"]["serial"].as_str().unwrap(), serial);
+}
+
+#[test]
+fn a_threshold_longer_than_the_certificates_never_renews_back_to_back() {
+    let mut node = Node::new("floor", Store::Pkcs11);
+    // Certificates of an hour, renewed when 36500 days are left: always due.
+    let cmd = short_lived_ca(&node, 3600);
+    node.modules.rotate_left(1);
+    node.extra_config = format!(
+        "[modules.renew]\ncommand = \"{}\"\nthreshold = \"36500d\"\nretry = \"1s\"\njitter = \"0%\"\n",
+        cmd.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    node.start(true);
+    node.run_flow().ok();
+    node.stop();
+    node.start(false);
+    let applied = |log: &str| log.matches("renewal of iam: certificate").count();
+    let start = std::time::Instant::now();
+    while applied(&node.log()) < 1 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "{}", node.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = node.log();
+    assert!(
+        log.contains("the threshold is at least the lifetime of the certificate just issued"),
+        "{log}"
+    );
+    // The scheduler's next pass after the one that renewed (a second after it) finds the
+    // certificate due again, and does not renew it: the floor is a tenth of the hour, and
+    // more. Its end is the second "next pass" line after the renewal.
+    let passes_after = |log: &str| {
+        let at = log.find("renewal of iam: certificate").unwrap();
+        log[at..].matches("renewal: next pass in").count()
+    };
+    while passes_after(&node.log()) < 2 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "{}", node.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(applied(&node.log()), 1, "{}", node.log());
+}

@@ -88,21 +88,27 @@ fn store(prov: &Provisioning, cert_type: &str, r: Option<&Renewal>) -> Result<()
     prov.db.set_renewal(cert_type, r)
 }
 
-/// The least time between two renewals of one module, whatever the threshold: a threshold
-/// at least as long as the certificates the CA issues would otherwise renew again at once,
-/// without end (seen against Cisco libest: 32 re-enrollments in 3 s). Each certificate
-/// adds a jitter of up to half of it, drawn from its serial, so a fleet spreads out.
+/// The longest floor between two renewals of one module, whatever the threshold: a
+/// threshold at least as long as the certificates the CA issues would otherwise renew again
+/// at once, without end (seen against Cisco libest: 32 re-enrollments in 3 s). The floor is
+/// a tenth of the certificate's lifetime up to this, plus a jitter of up to half of it drawn
+/// from its serial, so a fleet spreads out.
 pub const FLOOR: Duration = Duration::from_secs(600);
 
-/// The floor after `record` was applied: from when this process applied it, else from its
-/// notBefore (a restart forgets the former; CAs backdate notBefore by minutes at most).
+/// When the renewal after `record`, which this process applied by a renewal at `applied_at`,
+/// may begin at the earliest. A certificate this process did not renew (provisioned, or
+/// renewed before a restart) has no floor: a restart already separates two renewals.
 fn floor_after(record: &CertRecord, applied_at: Option<i64>) -> i64 {
+    let Some(applied_at) = applied_at else {
+        return i64::MIN;
+    };
+    let lifetime = (record.not_after - record.not_before).max(1);
+    let floor = (lifetime / 10).clamp(1, FLOOR.as_secs() as i64);
     let draw = record
         .serial
         .iter()
         .fold(7u64, |h, b| h.wrapping_mul(131).wrapping_add(*b as u64));
-    let floor = FLOOR.as_secs() as i64 + (draw % (FLOOR.as_secs() / 2 + 1)) as i64;
-    applied_at.unwrap_or(record.not_before).max(record.not_before) + floor
+    applied_at + floor + (draw % (floor as u64 / 2 + 1)) as i64
 }
 
 /// One pass over every module with a renewal policy: start what is due, resume what is in
@@ -385,8 +391,9 @@ fn advance(
             if threshold_at(cert.not_before, cert.not_after, policy) <= cert.not_before {
                 crate::log_warn!(
                     "renewal of {cert_type}: the threshold is at least the lifetime of the certificate just issued \
-                     ({lifetime} s): it is due again at once, and only the floor between renewals ({} s and more) \
-                     keeps renewals apart; shorten [modules.renew] threshold or ask the CA for longer certificates",
+                     ({lifetime} s): it is due again at once, and only the floor between renewals (a tenth of the \
+                     lifetime, at most {} s, and a jitter) keeps renewals apart; shorten [modules.renew] threshold \
+                     or ask the CA for longer certificates",
                     FLOOR.as_secs()
                 );
             }

@@ -42,7 +42,9 @@ pub(super) async fn renew_when_due(shared: Arc<Shared>) {
                     shared.publish_cert_changes();
                 }
                 let now = time::OffsetDateTime::now_utc().unix_timestamp();
-                std::time::Duration::from_secs((next - now).clamp(1, RENEW_POLL_MAX.as_secs() as i64) as u64)
+                let wait = (next - now).clamp(1, RENEW_POLL_MAX.as_secs() as i64) as u64;
+                crate::log_debug!("renewal: next pass in {wait} s");
+                std::time::Duration::from_secs(wait)
             }
             Err(e) => {
                 crate::log_error!("renewal: {e}");
