@@ -435,3 +435,37 @@ fn run_on_a_node_provisioned_part_way_by_hand_resumes_and_keeps_what_was_applied
     assert_eq!(node.status()["state"], "provisioned");
     assert_eq!(node.list_certs().iter().filter(|c| c["type"] == "iam").count(), 1);
 }
+
+#[test]
+fn the_disk_encryption_hook_encrypts_with_the_password_it_reads_on_stdin_never_from_argv_or_environment() {
+    let mut node = Node::new("diskenc", Store::Software);
+    let d = node.dir.display().to_string();
+    // The hook encrypts a disk image with the password on its stdin (openssl's `-pass
+    // stdin`, as `cryptsetup --key-file -` would read it), and records what else it saw.
+    std::fs::write(node.path("disk.img"), "the data partition\n").unwrap();
+    std::fs::write(
+        node.path("encrypt.sh"),
+        format!(
+            "echo \"$0 $*\" > {d}/hook-argv; env > {d}/hook-env\n\
+             exec openssl enc -aes-256-cbc -pbkdf2 -pass stdin -in {d}/disk.img -out {d}/disk.enc\n"
+        ),
+    )
+    .unwrap();
+    node.extra_config = format!("\n[hooks]\ndisk_encryption = [\"sh\", \"{d}/encrypt.sh\", \"--device\", \"{d}/disk.img\"]\n");
+    node.start(true);
+    node.provision(&["start", "--password-file", &node.p("password")]).ok();
+    // Decrypted with the factory's password, the image is the data.
+    let plain = sh(&format!(
+        "openssl enc -d -aes-256-cbc -pbkdf2 -pass 'pass:{PASSWORD}' -in {d}/disk.enc"
+    ))
+    .ok();
+    assert_eq!(plain.stdout, "the data partition\n");
+    // A wrong password does not decrypt it: the key is the password, not something else.
+    let wrong = sh(&format!("openssl enc -d -aes-256-cbc -pbkdf2 -pass pass:nope -in {d}/disk.enc"));
+    assert_ne!(wrong.stdout, "the data partition\n");
+    for seen in ["hook-argv", "hook-env"] {
+        assert!(!read(node.path(seen)).contains(PASSWORD), "{seen} holds the password");
+    }
+    assert!(read(node.path("hook-argv")).contains("--device"));
+    assert!(!node.log().contains(PASSWORD), "{}", node.log());
+}

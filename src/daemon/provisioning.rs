@@ -308,12 +308,19 @@ impl Provisioning {
 
     /// Run a configured hook; a failure names the hook and its exit status.
     fn hook(&self, name: &str, argv: &Option<Vec<String>>) -> Result<()> {
+        self.hook_with(name, argv, None)
+    }
+
+    /// Run a hook; `secret`, if given, is its standard input (exactly its bytes, no line
+    /// end), never an argument or a variable, which other users can read in /proc.
+    fn hook_with(&self, name: &str, argv: &Option<Vec<String>>, secret: Option<&Secret>) -> Result<()> {
         let Some(argv) = argv else { return Ok(()) };
         crate::log_info!("running {name} hook {}", argv[0]);
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..]).env("AOS_IAM_NODE_ID", &self.config.node_id);
         let what = format!("{name} hook {}", argv[0]);
-        let done = crate::sys::command::run(cmd, &what, None, HOOK_OUTPUT_LIMIT, self.config.hooks.timeout)?;
+        let input = secret.map(|s| s.expose().as_bytes());
+        let done = crate::sys::command::run(cmd, &what, input, HOOK_OUTPUT_LIMIT, self.config.hooks.timeout)?;
         if done.status.success() {
             return Ok(());
         }
@@ -371,7 +378,8 @@ impl Provisioning {
                 .make_self_signed(&self.db, m, &subject)
                 .map_err(|e| e.context(format!("module {}", m.id())))?;
         }
-        self.hook("disk encryption", &self.config.hooks.disk_encryption)?;
+        // The password encrypts the disk (on a secondary, the secret derived for it).
+        self.hook_with("disk encryption", &self.config.hooks.disk_encryption, Some(password))?;
         crate::log_notice!("provisioning started");
         Ok(())
     }

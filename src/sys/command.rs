@@ -35,7 +35,8 @@ pub fn run(
         .map_err(|e| Error::unavailable(format!("{what}: cannot run: {e}")))?;
     let writer = match (child.stdin.take(), input) {
         (Some(mut stdin), Some(data)) => {
-            let data = data.to_vec();
+            // It may be a secret (a hook's password): zeroed once written.
+            let data = zeroize::Zeroizing::new(data.to_vec());
             Some(std::thread::spawn(move || {
                 let _ = stdin.write_all(&data);
             }))
