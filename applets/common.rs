@@ -164,8 +164,9 @@ pub struct EstArgs<'a> {
 /// with `--days`, `--sign-cmd` with `--sign-timeout`) name, as [`signer_for`] chooses it;
 /// `?` on its error. For `iam-provision run`/`bootstrap` and `iam-certctl renew`.
 macro_rules! options_signer {
-    ($v:expr) => {{
+    ($v:expr, $days:expr) => {{
         let v = $v;
+        let days: u32 = $days;
         let est = v.est.as_deref().map(|url| $crate::common::EstArgs {
             url,
             anchor: &v.est_anchor,
@@ -187,7 +188,7 @@ macro_rules! options_signer {
                     "--scep-ca-fingerprint and --challenge-file go with --scep",
                 ))
             }
-            None => $crate::common::signer_for(est, &v.ca_cert, &v.ca_key, v.days, &v.sign_cmd, v.sign_timeout)?,
+            None => $crate::common::signer_for(est, &v.ca_cert, &v.ca_key, days, &v.sign_cmd, v.sign_timeout)?,
         }
     }};
 }

@@ -230,9 +230,10 @@ macro_rules! signing_flow {
     /// CA private key (PKCS#8 PEM)
     #[argh(option)]
     ca_key: Option<String>,
-    /// lifetime of certificates the local CA issues, in days (default 365)
-    #[argh(option, default = "365")]
-    days: u32,
+    /// lifetime of certificates the local CA issues, in days (default 365; a bootstrap
+    /// identity: 9125, 25 years, to outlast any time in storage)
+    #[argh(option)]
+    days: Option<u32>,
     /// command that signs: CSR PEM on stdin, chain PEM on stdout, non-zero exit = refused
     #[argh(option)]
     sign_cmd: Option<String>,
@@ -549,7 +550,7 @@ macro_rules! bootstrap_of {
     ($v:expr) => {{
         let v = $v;
         BootstrapFlow {
-            signer: common::options_signer!(v),
+            signer: common::options_signer!(v, v.days.unwrap_or(aos_iam::pki::factory::BOOTSTRAP_DAYS)),
             password_file: &v.password_file,
             subject: &v.subject,
             deprovision_first: v.deprovision_first,
@@ -636,7 +637,7 @@ fn bootstrap_flow(args: &Args, f: &BootstrapFlow, node: &str) -> Result<u8, Erro
 }
 
 fn run_flow(args: &Args, v: &Run, node: &str) -> Result<u8, Error> {
-    let signer = common::options_signer!(v);
+    let signer = common::options_signer!(v, v.days.unwrap_or(aos_iam::pki::factory::DEFAULT_DAYS));
     let pw = common::read_secret(v.password_file.as_deref(), "provisioning password")?;
     if node == "all" {
         return run_unit(args, v, signer.as_ref(), &pw);

@@ -592,6 +592,11 @@ pub fn unit_uri(unit_id: &str) -> String {
 
 /// How long a signing command (`--sign-cmd`, `[modules.renew] command`) may run by default.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+/// Lifetime, in days, of the certificates a local CA issues unless told otherwise.
+pub const DEFAULT_DAYS: u32 = 365;
+/// The same for a bootstrap identity: it must outlast the node's time in storage before its
+/// first power-on (manufacturer identities commonly live decades); 25 years.
+pub const BOOTSTRAP_DAYS: u32 = 9125;
 /// Default subject template: `{node}` is the node id, `{type}` the certificate type.
 pub const DEFAULT_SUBJECT: &str = "CN={node},OU={type}";
 /// Subscribers of one kind of event, and the events each may fall behind before it is dropped.

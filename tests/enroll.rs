@@ -33,6 +33,16 @@ fn a_bootstrapped_node_enrolls_itself_at_first_power_on_and_becomes_operational(
     // Ready to ship: unprovisioned, the bootstrap identity chained to the factory CA (checked
     // by openssl below), the claim token for iamd alone.
     assert_eq!(out["bootstrap"]["type"], "bootstrap", "{out}");
+    // A bootstrap identity outlasts any time in storage: 25 years unless told otherwise.
+    let not_after = time::OffsetDateTime::parse(
+        out["bootstrap"]["not_after"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert!(
+        not_after > time::OffsetDateTime::now_utc() + time::Duration::days(24 * 365),
+        "{out}"
+    );
     let mode = std::fs::metadata(node.path("work/claim-token")).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
@@ -138,6 +148,11 @@ fn a_wrong_claim_token_quarantines_the_node_which_keeps_serving_until_released()
     let reason = s["enrollment"]["reason"].as_str().unwrap();
     assert!(
         reason.contains("3 attempt(s) failed") && reason.contains("401"),
+        "{reason}"
+    );
+    // The refusal names the settings that decide what the node presented.
+    assert!(
+        reason.contains("claim_token_encoding = \"as-is\"") && reason.contains("\"base64\""),
         "{reason}"
     );
     assert!(node.log().contains("QUARANTINED"), "{}", node.log());
@@ -719,4 +734,77 @@ fn every_persisted_enrollment_step_converges_without_a_second_certificate() {
         assert_eq!(enrolls(), asked + new_certificate as usize, "{:?}", server.requests());
         node.stop();
     }
+}
+
+#[test]
+fn a_bootstrap_certificate_that_expired_in_storage_quarantines_the_node_naming_it() {
+    let (mut node, server) = site("expired-boot", "");
+    server.set_claim_token(Some(CLAIM));
+    // The factory CA issues a bootstrap certificate that lives 20 s (openssl ca).
+    let d = node.dir.display().to_string();
+    std::fs::create_dir_all(node.path("newcerts")).unwrap();
+    std::fs::write(node.path("index.txt"), "").unwrap();
+    std::fs::write(node.path("serial"), "2000\n").unwrap();
+    std::fs::write(
+        node.path("factory.cnf"),
+        format!(
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = {d}/index.txt\nnew_certs_dir = {d}/newcerts\nserial = {d}/serial\n\
+             certificate = {d}/factory-ca.pem\nprivate_key = {d}/factory-ca.key\ndefault_md = sha384\npolicy = p\n\
+             copy_extensions = copy\nunique_subject = no\nx509_extensions = leaf\n[p]\ncommonName = supplied\n\
+             organizationalUnitName = optional\n[leaf]\nbasicConstraints = CA:FALSE\nauthorityKeyIdentifier = keyid\n"
+        ),
+    )
+    .unwrap();
+    let cmd = format!(
+        "f=$(mktemp -p {d}); cat > $f.csr; openssl ca -batch -config {d}/factory.cnf -in $f.csr -out $f.pem -notext \
+         -startdate $(date -u -d '-10 sec' +%y%m%d%H%M%SZ) -enddate $(date -u -d '+20 sec' +%y%m%d%H%M%SZ) 2>/dev/null \
+         && cat $f.pem"
+    );
+    node.start(true);
+    std::fs::write(node.path("claim-token.txt"), format!("{CLAIM}\n")).unwrap();
+    let (pw, anchor, token) = (
+        node.p("password"),
+        server.anchor.display().to_string(),
+        node.p("claim-token.txt"),
+    );
+    let out = node
+        .provision(&[
+            "--json",
+            "bootstrap",
+            "--sign-cmd",
+            &cmd,
+            "--password-file",
+            &pw,
+            "--enroll-url",
+            &server.url,
+            "--enroll-anchor",
+            &anchor,
+            "--claim-token-file",
+            &token,
+        ])
+        .ok()
+        .json();
+    node.stop();
+    // In storage until it has expired.
+    let not_after = time::OffsetDateTime::parse(
+        out["bootstrap"]["not_after"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    while time::OffsetDateTime::now_utc() <= not_after + time::Duration::seconds(1) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // First power-on: quarantined at once, the reason naming the bootstrap certificate; the
+    // EST server never asked.
+    node.start(false);
+    let s = wait_state(&node, "quarantined");
+    let reason = s["enrollment"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("the bootstrap certificate of module bootstrap") && reason.contains("expired at"),
+        "{reason}"
+    );
+    assert_eq!(s["enrollment"]["attempts"], 1, "{s}");
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
+    node.applet("iam-certctl", &["-s", &node.protected(), "check"], None)
+        .fails(2, "quarantined");
 }

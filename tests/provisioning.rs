@@ -451,7 +451,8 @@ fn the_disk_encryption_hook_encrypts_with_the_password_it_reads_on_stdin_never_f
         ),
     )
     .unwrap();
-    node.extra_config = format!("\n[hooks]\ndisk_encryption = [\"sh\", \"{d}/encrypt.sh\", \"--device\", \"{d}/disk.img\"]\n");
+    node.extra_config =
+        format!("\n[hooks]\ndisk_encryption = [\"sh\", \"{d}/encrypt.sh\", \"--device\", \"{d}/disk.img\"]\n");
     node.start(true);
     node.provision(&["start", "--password-file", &node.p("password")]).ok();
     // Decrypted with the factory's password, the image is the data.
@@ -461,7 +462,9 @@ fn the_disk_encryption_hook_encrypts_with_the_password_it_reads_on_stdin_never_f
     .ok();
     assert_eq!(plain.stdout, "the data partition\n");
     // A wrong password does not decrypt it: the key is the password, not something else.
-    let wrong = sh(&format!("openssl enc -d -aes-256-cbc -pbkdf2 -pass pass:nope -in {d}/disk.enc"));
+    let wrong = sh(&format!(
+        "openssl enc -d -aes-256-cbc -pbkdf2 -pass pass:nope -in {d}/disk.enc"
+    ));
     assert_ne!(wrong.stdout, "the data partition\n");
     for seen in ["hook-argv", "hook-env"] {
         assert!(!read(node.path(seen)).contains(PASSWORD), "{seen} holds the password");

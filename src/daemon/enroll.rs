@@ -189,6 +189,18 @@ pub fn run_due(prov: &Provisioning) -> Result<Pass> {
                     pass.next = e.next_try;
                     return Ok(pass);
                 }
+                if let Some(reason) = bootstrap_expired(prov, cfg, &e)? {
+                    e.failures = e.failures.saturating_add(1);
+                    e.last_error = reason.clone();
+                    e.state = StoredEnrollState::Quarantined;
+                    e.since = now();
+                    e.reason = reason.clone();
+                    e.next_try = 0;
+                    prov.db.set_enrollment(&e, Some(NodeState::Error))?;
+                    crate::log_error!("enrollment: QUARANTINED: {reason}");
+                    pass.transitions = true;
+                    return Ok(pass);
+                }
                 let mut retry_after = None;
                 match attempt(prov, cfg, &mut e, &mut pass, &mut retry_after) {
                     Ok(()) => {
@@ -372,6 +384,32 @@ fn read_secret(path: &std::path::Path, what: &str) -> Result<Secret> {
     Ok(Secret::new(text.trim_end_matches(['\n', '\r']).to_string()))
 }
 
+/// Why the bootstrap identity can never authenticate again, if it cannot: its certificate
+/// has expired (a node that waited in storage longer than it lives). Checked before each
+/// attempt that still needs it (EST, a module left to enroll), so such a node is
+/// quarantined at once with that reason rather than after its attempts fail in TLS.
+fn bootstrap_expired(prov: &Provisioning, cfg: &EnrollConfig, e: &Enrollment) -> Result<Option<String>> {
+    let left = enrolled_modules(prov, cfg).any(|t| !e.enrolled.iter().any(|d| d == t));
+    if cfg.scep_fingerprint.is_some() || !left {
+        return Ok(None);
+    }
+    let snap = prov.db.snapshot()?;
+    let Some(r) = prov.modules.current(&snap, &cfg.bootstrap) else {
+        return Ok(None);
+    };
+    if now() <= r.not_after {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "the bootstrap certificate of module {} (serial {}, subject {}) expired at {}: this node can no longer \
+         authenticate to enroll; a factory reset and a new bootstrap identity (iam-provision bootstrap) are needed",
+        cfg.bootstrap,
+        crate::store::keystore::hex(&r.serial),
+        r.subject,
+        crate::pki::x509::rfc3339(r.not_after)
+    )))
+}
+
 /// One attempt: every module not yet enrolled, then the verify step.
 fn attempt(
     prov: &Provisioning,
@@ -387,9 +425,40 @@ fn attempt(
     let mut est = None;
     for t in todo {
         enroll_module(prov, cfg, e, &t, &mut est, pass, retry_after)
-            .map_err(|err| err.context(format!("enroll {t}")))?;
+            .map_err(|err| unauthorized_hint(cfg, err).context(format!("enroll {t}")))?;
     }
     verify(prov, cfg, e)
+}
+
+/// An EST server's refusal (HTTP 401/403) during enrollment, with the settings that decide
+/// what this node presents: the claim token and its encoding, basic auth, the bootstrap
+/// identity (libest's token auth, for one, decodes the token as base64).
+fn unauthorized_hint(cfg: &EnrollConfig, err: Error) -> Error {
+    if err.kind != crate::ErrorKind::Unauthorized || cfg.scep_fingerprint.is_some() {
+        return err;
+    }
+    let token = match (cfg.claim_token_file.exists(), cfg.claim_token_base64) {
+        (false, _) => format!("no claim token ({} does not exist)", cfg.claim_token_file.display()),
+        (true, false) => format!(
+            "the claim token of {} sent as is ([enroll] claim_token_encoding = \"as-is\"; a server that decodes \
+             base64 tokens, as Cisco libest does, wants \"base64\")",
+            cfg.claim_token_file.display()
+        ),
+        (true, true) => format!(
+            "the claim token of {} sent base64-encoded ([enroll] claim_token_encoding = \"base64\")",
+            cfg.claim_token_file.display()
+        ),
+    };
+    let basic = match &cfg.username {
+        Some(u) => format!("basic auth as \"{u}\" ([enroll] username, password_file)"),
+        None => "no basic auth ([enroll] username, password_file)".into(),
+    };
+    let message = format!(
+        "{}; this node presented {token}, {basic}, and the bootstrap identity of module {} over mutual TLS: \
+         check these settings against what the EST server expects",
+        err.message, cfg.bootstrap
+    );
+    Error::new(err.kind, message)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -13,7 +13,7 @@ use crate::proto::wire::{CertInfo, NodeState};
 use crate::secret::Secret;
 use std::time::{Duration, Instant};
 
-pub use crate::config::DEFAULT_SUBJECT;
+pub use crate::config::{BOOTSTRAP_DAYS, DEFAULT_DAYS, DEFAULT_SUBJECT};
 
 pub struct RunOptions<'a> {
     pub node_id: &'a str,
