@@ -22,6 +22,10 @@ pub const DEFAULT_MAX_ITEMS: u32 = 2;
 pub const DB_FILE: &str = "iam.db";
 /// File name of the provisioned marker inside the working directory, unless configured.
 pub const MARKER_FILE: &str = "provisioned";
+/// File name, beside the provisioned marker, of the marker that the node has left the
+/// factory: provisioned, or bootstrapped to enroll itself (enrolling, quarantined or
+/// operational). The layer's units choose iamd's mode by the two (docs/ARCHITECTURE.md §8).
+pub const DEPLOYED_FILE: &str = "deployed";
 /// Forwarded operations get this long for an answer; StartProvisioning, FinishProvisioning
 /// and Deprovision (hooks, token initialisation) get the long one.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -709,6 +713,10 @@ pub struct Config {
 impl Config {
     pub fn db_path(&self) -> PathBuf {
         self.working_dir.join(DB_FILE)
+    }
+    /// The deployed marker ([`DEPLOYED_FILE`]), beside `marker_file`.
+    pub fn deployed_marker(&self) -> PathBuf {
+        self.marker_file.with_file_name(DEPLOYED_FILE)
     }
     pub fn module(&self, id: &str) -> Option<&ModuleConfig> {
         self.modules.iter().find(|m| m.id == id)

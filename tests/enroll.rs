@@ -808,3 +808,86 @@ fn a_bootstrap_certificate_that_expired_in_storage_quarantines_the_node_naming_i
     node.applet("iam-certctl", &["-s", &node.protected(), "check"], None)
         .fails(2, "quarantined");
 }
+
+/// Whether systemd would start `unit` (a file of the layer) on a node whose iamd keeps its
+/// markers in `dir`: its `ConditionPathExists=` lines, with the layer's `/var/aos/iam` read
+/// as `dir`, as systemd evaluates them (plain ones all hold, and one of the triggering `|`
+/// ones if there are any).
+fn unit_starts(unit: &str, dir: &std::path::Path) -> bool {
+    let path = format!(
+        "{}/meta-aos-iam/recipes-security/aos-iam/files/{unit}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let (mut all, mut any, mut triggering) = (true, false, false);
+    for line in read(&path).lines() {
+        let Some(v) = line.strip_prefix("ConditionPathExists=") else {
+            continue;
+        };
+        let (trig, v) = v.strip_prefix('|').map_or((false, v), |v| (true, v));
+        let (neg, v) = v.strip_prefix('!').map_or((false, v), |v| (true, v));
+        let file = v
+            .strip_prefix("/var/aos/iam/")
+            .unwrap_or_else(|| panic!("{unit}: {line}"));
+        let holds = dir.join(file).exists() != neg;
+        if trig {
+            triggering = true;
+            any |= holds;
+        } else {
+            all &= holds;
+        }
+    }
+    all && (!triggering || any)
+}
+
+/// The one unit of the layer that starts on this node now: `iamd` or `iamd --provisioning`.
+#[track_caller]
+fn mode_at_boot(node: &Node) -> &'static str {
+    let work = node.path("work");
+    match (
+        unit_starts("iamd.service", &work),
+        unit_starts("iamd-provisioning.service", &work),
+    ) {
+        (true, false) => "normal",
+        (false, true) => "provisioning",
+        both => panic!("units that start: {both:?} (iamd, iamd-provisioning)"),
+    }
+}
+
+#[test]
+fn every_state_leaves_the_markers_that_boot_the_layers_units_into_its_mode() {
+    let (mut node, server) = site("boots", "");
+    server.set_claim_token(Some(CLAIM));
+    // A factory node, fresh and mid-provisioning: provisioning mode.
+    assert_eq!(mode_at_boot(&node), "provisioning");
+    node.start(true);
+    node.provision(&["start", "--password-file", &node.p("password")]).ok();
+    node.stop();
+    assert_eq!(mode_at_boot(&node), "provisioning");
+    // Bootstrapped at the factory, waiting in storage: iamd, which enrolls it.
+    factory(&mut node, &server, None);
+    assert_eq!(mode_at_boot(&node), "normal");
+    // Without its claim token the server refuses it: quarantined, still iamd (it serves
+    // what it has, and ReleaseQuarantine or Deprovision are asked of it there).
+    node.start(false);
+    wait_state(&node, "quarantined");
+    assert_eq!(mode_at_boot(&node), "normal");
+    // The factory reset of a deployed node, asked of iamd in normal mode.
+    node.provision(&["deprovision", "--password-file", &node.p("password")])
+        .ok();
+    assert_eq!(node.status()["state"], "unprovisioned");
+    assert_eq!(mode_at_boot(&node), "provisioning");
+    node.stop();
+    // Bootstrapped again with its token: enrolling, then operational, iamd throughout.
+    factory(&mut node, &server, Some(CLAIM));
+    assert_eq!(mode_at_boot(&node), "normal");
+    node.start(false);
+    wait_state(&node, "operational");
+    assert_eq!(mode_at_boot(&node), "normal");
+    assert!(node.path("work/provisioned").exists() && node.path("work/deployed").exists());
+    // The markers follow the committed state even when removed by hand.
+    node.stop();
+    std::fs::remove_file(node.path("work/deployed")).unwrap();
+    node.start(false);
+    assert!(node.path("work/deployed").exists());
+    assert_converged(&node);
+}

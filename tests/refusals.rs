@@ -70,7 +70,7 @@ fn provisioning_steps_outside_provisioning_mode_are_refused() {
     node.provision_stdin(&["finish"], PASSWORD)
         .fails(5, "not in provisioning mode");
     node.provision_stdin(&["deprovision"], PASSWORD)
-        .fails(5, "not in provisioning mode");
+        .fails(5, "never provisioned or bootstrapped; there is nothing to reset");
     node.provision(&["apply", "iam", &node.p("ca.pem")])
         .fails(5, "unprovisioned");
     assert_eq!(observable(&node), before);

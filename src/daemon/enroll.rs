@@ -256,7 +256,7 @@ pub fn run_due(prov: &Provisioning) -> Result<Pass> {
                 e.since = now();
                 e.current = None;
                 prov.db.set_enrollment(&e, Some(NodeState::Provisioned))?;
-                prov.write_marker_file()?;
+                prov.sync_markers()?;
                 crate::log_notice!("enrollment: done; the node is operational");
                 pass.transitions = true;
                 Ok(pass)

@@ -148,16 +148,31 @@ impl Provisioning {
         Ok(journal)
     }
 
-    /// What needs no key store, before iamd listens: the marker file follows the state.
+    /// What needs no key store, before iamd listens: the marker files follow the state.
     pub fn recover_marker(&self) -> Result<()> {
-        let marker = self.config.marker_file.exists();
-        match (self.db.snapshot()?.state(), marker) {
-            (NodeState::Provisioned, false) => self.write_marker()?,
-            (s, true) if s != NodeState::Provisioned && s != NodeState::Paused => {
-                crate::store::atomic_file::remove(&self.config.marker_file)
-                    .map_err(|e| Error::internal(format!("cannot remove {}: {e}", self.config.marker_file.display())))?
+        self.sync_markers()
+    }
+
+    /// The two marker files, as the committed state has them: `provisioned` while the node
+    /// is provisioned (or paused); `deployed` while it is provisioned or bootstrapped to
+    /// enroll itself (an enrollment record: unprovisioned, enrolling, quarantined,
+    /// operational). The layer's units run `iamd` when either exists and `iamd
+    /// --provisioning` when neither does, so every state boots into its mode.
+    pub(crate) fn sync_markers(&self) -> Result<()> {
+        let snap = self.db.snapshot()?;
+        let provisioned = matches!(snap.state(), NodeState::Provisioned | NodeState::Paused);
+        let deployed = provisioned || snap.enrollment.is_some();
+        for (path, want) in [
+            (&self.config.marker_file, provisioned),
+            (&self.config.deployed_marker(), deployed),
+        ] {
+            match (want, path.exists()) {
+                (true, false) => crate::store::atomic_file::write(path, self.config.node_id.as_bytes(), 0o644)
+                    .map_err(|e| Error::internal(format!("cannot write {}: {e}", path.display())))?,
+                (false, true) => crate::store::atomic_file::remove(path)
+                    .map_err(|e| Error::internal(format!("cannot remove {}: {e}", path.display())))?,
+                _ => {}
             }
-            _ => {}
         }
         Ok(())
     }
@@ -335,15 +350,6 @@ impl Provisioning {
         self.hook("finish", &self.config.hooks.finish)
     }
 
-    pub(crate) fn write_marker_file(&self) -> Result<()> {
-        self.write_marker()
-    }
-
-    fn write_marker(&self) -> Result<()> {
-        crate::store::atomic_file::write(&self.config.marker_file, self.config.node_id.as_bytes(), 0o644)
-            .map_err(|e| Error::internal(format!("cannot write {}: {e}", self.config.marker_file.display())))
-    }
-
     pub fn start(&self, node_id: &str, password: &Secret) -> Result<()> {
         self.check_node(node_id)?;
         self.require_mode("StartProvisioning")?;
@@ -380,6 +386,7 @@ impl Provisioning {
         }
         // The password encrypts the disk (on a secondary, the secret derived for it).
         self.hook_with("disk encryption", &self.config.hooks.disk_encryption, Some(password))?;
+        self.sync_markers()?;
         crate::log_notice!("provisioning started");
         Ok(())
     }
@@ -483,24 +490,36 @@ impl Provisioning {
         }
         self.hook("finish", &self.config.hooks.finish)?;
         self.db.set_state(NodeState::Provisioned)?;
-        self.write_marker()?;
+        self.sync_markers()?;
         crate::log_notice!("provisioning finished");
         Ok(())
     }
 
+    /// Deprovision: the factory reset, in either mode (a deployed node, operational or
+    /// quarantined, runs iamd in normal mode; the password is the gate). Its markers go
+    /// with its state, so its next start is in provisioning mode.
     pub fn deprovision(&self, node_id: &str, password: &Secret) -> Result<()> {
         self.check_node(node_id)?;
-        self.require_mode("Deprovision")?;
         let _g = self.journal()?;
+        if !self.provisioning_mode && self.db.snapshot()?.verifier.is_none() {
+            return Err(Error::wrong_state(
+                "Deprovision: the node was never provisioned or bootstrapped; there is nothing to reset",
+            ));
+        }
         self.verify(password)?;
         self.hook("deprovision", &self.config.hooks.deprovision)?;
         for store in self.modules.stores() {
             store.wipe(password)?;
         }
-        crate::store::atomic_file::remove(&self.config.marker_file)
-            .map_err(|e| Error::internal(format!("cannot remove {}: {e}", self.config.marker_file.display())))?;
         self.db.reset()?;
-        crate::log_notice!("node deprovisioned");
+        self.sync_markers()?;
+        crate::log_notice!(
+            "node deprovisioned{}",
+            match self.provisioning_mode {
+                true => "",
+                false => ": iamd serves it unprovisioned until it is started in provisioning mode",
+            }
+        );
         Ok(())
     }
 
@@ -593,6 +612,7 @@ impl Provisioning {
             since: crate::sys::now(),
         };
         self.db.set_enrollment(&e, Some(NodeState::Unprovisioned))?;
+        self.sync_markers()?;
         crate::log_notice!("bootstrapped: the node enrolls itself at its next start outside provisioning mode");
         Ok(())
     }
