@@ -17,7 +17,9 @@ pub(super) fn dispatch(
     shared: Arc<Shared>,
     gone: Arc<connections::Gone>,
 ) -> Answer {
-    if let Err(e) = admissible(&request, socket, uid, &shared.prov.config) {
+    if let Err(e) =
+        admissible(&request, socket, uid, &shared.prov.config).and_then(|()| names_its_node(&request, &shared))
+    {
         return Box::pin(std::future::ready(Err(e)));
     }
     // Another node's request: its info from the registry, everything else over its link.
@@ -41,6 +43,31 @@ pub(super) fn dispatch(
     Box::pin(blocking::unblock(move || {
         provisioning::for_client(gone, || handle(&shared, request))
     }))
+}
+
+/// On the main node, a certificate applied to a node of the unit (itself, or a secondary
+/// through its link) must not name another node of the unit: whatever signed it, a
+/// secondary holding the main node's name, or another secondary's, would be accepted as
+/// that node on the links.
+fn names_its_node(request: &Request, shared: &Shared) -> Result<()> {
+    let Request::ApplyCert { node_id, chain_pem, .. } = request else {
+        return Ok(());
+    };
+    if shared.prov.config.role != crate::config::Role::Main {
+        return Ok(());
+    }
+    let Ok(chain) = crate::pki::x509::parse_chain_pem(chain_pem) else {
+        // The node itself refuses it, naming why.
+        return Ok(());
+    };
+    let Ok((_, names)) = crate::pki::x509::cert_names(chain[0].as_ref()) else {
+        return Ok(());
+    };
+    let target = match node_id.is_empty() {
+        true => shared.prov.config.node_id.as_str(),
+        false => node_id.as_str(),
+    };
+    crate::pki::x509::refuse_other_nodes("the certificate", &names, target, &shared.nodes.ids())
 }
 
 /// Whether `request` may be asked on `socket` by `uid` at all.

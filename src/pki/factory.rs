@@ -8,6 +8,7 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::pki::signer::CsrSigner;
+use crate::pki::x509;
 use crate::proto::client::Client;
 use crate::proto::wire::{CertInfo, NodeState};
 use crate::secret::Secret;
@@ -144,7 +145,7 @@ fn certify(
     })?;
     let mut chain = String::new();
     step(progress, format!("Sign {t}"), &mut || {
-        chain = signer.sign_on(client, node_id, t, &csr, opts.password)?;
+        chain = sign_for_node(client, signer, node_id, t, &csr, opts.password)?;
         Ok(())
     })?;
     let mut cert = None;
@@ -153,6 +154,36 @@ fn certify(
         Ok(())
     })?;
     cert.ok_or_else(|| Error::internal("ApplyCert gave nothing"))
+}
+
+/// The CSR a node's CreateKey gave, signed by `signer`, with what a node may not be called
+/// refused on both sides of the signer: a CSR, or the certificate issued for it (whatever
+/// signed it: a local CA, a command, EST, SCEP), that names another node of the unit (its CN
+/// or a DNS name), as a rooted secondary would ask, is not signed or not returned.
+fn sign_for_node(
+    client: &mut Client,
+    signer: &dyn CsrSigner,
+    node_id: &str,
+    cert_type: &str,
+    csr: &str,
+    password: &Secret,
+) -> Result<String> {
+    use rustls_pki_types::pem::PemObject;
+    let unit_nodes = client.node_ids()?;
+    let csr_der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr.as_bytes())
+        .map_err(|e| Error::invalid(format!("the CSR of {cert_type} is not PEM: {e}")))?;
+    let (_, names) = x509::csr_names(csr_der.as_ref())?;
+    x509::refuse_other_nodes(&format!("the {cert_type} CSR"), &names, node_id, &unit_nodes)?;
+    let chain = signer.sign_on(client, node_id, cert_type, csr, password)?;
+    let leaf = x509::parse_chain_pem(&chain)?;
+    let (_, names) = x509::cert_names(leaf[0].as_ref())?;
+    x509::refuse_other_nodes(
+        &format!("the {cert_type} certificate the signer issued"),
+        &names,
+        node_id,
+        &unit_nodes,
+    )?;
+    Ok(chain)
 }
 
 /// What the factory half of zero-touch enrollment installs besides the bootstrap identity.
@@ -243,8 +274,7 @@ pub fn renew(
     let csr = client
         .create_key(node_id, cert_type, subject, password)
         .map_err(|e| e.context(format!("CreateKey {cert_type}")))?;
-    let chain = signer
-        .sign_on(client, node_id, cert_type, &csr, password)
+    let chain = sign_for_node(client, signer, node_id, cert_type, &csr, password)
         .map_err(|e| e.context(format!("Sign {cert_type}")))?;
     client
         .apply_cert(node_id, cert_type, &chain)

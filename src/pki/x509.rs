@@ -300,6 +300,66 @@ pub fn csr_public_key(csr_der: &[u8]) -> Result<Vec<u8>> {
         .to_vec())
 }
 
+/// The names a certificate or CSR gives its holder as a node: its CNs and DNS subject
+/// alternative names (what `link::tls::check_peer` matches a node id against).
+fn node_names(
+    subject: &x509_parser::x509::X509Name,
+    sans: Option<&x509_parser::extensions::SubjectAlternativeName>,
+) -> Vec<String> {
+    let mut names: Vec<String> = subject
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+        .collect();
+    for n in sans.map(|s| s.general_names.as_slice()).unwrap_or_default() {
+        if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+            names.push(d.to_string());
+        }
+    }
+    names
+}
+
+/// What a CSR asks to be called: its subject (RFC 4514 text) and the names of
+/// [`node_names`].
+pub fn csr_names(csr_der: &[u8]) -> Result<(String, Vec<String>)> {
+    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
+        .map_err(|e| Error::invalid(format!("the CSR: {e}")))?;
+    let info = &csr.certification_request_info;
+    let mut sans = None;
+    for ext in csr.requested_extensions().into_iter().flatten() {
+        if let x509_parser::extensions::ParsedExtension::SubjectAlternativeName(s) = ext {
+            sans = Some(s);
+        }
+    }
+    Ok((info.subject.to_string(), node_names(&info.subject, sans)))
+}
+
+/// What a certificate calls its holder: its subject and the names of [`node_names`].
+pub fn cert_names(der: &[u8]) -> Result<(String, Vec<String>)> {
+    let c = parse(der, "the certificate")?;
+    let sans = c.subject_alternative_name().ok().flatten().map(|e| e.value);
+    Ok((c.subject().to_string(), node_names(c.subject(), sans)))
+}
+
+/// Refuse what is for `node_id` but names another node of its unit (`unit_nodes`, the
+/// node itself may be among them): a rooted secondary asking for the main node's name, or
+/// another secondary's, would otherwise be accepted as that node on the links.
+pub fn refuse_other_nodes(what: &str, names: &[String], node_id: &str, unit_nodes: &[String]) -> Result<()> {
+    let others: Vec<&String> = names
+        .iter()
+        .filter(|n| *n != node_id && unit_nodes.contains(n))
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    Err(policy(
+        "NamesAnotherNode",
+        format!(
+            "{what} for node \"{node_id}\" names another node of the unit: {}",
+            others.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
+        ),
+    ))
+}
+
 /// The CSR (DER) again with a challengePassword attribute (PKCS #9), signed again by its
 /// key in the store: what a SCEP PKCSReq carries.
 pub fn csr_with_challenge(key: &StoredKey, csr_der: &[u8], challenge: &crate::secret::Secret) -> Result<Vec<u8>> {
