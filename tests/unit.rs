@@ -1726,3 +1726,72 @@ fn a_node_info_change_still_waiting_for_its_commit_is_committed_when_iamd_stops(
     unit.main.start(true);
     assert_eq!(ram(&unit), 1002, "{}", unit.main.log());
 }
+
+/// A TCP connection to `port` on 127.0.0.1 from the loopback address `from` (another host,
+/// as the listener sees it), that sends nothing.
+fn silent_connection(from: std::net::Ipv4Addr, port: u16) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::empty(), None).unwrap();
+    let [a, b, c, d] = from.octets();
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::new(a, b, c, d, 0)).unwrap();
+    connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::new(127, 0, 0, 1, port),
+    )
+    .unwrap();
+    fd
+}
+
+#[test]
+fn silent_connections_from_another_host_never_keep_a_secondary_off_the_link_listener() {
+    let (mut unit, tcp) = provisioned_unit_with_tcp("silent");
+    relink(&mut unit, false, &tcp);
+    let port: u16 = tcp.rsplit_once(':').unwrap().1.parse().unwrap();
+    let s0 = unit.secondaries[0].node_id();
+    unit.kill_link(0);
+    unit.wait_connected(&s0, false);
+    // 300 connections from another host that send nothing, held open.
+    let attacker = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let silent: Vec<_> = (0..300).map(|_| silent_connection(attacker, port)).collect();
+    // The main node refuses all but a few at once, naming the limit.
+    let start = Instant::now();
+    while !unit
+        .main
+        .log()
+        .contains("host 127.0.0.2 has 4 links being admitted already")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no refusal logged:\n{}",
+            unit.main.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The secondary links again while they are still open.
+    let cmd = unit.nodelink_cmd(0, &tcp);
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(unit.secondaries[0].path("nodelink.log"))
+        .unwrap();
+    let child = { cmd }
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    unit.links[0] = Some(child);
+    unit.wait_connected(&s0, true);
+    assert_eq!(unit.wait_link_registered(0)["tls"], true);
+    // The few admitted are closed once the hello timeout passes without a byte.
+    let start = Instant::now();
+    while !unit.main.log().contains("tcp 127.0.0.2") || !unit.main.log().contains("no first byte within") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "silent connections were never closed:\n{}",
+            unit.main.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(silent);
+    unit.main.provision(&["--node", &s0, "cert-types"]).ok();
+}

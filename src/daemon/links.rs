@@ -2,19 +2,95 @@
 //! node info changes (coalesced and rate-limited), while forwarded requests go the other way.
 
 use super::*;
+use crate::sys::lock;
 
+/// Connections a listener admits at once before their hello is done: each may hold a
+/// blocking thread for its TLS handshake (the main node signs in its token), and none is
+/// authenticated yet, so they are few, and apart from the links already registered.
+pub const MAX_ADMITTING: usize = 32;
+/// Of those, from one peer: a TCP host, a vsock CID, a local uid. Secondaries dial one link
+/// each; a host that opens more is refused at once.
+pub const MAX_ADMITTING_PER_PEER: usize = 4;
+
+/// The connections being admitted, in all and by peer.
+#[derive(Default)]
+struct Admitting {
+    by_peer: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+/// A place among those being admitted, given back when the link is registered or gone.
+struct Ticket {
+    admitting: Arc<Admitting>,
+    peer: String,
+}
+
+impl Admitting {
+    fn enter(self: &Arc<Self>, from: &LinkPeer) -> std::result::Result<Ticket, String> {
+        let peer = match from {
+            LinkPeer::Unix(c) => format!("uid {}", c.uid),
+            LinkPeer::Tcp(a) => format!("host {}", a.ip()),
+            LinkPeer::Vsock { cid, .. } => format!("CID {cid}"),
+        };
+        let mut by_peer = lock(&self.by_peer);
+        let total: usize = by_peer.values().sum();
+        let mine = by_peer.get(&peer).copied().unwrap_or(0);
+        if total >= MAX_ADMITTING {
+            return Err(format!("{MAX_ADMITTING} links are being admitted already"));
+        }
+        if mine >= MAX_ADMITTING_PER_PEER {
+            return Err(format!(
+                "{peer} has {MAX_ADMITTING_PER_PEER} links being admitted already"
+            ));
+        }
+        *by_peer.entry(peer.clone()).or_default() += 1;
+        Ok(Ticket {
+            admitting: self.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut by_peer = lock(&self.admitting.by_peer);
+        if let Some(n) = by_peer.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                by_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Accept links on one listener: each connection is admitted (a place among those being
+/// admitted, its first byte, TLS, the hello, each within `limits.hello_timeout`) before it
+/// takes one of the [`crate::daemon::nodes::MAX_NODES`] places of registered links, so
+/// connections that send nothing, or a flood of handshakes, never keep a secondary out.
 pub(super) async fn accept_links(addr: LinkAddr, listener: LinkListener, shared: Arc<Shared>) {
     let places = Arc::new(Semaphore::new(crate::daemon::nodes::MAX_NODES));
+    let admitting = Arc::new(Admitting::default());
     loop {
-        let permit = places.acquire_arc().await;
         match listener.accept().await {
             Ok((stream, from)) => {
+                let ticket = match admitting.enter(&from) {
+                    Ok(t) => t,
+                    Err(why) => {
+                        // Logged at the first refusal and every thousandth after it.
+                        let n = admitting.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if n % 1000 == 0 {
+                            crate::log_warn!("link listener {addr}: refused {from}: {why} ({} refused so far)", n + 1);
+                        }
+                        drop(stream);
+                        continue;
+                    }
+                };
                 let shared = shared.clone();
                 let addr = addr.clone();
+                let places = places.clone();
                 EXECUTOR
                     .spawn(async move {
-                        serve_link(stream, &addr, from, shared).await;
-                        drop(permit);
+                        serve_link(stream, &addr, from, shared, ticket, places).await;
                     })
                     .detach();
             }
@@ -131,7 +207,14 @@ pub(super) async fn link_hello(
 
 /// One node link: admission, hello, then RegisterNode and the node's info changes from the
 /// secondary, while forwarded requests go the other way (see [`Nodes::forward`]).
-pub(super) async fn serve_link(mut stream: BoxStream, addr: &LinkAddr, from: LinkPeer, shared: Arc<Shared>) {
+async fn serve_link(
+    mut stream: BoxStream,
+    addr: &LinkAddr,
+    from: LinkPeer,
+    shared: Arc<Shared>,
+    ticket: Ticket,
+    places: Arc<Semaphore>,
+) {
     let limit = shared.body_limit;
     // Refusals before the hello are written in the oldest version spoken: every peer reads it.
     let refuse = |e: Error| wire::error_frame_at(crate::MIN_PROTOCOL_VERSION, 0, &e, limit);
@@ -155,11 +238,18 @@ pub(super) async fn serve_link(mut stream: BoxStream, addr: &LinkAddr, from: Lin
             return;
         }
     }
-    // A TLS ClientHello starts with a handshake record (0x16); a frame with its magic.
-    let (first, prefixed) = match transport::Prefixed::peek(stream).await {
+    // A TLS ClientHello starts with a handshake record (0x16); a frame with its magic. A
+    // peer that sends nothing is closed after the hello timeout.
+    let first_byte = async {
+        transport::Prefixed::peek(stream)
+            .await
+            .map_err(|e| Error::unavailable(e.to_string()))
+    };
+    let (first, prefixed) = match transport::within(shared.prov.config.hello_timeout, "no first byte", first_byte).await
+    {
         Ok(p) => p,
         Err(e) => {
-            crate::log_warn!("link listener {addr}, {from}: {e}");
+            crate::log_warn!("link listener {addr}, {from}: {e}; closing");
             return;
         }
     };
@@ -204,6 +294,18 @@ pub(super) async fn serve_link(mut stream: BoxStream, addr: &LinkAddr, from: Lin
             return;
         }
     }
+    // Admitted: its place among those being admitted goes back, and it takes one of the
+    // registered links'.
+    drop(ticket);
+    let Some(_place) = places.try_acquire_arc() else {
+        let e = Error::unavailable(format!(
+            "this link listener serves {} links already",
+            crate::daemon::nodes::MAX_NODES
+        ));
+        crate::log_warn!("link listener {addr}, {from}: {e}; closing");
+        let _ = transport::write_frame(&mut stream, &refuse(e)).await;
+        return;
+    };
     crate::log_info!(
         "link listener {addr}: node \"{node_id}\" linked from {from}{}, protocol version {version}",
         if peer_cert.is_some() { " over TLS" } else { "" }
