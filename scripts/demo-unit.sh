@@ -12,10 +12,9 @@ mkdir -p "$DIR/bin"
 for a in iamd iam-provision iam-certctl iam-nodelink; do ln -sf "$BIN" "$DIR/bin/$a"; done
 export PATH="$DIR/bin:$PATH"
 
-say "the unit's root CA (openssl, EC P-384)"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -days 3650 \
-    -keyout "$DIR/ca.key" -out "$DIR/ca.pem" -subj "/O=aos-iam demo/CN=Demo Unit Root CA" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+say "the unit's PKI: a root CA, kept offline, and the issuing CA under it that signs devices (openssl, EC P-384)"
+. "$(dirname "$0")/pki.sh"
+make_pki "$DIR" "aos-iam demo unit"
 umask 077
 printf 'factory-secret\n' > "$DIR/password"
 umask 022
@@ -92,13 +91,13 @@ done
 M="$DIR/main/run/protected.sock"
 say "iam-provision --node all run --expect-nodes 3 (talking to the main node only)"
 iam-provision -s "$M" --node all run --expect-nodes 3 --wait 30 \
-    --ca-cert "$DIR/ca.pem" --ca-key "$DIR/ca.key" --password-file "$DIR/password"
+    --ca-cert "$DIR/issuing.pem" --ca-key "$DIR/issuing.key" --password-file "$DIR/password"
 
 say "the unit as the main node sees it"
 iam-provision -s "$M" nodes
 for n in sec1 sec2; do iam-nodelink -c "$DIR/$n/config.toml" status | head -3; done
 
-say "each node's certificates, listed through the main node, checked by openssl"
+say "each node's certificates, listed through the main node, checked by openssl against the root alone"
 mkdir -p "$DIR/issued"
 for n in main sec1 sec2; do
     iam-certctl -s "$M" list --node "demo-$n"
@@ -106,9 +105,33 @@ for n in main sec1 sec2; do
         url=$(iam-certctl -s "$M" --json list --node "demo-$n" \
             | tr '{' '\n' | grep "\"type\":\"$t\"" | sed 's/.*"cert_url":"\([^"]*\)".*/\1/')
         SOFTHSM2_CONF="$DIR/$n/softhsm2.conf" p11tool --provider "$SOFTHSM_LIB" --export "$url" > "$DIR/issued/$n-$t.pem"
-        printf '%-5s %-7s ' "$n" "$t"; openssl verify -CAfile "$DIR/ca.pem" "$DIR/issued/$n-$t.pem"
+        printf '%-5s %-7s ' "$n" "$t"; openssl verify -CAfile "$DIR/ca.pem" -untrusted "$DIR/issuing.pem" "$DIR/issued/$n-$t.pem"
     done
 done
+
+say "in operation: every iamd restarted in normal mode, the links again, now in TLS with whole chains"
+for p in $PIDS; do kill "$p" 2>/dev/null || true; done
+for p in $PIDS; do wait "$p" 2>/dev/null || true; done
+PIDS=""
+for n in main sec1 sec2; do
+    rm -f "$DIR/$n/run/protected.sock"
+    SOFTHSM2_CONF="$DIR/$n/softhsm2.conf" iamd -c "$DIR/$n/config.toml" -v >> "$DIR/$n/iamd.log" 2>&1 &
+    PIDS="$PIDS $!"
+    wait_for "$DIR/$n/run/protected.sock" "$DIR/$n/iamd.log"
+done
+for n in sec1 sec2; do
+    iam-nodelink -c "$DIR/$n/config.toml" -v >> "$DIR/$n/nodelink.log" 2>&1 &
+    PIDS="$PIDS $!"
+done
+for n in sec1 sec2; do
+    i=0
+    until iam-nodelink -c "$DIR/$n/config.toml" --json status 2>/dev/null | grep -q '"state":"registered".*"tls":true\|"tls":true.*"state":"registered"'; do
+        i=$((i + 1)); [ $i -lt 300 ] || { cat "$DIR/$n/nodelink.log" "$DIR/main/iamd.log"; echo "demo-unit: $n did not link in TLS" >&2; exit 1; }
+        sleep 0.1
+    done
+    iam-nodelink -c "$DIR/$n/config.toml" status | head -3
+done
+iam-provision -s "$M" --node demo-sec2 status
 
 echo
 echo "demo-unit: 3 nodes provisioned through the main node; every key stayed in its own token"

@@ -56,11 +56,9 @@ init_label = "aos-demo"'
 *) echo "demo: KEYSTORE=$KEYSTORE is not one of softhsm, tpm" >&2; exit 2 ;;
 esac
 
-say "a root CA for the unit (openssl, EC P-384)"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -days 3650 \
-    -keyout "$DIR/ca.key" -out "$DIR/ca.pem" -subj "/O=aos-iam demo/CN=Demo Unit Root CA" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-openssl x509 -in "$DIR/ca.pem" -noout -subject
+say "the unit's PKI: a root CA, kept offline, and the issuing CA under it that signs devices (openssl, EC P-384)"
+. "$(dirname "$0")/pki.sh"
+make_pki "$DIR" "aos-iam demo"
 
 printf 'demo-node-0001\n' > "$DIR/node-id"
 umask 077
@@ -129,8 +127,8 @@ while [ ! -S "$DIR/run/protected.sock" ]; do
     sleep 0.1
 done
 
-say "iam-provision run (keys made in the token, CSRs signed by the local CA)"
-iam-provision -s "$DIR/run/protected.sock" run --ca-cert "$DIR/ca.pem" --ca-key "$DIR/ca.key" \
+say "iam-provision run (keys made in the token, CSRs signed by the issuing CA)"
+iam-provision -s "$DIR/run/protected.sock" run --ca-cert "$DIR/issuing.pem" --ca-key "$DIR/issuing.key" \
     --password-file "$DIR/password"
 
 say "iam-certctl list"
@@ -143,13 +141,15 @@ say "token objects (pkcs11-tool)"
 pkcs11-tool --module "$LIB" $TOKEN_ARGS --login --pin "$(cat "$DIR/work/user-pin")" -O 2>/dev/null \
     | grep -E "^(Private Key|Public Key|Certificate) Object|label:|ID:|Access:" || true
 
-say "openssl verify of each applied certificate (exported by p11tool from its URL)"
+say "openssl verify of each applied certificate (exported by p11tool from its URL) against the root alone"
 mkdir -p "$DIR/issued"
 for t in iam online offline; do
     url=$(iam-certctl -s "$DIR/run/public.sock" --json get "$t" | sed 's/.*"cert_url":"\([^"]*\)".*/\1/')
     p11tool --provider "$LIB" --export "$url" > "$DIR/issued/$t.pem"
-    printf '%-8s ' "$t"; openssl verify -CAfile "$DIR/ca.pem" "$DIR/issued/$t.pem"
+    printf '%-8s ' "$t"; openssl verify -CAfile "$DIR/ca.pem" -untrusted "$DIR/issuing.pem" "$DIR/issued/$t.pem"
 done
+# What the node presents: its leaf and the issuing CA.
+cat "$DIR/issued/online.pem" "$DIR/issuing.pem" > "$DIR/issued/online-chain.pem"
 
 KEY_URL=$(iam-certctl -s "$DIR/run/public.sock" --json get online | sed 's/.*"key_url":"\([^"]*\)".*/\1/')
 PIN_FILE="$DIR/work/user-pin"
@@ -173,10 +173,10 @@ PORT=$((20000 + $$ % 20000))
 openssl s_server -quiet -accept "127.0.0.1:$PORT" -cert "$DIR/server.pem" -key "$DIR/server.key" \
     -CAfile "$DIR/ca.pem" -Verify 1 > "$DIR/s_server.log" 2>&1 &
 PIDS="$PIDS $!"
-GNUTLS_CMD="GNUTLS_PIN=\$(cat $PIN_FILE) gnutls-cli --provider $LIB --x509cafile $DIR/server.pem --x509certfile $DIR/issued/online.pem --x509keyfile '$KEY_URL' -p $PORT localhost"
+GNUTLS_CMD="GNUTLS_PIN=\$(cat $PIN_FILE) gnutls-cli --provider $LIB --x509cafile $DIR/server.pem --x509certfile $DIR/issued/online-chain.pem --x509keyfile '$KEY_URL' -p $PORT localhost"
 i=0
 until GNUTLS_PIN=$(cat "$PIN_FILE") gnutls-cli --provider "$LIB" --x509cafile "$DIR/server.pem" \
-    --x509certfile "$DIR/issued/online.pem" --x509keyfile "$KEY_URL" -p "$PORT" localhost < /dev/null 2>&1 \
+    --x509certfile "$DIR/issued/online-chain.pem" --x509keyfile "$KEY_URL" -p "$PORT" localhost < /dev/null 2>&1 \
     | grep -q "Handshake was completed"; do
     i=$((i + 1)); [ $i -lt 50 ] || { cat "$DIR/s_server.log"; echo "demo: gnutls-cli did not complete the handshake" >&2; exit 1; }
     sleep 0.1
