@@ -290,7 +290,8 @@ fn reconciliation_removes_orphans_and_stale_pending_keys_and_reports_missing_obj
 
 /// An openssl CA (`openssl ca`) in the node's directory that issues certificates valid for
 /// `seconds` from 10 s ago. Returns the signing command (CSR on stdin, certificate on
-/// stdout). While the file `slow` exists it first touches `signing` and takes 4 s.
+/// stdout). While the file `slow` exists it first touches `signing` and takes 4 s; while
+/// `hold` exists it waits.
 fn short_lived_ca(node: &Node, seconds: u32) -> String {
     let d = node.dir.display();
     std::fs::create_dir_all(node.path("newcerts")).unwrap();
@@ -307,7 +308,8 @@ fn short_lived_ca(node: &Node, seconds: u32) -> String {
     )
     .unwrap();
     format!(
-        "set -e; if [ -e {d}/slow ]; then touch {d}/signing; sleep 4; fi; f=$(mktemp -p {d}); cat > $f.csr; \
+        "set -e; if [ -e {d}/slow ]; then touch {d}/signing; sleep 4; fi; while [ -e {d}/hold ]; do sleep 0.1; done; \
+         f=$(mktemp -p {d}); cat > $f.csr; \
          openssl ca -batch -config {d}/ca.cnf -in $f.csr -out $f.pem -notext \
            -startdate $(date -u -d '-10 sec' +%y%m%d%H%M%SZ) -enddate $(date -u -d '+{seconds} sec' +%y%m%d%H%M%SZ) 2>$f.err \
            || {{ cat $f.err >&2; exit 1; }}; cat $f.pem"
@@ -383,6 +385,8 @@ fn a_short_lived_certificate_is_renewed_by_iamd_and_a_renewal_killed_midway_comp
     }
     node.kill9();
     std::fs::remove_file(node.path("slow")).unwrap();
+    // The CA holds the resumed renewal until the old certificate has been seen served.
+    std::fs::write(node.path("hold"), "").unwrap();
     node.start(false);
     let served = current_iam(&node);
     assert_eq!(
@@ -398,6 +402,7 @@ fn a_short_lived_certificate_is_renewed_by_iamd_and_a_renewal_killed_midway_comp
     .unwrap()
     .unix_timestamp();
     assert!(not_after > now, "the served certificate is still valid");
+    std::fs::remove_file(node.path("hold")).unwrap();
     wait_for_new_iam(&node, &second, 30);
     assert!(
         node.log().contains("renewal of iam: resuming at step KeyCreated"),
