@@ -533,7 +533,18 @@ impl CertModules {
         })?;
         let current = match (renewal, self.current(&snap, cert_type)) {
             (true, Some(r)) => match (m.stored_key(r.key_id), m.store.certificate(m.id(), &r.key_id)?) {
-                (Ok(k), Some(der)) => Some((k, der, r.intermediates.clone())),
+                // The issuing CAs between the certificate and its root, never a root itself:
+                // Debian's scepserver takes a root carried beside the signer for the
+                // recipient of its answer, and fails (a panic, the connection closed).
+                (Ok(k), Some(der)) => Some((
+                    k,
+                    der,
+                    r.intermediates
+                        .iter()
+                        .filter(|c| !crate::pki::x509::is_self_issued(c))
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                )),
                 _ => None,
             },
             _ => None,

@@ -340,6 +340,11 @@ pub fn cert_names(der: &[u8]) -> Result<(String, Vec<String>)> {
     Ok((c.subject().to_string(), node_names(c.subject(), sans)))
 }
 
+/// Whether a certificate names itself as its issuer (a root); unparsable: no.
+pub fn is_self_issued(der: &[u8]) -> bool {
+    X509Certificate::from_der(der).is_ok_and(|(_, c)| c.subject().as_raw() == c.issuer().as_raw())
+}
+
 /// Refuse what is for `node_id` but names another node of its unit (`unit_nodes`, the
 /// node itself may be among them): a rooted secondary asking for the main node's name, or
 /// another secondary's, would otherwise be accepted as that node on the links.
