@@ -211,7 +211,11 @@ check-layer:
 # crate. A report: the binary is above the goal today.
 # The stripped static binary may not grow past SIZE_CEILING without the ceiling being raised
 # here on purpose (make test checks it). The goal is 3 MiB (3 145 728 bytes), not met yet.
-SIZE_CEILING ?= 4302896
+# Raised from 4302896 to 4341680 (4333488 measured, +38912 bytes, with 8 KiB of margin) by
+# the issuing-CA chains on links, protocol 5 (GetLinkChain, RenewNow), the renewal floor, the
+# checks against certificates naming another node, link admission limits and escaped log
+# lines (issues 27 and 28).
+SIZE_CEILING ?= 4341680
 size: static
 	$(STRIP) -o target/aos-iam.static.stripped $(STATIC)
 	python3 scripts/size.py $(STATIC) target/aos-iam.static.stripped $(SIZE_CEILING)

@@ -47,31 +47,10 @@ fn unit_issued_by(name: &str, issuers: &[&str]) -> (Unit, String) {
     (unit, format!("tcp:127.0.0.1:{port}"))
 }
 
-/// Restart every iamd in normal mode and link each secondary over `connect` again.
+/// Restart every iamd in normal mode and link each secondary over `connect` again, each
+/// link in TLS.
 fn relink(unit: &mut Unit, connect: &str) {
-    for i in 0..unit.secondaries.len() {
-        unit.kill_link(i);
-    }
-    unit.main.stop();
-    for s in &mut unit.secondaries {
-        s.stop();
-    }
-    unit.start(false);
-    for i in 0..unit.secondaries.len() {
-        let cmd = unit.nodelink_cmd(i, connect);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(unit.secondaries[i].path("nodelink.log"))
-            .unwrap();
-        let child = { cmd }
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        unit.links[i] = Some(child);
-    }
+    unit.relink(false, connect);
     for i in 0..unit.secondaries.len() {
         let st = unit.wait_link_registered(i);
         assert_eq!(st["tls"], true, "{st}");

@@ -595,36 +595,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Restart every iamd and link (over `connect`), and wait for the links.
-fn relink(unit: &mut Unit, provisioning: bool, connect: &str) {
-    for i in 0..unit.secondaries.len() {
-        unit.kill_link(i);
-    }
-    unit.main.stop();
-    for s in &mut unit.secondaries {
-        s.stop();
-    }
-    unit.start(provisioning);
-    for i in 0..unit.secondaries.len() {
-        let cmd = unit.nodelink_cmd(i, connect);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(unit.secondaries[i].path("nodelink.log"))
-            .unwrap();
-        let child = { cmd }
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        unit.links[i] = Some(child);
-    }
-    for s in &unit.secondaries {
-        unit.wait_connected(&s.node_id(), true);
-    }
-}
-
 /// A unit first provisioned over unix links (in the clear, in provisioning mode), with a
 /// TCP link listener on the main node as well.
 fn provisioned_unit_with_tcp(name: &str) -> (Unit, String) {
@@ -649,7 +619,7 @@ fn provisioned_unit_with_tcp(name: &str) -> (Unit, String) {
 fn a_unit_linked_by_tcp_with_mutual_tls_is_provisioned_again_through_the_main_node() {
     let (mut unit, tcp) = provisioned_unit_with_tcp("tcp");
     // In operation: links over TCP, TLS with each node's key signing inside its token.
-    relink(&mut unit, false, &tcp);
+    unit.relink(false, &tcp);
     for i in 0..2 {
         let st = unit.link_status(i).ok().json();
         assert_eq!(
@@ -694,7 +664,7 @@ fn a_unit_linked_by_tcp_with_mutual_tls_is_provisioned_again_through_the_main_no
         "{on_s1:?}"
     );
     // The factory provisions the whole unit again, through the main node over those links.
-    relink(&mut unit, true, &tcp);
+    unit.relink(true, &tcp);
     let before: Vec<String> = unit
         .secondaries
         .iter()
@@ -708,7 +678,7 @@ fn a_unit_linked_by_tcp_with_mutual_tls_is_provisioned_again_through_the_main_no
         .collect();
     assert_ne!(before, after, "new certificates on the secondaries");
     // And the new identities link again.
-    relink(&mut unit, false, &tcp);
+    unit.relink(false, &tcp);
     assert_eq!(unit.link_status(1).ok().json()["tls"], true);
 }
 
@@ -768,7 +738,7 @@ fn gnutls_handshake(
 #[test]
 fn gnutls_completes_mutual_tls_with_a_node_key_in_its_token_and_another_root_is_refused() {
     let (mut unit, tcp) = provisioned_unit_with_tcp("gnutls");
-    relink(&mut unit, false, &tcp);
+    unit.relink(false, &tcp);
     // The secondary's own identity: its certificate from the token, its key by PKCS#11 URL.
     let s = &unit.secondaries[0];
     let iam = s.list_certs().into_iter().find(|c| c["type"] == "iam").unwrap();
@@ -1745,7 +1715,7 @@ fn silent_connection(from: std::net::Ipv4Addr, port: u16) -> std::os::fd::OwnedF
 #[test]
 fn silent_connections_from_another_host_never_keep_a_secondary_off_the_link_listener() {
     let (mut unit, tcp) = provisioned_unit_with_tcp("silent");
-    relink(&mut unit, false, &tcp);
+    unit.relink(false, &tcp);
     let port: u16 = tcp.rsplit_once(':').unwrap().1.parse().unwrap();
     let s0 = unit.secondaries[0].node_id();
     unit.kill_link(0);
@@ -1768,18 +1738,7 @@ fn silent_connections_from_another_host_never_keep_a_secondary_off_the_link_list
         std::thread::sleep(Duration::from_millis(50));
     }
     // The secondary links again while they are still open.
-    let cmd = unit.nodelink_cmd(0, &tcp);
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(unit.secondaries[0].path("nodelink.log"))
-        .unwrap();
-    let child = { cmd }
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    unit.links[0] = Some(child);
+    unit.link_over(0, &tcp);
     unit.wait_connected(&s0, true);
     assert_eq!(unit.wait_link_registered(0)["tls"], true);
     // The few admitted are closed once the hello timeout passes without a byte.

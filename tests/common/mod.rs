@@ -727,6 +727,31 @@ impl Unit {
         self.links[i] = Some(child);
     }
 
+    /// Link secondary `i` to the main node over `connect` (its log appended to).
+    pub fn link_over(&mut self, i: usize, connect: &str) {
+        let cmd = self.nodelink_cmd(i, connect);
+        self.spawn_logged(i, cmd);
+    }
+
+    /// Restart every iamd (in provisioning mode or not) and link every secondary again over
+    /// `connect`; wait until the main node counts them connected.
+    pub fn relink(&mut self, provisioning: bool, connect: &str) {
+        for i in 0..self.secondaries.len() {
+            self.kill_link(i);
+        }
+        self.main.stop();
+        for s in &mut self.secondaries {
+            s.stop();
+        }
+        self.start(provisioning);
+        for i in 0..self.secondaries.len() {
+            self.link_over(i, connect);
+        }
+        for s in &self.secondaries {
+            self.wait_connected(&s.node_id(), true);
+        }
+    }
+
     /// Link secondary `i` to the main node over the main node's unix link listener.
     pub fn link_unix(&mut self, i: usize) {
         let cmd = self.nodelink_cmd(i, &self.link_addr());
