@@ -35,7 +35,12 @@ pub fn enabled(level: Level) -> bool {
 pub fn write(level: Level, args: std::fmt::Arguments) {
     if enabled(level) {
         use std::io::Write;
-        let line = format!("<{}>{}\n", level as u8, escape(&args.to_string()));
+        let line = format!("<{}>{}\n", level as u8, args);
+        // Formatted once; escaped (a second string) only when it holds a control character.
+        let line = match escape(&line[..line.len() - 1]) {
+            std::borrow::Cow::Borrowed(_) => line,
+            std::borrow::Cow::Owned(escaped) => escaped + "\n",
+        };
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 }

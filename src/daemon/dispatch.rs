@@ -56,11 +56,8 @@ fn names_its_node(request: &Request, shared: &Shared) -> Result<()> {
     if shared.prov.config.role != crate::config::Role::Main {
         return Ok(());
     }
-    let Ok(chain) = crate::pki::x509::parse_chain_pem(chain_pem) else {
+    let Ok(names) = crate::pki::x509::leaf_names(chain_pem) else {
         // The node itself refuses it, naming why.
-        return Ok(());
-    };
-    let Ok((_, names)) = crate::pki::x509::cert_names(chain[0].as_ref()) else {
         return Ok(());
     };
     let target = match node_id.is_empty() {

@@ -192,12 +192,7 @@ pub fn run_due(prov: &Provisioning) -> Result<Pass> {
                 if let Some(reason) = bootstrap_expired(prov, cfg, &e)? {
                     e.failures = e.failures.saturating_add(1);
                     e.last_error = reason.clone();
-                    e.state = StoredEnrollState::Quarantined;
-                    e.since = now();
-                    e.reason = reason.clone();
-                    e.next_try = 0;
-                    prov.db.set_enrollment(&e, Some(NodeState::Error))?;
-                    crate::log_error!("enrollment: QUARANTINED: {reason}");
+                    quarantine(prov, &mut e, reason)?;
                     pass.transitions = true;
                     return Ok(pass);
                 }
@@ -220,17 +215,8 @@ pub fn run_due(prov: &Provisioning) -> Result<Pass> {
                         e.failures = e.failures.saturating_add(1);
                         e.last_error = err.to_string();
                         if e.failures >= cfg.attempts {
-                            e.state = StoredEnrollState::Quarantined;
-                            e.since = now();
-                            e.reason = format!("{} attempt(s) failed; the last: {err}", e.failures);
-                            e.next_try = 0;
-                            prov.db.set_enrollment(&e, Some(NodeState::Error))?;
-                            crate::log_error!(
-                                "enrollment: QUARANTINED after {} failed attempt(s): {err}; \
-                                 the node keeps serving what it has and enrolls again only after \
-                                 iam-provision release-quarantine or a factory reset",
-                                e.failures
-                            );
+                            let reason = format!("{} attempt(s) failed; the last: {err}", e.failures);
+                            quarantine(prov, &mut e, reason)?;
                             pass.transitions = true;
                             return Ok(pass);
                         }
@@ -263,6 +249,22 @@ pub fn run_due(prov: &Provisioning) -> Result<Pass> {
             }
         }
     }
+}
+
+/// Enter `quarantined` for `reason`, committed (node state `error`), and say so at error
+/// level: nothing more is tried until ReleaseQuarantine or a factory reset.
+fn quarantine(prov: &Provisioning, e: &mut Enrollment, reason: String) -> Result<()> {
+    e.state = StoredEnrollState::Quarantined;
+    e.since = now();
+    e.next_try = 0;
+    e.reason = reason;
+    prov.db.set_enrollment(e, Some(NodeState::Error))?;
+    crate::log_error!(
+        "enrollment: QUARANTINED: {}; the node keeps serving what it has and enrolls again only after \
+         iam-provision release-quarantine or a factory reset",
+        e.reason
+    );
+    Ok(())
 }
 
 /// The EST server and its anchor: those bootstrap stored, else the configuration's.

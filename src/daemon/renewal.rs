@@ -141,10 +141,8 @@ pub fn run_due(prov: &Provisioning) -> Result<(bool, i64)> {
                 next = now();
             }
             Ok(None) => next = now(),
-            Err((e, at)) => {
-                crate::log_error!("renewal of {}: {e}", m.id);
-                next = next.min(at);
-            }
+            // Logged where it happened (`run`).
+            Err((_, at)) => next = next.min(at),
         }
     }
     Ok((applied, next))
@@ -157,9 +155,7 @@ pub fn renew_now(prov: &Provisioning, node_id: &str, cert_type: &str) -> Result<
     prov.check_node_id(node_id)?;
     let policy = prov
         .config
-        .modules
-        .iter()
-        .find(|m| m.id == cert_type)
+        .module(cert_type)
         .ok_or_else(|| Error::not_found(format!("no module \"{cert_type}\"")))?
         .renew
         .as_ref()
@@ -255,15 +251,19 @@ fn begin(
     }))
 }
 
-/// Take a begun renewal to its end: the key id of the certificate applied, `None` when its
-/// key was gone (it starts over), or the error and when it is tried again (kept).
+/// Take a begun renewal to its end: the certificate applied, `None` when its key was gone
+/// (it starts over), or the error, logged here, and when it is tried again (kept).
 fn run(
     prov: &Provisioning,
     cert_type: &str,
     policy: &RenewPolicy,
     mut renewal: Renewal,
 ) -> std::result::Result<Option<crate::proto::wire::CertInfo>, (Error, i64)> {
-    let kept = |e: Error| (e, now() + backoff(policy, 0).as_secs() as i64);
+    // The database failed: the renewal stays as it was committed, tried again later.
+    let kept = |e: Error| {
+        crate::log_error!("renewal of {cert_type}: {e}");
+        (e, now() + backoff(policy, 0).as_secs() as i64)
+    };
     // The renewal's key must still be pending (a provisioning step or reconciliation may
     // have removed it); if not, start over.
     let pending = prov

@@ -172,14 +172,12 @@ fn sign_for_node(
     let unit_nodes = client.node_ids()?;
     let csr_der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr.as_bytes())
         .map_err(|e| Error::invalid(format!("the CSR of {cert_type} is not PEM: {e}")))?;
-    let (_, names) = x509::csr_names(csr_der.as_ref())?;
+    let names = x509::csr_names(csr_der.as_ref())?;
     x509::refuse_other_nodes(&format!("the {cert_type} CSR"), &names, node_id, &unit_nodes)?;
     let chain = signer.sign_on(client, node_id, cert_type, csr, password)?;
-    let leaf = x509::parse_chain_pem(&chain)?;
-    let (_, names) = x509::cert_names(leaf[0].as_ref())?;
     x509::refuse_other_nodes(
         &format!("the {cert_type} certificate the signer issued"),
-        &names,
+        &x509::leaf_names(&chain)?,
         node_id,
         &unit_nodes,
     )?;

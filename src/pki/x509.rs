@@ -318,9 +318,8 @@ fn node_names(
     names
 }
 
-/// What a CSR asks to be called: its subject (RFC 4514 text) and the names of
-/// [`node_names`].
-pub fn csr_names(csr_der: &[u8]) -> Result<(String, Vec<String>)> {
+/// The names a CSR asks for, as [`node_names`] reads them.
+pub fn csr_names(csr_der: &[u8]) -> Result<Vec<String>> {
     let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
         .map_err(|e| Error::invalid(format!("the CSR: {e}")))?;
     let info = &csr.certification_request_info;
@@ -330,14 +329,16 @@ pub fn csr_names(csr_der: &[u8]) -> Result<(String, Vec<String>)> {
             sans = Some(s);
         }
     }
-    Ok((info.subject.to_string(), node_names(&info.subject, sans)))
+    Ok(node_names(&info.subject, sans))
 }
 
-/// What a certificate calls its holder: its subject and the names of [`node_names`].
-pub fn cert_names(der: &[u8]) -> Result<(String, Vec<String>)> {
-    let c = parse(der, "the certificate")?;
+/// The names the leaf of a PEM chain (leaf first) gives its holder, as [`node_names`] reads
+/// them.
+pub fn leaf_names(chain_pem: &str) -> Result<Vec<String>> {
+    let chain = parse_chain_pem(chain_pem)?;
+    let c = parse(chain[0].as_ref(), "the certificate")?;
     let sans = c.subject_alternative_name().ok().flatten().map(|e| e.value);
-    Ok((c.subject().to_string(), node_names(c.subject(), sans)))
+    Ok(node_names(c.subject(), sans))
 }
 
 /// Whether a certificate names itself as its issuer (a root); unparsable: no.
