@@ -741,25 +741,7 @@ fn a_bootstrap_certificate_that_expired_in_storage_quarantines_the_node_naming_i
     let (mut node, server) = site("expired-boot", "");
     server.set_claim_token(Some(CLAIM));
     // The factory CA issues a bootstrap certificate that lives 20 s (openssl ca).
-    let d = node.dir.display().to_string();
-    std::fs::create_dir_all(node.path("newcerts")).unwrap();
-    std::fs::write(node.path("index.txt"), "").unwrap();
-    std::fs::write(node.path("serial"), "2000\n").unwrap();
-    std::fs::write(
-        node.path("factory.cnf"),
-        format!(
-            "[ca]\ndefault_ca = d\n[d]\ndatabase = {d}/index.txt\nnew_certs_dir = {d}/newcerts\nserial = {d}/serial\n\
-             certificate = {d}/factory-ca.pem\nprivate_key = {d}/factory-ca.key\ndefault_md = sha384\npolicy = p\n\
-             copy_extensions = copy\nunique_subject = no\nx509_extensions = leaf\n[p]\ncommonName = supplied\n\
-             organizationalUnitName = optional\n[leaf]\nbasicConstraints = CA:FALSE\nauthorityKeyIdentifier = keyid\n"
-        ),
-    )
-    .unwrap();
-    let cmd = format!(
-        "f=$(mktemp -p {d}); cat > $f.csr; openssl ca -batch -config {d}/factory.cnf -in $f.csr -out $f.pem -notext \
-         -startdate $(date -u -d '-10 sec' +%y%m%d%H%M%SZ) -enddate $(date -u -d '+20 sec' +%y%m%d%H%M%SZ) 2>/dev/null \
-         && cat $f.pem"
-    );
+    let cmd = openssl_ca_command(&node, "factory-ca", 20);
     node.start(true);
     std::fs::write(node.path("claim-token.txt"), format!("{CLAIM}\n")).unwrap();
     let (pw, anchor, token) = (

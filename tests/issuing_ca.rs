@@ -62,19 +62,7 @@ fn relink(unit: &mut Unit, connect: &str) {
 fn assert_issued_through(unit: &Unit, issuers: &str) {
     for node in std::iter::once(&unit.main).chain(&unit.secondaries) {
         for c in node.list_certs().iter().filter(|c| c["type"] != "diskencryption") {
-            let out = node.p(&format!("{}-leaf.pem", c["type"].as_str().unwrap()));
-            node.export_cert(c["cert_url"].as_str().unwrap(), &out);
-            let v = sh(&format!(
-                "openssl verify -CAfile {} -untrusted {issuers} {out}",
-                unit.main.p("ca.pem")
-            ));
-            assert!(
-                v.stdout.contains(": OK"),
-                "{}: {}{}",
-                node.node_id(),
-                v.stdout,
-                v.stderr
-            );
+            let out = openssl_verify_exported(node, c, &unit.main.p("ca.pem"), Some(issuers));
             let issuer = sh(&format!("openssl x509 -in {out} -noout -issuer")).ok().stdout;
             assert!(!issuer.contains("CN = ca\n"), "signed by the root: {issuer}");
         }

@@ -288,32 +288,25 @@ fn reconciliation_removes_orphans_and_stale_pending_keys_and_reports_missing_obj
         .any(|o| o.0 == "Private Key" && o.1 == "online"));
 }
 
-/// An openssl CA (`openssl ca`) in the node's directory that issues certificates valid for
-/// `seconds` from 10 s ago. Returns the signing command (CSR on stdin, certificate on
-/// stdout). While the file `slow` exists it first touches `signing` and takes 4 s; while
-/// `hold` exists it waits.
+/// The node's root CA `ca` as an openssl CA issuing for `seconds` (see
+/// [`openssl_ca_command`]).
 fn short_lived_ca(node: &Node, seconds: u32) -> String {
-    let d = node.dir.display();
-    std::fs::create_dir_all(node.path("newcerts")).unwrap();
-    std::fs::write(node.path("index.txt"), "").unwrap();
-    std::fs::write(node.path("serial"), "1000\n").unwrap();
-    std::fs::write(
-        node.path("ca.cnf"),
-        format!(
-            "[ca]\ndefault_ca = d\n[d]\ndatabase = {d}/index.txt\nnew_certs_dir = {d}/newcerts\nserial = {d}/serial\n\
-             certificate = {d}/ca.pem\nprivate_key = {d}/ca.key\ndefault_md = sha384\npolicy = p\ncopy_extensions = copy\n\
-             unique_subject = no\nx509_extensions = leaf\n[p]\ncommonName = supplied\norganizationalUnitName = optional\n\
-             [leaf]\nbasicConstraints = CA:FALSE\nauthorityKeyIdentifier = keyid\n"
-        ),
-    )
-    .unwrap();
-    format!(
-        "set -e; if [ -e {d}/slow ]; then touch {d}/signing; sleep 4; fi; while [ -e {d}/hold ]; do sleep 0.1; done; \
-         f=$(mktemp -p {d}); cat > $f.csr; \
-         openssl ca -batch -config {d}/ca.cnf -in $f.csr -out $f.pem -notext \
-           -startdate $(date -u -d '-10 sec' +%y%m%d%H%M%SZ) -enddate $(date -u -d '+{seconds} sec' +%y%m%d%H%M%SZ) 2>$f.err \
-           || {{ cat $f.err >&2; exit 1; }}; cat $f.pem"
-    )
+    openssl_ca_command(node, "ca", seconds)
+}
+
+/// Provision `node` with its iam module renewed by iamd through `command` at `threshold`
+/// (iam last, so that `[modules.renew]` belongs to it), then start it in normal mode.
+fn provisioned_renewing(node: &mut Node, command: &str, threshold: &str) {
+    node.modules.rotate_left(1);
+    assert_eq!(node.modules.last().unwrap().0, "iam");
+    node.extra_config = format!(
+        "[modules.renew]\ncommand = \"{}\"\nthreshold = \"{threshold}\"\nretry = \"1s\"\njitter = \"0%\"\n",
+        command.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    node.start(true);
+    node.run_flow().ok();
+    node.stop();
+    node.start(false);
 }
 
 fn current_iam(node: &Node) -> serde_json::Value {
@@ -342,18 +335,8 @@ fn wait_for_new_iam(node: &Node, old_serial: &str, within: u64) -> serde_json::V
 #[test]
 fn a_short_lived_certificate_is_renewed_by_iamd_and_a_renewal_killed_midway_completes_after_restart() {
     let mut node = Node::new("auto", Store::Pkcs11);
-    // iam last, so that [modules.renew] below belongs to it.
-    node.modules.rotate_left(1);
-    assert_eq!(node.modules.last().unwrap().0, "iam");
     let cmd = short_lived_ca(&node, 20);
-    node.extra_config = format!(
-        "[modules.renew]\ncommand = \"{}\"\nthreshold = \"50%\"\nretry = \"1s\"\njitter = \"0%\"\n",
-        cmd.replace('\\', "\\\\").replace('"', "\\\"")
-    );
-    node.start(true);
-    node.run_flow().ok();
-    node.stop();
-    node.start(false);
+    provisioned_renewing(&mut node, &cmd, "50%");
     // A certificate that lives 30 s: renewed when half of it is gone.
     let pw = node.p("password");
     let short = certctl(
@@ -477,15 +460,7 @@ fn renew_without_a_signer_runs_the_configured_renewal_now_and_waits_for_its_outc
         d = node.dir.display()
     );
     // Not due for years: only RenewNow renews it.
-    node.modules.rotate_left(1);
-    node.extra_config = format!(
-        "[modules.renew]\ncommand = \"{}\"\nthreshold = \"10%\"\nretry = \"1s\"\njitter = \"0%\"\n",
-        gated.replace('\\', "\\\\").replace('"', "\\\"")
-    );
-    node.start(true);
-    node.run_flow().ok();
-    node.stop();
-    node.start(false);
+    provisioned_renewing(&mut node, &gated, "10%");
     let before = current_iam(&node);
     let renewed = certctl(&node, &["--json", "renew", "iam"]).ok().json();
     let serial = renewed["certificate"]["serial"].as_str().unwrap();
@@ -515,15 +490,7 @@ fn a_threshold_longer_than_the_certificates_never_renews_back_to_back() {
     let mut node = Node::new("floor", Store::Pkcs11);
     // Certificates of an hour, renewed when 36500 days are left: always due.
     let cmd = short_lived_ca(&node, 3600);
-    node.modules.rotate_left(1);
-    node.extra_config = format!(
-        "[modules.renew]\ncommand = \"{}\"\nthreshold = \"36500d\"\nretry = \"1s\"\njitter = \"0%\"\n",
-        cmd.replace('\\', "\\\\").replace('"', "\\\"")
-    );
-    node.start(true);
-    node.run_flow().ok();
-    node.stop();
-    node.start(false);
+    provisioned_renewing(&mut node, &cmd, "36500d");
     let applied = |log: &str| log.matches("renewal of iam: certificate").count();
     let start = std::time::Instant::now();
     while applied(&node.log()) < 1 {

@@ -7,18 +7,7 @@ use common::*;
 /// Each applied certificate verifies with openssl against the root (and the chain).
 fn assert_certs_verify(node: &Node, certs: &[serde_json::Value], untrusted: Option<&str>) {
     for c in certs {
-        let t = c["type"].as_str().unwrap();
-        let out = node.p(&format!("{t}.issued.pem"));
-        node.export_cert(c["cert_url"].as_str().unwrap(), &out);
-        let untrusted = untrusted
-            .map(|u| format!("-untrusted {}", node.p(u)))
-            .unwrap_or_default();
-        let v = sh(&format!(
-            "openssl verify -CAfile {} {untrusted} {out}",
-            node.p("ca.pem")
-        ))
-        .ok();
-        assert!(v.stdout.contains(": OK"), "{}", v.stdout);
+        openssl_verify_exported(node, c, &node.p("ca.pem"), untrusted.map(|u| node.p(u)).as_deref());
     }
 }
 

@@ -23,16 +23,7 @@ fn assert_provisioned_on_its_own_token(node: &Node, ca: &str) {
         );
     }
     for c in node.list_certs().iter().filter(|c| c["type"] != "diskencryption") {
-        let out = node.p(&format!("{}.pem", c["type"].as_str().unwrap()));
-        node.export_cert(c["cert_url"].as_str().unwrap(), &out);
-        let v = sh(&format!("openssl verify -CAfile {ca} {out}"));
-        assert!(
-            v.stdout.contains(": OK"),
-            "{}: {}{}",
-            node.node_id(),
-            v.stdout,
-            v.stderr
-        );
+        let out = openssl_verify_exported(node, c, ca, None);
         let subject = sh(&format!("openssl x509 -in {out} -noout -subject")).ok().stdout;
         assert!(subject.contains(&node.node_id()), "{subject}");
     }

@@ -515,6 +515,54 @@ impl Drop for Node {
     }
 }
 
+/// Export `cert` (as `iam-certctl --json list` gives it) from the node's store to
+/// `TYPE.issued.pem` and have openssl verify it against the root file `ca`, with the
+/// intermediates of the file `untrusted` when given; the exported file.
+#[track_caller]
+pub fn openssl_verify_exported(node: &Node, cert: &serde_json::Value, ca: &str, untrusted: Option<&str>) -> String {
+    let out = node.p(&format!("{}.issued.pem", cert["type"].as_str().unwrap()));
+    node.export_cert(cert["cert_url"].as_str().unwrap(), &out);
+    let untrusted = untrusted.map(|u| format!("-untrusted {u}")).unwrap_or_default();
+    let v = sh(&format!("openssl verify -CAfile {ca} {untrusted} {out}")).ok();
+    assert!(
+        v.stdout.contains(": OK"),
+        "{}: {}{}",
+        node.node_id(),
+        v.stdout,
+        v.stderr
+    );
+    out
+}
+
+/// The node's CA `NAME.pem`/`NAME.key` as an openssl CA (`openssl ca`, its database in the
+/// node's directory) issuing certificates valid for `seconds` from 10 s ago, as CAs that
+/// issue short-lived certificates do. Returns the signing command (CSR on stdin,
+/// certificate on stdout, openssl's complaint on stderr when it refuses). While the file
+/// `slow` exists it first touches `signing` and takes 4 s; while `hold` exists it waits.
+pub fn openssl_ca_command(node: &Node, name: &str, seconds: u32) -> String {
+    let d = node.dir.display();
+    std::fs::create_dir_all(node.path("newcerts")).unwrap();
+    std::fs::write(node.path("index.txt"), "").unwrap();
+    std::fs::write(node.path("serial"), "1000\n").unwrap();
+    std::fs::write(
+        node.path(&format!("{name}.cnf")),
+        format!(
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = {d}/index.txt\nnew_certs_dir = {d}/newcerts\nserial = {d}/serial\n\
+             certificate = {d}/{name}.pem\nprivate_key = {d}/{name}.key\ndefault_md = sha384\npolicy = p\ncopy_extensions = copy\n\
+             unique_subject = no\nx509_extensions = leaf\n[p]\ncommonName = supplied\norganizationalUnitName = optional\n\
+             [leaf]\nbasicConstraints = CA:FALSE\nauthorityKeyIdentifier = keyid\n"
+        ),
+    )
+    .unwrap();
+    format!(
+        "set -e; if [ -e {d}/slow ]; then touch {d}/signing; sleep 4; fi; while [ -e {d}/hold ]; do sleep 0.1; done; \
+         f=$(mktemp -p {d}); cat > $f.csr; \
+         openssl ca -batch -config {d}/{name}.cnf -in $f.csr -out $f.pem -notext \
+           -startdate $(date -u -d '-10 sec' +%y%m%d%H%M%SZ) -enddate $(date -u -d '+{seconds} sec' +%y%m%d%H%M%SZ) 2>$f.err \
+           || {{ cat $f.err >&2; exit 1; }}; cat $f.pem"
+    )
+}
+
 pub fn read(p: impl AsRef<Path>) -> String {
     std::fs::read_to_string(p).unwrap()
 }
