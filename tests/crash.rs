@@ -149,12 +149,7 @@ fn a_process_of_the_unit_killed_at_random_during_whole_unit_provisioning() {
     let start_unit = |name: &str| {
         let mut unit = Unit::new(name, 2);
         unit.start(true);
-        for i in 0..2 {
-            unit.link_unix(i);
-        }
-        for s in &unit.secondaries {
-            unit.wait_connected(&s.node_id(), true);
-        }
+        unit.link_all_unix();
         unit
     };
     let all = ["--expect-nodes", "3", "--wait", "30"];

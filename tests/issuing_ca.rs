@@ -34,12 +34,7 @@ fn unit_issued_by(name: &str, issuers: &[&str]) -> (Unit, String) {
     }
     unit.main.signing_ca = parent.to_string();
     unit.start(true);
-    for i in 0..2 {
-        unit.link_unix(i);
-    }
-    for s in &unit.secondaries {
-        unit.wait_connected(&s.node_id(), true);
-    }
+    unit.link_all_unix();
     let out = unit.run_all(&["--expect-nodes", "3", "--wait", "20"]).ok().json();
     for n in out["nodes"].as_array().unwrap() {
         assert_eq!(n["ok"], true, "{n}");

@@ -17,12 +17,7 @@ fn unit_in_provisioning(name: &str) -> Unit {
     assert!(text.contains(&format!("alt_names = [\"{main}\"]")), "{text}");
     s0.config_override = Some(text);
     unit.start(true);
-    for i in 0..2 {
-        unit.link_unix(i);
-    }
-    for s in &unit.secondaries {
-        unit.wait_connected(&s.node_id(), true);
-    }
+    unit.link_all_unix();
     unit
 }
 

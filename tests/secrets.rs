@@ -23,12 +23,7 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
 fn no_password_pin_or_permission_secret_reaches_a_log_or_another_file() {
     let mut unit = Unit::new("secrets", 2);
     unit.start(true);
-    for i in 0..2 {
-        unit.link_unix(i);
-    }
-    for s in &unit.secondaries {
-        unit.wait_connected(&s.node_id(), true);
-    }
+    unit.link_all_unix();
     unit.run_all(&["--expect-nodes", "3", "--wait", "20"]).ok();
     // A wrong password too: the refusal must not echo it.
     unit.main

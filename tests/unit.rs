@@ -596,12 +596,7 @@ fn provisioned_unit_with_tcp(name: &str) -> (Unit, String) {
         unit.main.p("run/link.sock")
     );
     unit.start(true);
-    for i in 0..2 {
-        unit.link_unix(i);
-    }
-    for s in &unit.secondaries {
-        unit.wait_connected(&s.node_id(), true);
-    }
+    unit.link_all_unix();
     provision_whole_unit(&unit);
     (unit, format!("tcp:127.0.0.1:{port}"))
 }
@@ -796,12 +791,7 @@ fn a_failing_secondary_is_reported_and_the_main_node_is_left_unfinished_saying_w
     let mut unit = Unit::new("fail", 2);
     unit.secondaries[1].extra_config = "\n[hooks]\nstart = [\"sh\", \"-c\", \"echo no disk >&2; exit 3\"]\n".into();
     unit.start(true);
-    for i in 0..2 {
-        unit.link_unix(i);
-    }
-    for s in &unit.secondaries {
-        unit.wait_connected(&s.node_id(), true);
-    }
+    unit.link_all_unix();
     let out = unit.run_all(&["--expect-nodes", "3", "--wait", "20"]);
     assert_ne!(out.code, 0);
     let v = out.json();

@@ -800,6 +800,17 @@ impl Unit {
         }
     }
 
+    /// Link every secondary over the main node's unix link listener, and wait until the
+    /// main node counts each connected.
+    pub fn link_all_unix(&mut self) {
+        for i in 0..self.secondaries.len() {
+            self.link_unix(i);
+        }
+        for s in &self.secondaries {
+            self.wait_connected(&s.node_id(), true);
+        }
+    }
+
     /// Link secondary `i` to the main node over the main node's unix link listener.
     pub fn link_unix(&mut self, i: usize) {
         let cmd = self.nodelink_cmd(i, &self.link_addr());
