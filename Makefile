@@ -63,6 +63,9 @@ test:
 	mkdir -p target
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	# The fuzz crate (its own workspace and Cargo.lock) must build as locked, or `make fuzz`
+	# fails on a fresh clone.
+	cd fuzz && $(CARGO) check --locked --all-targets
 	{ $(CARGO) test --locked; echo $$? > target/test.rc; } 2>&1 | tee target/test.log
 	@[ "$$(cat target/test.rc)" = 0 ] || { echo "tests failed"; exit 1; }
 	$(CARGO) build --locked
