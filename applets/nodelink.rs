@@ -146,6 +146,7 @@ fn run(args: &Args) -> Result<u8, Error> {
         root_ca: config.as_ref().and_then(|c| c.root_ca.clone()),
         unit_id: config.as_ref().map(|c| c.unit_id.clone()).unwrap_or_default(),
         main_node_id: links.main_node_id.clone(),
+        tunnel: links.tunnel.clone(),
     };
     nodelink::run(opts)?;
     Ok(0)

@@ -98,6 +98,13 @@ pub struct LinksConfig {
     pub main_node_id: Option<String>,
     /// Main: the listeners that admit only some nodes (and CIDs); the others admit any.
     pub admission: Vec<Admission>,
+    /// Secondary: iam-nodelink's tunnel socket. When set, iamd reaches its EST and SCEP
+    /// servers (zero-touch enrollment, its own renewals, the verify step) through the link
+    /// to the main node, and iam-nodelink serves the socket.
+    pub tunnel: Option<PathBuf>,
+    /// Main: the `host:port` endpoints a secondary may reach through its link (empty: no
+    /// tunnels).
+    pub tunnel_endpoints: Vec<String>,
 }
 
 /// Who may link on one listener: the node ids that may register there (empty: any) and,
@@ -123,6 +130,8 @@ impl Default for LinksConfig {
             signer_uids: Vec::new(),
             main_node_id: None,
             admission: Vec::new(),
+            tunnel: None,
+            tunnel_endpoints: Vec::new(),
         }
     }
 }
@@ -1548,6 +1557,30 @@ fn parse_links(mut l: Reader, role: Role) -> Result<LinksConfig, ConfigError> {
     if tls == LinkTls::Off && listen.iter().chain(connect.iter()).any(LinkAddr::is_tcp) {
         return Err(l.err("tls", "\"off\" is refused: links over TCP always use TLS"));
     }
+    let tunnel = l.path("tunnel")?;
+    if tunnel.is_some() && role == Role::Main {
+        return Err(l.err(
+            "tunnel",
+            "only a secondary node reaches its servers through a link (node.role is \"main\")",
+        ));
+    }
+    let mut tunnel_endpoints = Vec::new();
+    for (i, e) in l
+        .strings("tunnel_endpoints")?
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let key = format!("tunnel_endpoints[{i}]");
+        if role == Role::Secondary {
+            return Err(l.err(&key, "only the main node carries tunnels (node.role is \"secondary\")"));
+        }
+        let endpoint = crate::link::tunnel::endpoint(&e).map_err(|why| l.err(&key, why))?;
+        if tunnel_endpoints.contains(&endpoint) {
+            return Err(l.err(&key, format!("\"{e}\" is listed twice")));
+        }
+        tunnel_endpoints.push(endpoint);
+    }
     let c = LinksConfig {
         listen,
         connect,
@@ -1567,6 +1600,8 @@ fn parse_links(mut l: Reader, role: Role) -> Result<LinksConfig, ConfigError> {
         signer_uids: l.uints("signer_uids")?,
         main_node_id: l.string("main_node_id")?,
         admission,
+        tunnel,
+        tunnel_endpoints,
     };
     l.finish()?;
     Ok(c)

@@ -118,8 +118,9 @@ fn other_protocol_versions_are_refused_naming_both() {
     node.start(true);
     // In the frame header.
     let mut s = UnixStream::connect(node.public()).unwrap();
+    let (newest, beyond) = (aos_iam::PROTOCOL_VERSION, aos_iam::PROTOCOL_VERSION + 1);
     let mut f = hello_frame(5, 1);
-    f[4] = 7;
+    f[4] = beyond;
     s.write_all(&f).unwrap();
     let (h, body) = read_frame(&mut s).unwrap();
     assert_eq!(
@@ -128,15 +129,21 @@ fn other_protocol_versions_are_refused_naming_both() {
     );
     let e: aos_iam::Error = wire::decode_body(&body).unwrap();
     assert!(
-        e.message.contains("version 7") && e.message.contains("versions 1 to 5"),
+        e.message.contains(&format!("version {beyond}")) && e.message.contains(&format!("versions 1 to {newest}")),
         "{e:?}"
     );
     // In the hello: a range that does not meet this side's.
     let mut s = UnixStream::connect(node.public()).unwrap();
-    let f = hello_frame(1, 6);
+    let f = hello_frame(1, beyond);
     s.write_all(&f).unwrap();
-    let e = expect_error_then_close(&mut s, "the other end speaks protocol versions 6 to 6");
-    assert!(e.message.contains("this side speaks versions 1 to 5"), "{e:?}");
+    let e = expect_error_then_close(
+        &mut s,
+        &format!("the other end speaks protocol versions {beyond} to {beyond}"),
+    );
+    assert!(
+        e.message.contains(&format!("this side speaks versions 1 to {newest}")),
+        "{e:?}"
+    );
     // A client of the release before (version 1: its own hello, in a version 1 frame) is
     // answered in version 1, and served in it.
     let mut s = UnixStream::connect(node.public()).unwrap();

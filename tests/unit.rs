@@ -401,16 +401,18 @@ fn sample_info(id: &str) -> aos_iam::proto::wire::NodeInfo {
 fn link_hellos_with_other_versions_roles_or_ids_are_refused_clearly() {
     let mut unit = Unit::new("hello", 0);
     unit.main.start(true);
-    let mut v6 = link_hello(1, Role::NodeLink, "n2");
-    v6[4] = 6;
-    let e = link_exchange(&unit, &[v6]);
+    let (newest, beyond) = (aos_iam::PROTOCOL_VERSION, aos_iam::PROTOCOL_VERSION + 1);
+    let spoken = format!("versions 1 to {newest}");
+    let mut unknown = link_hello(1, Role::NodeLink, "n2");
+    unknown[4] = beyond;
+    let e = link_exchange(&unit, &[unknown]);
     assert!(
-        e.message.contains("version 6") && e.message.contains("versions 1 to 5"),
+        e.message.contains(&format!("version {beyond}")) && e.message.contains(&spoken),
         "{e:?}"
     );
-    let e = link_exchange(&unit, &[link_hello(7, Role::NodeLink, "n2")]);
+    let e = link_exchange(&unit, &[link_hello(beyond + 1, Role::NodeLink, "n2")]);
     assert!(
-        e.message.contains("versions 7 to 7") && e.message.contains("versions 1 to 5"),
+        e.message.contains(&format!("versions {0} to {0}", beyond + 1)) && e.message.contains(&spoken),
         "{e:?}"
     );
     let e = link_exchange(&unit, &[link_hello(1, Role::Client, "")]);

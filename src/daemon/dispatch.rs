@@ -182,6 +182,7 @@ pub(super) fn handle(shared: &Shared, request: Request) -> Result<Response> {
         } => {
             let config = crate::pki::scep::ScepConfig {
                 url,
+                route: crate::pki::dial::Route::of(&prov.config),
                 ca_fingerprint,
                 challenge: (!challenge.expose().is_empty()).then_some(challenge),
                 timeout: crate::pki::scep::DEFAULT_TIMEOUT,
@@ -222,9 +223,11 @@ pub(super) fn handle(shared: &Shared, request: Request) -> Result<Response> {
         Request::SubscribeSubjectsChanged | Request::SubscribeNodeChanged | Request::SubscribeCertChanged { .. } => {
             Err(Error::internal("subscriptions are served by the connection"))
         }
-        Request::RegisterNode { .. } | Request::NodeInfoChanged { .. } => {
-            Err(Error::internal("node links are served by the link listeners"))
-        }
+        Request::RegisterNode { .. }
+        | Request::NodeInfoChanged { .. }
+        | Request::TunnelOpen { .. }
+        | Request::TunnelData { .. }
+        | Request::TunnelClose { .. } => Err(Error::internal("node links are served by the link listeners")),
         Request::ForgetNode { node_id } => shared.nodes.forget(&prov.db, &node_id).map(|_| Response::Done),
         Request::GetLinkIdentity => {
             prov.modules

@@ -30,6 +30,7 @@ use crate::config::EnrollConfig;
 use crate::daemon::provisioning::Provisioning;
 use crate::error::{Error, Result};
 use crate::link::tls::ClientAuth;
+use crate::pki::dial::Route;
 use crate::pki::est::{EstClient, EstSigner};
 use crate::pki::signer::CsrSigner;
 use crate::proto::wire::{EnrollState, EnrollmentStatus, NodeState};
@@ -307,7 +308,9 @@ fn client(prov: &Provisioning, cfg: &EnrollConfig, e: &Enrollment) -> Result<Est
         (Some(u), Some(f)) => Some((u.clone(), read_secret(f, "EST password file")?)),
         _ => None,
     };
-    let mut client = EstClient::new(&url, &anchors, ClientAuth::Identity(identity), basic)?.with_timeout(cfg.timeout);
+    let mut client = EstClient::new(&url, &anchors, ClientAuth::Identity(identity), basic)?
+        .with_timeout(cfg.timeout)
+        .with_route(crate::pki::dial::Route::of(&prov.config));
     if cfg.claim_token_file.exists() {
         let token = read_secret(&cfg.claim_token_file, "claim token file")?;
         let token = match cfg.claim_token_base64 {
@@ -338,7 +341,11 @@ fn est_signer<'s>(
 
 /// With `method = "scep"`: the SCEP server, its CA fingerprint, and the claim token as the
 /// challenge password (required: SCEP has no other way to authenticate a first request).
-fn scep_config(cfg: &EnrollConfig, e: &Enrollment) -> Result<Option<crate::pki::scep::ScepConfig>> {
+fn scep_config(
+    prov: &Provisioning,
+    cfg: &EnrollConfig,
+    e: &Enrollment,
+) -> Result<Option<crate::pki::scep::ScepConfig>> {
     let Some(fingerprint) = &cfg.scep_fingerprint else {
         return Ok(None);
     };
@@ -359,6 +366,7 @@ fn scep_config(cfg: &EnrollConfig, e: &Enrollment) -> Result<Option<crate::pki::
     }
     Ok(Some(crate::pki::scep::ScepConfig {
         url,
+        route: crate::pki::dial::Route::of(&prov.config),
         ca_fingerprint: fingerprint.clone(),
         challenge: Some(read_secret(&cfg.claim_token_file, "claim token file")?),
         timeout: cfg.timeout,
@@ -436,7 +444,10 @@ fn attempt(
 /// what this node presents: the claim token and its encoding, basic auth, the bootstrap
 /// identity (libest's token auth, for one, decodes the token as base64).
 fn unauthorized_hint(cfg: &EnrollConfig, err: Error) -> Error {
-    if err.kind != crate::ErrorKind::Unauthorized || cfg.scep_fingerprint.is_some() {
+    if err.kind != crate::ErrorKind::Unauthorized
+        || cfg.scep_fingerprint.is_some()
+        || crate::pki::dial::refused_on_the_way(&err)
+    {
         return err;
     }
     let token = match (cfg.claim_token_file.exists(), cfg.claim_token_base64) {
@@ -504,7 +515,7 @@ fn enroll_module(
             step = None;
         }
     }
-    let scep = scep_config(cfg, e)?;
+    let scep = scep_config(prov, cfg, e)?;
     let step = match step {
         Some(s) => s,
         None if scep.is_some() => {
@@ -629,7 +640,7 @@ fn verify(prov: &Provisioning, cfg: &EnrollConfig, e: &Enrollment) -> Result<()>
             .ok_or_else(|| Error::invalid("verify is not host:port"))?;
         let port = p.parse().map_err(|_| Error::invalid("verify: bad port"))?;
         let (_, _, identity) = prov.with_journal(|| prov.modules.identity(&prov.db, &module))?;
-        crate::link::tls::verify_client_identity(h, port, &anchors, &identity, cfg.timeout)
+        crate::link::tls::verify_client_identity(h, port, &anchors, &identity, cfg.timeout, &Route::of(&prov.config))
             .map_err(|err| err.context(format!("the new {module} identity")))?;
         crate::log_info!("enrollment: verify step passed: {v} accepted the new {module} identity");
         return Ok(());
@@ -652,7 +663,7 @@ fn verify(prov: &Provisioning, cfg: &EnrollConfig, e: &Enrollment) -> Result<()>
         }
     };
     let (_, _, identity) = prov.with_journal(|| prov.modules.identity(&prov.db, &module))?;
-    crate::link::tls::verify_client_identity(&host, port, &anchors, &identity, cfg.timeout)
+    crate::link::tls::verify_client_identity(&host, port, &anchors, &identity, cfg.timeout, &Route::of(&prov.config))
         .map_err(|err| err.context(format!("the new {module} identity")))?;
     crate::log_info!("enrollment: verify step passed: {host}:{port} accepted the new {module} identity");
     Ok(())

@@ -115,6 +115,14 @@ pub(super) fn plaintext_allowed(shared: &Shared, addr: &LinkAddr) -> std::result
     }
 }
 
+/// Whether a link that may not run in the clear may still do so to carry tunnels only
+/// (docs/ARCHITECTURE.md §7c): a secondary enrolling through the main node has no link
+/// identity yet. Only where tunnels are configured, `links.tls` is `auto`, and never over
+/// TCP: a node that reaches the main node over TCP has a network of its own.
+pub(super) fn tunnels_in_the_clear(shared: &Shared, addr: &LinkAddr) -> bool {
+    shared.relay.enabled() && !addr.is_tcp() && shared.prov.config.links.tls == crate::config::LinkTls::Auto
+}
+
 /// The first byte of a TLS handshake record.
 pub(super) const TLS_HANDSHAKE: u8 = 0x16;
 
@@ -255,6 +263,9 @@ async fn serve_link(
     };
     let mut stream: BoxStream = Box::new(prefixed);
     let mut peer_cert = None;
+    // A link in the clear out of provisioning mode, from a secondary that has no link
+    // identity yet: it may carry that node's tunnels (to enroll) and nothing else.
+    let mut tunnel_only = false;
     if first == Some(TLS_HANDSHAKE) {
         match accept_tls(stream, &shared).await {
             Ok((s, cert)) => {
@@ -267,10 +278,14 @@ async fn serve_link(
             }
         }
     } else if let Err(why) = plaintext_allowed(&shared, addr) {
-        crate::log_warn!("link listener {addr}: refused {from}: {why}");
-        let e = Error::unauthorized(format!("this link must use TLS: {why}"));
-        let _ = transport::write_frame(&mut stream, &refuse(e)).await;
-        return;
+        if tunnels_in_the_clear(&shared, addr) {
+            tunnel_only = true;
+        } else {
+            crate::log_warn!("link listener {addr}: refused {from}: {why}");
+            let e = Error::unauthorized(format!("this link must use TLS: {why}"));
+            let _ = transport::write_frame(&mut stream, &refuse(e)).await;
+            return;
+        }
     }
     let (node_id, version) = match link_hello(&mut stream, &shared, admission).await {
         Ok(agreed) => agreed,
@@ -308,7 +323,11 @@ async fn serve_link(
     };
     crate::log_info!(
         "link listener {addr}: node \"{node_id}\" linked from {from}{}, protocol version {version}",
-        if peer_cert.is_some() { " over TLS" } else { "" }
+        match (&peer_cert, tunnel_only) {
+            (Some(_), _) => " over TLS",
+            (None, true) => " in the clear, for its tunnels only",
+            (None, false) => "",
+        }
     );
     let (peer, reader) = Peer::new(
         format!("node \"{node_id}\""),
@@ -318,26 +337,48 @@ async fn serve_link(
     );
     let registered = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let changes: Arc<std::sync::Mutex<InfoChanges>> = Default::default();
+    // The link's tunnels, all closed when it ends.
+    let tunnels = crate::link::tunnel::LinkTunnels::new(shared.relay.clone(), &node_id);
     let reason = peer
         .read_loop(reader, |id, request| {
-            let (shared, peer, registered, node_id, changes) = (
+            let (shared, peer, registered, node_id, changes, tunnels) = (
                 shared.clone(),
                 peer.clone(),
                 registered.clone(),
                 node_id.clone(),
                 changes.clone(),
+                tunnels.clone(),
             );
             async move {
-                let result = link_request(&shared, &peer, &registered, &node_id, &changes, request).await;
+                if matches!(
+                    request,
+                    Request::TunnelOpen { .. } | Request::TunnelData { .. } | Request::TunnelClose { .. }
+                ) {
+                    // Tunnel requests wait on the endpoint: served beside the link's other
+                    // requests (a tunnel sends its next chunk once this one is answered).
+                    EXECUTOR
+                        .spawn(async move {
+                            let result = tunnels.serve(&peer, &request, &EXECUTOR).await;
+                            let result = result.unwrap_or_else(|| Err(Error::internal("not a tunnel request")));
+                            if let Err(e) = &result {
+                                crate::log_warn!("node \"{node_id}\": {}: {e}", request.name());
+                            }
+                            let _ = peer.answer(id, result).await;
+                        })
+                        .detach();
+                    return true;
+                }
+                let result = link_request(&shared, &peer, &registered, tunnel_only, &node_id, &changes, request).await;
                 if let Err(e) = &result {
                     crate::log_warn!("node \"{node_id}\": {e}");
                 }
                 let _ = peer.answer(id, result).await;
                 // A link that could not register its node has nothing more to do.
-                registered.load(std::sync::atomic::Ordering::SeqCst)
+                tunnel_only || registered.load(std::sync::atomic::Ordering::SeqCst)
             }
         })
         .await;
+    drop(tunnels);
     if registered.load(std::sync::atomic::Ordering::SeqCst) {
         let (s, p, id) = (shared.clone(), peer.clone(), node_id.clone());
         // The disconnection commits the registry's record, the last change included.
@@ -421,11 +462,19 @@ pub(super) async fn link_request(
     shared: &Arc<Shared>,
     peer: &Arc<Peer>,
     registered: &std::sync::atomic::AtomicBool,
+    tunnel_only: bool,
     node_id: &str,
     changes: &Arc<std::sync::Mutex<InfoChanges>>,
     request: Request,
 ) -> Result<Response> {
     use std::sync::atomic::Ordering;
+    if tunnel_only && !matches!(request, Request::Version) {
+        return Err(Error::unauthorized(format!(
+            "{}: a link in the clear carries tunnels only once the main node is out of provisioning mode; \
+             the node links in TLS once it has its link identity",
+            request.name()
+        )));
+    }
     let info = match request {
         Request::RegisterNode { info } | Request::NodeInfoChanged { info } if info.node_id != node_id => {
             return Err(Error::invalid(format!(
@@ -446,7 +495,7 @@ pub(super) async fn link_request(
         }
         Request::NodeInfoChanged { info } => info,
         // The secondary's keepalive: this iamd still knows the link.
-        Request::Version if registered.load(Ordering::SeqCst) => {
+        Request::Version if tunnel_only || registered.load(Ordering::SeqCst) => {
             return Ok(Response::Version {
                 version: crate::VERSION.into(),
                 protocol: crate::PROTOCOL_VERSION,

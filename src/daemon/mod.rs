@@ -80,6 +80,8 @@ struct Shared {
     guesses: crate::daemon::guesses::Guesses,
     /// Wakes the enrollment task (a quarantine released).
     enroll_wake: (smol::channel::Sender<()>, smol::channel::Receiver<()>),
+    /// Main node: the tunnels it carries for its secondaries (docs/ARCHITECTURE.md §7c).
+    relay: Arc<crate::link::tunnel::Relay>,
 }
 
 /// A certificate by its issuer (DER) and serial.
@@ -171,6 +173,7 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
         quotas: Quotas::new(config.quotas.clone(), config.max_connections),
         guesses: Default::default(),
         enroll_wake: smol::channel::bounded(1),
+        relay: crate::link::tunnel::Relay::new(&config.links),
     });
     shared.publish_cert_changes();
 

@@ -331,7 +331,8 @@ fn signer(prov: &Provisioning, cert_type: &str, policy: &RenewPolicy) -> Result<
                 ClientAuth::None
             };
             Box::new(EstSigner {
-                client: EstClient::new(&est.url, &anchors, auth, basic)?,
+                client: EstClient::new(&est.url, &anchors, auth, basic)?
+                    .with_route(crate::pki::dial::Route::of(&prov.config)),
                 reenroll: est.reenroll,
                 retry_after: Default::default(),
             })
@@ -349,7 +350,7 @@ fn obtain(
     retry_after: &mut Option<Duration>,
 ) -> Result<String> {
     if let RenewMethod::Scep(scep) = &policy.method {
-        let config = crate::pki::scep::ScepConfig::from_settings(scep)?;
+        let config = crate::pki::scep::ScepConfig::from_settings(scep, crate::pki::dial::Route::of(&prov.config))?;
         return prov
             .modules
             .scep_enroll(&prov.db, cert_type, csr, &config, scep.renewal);

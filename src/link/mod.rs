@@ -4,3 +4,4 @@
 pub mod nodelink;
 pub mod peer;
 pub mod tls;
+pub mod tunnel;

@@ -9,6 +9,7 @@
 use crate::config::{Algorithm, LinkTls};
 use crate::error::{Error, ErrorKind, Result};
 use crate::link::peer::{self, Peer};
+use crate::link::tunnel::Gate;
 use crate::proto::client::Client;
 use crate::proto::transport::{self, LinkAddr};
 use crate::proto::wire::{Event, Request, Response, Role, Wire};
@@ -46,6 +47,8 @@ pub struct Options {
     pub unit_id: String,
     /// The main node this node links to only (`links.main_node_id`), if configured.
     pub main_node_id: Option<String>,
+    /// The tunnel socket served to this node's iamd (`links.tunnel`), if configured.
+    pub tunnel: Option<PathBuf>,
 }
 
 /// What `iam-nodelink status` reports, as the running link writes it.
@@ -150,6 +153,11 @@ pub fn run(opts: Options) -> Result<()> {
             last_error: String::new(),
         },
     };
+    let gate = crate::link::tunnel::Gate::new(opts.request_timeout, opts.hello_timeout);
+    if let Some(path) = &opts.tunnel {
+        gate.listen(path, &EXECUTOR)?;
+        crate::log_info!("serving this node's tunnels through the link at {}", path.display());
+    }
     let result = smol::block_on(EXECUTOR.run(async {
         let stop = async {
             let why = signals
@@ -160,7 +168,7 @@ pub fn run(opts: Options) -> Result<()> {
             crate::log_notice!("{why}: stopping");
             Ok(())
         };
-        let r = smol::future::or(stop, link_forever(&opts, &mut reporter)).await;
+        let r = smol::future::or(stop, link_forever(&opts, &gate, &mut reporter)).await;
         let _ = crate::sys::notify::notify("STOPPING=1");
         let last = r.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
         reporter.set("stopped", |s| s.last_error = last).await;
@@ -169,13 +177,14 @@ pub fn run(opts: Options) -> Result<()> {
     result
 }
 
-async fn link_forever(opts: &Options, reporter: &mut Reporter) -> Result<()> {
+async fn link_forever(opts: &Options, gate: &Arc<Gate>, reporter: &mut Reporter) -> Result<()> {
     let mut backoff = Backoff::new(opts.retry_min, opts.retry_max);
     let mut notified = false;
     loop {
         reporter.set("connecting", |_| {}).await;
         let mut registered = false;
-        let ended = session(opts, reporter, &mut registered, &mut notified).await;
+        let ended = session(opts, gate, reporter, &mut registered, &mut notified).await;
+        gate.attach(None);
         let e = match ended {
             Ok(reason) => Error::unavailable(format!("the link to the main node ended: {reason}")),
             Err(e) => e,
@@ -199,6 +208,7 @@ async fn link_forever(opts: &Options, reporter: &mut Reporter) -> Result<()> {
 /// Returns why the link ended (`Ok`) or why it could not be set up (`Err`).
 async fn session(
     opts: &Options,
+    gate: &Arc<Gate>,
     reporter: &mut Reporter,
     registered: &mut bool,
     notified: &mut bool,
@@ -269,6 +279,14 @@ async fn session(
     // A node that has its link identity never links in the clear, whatever happens to its
     // handshakes: an on-path attacker who resets them gets no downgrade.
     let identity = link_identity(opts, &local).await?;
+    let (identity, tunnel_only) = match identity {
+        Linking::Tls(id) => (Some(id), false),
+        Linking::Clear => (None, false),
+        Linking::TunnelsOnly(why) => {
+            crate::log_notice!("{why}; linking in the clear for this node's tunnels only, until it has one");
+            (None, true)
+        }
+    };
     let use_tls = identity.is_some();
     // Dialled once, and once more offering the main node's version if it is of the release
     // before versions were agreed (it refuses this one outright).
@@ -326,17 +344,24 @@ async fn session(
         opts.frame_timeout,
     );
 
+    gate.attach(Some(link.clone()));
     let link_loop = {
-        let (link, local, node_id) = (link.clone(), local.clone(), node_id.clone());
+        let (link, local, node_id, gate) = (link.clone(), local.clone(), node_id.clone(), gate.clone());
         let timeouts = (opts.request_timeout, opts.long_request_timeout);
         async move {
             let l = link.clone();
             let reason = link
                 .read_loop(link_reader, move |id, request| {
-                    let (link, local, node_id) = (l.clone(), local.clone(), node_id.clone());
+                    let (link, local, node_id, gate) = (l.clone(), local.clone(), node_id.clone(), gate.clone());
                     EXECUTOR
                         .spawn(async move {
-                            let result = run_forwarded(&local, &node_id, request, timeouts).await;
+                            let result = match gate.serve(&request).await {
+                                Some(r) => r,
+                                None if tunnel_only => Err(Error::unauthorized(
+                                    "this link carries the node's tunnels only: it has no link identity yet",
+                                )),
+                                None => run_forwarded(&local, &node_id, request, timeouts).await,
+                            };
                             let _ = link.answer(id, result).await;
                         })
                         .detach();
@@ -348,6 +373,28 @@ async fn session(
     };
     let link_loop = EXECUTOR.spawn(link_loop);
 
+    if tunnel_only {
+        reporter
+            .set("tunnels-only", |s| {
+                s.node_id = node_id.clone();
+                s.main_node_id = main_id.clone();
+                s.tls = false;
+                s.last_error.clear();
+            })
+            .await;
+        let until_identity = until_identity(opts, &local, &changes);
+        let ended = smol::future::or(
+            until_identity,
+            smol::future::or(
+                keepalive(&link, opts.keepalive),
+                smol::future::or(link_loop, local_loop),
+            ),
+        )
+        .await;
+        link.close("iam-nodelink closed the link");
+        local.close("iam-nodelink closed the connection");
+        return ended;
+    }
     let register_and_push = async {
         match link.call(&Request::RegisterNode { info }, opts.request_timeout).await {
             Ok(Response::Done) => {}
@@ -506,16 +553,27 @@ struct LocalIdentity {
     serial: Vec<u8>,
 }
 
+/// How a session links: in TLS with the node's link identity, or in the clear.
+enum Linking {
+    Tls(LocalIdentity),
+    /// In provisioning mode, before the node has its link identity.
+    Clear,
+    /// Out of provisioning mode without a link identity, where the node reaches its
+    /// servers through the link (`links.tunnel`): for its tunnels only (why, for the log).
+    TunnelsOnly(String),
+}
+
 /// Whether this link runs inside TLS (docs/ARCHITECTURE.md §7): `required` and TCP always, `off` never;
 /// `auto` once the node has a certificate for its link identity, and in the clear before
-/// that — which both ends accept only while in provisioning mode.
-async fn link_identity(opts: &Options, local: &Peer) -> Result<Option<LocalIdentity>> {
+/// that — which both ends accept only while in provisioning mode, or for the node's
+/// tunnels only (§7c).
+async fn link_identity(opts: &Options, local: &Peer) -> Result<Linking> {
     let must = opts.tls == LinkTls::Required || opts.connect.is_tcp();
     if opts.tls == LinkTls::Off && !must {
-        return Ok(None);
+        return Ok(Linking::Clear);
     }
     match local_identity(local, opts.request_timeout).await {
-        Ok(id) => Ok(Some(id)),
+        Ok(id) => Ok(Linking::Tls(id)),
         Err(e) if e.kind == ErrorKind::NotFound && !must => {
             let status = match local
                 .call(
@@ -528,7 +586,10 @@ async fn link_identity(opts: &Options, local: &Peer) -> Result<Option<LocalIdent
                 r => return Err(Error::protocol(format!("GetProvisioningStatus answered {r:?}"))),
             };
             if status.provisioning_mode {
-                return Ok(None);
+                return Ok(Linking::Clear);
+            }
+            if opts.tunnel.is_some() {
+                return Ok(Linking::TunnelsOnly(e.message));
             }
             Err(Error::unavailable(format!(
                 "{}; out of provisioning mode the link must use TLS",
@@ -536,6 +597,26 @@ async fn link_identity(opts: &Options, local: &Peer) -> Result<Option<LocalIdent
             )))
         }
         Err(e) => Err(e.context("the link must use TLS")),
+    }
+}
+
+/// A link for tunnels only ends once the node has its link identity (its enrollment
+/// applied it), so that it links again in TLS and registers.
+async fn until_identity(
+    opts: &Options,
+    local: &Peer,
+    changes: &smol::channel::Receiver<Result<Event>>,
+) -> Result<String> {
+    loop {
+        match changes.recv().await {
+            Ok(Ok(Event::NodeChanged(_))) => {}
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => return Err(e.context("the local iamd's node events")),
+            Err(_) => return Err(Error::unavailable("the local iamd's node events ended")),
+        }
+        if local_identity(local, opts.request_timeout).await.is_ok() {
+            return Ok("the node has its link identity now: linking again in TLS".into());
+        }
     }
 }
 

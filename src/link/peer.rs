@@ -75,6 +75,11 @@ impl Peer {
         &self.name
     }
 
+    /// The largest frame body this link carries.
+    pub fn body_limit(&self) -> u32 {
+        self.wire.limit
+    }
+
     /// The protocol version this link speaks.
     pub fn version(&self) -> u8 {
         self.wire.version

@@ -686,6 +686,7 @@ pub fn verify_client_identity(
     anchors: &[CertificateDer<'static>],
     identity: &Identity,
     timeout: std::time::Duration,
+    route: &crate::pki::dial::Route,
 ) -> Result<()> {
     use std::io::Read;
     let addr = format!("{host}:{port}");
@@ -708,12 +709,7 @@ pub fn verify_client_identity(
         .map_err(|_| Error::invalid(format!("verify step: \"{host}\" is not a valid host name")))?;
     let mut conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| tls_error("TLS client", e))?;
     let deadline = std::time::Instant::now() + timeout;
-    let sock = std::net::ToSocketAddrs::to_socket_addrs(&addr)
-        .map_err(|e| Error::unavailable(format!("verify step: cannot resolve {addr}: {e}")))?
-        .next()
-        .ok_or_else(|| Error::unavailable(format!("verify step: {addr} has no address")))?;
-    let mut tcp = std::net::TcpStream::connect_timeout(&sock, timeout)
-        .map_err(|e| Error::unavailable(format!("verify step: cannot reach {addr}: {e}")))?;
+    let mut tcp = crate::pki::dial::dial(route, &addr, &format!("verify step: {addr}"), timeout, false)?;
     let left = || {
         deadline
             .saturating_duration_since(std::time::Instant::now())

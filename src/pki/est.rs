@@ -30,6 +30,8 @@ pub struct EstClient {
     /// A claim token, sent as `Authorization: Bearer` (in place of basic auth).
     bearer: Option<Secret>,
     timeout: Duration,
+    /// Straight, or through the link to the main node.
+    route: crate::pki::dial::Route,
 }
 
 /// An HTTP response: status, headers (names lower-cased), body.
@@ -112,6 +114,7 @@ impl EstClient {
             basic,
             bearer: None,
             timeout: DEFAULT_TIMEOUT,
+            route: Default::default(),
         })
     }
 
@@ -135,6 +138,7 @@ impl EstClient {
             basic: None,
             bearer: None,
             timeout: DEFAULT_TIMEOUT,
+            route: Default::default(),
         };
         let offered = provisional
             .cacerts()
@@ -170,6 +174,13 @@ impl EstClient {
     /// [`DEFAULT_TIMEOUT`]).
     pub fn with_timeout(mut self, timeout: Duration) -> EstClient {
         self.timeout = timeout;
+        self
+    }
+
+    /// Reach the server by `route` (through the link to the main node, for a secondary
+    /// with no network of its own).
+    pub fn with_route(mut self, route: crate::pki::dial::Route) -> EstClient {
+        self.route = route;
         self
     }
 
@@ -305,35 +316,18 @@ impl EstClient {
             ))
         };
         let remaining = || deadline.saturating_duration_since(std::time::Instant::now());
-        let proxy = Proxy::from_env(&self.host).map_err(refuse)?;
-        let dial = proxy.as_ref().map_or(addr.clone(), |p| p.addr.clone());
-        let tcp = connect_within(&dial, self.timeout).map_err(|e| match e.kind() {
-            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => stalled("did not accept the connection"),
-            _ if proxy.is_some() => refuse(Error::unavailable(format!(
-                "cannot reach the proxy {dial} (HTTPS_PROXY) for the EST server at {addr}: {e}"
-            ))),
-            _ => refuse(Error::unavailable(format!(
-                "cannot reach the EST server at {addr}: {e}"
-            ))),
-        })?;
-        let _ = tcp.set_read_timeout(Some(remaining().max(Duration::from_millis(1))));
-        let _ = tcp.set_write_timeout(Some(remaining().max(Duration::from_millis(1))));
-        let mut tcp = tcp;
-        if let Some(p) = &proxy {
-            p.connect(&mut tcp, &addr).map_err(|e| match e.kind {
-                ErrorKind::Timeout => stalled("was not reached through the proxy"),
-                _ => refuse(e),
-            })?;
-        }
+        let server = format!("the EST server at {addr}");
+        let conn = crate::pki::dial::dial(&self.route, &addr, &server, self.timeout, true).map_err(refuse)?;
+        conn.set_timeouts(remaining());
         let name = ServerName::try_from(self.host.clone()).map_err(|_| {
             refuse(Error::invalid(format!(
                 "EST host \"{}\" is not a valid name",
                 self.host
             )))
         })?;
-        let conn = rustls::ClientConnection::new(self.tls.clone(), name)
+        let tls_conn = rustls::ClientConnection::new(self.tls.clone(), name)
             .map_err(|e| refuse(Error::internal(format!("TLS: {e}"))))?;
-        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut tls = rustls::StreamOwned::new(tls_conn, conn);
         let mut head = format!(
             "{method} {}/{op} HTTP/1.1\r\nHost: {}:{}\r\nAccept: application/pkcs7-mime\r\nConnection: close\r\n",
             self.path, self.host, self.port
@@ -406,139 +400,6 @@ impl EstClient {
         }
         parse_response(&raw).map_err(|e| refuse(e.context(format!("the EST answer to /{op}"))))
     }
-}
-
-/// An HTTP proxy for EST, from `HTTPS_PROXY` (or `https_proxy`): `[http://][user:password@]host:port`.
-/// `NO_PROXY` (or `no_proxy`) lists hosts, domain suffixes or `*` that are reached directly.
-struct Proxy {
-    addr: String,
-    basic: Option<Secret>,
-}
-
-impl Proxy {
-    fn from_env(host: &str) -> Result<Option<Proxy>> {
-        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.trim().is_empty());
-        let Some(url) = var("HTTPS_PROXY").or_else(|| var("https_proxy")) else {
-            return Ok(None);
-        };
-        let no_proxy = var("NO_PROXY").or_else(|| var("no_proxy")).unwrap_or_default();
-        let host_l = host.to_ascii_lowercase();
-        for entry in no_proxy
-            .split(',')
-            .map(|e| e.trim().trim_start_matches('.').to_ascii_lowercase())
-        {
-            if entry == "*" || (!entry.is_empty() && (host_l == entry || host_l.ends_with(&format!(".{entry}")))) {
-                return Ok(None);
-            }
-        }
-        let rest = url.trim().trim_end_matches('/');
-        let rest = match rest.split_once("://") {
-            Some(("http", r)) => r,
-            Some((scheme, _)) => {
-                return Err(Error::invalid(format!(
-                    "HTTPS_PROXY: a proxy reached by {scheme}:// is not supported (only http://)"
-                )))
-            }
-            None => rest,
-        };
-        let (basic, hostport) = match rest.rsplit_once('@') {
-            Some((userinfo, hp)) => (Some(Secret::new(userinfo.to_string())), hp),
-            None => (None, rest),
-        };
-        let addr = if hostport.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
-            hostport.to_string()
-        } else {
-            format!("{hostport}:80")
-        };
-        Ok(Some(Proxy { addr, basic }))
-    }
-
-    /// Ask the proxy for a tunnel to `target` (host:port) on `tcp`; the TLS to the EST
-    /// server then runs through it.
-    fn connect(&self, tcp: &mut std::net::TcpStream, target: &str) -> Result<()> {
-        let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
-        if let Some(b) = &self.basic {
-            head.push_str(&format!(
-                "Proxy-Authorization: Basic {}\r\n",
-                crate::codec::pem::base64_encode(b.expose().as_bytes())
-            ));
-        }
-        head.push_str("\r\n");
-        let head = zeroize::Zeroizing::new(head);
-        let timed_out =
-            |e: &std::io::Error| matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock);
-        tcp.write_all(head.as_bytes()).map_err(|e| {
-            Error::new(
-                if timed_out(&e) {
-                    ErrorKind::Timeout
-                } else {
-                    ErrorKind::Unavailable
-                },
-                format!("the proxy {}: {e}", self.addr),
-            )
-        })?;
-        // Byte by byte up to the blank line: nothing of the tunnel is read past it.
-        let mut answer = Vec::new();
-        let mut byte = [0u8; 1];
-        while !answer.ends_with(b"\r\n\r\n") {
-            match tcp.read(&mut byte) {
-                Ok(0) => {
-                    return Err(Error::unavailable(format!(
-                        "the proxy {} closed the connection",
-                        self.addr
-                    )))
-                }
-                Ok(_) => answer.push(byte[0]),
-                Err(e) if timed_out(&e) => {
-                    return Err(Error::new(
-                        ErrorKind::Timeout,
-                        format!("the proxy {} did not answer", self.addr),
-                    ))
-                }
-                Err(e) => return Err(Error::unavailable(format!("the proxy {}: {e}", self.addr))),
-            }
-            if answer.len() > 8192 {
-                return Err(Error::protocol(format!(
-                    "the proxy {} sent an answer too long",
-                    self.addr
-                )));
-            }
-        }
-        let status_line = String::from_utf8_lossy(&answer)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string();
-        let status = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse::<u16>().ok());
-        match status {
-            Some(200..=299) => Ok(()),
-            // 407 as RFC 9110 has it; tinyproxy answers 401.
-            Some(401 | 407) => Err(Error::unauthorized(format!(
-                "the proxy {} refused the tunnel to {target}: {status_line} (credentials in HTTPS_PROXY)",
-                self.addr
-            ))),
-            _ => Err(Error::unavailable(format!(
-                "the proxy {} refused the tunnel to {target}: {status_line}",
-                self.addr
-            ))),
-        }
-    }
-}
-
-/// Connect to `addr` (host:port), trying each address it resolves to, within `timeout`.
-pub(crate) fn connect_within(addr: &str, timeout: Duration) -> std::io::Result<std::net::TcpStream> {
-    use std::net::ToSocketAddrs;
-    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
-    for a in addr.to_socket_addrs()? {
-        match std::net::TcpStream::connect_timeout(&a, timeout) {
-            Ok(s) => return Ok(s),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
 }
 
 pub(crate) fn parse_response(raw: &[u8]) -> Result<Response> {

@@ -1,6 +1,7 @@
 //! Certificates: X.509 building and validation, EST, CSR signers, the factory flow, and
 //! certificate health as monitoring rates it.
 
+pub mod dial;
 pub mod est;
 pub mod factory;
 pub mod health;

@@ -15,7 +15,7 @@
 use crate::codec::der::{self, read_tlv, tlv};
 use crate::config::Algorithm;
 use crate::error::{Error, ErrorKind, Result};
-use crate::pki::est::{connect_within, parse_response, Response};
+use crate::pki::est::{parse_response, Response};
 use crate::pki::x509::StoredKey;
 use crate::secret::Secret;
 use std::io::{Read, Write};
@@ -415,6 +415,7 @@ pub struct ScepClient {
     port: u16,
     path: String,
     timeout: Duration,
+    route: crate::pki::dial::Route,
 }
 
 fn parse_url(url: &str) -> Result<(String, u16, String)> {
@@ -444,11 +445,19 @@ impl ScepClient {
             port,
             path,
             timeout: DEFAULT_TIMEOUT,
+            route: Default::default(),
         })
     }
 
     pub fn with_timeout(mut self, timeout: Duration) -> ScepClient {
         self.timeout = timeout;
+        self
+    }
+
+    /// Reach the server by `route` (through the link to the main node, for a secondary
+    /// with no network of its own).
+    pub fn with_route(mut self, route: crate::pki::dial::Route) -> ScepClient {
+        self.route = route;
         self
     }
 
@@ -527,10 +536,8 @@ impl ScepClient {
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1))
         };
-        let mut tcp = connect_within(&addr, self.timeout).map_err(|e| match e.kind() {
-            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => stalled("did not accept the connection"),
-            _ => Error::unavailable(format!("cannot reach the SCEP server at {addr}: {e}")),
-        })?;
+        let server = format!("the SCEP server at {addr}");
+        let mut tcp = crate::pki::dial::dial(&self.route, &addr, &server, self.timeout, false)?;
         let _ = tcp.set_write_timeout(Some(remaining()));
         let mut target = format!("{}?operation={op}", self.path);
         if let Some(m) = message {
@@ -1105,6 +1112,8 @@ pub fn transaction_id(public_key: &[u8]) -> String {
 /// How a SCEP enrollment is configured: the server, its CA, the challenge, and polling.
 pub struct ScepConfig {
     pub url: String,
+    /// Straight, or through the link to the main node.
+    pub route: crate::pki::dial::Route,
     pub ca_fingerprint: String,
     pub challenge: Option<Secret>,
     pub timeout: Duration,
@@ -1122,7 +1131,9 @@ pub fn enroll(
     csr_der: &[u8],
     current: Option<&CurrentIdentity>,
 ) -> Result<String> {
-    let client = ScepClient::new(&config.url)?.with_timeout(config.timeout);
+    let client = ScepClient::new(&config.url)?
+        .with_timeout(config.timeout)
+        .with_route(config.route.clone());
     let caps = client.caps()?;
     let authority = Authority::select(&client.ca_certs()?, &config.ca_fingerprint)?;
     let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
@@ -1269,13 +1280,14 @@ pub struct CurrentIdentity<'a> {
 
 impl ScepConfig {
     /// The configuration a module's `[modules.renew.scep]` names, its challenge read now.
-    pub fn from_settings(s: &crate::config::ScepSettings) -> Result<ScepConfig> {
+    pub fn from_settings(s: &crate::config::ScepSettings, route: crate::pki::dial::Route) -> Result<ScepConfig> {
         let challenge = match &s.challenge_file {
             Some(f) => Some(read_challenge(f)?),
             None => None,
         };
         Ok(ScepConfig {
             url: s.url.clone(),
+            route,
             ca_fingerprint: s.ca_fingerprint.clone(),
             challenge,
             timeout: s.timeout,

@@ -64,7 +64,7 @@ fn read_within(
 
 /// A Unix socket connected within `limit` (a listener whose backlog is full makes a
 /// blocking connect wait without end).
-fn connect_within(path: &Path, limit: std::time::Duration) -> std::io::Result<UnixStream> {
+pub(crate) fn connect_within(path: &Path, limit: std::time::Duration) -> std::io::Result<UnixStream> {
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
     use std::os::fd::AsRawFd;
     let deadline = std::time::Instant::now() + limit;

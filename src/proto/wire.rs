@@ -580,7 +580,25 @@ pub enum Request {
         node_id: String,
         cert_type: String,
     },
+    /// Version 6, secondary to main over a link: carry bytes to `endpoint` (`host:port`,
+    /// on the main node's `links.tunnel_endpoints`); answered by `TunnelOpened`.
+    TunnelOpen {
+        endpoint: String,
+    },
+    /// Version 6, either way over a link: the next bytes of a tunnel, at most
+    /// [`MAX_TUNNEL_CHUNK`]; the next is sent once this one is answered (`Done`).
+    TunnelData {
+        tunnel: u64,
+        data: Vec<u8>,
+    },
+    /// Version 6, either way over a link: the tunnel is closed (its end of the bytes).
+    TunnelClose {
+        tunnel: u64,
+    },
 }
+
+/// The most bytes one TunnelData carries.
+pub const MAX_TUNNEL_CHUNK: usize = 16 * 1024;
 
 /// Nodes of a unit whose info one link may report: CPUs, partitions and attributes.
 pub const MAX_NODE_ITEMS: usize = 256;
@@ -596,6 +614,7 @@ impl Request {
             | Request::GetEnrollmentStatus { .. } => 3,
             Request::ScepEnroll { .. } => 4,
             Request::GetLinkChain | Request::RenewNow { .. } => 5,
+            Request::TunnelOpen { .. } | Request::TunnelData { .. } | Request::TunnelClose { .. } => 6,
             _ => 1,
         }
     }
@@ -637,6 +656,9 @@ impl Request {
             Request::ScepEnroll { .. } => "ScepEnroll",
             Request::GetLinkChain => "GetLinkChain",
             Request::RenewNow { .. } => "RenewNow",
+            Request::TunnelOpen { .. } => "TunnelOpen",
+            Request::TunnelData { .. } => "TunnelData",
+            Request::TunnelClose { .. } => "TunnelClose",
         }
     }
 
@@ -682,7 +704,14 @@ impl Request {
 
     /// Requests that only a secondary node's link sends, and only on a link.
     pub fn is_link_only(&self) -> bool {
-        matches!(self, Request::RegisterNode { .. } | Request::NodeInfoChanged { .. })
+        matches!(
+            self,
+            Request::RegisterNode { .. }
+                | Request::NodeInfoChanged { .. }
+                | Request::TunnelOpen { .. }
+                | Request::TunnelData { .. }
+                | Request::TunnelClose { .. }
+        )
     }
 
     /// Whether the operation, when it succeeds, may change a current certificate (reported
@@ -789,6 +818,9 @@ impl Request {
             Request::Hello { node_id, .. } => max("node_id", node_id.len(), MAX_NAME_LEN),
             Request::RegisterNode { info } | Request::NodeInfoChanged { info } => info.check_bounds(),
             Request::GetLinkIdentity | Request::GetLinkChain => Ok(()),
+            Request::TunnelOpen { endpoint } => max("endpoint", endpoint.len(), MAX_NAME_LEN),
+            Request::TunnelData { data, .. } => max("tunnel data", data.len(), MAX_TUNNEL_CHUNK),
+            Request::TunnelClose { .. } => Ok(()),
             Request::RenewNow { node_id, cert_type } => {
                 max("node_id", node_id.len(), MAX_NAME_LEN)?;
                 max("cert_type", cert_type.len(), MAX_NAME_LEN)
@@ -1148,6 +1180,10 @@ pub enum Response {
         algorithm: String,
         serial: Vec<u8>,
     },
+    /// Version 6: the answer to TunnelOpen: the tunnel's number on this link.
+    TunnelOpened {
+        tunnel: u64,
+    },
 }
 
 impl Response {
@@ -1157,6 +1193,7 @@ impl Response {
             Response::Enrollment(_) => 3,
             Response::Chain { .. } => 4,
             Response::LinkChain { .. } => 5,
+            Response::TunnelOpened { .. } => 6,
             _ => 1,
         }
     }

@@ -121,6 +121,9 @@ pub struct Node {
     /// The CA (`NAME.pem`/`NAME.key` in the node's directory) that `run_flow*` signs with:
     /// the root `ca`, or an issuing CA under it.
     pub signing_ca: String,
+    /// Its daemons (iamd, iam-nodelink) run in a network namespace of their own, with no
+    /// route at all (`unshare -n`): a secondary with no network, its sockets on disk alone.
+    pub netns: bool,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -155,6 +158,7 @@ impl Node {
             config_override: None,
             env: Vec::new(),
             signing_ca: "ca".into(),
+            netns: false,
         };
         node.make_ca("ca");
         node
@@ -229,6 +233,19 @@ impl Node {
         std::fs::write(self.path("config.toml"), self.config_text()).unwrap();
     }
 
+    /// The command of one of its daemons: [`Node::cmd`], in a network namespace of its own
+    /// when the node has no network ([`Node::netns`]).
+    pub fn daemon_cmd(&self) -> Command {
+        if !self.netns {
+            return self.cmd();
+        }
+        let mut c = Command::new("unshare");
+        c.arg("-n").arg("--").arg(&self.bin);
+        c.env("SOFTHSM2_CONF", self.path("softhsm2.conf"));
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
+        c
+    }
+
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(&self.bin);
         c.env("SOFTHSM2_CONF", self.path("softhsm2.conf"));
@@ -259,7 +276,7 @@ impl Node {
             .append(true)
             .open(self.path("iamd.log"))
             .unwrap();
-        let mut cmd = self.cmd();
+        let mut cmd = self.daemon_cmd();
         cmd.args(["iamd", "-c", &self.p("config.toml"), "-vv"]);
         if provisioning {
             cmd.arg("--provisioning");
@@ -742,7 +759,7 @@ impl Unit {
 
     pub fn nodelink_cmd_with_status(&self, i: usize, connect: &str, status: &str) -> Command {
         let s = &self.secondaries[i];
-        let mut c = s.cmd();
+        let mut c = s.daemon_cmd();
         c.args([
             "iam-nodelink",
             "-c",

@@ -149,6 +149,14 @@ pub fn requests() -> Vec<Request> {
             node_id: node(),
             cert_type: "online".into(),
         },
+        Request::TunnelOpen {
+            endpoint: "est.example:8443".into(),
+        },
+        Request::TunnelData {
+            tunnel: 3,
+            data: vec![0x16, 0x03, 0x01, 0x00, 0x05],
+        },
+        Request::TunnelClose { tunnel: 3 },
     ]
 }
 
@@ -249,6 +257,7 @@ pub fn responses() -> Vec<Response> {
             algorithm: "ecdsa-p256".into(),
             serial: vec![7],
         },
+        Response::TunnelOpened { tunnel: 3 },
     ]
 }
 
