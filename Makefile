@@ -19,6 +19,9 @@ TOKEN_LABEL ?= aos
 NODE_ROLE ?= main
 LINK_LISTEN ?= unix:/run/aos-iam/link.sock
 LINK_CONNECT ?=
+# LINK_TUNNEL: main, the host:port its secondaries may reach through their links; secondary,
+# the tunnel socket (e.g. /run/aos-iam-nodelink/tunnel.sock) for a node without a network.
+LINK_TUNNEL ?=
 LAYER_FILES := meta-aos-iam/recipes-security/aos-iam/files
 # oelint-adv: the newest supported release; homepageping needs the network; srcurifile
 # cannot expand AOS_IAM_SRC_URI (see meta-aos-iam/README.md).
@@ -124,6 +127,7 @@ bench: build static
 		$(CARGO) bench --locked --bench provision
 	AOS_IAM_BIN=$(RELEASE) $(CARGO) bench --locked --bench unit
 	$(CARGO) bench --locked --bench attack
+	$(CARGO) bench --locked --bench tunnel
 
 # iamd under load for LOAD_SECONDS (default 60): 1 000 GetCert clients, 100 subscribers,
 # 64 node links; requests, failures, p50/p99 and RSS. A report, not a pass/fail test.
@@ -191,7 +195,7 @@ install:
 		    $(LAYER_FILES)/config.toml > $(DESTDIR)$(SYSCONFDIR)/aos-iam/config.toml && \
 		chmod 0644 $(DESTDIR)$(SYSCONFDIR)/aos-iam/config.toml; }
 	[ -e $(DESTDIR)$(SYSCONFDIR)/aos-iam/config.d/10-links.toml ] || { \
-		sh scripts/links-dropin.sh $(NODE_ROLE) "$(if $(filter main,$(NODE_ROLE)),$(LINK_LISTEN))" "$(LINK_CONNECT)" \
+		sh scripts/links-dropin.sh $(NODE_ROLE) "$(if $(filter main,$(NODE_ROLE)),$(LINK_LISTEN))" "$(LINK_CONNECT)" "$(LINK_TUNNEL)" \
 			> $(DESTDIR)$(SYSCONFDIR)/aos-iam/config.d/10-links.toml && \
 		chmod 0644 $(DESTDIR)$(SYSCONFDIR)/aos-iam/config.d/10-links.toml; }
 

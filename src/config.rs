@@ -1885,6 +1885,10 @@ user_pin_file = "/tmp/w/pin"
         assert_eq!(k("5").unwrap().links.keepalive, Some(Duration::from_secs(5)));
         assert_eq!(k("0").unwrap().links.keepalive, None);
         assert!(k("-1").is_err());
+        let c = load(&["[links]\ntunnel_endpoints = [\"EST.example:443\", \"[::1]:8443\"]\n"]).unwrap();
+        assert_eq!(c.links.tunnel_endpoints, ["est.example:443", "[::1]:8443"]);
+        let c = load(&["[node]\nrole = \"secondary\"\n[links]\ntunnel = \"/run/t.sock\"\n"]).unwrap();
+        assert_eq!(c.links.tunnel, Some(PathBuf::from("/run/t.sock")));
         let c =
             load(&["[node]\nrole = \"secondary\"\n[links]\nconnect = \"vsock:2:5000\"\ntls = \"required\"\n"]).unwrap();
         assert_eq!(c.role, Role::Secondary);
@@ -1925,6 +1929,26 @@ user_pin_file = "/tmp/w/pin"
                 "at least 1 second",
             ),
             ("[node]\nrole = \"leader\"\n", "node.role", "not one of main, secondary"),
+            (
+                "[links]\ntunnel = \"/run/t.sock\"\n",
+                "links.tunnel",
+                "only a secondary node",
+            ),
+            (
+                "[node]\nrole = \"secondary\"\n[links]\ntunnel_endpoints = [\"est:443\"]\n",
+                "links.tunnel_endpoints[0]",
+                "only the main node carries tunnels",
+            ),
+            (
+                "[links]\ntunnel_endpoints = [\"est:443\", \"EST:443\"]\n",
+                "links.tunnel_endpoints[1]",
+                "listed twice",
+            ),
+            (
+                "[links]\ntunnel_endpoints = [\"https://est:443\"]\n",
+                "links.tunnel_endpoints[0]",
+                "is not a host name",
+            ),
         ] {
             let e = load(&[text]).unwrap_err();
             assert_eq!(e.key, key, "{text}: {e}");

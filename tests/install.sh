@@ -36,6 +36,21 @@ if [ -r /etc/machine-id ]; then
 fi
 rm -rf "$sec"
 sh scripts/links-dropin.sh secondary "" "" >/dev/null 2>&1 && fail "a secondary without CONNECT was accepted"
+# Tunnels: the endpoints a main node carries, the socket of a secondary without a network;
+# iamd takes both drop-ins.
+tun=$(mktemp -d)
+mkdir "$tun/config.d"
+printf '[node]\nid = "n"\n[paths]\nworking_dir = "%s"\n[[modules]]\nid = "iam"\nself_signed = true\nstore = "software"\n' "$tun" > "$tun/config.toml"
+links="$tun/config.d/10-links.toml"
+for r in main secondary; do
+    case $r in
+    main) sh scripts/links-dropin.sh main "unix:$tun/link.sock" "" "est.example:443 10.0.0.1:8443" > "$links" ;;
+    secondary) sh scripts/links-dropin.sh secondary "" "unix:$tun/link.sock" "$tun/tunnel.sock" > "$links" ;;
+    esac
+    "$dest/usr/bin/iamd" -c "$tun/config.toml" --check-config >/dev/null || { rm -rf "$tun"; fail "iamd refuses the tunnel drop-in of a $r node"; }
+done
+grep -q "^tunnel = \"$tun/tunnel.sock\"$" "$links" || { rm -rf "$tun"; fail "tunnel of a secondary"; }
+rm -rf "$tun"
 grep -q '^d /var/aos/iam 0700 root root -$' "$dest/usr/lib/tmpfiles.d/aos-iam.conf" || fail "tmpfiles entry"
 grep -q '^g aos-iam 990$' "$dest/usr/lib/sysusers.d/aos-iam.conf" || fail "sysusers entry"
 cfg="$dest/etc/aos-iam/config.toml"

@@ -28,50 +28,6 @@ fn sample_info(id: &str) -> wire::NodeInfo {
     }
 }
 
-/// `host:port` of an EST server's URL.
-fn endpoint(server: &EstServer) -> String {
-    let rest = server.url.strip_prefix("https://").unwrap();
-    rest.split('/').next().unwrap().to_string()
-}
-
-/// A unit of a main node, provisioned and in normal mode, carrying tunnels to `endpoints`,
-/// and one secondary without a network, bootstrapped at the factory for zero-touch
-/// enrollment through its link, with its EST re-enrollment configured for `iam`.
-fn unit_without_network(name: &str, endpoints: &[&str]) -> (Unit, EstServer) {
-    let mut unit = Unit::new(name, 1);
-    unit.main.start(true);
-    unit.main.run_flow().ok();
-    unit.main.stop();
-    set_endpoints(&mut unit, endpoints);
-
-    let s = &mut unit.secondaries[0];
-    s.make_ca("factory-ca");
-    let server = EstServer::start(&s.dir, EST_USER, EST_PASSWORD);
-    server.set_claim_token(Some(CLAIM));
-    // `iam` last, so that its renewal settings follow it.
-    s.modules.rotate_left(1);
-    s.extra_config = format!(
-        "[modules.renew]\nmethod = \"est\"\nthreshold = \"90%\"\nretry = \"1s\"\njitter = \"0%\"\n\
-         [modules.renew.est]\nurl = \"{}\"\nanchor = \"{}\"\n{}\n[links]\ntunnel = \"{}\"\n",
-        server.url,
-        server.anchor.display(),
-        enroll_config(s, "attempts = 30\n"),
-        s.p("run/tunnel.sock"),
-    );
-    factory(s, &server, Some(CLAIM));
-    s.netns = true;
-    (unit, server)
-}
-
-fn set_endpoints(unit: &mut Unit, endpoints: &[&str]) {
-    let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
-    unit.main.extra_config = format!(
-        "\n[links]\nlisten = [\"unix:{}\"]\ntunnel_endpoints = [{}]\n",
-        unit.main.p("run/link.sock"),
-        list.join(", ")
-    );
-}
-
 fn simpleenrolls(server: &EstServer, op: &str) -> usize {
     server.requests().iter().filter(|r| r.starts_with(op)).count()
 }
@@ -81,7 +37,7 @@ fn a_secondary_without_a_network_enrolls_and_renews_by_itself_through_the_main_n
     // First the main node does not list the EST server: the secondary's first attempts
     // are refused by the main node, and its enrollment says so.
     let (mut unit, server) = unit_without_network("tunnel", &["localhost:1"]);
-    let est = endpoint(&server);
+    let est = est_endpoint(&server);
     unit.main.start(false);
     unit.secondaries[0].start(false);
 
@@ -291,14 +247,24 @@ fn a_link_in_the_clear_carries_tunnels_to_listed_endpoints_only_and_nothing_else
     // In the clear, out of provisioning mode: no registration, no other request.
     let mut l = RawLink::open(&unit, "rogue");
     let e = l
-        .call(&Request::RegisterNode { info: sample_info("rogue") }, &mut seen)
+        .call(
+            &Request::RegisterNode {
+                info: sample_info("rogue"),
+            },
+            &mut seen,
+        )
         .unwrap_err();
     assert_eq!(e.kind, aos_iam::ErrorKind::Unauthorized, "{e:?}");
     assert!(e.message.contains("carries tunnels only"), "{e:?}");
     let e = l.call(&Request::GetAllNodeIds, &mut seen).unwrap_err();
     assert!(e.message.contains("carries tunnels only"), "{e:?}");
     let e = l
-        .call(&Request::NodeInfoChanged { info: sample_info("rogue") }, &mut seen)
+        .call(
+            &Request::NodeInfoChanged {
+                info: sample_info("rogue"),
+            },
+            &mut seen,
+        )
         .unwrap_err();
     assert!(e.message.contains("carries tunnels only"), "{e:?}");
     unit.main
@@ -307,30 +273,58 @@ fn a_link_in_the_clear_carries_tunnels_to_listed_endpoints_only_and_nothing_else
 
     // Only the endpoints listed: not another port, not another host, not a bad name.
     for (target, why) in [
-        ("127.0.0.1:22", "is not among the endpoints this main node carries tunnels to"),
+        (
+            "127.0.0.1:22",
+            "is not among the endpoints this main node carries tunnels to",
+        ),
         ("localhost:1", "is not among the endpoints"),
         ("127.0.0.1", "is not host:port"),
         ("a b:1", "is not a host name or address"),
     ] {
         let e = l
-            .call(&Request::TunnelOpen { endpoint: target.into() }, &mut seen)
+            .call(
+                &Request::TunnelOpen {
+                    endpoint: target.into(),
+                },
+                &mut seen,
+            )
             .unwrap_err();
         assert!(e.message.contains(why), "{target}: {e:?}");
     }
     // Bytes to a tunnel that was never opened go nowhere.
     let e = l
-        .call(&Request::TunnelData { tunnel: 99, data: b"x".to_vec() }, &mut seen)
+        .call(
+            &Request::TunnelData {
+                tunnel: 99,
+                data: b"x".to_vec(),
+            },
+            &mut seen,
+        )
         .unwrap_err();
     assert_eq!(e.kind, aos_iam::ErrorKind::NotFound, "{e:?}");
 
     // A listed endpoint: bytes go there and back.
-    let t = match l.call(&Request::TunnelOpen { endpoint: listed.clone() }, &mut seen) {
+    let t = match l.call(
+        &Request::TunnelOpen {
+            endpoint: listed.clone(),
+        },
+        &mut seen,
+    ) {
         Ok(Response::TunnelOpened { tunnel }) => tunnel,
         r => panic!("{r:?}"),
     };
-    l.call(&Request::TunnelData { tunnel: t, data: b"ping".to_vec() }, &mut seen)
-        .unwrap();
-    l.until(&mut seen, |r| matches!(r, Request::TunnelData { tunnel, .. } if *tunnel == t));
+    l.call(
+        &Request::TunnelData {
+            tunnel: t,
+            data: b"ping".to_vec(),
+        },
+        &mut seen,
+    )
+    .unwrap();
+    l.until(
+        &mut seen,
+        |r| matches!(r, Request::TunnelData { tunnel, .. } if *tunnel == t),
+    );
     let back: Vec<u8> = seen
         .iter()
         .filter_map(|r| match r {
@@ -342,20 +336,38 @@ fn a_link_in_the_clear_carries_tunnels_to_listed_endpoints_only_and_nothing_else
     assert_eq!(back, b"ping");
     // Four open on one link, not five.
     for _ in 0..3 {
-        l.call(&Request::TunnelOpen { endpoint: listed.clone() }, &mut seen)
-            .unwrap();
+        l.call(
+            &Request::TunnelOpen {
+                endpoint: listed.clone(),
+            },
+            &mut seen,
+        )
+        .unwrap();
     }
     let e = l
-        .call(&Request::TunnelOpen { endpoint: listed.clone() }, &mut seen)
+        .call(
+            &Request::TunnelOpen {
+                endpoint: listed.clone(),
+            },
+            &mut seen,
+        )
         .unwrap_err();
     assert!(e.message.contains("4 tunnels open already"), "{e:?}");
     // Idle ones are closed by the main node, which says so, and give their places back.
-    l.until(&mut seen, |r| matches!(r, Request::TunnelClose { tunnel } if *tunnel == t));
+    l.until(
+        &mut seen,
+        |r| matches!(r, Request::TunnelClose { tunnel } if *tunnel == t),
+    );
     wait_for(
         || unit.main.log().matches("no byte either way for 2 s").count() >= 4,
         "every idle tunnel closed",
         &unit.main,
     );
-    l.call(&Request::TunnelOpen { endpoint: listed.clone() }, &mut seen)
-        .unwrap();
+    l.call(
+        &Request::TunnelOpen {
+            endpoint: listed.clone(),
+        },
+        &mut seen,
+    )
+    .unwrap();
 }

@@ -184,6 +184,8 @@ impl LinkTunnels {
                 .map_err(|e| Error::unavailable(format!("the main node cannot reach {target}: {e}")))
         })
         .await?;
+        // Each chunk goes out as it comes, as it would from the secondary itself.
+        let _ = tcp.set_nodelay(true);
         let tunnel = self.next.fetch_add(1, Ordering::Relaxed);
         let last = Arc::new(AtomicU64::new(self.now()));
         let reader = executor.spawn(carry_back(

@@ -256,7 +256,12 @@ pub fn connect_within(addr: &str, timeout: Duration) -> std::io::Result<std::net
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
     for a in addr.to_socket_addrs()? {
         match std::net::TcpStream::connect_timeout(&a, timeout) {
-            Ok(s) => return Ok(s),
+            Ok(s) => {
+                // A TLS handshake is small writes each waiting for an answer: without
+                // this, Nagle's algorithm holds them for the peer's delayed ACK.
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
             Err(e) => last = e,
         }
     }

@@ -111,3 +111,56 @@ pub fn wait_state(node: &Node, state: &str) -> serde_json::Value {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Tunnels (tests/tunnel.rs, benches/tunnel.rs): `host:port` of an EST server's URL.
+pub fn est_endpoint(server: &EstServer) -> String {
+    let rest = server.url.strip_prefix("https://").unwrap();
+    rest.split('/').next().unwrap().to_string()
+}
+
+/// A unit of a main node, provisioned and in normal mode, carrying tunnels to `endpoints`,
+/// and one secondary without a network, bootstrapped at the factory for zero-touch
+/// enrollment through its link, with its EST re-enrollment configured for `iam`.
+pub fn unit_without_network(name: &str, endpoints: &[&str]) -> (Unit, EstServer) {
+    enrollment_unit(name, endpoints, true)
+}
+
+/// The same unit; its secondary reaches the EST server through its link (without a network
+/// of its own), or directly.
+pub fn enrollment_unit(name: &str, endpoints: &[&str], through_link: bool) -> (Unit, EstServer) {
+    let mut unit = Unit::new(name, 1);
+    unit.main.start(true);
+    unit.main.run_flow().ok();
+    unit.main.stop();
+    set_endpoints(&mut unit, endpoints);
+
+    let s = &mut unit.secondaries[0];
+    s.make_ca("factory-ca");
+    let server = EstServer::start(&s.dir, EST_USER, EST_PASSWORD);
+    server.set_claim_token(Some(CLAIM));
+    // `iam` last, so that its renewal settings follow it.
+    s.modules.rotate_left(1);
+    s.extra_config = format!(
+        "[modules.renew]\nmethod = \"est\"\nthreshold = \"90%\"\nretry = \"1s\"\njitter = \"0%\"\n\
+         [modules.renew.est]\nurl = \"{}\"\nanchor = \"{}\"\n{}",
+        server.url,
+        server.anchor.display(),
+        enroll_config(s, "attempts = 30\n"),
+    );
+    if through_link {
+        s.extra_config
+            .push_str(&format!("\n[links]\ntunnel = \"{}\"\n", s.p("run/tunnel.sock")));
+    }
+    factory(s, &server, Some(CLAIM));
+    s.netns = through_link;
+    (unit, server)
+}
+
+pub fn set_endpoints(unit: &mut Unit, endpoints: &[&str]) {
+    let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    unit.main.extra_config = format!(
+        "\n[links]\nlisten = [\"unix:{}\"]\ntunnel_endpoints = [{}]\n",
+        unit.main.p("run/link.sock"),
+        list.join(", ")
+    );
+}

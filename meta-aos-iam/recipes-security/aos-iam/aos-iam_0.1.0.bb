@@ -38,6 +38,9 @@ AOS_IAM_TOKEN_LABEL ??= "aos"
 AOS_IAM_NODE_ROLE ??= "main"
 AOS_IAM_LINK_LISTEN ??= "${@'vsock:8089' if d.getVar('AOS_IAM_NODE_ROLE') == 'main' else ''}"
 AOS_IAM_LINK_CONNECT ??= ""
+# Tunnels (docs/ARCHITECTURE.md 9b): on a main node, the host:port of the EST/SCEP servers its
+# secondaries reach through their links; on a secondary without a network, the tunnel socket.
+AOS_IAM_LINK_TUNNEL ??= ""
 # SoftHSM as the PKCS#11 module (loaded with dlopen, so a run-time dependency only);
 # production images drop it and name their own module in AOS_IAM_PKCS11_LIBRARY.
 PACKAGECONFIG ??= "softhsm"
@@ -77,7 +80,7 @@ do_install() {
         -e 's|@TOKEN_LABEL@|${AOS_IAM_TOKEN_LABEL}|' \
         ${AOS_IAM_FILES}/config.toml > ${D}${sysconfdir}/aos-iam/config.toml
     chmod 0644 ${D}${sysconfdir}/aos-iam/config.toml
-    sh ${S}/scripts/links-dropin.sh "${AOS_IAM_NODE_ROLE}" "${AOS_IAM_LINK_LISTEN}" "${AOS_IAM_LINK_CONNECT}" \
+    sh ${S}/scripts/links-dropin.sh "${AOS_IAM_NODE_ROLE}" "${AOS_IAM_LINK_LISTEN}" "${AOS_IAM_LINK_CONNECT}" "${AOS_IAM_LINK_TUNNEL}" \
         > ${D}${sysconfdir}/aos-iam/config.d/10-links.toml
     chmod 0644 ${D}${sysconfdir}/aos-iam/config.d/10-links.toml
 }
