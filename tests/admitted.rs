@@ -167,3 +167,33 @@ fn wrong_passwords_from_one_uid_slow_that_uid_only_and_are_dropped_when_it_goes(
     assert!(tried < 16, "{tried} of 16 abandoned attempts were tried");
     assert!(!node.log().contains("not-the-password"));
 }
+
+#[test]
+fn only_a_password_that_verified_ends_a_run_of_wrong_ones() {
+    let mut node = Node::provisioned("guess-reset");
+    let create = |cert_type: &str, password: &str| Request::CreateKey {
+        node_id: String::new(),
+        cert_type: cert_type.into(),
+        subject: "CN=guess".into(),
+        password: Secret::new(password.into()),
+    };
+    let attempt = |n: u32| format!("wrong provisioning password from uid 0 (attempt {n} in a row)");
+    // Wrong passwords, each followed by a request refused for another reason (a type that
+    // does not exist): the refusals in between do not reset the count, so the delay doubles.
+    for n in 1..=3 {
+        let e = ask(&node.protected(), &create("online", "not-the-password")).unwrap_err();
+        assert!(e.contains("password"), "{e}");
+        let e = ask(&node.protected(), &create("no-such-type", "not-the-password")).unwrap_err();
+        assert!(!e.is_empty());
+        assert!(node.log().contains(&attempt(n)), "{}", node.log());
+    }
+    assert!(node.log().contains(&attempt(3)), "{}", node.log());
+    // The right password ends the run: the next wrong one is the first again.
+    assert_eq!(node.log().matches(&attempt(1)).count(), 1);
+    let out = node.provision_stdin(&["create-key", "online"], PASSWORD);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    ask(&node.protected(), &create("online", "not-the-password")).unwrap_err();
+    assert_eq!(node.log().matches(&attempt(1)).count(), 2, "{}", node.log());
+    assert!(!node.log().contains(&attempt(4)), "{}", node.log());
+    node.stop();
+}

@@ -105,10 +105,15 @@ impl Guesses {
                 );
                 smol::Timer::after(delay).await;
             }
-            _ => {
+            // Only a password that verified (the request done) ends a run of wrong ones:
+            // any other refusal may come before the password is looked at (a CreateKey for
+            // a type that does not exist), and interleaving such requests must not keep
+            // every guess at the first delay.
+            Ok(_) => {
                 a.wrong_in_a_row = 0;
                 a.next = None;
             }
+            Err(_) => {}
         }
         r
     }
