@@ -74,6 +74,12 @@ fn a_bootstrapped_node_enrolls_itself_at_first_power_on_and_becomes_operational(
     let s = wait_state(&node, "operational");
     assert_eq!(s["node_state"], "provisioned", "{s}");
     assert_eq!(s["enrollment"]["enrolled"], serde_json::json!(["iam", "online"]), "{s}");
+    // The claim token has served: it does not stay on the node.
+    wait_for(
+        || !node.path("work/claim-token").exists(),
+        "the claim token removed",
+        &node,
+    );
     // Node subscribers saw the transitions, as the EnrollmentState attribute.
     let mut seen = vec![first["attributes"]["EnrollmentState"]
         .as_str()

@@ -154,6 +154,14 @@ fn est_refusals_are_typed_and_change_no_certificate() {
     server.set_mode(Mode::Normal);
     // The wrong trust anchor: the node's own CA did not sign the EST server's certificate.
     est_renew(&node, &server.url, &node.p("est-password"), &node.p("ca.pem")).fails(4, "TLS with the EST server");
+    // Credentials in the URL are refused, and never shown.
+    let with_userinfo = server
+        .url
+        .replace("https://", &format!("https://{EST_USER}:{EST_PASSWORD}@"));
+    let out = est_renew(&node, &with_userinfo, &node.p("est-password"), &anchor)
+        .fails(7, "credentials in a URL are not accepted");
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(!all.contains(EST_PASSWORD), "{all}");
     assert_eq!(iam_serials(&node), before, "no certificate changed");
     assert!(server.requests().is_empty(), "{:?}", server.requests());
     // The EST password never reaches iamd's log.

@@ -174,7 +174,11 @@ pub fn run_due(prov: &Provisioning) -> Result<Pass> {
             return Ok(pass);
         };
         match e.state {
-            StoredEnrollState::Operational | StoredEnrollState::Quarantined => Ok(pass),
+            StoredEnrollState::Operational => {
+                forget_claim_token(cfg);
+                Ok(pass)
+            }
+            StoredEnrollState::Quarantined => Ok(pass),
             StoredEnrollState::Unprovisioned => {
                 crate::log_notice!("enrollment: beginning (first power-on)");
                 e.state = StoredEnrollState::Enrolling;
@@ -245,6 +249,7 @@ pub fn run_due(prov: &Provisioning) -> Result<Pass> {
                 prov.db.set_enrollment(&e, Some(NodeState::Provisioned))?;
                 prov.sync_markers()?;
                 crate::log_notice!("enrollment: done; the node is operational");
+                forget_claim_token(cfg);
                 pass.transitions = true;
                 Ok(pass)
             }
@@ -295,6 +300,22 @@ fn server(cfg: &EnrollConfig, e: &Enrollment) -> Result<(String, Anchors)> {
         }
     };
     Ok((url, anchors))
+}
+
+/// Once the node is operational its claim token has served: it is removed (again at each
+/// start, should a cut have come between the commit and the removal).
+fn forget_claim_token(cfg: &EnrollConfig) {
+    match std::fs::remove_file(&cfg.claim_token_file) {
+        Ok(()) => crate::log_info!(
+            "enrollment: the claim token {} has served and is removed",
+            cfg.claim_token_file.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => crate::log_warn!(
+            "enrollment: cannot remove the claim token {}: {e}",
+            cfg.claim_token_file.display()
+        ),
+    }
 }
 
 /// The EST client of this attempt: mutual TLS with the bootstrap identity, and the claim

@@ -68,23 +68,45 @@ pub(crate) fn split_url<'u>(
     default_port: u16,
     what: &str,
 ) -> Result<(String, u16, &'u str)> {
+    let shown = redacted(url);
+    let url_ = &shown;
     let rest = url
         .strip_prefix(scheme)
         .and_then(|r| r.strip_prefix("://"))
-        .ok_or_else(|| Error::invalid(format!("{what} URL {url}: only {scheme}:// is allowed")))?;
+        .ok_or_else(|| Error::invalid(format!("{what} URL {url_}: only {scheme}:// is allowed")))?;
     let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    if authority.contains('@') {
+        return Err(Error::invalid(format!(
+            "{what} URL {url_}: credentials in a URL are not accepted (they would be shown wherever \
+             the URL is); give them as the configuration's username and password_file"
+        )));
+    }
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
             h.trim_start_matches('[').trim_end_matches(']').to_string(),
             p.parse()
-                .map_err(|_| Error::invalid(format!("{what} URL {url}: bad port \"{p}\"")))?,
+                .map_err(|_| Error::invalid(format!("{what} URL {url_}: bad port \"{p}\"")))?,
         ),
         _ => (authority.to_string(), default_port),
     };
     if host.is_empty() {
-        return Err(Error::invalid(format!("{what} URL {url}: no host")));
+        return Err(Error::invalid(format!("{what} URL {url_}: no host")));
     }
     Ok((host, port, path))
+}
+
+/// `url` with whatever stands before an `@` in its authority replaced, for errors and logs.
+pub fn redacted(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!(
+            "{scheme}{}***{}",
+            if scheme.is_empty() { "" } else { "://" },
+            &rest[at..]
+        ),
+        None => url.to_string(),
+    }
 }
 
 fn parse_url(url: &str) -> Result<(String, u16, String)> {
@@ -794,6 +816,25 @@ impl CsrSigner for EstSigner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_a_url_are_refused_and_never_shown() {
+        for url in [
+            "https://user:s3cret@est.example/.well-known/est",
+            "https://s3cret@est.example:8443",
+            "http://user:s3cret@scep.example/scep",
+        ] {
+            let scheme = if url.starts_with("https") { "https" } else { "http" };
+            let e = split_url(url, scheme, 443, "EST").unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidArgument, "{url}");
+            assert!(e.message.contains("credentials in a URL are not accepted"), "{e}");
+            assert!(!e.message.contains("s3cret"), "{e}");
+        }
+        let e = split_url("ftp://u:s3cret@h/x", "https", 443, "EST").unwrap_err();
+        assert!(!e.message.contains("s3cret"), "{e}");
+        assert_eq!(redacted("https://u:p@h:1/x@y"), "https://***@h:1/x@y");
+        assert_eq!(redacted("https://h/x@y"), "https://h/x@y");
+    }
 
     fn module(algorithm: crate::config::Algorithm) -> crate::config::ModuleConfig {
         crate::config::ModuleConfig {
