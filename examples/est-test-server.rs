@@ -1,7 +1,8 @@
 //! The project's EST test server (tests/common/est.rs) as a program, for `make demo-enroll`:
 //! `est-test-server DIR PORT [CLAIM_TOKEN]` serves `https://localhost:PORT/.well-known/est`,
-//! issuing with the CA `DIR/ca.pem` + `DIR/ca.key` and trusting client certificates of that
-//! CA and of `DIR/factory-ca.pem`; its trust anchor is `DIR/est-anchor.pem` (kept, so a
+//! issuing with the issuing CA `DIR/issuing.pem` + `.key` under the root `DIR/ca.pem` (or,
+//! without one, with the root and `DIR/ca.key`), and trusting client certificates of that
+//! root and of `DIR/factory-ca.pem`; its trust anchor is `DIR/est-anchor.pem` (kept, so a
 //! server started again in DIR is the same server). It prints its URL, then a line per
 //! request, until killed. A test tool, not a production EST server.
 

@@ -1,8 +1,10 @@
 #!/bin/sh
 # `make demo-enroll`: zero-touch enrollment on throwaway SoftHSM tokens.
 #
-# A factory CA and a unit CA (openssl); the project's EST test server (examples/
-# est-test-server.rs) issuing with the unit CA and trusting the factory CA's bootstrap
+# A factory CA, and the unit's PKI as deployed: a root kept offline and an issuing CA under
+# it (openssl, scripts/pki.sh); the project's EST test server (examples/est-test-server.rs)
+# issuing with the issuing CA (its answers carry the leaf alone, as Cisco libest's do: the
+# node completes each chain from /cacerts) and trusting the factory CA's bootstrap
 # certificates. Node 1 is bootstrapped at a "factory" step (iamd --provisioning,
 # iam-provision bootstrap), then started as at first power-on: it enrolls by itself. Node 2
 # is bootstrapped the same way, then powered on while the EST server is down: it retries,
@@ -11,6 +13,7 @@
 set -eu
 DEMO=demo-enroll
 . "$(dirname "$0")/demo-lib.sh"
+. "$(dirname "$0")/pki.sh"
 EST_SERVER=${EST_TEST_SERVER:-target/release/examples/est-test-server}
 [ -x "$EST_SERVER" ] || { echo "$DEMO: $EST_SERVER is not built" >&2; exit 1; }
 
@@ -23,12 +26,11 @@ ca() { # NAME SUBJECT: a root CA DIR/NAME.pem, DIR/NAME.key (EC P-384)
         -keyout "$DIR/$1.key" -out "$DIR/$1.pem" -subj "/O=aos-iam demo/CN=$2" \
         -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
 }
-say "a factory CA (bootstrap certificates) and the unit's CA (operational ones), by openssl"
+say "a factory CA (bootstrap certificates) and the unit's PKI (operational ones: a root, offline, and an issuing CA), by openssl"
 ca factory-ca "Demo Factory CA"
-ca ca "Demo Unit Root CA"
-cp "$DIR/ca.pem" "$DIR/ca.key" "$DIR/factory-ca.pem" "$DIR/est/"
 openssl x509 -in "$DIR/factory-ca.pem" -noout -subject
-openssl x509 -in "$DIR/ca.pem" -noout -subject
+make_pki "$DIR" "Demo Unit"
+cp "$DIR/ca.pem" "$DIR/issuing.pem" "$DIR/issuing.key" "$DIR/factory-ca.pem" "$DIR/est/"
 
 PORT=$((20000 + $$ % 20000))
 EST_PID=""
@@ -144,14 +146,17 @@ wait_state 1 operational
 certctl 1 status
 grep "enrollment" "$(node_dir 1)/iamd.log"
 
-say "node 1: its certificates, checked by openssl against the unit CA (and the factory CA)"
+say "node 1: its certificates, checked by openssl against the unit's root alone (and the factory CA)"
 certctl 1 list
 mkdir -p "$(node_dir 1)/issued"
 for t in iam online bootstrap; do
     url=$(certctl 1 --json list | tr '{' '\n' | grep "\"type\":\"$t\"" | sed 's/.*"cert_url":"\([^"]*\)".*/\1/')
     SOFTHSM2_CONF="$(node_dir 1)/softhsm2.conf" p11tool --provider "$SOFTHSM_LIB" --export "$url" > "$(node_dir 1)/issued/$t.pem"
-    root="$DIR/ca.pem"; [ "$t" = bootstrap ] && root="$DIR/factory-ca.pem"
-    printf '%-10s ' "$t"; openssl verify -CAfile "$root" "$(node_dir 1)/issued/$t.pem"
+    if [ "$t" = bootstrap ]; then
+        printf '%-10s ' "$t"; openssl verify -CAfile "$DIR/factory-ca.pem" "$(node_dir 1)/issued/$t.pem"
+    else
+        printf '%-10s ' "$t"; openssl verify -CAfile "$DIR/ca.pem" -untrusted "$DIR/issuing.pem" "$(node_dir 1)/issued/$t.pem"
+    fi
 done
 iamd_stop
 

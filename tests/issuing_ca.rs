@@ -206,3 +206,59 @@ fn online_certs(node: &Node) -> Vec<serde_json::Value> {
         .filter(|c| c["type"] == "online")
         .collect()
 }
+
+#[test]
+fn a_node_enrolls_and_reenrolls_over_est_through_an_issuing_ca() {
+    use common::enrollment::*;
+    let mut node = Node::new("est-issuing", Store::Pkcs11);
+    // root → issuing; the root's key is not used after this, and the node trusts the root alone.
+    make_ca_under(&node, "issuing", "ca", Some(0));
+    node.make_ca("factory-ca");
+    let server = common::est::EstServer::start(&node.dir, EST_USER, EST_PASSWORD);
+    server.set_claim_token(Some(CLAIM));
+    std::fs::remove_file(node.path("ca.key")).unwrap();
+    node.modules.rotate_left(1);
+    node.extra_config = format!(
+        "[modules.renew]\nmethod = \"est\"\nthreshold = \"90%\"\nretry = \"1s\"\njitter = \"0%\"\n\
+         [modules.renew.est]\nurl = \"{}\"\nanchor = \"{}\"\n{}",
+        server.url,
+        server.anchor.display(),
+        enroll_config(&node, "attempts = 10\n"),
+    );
+    factory(&mut node, &server, Some(CLAIM));
+    node.start(false);
+    // The EST server answers with the leaf alone; the node completes each chain from
+    // /cacerts, so that it validates against the root alone and is applied.
+    let s = wait_state(&node, "operational");
+    assert_eq!(s["enrollment"]["enrolled"], serde_json::json!(["online", "iam"]), "{s}");
+    let root = node.p("ca.pem");
+    for c in node
+        .list_certs()
+        .iter()
+        .filter(|c| c["type"] == "iam" || c["type"] == "online")
+    {
+        assert!(c["issuer"].as_str().unwrap().contains("CN=issuing"), "{c}");
+        openssl_verify_exported(&node, c, &root, Some(&node.p("issuing.pem")));
+    }
+    // Re-enrollment over mutual TLS with the current certificate presents the issuing CA
+    // (the EST server trusts the root alone), and completes its chain the same way.
+    let out = node
+        .applet(
+            "iam-certctl",
+            &["-s", &node.protected(), "--json", "renew", "iam"],
+            None,
+        )
+        .ok()
+        .json();
+    assert!(out.to_string().contains("CN=issuing"), "{out}");
+    assert_eq!(
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with("simplereenroll"))
+            .count(),
+        1,
+        "{:?}",
+        server.requests()
+    );
+}

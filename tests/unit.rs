@@ -1737,3 +1737,59 @@ fn silent_connections_from_another_host_never_keep_a_secondary_off_the_link_list
     drop(silent);
     unit.main.provision(&["--node", &s0, "cert-types"]).ok();
 }
+
+#[test]
+fn a_registered_link_that_never_reads_its_answers_is_closed_and_forget_node_ends_it() {
+    let mut unit = Unit::new("stuck", 0);
+    // A frame not taken within 2 s closes the link.
+    unit.main.extra_config.push_str("[limits]\nframe_timeout = 2\n");
+    unit.main.start(true);
+    let stuck = |unit: &Unit, id: &str| {
+        let mut s = std::os::unix::net::UnixStream::connect(unit.main.path("run/link.sock")).unwrap();
+        for f in registered_as(id) {
+            s.write_all(&f).unwrap();
+        }
+        unit.wait_connected(id, true);
+        // Keepalives, their answers never read, until the main node stops taking them.
+        s.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+        let keepalive = frame(7, &Request::Version);
+        let mut sent = 0usize;
+        while s.write_all(&keepalive).is_ok() {
+            sent += 1;
+            assert!(sent < 10_000_000, "the main node never stopped reading");
+        }
+        s
+    };
+    // Left alone, it is closed once an answer is not taken within the frame timeout.
+    let _a = stuck(&unit, "n-slow");
+    wait_for(
+        || unit.main.log().contains("node \"n-slow\" disconnected"),
+        "the link that does not read closed",
+        &unit.main,
+    );
+    assert!(
+        unit.main.log().contains("the other end does not read"),
+        "{}",
+        unit.main.log()
+    );
+    // ForgetNode ends such a link at once, whatever it was writing.
+    unit.main.extra_config = unit
+        .main
+        .extra_config
+        .replace("frame_timeout = 2", "frame_timeout = 3600");
+    unit.main.stop();
+    unit.main.start(true);
+    let _b = stuck(&unit, "n-stuck");
+    unit.main.provision(&["forget-node", "n-stuck"]).ok();
+    wait_for(
+        || {
+            unit.main
+                .log()
+                .contains("node \"n-stuck\" disconnected: the node was forgotten")
+        },
+        "the forgotten link ended",
+        &unit.main,
+    );
+    // The main node serves the others meanwhile.
+    unit.main.provision(&["--json", "node-info"]).ok();
+}

@@ -93,12 +93,37 @@ impl Peer {
         Error::unavailable(format!("{}: link lost ({reason})", self.name))
     }
 
-    /// Write one whole frame; frames from concurrent tasks never interleave.
+    /// Write one whole frame; frames from concurrent tasks never interleave. A frame not
+    /// written within the stall bound (the other end does not read) closes the connection,
+    /// and so does [`Peer::close`] while a write waits: a half-written frame leaves nothing
+    /// more to send, and no task stays behind a peer that never reads.
     pub async fn send(&self, frame: &[u8]) -> Result<()> {
-        let mut w = self.writer.lock().await;
-        transport::write_frame(&mut *w, frame)
-            .await
-            .map_err(|e| Error::unavailable(format!("{}: {e}", self.name)))
+        // Once closed, a frame still goes if it can go at once (the error that says why the
+        // connection closes); one that would wait does not.
+        let write = async {
+            let mut w = self.writer.lock().await;
+            transport::write_frame(&mut *w, frame)
+                .await
+                .map_err(|e| Error::unavailable(format!("{}: {e}", self.name)))
+        };
+        let closed = async {
+            let _ = self.stop.1.recv().await;
+            let reason = lock(&self.closed)
+                .clone()
+                .unwrap_or_else(|| "closed by this end".into());
+            Err(self.lost(&reason))
+        };
+        let what = format!("{}: a frame was not taken", self.name);
+        let r = transport::within(self.stall, what, smol::future::or(write, closed)).await;
+        if let Err(e) = &r {
+            if e.kind == crate::ErrorKind::Timeout {
+                self.close(&format!(
+                    "a frame could not be written within {} s: the other end does not read",
+                    self.stall.as_secs()
+                ));
+            }
+        }
+        r
     }
 
     fn register(&self, waiter: Waiter) -> Result<u64> {

@@ -794,13 +794,44 @@ pub struct EstSigner {
     pub retry_after: Mutex<Option<Duration>>,
 }
 
+impl EstSigner {
+    /// A chain of the leaf alone, as many EST servers answer (Cisco libest among them),
+    /// completed with its issuing CAs from `/cacerts` (RFC 7030 §4.1.3): a PKI that issues
+    /// through an intermediate gets a chain that validates against the root alone. A root
+    /// is never added; a chain that has more than its leaf is left as it is.
+    fn complete(&self, pem: String) -> Result<String> {
+        let chain = crate::pki::x509::parse_chain_pem(&pem)?;
+        if chain.len() != 1 || crate::pki::x509::is_self_issued(&chain[0]) {
+            return Ok(pem);
+        }
+        let cacerts = match self.client.cacerts() {
+            Ok(c) => c,
+            Err(r) => {
+                crate::log_info!(
+                    "EST: the answer holds the leaf alone and /cacerts could not be read to complete its chain: {}",
+                    r.error
+                );
+                return Ok(pem);
+            }
+        };
+        let issuers = crate::pki::x509::issuers_of(&chain[0], &cacerts);
+        Ok(std::iter::once(&chain[0].to_vec())
+            .chain(issuers.iter())
+            .map(|c| crate::codec::pem::pem_encode("CERTIFICATE", c))
+            .collect())
+    }
+}
+
 impl CsrSigner for EstSigner {
     fn sign(&self, _cert_type: &str, csr_pem: &str) -> Result<String> {
         use rustls::pki_types::pem::PemObject;
         let csr = rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
             .map_err(|e| Error::invalid(format!("the CSR is not PEM: {e}")))?;
         match self.client.enroll(csr.as_ref(), self.reenroll) {
-            Ok(certs) => chain_pem(&certs, csr.as_ref()),
+            Ok(certs) => {
+                let pem = chain_pem(&certs, csr.as_ref())?;
+                self.complete(pem)
+            }
             Err(r) => {
                 *crate::sys::lock(&self.retry_after) = r.retry_after;
                 Err(r.error)

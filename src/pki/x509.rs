@@ -342,6 +342,30 @@ pub fn leaf_names(chain_pem: &str) -> Result<Vec<String>> {
 }
 
 /// Whether a certificate names itself as its issuer (a root); unparsable: no.
+/// The issuing CAs of `leaf` found among `candidates`, leaf's issuer first, up to the root
+/// (left out) or the first issuer not among them: how a chain is completed from an EST
+/// server's `/cacerts` when its answer to an enrollment carries the leaf alone.
+pub fn issuers_of(leaf: &[u8], candidates: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let name = |der: &[u8]| {
+        X509Certificate::from_der(der)
+            .ok()
+            .map(|(_, c)| (c.subject().as_raw().to_vec(), c.issuer().as_raw().to_vec()))
+    };
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let Some((_, mut issuer)) = name(leaf) else {
+        return out;
+    };
+    while out.len() < candidates.len() {
+        let next = candidates.iter().find(|c| {
+            name(c).is_some_and(|(subject, its_issuer)| subject == issuer && subject != its_issuer) && !out.contains(c)
+        });
+        let Some(next) = next else { break };
+        issuer = name(next).map(|(_, i)| i).unwrap_or_default();
+        out.push(next.clone());
+    }
+    out
+}
+
 pub fn is_self_issued(der: &[u8]) -> bool {
     X509Certificate::from_der(der).is_ok_and(|(_, c)| c.subject().as_raw() == c.issuer().as_raw())
 }

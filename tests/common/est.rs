@@ -69,8 +69,11 @@ struct Ca {
     anchor_der: Vec<u8>,
     cacerts_with_anchor: Arc<Mutex<bool>>,
     answer: Arc<Mutex<Answer>>,
+    /// The CA that signs (the unit's root, or its issuing CA), and its key.
     cert_pem: String,
     key: rcgen::KeyPair,
+    /// What /cacerts sends: the issuing CA and the root, or the root.
+    cacerts: Vec<Vec<u8>>,
     user: String,
     password: String,
     mode: Arc<Mutex<Mode>>,
@@ -83,8 +86,9 @@ struct Ca {
 }
 
 impl EstServer {
-    /// Serve in `dir`, issuing with the CA `ca.pem`/`ca.key` there; re-enrollment clients
-    /// must chain to that CA too.
+    /// Serve in `dir`, issuing with the CA `ca.pem`/`ca.key` there (or with the issuing CA
+    /// `issuing.pem`/`issuing.key` under it, if there is one); re-enrollment clients must
+    /// chain to `ca.pem` too.
     pub fn start(dir: &Path, user: &str, password: &str) -> EstServer {
         Self::start_at(dir, user, password, 0)
     }
@@ -164,13 +168,22 @@ impl EstServer {
             csrattrs: Default::default(),
             require_challenge: Default::default(),
         };
+        // With an issuing CA in `dir` (`issuing.pem`/`.key`, under `ca.pem`), it signs, as in
+        // every real PKI, and answers an enrollment with the leaf alone, as Cisco libest
+        // does: the node completes the chain from /cacerts.
+        let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec();
+        let (cert_pem, key_file, cacerts) = match std::fs::read_to_string(dir.join("issuing.pem")) {
+            Ok(issuing) => (issuing.clone(), "issuing.key", vec![der(&issuing), der(&unit_ca)]),
+            Err(_) => (unit_ca.clone(), "ca.key", vec![der(&unit_ca)]),
+        };
         let ca = Arc::new(Ca {
             dir: dir.to_path_buf(),
             anchor_der: anchor_cert.der().to_vec(),
             cacerts_with_anchor: server.cacerts_with_anchor.clone(),
             answer: server.answer.clone(),
-            cert_pem: unit_ca,
-            key: rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key")).unwrap()).unwrap(),
+            cert_pem,
+            key: rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join(key_file)).unwrap()).unwrap(),
+            cacerts,
             user: user.into(),
             password: password.into(),
             mode: server.mode.clone(),
@@ -306,13 +319,11 @@ impl Ca {
         let p7 = |certs: &[Vec<u8>]| self.pkcs7_answer(certs);
         match op.as_str() {
             "cacerts" => {
-                let ca = CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
-                    .unwrap()
-                    .to_vec();
-                match *self.cacerts_with_anchor.lock().unwrap() {
-                    true => Some(p7(&[ca, self.anchor_der.clone()])),
-                    false => Some(p7(&[ca])),
+                let mut certs = self.cacerts.clone();
+                if *self.cacerts_with_anchor.lock().unwrap() {
+                    certs.push(self.anchor_der.clone());
                 }
+                Some(p7(&certs))
             }
             "csrattrs" => {
                 self.log.lock().unwrap().push("csrattrs".into());
