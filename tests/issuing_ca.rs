@@ -217,14 +217,7 @@ fn a_node_enrolls_and_reenrolls_over_est_through_an_issuing_ca() {
     let server = common::est::EstServer::start(&node.dir, EST_USER, EST_PASSWORD);
     server.set_claim_token(Some(CLAIM));
     std::fs::remove_file(node.path("ca.key")).unwrap();
-    node.modules.rotate_left(1);
-    node.extra_config = format!(
-        "[modules.renew]\nmethod = \"est\"\nthreshold = \"90%\"\nretry = \"1s\"\njitter = \"0%\"\n\
-         [modules.renew.est]\nurl = \"{}\"\nanchor = \"{}\"\n{}",
-        server.url,
-        server.anchor.display(),
-        enroll_config(&node, "attempts = 10\n"),
-    );
+    node.extra_config = reenrolling_iam(&mut node, &server, "attempts = 10\n");
     factory(&mut node, &server, Some(CLAIM));
     node.start(false);
     // The EST server answers with the leaf alone; the node completes each chain from

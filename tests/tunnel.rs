@@ -12,22 +12,6 @@ use common::est::EstServer;
 use common::*;
 use std::io::{Read, Write};
 
-fn sample_info(id: &str) -> wire::NodeInfo {
-    wire::NodeInfo {
-        node_id: id.into(),
-        node_type: "secondary".into(),
-        name: id.into(),
-        state: wire::NodeState::Unprovisioned,
-        cpus: vec![],
-        total_ram: 1,
-        partitions: vec![],
-        os_name: "t".into(),
-        os_version: "1".into(),
-        attributes: vec![],
-        connected: true,
-    }
-}
-
 fn simpleenrolls(server: &EstServer, op: &str) -> usize {
     server.requests().iter().filter(|r| r.starts_with(op)).count()
 }
@@ -249,7 +233,7 @@ fn a_link_in_the_clear_carries_tunnels_to_listed_endpoints_only_and_nothing_else
     let e = l
         .call(
             &Request::RegisterNode {
-                info: sample_info("rogue"),
+                info: link_node_info("rogue"),
             },
             &mut seen,
         )
@@ -261,7 +245,7 @@ fn a_link_in_the_clear_carries_tunnels_to_listed_endpoints_only_and_nothing_else
     let e = l
         .call(
             &Request::NodeInfoChanged {
-                info: sample_info("rogue"),
+                info: link_node_info("rogue"),
             },
             &mut seen,
         )

@@ -377,24 +377,13 @@ fn garbage_and_oversized_frames_on_a_link_listener_are_refused_while_other_links
 fn registered_as(id: &str) -> Vec<Vec<u8>> {
     vec![
         link_hello(1, Role::NodeLink, id),
-        frame(1, &Request::RegisterNode { info: sample_info(id) }),
+        frame(
+            1,
+            &Request::RegisterNode {
+                info: link_node_info(id),
+            },
+        ),
     ]
-}
-
-fn sample_info(id: &str) -> aos_iam::proto::wire::NodeInfo {
-    aos_iam::proto::wire::NodeInfo {
-        node_id: id.into(),
-        node_type: "secondary".into(),
-        name: id.into(),
-        state: aos_iam::proto::wire::NodeState::Unprovisioned,
-        cpus: vec![],
-        total_ram: 1,
-        partitions: vec![],
-        os_name: "t".into(),
-        os_version: "1".into(),
-        attributes: vec![],
-        connected: true,
-    }
 }
 
 #[test]
@@ -425,7 +414,7 @@ fn link_hellos_with_other_versions_roles_or_ids_are_refused_clearly() {
 
     let mut info = unit.main.provision(&["--json", "node-info"]).ok().json();
     let own = info["node_id"].as_str().unwrap().to_string();
-    let node_info = sample_info;
+    let node_info = link_node_info;
     let e = link_exchange(
         &unit,
         &[
@@ -1584,7 +1573,7 @@ fn a_flooding_link_is_coalesced_then_closed_and_commits_stay_few() {
     // A burst within the rate: answered at once, committed at most once a second, the
     // latest kept.
     for i in 0..40u64 {
-        let mut info = sample_info("n-flood");
+        let mut info = link_node_info("n-flood");
         info.total_ram = 1000 + i;
         s.write_all(&frame(10 + i, &Request::NodeInfoChanged { info })).unwrap();
     }
@@ -1616,7 +1605,7 @@ fn a_flooding_link_is_coalesced_then_closed_and_commits_stay_few() {
             frame(
                 100 + i,
                 &Request::NodeInfoChanged {
-                    info: sample_info("n-flood"),
+                    info: link_node_info("n-flood"),
                 },
             )
         })
@@ -1648,7 +1637,7 @@ fn a_node_info_change_still_waiting_for_its_commit_is_committed_when_iamd_stops(
     // Two changes at once: the first is committed, the second waits its turn (commits are
     // at most one a second) ...
     for (i, ram) in [(10u64, 1001u64), (11, 1002)] {
-        let mut info = sample_info("n-unsaved");
+        let mut info = link_node_info("n-unsaved");
         info.total_ram = ram;
         s.write_all(&frame(i, &Request::NodeInfoChanged { info })).unwrap();
     }

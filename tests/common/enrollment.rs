@@ -138,15 +138,7 @@ pub fn enrollment_unit(name: &str, endpoints: &[&str], through_link: bool) -> (U
     s.make_ca("factory-ca");
     let server = EstServer::start(&s.dir, EST_USER, EST_PASSWORD);
     server.set_claim_token(Some(CLAIM));
-    // `iam` last, so that its renewal settings follow it.
-    s.modules.rotate_left(1);
-    s.extra_config = format!(
-        "[modules.renew]\nmethod = \"est\"\nthreshold = \"90%\"\nretry = \"1s\"\njitter = \"0%\"\n\
-         [modules.renew.est]\nurl = \"{}\"\nanchor = \"{}\"\n{}",
-        server.url,
-        server.anchor.display(),
-        enroll_config(s, "attempts = 30\n"),
-    );
+    s.extra_config = reenrolling_iam(s, &server, "attempts = 30\n");
     if through_link {
         s.extra_config
             .push_str(&format!("\n[links]\ntunnel = \"{}\"\n", s.p("run/tunnel.sock")));
@@ -163,4 +155,19 @@ pub fn set_endpoints(unit: &mut Unit, endpoints: &[&str]) {
         unit.main.p("run/link.sock"),
         list.join(", ")
     );
+}
+
+/// Zero-touch enrollment (`enroll`'s keys) against `server`, and `iam`'s renewal by EST
+/// re-enrollment with its token key there; `iam` is made the last module, so that its
+/// renewal settings follow it.
+pub fn reenrolling_iam(node: &mut Node, server: &EstServer, enroll: &str) -> String {
+    node.modules.rotate_left(1);
+    assert_eq!(node.modules.last().unwrap().0, "iam");
+    format!(
+        "[modules.renew]\nmethod = \"est\"\nthreshold = \"90%\"\nretry = \"1s\"\njitter = \"0%\"\n\
+         [modules.renew.est]\nurl = \"{}\"\nanchor = \"{}\"\n{}",
+        server.url,
+        server.anchor.display(),
+        enroll_config(node, enroll),
+    )
 }

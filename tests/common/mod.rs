@@ -1004,3 +1004,20 @@ pub fn wait_for(cond: impl Fn() -> bool, what: &str, node: &Node) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The NodeInfo a hand-made link registers as node `id` (tests/unit.rs, tests/tunnel.rs).
+pub fn link_node_info(id: &str) -> aos_iam::proto::wire::NodeInfo {
+    aos_iam::proto::wire::NodeInfo {
+        node_id: id.into(),
+        node_type: "secondary".into(),
+        name: id.into(),
+        state: aos_iam::proto::wire::NodeState::Unprovisioned,
+        cpus: vec![],
+        total_ram: 1,
+        partitions: vec![],
+        os_name: "t".into(),
+        os_version: "1".into(),
+        attributes: vec![],
+        connected: true,
+    }
+}
