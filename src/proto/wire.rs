@@ -1274,13 +1274,15 @@ mod tests {
     #[test]
     fn other_version_is_refused_naming_both() {
         let mut b = header_bytes();
-        for v in [0, 6, 255] {
+        let newest = crate::PROTOCOL_VERSION;
+        for v in [0, newest + 1, 255] {
             b[4] = v;
             let e = Header::decode(&b, DEFAULT_BODY_LIMIT).unwrap_err();
             assert_eq!(e, FrameError::UnsupportedVersion { got: v, id: 7 });
-            assert!(e.to_string().contains(&format!("version {v}")) && e.to_string().contains("versions 1 to 5"));
+            let spoken = format!("versions 1 to {newest}");
+            assert!(e.to_string().contains(&format!("version {v}")) && e.to_string().contains(&spoken));
         }
-        for v in [1, 2, 3, 4, 5] {
+        for v in 1..=newest {
             b[4] = v;
             assert_eq!(Header::decode(&b, DEFAULT_BODY_LIMIT).unwrap().version, v);
         }
@@ -1292,11 +1294,15 @@ mod tests {
         assert_eq!(agree(1, 2).unwrap(), 2);
         assert_eq!(agree(1, 3).unwrap(), 3);
         assert_eq!(agree(1, 4).unwrap(), 4);
-        assert_eq!(agree(1, 9).unwrap(), 5);
-        assert_eq!(agree(2, 9).unwrap(), 5);
-        let e = agree(6, 7).unwrap_err();
+        let newest = crate::PROTOCOL_VERSION;
+        assert_eq!(agree(1, newest).unwrap(), newest);
+        assert_eq!(agree(1, 99).unwrap(), newest);
+        assert_eq!(agree(2, 99).unwrap(), newest);
+        let (a, b) = (newest + 1, newest + 2);
+        let e = agree(a, b).unwrap_err();
         assert!(
-            e.message.contains("versions 6 to 7") && e.message.contains("versions 1 to 5"),
+            e.message.contains(&format!("versions {a} to {b}"))
+                && e.message.contains(&format!("versions 1 to {newest}")),
             "{e}"
         );
         assert!(agree(2, 1).is_err(), "an empty range");
