@@ -221,8 +221,11 @@ check-layer:
 # Raised from 4302896 to 4341680 (4333488 measured, +38912 bytes, with 8 KiB of margin) by
 # the issuing-CA chains on links, protocol 5 (GetLinkChain, RenewNow), the renewal floor, the
 # checks against certificates naming another node, link admission limits and escaped log
-# lines (issues 27 and 28).
-SIZE_CEILING ?= 4341680
+# lines (issues 27 and 28). Raised to 4385840 (4377648 measured, +44160 bytes, with 8 KiB of
+# margin) by the tunnels through links (protocol 6: iam-nodelink's CONNECT socket, the main
+# node's relay, pki::dial), the EST chain completion from /cacerts and the write bound on
+# link peers (issues 27 and 28).
+SIZE_CEILING ?= 4385840
 size: static
 	$(STRIP) -o target/aos-iam.static.stripped $(STATIC)
 	python3 scripts/size.py $(STATIC) target/aos-iam.static.stripped $(SIZE_CEILING)
