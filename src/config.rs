@@ -1575,7 +1575,7 @@ fn parse_links(mut l: Reader, role: Role) -> Result<LinksConfig, ConfigError> {
         if role == Role::Secondary {
             return Err(l.err(&key, "only the main node carries tunnels (node.role is \"secondary\")"));
         }
-        let endpoint = crate::link::tunnel::endpoint(&e).map_err(|why| l.err(&key, why))?;
+        let endpoint = endpoint(&e).map_err(|why| l.err(&key, why))?;
         if tunnel_endpoints.contains(&endpoint) {
             return Err(l.err(&key, format!("\"{e}\" is listed twice")));
         }
@@ -1605,6 +1605,30 @@ fn parse_links(mut l: Reader, role: Role) -> Result<LinksConfig, ConfigError> {
     };
     l.finish()?;
     Ok(c)
+}
+
+/// An endpoint as `links.tunnel_endpoints` and TunnelOpen name it: `host:port`, the host in
+/// lower case (an IPv6 address in brackets), the port 1 to 65535.
+pub fn endpoint(text: &str) -> std::result::Result<String, String> {
+    let t = text.trim();
+    let Some((host, port)) = t.rsplit_once(':') else {
+        return Err(format!("\"{t}\" is not host:port"));
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(format!("\"{t}\": the port must be 1 to 65535")),
+    }
+    let bracketed = host.starts_with('[') && host.ends_with(']') && host.len() > 2;
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+    let ipv6 = bracketed && host[1..host.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
+    if !(name_ok || ipv6) {
+        return Err(format!("\"{t}\": \"{host}\" is not a host name or address"));
+    }
+    Ok(format!("{}:{port}", host.to_ascii_lowercase()))
 }
 
 fn parse_module(m: &mut Reader, working_dir: &Path) -> Result<ModuleConfig, ConfigError> {
@@ -1863,6 +1887,25 @@ user_pin_file = "/tmp/w/pin"
                 dir: PathBuf::from("/tmp/w/keys")
             }
         );
+    }
+
+    #[test]
+    fn endpoints_are_host_and_port_in_one_form() {
+        assert_eq!(endpoint("EST.Example:8443").unwrap(), "est.example:8443");
+        assert_eq!(endpoint(" 127.0.0.1:443 ").unwrap(), "127.0.0.1:443");
+        assert_eq!(endpoint("[::1]:8443").unwrap(), "[::1]:8443");
+        for bad in [
+            "est",
+            "est:0",
+            "est:70000",
+            ":443",
+            "a b:1",
+            "[zz]:1",
+            "est:443/x",
+            "user@est:443",
+        ] {
+            assert!(endpoint(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

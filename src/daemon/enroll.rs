@@ -302,8 +302,8 @@ fn server(cfg: &EnrollConfig, e: &Enrollment) -> Result<(String, Anchors)> {
     Ok((url, anchors))
 }
 
-/// Once the node is operational its claim token has served: it is removed (again at each
-/// start, should a cut have come between the commit and the removal).
+/// Once the node is operational its claim token has served: it is removed (and looked for
+/// again at each later pass, should a cut have come between the commit and the removal).
 fn forget_claim_token(cfg: &EnrollConfig) {
     match std::fs::remove_file(&cfg.claim_token_file) {
         Ok(()) => crate::log_info!(

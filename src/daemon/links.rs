@@ -350,10 +350,7 @@ async fn serve_link(
                 tunnels.clone(),
             );
             async move {
-                if matches!(
-                    request,
-                    Request::TunnelOpen { .. } | Request::TunnelData { .. } | Request::TunnelClose { .. }
-                ) {
+                if request.is_tunnel() {
                     // Tunnel requests wait on the endpoint: served beside the link's other
                     // requests (a tunnel sends its next chunk once this one is answered).
                     EXECUTOR

@@ -373,29 +373,19 @@ async fn session(
     };
     let link_loop = EXECUTOR.spawn(link_loop);
 
-    if tunnel_only {
-        reporter
-            .set("tunnels-only", |s| {
-                s.node_id = node_id.clone();
-                s.main_node_id = main_id.clone();
-                s.tls = false;
-                s.last_error.clear();
-            })
-            .await;
-        let until_identity = until_identity(opts, &local, &changes);
-        let ended = smol::future::or(
-            until_identity,
-            smol::future::or(
-                keepalive(&link, opts.keepalive),
-                smol::future::or(link_loop, local_loop),
-            ),
-        )
-        .await;
-        link.close("iam-nodelink closed the link");
-        local.close("iam-nodelink closed the connection");
-        return ended;
-    }
     let register_and_push = async {
+        if tunnel_only {
+            // No registration: tunnels, and the keepalive, until the node has its identity.
+            reporter
+                .set("tunnels-only", |s| {
+                    s.node_id = node_id.clone();
+                    s.main_node_id = main_id.clone();
+                    s.tls = false;
+                    s.last_error.clear();
+                })
+                .await;
+            return smol::future::or(until_identity(opts, &local, &changes), keepalive(&link, opts.keepalive)).await;
+        }
         match link.call(&Request::RegisterNode { info }, opts.request_timeout).await {
             Ok(Response::Done) => {}
             Ok(r) => return Err(Error::protocol(format!("RegisterNode answered {r:?}"))),

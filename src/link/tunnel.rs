@@ -12,6 +12,7 @@
 //! a byte either way, and ends with its link; a link holds at most [`MAX_PER_LINK`], the
 //! main node [`MAX_OPEN`].
 
+use crate::config::endpoint;
 use crate::error::{Error, ErrorKind, Result};
 use crate::link::peer::Peer;
 use crate::proto::transport;
@@ -30,30 +31,6 @@ pub const MAX_PER_LINK: usize = 4;
 pub const MAX_OPEN: usize = 32;
 /// The longest CONNECT head iam-nodelink reads.
 const MAX_HEAD: usize = 8192;
-
-/// An endpoint as `links.tunnel_endpoints` and TunnelOpen name it: `host:port`, the host in
-/// lower case (an IPv6 address in brackets), the port 1 to 65535.
-pub fn endpoint(text: &str) -> std::result::Result<String, String> {
-    let t = text.trim();
-    let Some((host, port)) = t.rsplit_once(':') else {
-        return Err(format!("\"{t}\" is not host:port"));
-    };
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => {}
-        _ => return Err(format!("\"{t}\": the port must be 1 to 65535")),
-    }
-    let bracketed = host.starts_with('[') && host.ends_with(']') && host.len() > 2;
-    let name_ok = !host.is_empty()
-        && host.len() <= 253
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
-    let ipv6 = bracketed && host[1..host.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
-    if !(name_ok || ipv6) {
-        return Err(format!("\"{t}\": \"{host}\" is not a host name or address"));
-    }
-    Ok(format!("{}:{port}", host.to_ascii_lowercase()))
-}
 
 /// The main node's end: the endpoints it carries bytes to, and its tunnels on all links.
 pub struct Relay {
@@ -513,25 +490,6 @@ async fn answer(s: &mut smol::net::unix::UnixStream, status: u16, why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoints_are_host_and_port_in_one_form() {
-        assert_eq!(endpoint("EST.Example:8443").unwrap(), "est.example:8443");
-        assert_eq!(endpoint(" 127.0.0.1:443 ").unwrap(), "127.0.0.1:443");
-        assert_eq!(endpoint("[::1]:8443").unwrap(), "[::1]:8443");
-        for bad in [
-            "est",
-            "est:0",
-            "est:70000",
-            ":443",
-            "a b:1",
-            "[zz]:1",
-            "est:443/x",
-            "user@est:443",
-        ] {
-            assert!(endpoint(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn a_connect_head_names_one_endpoint() {

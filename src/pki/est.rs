@@ -68,16 +68,16 @@ pub(crate) fn split_url<'u>(
     default_port: u16,
     what: &str,
 ) -> Result<(String, u16, &'u str)> {
+    // Errors show the URL without whatever stands before an `@`.
     let shown = redacted(url);
-    let url_ = &shown;
     let rest = url
         .strip_prefix(scheme)
         .and_then(|r| r.strip_prefix("://"))
-        .ok_or_else(|| Error::invalid(format!("{what} URL {url_}: only {scheme}:// is allowed")))?;
+        .ok_or_else(|| Error::invalid(format!("{what} URL {shown}: only {scheme}:// is allowed")))?;
     let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
     if authority.contains('@') {
         return Err(Error::invalid(format!(
-            "{what} URL {url_}: credentials in a URL are not accepted (they would be shown wherever \
+            "{what} URL {shown}: credentials in a URL are not accepted (they would be shown wherever \
              the URL is); give them as the configuration's username and password_file"
         )));
     }
@@ -85,12 +85,12 @@ pub(crate) fn split_url<'u>(
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
             h.trim_start_matches('[').trim_end_matches(']').to_string(),
             p.parse()
-                .map_err(|_| Error::invalid(format!("{what} URL {url_}: bad port \"{p}\"")))?,
+                .map_err(|_| Error::invalid(format!("{what} URL {shown}: bad port \"{p}\"")))?,
         ),
         _ => (authority.to_string(), default_port),
     };
     if host.is_empty() {
-        return Err(Error::invalid(format!("{what} URL {url_}: no host")));
+        return Err(Error::invalid(format!("{what} URL {shown}: no host")));
     }
     Ok((host, port, path))
 }
@@ -795,30 +795,25 @@ pub struct EstSigner {
 }
 
 impl EstSigner {
-    /// A chain of the leaf alone, as many EST servers answer (Cisco libest among them),
+    /// An answer of the leaf alone, as many EST servers send it (Cisco libest among them),
     /// completed with its issuing CAs from `/cacerts` (RFC 7030 §4.1.3): a PKI that issues
     /// through an intermediate gets a chain that validates against the root alone. A root
-    /// is never added; a chain that has more than its leaf is left as it is.
-    fn complete(&self, pem: String) -> Result<String> {
-        let chain = crate::pki::x509::parse_chain_pem(&pem)?;
-        if chain.len() != 1 || crate::pki::x509::is_self_issued(&chain[0]) {
-            return Ok(pem);
+    /// is never added; an answer of more than the leaf is left as it is.
+    fn complete(&self, mut certs: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        if certs.len() != 1 || crate::pki::x509::is_self_issued(&certs[0]) {
+            return certs;
         }
-        let cacerts = match self.client.cacerts() {
-            Ok(c) => c,
-            Err(r) => {
-                crate::log_info!(
-                    "EST: the answer holds the leaf alone and /cacerts could not be read to complete its chain: {}",
-                    r.error
-                );
-                return Ok(pem);
+        match self.client.cacerts() {
+            Ok(cacerts) => {
+                let issuers = crate::pki::x509::issuers_of(&certs[0], &cacerts);
+                certs.extend(issuers);
             }
-        };
-        let issuers = crate::pki::x509::issuers_of(&chain[0], &cacerts);
-        Ok(std::iter::once(&chain[0].to_vec())
-            .chain(issuers.iter())
-            .map(|c| crate::codec::pem::pem_encode("CERTIFICATE", c))
-            .collect())
+            Err(r) => crate::log_info!(
+                "EST: the answer holds the leaf alone and /cacerts could not be read to complete its chain: {}",
+                r.error
+            ),
+        }
+        certs
     }
 }
 
@@ -828,10 +823,7 @@ impl CsrSigner for EstSigner {
         let csr = rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
             .map_err(|e| Error::invalid(format!("the CSR is not PEM: {e}")))?;
         match self.client.enroll(csr.as_ref(), self.reenroll) {
-            Ok(certs) => {
-                let pem = chain_pem(&certs, csr.as_ref())?;
-                self.complete(pem)
-            }
+            Ok(certs) => chain_pem(&self.complete(certs), csr.as_ref()),
             Err(r) => {
                 *crate::sys::lock(&self.retry_after) = r.retry_after;
                 Err(r.error)

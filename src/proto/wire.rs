@@ -702,15 +702,17 @@ impl Request {
         )
     }
 
-    /// Requests that only a secondary node's link sends, and only on a link.
+    /// Requests that are sent only on a link: a secondary's registration and info, and
+    /// the tunnels either end sends.
     pub fn is_link_only(&self) -> bool {
+        matches!(self, Request::RegisterNode { .. } | Request::NodeInfoChanged { .. }) || self.is_tunnel()
+    }
+
+    /// The requests of a tunnel through a link (docs/ARCHITECTURE.md §9b).
+    pub fn is_tunnel(&self) -> bool {
         matches!(
             self,
-            Request::RegisterNode { .. }
-                | Request::NodeInfoChanged { .. }
-                | Request::TunnelOpen { .. }
-                | Request::TunnelData { .. }
-                | Request::TunnelClose { .. }
+            Request::TunnelOpen { .. } | Request::TunnelData { .. } | Request::TunnelClose { .. }
         )
     }
 
