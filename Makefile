@@ -140,10 +140,11 @@ load: build
 # the static binary (rebuilt only when an input changed), and units of VMs provisioned
 # through the main node: full (main, a secondary over vsock, one over virtio-serial),
 # serial (main and the virtio-serial secondary), fault (full, with a link killed during
-# provisioning), systemd (main, and a secondary booting Debian's systemd from its disk with
-# the layer's units, twice). TCG unless QEMU_ACCEL=kvm.
+# provisioning), systemd (main, and a secondary without a network booting Debian's systemd
+# from its disk with the layer's units three times: bootstrapped at the factory, enrolled
+# by itself over EST through the main node, operational). TCG unless QEMU_ACCEL=kvm.
 QEMU_SCENARIOS ?= full fault systemd
-# What `make test` (and so CI) runs of it: all of it (about 80 s; see qemu/README.md).
+# What `make test` (and so CI) runs of it: all of it (about 190 s; see qemu/README.md).
 # And of crash-test: a few runs per kind.
 TEST_QEMU_SCENARIOS ?= $(QEMU_SCENARIOS)
 TEST_CRASH_RUNS ?= 3
@@ -154,6 +155,7 @@ qemu-image: static
 	sh qemu/build-systemd-disk.sh $(STATIC)
 
 qemu-test: qemu-image
+	$(CARGO) build --locked --example est-test-server
 	@for s in $(QEMU_SCENARIOS); do sh qemu/run-unit.sh $$s || exit 1; done
 
 # Power loss at random moments (tests/crash.rs): kill -9 of iamd, iam-provision,

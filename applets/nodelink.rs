@@ -147,6 +147,7 @@ fn run(args: &Args) -> Result<u8, Error> {
         unit_id: config.as_ref().map(|c| c.unit_id.clone()).unwrap_or_default(),
         main_node_id: links.main_node_id.clone(),
         tunnel: links.tunnel.clone(),
+        tunnel_group: config.as_ref().and_then(|c| c.protected_socket_group),
     };
     nodelink::run(opts)?;
     Ok(0)

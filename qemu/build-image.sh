@@ -126,6 +126,8 @@ cp qemu/init "$R/init"
 chmod 0755 "$R/init"
 echo "root:x:0:0:root:/root:/bin/sh" > "$R/etc/passwd"
 echo "root:x:0:" > "$R/etc/group"
+printf '127.0.0.1 localhost\n::1 localhost\n' > "$R/etc/hosts"
+printf 'hosts: files\n' > "$R/etc/nsswitch.conf"
 
 (cd "$R" && find . | cpio -o -H newc --quiet) > "$OUT/initramfs.cpio.new"
 mv "$OUT/initramfs.cpio.new" "$OUT/initramfs.cpio"

@@ -8,7 +8,9 @@
 # (`apt-get download`, unpacked with dpkg-deb, not installed), and aos-iam as `make
 # install` installs it: the binary and its applet links, the layer's iamd.service,
 # iamd-provisioning.service and iam-nodelink.service, tmpfiles.d, sysusers.d and the
-# configuration of a secondary that dials vsock:3:8089. The three units are enabled as the
+# configuration of a secondary that dials vsock:3:8089 and has no network: it reaches its EST
+# server through the link (links.tunnel), with a bootstrap module and [enroll] as an
+# integrator's drop-in gives them (20-enroll.toml). The three units are enabled as the
 # layer enables them on a secondary (SYSTEMD_SERVICE). Two units of the test's own run the
 # scenario: iamtest-setup.service (the run's files from fw_cfg, before sysinit.target) and
 # iamtest.service (qemu/scenario.sh, its results on the serial console).
@@ -64,7 +66,27 @@ done
 # aos-iam as make install installs it, for a secondary node dialing the main node's vsock.
 make --no-print-directory install DESTDIR="$(pwd)/$R" RELEASE="$BIN" STRIP=true \
     NODE_TYPE=secondary NODE_NAME=sec1 PKCS11_LIBRARY=/usr/lib/softhsm/libsofthsm2.so TOKEN_LABEL=aos \
-    NODE_ROLE=secondary LINK_CONNECT=vsock:3:8089 >/dev/null
+    NODE_ROLE=secondary LINK_CONNECT=vsock:3:8089 LINK_TUNNEL=/run/aos-iam-nodelink/tunnel.sock >/dev/null
+# Zero-touch enrollment: the bootstrap identity (signed at the factory by its CA, whose
+# certificate the factory leaves in /etc/aos-iam) and the enrollment's pace. The EST URL,
+# its anchor and the claim token are stored by iam-provision bootstrap.
+cat > "$R/etc/aos-iam/config.d/20-enroll.toml" <<'EOF'
+[[modules]]
+id = "bootstrap"
+algorithm = "ecdsa-p256"
+extended_key_usage = ["clientAuth"]
+root_ca = "/etc/aos-iam/factory-ca.pem"
+[modules.pkcs11]
+library = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "aos"
+user_pin_file = "/var/aos/iam/user-pin"
+
+[enroll]
+attempts = 6
+retry = "5s"
+max_retry = "20s"
+timeout = "60s"
+EOF
 
 # The machine id (the node id) of this disk, a valid one for systemd: 32 hex digits.
 printf 'node-sec1' | md5sum | cut -d' ' -f1 > "$R/etc/machine-id"
@@ -86,6 +108,11 @@ done
 chmod 0600 /run/iam/*
 cp /run/iam/root-ca.pem /etc/aos-iam/root-ca.pem
 chmod 0644 /etc/aos-iam/root-ca.pem
+# The factory (boot 1) leaves its CA's certificate, which the bootstrap module names.
+if [ -f /run/iam/factory-ca.pem ]; then
+    cp /run/iam/factory-ca.pem /etc/aos-iam/factory-ca.pem
+    chmod 0644 /etc/aos-iam/factory-ca.pem
+fi
 echo $(($(cat /var/lib/iamtest/boots 2>/dev/null || echo 0) + 1)) > /var/lib/iamtest/boots
 sync
 EOF
@@ -109,7 +136,9 @@ EOF
 cat > "$R/etc/systemd/system/iamtest.service" <<'EOF'
 [Unit]
 Description=aos-iam QEMU test: the scenario
-After=iamtest-setup.service iamd.service iamd-provisioning.service iam-nodelink.service
+# (Not after iam-nodelink.service: at the factory its start job waits for a main node that
+# is in operation and will not take this node's link in the clear; the scenario looks.)
+After=iamtest-setup.service iamd.service iamd-provisioning.service
 
 [Service]
 Type=simple

@@ -7,21 +7,30 @@
 #   fault   as full, and sec1's link is killed (kill -9) while it is being provisioned: the
 #           main node reports it unavailable, and it is provisioned once it is back
 #   systemd main + sec1 (vsock), sec1 booting Debian's systemd from its own disk
-#           (target/qemu/systemd-disk.img, copied per run) with the layer's units: provisioned
-#           by iamd-provisioning.service, then booted again from the same disk into
-#           iamd.service, linked in TLS
+#           (target/qemu/systemd-disk.img, copied per run) with the layer's units, three
+#           times: boot 1 is the factory (iamd-provisioning.service; iam-provision bootstrap
+#           with a factory CA), boot 2 enrolls by itself under iamd.service over EST and ends
+#           operational, boot 3 starts operational. sec1 has no network: it reaches the EST
+#           test server (on this machine's loopback) through its link, the main node's
+#           tunnel, and the main VM's vsock to this machine.
+# Every scenario's PKI is as deployed: a root whose key is deleted once it has signed an
+# issuing CA; the issuing CA signs the nodes (scripts/pki.sh).
 # Environment: QEMU_ACCEL (tcg, the default; kvm only when asked), QEMU_TIMEOUT (seconds for
-# the whole run, default 170, systemd 300), QEMU_KEEP=1 (keep target/qemu/run-MODE after success).
+# the whole run, default 170, systemd 420), QEMU_KEEP=1 (keep target/qemu/run-MODE after
+# success), EST_TEST_SERVER (systemd; default target/debug/examples/est-test-server).
 # Prints one line per result and a summary; exits 1 on any failure or timeout.
 set -eu
 cd "$(dirname "$0")/.."
 MODE=${1:-full}
 ACCEL=${QEMU_ACCEL:-tcg}
-# (systemd: two boots of a systemd guest, and the main node waiting for the second.)
-TIMEOUT=${QEMU_TIMEOUT:-$([ "$MODE" = systemd ] && echo 300 || echo 170)}
+# (systemd: three boots of a systemd guest, an enrollment, and the main node waiting.)
+TIMEOUT=${QEMU_TIMEOUT:-$([ "$MODE" = systemd ] && echo 420 || echo 170)}
 IMG=target/qemu
 OUT=$IMG/run-$MODE
 PORT=8089
+# systemd: the vsock port on this machine (CID 2) the main VM reaches the EST server at.
+EST_VSOCK_PORT=8443
+EST_SERVER=${EST_TEST_SERVER:-target/debug/examples/est-test-server}
 case "$MODE" in
 full|fault) NODES="sec1 sec2 main" ;;
 serial) NODES="sec2 main" ;;
@@ -35,6 +44,7 @@ kvm) ACCEL_ARGS="-accel kvm -cpu max" ;;
 esac
 [ -f "$IMG/vmlinux" ] && [ -f "$IMG/initramfs.cpio" ] || { echo "qemu-test: no image (make qemu-image)" >&2; exit 1; }
 [ "$MODE" != systemd ] || [ -f "$IMG/systemd-disk.img" ] || { echo "qemu-test: no systemd disk (make qemu-image)" >&2; exit 1; }
+[ "$MODE" != systemd ] || [ -x "$EST_SERVER" ] || { echo "qemu-test: no $EST_SERVER (cargo build --example est-test-server)" >&2; exit 1; }
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
@@ -50,10 +60,13 @@ trap 'exit 130' INT TERM
 start=$(date +%s)
 elapsed() { echo $(($(date +%s) - start)); }
 
-# The unit's root CA and the factory's password, passed to the VMs with -fw_cfg.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -days 3650 \
-    -keyout "$OUT/ca.key" -out "$OUT/ca.pem" -subj "/O=aos-iam qemu/CN=QEMU Unit Root CA" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+# The unit's PKI as deployed (a root, its key deleted, and an issuing CA that signs the
+# nodes) and the factory's password, passed to the VMs with -fw_cfg: every node gets the
+# root (its only trust anchor) and the issuing CA's certificate (for openssl verify); the
+# main node the issuing CA's key.
+. scripts/pki.sh
+make_pki "$OUT" "aos-iam qemu" > /dev/null
+[ ! -e "$OUT/root.key" ] || { echo "qemu-test: the root's key was not deleted" >&2; exit 1; }
 (umask 077; printf 'factory-secret\n' > "$OUT/password")
 echo "$MODE" > "$OUT/mode"
 echo "$NODES" | wc -w | tr -d ' ' > "$OUT/nodes"
@@ -82,6 +95,7 @@ vm() { # NAME ROLE APPEND EXTRA-ARGS...
         -serial "file:$OUT/$name.log" -no-reboot -kernel "$IMG/vmlinux" -initrd "$IMG/initramfs.cpio" \
         -append "console=ttyS0 quiet panic=-1 iam.node=$name iam.role=$role $append" \
         -fw_cfg "name=opt/iam/scenario.sh,file=qemu/scenario.sh" -fw_cfg "name=opt/iam/root-ca.pem,file=$OUT/ca.pem" \
+        -fw_cfg "name=opt/iam/issuing.pem,file=$OUT/issuing.pem" \
         -fw_cfg "name=opt/iam/mode,file=$OUT/mode" -fw_cfg "name=opt/iam/nodes,file=$OUT/nodes" \
         $mem "$@" < /dev/null > "$OUT/$name.qemu.log" 2>&1 &
     PIDS="$PIDS $!"
@@ -101,9 +115,32 @@ serial_args=""
 case "$NODES" in *sec2*) serial_args="-device virtio-serial-pci -chardev socket,id=l,path=$OUT/link-sec2.sock,server=on,wait=off -device virtserialport,chardev=l,name=iam.link" ;; esac
 listen=""
 [ -z "$uses_vsock" ] || listen="iam.listen=vsock:$PORT"
+if [ "$MODE" = systemd ]; then
+    # The EST test server on this machine's loopback, issuing with the unit's issuing CA and
+    # trusting a factory CA's bootstrap certificates; the main VM reaches it at vsock CID 2
+    # (vhost-device-vsock: main.vsock_PORT), and carries sec1's tunnels to it.
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+        -keyout "$OUT/factory-ca.key" -out "$OUT/factory-ca.pem" -subj "/O=aos-iam qemu/CN=QEMU Factory CA" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+    mkdir -p "$OUT/est"
+    cp "$OUT/ca.pem" "$OUT/issuing.pem" "$OUT/issuing.key" "$OUT/factory-ca.pem" "$OUT/est/"
+    (umask 077; printf 'claim-qemu-4711\n' > "$OUT/claim-token")
+    echo "https://localhost:$EST_VSOCK_PORT/.well-known/est" > "$OUT/est-url"
+    est_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    "$EST_SERVER" "$OUT/est" "$est_port" claim-qemu-4711 > "$OUT/est-server.log" 2>&1 &
+    PIDS="$PIDS $!"
+    i=0
+    until grep -q '^https://' "$OUT/est-server.log" 2>/dev/null; do
+        i=$((i + 1)); [ $i -lt 100 ] || { cat "$OUT/est-server.log"; echo "qemu-test: the EST test server did not start" >&2; exit 1; }
+        sleep 0.1
+    done
+    socat "UNIX-LISTEN:$OUT/main.vsock_$EST_VSOCK_PORT,fork" "TCP:127.0.0.1:$est_port" 2>> "$OUT/est-relay.log" &
+    PIDS="$PIDS $!"
+    listen="$listen iam.tunnel=localhost:$EST_VSOCK_PORT iam.est=$EST_VSOCK_PORT"
+fi
 boot_main() {
     # shellcheck disable=SC2086
-    vm main main "$listen" -fw_cfg "name=opt/iam/ca.key,file=$OUT/ca.key" -fw_cfg "name=opt/iam/password,file=$OUT/password" $serial_args
+    vm main main "$listen" -fw_cfg "name=opt/iam/issuing.key,file=$OUT/issuing.key" -fw_cfg "name=opt/iam/password,file=$OUT/password" $serial_args
     wait_for main ready 60 || { echo "qemu-test: main did not become ready"; tail -20 "$OUT/main.log"; exit 1; }
     echo "qemu-test: main ready after $(elapsed) s"
 }
@@ -112,10 +149,18 @@ if [ "$MODE" = systemd ]; then
     cp --sparse=always "$IMG/systemd-disk.img" "$OUT/sec1-disk.img"
     disk_args="-drive file=$OUT/sec1-disk.img,format=raw,if=virtio"
 fi
+BOOT=1
 boot_sec1() {
     if [ "$MODE" = systemd ]; then
+        # Boot 1 is the factory: the factory CA, the claim token and the EST server's anchor
+        # reach the node then, and never again.
+        factory_args=""
+        [ "$BOOT" != 1 ] || factory_args="-fw_cfg name=opt/iam/factory-ca.pem,file=$OUT/factory-ca.pem
+            -fw_cfg name=opt/iam/factory-ca.key,file=$OUT/factory-ca.key -fw_cfg name=opt/iam/password,file=$OUT/password
+            -fw_cfg name=opt/iam/claim-token,file=$OUT/claim-token -fw_cfg name=opt/iam/est-anchor.pem,file=$OUT/est/est-anchor.pem
+            -fw_cfg name=opt/iam/est-url,file=$OUT/est-url"
         # shellcheck disable=SC2086
-        vm sec1 secondary "iam.root=/dev/vda systemd.show_status=1" $disk_args
+        vm sec1 secondary "iam.root=/dev/vda systemd.show_status=1" $disk_args $factory_args
     else
         vm sec1 secondary "iam.connect=vsock:3:$PORT"
     fi
@@ -139,8 +184,8 @@ boot_secondaries() {
 # before its peer's device was up has been seen to hang for good in vhost-device-vsock.
 boot_main
 boot_secondaries
-if [ "$MODE" = systemd ]; then
-    # sec1 powers off after its first boot; the same disk boots again.
+# systemd: sec1 powers off after boots 1 and 2; the same disk boots again.
+while [ "$MODE" = systemd ] && [ "$BOOT" -lt 3 ]; do
     left=$((TIMEOUT - $(elapsed)))
     if wait_for sec1 reboot "$left"; then
         t=0
@@ -148,15 +193,17 @@ if [ "$MODE" = systemd ]; then
             t=$((t + 1)); [ $t -lt 300 ] || { echo "qemu-test: sec1 did not power off"; exit 1; }
             sleep 0.2
         done
-        mv "$OUT/sec1.log" "$OUT/sec1-boot1.log"
-        echo "qemu-test: sec1 powered off after its first boot at $(elapsed) s; booting the same disk again"
+        mv "$OUT/sec1.log" "$OUT/sec1-boot$BOOT.log"
+        echo "qemu-test: sec1 powered off after boot $BOOT at $(elapsed) s; booting the same disk again"
+        BOOT=$((BOOT + 1))
         boot_sec1
     else
-        mv "$OUT/sec1.log" "$OUT/sec1-boot1.log"
+        mv "$OUT/sec1.log" "$OUT/sec1-boot$BOOT.log"
         : > "$OUT/sec1.log"
-        echo "qemu-test: sec1's first boot did not finish"
+        echo "qemu-test: sec1's boot $BOOT did not finish"
+        break
     fi
-fi
+done
 
 # Every node's results, until each says it is done or the time is up.
 status=0
@@ -171,8 +218,9 @@ done
 echo
 echo "== qemu-test $MODE ($ACCEL): results"
 for n in $NODES; do
-    [ ! -f "$OUT/$n-boot1.log" ] || tr -d '\r' < "$OUT/$n-boot1.log" | grep '^IAMTEST' | grep -v ' boot ok\| ready\| done\| exit\| reboot$' || true
-    tr -d '\r' < "$OUT/$n.log" | grep '^IAMTEST' | grep -v ' boot ok\| ready\| done\| exit' || true
+    for b in "$OUT/$n-boot"*.log "$OUT/$n.log"; do
+        [ ! -f "$b" ] || tr -d '\r' < "$b" | grep -a '^IAMTEST' | grep -v '^IAMTEST [^ ]* \(boot ok .*\|ready\|done\|exit\|reboot\)$' || true
+    done
 done > "$OUT/results"
 cat "$OUT/results"
 fails=$(grep -c ' fail ' "$OUT/results" || true)

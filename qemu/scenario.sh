@@ -2,8 +2,12 @@
 # The unit scenario, run by /init in every VM (passed in with -fw_cfg, so the image is not
 # rebuilt per scenario). NODE and ROLE come from /init; /run/iam holds the run's files:
 #   mode        full | serial | fault | systemd     nodes   how many nodes the unit has
-#   root-ca.pem the unit's root CA        ca.key, password   (main only) the factory's CA key
-#                                                             and password
+#   root-ca.pem the unit's root CA, its only trust anchor
+#   issuing.pem the issuing CA under it that signs the nodes (for openssl verify)
+#   issuing.key, password   (main) the issuing CA's key and the factory's password
+#   systemd scenario, sec1's boot 1 only (the factory): factory-ca.pem and .key (bootstrap
+#   identities), password, claim-token, est-anchor.pem and est-url (the EST server, reached
+#   through the main node)
 # Every result is one console line: IAMTEST NODE CHECK ok|fail DETAIL; the host collects them.
 MODE=$(cat /run/iam/mode 2>/dev/null || echo full)
 NODES=$(cat /run/iam/nodes 2>/dev/null || echo 3)
@@ -80,18 +84,25 @@ stop_link() {
     LINK_PID=""
 }
 
-sign() { echo "--ca-cert /etc/aos-iam/root-ca.pem --ca-key /run/iam/ca.key --password-file /run/iam/password"; }
+# The factory line signs with the issuing CA; the root's key is not on it.
+sign() { echo "--ca-cert /run/iam/issuing.pem --ca-key /run/iam/issuing.key --password-file /run/iam/password"; }
 
-certs_verify() { # NODE_ID: each certificate exported from the token, verified by openssl
-    urls=$(iam-certctl --json list | tr '{' '\n' | sed -n 's/.*"cert_url":"\([^"]*\)".*/\1/p')
-    [ -n "$urls" ] || { echo "no certificates"; return 1; }
+certs_verify() { # each certificate exported from the token, verified by openssl against the
+    # root alone (the issuing CA untrusted), a bootstrap identity against the factory CA
+    list=$(iam-certctl --json list | tr '{' '\n' | sed -n 's/.*"cert_url":"\([^"]*\)".*"type":"\([^"]*\)".*/\2 \1/p')
+    [ -n "$list" ] || { echo "no certificates"; return 1; }
     n=0
-    for u in $urls; do
+    echo "$list" > /tmp/certs.list
+    while read -r t u; do
         p11tool --provider "$SOFTHSM" --export "$u" > /tmp/cert.pem 2>/dev/null || { echo "cannot export $u"; return 1; }
-        openssl verify -CAfile /etc/aos-iam/root-ca.pem /tmp/cert.pem || return 1
+        if [ "$t" = bootstrap ]; then
+            openssl verify -CAfile /etc/aos-iam/factory-ca.pem /tmp/cert.pem > /dev/null || return 1
+        else
+            openssl verify -CAfile /etc/aos-iam/root-ca.pem -untrusted /run/iam/issuing.pem /tmp/cert.pem > /dev/null || return 1
+        fi
         n=$((n + 1))
-    done
-    echo "$n certificates verify"
+    done < /tmp/certs.list
+    echo "$n certificates verify: $(cut -d' ' -f1 /tmp/certs.list | tr '\n' ' ')"
 }
 
 secondary() {
@@ -144,61 +155,126 @@ unit_active() { [ "$(unit_state "$1")" = active ]; }
 # What systemd ran or skipped for UNIT, in one line.
 unit_line() { systemctl show -p Type,ActiveState,SubState,ConditionResult "$1" | tr '\n' ' '; }
 
-# The systemd scenario's secondary: systemd is PID 1, and the units are the layer's. Boot 1
-# (no marker) must run iamd-provisioning.service, boot 2 of the same disk iamd.service.
-secondary_systemd() {
-    boot=$(cat /var/lib/iamtest/boots)
-    if [ "$(cat /proc/1/comm)" = systemd ]; then result "boot$boot" ok "systemd $(systemctl --version | head -1 | cut -d' ' -f2) is PID 1"
-    else result "boot$boot" fail "PID 1 is $(cat /proc/1/comm)"; fi
-    if [ ! -e /var/aos/iam/provisioned ]; then
-        # Type=notify: active only once iamd sent READY=1.
-        if wait_until 60 unit_active iamd-provisioning.service; then
-            result iamd-provisioning.service ok "$(unit_line iamd-provisioning.service)"
+enrollment_state() { iam-certctl --json status 2>/dev/null | sed -n 's/.*"enrollment":{[^}]*"state":"\([a-z]*\)".*/\1/p'; }
+operational() { [ "$(enrollment_state)" = operational ]; }
+serials() { iam-certctl --json list | tr '{' '\n' | sed -n 's/.*"serial":"\([^"]*\)".*"type":"\([^"]*\)".*/\2 \1/p'; }
+unit_checks() { # the unit this boot must start, the one it must skip
+    if wait_until 60 unit_active "$1"; then result "$1" ok "$(unit_line "$1")"
+    else result "$1" fail "$(unit_line "$1") $(journalctl -b -u "$1" | tail -3 | tr '\n' ' ')"; fi
+    [ "$(unit_state "$2")" = inactive ] && result "$2-skipped" ok "$(unit_line "$2")" \
+        || result "$2-skipped" fail "$(unit_line "$2")"
+}
+security_checks() {
+    for u in iamd.service iamd-provisioning.service iam-nodelink.service; do
+        if out=$(systemd-analyze security --no-pager "$u" 2>&1); then
+            result "security:$u" ok "$(echo "$out" | tail -1 | sed 's/.*Overall exposure level for [^:]*: //')"
         else
-            result iamd-provisioning.service fail "$(unit_line iamd-provisioning.service) $(journalctl -b -u iamd-provisioning.service | tail -3 | tr '\n' ' ')"
+            result "security:$u" fail "$(echo "$out" | tail -2 | tr '\n' ' ')"
         fi
-        [ "$(unit_state iamd.service)" = inactive ] && result iamd.service-skipped ok "$(unit_line iamd.service)" \
-            || result iamd.service-skipped fail "$(unit_line iamd.service)"
-        if wait_until 60 unit_active iam-nodelink.service; then
-            result iam-nodelink.service ok "$(unit_line iam-nodelink.service)"
-        else
-            result iam-nodelink.service fail "$(unit_line iam-nodelink.service) $(journalctl -b -u iam-nodelink.service | tail -3 | tr '\n' ' ')"
-        fi
-        echo "IAMTEST $NODE ready"
-        if ! wait_until 170 provisioned; then
-            result provisioned fail "$(iam-provision status 2>&1 | head -1)"
-            journalctl -b -u iamd-provisioning.service -u iam-nodelink.service | tail -15 | sed "s|^|DIAG $NODE journal: |"
-            echo "IAMTEST $NODE done"; return
-        fi
-        result provisioned ok "through the main node over vsock"
-        check cert-check iam-certctl check
-        check openssl-verify certs_verify
-        check marker test -e /var/aos/iam/provisioned
-        for u in iamd.service iamd-provisioning.service iam-nodelink.service; do
-            if out=$(systemd-analyze security --no-pager "$u" 2>&1); then
-                result "security:$u" ok "$(echo "$out" | tail -1 | sed 's/.*Overall exposure level for [^:]*: //')"
-            else
-                result "security:$u" fail "$(echo "$out" | tail -2 | tr '\n' ' ')"
-            fi
-        done
-        echo "IAMTEST $NODE reboot"
-        systemctl poweroff
-        return
-    fi
-    # Boot 2: the marker switched the node to iamd.service.
-    if wait_until 60 unit_active iamd.service; then
-        result iamd.service ok "$(unit_line iamd.service)"
-    else
-        result iamd.service fail "$(unit_line iamd.service) $(journalctl -b -u iamd.service | tail -3 | tr '\n' ' ')"
-    fi
-    [ "$(unit_state iamd-provisioning.service)" = inactive ] && result iamd-provisioning.service-skipped ok "$(unit_line iamd-provisioning.service)" \
-        || result iamd-provisioning.service-skipped fail "$(unit_line iamd-provisioning.service)"
-    if wait_until 90 link_up_tls; then result link-tls ok "$(iam-nodelink status | grep -i "state\|tls" | tr -s " \n" " ")"
+    done
+}
+link_tls_check() {
+    if wait_until "$1" link_up_tls; then result link-tls ok "$(iam-nodelink status | grep -i "state\|tls" | tr -s " \n" " ")"
     else
         result link-tls fail "$(iam-nodelink status 2>&1 | tr '\n' ' ')"
         journalctl -b -u iam-nodelink.service | tail -10 | sed "s|^|DIAG $NODE journal: |"
     fi
-    check cert-check iam-certctl check
+}
+
+# The systemd scenario's secondary: systemd is PID 1, the units are the layer's, and the node
+# has no network (no NIC at all). Boot 1 (no marker) is the factory: iamd-provisioning.service
+# runs and the node is bootstrapped. Boot 2 (`deployed`) runs iamd.service, which enrolls the
+# node by itself over EST through its link (the main node's tunnel) and ends operational.
+# Boot 3 starts operational, and enrolls nothing.
+secondary_systemd() {
+    boot=$(cat /var/lib/iamtest/boots)
+    if [ "$(cat /proc/1/comm)" = systemd ]; then result "boot$boot" ok "systemd $(systemctl --version | head -1 | cut -d' ' -f2) is PID 1"
+    else result "boot$boot" fail "PID 1 is $(cat /proc/1/comm)"; fi
+    case "$boot" in
+    1)
+        echo "IAMTEST $NODE ready"
+        links=$(ls /sys/class/net | tr '\n' ' ')
+        [ "$links" = "lo " ] && result no-network ok "network interfaces: $links" || result no-network fail "network interfaces: $links"
+        unit_checks iamd-provisioning.service iamd.service
+        # At the factory the link waits: the main node is in operation and takes no link in
+        # the clear from a node in provisioning mode. iam-nodelink runs, and says why.
+        if wait_until 60 sh -c "iam-nodelink --json status | grep -q '\"state\":\"retrying\"'"; then
+            result iam-nodelink.service ok "$(unit_state iam-nodelink.service), $(iam-nodelink --json status | sed -n 's/.*"last_error":"\([^"]*\)".*/\1/p' | cut -c1-120)"
+        else result iam-nodelink.service fail "$(unit_line iam-nodelink.service) $(iam-nodelink status 2>&1 | tr '\n' ' ')"; fi
+        # The factory station: a bootstrap identity signed by the factory CA, the EST server
+        # and the claim token stored for the first power-on on site.
+        if out=$(iam-provision --json bootstrap --ca-cert /run/iam/factory-ca.pem --ca-key /run/iam/factory-ca.key \
+            --enroll-url "$(cat /run/iam/est-url)" --enroll-anchor /run/iam/est-anchor.pem \
+            --claim-token-file /run/iam/claim-token --password-file /run/iam/password 2>&1); then
+            result bootstrap ok "$(echo "$out" | tail -1)"
+        else
+            result bootstrap fail "$(echo "$out" | tail -3 | tr '\n' ' ')"
+        fi
+        [ -e /var/aos/iam/deployed ] && [ ! -e /var/aos/iam/provisioned ] && result markers ok "deployed, not provisioned" \
+            || result markers fail "$(ls /var/aos/iam | tr '\n' ' ')"
+        check openssl-verify certs_verify
+        security_checks
+        echo "IAMTEST $NODE reboot"
+        systemctl poweroff
+        ;;
+    2)
+        echo "IAMTEST $NODE ready"
+        unit_checks iamd.service iamd-provisioning.service
+        if wait_until 240 operational; then
+            result enrolled ok "$(iam-certctl status | tr -s ' \n' ' ' | cut -c1-200)"
+        else
+            result enrolled fail "$(iam-certctl status 2>&1 | tr '\n' ' ')"
+            journalctl -b -u iamd.service -u iam-nodelink.service | tail -20 | sed "s|^|DIAG $NODE journal: |"
+        fi
+        [ ! -e /var/aos/iam/claim-token ] && result claim-token-removed ok || result claim-token-removed fail "$(ls -l /var/aos/iam/claim-token)"
+        link_tls_check 90
+        check openssl-verify certs_verify
+        # (The EST test server issues for 30 days.)
+        check cert-check iam-certctl check --warning-days 20 --critical-days 7
+        serials > /var/lib/iamtest/serials
+        sync
+        echo "IAMTEST $NODE reboot"
+        systemctl poweroff
+        ;;
+    *)
+        unit_checks iamd.service iamd-provisioning.service
+        wait_until 30 iam-certctl status
+        if operational; then result operational ok "at once, $(iam-certctl status | head -1)"
+        else result operational fail "$(iam-certctl status 2>&1 | tr '\n' ' ')"; fi
+        link_tls_check 90
+        if [ "$(serials)" = "$(cat /var/lib/iamtest/serials)" ]; then result no-enrollment ok "the certificates of boot 2: $(serials | tr '\n' ' ')"
+        else result no-enrollment fail "boot 2 had $(tr '\n' ' ' < /var/lib/iamtest/serials), now $(serials | tr '\n' ' ')"; fi
+        check cert-check iam-certctl check --warning-days 20 --critical-days 7
+        echo "IAMTEST $NODE done"
+        sleep 600
+        ;;
+    esac
+}
+
+# The systemd scenario's main node: provisioned by itself at the factory (the issuing CA),
+# then in operation with its secondaries' tunnels to the EST server (links.tunnel_endpoints);
+# localhost:PORT is relayed to this machine over vsock (qemu/init).
+main_systemd() {
+    start_iamd --provisioning
+    if out=$(iam-provision --json run $(sign) 2>&1); then result provision ok "itself, signed by the issuing CA"
+    else result provision fail "$(echo "$out" | tail -3 | tr '\n' ' ')"; fi
+    check openssl-verify certs_verify
+    start_iamd
+    ep=$(sed -n 's/^tunnel_endpoints = \[\(.*\)\]/\1/p' /etc/aos-iam/config.d/10-links.toml)
+    [ -n "$ep" ] && result tunnel-endpoints ok "$ep" || result tunnel-endpoints fail "none configured"
+    echo "IAMTEST $NODE ready"
+    # sec1's node id is its machine id; the one that is not this node's.
+    id=""
+    wait_until 360 sh -c "iam-provision nodes | grep -qv '^node-$NODE\$'" && id=$(iam-provision nodes | grep -v "^node-$NODE\$" | head -1)
+    if [ -n "$id" ] && wait_until 120 sh -c "iam-provision --json --node $id node-info | grep -q '\"connected\":true'"; then
+        check "linked:$id" sh -c "iam-provision --json --node $id node-info | grep -o '\"state\":\"[a-z]*\"'"
+        check_linked "cert-check:$id" iam-certctl check --node "$id" --warning-days 20 --critical-days 7
+    else
+        result "linked:${id:-sec1}" fail "did not link in TLS: $(iam-provision nodes 2>&1 | tr '\n' ' ')"
+        tail -15 /var/log/iamd.log | sed "s|^|DIAG $NODE iamd: |"
+    fi
+    n=$(grep -c "tunnel [0-9]* open to localhost:" /var/log/iamd.log)
+    [ "$n" -ge 1 ] && result tunnels ok "$n tunnels opened for ${id:-sec1} to $ep" || result tunnels fail "no tunnel in the log"
     echo "IAMTEST $NODE done"
     sleep 600
 }
@@ -258,6 +334,7 @@ main_node() {
 }
 
 case "$ROLE:$MODE" in
+main:systemd) main_systemd ;;
 main:*) main_node ;;
 *:systemd) secondary_systemd ;;
 *) secondary ;;

@@ -49,6 +49,8 @@ pub struct Options {
     pub main_node_id: Option<String>,
     /// The tunnel socket served to this node's iamd (`links.tunnel`), if configured.
     pub tunnel: Option<PathBuf>,
+    /// The tunnel socket's group (`paths.protected_socket_group`): iamd's own.
+    pub tunnel_group: Option<u32>,
 }
 
 /// What `iam-nodelink status` reports, as the running link writes it.
@@ -155,7 +157,7 @@ pub fn run(opts: Options) -> Result<()> {
     };
     let gate = crate::link::tunnel::Gate::new(opts.request_timeout, opts.hello_timeout);
     if let Some(path) = &opts.tunnel {
-        gate.listen(path, &EXECUTOR)?;
+        gate.listen(path, opts.tunnel_group, &EXECUTOR)?;
         crate::log_info!("serving this node's tunnels through the link at {}", path.display());
     }
     let result = smol::block_on(EXECUTOR.run(async {
@@ -175,6 +177,17 @@ pub fn run(opts: Options) -> Result<()> {
         r
     }));
     result
+}
+
+/// READY=1 to the service manager, once per process: at the first session that registered
+/// this node or carries its tunnels.
+fn notify_ready(notified: &mut bool) {
+    if !*notified {
+        *notified = true;
+        if let Err(e) = crate::sys::notify::notify("READY=1") {
+            crate::log_warn!("cannot notify the service manager: {e}");
+        }
+    }
 }
 
 async fn link_forever(opts: &Options, gate: &Arc<Gate>, reporter: &mut Reporter) -> Result<()> {
@@ -384,6 +397,10 @@ async fn session(
                     s.last_error.clear();
                 })
                 .await;
+            // Ready too: the link is up and carries what this node needs now (a unit that
+            // waited for a registration would be timed out and restarted, cutting the
+            // enrollment it carries).
+            notify_ready(notified);
             return smol::future::or(until_identity(opts, &local, &changes), keepalive(&link, opts.keepalive)).await;
         }
         match link.call(&Request::RegisterNode { info }, opts.request_timeout).await {
@@ -406,12 +423,7 @@ async fn session(
                 s.last_error.clear();
             })
             .await;
-        if !*notified {
-            *notified = true;
-            if let Err(e) = crate::sys::notify::notify("READY=1") {
-                crate::log_warn!("cannot notify the service manager: {e}");
-            }
-        }
+        notify_ready(notified);
         let push = async {
             loop {
                 match changes.recv().await {

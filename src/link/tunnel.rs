@@ -329,14 +329,19 @@ impl Gate {
         })
     }
 
-    /// Serve the tunnel socket at `path` (mode 0600: iamd runs as root) until the process ends.
-    pub fn listen(self: &Arc<Self>, path: &Path, executor: &'static smol::Executor<'static>) -> Result<()> {
-        let _ = std::fs::remove_file(path);
-        let listener = smol::net::unix::UnixListener::bind(path)
+    /// Serve the tunnel socket at `path` until the process ends: mode 0600, or 0660 in
+    /// `group` where one is given (the protected socket's: iamd runs as root without
+    /// CAP_DAC_OVERRIDE under the layer's unit, and reaches the socket by that group).
+    pub fn listen(
+        self: &Arc<Self>,
+        path: &Path,
+        group: Option<u32>,
+        executor: &'static smol::Executor<'static>,
+    ) -> Result<()> {
+        let mode = if group.is_some() { 0o660 } else { 0o600 };
+        let listener = crate::proto::transport::bind_unix(path, mode, group)
+            .and_then(smol::net::unix::UnixListener::try_from)
             .map_err(|e| Error::unavailable(format!("cannot serve the tunnel socket {}: {e}", path.display())))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::unavailable(format!("{}: {e}", path.display())))?;
         let (gate, path) = (self.clone(), path.to_path_buf());
         executor
             .spawn(async move {
