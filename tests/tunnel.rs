@@ -355,3 +355,40 @@ fn a_link_in_the_clear_carries_tunnels_to_listed_endpoints_only_and_nothing_else
     )
     .unwrap();
 }
+
+/// Under the layer's units: iam-nodelink is Type=notify, and a node that enrolls through its
+/// link is linked for tunnels only for as long as the enrollment takes; without READY=1
+/// systemd would time the unit out and restart it in the middle of that enrollment. And
+/// iamd, root without CAP_DAC_OVERRIDE there, reaches the tunnel socket by the protected
+/// socket's group, which iam-nodelink has as its own.
+#[test]
+fn a_link_for_tunnels_only_is_ready_for_systemd_and_its_socket_is_in_the_protected_group() {
+    let (mut unit, _server) = unit_without_network("tunready", &["localhost:1"]);
+    let gid = if nix::unistd::geteuid().is_root() {
+        4242
+    } else {
+        nix::unistd::getegid().as_raw()
+    };
+    unit.secondaries[0].paths_extra = format!("protected_socket_group = {gid}\n");
+    unit.main.start(false);
+    unit.secondaries[0].start(false);
+    let s = &unit.secondaries[0];
+    let sock_path = s.path("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    let mut cmd = unit.nodelink_cmd(0, &unit.link_addr());
+    cmd.env("NOTIFY_SOCKET", &sock_path).stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf);
+    let status = unit.link_status(0).json();
+    let _ = child.kill();
+    let _ = child.wait();
+    let n = n.unwrap_or_else(|e| panic!("no READY=1 from a link for tunnels only ({e}): {status}"));
+    assert_eq!(&buf[..n], b"READY=1");
+    assert_eq!(status["state"], "tunnels-only", "{status}");
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(s.path("run/tunnel.sock")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), gid);
+}
