@@ -879,3 +879,48 @@ fn every_state_leaves_the_markers_that_boot_the_layers_units_into_its_mode() {
     assert!(node.path("work/deployed").exists());
     assert_converged(&node);
 }
+
+/// A server that trickles one TLS record a byte at a time, each byte well inside the
+/// exchange's timeout: rustls reads on inside one call until the record is complete, so
+/// only a deadline enforced at every read ends the exchange (16 KiB at one byte a second is
+/// four and a half hours; issue 28 saw days at 59 s a byte). The attempt must end at its
+/// deadline, and the node be quarantined.
+#[test]
+fn an_est_server_trickling_one_tls_record_is_cut_at_the_exchanges_deadline() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (mut node, server) = site("trickle-record", "attempts = 1\ntimeout = \"3s\"\n");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let trickled = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = trickled.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let count = count.clone();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                // A handshake record of 16 KiB announced, then its body a byte a second.
+                if conn.write_all(&[0x16, 0x03, 0x03, 0x40, 0x00]).is_err() {
+                    return;
+                }
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                    if conn.write_all(&[0]).is_err() {
+                        return;
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let url = format!("https://localhost:{port}/.well-known/est");
+    node.start(true);
+    let anchor = server.anchor.display().to_string();
+    bootstrap(&node, &["--enroll-url", &url, "--enroll-anchor", &anchor]).ok();
+    node.stop();
+    node.start(false);
+    let s = wait_state(&node, "quarantined");
+    let err = s["enrollment"]["last_error"].as_str().unwrap();
+    assert!(err.contains("within 3 s"), "{err}");
+    assert!(trickled.load(Ordering::SeqCst) >= 2, "the server never trickled: {err}");
+}

@@ -708,13 +708,8 @@ pub fn verify_client_identity(
     let name = ServerName::try_from(host.to_string())
         .map_err(|_| Error::invalid(format!("verify step: \"{host}\" is not a valid host name")))?;
     let mut conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| tls_error("TLS client", e))?;
-    let deadline = std::time::Instant::now() + timeout;
+    // One deadline for the step, enforced at every read and write by the connection.
     let mut tcp = crate::pki::dial::dial(route, &addr, &format!("verify step: {addr}"), timeout, false)?;
-    let left = || {
-        deadline
-            .saturating_duration_since(std::time::Instant::now())
-            .max(std::time::Duration::from_millis(1))
-    };
     let failed = |e: std::io::Error| {
         let kind = match e.kind() {
             std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => ErrorKind::Timeout,
@@ -724,8 +719,6 @@ pub fn verify_client_identity(
         Error::new(kind, format!("verify step: mutual TLS with {addr}: {e}"))
     };
     while conn.is_handshaking() {
-        let _ = tcp.set_read_timeout(Some(left()));
-        let _ = tcp.set_write_timeout(Some(left()));
         conn.complete_io(&mut tcp).map_err(failed)?;
     }
     if !resolver.asked.load(std::sync::atomic::Ordering::SeqCst) {
@@ -740,7 +733,6 @@ pub fn verify_client_identity(
     let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
     let mut sink = [0u8; 512];
     loop {
-        let _ = tls.sock.set_read_timeout(Some(left()));
         match tls.read(&mut sink) {
             Ok(0) => return Ok(()),
             Ok(_) => continue,

@@ -28,56 +28,73 @@ impl Route {
     }
 }
 
-/// A connection to a server, over TCP or through the tunnel socket.
-pub enum Conn {
+/// A connection to a server, over TCP or through the tunnel socket, with one deadline for
+/// the whole exchange (docs/ARCHITECTURE.md §9). Every read and write is given what is left
+/// of it, and fails with `TimedOut` once it has passed: a caller above (rustls, which reads
+/// on inside one call until a record is complete) cannot stretch it, whatever the peer
+/// trickles.
+pub struct Conn {
+    stream: Stream,
+    deadline: Instant,
+}
+
+enum Stream {
     Tcp(std::net::TcpStream),
     Unix(std::os::unix::net::UnixStream),
 }
 
 impl Conn {
-    pub fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
-        match self {
-            Conn::Tcp(s) => s.set_read_timeout(d),
-            Conn::Unix(s) => s.set_read_timeout(d),
-        }
+    fn new(stream: Stream, deadline: Instant) -> Conn {
+        Conn { stream, deadline }
     }
 
-    pub fn set_write_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
-        match self {
-            Conn::Tcp(s) => s.set_write_timeout(d),
-            Conn::Unix(s) => s.set_write_timeout(d),
-        }
+    /// When the exchange ends, whatever is still in flight.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
     }
 
-    /// Both timeouts at once: what is left of an exchange's deadline.
-    pub fn set_timeouts(&self, d: Duration) {
-        let d = Some(d.max(Duration::from_millis(1)));
-        let _ = self.set_read_timeout(d);
-        let _ = self.set_write_timeout(d);
+    /// What is left of the deadline as the timeout of the next call, or `TimedOut`.
+    fn arm(&self, write: bool) -> std::io::Result<()> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the exchange's deadline has passed",
+            ));
+        }
+        let d = Some(left.max(Duration::from_millis(1)));
+        match (&self.stream, write) {
+            (Stream::Tcp(s), false) => s.set_read_timeout(d),
+            (Stream::Tcp(s), true) => s.set_write_timeout(d),
+            (Stream::Unix(s), false) => s.set_read_timeout(d),
+            (Stream::Unix(s), true) => s.set_write_timeout(d),
+        }
     }
 }
 
 impl Read for Conn {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Conn::Tcp(s) => s.read(buf),
-            Conn::Unix(s) => s.read(buf),
+        self.arm(false)?;
+        match &mut self.stream {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
         }
     }
 }
 
 impl Write for Conn {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Conn::Tcp(s) => s.write(buf),
-            Conn::Unix(s) => s.write(buf),
+        self.arm(true)?;
+        match &mut self.stream {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
         }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Conn::Tcp(s) => s.flush(),
-            Conn::Unix(s) => s.flush(),
+        match &mut self.stream {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
         }
     }
 }
@@ -102,8 +119,7 @@ pub fn dial(route: &Route, addr: &str, server: &str, timeout: Duration, env_prox
                     "cannot reach {server} through the link: {through}: {e} (is iam-nodelink running?)"
                 ))
             })?;
-            let mut conn = Conn::Unix(s);
-            conn.set_timeouts(left());
+            let mut conn = Conn::new(Stream::Unix(s), deadline);
             connect_through(&mut conn, addr, &through, None).map_err(|e| match e.kind {
                 ErrorKind::Timeout => stalled(format!("{server} was not reached through the link")),
                 _ => e.context(format!("{server} through the link")),
@@ -114,15 +130,14 @@ pub fn dial(route: &Route, addr: &str, server: &str, timeout: Duration, env_prox
             let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
             let proxy = if env_proxy { Proxy::from_env(host)? } else { None };
             let dial = proxy.as_ref().map_or(addr, |p| p.addr.as_str());
-            let tcp = connect_within(dial, timeout).map_err(|e| match () {
+            let tcp = connect_within(dial, left()).map_err(|e| match () {
                 _ if timed_out(&e) => stalled(format!("{server} did not accept the connection")),
                 _ if proxy.is_some() => {
                     Error::unavailable(format!("cannot reach the proxy {dial} (HTTPS_PROXY) for {server}: {e}"))
                 }
                 _ => Error::unavailable(format!("cannot reach {server}: {e}")),
             })?;
-            let mut conn = Conn::Tcp(tcp);
-            conn.set_timeouts(left());
+            let mut conn = Conn::new(Stream::Tcp(tcp), deadline);
             if let Some(p) = &proxy {
                 let through = format!("the proxy {}", p.addr);
                 connect_through(&mut conn, addr, &through, p.basic.as_ref()).map_err(|e| match e.kind {
@@ -250,12 +265,42 @@ fn connect_through(conn: &mut Conn, target: &str, through: &str, basic: Option<&
     }
 }
 
-/// Connect to `addr` (host:port), trying each address it resolves to, within `timeout`.
+/// Connect to `addr` (host:port), trying each address it resolves to, all within
+/// `timeout`: the name's resolution included (it runs on a thread of its own, left behind
+/// if the resolver outlasts the deadline), and each address given what is left.
 pub fn connect_within(addr: &str, timeout: Duration) -> std::io::Result<std::net::TcpStream> {
+    use std::io::{Error as IoError, ErrorKind as IoKind};
     use std::net::ToSocketAddrs;
-    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
-    for a in addr.to_socket_addrs()? {
-        match std::net::TcpStream::connect_timeout(&a, timeout) {
+    let deadline = Instant::now() + timeout;
+    let addrs: Vec<std::net::SocketAddr> = match addr.parse::<std::net::SocketAddr>() {
+        Ok(a) => vec![a],
+        Err(_) => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let name = addr.to_string();
+            std::thread::Builder::new().name("resolve".into()).spawn(move || {
+                let _ = tx.send(name.to_socket_addrs().map(|a| a.collect::<Vec<_>>()));
+            })?;
+            match rx.recv_timeout(timeout) {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(IoError::new(
+                        IoKind::TimedOut,
+                        format!("resolving {addr} took longer than {} s", timeout.as_secs_f32()),
+                    ))
+                }
+            }
+        }
+    };
+    let mut last = IoError::new(IoKind::NotFound, "no address");
+    for a in addrs {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(IoError::new(
+                IoKind::TimedOut,
+                format!("{a} (and {addr}'s other addresses) in time"),
+            ));
+        }
+        match std::net::TcpStream::connect_timeout(&a, left) {
             Ok(s) => {
                 // A TLS handshake is small writes each waiting for an answer: without
                 // this, Nagle's algorithm holds them for the peer's delayed ACK.

@@ -340,7 +340,6 @@ impl EstClient {
         let remaining = || deadline.saturating_duration_since(std::time::Instant::now());
         let server = format!("the EST server at {addr}");
         let conn = crate::pki::dial::dial(&self.route, &addr, &server, self.timeout, true).map_err(refuse)?;
-        conn.set_timeouts(remaining());
         let name = ServerName::try_from(self.host.clone()).map_err(|_| {
             refuse(Error::invalid(format!(
                 "EST host \"{}\" is not a valid name",
@@ -394,11 +393,9 @@ impl EstClient {
         let mut raw = Vec::new();
         let mut buf = [0u8; 8192];
         loop {
-            let left = remaining();
-            if left.is_zero() {
+            if remaining().is_zero() {
                 return Err(stalled("did not finish its answer"));
             }
-            let _ = tls.sock.set_read_timeout(Some(left));
             match tls.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {

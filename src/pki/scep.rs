@@ -531,14 +531,8 @@ impl ScepClient {
                 ),
             )
         };
-        let remaining = || {
-            deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1))
-        };
         let server = format!("the SCEP server at {addr}");
         let mut tcp = crate::pki::dial::dial(&self.route, &addr, &server, self.timeout, false)?;
-        let _ = tcp.set_write_timeout(Some(remaining()));
         let mut target = format!("{}?operation={op}", self.path);
         if let Some(m) = message {
             target.push_str("&message=");
@@ -576,7 +570,6 @@ impl ScepClient {
             if deadline <= Instant::now() {
                 return Err(stalled("did not finish its answer"));
             }
-            let _ = tcp.set_read_timeout(Some(remaining()));
             match tcp.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
