@@ -97,7 +97,17 @@ fn an_rsa_key_in_softhsm_is_enrolled_by_iam_provision_run_through_the_scep_serve
 
 /// A node provisioned by SCEP, then restarted out of provisioning mode.
 fn provisioned_by_scep(name: &str) -> (Node, ScepServer) {
+    provisioned_by_scep_renewing(name, false)
+}
+
+/// The same; `renews`: its `rsa` module renews with that server (`[modules.renew.scep]`,
+/// due two days before expiry, so not at once).
+fn provisioned_by_scep_renewing(name: &str, renews: bool) -> (Node, ScepServer) {
     let (mut node, server) = scep_node(name, false);
+    if renews {
+        node.modules.rotate_left(1);
+        node.extra_config = scep_renewal(&server.url, &server.fingerprint(), &node.p("challenge"), "");
+    }
     node.start(true);
     scep_run(&node, &server.url, &server.fingerprint(), "challenge").ok();
     node.stop();
@@ -138,7 +148,9 @@ fn certctl_renew(node: &Node, server: &ScepServer, challenge: Option<&str>) -> O
 #[test]
 fn iam_certctl_renew_by_scep_sends_a_renewal_req_signed_by_the_current_certificate() {
     private_network();
-    let (node, server) = provisioned_by_scep("scep-renew");
+    // The module renews with this server: a RenewalReq to it may be answered to its
+    // current key.
+    let (node, server) = provisioned_by_scep_renewing("scep-renew", true);
     let before = verify_issued(&node, &server, "rsa");
     // This server checks the challenge on a RenewalReq too: without one it is refused
     // (its log: "failed to sign CSR" err="invalid challenge"), and nothing changes.
@@ -157,6 +169,24 @@ fn iam_certctl_renew_by_scep_sends_a_renewal_req_signed_by_the_current_certifica
         "{}",
         server.log()
     );
+}
+
+/// ScepEnroll to a server the module does not renew with (a URL and CA fingerprint of the
+/// caller's choosing): a RenewalReq would have iamd decrypt that server's answers with the
+/// module's current, operational key (a Bleichenbacher oracle). It gets a PKCSReq instead,
+/// signed by the fresh pending key, whose answers only that key opens.
+#[test]
+fn scep_enroll_to_a_server_the_module_does_not_renew_with_never_uses_the_current_key() {
+    private_network();
+    let (node, server) = provisioned_by_scep("scep-oracle");
+    let before = verify_issued(&node, &server, "rsa");
+    let out = certctl_renew(&node, &server, Some("challenge")).ok();
+    assert_eq!(out.json()["ok"], true, "{}", out.stdout);
+    assert_ne!(verify_issued(&node, &server, "rsa"), before);
+    let log = server.log();
+    assert!(!log.contains("RenewalReq (17)"), "{log}");
+    // Provisioning, then this renewal: two PKCSReqs, the server offering Renewal.
+    assert_eq!(log.matches("scep_message_type=\"PKCSReq (19)\"").count(), 2, "{log}");
 }
 
 #[test]
@@ -267,8 +297,14 @@ fn a_server_that_goes_away_mid_transaction_is_unavailable_and_nothing_changes() 
 /// the pending CA is one of its roots. Returns the node, running, the server, and the
 /// serial of the certificate before the renewal.
 fn pending_renewal(name: &str, pending: usize, ra: bool) -> (Node, common::scep::PendingServer, String) {
+    pending_renewal_with(name, pending, ra.then_some(common::scep::RA_EXT))
+}
+
+/// The same, the RA certificate (if any) with these extensions.
+fn pending_renewal_with(name: &str, pending: usize, ra: Option<&str>) -> (Node, common::scep::PendingServer, String) {
     let mut node = Node::new(name, Store::Pkcs11);
-    let server = common::scep::PendingServer::start(&node.dir, 8082, pending, ra);
+    let caps = "POSTPKIOperation\nSHA-256\nAES\nSCEPStandard\n";
+    let server = common::scep::PendingServer::start_with(&node.dir, 8082, pending, ra, caps);
     node.modules = vec![
         ("diskencryption", "ecdsa-p384", "[]", true, 1),
         ("rsa", "rsa-2048", r#"["clientAuth"]"#, false, 2),
@@ -351,6 +387,30 @@ fn a_request_pending_twice_is_issued_through_an_ra_and_applied() {
     assert!(v.stdout.contains(": OK"), "{}", v.stdout);
 }
 
+/// GetCACert with a certificate the CA issued that is not an RA (a device's: over plain
+/// HTTP anyone can put one there): taken for the RA, it would receive the request (the
+/// challenge password, a claim token in zero-touch enrollment) and sign forged answers. It
+/// is refused before anything is sent.
+#[test]
+fn a_device_certificate_of_the_ca_posing_as_its_ra_is_refused_before_any_request() {
+    private_network();
+    let device = "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
+                  extendedKeyUsage=clientAuth\n";
+    let (node, server, before) = pending_renewal_with("scep-not-ra", 0, Some(device));
+    wait_for(
+        || node.log().contains("not an RA"),
+        "the renewal refusing the RA",
+        &node,
+    );
+    assert!(node.log().contains("id-kp-cmcRA"), "{}", node.log());
+    assert!(
+        server.seen.lock().unwrap().is_empty(),
+        "a request was sent to a server whose RA is no RA"
+    );
+    assert_eq!(current_serial(&node, "rsa").unwrap(), before);
+    assert!(!node.log().contains(CHALLENGE));
+}
+
 /// A node bootstrapped at the factory for zero-touch enrollment by SCEP (`[enroll] method =
 /// "scep"`), its claim token `claim` being the challenge; stopped, ready to ship.
 fn bootstrapped_for_scep(name: &str, claim: &str) -> (Node, ScepServer) {
@@ -407,7 +467,7 @@ fn a_server_without_aes_or_post_gets_des3_envelopes_by_get_and_aes_is_chosen_whe
     private_network();
     let mut node = Node::new("scep-des3", Store::Pkcs11);
     // An old server: DES3 and SHA-256, no AES, no POSTPKIOperation; it issues at once.
-    let server = common::scep::PendingServer::start_with(&node.dir, 8082, 0, false, "DES3\nSHA-256\nRenewal\n");
+    let server = common::scep::PendingServer::start_with(&node.dir, 8082, 0, None, "DES3\nSHA-256\nRenewal\n");
     node.modules = vec![
         ("rsa", "rsa-2048", r#"["clientAuth"]"#, false, 2),
         ("diskencryption", "ecdsa-p384", "[]", true, 1),

@@ -440,7 +440,26 @@ impl Provisioning {
         if !self.verify(password)? {
             return Err(Error::wrong_state("ScepEnroll: no provisioning password is set"));
         }
-        self.modules.scep_enroll(&self.db, cert_type, csr_pem, config, true)
+        // A RenewalReq is signed with the module's current key, and the CA's answer is
+        // encrypted to it: iamd decrypts with an operational key. Only for the SCEP CA the
+        // module's own renewal names (`[modules.renew.scep]`): at a URL and fingerprint of
+        // the caller's choosing that would be a decryption oracle on the node's key. Any
+        // other server gets a PKCSReq, signed and answered with the fresh pending key.
+        let renewal = self
+            .config
+            .modules
+            .iter()
+            .find(|m| m.id == cert_type)
+            .and_then(|m| m.renew.as_ref())
+            .is_some_and(|p| match &p.method {
+                crate::config::RenewMethod::Scep(s) => {
+                    s.renewal
+                        && s.url == config.url
+                        && crate::pki::scep::same_fingerprint(&s.ca_fingerprint, &config.ca_fingerprint)
+                }
+                _ => false,
+            });
+        self.modules.scep_enroll(&self.db, cert_type, csr_pem, config, renewal)
     }
 
     pub fn apply(&self, node_id: &str, cert_type: &str, chain_pem: &str) -> Result<CertInfo> {

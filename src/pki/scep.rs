@@ -312,6 +312,11 @@ pub struct Authority {
     signers: Vec<Vec<u8>>,
 }
 
+/// id-kp-cmcRA (RFC 6402): the certificate of a registration authority.
+const CMC_RA: &str = "1.3.6.1.5.5.7.3.28";
+/// Microsoft's Certificate Request Agent, on the RA certificates of NDES.
+const MS_REQUEST_AGENT: &str = "1.3.6.1.4.1.311.20.2.1";
+
 fn is_ca(der: &[u8]) -> bool {
     x509_parser::certificate::X509Certificate::from_der(der)
         .ok()
@@ -348,6 +353,19 @@ fn cert_key(der: &[u8]) -> Result<CertKey> {
     })
 }
 
+/// Whether two SHA-256 fingerprints name the same certificate (hex; colons, spaces and case
+/// ignored).
+pub fn same_fingerprint(a: &str, b: &str) -> bool {
+    let norm = |f: &str| -> String {
+        f.chars()
+            .filter(|c| c.is_ascii_hexdigit())
+            .collect::<String>()
+            .to_ascii_lowercase()
+    };
+    let (a, b) = (norm(a), norm(b));
+    a.len() == 64 && a == b
+}
+
 impl Authority {
     /// Choose from GetCACert's certificates: the CA whose SHA-256 fingerprint (of its DER,
     /// hex, colons and case ignored) is `fingerprint`; an RA beside it must be issued and
@@ -376,8 +394,12 @@ impl Authority {
         })?;
         let (_, ca_cert) = x509_parser::certificate::X509Certificate::from_der(ca)
             .map_err(|e| Error::invalid(format!("the SCEP CA certificate: {e}")))?;
-        let mut recipient = ca.clone();
         let mut chain = vec![ca.clone()];
+        // An RA must be one: signed by the pinned CA, marked as an RA (id-kp-cmcRA, or the
+        // Certificate Request Agent of Microsoft's NDES), within its validity. Any other
+        // certificate the CA issued (a device's, over plain HTTP anyone's) would otherwise
+        // read the request, its challenge password with it, and sign forged answers.
+        let mut ras: Vec<(Vec<u8>, bool)> = Vec::new();
         for c in certs.iter().filter(|c| *c != ca) {
             if is_ca(c) {
                 chain.push(c.clone());
@@ -385,22 +407,51 @@ impl Authority {
             }
             let (_, ra) = x509_parser::certificate::X509Certificate::from_der(c)
                 .map_err(|e| Error::invalid(format!("the SCEP RA certificate: {e}")))?;
+            let name = crate::log::escape(&ra.subject().to_string()).into_owned();
             if ra.verify_signature(Some(ca_cert.public_key())).is_err() {
                 return Err(Error::validation(
                     "BadSignature",
+                    format!("the SCEP server's RA certificate \"{name}\" is not signed by the CA of the configured fingerprint"),
+                ));
+            }
+            let marked = ra.extended_key_usage().ok().flatten().is_some_and(|e| {
+                e.value
+                    .other
+                    .iter()
+                    .any(|o| matches!(o.to_id_string().as_str(), CMC_RA | MS_REQUEST_AGENT))
+            });
+            if !marked {
+                return Err(Error::validation(
+                    "NotAnRa",
                     format!(
-                        "the SCEP server's RA certificate \"{}\" is not signed by the CA of the configured fingerprint",
-                        ra.subject()
+                        "the SCEP server's GetCACert carries \"{name}\", issued by the CA but not an RA: an RA \
+                         certificate must carry the extended key usage id-kp-cmcRA ({CMC_RA})"
                     ),
                 ));
             }
-            recipient = c.clone();
+            if !ra.validity().is_valid() {
+                return Err(Error::validation(
+                    "CertExpired",
+                    format!("the SCEP server's RA certificate \"{name}\" is outside its validity"),
+                ));
+            }
+            let usage = ra.key_usage().ok().flatten().map(|k| k.value);
+            ras.push((c.clone(), usage.is_none_or(|k| k.key_encipherment())));
         }
-        let signers = if recipient == *ca {
-            vec![ca.clone()]
-        } else {
-            vec![recipient.clone(), ca.clone()]
+        // The request is encrypted to an RA that may decipher keys; answers may be signed by
+        // any RA of the CA, or the CA.
+        let recipient = match ras.iter().find(|(_, enciphers)| *enciphers) {
+            Some((c, _)) => c.clone(),
+            None if ras.is_empty() => ca.clone(),
+            None => {
+                return Err(Error::validation(
+                    "NotAnRa",
+                    "no RA certificate of the SCEP server allows keyEncipherment, so none can receive the request",
+                ))
+            }
         };
+        let mut signers: Vec<Vec<u8>> = ras.into_iter().map(|(c, _)| c).collect();
+        signers.push(ca.clone());
         Ok(Authority {
             ca: chain,
             recipient,
@@ -1083,17 +1134,36 @@ fn decrypt_envelope(envelope: &[u8], signer: &RequestSigner) -> Result<Vec<u8>> 
         }
         _ => return Err(malformed("encrypted content")),
     };
-    let cek = zeroize::Zeroizing::new(
-        signer
-            .key
-            .store
-            .decrypt(signer.key.label, &signer.key.id, encrypted_key)
-            .map_err(|e| e.context("decrypting the SCEP answer's content key in the store"))?,
-    );
-    if cek.len() != cipher.key_len() {
-        return Err(malformed("its content key has the wrong length"));
-    }
-    cipher.decrypt(&cek, iv.content, &data)
+    // From here on every failure is one and the same error (RFC 3218 §2.3.2): a content key
+    // that does not unwrap, or unwraps to the wrong length, is replaced by a random one, and
+    // the content must then open to certificates. A server that tells the cases apart by
+    // the error (bad RSA padding, a key of the wrong length, bad CBC padding, content that
+    // is not PKCS#7) would have a decryption oracle on the node's RSA key.
+    let unwrapped = signer
+        .key
+        .store
+        .decrypt(signer.key.label, &signer.key.id, encrypted_key)
+        .ok()
+        .filter(|k| k.len() == cipher.key_len());
+    let cek = zeroize::Zeroizing::new(match unwrapped {
+        Some(k) => k,
+        None => {
+            let mut k = vec![0u8; cipher.key_len()];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k)
+                .map_err(|_| Error::internal("no random bytes"))?;
+            k
+        }
+    });
+    cipher
+        .decrypt(&cek, iv.content, &data)
+        .ok()
+        .filter(|content| der::pkcs7_certificates(content).is_some())
+        .ok_or_else(|| {
+            Error::invalid(
+                "the SCEP answer's envelope does not open to certificates for this request's key \
+                 (its content key or content does not decrypt, or is not a PKCS#7 of certificates)",
+            )
+        })
 }
 
 /// The transaction id of a request for `public_key`: the hex SHA-256 of the key (RFC 8894
@@ -1201,6 +1271,7 @@ pub fn enroll(
     }
     match answer {
         Answer::Success(certs_only) => {
+            // (decrypt_envelope opened it to certificates.)
             let certs = der::pkcs7_certificates(&certs_only)
                 .ok_or_else(|| malformed("its decrypted content is not a PKCS#7 of certificates"))?;
             let mut all = certs.clone();

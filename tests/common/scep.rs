@@ -275,16 +275,29 @@ fn ossl(args: &str) {
     super::sh(&format!("openssl {args}")).ok();
 }
 
+/// An RA certificate as RFC 8894 §2.1 has it: marked id-kp-cmcRA, able to sign and to
+/// receive the request's content key.
+pub const RA_EXT: &str = "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
+                          extendedKeyUsage=1.3.6.1.5.5.7.3.28\n";
+
 impl PendingServer {
     /// `pending`: how many answers are PENDING before one issues (`usize::MAX`: never);
-    /// `ra`: GetCACert sends an RA and the CA, and the RA signs and decrypts.
+    /// `ra`: GetCACert sends an RA (id-kp-cmcRA) and the CA, and the RA signs and decrypts.
     pub fn start(dir: &Path, port: u16, pending: usize, ra: bool) -> PendingServer {
-        Self::start_with(dir, port, pending, ra, "POSTPKIOperation\nSHA-256\nAES\nSCEPStandard\n")
+        Self::start_with(
+            dir,
+            port,
+            pending,
+            ra.then_some(RA_EXT),
+            "POSTPKIOperation\nSHA-256\nAES\nSCEPStandard\n",
+        )
     }
 
     /// The same, announcing `caps` in GetCACaps. Without POSTPKIOperation, PKIOperation
     /// comes by GET, the message base64 and URL-escaped in the query (and a POST is refused).
-    pub fn start_with(dir: &Path, port: u16, pending: usize, ra: bool, caps: &'static str) -> PendingServer {
+    /// `ra`: the extensions (openssl's extfile) of an RA certificate the CA issues, which
+    /// GetCACert sends beside the CA, and which signs and decrypts.
+    pub fn start_with(dir: &Path, port: u16, pending: usize, ra: Option<&str>, caps: &'static str) -> PendingServer {
         use aos_iam::codec::der::tlv;
         let d = dir.display();
         ossl(&format!(
@@ -295,12 +308,8 @@ impl PendingServer {
         let ca_pem = dir.join("pending-ca.pem");
         let pem_der = |p: &Path| aos_iam::pki::x509::parse_chain_pem(&super::read(p)).unwrap()[0].to_vec();
         let ca_der = pem_der(&ca_pem);
-        let (signer_name, get_ca_cert) = if ra {
-            std::fs::write(
-                dir.join("ra.ext"),
-                "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n",
-            )
-            .unwrap();
+        let (signer_name, get_ca_cert) = if let Some(ext) = ra {
+            std::fs::write(dir.join("ra.ext"), ext).unwrap();
             ossl(&format!(
                 "req -new -newkey rsa:2048 -nodes -keyout {d}/pending-ra.key -out {d}/pending-ra.csr -subj '/O=aos-iam tests/CN=pending RA'"
             ));
