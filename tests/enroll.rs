@@ -924,3 +924,70 @@ fn an_est_server_trickling_one_tls_record_is_cut_at_the_exchanges_deadline() {
     assert!(err.contains("within 3 s"), "{err}");
     assert!(trickled.load(Ordering::SeqCst) >= 2, "the server never trickled: {err}");
 }
+
+/// Every CSR block (PEM) in the files under `dir`, decoded.
+fn csrs_in_files(dir: &std::path::Path) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        for block in text.split("-----BEGIN CERTIFICATE REQUEST-----").skip(1) {
+            let b64: String = block
+                .split("-----END")
+                .next()
+                .unwrap()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '+' || *c == '/' || *c == '=')
+                .collect();
+            if let Some(der) = aos_iam::codec::pem::base64_decode(b64.as_bytes()) {
+                out.push(der);
+            }
+        }
+    }
+    out
+}
+
+/// A server's /csrattrs asks for a challengePassword: the claim token goes into each CSR as
+/// it is sent, never into the CSR kept in the enrollment record (the database), where it
+/// would sit until the module is applied. Resumed from the record after a restart, the CSR
+/// gets it again as it is sent.
+#[test]
+fn the_challenge_a_csr_carries_is_added_as_it_is_sent_and_never_kept_in_the_database() {
+    let (mut node, server) = site("csr-secret", "attempts = 100\n");
+    server.set_claim_token(Some(CLAIM));
+    factory(&mut node, &server, Some(CLAIM));
+    server.set_csrattrs(Some(&csrattrs("cp = OID:1.2.840.113549.1.9.7", "")));
+    server.require_challenge(Some(CLAIM));
+    // The server takes the CSR and asks to come back later: the step stays "key created",
+    // its CSR in the record.
+    server.set_mode(Mode::Unavailable(1));
+    node.start(false);
+    wait_for(
+        || enrollment(&node).json()["enrollment"]["attempts"].as_u64() >= Some(1),
+        "a first attempt",
+        &node,
+    );
+    node.stop();
+    let kept = csrs_in_files(&node.path("work"));
+    assert!(!kept.is_empty(), "no CSR in the enrollment record");
+    for der in &kept {
+        assert!(
+            !der.windows(CLAIM.len()).any(|w| w == CLAIM.as_bytes()),
+            "the claim token is in a CSR kept on disk"
+        );
+    }
+    // Resumed: the same key, the challenge added again as the CSR is sent.
+    server.set_mode(Mode::Normal);
+    node.start(false);
+    wait_state(&node, "operational");
+    assert_eq!(
+        server
+            .requests()
+            .iter()
+            .filter(|r| *r == "challengePassword ok")
+            .count(),
+        2,
+        "{:?}",
+        server.requests()
+    );
+}

@@ -157,19 +157,9 @@ impl CertModules {
         Ok(())
     }
 
-    /// CreateKey: a new key pair in the module's store and a CSR for it.
+    /// CreateKey: a new key pair in the module's store and a CSR for it (a challengePassword,
+    /// where a server wants one, is added only as the CSR is sent: [`Self::csr_with_challenge`]).
     pub fn create_key(&self, db: &Db, cert_type: &str, subject: &str) -> Result<(KeyId, String)> {
-        self.create_key_with(db, cert_type, subject, None)
-    }
-
-    /// CreateKey with a challengePassword in the CSR (what an EST server's /csrattrs asked).
-    pub fn create_key_with(
-        &self,
-        db: &Db,
-        cert_type: &str,
-        subject: &str,
-        challenge: Option<&crate::secret::Secret>,
-    ) -> Result<(KeyId, String)> {
         let m = self.get(cert_type)?;
         x509::parse_subject(subject)?;
         let id = keystore::new_key_id()?;
@@ -189,8 +179,26 @@ impl CertModules {
             id,
             public,
         };
-        let csr = x509::build_csr_with(&key, subject, &m.alt_names(), &m.config.extended_key_usage, challenge)?;
+        let csr = x509::build_csr(&key, subject, &m.alt_names(), &m.config.extended_key_usage)?;
         Ok((id, csr))
+    }
+
+    /// `csr_pem` of the pending key `key_id` with a challengePassword added, signed again by
+    /// that key: made as the CSR is sent, never kept.
+    pub fn csr_with_challenge(
+        &self,
+        cert_type: &str,
+        key_id: KeyId,
+        csr_pem: &str,
+        challenge: &crate::secret::Secret,
+    ) -> Result<String> {
+        use rustls_pki_types::pem::PemObject;
+        let m = self.get(cert_type)?;
+        let key = m.stored_key(key_id)?;
+        let csr = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+            .map_err(|e| Error::invalid(format!("the CSR is not PEM: {e}")))?;
+        let der = x509::csr_with_challenge(&key, csr.as_ref(), challenge)?;
+        Ok(crate::codec::pem::pem_encode("CERTIFICATE REQUEST", &der))
     }
 
     /// ApplyCert: validate, store, record, then evict beyond `max_items`.

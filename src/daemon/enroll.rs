@@ -537,6 +537,10 @@ fn enroll_module(
         }
     }
     let scep = scep_config(prov, cfg, e)?;
+    // The challengePassword /csrattrs asked for, when the key is made in this pass (None: a
+    // step resumed from the database, for which /csrattrs is asked again). It is added to
+    // the CSR only as the CSR is sent: the CSR kept in the enrollment record never holds it.
+    let mut asked_now: Option<Option<Secret>> = None;
     let step = match step {
         Some(s) => s,
         None if scep.is_some() => {
@@ -571,10 +575,8 @@ fn enroll_module(
                 }
             };
             let subject = format!("CN={},OU={cert_type}", prov.config.node_id);
-            let (key_id, csr) = prov.with_journal(|| {
-                prov.modules
-                    .create_key_with(&prov.db, cert_type, &subject, challenge.as_ref())
-            })?;
+            let (key_id, csr) = prov.with_journal(|| prov.modules.create_key(&prov.db, cert_type, &subject))?;
+            asked_now = Some(challenge);
             let s = Step::KeyCreated { key_id, csr };
             e.current = Some((cert_type.to_string(), s.clone()));
             prov.db.set_enrollment(e, None)?;
@@ -589,8 +591,30 @@ fn enroll_module(
                 Some(config) => prov.modules.scep_enroll(&prov.db, cert_type, &csr, config, false)?,
                 None => {
                     let signer = est_signer(est, prov, cfg, e)?;
+                    let challenge = match asked_now.take() {
+                        Some(c) => c,
+                        None => {
+                            let attrs = signer.client.csrattrs().map_err(|r| {
+                                *retry_after = r.retry_after;
+                                r.error
+                            })?;
+                            let module = prov.modules.get(cert_type)?;
+                            match attrs.items.is_empty() {
+                                true => None,
+                                false => {
+                                    attrs
+                                        .honour(&module.config, challenge_secret(cfg)?.as_ref(), cfg.strict_csrattrs)?
+                                        .challenge
+                                }
+                            }
+                        }
+                    };
+                    let sent = match &challenge {
+                        Some(c) => prov.modules.csr_with_challenge(cert_type, key_id, &csr, c)?,
+                        None => csr.clone(),
+                    };
                     signer
-                        .sign(cert_type, &csr)
+                        .sign(cert_type, &sent)
                         .inspect_err(|_| *retry_after = signer.retry_after())?
                 }
             };

@@ -391,7 +391,8 @@ pub fn refuse_other_nodes(what: &str, names: &[String], node_id: &str, unit_node
 }
 
 /// The CSR (DER) again with a challengePassword attribute (PKCS #9), signed again by its
-/// key in the store: what a SCEP PKCSReq carries.
+/// key in the store: what a SCEP PKCSReq carries, and an EST CSR whose server's /csrattrs
+/// asks for one, made as it is sent.
 pub fn csr_with_challenge(key: &StoredKey, csr_der: &[u8], challenge: &crate::secret::Secret) -> Result<Vec<u8>> {
     let csr = rustls_pki_types::CertificateSigningRequestDer::from(csr_der.to_vec());
     let params = rcgen::CertificateSigningRequestParams::from_der(&csr)
@@ -407,29 +408,12 @@ pub fn csr_with_challenge(key: &StoredKey, csr_der: &[u8], challenge: &crate::se
     Ok(csr.der().to_vec())
 }
 
-/// A PEM CSR for the key, signed inside its store.
+/// A PEM CSR for the key, signed inside its store (a challengePassword is added only as a
+/// CSR is sent, by [`csr_with_challenge`]: a CSR that is kept never holds one).
 pub fn build_csr(key: &StoredKey, subject: &str, alt_names: &[String], ekus: &[Eku]) -> Result<String> {
-    build_csr_with(key, subject, alt_names, ekus, None)
-}
-
-/// The same, with a challengePassword attribute (PKCS #9) when an EST server asks for one.
-pub fn build_csr_with(
-    key: &StoredKey,
-    subject: &str,
-    alt_names: &[String],
-    ekus: &[Eku],
-    challenge: Option<&crate::secret::Secret>,
-) -> Result<String> {
     let params = leaf_params(subject, alt_names, ekus)?;
-    let attrs = match challenge {
-        Some(pw) => vec![rcgen::Attribute {
-            oid: &[1, 2, 840, 113549, 1, 9, 7],
-            values: crate::codec::der::tlv(0x31, &crate::codec::der::tlv(0x0c, pw.expose().as_bytes())),
-        }],
-        None => Vec::new(),
-    };
     let csr = params
-        .serialize_request_with_attributes(key, attrs)
+        .serialize_request(key)
         .map_err(|e| Error::internal(format!("building the CSR with {}: {e}", key.store.describe())))?;
     csr.pem().map_err(|e| Error::internal(format!("encoding the CSR: {e}")))
 }
