@@ -197,3 +197,79 @@ fn only_a_password_that_verified_ends_a_run_of_wrong_ones() {
     assert!(!node.log().contains(&attempt(4)), "{}", node.log());
     node.stop();
 }
+
+/// The audit trail: every protected operation and every refusal of access is logged once,
+/// with the uid, the pid, the socket, the node and the outcome, and never a secret.
+#[test]
+fn every_protected_operation_and_every_refusal_is_audited_once_without_a_secret() {
+    let mut node = Node::provisioned("audit");
+    let me = std::process::id();
+    let id = node.node_id();
+    let create = |password: &str| Request::CreateKey {
+        node_id: String::new(),
+        cert_type: "online".into(),
+        subject: "CN=audit".into(),
+        password: Secret::new(password.into()),
+    };
+    // (The lines of this run of iamd: the provisioning before it made its own.)
+    let audits = |node: &Node, op: &str| -> Vec<String> {
+        let log = node.log();
+        let run = log.rsplit("serving node").next().unwrap_or("").to_string();
+        run.lines()
+            .filter(|l| l.contains(&format!("audit: {op} by uid ")))
+            .map(String::from)
+            .collect()
+    };
+    // A wrong password (an admitted process): refused, once.
+    ask(&node.protected(), &create("guess-4711")).unwrap_err();
+    let want = format!("audit: CreateKey by uid 0 pid {me} on the protected socket, node \"{id}\": refused, ");
+    wait_for(
+        || audits(&node, "CreateKey").len() == 1,
+        "the refusal's audit line",
+        &node,
+    );
+    let lines = audits(&node, "CreateKey");
+    assert!(lines[0].contains(&want), "{lines:?}");
+    // The right one: done, once.
+    ask(&node.protected(), &create(PASSWORD)).unwrap();
+    wait_for(
+        || audits(&node, "CreateKey").len() == 2,
+        "the operation's audit line",
+        &node,
+    );
+    assert!(
+        audits(&node, "CreateKey")[1].ends_with(&format!("pid {me} on the protected socket, node \"{id}\": done")),
+        "{:?}",
+        audits(&node, "CreateKey")
+    );
+    // A protected request on the public socket (a local user's reach): refused, once.
+    ask(&node.public(), &Request::ListCerts { node_id: String::new() }).unwrap_err();
+    wait_for(
+        || audits(&node, "ListCerts").len() == 1,
+        "the public refusal's audit line",
+        &node,
+    );
+    assert!(
+        audits(&node, "ListCerts")[0].contains("on the public socket")
+            && audits(&node, "ListCerts")[0].contains("refused, unauthorized"),
+        "{:?}",
+        audits(&node, "ListCerts")
+    );
+    // A read on the public socket that finds nothing is no refusal.
+    ask(
+        &node.public(),
+        &Request::GetCert {
+            cert_type: "no-such-type".into(),
+            issuer: None,
+            serial: None,
+        },
+    )
+    .unwrap_err();
+    assert!(audits(&node, "GetCert").is_empty(), "{}", node.log());
+    let log = node.log();
+    assert!(
+        !log.contains("guess-4711") && !log.contains(PASSWORD),
+        "a password in the log"
+    );
+    node.stop();
+}

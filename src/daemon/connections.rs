@@ -315,6 +315,20 @@ impl Conn {
         let (stream, lock, gone, w) = (self.stream.clone(), self.lock.clone(), self.gone.clone(), self.w);
         let op = request.name();
         let uid = self.client.peer.uid;
+        // The audit trail: every protected operation, and every refusal of access, once,
+        // with who asked and for which node; never what the request carried.
+        let protected = request.is_protected();
+        let node = match request.target_node() {
+            Some(n) if !n.is_empty() => n.to_string(),
+            _ => self.shared.prov.config.node_id.clone(),
+        };
+        let audit = move |outcome: &str| {
+            crate::log_notice!(
+                "audit: {op} by uid {uid} pid {pid} on the {} socket, node \"{}\": {outcome}",
+                socket.name(),
+                crate::log::escape(&node)
+            )
+        };
         // Made here and boxed, so that the task holds a pointer while it waits, not the
         // request's whole state (which would count once per request in flight). A password's
         // attempt is dispatched only in its turn, after the uid's earlier wrong ones.
@@ -338,15 +352,26 @@ impl Conn {
                 None
             });
             let Some(answer) = answer.await else {
-                crate::log_info!("{op} from pid {pid}: dropped, its client has gone");
+                if protected {
+                    audit("dropped, its client has gone");
+                }
                 return;
             };
             let frame = match answer {
-                Ok(resp) => w
-                    .frame(FrameKind::Response, header.id, &resp)
-                    .unwrap_or_else(|e| w.error(header.id, &Error::from(e).context(op))),
+                Ok(resp) => {
+                    if protected {
+                        audit("done");
+                    }
+                    w.frame(FrameKind::Response, header.id, &resp)
+                        .unwrap_or_else(|e| w.error(header.id, &Error::from(e).context(op)))
+                }
                 Err(e) => {
-                    crate::log_info!("{op} from pid {pid}: {} ({})", e, e.kind.name());
+                    // (A read on the public socket that finds nothing is no refusal.)
+                    if protected || e.kind == crate::error::ErrorKind::Unauthorized {
+                        audit(&format!("refused, {}: {e}", e.kind.name()));
+                    } else {
+                        crate::log_info!("{op} from pid {pid}: {} ({})", e, e.kind.name());
+                    }
                     w.error(header.id, &e)
                 }
             };

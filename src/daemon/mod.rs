@@ -60,6 +60,15 @@ enum Socket {
     Protected,
 }
 
+impl Socket {
+    fn name(self) -> &'static str {
+        match self {
+            Socket::Public => "public",
+            Socket::Protected => "protected",
+        }
+    }
+}
+
 struct Shared {
     prov: Provisioning,
     body_limit: u32,
