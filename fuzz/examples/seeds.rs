@@ -110,4 +110,23 @@ fn main() {
         "certs-only.b64",
         aos_iam::codec::pem::base64_encode(&p7).as_bytes(),
     );
+
+    // HTTP answers as a SCEP server gives them: GetCACert with an RA and its CA (by
+    // Content-Length), one CA certificate (chunked), and a refusal.
+    let mut ra_ca = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-x509-ca-ra-cert\r\n".to_vec();
+    ra_ca.extend_from_slice(format!("Content-Length: {}\r\n\r\n", p7.len()).as_bytes());
+    ra_ca.extend_from_slice(&p7);
+    write(dir, "http_scep", "getcacert-ra.http", &ra_ca);
+    let one = int.der().to_vec();
+    let mut chunked = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-x509-ca-cert\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    chunked.extend_from_slice(format!("{:x}\r\n", one.len()).as_bytes());
+    chunked.extend_from_slice(&one);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    write(dir, "http_scep", "getcacert-ca.http", &chunked);
+    write(
+        dir,
+        "http_scep",
+        "refused.http",
+        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 6\r\n\r\nno way",
+    );
 }

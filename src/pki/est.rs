@@ -35,7 +35,8 @@ pub struct EstClient {
 }
 
 /// An HTTP response: status, headers (names lower-cased), body.
-pub(crate) struct Response {
+/// An HTTP answer, as [`parse_response`] reads it (public for the fuzz targets).
+pub struct Response {
     pub status: u16,
     pub reason: String,
     pub headers: Vec<(String, String)>,
@@ -43,7 +44,7 @@ pub(crate) struct Response {
 }
 
 impl Response {
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
     fn text(&self) -> String {
@@ -421,7 +422,9 @@ impl EstClient {
     }
 }
 
-pub(crate) fn parse_response(raw: &[u8]) -> Result<Response> {
+/// An HTTP/1.1 answer read whole (EST and SCEP): status line, headers, and the body by
+/// Content-Length or chunked encoding; anything else is a `protocol` error.
+pub fn parse_response(raw: &[u8]) -> Result<Response> {
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

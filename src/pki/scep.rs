@@ -353,6 +353,30 @@ fn cert_key(der: &[u8]) -> Result<CertKey> {
     })
 }
 
+/// The certificates of a GetCACert answer with this Content-Type and body: one certificate,
+/// or a PKCS#7 of certificates (RA and CA).
+pub fn ca_certs_of(content_type: &str, body: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let ct = content_type.to_ascii_lowercase();
+    if ct.contains("x-x509-ca-ra-cert") || body.first() == Some(&0x30) && der::pkcs7_certificates(body).is_some() {
+        if let Some(certs) = der::pkcs7_certificates(body) {
+            return Ok(certs);
+        }
+    }
+    if read_tlv(body).is_some_and(|t| t.rest.is_empty() && t.tag == 0x30) && cert_key(body).is_ok() {
+        return Ok(vec![body.to_vec()]);
+    }
+    Err(Error::protocol(format!(
+        "the SCEP server's GetCACert answer ({}) is neither a certificate nor a PKCS#7 of certificates",
+        crate::log::escape(&ct)
+    )))
+}
+
+/// A certificate's SHA-256 fingerprint (of its DER), lowercase hex: what `ca_fingerprint`
+/// names.
+pub fn fingerprint(der: &[u8]) -> String {
+    crate::store::keystore::hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
+}
+
 /// Whether two SHA-256 fingerprints name the same certificate (hex; colons, spaces and case
 /// ignored).
 pub fn same_fingerprint(a: &str, b: &str) -> bool {
@@ -381,7 +405,7 @@ impl Authority {
                 "SCEP CA fingerprint \"{fingerprint}\" is not a SHA-256 (64 hex digits)"
             )));
         }
-        let hex = |d: &[u8]| crate::store::keystore::hex(ring::digest::digest(&ring::digest::SHA256, d).as_ref());
+        let hex = |d: &[u8]| self::fingerprint(d);
         let ca = certs.iter().find(|c| hex(c) == want).ok_or_else(|| {
             Error::validation(
                 "UnknownIssuer",
@@ -527,20 +551,7 @@ impl ScepClient {
     pub fn ca_certs(&self) -> Result<Vec<Vec<u8>>> {
         let r = self.exchange("GET", "GetCACert", None, None)?;
         let r = self.accept(r, "GetCACert")?;
-        let ct = r.header("content-type").unwrap_or("").to_ascii_lowercase();
-        if ct.contains("x-x509-ca-ra-cert")
-            || r.body.first() == Some(&0x30) && der::pkcs7_certificates(&r.body).is_some()
-        {
-            if let Some(certs) = der::pkcs7_certificates(&r.body) {
-                return Ok(certs);
-            }
-        }
-        if read_tlv(&r.body).is_some_and(|t| t.rest.is_empty() && t.tag == 0x30) && cert_key(&r.body).is_ok() {
-            return Ok(vec![r.body]);
-        }
-        Err(Error::protocol(format!(
-            "the SCEP server's GetCACert answer ({ct}) is neither a certificate nor a PKCS#7 of certificates"
-        )))
+        ca_certs_of(r.header("content-type").unwrap_or(""), &r.body)
     }
 
     /// PKIOperation: the message by POST when the server announced it, else by GET.
