@@ -51,6 +51,11 @@ struct Check {
     /// critical when it expires within this many days (default 7)
     #[argh(option, default = "aos_iam::pki::health::DEFAULT_CRITICAL_DAYS")]
     critical_days: u32,
+    /// iamd's configuration, for the modules' renewal thresholds (this node only; default
+    /// /etc/aos-iam/config.toml where it exists): a threshold at least as long as a current
+    /// certificate's lifetime is a warning
+    #[argh(option, short = 'c')]
+    config: Option<String>,
 }
 
 /// Renew TYPE now: a new key in the store, its CSR signed by a local CA, a command, EST or
@@ -350,9 +355,34 @@ fn run(args: &Args) -> Result<u8, Error> {
                 Err(e) => return Err(e),
             };
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            // The renewal policies of this node's modules, from its configuration.
+            let config = match (&v.config, &v.node) {
+                (_, Some(_)) => None,
+                (Some(p), None) => Some(p.clone()),
+                (None, None) => std::path::Path::new(aos_iam::config::DEFAULT_CONFIG)
+                    .exists()
+                    .then(|| aos_iam::config::DEFAULT_CONFIG.to_string()),
+            };
+            let config = match config {
+                Some(p) => Some(
+                    aos_iam::config::Config::load(std::path::Path::new(&p))
+                        .map_err(|e| Error::invalid(format!("configuration: {e}")))?,
+                ),
+                None => None,
+            };
+            let policy = |t: &str| {
+                config
+                    .as_ref()
+                    .and_then(|c| c.modules.iter().find(|m| m.id == t))
+                    .and_then(|m| m.renew.as_ref())
+            };
             let rated: Vec<_> = checks
                 .iter()
-                .map(|c| (c, aos_iam::pki::health::rate(c, now, v.warning_days, v.critical_days)))
+                .map(|c| {
+                    let mut r = aos_iam::pki::health::rate(c, now, v.warning_days, v.critical_days);
+                    aos_iam::pki::health::rate_renewal(c, &mut r, policy(&c.info.cert_type));
+                    (c, r)
+                })
                 .collect();
             let worst = rated
                 .iter()

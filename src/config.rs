@@ -389,6 +389,24 @@ pub struct RenewPolicy {
     pub subject: String,
 }
 
+impl RenewPolicy {
+    /// When a certificate valid from `start` to `end` (seconds since the epoch) is due.
+    pub fn due_at(&self, start: i64, end: i64) -> i64 {
+        let end = end.max(start);
+        match self.threshold {
+            Threshold::Elapsed(per_mille) => start + (end - start) * per_mille as i64 / 1000,
+            Threshold::BeforeExpiry(d) => end - d.as_secs() as i64,
+        }
+    }
+
+    /// Whether the threshold is at least the lifetime of a certificate valid from `start`
+    /// to `end`: it is due the moment it is issued, and only the floor between renewals
+    /// keeps them apart.
+    pub fn outlasts(&self, start: i64, end: i64) -> bool {
+        self.due_at(start, end) <= start
+    }
+}
+
 /// Longest delay between renewal attempts.
 pub const MAX_RENEW_RETRY: Duration = Duration::from_secs(24 * 3600);
 

@@ -514,4 +514,33 @@ fn a_threshold_longer_than_the_certificates_never_renews_back_to_back() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(applied(&node.log()), 1, "{}", node.log());
+    // `check` says it too, from the module's policy in iamd's configuration (the
+    // certificate of an hour is critical anyway: it expires within the critical window).
+    let cfg = node.p("config.toml");
+    let out = node.applet("iam-certctl", &["-s", &node.protected(), "check", "-c", &cfg], None);
+    assert_eq!(out.code, 2, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("its renewal threshold is at least its lifetime ("),
+        "{}",
+        out.stdout
+    );
+    // With a week's warning window and no critical one, the note alone is a warning.
+    let out = node.applet(
+        "iam-certctl",
+        &[
+            "-s",
+            &node.protected(),
+            "--json",
+            "check",
+            "-c",
+            &cfg,
+            "--warning-days",
+            "0",
+            "--critical-days",
+            "0",
+        ],
+        None,
+    );
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert_eq!(out.json()["status"], "WARNING", "{}", out.stdout);
 }

@@ -11,7 +11,7 @@
 //! served until the new one is applied; a failure is retried after a delay that doubles up
 //! to a day. Renewals run only on a provisioned node.
 
-use crate::config::{RenewMethod, RenewPolicy, Threshold, MAX_RENEW_RETRY};
+use crate::config::{RenewMethod, RenewPolicy, MAX_RENEW_RETRY};
 use crate::daemon::provisioning::Provisioning;
 use crate::error::{Error, Result};
 use crate::link::tls::ClientAuth;
@@ -44,7 +44,7 @@ use crate::sys::now;
 /// jitter that is fixed per certificate (drawn from its serial), so a fleet spreads out.
 pub fn due_at(record: &CertRecord, policy: &RenewPolicy) -> i64 {
     let start = record.not_before;
-    let threshold = threshold_at(record.not_before, record.not_after, policy);
+    let threshold = policy.due_at(record.not_before, record.not_after);
     let spread = (threshold - start).max(0) * policy.jitter as i64 / 1000;
     let draw = record
         .serial
@@ -59,14 +59,6 @@ pub fn due_at(record: &CertRecord, policy: &RenewPolicy) -> i64 {
 }
 
 /// The policy's threshold for a certificate valid from `start` to `end`, without jitter.
-fn threshold_at(start: i64, end: i64, policy: &RenewPolicy) -> i64 {
-    let end = end.max(start);
-    match policy.threshold {
-        Threshold::Elapsed(per_mille) => start + (end - start) * per_mille as i64 / 1000,
-        Threshold::BeforeExpiry(d) => end - d.as_secs() as i64,
-    }
-}
-
 fn backoff(policy: &RenewPolicy, failures: u32) -> Duration {
     policy
         .retry
@@ -389,7 +381,7 @@ fn advance(
                 crate::pki::x509::rfc3339(cert.not_after)
             );
             let lifetime = cert.not_after - cert.not_before;
-            if threshold_at(cert.not_before, cert.not_after, policy) <= cert.not_before {
+            if policy.outlasts(cert.not_before, cert.not_after) {
                 crate::log_warn!(
                     "renewal of {cert_type}: the threshold is at least the lifetime of the certificate just issued \
                      ({lifetime} s): it is due again at once, and only the floor between renewals (a tenth of the \

@@ -71,6 +71,27 @@ pub fn rate(c: &CertCheck, now: i64, warning_days: u32, critical_days: u32) -> R
     }
 }
 
+/// A current certificate whose module renews with a threshold at least as long as its
+/// lifetime is a warning: iamd finds it due the moment it is issued, and only the floor
+/// between renewals keeps them apart (the log says so when it is applied).
+pub fn rate_renewal(c: &CertCheck, rating: &mut Rating, policy: Option<&crate::config::RenewPolicy>) {
+    let Some(policy) = policy else { return };
+    if !c.info.current || !policy.outlasts(c.info.not_before, c.info.not_after) {
+        return;
+    }
+    let note = format!(
+        "its renewal threshold is at least its lifetime ({} s): renewed again at each floor, not by the \
+         threshold; shorten [modules.renew] threshold or ask the CA for longer certificates",
+        c.info.not_after - c.info.not_before
+    );
+    if rating.level == Level::Ok {
+        rating.level = Level::Warning;
+        rating.reason = note;
+    } else {
+        rating.reason = format!("{}; {note}", rating.reason);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
