@@ -226,8 +226,12 @@ check-layer:
 # lines (issues 27 and 28). Raised to 4385840 (4377648 measured, +44160 bytes, with 8 KiB of
 # margin) by the tunnels through links (protocol 6: iam-nodelink's CONNECT socket, the main
 # node's relay, pki::dial), the EST chain completion from /cacerts and the write bound on
-# link peers (issues 27 and 28).
-SIZE_CEILING ?= 4385840
+# link peers (issues 27 and 28). Raised to 4405040 (4396848 measured, +19200 bytes, with 8 KiB
+# of margin) by the deadline at every read and write of an exchange and the bounded name
+# resolution, SCEP's RA checks and one error for every unwrapping failure, the challenge added
+# to a CSR as it is sent, the audit trail, `check`'s renewal note and the tunnel socket's
+# group (issues 27 and 28).
+SIZE_CEILING ?= 4405040
 size: static
 	$(STRIP) -o target/aos-iam.static.stripped $(STATIC)
 	python3 scripts/size.py $(STATIC) target/aos-iam.static.stripped $(SIZE_CEILING)
