@@ -280,19 +280,26 @@ fn an_issued_certificate_that_does_not_chain_to_the_roots_is_refused_and_retried
     assert_eq!(asked, 3, "{:?}", server.requests());
 }
 
+/// Bootstrap `node` for an EST server at `port` of the loopback (with `server`'s anchor),
+/// start it as at first power-on, and return the error it is quarantined with.
+fn quarantined_by_a_server_at(node: &mut Node, server: &EstServer, port: u16) -> String {
+    let url = format!("https://localhost:{port}/.well-known/est");
+    node.start(true);
+    let anchor = server.anchor.display().to_string();
+    bootstrap(node, &["--enroll-url", &url, "--enroll-anchor", &anchor]).ok();
+    node.stop();
+    node.start(false);
+    let s = wait_state(node, "quarantined");
+    s["enrollment"]["last_error"].as_str().unwrap().to_string()
+}
+
 #[test]
 fn a_server_that_is_down_stalls_or_asks_to_retry_later_is_waited_for() {
     // Down: nothing listens on the bootstrap URL's port; the node retries, then quarantines.
     let (mut node, server) = site("down", "");
     let port = EstServer::free_port();
-    let url = format!("https://localhost:{port}/.well-known/est");
-    node.start(true);
-    let anchor = server.anchor.display().to_string();
-    bootstrap(&node, &["--enroll-url", &url, "--enroll-anchor", &anchor]).ok();
-    node.stop();
-    node.start(false);
-    let s = wait_state(&node, "quarantined");
-    let err = s["enrollment"]["last_error"].as_str().unwrap();
+    let err = quarantined_by_a_server_at(&mut node, &server, port);
+    let err = err.as_str();
     assert!(
         err.contains(&format!("cannot reach the EST server at localhost:{port}")),
         "{err}"
@@ -913,14 +920,7 @@ fn an_est_server_trickling_one_tls_record_is_cut_at_the_exchanges_deadline() {
             });
         }
     });
-    let url = format!("https://localhost:{port}/.well-known/est");
-    node.start(true);
-    let anchor = server.anchor.display().to_string();
-    bootstrap(&node, &["--enroll-url", &url, "--enroll-anchor", &anchor]).ok();
-    node.stop();
-    node.start(false);
-    let s = wait_state(&node, "quarantined");
-    let err = s["enrollment"]["last_error"].as_str().unwrap();
+    let err = quarantined_by_a_server_at(&mut node, &server, port);
     assert!(err.contains("within 3 s"), "{err}");
     assert!(trickled.load(Ordering::SeqCst) >= 2, "the server never trickled: {err}");
 }
