@@ -159,7 +159,11 @@ fn wrong_passwords_from_one_uid_slow_that_uid_only_and_are_dropped_when_it_goes(
     // The guesser goes away: its attempts still waiting for their turn are dropped.
     assert_eq!(guesser.finish(), 16, "iamd kept the guesser's connections");
     let start = Instant::now();
-    while !node.log().contains("CreateKey from pid") || !node.log().contains("dropped, its client has gone") {
+    let dropped = |log: String| {
+        log.lines()
+            .any(|l| l.contains("audit: CreateKey by uid 65534") && l.ends_with("dropped, its client has gone"))
+    };
+    while !dropped(node.log()) {
         assert!(start.elapsed() < Duration::from_secs(30), "{}", node.log());
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -510,7 +510,11 @@ fn a_step_whose_client_has_gone_while_it_waited_never_starts() {
     create.kill().unwrap();
     create.wait().unwrap();
     wait_for(
-        || node.log().contains("CreateKey from pid") && node.log().contains("dropped, its client has gone"),
+        || {
+            node.log()
+                .lines()
+                .any(|l| l.contains("audit: CreateKey by uid") && l.ends_with("dropped, its client has gone"))
+        },
         "iamd seeing the client gone",
         &node,
     );
