@@ -37,6 +37,9 @@ pub struct Nodes {
     known: Mutex<BTreeMap<String, NodeRecord>>,
     /// Nodes whose info changed since it was last committed (the commits are coalesced).
     unsaved: Mutex<std::collections::BTreeSet<String>>,
+    /// Held by a [`Nodes::store`] from taking a node off `unsaved` to its commit: iamd,
+    /// stopping, waits for one in flight ([`Nodes::store_unsaved`]).
+    storing: Mutex<()>,
     /// The order of the last change given to each record, and of the last one committed.
     next_seq: std::sync::atomic::AtomicU64,
     committed: Mutex<BTreeMap<String, u64>>,
@@ -67,6 +70,7 @@ impl Nodes {
             links: Mutex::new(BTreeMap::new()),
             known: Mutex::new(known),
             unsaved: Default::default(),
+            storing: Mutex::new(()),
             next_seq: std::sync::atomic::AtomicU64::new(1),
             committed: Default::default(),
             events: Broadcast::new("node", MAX_SUBSCRIBERS, SUBSCRIBER_BACKLOG),
@@ -180,6 +184,8 @@ impl Nodes {
 
     /// Commit every node info change not committed yet (iamd is stopping).
     pub fn store_unsaved(&self, db: &Db) {
+        // A commit in flight took its node off the set: it ends first.
+        drop(lock(&self.storing));
         let ids = std::mem::take(&mut *lock(&self.unsaved));
         for id in ids {
             if let Err(e) = self.store(db, &id) {
@@ -192,6 +198,7 @@ impl Nodes {
     pub fn store(&self, db: &Db, node_id: &str) -> Result<()> {
         // Taken off the unsaved set while the record is read, both under the registry's
         // lock (as `update` adds to it): a change made after this is left for a later commit.
+        let _storing = lock(&self.storing);
         let rec = {
             let known = lock(&self.known);
             lock(&self.unsaved).remove(node_id);
