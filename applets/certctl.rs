@@ -356,19 +356,9 @@ fn run(args: &Args) -> Result<u8, Error> {
             };
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             // The renewal policies of this node's modules, from its configuration.
-            let config = match (&v.config, &v.node) {
-                (_, Some(_)) => None,
-                (Some(p), None) => Some(p.clone()),
-                (None, None) => std::path::Path::new(aos_iam::config::DEFAULT_CONFIG)
-                    .exists()
-                    .then(|| aos_iam::config::DEFAULT_CONFIG.to_string()),
-            };
-            let config = match config {
-                Some(p) => Some(
-                    aos_iam::config::Config::load(std::path::Path::new(&p))
-                        .map_err(|e| Error::invalid(format!("configuration: {e}")))?,
-                ),
-                None => None,
+            let config = match &v.node {
+                Some(_) => None,
+                None => common::load_config(v.config.as_deref())?,
             };
             let policy = |t: &str| {
                 config

@@ -309,6 +309,19 @@ pub fn error_json(e: &Error) -> serde_json::Value {
 }
 
 /// Report an error as text on stderr, or as a JSON object on stdout with `--json`.
+/// iamd's configuration at `path`, or at the default path where it exists (`None` if not).
+pub fn load_config(path: Option<&str>) -> Result<Option<aos_iam::config::Config>, Error> {
+    use aos_iam::config::DEFAULT_CONFIG;
+    let path = match path {
+        Some(p) => std::path::PathBuf::from(p),
+        None if std::path::Path::new(DEFAULT_CONFIG).exists() => std::path::PathBuf::from(DEFAULT_CONFIG),
+        None => return Ok(None),
+    };
+    aos_iam::config::Config::load(&path)
+        .map(Some)
+        .map_err(|e| Error::invalid(format!("configuration: {e}")))
+}
+
 pub fn fail(name: &str, e: &Error, json: bool) -> u8 {
     if json {
         println!("{}", json!({"ok": false, "error": error_json(e)}));

@@ -5,7 +5,7 @@
 //! (`[links]`, the protected socket); the flags override them.
 
 use crate::common;
-use aos_iam::config::{Config, DEFAULT_CONFIG, DEFAULT_NODELINK_STATUS};
+use aos_iam::config::DEFAULT_NODELINK_STATUS;
 use aos_iam::link::nodelink::{self, Options, Status};
 use aos_iam::proto::transport::LinkAddr;
 use aos_iam::Error;
@@ -82,19 +82,8 @@ pub fn main(name: &str, args: &[&str]) -> u8 {
     }
 }
 
-fn load_config(args: &Args) -> Result<Option<Config>, Error> {
-    let path = match &args.config {
-        Some(p) => PathBuf::from(p),
-        None if std::path::Path::new(DEFAULT_CONFIG).exists() => PathBuf::from(DEFAULT_CONFIG),
-        None => return Ok(None),
-    };
-    Config::load(&path)
-        .map(Some)
-        .map_err(|e| Error::invalid(format!("configuration: {e}")))
-}
-
 fn run(args: &Args) -> Result<u8, Error> {
-    let config = load_config(args)?;
+    let config = common::load_config(args.config.as_deref())?;
     let status_file = args
         .status_file
         .as_ref()

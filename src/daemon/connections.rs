@@ -317,16 +317,16 @@ impl Conn {
         let uid = self.client.peer.uid;
         // The audit trail: every protected operation, and every refusal of access, once,
         // with who asked and for which node; never what the request carried.
+        // (Nothing is copied for it on the way in: the node is looked up when a line is made.)
         let protected = request.is_protected();
-        let node = match request.target_node() {
-            Some(n) if !n.is_empty() => n.to_string(),
-            _ => self.shared.prov.config.node_id.clone(),
-        };
+        let target = request.target_node().filter(|n| !n.is_empty()).map(str::to_string);
+        let own = self.shared.clone();
         let audit = move |outcome: &str| {
+            let node = target.as_deref().unwrap_or(&own.prov.config.node_id);
             crate::log_notice!(
                 "audit: {op} by uid {uid} pid {pid} on the {} socket, node \"{}\": {outcome}",
                 socket.name(),
-                crate::log::escape(&node)
+                crate::log::escape(node)
             )
         };
         // Made here and boxed, so that the task holds a pointer while it waits, not the

@@ -556,24 +556,7 @@ fn enroll_module(
             // What the server asks CSRs to carry (/csrattrs), honoured or refused before a
             // key is made.
             let signer = est_signer(est, prov, cfg, e)?;
-            let attrs = signer.client.csrattrs().map_err(|r| {
-                *retry_after = r.retry_after;
-                r.error
-            })?;
-            let module = prov.modules.get(cert_type)?;
-            let challenge = match attrs.items.is_empty() {
-                true => None,
-                false => {
-                    let h = attrs.honour(&module.config, challenge_secret(cfg)?.as_ref(), cfg.strict_csrattrs)?;
-                    for what in &h.not_honoured {
-                        crate::log_warn!(
-                            "enrollment of {cert_type}: the EST server's /csrattrs asks for {what}; \
-                             the CSR goes without it ([enroll] csrattrs = \"strict\" refuses instead)"
-                        );
-                    }
-                    h.challenge
-                }
-            };
+            let challenge = asked_challenge(prov, cfg, signer, cert_type, retry_after, true)?;
             let subject = format!("CN={},OU={cert_type}", prov.config.node_id);
             let (key_id, csr) = prov.with_journal(|| prov.modules.create_key(&prov.db, cert_type, &subject))?;
             asked_now = Some(challenge);
@@ -593,21 +576,7 @@ fn enroll_module(
                     let signer = est_signer(est, prov, cfg, e)?;
                     let challenge = match asked_now.take() {
                         Some(c) => c,
-                        None => {
-                            let attrs = signer.client.csrattrs().map_err(|r| {
-                                *retry_after = r.retry_after;
-                                r.error
-                            })?;
-                            let module = prov.modules.get(cert_type)?;
-                            match attrs.items.is_empty() {
-                                true => None,
-                                false => {
-                                    attrs
-                                        .honour(&module.config, challenge_secret(cfg)?.as_ref(), cfg.strict_csrattrs)?
-                                        .challenge
-                                }
-                            }
-                        }
+                        None => asked_challenge(prov, cfg, signer, cert_type, retry_after, false)?,
                     };
                     let sent = match &challenge {
                         Some(c) => prov.modules.csr_with_challenge(cert_type, key_id, &csr, c)?,
@@ -651,6 +620,38 @@ fn enroll_module(
             Err(err.context("the issued certificate was refused"))
         }
     }
+}
+
+/// What the EST server's /csrattrs asks CSRs of `cert_type` to carry, honoured or refused
+/// (`[enroll] csrattrs`): the challengePassword to add as a CSR is sent, if it asks for one.
+/// What cannot be given is logged where `warn` (when the key is made, not again for each
+/// later attempt with the same key).
+fn asked_challenge(
+    prov: &Provisioning,
+    cfg: &EnrollConfig,
+    signer: &EstSigner,
+    cert_type: &str,
+    retry_after: &mut Option<Duration>,
+    warn: bool,
+) -> Result<Option<Secret>> {
+    let attrs = signer.client.csrattrs().map_err(|r| {
+        *retry_after = r.retry_after;
+        r.error
+    })?;
+    if attrs.items.is_empty() {
+        return Ok(None);
+    }
+    let module = prov.modules.get(cert_type)?;
+    let h = attrs.honour(&module.config, challenge_secret(cfg)?.as_ref(), cfg.strict_csrattrs)?;
+    if warn {
+        for what in &h.not_honoured {
+            crate::log_warn!(
+                "enrollment of {cert_type}: the EST server's /csrattrs asks for {what}; \
+                 the CSR goes without it ([enroll] csrattrs = \"strict\" refuses instead)"
+            );
+        }
+    }
+    Ok(h.challenge)
 }
 
 /// The verify step: the new identity is accepted by a server that checks it.

@@ -380,14 +380,16 @@ pub fn fingerprint(der: &[u8]) -> String {
 /// Whether two SHA-256 fingerprints name the same certificate (hex; colons, spaces and case
 /// ignored).
 pub fn same_fingerprint(a: &str, b: &str) -> bool {
-    let norm = |f: &str| -> String {
-        f.chars()
-            .filter(|c| c.is_ascii_hexdigit())
-            .collect::<String>()
-            .to_ascii_lowercase()
-    };
-    let (a, b) = (norm(a), norm(b));
+    let (a, b) = (hex_digits(a), hex_digits(b));
     a.len() == 64 && a == b
+}
+
+/// A fingerprint as written (colons, spaces, either case) down to its lowercase hex digits.
+fn hex_digits(f: &str) -> String {
+    f.chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .collect::<String>()
+        .to_ascii_lowercase()
 }
 
 impl Authority {
@@ -395,24 +397,23 @@ impl Authority {
     /// hex, colons and case ignored) is `fingerprint`; an RA beside it must be issued and
     /// signed by it.
     pub fn select(certs: &[Vec<u8>], fingerprint: &str) -> Result<Authority> {
-        let want: String = fingerprint
-            .chars()
-            .filter(|c| c.is_ascii_hexdigit())
-            .collect::<String>()
-            .to_ascii_lowercase();
+        let want = hex_digits(fingerprint);
         if want.len() != 64 {
             return Err(Error::invalid(format!(
                 "SCEP CA fingerprint \"{fingerprint}\" is not a SHA-256 (64 hex digits)"
             )));
         }
-        let hex = |d: &[u8]| self::fingerprint(d);
-        let ca = certs.iter().find(|c| hex(c) == want).ok_or_else(|| {
+        let ca = certs.iter().find(|c| self::fingerprint(c) == want).ok_or_else(|| {
             Error::validation(
                 "UnknownIssuer",
                 format!(
                     "no certificate from the SCEP server's GetCACert has the configured CA fingerprint {want} \
                      (it sent {})",
-                    certs.iter().map(|c| hex(c)).collect::<Vec<_>>().join(", ")
+                    certs
+                        .iter()
+                        .map(|c| self::fingerprint(c))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             )
         })?;
@@ -583,7 +584,6 @@ impl ScepClient {
 
     fn exchange(&self, method: &str, op: &str, message: Option<&str>, body: Option<&[u8]>) -> Result<Response> {
         let addr = self.authority();
-        let deadline = Instant::now() + self.timeout;
         let stalled = |what: &str| {
             Error::new(
                 ErrorKind::Timeout,
@@ -629,7 +629,7 @@ impl ScepClient {
         let mut raw = Vec::new();
         let mut buf = [0u8; 8192];
         loop {
-            if deadline <= Instant::now() {
+            if tcp.deadline() <= Instant::now() {
                 return Err(stalled("did not finish its answer"));
             }
             match tcp.read(&mut buf) {
