@@ -105,6 +105,18 @@ certs_verify() { # each certificate exported from the token, verified by openssl
     echo "$n certificates verify: $(cut -d' ' -f1 /tmp/certs.list | tr '\n' ' ')"
 }
 
+link_tls_check() { # SECONDS: iam-nodelink registered in TLS within that time
+    if wait_until "$1" link_up_tls; then result link-tls ok "$(iam-nodelink status | grep -i "state\|tls" | tr -s " \n" " ")"
+    else
+        result link-tls fail "$(iam-nodelink status 2>&1 | tr '\n' ' ')"
+        if command -v journalctl >/dev/null; then
+            journalctl -b -u iam-nodelink.service | tail -10 | sed "s|^|DIAG $NODE journal: |"
+        else
+            diag
+        fi
+    fi
+}
+
 secondary() {
     if [ "$MODE" = fault ] && [ "$NODE" = sec1 ]; then
         # The start hook holds sec1's first step until the link has been cut, so the cut
@@ -144,8 +156,7 @@ EOF2
     stop_link
     start_iamd
     start_link
-    if wait_until 60 link_up_tls; then result link-tls ok "$(iam-nodelink status | grep -i "state\|tls" | tr -s " \n" " ")"
-    else result link-tls fail "$(iam-nodelink status 2>&1 | tr '\n' ' ')"; fi
+    link_tls_check 60
     echo "IAMTEST $NODE done"
     sleep 600
 }
@@ -173,14 +184,6 @@ security_checks() {
         fi
     done
 }
-link_tls_check() {
-    if wait_until "$1" link_up_tls; then result link-tls ok "$(iam-nodelink status | grep -i "state\|tls" | tr -s " \n" " ")"
-    else
-        result link-tls fail "$(iam-nodelink status 2>&1 | tr '\n' ' ')"
-        journalctl -b -u iam-nodelink.service | tail -10 | sed "s|^|DIAG $NODE journal: |"
-    fi
-}
-
 # The systemd scenario's secondary: systemd is PID 1, the units are the layer's, and the node
 # has no network (no NIC at all). Boot 1 (no marker) is the factory: iamd-provisioning.service
 # runs and the node is bootstrapped. Boot 2 (`deployed`) runs iamd.service, which enrolls the
