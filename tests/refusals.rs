@@ -144,6 +144,15 @@ fn apply_refusals(store: Store) {
     node.provision(&["apply", "iam", &node.p("expired.pem")])
         .fails(8, "CertExpired");
 
+    // Dated an hour ahead: a CA whose clock is that far off is not merely skewed.
+    let ahead = rcgen_sign(&node, &csr, |p| {
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now + time::Duration::hours(1);
+    });
+    std::fs::write(node.path("ahead.pem"), &ahead).unwrap();
+    node.provision(&["apply", "iam", &node.p("ahead.pem")])
+        .fails(8, "CertNotValidYet");
+
     // Without the EKU the module requires.
     let no_eku = rcgen_sign(&node, &csr, |p| p.extended_key_usages.clear());
     std::fs::write(node.path("no-eku.pem"), &no_eku).unwrap();
@@ -151,7 +160,11 @@ fn apply_refusals(store: Store) {
         .fails(8, "RequiredEkuNotFound");
 
     // Truncated PEM, and text that is no PEM at all.
-    let good = rcgen_sign(&node, &csr, |_| {});
+    // The one that will apply comes from a CA whose clock runs a minute ahead of ours
+    // (notBefore = its "now", as openssl ca and libest do): within the skew allowed.
+    let good = rcgen_sign(&node, &csr, |p| {
+        p.not_before = time::OffsetDateTime::now_utc() + time::Duration::minutes(1);
+    });
     std::fs::write(node.path("truncated.pem"), &good[..good.len() / 2]).unwrap();
     let out = node
         .provision(&["apply", "iam", &node.p("truncated.pem")])
@@ -176,7 +189,8 @@ fn apply_refusals(store: Store) {
 
     assert_eq!(observable(&node), before, "refused applies changed nothing");
 
-    // The pending key is intact: the right certificate still applies, given as DER.
+    // The pending key is intact: the right certificate still applies, given as DER, though
+    // its notBefore is a minute ahead of this node's clock.
     std::fs::write(node.path("good.pem"), &good).unwrap();
     sh(&format!("openssl x509 -in {d}/good.pem -outform der -out {d}/good.der")).ok();
     node.provision(&["apply", "iam", &node.p("good.der")]).ok();

@@ -478,6 +478,30 @@ fn policy(reason: &str, message: impl Into<String>) -> Error {
     Error::validation(reason, message)
 }
 
+/// How far ahead of this node's clock a CA's clock may run: a certificate just issued with
+/// notBefore = the CA's "now" is still applied when that instant is at most this far ahead.
+/// A secondary without a network keeps the time its RTC gave it at boot (truncated to the
+/// second), so a CA that does not backdate (openssl ca, libest) is often a second ahead.
+pub const ISSUED_CLOCK_SKEW_SECS: i64 = 300;
+
+/// The time at which to validate a chain just issued to this node at `now`: `now`, or the
+/// latest notBefore of the chain when it is ahead of `now` by no more than
+/// [`ISSUED_CLOCK_SKEW_SECS`]. Whatever is valid at that instant and not expired at `now`
+/// is what the CA meant to issue; a certificate dated further ahead is still refused.
+pub fn issued_at(chain: &[CertificateDer<'_>], now: UnixTime) -> UnixTime {
+    let at = now.as_secs() as i64;
+    let latest = chain
+        .iter()
+        .filter_map(|c| X509Certificate::from_der(c).ok())
+        .map(|(_, c)| c.validity().not_before.timestamp())
+        .max()
+        .unwrap_or(at);
+    match latest > at && latest - at <= ISSUED_CLOCK_SKEW_SECS {
+        true => UnixTime::since_unix_epoch(std::time::Duration::from_secs(latest as u64)),
+        false => now,
+    }
+}
+
 /// Validate `chain` (leaf first; copies of a root in it are ignored) against `roots` at
 /// `time`, requiring `ekus` in the leaf. Only a chain that passes may be applied.
 ///
@@ -987,6 +1011,22 @@ mod tests {
         assert_eq!(bit_len(&[0, 0x80, 0]), 16);
         assert_eq!(bit_len(&[0x01, 0]), 9);
         assert_eq!(bit_len(&[0]), 0);
+    }
+
+    #[test]
+    fn a_chain_is_validated_at_its_not_before_only_within_the_skew() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let dated = |ahead: i64| {
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.not_before = time::OffsetDateTime::from_unix_timestamp(1_000_000 + ahead).unwrap();
+            vec![CertificateDer::from(p.self_signed(&key).unwrap().der().to_vec())]
+        };
+        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(1_000_000));
+        let at = |ahead| issued_at(&dated(ahead), now).as_secs();
+        assert_eq!(at(-60), 1_000_000);
+        assert_eq!(at(1), 1_000_001);
+        assert_eq!(at(ISSUED_CLOCK_SKEW_SECS), 1_000_000 + ISSUED_CLOCK_SKEW_SECS as u64);
+        assert_eq!(at(ISSUED_CLOCK_SKEW_SECS + 1), 1_000_000);
     }
 
     #[test]
