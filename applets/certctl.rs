@@ -91,6 +91,9 @@ struct Renew {
     /// subject; {node} and {type} are replaced (default "CN={node},OU={type}")
     #[argh(option)]
     subject: Option<String>,
+    /// the factory's profile (TOML) the new certificate must keep to (see iam-provision run)
+    #[argh(option)]
+    profile: Option<String>,
     /// enroll with this EST server (https://host[:port]/.well-known/est): /simpleenroll
     #[argh(option)]
     est: Option<String>,
@@ -451,7 +454,9 @@ fn run(args: &Args) -> Result<u8, Error> {
             let node = v.node.clone().unwrap_or_else(|| c.server_node_id.clone());
             let template = v.subject.as_deref().unwrap_or(aos_iam::pki::factory::DEFAULT_SUBJECT);
             let subject = aos_iam::pki::factory::subject_for(template, &node, &v.cert_type);
-            let cert = aos_iam::pki::factory::renew(&mut c, signer.as_ref(), &node, &v.cert_type, &subject, &pw)?;
+            let profile = common::load_profile(&v.profile)?;
+            let cert =
+                aos_iam::pki::factory::renew(&mut c, signer.as_ref(), &profile, &node, &v.cert_type, &subject, &pw)?;
             if args.json {
                 println!("{}", json!({"ok": true, "certificate": cert_json(&cert)}));
             } else {

@@ -194,6 +194,14 @@ macro_rules! options_signer {
 }
 pub(crate) use options_signer;
 
+/// The factory's profile `--profile` names, or the default one.
+pub fn load_profile(path: &Option<String>) -> Result<aos_iam::pki::profile::Profile, Error> {
+    match path {
+        Some(p) => aos_iam::pki::profile::Profile::load(std::path::Path::new(p)),
+        None => Ok(aos_iam::pki::profile::Profile::default()),
+    }
+}
+
 /// The one signer a command's options name: `--est` (with `est`), or `--ca-cert`/`--ca-key`,
 /// or `--sign-cmd`; more than one way is refused before anything is done.
 pub fn signer_for(

@@ -273,6 +273,10 @@ macro_rules! signing_flow {
     /// subject template; {node} and {type} are replaced (default "CN={node},OU={type}")
     #[argh(option)]
     subject: Option<String>,
+    /// the factory's profile (TOML): the usages and names each type may have (default:
+    /// clientAuth, serverAuth but on a secondary's iam, DNS names {node} and {node}.*)
+    #[argh(option)]
+    profile: Option<String>,
     /// deprovision a provisioned node first instead of refusing
     #[argh(switch)]
     deprovision_first: bool,
@@ -553,6 +557,7 @@ macro_rules! bootstrap_of {
             signer: common::options_signer!(v, v.days.unwrap_or(aos_iam::pki::factory::BOOTSTRAP_DAYS)),
             password_file: &v.password_file,
             subject: &v.subject,
+            profile: common::load_profile(&v.profile)?,
             deprovision_first: v.deprovision_first,
             bootstrap_type: &v.bootstrap_type,
             enroll_url: &v.enroll_url,
@@ -567,6 +572,7 @@ struct BootstrapFlow<'a> {
     signer: Box<dyn CsrSigner + Sync>,
     password_file: &'a Option<String>,
     subject: &'a Option<String>,
+    profile: aos_iam::pki::profile::Profile,
     deprovision_first: bool,
     bootstrap_type: &'a str,
     enroll_url: &'a Option<String>,
@@ -610,6 +616,7 @@ fn bootstrap_flow(args: &Args, f: &BootstrapFlow, node: &str) -> Result<u8, Erro
         password: &pw,
         subject_template: f.subject.as_deref().unwrap_or(DEFAULT_SUBJECT),
         deprovision_first: f.deprovision_first,
+        profile: &f.profile,
     };
     let b = factory::BootstrapOptions {
         bootstrap_type: f.bootstrap_type,
@@ -648,11 +655,13 @@ fn run_flow(args: &Args, v: &Run, node: &str) -> Result<u8, Error> {
     let mut client = connect(args)?;
     let tty = std::io::stderr().is_terminal();
     let mut progress = |s: &factory::Step| print_step(tty, s);
+    let profile = common::load_profile(&v.profile)?;
     let opts = RunOptions {
         node_id: node,
         password: &pw,
         subject_template: v.subject.as_deref().unwrap_or(DEFAULT_SUBJECT),
         deprovision_first: v.deprovision_first,
+        profile: &profile,
     };
     let result = factory::run(&mut client, signer.as_ref(), &opts, &mut progress);
     if tty && result.is_err() {
@@ -692,11 +701,13 @@ fn run_unit(args: &Args, v: &Run, signer: &(dyn CsrSigner + Sync), pw: &aos_iam:
             eprintln!("{node}: {} ok", s.name);
         }
     };
+    let profile = common::load_profile(&v.profile)?;
     let opts = RunOptions {
         node_id: "",
         password: pw,
         subject_template: v.subject.as_deref().unwrap_or(DEFAULT_SUBJECT),
         deprovision_first: v.deprovision_first,
+        profile: &profile,
     };
     let outcomes = factory::run_unit(&|| connect(args), &main_id, &wait_nodes, signer, &opts, &progress)?;
     let first_error = outcomes.iter().find_map(|o| o.result.as_ref().err()).cloned();

@@ -184,7 +184,7 @@ fn config(dir: &Path) -> String {
     );
     for i in 0..MODULES {
         c.push_str(&format!(
-            "[[modules]]\nid = \"m{i}\"\nalgorithm = \"ecdsa-p384\"\nalt_names = [\"m{i}.local\"]\n\
+            "[[modules]]\nid = \"m{i}\"\nalgorithm = \"ecdsa-p384\"\nalt_names = [\"bench-node.m{i}.local\"]\n\
              [modules.pkcs11]\nlibrary = \"{SOFTHSM}\"\ntoken_label = \"bench\"\nuser_pin_file = \"{d}/work/pin\"\n"
         ));
     }

@@ -7,6 +7,7 @@
 //! [`run_unit`] does the same for every node of a unit through its main node.
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::pki::profile::Profile;
 use crate::pki::signer::CsrSigner;
 use crate::pki::x509;
 use crate::proto::client::Client;
@@ -21,6 +22,8 @@ pub struct RunOptions<'a> {
     pub password: &'a Secret,
     pub subject_template: &'a str,
     pub deprovision_first: bool,
+    /// What a certificate for a node may say, whoever signs it.
+    pub profile: &'a Profile,
 }
 
 /// One step of the flow, reported as it begins (`done == false`) and ends.
@@ -145,7 +148,7 @@ fn certify(
     })?;
     let mut chain = String::new();
     step(progress, format!("Sign {t}"), &mut || {
-        chain = sign_for_node(client, signer, node_id, t, &csr, opts.password)?;
+        chain = sign_for_node(client, signer, opts.profile, node_id, t, &subject, &csr, opts.password)?;
         Ok(())
     })?;
     let mut cert = None;
@@ -156,31 +159,47 @@ fn certify(
     cert.ok_or_else(|| Error::internal("ApplyCert gave nothing"))
 }
 
-/// The CSR a node's CreateKey gave, signed by `signer`, with what a node may not be called
-/// refused on both sides of the signer: a CSR, or the certificate issued for it (whatever
-/// signed it: a local CA, a command, EST, SCEP), that names another node of the unit (its CN
-/// or a DNS name), as a rooted secondary would ask, is not signed or not returned.
+/// The CSR a node's CreateKey gave, signed by `signer`, with what a node may not have
+/// refused on both sides of the signer (whatever signed it: a local CA, a command, EST,
+/// SCEP): a CSR that goes beyond the factory's `profile` (its subject not the template's,
+/// a usage, name, URI or extension more), or that names another node of the unit (its CN
+/// or a DNS name), as a rooted secondary would ask, is not signed; a certificate issued
+/// with such a usage, name or URI is not returned.
+#[allow(clippy::too_many_arguments)]
 fn sign_for_node(
     client: &mut Client,
     signer: &dyn CsrSigner,
+    profile: &Profile,
     node_id: &str,
     cert_type: &str,
+    subject: &str,
     csr: &str,
     password: &Secret,
 ) -> Result<String> {
+    use crate::pki::profile::{cert_claims, csr_claims};
     use rustls_pki_types::pem::PemObject;
     let unit_nodes = client.node_ids()?;
+    let main = node_id == client.server_node_id;
     let csr_der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr.as_bytes())
         .map_err(|e| Error::invalid(format!("the CSR of {cert_type} is not PEM: {e}")))?;
     let names = x509::csr_names(csr_der.as_ref())?;
-    x509::refuse_other_nodes(&format!("the {cert_type} CSR"), &names, node_id, &unit_nodes)?;
-    let chain = signer.sign_on(client, node_id, cert_type, csr, password)?;
-    x509::refuse_other_nodes(
-        &format!("the {cert_type} certificate the signer issued"),
-        &x509::leaf_names(&chain)?,
+    let asked = format!("the {cert_type} CSR");
+    x509::refuse_other_nodes(&asked, &names, node_id, &unit_nodes)?;
+    profile.check(
+        &asked,
+        &csr_claims(csr_der.as_ref())?,
         node_id,
-        &unit_nodes,
+        main,
+        cert_type,
+        Some(subject),
     )?;
+    let chain = signer.sign_on(client, node_id, cert_type, csr, password)?;
+    let issued = format!("the {cert_type} certificate the signer issued");
+    x509::refuse_other_nodes(&issued, &x509::leaf_names(&chain)?, node_id, &unit_nodes)?;
+    // The CA's own extensions (policies, CRL distribution points…) are its business.
+    let mut said = cert_claims(x509::parse_chain_pem(&chain)?[0].as_ref())?;
+    said.other_extensions.clear();
+    profile.check(&issued, &said, node_id, main, cert_type, None)?;
     Ok(chain)
 }
 
@@ -264,6 +283,7 @@ fn finish(client: &mut Client, opts: &RunOptions, node_id: &str, progress: &mut 
 pub fn renew(
     client: &mut Client,
     signer: &dyn CsrSigner,
+    profile: &Profile,
     node_id: &str,
     cert_type: &str,
     subject: &str,
@@ -272,7 +292,7 @@ pub fn renew(
     let csr = client
         .create_key(node_id, cert_type, subject, password)
         .map_err(|e| e.context(format!("CreateKey {cert_type}")))?;
-    let chain = sign_for_node(client, signer, node_id, cert_type, &csr, password)
+    let chain = sign_for_node(client, signer, profile, node_id, cert_type, subject, &csr, password)
         .map_err(|e| e.context(format!("Sign {cert_type}")))?;
     client
         .apply_cert(node_id, cert_type, &chain)

@@ -5,6 +5,7 @@ pub mod dial;
 pub mod est;
 pub mod factory;
 pub mod health;
+pub mod profile;
 pub mod scep;
 pub mod signer;
 pub mod x509;

@@ -107,12 +107,21 @@ impl CsrSigner for LocalCa {
     fn sign(&self, _cert_type: &str, csr_pem: &str) -> Result<String> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| Error::invalid(format!("the CSR does not parse or its signature is wrong: {e}")))?;
+        // Built from the CSR's subject, names and usages (which the factory compared with its
+        // profile before this is called) and nothing else it asks for: no extension, key
+        // usage, name constraint or CA bit of its own.
+        let asked = std::mem::take(&mut csr.params);
         let now = time::OffsetDateTime::now_utc();
-        csr.params.not_before = now - time::Duration::minutes(5);
-        csr.params.not_after = now + time::Duration::days(self.days as i64);
-        csr.params.serial_number = Some(x509::random_serial()?);
-        csr.params.is_ca = IsCa::ExplicitNoCa;
-        csr.params.use_authority_key_identifier_extension = true;
+        let p = &mut csr.params;
+        p.distinguished_name = asked.distinguished_name;
+        p.subject_alt_names = asked.subject_alt_names;
+        p.extended_key_usages = asked.extended_key_usages;
+        p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        p.not_before = now - time::Duration::minutes(5);
+        p.not_after = now + time::Duration::days(self.days as i64);
+        p.serial_number = Some(x509::random_serial()?);
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.use_authority_key_identifier_extension = true;
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)
             .map_err(|e| Error::invalid(format!("the CA certificate: {e}")))?;
         let cert = csr
@@ -163,5 +172,46 @@ impl CsrSigner for CommandSigner {
         }
         String::from_utf8(done.stdout)
             .map_err(|_| Error::invalid("the signing command printed something that is not PEM text"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_local_ca_copies_no_extension_key_usage_or_ca_bit_from_the_csr() {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let dir = std::env::temp_dir().join(format!("aos-iam-signer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(rcgen::DnType::CommonName, "CA");
+        std::fs::write(dir.join("ca.pem"), ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+        std::fs::write(dir.join("ca.key"), ca_key.serialize_pem()).unwrap();
+        let local = LocalCa::load(&dir.join("ca.pem"), &dir.join("ca.key"), 30).unwrap();
+
+        // A CSR asking to be a CA and to sign certificates (rcgen itself refuses a CSR with an
+        // extension it does not know).
+        let key = KeyPair::generate().unwrap();
+        let mut asked = rcgen::CertificateParams::new(vec!["n1.local".to_string()]).unwrap();
+        asked.distinguished_name.push(rcgen::DnType::CommonName, "n1");
+        asked.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        asked.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        asked.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let csr = asked.serialize_request(&key).unwrap().pem().unwrap();
+
+        let chain = local.sign("iam", &csr).unwrap();
+        let der = x509::parse_chain_pem(&chain).unwrap()[0].to_vec();
+        let (_, c) = X509Certificate::from_der(&der).unwrap();
+        assert_eq!(c.subject().to_string(), "CN=n1");
+        assert!(!c.is_ca());
+        let ku = c.key_usage().unwrap().unwrap().value;
+        assert!(ku.digital_signature() && !ku.key_cert_sign());
+        assert!(c.extended_key_usage().unwrap().unwrap().value.client_auth);
+        let sans = c.subject_alternative_name().unwrap().unwrap().value;
+        assert_eq!(sans.general_names.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
