@@ -59,6 +59,11 @@ pub fn main(name: &str, args: &[&str]) -> u8 {
                 return 1;
             }
         }
+        // A CRL that cannot be read refuses every apply and every link handshake.
+        if let Err(e) = aos_iam::pki::x509::read_crls(&config.crl) {
+            eprintln!("{name}: paths.crl: {e}");
+            return 1;
+        }
         // A key store this build cannot load would stop iamd at its start.
         for m in &config.modules {
             if let aos_iam::config::StoreConfig::Pkcs11(p) = &m.store {

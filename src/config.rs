@@ -715,6 +715,9 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     pub working_dir: PathBuf,
     pub root_ca: Option<PathBuf>,
+    /// Certificate revocation lists (`paths.crl`, PEM or DER files), read at each use: by
+    /// ApplyCert and by both ends of a link at each handshake.
+    pub crl: Vec<PathBuf>,
     pub public_socket: PathBuf,
     pub protected_socket: PathBuf,
     pub protected_socket_mode: u32,
@@ -1175,6 +1178,12 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         .path("working_dir")?
         .unwrap_or_else(|| PathBuf::from(DEFAULT_WORKING_DIR));
     let root_ca = paths.path("root_ca")?;
+    let crl: Vec<PathBuf> = paths
+        .strings("crl")?
+        .unwrap_or_default()
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
     let public_socket = paths
         .path("public_socket")?
         .unwrap_or_else(|| PathBuf::from(DEFAULT_PUBLIC_SOCKET));
@@ -1363,6 +1372,7 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         reconcile,
         working_dir,
         root_ca,
+        crl,
         public_socket,
         protected_socket,
         protected_socket_mode,

@@ -239,7 +239,8 @@ impl CertModules {
         if !m.config.skip_validation {
             let roots = module_roots(config, &m.config)?;
             let at = x509::issued_at(&chain, UnixTime::now());
-            x509::validate_chain(&chain, &roots, &m.config.extended_key_usage, at)
+            let crls = x509::read_crls(&config.crl)?;
+            x509::validate_chain_with_crls(&chain, &roots, &m.config.extended_key_usage, at, &crls)
                 .map_err(|e| e.context(format!("module {cert_type}")))?;
         }
         x509::refuse_ekus(&chain[0], &m.config.forbidden_ekus).map_err(|e| e.context(format!("module {cert_type}")))?;

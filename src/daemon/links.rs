@@ -128,13 +128,16 @@ pub(super) const TLS_HANDSHAKE: u8 = 0x16;
 
 /// The TLS handshake of a link, as the main node: its identity from its link identity
 /// module, the peer's certificate required and verified. Returns the stream and the peer's
-/// certificate (DER).
-pub(super) async fn accept_tls(stream: BoxStream, shared: &Arc<Shared>) -> Result<(BoxStream, Vec<u8>)> {
+/// chain, leaf first.
+pub(super) async fn accept_tls(
+    stream: BoxStream,
+    shared: &Arc<Shared>,
+) -> Result<(BoxStream, Vec<rustls_pki_types::CertificateDer<'static>>)> {
     let s = shared.clone();
     let config = blocking::unblock(move || {
         let (_, _, identity) = s.prov.modules.identity(&s.prov.db, &s.prov.config.links.identity)?;
         let roots = crate::daemon::certs::read_roots(&s.prov.config)?;
-        crate::link::tls::server_config(&identity, &roots)
+        crate::link::tls::server_config(&identity, &roots, &s.prov.config.crl)
     })
     .await?;
     let handshake = futures_rustls::TlsAcceptor::from(config).accept(stream);
@@ -147,8 +150,9 @@ pub(super) async fn accept_tls(stream: BoxStream, shared: &Arc<Shared>) -> Resul
         }))
     })
     .await?;
-    let cert = crate::link::tls::peer_leaf(tls.get_ref().1)?;
-    Ok((Box::new(tls), cert))
+    crate::link::tls::peer_leaf(tls.get_ref().1)?;
+    let chain = crate::link::tls::peer_chain(tls.get_ref().1);
+    Ok((Box::new(tls), chain))
 }
 
 /// Read the link's hello (within the hello timeout) and answer it. Returns the node id the
@@ -268,9 +272,9 @@ async fn serve_link(
     let mut tunnel_only = false;
     if first == Some(TLS_HANDSHAKE) {
         match accept_tls(stream, &shared).await {
-            Ok((s, cert)) => {
+            Ok((s, chain)) => {
                 stream = s;
-                peer_cert = Some(cert);
+                peer_cert = Some(chain);
             }
             Err(e) => {
                 crate::log_warn!("link listener {addr}, {from}: TLS: {e}; closing");
@@ -297,9 +301,9 @@ async fn serve_link(
     };
     let wire = Wire::new(limit).at(version);
     let refuse = |e: Error| wire.error(0, &e);
-    if let Some(cert) = &peer_cert {
+    if let Some(chain) = &peer_cert {
         if let Err(e) = crate::link::tls::check_peer(
-            cert,
+            &chain[0],
             crate::config::Eku::ClientAuth,
             &node_id,
             &shared.prov.config.unit_id,
@@ -335,6 +339,9 @@ async fn serve_link(
         wire,
         shared.prov.config.frame_timeout,
     );
+    if let Some(chain) = peer_cert.clone() {
+        shared.revocable.watch(&node_id, &peer, chain);
+    }
     let registered = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let changes: Arc<std::sync::Mutex<InfoChanges>> = Default::default();
     // The link's tunnels, all closed when it ends.

@@ -23,6 +23,7 @@ pub mod permissions;
 pub mod provisioning;
 pub mod quota;
 pub mod renewal;
+pub mod revocation;
 
 use crate::config::Config;
 use crate::daemon::broadcast::Broadcast;
@@ -91,6 +92,8 @@ struct Shared {
     enroll_wake: (smol::channel::Sender<()>, smol::channel::Receiver<()>),
     /// Main node: the tunnels it carries for its secondaries (docs/ARCHITECTURE.md §7c).
     relay: Arc<crate::link::tunnel::Relay>,
+    /// Main node: its TLS links, closed when a CRL revokes their peer.
+    revocable: crate::daemon::revocation::Revocable,
 }
 
 /// A certificate by its issuer (DER) and serial.
@@ -183,6 +186,7 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
         guesses: Default::default(),
         enroll_wake: smol::channel::bounded(1),
         relay: crate::link::tunnel::Relay::new(&config.links),
+        revocable: Default::default(),
     });
     shared.publish_cert_changes();
 

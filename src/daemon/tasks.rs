@@ -129,6 +129,8 @@ pub(super) async fn watch_identity(shared: Arc<Shared>, reload: smol::channel::R
         )
         .await;
         let s = shared.clone();
+        blocking::unblock(move || s.revocable.recheck(&s.prov.config, hup)).await;
+        let s = shared.clone();
         if let Some(subjects) = blocking::unblock(move || s.identity.refresh()).await {
             crate::log_notice!(
                 "subjects changed ({} now){}",

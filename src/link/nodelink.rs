@@ -43,6 +43,8 @@ pub struct Options {
     pub tls: LinkTls,
     /// The unit's root CA, which the main node's certificate must chain to (TLS).
     pub root_ca: Option<PathBuf>,
+    /// Certificate revocation lists the main node's chain is checked against (`paths.crl`).
+    pub crl: Vec<PathBuf>,
     /// This node's unit (`node.unit_id`): the main node's certificate must carry its URI.
     pub unit_id: String,
     /// The main node this node links to only (`links.main_node_id`), if configured.
@@ -646,7 +648,7 @@ async fn connect_tls(
             client: std::sync::Mutex::new(None),
         }),
     };
-    let config = crate::link::tls::client_config(&identity, &roots)?;
+    let config = crate::link::tls::client_config(&identity, &roots, &opts.crl)?;
     let handshake = futures_rustls::TlsConnector::from(config).connect(crate::link::tls::main_server_name(), stream);
     let what = format!("no TLS handshake with {}", opts.connect);
     let tls = transport::within(opts.hello_timeout, what, async {

@@ -234,7 +234,11 @@ pub fn is_client_certificate_verify(message: &[u8]) -> bool {
 }
 
 /// The main node's side: its identity, and a client certificate required from every peer.
-pub fn server_config(identity: &Identity, roots: &[CertificateDer<'static>]) -> Result<Arc<rustls::ServerConfig>> {
+pub fn server_config(
+    identity: &Identity,
+    roots: &[CertificateDer<'static>],
+    crls: &[std::path::PathBuf],
+) -> Result<Arc<rustls::ServerConfig>> {
     let provider = provider();
     let mut store = rustls::RootCertStore::empty();
     for r in roots {
@@ -242,7 +246,12 @@ pub fn server_config(identity: &Identity, roots: &[CertificateDer<'static>]) -> 
             .add(r.clone())
             .map_err(|e| Error::validation("BadRoot", format!("root CA for links: {e}")))?;
     }
-    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider.clone())
+    let crl_ders = crate::pki::x509::read_crls(crls)?;
+    let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider.clone());
+    if !crl_ders.is_empty() {
+        builder = builder.with_crls(crl_ders).allow_unknown_revocation_status();
+    }
+    let inner = builder
         .build()
         .map_err(|e| Error::internal(format!("TLS client verifier: {e}")))?;
     let verifier = Arc::new(NodeClientVerifier {
@@ -259,7 +268,11 @@ pub fn server_config(identity: &Identity, roots: &[CertificateDer<'static>]) -> 
 
 /// A secondary node's side: its identity, and the main node's chain checked against the
 /// root with serverAuth (no host name: see the module comment).
-pub fn client_config(identity: &Identity, roots: &[CertificateDer<'static>]) -> Result<Arc<rustls::ClientConfig>> {
+pub fn client_config(
+    identity: &Identity,
+    roots: &[CertificateDer<'static>],
+    crls: &[std::path::PathBuf],
+) -> Result<Arc<rustls::ClientConfig>> {
     let provider = provider();
     let anchors = roots
         .iter()
@@ -271,6 +284,7 @@ pub fn client_config(identity: &Identity, roots: &[CertificateDer<'static>]) -> 
         .collect::<Result<Vec<_>>>()?;
     let verifier = NodeServerVerifier {
         anchors,
+        crls: crate::pki::x509::parse_crls(&crate::pki::x509::read_crls(crls)?)?,
         roots: roots.to_vec(),
         algorithms: provider.signature_verification_algorithms,
     };
@@ -428,6 +442,7 @@ pub fn main_server_name() -> ServerName<'static> {
 #[derive(Debug)]
 struct NodeServerVerifier {
     anchors: Vec<rustls::pki_types::TrustAnchor<'static>>,
+    crls: Vec<webpki::CertRevocationList<'static>>,
     /// The same roots as DER, to say which certificate a refused chain fails at.
     roots: Vec<CertificateDer<'static>>,
     algorithms: WebPkiSupportedAlgorithms,
@@ -504,13 +519,14 @@ impl ServerCertVerifier for NodeServerVerifier {
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
         let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|e| rustls::Error::General(format!("{e:?}")))?;
+        let crls: Vec<&webpki::CertRevocationList> = self.crls.iter().collect();
         cert.verify_for_usage(
             self.algorithms.all,
             &self.anchors,
             intermediates,
             now,
             webpki::KeyUsage::server_auth(),
-            None,
+            crate::pki::x509::revocation(&crls),
             None,
         )
         .map_err(|e| {
@@ -530,6 +546,7 @@ fn webpki_error(e: webpki::Error) -> rustls::CertificateError {
         webpki::Error::CertExpired { .. } => C::Expired,
         webpki::Error::CertNotValidYet { .. } => C::NotValidYet,
         webpki::Error::InvalidSignatureForPublicKey => C::BadSignature,
+        webpki::Error::CertRevoked => C::Revoked,
         // The usage this end requires is missing (a secondary's certificate has no serverAuth).
         #[allow(deprecated)]
         webpki::Error::RequiredEkuNotFound | webpki::Error::RequiredEkuNotFoundContext(_) => C::InvalidPurpose,
@@ -538,6 +555,14 @@ fn webpki_error(e: webpki::Error) -> rustls::CertificateError {
             format!("{e:?}"),
         )))),
     }
+}
+
+/// The chain the other end presented in the handshake, leaf first.
+pub fn peer_chain(state: &rustls::CommonState) -> Vec<CertificateDer<'static>> {
+    state
+        .peer_certificates()
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default()
 }
 
 /// The certificate the other end presented in the handshake (its leaf, DER).

@@ -15,7 +15,7 @@ use rcgen::{
     SignatureAlgorithm,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// Most certificates a chain may hold (leaf, intermediates, optionally the root).
@@ -513,6 +513,80 @@ pub fn validate_chain(
     ekus: &[Eku],
     time: UnixTime,
 ) -> Result<()> {
+    validate_chain_with_crls(chain, roots, ekus, time, &[])
+}
+
+/// Certificate revocation lists read from files (`paths.crl`): each file PEM (`X509 CRL`
+/// sections) or one DER CRL, each parsed here so that a broken one is named now; its
+/// signature is checked against the issuer it names when a chain through it is validated.
+pub fn read_crls(paths: &[std::path::PathBuf]) -> Result<Vec<CertificateRevocationListDer<'static>>> {
+    use rustls_pki_types::pem::{PemObject, SectionKind};
+    let mut out = Vec::new();
+    for path in paths {
+        let what = format!("the CRL {}", path.display());
+        let bytes = std::fs::read(path).map_err(|e| Error::unavailable(format!("cannot read {what}: {e}")))?;
+        let ders: Vec<Vec<u8>> = match bytes.trim_ascii_start().starts_with(b"-----") {
+            true => <(SectionKind, Vec<u8>)>::pem_slice_iter(&bytes)
+                .filter_map(|r| match r {
+                    Ok((SectionKind::Crl, der)) => Some(Ok(der)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(Error::invalid(format!("{what}: {}", pem_error(&e))))),
+                })
+                .collect::<Result<_>>()?,
+            false => vec![bytes],
+        };
+        if ders.is_empty() {
+            return Err(Error::invalid(format!("{what}: no X509 CRL section")));
+        }
+        for der in ders {
+            webpki::BorrowedCertRevocationList::from_der(&der).map_err(|e| {
+                policy(
+                    &webpki_reason(&e),
+                    format!("{what}: not a CRL this node can use: {e:?}"),
+                )
+            })?;
+            out.push(CertificateRevocationListDer::from(der));
+        }
+    }
+    Ok(out)
+}
+
+/// CRLs as rustls-webpki uses them.
+pub fn parse_crls(ders: &[CertificateRevocationListDer<'_>]) -> Result<Vec<webpki::CertRevocationList<'static>>> {
+    ders.iter()
+        .map(|d| {
+            webpki::OwnedCertRevocationList::from_der(d)
+                .map(Into::into)
+                .map_err(|e| policy(&webpki_reason(&e), format!("a CRL: {e:?}")))
+        })
+        .collect()
+}
+
+/// The revocation options every chain is checked with where CRLs are configured: the whole
+/// chain; an issuer no CRL covers is not refused for that; a CRL past its nextUpdate still
+/// counts (a stale list still names what it revoked, and a unit without a network may not
+/// get a fresh one in time).
+pub fn revocation<'a>(crls: &'a [&'a webpki::CertRevocationList<'a>]) -> Option<webpki::RevocationOptions<'a>> {
+    let builder = webpki::RevocationOptionsBuilder::new(crls).ok()?;
+    Some(
+        builder
+            .with_depth(webpki::RevocationCheckDepth::Chain)
+            .with_status_policy(webpki::UnknownStatusPolicy::Allow)
+            .with_expiration_policy(webpki::ExpirationPolicy::Ignore)
+            .build(),
+    )
+}
+
+/// [`validate_chain`], and no certificate of the path revoked by one of `crls`.
+pub fn validate_chain_with_crls(
+    chain: &[CertificateDer<'_>],
+    roots: &[CertificateDer<'_>],
+    ekus: &[Eku],
+    time: UnixTime,
+    crls: &[CertificateRevocationListDer<'_>],
+) -> Result<()> {
+    let crls = parse_crls(crls)?;
+    let crl_refs: Vec<&webpki::CertRevocationList> = crls.iter().collect();
     let leaf = chain.first().ok_or_else(|| Error::invalid("empty chain"))?;
     let at = time.as_secs() as i64;
     let mut anchors = Vec::new();
@@ -547,7 +621,7 @@ pub fn validate_chain(
             &intermediates,
             time,
             EkuPolicy(ekus),
-            None,
+            revocation(&crl_refs),
             None,
         )
         .map_err(|e| {
@@ -555,9 +629,14 @@ pub fn validate_chain(
                 true => String::new(),
                 false => format!(" (roots refused and not used: {})", refused.join("; ")),
             };
-            let why = explain_path(leaf, &intermediates, roots, at)
-                .map(|w| format!(": {w}"))
-                .unwrap_or_default();
+            let why = match e {
+                webpki::Error::CertRevoked => {
+                    Some("a certificate of the chain is revoked by a CRL of paths.crl".into())
+                }
+                _ => explain_path(leaf, &intermediates, roots, at),
+            }
+            .map(|w| format!(": {w}"))
+            .unwrap_or_default();
             policy(
                 &webpki_reason(&e),
                 format!("the chain does not validate against the configured root: {e}{why}{also}"),
