@@ -1,6 +1,7 @@
 //! Writes the seed corpora for every fuzz target into DIR/TARGET/: frames of every request
 //! type (the tests' requests), the configurations the tests and the Yocto layer use, a
-//! valid chain with its root, CSR subjects, and an EST PKCS#7 answer.
+//! valid chain with its root, CSR subjects, an EST PKCS#7 answer, SCEP's HTTP answers and
+//! CRLs.
 //!
 //! Usage: seeds DIR
 
@@ -118,11 +119,35 @@ fn main() {
     ra_ca.extend_from_slice(&p7);
     write(dir, "http_scep", "getcacert-ra.http", &ra_ca);
     let one = int.der().to_vec();
-    let mut chunked = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-x509-ca-cert\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut chunked =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-x509-ca-cert\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     chunked.extend_from_slice(format!("{:x}\r\n", one.len()).as_bytes());
     chunked.extend_from_slice(&one);
     chunked.extend_from_slice(b"\r\n0\r\n\r\n");
     write(dir, "http_scep", "getcacert-ca.http", &chunked);
+    // CRLs as `openssl ca -gencrl` and rcgen make them: one revoking a serial, PEM and DER.
+    let crl_key = rcgen::KeyPair::generate().unwrap();
+    let mut crl_ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    crl_ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    crl_ca.distinguished_name.push(rcgen::DnType::CommonName, "seed CA");
+    let crl_issuer = rcgen::Issuer::new(crl_ca, crl_key);
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2026, 1, 1),
+        next_update: rcgen::date_time_ymd(2027, 1, 1),
+        crl_number: rcgen::SerialNumber::from(1000u64),
+        issuing_distribution_point: None,
+        revoked_certs: vec![rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from_slice(&[0x42, 7, 7, 7]),
+            revocation_time: rcgen::date_time_ymd(2026, 6, 1),
+            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        }],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&crl_issuer)
+    .unwrap();
+    write(dir, "crl", "revoked.der", crl.der());
+    write(dir, "crl", "revoked.pem", crl.pem().unwrap().as_bytes());
     write(
         dir,
         "http_scep",

@@ -7,8 +7,8 @@
 use std::sync::OnceLock;
 
 use aos_iam::config::{Algorithm, Eku};
-use aos_iam::store::keystore::{software::SoftwareStore, KeyStore};
 use aos_iam::pki::x509::{self, StoredKey};
+use aos_iam::store::keystore::{software::SoftwareStore, KeyStore};
 use libfuzzer_sys::fuzz_target;
 use x509_parser::prelude::FromDer;
 

@@ -520,35 +520,43 @@ pub fn validate_chain(
 /// sections) or one DER CRL, each parsed here so that a broken one is named now; its
 /// signature is checked against the issuer it names when a chain through it is validated.
 pub fn read_crls(paths: &[std::path::PathBuf]) -> Result<Vec<CertificateRevocationListDer<'static>>> {
-    use rustls_pki_types::pem::{PemObject, SectionKind};
     let mut out = Vec::new();
     for path in paths {
         let what = format!("the CRL {}", path.display());
         let bytes = std::fs::read(path).map_err(|e| Error::unavailable(format!("cannot read {what}: {e}")))?;
-        let ders: Vec<Vec<u8>> = match bytes.trim_ascii_start().starts_with(b"-----") {
-            true => <(SectionKind, Vec<u8>)>::pem_slice_iter(&bytes)
-                .filter_map(|r| match r {
-                    Ok((SectionKind::Crl, der)) => Some(Ok(der)),
-                    Ok(_) => None,
-                    Err(e) => Some(Err(Error::invalid(format!("{what}: {}", pem_error(&e))))),
-                })
-                .collect::<Result<_>>()?,
-            false => vec![bytes],
-        };
-        if ders.is_empty() {
-            return Err(Error::invalid(format!("{what}: no X509 CRL section")));
-        }
-        for der in ders {
+        out.extend(crls_in(&bytes, &what)?);
+    }
+    Ok(out)
+}
+
+/// The CRLs of one file's bytes (`what` names it in errors): PEM `X509 CRL` sections, or
+/// one DER CRL.
+pub fn crls_in(bytes: &[u8], what: &str) -> Result<Vec<CertificateRevocationListDer<'static>>> {
+    use rustls_pki_types::pem::{PemObject, SectionKind};
+    let ders: Vec<Vec<u8>> = match bytes.trim_ascii_start().starts_with(b"-----") {
+        true => <(SectionKind, Vec<u8>)>::pem_slice_iter(bytes)
+            .filter_map(|r| match r {
+                Ok((SectionKind::Crl, der)) => Some(Ok(der)),
+                Ok(_) => None,
+                Err(e) => Some(Err(Error::invalid(format!("{what}: {}", pem_error(&e))))),
+            })
+            .collect::<Result<_>>()?,
+        false => vec![bytes.to_vec()],
+    };
+    if ders.is_empty() {
+        return Err(Error::invalid(format!("{what}: no X509 CRL section")));
+    }
+    ders.into_iter()
+        .map(|der| {
             webpki::BorrowedCertRevocationList::from_der(&der).map_err(|e| {
                 policy(
                     &webpki_reason(&e),
                     format!("{what}: not a CRL this node can use: {e:?}"),
                 )
             })?;
-            out.push(CertificateRevocationListDer::from(der));
-        }
-    }
-    Ok(out)
+            Ok(CertificateRevocationListDer::from(der))
+        })
+        .collect()
 }
 
 /// CRLs as rustls-webpki uses them.
