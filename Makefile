@@ -230,8 +230,11 @@ check-layer:
 # of margin) by the deadline at every read and write of an exchange and the bounded name
 # resolution, SCEP's RA checks and one error for every unwrapping failure, the challenge added
 # to a CSR as it is sent, the audit trail, `check`'s renewal note and the tunnel socket's
-# group (issues 27 and 28).
-SIZE_CEILING ?= 4405040
+# group (issues 27 and 28). Raised to 4432688 (4424496 measured, +27648 bytes, with 8 KiB of
+# margin) by the factory's profile (pki::profile: CSRs and issued certificates compared with
+# it, --profile files), revocation (paths.crl at ApplyCert and both ends of a link, revoked
+# links closed) and the clock skew allowed a just-issued chain (issue 28).
+SIZE_CEILING ?= 4432688
 size: static
 	$(STRIP) -o target/aos-iam.static.stripped $(STATIC)
 	python3 scripts/size.py $(STATIC) target/aos-iam.static.stripped $(SIZE_CEILING)
