@@ -56,7 +56,8 @@ fn names_its_node(request: &Request, shared: &Shared) -> Result<()> {
     if shared.prov.config.role != crate::config::Role::Main {
         return Ok(());
     }
-    let Ok(names) = crate::pki::x509::leaf_names(chain_pem) else {
+    let leaf = crate::pki::x509::parse_chain_pem(chain_pem).and_then(|c| crate::pki::profile::cert_claims(&c[0]));
+    let Ok(names) = leaf.map(|c| c.node_names()) else {
         // The node itself refuses it, naming why.
         return Ok(());
     };

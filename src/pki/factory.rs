@@ -182,22 +182,15 @@ fn sign_for_node(
     let main = node_id == client.server_node_id;
     let csr_der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr.as_bytes())
         .map_err(|e| Error::invalid(format!("the CSR of {cert_type} is not PEM: {e}")))?;
-    let names = x509::csr_names(csr_der.as_ref())?;
     let asked = format!("the {cert_type} CSR");
-    x509::refuse_other_nodes(&asked, &names, node_id, &unit_nodes)?;
-    profile.check(
-        &asked,
-        &csr_claims(csr_der.as_ref())?,
-        node_id,
-        main,
-        cert_type,
-        Some(subject),
-    )?;
+    let wanted = csr_claims(csr_der.as_ref())?;
+    x509::refuse_other_nodes(&asked, &wanted.node_names(), node_id, &unit_nodes)?;
+    profile.check(&asked, &wanted, node_id, main, cert_type, Some(subject))?;
     let chain = signer.sign_on(client, node_id, cert_type, csr, password)?;
     let issued = format!("the {cert_type} certificate the signer issued");
-    x509::refuse_other_nodes(&issued, &x509::leaf_names(&chain)?, node_id, &unit_nodes)?;
-    // The CA's own extensions (policies, CRL distribution points…) are its business.
     let mut said = cert_claims(x509::parse_chain_pem(&chain)?[0].as_ref())?;
+    x509::refuse_other_nodes(&issued, &said.node_names(), node_id, &unit_nodes)?;
+    // The CA's own extensions (policies, CRL distribution points…) are its business.
     said.other_extensions.clear();
     profile.check(&issued, &said, node_id, main, cert_type, None)?;
     Ok(chain)

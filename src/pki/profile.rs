@@ -39,6 +39,8 @@ const UNIT_URI_PREFIX: &str = "urn:aos-iam:unit:";
 pub struct Claims {
     /// The subject as RFC 4514 text, without the blanks after commas.
     pub subject: String,
+    /// The subject's common names.
+    pub cns: Vec<String>,
     pub dns: Vec<String>,
     pub uris: Vec<String>,
     /// Names of other kinds (IP addresses, e-mail…), as x509-parser prints them.
@@ -48,6 +50,14 @@ pub struct Claims {
     pub ca: bool,
     /// Extensions beyond names, usages, basic constraints and key identifiers, by OID.
     pub other_extensions: Vec<String>,
+}
+
+impl Claims {
+    /// The names it gives its holder as a node: its CNs and DNS names (what
+    /// `link::tls::check_peer` matches a node id against).
+    pub fn node_names(&self) -> Vec<String> {
+        [&self.cns[..], &self.dns[..]].concat()
+    }
 }
 
 /// A subject as compared: RFC 4514 text without blanks around its commas; a bare name (a
@@ -65,6 +75,10 @@ fn claims<'a>(
 ) -> Claims {
     let mut c = Claims {
         subject: subject_text(&subject.to_string()),
+        cns: subject
+            .iter_common_name()
+            .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+            .collect(),
         ..Claims::default()
     };
     for ext in extensions {

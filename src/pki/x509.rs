@@ -300,47 +300,6 @@ pub fn csr_public_key(csr_der: &[u8]) -> Result<Vec<u8>> {
         .to_vec())
 }
 
-/// The names a certificate or CSR gives its holder as a node: its CNs and DNS subject
-/// alternative names (what `link::tls::check_peer` matches a node id against).
-fn node_names(
-    subject: &x509_parser::x509::X509Name,
-    sans: Option<&x509_parser::extensions::SubjectAlternativeName>,
-) -> Vec<String> {
-    let mut names: Vec<String> = subject
-        .iter_common_name()
-        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
-        .collect();
-    for n in sans.map(|s| s.general_names.as_slice()).unwrap_or_default() {
-        if let x509_parser::extensions::GeneralName::DNSName(d) = n {
-            names.push(d.to_string());
-        }
-    }
-    names
-}
-
-/// The names a CSR asks for, as [`node_names`] reads them.
-pub fn csr_names(csr_der: &[u8]) -> Result<Vec<String>> {
-    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
-        .map_err(|e| Error::invalid(format!("the CSR: {e}")))?;
-    let info = &csr.certification_request_info;
-    let mut sans = None;
-    for ext in csr.requested_extensions().into_iter().flatten() {
-        if let x509_parser::extensions::ParsedExtension::SubjectAlternativeName(s) = ext {
-            sans = Some(s);
-        }
-    }
-    Ok(node_names(&info.subject, sans))
-}
-
-/// The names the leaf of a PEM chain (leaf first) gives its holder, as [`node_names`] reads
-/// them.
-pub fn leaf_names(chain_pem: &str) -> Result<Vec<String>> {
-    let chain = parse_chain_pem(chain_pem)?;
-    let c = parse(chain[0].as_ref(), "the certificate")?;
-    let sans = c.subject_alternative_name().ok().flatten().map(|e| e.value);
-    Ok(node_names(c.subject(), sans))
-}
-
 /// Whether a certificate names itself as its issuer (a root); unparsable: no.
 /// The issuing CAs of `leaf` found among `candidates`, leaf's issuer first, up to the root
 /// (left out) or the first issuer not among them: how a chain is completed from an EST
