@@ -150,8 +150,7 @@ pub(super) async fn accept_tls(
         }))
     })
     .await?;
-    crate::link::tls::peer_leaf(tls.get_ref().1)?;
-    let chain = crate::link::tls::peer_chain(tls.get_ref().1);
+    let chain = crate::link::tls::peer_chain(tls.get_ref().1)?;
     Ok((Box::new(tls), chain))
 }
 
@@ -339,7 +338,7 @@ async fn serve_link(
         wire,
         shared.prov.config.frame_timeout,
     );
-    if let Some(chain) = peer_cert.clone() {
+    if let Some(chain) = peer_cert {
         shared.revocable.watch(&node_id, &peer, chain);
     }
     let registered = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -65,7 +65,9 @@ impl Revocable {
         if links.is_empty() || config.crl.is_empty() {
             return 0;
         }
-        let checked = x509::read_crls(&config.crl).and_then(|c| Ok((c, crate::daemon::certs::read_roots(config)?)));
+        let checked = x509::read_crls(&config.crl)
+            .and_then(|c| x509::parse_crls(&c))
+            .and_then(|c| Ok((c, crate::daemon::certs::read_roots(config)?)));
         let (crls, roots) = match checked {
             Ok(both) => both,
             Err(e) => {
@@ -75,7 +77,7 @@ impl Revocable {
         };
         let mut closed = 0;
         for w in links.iter() {
-            let Err(e) = x509::validate_chain_with_crls(&w.chain, &roots, &[Eku::ClientAuth], UnixTime::now(), &crls)
+            let Err(e) = x509::validate_chain_against(&w.chain, &roots, &[Eku::ClientAuth], UnixTime::now(), &crls)
             else {
                 continue;
             };

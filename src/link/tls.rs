@@ -557,21 +557,18 @@ fn webpki_error(e: webpki::Error) -> rustls::CertificateError {
     }
 }
 
-/// The chain the other end presented in the handshake, leaf first.
-pub fn peer_chain(state: &rustls::CommonState) -> Vec<CertificateDer<'static>> {
+/// The chain the other end presented in the handshake, leaf first (never empty).
+pub fn peer_chain(state: &rustls::CommonState) -> Result<Vec<CertificateDer<'static>>> {
     state
         .peer_certificates()
+        .filter(|c| !c.is_empty())
         .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-        .unwrap_or_default()
+        .ok_or_else(|| Error::unauthorized("the other end presented no certificate"))
 }
 
 /// The certificate the other end presented in the handshake (its leaf, DER).
 pub fn peer_leaf(state: &rustls::CommonState) -> Result<Vec<u8>> {
-    state
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| c.to_vec())
-        .ok_or_else(|| Error::unauthorized("the other end presented no certificate"))
+    Ok(peer_chain(state)?.swap_remove(0).to_vec())
 }
 
 /// After the handshake (and the hello): the peer's certificate carries `eku`, names

@@ -472,7 +472,7 @@ pub fn validate_chain(
     ekus: &[Eku],
     time: UnixTime,
 ) -> Result<()> {
-    validate_chain_with_crls(chain, roots, ekus, time, &[])
+    validate_chain_against(chain, roots, ekus, time, &[])
 }
 
 /// Certificate revocation lists read from files (`paths.crl`): each file PEM (`X509 CRL`
@@ -552,7 +552,18 @@ pub fn validate_chain_with_crls(
     time: UnixTime,
     crls: &[CertificateRevocationListDer<'_>],
 ) -> Result<()> {
-    let crls = parse_crls(crls)?;
+    validate_chain_against(chain, roots, ekus, time, &parse_crls(crls)?)
+}
+
+/// [`validate_chain_with_crls`] with CRLs parsed already (by [`parse_crls`]): for checking
+/// many chains against the same lists.
+pub fn validate_chain_against(
+    chain: &[CertificateDer<'_>],
+    roots: &[CertificateDer<'_>],
+    ekus: &[Eku],
+    time: UnixTime,
+    crls: &[webpki::CertRevocationList<'_>],
+) -> Result<()> {
     let crl_refs: Vec<&webpki::CertRevocationList> = crls.iter().collect();
     let leaf = chain.first().ok_or_else(|| Error::invalid("empty chain"))?;
     let at = time.as_secs() as i64;
