@@ -316,7 +316,6 @@ pub fn error_json(e: &Error) -> serde_json::Value {
     json!({"kind": e.kind.name(), "reason": reason, "message": e.message})
 }
 
-/// Report an error as text on stderr, or as a JSON object on stdout with `--json`.
 /// iamd's configuration at `path`, or at the default path where it exists (`None` if not).
 pub fn load_config(path: Option<&str>) -> Result<Option<aos_iam::config::Config>, Error> {
     use aos_iam::config::DEFAULT_CONFIG;
@@ -330,6 +329,7 @@ pub fn load_config(path: Option<&str>) -> Result<Option<aos_iam::config::Config>
         .map_err(|e| Error::invalid(format!("configuration: {e}")))
 }
 
+/// Report an error as text on stderr, or as a JSON object on stdout with `--json`.
 pub fn fail(name: &str, e: &Error, json: bool) -> u8 {
     if json {
         println!("{}", json!({"ok": false, "error": error_json(e)}));

@@ -300,7 +300,6 @@ pub fn csr_public_key(csr_der: &[u8]) -> Result<Vec<u8>> {
         .to_vec())
 }
 
-/// Whether a certificate names itself as its issuer (a root); unparsable: no.
 /// The issuing CAs of `leaf` found among `candidates`, leaf's issuer first, up to the root
 /// (left out) or the first issuer not among them: how a chain is completed from an EST
 /// server's `/cacerts` when its answer to an enrollment carries the leaf alone.
