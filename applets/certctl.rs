@@ -363,12 +363,7 @@ fn run(args: &Args) -> Result<u8, Error> {
                 Some(_) => None,
                 None => common::load_config(v.config.as_deref())?,
             };
-            let policy = |t: &str| {
-                config
-                    .as_ref()
-                    .and_then(|c| c.modules.iter().find(|m| m.id == t))
-                    .and_then(|m| m.renew.as_ref())
-            };
+            let policy = |t: &str| config.as_ref().and_then(|c| c.module(t)).and_then(|m| m.renew.as_ref());
             let rated: Vec<_> = checks
                 .iter()
                 .map(|c| {

@@ -447,9 +447,7 @@ impl Provisioning {
         // other server gets a PKCSReq, signed and answered with the fresh pending key.
         let renewal = self
             .config
-            .modules
-            .iter()
-            .find(|m| m.id == cert_type)
+            .module(cert_type)
             .and_then(|m| m.renew.as_ref())
             .is_some_and(|p| match &p.method {
                 crate::config::RenewMethod::Scep(s) => {

@@ -58,7 +58,7 @@ pub fn due_at(record: &CertRecord, policy: &RenewPolicy) -> i64 {
     threshold - early
 }
 
-/// The policy's threshold for a certificate valid from `start` to `end`, without jitter.
+/// The policy's retry delay doubled `failures` times, at most [`MAX_RENEW_RETRY`].
 fn backoff(policy: &RenewPolicy, failures: u32) -> Duration {
     policy
         .retry
