@@ -297,7 +297,7 @@ pub fn connect_within(addr: &str, timeout: Duration) -> std::io::Result<std::net
         if left.is_zero() {
             return Err(IoError::new(
                 IoKind::TimedOut,
-                format!("{a} (and {addr}'s other addresses) in time"),
+                format!("no time was left to try {a}, an address of {addr}"),
             ));
         }
         match std::net::TcpStream::connect_timeout(&a, left) {

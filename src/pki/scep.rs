@@ -353,14 +353,13 @@ fn cert_key(der: &[u8]) -> Result<CertKey> {
     })
 }
 
-/// The certificates of a GetCACert answer with this Content-Type and body: one certificate,
-/// or a PKCS#7 of certificates (RA and CA).
+/// The certificates of a GetCACert answer with this Content-Type and body: a PKCS#7 of
+/// certificates (RA and CA), or one certificate. The body says which, whatever the
+/// Content-Type claims; the Content-Type is named when it is neither.
 pub fn ca_certs_of(content_type: &str, body: &[u8]) -> Result<Vec<Vec<u8>>> {
     let ct = content_type.to_ascii_lowercase();
-    if ct.contains("x-x509-ca-ra-cert") || body.first() == Some(&0x30) && der::pkcs7_certificates(body).is_some() {
-        if let Some(certs) = der::pkcs7_certificates(body) {
-            return Ok(certs);
-        }
+    if let Some(certs) = der::pkcs7_certificates(body) {
+        return Ok(certs);
     }
     if read_tlv(body).is_some_and(|t| t.rest.is_empty() && t.tag == 0x30) && cert_key(body).is_ok() {
         return Ok(vec![body.to_vec()]);
