@@ -502,7 +502,14 @@ fn run(args: &Args) -> Result<u8, Error> {
                     print!("{}", common::node_text(n));
                 }
             };
-            show(&c.node_info(&node)?);
+            let info = c.node_info(&node)?;
+            show(&info);
+            if !v.watch && !info.connected {
+                // Known to the main node, its link down: printed as last seen, and exit 3
+                // (unavailable), as a forwarded request to it would end.
+                eprintln!("node \"{}\" is not connected", info.node_id);
+                return Ok(3);
+            }
             if v.watch {
                 let id = c.subscribe(aos_iam::proto::wire::Request::SubscribeNodeChanged)?;
                 loop {

@@ -98,7 +98,11 @@ fn a_revoked_secondary_is_dropped_at_once_and_refused_and_a_revoked_main_node_is
         "the revoked node refused at its handshake",
         &unit.main,
     );
-    let info = unit.main.provision(&["--node", &s0, "--json", "node-info"]).ok().json();
+    let info = unit
+        .main
+        .provision(&["--node", &s0, "--json", "node-info"])
+        .fails(3, "is not connected")
+        .json();
     assert_eq!(info["connected"], false, "{info}");
     // The other secondary is untouched.
     let info = unit.main.provision(&["--node", &s1, "--json", "node-info"]).ok().json();

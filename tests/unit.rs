@@ -489,7 +489,11 @@ fn node_changes_reach_subscribers_and_the_registry_survives_restarts_of_either_s
     // The main node restarts: the node is still known (disconnected), with its last info.
     unit.main.stop();
     unit.main.start(true);
-    let info = unit.main.provision(&["--node", &s0, "--json", "node-info"]).ok().json();
+    let info = unit
+        .main
+        .provision(&["--node", &s0, "--json", "node-info"])
+        .fails(3, "is not connected")
+        .json();
     assert_eq!(
         (info["connected"].as_bool(), info["state"].as_str()),
         (Some(false), Some("provisioning"))
@@ -1022,6 +1026,59 @@ fn relay_forever(main_link: std::path::PathBuf, mut child: std::process::Child) 
 }
 
 #[test]
+fn a_tls_link_that_a_byte_pipe_reopens_in_mid_session_is_ended_at_once_not_left_to_its_keepalive() {
+    // vchan-socket-proxy, when the main node closes its end, opens a new connection onto the
+    // same vchan session at once: the secondary's next TLS record arrives at a fresh accept.
+    let mut unit = Unit::new("midstream", 1);
+    // The keepalive's ping is the next record; its timeout (10 s) is not what ends the link.
+    unit.secondaries[0].extra_config = "\n[links]\nkeepalive = 10\n".into();
+    unit.start(true);
+    unit.link_all_unix();
+    unit.run_all(&["--expect-nodes", "2", "--wait", "20"]).ok();
+    let addr = unit.link_addr();
+    unit.relink(false, &addr);
+    unit.kill_link(0);
+    let s0 = unit.secondaries[0].node_id();
+    unit.wait_connected(&s0, false);
+    let mut cmd = unit.nodelink_cmd(0, "stdio");
+    let log = std::fs::File::create(unit.secondaries[0].path("nodelink.log")).unwrap();
+    let child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut link = relay_forever(unit.main.path("run/link.sock"), child);
+    unit.wait_connected(&s0, true);
+    assert!(unit.link_status(0).ok().json()["tls"] == true);
+    // The main node closes the link (forget-node); the pipe reconnects in mid-session.
+    unit.main.provision(&["forget-node", &s0]).ok();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = link.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the link did not end: {}",
+            unit.nodelink_log(0)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    assert!(
+        unit.main.log().contains("the connection begins in the middle of a TLS session (a application_data record"),
+        "{}",
+        unit.main.log()
+    );
+    // It ended on the main node's alert, not on an unanswered keepalive.
+    let log = unit.nodelink_log(0);
+    assert!(!log.contains("did not answer a keepalive"), "{log}");
+    assert!(log.contains("the link ended during a keepalive"), "{log}");
+    assert!(log.contains("cannot decrypt peer's message"), "{log}");
+}
+
+#[test]
 fn a_byte_pipe_link_notices_by_its_keepalive_that_the_main_iamd_restarted() {
     let mut unit = Unit::new("keepalive", 2);
     unit.secondaries[0].extra_config = "\n[links]\nkeepalive = 1\n".into();
@@ -1073,7 +1130,10 @@ fn a_byte_pipe_link_notices_by_its_keepalive_that_the_main_iamd_restarted() {
     assert!(links[1].try_wait().unwrap().is_none(), "{}", unit.nodelink_log(1));
     let s1 = unit.secondaries[1].node_id();
     assert_eq!(
-        unit.main.provision(&["--node", &s1, "--json", "node-info"]).ok().json()["connected"],
+        unit.main
+            .provision(&["--node", &s1, "--json", "node-info"])
+            .fails(3, "is not connected")
+            .json()["connected"],
         false
     );
     let _ = links[1].kill();

@@ -290,7 +290,11 @@ fn a_main_node_of_each_earlier_release_keeps_its_secondaries_and_they_link_again
         // Listed as they were last seen, now disconnected.
         for s in wanted {
             let id = s["node_id"].as_str().unwrap();
-            let mut info = unit.main.provision(&["--json", "--node", id, "node-info"]).ok().json();
+            let mut info = unit
+                .main
+                .provision(&["--json", "--node", id, "node-info"])
+                .fails(3, "is not connected")
+                .json();
             assert_eq!(info["connected"], false, "{info}");
             info["connected"] = true.into();
             assert_eq!(info, s["node_info"], "release {release}");

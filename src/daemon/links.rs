@@ -126,6 +126,21 @@ pub(super) fn tunnels_in_the_clear(shared: &Shared, addr: &LinkAddr) -> bool {
 /// The first byte of a TLS handshake record.
 pub(super) const TLS_HANDSHAKE: u8 = 0x16;
 
+/// A TLS record in the clear: a fatal `unexpected_message` alert.
+const FATAL_UNEXPECTED_MESSAGE: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x0a];
+
+/// The kind of TLS record whose first byte this is when it cannot begin a link (a
+/// connection's first record is a handshake or a frame's magic): the connection begins in
+/// the middle of a TLS session.
+fn tls_record_in_mid_stream(first: u8) -> Option<&'static str> {
+    match first {
+        0x14 => Some("change_cipher_spec"),
+        0x15 => Some("alert"),
+        0x17 => Some("application_data"),
+        _ => None,
+    }
+}
+
 /// The TLS handshake of a link, as the main node: its identity from its link identity
 /// module, the peer's certificate required and verified. Returns the stream and the peer's
 /// chain, leaf first.
@@ -265,6 +280,20 @@ async fn serve_link(
         }
     };
     let mut stream: BoxStream = Box::new(prefixed);
+    if let Some(kind) = first.and_then(tls_record_in_mid_stream) {
+        // A byte pipe that reconnects without telling its ends (vchan-socket-proxy opens a
+        // new connection onto the same vchan session when this end closed the last one)
+        // delivers the rest of a TLS session to a fresh accept. Nothing here can resume it:
+        // a fatal alert ends the secondary's session at once, so it dials again now rather
+        // than after its keepalive.
+        crate::log_warn!(
+            "link listener {addr}, {from}: the connection begins in the middle of a TLS session (a {kind} \
+             record, not a handshake): the byte pipe reconnected onto a link that was already running; \
+             closing it so that the secondary dials again"
+        );
+        let _ = smol::io::AsyncWriteExt::write_all(&mut stream, &FATAL_UNEXPECTED_MESSAGE).await;
+        return;
+    }
     let mut peer_cert = None;
     // A link in the clear out of provisioning mode, from a secondary that has no link
     // identity yet: it may carry that node's tunnels (to enroll) and nothing else.

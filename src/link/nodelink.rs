@@ -460,12 +460,14 @@ async fn keepalive(link: &Peer, every: Option<Duration>) -> Result<String> {
         match link.call(&Request::Version, every).await {
             Ok(Response::Version { .. }) => {}
             Ok(r) => return Err(Error::protocol(format!("the keepalive was answered {r:?}"))),
-            Err(e) => {
+            Err(e) if e.kind == ErrorKind::Timeout => {
                 return Err(Error::unavailable(format!(
                     "the main node did not answer a keepalive within {} s: {e}",
                     every.as_secs()
                 )))
             }
+            // (The link ended while the keepalive waited: say what ended it.)
+            Err(e) => return Err(Error::unavailable(format!("the link ended during a keepalive: {e}"))),
         }
     }
 }

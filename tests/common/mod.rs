@@ -887,7 +887,8 @@ impl Unit {
         let start = Instant::now();
         loop {
             let out = self.main.provision(&["--node", node_id, "--json", "node-info"]);
-            if out.code == 0 && out.json()["connected"] == connected {
+            // (node-info exits 3 for a node whose link is down.)
+            if out.code == if connected { 0 } else { 3 } && out.json()["connected"] == connected {
                 return;
             }
             assert!(
