@@ -142,9 +142,11 @@ load: build
 # serial (main and the virtio-serial secondary), fault (full, with a link killed during
 # provisioning), systemd (main, and a secondary without a network booting Debian's systemd
 # from its disk with the layer's units three times: bootstrapped at the factory, enrolled
-# by itself over EST through the main node, operational). TCG unless QEMU_ACCEL=kvm.
-QEMU_SCENARIOS ?= full fault systemd
-# What `make test` (and so CI) runs of it: all of it (about 190 s; see qemu/README.md).
+# by itself over EST through the main node, operational), xen (Xen 4.17 in the VM: the main
+# node in dom0, two secondaries in PV domUs linked by vchan through vchan-socket-proxy).
+# TCG unless QEMU_ACCEL=kvm.
+QEMU_SCENARIOS ?= full fault systemd xen
+# What `make test` (and so CI) runs of it: all of it (about 310 s; see qemu/README.md).
 # And of crash-test: a few runs per kind.
 TEST_QEMU_SCENARIOS ?= $(QEMU_SCENARIOS)
 TEST_CRASH_RUNS ?= 3
@@ -153,6 +155,7 @@ qemu-image: static
 	sh scripts/deps.sh qemu
 	sh qemu/build-image.sh $(STATIC)
 	sh qemu/build-systemd-disk.sh $(STATIC)
+	sh qemu/build-xen-image.sh
 
 qemu-test: qemu-image
 	$(CARGO) build --locked --example est-test-server

@@ -44,7 +44,7 @@ cp "$IMG/cache/kernel/boot/vmlinuz-$kver" "$OUT/vmlinuz"
 
 # The Xen layer.
 R=$OUT/layer
-mkdir -p "$R/usr/bin" "$R/usr/sbin" "$R/usr/lib/x86_64-linux-gnu" "$R/lib/modules" "$R/etc/xen/scripts" \
+mkdir -p "$R/usr/bin" "$R/usr/sbin" "$R/usr/lib/x86_64-linux-gnu" "$R/usr/lib/modules" "$R/etc/xen/scripts" \
     "$R/var/lib/xen" "$R/var/log/xen/console" "$R/var/run/xen" "$R/var/run/xenstored" "$R/proc/xen"
 XBIN=/usr/lib/xen-4.17/bin
 mkdir -p "$R$XBIN"
@@ -54,7 +54,7 @@ for l in xenstore-read xenstore-write xenstore-ls xenstore-list xenstore-rm xens
     ln -sf xenstore "$R/usr/bin/$l"
 done
 for b in xl xenstored xenconsoled xen-init-dom0 vchan-socket-proxy; do ln -sf "$XBIN/$b" "$R/usr/sbin/$b"; done
-cp -a "$X"/usr/lib/x86_64-linux-gnu/libxen*.so* "$X"/usr/lib/x86_64-linux-gnu/libyajl.so* "$R/usr/lib/x86_64-linux-gnu/"
+cp -a "$X"/usr/lib/x86_64-linux-gnu/libxen*.so* "$X"/usr/lib/x86_64-linux-gnu/libxl*.so* "$X"/usr/lib/x86_64-linux-gnu/libyajl.so* "$R/usr/lib/x86_64-linux-gnu/"
 cpio -t < "$IMG/initramfs.cpio" 2>/dev/null > "$OUT/listing"
 # What the Xen tools link with beyond the test image: found by ldd against the unpacked
 # libraries, taken from this machine where the image does not have them. glibc loads
@@ -81,7 +81,7 @@ K=$IMG/cache/kernel/lib/modules/$kver
 for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs loop xen-blkback xen-blkfront; do
     f=$(find "$K" -name "$m.ko" | head -1)
     [ -n "$f" ] || { echo "xen-image: no module $m in $kver" >&2; exit 1; }
-    cp "$f" "$R/lib/modules/"
+    cp "$f" "$R/usr/lib/modules/"
     echo "$m.ko" >> "$R/etc/modules.xen"
 done
 (cd "$R" && find . | cpio -o -H newc --quiet) > "$OUT/layer.cpio"
@@ -95,4 +95,4 @@ cp "$OUT/vmlinuz" "$OUT/domU.cpio" "$G/xen/"
 cat "$IMG/initramfs.cpio" "$OUT/layer.cpio" "$OUT/guest.cpio" > "$OUT/dom0.cpio"
 rm -rf "$R" "$G" "$OUT/listing" "$OUT/guest.cpio" "$OUT/domU.cpio" "$X"
 echo "$inputs" > "$OUT/stamp"
-echo "xen-image: Xen $(strings "$OUT/xen" | grep -m1 -o 'Xen version [0-9.]*' || echo 4.17), dom0.cpio $(du -h "$OUT/dom0.cpio" | cut -f1)"
+echo "xen-image: Xen 4.17 (Debian), dom0.cpio $(du -h "$OUT/dom0.cpio" | cut -f1)"

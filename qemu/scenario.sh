@@ -1,7 +1,7 @@
 #!/bin/sh
 # The unit scenario, run by /init in every VM (passed in with -fw_cfg, so the image is not
 # rebuilt per scenario). NODE and ROLE come from /init; /run/iam holds the run's files:
-#   mode        full | serial | fault | systemd     nodes   how many nodes the unit has
+#   mode        full | serial | fault | systemd | xen     nodes   how many nodes the unit has
 #   root-ca.pem the unit's root CA, its only trust anchor
 #   issuing.pem the issuing CA under it that signs the nodes (for openssl verify)
 #   issuing.key, password   (main) the issuing CA's key and the factory's password
@@ -80,7 +80,7 @@ start_link() {
 }
 stop_link() {
     [ -n "$LINK_PID" ] && kill -9 "$LINK_PID" 2>/dev/null
-    pkill -9 iam-nodelink 2>/dev/null
+    killall -9 iam-nodelink 2>/dev/null
     LINK_PID=""
 }
 
@@ -336,7 +336,210 @@ main_node() {
     sleep 600
 }
 
+# The xen scenario (qemu/run-unit.sh xen): the main node in a PV dom0, sec1 and sec2 in PV
+# domUs without a network, each with its own SoftHSM token on its own disk (a loop device in
+# dom0), linked by vchan through Xen's vchan-socket-proxy: dom0 runs a server proxy per
+# domain, restarted in a loop, onto a listener that admits that domain's node only; sec1
+# runs a resident client proxy on a unix socket that iam-nodelink dials, sec2 runs
+# iam-nodelink --connect stdio under a client proxy in stdio mode. A domU's console reaches
+# the host through dom0's (xenconsoled's guest logs, relayed).
+XEN_GUESTS="sec1 sec2"
+vchan_path() { echo "/local/domain/0/data/aos-iam/$1"; } # DOMID: where dom0 serves that domain
+xen_up() {
+    mkdir -p /var/run/xenstored /var/lib/xen /var/log/xen/console /dev/pts
+    [ -e /dev/pts/ptmx ] || mount -t devpts devpts /dev/pts # (xenconsoled gives each guest a pty)
+    xenstored --pid-file /var/run/xenstored.pid || { result xenstored fail "did not start"; return 1; }
+    xen-init-dom0 > /var/log/xen/init-dom0.log 2>&1 || { result xen-init-dom0 fail "$(tail -2 /var/log/xen/init-dom0.log)"; return 1; }
+    xenconsoled --log=guest --log-dir=/var/log/xen/console
+    xl info > /var/log/xen/info 2>&1 || { result xen fail "$(tail -2 /var/log/xen/info | tr '\n' ' ')"; return 1; }
+    result xen ok "Xen $(sed -n 's/^xen_version *: //p' /var/log/xen/info), dom0 with $(xl list 0 | awk 'NR == 2 { print $3 }') MB"
+}
+guest_layout() { case "$1" in sec1) echo unix ;; *) echo stdio ;; esac; }
+create_guest() { # NAME: the domU, its disk kept from an earlier run of it, and dom0's proxy
+    g=$1
+    mkdir -p "/tmp/g-$g/iam-files"
+    cp /run/iam/root-ca.pem /run/iam/issuing.pem /run/iam/scenario.sh /run/iam/mode /run/iam/nodes "/tmp/g-$g/iam-files/"
+    (cd "/tmp/g-$g" && find . | cpio -o -H newc 2>/dev/null) > "/tmp/g-$g.cpio"
+    cat /xen/domU.cpio "/tmp/g-$g.cpio" > "/var/lib/xen/$g.cpio"
+    if [ ! -e "/var/lib/xen/$g.img" ]; then
+        dd if=/dev/zero of="/var/lib/xen/$g.img" bs=1M count=0 seek=48 2>/dev/null
+        losetup -f "/var/lib/xen/$g.img"
+    fi
+    loop=$(losetup -a | grep "/var/lib/xen/$g.img" | cut -d: -f1)
+    connect=stdio
+    [ "$(guest_layout "$g")" = stdio ] || connect=unix:/run/iam-vchan.sock
+    cat > "/etc/xen/$g.cfg" <<EOF2
+name = "$g"
+kernel = "/xen/vmlinuz"
+ramdisk = "/var/lib/xen/$g.cpio"
+extra = "console=hvc0 quiet iam.node=$g iam.role=secondary iam.connect=$connect"
+memory = 384
+vcpus = 1
+disk = [ "phy:$loop,xvda,w,script=xen-block" ]
+on_crash = "destroy"
+EOF2
+    rm -f "/tmp/g-$g.cpio"
+    if ! xl create "/etc/xen/$g.cfg" > "/var/log/xen/create-$g.log" 2>&1; then
+        result "create:$g" fail "$(grep -v '^libxl: error: libxl_domain.c' "/var/log/xen/create-$g.log" | tail -4 | tr '\n' ' ')"
+        return 1
+    fi
+    rm -f "/var/lib/xen/$g.cpio"
+    id=$(xl domid "$g")
+    echo "$id" > "/run/iam/domid-$g"
+    # The guest's console, relayed to dom0's (the host reads one serial log); destroy_guest
+    # stops the tail and moves the log aside.
+    rm -f "/tmp/relay-$g"; mkfifo "/tmp/relay-$g"
+    (cr=$(printf '\r'); while IFS= read -r l; do
+        case "$l" in IAMTEST*|DIAG*) printf '%s\n' "${l%"$cr"}" > /dev/console ;; esac
+    done < "/tmp/relay-$g") &
+    tail -n +1 -F "/var/log/xen/console/guest-$g.log" > "/tmp/relay-$g" 2>/dev/null &
+    echo $! > "/run/iam/relay-$g"
+    # dom0's end of the vchan, for this domain only, onto the listener that admits its node
+    # only; the proxy exits when the unix side has no listener, so a loop restarts it.
+    (while xl domid "$g" 2>/dev/null | grep -qx "$id"; do
+        vchan-socket-proxy -m server "$id" "data/aos-iam/$id" "/run/aos-iam/link-$g.sock" 2>> "/var/log/xen/proxy-$g.log"
+        sleep 0.5
+    done) &
+    echo $! > "/run/iam/proxy-$g"
+    return 0
+}
+destroy_guest() {
+    xl destroy "$1" 2>/dev/null
+    for f in proxy relay; do kill "$(cat "/run/iam/$f-$1")" 2>/dev/null; done
+    mv "/var/log/xen/console/guest-$1.log" "/var/log/xen/console/guest-$1.old" 2>/dev/null
+    # (busybox has no pkill: the proxy serving that domain, by its command line.)
+    for p in $(pidof vchan-socket-proxy); do
+        tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q " data/aos-iam/$(cat "/run/iam/domid-$1") " && kill "$p"
+    done
+    return 0
+}
+xen_diag() { # the domains, and the last lines of their consoles and dom0's proxies
+    { xl list; for f in /var/log/xen/console/guest-*.log /var/log/xen/proxy-*.log; do echo "== $f"; tail -8 "$f"; done; } 2>&1 \
+        | sed "s|^|DIAG $NODE xen: |"
+}
+connected() { iam-provision --json --node "$1" node-info 2>/dev/null | grep -q '"connected":true'; }
+
+main_xen() {
+    xen_up || { echo "IAMTEST $NODE done"; return; }
+    # A listener per domain, admitting that domain's node only.
+    for g in $XEN_GUESTS; do
+        printf '\n[[links.listener]]\naddress = "unix:/run/aos-iam/link-%s.sock"\nnodes = ["node-%s"]\n' "$g" "$g"
+    done > /etc/aos-iam/config.d/20-xen.toml
+    # Over a byte pipe a lost link is found by its keepalive: short in the rig.
+    printf '[links]\nkeepalive = 5\n' > /etc/aos-iam/config.d/30-keepalive.toml
+    start_iamd --provisioning
+    result iamd ok "provisioning mode"
+    for g in $XEN_GUESTS; do
+        create_guest "$g" && result "create:$g" ok "domain $(cat "/run/iam/domid-$g"), $(guest_layout "$g") layout"
+    done
+    echo "IAMTEST $NODE ready"
+    if out=$(iam-provision --json --node all run --expect-nodes "$NODES" --wait 240 $(sign) 2>&1) \
+        && ! echo "$out" | grep -q '"ok":false'; then
+        result provision ok "$NODES nodes through the main node over vchan"
+    else
+        result provision fail "$(echo "$out" | tail -3 | tr '\n' ' ')"; diag; xen_diag
+    fi
+    check cert-check iam-certctl check
+    check openssl-verify certs_verify
+    # In operation: the secondaries link again, in TLS, over the same vchans.
+    start_iamd
+    for g in $XEN_GUESTS; do
+        if wait_until 150 connected "node-$g"; then
+            check_linked "linked-tls:node-$g" iam-certctl check --node "node-$g"
+        else
+            result "linked-tls:node-$g" fail "did not link again after provisioning"; diag; xen_diag
+        fi
+    done
+    # sec1's domain is destroyed and created again from its disk: it starts in operation,
+    # and its link comes back on a new vchan (a new domain id).
+    destroy_guest sec1
+    if wait_until 60 sh -c '! iam-provision --node node-sec1 node-info >/dev/null 2>&1' ; then
+        create_guest sec1
+        if wait_until 150 connected node-sec1; then
+            check_linked "restarted:node-sec1" sh -c "iam-provision --json --node node-sec1 node-info | grep -o '\"state\":\"[a-z]*\"'"
+        else
+            result restarted:node-sec1 fail "did not link again from domain $(cat /run/iam/domid-sec1)"; diag; xen_diag
+        fi
+    else
+        result restarted:node-sec1 fail "still connected after its domain was destroyed"
+    fi
+    # sec2's domain is destroyed for good: the main node says it is unavailable.
+    destroy_guest sec2
+    if wait_until 60 sh -c '! connected node-sec2'; then
+        out=$(iam-provision --node node-sec2 node-info 2>&1); rc=$?
+        [ "$rc" = 3 ] && result unavailable:node-sec2 ok "exit $rc: $(echo "$out" | tail -1)" \
+            || result unavailable:node-sec2 fail "exit $rc: $out"
+        out=$(iam-certctl check --node node-sec2 2>&1); rc=$?
+        [ "$rc" = 3 ] && echo "$out" | grep -q 'is not connected' && result forwarded-unavailable ok "exit $rc: $(echo "$out" | tail -1)" \
+            || result forwarded-unavailable fail "exit $rc: $out"
+    else
+        result unavailable:node-sec2 fail "still connected after its domain was destroyed"
+    fi
+    echo "IAMTEST $NODE done"
+    sleep 600
+}
+
+# A domU of the xen scenario: its state on its disk (/dev/xvda), so that a domain created
+# again from it starts where it left off.
+secondary_xen() {
+    wait_until 30 test -b /dev/xvda || { result disk fail "no /dev/xvda"; echo "IAMTEST $NODE done"; return; }
+    mkdir -p /mnt
+    mount -t ext4 /dev/xvda /mnt 2>/dev/null || { mke2fs -q /dev/xvda && mount -t ext4 /dev/xvda /mnt; } \
+        || { result disk fail "cannot mount /dev/xvda"; echo "IAMTEST $NODE done"; return; }
+    mkdir -p /mnt/iam /mnt/tokens
+    mount --bind /mnt/iam /var/aos/iam
+    mount --bind /mnt/tokens /var/lib/softhsm/tokens
+    boots=$(( $(cat /mnt/boots 2>/dev/null || echo 0) + 1 )); echo "$boots" > /mnt/boots; sync
+    domid=$(xenstore-read domid)
+    path=$(vchan_path "$domid")
+    links=$(ls /sys/class/net | tr '\n' ' ')
+    [ "$links" = "lo " ] && result "no-network" ok "boot $boots, domain $domid, network interfaces: $links" \
+        || result no-network fail "network interfaces: $links"
+    if [ -e /var/aos/iam/provisioned ]; then start_iamd; result iamd ok "in operation (boot $boots)"
+    else start_iamd --provisioning; result iamd ok "provisioning mode (boot $boots)"; fi
+    if [ "$NODE" = sec2 ] && [ "$boots" = 1 ]; then
+        # A domain reaching for another's vchan (sec1 is domain 1): Xen grants the ring to the
+        # admitted domain only, and xenstore hides its path from the others.
+        if out=$(xenstore-read "$(vchan_path 1)/ring-ref" 2>&1); then
+            result not-admitted fail "domain $domid reads domain 1's ring reference: $out"
+        elif timeout 10 vchan-socket-proxy -m client 0 "$(vchan_path 1)" - < /dev/null > /dev/null 2>&1; then
+            result not-admitted fail "domain $domid opened domain 1's vchan"
+        else
+            result not-admitted ok "domain $domid: $(vchan_path 1)/ring-ref: $(echo "$out" | tail -1); its vchan not opened in 10 s"
+        fi
+    fi
+    if [ "$(guest_layout "$NODE")" = unix ]; then
+        # A resident client proxy: each connection iam-nodelink makes is a new vchan session.
+        (while :; do vchan-socket-proxy -m client 0 "$path" /run/iam-vchan.sock 2>> /var/log/vchan.log; sleep 0.5; done) &
+        (while :; do iam-nodelink -v --retry-min-ms 200 --retry-max 2 2>> /var/log/nodelink.log; sleep 1; done) &
+    else
+        # stdio: one client proxy per link, restarted with it.
+        (while :; do
+            socat "EXEC:vchan-socket-proxy -m client 0 $path -" "SYSTEM:iam-nodelink -v 2>>/var/log/nodelink.log" 2>> /var/log/vchan.log
+            sleep 1
+        done) &
+    fi
+    echo "IAMTEST $NODE ready"
+    if ! wait_until 240 provisioned; then
+        result provisioned fail "$(iam-provision status 2>&1 | head -1)"; diag
+        echo "IAMTEST $NODE done"; return
+    fi
+    if [ ! -e /mnt/in-operation ]; then
+        result provisioned ok
+        check openssl-verify certs_verify
+        touch /mnt/in-operation; sync
+        # Into operation: iamd out of provisioning mode; the link comes back in TLS.
+        killall iam-nodelink
+        start_iamd
+    fi
+    link_tls_check 150
+    echo "IAMTEST $NODE done"
+    sleep 600
+}
+
 case "$ROLE:$MODE" in
+main:xen) main_xen ;;
+*:xen) secondary_xen ;;
 main:systemd) main_systemd ;;
 main:*) main_node ;;
 *:systemd) secondary_systemd ;;

@@ -16,6 +16,8 @@ SRC_URI = "${AOS_IAM_SRC_URI} \
            file://iamd.service \
            file://iamd-provisioning.service \
            file://iam-nodelink.service \
+           file://aos-iam-vchan-server@.service \
+           file://aos-iam-vchan-client.service \
            file://aos-iam.tmpfiles \
            file://aos-iam.sysusers \
            file://config.toml \
@@ -67,6 +69,8 @@ do_install() {
     install -m 0644 ${AOS_IAM_FILES}/iamd.service ${D}${systemd_system_unitdir}/
     install -m 0644 ${AOS_IAM_FILES}/iamd-provisioning.service ${D}${systemd_system_unitdir}/
     install -m 0644 ${AOS_IAM_FILES}/iam-nodelink.service ${D}${systemd_system_unitdir}/
+    install -m 0644 ${AOS_IAM_FILES}/aos-iam-vchan-server@.service ${D}${systemd_system_unitdir}/
+    install -m 0644 ${AOS_IAM_FILES}/aos-iam-vchan-client.service ${D}${systemd_system_unitdir}/
     sed -i -e 's|/usr/bin/|${bindir}/|' ${D}${systemd_system_unitdir}/*.service
 
     install -d ${D}${nonarch_libdir}/tmpfiles.d ${D}${nonarch_libdir}/sysusers.d
@@ -83,10 +87,32 @@ do_install() {
     sh ${S}/scripts/links-dropin.sh "${AOS_IAM_NODE_ROLE}" "${AOS_IAM_LINK_LISTEN}" "${AOS_IAM_LINK_CONNECT}" "${AOS_IAM_LINK_TUNNEL}" \
         > ${D}${sysconfdir}/aos-iam/config.d/10-links.toml
     chmod 0644 ${D}${sysconfdir}/aos-iam/config.d/10-links.toml
+    # Main node: a link listener per vchan domain, admitting that domain's node only.
+    if [ "${AOS_IAM_NODE_ROLE}" = main ] && [ -n "${AOS_IAM_LINK_VCHAN}" ]; then
+        for pair in ${AOS_IAM_LINK_VCHAN}; do
+            printf '\n[[links.listener]]\naddress = "unix:/run/aos-iam/link-%s.sock"\nnodes = ["%s"]\n' "${pair%%:*}" "${pair#*:}"
+        done > ${D}${sysconfdir}/aos-iam/config.d/20-vchan.toml
+        chmod 0644 ${D}${sysconfdir}/aos-iam/config.d/20-vchan.toml
+    fi
 }
+
+PACKAGES =+ "${PN}-vchan"
 
 # iam-nodelink.service is shipped on every node (a main node may become a secondary by a
 # drop-in) and enabled only where SYSTEMD_SERVICE lists it, on secondaries.
+
 FILES:${PN} += "${nonarch_libdir}/tmpfiles.d ${nonarch_libdir}/sysusers.d ${sysconfdir}/aos-iam \
                 ${systemd_system_unitdir}/iam-nodelink.service"
 CONFFILES:${PN} = "${sysconfdir}/aos-iam/config.toml ${sysconfdir}/aos-iam/config.d/10-links.toml"
+
+# A unit of Xen domains linked by Xen's vchan-socket-proxy (meta-virtualization's xen-tools):
+# aos-iam-vchan holds the proxy's units. On a secondary domain aos-iam-vchan-client.service
+# is enabled (with AOS_IAM_LINK_CONNECT = "unix:/run/aos-iam-vchan/link.sock"); on the main
+# node, AOS_IAM_LINK_VCHAN lists "DOMAIN:NODE_ID" pairs: one aos-iam-vchan-server@DOMAIN.service
+# each, and a [[links.listener]] (config.d/20-vchan.toml) that admits NODE_ID alone on it.
+AOS_IAM_LINK_VCHAN ??= ""
+SYSTEMD_PACKAGES += "${PN}-vchan"
+SYSTEMD_SERVICE:${PN}-vchan = "${@'aos-iam-vchan-client.service' if d.getVar('AOS_IAM_NODE_ROLE') == 'secondary' else ' '.join('aos-iam-vchan-server@%s.service' % p.split(':')[0] for p in (d.getVar('AOS_IAM_LINK_VCHAN') or '').split())}"
+SYSTEMD_AUTO_ENABLE:${PN}-vchan = "enable"
+FILES:${PN}-vchan += "${systemd_system_unitdir}/aos-iam-vchan-server@.service ${systemd_system_unitdir}/aos-iam-vchan-client.service"
+RDEPENDS:${PN}-vchan += "${PN}"
