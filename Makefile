@@ -146,7 +146,7 @@ load: build
 # node in dom0, two secondaries in PV domUs linked by vchan through vchan-socket-proxy).
 # TCG unless QEMU_ACCEL=kvm.
 QEMU_SCENARIOS ?= full fault systemd xen
-# What `make test` (and so CI) runs of it: all of it (about 310 s; see qemu/README.md).
+# What `make test` (and so CI) runs of it: all of it (about 280 s; see qemu/README.md).
 # And of crash-test: a few runs per kind.
 TEST_QEMU_SCENARIOS ?= $(QEMU_SCENARIOS)
 TEST_CRASH_RUNS ?= 3
