@@ -428,6 +428,7 @@ per_request_ms() { # NODE (empty: this one): milliseconds per `iam-provision cer
     echo $(( ($(centiseconds) - t) * 10 / 20 ))
 }
 connected() { iam-provision --json --node "$1" node-info 2>/dev/null | grep -q '"connected":true'; }
+disconnected() { ! connected "$1"; }
 
 main_xen() {
     xen_up || { echo "IAMTEST $NODE done"; return; }
@@ -468,7 +469,7 @@ main_xen() {
     # sec1's domain is destroyed and created again from its disk: it starts in operation,
     # and its link comes back on a new vchan (a new domain id).
     destroy_guest sec1
-    if wait_until 60 sh -c '! iam-provision --node node-sec1 node-info >/dev/null 2>&1' ; then
+    if wait_until 60 disconnected node-sec1; then
         create_guest sec1
         if wait_until 150 connected node-sec1; then
             check_linked "restarted:node-sec1" sh -c "iam-provision --json --node node-sec1 node-info | grep -o '\"state\":\"[a-z]*\"'"
@@ -480,7 +481,7 @@ main_xen() {
     fi
     # sec2's domain is destroyed for good: the main node says it is unavailable.
     destroy_guest sec2
-    if wait_until 60 sh -c '! connected node-sec2'; then
+    if wait_until 60 disconnected node-sec2; then
         out=$(iam-provision --node node-sec2 node-info 2>&1); rc=$?
         [ "$rc" = 3 ] && result unavailable:node-sec2 ok "exit $rc: $(echo "$out" | tail -1)" \
             || result unavailable:node-sec2 fail "exit $rc: $out"
