@@ -48,18 +48,20 @@ mkdir -p "$R/usr/bin" "$R/usr/sbin" "$R/usr/lib/x86_64-linux-gnu" "$R/usr/lib/mo
     "$R/var/lib/xen" "$R/var/log/xen/console" "$R/var/run/xen" "$R/var/run/xenstored" "$R/proc/xen"
 XBIN=/usr/lib/xen-4.17/bin
 mkdir -p "$R$XBIN"
-for b in xl xenstored xenconsoled xen-init-dom0 vchan-socket-proxy; do cp "$X$XBIN/$b" "$R$XBIN/"; done
+for b in xl xenstored xenconsoled xen-init-dom0 vchan-socket-proxy; do
+    cp "$X$XBIN/$b" "$R$XBIN/"
+    ln -sf "$XBIN/$b" "$R/usr/sbin/$b"
+done
 cp "$X/usr/bin/xenstore" "$R/usr/bin/"
 for l in xenstore-read xenstore-write xenstore-ls xenstore-list xenstore-rm xenstore-exists xenstore-chmod xenstore-watch; do
     ln -sf xenstore "$R/usr/bin/$l"
 done
-for b in xl xenstored xenconsoled xen-init-dom0 vchan-socket-proxy; do ln -sf "$XBIN/$b" "$R/usr/sbin/$b"; done
 cp -a "$X"/usr/lib/x86_64-linux-gnu/libxen*.so* "$X"/usr/lib/x86_64-linux-gnu/libxl*.so* "$X"/usr/lib/x86_64-linux-gnu/libyajl.so* "$R/usr/lib/x86_64-linux-gnu/"
 cpio -t < "$IMG/initramfs.cpio" 2>/dev/null > "$OUT/listing"
 # What the Xen tools link with beyond the test image: found by ldd against the unpacked
 # libraries, taken from this machine where the image does not have them. glibc loads
 # libgcc_s for pthread_cancel though ldd does not list it.
-for b in "$X$XBIN"/xl "$X$XBIN"/xenstored "$X$XBIN"/xenconsoled "$X$XBIN"/vchan-socket-proxy "$X/usr/bin/xenstore"; do
+for b in "$R$XBIN"/* "$R/usr/bin/xenstore"; do
     LD_LIBRARY_PATH="$X/usr/lib/x86_64-linux-gnu" ldd "$b" | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p'
 done | sort -u | while read -r lib; do
     case "$lib" in "$X"/*) continue ;; esac
@@ -70,7 +72,6 @@ done | sort -u | while read -r lib; do
 done
 cp -L /usr/lib/x86_64-linux-gnu/libgcc_s.so.1 "$R/usr/lib/x86_64-linux-gnu/"
 # (The static-pie aos-iam loads SoftHSM through the loader at this path too.)
-mkdir -p "$R/usr/lib/x86_64-linux-gnu"
 cp -L /lib64/ld-linux-x86-64.so.2 "$R/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
 : > "$R/etc/xen/xl.conf"
 cp qemu/xen-block "$R/etc/xen/scripts/xen-block"

@@ -421,8 +421,7 @@ centiseconds() { awk '{ printf "%d", $1 * 100 }' /proc/uptime; }
 per_request_ms() { # NODE (empty: this one): milliseconds per `iam-provision cert-types`, over 20
     t=$(centiseconds) i=0
     while [ $i -lt 20 ]; do
-        if [ -n "$1" ]; then iam-provision --node "$1" cert-types > /dev/null 2>&1 || { echo failed; return; }
-        else iam-provision cert-types > /dev/null 2>&1 || { echo failed; return; }; fi
+        iam-provision ${1:+--node "$1"} cert-types > /dev/null 2>&1 || { echo failed; return; }
         i=$((i + 1))
     done
     echo $(( ($(centiseconds) - t) * 10 / 20 ))
