@@ -31,6 +31,7 @@ impl Admitting {
             LinkPeer::Unix(c) => format!("uid {}", c.uid),
             LinkPeer::Tcp(a) => format!("host {}", a.ip()),
             LinkPeer::Vsock { cid, .. } => format!("CID {cid}"),
+            LinkPeer::Vchan { domid } => format!("domain {domid}"),
         };
         let mut by_peer = lock(&self.by_peer);
         let total: usize = by_peer.values().sum();

@@ -3,4 +3,5 @@
 
 pub mod client;
 pub mod transport;
+pub mod vchan;
 pub mod wire;

@@ -1,5 +1,5 @@
 //! Byte streams that carry frames: reading and writing whole frames, Unix listeners, and
-//! the addresses, dialers and listeners of node links (unix, vsock, TCP, stdio).
+//! the addresses, dialers and listeners of node links (unix, vsock, Xen vchan, TCP, stdio).
 //!
 //! Frames are read header first; the body is allocated only after [`Header::decode`]
 //! has accepted its length. Every kind of link is one boxed [`Stream`], so the layers
@@ -240,6 +240,13 @@ pub enum LinkAddr {
         cid: u32,
         port: u32,
     },
+    /// Xen vchan (see [`crate::proto::vchan`]): listening, the domain served (by id or by
+    /// name) and the xenstore path the ring is published at; dialing, the server's domain
+    /// id and that path.
+    Vchan {
+        domain: crate::proto::vchan::XenDomain,
+        path: String,
+    },
     /// `host:port` (a name is resolved when dialing).
     Tcp(String),
     /// Standard input and output: the byte pipe of `vchan-socket-proxy`, `socat` or a
@@ -256,6 +263,7 @@ impl std::fmt::Display for LinkAddr {
                 port,
             } => write!(f, "vsock:{port}"),
             LinkAddr::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+            LinkAddr::Vchan { domain, path } => write!(f, "vchan:{domain}:{path}"),
             LinkAddr::Tcp(a) => write!(f, "tcp:{a}"),
             LinkAddr::Stdio => f.write_str("stdio"),
         }
@@ -267,22 +275,39 @@ fn number<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, String> {
 }
 
 impl LinkAddr {
-    /// `unix:PATH`, `vsock:PORT` (any CID) or `tcp:ADDR:PORT`.
+    /// `unix:PATH`, `vsock:PORT` (any CID), `vchan:DOMAIN:PATH` (a domain id or name) or
+    /// `tcp:ADDR:PORT`.
     pub fn parse_listen(s: &str) -> Result<LinkAddr, String> {
         match s.split_once(':') {
             Some(("vsock", port)) => Ok(LinkAddr::Vsock {
                 cid: VSOCK_CID_ANY,
                 port: number("vsock port", port)?,
             }),
+            Some(("vchan", rest)) => {
+                let (domain, path) = vchan_parts(s, rest)?;
+                Ok(LinkAddr::Vchan {
+                    domain: crate::proto::vchan::XenDomain::parse(domain)?,
+                    path,
+                })
+            }
             Some(("unix" | "tcp", _)) => Self::parse_connect(s),
-            _ => Err(format!("\"{s}\" is not one of unix:PATH, vsock:PORT, tcp:ADDR:PORT")),
+            _ => Err(format!(
+                "\"{s}\" is not one of unix:PATH, vsock:PORT, vchan:DOMAIN:PATH, tcp:ADDR:PORT"
+            )),
         }
     }
 
-    /// `unix:PATH`, `vsock:CID:PORT`, `tcp:HOST:PORT` or `stdio`.
+    /// `unix:PATH`, `vsock:CID:PORT`, `vchan:DOMID:PATH`, `tcp:HOST:PORT` or `stdio`.
     pub fn parse_connect(s: &str) -> Result<LinkAddr, String> {
         match s.split_once(':') {
             None if s == "stdio" => Ok(LinkAddr::Stdio),
+            Some(("vchan", rest)) => {
+                let (domain, path) = vchan_parts(s, rest)?;
+                Ok(LinkAddr::Vchan {
+                    domain: crate::proto::vchan::XenDomain::Id(number::<u16>("Xen domain id", domain)?.into()),
+                    path,
+                })
+            }
             Some(("unix", path)) if path.starts_with('/') => Ok(LinkAddr::Unix(path.into())),
             Some(("unix", _)) => Err(format!("\"{s}\": a unix link needs an absolute path")),
             Some(("vsock", rest)) => {
@@ -302,13 +327,29 @@ impl LinkAddr {
                 _ => Err(format!("\"{s}\" is not tcp:HOST:PORT")),
             },
             _ => Err(format!(
-                "\"{s}\" is not one of unix:PATH, vsock:CID:PORT, tcp:HOST:PORT, stdio"
+                "\"{s}\" is not one of unix:PATH, vsock:CID:PORT, vchan:DOMID:PATH, tcp:HOST:PORT, stdio"
             )),
         }
     }
 
     pub fn is_tcp(&self) -> bool {
         matches!(self, LinkAddr::Tcp(_))
+    }
+}
+
+/// `DOMAIN:PATH` of a vchan address: a xenstore path of printable characters, no spaces.
+fn vchan_parts<'a>(s: &str, rest: &'a str) -> Result<(&'a str, String), String> {
+    match rest.split_once(':') {
+        Some((domain, path))
+            if !path.is_empty()
+                && path.len() <= 200
+                && path.bytes().all(|b| b.is_ascii_graphic())
+                && !path.ends_with('/')
+                && !path.contains("//") =>
+        {
+            Ok((domain, path.to_string()))
+        }
+        _ => Err(format!("\"{s}\" is not vchan:DOMAIN:PATH (a xenstore path such as data/aos-iam/node1)")),
     }
 }
 
@@ -439,6 +480,13 @@ pub async fn connect(addr: &LinkAddr) -> io::Result<BoxStream> {
             .await?;
             Box::new(vsock_async(fd)?)
         }
+        LinkAddr::Vchan { domain, path } => {
+            let crate::proto::vchan::XenDomain::Id(server) = *domain else {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "a vchan is dialed by domain id"));
+            };
+            let path = path.clone();
+            Box::new(blocking::unblock(move || crate::proto::vchan::connect(server, &path)).await?)
+        }
         LinkAddr::Stdio => Box::new(Duplex {
             r: blocking::Unblock::new(std::io::stdin()),
             w: blocking::Unblock::new(std::io::stdout()),
@@ -451,6 +499,7 @@ pub enum LinkListener {
     Unix(smol::Async<UnixListener>),
     Tcp(smol::Async<std::net::TcpListener>),
     Vsock(smol::Async<std::fs::File>),
+    Vchan(crate::proto::vchan::VchanListener),
 }
 
 /// Who is at the other end of an accepted link, for logs and admission.
@@ -459,6 +508,8 @@ pub enum LinkPeer {
     Unix(PeerCredentials),
     Tcp(std::net::SocketAddr),
     Vsock { cid: u32, port: u32 },
+    /// The Xen domain the listener granted its page to: only it can map it.
+    Vchan { domid: u32 },
 }
 
 impl std::fmt::Display for LinkPeer {
@@ -467,6 +518,7 @@ impl std::fmt::Display for LinkPeer {
             LinkPeer::Unix(c) => write!(f, "pid {} uid {} gid {}", c.pid, c.uid, c.gid),
             LinkPeer::Tcp(a) => write!(f, "tcp {a}"),
             LinkPeer::Vsock { cid, port } => write!(f, "vsock cid {cid} port {port}"),
+            LinkPeer::Vchan { domid } => write!(f, "Xen domain {domid}"),
         }
     }
 }
@@ -485,6 +537,9 @@ impl LinkListener {
                 nix::sys::socket::listen(&fd, nix::sys::socket::Backlog::new(64).map_err(io::Error::from)?)
                     .map_err(io::Error::from)?;
                 LinkListener::Vsock(vsock_async(fd)?)
+            }
+            LinkAddr::Vchan { domain, path } => {
+                LinkListener::Vchan(crate::proto::vchan::VchanListener::bind(domain.clone(), path.clone())?)
             }
             LinkAddr::Stdio => {
                 return Err(io::Error::new(io::ErrorKind::InvalidInput, "stdio is not a listener"));
@@ -524,6 +579,10 @@ impl LinkListener {
                     },
                 ))
             }
+            LinkListener::Vchan(l) => {
+                let (s, domid) = l.accept().await?;
+                Ok((Box::new(s), LinkPeer::Vchan { domid }))
+            }
         }
     }
 }
@@ -540,10 +599,19 @@ mod tests {
             "vsock:5000",
             "tcp:0.0.0.0:8089",
             "tcp:[::1]:8089",
+            "vchan:3:data/aos-iam/node1",
+            "vchan:sec-1:data/aos-iam/node1",
         ] {
             assert_eq!(LinkAddr::parse_listen(s).unwrap().to_string(), s);
         }
-        for s in ["unix:/x/l.sock", "vsock:2:5000", "tcp:main.local:8089", "stdio"] {
+        for s in [
+            "unix:/x/l.sock",
+            "vsock:2:5000",
+            "tcp:main.local:8089",
+            "stdio",
+            "vchan:0:/local/domain/0/data/aos-iam/node1",
+            "vchan:0:data/aos-iam/node1",
+        ] {
             assert_eq!(LinkAddr::parse_connect(s).unwrap().to_string(), s);
         }
         for bad in [
@@ -554,10 +622,18 @@ mod tests {
             "unix:rel/path",
             "udp:1:2",
             "tcp:h:99999",
+            "vchan:3",
+            "vchan:3:",
+            "vchan:3:a b",
+            "vchan:3:data/",
+            "vchan:3:data//x",
+            "vchan:9x:data/x",
+            "vchan:99999:data/x",
         ] {
             assert!(LinkAddr::parse_listen(bad).is_err(), "{bad}");
         }
-        for bad in ["vsock:5000", "tcp::1", "unix:", "pipe"] {
+        // The server is dialed by its id: a domU cannot look other domains' names up.
+        for bad in ["vsock:5000", "tcp::1", "unix:", "pipe", "vchan:dom0:data/x", "vchan:0"] {
             assert!(LinkAddr::parse_connect(bad).is_err(), "{bad}");
         }
     }
