@@ -338,13 +338,17 @@ main_node() {
 
 # The xen scenario (qemu/run-unit.sh xen): the main node in a PV dom0, sec1 and sec2 in PV
 # domUs without a network, each with its own SoftHSM token on its own disk (a loop device in
-# dom0), linked by vchan through Xen's vchan-socket-proxy: dom0 runs a server proxy per
-# domain, restarted in a loop, onto a listener that admits that domain's node only; sec1
-# runs a resident client proxy on a unix socket that iam-nodelink dials, sec2 runs
-# iam-nodelink --connect stdio under a client proxy in stdio mode. A domU's console reaches
-# the host through dom0's (xenconsoled's guest logs, relayed).
+# dom0), linked by vchan, each end either aos-iam's own vchan transport or Xen's
+# vchan-socket-proxy:
+#   sec1, first boot   iam-nodelink --connect vchan:0:data/aos-iam/DOMID (native client)
+#                      against a vchan-socket-proxy server in dom0, restarted in a loop, onto
+#                      a unix listener that admits node-sec1 only;
+#   sec1, created again  native at both ends: iamd's listener vchan:sec1:data/aos-iam/sec1;
+#   sec2               iam-nodelink --connect stdio under a client proxy in stdio mode,
+#                      against iamd's listener vchan:sec2:data/aos-iam/sec2 (native server).
+# A domU's console reaches the host through dom0's (xenconsoled's guest logs, relayed).
 XEN_GUESTS="sec1 sec2"
-vchan_path() { echo "/local/domain/0/data/aos-iam/$1"; } # DOMID: where dom0 serves that domain
+vchan_path() { echo "/local/domain/0/data/aos-iam/$1"; } # DOMID|NAME: where dom0 serves that domain
 xen_up() {
     mkdir -p /var/run/xenstored /var/lib/xen /var/log/xen/console /dev/pts
     [ -e /dev/pts/ptmx ] || mount -t devpts devpts /dev/pts # (xenconsoled gives each guest a pty)
@@ -354,9 +358,9 @@ xen_up() {
     xl info > /var/log/xen/info 2>&1 || { result xen fail "$(tail -2 /var/log/xen/info | tr '\n' ' ')"; return 1; }
     result xen ok "Xen $(sed -n 's/^xen_version *: //p' /var/log/xen/info), dom0 with $(xl list 0 | awk 'NR == 2 { print $3 }') MB"
 }
-guest_layout() { case "$1" in sec1) echo unix ;; *) echo stdio ;; esac; }
-create_guest() { # NAME: the domU, its disk kept from an earlier run of it, and dom0's proxy
-    g=$1
+create_guest() { # NAME LAYOUT (native-proxy, native, stdio-native): the domU, its disk
+    # kept from an earlier run of it, and dom0's proxy where the layout has one
+    g=$1 layout=$2
     mkdir -p "/tmp/g-$g/iam-files"
     cp /run/iam/root-ca.pem /run/iam/issuing.pem /run/iam/scenario.sh /run/iam/mode /run/iam/nodes "/tmp/g-$g/iam-files/"
     (cd "/tmp/g-$g" && find . | cpio -o -H newc 2>/dev/null) > "/tmp/g-$g.cpio"
@@ -366,13 +370,14 @@ create_guest() { # NAME: the domU, its disk kept from an earlier run of it, and 
         losetup -f "/var/lib/xen/$g.img"
     fi
     loop=$(losetup -a | grep "/var/lib/xen/$g.img" | cut -d: -f1)
-    connect=stdio
-    [ "$(guest_layout "$g")" = stdio ] || connect=unix:/run/iam-vchan.sock
+    # (native-proxy dials dom0's proxy at a path named by the domain id, known once it runs)
+    case $layout in native) connect=vchan:0:data/aos-iam/$g ;; *) connect=stdio ;; esac
+    echo "$layout" > "/run/iam/layout-$g"
     cat > "/etc/xen/$g.cfg" <<EOF2
 name = "$g"
 kernel = "/xen/vmlinuz"
 ramdisk = "/var/lib/xen/$g.cpio"
-extra = "console=hvc0 quiet iam.node=$g iam.role=secondary iam.connect=$connect"
+extra = "console=hvc0 quiet iam.node=$g iam.role=secondary iam.connect=$connect iam.vchan=$layout"
 memory = 384
 vcpus = 1
 disk = [ "phy:$loop,xvda,w,script=xen-block" ]
@@ -396,6 +401,7 @@ EOF2
     echo $! > "/run/iam/relay-$g"
     # dom0's end of the vchan, for this domain only, onto the listener that admits its node
     # only; the proxy exits when the unix side has no listener, so a loop restarts it.
+    [ "$layout" = native-proxy ] || return 0
     (while xl domid "$g" 2>/dev/null | grep -qx "$id"; do
         vchan-socket-proxy -m server "$id" "data/aos-iam/$id" "/run/aos-iam/link-$g.sock" 2>> "/var/log/xen/proxy-$g.log"
         sleep 0.5
@@ -431,16 +437,19 @@ disconnected() { ! connected "$1"; }
 
 main_xen() {
     xen_up || { echo "IAMTEST $NODE done"; return; }
-    # A listener per domain, admitting that domain's node only.
-    for g in $XEN_GUESTS; do
-        printf '\n[[links.listener]]\naddress = "unix:/run/aos-iam/link-%s.sock"\nnodes = ["node-%s"]\n' "$g" "$g"
-    done > /etc/aos-iam/config.d/20-xen.toml
+    # The listeners, each admitting one domain's node only: sec1's behind dom0's proxy and
+    # native; sec2's native. A native listener serves the domain by name, whatever its id.
+    { printf '\n[[links.listener]]\naddress = "unix:/run/aos-iam/link-sec1.sock"\nnodes = ["node-sec1"]\n'
+      for g in $XEN_GUESTS; do
+          printf '\n[[links.listener]]\naddress = "vchan:%s:data/aos-iam/%s"\nnodes = ["node-%s"]\n' "$g" "$g" "$g"
+      done; } > /etc/aos-iam/config.d/20-xen.toml
     # Over a byte pipe a lost link is found by its keepalive: short in the rig.
     printf '[links]\nkeepalive = 5\n' > /etc/aos-iam/config.d/30-keepalive.toml
     start_iamd --provisioning
     result iamd ok "provisioning mode"
     for g in $XEN_GUESTS; do
-        create_guest "$g" && result "create:$g" ok "domain $(cat "/run/iam/domid-$g"), $(guest_layout "$g") layout"
+        layout=native-proxy; [ "$g" = sec2 ] && layout=stdio-native
+        create_guest "$g" $layout && result "create:$g" ok "domain $(cat "/run/iam/domid-$g"), $layout layout"
     done
     echo "IAMTEST $NODE ready"
     t0=$(centiseconds)
@@ -464,21 +473,23 @@ main_xen() {
     # What a forwarded request costs over vchan: the same request 20 times on this node and
     # through each link, each run of iam-provision included (figures, not a check).
     local_ms=$(per_request_ms "")
-    result figures ok "iam-provision cert-types, ms each over 20: local $local_ms, forwarded over vchan to node-sec1 (resident proxy) $(per_request_ms node-sec1), to node-sec2 (stdio proxy) $(per_request_ms node-sec2)"
+    result figures ok "iam-provision cert-types, ms each over 20: local $local_ms, forwarded over vchan to node-sec1 (native client, proxy server) $(per_request_ms node-sec1), to node-sec2 (stdio proxy client, native server) $(per_request_ms node-sec2)"
     # sec1's domain is destroyed and created again from its disk: it starts in operation,
-    # and its link comes back on a new vchan (a new domain id).
+    # and its link comes back on a new vchan (a new domain id), native at both ends now.
     destroy_guest sec1
     if wait_until 60 disconnected node-sec1; then
-        create_guest sec1
+        create_guest sec1 native
         if wait_until 150 connected node-sec1; then
             check_linked "restarted:node-sec1" sh -c "iam-provision --json --node node-sec1 node-info | grep -o '\"state\":\"[a-z]*\"'"
+            result figures-native ok "iam-provision cert-types, ms each over 20: local $(per_request_ms ""), forwarded over native vchan at both ends to node-sec1 $(per_request_ms node-sec1)"
         else
             result restarted:node-sec1 fail "did not link again from domain $(cat /run/iam/domid-sec1)"; diag; xen_diag
         fi
     else
         result restarted:node-sec1 fail "still connected after its domain was destroyed"
     fi
-    # sec2's domain is destroyed for good: the main node says it is unavailable.
+    # sec2's domain is destroyed for good: the main node (its native vchan server, which
+    # nothing tells) finds the domain gone and says the node is unavailable.
     destroy_guest sec2
     if wait_until 60 disconnected node-sec2; then
         out=$(iam-provision --node node-sec2 node-info 2>&1); rc=$?
@@ -506,34 +517,37 @@ secondary_xen() {
     mount --bind /mnt/tokens /var/lib/softhsm/tokens
     boots=$(( $(cat /mnt/boots 2>/dev/null || echo 0) + 1 )); echo "$boots" > /mnt/boots; sync
     domid=$(xenstore-read domid)
-    path=$(vchan_path "$domid")
+    layout=$(sed -n 's/.*iam\.vchan=\([a-z-]*\).*/\1/p' /proc/cmdline)
     links=$(ls /sys/class/net | tr '\n' ' ')
     [ "$links" = "lo " ] && result "no-network" ok "boot $boots, domain $domid, network interfaces: $links" \
         || result no-network fail "network interfaces: $links"
     if [ -e /var/aos/iam/provisioned ]; then start_iamd; result iamd ok "in operation (boot $boots)"
     else start_iamd --provisioning; result iamd ok "provisioning mode (boot $boots)"; fi
     if [ "$NODE" = sec2 ] && [ "$boots" = 1 ]; then
-        # A domain reaching for another's vchan (sec1 is domain 1): Xen grants the ring to the
-        # admitted domain only, and xenstore hides its path from the others.
-        if out=$(xenstore-read "$(vchan_path 1)/ring-ref" 2>&1); then
-            result not-admitted fail "domain $domid reads domain 1's ring reference: $out"
-        elif timeout 10 vchan-socket-proxy -m client 0 "$(vchan_path 1)" - < /dev/null > /dev/null 2>&1; then
-            result not-admitted fail "domain $domid opened domain 1's vchan"
-        else
-            result not-admitted ok "domain $domid: $(vchan_path 1)/ring-ref: $(echo "$out" | tail -1); its vchan not opened in 10 s"
-        fi
+        # A domain reaching for another's vchan (sec1 is domain 1), dom0's proxy's and the
+        # main node's own: Xen grants a ring to the admitted domain only, and xenstore hides
+        # its path from the others.
+        for p in "$(vchan_path 1)" "$(vchan_path sec1)"; do
+            if out=$(xenstore-read "$p/ring-ref" 2>&1); then
+                result not-admitted fail "domain $domid reads $p/ring-ref: $out"
+            elif timeout 10 vchan-socket-proxy -m client 0 "$p" - < /dev/null > /dev/null 2>&1; then
+                result not-admitted fail "domain $domid opened the vchan at $p"
+            else
+                result not-admitted ok "domain $domid: $p/ring-ref: $(echo "$out" | tail -1); that vchan not opened in 10 s"
+            fi
+        done
     fi
-    if [ "$(guest_layout "$NODE")" = unix ]; then
-        # A resident client proxy: each connection iam-nodelink makes is a new vchan session.
-        (while :; do vchan-socket-proxy -m client 0 "$path" /run/iam-vchan.sock 2>> /var/log/vchan.log; sleep 0.5; done) &
-        (while :; do iam-nodelink -v --retry-min-ms 200 --retry-max 2 2>> /var/log/nodelink.log; sleep 1; done) &
-    else
-        # stdio: one client proxy per link, restarted with it.
+    case $layout in
+    native-proxy) # dom0's proxy serves this domain at a path named by its id
+        (while :; do iam-nodelink -v --retry-min-ms 200 --retry-max 2 --connect "vchan:0:data/aos-iam/$domid" 2>> /var/log/nodelink.log; sleep 1; done) & ;;
+    native) # the address is in the configuration, as the layer writes it
+        (while :; do iam-nodelink -v --retry-min-ms 200 --retry-max 2 2>> /var/log/nodelink.log; sleep 1; done) & ;;
+    *) # stdio: one client proxy per link, restarted with it.
         (while :; do
-            socat "EXEC:vchan-socket-proxy -m client 0 $path -" "SYSTEM:iam-nodelink -v 2>>/var/log/nodelink.log" 2>> /var/log/vchan.log
+            socat "EXEC:vchan-socket-proxy -m client 0 $(vchan_path "$NODE") -" "SYSTEM:iam-nodelink -v 2>>/var/log/nodelink.log" 2>> /var/log/vchan.log
             sleep 1
-        done) &
-    fi
+        done) & ;;
+    esac
     echo "IAMTEST $NODE ready"
     if ! wait_until 240 provisioned; then
         result provisioned fail "$(iam-provision status 2>&1 | head -1)"; diag

@@ -3,8 +3,9 @@
 # Yocto recipe: a main node lists where it accepts links, a secondary where it dials.
 # Usage: scripts/links-dropin.sh ROLE "LISTEN..." CONNECT ["TUNNEL..."] > config.d/10-links.toml
 #   ROLE     main | secondary
-#   LISTEN   main: space-separated unix:PATH, vsock:PORT, tcp:ADDR:PORT (may be empty)
-#   CONNECT  secondary: unix:PATH, vsock:CID:PORT, tcp:HOST:PORT or stdio
+#   LISTEN   main: space-separated unix:PATH, vsock:PORT, vchan:DOMAIN:PATH, tcp:ADDR:PORT
+#            (may be empty)
+#   CONNECT  secondary: unix:PATH, vsock:CID:PORT, vchan:DOMID:PATH, tcp:HOST:PORT or stdio
 #   TUNNEL   main: space-separated host:port its secondaries may reach through their links
 #            (links.tunnel_endpoints); secondary: the tunnel socket iam-nodelink serves and
 #            iamd reaches its EST/SCEP servers through (links.tunnel); empty: none

@@ -19,6 +19,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{fence, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::future::Future;
 use std::task::{Context, Poll, Wake, Waker};
 
 const PAGE: usize = 4096;
@@ -578,9 +579,10 @@ pub(crate) struct Xenstore {
 
 impl Xenstore {
     pub(crate) fn open() -> io::Result<Xenstore> {
+        // xenstored's socket where it runs (dom0), else the kernel's xenbus device.
         let io = match std::os::unix::net::UnixStream::connect("/var/run/xenstored/socket") {
             Ok(s) => File::from(std::os::fd::OwnedFd::from(s)),
-            Err(_) => open_device("/dev/xen/xenbus")?,
+            Err(_) => open_device("/dev/xen/xenbus").or_else(|e| open_device("/proc/xen/xenbus").map_err(|_| e))?,
         };
         Ok(Xenstore { io, next_id: 1 })
     }
@@ -776,6 +778,50 @@ pub struct VchanStream {
     published: Option<String>,
     /// The listener's one session at a time, given back when this one ends.
     _slot: Option<smol::lock::SemaphoreGuardArc>,
+    /// The server's look, while it waits to read, whether the client's domain still exists.
+    watch: Option<DomainWatch>,
+}
+
+/// A domain destroyed never clears its live byte (its kernel is gone, not its process):
+/// the server looks in xenstore every [`RESOLVE_EVERY`] that it is still there.
+struct DomainWatch {
+    domain: XenDomain,
+    domid: u32,
+    timer: smol::Timer,
+    looking: Option<blocking::Task<io::Result<bool>>>,
+}
+
+impl DomainWatch {
+    /// `Ready(())` once the domain is found gone; `Pending` while it is there.
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if let Some(task) = &mut self.looking {
+                match std::pin::Pin::new(task).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(false)) => return Poll::Ready(()),
+                    // (xenstore unreadable for a moment says nothing about the domain)
+                    Poll::Ready(_) => {
+                        self.looking = None;
+                        self.timer.set_after(RESOLVE_EVERY);
+                    }
+                }
+            }
+            match std::pin::Pin::new(&mut self.timer).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(_) => {
+                    let (domain, domid) = (self.domain.clone(), self.domid);
+                    self.looking = Some(blocking::unblock(move || {
+                        let name = Xenstore::open()?.read(&format!("/local/domain/{domid}/name"))?;
+                        Ok(match (&domain, name) {
+                            (_, None) => false,
+                            (XenDomain::Name(n), Some(now)) => *n == now,
+                            (XenDomain::Id(_), Some(_)) => true,
+                        })
+                    }));
+                }
+            }
+        }
+    }
 }
 
 impl VchanStream {
@@ -789,6 +835,7 @@ impl VchanStream {
             fanout,
             published,
             _slot: None,
+            watch: None,
         }
     }
 
@@ -835,7 +882,15 @@ impl smol::io::AsyncRead for VchanStream {
                 // Checked once more with the waker in place: the writer may have taken the
                 // event this one was waiting for.
                 Poll::Pending if this.ring.ready()? > 0 || !this.ring.peer_live() => continue,
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if let Some(watch) = &mut this.watch {
+                        if watch.poll_gone(cx).is_ready() {
+                            let gone = format!("Xen domain {} ({}) is gone", watch.domid, watch.domain);
+                            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, gone)));
+                        }
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }
@@ -985,6 +1040,12 @@ impl VchanListener {
             loop {
                 if stream.ring.peer_live() {
                     stream._slot = Some(slot);
+                    stream.watch = Some(DomainWatch {
+                        domain: self.domain.clone(),
+                        domid,
+                        timer: smol::Timer::after(RESOLVE_EVERY),
+                        looking: None,
+                    });
                     return Ok((stream, domid));
                 }
                 let came = smol::future::or(

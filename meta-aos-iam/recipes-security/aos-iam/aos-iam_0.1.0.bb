@@ -34,9 +34,9 @@ AOS_IAM_NODE_NAME ??= "${MACHINE}"
 AOS_IAM_PKCS11_LIBRARY ??= "${libdir}/softhsm/libsofthsm2.so"
 AOS_IAM_TOKEN_LABEL ??= "aos"
 # Node links: the main node accepts them on AOS_IAM_LINK_LISTEN (space-separated
-# unix:PATH, vsock:PORT, tcp:ADDR:PORT); a secondary node dials AOS_IAM_LINK_CONNECT
-# (unix:PATH, vsock:CID:PORT, tcp:HOST:PORT, or stdio under vchan-socket-proxy) and runs
-# iam-nodelink.service.
+# unix:PATH, vsock:PORT, vchan:DOMAIN:PATH, tcp:ADDR:PORT); a secondary node dials
+# AOS_IAM_LINK_CONNECT (unix:PATH, vsock:CID:PORT, vchan:DOMID:PATH, tcp:HOST:PORT, or stdio
+# under vchan-socket-proxy) and runs iam-nodelink.service.
 AOS_IAM_NODE_ROLE ??= "main"
 AOS_IAM_LINK_LISTEN ??= "${@'vsock:8089' if d.getVar('AOS_IAM_NODE_ROLE') == 'main' else ''}"
 AOS_IAM_LINK_CONNECT ??= ""
@@ -87,10 +87,17 @@ do_install() {
     sh ${S}/scripts/links-dropin.sh "${AOS_IAM_NODE_ROLE}" "${AOS_IAM_LINK_LISTEN}" "${AOS_IAM_LINK_CONNECT}" "${AOS_IAM_LINK_TUNNEL}" \
         > ${D}${sysconfdir}/aos-iam/config.d/10-links.toml
     chmod 0644 ${D}${sysconfdir}/aos-iam/config.d/10-links.toml
-    # Main node: a link listener per vchan domain, admitting that domain's node only.
+    # Main node: a link listener per vchan domain, admitting that domain's node only: iamd's
+    # own vchan served to the domain by name, or the unix socket its proxy unit joins.
     if [ "${AOS_IAM_NODE_ROLE}" = main ] && [ -n "${AOS_IAM_LINK_VCHAN}" ]; then
         for pair in ${AOS_IAM_LINK_VCHAN}; do
-            printf '\n[[links.listener]]\naddress = "unix:/run/aos-iam/link-%s.sock"\nnodes = ["%s"]\n' "${pair%%:*}" "${pair#*:}"
+            domain=${pair%%:*}
+            case "${AOS_IAM_LINK_VCHAN_TRANSPORT}" in
+            native) address="vchan:$domain:data/aos-iam/$domain" ;;
+            proxy) address="unix:/run/aos-iam/link-$domain.sock" ;;
+            *) bbfatal "AOS_IAM_LINK_VCHAN_TRANSPORT is native or proxy, not ${AOS_IAM_LINK_VCHAN_TRANSPORT}" ;;
+            esac
+            printf '\n[[links.listener]]\naddress = "%s"\nnodes = ["%s"]\n' "$address" "${pair#*:}"
         done > ${D}${sysconfdir}/aos-iam/config.d/20-vchan.toml
         chmod 0644 ${D}${sysconfdir}/aos-iam/config.d/20-vchan.toml
     fi
@@ -105,14 +112,19 @@ FILES:${PN} += "${nonarch_libdir}/tmpfiles.d ${nonarch_libdir}/sysusers.d ${sysc
                 ${systemd_system_unitdir}/iam-nodelink.service"
 CONFFILES:${PN} = "${sysconfdir}/aos-iam/config.toml ${sysconfdir}/aos-iam/config.d/10-links.toml"
 
-# A unit of Xen domains linked by Xen's vchan-socket-proxy (meta-virtualization's xen-tools):
-# aos-iam-vchan holds the proxy's units. On a secondary domain aos-iam-vchan-client.service
-# is enabled (with AOS_IAM_LINK_CONNECT = "unix:/run/aos-iam-vchan/link.sock"); on the main
-# node, AOS_IAM_LINK_VCHAN lists "DOMAIN:NODE_ID" pairs: one aos-iam-vchan-server@DOMAIN.service
-# each, and a [[links.listener]] (config.d/20-vchan.toml) that admits NODE_ID alone on it.
+# A unit of Xen domains linked by vchan. On the main node AOS_IAM_LINK_VCHAN lists
+# "DOMAIN:NODE_ID" pairs (DOMAIN: the domain's name), each a [[links.listener]]
+# (config.d/20-vchan.toml) that admits NODE_ID alone.
+# - native (the default): iamd serves the vchan itself at data/aos-iam/DOMAIN; the secondary
+#   dials it with AOS_IAM_LINK_CONNECT = "vchan:0:data/aos-iam/DOMAIN". No other package.
+# - proxy: Xen's vchan-socket-proxy (meta-virtualization's xen-tools) at both ends, from the
+#   units of aos-iam-vchan: aos-iam-vchan-server@DOMAIN.service on the main node onto
+#   unix:/run/aos-iam/link-DOMAIN.sock, aos-iam-vchan-client.service on the secondary (with
+#   AOS_IAM_LINK_CONNECT = "unix:/run/aos-iam-vchan/link.sock").
 AOS_IAM_LINK_VCHAN ??= ""
+AOS_IAM_LINK_VCHAN_TRANSPORT ??= "native"
 SYSTEMD_PACKAGES += "${PN}-vchan"
-SYSTEMD_SERVICE:${PN}-vchan = "${@'aos-iam-vchan-client.service' if d.getVar('AOS_IAM_NODE_ROLE') == 'secondary' else ' '.join('aos-iam-vchan-server@%s.service' % p.split(':')[0] for p in (d.getVar('AOS_IAM_LINK_VCHAN') or '').split())}"
+SYSTEMD_SERVICE:${PN}-vchan = "${@'aos-iam-vchan-client.service' if d.getVar('AOS_IAM_NODE_ROLE') == 'secondary' else ' '.join('aos-iam-vchan-server@%s.service' % p.split(':')[0] for p in (d.getVar('AOS_IAM_LINK_VCHAN') or '').split() if d.getVar('AOS_IAM_LINK_VCHAN_TRANSPORT') == 'proxy')}"
 SYSTEMD_AUTO_ENABLE:${PN}-vchan = "enable"
 FILES:${PN}-vchan += "${systemd_system_unitdir}/aos-iam-vchan-server@.service ${systemd_system_unitdir}/aos-iam-vchan-client.service"
 RDEPENDS:${PN}-vchan += "${PN}"
