@@ -236,8 +236,11 @@ check-layer:
 # group (issues 27 and 28). Raised to 4432688 (4424496 measured, +27648 bytes, with 8 KiB of
 # margin) by the factory's profile (pki::profile: CSRs and issued certificates compared with
 # it, --profile files), revocation (paths.crl at ApplyCert and both ends of a link, revoked
-# links closed) and the clock skew allowed a just-issued chain (issue 28).
-SIZE_CEILING ?= 4432688
+# links closed) and the clock skew allowed a just-issued chain (issue 28). Raised to 4460592
+# (4452400 measured, +29696 bytes over 4422704, with 8 KiB of margin) by the native Xen vchan
+# transport (proto::vchan: the ring, the Xen devices, a xenstore client, the domain watch;
+# issue 30).
+SIZE_CEILING ?= 4460592
 size: static
 	$(STRIP) -o target/aos-iam.static.stripped $(STATIC)
 	python3 scripts/size.py $(STATIC) target/aos-iam.static.stripped $(SIZE_CEILING)

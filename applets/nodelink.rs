@@ -20,7 +20,8 @@ struct Args {
     /// iamd configuration (default /etc/aos-iam/config.toml, if it exists)
     #[argh(option, short = 'c')]
     config: Option<String>,
-    /// the main node: unix:PATH, vsock:CID:PORT, tcp:HOST:PORT or stdio (default: links.connect)
+    /// the main node: unix:PATH, vsock:CID:PORT, vchan:DOMID:PATH, tcp:HOST:PORT or stdio
+    /// (default: links.connect)
     #[argh(option)]
     connect: Option<String>,
     /// the local iamd's protected socket (default: paths.protected_socket)

@@ -51,7 +51,7 @@ fn applets_are_reached_by_link_name_or_as_first_argument() {
     )
     .fails(
         7,
-        "--connect \"udp:1:2\" is not one of unix:PATH, vsock:CID:PORT, tcp:HOST:PORT, stdio",
+        "--connect \"udp:1:2\" is not one of unix:PATH, vsock:CID:PORT, vchan:DOMID:PATH, tcp:HOST:PORT, stdio",
     );
     run(&mut Command::new(dir.join("iam-bogus")), None).fails(2, "unknown applet \"iam-bogus\"");
     run(Command::new(bin()).args(["iam-certctl", "--help"]), None).ok();

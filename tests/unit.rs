@@ -968,6 +968,51 @@ fn a_vsock_link_listener_is_bound_beside_the_others_and_a_taken_port_is_a_clear_
 }
 
 #[test]
+fn off_xen_a_vchan_listener_and_a_vchan_dial_are_clear_errors_that_name_what_is_missing() {
+    // The native vchan transport runs under real Xen in `make qemu-test` (the xen scenario);
+    // here, on a machine without Xen, both ends must say why they cannot, and change nothing.
+    if std::path::Path::new("/dev/xen/evtchn").exists() {
+        eprintln!("skipped: this machine is a Xen domain");
+        return;
+    }
+    let mut unit = Unit::new("vchan-off", 1);
+    unit.main.extra_config = "\n[links]\nlisten = [\"vchan:sec1:data/aos-iam/sec1\"]\n".into();
+    unit.main.write_config();
+    unit.main
+        .applet("iamd", &["-c", &unit.main.p("config.toml")], None)
+        .fails(
+            3,
+            "cannot listen for node links on vchan:sec1:data/aos-iam/sec1: /dev/xen/evtchn: No such file or directory: \
+             a Xen domain with the xen-evtchn, xen-gntalloc and xen-gntdev modules is needed",
+        );
+    assert!(!unit.main.path("run/public.sock").exists(), "a failed start leaves no sockets behind");
+    // A malformed vchan address is a configuration error at its key.
+    unit.main.extra_config = "\n[links]\nlisten = [\"vchan:sec1:\"]\n".into();
+    unit.main.write_config();
+    unit.main
+        .applet("iamd", &["-c", &unit.main.p("config.toml")], None)
+        .fails(1, "links.listen[0]: \"vchan:sec1:\" is not vchan:DOMAIN:PATH");
+    // A secondary dialing a vchan: its link retries and its status says why.
+    unit.main.extra_config = String::new();
+    unit.start(true);
+    unit.link_over(0, "vchan:0:data/aos-iam/node1");
+    let start = Instant::now();
+    let status = loop {
+        // (status exits 3 while the link is not registered; its JSON says why)
+        let s = unit.link_status(0).json();
+        if s["state"] == "retrying" {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "never retrying: {}", unit.nodelink_log(0));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = status["last_error"].as_str().unwrap_or_default();
+    assert!(err.contains("/dev/xen/xenbus: No such file or directory"), "{status}");
+    let nodes = unit.main.provision(&["--json", "nodes"]).ok().json();
+    assert_eq!(nodes["nodes"], serde_json::json!([unit.main.node_id()]), "no node linked");
+}
+
+#[test]
 #[ignore = "needs vsock loopback (CID 1), which this machine lacks; `make qemu-test` links over vsock between VMs"]
 fn a_secondary_links_over_vsock_end_to_end() {
     let port = 40000 + (std::process::id() % 20000);

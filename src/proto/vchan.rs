@@ -351,6 +351,14 @@ struct MapGrantRef {
     gref: u32,
 }
 
+/// A system call's error as its description alone ("No such file or directory").
+fn os_error(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => nix::errno::Errno::from_raw(n).desc().to_string(),
+        None => e.to_string(),
+    }
+}
+
 /// `ioctl(fd, req, arg)`; the kernel's answer (a port, for the event channel binds).
 fn ioctl<T>(fd: RawFd, req: u32, arg: &mut T, what: &str) -> io::Result<u32> {
     // SAFETY: every `req` used here is a Xen device ioctl whose argument is exactly the
@@ -358,7 +366,7 @@ fn ioctl<T>(fd: RawFd, req: u32, arg: &mut T, what: &str) -> io::Result<u32> {
     let rc = unsafe { nix::libc::ioctl(fd, req as _, arg as *mut T) };
     if rc < 0 {
         let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+        return Err(io::Error::new(e.kind(), format!("{what}: {}", os_error(&e))));
     }
     Ok(rc as u32)
 }
@@ -367,7 +375,10 @@ fn open_device(path: &str) -> io::Result<File> {
     std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("{path}: {e} (a Xen domain with the xen-evtchn, xen-gntalloc and xen-gntdev modules is needed)"),
+            format!(
+                "{path}: {}: a Xen domain with the xen-evtchn, xen-gntalloc and xen-gntdev modules is needed",
+                os_error(&e)
+            ),
         )
     })
 }
@@ -457,7 +468,7 @@ fn mmap_page(dev: &File, index: u64) -> io::Result<*mut u8> {
     };
     if p == libc::MAP_FAILED {
         let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("mapping the vchan page: {e}")));
+        return Err(io::Error::new(e.kind(), format!("mapping the vchan page: {}", os_error(&e))));
     }
     Ok(p.cast())
 }
