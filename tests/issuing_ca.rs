@@ -119,6 +119,51 @@ fn a_unit_issued_by_an_issuing_ca_links_in_tls_over_unix_and_tcp() {
     assert_eq!(unit.link_status(0).ok().json()["state"], "registered");
 }
 
+/// Wait until `log()` has `text`; panic with it after 30 s.
+#[track_caller]
+fn wait_for_log(what: &str, log: impl Fn() -> String, text: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let l = log();
+        if l.contains(text) {
+            return l;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "{what}: no \"{text}\" in:\n{l}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_stopped_end_closes_its_tls_session_so_the_other_reads_a_clean_end_not_a_cut() {
+    let (mut unit, _) = unit_issued_by("close-notify", &["issuing"]);
+    let unix = unit.link_addr();
+    relink(&mut unit, &unix);
+    // iam-nodelink stopped by its service manager: the main node reads TLS close_notify.
+    assert!(unit.stop_link(0).success());
+    let id = unit.secondaries[0].node_id();
+    let log = wait_for_log("main node", || unit.main.log(), &format!("node \"{id}\" disconnected:"));
+    assert!(
+        log.contains(&format!("node \"{id}\" disconnected: connection closed")),
+        "{log}"
+    );
+    assert!(!log.contains("close_notify"), "{log}");
+    // The main iamd stopped: the other secondary's link reads the same.
+    unit.main.stop();
+    let log = wait_for_log(
+        "node link 1",
+        || unit.nodelink_log(1),
+        "the link to the main node ended",
+    );
+    assert!(
+        log.contains("the link to the main node ended: connection closed"),
+        "{log}"
+    );
+    assert!(!log.contains("close_notify"), "{log}");
+}
+
 #[test]
 fn a_unit_issued_two_intermediates_below_the_root_links_in_tls() {
     let (mut unit, _) = unit_issued_by("issuing2", &["policy", "issuing"]);

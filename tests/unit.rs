@@ -981,11 +981,14 @@ fn off_xen_a_vchan_listener_and_a_vchan_dial_are_clear_errors_that_name_what_is_
     unit.main
         .applet("iamd", &["-c", &unit.main.p("config.toml")], None)
         .fails(
-            3,
-            "cannot listen for node links on vchan:sec1:data/aos-iam/sec1: /dev/xen/evtchn: No such file or directory: \
+        3,
+        "cannot listen for node links on vchan:sec1:data/aos-iam/sec1: /dev/xen/evtchn: No such file or directory: \
              a Xen domain with the xen-evtchn, xen-gntalloc and xen-gntdev modules is needed",
-        );
-    assert!(!unit.main.path("run/public.sock").exists(), "a failed start leaves no sockets behind");
+    );
+    assert!(
+        !unit.main.path("run/public.sock").exists(),
+        "a failed start leaves no sockets behind"
+    );
     // A malformed vchan address is a configuration error at its key.
     unit.main.extra_config = "\n[links]\nlisten = [\"vchan:sec1:\"]\n".into();
     unit.main.write_config();
@@ -1003,13 +1006,21 @@ fn off_xen_a_vchan_listener_and_a_vchan_dial_are_clear_errors_that_name_what_is_
         if s["state"] == "retrying" {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "never retrying: {}", unit.nodelink_log(0));
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never retrying: {}",
+            unit.nodelink_log(0)
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let err = status["last_error"].as_str().unwrap_or_default();
     assert!(err.contains("/dev/xen/xenbus: No such file or directory"), "{status}");
     let nodes = unit.main.provision(&["--json", "nodes"]).ok().json();
-    assert_eq!(nodes["nodes"], serde_json::json!([unit.main.node_id()]), "no node linked");
+    assert_eq!(
+        nodes["nodes"],
+        serde_json::json!([unit.main.node_id()]),
+        "no node linked"
+    );
 }
 
 #[test]

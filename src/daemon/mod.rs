@@ -255,6 +255,16 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
             .recv()
             .await
             .unwrap_or_else(|_| "signal thread ended".into());
+        // Each secondary reads a clean end of its link (TLS close_notify), not a cut.
+        let ending: Vec<_> = shared
+            .nodes
+            .links()
+            .into_iter()
+            .map(|l| EXECUTOR.spawn(async move { l.shutdown("iamd stopped", std::time::Duration::from_secs(1)).await }))
+            .collect();
+        for t in ending {
+            t.await;
+        }
         drop((r, a, b, c, d, e, f, links));
         why
     }));

@@ -83,6 +83,11 @@ impl Nodes {
     }
 
     /// This node first, then every registered node in order.
+    /// The links up now.
+    pub fn links(&self) -> Vec<Arc<Peer>> {
+        lock(&self.links).values().cloned().collect()
+    }
+
     pub fn ids(&self) -> Vec<String> {
         std::iter::once(self.own_id.clone())
             .chain(lock(&self.known).keys().cloned())

@@ -140,6 +140,9 @@ impl Reporter {
     }
 }
 
+/// How long a stopping iam-nodelink gives its link to take the end of the session.
+const SHUTDOWN_WITHIN: Duration = Duration::from_secs(1);
+
 /// Run the link until SIGTERM or SIGINT (or, for a stdio link, until the pipe ends).
 pub fn run(opts: Options) -> Result<()> {
     let signals = crate::sys::signals::watch()?;
@@ -174,6 +177,10 @@ pub fn run(opts: Options) -> Result<()> {
         };
         let r = smol::future::or(stop, link_forever(&opts, &gate, &mut reporter)).await;
         let _ = crate::sys::notify::notify("STOPPING=1");
+        // The main node reads a clean end of the link (TLS close_notify), not a cut.
+        if let Some(link) = gate.link() {
+            link.shutdown("iam-nodelink stopped", SHUTDOWN_WITHIN).await;
+        }
         let last = r.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
         reporter.set("stopped", |s| s.last_error = last).await;
         r

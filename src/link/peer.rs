@@ -319,6 +319,28 @@ impl Peer {
         reason
     }
 
+    /// End the connection in order, as a stopping process does: in TLS a `close_notify`
+    /// goes out (the other end reads a clean end, not a cut), then the stream is closed; at
+    /// most `within`, for a peer that reads nothing. Then as [`Peer::close`].
+    pub async fn shutdown(&self, reason: &str, within: Duration) {
+        let closing = async {
+            let mut w = self.writer.lock().await;
+            let _ = smol::io::AsyncWriteExt::close(&mut *w).await;
+        };
+        let _ = smol::future::or(
+            async {
+                closing.await;
+                true
+            },
+            async {
+                smol::Timer::after(within).await;
+                false
+            },
+        )
+        .await;
+        self.close(reason);
+    }
+
     /// Mark the connection ended: every waiting request fails now, later ones at once.
     pub fn close(&self, reason: &str) {
         lock(&self.closed).get_or_insert_with(|| reason.to_string());

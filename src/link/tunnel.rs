@@ -298,6 +298,11 @@ impl Gate {
         })
     }
 
+    /// The link tunnels go over now, if any.
+    pub fn link(&self) -> Option<Arc<Peer>> {
+        lock(&self.link).clone()
+    }
+
     /// The link tunnels now go over (`None`: no link, they are refused).
     pub fn attach(&self, link: Option<Arc<Peer>>) {
         *lock(&self.link) = link;

@@ -349,7 +349,9 @@ fn vchan_parts<'a>(s: &str, rest: &'a str) -> Result<(&'a str, String), String> 
         {
             Ok((domain, path.to_string()))
         }
-        _ => Err(format!("\"{s}\" is not vchan:DOMAIN:PATH (a xenstore path such as data/aos-iam/node1)")),
+        _ => Err(format!(
+            "\"{s}\" is not vchan:DOMAIN:PATH (a xenstore path such as data/aos-iam/node1)"
+        )),
     }
 }
 
@@ -482,7 +484,10 @@ pub async fn connect(addr: &LinkAddr) -> io::Result<BoxStream> {
         }
         LinkAddr::Vchan { domain, path } => {
             let crate::proto::vchan::XenDomain::Id(server) = *domain else {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, "a vchan is dialed by domain id"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a vchan is dialed by domain id",
+                ));
             };
             let path = path.clone();
             Box::new(blocking::unblock(move || crate::proto::vchan::connect(server, &path)).await?)
@@ -507,9 +512,14 @@ pub enum LinkListener {
 pub enum LinkPeer {
     Unix(PeerCredentials),
     Tcp(std::net::SocketAddr),
-    Vsock { cid: u32, port: u32 },
+    Vsock {
+        cid: u32,
+        port: u32,
+    },
     /// The Xen domain the listener granted its page to: only it can map it.
-    Vchan { domid: u32 },
+    Vchan {
+        domid: u32,
+    },
 }
 
 impl std::fmt::Display for LinkPeer {

@@ -15,11 +15,11 @@
 //! copy is only published), and data is copied out before anything reads it.
 
 use std::fs::File;
+use std::future::Future;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{fence, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::future::Future;
 use std::task::{Context, Poll, Wake, Waker};
 
 const PAGE: usize = 4096;
@@ -71,7 +71,10 @@ impl std::fmt::Display for VchanError {
                 f,
                 "the other domain's {ring} ring indexes are corrupt ({ahead} bytes ahead in a ring of {size})"
             ),
-            VchanError::UnsupportedRings { read_order, write_order } => write!(
+            VchanError::UnsupportedRings {
+                read_order,
+                write_order,
+            } => write!(
                 f,
                 "the vchan server offers rings of 2^{read_order} and 2^{write_order} bytes; this transport maps only \
                  the rings inside the shared page (2^10 and 2^11)"
@@ -194,8 +197,10 @@ impl Ring {
         };
         // A client may join a ring an earlier client left (vchan-socket-proxy keeps one
         // server page for every session): it carries on from the indexes as they are.
-        ring.rd_cons.store(ring.u32_at(rd.shr).load(Ordering::Acquire), Ordering::Relaxed);
-        ring.wr_prod.store(ring.u32_at(wr.shr + 4).load(Ordering::Acquire), Ordering::Relaxed);
+        ring.rd_cons
+            .store(ring.u32_at(rd.shr).load(Ordering::Acquire), Ordering::Relaxed);
+        ring.wr_prod
+            .store(ring.u32_at(wr.shr + 4).load(Ordering::Acquire), Ordering::Relaxed);
         ring
     }
 
@@ -372,15 +377,19 @@ fn ioctl<T>(fd: RawFd, req: u32, arg: &mut T, what: &str) -> io::Result<u32> {
 }
 
 fn open_device(path: &str) -> io::Result<File> {
-    std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!(
-                "{path}: {}: a Xen domain with the xen-evtchn, xen-gntalloc and xen-gntdev modules is needed",
-                os_error(&e)
-            ),
-        )
-    })
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "{path}: {}: a Xen domain with the xen-evtchn, xen-gntalloc and xen-gntdev modules is needed",
+                    os_error(&e)
+                ),
+            )
+        })
 }
 
 /// An event channel of ours, bound to the other domain.
@@ -394,7 +403,12 @@ impl Evtchn {
     fn unbound(remote_domain: u32) -> io::Result<Evtchn> {
         let dev = open_device("/dev/xen/evtchn")?;
         let mut arg = remote_domain;
-        let port = ioctl(dev.as_raw_fd(), EVTCHN_BIND_UNBOUND_PORT, &mut arg, "an event channel for the domain")?;
+        let port = ioctl(
+            dev.as_raw_fd(),
+            EVTCHN_BIND_UNBOUND_PORT,
+            &mut arg,
+            "an event channel for the domain",
+        )?;
         Ok(Evtchn {
             dev: smol::Async::new(dev)?,
             port,
@@ -405,7 +419,12 @@ impl Evtchn {
     fn interdomain(remote_domain: u32, remote_port: u32) -> io::Result<Evtchn> {
         let dev = open_device("/dev/xen/evtchn")?;
         let mut arg = [remote_domain, remote_port];
-        let port = ioctl(dev.as_raw_fd(), EVTCHN_BIND_INTERDOMAIN, &mut arg, "binding the server's event channel")?;
+        let port = ioctl(
+            dev.as_raw_fd(),
+            EVTCHN_BIND_INTERDOMAIN,
+            &mut arg,
+            "binding the server's event channel",
+        )?;
         Ok(Evtchn {
             dev: smol::Async::new(dev)?,
             port,
@@ -414,7 +433,13 @@ impl Evtchn {
 
     fn notify(&self) -> io::Result<()> {
         let mut arg = self.port;
-        ioctl(self.dev.as_raw_fd(), EVTCHN_NOTIFY, &mut arg, "notifying the other domain").map(drop)
+        ioctl(
+            self.dev.as_raw_fd(),
+            EVTCHN_NOTIFY,
+            &mut arg,
+            "notifying the other domain",
+        )
+        .map(drop)
     }
 
     /// Take the events that came and unmask the port for the next one.
@@ -422,7 +447,7 @@ impl Evtchn {
         let mut ports = [0u8; 64];
         let mut any = false;
         loop {
-            match (&*self.dev.get_ref()).read(&mut ports) {
+            match self.dev.get_ref().read(&mut ports) {
                 Ok(0) => break,
                 Ok(_) => any = true,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -431,7 +456,7 @@ impl Evtchn {
             }
         }
         if any {
-            (&*self.dev.get_ref()).write_all(&self.port.to_ne_bytes())?;
+            self.dev.get_ref().write_all(&self.port.to_ne_bytes())?;
         }
         Ok(())
     }
@@ -468,7 +493,10 @@ fn mmap_page(dev: &File, index: u64) -> io::Result<*mut u8> {
     };
     if p == libc::MAP_FAILED {
         let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("mapping the vchan page: {}", os_error(&e))));
+        return Err(io::Error::new(
+            e.kind(),
+            format!("mapping the vchan page: {}", os_error(&e)),
+        ));
     }
     Ok(p.cast())
 }
@@ -485,7 +513,12 @@ impl Mapping {
             index: 0,
             gref: 0,
         };
-        ioctl(dev.as_raw_fd(), GNTALLOC_ALLOC_GREF, &mut alloc, "granting a page to the domain")?;
+        ioctl(
+            dev.as_raw_fd(),
+            GNTALLOC_ALLOC_GREF,
+            &mut alloc,
+            "granting a page to the domain",
+        )?;
         let page = match mmap_page(&dev, alloc.index) {
             Ok(p) => p,
             Err(e) => {
@@ -508,14 +541,24 @@ impl Mapping {
             action: UNMAP_NOTIFY_CLEAR_BYTE | UNMAP_NOTIFY_SEND_EVENT,
             port,
         };
-        ioctl(mapping.dev.as_raw_fd(), GNTALLOC_SET_UNMAP_NOTIFY, &mut notify, "the vchan's unmap notice")?;
+        ioctl(
+            mapping.dev.as_raw_fd(),
+            GNTALLOC_SET_UNMAP_NOTIFY,
+            &mut notify,
+            "the vchan's unmap notice",
+        )?;
         // Freed now, released when unmapped (here and in the other domain).
         let mut free = IndexCount {
             index: alloc.index,
             count: 1,
             pad: 0,
         };
-        ioctl(mapping.dev.as_raw_fd(), GNTALLOC_DEALLOC_GREF, &mut free, "releasing the grant")?;
+        ioctl(
+            mapping.dev.as_raw_fd(),
+            GNTALLOC_DEALLOC_GREF,
+            &mut free,
+            "releasing the grant",
+        )?;
         Ok((mapping, alloc.gref))
     }
 
@@ -529,7 +572,12 @@ impl Mapping {
             domid: domain,
             gref,
         };
-        ioctl(dev.as_raw_fd(), GNTDEV_MAP_GRANT_REF, &mut map, "mapping the server's page")?;
+        ioctl(
+            dev.as_raw_fd(),
+            GNTDEV_MAP_GRANT_REF,
+            &mut map,
+            "mapping the server's page",
+        )?;
         let page = match mmap_page(&dev, map.index) {
             Ok(p) => p,
             Err(e) => {
@@ -538,7 +586,12 @@ impl Mapping {
                     count: 1,
                     pad: 0,
                 };
-                let _ = ioctl(dev.as_raw_fd(), GNTDEV_UNMAP_GRANT_REF, &mut unmap, "unmapping the page");
+                let _ = ioctl(
+                    dev.as_raw_fd(),
+                    GNTDEV_UNMAP_GRANT_REF,
+                    &mut unmap,
+                    "unmapping the page",
+                );
                 return Err(e);
             }
         };
@@ -552,7 +605,12 @@ impl Mapping {
             action: UNMAP_NOTIFY_CLEAR_BYTE | UNMAP_NOTIFY_SEND_EVENT,
             port,
         };
-        ioctl(mapping.dev.as_raw_fd(), GNTDEV_SET_UNMAP_NOTIFY, &mut notify, "the vchan's unmap notice")?;
+        ioctl(
+            mapping.dev.as_raw_fd(),
+            GNTDEV_SET_UNMAP_NOTIFY,
+            &mut notify,
+            "the vchan's unmap notice",
+        )?;
         Ok(mapping)
     }
 }
@@ -562,8 +620,17 @@ impl Drop for Mapping {
         // SAFETY: `page` is the one-page mapping made in grant/map; no Ring outlives this.
         unsafe { nix::libc::munmap(self.page.cast(), PAGE) };
         if let Some(index) = self.gntdev_index {
-            let mut unmap = IndexCount { index, count: 1, pad: 0 };
-            let _ = ioctl(self.dev.as_raw_fd(), GNTDEV_UNMAP_GRANT_REF, &mut unmap, "unmapping the page");
+            let mut unmap = IndexCount {
+                index,
+                count: 1,
+                pad: 0,
+            };
+            let _ = ioctl(
+                self.dev.as_raw_fd(),
+                GNTDEV_UNMAP_GRANT_REF,
+                &mut unmap,
+                "unmapping the page",
+            );
         }
     }
 }
@@ -616,7 +683,10 @@ impl Xenstore {
             let word = |i: usize| u32::from_ne_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
             let len = word(12) as usize;
             if len > XS_PAYLOAD_MAX {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "xenstore answered an oversized message"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "xenstore answered an oversized message",
+                ));
             }
             let mut body = vec![0u8; len];
             self.io.read_exact(&mut body)?;
@@ -769,7 +839,10 @@ impl Wake for Fanout {
         self.wake_by_ref();
     }
     fn wake_by_ref(self: &Arc<Self>) {
-        let wakers: Vec<Waker> = crate::sys::lock(&self.wakers).iter_mut().filter_map(Option::take).collect();
+        let wakers: Vec<Waker> = crate::sys::lock(&self.wakers)
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
         wakers.into_iter().for_each(Waker::wake);
     }
 }
@@ -1197,7 +1270,10 @@ mod tests {
         );
         // The server claims to have consumed what the client never wrote.
         page.poke_u32(LEFT, 77);
-        assert!(matches!(client.write(b"x"), Err(VchanError::CorruptIndexes { ring: "write", .. })));
+        assert!(matches!(
+            client.write(b"x"),
+            Err(VchanError::CorruptIndexes { ring: "write", .. })
+        ));
         // Rewriting the copy of our own counter in the page changes nothing of ours.
         let page2 = Page::new();
         let server = Ring::serve(page2.0);
@@ -1219,7 +1295,10 @@ mod tests {
         let _server = Ring::serve(page.0);
         // SAFETY: inside the page.
         unsafe { *page.0.add(LEFT_ORDER) = 14 };
-        assert!(matches!(Ring::join(page.0), Err(VchanError::UnsupportedRings { write_order: 14, .. })));
+        assert!(matches!(
+            Ring::join(page.0),
+            Err(VchanError::UnsupportedRings { write_order: 14, .. })
+        ));
     }
 
     #[test]

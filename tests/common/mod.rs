@@ -906,6 +906,17 @@ impl Unit {
         }
     }
 
+    /// Stop secondary `i`'s iam-nodelink as its service manager would (SIGTERM), and wait.
+    pub fn stop_link(&mut self, i: usize) -> std::process::ExitStatus {
+        let mut c = self.links[i].take().expect("a link running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        c.wait().unwrap()
+    }
+
     pub fn kill_link(&mut self, i: usize) {
         if let Some(mut c) = self.links[i].take() {
             let _ = c.kill();
