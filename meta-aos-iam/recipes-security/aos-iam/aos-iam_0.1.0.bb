@@ -18,6 +18,9 @@ SRC_URI = "${AOS_IAM_SRC_URI} \
            file://iam-nodelink.service \
            file://aos-iam-vchan-server@.service \
            file://aos-iam-vchan-client.service \
+           file://iamd-xen-vchan.conf \
+           file://iam-nodelink-xen-vchan.conf \
+           file://aos-iam-xen.modules \
            file://aos-iam.tmpfiles \
            file://aos-iam.sysusers \
            file://config.toml \
@@ -71,6 +74,12 @@ do_install() {
     install -m 0644 ${AOS_IAM_FILES}/iam-nodelink.service ${D}${systemd_system_unitdir}/
     install -m 0644 ${AOS_IAM_FILES}/aos-iam-vchan-server@.service ${D}${systemd_system_unitdir}/
     install -m 0644 ${AOS_IAM_FILES}/aos-iam-vchan-client.service ${D}${systemd_system_unitdir}/
+    install -d ${D}${systemd_system_unitdir}/iamd.service.d ${D}${systemd_system_unitdir}/iam-nodelink.service.d \
+        ${D}${sysconfdir}/modules-load.d
+    install -m 0644 ${AOS_IAM_FILES}/iamd-xen-vchan.conf ${D}${systemd_system_unitdir}/iamd.service.d/10-xen-vchan.conf
+    install -m 0644 ${AOS_IAM_FILES}/iam-nodelink-xen-vchan.conf \
+        ${D}${systemd_system_unitdir}/iam-nodelink.service.d/10-xen-vchan.conf
+    install -m 0644 ${AOS_IAM_FILES}/aos-iam-xen.modules ${D}${sysconfdir}/modules-load.d/aos-iam-xen.conf
     sed -i -e 's|/usr/bin/|${bindir}/|' ${D}${systemd_system_unitdir}/*.service
 
     install -d ${D}${nonarch_libdir}/tmpfiles.d ${D}${nonarch_libdir}/sysusers.d
@@ -116,7 +125,8 @@ CONFFILES:${PN} = "${sysconfdir}/aos-iam/config.toml ${sysconfdir}/aos-iam/confi
 # "DOMAIN:NODE_ID" pairs (DOMAIN: the domain's name), each a [[links.listener]]
 # (config.d/20-vchan.toml) that admits NODE_ID alone.
 # - native (the default): iamd serves the vchan itself at data/aos-iam/DOMAIN; the secondary
-#   dials it with AOS_IAM_LINK_CONNECT = "vchan:0:data/aos-iam/DOMAIN". No other package.
+#   dials it with AOS_IAM_LINK_CONNECT = "vchan:0:data/aos-iam/DOMAIN". aos-iam-vchan gives
+#   iamd and iam-nodelink the Xen devices (drop-ins) and loads their modules.
 # - proxy: Xen's vchan-socket-proxy (meta-virtualization's xen-tools) at both ends, from the
 #   units of aos-iam-vchan: aos-iam-vchan-server@DOMAIN.service on the main node onto
 #   unix:/run/aos-iam/link-DOMAIN.sock, aos-iam-vchan-client.service on the secondary (with
@@ -124,7 +134,9 @@ CONFFILES:${PN} = "${sysconfdir}/aos-iam/config.toml ${sysconfdir}/aos-iam/confi
 AOS_IAM_LINK_VCHAN ??= ""
 AOS_IAM_LINK_VCHAN_TRANSPORT ??= "native"
 SYSTEMD_PACKAGES += "${PN}-vchan"
-SYSTEMD_SERVICE:${PN}-vchan = "${@'aos-iam-vchan-client.service' if d.getVar('AOS_IAM_NODE_ROLE') == 'secondary' else ' '.join('aos-iam-vchan-server@%s.service' % p.split(':')[0] for p in (d.getVar('AOS_IAM_LINK_VCHAN') or '').split() if d.getVar('AOS_IAM_LINK_VCHAN_TRANSPORT') == 'proxy')}"
+SYSTEMD_SERVICE:${PN}-vchan = "${@('aos-iam-vchan-client.service' if d.getVar('AOS_IAM_LINK_VCHAN_TRANSPORT') == 'proxy' else '') if d.getVar('AOS_IAM_NODE_ROLE') == 'secondary' else ' '.join('aos-iam-vchan-server@%s.service' % p.split(':')[0] for p in (d.getVar('AOS_IAM_LINK_VCHAN') or '').split() if d.getVar('AOS_IAM_LINK_VCHAN_TRANSPORT') == 'proxy')}"
 SYSTEMD_AUTO_ENABLE:${PN}-vchan = "enable"
-FILES:${PN}-vchan += "${systemd_system_unitdir}/aos-iam-vchan-server@.service ${systemd_system_unitdir}/aos-iam-vchan-client.service"
+FILES:${PN}-vchan += "${systemd_system_unitdir}/aos-iam-vchan-server@.service ${systemd_system_unitdir}/aos-iam-vchan-client.service \
+                      ${systemd_system_unitdir}/iamd.service.d ${systemd_system_unitdir}/iam-nodelink.service.d \
+                      ${sysconfdir}/modules-load.d"
 RDEPENDS:${PN}-vchan += "${PN}"
