@@ -135,6 +135,7 @@ fn run(args: &Args) -> Result<u8, Error> {
         tls: links.tls,
         root_ca: config.as_ref().and_then(|c| c.root_ca.clone()),
         crl: config.as_ref().map(|c| c.crl.clone()).unwrap_or_default(),
+        main_crl: config.as_ref().and_then(|c| c.links.main_crl.clone()),
         unit_id: config.as_ref().map(|c| c.unit_id.clone()).unwrap_or_default(),
         main_node_id: links.main_node_id.clone(),
         tunnel: links.tunnel.clone(),

@@ -33,6 +33,9 @@ secondary)
     [ -z "$listen" ] || { echo "links-dropin: a secondary node does not accept links (got LISTEN $listen)" >&2; exit 1; }
     [ -n "$connect" ] || { echo "links-dropin: a secondary node needs CONNECT (the main node's link address)" >&2; exit 1; }
     printf '\n[links]\nconnect = "%s"\n' "$connect"
+    # The CRLs the main node hands (iam-nodelink.service's StateDirectory), checked with
+    # beside paths.crl once there.
+    printf 'main_crl = "/var/lib/aos-iam-nodelink/main.crl"\n'
     [ -z "$tunnel" ] || printf 'tunnel = "%s"\n' "$tunnel"
     ;;
 *)

@@ -105,6 +105,10 @@ pub struct LinksConfig {
     /// Main: the `host:port` endpoints a secondary may reach through its link (empty: no
     /// tunnels).
     pub tunnel_endpoints: Vec<String>,
+    /// Secondary: where iam-nodelink keeps the CRLs the main node hands it (GetCrl, at each
+    /// registration and keepalive), checked with beside `paths.crl` once the file exists:
+    /// by iamd at ApplyCert and by iam-nodelink on the main node's chain (`None`: not asked).
+    pub main_crl: Option<PathBuf>,
 }
 
 /// Who may link on one listener: the node ids that may register there (empty: any) and,
@@ -132,6 +136,7 @@ impl Default for LinksConfig {
             admission: Vec::new(),
             tunnel: None,
             tunnel_endpoints: Vec::new(),
+            main_crl: None,
         }
     }
 }
@@ -740,7 +745,19 @@ pub struct Config {
     pub enroll: Option<EnrollConfig>,
 }
 
+/// The CRL files checked with: `crl`, and `main_crl` once iam-nodelink has written it.
+pub fn crl_files(crl: &[PathBuf], main_crl: Option<&Path>) -> Vec<PathBuf> {
+    let mut files = crl.to_vec();
+    files.extend(main_crl.filter(|p| p.exists()).map(Path::to_path_buf));
+    files
+}
+
 impl Config {
+    /// The CRL files this node checks with now ([`crl_files`]).
+    pub fn crl_files(&self) -> Vec<PathBuf> {
+        crl_files(&self.crl, self.links.main_crl.as_deref())
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.working_dir.join(DB_FILE)
     }
@@ -1592,6 +1609,13 @@ fn parse_links(mut l: Reader, role: Role) -> Result<LinksConfig, ConfigError> {
             "only a secondary node reaches its servers through a link (node.role is \"main\")",
         ));
     }
+    let main_crl = l.path("main_crl")?;
+    if main_crl.is_some() && role == Role::Main {
+        return Err(l.err(
+            "main_crl",
+            "only a secondary node is handed the main node's CRLs (node.role is \"main\")",
+        ));
+    }
     let mut tunnel_endpoints = Vec::new();
     for (i, e) in l
         .strings("tunnel_endpoints")?
@@ -1630,6 +1654,7 @@ fn parse_links(mut l: Reader, role: Role) -> Result<LinksConfig, ConfigError> {
         admission,
         tunnel,
         tunnel_endpoints,
+        main_crl,
     };
     l.finish()?;
     Ok(c)

@@ -30,7 +30,9 @@ sec=$(mktemp -d)
 make --no-print-directory -s install DESTDIR="$sec" PREFIX=/usr RELEASE=target/debug/aos-iam STRIP=true \
     NODE_ROLE=secondary LINK_CONNECT=vsock:2:8089 >/dev/null
 grep -q '^role = "secondary"$' "$sec/etc/aos-iam/config.d/10-links.toml" \
-    && grep -q '^connect = "vsock:2:8089"$' "$sec/etc/aos-iam/config.d/10-links.toml" || { rm -rf "$sec"; fail "links drop-in of a secondary node"; }
+    && grep -q '^connect = "vsock:2:8089"$' "$sec/etc/aos-iam/config.d/10-links.toml" \
+    && grep -q '^main_crl = "/var/lib/aos-iam-nodelink/main.crl"$' "$sec/etc/aos-iam/config.d/10-links.toml" \
+    || { rm -rf "$sec"; fail "links drop-in of a secondary node"; }
 if [ -r /etc/machine-id ]; then
     "$sec/usr/bin/iamd" -c "$sec/etc/aos-iam/config.toml" --check-config >/dev/null || { rm -rf "$sec"; fail "iamd refuses a secondary's installed config"; }
 fi

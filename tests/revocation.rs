@@ -190,3 +190,53 @@ fn a_certificate_revoked_before_it_is_applied_is_refused_and_the_current_one_sta
     assert_eq!(check.code, 1, "{}{}", check.stdout, check.stderr);
     assert!(check.stderr.contains("paths.crl"), "{}", check.stderr);
 }
+
+#[test]
+fn the_main_node_hands_its_crls_to_a_secondary_which_then_drops_and_refuses_a_revoked_main_node() {
+    let mut unit = Unit::new("crl-hand", 2);
+    let cnf = openssl_ca_config(&unit.main);
+    unit.main.paths_extra = format!("crl = [\"{}\"]\n", unit.main.p("crl.pem"));
+    // The secondaries have no CRL of their own: s0 keeps what the main node hands it (and
+    // checks it every second), s1 is not asked to.
+    let kept = unit.secondaries[0].path("main.crl");
+    unit.secondaries[0].extra_config = format!("\n[links]\nmain_crl = \"{}\"\nkeepalive = 1\n", kept.display());
+    publish_crl(&cnf, &unit.main, &[&unit.main]);
+    unit.start(true);
+    unit.link_all_unix();
+    unit.run_all(&["--expect-nodes", "3", "--wait", "20"]).ok();
+    let addr = unit.link_addr();
+    unit.relink(false, &addr);
+    for i in 0..2 {
+        assert_eq!(unit.wait_link_registered(i)["tls"], true);
+    }
+    // Handed at registration: the main node's CRL, as openssl reads it.
+    wait_for(|| kept.exists(), "the CRL handed to s0", &unit.secondaries[0]);
+    let same = |a: &str, b: &str| {
+        let text = |f: &str| sh(&format!("openssl crl -in {f} -noout -text")).ok().stdout;
+        text(a) == text(b)
+    };
+    assert!(same(&kept.display().to_string(), &unit.main.p("crl.pem")));
+    assert!(!unit.secondaries[1].path("main.crl").exists());
+
+    // The main node's link identity is revoked, on the main node alone: s0 learns it at its
+    // next look and drops the live link; s1, not handed CRLs, keeps its link.
+    revoke(&cnf, &exported(&unit.main, "iam"));
+    publish_crl(&cnf, &unit.main, &[&unit.main]);
+    wait_for(
+        || unit.nodelink_log(0).contains("certificate is revoked by a CRL"),
+        "s0 dropping the revoked main node's link",
+        &unit.secondaries[0],
+    );
+    assert!(
+        same(&kept.display().to_string(), &unit.main.p("crl.pem")),
+        "the new CRL kept"
+    );
+    // Its next handshakes refuse the main node's certificate.
+    wait_for(
+        || unit.nodelink_log(0).contains("Revoked"),
+        "s0 refusing the revoked main node at its handshake",
+        &unit.secondaries[0],
+    );
+    assert_ne!(unit.link_status(0).json()["state"], "registered");
+    assert_eq!(unit.link_status(1).json()["state"], "registered");
+}

@@ -239,7 +239,7 @@ impl CertModules {
         if !m.config.skip_validation {
             let roots = module_roots(config, &m.config)?;
             let at = x509::issued_at(&chain, UnixTime::now());
-            let crls = x509::read_crls(&config.crl)?;
+            let crls = x509::read_crls(&config.crl_files())?;
             x509::validate_chain_with_crls(&chain, &roots, &m.config.extended_key_usage, at, &crls)
                 .map_err(|e| e.context(format!("module {cert_type}")))?;
         }

@@ -228,7 +228,8 @@ pub(super) fn handle(shared: &Shared, request: Request) -> Result<Response> {
         | Request::NodeInfoChanged { .. }
         | Request::TunnelOpen { .. }
         | Request::TunnelData { .. }
-        | Request::TunnelClose { .. } => Err(Error::internal("node links are served by the link listeners")),
+        | Request::TunnelClose { .. }
+        | Request::GetCrl => Err(Error::internal("node links are served by the link listeners")),
         Request::ForgetNode { node_id } => shared.nodes.forget(&prov.db, &node_id).map(|_| Response::Done),
         Request::GetLinkIdentity => {
             prov.modules

@@ -527,6 +527,15 @@ pub(super) async fn link_request(
             return Err(Error::wrong_state("RegisterNode must come first on a node link"))
         }
         Request::NodeInfoChanged { info } => info,
+        // The CRLs this node checks with, for the secondary to check with too: read at each
+        // ask, as every check here reads them.
+        Request::GetCrl if registered.load(Ordering::SeqCst) => {
+            let paths = shared.prov.config.crl.clone();
+            let crls = blocking::unblock(move || crate::pki::x509::read_crls(&paths)).await?;
+            return Ok(Response::Crl {
+                crls: crls.iter().map(|c| c.to_vec()).collect(),
+            });
+        }
         // The secondary's keepalive: this iamd still knows the link.
         Request::Version if tunnel_only || registered.load(Ordering::SeqCst) => {
             return Ok(Response::Version {

@@ -45,6 +45,9 @@ pub struct Options {
     pub root_ca: Option<PathBuf>,
     /// Certificate revocation lists the main node's chain is checked against (`paths.crl`).
     pub crl: Vec<PathBuf>,
+    /// Where the CRLs the main node hands this node are kept (`links.main_crl`), checked
+    /// with beside `crl` once written.
+    pub main_crl: Option<PathBuf>,
     /// This node's unit (`node.unit_id`): the main node's certificate must carry its URI.
     pub unit_id: String,
     /// The main node this node links to only (`links.main_node_id`), if configured.
@@ -346,8 +349,8 @@ async fn session(
     // The certificate must name the main node this node is configured for (or, without
     // one configured, the one it says it is), of this node's unit.
     let expected = opts.main_node_id.as_deref().unwrap_or(&main_id);
-    if let Some(cert) = &main_cert {
-        crate::link::tls::check_peer(cert, crate::config::Eku::ServerAuth, expected, &opts.unit_id)
+    if let Some(chain) = &main_cert {
+        crate::link::tls::check_peer(&chain[0], crate::config::Eku::ServerAuth, expected, &opts.unit_id)
             .map_err(|e| e.context(format!("the main node at {}", opts.connect)))?;
     }
     if expected != main_id {
@@ -447,12 +450,112 @@ async fn session(
                 }
             }
         };
-        smol::future::or(push, keepalive(&link, opts.keepalive)).await
+        let revocation = watch_revocation(opts, &link, &main_id, main_cert.as_deref());
+        smol::future::or(push, smol::future::or(keepalive(&link, opts.keepalive), revocation)).await
     };
     let ended = smol::future::or(register_and_push, smol::future::or(link_loop, local_loop)).await;
     link.close("iam-nodelink closed the link");
     local.close("iam-nodelink closed the connection");
     ended
+}
+
+/// How often the main node's chain is checked again with the CRLs when no keepalive is set.
+const REVOCATION_EVERY: Duration = Duration::from_secs(60);
+
+/// At registration and at every keepalive interval: the main node's CRLs (GetCrl, protocol
+/// 7) kept in `links.main_crl` when they changed, then the main node's chain checked with
+/// every CRL file this node has: a chain now revoked ends the link (and the next handshake
+/// refuses it).
+async fn watch_revocation(
+    opts: &Options,
+    link: &Peer,
+    main_id: &str,
+    chain: Option<&[rustls_pki_types::CertificateDer<'static>]>,
+) -> Result<String> {
+    let every = opts.keepalive.unwrap_or(REVOCATION_EVERY);
+    loop {
+        if let Some(path) = &opts.main_crl {
+            if link.version() >= Request::GetCrl.since() {
+                match link.call(&Request::GetCrl, opts.request_timeout).await {
+                    Ok(Response::Crl { crls }) => {
+                        let path = path.clone();
+                        let kept = blocking::unblock(move || keep_main_crl(&path, &crls)).await;
+                        match kept {
+                            Ok(true) => crate::log_notice!(
+                                "the main node \"{main_id}\" handed new CRLs: kept in {}",
+                                opts.main_crl
+                                    .as_ref()
+                                    .map_or(String::new(), |p| p.display().to_string())
+                            ),
+                            Ok(false) => {}
+                            Err(e) => crate::log_warn!("the CRLs the main node \"{main_id}\" handed are not kept: {e}"),
+                        }
+                    }
+                    Ok(r) => return Err(Error::protocol(format!("GetCrl answered {r:?}"))),
+                    Err(e) if e.kind == ErrorKind::Unavailable || e.kind == ErrorKind::Timeout => return Err(e),
+                    Err(e) => crate::log_warn!("the main node \"{main_id}\" gives no CRLs: {e}"),
+                }
+            }
+        }
+        if let Some(chain) = chain {
+            let (crl, main_crl, root_ca) = (opts.crl.clone(), opts.main_crl.clone(), opts.root_ca.clone());
+            let chain = chain.to_vec();
+            let checked = blocking::unblock(move || -> Result<()> {
+                let files = crate::config::crl_files(&crl, main_crl.as_deref());
+                if files.is_empty() {
+                    return Ok(());
+                }
+                let crls = crate::pki::x509::parse_crls(&crate::pki::x509::read_crls(&files)?)?;
+                let root_ca = root_ca.ok_or_else(|| Error::invalid("TLS on the link needs paths.root_ca"))?;
+                let roots = crate::pki::x509::read_certs(&root_ca, "root CA")?;
+                crate::pki::x509::validate_chain_against(
+                    &chain,
+                    &roots,
+                    &[crate::config::Eku::ServerAuth],
+                    rustls_pki_types::UnixTime::now(),
+                    &crls,
+                )
+            })
+            .await;
+            match checked {
+                Err(e) if matches!(&e.kind, ErrorKind::Validation(r) if r == "CertRevoked") => {
+                    return Err(Error::unauthorized(format!(
+                        "the main node \"{main_id}\"'s certificate is revoked by a CRL: {}",
+                        e.message
+                    )));
+                }
+                Err(e) => crate::log_warn!("the main node's chain is not checked with the CRLs now: {e}"),
+                Ok(()) => {}
+            }
+        }
+        smol::Timer::after(every).await;
+    }
+}
+
+/// Write the CRLs the main node handed to `path` (PEM, atomically) if they differ from what
+/// it holds; `Ok(true)` if written. CRLs that do not parse are refused and nothing changes.
+fn keep_main_crl(path: &std::path::Path, crls: &[Vec<u8>]) -> Result<bool> {
+    if crls.is_empty() {
+        // The main node checks with no CRL: neither does this node, beyond its own.
+        return match std::fs::remove_file(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::unavailable(format!("cannot remove {}: {e}", path.display()))),
+        };
+    }
+    let ders: Vec<rustls_pki_types::CertificateRevocationListDer<'static>> =
+        crls.iter().map(|d| d.clone().into()).collect();
+    crate::pki::x509::parse_crls(&ders)?;
+    let pem: String = crls
+        .iter()
+        .map(|d| crate::codec::pem::pem_encode("X509 CRL", d))
+        .collect();
+    if std::fs::read(path).is_ok_and(|old| old == pem.as_bytes()) {
+        return Ok(false);
+    }
+    crate::store::atomic_file::write(path, pem.as_bytes(), 0o644)
+        .map_err(|e| Error::unavailable(format!("cannot write {}: {e}", path.display())))?;
+    Ok(true)
 }
 
 /// Ask the main node every `every` whether it still answers; the first miss ends the link.
@@ -641,7 +744,7 @@ async fn connect_tls(
     opts: &Options,
     stream: transport::BoxStream,
     local: LocalIdentity,
-) -> Result<(transport::BoxStream, Vec<u8>)> {
+) -> Result<(transport::BoxStream, Vec<rustls_pki_types::CertificateDer<'static>>)> {
     let root_ca = opts
         .root_ca
         .as_ref()
@@ -657,7 +760,8 @@ async fn connect_tls(
             client: std::sync::Mutex::new(None),
         }),
     };
-    let config = crate::link::tls::client_config(&identity, &roots, &opts.crl)?;
+    let crls = crate::config::crl_files(&opts.crl, opts.main_crl.as_deref());
+    let config = crate::link::tls::client_config(&identity, &roots, &crls)?;
     let handshake = futures_rustls::TlsConnector::from(config).connect(crate::link::tls::main_server_name(), stream);
     let what = format!("no TLS handshake with {}", opts.connect);
     let tls = transport::within(opts.hello_timeout, what, async {
@@ -677,8 +781,8 @@ async fn connect_tls(
         })
     })
     .await?;
-    let cert = crate::link::tls::peer_leaf(tls.get_ref().1)?;
-    Ok((Box::new(tls), cert))
+    let chain = crate::link::tls::peer_chain(tls.get_ref().1)?;
+    Ok((Box::new(tls), chain))
 }
 
 /// Signs with this node's identity key by asking its iamd (SignWithLinkIdentity): the key
@@ -715,5 +819,25 @@ impl crate::link::tls::IdentitySigner for LocalSigner {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crls_handed_that_do_not_parse_change_nothing_and_none_handed_removes_the_kept_file() {
+        let dir = std::env::temp_dir().join(format!("aos-iam-main-crl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("main.crl");
+        std::fs::write(&path, "what was kept\n").unwrap();
+        let e = keep_main_crl(&path, &[vec![0x30, 0x03, 0x02, 0x01, 0x01]]).unwrap_err();
+        assert!(e.message.contains("CRL"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "what was kept\n");
+        assert!(keep_main_crl(&path, &[]).unwrap(), "removed");
+        assert!(!path.exists());
+        assert!(!keep_main_crl(&path, &[]).unwrap(), "nothing to remove");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -595,6 +595,10 @@ pub enum Request {
     TunnelClose {
         tunnel: u64,
     },
+    /// Version 7, secondary to main over a registered link: the certificate revocation lists
+    /// the main node checks with (`paths.crl`), answered by `Crl`, so that the secondary
+    /// checks with them too (`links.main_crl`).
+    GetCrl,
 }
 
 /// The most bytes one TunnelData carries.
@@ -615,6 +619,7 @@ impl Request {
             Request::ScepEnroll { .. } => 4,
             Request::GetLinkChain | Request::RenewNow { .. } => 5,
             Request::TunnelOpen { .. } | Request::TunnelData { .. } | Request::TunnelClose { .. } => 6,
+            Request::GetCrl => 7,
             _ => 1,
         }
     }
@@ -659,6 +664,7 @@ impl Request {
             Request::TunnelOpen { .. } => "TunnelOpen",
             Request::TunnelData { .. } => "TunnelData",
             Request::TunnelClose { .. } => "TunnelClose",
+            Request::GetCrl => "GetCrl",
         }
     }
 
@@ -705,7 +711,10 @@ impl Request {
     /// Requests that are sent only on a link: a secondary's registration and info, and
     /// the tunnels either end sends.
     pub fn is_link_only(&self) -> bool {
-        matches!(self, Request::RegisterNode { .. } | Request::NodeInfoChanged { .. }) || self.is_tunnel()
+        matches!(
+            self,
+            Request::RegisterNode { .. } | Request::NodeInfoChanged { .. } | Request::GetCrl
+        ) || self.is_tunnel()
     }
 
     /// The requests of a tunnel through a link (docs/ARCHITECTURE.md §9b).
@@ -819,7 +828,7 @@ impl Request {
         match self {
             Request::Hello { node_id, .. } => max("node_id", node_id.len(), MAX_NAME_LEN),
             Request::RegisterNode { info } | Request::NodeInfoChanged { info } => info.check_bounds(),
-            Request::GetLinkIdentity | Request::GetLinkChain => Ok(()),
+            Request::GetLinkIdentity | Request::GetLinkChain | Request::GetCrl => Ok(()),
             Request::TunnelOpen { endpoint } => max("endpoint", endpoint.len(), MAX_NAME_LEN),
             Request::TunnelData { data, .. } => max("tunnel data", data.len(), MAX_TUNNEL_CHUNK),
             Request::TunnelClose { .. } => Ok(()),
@@ -1186,6 +1195,12 @@ pub enum Response {
     TunnelOpened {
         tunnel: u64,
     },
+    /// Version 7: the answer to GetCrl: each CRL as DER, in the order of the main node's
+    /// `paths.crl` (empty: it checks with none).
+    Crl {
+        #[serde(deserialize_with = "growing_list")]
+        crls: Vec<Vec<u8>>,
+    },
 }
 
 impl Response {
@@ -1196,6 +1211,7 @@ impl Response {
             Response::Chain { .. } => 4,
             Response::LinkChain { .. } => 5,
             Response::TunnelOpened { .. } => 6,
+            Response::Crl { .. } => 7,
             _ => 1,
         }
     }

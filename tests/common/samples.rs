@@ -157,6 +157,7 @@ pub fn requests() -> Vec<Request> {
             data: vec![0x16, 0x03, 0x01, 0x00, 0x05],
         },
         Request::TunnelClose { tunnel: 3 },
+        Request::GetCrl,
     ]
 }
 
@@ -258,6 +259,9 @@ pub fn responses() -> Vec<Response> {
             serial: vec![7],
         },
         Response::TunnelOpened { tunnel: 3 },
+        Response::Crl {
+            crls: vec![vec![0x30, 0x82, 0x01, 0x10], vec![0x30, 0x81, 0x90]],
+        },
     ]
 }
 
