@@ -594,3 +594,67 @@ fn an_est_server_that_has_only_tls_1_2_is_enrolled_with() {
         "{text}"
     );
 }
+
+#[test]
+fn an_est_server_whose_certificate_a_crl_of_the_node_revokes_is_refused_at_its_handshake() {
+    let mut est = None;
+    let mut node = provisioned("estcrl", |n| {
+        n.modules.rotate_left(1);
+        let server = EstServer::start(&n.dir, EST_USER, EST_PASSWORD);
+        n.extra_config = format!(
+            "[modules.renew]\nmethod = \"est\"\nthreshold = \"1%\"\n[modules.renew.est]\nurl = \"{}\"\nanchor = \"{}\"\n\
+             reenroll = false\nusername = \"{EST_USER}\"\npassword_file = \"{}\"\n",
+            server.url,
+            server.anchor.display(),
+            n.p("est-password")
+        );
+        est = Some(server);
+    });
+    let server = est.unwrap();
+    let (sock, pw) = (node.protected(), node.p("password"));
+    let renew = |node: &Node| {
+        node.applet(
+            "iam-certctl",
+            &["-s", &sock, "--json", "renew", "iam", "--password-file", &pw],
+            None,
+        )
+    };
+    renew(&node).ok();
+    let before = iam_serials(&node);
+
+    // The EST server's own certificate revoked by its CA (openssl ca), the CRL given to the
+    // node as a file of paths.crl.
+    let d = node.dir.display().to_string();
+    std::fs::create_dir_all(node.path("est-newcerts")).unwrap();
+    std::fs::write(node.path("est-index.txt"), "").unwrap();
+    std::fs::write(node.path("est-crlnumber"), "1000\n").unwrap();
+    std::fs::write(node.path("est-server.pem"), &server.server_cert_pem).unwrap();
+    std::fs::write(
+        node.path("est-ca.cnf"),
+        format!(
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = {d}/est-index.txt\nnew_certs_dir = {d}/est-newcerts\n\
+             crlnumber = {d}/est-crlnumber\ncertificate = {d}/est-anchor.pem\nprivate_key = {d}/est-anchor.key\n\
+             default_md = sha256\ndefault_crl_days = 30\n"
+        ),
+    )
+    .unwrap();
+    sh(&format!(
+        "openssl ca -config {d}/est-ca.cnf -revoke {d}/est-server.pem 2>&1"
+    ))
+    .ok();
+    sh(&format!(
+        "openssl ca -config {d}/est-ca.cnf -gencrl -out {d}/est.crl 2>&1"
+    ))
+    .ok();
+    node.stop();
+    node.paths_extra = format!("crl = [\"{d}/est.crl\"]\n");
+    node.start(false);
+    let requests = server.requests().len();
+    renew(&node).fails(4, "Revoked");
+    assert_eq!(
+        server.requests().len(),
+        requests,
+        "nothing was sent to the revoked server"
+    );
+    assert_eq!(iam_serials(&node), before, "no certificate changed");
+}

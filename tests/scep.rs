@@ -302,6 +302,17 @@ fn pending_renewal(name: &str, pending: usize, ra: bool) -> (Node, common::scep:
 
 /// The same, the RA certificate (if any) with these extensions.
 fn pending_renewal_with(name: &str, pending: usize, ra: Option<&str>) -> (Node, common::scep::PendingServer, String) {
+    pending_renewal_then(name, pending, ra, |_| {})
+}
+
+/// The same, `before_operation` done to the node between its provisioning and its start in
+/// operation (where it renews).
+fn pending_renewal_then(
+    name: &str,
+    pending: usize,
+    ra: Option<&str>,
+    before_operation: impl FnOnce(&mut Node),
+) -> (Node, common::scep::PendingServer, String) {
     let mut node = Node::new(name, Store::Pkcs11);
     let caps = "POSTPKIOperation\nSHA-256\nAES\nSCEPStandard\n";
     let server = common::scep::PendingServer::start_with(&node.dir, 8082, pending, ra, caps);
@@ -317,6 +328,7 @@ fn pending_renewal_with(name: &str, pending: usize, ra: Option<&str>) -> (Node, 
     node.run_flow_with(&["--days", "1"]).ok();
     let before = current_serial(&node, "rsa").unwrap();
     node.stop();
+    before_operation(&mut node);
     node.start(false);
     (node, server, before)
 }
@@ -406,6 +418,49 @@ fn a_device_certificate_of_the_ca_posing_as_its_ra_is_refused_before_any_request
     assert!(
         server.seen.lock().unwrap().is_empty(),
         "a request was sent to a server whose RA is no RA"
+    );
+    assert_eq!(current_serial(&node, "rsa").unwrap(), before);
+    assert!(!node.log().contains(CHALLENGE));
+}
+
+/// An RA the CA has revoked (its CRL, made by `openssl ca -gencrl`, given to the node as a
+/// file of paths.crl) would read the request and its challenge: it is refused before
+/// anything is sent.
+#[test]
+fn an_ra_that_a_crl_of_the_node_revokes_is_refused_before_any_request() {
+    private_network();
+    let (node, server, before) = pending_renewal_then("scep-ra-revoked", 2, Some(common::scep::RA_EXT), |node| {
+        let d = node.dir.display().to_string();
+        std::fs::create_dir_all(node.path("ra-newcerts")).unwrap();
+        std::fs::write(node.path("ra-index.txt"), "").unwrap();
+        std::fs::write(node.path("ra-crlnumber"), "1000\n").unwrap();
+        std::fs::write(
+            node.path("ra-ca.cnf"),
+            format!(
+                "[ca]\ndefault_ca = d\n[d]\ndatabase = {d}/ra-index.txt\nnew_certs_dir = {d}/ra-newcerts\n\
+                 crlnumber = {d}/ra-crlnumber\ncertificate = {d}/pending-ca.pem\nprivate_key = {d}/pending-ca.key\n\
+                 default_md = sha256\ndefault_crl_days = 30\n"
+            ),
+        )
+        .unwrap();
+        sh(&format!(
+            "openssl ca -config {d}/ra-ca.cnf -revoke {d}/pending-ra.pem 2>&1"
+        ))
+        .ok();
+        sh(&format!(
+            "openssl ca -config {d}/ra-ca.cnf -gencrl -out {d}/ra.crl 2>&1"
+        ))
+        .ok();
+        node.paths_extra = format!("crl = [\"{d}/ra.crl\"]\n");
+    });
+    wait_for(
+        || node.log().contains("RA certificate is revoked by a CRL"),
+        "the renewal refusing the revoked RA",
+        &node,
+    );
+    assert!(
+        server.seen.lock().unwrap().is_empty(),
+        "a request was sent to a revoked RA"
     );
     assert_eq!(current_serial(&node, "rsa").unwrap(), before);
     assert!(!node.log().contains(CHALLENGE));

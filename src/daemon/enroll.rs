@@ -329,7 +329,8 @@ fn client(prov: &Provisioning, cfg: &EnrollConfig, e: &Enrollment) -> Result<Est
         (Some(u), Some(f)) => Some((u.clone(), read_secret(f, "EST password file")?)),
         _ => None,
     };
-    let mut client = EstClient::new(&url, &anchors, ClientAuth::Identity(identity), basic)?
+    let crls = crate::pki::x509::read_crls(&prov.config.crl_files())?;
+    let mut client = EstClient::checked_with(&url, &anchors, ClientAuth::Identity(identity), basic, &crls)?
         .with_timeout(cfg.timeout)
         .with_route(crate::pki::dial::Route::of(&prov.config));
     if cfg.claim_token_file.exists() {
@@ -393,6 +394,7 @@ fn scep_config(
         timeout: cfg.timeout,
         poll_for: crate::pki::scep::DEFAULT_POLL_FOR,
         poll_every: crate::pki::scep::DEFAULT_POLL_EVERY,
+        crls: crate::pki::x509::read_crls(&prov.config.crl_files())?,
     }))
 }
 

@@ -323,8 +323,14 @@ fn signer(prov: &Provisioning, cert_type: &str, policy: &RenewPolicy) -> Result<
                 ClientAuth::None
             };
             Box::new(EstSigner {
-                client: EstClient::new(&est.url, &anchors, auth, basic)?
-                    .with_route(crate::pki::dial::Route::of(&prov.config)),
+                client: EstClient::checked_with(
+                    &est.url,
+                    &anchors,
+                    auth,
+                    basic,
+                    &crate::pki::x509::read_crls(&prov.config.crl_files())?,
+                )?
+                .with_route(crate::pki::dial::Route::of(&prov.config)),
                 reenroll: est.reenroll,
                 retry_after: Default::default(),
             })
@@ -342,7 +348,11 @@ fn obtain(
     retry_after: &mut Option<Duration>,
 ) -> Result<String> {
     if let RenewMethod::Scep(scep) = &policy.method {
-        let config = crate::pki::scep::ScepConfig::from_settings(scep, crate::pki::dial::Route::of(&prov.config))?;
+        let config = crate::pki::scep::ScepConfig::from_settings(
+            scep,
+            crate::pki::dial::Route::of(&prov.config),
+            crate::pki::x509::read_crls(&prov.config.crl_files())?,
+        )?;
         return prov
             .modules
             .scep_enroll(&prov.db, cert_type, csr, &config, scep.renewal);

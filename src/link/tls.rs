@@ -309,7 +309,11 @@ pub enum ClientAuth {
 
 /// A client of an EST server: the server verified against `anchors` (and its host name),
 /// this side authenticated as `auth` says.
-pub fn est_client_config(anchors: &[CertificateDer<'static>], auth: ClientAuth) -> Result<Arc<rustls::ClientConfig>> {
+pub fn est_client_config(
+    anchors: &[CertificateDer<'static>],
+    auth: ClientAuth,
+    crls: &[rustls_pki_types::CertificateRevocationListDer<'static>],
+) -> Result<Arc<rustls::ClientConfig>> {
     let provider = provider();
     let mut store = rustls::RootCertStore::empty();
     for a in anchors {
@@ -317,10 +321,20 @@ pub fn est_client_config(anchors: &[CertificateDer<'static>], auth: ClientAuth) 
             .add(a.clone())
             .map_err(|e| Error::validation("BadRoot", format!("EST trust anchor: {e}")))?;
     }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions())
-        .map_err(|e| tls_error("TLS client", e))?
-        .with_root_certificates(store);
+        .map_err(|e| tls_error("TLS client", e))?;
+    // The server's chain is checked with the node's CRLs where one covers its issuer.
+    let builder = if crls.is_empty() {
+        builder.with_root_certificates(store)
+    } else {
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider)
+            .with_crls(crls.to_vec())
+            .allow_unknown_revocation_status()
+            .build()
+            .map_err(|e| Error::internal(format!("TLS server verifier: {e}")))?;
+        builder.with_webpki_verifier(verifier)
+    };
     let config = match auth {
         ClientAuth::None => builder.with_no_client_auth(),
         ClientAuth::Identity(id) => {

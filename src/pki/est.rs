@@ -128,12 +128,24 @@ impl EstClient {
         auth: ClientAuth,
         basic: Option<(String, Secret)>,
     ) -> Result<EstClient> {
+        Self::checked_with(url, anchors, auth, basic, &[])
+    }
+
+    /// [`EstClient::new`], the server's chain also checked with `crls` (the node's
+    /// `paths.crl`): a revoked server certificate fails the handshake.
+    pub fn checked_with(
+        url: &str,
+        anchors: &[CertificateDer<'static>],
+        auth: ClientAuth,
+        basic: Option<(String, Secret)>,
+        crls: &[rustls_pki_types::CertificateRevocationListDer<'static>],
+    ) -> Result<EstClient> {
         let (host, port, path) = parse_url(url)?;
         Ok(EstClient {
             host,
             port,
             path,
-            tls: crate::link::tls::est_client_config(anchors, auth)?,
+            tls: crate::link::tls::est_client_config(anchors, auth, crls)?,
             basic,
             bearer: None,
             timeout: DEFAULT_TIMEOUT,

@@ -395,6 +395,34 @@ impl Authority {
     /// Choose from GetCACert's certificates: the CA whose SHA-256 fingerprint (of its DER,
     /// hex, colons and case ignored) is `fingerprint`; an RA beside it must be issued and
     /// signed by it.
+    /// With CRLs given, the RA (the recipient, when it is not the CA itself) must not be
+    /// revoked by one the CA signed: a revoked RA would read the request and its challenge.
+    pub fn check_revocation(&self, crls: &[rustls_pki_types::CertificateRevocationListDer<'static>]) -> Result<()> {
+        let ca = &self.ca[0];
+        if crls.is_empty() || self.recipient == *ca {
+            return Ok(());
+        }
+        let parsed = crate::pki::x509::parse_crls(crls)?;
+        let ra = rustls_pki_types::CertificateDer::from(self.recipient.as_slice());
+        let root = rustls_pki_types::CertificateDer::from(ca.as_slice());
+        match crate::pki::x509::validate_chain_against(
+            std::slice::from_ref(&ra),
+            std::slice::from_ref(&root),
+            &[],
+            rustls_pki_types::UnixTime::now(),
+            &parsed,
+        ) {
+            Err(e) if matches!(&e.kind, crate::error::ErrorKind::Validation(r) if r == "CertRevoked") => {
+                Err(Error::validation(
+                    "CertRevoked",
+                    "the SCEP server's RA certificate is revoked by a CRL of paths.crl",
+                ))
+            }
+            // Its signature, marking and validity were checked by select.
+            _ => Ok(()),
+        }
+    }
+
     pub fn select(certs: &[Vec<u8>], fingerprint: &str) -> Result<Authority> {
         let want = hex_digits(fingerprint);
         if want.len() != 64 {
@@ -1192,6 +1220,8 @@ pub struct ScepConfig {
     pub timeout: Duration,
     pub poll_for: Duration,
     pub poll_every: Duration,
+    /// The node's CRLs (`paths.crl`): an RA certificate one of them revokes is refused.
+    pub crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
 }
 
 /// Enroll `csr_der` for `key`: PKCSReq (or RenewalReq when `current` is given and the
@@ -1209,6 +1239,7 @@ pub fn enroll(
         .with_route(config.route.clone());
     let caps = client.caps()?;
     let authority = Authority::select(&client.ca_certs()?, &config.ca_fingerprint)?;
+    authority.check_revocation(&config.crls)?;
     let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
         .map_err(|e| Error::invalid(format!("the CSR: {e}")))?;
     let info = &csr.certification_request_info;
@@ -1354,7 +1385,11 @@ pub struct CurrentIdentity<'a> {
 
 impl ScepConfig {
     /// The configuration a module's `[modules.renew.scep]` names, its challenge read now.
-    pub fn from_settings(s: &crate::config::ScepSettings, route: crate::pki::dial::Route) -> Result<ScepConfig> {
+    pub fn from_settings(
+        s: &crate::config::ScepSettings,
+        route: crate::pki::dial::Route,
+        crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+    ) -> Result<ScepConfig> {
         let challenge = match &s.challenge_file {
             Some(f) => Some(read_challenge(f)?),
             None => None,
@@ -1367,6 +1402,7 @@ impl ScepConfig {
             timeout: s.timeout,
             poll_for: s.poll_for,
             poll_every: s.poll_every,
+            crls,
         })
     }
 }

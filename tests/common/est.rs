@@ -46,8 +46,10 @@ pub struct EstServer {
     /// Whether /cacerts also sends the CA of the server's own TLS certificate.
     pub cacerts_with_anchor: Arc<Mutex<bool>>,
     pub answer: Arc<Mutex<Answer>>,
-    /// The server's trust anchor (PEM file).
+    /// The server's trust anchor (PEM file); its key is `est-anchor.key` beside it.
     pub anchor: PathBuf,
+    /// The server's own TLS certificate (PEM), issued by the anchor at each start.
+    pub server_cert_pem: String,
     pub mode: Arc<Mutex<Mode>>,
     /// Lifetime of the certificates it issues, in seconds.
     pub lifetime: Arc<Mutex<i64>>,
@@ -158,6 +160,7 @@ impl EstServer {
         let server = EstServer {
             url: format!("https://localhost:{port}/.well-known/est"),
             anchor,
+            server_cert_pem: server_cert.pem(),
             answer: Arc::new(Mutex::new(Answer::Crl2pkcs7Lines)),
             cacerts_with_anchor: Arc::new(Mutex::new(false)),
             mode: Arc::new(Mutex::new(Mode::Normal)),
