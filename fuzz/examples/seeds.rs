@@ -125,6 +125,27 @@ fn main() {
     chunked.extend_from_slice(&one);
     chunked.extend_from_slice(b"\r\n0\r\n\r\n");
     write(dir, "http_scep", "getcacert-ca.http", &chunked);
+    // A CertRep after its GetCACert (u16 length first): a SignedData whose signer infos the
+    // fuzzer grows from a certs-only one.
+    let mut cert_rep = (p7.len() as u16).to_be_bytes().to_vec();
+    cert_rep.extend_from_slice(&p7);
+    cert_rep.extend_from_slice(&p7);
+    write(dir, "scep_cert_rep", "getcacert-then-signeddata.der", &cert_rep);
+    // The other domain of a vchan: the server's first byte, then rewrites, reads and writes.
+    write(
+        dir,
+        "vchan_ring",
+        "server.bin",
+        &[0, 1, 0, 4, 2, 0, 2, 0, 4, 0, 0xff, 0xff, 0xff, 0x7f, 1, 0, 4],
+    );
+    write(
+        dir,
+        "vchan_ring",
+        "client.bin",
+        &[
+            1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10, 0, 11, 0, 2, 1, 0, 0, 2, 0, 4, 1, 0, 4,
+        ],
+    );
     // CRLs as `openssl ca -gencrl` and rcgen make them: one revoking a serial, PEM and DER.
     let crl_key = rcgen::KeyPair::generate().unwrap();
     let mut crl_ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();

@@ -910,6 +910,41 @@ fn verify_signature(cert: &[u8], digest: Digest, signature_oid: &str, message: &
 /// the content of a SUCCESS decrypted with the signer's key.
 #[cfg(feature = "scep")]
 fn read_cert_rep(raw: &[u8], authority: &Authority, sent: &Sent, signer: &RequestSigner) -> Result<Answer> {
+    Ok(match check_cert_rep(raw, authority, sent)? {
+        Answer::Success(envelope) => Answer::Success(decrypt_envelope(&envelope, signer)?),
+        other => other,
+    })
+}
+
+/// For the fuzz target `scep_cert_rep`: `input` is a u16 (big-endian) length, then a
+/// GetCACert answer (PKCS#7 certs-only) of that length, then a CertRep. The authority is
+/// chosen from the first as a client would (each certificate's fingerprint in turn) and
+/// the CertRep checked against it for a fixed transaction: nothing may panic.
+#[doc(hidden)]
+#[cfg(feature = "scep")]
+pub fn check_cert_rep_for_fuzzing(input: &[u8]) {
+    let Some((len, rest)) = input.split_first_chunk::<2>() else {
+        return;
+    };
+    let n = usize::from(u16::from_be_bytes(*len)).min(rest.len());
+    let (ca_certs, cert_rep) = rest.split_at(n);
+    let Ok(certs) = ca_certs_of("application/x-x509-ca-ra-cert", ca_certs) else {
+        return;
+    };
+    let sent = Sent {
+        transaction_id: "0123456789ABCDEF".into(),
+        sender_nonce: [7; 16],
+    };
+    for c in &certs {
+        if let Ok(authority) = Authority::select(&certs, &fingerprint(c)) {
+            let _ = check_cert_rep(cert_rep, &authority, &sent);
+        }
+    }
+}
+
+/// [`read_cert_rep`] up to the decryption: a SUCCESS carries the still-encrypted envelope.
+#[cfg(feature = "scep")]
+fn check_cert_rep(raw: &[u8], authority: &Authority, sent: &Sent) -> Result<Answer> {
     let ci = der::read_ber(raw)
         .filter(|t| t.tag == 0x30)
         .ok_or_else(|| malformed("not a ContentInfo"))?;
@@ -1027,10 +1062,9 @@ fn read_cert_rep(raw: &[u8], authority: &Authority, sent: &Sent, signer: &Reques
         ));
     }
     match attrs.text(PKI_STATUS).as_deref() {
-        Some("0") => {
-            let content = econtent.ok_or_else(|| malformed("a SUCCESS without content"))?;
-            Ok(Answer::Success(decrypt_envelope(&content, signer)?))
-        }
+        Some("0") => Ok(Answer::Success(
+            econtent.ok_or_else(|| malformed("a SUCCESS without content"))?,
+        )),
         Some("3") => Ok(Answer::Pending),
         Some("2") => Ok(Answer::Failure {
             fail_info: attrs.text(FAIL_INFO).and_then(|t| t.parse().ok()),
