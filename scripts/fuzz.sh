@@ -8,7 +8,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-60}
-targets=${*:-frame_decode frame_server config chain csr est_pkcs7 http_scep crl}
+targets=${*:-frame_decode frame_server config chain csr est_pkcs7 http_scep crl scep_cert_rep vchan_ring}
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
 mkdir -p target/fuzz
 (cd fuzz && cargo run -q --locked --example seeds ../target/fuzz/seeds)
