@@ -15,17 +15,21 @@ trap 'rm -rf "$tmp"' EXIT
 ln -s "$BIN" "$tmp/iamd"
 ln -s "$BIN" "$tmp/iam-nodelink"
 status=0
-for unit in "$FILES"/*.service; do
-    name=$(basename "$unit")
-    sed -e "s|/usr/bin/iamd|$tmp/iamd|" -e "s|/usr/bin/iam-nodelink|$tmp/iam-nodelink|" "$unit" > "$tmp/$name"
-    err=$(systemd-analyze verify --man=no "$tmp/$name" 2>&1 >/dev/null | grep -v "^$" || true)
+# verify LABEL DIR UNIT: systemd-analyze verify of UNIT as found in DIR (drop-ins included).
+verify() {
+    err=$(cd "$2" && SYSTEMD_UNIT_PATH="$2:" systemd-analyze verify --man=no "$3" 2>&1 >/dev/null | grep -v "^$" || true)
     if [ -n "$err" ]; then
-        echo "$name: systemd-analyze verify:" >&2
+        echo "$1: systemd-analyze verify:" >&2
         echo "$err" >&2
         status=1
     else
-        echo "$name: verify ok"
+        echo "$1: verify ok"
     fi
+}
+for unit in "$FILES"/*.service; do
+    name=$(basename "$unit")
+    sed -e "s|/usr/bin/iamd|$tmp/iamd|" -e "s|/usr/bin/iam-nodelink|$tmp/iam-nodelink|" "$unit" > "$tmp/$name"
+    verify "$name" "$tmp" "$name"
 done
 # The Xen vchan drop-ins (package aos-iam-vchan) on the units they extend: they parse, and
 # the units stay within the same exposure with them.
@@ -35,14 +39,7 @@ for pair in iamd:iamd-xen-vchan iam-nodelink:iam-nodelink-xen-vchan; do
     cp "$tmp/$name.service" "$tmp/xen/"
     mkdir -p "$tmp/xen/$name.service.d"
     cp "$FILES/$dropin.conf" "$tmp/xen/$name.service.d/10-xen-vchan.conf"
-    err=$(cd "$tmp/xen" && SYSTEMD_UNIT_PATH="$tmp/xen:" systemd-analyze verify --man=no "$name.service" 2>&1 >/dev/null | grep -v "^$" || true)
-    if [ -n "$err" ]; then
-        echo "$name.service with $dropin.conf: systemd-analyze verify:" >&2
-        echo "$err" >&2
-        status=1
-    else
-        echo "$name.service with $dropin.conf: verify ok"
-    fi
+    verify "$name.service with $dropin.conf" "$tmp/xen" "$name.service"
     e=$(cd "$tmp/xen" && SYSTEMD_UNIT_PATH="$tmp/xen:" systemd-analyze security --offline=yes --no-pager "$name.service" 2>/dev/null \
         | sed -n "s/.*Overall exposure level for $name.service: \([0-9.]*\).*/\1/p")
     echo "$name.service with $dropin.conf: security exposure $e (target <= 2.0)"

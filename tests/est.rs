@@ -624,30 +624,16 @@ fn an_est_server_whose_certificate_a_crl_of_the_node_revokes_is_refused_at_its_h
 
     // The EST server's own certificate revoked by its CA (openssl ca), the CRL given to the
     // node as a file of paths.crl.
-    let d = node.dir.display().to_string();
-    std::fs::create_dir_all(node.path("est-newcerts")).unwrap();
-    std::fs::write(node.path("est-index.txt"), "").unwrap();
-    std::fs::write(node.path("est-crlnumber"), "1000\n").unwrap();
     std::fs::write(node.path("est-server.pem"), &server.server_cert_pem).unwrap();
-    std::fs::write(
-        node.path("est-ca.cnf"),
-        format!(
-            "[ca]\ndefault_ca = d\n[d]\ndatabase = {d}/est-index.txt\nnew_certs_dir = {d}/est-newcerts\n\
-             crlnumber = {d}/est-crlnumber\ncertificate = {d}/est-anchor.pem\nprivate_key = {d}/est-anchor.key\n\
-             default_md = sha256\ndefault_crl_days = 30\n"
-        ),
-    )
-    .unwrap();
-    sh(&format!(
-        "openssl ca -config {d}/est-ca.cnf -revoke {d}/est-server.pem 2>&1"
-    ))
-    .ok();
-    sh(&format!(
-        "openssl ca -config {d}/est-ca.cnf -gencrl -out {d}/est.crl 2>&1"
-    ))
-    .ok();
+    let crl = openssl_crl_revoking(
+        &node.dir,
+        "est",
+        &node.path("est-anchor.pem"),
+        &node.path("est-anchor.key"),
+        &[&node.path("est-server.pem")],
+    );
     node.stop();
-    node.paths_extra = format!("crl = [\"{d}/est.crl\"]\n");
+    node.paths_extra = format!("crl = [\"{}\"]\n", crl.display());
     node.start(false);
     let requests = server.requests().len();
     renew(&node).fails(4, "Revoked");

@@ -430,28 +430,14 @@ fn a_device_certificate_of_the_ca_posing_as_its_ra_is_refused_before_any_request
 fn an_ra_that_a_crl_of_the_node_revokes_is_refused_before_any_request() {
     private_network();
     let (node, server, before) = pending_renewal_then("scep-ra-revoked", 2, Some(common::scep::RA_EXT), |node| {
-        let d = node.dir.display().to_string();
-        std::fs::create_dir_all(node.path("ra-newcerts")).unwrap();
-        std::fs::write(node.path("ra-index.txt"), "").unwrap();
-        std::fs::write(node.path("ra-crlnumber"), "1000\n").unwrap();
-        std::fs::write(
-            node.path("ra-ca.cnf"),
-            format!(
-                "[ca]\ndefault_ca = d\n[d]\ndatabase = {d}/ra-index.txt\nnew_certs_dir = {d}/ra-newcerts\n\
-                 crlnumber = {d}/ra-crlnumber\ncertificate = {d}/pending-ca.pem\nprivate_key = {d}/pending-ca.key\n\
-                 default_md = sha256\ndefault_crl_days = 30\n"
-            ),
-        )
-        .unwrap();
-        sh(&format!(
-            "openssl ca -config {d}/ra-ca.cnf -revoke {d}/pending-ra.pem 2>&1"
-        ))
-        .ok();
-        sh(&format!(
-            "openssl ca -config {d}/ra-ca.cnf -gencrl -out {d}/ra.crl 2>&1"
-        ))
-        .ok();
-        node.paths_extra = format!("crl = [\"{d}/ra.crl\"]\n");
+        let crl = openssl_crl_revoking(
+            &node.dir,
+            "ra",
+            &node.path("pending-ca.pem"),
+            &node.path("pending-ca.key"),
+            &[&node.path("pending-ra.pem")],
+        );
+        node.paths_extra = format!("crl = [\"{}\"]\n", crl.display());
     });
     wait_for(
         || node.log().contains("RA certificate is revoked by a CRL"),

@@ -1017,6 +1017,34 @@ pub fn wait_for(cond: impl Fn() -> bool, what: &str, node: &Node) {
     }
 }
 
+/// `openssl ca -revoke` each of `revoked` (PEM files) by the CA `ca_pem`/`ca_key`, then
+/// `openssl ca -gencrl`: the CRL's path. The CA's database is kept in `dir` as `NAME-*`.
+pub fn openssl_crl_revoking(dir: &Path, name: &str, ca_pem: &Path, ca_key: &Path, revoked: &[&Path]) -> PathBuf {
+    let d = dir.display();
+    std::fs::create_dir_all(dir.join(format!("{name}-newcerts"))).unwrap();
+    std::fs::write(dir.join(format!("{name}-index.txt")), "").unwrap();
+    std::fs::write(dir.join(format!("{name}-crlnumber")), "1000\n").unwrap();
+    let cnf = dir.join(format!("{name}-ca.cnf"));
+    std::fs::write(
+        &cnf,
+        format!(
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = {d}/{name}-index.txt\nnew_certs_dir = {d}/{name}-newcerts\n\
+             crlnumber = {d}/{name}-crlnumber\ncertificate = {}\nprivate_key = {}\n\
+             default_md = sha256\ndefault_crl_days = 30\n",
+            ca_pem.display(),
+            ca_key.display()
+        ),
+    )
+    .unwrap();
+    let cnf = cnf.display();
+    for r in revoked {
+        sh(&format!("openssl ca -config {cnf} -revoke {} 2>&1", r.display())).ok();
+    }
+    let crl = dir.join(format!("{name}.crl"));
+    sh(&format!("openssl ca -config {cnf} -gencrl -out {} 2>&1", crl.display())).ok();
+    crl
+}
+
 /// The NodeInfo a hand-made link registers as node `id` (tests/unit.rs, tests/tunnel.rs).
 pub fn link_node_info(id: &str) -> aos_iam::proto::wire::NodeInfo {
     aos_iam::proto::wire::NodeInfo {
