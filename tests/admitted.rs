@@ -277,3 +277,67 @@ fn every_protected_operation_and_every_refusal_is_audited_once_without_a_secret(
     );
     node.stop();
 }
+
+/// A request the main node forwards over a link is audited at both ends: on the main node
+/// as its client asked it (that uid and pid, the secondary's node id), on the secondary as
+/// iam-nodelink brought it (the link's pid); a forwarded refusal likewise, never a secret.
+/// What the secondary asks over its link (its registration) is audited on the main node.
+#[test]
+fn a_forwarded_operation_and_a_forwarded_refusal_are_audited_on_the_main_node_and_on_the_secondary() {
+    let mut unit = Unit::new("audit-fwd", 1);
+    unit.start(true);
+    unit.link_all_unix();
+    let sec = unit.secondaries[0].node_id();
+    let link_pid = unit.links[0].as_ref().expect("a link").id();
+    let me = std::process::id();
+    let create = |password: &str| Request::CreateKey {
+        node_id: sec.clone(),
+        cert_type: "online".into(),
+        subject: "CN=audit".into(),
+        password: Secret::new(password.into()),
+    };
+    let audits = |node: &Node| -> Vec<String> {
+        node.log()
+            .lines()
+            .filter(|l| l.contains("audit: CreateKey by uid "))
+            .map(String::from)
+            .collect()
+    };
+    // Provisioning started on the secondary, so that CreateKey is served there.
+    unit.main
+        .provision(&["--node", &sec, "start", "--password-file", &unit.main.p("password")])
+        .ok();
+    ask(&unit.main.protected(), &create("guess-4711")).unwrap_err();
+    ask(&unit.main.protected(), &create(PASSWORD)).unwrap();
+    wait_for(
+        || audits(&unit.secondaries[0]).len() == 2,
+        "the secondary's audit lines",
+        &unit.secondaries[0],
+    );
+    wait_for(
+        || audits(&unit.main).len() == 2,
+        "the main node's audit lines",
+        &unit.main,
+    );
+    let (main, secondary) = (audits(&unit.main), audits(&unit.secondaries[0]));
+    let on_main = format!("audit: CreateKey by uid 0 pid {me} on the protected socket, node \"{sec}\": ");
+    assert!(main[0].contains(&format!("{on_main}refused, ")), "{main:?}");
+    assert!(main[1].ends_with(&format!("{on_main}done")), "{main:?}");
+    let on_secondary = format!("pid {link_pid} on the protected socket, node \"{sec}\": ");
+    assert!(
+        secondary[0].contains(&format!("{on_secondary}refused, ")),
+        "{secondary:?}"
+    );
+    assert!(secondary[1].ends_with(&format!("{on_secondary}done")), "{secondary:?}");
+    for l in main.iter().chain(&secondary) {
+        assert!(!l.contains("guess-4711") && !l.contains(PASSWORD), "{l}");
+    }
+    // What the secondary asked over its link itself: its registration.
+    assert!(
+        unit.main
+            .log()
+            .contains(&format!("audit: RegisterNode by node \"{sec}\" over its link: done")),
+        "{}",
+        unit.main.log()
+    );
+}

@@ -56,6 +56,9 @@ fn a_secondary_without_a_network_enrolls_and_renews_by_itself_through_the_main_n
         "{refused}"
     );
     assert_eq!(simpleenrolls(&server, "simpleenroll"), 0);
+    // The refused tunnel is in the main node's audit trail.
+    let refused_line = format!("audit: TunnelOpen by node \"{}\" over its link: refused, ", s.node_id());
+    assert!(unit.main.log().contains(&refused_line), "{}", unit.main.log());
     let link = unit.link_status(0).json();
     assert_eq!(link["state"], "tunnels-only", "{link}");
     assert_eq!(link["tls"], false, "{link}");

@@ -396,14 +396,20 @@ async fn serve_link(
                             if let Err(e) = &result {
                                 crate::log_warn!("node \"{node_id}\": {}: {e}", request.name());
                             }
+                            audit_link(&node_id, &request, &result);
                             let _ = peer.answer(id, result).await;
                         })
                         .detach();
                     return true;
                 }
+                let name = request.name();
+                let audited = matches!(request, Request::RegisterNode { .. } | Request::GetCrl);
                 let result = link_request(&shared, &peer, &registered, tunnel_only, &node_id, &changes, request).await;
                 if let Err(e) = &result {
                     crate::log_warn!("node \"{node_id}\": {e}");
+                }
+                if audited || result.is_err() {
+                    audit_line(&node_id, name, &result);
                 }
                 let _ = peer.answer(id, result).await;
                 // A link that could not register its node has nothing more to do.
@@ -488,6 +494,26 @@ pub(super) fn info_changed(
         })
         .detach();
     Ok(Response::Done)
+}
+
+/// The audit trail of what a secondary asks over its link: its registration, the CRLs it
+/// fetches, each tunnel it opens, and every refusal, once, never what the request carried.
+/// (Its keepalives, info changes and tunnel bytes, when served, would drown the rest.)
+fn audit_link(node_id: &str, request: &Request, result: &Result<Response>) {
+    if matches!(request, Request::TunnelOpen { .. }) || result.is_err() {
+        audit_line(node_id, request.name(), result);
+    }
+}
+
+fn audit_line(node_id: &str, op: &str, result: &Result<Response>) {
+    let outcome = match result {
+        Ok(_) => "done".to_string(),
+        Err(e) => format!("refused, {}: {e}", e.kind.name()),
+    };
+    crate::log_notice!(
+        "audit: {op} by node \"{}\" over its link: {outcome}",
+        crate::log::escape(node_id)
+    );
 }
 
 /// A request from a secondary node over its link.
