@@ -4,6 +4,9 @@
 //! while an admitted uid guesses the provisioning password on 16 connections at once.
 //! Figures as ratios against the baseline; not pass/fail (the tests assert that the
 //! requests are served at all). Needs root: the attackers run as other uids (setpriv).
+//! Then the link listener flooded (issue 28, item 2): how long a secondary takes to link and
+//! register while 300 connections to the main node's TCP link port send nothing, against
+//! the same with none, in the same run.
 
 #[path = "../tests/common/mod.rs"]
 mod harness;
@@ -107,4 +110,54 @@ fn main() {
         idle,
     );
     drop(guesser);
+    node.stop();
+    link_listener_flood();
+}
+
+/// Median of [`ROUNDS`] times a secondary's iam-nodelink takes from its start to its node
+/// shown connected on the main node.
+fn relink_time(unit: &mut Unit) -> Duration {
+    let id = unit.secondaries[0].node_id();
+    let mut times = Vec::new();
+    for _ in 0..ROUNDS {
+        unit.kill_link(0);
+        unit.wait_connected(&id, false);
+        let start = Instant::now();
+        unit.link_unix(0);
+        unit.wait_connected(&id, true);
+        times.push(start.elapsed());
+    }
+    times.sort_unstable();
+    times[ROUNDS / 2]
+}
+
+fn link_listener_flood() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut unit = Unit::new("bench-flood", 1);
+    unit.main.extra_config = format!(
+        "\n[links]\nlisten = [\"unix:{}\", \"tcp:127.0.0.1:{port}\"]\n",
+        unit.main.p("run/link.sock")
+    );
+    unit.start(true);
+    unit.link_all_unix();
+    let idle = relink_time(&mut unit);
+    // Anyone who reaches the port: connections that never send a byte, held open.
+    let silent: Vec<std::net::TcpStream> = (0..300)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    let flooded = relink_time(&mut unit);
+    println!(
+        "secondary linked and registered, idle (the baseline)   {:>6} ms",
+        idle.as_millis()
+    );
+    println!(
+        "the same while {} silent TCP connections were opened {:>6} ms ({:.2}x)",
+        silent.len(),
+        flooded.as_millis(),
+        flooded.as_secs_f64() / idle.as_secs_f64()
+    );
 }
