@@ -396,21 +396,18 @@ async fn serve_link(
                             if let Err(e) = &result {
                                 crate::log_warn!("node \"{node_id}\": {}: {e}", request.name());
                             }
-                            audit_link(&node_id, &request, &result);
+                            audit_link(&node_id, request.name(), audited(&request), &result);
                             let _ = peer.answer(id, result).await;
                         })
                         .detach();
                     return true;
                 }
-                let name = request.name();
-                let audited = matches!(request, Request::RegisterNode { .. } | Request::GetCrl);
+                let (op, always) = (request.name(), audited(&request));
                 let result = link_request(&shared, &peer, &registered, tunnel_only, &node_id, &changes, request).await;
                 if let Err(e) = &result {
                     crate::log_warn!("node \"{node_id}\": {e}");
                 }
-                if audited || result.is_err() {
-                    audit_line(&node_id, name, &result);
-                }
+                audit_link(&node_id, op, always, &result);
                 let _ = peer.answer(id, result).await;
                 // A link that could not register its node has nothing more to do.
                 tunnel_only || registered.load(std::sync::atomic::Ordering::SeqCst)
@@ -496,17 +493,21 @@ pub(super) fn info_changed(
     Ok(Response::Done)
 }
 
-/// The audit trail of what a secondary asks over its link: its registration, the CRLs it
-/// fetches, each tunnel it opens, and every refusal, once, never what the request carried.
-/// (Its keepalives, info changes and tunnel bytes, when served, would drown the rest.)
-fn audit_link(node_id: &str, request: &Request, result: &Result<Response>) {
-    if matches!(request, Request::TunnelOpen { .. }) || result.is_err() {
-        audit_line(node_id, request.name(), result);
-    }
+/// The link requests always in the audit trail: a secondary's registration, the CRLs it
+/// fetches, each tunnel it opens. (Its keepalives, info changes and tunnel bytes, when
+/// served, would drown the rest; their refusals are audited.)
+fn audited(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::RegisterNode { .. } | Request::GetCrl | Request::TunnelOpen { .. }
+    )
 }
 
-fn audit_line(node_id: &str, op: &str, result: &Result<Response>) {
+/// The audit trail of what a secondary asks over its link: `op` when `always`, and every
+/// refusal, once, never what the request carried.
+fn audit_link(node_id: &str, op: &str, always: bool, result: &Result<Response>) {
     let outcome = match result {
+        Ok(_) if !always => return,
         Ok(_) => "done".to_string(),
         Err(e) => format!("refused, {}: {e}", e.kind.name()),
     };

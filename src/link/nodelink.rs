@@ -58,6 +58,13 @@ pub struct Options {
     pub tunnel_group: Option<u32>,
 }
 
+impl Options {
+    /// The CRL files the main node's chain is checked with now ([`crate::config::crl_files`]).
+    fn crl_files(&self) -> Vec<PathBuf> {
+        crate::config::crl_files(&self.crl, self.main_crl.as_deref())
+    }
+}
+
 /// What `iam-nodelink status` reports, as the running link writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -478,14 +485,12 @@ async fn watch_revocation(
             if link.version() >= Request::GetCrl.since() {
                 match link.call(&Request::GetCrl, opts.request_timeout).await {
                     Ok(Response::Crl { crls }) => {
-                        let path = path.clone();
-                        let kept = blocking::unblock(move || keep_main_crl(&path, &crls)).await;
+                        let to = path.clone();
+                        let kept = blocking::unblock(move || keep_main_crl(&to, &crls)).await;
                         match kept {
                             Ok(true) => crate::log_notice!(
                                 "the main node \"{main_id}\" handed new CRLs: kept in {}",
-                                opts.main_crl
-                                    .as_ref()
-                                    .map_or(String::new(), |p| p.display().to_string())
+                                path.display()
                             ),
                             Ok(false) => {}
                             Err(e) => crate::log_warn!("the CRLs the main node \"{main_id}\" handed are not kept: {e}"),
@@ -498,10 +503,9 @@ async fn watch_revocation(
             }
         }
         if let Some(chain) = chain {
-            let (crl, main_crl, root_ca) = (opts.crl.clone(), opts.main_crl.clone(), opts.root_ca.clone());
+            let (files, root_ca) = (opts.crl_files(), opts.root_ca.clone());
             let chain = chain.to_vec();
             let checked = blocking::unblock(move || -> Result<()> {
-                let files = crate::config::crl_files(&crl, main_crl.as_deref());
                 if files.is_empty() {
                     return Ok(());
                 }
@@ -760,8 +764,7 @@ async fn connect_tls(
             client: std::sync::Mutex::new(None),
         }),
     };
-    let crls = crate::config::crl_files(&opts.crl, opts.main_crl.as_deref());
-    let config = crate::link::tls::client_config(&identity, &roots, &crls)?;
+    let config = crate::link::tls::client_config(&identity, &roots, &opts.crl_files())?;
     let handshake = futures_rustls::TlsConnector::from(config).connect(crate::link::tls::main_server_name(), stream);
     let what = format!("no TLS handshake with {}", opts.connect);
     let tls = transport::within(opts.hello_timeout, what, async {

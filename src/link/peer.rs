@@ -323,20 +323,12 @@ impl Peer {
     /// goes out (the other end reads a clean end, not a cut), then the stream is closed; at
     /// most `within`, for a peer that reads nothing. Then as [`Peer::close`].
     pub async fn shutdown(&self, reason: &str, within: Duration) {
-        let closing = async {
+        // (Whatever ends the closing, the connection is closed below.)
+        let _ = transport::within(within, "the end of the session", async {
             let mut w = self.writer.lock().await;
             let _ = smol::io::AsyncWriteExt::close(&mut *w).await;
-        };
-        let _ = smol::future::or(
-            async {
-                closing.await;
-                true
-            },
-            async {
-                smol::Timer::after(within).await;
-                false
-            },
-        )
+            Ok(())
+        })
         .await;
         self.close(reason);
     }

@@ -861,7 +861,7 @@ pub struct VchanStream {
     /// The server's xenstore entries, removed when the session ends.
     published: Option<String>,
     /// The listener's one session at a time, given back when this one ends.
-    _slot: Option<smol::lock::SemaphoreGuardArc>,
+    slot: Option<smol::lock::SemaphoreGuardArc>,
     /// The server's look, while it waits to read, whether the client's domain still exists.
     watch: Option<DomainWatch>,
 }
@@ -918,7 +918,7 @@ impl VchanStream {
             waker: Waker::from(fanout.clone()),
             fanout,
             published,
-            _slot: None,
+            slot: None,
             watch: None,
         }
     }
@@ -1123,7 +1123,7 @@ impl VchanListener {
             let mut stream = blocking::unblock(move || serve(domid, &path)).await?;
             loop {
                 if stream.ring.peer_live() {
-                    stream._slot = Some(slot);
+                    stream.slot = Some(slot);
                     stream.watch = Some(DomainWatch {
                         domain: self.domain.clone(),
                         domid,
