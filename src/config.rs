@@ -743,6 +743,9 @@ pub struct Config {
     pub hooks: Hooks,
     pub modules: Vec<ModuleConfig>,
     pub enroll: Option<EnrollConfig>,
+    /// `[scep] allow_des3`: SCEP exchanges fall back to DES3 where a server announces no
+    /// AES. Off by default: GetCACaps is plain HTTP, and editing it would be a downgrade.
+    pub scep_allow_des3: bool,
 }
 
 /// The CRL files checked with: `crl`, and `main_crl` once iam-nodelink has written it.
@@ -1285,6 +1288,15 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         None => ReconcileConfig::default(),
     };
 
+    let scep_allow_des3 = match root.sub("scep")? {
+        Some(mut s) => {
+            let allow = s.bool("allow_des3", false)?;
+            s.finish()?;
+            allow
+        }
+        None => false,
+    };
+
     let links = match root.sub("links")? {
         Some(l) => parse_links(l, role)?,
         None => LinksConfig::default(),
@@ -1410,6 +1422,7 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         identity,
         permissions,
         enroll,
+        scep_allow_des3,
     })
 }
 
@@ -1892,6 +1905,8 @@ user_pin_file = "/tmp/w/pin"
         assert_eq!(c.quotas.idle_timeout, Duration::from_secs(9));
         assert_eq!(c.quotas.reserved_connections, DEFAULT_MAX_CONNECTIONS / 8);
         assert_eq!(c.links.signer_uids, [991]);
+        assert!(!c.scep_allow_des3);
+        assert!(load(&["[scep]\nallow_des3 = true\n"]).unwrap().scep_allow_des3);
         assert_eq!(c.links.admission[0].cids, [4]);
         assert!(c.links.listen.contains(&c.links.admission[0].addr));
         // The link identity carries the unit; on a main node it keeps serverAuth.
@@ -1904,6 +1919,8 @@ user_pin_file = "/tmp/w/pin"
             ("[limits]\nsubscriptions_per_uid = 0\n", "limits.subscriptions_per_uid"),
             ("[[links.listener]]\naddress = \"unix:/x\"\ncids = [3]\n", "cids"),
             ("[[links.listener]]\nnodes = []\n", "address"),
+            ("[scep]\nallow_des3 = \"yes\"\n", "scep.allow_des3"),
+            ("[scep]\nallow_des = true\n", "scep.allow_des"),
         ] {
             let e = load(&[text]).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");

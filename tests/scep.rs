@@ -504,15 +504,35 @@ fn a_claim_token_the_scep_server_refuses_quarantines_the_node() {
 }
 
 #[test]
-fn a_server_without_aes_or_post_gets_des3_envelopes_by_get_and_aes_is_chosen_where_offered() {
+fn a_server_without_aes_is_refused_unless_des3_is_allowed_then_gets_des3_envelopes_by_get() {
+    // Issue 28, item 11: GetCACaps is plain HTTP, so anyone on the path can strike AES from
+    // it. A node uses DES3 only where its configuration says `[scep] allow_des3 = true`.
     private_network();
-    let mut node = Node::new("scep-des3", Store::Pkcs11);
-    // An old server: DES3 and SHA-256, no AES, no POSTPKIOperation; it issues at once.
-    let server = common::scep::PendingServer::start_with(&node.dir, 8082, 0, None, "DES3\nSHA-256\nRenewal\n");
-    node.modules = vec![
+    let mut refused = Node::new("scep-no-des3", Store::Pkcs11);
+    // An old server (or an edited answer): DES3 and SHA-256, no AES, no POSTPKIOperation; it
+    // issues at once.
+    let server = common::scep::PendingServer::start_with(&refused.dir, 8082, 0, None, "DES3\nSHA-256\nRenewal\n");
+    let modules = vec![
         ("rsa", "rsa-2048", r#"["clientAuth"]"#, false, 2),
         ("diskencryption", "ecdsa-p384", "[]", true, 1),
     ];
+    refused.modules = modules.clone();
+    trust(&refused, &server.ca_pem);
+    std::fs::write(refused.path("challenge"), format!("{CHALLENGE}\n")).unwrap();
+    refused.start(true);
+    let out = scep_run(&refused, &server.url, &server.fingerprint(), "challenge");
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert_ne!(out.code, 0, "{all}");
+    assert!(
+        all.contains("announces DES3 but not AES") && all.contains("allow_des3 = true"),
+        "{all}"
+    );
+    assert!(server.seen.lock().unwrap().is_empty(), "a request was sent");
+    assert!(refused.list_certs().iter().all(|c| c["type"] != "rsa"));
+
+    let mut node = Node::new("scep-des3", Store::Pkcs11);
+    node.modules = modules;
+    node.extra_config = "\n[scep]\nallow_des3 = true\n".into();
     trust(&node, &server.ca_pem);
     std::fs::write(node.path("challenge"), format!("{CHALLENGE}\n")).unwrap();
     node.start(true);

@@ -190,6 +190,7 @@ pub(super) fn handle(shared: &Shared, request: Request) -> Result<Response> {
                 poll_for: crate::pki::scep::DEFAULT_POLL_FOR,
                 poll_every: crate::pki::scep::DEFAULT_POLL_EVERY,
                 crls: crate::pki::x509::read_crls(&prov.config.crl_files())?,
+                allow_des3: prov.config.scep_allow_des3,
             };
             prov.scep_enroll(&node_id, &cert_type, &csr_pem, &config, &password)
                 .map(|pem| Response::Chain { pem })

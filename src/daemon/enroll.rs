@@ -395,6 +395,7 @@ fn scep_config(
         poll_for: crate::pki::scep::DEFAULT_POLL_FOR,
         poll_every: crate::pki::scep::DEFAULT_POLL_EVERY,
         crls: crate::pki::x509::read_crls(&prov.config.crl_files())?,
+        allow_des3: prov.config.scep_allow_des3,
     }))
 }
 

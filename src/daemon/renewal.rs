@@ -352,6 +352,7 @@ fn obtain(
             scep,
             crate::pki::dial::Route::of(&prov.config),
             crate::pki::x509::read_crls(&prov.config.crl_files())?,
+            prov.config.scep_allow_des3,
         )?;
         return prov
             .modules

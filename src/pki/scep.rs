@@ -138,6 +138,8 @@ pub struct Caps {
     pub renewal: bool,
     /// SCEPStandard: AES, SHA-256 and POST, all three (RFC 8894 §3.5.2).
     pub standard: bool,
+    /// DES3 was announced but this node's policy does not use it ([`Caps::allowing_des3`]).
+    pub des3_refused: bool,
 }
 
 impl Caps {
@@ -163,6 +165,17 @@ impl Caps {
         c
     }
 
+    /// These caps as the node's policy lets it use them: DES3 only where `allow` (`[scep]
+    /// allow_des3`). GetCACaps goes over plain HTTP, so anyone on the path can strike AES
+    /// from it; by default that makes the exchange fail rather than fall back to DES3.
+    pub fn allowing_des3(mut self, allow: bool) -> Caps {
+        if !allow && self.des3 {
+            self.des3 = false;
+            self.des3_refused = true;
+        }
+        self
+    }
+
     /// The content cipher a request uses: AES before 3DES. A server that announces neither
     /// is refused: single DES, the RFC's fallback, is not offered.
     fn cipher(&self) -> Result<Cipher> {
@@ -170,6 +183,11 @@ impl Caps {
             Ok(Cipher::Aes128)
         } else if self.des3 {
             Ok(Cipher::Des3)
+        } else if self.des3_refused {
+            Err(Error::invalid(
+                "the SCEP server announces DES3 but not AES (GetCACaps); this node uses DES3 only with \
+                 `[scep] allow_des3 = true` (an answer on the path may have struck AES out)",
+            ))
         } else {
             Err(Error::invalid(
                 "the SCEP server announces neither AES nor DES3 (GetCACaps); single DES is not used",
@@ -1256,6 +1274,8 @@ pub struct ScepConfig {
     pub poll_every: Duration,
     /// The node's CRLs (`paths.crl`): an RA certificate one of them revokes is refused.
     pub crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+    /// `[scep] allow_des3`: a server announcing DES3 but not AES is used, not refused.
+    pub allow_des3: bool,
 }
 
 /// Enroll `csr_der` for `key`: PKCSReq (or RenewalReq when `current` is given and the
@@ -1271,7 +1291,7 @@ pub fn enroll(
     let client = ScepClient::new(&config.url)?
         .with_timeout(config.timeout)
         .with_route(config.route.clone());
-    let caps = client.caps()?;
+    let caps = client.caps()?.allowing_des3(config.allow_des3);
     let authority = Authority::select(&client.ca_certs()?, &config.ca_fingerprint)?;
     authority.check_revocation(&config.crls)?;
     let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
@@ -1423,6 +1443,7 @@ impl ScepConfig {
         s: &crate::config::ScepSettings,
         route: crate::pki::dial::Route,
         crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+        allow_des3: bool,
     ) -> Result<ScepConfig> {
         let challenge = match &s.challenge_file {
             Some(f) => Some(read_challenge(f)?),
@@ -1437,6 +1458,7 @@ impl ScepConfig {
             poll_for: s.poll_for,
             poll_every: s.poll_every,
             crls,
+            allow_des3,
         })
     }
 }
@@ -1484,7 +1506,15 @@ mod tests {
         assert!(c.renewal && c.post);
         assert_eq!(c.cipher().unwrap(), Cipher::Aes128);
         let old = Caps::parse("DES3\r\nSHA-1\r\n");
-        assert_eq!(old.cipher().unwrap(), Cipher::Des3);
+        assert_eq!(old.clone().allowing_des3(true).cipher().unwrap(), Cipher::Des3);
+        assert!(old
+            .clone()
+            .allowing_des3(false)
+            .cipher()
+            .unwrap_err()
+            .message
+            .contains("allow_des3"));
+        assert_eq!(c.clone().allowing_des3(false).cipher().unwrap(), Cipher::Aes128);
         assert!(!old.post);
         assert!(Caps::parse("SHA-1\n")
             .cipher()
