@@ -6,7 +6,8 @@
 //! requests are served at all). Needs root: the attackers run as other uids (setpriv).
 //! Then the link listener flooded (issue 28, item 2): how long a secondary takes to link and
 //! register while 300 connections to the main node's TCP link port send nothing, against
-//! the same with none, in the same run.
+//! the same with none, in the same run. `cargo bench --bench attack -- link-flood` runs that
+//! part alone; `AOS_IAM_UNDER_TEST=PATH` drives another build (one that speaks this protocol).
 
 #[path = "../tests/common/mod.rs"]
 mod harness;
@@ -63,6 +64,11 @@ fn main() {
         return;
     }
     require_root();
+    // `-- link-flood`: that part alone.
+    if std::env::args().any(|a| a == "link-flood") {
+        link_listener_flood();
+        return;
+    }
     let mut node = Node::new("bench-attack", Store::Pkcs11);
     node.paths_extra = "protected_socket_mode = \"0666\"\nallowed_uids = [65534]\n".into();
     node.start(true);

@@ -255,6 +255,10 @@ pub struct Pkcs11Config {
     /// Label given to the token when iamd initialises it (the selector's label if it has one).
     pub init_label: String,
     pub user_pin_file: PathBuf,
+    /// `shared = true`: a token iamd does not own (others' keys on it, or a secure element's
+    /// factory identity). iamd never initialises it nor sets its PINs; `user_pin_file` is
+    /// the user PIN it is given, and iamd touches only the objects it made.
+    pub shared: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1322,7 +1326,7 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
     };
 
     let mut modules: Vec<ModuleConfig> = Vec::new();
-    let mut token_pins: BTreeMap<(PathBuf, TokenSelector), PathBuf> = BTreeMap::new();
+    let mut token_pins: BTreeMap<(PathBuf, TokenSelector), (PathBuf, bool)> = BTreeMap::new();
     for mut m in root.tables("modules")? {
         let module = parse_module(&mut m, &working_dir)?;
         if modules.iter().any(|o| o.id == module.id) {
@@ -1331,14 +1335,23 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         if let StoreConfig::Pkcs11(p) = &module.store {
             let key = (p.library.clone(), p.token.clone());
             match token_pins.get(&key) {
-                Some(pin) if *pin != p.user_pin_file => {
+                Some((pin, _)) if *pin != p.user_pin_file => {
                     return Err(m.err(
                         "pkcs11.user_pin_file",
                         format!("modules on the same token ({}) must share one user PIN file", p.token),
                     ))
                 }
+                Some((_, shared)) if *shared != p.shared => {
+                    return Err(m.err(
+                        "pkcs11.shared",
+                        format!(
+                            "modules on the same token ({}) must agree whether it is shared",
+                            p.token
+                        ),
+                    ))
+                }
                 _ => {
-                    token_pins.insert(key, p.user_pin_file.clone());
+                    token_pins.insert(key, (p.user_pin_file.clone(), p.shared));
                 }
             }
         }
@@ -1800,7 +1813,9 @@ fn parse_module(m: &mut Reader, working_dir: &Path) -> Result<ModuleConfig, Conf
                 ));
             }
             let token = chosen.remove(0);
-            let init_label = match (&token, p.string("init_label")?) {
+            let asked_label = p.string("init_label")?;
+            let label_given = asked_label.is_some();
+            let init_label = match (&token, asked_label) {
                 (TokenSelector::Label(l), None) => l.clone(),
                 (TokenSelector::Label(_), Some(_)) => {
                     return Err(p.err(
@@ -1816,12 +1831,17 @@ fn parse_module(m: &mut Reader, working_dir: &Path) -> Result<ModuleConfig, Conf
             let user_pin_file = p
                 .path("user_pin_file")?
                 .ok_or_else(|| p.err("user_pin_file", "is required"))?;
+            let shared = p.bool("shared", false)?;
+            if shared && label_given {
+                return Err(p.err("init_label", "iamd never initialises a shared token"));
+            }
             p.finish()?;
             StoreConfig::Pkcs11(Pkcs11Config {
                 library,
                 token,
                 init_label,
                 user_pin_file,
+                shared,
             })
         }
         "software" => {
@@ -2270,6 +2290,15 @@ user_pin_file = "/tmp/w/pin"
         let e = load(&["[[modules]]\nid = \"p\"\n[modules.pkcs11]\nlibrary = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken_label = \"aos\"\nuser_pin_file = \"/other\"\n"])
             .unwrap_err();
         assert_eq!(e.key, "modules[1].pkcs11.user_pin_file");
+        // A shared token: iamd never initialises it, and its modules agree that it is shared.
+        let shared = "[[modules]]\nid = \"p\"\n[modules.pkcs11]\nlibrary = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken_label = \"aos\"\nuser_pin_file = \"/tmp/w/pin\"\nshared = true\n";
+        let e = load(&[shared]).unwrap_err();
+        assert_eq!(e.key, "modules[1].pkcs11.shared", "{e}");
+        let serial = shared.replace("token_label = \"aos\"", "token_serial = \"7\"\ninit_label = \"x\"");
+        let e = load(&[&serial]).unwrap_err();
+        assert_eq!(e.key, "modules[1].pkcs11.init_label", "{e}");
+        let c = load(&[&serial.replace("init_label = \"x\"\n", "")]).unwrap();
+        assert!(matches!(&c.modules[1].store, StoreConfig::Pkcs11(p) if p.shared));
     }
 
     #[test]

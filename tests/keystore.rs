@@ -32,7 +32,7 @@ fn verify(alg: Algorithm, public: &[u8], msg: &[u8], sig: &[u8]) {
 
 fn suite(store: &dyn KeyStore, algorithms: &[Algorithm]) {
     let password = Secret::new("factory-secret".into());
-    store.take_ownership(&password).unwrap();
+    store.take_ownership(&password, &[]).unwrap();
     assert!(
         store.objects().unwrap().is_empty(),
         "ownership starts from an empty store"
@@ -94,7 +94,7 @@ fn suite(store: &dyn KeyStore, algorithms: &[Algorithm]) {
     assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
     assert!(!store.objects().unwrap().is_empty(), "the other keys remain");
 
-    store.wipe(&password).unwrap();
+    store.wipe(&password, &[]).unwrap();
 }
 
 #[test]
@@ -104,7 +104,7 @@ fn the_software_store_passes_the_suite() {
     suite(&store, &[Algorithm::EcdsaP384, Algorithm::EcdsaP256]);
     assert!(!dir.join("keys").exists(), "wipe removes the files");
     // RSA is refused clearly (configuration refuses it earlier).
-    store.take_ownership(&Secret::new("x".into())).unwrap();
+    store.take_ownership(&Secret::new("x".into()), &[]).unwrap();
     let e = store
         .generate("t", &keystore::new_key_id().unwrap(), Algorithm::Rsa2048)
         .unwrap_err();
@@ -123,10 +123,11 @@ fn the_pkcs11_store_passes_the_suite_on_softhsm() {
         token: TokenSelector::Label("suite".into()),
         init_label: "suite".into(),
         user_pin_file: dir.join("user-pin"),
+        shared: false,
     };
     let store = Pkcs11Store::new(config.clone()).unwrap();
     // Wiping a blank token (deprovisioning a node never provisioned) does not initialise it.
-    store.wipe(&Secret::new("whatever".into())).unwrap();
+    store.wipe(&Secret::new("whatever".into()), &[]).unwrap();
     let blank = std::process::Command::new("softhsm2-util")
         .arg("--show-slots")
         .output()
@@ -143,7 +144,7 @@ fn the_pkcs11_store_passes_the_suite_on_softhsm() {
 
     // The token belongs to the password now: another one is refused, naming the CKR value.
     let e = store
-        .take_ownership(&Secret::new("another-password".into()))
+        .take_ownership(&Secret::new("another-password".into()), &[])
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unauthorized);
     assert!(
@@ -151,12 +152,14 @@ fn the_pkcs11_store_passes_the_suite_on_softhsm() {
         "{e}"
     );
     // A password the token cannot take as a PIN is refused as such.
-    let e = store.take_ownership(&Secret::new("abc".into())).unwrap_err();
+    let e = store.take_ownership(&Secret::new("abc".into()), &[]).unwrap_err();
     assert_eq!(e.kind, ErrorKind::InvalidArgument);
     assert!(e.message.contains("takes 4 to"), "{e}");
 
     // Another store object for the same token (a second module) sees the same keys.
-    store.take_ownership(&Secret::new("factory-secret".into())).unwrap();
+    store
+        .take_ownership(&Secret::new("factory-secret".into()), &[])
+        .unwrap();
     let id = keystore::new_key_id().unwrap();
     store.generate("shared", &id, Algorithm::EcdsaP256).unwrap();
     let twin = Pkcs11Store::new(config.clone()).unwrap();
@@ -280,6 +283,7 @@ fn the_pkcs11_store_passes_the_suite_on_a_software_tpm() {
         token: TokenSelector::SlotIndex(0),
         init_label: "suite".into(),
         user_pin_file: dir.join("user-pin"),
+        shared: false,
     };
     let store = Pkcs11Store::new(config.clone()).unwrap();
     suite(
@@ -291,7 +295,7 @@ fn the_pkcs11_store_passes_the_suite_on_a_software_tpm() {
     assert!(!dir.join("user-pin").exists(), "wipe removes the user PIN file");
     // The token belongs to the password: another one is refused, naming the CKR value.
     let e = store
-        .take_ownership(&Secret::new("another-password".into()))
+        .take_ownership(&Secret::new("another-password".into()), &[])
         .unwrap_err();
     assert!(e.message.contains("CKR_PIN_INCORRECT"), "{e}");
     drop(tpm);

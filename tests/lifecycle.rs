@@ -544,3 +544,143 @@ fn a_threshold_longer_than_the_certificates_never_renews_back_to_back() {
     assert_eq!(out.code, 1, "{}", out.stdout);
     assert_eq!(out.json()["status"], "WARNING", "{}", out.stdout);
 }
+
+/// Objects on the node's token that are not of its modules' types: another application's.
+fn others_objects(node: &Node) -> Vec<(String, String, String)> {
+    let mut theirs: Vec<_> = node
+        .token_objects()
+        .into_iter()
+        .filter(|o| !node.modules.iter().any(|m| m.0 == o.1))
+        .map(|(kind, label, id, _)| (kind, label, id))
+        .collect();
+    theirs.sort();
+    theirs
+}
+
+#[test]
+fn a_token_shared_with_others_keeps_their_objects_through_provisioning_renewal_reconciliation_and_deprovision() {
+    // Issue 29: a token iamd does not own (`shared = true`): its owner initialised it and
+    // gives iamd the user PIN; another application's key and certificate live on it.
+    let mut node = Node::new("shared-tok", Store::Pkcs11);
+    node.extra_config = "\n[reconcile]\ninterval = 1\npending_max_age = 3600\n".into();
+    let pin_line = format!("user_pin_file = \"{}\"\n", node.p("work/user-pin"));
+    let config = node.config_text();
+    assert!(config.contains(&pin_line));
+    node.config_override = Some(config.replace(&pin_line, &format!("{pin_line}shared = true\n")));
+    std::fs::create_dir_all(node.path("work")).unwrap();
+    let pin_file = node.path("work/user-pin");
+    let give_pin = |pin: &str| {
+        std::fs::write(&pin_file, format!("{pin}\n")).unwrap();
+        sh(&format!("chmod 0600 {}", pin_file.display())).ok();
+    };
+    give_pin("4711-user");
+    run(
+        node.cmd_for("softhsm2-util").args([
+            "--init-token",
+            "--free",
+            "--label",
+            TOKEN,
+            "--so-pin",
+            "owner-so-pin",
+            "--pin",
+            "4711-user",
+        ]),
+        None,
+    )
+    .ok();
+    node.plant_key("factory-identity", "01");
+    sh(&format!(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {d}/f.key \
+         -subj /CN=factory -days 30 -outform DER -out {d}/f.der",
+        d = node.dir.display()
+    ))
+    .ok();
+    let der = node.p("f.der");
+    node.pkcs11_tool(&[
+        "--write-object",
+        &der,
+        "--type",
+        "cert",
+        "--label",
+        "factory-identity",
+        "--id",
+        "01",
+    ]);
+    // A certificate with neither label nor id, as another application may leave one.
+    node.pkcs11_tool(&["--write-object", &der, "--type", "cert"]);
+    let theirs = others_objects(&node);
+    assert_eq!(theirs.len(), 4, "{theirs:?}");
+
+    // A wrong user PIN: StartProvisioning fails, naming the login, and nothing changes.
+    give_pin("wrong-pin");
+    node.start(true);
+    let out = node.run_flow();
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        out.code != 0 && all.contains("CKR_PIN_INCORRECT: the token does not take the user PIN of"),
+        "{all}"
+    );
+    assert!(!all.contains("wrong-pin") && !all.contains("unauthorized"), "{all}");
+    give_pin("4711-user");
+    assert_eq!(others_objects(&node), theirs);
+    assert_eq!(node.status()["state"], "unprovisioned", "{}", node.status());
+
+    node.run_flow().ok();
+    assert_eq!(others_objects(&node), theirs, "provisioning touched another's objects");
+    assert_eq!(
+        read(node.path("work/user-pin")),
+        "4711-user\n",
+        "iamd set its own user PIN"
+    );
+    node.stop();
+
+    // Reconciliation: an orphan of ours is removed, the others stay.
+    let orphan = "0a0b0c0d0e0f10111213141516171819";
+    node.plant_key("iam", orphan);
+    node.start(false);
+    wait_for(
+        || !node.token_objects().iter().any(|o| o.2 == orphan),
+        "the orphan removed",
+        &node,
+    );
+    assert_eq!(
+        others_objects(&node),
+        theirs,
+        "reconciliation touched another's objects"
+    );
+
+    // Renewal.
+    renew_local_ca(&node, "iam", "30").ok();
+    assert_eq!(others_objects(&node), theirs, "renewal touched another's objects");
+
+    // Deprovision: ours go, theirs and the given PIN stay; the owner's SO PIN still works
+    // (it sets the user PIN).
+    node.provision(&["deprovision", "--password-file", &node.p("password")])
+        .ok();
+    assert_eq!(others_objects(&node), theirs, "deprovision touched another's objects");
+    let ours: Vec<_> = node
+        .token_objects()
+        .into_iter()
+        .filter(|o| node.modules.iter().any(|m| m.0 == o.1))
+        .collect();
+    assert!(ours.is_empty(), "{ours:?}");
+    assert_eq!(read(node.path("work/user-pin")), "4711-user\n");
+    run(
+        node.cmd_for("pkcs11-tool").args([
+            "--module",
+            SOFTHSM,
+            "--token-label",
+            TOKEN,
+            "--login",
+            "--login-type",
+            "so",
+            "--so-pin",
+            "owner-so-pin",
+            "--init-pin",
+            "--new-pin",
+            "4711-user",
+        ]),
+        None,
+    )
+    .ok();
+}

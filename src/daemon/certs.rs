@@ -113,10 +113,17 @@ impl CertModules {
 
     /// Each distinct store once, in module order.
     pub fn stores(&self) -> Vec<Arc<dyn KeyStore>> {
-        let mut out: Vec<Arc<dyn KeyStore>> = Vec::new();
+        self.stores_with_types().into_iter().map(|(s, _)| s).collect()
+    }
+
+    /// Each store once, with the certificate types of the modules on it (the labels of
+    /// what iamd makes there).
+    pub fn stores_with_types(&self) -> Vec<(Arc<dyn KeyStore>, Vec<&str>)> {
+        let mut out: Vec<(Arc<dyn KeyStore>, Vec<&str>)> = Vec::new();
         for m in &self.modules {
-            if !out.iter().any(|s| Arc::ptr_eq(s, &m.store)) {
-                out.push(m.store.clone());
+            match out.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &m.store)) {
+                Some((_, types)) => types.push(m.id()),
+                None => out.push((m.store.clone(), vec![m.id()])),
             }
         }
         out

@@ -370,8 +370,8 @@ impl Provisioning {
         // thread while the tokens are initialised.
         let verifier = std::thread::scope(|scope| {
             let derivation = scope.spawn(|| make_verifier(password));
-            for store in self.modules.stores() {
-                store.take_ownership(password)?;
+            for (store, types) in self.modules.stores_with_types() {
+                store.take_ownership(password, &types)?;
             }
             derivation
                 .join()
@@ -525,8 +525,8 @@ impl Provisioning {
         }
         self.verify(password)?;
         self.hook("deprovision", &self.config.hooks.deprovision)?;
-        for store in self.modules.stores() {
-            store.wipe(password)?;
+        for (store, types) in self.modules.stores_with_types() {
+            store.wipe(password, &types)?;
         }
         self.db.reset()?;
         self.sync_markers()?;

@@ -34,8 +34,13 @@ pub fn softhsm_dir(dir: &Path) -> PathBuf {
     conf
 }
 
+/// The binary under test: this build's, or `AOS_IAM_UNDER_TEST` where it is set (a benchmark
+/// can so measure another build beside this one; it must speak this build's protocol and
+/// answer its applets as this build does).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_aos-iam"))
+    std::env::var_os("AOS_IAM_UNDER_TEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_aos-iam")))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

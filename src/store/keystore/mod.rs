@@ -65,10 +65,13 @@ pub trait KeyStore: Send + Sync {
     fn describe(&self) -> String;
     /// Whether two module configurations name this same store.
     fn is(&self, config: &StoreConfig) -> bool;
-    /// Take ownership with the provisioning password, wiping everything the store held.
-    fn take_ownership(&self, password: &Secret) -> Result<()>;
-    /// Wipe everything (deprovisioning); the password is checked where the store can.
-    fn wipe(&self, password: &Secret) -> Result<()>;
+    /// Take ownership with the provisioning password, wiping everything the store held; on
+    /// a token shared with others, only the objects labelled with one of `ours` (the
+    /// certificate types of this node's modules on it).
+    fn take_ownership(&self, password: &Secret, ours: &[&str]) -> Result<()>;
+    /// Wipe everything (deprovisioning), or on a shared token what `ours` labels; the
+    /// password is checked where the store can.
+    fn wipe(&self, password: &Secret, ours: &[&str]) -> Result<()>;
     /// Generate a key pair inside the store under `label` (the certificate type) and `id`.
     fn generate(&self, label: &str, id: &KeyId, algorithm: Algorithm) -> Result<PublicKey>;
     /// Sign `message` with the key; the signature is encoded as X.509 and TLS want it.

@@ -193,12 +193,17 @@ impl Seen {
     /// default attributes one by one (`CKA_TOKEN` false, no label, no id), then the
     /// template in one transaction: iamd makes no session objects, so an object its session
     /// sees that is not a token object is such a remnant. So is a key or certificate with
-    /// no label and no id, or an id of iamd's size. Others' objects keep a label.
-    fn incomplete(&self) -> bool {
+    /// no label and no id, or an id of iamd's size. Others' objects keep a label. On a token
+    /// shared with others (`shared`), where another application may make objects with
+    /// neither, only a session object or one with an id of iamd's size.
+    fn incomplete(&self, shared: bool) -> bool {
         !self.token
-            || (self.kind.is_some()
-                && self.label.is_empty()
-                && (self.id.is_empty() || self.id.len() == std::mem::size_of::<KeyId>()))
+            || (self.kind.is_some() && self.label.is_empty() && ((self.id.is_empty() && !shared) || self.ours_by_id()))
+    }
+
+    /// Whether the id is of the size iamd gives its objects.
+    fn ours_by_id(&self) -> bool {
+        self.id.len() == std::mem::size_of::<KeyId>()
     }
 }
 
@@ -440,6 +445,19 @@ impl Pkcs11Store {
         let pin = self.read_user_pin()?;
         match session.login(UserType::User, Some(&pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
+            // The user PIN is iamd's own, or on a shared token the one it was given: not the
+            // provisioning password, so no guess of it (nor counted as one).
+            Err(CkError::Pkcs11(rv @ (RvError::PinIncorrect | RvError::PinLenRange | RvError::PinLocked), func)) => {
+                Err(Error::new(
+                    ErrorKind::KeyStore(ckr_name(rv)),
+                    format!(
+                        "{}: user login: C_{func:?} returned {}: the token does not take the user PIN of {}",
+                        self.describe(),
+                        ckr_name(rv),
+                        self.config.user_pin_file.display()
+                    ),
+                ))
+            }
             Err(e) => Err(self.err("user login")(e)),
         }
     }
@@ -605,6 +623,23 @@ impl Pkcs11Store {
         })
     }
 
+    /// On a token shared with others: destroy the keys and certificates iamd made, those
+    /// labelled with one of `ours` and with an id of iamd's size; nothing else is touched.
+    /// Logging in with the user PIN given checks it first.
+    fn remove_ours(&self, ours: &[&str]) -> Result<usize> {
+        self.with_session_once("remove this node's objects", |s| {
+            let mut removed = 0;
+            for h in s.find_objects(&[])? {
+                let Some(seen) = Seen::read(s, h) else { continue };
+                if seen.kind.is_some() && seen.ours_by_id() && ours.iter().any(|l| l.as_bytes() == seen.label) {
+                    s.destroy_object(h)?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+    }
+
     /// Destroy every object of an initialised token: an SO login with `password` (which must
     /// be the SO PIN it was initialised with), a fresh user PIN, and every object the user
     /// sees destroyed. What C_InitToken does, for tokens that refuse it once initialised.
@@ -686,7 +721,19 @@ impl KeyStore for Pkcs11Store {
         matches!(config, StoreConfig::Pkcs11(p) if p.library == self.config.library && p.token == self.config.token)
     }
 
-    fn take_ownership(&self, password: &Secret) -> Result<()> {
+    fn take_ownership(&self, password: &Secret, ours: &[&str]) -> Result<()> {
+        if self.config.shared {
+            // Not ours to initialise: the user PIN is the one given, and only our objects go.
+            self.drop_session(&mut crate::sys::lock(&self.session));
+            let removed = self.remove_ours(ours)?;
+            if removed > 0 {
+                crate::log_notice!(
+                    "{}: removed {removed} object(s) of this node's certificate types",
+                    self.describe()
+                );
+            }
+            return Ok(());
+        }
         let lib = self.lib()?;
         let _using = lib.in_use.read().unwrap_or_else(|e| e.into_inner());
         let slot = self.init_token(password)?;
@@ -707,7 +754,11 @@ impl KeyStore for Pkcs11Store {
         Ok(())
     }
 
-    fn wipe(&self, password: &Secret) -> Result<()> {
+    fn wipe(&self, password: &Secret, ours: &[&str]) -> Result<()> {
+        if self.config.shared {
+            // The user PIN file was given, not made by iamd: it stays with the token.
+            return self.remove_ours(ours).map(|_| ());
+        }
         // A token that was never initialised holds nothing: wiping must not take it over.
         let initialised = match self.find_slot(false) {
             Ok(slot) => self
@@ -898,7 +949,7 @@ impl KeyStore for Pkcs11Store {
             for h in s.find_objects(&[])? {
                 let Some(seen) = Seen::read(s, h) else { continue };
                 let kind = match seen.kind {
-                    _ if seen.incomplete() => ObjectKind::Incomplete,
+                    _ if seen.incomplete(self.config.shared) => ObjectKind::Incomplete,
                     Some(kind) => kind,
                     None => continue,
                 };
@@ -918,7 +969,7 @@ impl KeyStore for Pkcs11Store {
         self.with_session("remove incomplete objects", |s| {
             let mut removed = 0;
             for h in s.find_objects(&[])? {
-                if Seen::read(s, h).is_some_and(|o| o.incomplete()) {
+                if Seen::read(s, h).is_some_and(|o| o.incomplete(self.config.shared)) {
                     s.destroy_object(h)?;
                     removed += 1;
                 }

@@ -104,12 +104,12 @@ impl KeyStore for SoftwareStore {
         matches!(config, StoreConfig::Software { dir } if *dir == self.dir)
     }
 
-    fn take_ownership(&self, _password: &Secret) -> Result<()> {
+    fn take_ownership(&self, _password: &Secret, _ours: &[&str]) -> Result<()> {
         self.clear()?;
         self.make_dir(&self.dir)
     }
 
-    fn wipe(&self, _password: &Secret) -> Result<()> {
+    fn wipe(&self, _password: &Secret, _ours: &[&str]) -> Result<()> {
         self.clear()
     }
 
