@@ -73,6 +73,18 @@ pub fn main(name: &str, args: &[&str]) -> u8 {
                 }
             }
         }
+        // A module whose algorithm its token cannot do would fail only at CreateKey.
+        match aos_iam::store::keystore::check_algorithms(&config.modules) {
+            Ok(unknown) => {
+                for e in unknown {
+                    eprintln!("{name}: warning: {e}");
+                }
+            }
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                return 1;
+            }
+        }
         println!("{path}: valid ({} certificate modules)", config.modules.len());
         // The state it would open: a database of a newer release is refused here too.
         match aos_iam::store::db::schema_report(&config.db_path()) {

@@ -307,3 +307,53 @@ fn a_root_the_profile_refuses_is_named_at_check_config_at_start_and_in_the_apply
     node.provision(&["apply", "iam", &node.p("iam.pem")])
         .fails(8, "no usable root is configured");
 }
+
+#[test]
+fn a_module_whose_algorithm_the_token_lacks_is_refused_at_check_config_and_at_start_naming_what_it_offers() {
+    // Issue 29: a token without RSA (SoftHSM told to offer EC key generation and ECDSA
+    // only, as a secure element of the ATECC608 class offers P-256 alone).
+    let mut node = Node::new("mechs", Store::Pkcs11);
+    node.modules = vec![
+        ("iam", "ecdsa-p384", r#"["clientAuth", "serverAuth"]"#, false, 2),
+        ("rsa", "rsa-2048", r#"["clientAuth"]"#, false, 2),
+        ("diskencryption", "ecdsa-p256", "[]", true, 1),
+    ];
+    let conf = node.path("softhsm2.conf");
+    let mut text = read(&conf);
+    text.push_str("slots.mechanisms = CKM_EC_KEY_PAIR_GEN,CKM_ECDSA\n");
+    std::fs::write(&conf, text).unwrap();
+    node.write_config();
+    let refusal =
+        "module rsa: PKCS#11 token label \"aos-test\" cannot make rsa-2048 keys; it offers ecdsa-p384, ecdsa-p256";
+    let check = node.applet("iamd", &["--check-config", "-c", &node.p("config.toml")], None);
+    assert_eq!(check.code, 1, "{}{}", check.stdout, check.stderr);
+    assert!(check.stderr.contains(refusal), "{}", check.stderr);
+
+    // iamd itself stops at its start, before it listens, and says why.
+    let mut iamd = node
+        .daemon_cmd()
+        .args(["iamd", "-c", &node.p("config.toml"), "--provisioning"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = iamd.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "iamd did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(iamd.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success() && err.contains(refusal), "{status}: {err}");
+    assert!(!node.path("run/protected.sock").exists());
+
+    // What the token offers is enough for the other modules: the node provisions.
+    node.modules.retain(|m| m.0 != "rsa");
+    node.start(true);
+    node.run_flow().ok();
+    assert_eq!(node.list_certs().len(), 2, "{:?}", node.list_certs());
+}

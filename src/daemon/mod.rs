@@ -167,6 +167,10 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
         }
         Err(e) => crate::log_error!("{e}"),
     }
+    // A module whose algorithm its token cannot do is refused now, not at CreateKey.
+    for e in crate::store::keystore::check_algorithms(&config.modules)? {
+        crate::log_notice!("{e}");
+    }
     let prov = Provisioning::open(config.clone(), provisioning_mode)?;
     prov.recover_marker()?;
     let permissions = Registry::open(config.permissions.clone(), &prov.db)?;

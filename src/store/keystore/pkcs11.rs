@@ -982,6 +982,43 @@ impl KeyStore for Pkcs11Store {
         self.url(label, id, "private")
     }
 
+    fn algorithms(&self) -> Result<Vec<Algorithm>> {
+        use cryptoki::mechanism::MechanismType;
+        let lib = self.lib()?;
+        let slot = self.find_slot(true)?;
+        let listed = lib.ctx.get_mechanism_list(slot).map_err(self.err("list mechanisms"))?;
+        let info = |m: MechanismType| {
+            listed
+                .contains(&m)
+                .then(|| lib.ctx.get_mechanism_info(slot, m).ok())
+                .flatten()
+        };
+        // Key sizes in bits (PKCS#11 3.0 §2.3.2); some EC modules state bytes (32 to 66).
+        let spans = |i: &cryptoki::mechanism::MechanismInfo, bits: usize, ec: bool| {
+            let scale = |n: usize| if ec && n <= 66 { n * 8 } else { n };
+            scale(i.min_key_size()) <= bits && bits <= scale(i.max_key_size())
+        };
+        let mut out = Vec::new();
+        if let (Some(gen), Some(sign)) = (info(MechanismType::ECC_KEY_PAIR_GEN), info(MechanismType::ECDSA)) {
+            if gen.generate_key_pair() && sign.sign() {
+                for (bits, a) in [(384, Algorithm::EcdsaP384), (256, Algorithm::EcdsaP256)] {
+                    if spans(&gen, bits, true) {
+                        out.push(a);
+                    }
+                }
+            }
+        }
+        if let (Some(gen), Some(sign)) = (
+            info(MechanismType::RSA_PKCS_KEY_PAIR_GEN),
+            info(MechanismType::SHA256_RSA_PKCS),
+        ) {
+            if gen.generate_key_pair() && sign.sign() && spans(&gen, 2048, false) {
+                out.push(Algorithm::Rsa2048);
+            }
+        }
+        Ok(out)
+    }
+
     fn cert_url(&self, label: &str, id: &KeyId) -> String {
         self.url(label, id, "cert")
     }

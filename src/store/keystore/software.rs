@@ -109,6 +109,10 @@ impl KeyStore for SoftwareStore {
         self.make_dir(&self.dir)
     }
 
+    fn algorithms(&self) -> Result<Vec<Algorithm>> {
+        Ok(vec![Algorithm::EcdsaP384, Algorithm::EcdsaP256])
+    }
+
     fn wipe(&self, _password: &Secret, _ours: &[&str]) -> Result<()> {
         self.clear()
     }
