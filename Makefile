@@ -14,6 +14,13 @@ NODE_TYPE ?= main
 NODE_NAME ?= $(shell hostname)
 PKCS11_LIBRARY ?= /usr/lib/softhsm/libsofthsm2.so
 TOKEN_LABEL ?= aos
+# The node id's sources, the first that gives one (space-separated; see README, [node]): a
+# development install names machine-id; an image names its hardware's serial.
+NODE_ID_SOURCE ?= machine-id
+comma := ,
+empty :=
+space := $(empty) $(empty)
+ID_SOURCE_TOML = [$(subst $(space),$(comma)$(space),$(strip $(patsubst %,"%",$(NODE_ID_SOURCE))))]
 # Node links: NODE_ROLE main (LINK_LISTEN: where secondaries dial in) or secondary
 # (LINK_CONNECT: the main node's link address); see scripts/links-dropin.sh.
 NODE_ROLE ?= main
@@ -197,6 +204,7 @@ install:
 	[ -e $(DESTDIR)$(SYSCONFDIR)/aos-iam/config.toml ] || { \
 		sed -e 's|@NODE_TYPE@|$(NODE_TYPE)|' -e 's|@NODE_NAME@|$(NODE_NAME)|' \
 		    -e 's|@PKCS11_LIBRARY@|$(PKCS11_LIBRARY)|' -e 's|@TOKEN_LABEL@|$(TOKEN_LABEL)|' \
+		    -e 's|@NODE_ID_SOURCE@|$(ID_SOURCE_TOML)|' \
 		    $(LAYER_FILES)/config.toml > $(DESTDIR)$(SYSCONFDIR)/aos-iam/config.toml && \
 		chmod 0644 $(DESTDIR)$(SYSCONFDIR)/aos-iam/config.toml; }
 	[ -e $(DESTDIR)$(SYSCONFDIR)/aos-iam/config.d/10-links.toml ] || { \

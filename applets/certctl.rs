@@ -33,6 +33,7 @@ enum Verb {
     Subjects(Subjects),
     Permissions(Permissions),
     Watch(Watch),
+    Alerts(Alerts),
     Check(Check),
     Renew(Renew),
 }
@@ -135,6 +136,13 @@ struct Watch {
     #[argh(positional)]
     cert_type: Option<String>,
 }
+
+/// SubscribeAlerts (protected socket): each alert of this node as it is raised, until
+/// interrupted: a certificate crossing its warning or critical threshold, the node
+/// quarantined, its id changed. A line each, or with --json the object `[alerts] hook` gets.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "alerts")]
+struct Alerts {}
 
 /// GetSystemInfo: the unit's system id, model and version.
 #[derive(FromArgs)]
@@ -480,6 +488,23 @@ fn run(args: &Args) -> Result<u8, Error> {
                             common::rfc3339(cert.not_after)
                         ),
                         (None, false) => println!("{cert_type}: no current certificate"),
+                    }
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                }
+            }
+        }
+        Verb::Alerts(_) => {
+            let mut c = Client::connect(socket(DEFAULT_PROTECTED_SOCKET).as_ref())?;
+            let id = c.subscribe(aos_iam::proto::wire::Request::SubscribeAlerts)?;
+            if !args.json {
+                eprintln!("watching alerts; interrupt to stop");
+            }
+            loop {
+                if let aos_iam::proto::wire::Event::Alert(a) = c.next_event(id)? {
+                    match args.json {
+                        true => print!("{}", aos_iam::daemon::alerts::json(&a)),
+                        false => println!("{}: {}", a.kind.name(), a.message),
                     }
                     use std::io::Write;
                     let _ = std::io::stdout().flush();

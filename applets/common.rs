@@ -316,7 +316,8 @@ pub fn error_json(e: &Error) -> serde_json::Value {
     json!({"kind": e.kind.name(), "reason": reason, "message": e.message})
 }
 
-/// iamd's configuration at `path`, or at the default path where it exists (`None` if not).
+/// iamd's configuration at `path`, or at the default path where it exists (`None` if not);
+/// the node id is iamd's to read, and is left empty.
 pub fn load_config(path: Option<&str>) -> Result<Option<aos_iam::config::Config>, Error> {
     use aos_iam::config::DEFAULT_CONFIG;
     let path = match path {
@@ -324,7 +325,7 @@ pub fn load_config(path: Option<&str>) -> Result<Option<aos_iam::config::Config>
         None if std::path::Path::new(DEFAULT_CONFIG).exists() => std::path::PathBuf::from(DEFAULT_CONFIG),
         None => return Ok(None),
     };
-    aos_iam::config::Config::load(&path)
+    aos_iam::config::Config::load_for_client(&path)
         .map(Some)
         .map_err(|e| Error::invalid(format!("configuration: {e}")))
 }

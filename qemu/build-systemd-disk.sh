@@ -65,7 +65,7 @@ done
 
 # aos-iam as make install installs it, for a secondary node dialing the main node's vsock.
 make --no-print-directory install DESTDIR="$(pwd)/$R" RELEASE="$BIN" STRIP=true \
-    NODE_TYPE=secondary NODE_NAME=sec1 PKCS11_LIBRARY=/usr/lib/softhsm/libsofthsm2.so TOKEN_LABEL=aos \
+    NODE_TYPE=secondary NODE_NAME=sec1 PKCS11_LIBRARY=/usr/lib/softhsm/libsofthsm2.so TOKEN_LABEL=aos NODE_ID_SOURCE=dmi:product_serial \
     NODE_ROLE=secondary LINK_CONNECT=vsock:3:8089 LINK_TUNNEL=/run/aos-iam-nodelink/tunnel.sock >/dev/null
 # Zero-touch enrollment: the bootstrap identity (signed at the factory by its CA, whose
 # certificate the factory leaves in /etc/aos-iam) and the enrollment's pace. The EST URL,
@@ -88,7 +88,8 @@ max_retry = "20s"
 timeout = "60s"
 EOF
 
-# The machine id (the node id) of this disk, a valid one for systemd: 32 hex digits.
+# The machine id of this disk, a valid one for systemd: 32 hex digits. The node id is the VM's
+# DMI serial (run-unit.sh gives sec1 this same value, so that the id reads as before).
 printf 'node-sec1' | md5sum | cut -d' ' -f1 > "$R/etc/machine-id"
 echo sec1 > "$R/etc/hostname"
 mkdir -p "$R/var/log" "$R/var/tmp" "$R/var/lib/iamtest" "$R/usr/libexec/aos-iam-test"

@@ -118,7 +118,7 @@ vm() { # NAME ROLE APPEND EXTRA-ARGS...
     case "$name" in main|sec1) [ -z "$uses_vsock" ] || mem="-object memory-backend-memfd,id=mem0,size=256M,share=on -machine memory-backend=mem0 -chardev socket,id=v,path=$OUT/vh-$name.sock -device vhost-user-vsock-pci,chardev=v" ;; esac
     # shellcheck disable=SC2086
     qemu-system-x86_64 $ACCEL_ARGS -M q35 -m 256 -smp 1 -nodefaults -no-user-config -display none \
-        -serial "file:$OUT/$name.log" -no-reboot -kernel "$IMG/vmlinux" -initrd "$IMG/initramfs.cpio" \
+        -smbios "type=1,serial=${SERIAL:-node-$name}" -serial "file:$OUT/$name.log" -no-reboot -kernel "$IMG/vmlinux" -initrd "$IMG/initramfs.cpio" \
         -append "console=ttyS0 quiet panic=-1 iam.node=$name iam.role=$role $append" \
         -fw_cfg "name=opt/iam/scenario.sh,file=qemu/scenario.sh" -fw_cfg "name=opt/iam/root-ca.pem,file=$OUT/ca.pem" \
         -fw_cfg "name=opt/iam/issuing.pem,file=$OUT/issuing.pem" \
@@ -176,6 +176,9 @@ if [ "$MODE" = systemd ]; then
     disk_args="-drive file=$OUT/sec1-disk.img,format=raw,if=virtio"
 fi
 BOOT=1
+# sec1's serial (its node id): boots 1 to 3 on its own VM, boot 4 the same disk in a VM of
+# another serial.
+SEC1_SERIAL=$(printf 'node-sec1' | md5sum | cut -d' ' -f1)
 boot_sec1() {
     if [ "$MODE" = systemd ]; then
         # Boot 1 is the factory: the factory CA, the claim token and the EST server's anchor
@@ -185,8 +188,10 @@ boot_sec1() {
             -fw_cfg name=opt/iam/factory-ca.key,file=$OUT/factory-ca.key -fw_cfg name=opt/iam/password,file=$OUT/password
             -fw_cfg name=opt/iam/claim-token,file=$OUT/claim-token -fw_cfg name=opt/iam/est-anchor.pem,file=$OUT/est/est-anchor.pem
             -fw_cfg name=opt/iam/est-url,file=$OUT/est-url"
+        serial=$SEC1_SERIAL
+        [ "$BOOT" != 4 ] || serial=another-board-0042
         # shellcheck disable=SC2086
-        vm sec1 secondary "iam.root=/dev/vda systemd.show_status=1" $disk_args $factory_args
+        SERIAL=$serial vm sec1 secondary "iam.root=/dev/vda systemd.show_status=1" $disk_args $factory_args
     else
         vm sec1 secondary "iam.connect=vsock:3:$PORT"
     fi
@@ -215,8 +220,10 @@ else
     boot_main
     boot_secondaries
 fi
-# systemd: sec1 powers off after boots 1 and 2; the same disk boots again.
-while [ "$MODE" = systemd ] && [ "$BOOT" -lt 3 ]; do
+# systemd: sec1 powers off after boots 1, 2 and 3; the same disk boots again. Before boot 3
+# its root file system gets a new machine-id, as a reflash would give it; boot 4 is in a VM
+# of another serial.
+while [ "$MODE" = systemd ] && [ "$BOOT" -lt 4 ]; do
     left=$((TIMEOUT - $(elapsed)))
     if wait_for sec1 reboot "$left"; then
         t=0
@@ -227,6 +234,12 @@ while [ "$MODE" = systemd ] && [ "$BOOT" -lt 3 ]; do
         mv "$OUT/sec1.log" "$OUT/sec1-boot$BOOT.log"
         echo "qemu-test: sec1 powered off after boot $BOOT at $(elapsed) s; booting the same disk again"
         BOOT=$((BOOT + 1))
+        if [ "$BOOT" = 3 ]; then
+            printf 'reflashed-root-fs' | md5sum | cut -d' ' -f1 > "$OUT/new-machine-id"
+            debugfs -w -R "rm /etc/machine-id" "$OUT/sec1-disk.img" >/dev/null 2>&1
+            debugfs -w -R "write $OUT/new-machine-id /etc/machine-id" "$OUT/sec1-disk.img" >/dev/null 2>&1 \
+                || { echo "qemu-test: cannot write sec1's new machine-id"; exit 1; }
+        fi
         boot_sec1
     else
         mv "$OUT/sec1.log" "$OUT/sec1-boot$BOOT.log"

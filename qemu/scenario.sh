@@ -235,19 +235,38 @@ secondary_systemd() {
         # (The EST test server issues for 30 days.)
         check cert-check iam-certctl check --warning-days 20 --critical-days 7
         serials > /var/lib/iamtest/serials
+        cp /etc/machine-id /var/lib/iamtest/machine-id
         sync
         echo "IAMTEST $NODE reboot"
         systemctl poweroff
         ;;
-    *)
+    3)
+        # The root file system was replaced (a new machine-id); the node id is the VM's
+        # serial, so the node keeps its identity.
         unit_checks iamd.service iamd-provisioning.service
         wait_until 30 iam-certctl status
         if operational; then result operational ok "at once, $(iam-certctl status | head -1)"
         else result operational fail "$(iam-certctl status 2>&1 | tr '\n' ' ')"; fi
+        if ! cmp -s /etc/machine-id /var/lib/iamtest/machine-id; then
+            result reflashed-keeps-identity ok "machine-id $(cut -c1-8 /var/lib/iamtest/machine-id)… is now $(cut -c1-8 /etc/machine-id)…, node id $(cat /sys/class/dmi/id/product_serial)"
+        else result reflashed-keeps-identity fail "the machine-id did not change"; fi
         link_tls_check 90
         if [ "$(serials)" = "$(cat /var/lib/iamtest/serials)" ]; then result no-enrollment ok "the certificates of boot 2: $(serials | tr '\n' ' ')"
         else result no-enrollment fail "boot 2 had $(tr '\n' ' ' < /var/lib/iamtest/serials), now $(serials | tr '\n' ' ')"; fi
         check cert-check iam-certctl check --warning-days 20 --critical-days 7
+        echo "IAMTEST $NODE reboot"
+        systemctl poweroff
+        ;;
+    *)
+        # The same disk in a VM of another serial: iamd serves no identity, and says why.
+        unit_checks iamd.service iamd-provisioning.service
+        wait_until 30 iam-certctl status
+        out=$(iam-certctl check 2>&1); rc=$?
+        if [ "$rc" = 2 ] && echo "$out" | grep -q "the node id is now \"another-board-0042\" (from dmi:product_serial), but the node was provisioned as"; then
+            result other-serial-refused ok "check exit 2: $(echo "$out" | sed -n 2p | cut -c1-150)"
+        else result other-serial-refused fail "exit $rc: $(echo "$out" | tr '\n' ' ' | cut -c1-300)"; fi
+        if out=$(iam-certctl get iam 2>&1); then result other-serial-get fail "the certificate was served: $out"
+        else result other-serial-get ok "$(echo "$out" | cut -c1-100)"; fi
         echo "IAMTEST $NODE done"
         sleep 600
         ;;

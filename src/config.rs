@@ -11,7 +11,6 @@ use std::time::Duration;
 use toml::{Table, Value};
 
 pub const DEFAULT_CONFIG: &str = "/etc/aos-iam/config.toml";
-pub const DEFAULT_NODE_ID_FILE: &str = "/etc/machine-id";
 pub const DEFAULT_WORKING_DIR: &str = "/var/aos/iam";
 pub const DEFAULT_PUBLIC_SOCKET: &str = "/run/aos-iam/public.sock";
 pub const DEFAULT_PROTECTED_SOCKET: &str = "/run/aos-iam/protected.sock";
@@ -693,6 +692,30 @@ pub struct Hooks {
     pub timeout: Duration,
 }
 
+/// Alerts (`[alerts]`): when certificates cross their thresholds, and who is told besides the
+/// log and `SubscribeAlerts` subscribers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertsConfig {
+    pub warning_days: u32,
+    pub critical_days: u32,
+    /// How often the current certificates are looked at (and at once when they change).
+    pub interval: Duration,
+    /// Run once per alert, the alert on its stdin as one JSON object (an LED, a diagnostic
+    /// agent); within `hooks.timeout`.
+    pub hook: Option<Vec<String>>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            warning_days: 30,
+            critical_days: 7,
+            interval: Duration::from_secs(3600),
+            hook: None,
+        }
+    }
+}
+
 impl Default for Hooks {
     fn default() -> Self {
         Hooks {
@@ -714,6 +737,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub permissions: PermissionsConfig,
     pub node_id: String,
+    /// Where the id came from (`node.id`, `dmi:product_serial`, `file:/etc/…`), for messages.
+    pub node_id_source: String,
     pub node_name: String,
     pub node_type: String,
     /// The unit this node belongs to (`node.unit_id`): secrets derived for each secondary
@@ -747,6 +772,7 @@ pub struct Config {
     pub hooks: Hooks,
     pub modules: Vec<ModuleConfig>,
     pub enroll: Option<EnrollConfig>,
+    pub alerts: AlertsConfig,
     /// `[scep] allow_des3`: SCEP exchanges fall back to DES3 where a server announces no
     /// AES. Off by default: GetCACaps is plain HTTP, and editing it would be a downgrade.
     pub scep_allow_des3: bool,
@@ -776,8 +802,19 @@ impl Config {
         self.modules.iter().find(|m| m.id == id)
     }
 
-    /// Load `path` and the `config.d/*.toml` beside it.
+    /// Load `path` and the `config.d/*.toml` beside it, the node id read from its source.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_reading_id(path, true)
+    }
+
+    /// The same for a client (iam-nodelink, iam-certctl), which asks iamd for the node id: its
+    /// source is checked but not read (DMI serials are for root alone, commands are iamd's to
+    /// run); `node_id` is empty.
+    pub fn load_for_client(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_reading_id(path, false)
+    }
+
+    fn load_reading_id(path: &Path, read_id: bool) -> Result<Config, ConfigError> {
         let mut files = vec![path.to_path_buf()];
         let dropin = path.parent().unwrap_or(Path::new(".")).join("config.d");
         if let Ok(entries) = std::fs::read_dir(&dropin) {
@@ -798,11 +835,15 @@ impl Config {
             })?;
             sources.push((f.display().to_string(), text));
         }
-        Self::from_sources(&sources)
+        Self::merged(&sources, read_id)
     }
 
     /// Parse and merge sources given as (file name, text), in order.
     pub fn from_sources(sources: &[(String, String)]) -> Result<Config, ConfigError> {
+        Self::merged(sources, true)
+    }
+
+    fn merged(sources: &[(String, String)], read_id: bool) -> Result<Config, ConfigError> {
         let mut merged = Table::new();
         let mut origin = Origins::default();
         for (file, text) in sources {
@@ -823,7 +864,7 @@ impl Config {
             origin: &origin,
             default_file: first,
         };
-        parse(&mut root)
+        parse(&mut root, read_id)
     }
 }
 
@@ -1099,22 +1140,65 @@ fn mode(r: &mut Reader, key: &str, default: u32) -> Result<u32, ConfigError> {
     }
 }
 
-fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
-    let mut node = root.sub("node")?.ok_or_else(|| root.err("node", "is required"))?;
-    let node_id = match (node.string("id")?, node.path("id_file")?) {
-        (Some(_), Some(_)) => return Err(node.err("id_file", "give either node.id or node.id_file, not both")),
-        (Some(id), None) => id,
-        (None, file) => {
-            let file = file.unwrap_or_else(|| PathBuf::from(DEFAULT_NODE_ID_FILE));
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| node.err("id_file", format!("cannot read {}: {e}", file.display())))?;
-            let id = text.trim().to_string();
-            if id.is_empty() {
-                return Err(node.err("id_file", format!("{} is empty", file.display())));
-            }
-            id
-        }
+/// The node's id: `node.id` as given, or read from `node.id_file` or the first of
+/// `node.id_source` that gives one (a string or a list of them), or by default from the
+/// hardware ([`hwid::DEFAULT_SOURCES`]); with the source it came from, for messages.
+fn node_id(node: &mut Reader, read_id: bool) -> Result<(String, String), ConfigError> {
+    use crate::sys::hwid::{self, IdSource};
+    let sources = match node.take("id_source") {
+        None => None,
+        Some(Value::String(s)) => Some(vec![s]),
+        Some(Value::Array(a)) if !a.is_empty() => Some(
+            a.into_iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s),
+                    v => Err(node.err("id_source", format!("must list strings, not {}", v.type_str()))),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(_) => return Err(node.err("id_source", "must be a source or a non-empty list of sources")),
     };
+    let (id, file) = (node.string("id")?, node.path("id_file")?);
+    if [id.is_some(), file.is_some(), sources.is_some()]
+        .iter()
+        .filter(|g| **g)
+        .count()
+        > 1
+    {
+        return Err(node.err("id_source", "give one of node.id, node.id_file and node.id_source"));
+    }
+    if let Some(id) = id {
+        return Ok((id, "node.id".into()));
+    }
+    let defaulted = file.is_none() && sources.is_none();
+    let (key, names) = match (file, sources) {
+        (Some(f), _) => ("id_file", vec![format!("file:{}", f.display())]),
+        (None, Some(s)) => ("id_source", s),
+        (None, None) => ("id_source", hwid::DEFAULT_SOURCES.map(str::to_string).to_vec()),
+    };
+    let parsed = names
+        .iter()
+        .map(|s| IdSource::parse(s).map_err(|e| node.err(key, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !read_id {
+        return Ok((String::new(), "not read by this program".into()));
+    }
+    match hwid::first(&parsed, Path::new(hwid::ROOT)) {
+        Ok((id, from)) => Ok((id, from.to_string())),
+        Err(why) if defaulted => Err(node.err(
+            key,
+            format!(
+                "no hardware id found ({why}); name the node's id source (node.id_source: machine-id, \
+                 file:PATH or command:PROGRAM for a node without one)"
+            ),
+        )),
+        Err(why) => Err(node.err(key, format!("no node id: {why}"))),
+    }
+}
+
+fn parse(root: &mut Reader, read_id: bool) -> Result<Config, ConfigError> {
+    let mut node = root.sub("node")?.ok_or_else(|| root.err("node", "is required"))?;
+    let (node_id, node_id_source) = node_id(&mut node, read_id)?;
     if node_id.len() > crate::proto::wire::MAX_NAME_LEN {
         return Err(node.err("id", format!("longer than {} bytes", crate::proto::wire::MAX_NAME_LEN)));
     }
@@ -1325,6 +1409,29 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         None => Hooks::default(),
     };
 
+    let alerts = match root.sub("alerts")? {
+        Some(mut a) => {
+            let d = AlertsConfig::default();
+            let warning_days = a.uint("warning_days", 3650)?.map_or(d.warning_days, |n| n as u32);
+            let critical_days = a.uint("critical_days", 3650)?.map_or(d.critical_days, |n| n as u32);
+            if critical_days > warning_days {
+                return Err(a.err(
+                    "critical_days",
+                    format!("must not exceed warning_days ({warning_days})"),
+                ));
+            }
+            let alerts = AlertsConfig {
+                warning_days,
+                critical_days,
+                interval: seconds(&mut a, "interval", 24 * 3600, d.interval)?,
+                hook: argv(&mut a, "hook")?,
+            };
+            a.finish()?;
+            alerts
+        }
+        None => AlertsConfig::default(),
+    };
+
     let mut modules: Vec<ModuleConfig> = Vec::new();
     let mut token_pins: BTreeMap<(PathBuf, TokenSelector), (PathBuf, bool)> = BTreeMap::new();
     for mut m in root.tables("modules")? {
@@ -1406,6 +1513,7 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
 
     Ok(Config {
         node_id,
+        node_id_source,
         node_name,
         node_type,
         unit_id,
@@ -1436,6 +1544,7 @@ fn parse(root: &mut Reader) -> Result<Config, ConfigError> {
         permissions,
         enroll,
         scep_allow_des3,
+        alerts,
     })
 }
 
@@ -1914,6 +2023,50 @@ user_pin_file = "/tmp/w/pin"
     }
 
     #[test]
+    fn the_node_id_comes_from_one_source_normalised_or_the_configuration_says_why_not() {
+        let with =
+            |node: &str| Config::from_sources(&[("config.toml".to_string(), BASE.replace("id = \"node0\"\n", node))]);
+        let file = std::env::temp_dir().join(format!("aos-iam-node-id-{}", std::process::id()));
+        // A device tree's serial-number ends with a NUL.
+        std::fs::write(&file, b"SN-0042\0").unwrap();
+        let c = with(&format!("id_file = \"{}\"\n", file.display())).unwrap();
+        assert_eq!(
+            (c.node_id.as_str(), c.node_id_source.clone()),
+            ("SN-0042", format!("file:{}", file.display()))
+        );
+        let c = with(&format!(
+            "id_source = [\"dmi:board_serial\", \"file:{}\"]\n",
+            file.display()
+        ))
+        .unwrap();
+        assert_eq!(c.node_id, "SN-0042");
+        std::fs::write(&file, b"00000000\n").unwrap();
+        let e = with(&format!("id_source = \"file:{}\"\n", file.display())).unwrap_err();
+        assert_eq!(e.key, "node.id_source");
+        assert!(e.to_string().contains("placeholder"), "{e}");
+        std::fs::remove_file(&file).unwrap();
+        for (node, why) in [
+            ("id_source = \"serial\"\n", "is not an id source"),
+            ("id_source = []\n", "non-empty list"),
+            ("id_source = [3]\n", "must list strings"),
+        ] {
+            let e = with(node).unwrap_err();
+            assert!(e.key == "node.id_source" && e.to_string().contains(why), "{node}: {e}");
+        }
+        // A client does not read it (iamd does): the source is checked, not run.
+        let failing = BASE.replace("id = \"node0\"\n", "id_source = \"command:/bin/false\"\n");
+        assert!(Config::from_sources(&[("c".into(), failing.clone())]).is_err());
+        let c = Config::merged(&[("c".into(), failing)], false).unwrap();
+        assert!(c.node_id.is_empty());
+        // Nothing named: the hardware's, never machine-id unless named.
+        if !Path::new("/sys/class/dmi/id").exists() && !Path::new("/proc/device-tree").exists() {
+            let e = with("").unwrap_err();
+            assert!(e.to_string().contains("no hardware id found"), "{e}");
+            assert!(!e.to_string().contains("machine-id:"), "{e}");
+        }
+    }
+
+    #[test]
     fn trust_settings_parse_and_bad_ones_name_their_key() {
         let c = load(&[
             "[node]\nunit_id = \"unit-7\"\n[limits]\nconnections_per_uid = 4\nidle_timeout = 9\n",
@@ -1940,6 +2093,7 @@ user_pin_file = "/tmp/w/pin"
             ("[[links.listener]]\naddress = \"unix:/x\"\ncids = [3]\n", "cids"),
             ("[[links.listener]]\nnodes = []\n", "address"),
             ("[scep]\nallow_des3 = \"yes\"\n", "scep.allow_des3"),
+            ("[node]\nid_source = \"machine-id\"\n", "node.id_source"),
             ("[scep]\nallow_des = true\n", "scep.allow_des"),
         ] {
             let e = load(&[text]).unwrap_err().to_string();

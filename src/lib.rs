@@ -23,7 +23,7 @@ pub use error::{Error, ErrorKind};
 
 /// The newest protocol version this build speaks: in its hello, and in the header of every
 /// frame to a peer that speaks it too (docs/ARCHITECTURE.md §3, versions).
-pub const PROTOCOL_VERSION: u8 = 7;
+pub const PROTOCOL_VERSION: u8 = 8;
 /// The oldest protocol version this build still speaks, with a peer one release older.
 pub const MIN_PROTOCOL_VERSION: u8 = 1;
 

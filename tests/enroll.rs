@@ -147,9 +147,24 @@ fn a_wrong_claim_token_quarantines_the_node_which_keeps_serving_until_released()
     let (mut node, server) = site("claim", "");
     server.set_claim_token(Some(CLAIM));
     factory(&mut node, &server, Some("not-the-claim"));
+    // The alert hook (issue 29) is told, for a status LED or a diagnostic agent.
+    let alerts = node.p("alerts.jsonl");
+    node.extra_config.push_str(&format!(
+        "\n[alerts]\nhook = [\"/bin/sh\", \"-c\", \"cat >> {alerts}\"]\n"
+    ));
     node.start(false);
     let s = wait_state(&node, "quarantined");
     assert_eq!(s["node_state"], "error", "{s}");
+    wait_for(
+        || std::fs::read_to_string(&alerts).is_ok_and(|a| a.contains("\"alert\":\"quarantined\"")),
+        "the quarantine alert",
+        &node,
+    );
+    let alert: serde_json::Value = serde_json::from_str(read(&alerts).lines().next().unwrap()).unwrap();
+    assert!(
+        alert["message"].as_str().unwrap().contains("3 attempt(s) failed"),
+        "{alert}"
+    );
     assert_eq!(s["enrollment"]["attempts"], 3, "{s}");
     let reason = s["enrollment"]["reason"].as_str().unwrap();
     assert!(

@@ -54,6 +54,9 @@ fn frames(version: u8) -> Vec<(String, FrameKind, String, Vec<u8>)> {
         add("response", i, FrameKind::Response, format!("{r:?}"), f);
     }
     for (i, e) in samples::events().into_iter().enumerate() {
+        if e.since() > version {
+            continue;
+        }
         let f = wire::encode_frame_at(version, FrameKind::Event, 7, &e, limit).unwrap();
         add("event", i, FrameKind::Event, format!("{e:?}"), f);
     }

@@ -684,3 +684,78 @@ fn a_token_shared_with_others_keeps_their_objects_through_provisioning_renewal_r
     )
     .ok();
 }
+
+#[test]
+fn certificates_crossing_their_thresholds_are_alerted_once_each_to_the_log_subscribers_and_the_hook() {
+    // Issue 29: alerts that reach someone, at 30 and 7 days (the defaults).
+    let mut node = Node::new("alerts", Store::Pkcs11);
+    node.extra_config = format!(
+        "\n[alerts]\nhook = [\"/bin/sh\", \"-c\", \"cat >> {}\"]\n",
+        node.p("alerts.jsonl")
+    );
+    node.start(true);
+    node.run_flow().ok();
+    node.stop();
+    node.start(false);
+    let watch = Watcher::start(&node, "iam-certctl", &["-s", &node.protected(), "--json", "alerts"]);
+    wait_for(
+        || node.log().contains("SubscribeAlerts: subscribed"),
+        "the alert subscription",
+        &node,
+    );
+    // The public socket does not serve them.
+    let public = node.applet("iam-certctl", &["-s", &node.public(), "alerts"], None);
+    assert!(
+        public.code != 0 && public.stderr.contains("protected socket only"),
+        "{}",
+        public.stderr
+    );
+    let hooked = |node: &Node| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(node.path("alerts.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+
+    // 20 days left: a warning; 3 days left (renewed): a critical alert for the new one.
+    let warned = renew_local_ca(&node, "iam", "20").ok().json()["certificate"]["serial"].clone();
+    let a = watch.next();
+    assert_eq!(
+        (a["alert"].as_str(), &a["serial"]),
+        (Some("certificate_warning"), &warned),
+        "{a}"
+    );
+    assert!(
+        a["message"]
+            .as_str()
+            .unwrap()
+            .contains(" day(s) (warning threshold: 30 days)"),
+        "{a}"
+    );
+    let critical = renew_local_ca(&node, "iam", "3").ok().json()["certificate"]["serial"].clone();
+    let a = watch.next();
+    assert_eq!(
+        (a["alert"].as_str(), &a["serial"]),
+        (Some("certificate_critical"), &critical),
+        "{a}"
+    );
+    wait_for(|| hooked(&node).len() == 2, "the hook run twice", &node);
+    let h = hooked(&node);
+    assert_eq!(
+        (h[0]["alert"].as_str(), &h[0]["serial"]),
+        (Some("certificate_warning"), &warned)
+    );
+    assert_eq!(
+        (h[1]["alert"].as_str(), &h[1]["serial"]),
+        (Some("certificate_critical"), &critical)
+    );
+    assert_eq!(h[1]["node_id"], node.node_id());
+    assert_eq!(h[1]["cert_type"], "iam");
+    let log = node.log();
+    assert_eq!(log.matches("alert certificate_critical: ").count(), 1, "{log}");
+    // Once per threshold: another look (a renewal of another type wakes it) raises nothing.
+    renew_local_ca(&node, "online", "365").ok();
+    watch.nothing_for(std::time::Duration::from_secs(2));
+    assert_eq!(hooked(&node).len(), 2);
+}

@@ -244,3 +244,93 @@ fn a_stalled_subscriber_is_dropped_without_holding_back_others() {
     assert!(got < changes, "it did not get everything ({got})");
     assert!(err.message.contains("fell 64 events behind"), "{err}");
 }
+
+/// `node` configured to take its id from `sources` (TOML) instead of its node-id file.
+fn with_id_source(node: &mut Node, sources: &str) {
+    let line = format!("id_file = \"{}\"\n", node.p("node-id"));
+    let config = node.config_text();
+    assert!(config.contains(&line));
+    node.config_override = Some(config.replace(&line, &format!("id_source = {sources}\n")));
+}
+
+#[test]
+fn a_node_provisioned_under_a_hardware_id_refuses_to_serve_its_identity_under_another_until_provisioned_again() {
+    // Issue 29: the id from a source (here a command printing a serial, after a DMI field
+    // this machine does not have), normalised; recorded at provisioning; another id at a
+    // later start is refused, loudly, until the node is provisioned again.
+    let mut node = Node::new("hwid", Store::Pkcs11);
+    let serial = node.path("serial");
+    std::fs::write(&serial, "SER-1234\0\n").unwrap();
+    let alerts = node.p("alerts.jsonl");
+    node.extra_config = format!("\n[alerts]\nhook = [\"/bin/sh\", \"-c\", \"cat >> {alerts}\"]\n");
+    with_id_source(
+        &mut node,
+        &format!("[\"dmi:board_serial\", \"command:/bin/cat {}\"]", serial.display()),
+    );
+    node.start(true);
+    node.run_flow().ok();
+    let iam = node.list_certs().into_iter().find(|c| c["type"] == "iam").unwrap();
+    assert_eq!(iam["subject"], "CN=SER-1234, OU=iam", "{iam}");
+    node.stop();
+
+    // The same state on hardware with another serial.
+    std::fs::write(&serial, "SER-9999\n").unwrap();
+    node.start(false);
+    let log = node.log();
+    let changed = "the node id is now \"SER-9999\" (from command:/bin/cat";
+    assert!(
+        log.contains(changed) && log.contains("provisioned as \"SER-1234\""),
+        "{log}"
+    );
+    // Someone is told (issue 29: the alert hook).
+    wait_for(
+        || std::fs::read_to_string(&alerts).is_ok_and(|a| a.contains("\"alert\":\"id_changed\"")),
+        "the id_changed alert",
+        &node,
+    );
+    let alert: serde_json::Value = serde_json::from_str(read(&alerts).lines().next().unwrap()).unwrap();
+    assert!(alert["message"].as_str().unwrap().contains(changed), "{alert}");
+    let check = node.applet("iam-certctl", &["-s", &node.protected(), "check"], None);
+    assert_eq!(check.code, 2, "{}{}", check.stdout, check.stderr);
+    assert!(
+        check.stdout.contains("CRITICAL") && check.stdout.contains(changed),
+        "{}",
+        check.stdout
+    );
+    let get = node.applet("iam-certctl", &["-s", &node.public(), "get", "iam"], None);
+    assert_ne!(get.code, 0);
+    assert!(get.stderr.contains(changed), "{}", get.stderr);
+    let pw = node.p("password");
+    let out = node.provision(&["create-key", "iam", "--password-file", &pw, "-o", &node.p("x.csr")]);
+    assert!(out.code != 0 && out.stderr.contains(changed), "{}", out.stderr);
+    assert!(!node.path("x.csr").exists());
+    // What it is and what it was are still told.
+    assert_eq!(node.status()["state"], "provisioned");
+    node.stop();
+
+    // Back on its own hardware, it serves again.
+    std::fs::write(&serial, "SER-1234\n").unwrap();
+    node.start(false);
+    node.applet("iam-certctl", &["-s", &node.protected(), "check"], None)
+        .ok();
+    node.stop();
+
+    // A placeholder is no serial: the configuration is refused, naming it.
+    std::fs::write(&serial, "To be filled by O.E.M.\n").unwrap();
+    node.write_config();
+    let check = node.applet("iamd", &["--check-config", "-c", &node.p("config.toml")], None);
+    assert_eq!(check.code, 1, "{}{}", check.stdout, check.stderr);
+    assert!(
+        check.stderr.contains("node.id_source") && check.stderr.contains("placeholder"),
+        "{}",
+        check.stderr
+    );
+
+    // Provisioned again under the new id, it serves that one.
+    std::fs::write(&serial, "SER-9999\n").unwrap();
+    node.start(true);
+    node.provision(&["deprovision", "--password-file", &pw]).ok();
+    node.run_flow().ok();
+    let iam = node.list_certs().into_iter().find(|c| c["type"] == "iam").unwrap();
+    assert_eq!(iam["subject"], "CN=SER-9999, OU=iam", "{iam}");
+}

@@ -5,6 +5,11 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
+    // `node.id_source = "command:…"` runs the command as the configuration is read: the
+    // fuzzer is not to run what it makes up.
+    if text.contains("command:") {
+        return;
+    }
     if let Err(e) = Config::from_sources(&[("fuzz.toml".to_string(), text.to_string())]) {
         let _ = e.to_string();
     }

@@ -274,8 +274,15 @@ impl Conn {
         }
         if matches!(
             request,
-            Request::SubscribeSubjectsChanged | Request::SubscribeNodeChanged | Request::SubscribeCertChanged { .. }
+            Request::SubscribeSubjectsChanged
+                | Request::SubscribeNodeChanged
+                | Request::SubscribeCertChanged { .. }
+                | Request::SubscribeAlerts
         ) {
+            if request.is_protected() && self.socket != Socket::Protected {
+                let e = Error::unauthorized(format!("{} is served on the protected socket only", request.name()));
+                return send(&self.stream, &self.lock, self.w.error(header.id, &e)).await;
+            }
             let (shared, client) = (&self.shared, &self.client);
             let held = match client.admitted {
                 true => Ok(None),
@@ -494,6 +501,7 @@ pub(super) async fn subscribe(
         Subjects(smol::channel::Receiver<Vec<String>>),
         Nodes(smol::channel::Receiver<NodeInfo>),
         Certs(smol::channel::Receiver<(String, Option<CertInfo>)>, String),
+        Alerts(smol::channel::Receiver<crate::proto::wire::Alert>),
     }
     let subscribed = match request {
         Request::SubscribeSubjectsChanged => shared
@@ -511,6 +519,12 @@ pub(super) async fn subscribe(
                 .map(|(k, rx)| (k, Source::Certs(rx, cert_type.clone()))),
             Err(e) => Err(e),
         },
+        Request::SubscribeAlerts => shared
+            .prov
+            .alerts
+            .events
+            .subscribe(reserved)
+            .map(|(k, rx)| (k, Source::Alerts(rx))),
         _ => shared
             .nodes
             .events
@@ -528,6 +542,7 @@ pub(super) async fn subscribe(
     if !send(stream, lock, ack).await {
         return;
     }
+    crate::log_debug!("{}: subscribed", request.name());
     let (stream, lock, shared) = (stream.clone(), lock.clone(), shared.clone());
     EXECUTOR
         .spawn(async move {
@@ -536,6 +551,7 @@ pub(super) async fn subscribe(
                     match &source {
                         Source::Subjects(rx) => rx.recv().await.map(Event::SubjectsChanged).ok(),
                         Source::Nodes(rx) => rx.recv().await.map(Event::NodeChanged).ok(),
+                        Source::Alerts(rx) => rx.recv().await.map(Event::Alert).ok(),
                         Source::Certs(rx, only) => loop {
                             match rx.recv().await {
                                 Ok((cert_type, current)) if only.is_empty() || *only == cert_type => {
@@ -575,6 +591,7 @@ pub(super) async fn subscribe(
                 Source::Subjects(_) => shared.subjects.unsubscribe(key),
                 Source::Nodes(_) => shared.nodes.events.unsubscribe(key),
                 Source::Certs(..) => shared.certs.unsubscribe(key),
+                Source::Alerts(_) => shared.prov.alerts.events.unsubscribe(key),
             }
             drop(sub);
         })

@@ -270,6 +270,10 @@ fn quarantine(prov: &Provisioning, e: &mut Enrollment, reason: String) -> Result
          iam-provision release-quarantine or a factory reset",
         e.reason
     );
+    prov.alerts.node(
+        crate::proto::wire::AlertKind::Quarantined,
+        format!("the node is quarantined: {}", e.reason),
+    );
     Ok(())
 }
 

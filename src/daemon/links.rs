@@ -151,6 +151,7 @@ pub(super) async fn accept_tls(
 ) -> Result<(BoxStream, Vec<rustls_pki_types::CertificateDer<'static>>)> {
     let s = shared.clone();
     let config = blocking::unblock(move || {
+        s.prov.serving_identity()?;
         let (_, _, identity) = s.prov.modules.identity(&s.prov.db, &s.prov.config.links.identity)?;
         let roots = crate::daemon::certs::read_roots(&s.prov.config)?;
         crate::link::tls::server_config(&identity, &roots, &s.prov.config.crl)

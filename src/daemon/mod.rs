@@ -7,6 +7,7 @@
 //! modules (blocking work on the blocking pool), `links` is the main node's link server, and
 //! `tasks` the background work (reconciliation, renewal, identity files).
 
+pub mod alerts;
 mod connections;
 mod dispatch;
 mod links;
@@ -82,6 +83,8 @@ struct Shared {
     certs: Broadcast<(String, Option<CertInfo>)>,
     /// Wakes the renewal scheduler when a current certificate changes.
     certs_changed: (smol::channel::Sender<()>, smol::channel::Receiver<()>),
+    /// The same, for the alerts' look at the certificates.
+    alerts_wake: (smol::channel::Sender<()>, smol::channel::Receiver<()>),
     /// The current certificate of each type as last reported.
     current_certs: std::sync::Mutex<std::collections::BTreeMap<String, Option<CertKey>>>,
     /// What users who are not admitted may hold on the public socket.
@@ -120,6 +123,7 @@ impl Shared {
                 if !first {
                     self.certs.send((t, current));
                     let _ = self.certs_changed.0.try_send(());
+                    let _ = self.alerts_wake.0.try_send(());
                 }
             }
         }
@@ -185,6 +189,7 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
         provisioning_mode,
         certs: Broadcast::new("certificate", MAX_SUBSCRIBERS, SUBSCRIBER_BACKLOG),
         certs_changed: smol::channel::bounded(1),
+        alerts_wake: smol::channel::bounded(1),
         current_certs: Default::default(),
         quotas: Quotas::new(config.quotas.clone(), config.max_connections),
         guesses: Default::default(),
@@ -250,6 +255,7 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
         let d = EXECUTOR.spawn(reconcile_periodically(shared.clone()));
         let e = EXECUTOR.spawn(renew_when_due(shared.clone()));
         let f = EXECUTOR.spawn(enroll_when_due(shared.clone()));
+        let g = EXECUTOR.spawn(alert_when_due(shared.clone()));
         let links: Vec<_> = link_listeners
             .into_iter()
             .map(|(addr, l)| EXECUTOR.spawn(accept_links(addr, l, shared.clone())))
@@ -269,7 +275,7 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
         for t in ending {
             t.await;
         }
-        drop((r, a, b, c, d, e, f, links));
+        drop((r, a, b, c, d, e, f, g, links));
         why
     }));
     let _ = crate::sys::notify::notify("STOPPING=1");

@@ -100,11 +100,51 @@ pub struct Provisioning {
     /// renewal is never run twice at once; and when each module's last renewal was applied
     /// by this process (the floor between renewals, `renewal::FLOOR`).
     pub(crate) renewing: Mutex<std::collections::BTreeMap<String, i64>>,
+    /// Set when the node's id is not the one it was provisioned under: why iamd does not
+    /// serve the node's identity (see [`Provisioning::serving_identity`]). Cleared by
+    /// Deprovision, after which the node is provisioned under its present id.
+    id_changed: Mutex<Option<String>>,
+    /// Alerts: logged once, to subscribers, and to `[alerts] hook`.
+    pub alerts: super::alerts::Alerts,
+}
+
+/// Whether the node's id is the one it was provisioned under: `None` when it is (or the node
+/// has no identity yet), else the refusal that says what changed and what to do. A node
+/// provisioned before ids were recorded has its present id recorded now.
+fn id_changed(config: &Config, db: &Db) -> Result<Option<String>> {
+    let snap = db.snapshot()?;
+    match snap.node_id {
+        Some(recorded) if recorded != config.node_id => Ok(Some(format!(
+            "the node id is now \"{}\" (from {}), but the node was provisioned as \"{recorded}\": its \
+             certificates name that node. Start it on the hardware it was provisioned on (or give it \
+             that id), or provision it again: deprovision it, then provision it",
+            config.node_id, config.node_id_source
+        ))),
+        Some(_) => Ok(None),
+        None if snap.state() != NodeState::Unprovisioned => {
+            db.record_node_id(&config.node_id)?;
+            crate::log_notice!(
+                "recorded the node id \"{}\" (from {}) as the one this node was provisioned under",
+                config.node_id,
+                config.node_id_source
+            );
+            Ok(None)
+        }
+        None => Ok(None),
+    }
 }
 
 impl Provisioning {
     pub fn open(config: Config, provisioning_mode: bool) -> Result<Provisioning> {
         let db = Db::open(&config.db_path())?;
+        let id_changed = id_changed(&config, &db)?;
+        let alerts = super::alerts::Alerts::new(&config);
+        if let Some(why) = &id_changed {
+            alerts.node(
+                crate::proto::wire::AlertKind::IdChanged,
+                format!("{why}; the node's identity is not served"),
+            );
+        }
         let modules = CertModules::open(&config)?;
         let remember_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
             .map_err(|_| Error::internal("the OS random number generator failed"))?;
@@ -120,7 +160,23 @@ impl Provisioning {
             reported: Mutex::new(Default::default()),
             recovered: (Mutex::new(false), std::sync::Condvar::new()),
             renewing: Mutex::new(Default::default()),
+            id_changed: Mutex::new(id_changed),
+            alerts,
         })
+    }
+
+    /// Refused while the node's id is not the one it was provisioned under: its certificates,
+    /// its keys' use, renewal and enrollment would all speak for another node.
+    pub fn serving_identity(&self) -> Result<()> {
+        match self.id_changed() {
+            Some(why) => Err(Error::wrong_state(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Why the node's identity is not served, if it is not.
+    pub fn id_changed(&self) -> Option<String> {
+        crate::sys::lock(&self.id_changed).clone()
     }
 
     /// The journal lock, once the start-up recovery has run. A client's step whose client
@@ -315,7 +371,7 @@ impl Provisioning {
 
     /// Store the new verifier for `password`, remembering it as verified.
     fn set_password(&self, password: &Secret, verifier: Vec<u8>) -> Result<()> {
-        self.db.begin_provisioning(&verifier)?;
+        self.db.begin_provisioning(&verifier, &self.config.node_id)?;
         let tag = ring::hmac::sign(&self.remember_key, password.expose().as_bytes());
         *crate::sys::lock(&self.remembered) = Some((verifier, tag));
         Ok(())
@@ -529,6 +585,7 @@ impl Provisioning {
             store.wipe(password, &types)?;
         }
         self.db.reset()?;
+        *crate::sys::lock(&self.id_changed) = None;
         self.sync_markers()?;
         crate::log_notice!(
             "node deprovisioned{}",
@@ -761,7 +818,17 @@ impl Provisioning {
 
     pub fn check_certs(&self, node_id: &str) -> Result<Vec<crate::proto::wire::CertCheck>> {
         self.check_node(node_id)?;
-        self.modules.check(&self.db, &self.config)
+        let mut checks = self.modules.check(&self.db, &self.config)?;
+        // Every certificate names the node it was provisioned as: none is this node's.
+        if let Some(why) = &self.id_changed() {
+            for c in &mut checks {
+                c.chain_error = match c.chain_error.is_empty() {
+                    true => why.clone(),
+                    false => format!("{why}; {}", c.chain_error),
+                };
+            }
+        }
+        Ok(checks)
     }
 
     /// The certificates, once an ApplyCert running is done (see [`Provisioning::status`]).

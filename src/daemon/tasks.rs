@@ -31,7 +31,7 @@ pub(super) const RENEW_POLL_MAX: std::time::Duration = std::time::Duration::from
 /// Renew the certificates of modules with a `[modules.renew]` policy when they are due, and
 /// resume renewals a restart interrupted.
 pub(super) async fn renew_when_due(shared: Arc<Shared>) {
-    if shared.prov.config.modules.iter().all(|m| m.renew.is_none()) {
+    if shared.prov.config.modules.iter().all(|m| m.renew.is_none()) || shared.prov.id_changed().is_some() {
         return;
     }
     loop {
@@ -64,13 +64,39 @@ pub(super) async fn renew_when_due(shared: Arc<Shared>) {
     }
 }
 
+/// Look at the current certificates for alerts (`[alerts]`): every `interval`, and at once
+/// when they change. Not while the node's id is not the one it was provisioned under: its
+/// certificates name another node (that is alerted once, at start).
+pub(super) async fn alert_when_due(shared: Arc<Shared>) {
+    if shared.prov.id_changed().is_some() {
+        return;
+    }
+    loop {
+        let s = shared.clone();
+        match blocking::unblock(move || s.prov.modules.list(&s.prov.db)).await {
+            Ok(certs) => shared.prov.alerts.look_at(&certs, crate::sys::now()),
+            Err(e) => crate::log_warn!("alerts: cannot list the certificates: {e}"),
+        }
+        let wake = shared.alerts_wake.1.clone();
+        smol::future::or(
+            async {
+                smol::Timer::after(shared.prov.config.alerts.interval).await;
+            },
+            async {
+                let _ = wake.recv().await;
+            },
+        )
+        .await;
+    }
+}
+
 /// Longest sleep of the enrollment task (ReleaseQuarantine wakes it at once).
 pub(super) const ENROLL_POLL_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Take a bootstrapped node through its enrollment (see [`crate::daemon::enroll`]),
 /// reporting each transition to node subscribers and each certificate applied.
 pub(super) async fn enroll_when_due(shared: Arc<Shared>) {
-    if shared.prov.config.enroll.is_none() || shared.provisioning_mode {
+    if shared.prov.config.enroll.is_none() || shared.provisioning_mode || shared.prov.id_changed().is_some() {
         return;
     }
     loop {

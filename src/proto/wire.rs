@@ -599,6 +599,10 @@ pub enum Request {
     /// the main node checks with (`paths.crl`), answered by `Crl`, so that the secondary
     /// checks with them too (`links.main_crl`).
     GetCrl,
+    /// Version 8, protected: an `Alert` event each time something needs someone: a
+    /// certificate crossing its warning or critical threshold, the node quarantined, its id
+    /// not the one it was provisioned under.
+    SubscribeAlerts,
 }
 
 /// The most bytes one TunnelData carries.
@@ -620,6 +624,7 @@ impl Request {
             Request::GetLinkChain | Request::RenewNow { .. } => 5,
             Request::TunnelOpen { .. } | Request::TunnelData { .. } | Request::TunnelClose { .. } => 6,
             Request::GetCrl => 7,
+            Request::SubscribeAlerts => 8,
             _ => 1,
         }
     }
@@ -647,6 +652,7 @@ impl Request {
             Request::SubscribeSubjectsChanged => "SubscribeSubjectsChanged",
             Request::SubscribeNodeChanged => "SubscribeNodeChanged",
             Request::SubscribeCertChanged { .. } => "SubscribeCertChanged",
+            Request::SubscribeAlerts => "SubscribeAlerts",
             Request::PauseNode { .. } => "PauseNode",
             Request::ResumeNode { .. } => "ResumeNode",
             Request::CheckCerts { .. } => "CheckCerts",
@@ -785,6 +791,7 @@ impl Request {
         matches!(
             self,
             Request::ListCerts { .. }
+                | Request::SubscribeAlerts
                 | Request::CheckCerts { .. }
                 | Request::GetProvisioningStatus { .. }
                 | Request::GetCertTypes { .. }
@@ -846,7 +853,8 @@ impl Request {
             | Request::GetSystemInfo
             | Request::GetSubjects
             | Request::SubscribeSubjectsChanged
-            | Request::SubscribeNodeChanged => Ok(()),
+            | Request::SubscribeNodeChanged
+            | Request::SubscribeAlerts => Ok(()),
             Request::PauseNode { node_id } | Request::ResumeNode { node_id } | Request::ForgetNode { node_id } => {
                 max("node_id", node_id.len(), MAX_NAME_LEN)
             }
@@ -1085,6 +1093,55 @@ pub enum Event {
         cert_type: String,
         current: Option<CertInfo>,
     },
+    /// Version 8 (`SubscribeAlerts`): something needs someone.
+    Alert(Alert),
+}
+
+impl Event {
+    /// The protocol version that brought this event.
+    pub fn since(&self) -> u8 {
+        match self {
+            Event::Alert(_) => 8,
+            _ => 1,
+        }
+    }
+}
+
+/// What an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum AlertKind {
+    /// A current certificate is within the warning threshold of its end (30 days).
+    CertWarning,
+    /// Within the critical threshold (7 days), or past its end.
+    CertCritical,
+    /// Enrollment gave up: the node is quarantined.
+    Quarantined,
+    /// The node's id is not the one it was provisioned under: its identity is not served.
+    IdChanged,
+}
+
+impl AlertKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AlertKind::CertWarning => "certificate_warning",
+            AlertKind::CertCritical => "certificate_critical",
+            AlertKind::Quarantined => "quarantined",
+            AlertKind::IdChanged => "id_changed",
+        }
+    }
+}
+
+/// One alert: what, about which certificate (none for the node's), and what to tell a person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    pub kind: AlertKind,
+    pub node_id: String,
+    /// The certificate's type and serial (empty for the node's alerts).
+    pub cert_type: String,
+    pub serial: Vec<u8>,
+    /// The certificate's end, seconds since the Unix epoch (0 for the node's alerts).
+    pub not_after: i64,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -55,6 +55,8 @@ const STATE: &str = "state";
 const VERIFIER: &str = "password";
 const SEQ: &str = "seq";
 const ENROLLMENT: &str = "enrollment";
+/// The node id the node was provisioned (or bootstrapped) under.
+const NODE_ID: &str = "node_id";
 
 pub use crate::store::records::{CertRecord, Enrollment, PendingKey, StoredEnrollState, TrashEntry};
 
@@ -68,6 +70,8 @@ pub struct Snapshot {
     pub trash: Vec<TrashEntry>,
     /// The enrollment of a bootstrapped node.
     pub enrollment: Option<Enrollment>,
+    /// The node id it was provisioned under (`None`: never, or before ids were recorded).
+    pub node_id: Option<String>,
 }
 
 impl Snapshot {
@@ -264,6 +268,9 @@ impl Db {
         if let Some(v) = meta.get(ENROLLMENT)? {
             s.enrollment = Some(dec("meta", ENROLLMENT, v.value())?);
         }
+        if let Some(v) = meta.get(NODE_ID)? {
+            s.node_id = Some(String::from_utf8_lossy(v.value()).into_owned());
+        }
         for item in txn.open_table(PENDING)?.iter()? {
             let (k, v) = item?;
             s.pending.push(dec("pending", k.value(), v.value())?);
@@ -296,20 +303,31 @@ impl Db {
         })
     }
 
-    /// Provisioning begins: every store was just wiped, so every record goes too.
-    pub fn begin_provisioning(&self, verifier: &[u8]) -> Result<()> {
+    /// Provisioning begins under `node_id`: every store was just wiped, so every record
+    /// goes too.
+    pub fn begin_provisioning(&self, verifier: &[u8], node_id: &str) -> Result<()> {
         self.write(|t| {
             t.clear()?;
             t.meta.insert(VERIFIER, verifier)?;
+            t.meta.insert(NODE_ID, node_id.as_bytes())?;
             t.set_state(NodeState::Provisioning)
         })
     }
 
-    /// Deprovisioned: every store was wiped, the records and the verifier go.
+    /// Record the node id of a node provisioned before ids were recorded.
+    pub fn record_node_id(&self, node_id: &str) -> Result<()> {
+        self.write(|t| {
+            t.meta.insert(NODE_ID, node_id.as_bytes())?;
+            Ok(())
+        })
+    }
+
+    /// Deprovisioned: every store was wiped, the records, the verifier and the id go.
     pub fn reset(&self) -> Result<()> {
         self.write(|t| {
             t.clear()?;
             t.meta.remove(VERIFIER)?;
+            t.meta.remove(NODE_ID)?;
             t.set_state(NodeState::Unprovisioned)
         })
     }
@@ -849,7 +867,8 @@ mod tests {
     #[test]
     fn pending_key_replaced_goes_to_trash_and_apply_evicts() {
         let (db, dir) = tmp_db("journal");
-        db.begin_provisioning(b"v").unwrap();
+        db.begin_provisioning(b"v", "n0").unwrap();
+        assert_eq!(db.snapshot().unwrap().node_id.as_deref(), Some("n0"));
         let p1 = PendingKey {
             cert_type: "iam".into(),
             key_id: [1; 16],
@@ -881,6 +900,7 @@ mod tests {
         let db = Db::open(&dir.join("iam.db")).unwrap();
         assert_eq!(db.snapshot().unwrap(), s, "survives reopening");
         db.reset().unwrap();
+        assert_eq!(db.snapshot().unwrap().node_id, None);
         let s = db.snapshot().unwrap();
         assert!(s.certs.is_empty() && s.trash.is_empty() && s.verifier.is_none());
         std::fs::remove_dir_all(dir).unwrap();

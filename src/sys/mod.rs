@@ -1,6 +1,7 @@
 //! The operating system's side: systemd readiness, signals, external commands.
 
 pub mod command;
+pub mod hwid;
 
 /// Seconds since the Unix epoch, as the database records times.
 pub fn now() -> i64 {

@@ -158,6 +158,7 @@ pub fn requests() -> Vec<Request> {
         },
         Request::TunnelClose { tunnel: 3 },
         Request::GetCrl,
+        Request::SubscribeAlerts,
     ]
 }
 
@@ -278,6 +279,22 @@ pub fn events() -> Vec<Event> {
             cert_type: "online".into(),
             current: None,
         },
+        Event::Alert(aos_iam::proto::wire::Alert {
+            kind: aos_iam::proto::wire::AlertKind::CertWarning,
+            node_id: "node-main".into(),
+            cert_type: "iam".into(),
+            serial: vec![0x01, 0xa2],
+            not_after: 1_796_083_200,
+            message: "the iam certificate 01a2 expires in 29 day(s) (warning threshold: 30 days)".into(),
+        }),
+        Event::Alert(aos_iam::proto::wire::Alert {
+            kind: aos_iam::proto::wire::AlertKind::Quarantined,
+            node_id: "node-main".into(),
+            cert_type: String::new(),
+            serial: vec![],
+            not_after: 0,
+            message: "the node is quarantined: enrollment failed 6 times".into(),
+        }),
     ]
 }
 

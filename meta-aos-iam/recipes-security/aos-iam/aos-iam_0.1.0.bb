@@ -36,6 +36,10 @@ AOS_IAM_NODE_TYPE ??= "main"
 AOS_IAM_NODE_NAME ??= "${MACHINE}"
 AOS_IAM_PKCS11_LIBRARY ??= "${libdir}/softhsm/libsofthsm2.so"
 AOS_IAM_TOKEN_LABEL ??= "aos"
+# The node id's sources, the first that gives one (space-separated): dmi:product_serial,
+# dmi:product_uuid, dmi:board_serial, devicetree (serial-number), cpuinfo (Serial),
+# file:PATH, machine-id (a reflash changes it: name it only for a node without a serial).
+AOS_IAM_ID_SOURCES ??= "dmi:product_serial devicetree cpuinfo"
 # Node links: the main node accepts them on AOS_IAM_LINK_LISTEN (space-separated
 # unix:PATH, vsock:PORT, vchan:DOMAIN:PATH, tcp:ADDR:PORT); a secondary node dials
 # AOS_IAM_LINK_CONNECT (unix:PATH, vsock:CID:PORT, vchan:DOMID:PATH, tcp:HOST:PORT, or stdio
@@ -87,10 +91,13 @@ do_install() {
     install -m 0644 ${AOS_IAM_FILES}/aos-iam.sysusers ${D}${nonarch_libdir}/sysusers.d/aos-iam.conf
 
     install -d ${D}${sysconfdir}/aos-iam/config.d
+    # AOS_IAM_ID_SOURCES as a TOML array of strings.
+    id_sources=$(for s in ${AOS_IAM_ID_SOURCES}; do printf '"%s", ' "$s"; done)
     sed -e 's|@NODE_TYPE@|${AOS_IAM_NODE_TYPE}|' \
         -e 's|@NODE_NAME@|${AOS_IAM_NODE_NAME}|' \
         -e 's|@PKCS11_LIBRARY@|${AOS_IAM_PKCS11_LIBRARY}|' \
         -e 's|@TOKEN_LABEL@|${AOS_IAM_TOKEN_LABEL}|' \
+        -e "s|@NODE_ID_SOURCE@|[${id_sources%, }]|" \
         ${AOS_IAM_FILES}/config.toml > ${D}${sysconfdir}/aos-iam/config.toml
     chmod 0644 ${D}${sysconfdir}/aos-iam/config.toml
     sh ${S}/scripts/links-dropin.sh "${AOS_IAM_NODE_ROLE}" "${AOS_IAM_LINK_LISTEN}" "${AOS_IAM_LINK_CONNECT}" "${AOS_IAM_LINK_TUNNEL}" \
