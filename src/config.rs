@@ -258,6 +258,9 @@ pub struct Pkcs11Config {
     /// factory identity). iamd never initialises it nor sets its PINs; `user_pin_file` is
     /// the user PIN it is given, and iamd touches only the objects it made.
     pub shared: bool,
+    /// `release_objects`: log out and close the session after each operation, so that the
+    /// module unloads what it loaded into the token (`None`: for tpm2-pkcs11 only).
+    pub release_objects: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1941,6 +1944,16 @@ fn parse_module(m: &mut Reader, working_dir: &Path) -> Result<ModuleConfig, Conf
                 .path("user_pin_file")?
                 .ok_or_else(|| p.err("user_pin_file", "is required"))?;
             let shared = p.bool("shared", false)?;
+            let release_objects = match p.take("release_objects") {
+                None => None,
+                Some(Value::Boolean(b)) => Some(b),
+                Some(v) => {
+                    return Err(p.err(
+                        "release_objects",
+                        format!("must be true or false, not {}", v.type_str()),
+                    ))
+                }
+            };
             if shared && label_given {
                 return Err(p.err("init_label", "iamd never initialises a shared token"));
             }
@@ -1951,6 +1964,7 @@ fn parse_module(m: &mut Reader, working_dir: &Path) -> Result<ModuleConfig, Conf
                 init_label,
                 user_pin_file,
                 shared,
+                release_objects,
             })
         }
         "software" => {

@@ -124,6 +124,7 @@ fn the_pkcs11_store_passes_the_suite_on_softhsm() {
         init_label: "suite".into(),
         user_pin_file: dir.join("user-pin"),
         shared: false,
+        release_objects: None,
     };
     let store = Pkcs11Store::new(config.clone()).unwrap();
     // Wiping a blank token (deprovisioning a node never provisioned) does not initialise it.
@@ -284,6 +285,7 @@ fn the_pkcs11_store_passes_the_suite_on_a_software_tpm() {
         init_label: "suite".into(),
         user_pin_file: dir.join("user-pin"),
         shared: false,
+        release_objects: None,
     };
     let store = Pkcs11Store::new(config.clone()).unwrap();
     suite(

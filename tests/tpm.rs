@@ -13,8 +13,13 @@ use common::*;
 
 /// A node whose modules all live in the TPM's token.
 fn tpm_node(name: &str) -> (Node, Tpm) {
+    tpm_node_with(name, None)
+}
+
+/// The same, its resource manager keeping at most `max_transients` objects per client.
+fn tpm_node_with(name: &str, max_transients: Option<u32>) -> (Node, Tpm) {
     let mut node = Node::new(name, Store::Pkcs11);
-    let tpm = Tpm::start(&node.dir);
+    let tpm = Tpm::start_with(&node.dir, max_transients);
     node.env = tpm.env.clone();
     let d = node.dir.display();
     let store = format!(
@@ -216,4 +221,49 @@ fn an_rsa_key_in_the_tpm_is_enrolled_by_scep_its_answer_decrypted_in_the_tpm() {
     verifies(&node);
     let issuer = node.list_certs().into_iter().find(|c| c["type"] == "offline").unwrap()["issuer"].clone();
     assert!(issuer.as_str().unwrap().contains("scep test CA"), "{issuer}");
+}
+
+#[test]
+fn a_resource_manager_keeping_three_objects_per_client_as_the_kernels_does_takes_every_key() {
+    // Issue 29: through the kernel's resource manager (/dev/tpmrm0) a client keeps at most
+    // three transient objects loaded; tpm2-pkcs11 keeps every key it has used loaded until
+    // the session logs out. tpm2-abrmd with --max-transients=3 holds a client to the same.
+    let (mut node, _tpm) = tpm_node_with("tpm-rm3", Some(3));
+    node.start(true);
+    node.run_flow().ok();
+    assert_eq!(objects(&node).len(), 3 * 4, "{:#?}", objects(&node));
+    verifies(&node);
+    node.stop();
+    // In operation: every key signs (a certificate each for the TLS-like uses), one after
+    // another on the same iamd, then a renewal makes a fifth key.
+    node.start(false);
+    let renew = |t: &str| {
+        let (ca, key, pw) = (node.p("ca.pem"), node.p("ca.key"), node.p("password"));
+        node.applet(
+            "iam-certctl",
+            &[
+                "-s",
+                &node.protected(),
+                "renew",
+                t,
+                "--ca-cert",
+                &ca,
+                "--ca-key",
+                &key,
+                "--password-file",
+                &pw,
+            ],
+            None,
+        )
+        .ok();
+    };
+    renew("offline");
+    renew("iam");
+    renew("online");
+    assert_eq!(objects(&node).len(), 3 * 7, "{:#?}", objects(&node));
+    verifies(&node);
+    node.stop();
+    node.start(false);
+    node.applet("iam-certctl", &["-s", &node.protected(), "check"], None)
+        .ok();
 }

@@ -13,6 +13,9 @@ pub struct Tpm {
     /// swtpm and dbus-daemon.
     children: Vec<Child>,
     abrmd: Option<Child>,
+    /// `--max-transients` of tpm2-abrmd: the transient objects one client may keep loaded
+    /// (the kernel's `/dev/tpmrm0` allows 3 per open file; abrmd's default is 27).
+    pub max_transients: Option<u32>,
     tcti: String,
     dir: std::path::PathBuf,
     pub env: Vec<(String, String)>,
@@ -20,6 +23,11 @@ pub struct Tpm {
 
 impl Tpm {
     pub fn start(dir: &Path) -> Tpm {
+        Tpm::start_with(dir, None)
+    }
+
+    /// The same, the resource manager keeping at most `max_transients` objects per client.
+    pub fn start_with(dir: &Path, max_transients: Option<u32>) -> Tpm {
         let state = dir.join("tpm-state");
         std::fs::create_dir_all(&state).unwrap();
         std::fs::create_dir_all(dir.join("tpm-store")).unwrap();
@@ -66,6 +74,7 @@ impl Tpm {
         let mut tpm = Tpm {
             children: vec![swtpm, dbus],
             abrmd: None,
+            max_transients,
             tcti,
             dir: dir.to_path_buf(),
             env,
@@ -81,8 +90,12 @@ impl Tpm {
             false => "tpm2-abrmd",
         };
         let log = self.dir.join("tpm2-abrmd.log");
-        let abrmd = Command::new(bin)
-            .args(["--session", "--allow-root", &format!("--tcti={}", self.tcti)])
+        let mut abrmd = Command::new(bin);
+        abrmd.args(["--session", "--allow-root", &format!("--tcti={}", self.tcti)]);
+        if let Some(n) = self.max_transients {
+            abrmd.arg(format!("--max-transients={n}"));
+        }
+        let abrmd = abrmd
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -503,12 +503,20 @@ impl Pkcs11Store {
                 *guard = Some((self.generation(), self.open_user_session()?));
             }
             let (_, session) = guard.as_ref().expect("opened above");
-            match f(session) {
+            let r = f(session);
+            match r {
                 Err(e) if attempt == 0 && session_broken(&e) => {
                     crate::log_warn!("{}: {step}: session broken ({}), reopening", self.describe(), e);
                     self.drop_session(&mut guard);
                 }
-                other => return other.map_err(self.err(step)),
+                other => {
+                    if self.releases_objects() {
+                        // Logging out unloads every object the module loaded into the TPM.
+                        let _ = session.logout();
+                        self.drop_session(&mut guard);
+                    }
+                    return other.map_err(self.err(step));
+                }
             }
         }
         unreachable!("the second attempt returns")
@@ -612,6 +620,15 @@ impl Pkcs11Store {
             .init_pin(&AuthPin::from(pin.as_str()))
             .map_err(self.err("set user PIN"))?;
         Ok(pin)
+    }
+
+    /// Whether each operation's session is logged out and closed after it (`release_objects`;
+    /// by default for tpm2-pkcs11). tpm2-pkcs11 keeps every key it has used loaded in the TPM
+    /// until its session logs out, and the kernel's resource manager (`/dev/tpmrm0`) keeps at
+    /// most three transient objects per client: the second key made or used then fails
+    /// with TPM_RC_OBJECT_MEMORY.
+    fn releases_objects(&self) -> bool {
+        self.config.release_objects.unwrap_or_else(|| self.derives_usages())
     }
 
     /// Whether the module derives key usages from its own objects (tpm2-pkcs11).
