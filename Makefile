@@ -135,6 +135,7 @@ bench: build static
 	AOS_IAM_BIN=$(RELEASE) $(CARGO) bench --locked --bench unit
 	$(CARGO) bench --locked --bench attack
 	$(CARGO) bench --locked --bench tunnel
+	$(CARGO) bench --locked --bench tokens
 
 # iamd under load for LOAD_SECONDS (default 60): 1 000 GetCert clients, 100 subscribers,
 # 64 node links; requests, failures, p50/p99 and RSS. A report, not a pass/fail test.

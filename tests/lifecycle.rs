@@ -710,6 +710,17 @@ fn certificates_crossing_their_thresholds_are_alerted_once_each_to_the_log_subsc
         "{}",
         public.stderr
     );
+    // Both are in the audit trail.
+    let log = node.log();
+    assert!(
+        log.contains("audit: SubscribeAlerts by uid 0 pid ")
+            && log.contains("on the protected socket, node \"node-alerts\": subscribed"),
+        "{log}"
+    );
+    assert!(
+        log.contains("on the public socket, node \"node-alerts\": refused, unauthorized"),
+        "{log}"
+    );
     let hooked = |node: &Node| -> Vec<serde_json::Value> {
         std::fs::read_to_string(node.path("alerts.jsonl"))
             .unwrap_or_default()

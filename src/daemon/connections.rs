@@ -279,8 +279,19 @@ impl Conn {
                 | Request::SubscribeCertChanged { .. }
                 | Request::SubscribeAlerts
         ) {
+            // Audited as requests are: a protected one, and every refusal.
+            let audit = |outcome: &str| {
+                crate::log_notice!(
+                    "audit: {} by uid {} pid {pid} on the {} socket, node \"{}\": {outcome}",
+                    request.name(),
+                    self.client.peer.uid,
+                    socket.name(),
+                    crate::log::escape(&self.shared.prov.config.node_id)
+                )
+            };
             if request.is_protected() && self.socket != Socket::Protected {
                 let e = Error::unauthorized(format!("{} is served on the protected socket only", request.name()));
+                audit(&format!("refused, {}: {e}", e.kind.name()));
                 return send(&self.stream, &self.lock, self.w.error(header.id, &e)).await;
             }
             let (shared, client) = (&self.shared, &self.client);
@@ -290,6 +301,9 @@ impl Conn {
             };
             return match held {
                 Ok(held) => {
+                    if request.is_protected() {
+                        audit("subscribed");
+                    }
                     let sub = Subscriber {
                         _held: held,
                         _busy: Busy::new(&self.busy),
@@ -312,7 +326,7 @@ impl Conn {
                     true
                 }
                 Err(e) => {
-                    crate::log_info!("{} from pid {pid}: {e}", request.name());
+                    audit(&format!("refused, {}: {e}", e.kind.name()));
                     send(&self.stream, &self.lock, self.w.error(header.id, &e)).await
                 }
             };
