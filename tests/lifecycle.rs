@@ -104,22 +104,7 @@ fn certctl(node: &Node, args: &[&str]) -> Out {
 }
 
 fn renew_local_ca(node: &Node, cert_type: &str, days: &str) -> Out {
-    certctl(
-        node,
-        &[
-            "--json",
-            "renew",
-            cert_type,
-            "--ca-cert",
-            &node.p("ca.pem"),
-            "--ca-key",
-            &node.p("ca.key"),
-            "--days",
-            days,
-            "--password-file",
-            &node.p("password"),
-        ],
-    )
+    node.renew_with_ca(cert_type, Some(days))
 }
 
 #[test]

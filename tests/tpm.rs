@@ -102,25 +102,7 @@ fn a_node_is_provisioned_renewed_and_provisioned_again_in_a_software_tpm() {
     assert_eq!(objects(&node).len(), 3 * 4, "{:#?}", objects(&node));
 
     // A renewal of the RSA key: a new key in the TPM, the old one kept (max_items 2).
-    let pw = node.p("password");
-    let (ca, key) = (node.p("ca.pem"), node.p("ca.key"));
-    node.applet(
-        "iam-certctl",
-        &[
-            "-s",
-            &node.protected(),
-            "renew",
-            "offline",
-            "--ca-cert",
-            &ca,
-            "--ca-key",
-            &key,
-            "--password-file",
-            &pw,
-        ],
-        None,
-    )
-    .ok();
+    node.renew_with_ca("offline", None).ok();
     assert_eq!(node.list_certs().iter().filter(|c| c["type"] == "offline").count(), 2);
     assert_eq!(objects(&node).len(), 3 * 5);
     verifies(&node);
@@ -152,25 +134,7 @@ fn a_resource_manager_restarted_under_a_running_iamd_is_used_again() {
     node.start(false);
     let check = |n: &Node| n.applet("iam-certctl", &["-s", &n.protected(), "--json", "check"], None);
     assert_eq!(check(&node).code, 0);
-    let renew = |n: &Node| {
-        let (ca, key, pw) = (n.p("ca.pem"), n.p("ca.key"), n.p("password"));
-        n.applet(
-            "iam-certctl",
-            &[
-                "-s",
-                &n.protected(),
-                "renew",
-                "online",
-                "--ca-cert",
-                &ca,
-                "--ca-key",
-                &key,
-                "--password-file",
-                &pw,
-            ],
-            None,
-        )
-    };
+    let renew = |n: &Node| n.renew_with_ca("online", None);
     // The TPM goes out of reach (its resource manager stops): what needs it fails, saying so.
     tpm.stop_manager();
     renew(&node).fails(9, "module online");
@@ -237,29 +201,9 @@ fn a_resource_manager_keeping_three_objects_per_client_as_the_kernels_does_takes
     // In operation: every key signs (a certificate each for the TLS-like uses), one after
     // another on the same iamd, then a renewal makes a fifth key.
     node.start(false);
-    let renew = |t: &str| {
-        let (ca, key, pw) = (node.p("ca.pem"), node.p("ca.key"), node.p("password"));
-        node.applet(
-            "iam-certctl",
-            &[
-                "-s",
-                &node.protected(),
-                "renew",
-                t,
-                "--ca-cert",
-                &ca,
-                "--ca-key",
-                &key,
-                "--password-file",
-                &pw,
-            ],
-            None,
-        )
-        .ok();
-    };
-    renew("offline");
-    renew("iam");
-    renew("online");
+    for t in ["offline", "iam", "online"] {
+        node.renew_with_ca(t, None).ok();
+    }
     assert_eq!(objects(&node).len(), 3 * 7, "{:#?}", objects(&node));
     verifies(&node);
     node.stop();

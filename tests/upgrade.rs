@@ -245,6 +245,21 @@ fn a_provisioned_node_of_each_earlier_release_serves_its_certificates_and_permis
     for release in releases() {
         let (mut node, expected) = restore(&release, "single", "");
         node.start(false);
+        // Its node id is recorded now (earlier releases did not), once.
+        let recorded = format!("recorded the node id \"{}\"", node.node_id());
+        assert_eq!(
+            node.log().matches(&recorded).count(),
+            1,
+            "release {release}: {}",
+            node.log()
+        );
+        node.stop();
+        node.start(false);
+        assert_eq!(
+            node.log().matches(&recorded).count(),
+            1,
+            "release {release}: recorded again"
+        );
         assert_eq!(certificates(&node), expected["certificates"], "release {release}");
         let status = node.status();
         assert_eq!(status, expected["status"], "release {release}");

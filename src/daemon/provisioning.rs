@@ -121,7 +121,8 @@ fn id_changed(config: &Config, db: &Db) -> Result<Option<String>> {
             config.node_id, config.node_id_source
         ))),
         Some(_) => Ok(None),
-        None if snap.state() != NodeState::Unprovisioned => {
+        // Provisioned or bootstrapped (a password set) by a release that did not record it.
+        None if snap.verifier.is_some() => {
             db.record_node_id(&config.node_id)?;
             crate::log_notice!(
                 "recorded the node id \"{}\" (from {}) as the one this node was provisioned under",

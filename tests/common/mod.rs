@@ -361,6 +361,28 @@ impl Node {
         self.applet("iam-provision", &refs, Some(stdin))
     }
 
+    /// `iam-certctl --json renew TYPE` on the protected socket, signed by the node's own CA
+    /// (`ca.pem`, `ca.key`) for `days` (the CA's default if `None`), with its password.
+    pub fn renew_with_ca(&self, cert_type: &str, days: Option<&str>) -> Out {
+        let (socket, ca, key, pw) = (self.protected(), self.p("ca.pem"), self.p("ca.key"), self.p("password"));
+        let mut args = vec![
+            "-s",
+            &socket,
+            "--json",
+            "renew",
+            cert_type,
+            "--ca-cert",
+            &ca,
+            "--ca-key",
+            &key,
+        ];
+        if let Some(d) = days {
+            args.extend(["--days", d]);
+        }
+        args.extend(["--password-file", &pw]);
+        self.applet("iam-certctl", &args, None)
+    }
+
     /// `iam-provision --json run` with the node's CA, its password file and `extra` options.
     pub fn run_flow_with(&self, extra: &[&str]) -> Out {
         self.run_flow_on(None, extra)
