@@ -151,18 +151,20 @@ load: build
 # provisioning), systemd (main, and a secondary without a network booting Debian's systemd
 # from its disk with the layer's units three times: bootstrapped at the factory, enrolled
 # by itself over EST through the main node, operational), xen (Xen 4.17 in the VM: the main
-# node in dom0, two secondaries in PV domUs linked by vchan through vchan-socket-proxy).
+# node in dom0, two secondaries in PV domUs linked by vchan), tpm (a main node on systemd whose
+# keys are in a TPM 2.0 through the kernel's /dev/tpmrm0: swtpm behind tpm-tis).
 # TCG unless QEMU_ACCEL=kvm.
-QEMU_SCENARIOS ?= full fault systemd xen
+QEMU_SCENARIOS ?= full fault systemd xen tpm
 # What `make test` (and so CI) runs of it: all of it (about 280 s; see qemu/README.md).
 # And of crash-test: a few runs per kind.
 TEST_QEMU_SCENARIOS ?= $(QEMU_SCENARIOS)
 TEST_CRASH_RUNS ?= 3
 
-qemu-image: static
+qemu-image: static build
 	sh scripts/deps.sh qemu
 	sh qemu/build-image.sh $(STATIC)
 	sh qemu/build-systemd-disk.sh $(STATIC)
+	sh qemu/build-tpm-disk.sh $(RELEASE)
 	sh qemu/build-xen-image.sh
 
 qemu-test: qemu-image

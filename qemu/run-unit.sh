@@ -1,6 +1,6 @@
 #!/bin/sh
 # Boot a unit of QEMU VMs and provision it through the main node, end to end.
-# Usage: qemu/run-unit.sh [full|serial|fault]
+# Usage: qemu/run-unit.sh [full|serial|fault|systemd|xen|tpm]
 #   full    main + sec1 (vsock, vhost-user-vsock and vhost-device-vsock) + sec2 (virtio-serial,
 #           iam-nodelink --connect stdio on the port device)
 #   serial  main + sec2 only (no vsock)
@@ -13,6 +13,10 @@
 #           operational, boot 3 starts operational. sec1 has no network: it reaches the EST
 #           test server (on this machine's loopback) through its link, the main node's
 #           tunnel, and the main VM's vsock to this machine.
+#   tpm     one main node standing alone on Debian's systemd (target/qemu/tpm-disk.img), its
+#           keys made in a TPM 2.0 (swtpm on this machine behind QEMU's tpm-tis) through the
+#           kernel's /dev/tpmrm0, under the layer's iamd.service: provisioned with six keys
+#           (five in the TPM), a renewal, then boot 2 restarts it in operation and renews again.
 # Every scenario's PKI is as deployed: a root whose key is deleted once it has signed an
 # issuing CA; the issuing CA signs the nodes (scripts/pki.sh).
 # Environment: QEMU_ACCEL (tcg, the default; kvm only when asked), QEMU_TIMEOUT (seconds for
@@ -25,7 +29,7 @@ MODE=${1:-full}
 ACCEL=${QEMU_ACCEL:-tcg}
 # (systemd: three boots of a systemd guest, an enrollment, and the main node waiting.)
 # (xen: Xen, dom0 and three domain creations under TCG.)
-TIMEOUT=${QEMU_TIMEOUT:-$(case "$MODE" in systemd) echo 420 ;; xen) echo 480 ;; *) echo 170 ;; esac)}
+TIMEOUT=${QEMU_TIMEOUT:-$(case "$MODE" in systemd) echo 420 ;; xen) echo 480 ;; tpm) echo 300 ;; *) echo 170 ;; esac)}
 IMG=target/qemu
 OUT=$IMG/run-$MODE
 PORT=8089
@@ -37,7 +41,8 @@ full|fault) NODES="sec1 sec2 main" ;;
 serial) NODES="sec2 main" ;;
 systemd) NODES="sec1 main" ;;
 xen) NODES="main sec1 sec2" ;;
-*) echo "qemu-test: scenario must be full, serial, fault, systemd or xen, not $MODE" >&2; exit 2 ;;
+tpm) NODES="tpm" ;;
+*) echo "qemu-test: scenario must be full, serial, fault, systemd, xen or tpm, not $MODE" >&2; exit 2 ;;
 esac
 case "$ACCEL" in
 tcg) ACCEL_ARGS="-accel tcg -cpu max" ;;
@@ -47,6 +52,7 @@ esac
 [ -f "$IMG/vmlinux" ] && [ -f "$IMG/initramfs.cpio" ] || { echo "qemu-test: no image (make qemu-image)" >&2; exit 1; }
 [ "$MODE" != systemd ] || [ -f "$IMG/systemd-disk.img" ] || { echo "qemu-test: no systemd disk (make qemu-image)" >&2; exit 1; }
 [ "$MODE" != xen ] || [ -f "$IMG/xen/dom0.cpio" ] || { echo "qemu-test: no Xen image (make qemu-image)" >&2; exit 1; }
+[ "$MODE" != tpm ] || [ -f "$IMG/tpm-disk.img" ] || { echo "qemu-test: no TPM disk (make qemu-image)" >&2; exit 1; }
 [ "$MODE" != systemd ] || [ -x "$EST_SERVER" ] || { echo "qemu-test: no $EST_SERVER (cargo build --example est-test-server)" >&2; exit 1; }
 
 rm -rf "$OUT"
@@ -111,6 +117,37 @@ if [ -n "$uses_vsock" ]; then
         sleep 0.1
     done
 fi
+
+# The tpm scenario: one VM booting the bzImage (with the PVH vmlinux its ACPI table for the
+# TPM is lost), swtpm behind tpm-tis. swtpm ends with the VM; the TPM's state lives on in its
+# directory across the two boots, as the disk's does.
+[ "$MODE" != tpm ] || { mkdir -p "$OUT/tpm-state"; cp --sparse=always "$IMG/tpm-disk.img" "$OUT/tpm-disk.img"; }
+boot_tpm() { # the tpm scenario's VM, booting its disk
+    rm -f "$OUT/swtpm.sock"
+    swtpm socket --tpm2 --tpmstate "dir=$OUT/tpm-state" --ctrl "type=unixio,path=$OUT/swtpm.sock" \
+        --log "file=$OUT/swtpm.log" > /dev/null 2>&1 &
+    PIDS="$PIDS $!"
+    i=0
+    until [ -S "$OUT/swtpm.sock" ]; do
+        i=$((i + 1)); [ $i -lt 100 ] || { echo "qemu-test: swtpm did not start" >&2; exit 1; }
+        sleep 0.1
+    done
+    # shellcheck disable=SC2086
+    qemu-system-x86_64 $ACCEL_ARGS -M q35 -m 512 -smp 1 -nodefaults -no-user-config -display none \
+        -smbios "type=1,serial=node-tpm" -serial "file:$OUT/tpm.log" -no-reboot \
+        -kernel "$IMG/cache/kernel/boot/$(ls "$IMG/cache/kernel/boot" | grep '^vmlinuz-' | head -1)" \
+        -initrd "$IMG/initramfs.cpio" \
+        -append "console=ttyS0 quiet panic=-1 iam.node=tpm iam.role=main iam.root=/dev/vda systemd.show_status=1" \
+        -drive "file=$OUT/tpm-disk.img,format=raw,if=virtio" \
+        -chardev "socket,id=chrtpm,path=$OUT/swtpm.sock" -tpmdev emulator,id=tpm0,chardev=chrtpm -device tpm-tis,tpmdev=tpm0 \
+        -fw_cfg "name=opt/iam/scenario.sh,file=qemu/scenario.sh" -fw_cfg "name=opt/iam/root-ca.pem,file=$OUT/ca.pem" \
+        -fw_cfg "name=opt/iam/issuing.pem,file=$OUT/issuing.pem" -fw_cfg "name=opt/iam/issuing.key,file=$OUT/issuing.key" \
+        -fw_cfg "name=opt/iam/password,file=$OUT/password" \
+        -fw_cfg "name=opt/iam/mode,file=$OUT/mode" -fw_cfg "name=opt/iam/nodes,file=$OUT/nodes" \
+        < /dev/null > "$OUT/tpm.qemu.log" 2>&1 &
+    PIDS="$PIDS $!"
+    PID_tpm=$!
+}
 
 vm() { # NAME ROLE APPEND EXTRA-ARGS...
     name=$1 role=$2 append=$3; shift 3
@@ -216,6 +253,23 @@ boot_secondaries() {
 if [ "$MODE" = xen ]; then
     wait_for main ready 240 || { echo "qemu-test: dom0 did not become ready"; tail -30 "$OUT/main.log"; exit 1; }
     echo "qemu-test: dom0 (main) ready after $(elapsed) s"
+elif [ "$MODE" = tpm ]; then
+    # Boot 1 provisions it, and powers off; boot 2 starts it in operation.
+    boot_tpm
+    if wait_for tpm reboot $((TIMEOUT - $(elapsed))); then
+        t=0
+        while kill -0 "$PID_tpm" 2>/dev/null; do
+            t=$((t + 1)); [ $t -lt 300 ] || { echo "qemu-test: tpm did not power off"; exit 1; }
+            sleep 0.2
+        done
+        mv "$OUT/tpm.log" "$OUT/tpm-boot1.log"
+        echo "qemu-test: tpm powered off after boot 1 at $(elapsed) s; booting it again"
+        boot_tpm
+    else
+        mv "$OUT/tpm.log" "$OUT/tpm-boot1.log"
+        : > "$OUT/tpm.log"
+        echo "qemu-test: tpm's boot 1 did not finish"
+    fi
 else
     boot_main
     boot_secondaries

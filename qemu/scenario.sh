@@ -1,7 +1,7 @@
 #!/bin/sh
 # The unit scenario, run by /init in every VM (passed in with -fw_cfg, so the image is not
 # rebuilt per scenario). NODE and ROLE come from /init; /run/iam holds the run's files:
-#   mode        full | serial | fault | systemd | xen     nodes   how many nodes the unit has
+#   mode        full | serial | fault | systemd | xen | tpm     nodes   how many nodes the unit has
 #   root-ca.pem the unit's root CA, its only trust anchor
 #   issuing.pem the issuing CA under it that signs the nodes (for openssl verify)
 #   issuing.key, password   (main) the issuing CA's key and the factory's password
@@ -12,6 +12,7 @@
 MODE=$(cat /run/iam/mode 2>/dev/null || echo full)
 NODES=$(cat /run/iam/nodes 2>/dev/null || echo 3)
 SOFTHSM=/usr/lib/softhsm/libsofthsm2.so
+TPM2=/usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so
 export SOFTHSM2_CONF=/etc/softhsm/softhsm2.conf
 
 result() { # CHECK STATUS DETAIL...
@@ -94,9 +95,14 @@ certs_verify() { # each certificate exported from the token, verified by openssl
     n=0
     echo "$list" > /tmp/certs.list
     while read -r t u; do
-        p11tool --provider "$SOFTHSM" --export "$u" > /tmp/cert.pem 2>/dev/null || { echo "cannot export $u"; return 1; }
+        provider=$SOFTHSM
+        case "$u" in *token=aos-tpm*) provider=$TPM2 ;; esac
+        p11tool --provider "$provider" --export "$u" > /tmp/cert.pem 2>/dev/null || { echo "cannot export $u"; return 1; }
         if [ "$t" = bootstrap ]; then
             openssl verify -CAfile /etc/aos-iam/factory-ca.pem /tmp/cert.pem > /dev/null || return 1
+        elif [ "$t" = diskencryption ]; then
+            # A self-signed module's certificate: signed by its own key.
+            openssl verify -CAfile /tmp/cert.pem /tmp/cert.pem > /dev/null || return 1
         else
             openssl verify -CAfile /etc/aos-iam/root-ca.pem -untrusted /run/iam/issuing.pem /tmp/cert.pem > /dev/null || return 1
         fi
@@ -585,7 +591,60 @@ secondary_xen() {
     sleep 600
 }
 
+# The tpm scenario's node, standing alone on systemd: its keys in a TPM 2.0 through the
+# kernel's resource manager (/dev/tpmrm0), under the layer's units with the operator's TPM
+# drop-in. Boot 1 provisions it (five modules in the TPM, one in SoftHSM) and renews; boot 2
+# starts it in operation, and it renews again.
+ms_of() { # COMMAND...: the milliseconds it took, or nothing if it failed (its output in /tmp/ms.out)
+    # (/proc/uptime: busybox's date has no %N; hundredths of a second are fine here.)
+    s=$(cut -d' ' -f1 /proc/uptime); "$@" > /tmp/ms.out 2>&1 || return 1
+    awk -v s="$s" -v e="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%d", (e - s) * 1000 }'
+}
+median() { echo "$@" | tr ' ' '\n' | grep . | sort -n | sed -n "$(( ($(echo "$@" | wc -w) + 1) / 2 ))p"; }
+tpm_keys() { iam-certctl --json list | grep -o '"key_url":"pkcs11:token=aos-tpm' | wc -l; }
+main_tpm() {
+    boot=$(cat /var/lib/iamtest/boots)
+    if [ -c /dev/tpmrm0 ]; then result tpmrm0 ok "TPM $(cat /sys/class/tpm/tpm0/tpm_version_major 2>/dev/null) behind /dev/tpmrm0, boot $boot"
+    else result tpmrm0 fail "no /dev/tpmrm0: $(ls /dev/tpm* 2>&1 | tr '\n' ' ')"; fi
+    case "$boot" in
+    1)
+        unit_checks iamd-provisioning.service iamd.service
+        echo "IAMTEST $NODE ready"
+        if out=$(iam-provision --json run $(sign) 2>&1); then result provision ok "$(tpm_keys) keys in the TPM, $(iam-certctl --json list | grep -c '"key_url":"pkcs11:token=aos;') in SoftHSM"
+        else result provision fail "$(echo "$out" | tail -3 | tr '\n' ' ')"; journalctl -b -u iamd-provisioning.service | tail -8 | sed "s|^|DIAG $NODE journal: |"; fi
+        check openssl-verify certs_verify
+        # Renewals (a key made, a CSR signed in the token, the certificate applied) of a P-256
+        # module in the TPM and of one in SoftHSM, alternately, in the same run.
+        tpm="" soft=""
+        for i in 1 2 3; do
+            tpm="$tpm $(ms_of iam-certctl renew online $(sign))"
+            soft="$soft $(ms_of iam-certctl renew soft $(sign))"
+        done
+        if [ "$(echo $tpm | wc -w)" = 3 ] && [ "$(echo $soft | wc -w)" = 3 ]; then
+            result renewal-times ok "P-256 renewal, median of 3: TPM $(median $tpm) ms, SoftHSM $(median $soft) ms ($(awk "BEGIN{printf \"%.1f\", $(median $tpm)/$(median $soft)}")x); TPM $tpm, SoftHSM $soft"
+        else result renewal-times fail "TPM:$tpm SoftHSM:$soft: $(tail -2 /tmp/ms.out | tr '\n' ' ')"; fi
+        n=$(tpm_keys)
+        [ "$n" -ge 5 ] && result tpm-keys ok "$n keys in the TPM's token after the renewals" || result tpm-keys fail "$n keys"
+        check openssl-verify-renewed certs_verify
+        security_checks
+        echo "IAMTEST $NODE reboot"
+        systemctl poweroff
+        ;;
+    *)
+        unit_checks iamd.service iamd-provisioning.service
+        wait_until 30 iam-certctl status
+        check cert-check iam-certctl check
+        check renew-in-operation iam-certctl --json renew iam $(sign)
+        check renew-rsa iam-certctl --json renew offline $(sign)
+        check openssl-verify certs_verify
+        echo "IAMTEST $NODE done"
+        sleep 600
+        ;;
+    esac
+}
+
 case "$ROLE:$MODE" in
+main:tpm) main_tpm ;;
 main:xen) main_xen ;;
 *:xen) secondary_xen ;;
 main:systemd) main_systemd ;;

@@ -22,7 +22,7 @@ if [ "${1:-demo}" = test ]; then
     # Debian's independent SCEP server (micromdm) and ip(8) for its private network (tests/scep.rs).
     need="$need scepserver:scep ip:iproute2"
 fi
-if [ "${1:-demo}" = test ] || [ "${KEYSTORE:-}" = tpm ]; then
+if [ "${1:-demo}" = test ] || [ "${1:-demo}" = qemu ] || [ "${KEYSTORE:-}" = tpm ]; then
     # A software TPM behind its resource manager, with the tpm2-pkcs11 module (tests/tpm.rs).
     need="$need swtpm:swtpm swtpm_setup:swtpm-tools tpm2_getcap:tpm2-tools tpm2-abrmd:tpm2-abrmd dbus-daemon:dbus"
     [ -e /usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so ] || pkgs_tpm="libtpm2-pkcs11-1"
@@ -37,6 +37,10 @@ if [ "$1" = test ] || [ "$1" = qemu ]; then
     # The systemd scenario: its disk (mke2fs -d), and the host systemd whose libraries name
     # the packages downloaded for the guest.
     need="$need mke2fs:e2fsprogs systemctl:systemd dpkg-deb:dpkg"
+    # The tpm scenario: its disk is the systemd one rewritten (debugfs), with this machine's
+    # tpm2-pkcs11 and device TCTI; swtpm is the VM's TPM.
+    need="$need debugfs:e2fsprogs objdump:binutils"
+    ls /usr/lib/x86_64-linux-gnu/libtss2-tcti-device.so* >/dev/null 2>&1 || pkgs="$pkgs libtss2-tcti-device0"
     ldd /usr/bin/busybox 2>&1 | grep -q 'not a dynamic executable' || pkgs="$pkgs busybox-static"
     if ! command -v vhost-device-vsock >/dev/null 2>&1; then
         echo "installing vhost-device-vsock (crates.io)" >&2
