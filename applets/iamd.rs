@@ -86,6 +86,7 @@ pub fn main(name: &str, args: &[&str]) -> u8 {
             }
         }
         println!("{path}: valid ({} certificate modules)", config.modules.len());
+        println!("node id \"{}\" (from {})", config.node_id, config.node_id_source);
         // The state it would open: a database of a newer release is refused here too.
         match aos_iam::store::db::schema_report(&config.db_path()) {
             Ok(line) => println!("{line}"),

@@ -597,3 +597,38 @@ fn a_whole_unit_is_provisioned_by_scep_each_node_making_its_own_requests() {
     }
     assert_eq!(server.log().matches("PKCSReq (19)").count(), 2, "{}", server.log());
 }
+
+#[test]
+fn server_text_with_a_line_feed_cannot_forge_a_line_of_iamds_log() {
+    // Issue 28, item 9: a plain-HTTP SCEP server (or anyone on its path) answers with a bare
+    // line feed in its status line, followed by what would read as another log entry.
+    let mut node = Node::new("scep-forge", Store::Pkcs11);
+    node.modules = vec![("rsa", "rsa-2048", r#"["clientAuth"]"#, false, 2)];
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten().take(4) {
+            let mut s = stream;
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut s, &mut buf);
+            let _ = std::io::Write::write_all(
+                &mut s,
+                b"HTTP/1.1 503 Busy\n<2>iamd: FORGED the node is compromised\r\nContent-Length: 0\r\n\r\n",
+            );
+        }
+    });
+    std::fs::write(node.path("challenge"), format!("{CHALLENGE}\n")).unwrap();
+    node.start(true);
+    let url = format!("http://127.0.0.1:{port}/scep");
+    let out = scep_run(&node, &url, &"ab".repeat(32), "challenge");
+    assert_ne!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let log = node.log();
+    assert!(
+        !log.lines().any(|l| l.starts_with("<2>iamd: FORGED")),
+        "a forged line reached the log:\n{log}"
+    );
+    assert!(
+        log.contains("\\n<2>iamd: FORGED"),
+        "the server's text is escaped in the log:\n{log}"
+    );
+}
