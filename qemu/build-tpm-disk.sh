@@ -94,22 +94,12 @@ cat > "$W/tpm.conf" <<'EOF'
 [Service]
 Environment=TPM2_PKCS11_TCTI=device:/dev/tpmrm0 TPM2_PKCS11_STORE=/var/aos/iam TPM2_PKCS11_LOG_LEVEL=0
 EOF
-cat > "$W/iamtest.service" <<'EOF'
-[Unit]
-Description=aos-iam QEMU test: the scenario
-After=iamtest-setup.service iamd.service iamd-provisioning.service
-
-[Service]
-Type=simple
-Environment=NODE=tpm ROLE=main PATH=/usr/bin:/usr/sbin TPM2_PKCS11_TCTI=device:/dev/tpmrm0 TPM2_PKCS11_STORE=/var/aos/iam TPM2_PKCS11_LOG_LEVEL=0
-ExecStart=/bin/sh /run/iam/scenario.sh
-StandardOutput=tty
-StandardError=tty
-TTYPath=/dev/ttyS0
-
-[Install]
-WantedBy=multi-user.target
-EOF
+# The test's scenario unit, run as node `tpm` (p11tool exports from the TPM's token too).
+debugfs -R "dump /etc/systemd/system/iamtest.service $W/iamtest.service.sec1" "$SRC" > /dev/null 2>&1
+grep -q '^Environment=NODE=sec1 ROLE=secondary ' "$W/iamtest.service.sec1" \
+    || { echo "qemu-tpm-disk: $SRC has no iamtest.service for sec1" >&2; exit 1; }
+sed 's|^Environment=NODE=sec1 ROLE=secondary |Environment=NODE=tpm ROLE=main TPM2_PKCS11_TCTI=device:/dev/tpmrm0 TPM2_PKCS11_STORE=/var/aos/iam TPM2_PKCS11_LOG_LEVEL=0 |' \
+    "$W/iamtest.service.sec1" > "$W/iamtest.service"
 
 L=/usr/lib/x86_64-linux-gnu
 {

@@ -165,6 +165,16 @@ vm() { # NAME ROLE APPEND EXTRA-ARGS...
     eval "PID_$name=$!"
 }
 seen() { grep -q "^IAMTEST $1 $2" "$OUT/$1.log" 2>/dev/null; }
+powered_off() { # NODE BOOT: wait for NODE's VM to power off (it said it reboots), and keep
+    # its log as NODE-bootBOOT.log
+    t=0
+    eval "p=\$PID_$1"
+    while kill -0 "$p" 2>/dev/null; do
+        t=$((t + 1)); [ $t -lt 300 ] || { echo "qemu-test: $1 did not power off"; exit 1; }
+        sleep 0.2
+    done
+    mv "$OUT/$1.log" "$OUT/$1-boot$2.log"
+}
 wait_for() { # NODE WHAT SECONDS
     t=$(($3 * 5))
     while ! seen "$1" "$2"; do
@@ -257,12 +267,7 @@ elif [ "$MODE" = tpm ]; then
     # Boot 1 provisions it, and powers off; boot 2 starts it in operation.
     boot_tpm
     if wait_for tpm reboot $((TIMEOUT - $(elapsed))); then
-        t=0
-        while kill -0 "$PID_tpm" 2>/dev/null; do
-            t=$((t + 1)); [ $t -lt 300 ] || { echo "qemu-test: tpm did not power off"; exit 1; }
-            sleep 0.2
-        done
-        mv "$OUT/tpm.log" "$OUT/tpm-boot1.log"
+        powered_off tpm 1
         echo "qemu-test: tpm powered off after boot 1 at $(elapsed) s; booting it again"
         boot_tpm
     else
@@ -280,12 +285,7 @@ fi
 while [ "$MODE" = systemd ] && [ "$BOOT" -lt 4 ]; do
     left=$((TIMEOUT - $(elapsed)))
     if wait_for sec1 reboot "$left"; then
-        t=0
-        while kill -0 "$PID_sec1" 2>/dev/null; do
-            t=$((t + 1)); [ $t -lt 300 ] || { echo "qemu-test: sec1 did not power off"; exit 1; }
-            sleep 0.2
-        done
-        mv "$OUT/sec1.log" "$OUT/sec1-boot$BOOT.log"
+        powered_off sec1 "$BOOT"
         echo "qemu-test: sec1 powered off after boot $BOOT at $(elapsed) s; booting the same disk again"
         BOOT=$((BOOT + 1))
         if [ "$BOOT" = 3 ]; then

@@ -650,24 +650,7 @@ fn a_token_shared_with_others_keeps_their_objects_through_provisioning_renewal_r
         .collect();
     assert!(ours.is_empty(), "{ours:?}");
     assert_eq!(read(node.path("work/user-pin")), "4711-user\n");
-    run(
-        node.cmd_for("pkcs11-tool").args([
-            "--module",
-            SOFTHSM,
-            "--token-label",
-            TOKEN,
-            "--login",
-            "--login-type",
-            "so",
-            "--so-pin",
-            "owner-so-pin",
-            "--init-pin",
-            "--new-pin",
-            "4711-user",
-        ]),
-        None,
-    )
-    .ok();
+    assert_eq!(node.so_login("owner-so-pin"), 0);
 }
 
 #[test]

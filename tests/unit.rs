@@ -1360,28 +1360,7 @@ fn each_secondary_gets_a_secret_of_its_own_and_the_password_never_crosses_a_link
 
     // Each token's SO PIN is its node's secret: the password, or another node's secret, is
     // refused by the token and by iamd alike.
-    // An SO login proven by re-initialising the user PIN to the value it has.
-    let so_login = |node: &Node, pin: &str| {
-        let user_pin = node.user_pin();
-        let args = [
-            "--module",
-            SOFTHSM,
-            "--token-label",
-            TOKEN,
-            "--login",
-            "--login-type",
-            "so",
-            "--so-pin",
-            pin,
-        ];
-        run(
-            node.cmd_for("pkcs11-tool")
-                .args(args)
-                .args(["--init-pin", "--new-pin", user_pin.trim()]),
-            None,
-        )
-        .code
-    };
+    let so_login = |node: &Node, pin: &str| node.so_login(pin);
     assert_eq!(so_login(&unit.main, PASSWORD), 0);
     let (s0, s1) = (&unit.secondaries[0], &unit.secondaries[1]);
     assert_ne!(secret(s0), secret(s1));

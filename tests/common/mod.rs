@@ -494,6 +494,30 @@ impl Node {
         ]);
     }
 
+    /// Whether the token takes `so_pin` as its SO PIN: an SO login proven by setting the user
+    /// PIN to the value it has (pkcs11-tool's exit code).
+    pub fn so_login(&self, so_pin: &str) -> i32 {
+        let user_pin = self.user_pin();
+        let args = [
+            "--module",
+            SOFTHSM,
+            "--token-label",
+            TOKEN,
+            "--login",
+            "--login-type",
+            "so",
+            "--so-pin",
+            so_pin,
+        ];
+        run(
+            self.cmd_for("pkcs11-tool")
+                .args(args)
+                .args(["--init-pin", "--new-pin", user_pin.trim()]),
+            None,
+        )
+        .code
+    }
+
     /// Objects on the token, by pkcs11-tool: (kind, label, id hex, access).
     pub fn token_objects(&self) -> Vec<(String, String, String, String)> {
         let out = self.pkcs11_tool(&["-O"]);
