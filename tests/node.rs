@@ -333,4 +333,17 @@ fn a_node_provisioned_under_a_hardware_id_refuses_to_serve_its_identity_under_an
     node.run_flow().ok();
     let iam = node.list_certs().into_iter().find(|c| c["type"] == "iam").unwrap();
     assert_eq!(iam["subject"], "CN=SER-9999, OU=iam", "{iam}");
+    // Without a restart, what was held off under the other id runs again: a certificate of
+    // three days is alerted.
+    let short = node.renew_with_ca("iam", Some("3")).ok().json()["certificate"]["serial"].clone();
+    wait_for(
+        || {
+            std::fs::read_to_string(&alerts).is_ok_and(|a| {
+                a.lines()
+                    .any(|l| l.contains("\"certificate_critical\"") && l.contains(short.as_str().unwrap()))
+            })
+        },
+        "the critical alert of the certificate renewed under the new id",
+        &node,
+    );
 }

@@ -29,14 +29,21 @@ pub(super) async fn reconcile_periodically(shared: Arc<Shared>) {
 pub(super) const RENEW_POLL_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Renew the certificates of modules with a `[modules.renew]` policy when they are due, and
-/// resume renewals a restart interrupted.
+/// resume renewals a restart interrupted. Not while the node's id is not the one it was
+/// provisioned under (until Deprovision clears that).
 pub(super) async fn renew_when_due(shared: Arc<Shared>) {
-    if shared.prov.config.modules.iter().all(|m| m.renew.is_none()) || shared.prov.id_changed().is_some() {
+    if shared.prov.config.modules.iter().all(|m| m.renew.is_none()) {
         return;
     }
     loop {
         let s = shared.clone();
-        let wait = match blocking::unblock(move || crate::daemon::renewal::run_due(&s.prov)).await {
+        let pass = async move {
+            match s.prov.id_changed() {
+                Some(_) => Ok((false, crate::sys::now() + RENEW_POLL_MAX.as_secs() as i64)),
+                None => blocking::unblock(move || crate::daemon::renewal::run_due(&s.prov)).await,
+            }
+        };
+        let wait = match pass.await {
             Ok((applied, next)) => {
                 if applied {
                     shared.publish_cert_changes();
@@ -68,14 +75,13 @@ pub(super) async fn renew_when_due(shared: Arc<Shared>) {
 /// when they change. Not while the node's id is not the one it was provisioned under: its
 /// certificates name another node (that is alerted once, at start).
 pub(super) async fn alert_when_due(shared: Arc<Shared>) {
-    if shared.prov.id_changed().is_some() {
-        return;
-    }
     loop {
-        let s = shared.clone();
-        match blocking::unblock(move || s.prov.modules.list(&s.prov.db)).await {
-            Ok(certs) => shared.prov.alerts.look_at(&certs, crate::sys::now()),
-            Err(e) => crate::log_warn!("alerts: cannot list the certificates: {e}"),
+        if shared.prov.id_changed().is_none() {
+            let s = shared.clone();
+            match blocking::unblock(move || s.prov.modules.list(&s.prov.db)).await {
+                Ok(certs) => shared.prov.alerts.look_at(&certs, crate::sys::now()),
+                Err(e) => crate::log_warn!("alerts: cannot list the certificates: {e}"),
+            }
         }
         let wake = shared.alerts_wake.1.clone();
         smol::future::or(
