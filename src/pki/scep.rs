@@ -138,8 +138,6 @@ pub struct Caps {
     pub renewal: bool,
     /// SCEPStandard: AES, SHA-256 and POST, all three (RFC 8894 §3.5.2).
     pub standard: bool,
-    /// DES3 was announced but this node's policy does not use it ([`Caps::allowing_des3`]).
-    pub des3_refused: bool,
 }
 
 impl Caps {
@@ -165,25 +163,17 @@ impl Caps {
         c
     }
 
-    /// These caps as the node's policy lets it use them: DES3 only where `allow` (`[scep]
-    /// allow_des3`). GetCACaps goes over plain HTTP, so anyone on the path can strike AES
-    /// from it; by default that makes the exchange fail rather than fall back to DES3.
-    pub fn allowing_des3(mut self, allow: bool) -> Caps {
-        if !allow && self.des3 {
-            self.des3 = false;
-            self.des3_refused = true;
-        }
-        self
-    }
-
-    /// The content cipher a request uses: AES before 3DES. A server that announces neither
-    /// is refused: single DES, the RFC's fallback, is not offered.
-    fn cipher(&self) -> Result<Cipher> {
+    /// The content cipher a request uses: AES before 3DES, and 3DES only where the node's
+    /// policy allows it (`[scep] allow_des3`): GetCACaps goes over plain HTTP, so anyone on
+    /// the path can strike AES from it, and by default that makes the exchange fail rather
+    /// than fall back. A server that announces neither is refused: single DES, the RFC's
+    /// fallback, is not offered.
+    fn cipher(&self, allow_des3: bool) -> Result<Cipher> {
         if self.aes {
             Ok(Cipher::Aes128)
-        } else if self.des3 {
+        } else if self.des3 && allow_des3 {
             Ok(Cipher::Des3)
-        } else if self.des3_refused {
+        } else if self.des3 {
             Err(Error::invalid(
                 "the SCEP server announces DES3 but not AES (GetCACaps); this node uses DES3 only with \
                  `[scep] allow_des3 = true` (an answer on the path may have struck AES out)",
@@ -720,12 +710,11 @@ struct Sent {
 fn signed_request(
     signer: &RequestSigner,
     authority: &Authority,
-    caps: &Caps,
+    cipher: Cipher,
     message_type: MessageType,
     transaction_id: &str,
     content: &[u8],
 ) -> Result<(Vec<u8>, Sent)> {
-    let cipher = caps.cipher()?;
     // The store signs SHA-256 digests (RSA: CKM_SHA256_RSA_PKCS; P-256: SHA-256, then
     // CKM_ECDSA), so the content digest is SHA-256 too whatever else the server announces.
     let digest = Digest::Sha256;
@@ -1291,7 +1280,9 @@ pub fn enroll(
     let client = ScepClient::new(&config.url)?
         .with_timeout(config.timeout)
         .with_route(config.route.clone());
-    let caps = client.caps()?.allowing_des3(config.allow_des3);
+    let caps = client.caps()?;
+    // Chosen once, before anything is made or sent: a server the policy refuses changes nothing.
+    let cipher = caps.cipher(config.allow_des3)?;
     let authority = Authority::select(&client.ca_certs()?, &config.ca_fingerprint)?;
     authority.check_revocation(&config.crls)?;
     let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
@@ -1340,7 +1331,7 @@ pub fn enroll(
             client.authority()
         );
     }
-    let (message, mut sent) = signed_request(&signer, &authority, &caps, message_type, &txid, request_csr)?;
+    let (message, mut sent) = signed_request(&signer, &authority, cipher, message_type, &txid, request_csr)?;
     let mut answer = read_cert_rep(&client.pki_operation(&caps, &message)?, &authority, &sent, &signer)?;
     let started = Instant::now();
     let ca_subject = cert_key(&authority.ca[0])?.subject;
@@ -1360,7 +1351,7 @@ pub fn enroll(
         std::thread::sleep(config.poll_every);
         // CertPoll's content: IssuerAndSubject (RFC 8894 §3.3.3).
         let poll = seq(&[ca_subject.clone(), subject.clone()]);
-        let (message, s) = signed_request(&signer, &authority, &caps, MessageType::CertPoll, &txid, &poll)?;
+        let (message, s) = signed_request(&signer, &authority, cipher, MessageType::CertPoll, &txid, &poll)?;
         sent = s;
         answer = read_cert_rep(&client.pki_operation(&caps, &message)?, &authority, &sent, &signer)?;
     }
@@ -1504,20 +1495,14 @@ mod tests {
     fn caps_choose_aes_before_des3_and_sha256_before_sha1() {
         let c = Caps::parse("Renewal\nSHA-1\nSHA-256\nAES\nDES3\nSCEPStandard\nPOSTPKIOperation\n");
         assert!(c.renewal && c.post);
-        assert_eq!(c.cipher().unwrap(), Cipher::Aes128);
+        assert_eq!(c.cipher(true).unwrap(), Cipher::Aes128);
         let old = Caps::parse("DES3\r\nSHA-1\r\n");
-        assert_eq!(old.clone().allowing_des3(true).cipher().unwrap(), Cipher::Des3);
-        assert!(old
-            .clone()
-            .allowing_des3(false)
-            .cipher()
-            .unwrap_err()
-            .message
-            .contains("allow_des3"));
-        assert_eq!(c.clone().allowing_des3(false).cipher().unwrap(), Cipher::Aes128);
+        assert_eq!(old.cipher(true).unwrap(), Cipher::Des3);
+        assert!(old.cipher(false).unwrap_err().message.contains("allow_des3"));
+        assert_eq!(c.cipher(false).unwrap(), Cipher::Aes128);
         assert!(!old.post);
         assert!(Caps::parse("SHA-1\n")
-            .cipher()
+            .cipher(true)
             .unwrap_err()
             .message
             .contains("neither AES nor DES3"));
