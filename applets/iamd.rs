@@ -74,7 +74,7 @@ pub fn main(name: &str, args: &[&str]) -> u8 {
             }
         }
         // A module whose algorithm its token cannot do would fail only at CreateKey.
-        match aos_iam::store::keystore::check_algorithms(&config.modules) {
+        match aos_iam::daemon::certs::CertModules::open(&config).and_then(|m| m.check_algorithms()) {
             Ok(unknown) => {
                 for e in unknown {
                     eprintln!("{name}: warning: {e}");

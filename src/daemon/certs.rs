@@ -129,6 +129,46 @@ impl CertModules {
         out
     }
 
+    /// Refuse a module whose algorithm its store cannot do, naming what the store offers
+    /// (`iamd --check-config` and iamd's start): ATECC608-class secure elements make P-256
+    /// keys only, and a token without RSA would fail only at CreateKey. Each store is asked
+    /// once; one that cannot be asked now (a token not plugged in) is passed over, and its
+    /// reason is returned for the caller to show.
+    pub fn check_algorithms(&self) -> Result<Vec<String>> {
+        let mut unknown = Vec::new();
+        for store in self.stores() {
+            let offered = match store.algorithms() {
+                Ok(offered) => offered,
+                Err(e) => {
+                    unknown.push(format!(
+                        "cannot ask {} which algorithms it offers now: {e}",
+                        store.describe()
+                    ));
+                    continue;
+                }
+            };
+            let lacking = self
+                .modules
+                .iter()
+                .filter(|m| Arc::ptr_eq(&m.store, &store))
+                .find(|m| !offered.contains(&m.config.algorithm));
+            if let Some(m) = lacking {
+                let names: Vec<_> = offered.iter().map(|a| a.name()).collect();
+                return Err(Error::invalid(format!(
+                    "module {}: {} cannot make {} keys; it offers {}",
+                    m.id(),
+                    store.describe(),
+                    m.config.algorithm.name(),
+                    match names.is_empty() {
+                        true => "none that aos-iam uses".to_string(),
+                        false => names.join(", "),
+                    }
+                )));
+            }
+        }
+        Ok(unknown)
+    }
+
     pub fn get(&self, cert_type: &str) -> Result<&CertModule> {
         self.modules.iter().find(|m| m.id() == cert_type).ok_or_else(|| {
             let known: Vec<_> = self.modules.iter().map(|m| m.id()).collect();

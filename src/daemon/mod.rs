@@ -171,11 +171,11 @@ pub fn run(config: Config, provisioning_mode: bool) -> Result<()> {
         }
         Err(e) => crate::log_error!("{e}"),
     }
+    let prov = Provisioning::open(config.clone(), provisioning_mode)?;
     // A module whose algorithm its token cannot do is refused now, not at CreateKey.
-    for e in crate::store::keystore::check_algorithms(&config.modules)? {
+    for e in prov.modules.check_algorithms()? {
         crate::log_notice!("{e}");
     }
-    let prov = Provisioning::open(config.clone(), provisioning_mode)?;
     prov.recover_marker()?;
     let permissions = Registry::open(config.permissions.clone(), &prov.db)?;
     let nodes = Nodes::open(&config, &prov.db)?;

@@ -108,51 +108,6 @@ pub trait KeyStore: Send + Sync {
     fn algorithms(&self) -> Result<Vec<Algorithm>>;
 }
 
-/// Refuse a module whose algorithm its store cannot do, naming what the store offers
-/// (`iamd --check-config` and iamd's start): ATECC608-class secure elements make P-256
-/// keys only, and a token without RSA would fail only at CreateKey. Each store is asked
-/// once; one that cannot be asked now (a token not plugged in) is passed over, and its
-/// reason is returned for the caller to show.
-pub fn check_algorithms(modules: &[crate::config::ModuleConfig]) -> Result<Vec<String>> {
-    /// A store asked, and what it offers (`None`: it could not say).
-    type Asked = (Arc<dyn KeyStore>, Option<Vec<Algorithm>>);
-    let mut asked: Vec<Asked> = Vec::new();
-    let mut unknown = Vec::new();
-    for m in modules {
-        let existing: Vec<_> = asked.iter().map(|(s, _)| s.clone()).collect();
-        let store = open(&m.store, &existing)?;
-        if !asked.iter().any(|(s, _)| Arc::ptr_eq(s, &store)) {
-            let offered = store
-                .algorithms()
-                .inspect_err(|e| {
-                    unknown.push(format!(
-                        "cannot ask {} which algorithms it offers now: {e}",
-                        store.describe()
-                    ))
-                })
-                .ok();
-            asked.push((store.clone(), offered));
-        }
-        let Some((_, Some(offered))) = asked.iter().find(|(s, _)| Arc::ptr_eq(s, &store)) else {
-            continue;
-        };
-        if !offered.contains(&m.algorithm) {
-            let names: Vec<_> = offered.iter().map(|a| a.name()).collect();
-            return Err(Error::invalid(format!(
-                "module {}: {} cannot make {} keys; it offers {}",
-                m.id,
-                store.describe(),
-                m.algorithm.name(),
-                match names.is_empty() {
-                    true => "none that aos-iam uses".to_string(),
-                    false => names.join(", "),
-                }
-            )));
-        }
-    }
-    Ok(unknown)
-}
-
 /// Open the store a module configuration names, sharing one instance between modules
 /// that name the same token or directory.
 pub fn open(config: &StoreConfig, existing: &[Arc<dyn KeyStore>]) -> Result<Arc<dyn KeyStore>> {
