@@ -229,6 +229,16 @@ pub(super) async fn serve(stream: Async<UnixStream>, socket: Socket, shared: Arc
     }
 }
 
+/// One line of the audit trail: who asked what, on which socket, for which node, and how it
+/// ended; never what the request carried.
+fn audit(op: &str, uid: u32, pid: i32, socket: Socket, node: &str, outcome: &str) {
+    crate::log_notice!(
+        "audit: {op} by uid {uid} pid {pid} on the {} socket, node \"{}\": {outcome}",
+        socket.name(),
+        crate::log::escape(node)
+    )
+}
+
 impl Conn {
     /// A frame that could not be read: refused with its error where the peer can still
     /// read one.
@@ -280,17 +290,10 @@ impl Conn {
                 | Request::SubscribeAlerts
         ) {
             // Audited as requests are: a protected one, and every refusal.
-            let audit = |outcome: &str| {
-                crate::log_notice!(
-                    "audit: {} by uid {} pid {pid} on the {} socket, node \"{}\": {outcome}",
-                    request.name(),
-                    self.client.peer.uid,
-                    socket.name(),
-                    crate::log::escape(&self.shared.prov.config.node_id)
-                )
-            };
-            if request.is_protected() && self.socket != Socket::Protected {
-                let e = Error::unauthorized(format!("{} is served on the protected socket only", request.name()));
+            let uid = self.client.peer.uid;
+            let node = &self.shared.prov.config.node_id;
+            let audit = |outcome: &str| audit(request.name(), uid, pid, socket, node, outcome);
+            if let Err(e) = dispatch::admissible(&request, socket, uid, &self.shared.prov.config) {
                 audit(&format!("refused, {}: {e}", e.kind.name()));
                 return send(&self.stream, &self.lock, self.w.error(header.id, &e)).await;
             }
@@ -344,11 +347,7 @@ impl Conn {
         let own = self.shared.clone();
         let audit = move |outcome: &str| {
             let node = target.as_deref().unwrap_or(&own.prov.config.node_id);
-            crate::log_notice!(
-                "audit: {op} by uid {uid} pid {pid} on the {} socket, node \"{}\": {outcome}",
-                socket.name(),
-                crate::log::escape(node)
-            )
+            audit(op, uid, pid, socket, node, outcome)
         };
         // Made here and boxed, so that the task holds a pointer while it waits, not the
         // request's whole state (which would count once per request in flight). A password's

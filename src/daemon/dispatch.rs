@@ -69,7 +69,7 @@ fn names_its_node(request: &Request, shared: &Shared) -> Result<()> {
 }
 
 /// Whether `request` may be asked on `socket` by `uid` at all.
-fn admissible(request: &Request, socket: Socket, uid: u32, config: &Config) -> Result<()> {
+pub(super) fn admissible(request: &Request, socket: Socket, uid: u32, config: &Config) -> Result<()> {
     if request.is_protected() && socket != Socket::Protected {
         return Err(Error::unauthorized(format!(
             "{} is served on the protected socket only",
