@@ -1014,9 +1014,14 @@ impl<'a> Reader<'a> {
     }
 
     fn bool(&mut self, key: &str, default: bool) -> Result<bool, ConfigError> {
+        Ok(self.opt_bool(key)?.unwrap_or(default))
+    }
+
+    /// A boolean whose absence means something of its own.
+    fn opt_bool(&mut self, key: &str) -> Result<Option<bool>, ConfigError> {
         match self.take(key) {
-            None => Ok(default),
-            Some(Value::Boolean(b)) => Ok(b),
+            None => Ok(None),
+            Some(Value::Boolean(b)) => Ok(Some(b)),
             Some(v) => Err(self.err(key, format!("must be true or false, not {}", v.type_str()))),
         }
     }
@@ -1944,16 +1949,7 @@ fn parse_module(m: &mut Reader, working_dir: &Path) -> Result<ModuleConfig, Conf
                 .path("user_pin_file")?
                 .ok_or_else(|| p.err("user_pin_file", "is required"))?;
             let shared = p.bool("shared", false)?;
-            let release_objects = match p.take("release_objects") {
-                None => None,
-                Some(Value::Boolean(b)) => Some(b),
-                Some(v) => {
-                    return Err(p.err(
-                        "release_objects",
-                        format!("must be true or false, not {}", v.type_str()),
-                    ))
-                }
-            };
+            let release_objects = p.opt_bool("release_objects")?;
             if shared && label_given {
                 return Err(p.err("init_label", "iamd never initialises a shared token"));
             }
