@@ -54,10 +54,10 @@ impl Alerts {
         raised.retain(|(t, s), _| certs.iter().any(|c| c.current && c.cert_type == *t && c.serial == *s));
         for c in certs.iter().filter(|c| c.current) {
             let left = c.not_after - now;
-            let kind = if left <= i64::from(self.config.critical_days) * DAY {
-                AlertKind::CertCritical
+            let (kind, threshold, days) = if left <= i64::from(self.config.critical_days) * DAY {
+                (AlertKind::CertCritical, "critical", self.config.critical_days)
             } else if left <= i64::from(self.config.warning_days) * DAY {
-                AlertKind::CertWarning
+                (AlertKind::CertWarning, "warning", self.config.warning_days)
             } else {
                 continue;
             };
@@ -78,17 +78,9 @@ impl Alerts {
                 serial: c.serial.clone(),
                 not_after: c.not_after,
                 message: format!(
-                    "the {} certificate {} {when} ({} threshold: {} days)",
+                    "the {} certificate {} {when} ({threshold} threshold: {days} days)",
                     c.cert_type,
                     crate::codec::hex(&c.serial),
-                    match kind {
-                        AlertKind::CertCritical => "critical",
-                        _ => "warning",
-                    },
-                    match kind {
-                        AlertKind::CertCritical => self.config.critical_days,
-                        _ => self.config.warning_days,
-                    }
                 ),
             });
         }
