@@ -213,6 +213,9 @@ pub struct Pkcs11Store {
     loaded: Mutex<Option<std::sync::Arc<Library>>>,
     /// The logged-in session, with the library generation it was opened in.
     session: Mutex<Option<(u64, Session)>>,
+    /// Whether sessions are released after each operation ([`Pkcs11Store::releases_objects`]),
+    /// settled once the library has said who made it.
+    releases: OnceLock<bool>,
 }
 
 /// Why a static build cannot use this module, if it cannot. A static glibc program loads a
@@ -262,6 +265,7 @@ impl Pkcs11Store {
             config,
             loaded: Mutex::new(None),
             session: Mutex::new(None),
+            releases: OnceLock::new(),
         })
     }
 
@@ -627,17 +631,32 @@ impl Pkcs11Store {
     /// until its session logs out, and the kernel's resource manager (`/dev/tpmrm0`) keeps at
     /// most three transient objects per client: the second key made or used then fails
     /// with TPM_RC_OBJECT_MEMORY.
+    /// Asked at every operation: the library's answer is kept once it has given one, not
+    /// asked again each time.
     fn releases_objects(&self) -> bool {
-        self.config.release_objects.unwrap_or_else(|| self.derives_usages())
+        if let Some(r) = self.config.release_objects.or(self.releases.get().copied()) {
+            return r;
+        }
+        match self.is_tpm2_pkcs11() {
+            Some(tpm2) => *self.releases.get_or_init(|| tpm2),
+            None => false,
+        }
+    }
+
+    /// Whether the library is tpm2-pkcs11, by its manufacturer; `None` while it cannot be
+    /// loaded.
+    fn is_tpm2_pkcs11(&self) -> Option<bool> {
+        let lib = self.lib().ok()?;
+        Some(
+            lib.ctx
+                .get_library_info()
+                .is_ok_and(|i| i.manufacturer_id().contains("tpm2-software")),
+        )
     }
 
     /// Whether the module derives key usages from its own objects (tpm2-pkcs11).
     fn derives_usages(&self) -> bool {
-        self.lib().is_ok_and(|l| {
-            l.ctx
-                .get_library_info()
-                .is_ok_and(|i| i.manufacturer_id().contains("tpm2-software"))
-        })
+        self.is_tpm2_pkcs11().unwrap_or(false)
     }
 
     /// On a token shared with others: destroy the keys and certificates iamd made, those
