@@ -110,30 +110,11 @@ pub(super) fn may_sign_for_link(config: &Config, uid: u32, message: &[u8]) -> Re
     Ok(())
 }
 
-/// Whether `request` serves or changes the node's identity (its certificates, its keys' use,
-/// its link identity): refused while the node's id is not the one it was provisioned under.
-fn serves_identity(request: &Request) -> bool {
-    matches!(
-        request,
-        Request::GetCert { .. }
-            | Request::CreateKey { .. }
-            | Request::ApplyCert { .. }
-            | Request::FinishProvisioning { .. }
-            | Request::FinishBootstrap { .. }
-            | Request::ReleaseQuarantine { .. }
-            | Request::ScepEnroll { .. }
-            | Request::RenewNow { .. }
-            | Request::GetLinkIdentity
-            | Request::GetLinkChain
-            | Request::SignWithLinkIdentity { .. }
-    )
-}
-
 /// Answer one request (on a blocking thread).
 pub(super) fn handle(shared: &Shared, request: Request) -> Result<Response> {
     let prov = &shared.prov;
     let op = request.name();
-    if serves_identity(&request) {
+    if request.serves_identity() {
         prov.serving_identity()?;
     }
     let changes_node = request.changes_node_state();

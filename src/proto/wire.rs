@@ -786,6 +786,26 @@ impl Request {
         }
     }
 
+    /// Whether the operation serves or changes the node's identity (its certificates, its
+    /// keys' use, its link identity): refused while the node's id is not the one it was
+    /// provisioned under.
+    pub fn serves_identity(&self) -> bool {
+        matches!(
+            self,
+            Request::GetCert { .. }
+                | Request::CreateKey { .. }
+                | Request::ApplyCert { .. }
+                | Request::FinishProvisioning { .. }
+                | Request::FinishBootstrap { .. }
+                | Request::ReleaseQuarantine { .. }
+                | Request::ScepEnroll { .. }
+                | Request::RenewNow { .. }
+                | Request::GetLinkIdentity
+                | Request::GetLinkChain
+                | Request::SignWithLinkIdentity { .. }
+        )
+    }
+
     /// Whether the operation is served only on the protected socket.
     pub fn is_protected(&self) -> bool {
         matches!(
