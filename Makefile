@@ -40,7 +40,7 @@ RELEASE := target/release/aos-iam
 STATIC  := target/$(TARGET)/release/aos-iam
 
 # (demo-unit: a main and two secondary nodes provisioned through the main node)
-.PHONY: all build static test check demo demo-enroll demo-unit bench load fuzz crash-test qemu-image qemu-test install clean crates-inc check-layer yocto-parse size
+.PHONY: all build static test check demo demo-enroll demo-unit bench load fuzz crash-test qemu-image qemu-test install clean crates-inc check-layer check-imports yocto-parse size
 
 all: build
 
@@ -76,6 +76,7 @@ test:
 	# The fuzz crate (its own workspace and Cargo.lock) must build as locked, or `make fuzz`
 	# fails on a fresh clone.
 	cd fuzz && $(CARGO) check --locked --all-targets
+	$(MAKE) --no-print-directory check-imports
 	{ $(CARGO) test --locked; echo $$? > target/test.rc; } 2>&1 | tee target/test.log
 	@[ "$$(cat target/test.rc)" = 0 ] || { echo "tests failed"; exit 1; }
 	$(CARGO) build --locked
@@ -222,6 +223,11 @@ crates-inc:
 # Static checks of the Yocto layer (bitbake itself is not available here): the crates
 # include matches Cargo.lock, oelint-adv finds nothing, the units verify and iamd.service's
 # exposure is at most 2.5.
+# The library's layers (docs/ARCHITECTURE.md, "Layers"): no import circle between its
+# files, no import from a layer above.
+check-imports:
+	python3 scripts/imports.py
+
 check-layer:
 	command -v oelint-adv >/dev/null 2>&1 || pip install -q oelint-adv
 	python3 scripts/crates-inc.py --check

@@ -59,72 +59,22 @@ struct Check {
     config: Option<String>,
 }
 
-/// Renew TYPE now: a new key in the store, its CSR signed by a local CA, a command, EST or
-/// SCEP, the chain applied (validated as in provisioning). Without a signing option, iamd
-/// runs the module's own renewal ([modules.renew]) now and this waits for its outcome.
-#[derive(FromArgs)]
-#[argh(subcommand, name = "renew")]
-struct Renew {
-    /// certificate type
-    #[argh(positional)]
-    cert_type: String,
-    /// the node to renew on (default: the node iamd runs on; another node through the main node)
-    #[argh(option)]
-    node: Option<String>,
-    /// file holding the provisioning password ("-" or absent: stdin)
-    #[argh(option)]
-    password_file: Option<String>,
-    /// CA certificate (PEM) that signs the CSR (with --ca-key)
-    #[argh(option)]
-    ca_cert: Option<String>,
-    /// CA private key (PKCS#8 PEM)
-    #[argh(option)]
-    ca_key: Option<String>,
-    /// lifetime of the certificate the local CA issues, in days (default 365)
-    #[argh(option, default = "365")]
-    days: u32,
-    /// command that signs: CSR PEM on stdin, chain PEM on stdout; exit 75 = retry later
-    #[argh(option)]
-    sign_cmd: Option<String>,
-    /// seconds the signing command may run (default 300)
-    #[argh(option)]
-    sign_timeout: Option<u64>,
-    /// subject; {node} and {type} are replaced (default "CN={node},OU={type}")
-    #[argh(option)]
-    subject: Option<String>,
-    /// the factory's profile (TOML) the new certificate must keep to (see iam-provision run)
-    #[argh(option)]
-    profile: Option<String>,
-    /// enroll with this EST server (https://host[:port]/.well-known/est): /simpleenroll
-    #[argh(option)]
-    est: Option<String>,
-    /// the EST server's trust anchor (PEM); or --est-ca-fingerprint
-    #[argh(option)]
-    est_anchor: Option<String>,
-    /// SHA-256 (hex) of the EST CA, checked out of band: trust what /cacerts sends only if it matches
-    #[argh(option)]
-    est_ca_fingerprint: Option<String>,
-    /// EST HTTP basic auth user (with --est-password-file)
-    #[argh(option)]
-    est_user: Option<String>,
-    /// file holding the EST password
-    #[argh(option)]
-    est_password_file: Option<String>,
-    /// bootstrap certificate (PEM) for EST mutual TLS (with --est-key)
-    #[argh(option)]
-    est_cert: Option<String>,
-    /// bootstrap certificate's private key (PKCS#8 PEM)
-    #[argh(option)]
-    est_key: Option<String>,
-    /// renew through this SCEP server (http://host[:port]/path); the node makes the request
-    #[argh(option)]
-    scep: Option<String>,
-    /// SHA-256 (hex) of the SCEP CA certificate, checked out of band (with --scep)
-    #[argh(option)]
-    scep_ca_fingerprint: Option<String>,
-    /// file holding the SCEP challenge password; without it, a RenewalReq by the current certificate
-    #[argh(option)]
-    challenge_file: Option<String>,
+common::signing_options! {
+    /// Renew TYPE now: a new key in the store, its CSR signed by a local CA, a command, EST or
+    /// SCEP, the chain applied (validated as in provisioning). Without a signing option, iamd
+    /// runs the module's own renewal ([modules.renew]) now and this waits for its outcome.
+    #[argh(subcommand, name = "renew")]
+    struct Renew {
+        /// certificate type
+        #[argh(positional)]
+        cert_type: String,
+        /// the node to renew on (default: the node iamd runs on; another node through the main node)
+        #[argh(option)]
+        node: Option<String>,
+        /// lifetime of the certificate the local CA issues, in days (default 365)
+        #[argh(option, default = "365")]
+        days: u32,
+    }
 }
 
 /// Print each change of the current certificate of TYPE (every type without one), until
@@ -455,11 +405,10 @@ fn run(args: &Args) -> Result<u8, Error> {
             let pw = common::read_secret(v.password_file.as_deref(), "provisioning password")?;
             let mut c = Client::connect(socket(DEFAULT_PROTECTED_SOCKET).as_ref())?;
             let node = v.node.clone().unwrap_or_else(|| c.server_node_id.clone());
-            let template = v.subject.as_deref().unwrap_or(aos_iam::pki::factory::DEFAULT_SUBJECT);
-            let subject = aos_iam::pki::factory::subject_for(template, &node, &v.cert_type);
+            let template = v.subject.as_deref().unwrap_or(aos_iam::flows::DEFAULT_SUBJECT);
+            let subject = aos_iam::flows::subject_for(template, &node, &v.cert_type);
             let profile = common::load_profile(&v.profile)?;
-            let cert =
-                aos_iam::pki::factory::renew(&mut c, signer.as_ref(), &profile, &node, &v.cert_type, &subject, &pw)?;
+            let cert = aos_iam::flows::renew(&mut c, &signer, &profile, &node, &v.cert_type, &subject, &pw)?;
             if args.json {
                 println!("{}", json!({"ok": true, "certificate": cert_json(&cert)}));
             } else {

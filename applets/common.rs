@@ -1,5 +1,6 @@
 //! What the applets share: argument parsing entry, reading secrets, output, exit codes.
 
+use aos_iam::flows::Signer;
 use aos_iam::{Error, ErrorKind};
 use argh::FromArgs;
 use serde_json::json;
@@ -135,19 +136,90 @@ pub fn signer(
     days: u32,
     sign_cmd: &Option<String>,
     sign_timeout: Option<u64>,
-) -> Result<Box<dyn aos_iam::pki::signer::CsrSigner + Sync>, Error> {
+) -> Result<Signer, Error> {
     use aos_iam::pki::signer::{CommandSigner, LocalCa, DEFAULT_COMMAND_TIMEOUT};
     Ok(match (ca_cert, ca_key, sign_cmd) {
-        (Some(c), Some(k), None) => Box::new(LocalCa::load(c.as_ref(), k.as_ref(), days)?),
-        (None, None, Some(cmd)) => Box::new(CommandSigner {
+        (Some(c), Some(k), None) => Signer::Here(Box::new(LocalCa::load(c.as_ref(), k.as_ref(), days)?)),
+        (None, None, Some(cmd)) => Signer::Here(Box::new(CommandSigner {
             command: cmd.clone(),
             timeout: sign_timeout
                 .map(std::time::Duration::from_secs)
                 .unwrap_or(DEFAULT_COMMAND_TIMEOUT),
-        }),
+        })),
         _ => return Err(Error::invalid("give either --ca-cert and --ca-key, or --sign-cmd")),
     })
 }
+
+/// A verb that gets CSRs signed (`iam-provision run`/`bootstrap`, `iam-certctl renew`): its
+/// own fields, then the signing options, declared here once: the provisioning password,
+/// a local CA (`--ca-cert`/`--ca-key`; `--days` is the verb's own), a command
+/// (`--sign-cmd`), an EST server (`--est` and its companions), a SCEP server (`--scep` and
+/// its companions), the subject template and the factory's profile. [`options_signer!`]
+/// reads them.
+macro_rules! signing_options {
+    ($(#[$meta:meta])* struct $name:ident { $($own:tt)* }) => {
+        #[derive(argh::FromArgs)]
+        $(#[$meta])*
+        struct $name {
+            $($own)*
+            /// file holding the provisioning password ("-" or absent: stdin)
+            #[argh(option)]
+            password_file: Option<String>,
+            /// CA certificate (PEM) that signs the CSRs (with --ca-key)
+            #[argh(option)]
+            ca_cert: Option<String>,
+            /// CA private key (PKCS#8 PEM)
+            #[argh(option)]
+            ca_key: Option<String>,
+            /// command that signs: CSR PEM on stdin, chain PEM on stdout; exit 75 = retry
+            /// later, any other non-zero exit = refused
+            #[argh(option)]
+            sign_cmd: Option<String>,
+            /// seconds the signing command may run (default 300)
+            #[argh(option)]
+            sign_timeout: Option<u64>,
+            /// sign through this EST server (https://host[:port]/.well-known/est): /simpleenroll
+            #[argh(option)]
+            est: Option<String>,
+            /// the EST server's trust anchor (PEM); or --est-ca-fingerprint
+            #[argh(option)]
+            est_anchor: Option<String>,
+            /// SHA-256 (hex) of the EST CA, checked out of band: trust what /cacerts sends only if it matches
+            #[argh(option)]
+            est_ca_fingerprint: Option<String>,
+            /// EST HTTP basic auth user (with --est-password-file)
+            #[argh(option)]
+            est_user: Option<String>,
+            /// file holding the EST password
+            #[argh(option)]
+            est_password_file: Option<String>,
+            /// certificate (PEM) for EST mutual TLS: the factory's, or a bootstrap one (with --est-key)
+            #[argh(option)]
+            est_cert: Option<String>,
+            /// that certificate's private key (PKCS#8 PEM)
+            #[argh(option)]
+            est_key: Option<String>,
+            /// get the CSRs signed by this SCEP server (http://host[:port]/path); the node makes the requests
+            #[argh(option)]
+            scep: Option<String>,
+            /// SHA-256 (hex) of the SCEP CA certificate, checked out of band (with --scep)
+            #[argh(option)]
+            scep_ca_fingerprint: Option<String>,
+            /// file holding the SCEP challenge password (with --scep); renewing without it: a
+            /// RenewalReq by the current certificate
+            #[argh(option)]
+            challenge_file: Option<String>,
+            /// subject template; {node} and {type} are replaced (default "CN={node},OU={type}")
+            #[argh(option)]
+            subject: Option<String>,
+            /// the factory's profile (TOML): the usages and names each type may have (default:
+            /// clientAuth, serverAuth but on a secondary's iam, DNS names {node} and {node}.*)
+            #[argh(option)]
+            profile: Option<String>,
+        }
+    };
+}
+pub(crate) use signing_options;
 
 /// The `--est*` options of a command that signs through an EST server.
 pub struct EstArgs<'a> {
@@ -211,7 +283,7 @@ pub fn signer_for(
     days: u32,
     sign_cmd: &Option<String>,
     sign_timeout: Option<u64>,
-) -> Result<Box<dyn aos_iam::pki::signer::CsrSigner + Sync>, Error> {
+) -> Result<Signer, Error> {
     match est {
         Some(_) if ca_cert.is_some() || ca_key.is_some() || sign_cmd.is_some() => Err(Error::invalid(
             "give one way of signing: --est, --ca-cert/--ca-key or --sign-cmd",
@@ -227,7 +299,7 @@ pub fn scep_signer(
     fingerprint: &Option<String>,
     challenge_file: &Option<String>,
     another_way: bool,
-) -> Result<Box<dyn aos_iam::pki::signer::CsrSigner + Sync>, Error> {
+) -> Result<Signer, Error> {
     if another_way {
         return Err(Error::invalid(
             "give one way of signing: --scep, --est, --ca-cert/--ca-key or --sign-cmd",
@@ -238,16 +310,17 @@ pub fn scep_signer(
             "--scep {url}: an http:// URL (SCEP's trust is --scep-ca-fingerprint)"
         )));
     }
-    let fingerprint = fingerprint.clone().ok_or_else(|| {
+    let fingerprint = fingerprint.as_deref().ok_or_else(|| {
         Error::invalid(
             "--scep needs --scep-ca-fingerprint: the SHA-256 of the SCEP CA's certificate, checked out of band",
         )
     })?;
+    let fingerprint = fingerprint_option("--scep-ca-fingerprint", fingerprint)?;
     let challenge = match challenge_file {
         Some(f) => aos_iam::pki::scep::read_challenge(f.as_ref())?,
         None => aos_iam::secret::Secret::new(String::new()),
     };
-    Ok(Box::new(aos_iam::pki::signer::NodeScep {
+    Ok(Signer::NodeScep(aos_iam::flows::NodeScep {
         url: url.to_string(),
         ca_fingerprint: fingerprint,
         challenge,
@@ -255,8 +328,8 @@ pub fn scep_signer(
 }
 
 /// The EST signer `--est` names: /simpleenroll, by basic auth or a bootstrap certificate.
-pub fn est_signer(v: &EstArgs) -> Result<Box<dyn aos_iam::pki::signer::CsrSigner + Sync>, Error> {
-    use aos_iam::link::tls::ClientAuth;
+pub fn est_signer(v: &EstArgs) -> Result<Signer, Error> {
+    use aos_iam::pki::tls::ClientAuth;
     use rustls_pki_types::pem::PemObject;
     let anchors = match (v.anchor, v.fingerprint) {
         (Some(anchor), None) => Some(aos_iam::pki::x509::read_certs(anchor.as_ref(), "--est-anchor")?),
@@ -291,20 +364,22 @@ pub fn est_signer(v: &EstArgs) -> Result<Box<dyn aos_iam::pki::signer::CsrSigner
     let client = match (anchors, v.fingerprint) {
         (Some(anchors), _) => aos_iam::pki::est::EstClient::new(v.url, &anchors, auth, basic)?,
         (None, Some(f)) => {
-            let bytes = parse_hex("--est-ca-fingerprint", f)
-                .ok()
-                .filter(|b| b.len() == 32)
-                .ok_or_else(|| Error::invalid("--est-ca-fingerprint: 64 hex digits (a SHA-256), colons allowed"))?;
-            let fingerprint: [u8; 32] = bytes.try_into().expect("32 bytes");
+            let fingerprint = fingerprint_option("--est-ca-fingerprint", f)?;
             aos_iam::pki::est::EstClient::bootstrap(v.url, &fingerprint, auth, basic)?.0
         }
         (None, None) => unreachable!("refused above"),
     };
-    Ok(Box::new(aos_iam::pki::est::EstSigner {
+    Ok(Signer::Here(Box::new(aos_iam::pki::est::EstSigner {
         client,
         reenroll: false,
         retry_after: Default::default(),
-    }))
+    })))
+}
+
+/// A CA fingerprint an option gives (`--est-ca-fingerprint`, `--scep-ca-fingerprint`).
+fn fingerprint_option(option: &str, text: &str) -> Result<aos_iam::codec::Fingerprint, Error> {
+    use aos_iam::codec::Fingerprint;
+    Fingerprint::parse(text).ok_or_else(|| Error::invalid(format!("{option}: {}", Fingerprint::SYNTAX)))
 }
 
 /// An error as JSON: `{"kind", "reason", "message"}`.

@@ -5,8 +5,7 @@
 
 use crate::common::{self, cert_json, cert_text};
 use aos_iam::config::DEFAULT_PROTECTED_SOCKET;
-use aos_iam::pki::factory::{self, RunOptions, DEFAULT_SUBJECT};
-use aos_iam::pki::signer::CsrSigner;
+use aos_iam::flows::{self, RunOptions, Signer, DEFAULT_SUBJECT};
 use aos_iam::proto::client::Client;
 use aos_iam::Error;
 use argh::FromArgs;
@@ -218,69 +217,18 @@ macro_rules! signing_flow {
         }
     };
     ($(#[$meta:meta])* struct $name:ident { $($extra:tt)* }) => {
-        #[derive(FromArgs)]
-        $(#[$meta])*
-        struct $name {
-    /// file holding the provisioning password ("-" or absent: stdin)
-    #[argh(option)]
-    password_file: Option<String>,
-    /// CA certificate (PEM) that signs the CSRs (with --ca-key)
-    #[argh(option)]
-    ca_cert: Option<String>,
-    /// CA private key (PKCS#8 PEM)
-    #[argh(option)]
-    ca_key: Option<String>,
-    /// lifetime of certificates the local CA issues, in days (default 365; a bootstrap
-    /// identity: 9125, 25 years, to outlast any time in storage)
-    #[argh(option)]
-    days: Option<u32>,
-    /// command that signs: CSR PEM on stdin, chain PEM on stdout, non-zero exit = refused
-    #[argh(option)]
-    sign_cmd: Option<String>,
-    /// seconds the signing command may run (default 300)
-    #[argh(option)]
-    sign_timeout: Option<u64>,
-    /// sign through this EST server (https://host[:port]/.well-known/est): /simpleenroll
-    #[argh(option)]
-    est: Option<String>,
-    /// the EST server's trust anchor (PEM); or --est-ca-fingerprint
-    #[argh(option)]
-    est_anchor: Option<String>,
-    /// SHA-256 (hex) of the EST CA, checked out of band: trust what /cacerts sends only if it matches
-    #[argh(option)]
-    est_ca_fingerprint: Option<String>,
-    /// EST HTTP basic auth user (with --est-password-file)
-    #[argh(option)]
-    est_user: Option<String>,
-    /// file holding the EST password
-    #[argh(option)]
-    est_password_file: Option<String>,
-    /// certificate (PEM) for EST mutual TLS, the factory's (with --est-key)
-    #[argh(option)]
-    est_cert: Option<String>,
-    /// that certificate's private key (PKCS#8 PEM)
-    #[argh(option)]
-    est_key: Option<String>,
-    /// get the CSRs signed by this SCEP server (http://host[:port]/path); the node makes the requests
-    #[argh(option)]
-    scep: Option<String>,
-    /// SHA-256 (hex) of the SCEP CA certificate, checked out of band (with --scep)
-    #[argh(option)]
-    scep_ca_fingerprint: Option<String>,
-    /// file holding the SCEP challenge password (with --scep)
-    #[argh(option)]
-    challenge_file: Option<String>,
-    /// subject template; {node} and {type} are replaced (default "CN={node},OU={type}")
-    #[argh(option)]
-    subject: Option<String>,
-    /// the factory's profile (TOML): the usages and names each type may have (default:
-    /// clientAuth, serverAuth but on a secondary's iam, DNS names {node} and {node}.*)
-    #[argh(option)]
-    profile: Option<String>,
-    /// deprovision a provisioned node first instead of refusing
-    #[argh(switch)]
-    deprovision_first: bool,
-            $($extra)*
+        common::signing_options! {
+            $(#[$meta])*
+            struct $name {
+                /// lifetime of certificates the local CA issues, in days (default 365; a
+                /// bootstrap identity: 9125, 25 years, to outlast any time in storage)
+                #[argh(option)]
+                days: Option<u32>,
+                /// deprovision a provisioned node first instead of refusing
+                #[argh(switch)]
+                deprovision_first: bool,
+                $($extra)*
+            }
         }
     };
 }
@@ -376,7 +324,7 @@ fn run(args: &Args) -> Result<u8, Error> {
             } else {
                 node.clone()
             };
-            let subject = factory::subject_for(v.subject.as_deref().unwrap_or(DEFAULT_SUBJECT), &node_id, &v.cert_type);
+            let subject = flows::subject_for(v.subject.as_deref().unwrap_or(DEFAULT_SUBJECT), &node_id, &v.cert_type);
             let csr = c.create_key(&node, &v.cert_type, &subject, &pw)?;
             if let Some(out) = &v.output {
                 std::fs::write(out, &csr).map_err(|e| Error::internal(format!("writing {out}: {e}")))?;
@@ -561,7 +509,7 @@ macro_rules! bootstrap_of {
     ($v:expr) => {{
         let v = $v;
         BootstrapFlow {
-            signer: common::options_signer!(v, v.days.unwrap_or(aos_iam::pki::factory::BOOTSTRAP_DAYS)),
+            signer: common::options_signer!(v, v.days.unwrap_or(aos_iam::flows::BOOTSTRAP_DAYS)),
             password_file: &v.password_file,
             subject: &v.subject,
             profile: common::load_profile(&v.profile)?,
@@ -576,7 +524,7 @@ macro_rules! bootstrap_of {
 use bootstrap_of;
 
 struct BootstrapFlow<'a> {
-    signer: Box<dyn CsrSigner + Sync>,
+    signer: Signer,
     password_file: &'a Option<String>,
     subject: &'a Option<String>,
     profile: aos_iam::pki::profile::Profile,
@@ -588,7 +536,7 @@ struct BootstrapFlow<'a> {
 }
 
 /// A step of a flow on stderr, when it is a terminal: `NAME ...` as it begins, ` ok` when done.
-fn print_step(tty: bool, s: &factory::Step) {
+fn print_step(tty: bool, s: &flows::Step) {
     if tty {
         let mut e = std::io::stderr().lock();
         if s.done {
@@ -617,7 +565,7 @@ fn bootstrap_flow(args: &Args, f: &BootstrapFlow, node: &str) -> Result<u8, Erro
     let pw = common::read_secret(f.password_file.as_deref(), "provisioning password")?;
     let mut client = connect(args)?;
     let tty = std::io::stderr().is_terminal();
-    let mut progress = |s: &factory::Step| print_step(tty, s);
+    let mut progress = |s: &flows::Step| print_step(tty, s);
     let opts = RunOptions {
         node_id: node,
         password: &pw,
@@ -625,13 +573,13 @@ fn bootstrap_flow(args: &Args, f: &BootstrapFlow, node: &str) -> Result<u8, Erro
         deprovision_first: f.deprovision_first,
         profile: &f.profile,
     };
-    let b = factory::BootstrapOptions {
+    let b = flows::BootstrapOptions {
         bootstrap_type: f.bootstrap_type,
         est_url: f.enroll_url.as_deref().unwrap_or(""),
         anchor_pem: &anchor_pem,
         claim_token: &claim_token,
     };
-    let result = factory::bootstrap(&mut client, f.signer.as_ref(), &opts, &b, &mut progress);
+    let result = flows::bootstrap(&mut client, &f.signer, &opts, &b, &mut progress);
     if tty && result.is_err() {
         eprintln!(" failed");
     }
@@ -651,17 +599,17 @@ fn bootstrap_flow(args: &Args, f: &BootstrapFlow, node: &str) -> Result<u8, Erro
 }
 
 fn run_flow(args: &Args, v: &Run, node: &str) -> Result<u8, Error> {
-    let signer = common::options_signer!(v, v.days.unwrap_or(aos_iam::pki::factory::DEFAULT_DAYS));
+    let signer = common::options_signer!(v, v.days.unwrap_or(aos_iam::flows::DEFAULT_DAYS));
     let pw = common::read_secret(v.password_file.as_deref(), "provisioning password")?;
     if node == "all" {
-        return run_unit(args, v, signer.as_ref(), &pw);
+        return run_unit(args, v, &signer, &pw);
     }
     if v.expect_nodes.is_some() {
         return Err(Error::invalid("--expect-nodes goes with --node all"));
     }
     let mut client = connect(args)?;
     let tty = std::io::stderr().is_terminal();
-    let mut progress = |s: &factory::Step| print_step(tty, s);
+    let mut progress = |s: &flows::Step| print_step(tty, s);
     let profile = common::load_profile(&v.profile)?;
     let opts = RunOptions {
         node_id: node,
@@ -670,7 +618,7 @@ fn run_flow(args: &Args, v: &Run, node: &str) -> Result<u8, Error> {
         deprovision_first: v.deprovision_first,
         profile: &profile,
     };
-    let result = factory::run(&mut client, signer.as_ref(), &opts, &mut progress);
+    let result = flows::run(&mut client, &signer, &opts, &mut progress);
     if tty && result.is_err() {
         eprintln!(" failed");
     }
@@ -692,7 +640,7 @@ fn run_flow(args: &Args, v: &Run, node: &str) -> Result<u8, Error> {
 }
 
 /// `run --node all`: every node of the unit through the main node, a result per node.
-fn run_unit(args: &Args, v: &Run, signer: &(dyn CsrSigner + Sync), pw: &aos_iam::secret::Secret) -> Result<u8, Error> {
+fn run_unit(args: &Args, v: &Run, signer: &Signer, pw: &aos_iam::secret::Secret) -> Result<u8, Error> {
     let client = connect(args)?;
     let expect = match v.expect_nodes {
         Some(0) => return Err(Error::invalid("--expect-nodes must be at least 1")),
@@ -701,9 +649,9 @@ fn run_unit(args: &Args, v: &Run, signer: &(dyn CsrSigner + Sync), pw: &aos_iam:
     };
     let main_id = client.server_node_id.clone();
     drop(client);
-    let wait_nodes = || factory::wait_for_nodes(&mut connect(args)?, expect, Duration::from_secs(v.wait));
+    let wait_nodes = || flows::wait_for_nodes(&mut connect(args)?, expect, Duration::from_secs(v.wait));
     let tty = std::io::stderr().is_terminal();
-    let progress = |node: &str, s: &factory::Step| {
+    let progress = |node: &str, s: &flows::Step| {
         if tty && s.done {
             eprintln!("{node}: {} ok", s.name);
         }
@@ -716,7 +664,7 @@ fn run_unit(args: &Args, v: &Run, signer: &(dyn CsrSigner + Sync), pw: &aos_iam:
         deprovision_first: v.deprovision_first,
         profile: &profile,
     };
-    let outcomes = factory::run_unit(&|| connect(args), &main_id, &wait_nodes, signer, &opts, &progress)?;
+    let outcomes = flows::run_unit(&|| connect(args), &main_id, &wait_nodes, signer, &opts, &progress)?;
     let first_error = outcomes.iter().find_map(|o| o.result.as_ref().err()).cloned();
     if args.json {
         let per_node: Vec<_> = outcomes

@@ -4,6 +4,7 @@
 //! Every key is read by hand from the merged tree, remembering which file set it, so that
 //! an unknown key, a missing key or a bad value is reported with its file, key and reason.
 
+use crate::codec::Fingerprint;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -331,7 +332,18 @@ pub struct EnrollConfig {
     pub strict_csrattrs: bool,
     /// `method = "scep"`: enroll by SCEP (RFC 8894) instead of EST, trusting the CA with
     /// this SHA-256 fingerprint; the claim token is the challenge password.
-    pub scep_fingerprint: Option<String>,
+    pub scep_fingerprint: Option<Fingerprint>,
+}
+
+impl EnrollConfig {
+    /// The modules enrollment gives a certificate, in configuration order: every CA-signed
+    /// one but the bootstrap.
+    pub fn enrolled_modules<'c>(&'c self, modules: &'c [ModuleConfig]) -> impl Iterator<Item = &'c str> + 'c {
+        modules
+            .iter()
+            .filter(move |m| m.id != self.bootstrap && !m.self_signed)
+            .map(|m| m.id.as_str())
+    }
 }
 
 /// When a renewal is due: a share of the certificate's lifetime, or a time before expiry.
@@ -360,8 +372,8 @@ pub enum RenewMethod {
 pub struct ScepSettings {
     /// `http://host[:port]/path` (SCEP is plain HTTP: the CA fingerprint is the trust).
     pub url: String,
-    /// SHA-256 of the CA certificate's DER, hex, as checked out of band.
-    pub ca_fingerprint: String,
+    /// SHA-256 of the CA certificate's DER, as checked out of band.
+    pub ca_fingerprint: Fingerprint,
     /// The challenge password of a PKCSReq, read from this file when a request is made.
     pub challenge_file: Option<PathBuf>,
     /// A RenewalReq signed by the module's current certificate where the server offers
@@ -370,6 +382,14 @@ pub struct ScepSettings {
     pub timeout: Duration,
     pub poll_for: Duration,
     pub poll_every: Duration,
+}
+
+impl ScepSettings {
+    /// How long one HTTP exchange may take by default.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+    /// How long a PENDING request is polled by default, and how often.
+    pub const DEFAULT_POLL_FOR: Duration = Duration::from_secs(300);
+    pub const DEFAULT_POLL_EVERY: Duration = Duration::from_secs(10);
 }
 
 /// An EST server (RFC 7030) and how to authenticate to it.
@@ -499,20 +519,16 @@ fn parse_renew(r: &mut Reader) -> Result<RenewPolicy, ConfigError> {
             if !url.starts_with("http://") {
                 return Err(e.err("url", "must be an http:// URL (SCEP's trust is ca_fingerprint)"));
             }
-            let ca_fingerprint = e.required_string("ca_fingerprint")?;
-            if ca_fingerprint.chars().filter(|c| c.is_ascii_hexdigit()).count() != 64
-                || ca_fingerprint.chars().any(|c| !c.is_ascii_hexdigit() && c != ':')
-            {
-                return Err(e.err("ca_fingerprint", "must be a SHA-256: 64 hex digits, colons allowed"));
-            }
+            let ca_fingerprint =
+                fingerprint(&mut e, "ca_fingerprint")?.ok_or_else(|| e.err("ca_fingerprint", "is required"))?;
             let scep = ScepSettings {
                 url,
                 ca_fingerprint,
                 challenge_file: e.path("challenge_file")?,
                 renewal: e.bool("renewal", true)?,
-                timeout: seconds(&mut e, "timeout", 3600, crate::pki::scep::DEFAULT_TIMEOUT)?,
-                poll_for: seconds(&mut e, "poll_for", 24 * 3600, crate::pki::scep::DEFAULT_POLL_FOR)?,
-                poll_every: seconds(&mut e, "poll_every", 3600, crate::pki::scep::DEFAULT_POLL_EVERY)?,
+                timeout: seconds(&mut e, "timeout", 3600, ScepSettings::DEFAULT_TIMEOUT)?,
+                poll_for: seconds(&mut e, "poll_for", 24 * 3600, ScepSettings::DEFAULT_POLL_FOR)?,
+                poll_every: seconds(&mut e, "poll_every", 3600, ScepSettings::DEFAULT_POLL_EVERY)?,
             };
             if !scep.renewal && scep.challenge_file.is_none() {
                 return Err(e.err("renewal", "false needs challenge_file for a PKCSReq"));
@@ -1556,6 +1572,16 @@ fn parse(root: &mut Reader, read_id: bool) -> Result<Config, ConfigError> {
     })
 }
 
+/// A certificate's SHA-256 fingerprint, if `key` is there.
+fn fingerprint(r: &mut Reader, key: &str) -> Result<Option<Fingerprint>, ConfigError> {
+    match r.string(key)? {
+        Some(text) => Fingerprint::parse(&text)
+            .map(Some)
+            .ok_or_else(|| r.err(key, format!("must be {}", Fingerprint::SYNTAX))),
+        None => Ok(None),
+    }
+}
+
 fn duration_or(r: &mut Reader, key: &str, default: Duration) -> Result<Duration, ConfigError> {
     match r.string(key)? {
         None => Ok(default),
@@ -1605,9 +1631,8 @@ fn parse_enroll(e: &mut Reader, working_dir: &Path, modules: &[ModuleConfig]) ->
             _ => {}
         }
     }
-    let scep_fingerprint = match (scep, e.string("ca_fingerprint")?) {
-        (true, Some(f)) if f.chars().filter(|c| c.is_ascii_hexdigit()).count() == 64 => Some(f),
-        (true, Some(_)) => return Err(e.err("ca_fingerprint", "must be a SHA-256: 64 hex digits, colons allowed")),
+    let scep_fingerprint = match (scep, fingerprint(e, "ca_fingerprint")?) {
+        (true, Some(f)) => Some(f),
         (true, None) => return Err(e.err("ca_fingerprint", "is required with method = \"scep\"")),
         (false, Some(_)) => return Err(e.err("ca_fingerprint", "goes with method = \"scep\"")),
         (false, None) => None,
@@ -2333,7 +2358,10 @@ user_pin_file = "/tmp/w/pin"
             "method = \"scep\"\nurl = \"http://scep:8080/scep\"\nca_fingerprint = \"{fp}\"\n"
         ))
         .unwrap();
-        assert_eq!(c.enroll.unwrap().scep_fingerprint.as_deref(), Some(fp.as_str()));
+        assert_eq!(
+            c.enroll.unwrap().scep_fingerprint.map(|f| f.to_string()),
+            Some(fp.clone())
+        );
         for (body, key, reason) in [
             (
                 format!("method = \"scep\"\nurl = \"https://scep\"\nca_fingerprint = \"{fp}\"\n"),

@@ -1,16 +1,18 @@
 //! aos-iam: the identity and access manager of a multi-node embedded unit.
 //!
 //! All behaviour lives in this library; the `aos-iam` binary (applets/) only parses
-//! arguments, calls [`proto::client`] or [`daemon`], and prints. Data flows one way:
-//! applets → client → wire → daemon → modules → key stores and database. The folders are
-//! the layers: `proto` (wire, transport, client), `daemon` (iamd and its modules), `link`
-//! (node links), `pki` (certificates), `store` (keys, database, files), `sys` (the OS);
-//! docs/ARCHITECTURE.md §2 has one line per file.
+//! arguments, calls [`flows`], [`proto::client`] or [`daemon`], and prints. The folders are
+//! layers, each importing only from those below it (docs/ARCHITECTURE.md, "Layers";
+//! `make check-imports`), lowest first: `error`, `secret`, `log` and `codec`; `sys` (the
+//! OS); `proto` (wire, transports, client); `config`; `store` (keys, database, files);
+//! `pki` (certificates, TLS, EST, SCEP); `link` (node links); then, beside each other,
+//! `daemon` (iamd and its modules) and `flows` (what a client drives through iamd).
 
 pub mod codec;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod flows;
 pub mod link;
 pub mod log;
 pub mod pki;

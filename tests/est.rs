@@ -78,7 +78,7 @@ fn est_enrollment_by_basic_auth_then_reenrollment_by_iamd_with_its_token_key() {
     // /cacerts through the library's client: the unit CA.
     let anchors = aos_iam::pki::x509::parse_chain_pem(&read(&server.anchor)).unwrap();
     let client =
-        aos_iam::pki::est::EstClient::new(&server.url, &anchors, aos_iam::link::tls::ClientAuth::None, None).unwrap();
+        aos_iam::pki::est::EstClient::new(&server.url, &anchors, aos_iam::pki::tls::ClientAuth::None, None).unwrap();
     let cas = client.cacerts().unwrap();
     assert_eq!(
         aos_iam::codec::pem::pem_encode("CERTIFICATE", &cas[0]).trim(),
@@ -235,7 +235,7 @@ fn answers_made_by_openssl_in_der_or_ber_base64_in_lines_on_one_line_or_binary_a
     server.set_answer(Answer::CmsBer);
     let anchors = aos_iam::pki::x509::parse_chain_pem(&read(&server.anchor)).unwrap();
     let client =
-        aos_iam::pki::est::EstClient::new(&server.url, &anchors, aos_iam::link::tls::ClientAuth::None, None).unwrap();
+        aos_iam::pki::est::EstClient::new(&server.url, &anchors, aos_iam::pki::tls::ClientAuth::None, None).unwrap();
     let cas = client.cacerts().unwrap();
     assert!(cas
         .iter()
@@ -254,7 +254,7 @@ fn a_server_that_stalls_or_trickles_fails_the_exchange_as_a_timeout() {
     let client = aos_iam::pki::est::EstClient::new(
         &format!("https://localhost:{port}/.well-known/est"),
         &anchors_for(&server),
-        aos_iam::link::tls::ClientAuth::None,
+        aos_iam::pki::tls::ClientAuth::None,
         None,
     )
     .unwrap()
@@ -269,7 +269,7 @@ fn a_server_that_stalls_or_trickles_fails_the_exchange_as_a_timeout() {
     let client = aos_iam::pki::est::EstClient::new(
         &server.url,
         &anchors_for(&server),
-        aos_iam::link::tls::ClientAuth::None,
+        aos_iam::pki::tls::ClientAuth::None,
         None,
     )
     .unwrap()

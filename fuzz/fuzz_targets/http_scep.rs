@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(r) = aos_iam::pki::est::parse_response(data) else {
+    let Ok(r) = aos_iam::pki::http::parse_response(data) else {
         return;
     };
     assert!(r.body.len() <= data.len(), "a body larger than the answer");
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for c in &certs {
-        let fp = aos_iam::pki::scep::fingerprint(c);
+        let fp = aos_iam::codec::Fingerprint::of(c);
         if let Ok(a) = aos_iam::pki::scep::Authority::select(&certs, &fp) {
             assert!(certs.contains(&a.recipient), "a recipient the answer did not carry");
         }

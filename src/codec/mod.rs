@@ -1,5 +1,6 @@
-//! Encodings shared by the key stores and the PKI: the few DER structures no chosen crate
-//! exposes, base64 and PEM. Depends on nothing but the error type.
+//! Encodings shared by the key stores, the configuration and the PKI: the few DER
+//! structures no chosen crate exposes, base64 and PEM, hex, and a certificate's SHA-256
+//! fingerprint as an operator writes it. Depends on nothing but the error type.
 
 pub mod der;
 pub mod pem;
@@ -7,6 +8,47 @@ pub mod pem;
 /// Lower-case hex, as key ids and serials are shown.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A certificate's SHA-256 fingerprint (of its DER), as an operator checks it out of band
+/// and gives it for EST (`--est-ca-fingerprint`) and SCEP (`ca_fingerprint`,
+/// `--scep-ca-fingerprint`). Written as 64 hex digits, either case, optionally separated by
+/// colons or spaces (`AB:CD:…`, as `openssl x509 -fingerprint -sha256` prints it). Shown as
+/// lowercase hex, or with `{:#}` as openssl prints it (in messages, for an operator to compare).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// What [`Fingerprint::parse`] takes, for errors.
+    pub const SYNTAX: &'static str = "64 hex digits (a SHA-256), colons allowed";
+
+    /// The fingerprint of a certificate's DER.
+    pub fn of(der: &[u8]) -> Fingerprint {
+        let digest = ring::digest::digest(&ring::digest::SHA256, der);
+        Fingerprint(digest.as_ref().try_into().expect("a SHA-256 is 32 bytes"))
+    }
+
+    /// A fingerprint as written (see the type); `None` for anything else.
+    pub fn parse(text: &str) -> Option<Fingerprint> {
+        let text = text.trim();
+        let text = text.strip_prefix("0x").unwrap_or(text);
+        if text.chars().any(|c| !c.is_ascii_hexdigit() && c != ':' && c != ' ') {
+            return None;
+        }
+        let digits: String = text.chars().filter(char::is_ascii_hexdigit).collect();
+        unhex(&digits)?.try_into().ok().map(Fingerprint)
+    }
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        if f.alternate() {
+            let pairs: Vec<String> = self.0.iter().map(|b| format!("{b:02X}")).collect();
+            f.write_str(&pairs.join(":"))
+        } else {
+            f.write_str(&hex(&self.0))
+        }
+    }
 }
 
 /// Hex digits (either case, an even number) as bytes; `None` otherwise.
@@ -18,4 +60,44 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fingerprint_is_64_hex_digits_in_either_case_with_colons_or_spaces() {
+        let der = b"a certificate";
+        let f = Fingerprint::of(der);
+        let lower = f.to_string();
+        assert_eq!(lower.len(), 64);
+        let colons: String = lower
+            .to_ascii_uppercase()
+            .as_bytes()
+            .chunks(2)
+            .map(|p| std::str::from_utf8(p).unwrap())
+            .collect::<Vec<_>>()
+            .join(":");
+        assert_eq!(format!("{f:#}"), colons);
+        for written in [
+            lower.clone(),
+            colons.clone(),
+            colons.replace(':', " "),
+            format!("0x{lower}"),
+            format!(" {lower}\n"),
+        ] {
+            assert_eq!(Fingerprint::parse(&written), Some(f), "{written}");
+        }
+        for bad in [
+            "",
+            "AB:CD",
+            &lower[..62],
+            &format!("{lower}00"),
+            &format!("sha256:{lower}"),
+            &format!("g{}", &lower[1..]),
+        ] {
+            assert_eq!(Fingerprint::parse(bad), None, "{bad}");
+        }
+    }
 }

@@ -83,7 +83,7 @@ impl std::fmt::Debug for KeySigner {
     }
 }
 
-impl crate::link::tls::IdentitySigner for KeySigner {
+impl crate::pki::tls::IdentitySigner for KeySigner {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
         self.store.sign(&self.label, &self.id, self.algorithm, message)
     }
@@ -526,7 +526,7 @@ impl CertModules {
 
     /// The current certificate of `cert_type` (DER), its serial and its key: a node's TLS
     /// identity on links. Not found while the type has no certificate.
-    pub fn identity(&self, db: &Db, cert_type: &str) -> Result<(Vec<u8>, Vec<u8>, crate::link::tls::Identity)> {
+    pub fn identity(&self, db: &Db, cert_type: &str) -> Result<(Vec<u8>, Vec<u8>, crate::pki::tls::Identity)> {
         let m = self.get(cert_type)?;
         let snap = db.snapshot()?;
         let r = self.current(&snap, cert_type).ok_or_else(|| {
@@ -547,7 +547,7 @@ impl CertModules {
             id: r.key_id,
             algorithm: m.config.algorithm,
         });
-        let identity = crate::link::tls::Identity {
+        let identity = crate::pki::tls::Identity {
             cert_der: der.clone(),
             intermediates: r.intermediates.clone(),
             algorithm: m.config.algorithm,

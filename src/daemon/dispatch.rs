@@ -102,7 +102,7 @@ pub(super) fn may_sign_for_link(config: &Config, uid: u32, message: &[u8]) -> Re
             "SignWithLinkIdentity: uid {uid} is not the link's user (links.signer_uids)"
         )));
     }
-    if !crate::link::tls::is_client_certificate_verify(message) {
+    if !crate::pki::tls::is_client_certificate_verify(message) {
         return Err(Error::unauthorized(
             "SignWithLinkIdentity signs only a TLS 1.3 client CertificateVerify",
         ));
@@ -184,14 +184,20 @@ pub(super) fn handle(shared: &Shared, request: Request) -> Result<Response> {
             challenge,
             password,
         } => {
+            let ca_fingerprint = crate::codec::Fingerprint::parse(&ca_fingerprint).ok_or_else(|| {
+                Error::invalid(format!(
+                    "the SCEP CA fingerprint is not {}",
+                    crate::codec::Fingerprint::SYNTAX
+                ))
+            })?;
             let config = crate::pki::scep::ScepConfig {
                 url,
                 route: crate::pki::dial::Route::of(&prov.config),
                 ca_fingerprint,
                 challenge: (!challenge.expose().is_empty()).then_some(challenge),
-                timeout: crate::pki::scep::DEFAULT_TIMEOUT,
-                poll_for: crate::pki::scep::DEFAULT_POLL_FOR,
-                poll_every: crate::pki::scep::DEFAULT_POLL_EVERY,
+                timeout: crate::config::ScepSettings::DEFAULT_TIMEOUT,
+                poll_for: crate::config::ScepSettings::DEFAULT_POLL_FOR,
+                poll_every: crate::config::ScepSettings::DEFAULT_POLL_EVERY,
                 crls: crate::pki::x509::read_crls(&prov.config.crl_files())?,
                 allow_des3: prov.config.scep_allow_des3,
             };

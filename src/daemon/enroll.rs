@@ -29,10 +29,10 @@
 use crate::config::EnrollConfig;
 use crate::daemon::provisioning::Provisioning;
 use crate::error::{Error, Result};
-use crate::link::tls::ClientAuth;
 use crate::pki::dial::Route;
 use crate::pki::est::{EstClient, EstSigner};
 use crate::pki::signer::CsrSigner;
+use crate::pki::tls::ClientAuth;
 use crate::proto::wire::{EnrollState, EnrollmentStatus, NodeState};
 use crate::secret::Secret;
 use crate::store::db::{Enrollment, StoredEnrollState};
@@ -50,19 +50,6 @@ impl From<StoredEnrollState> for EnrollState {
             StoredEnrollState::Quarantined => EnrollState::Quarantined,
         }
     }
-}
-
-/// The node attribute (in NodeInfo) that carries the enrollment state to subscribers and,
-/// over node links, to the main node.
-pub const STATE_ATTRIBUTE: &str = "EnrollmentState";
-
-/// The modules enrolled, in configuration order: every CA-signed one but the bootstrap.
-pub fn enrolled_modules<'c>(prov: &'c Provisioning, e: &'c EnrollConfig) -> impl Iterator<Item = &'c str> + 'c {
-    prov.config
-        .modules
-        .iter()
-        .filter(move |m| m.id != e.bootstrap && !m.self_signed)
-        .map(|m| m.id.as_str())
 }
 
 fn step_text(e: &Enrollment) -> String {
@@ -393,11 +380,11 @@ fn scep_config(
     Ok(Some(crate::pki::scep::ScepConfig {
         url,
         route: crate::pki::dial::Route::of(&prov.config),
-        ca_fingerprint: fingerprint.clone(),
+        ca_fingerprint: *fingerprint,
         challenge: Some(read_secret(&cfg.claim_token_file, "claim token file")?),
         timeout: cfg.timeout,
-        poll_for: crate::pki::scep::DEFAULT_POLL_FOR,
-        poll_every: crate::pki::scep::DEFAULT_POLL_EVERY,
+        poll_for: crate::config::ScepSettings::DEFAULT_POLL_FOR,
+        poll_every: crate::config::ScepSettings::DEFAULT_POLL_EVERY,
         crls: crate::pki::x509::read_crls(&prov.config.crl_files())?,
         allow_des3: prov.config.scep_allow_des3,
     }))
@@ -427,7 +414,9 @@ fn read_secret(path: &std::path::Path, what: &str) -> Result<Secret> {
 /// attempt that still needs it (EST, a module left to enroll), so such a node is
 /// quarantined at once with that reason rather than after its attempts fail in TLS.
 fn bootstrap_expired(prov: &Provisioning, cfg: &EnrollConfig, e: &Enrollment) -> Result<Option<String>> {
-    let left = enrolled_modules(prov, cfg).any(|t| !e.enrolled.iter().any(|d| d == t));
+    let left = cfg
+        .enrolled_modules(&prov.config.modules)
+        .any(|t| !e.enrolled.iter().any(|d| d == t));
     if cfg.scep_fingerprint.is_some() || !left {
         return Ok(None);
     }
@@ -442,7 +431,7 @@ fn bootstrap_expired(prov: &Provisioning, cfg: &EnrollConfig, e: &Enrollment) ->
         "the bootstrap certificate of module {} (serial {}, subject {}) expired at {}: this node can no longer \
          authenticate to enroll; a factory reset and a new bootstrap identity (iam-provision bootstrap) are needed",
         cfg.bootstrap,
-        crate::store::keystore::hex(&r.serial),
+        crate::codec::hex(&r.serial),
         r.subject,
         crate::pki::x509::rfc3339(r.not_after)
     )))
@@ -456,7 +445,8 @@ fn attempt(
     pass: &mut Pass,
     retry_after: &mut Option<Duration>,
 ) -> Result<()> {
-    let todo: Vec<String> = enrolled_modules(prov, cfg)
+    let todo: Vec<String> = cfg
+        .enrolled_modules(&prov.config.modules)
         .filter(|t| !e.enrolled.iter().any(|d| d == t))
         .map(String::from)
         .collect();
@@ -611,7 +601,7 @@ fn enroll_module(
         Ok(cert) => {
             crate::log_notice!(
                 "enrollment of {cert_type}: certificate {} applied, valid until {}",
-                crate::store::keystore::hex(&cert.serial),
+                crate::codec::hex(&cert.serial),
                 crate::pki::x509::rfc3339(cert.not_after)
             );
             e.current = None;
@@ -665,7 +655,8 @@ fn asked_challenge(
 fn verify(prov: &Provisioning, cfg: &EnrollConfig, e: &Enrollment) -> Result<()> {
     let module = match &cfg.verify_module {
         Some(m) => m.clone(),
-        None => enrolled_modules(prov, cfg)
+        None => cfg
+            .enrolled_modules(&prov.config.modules)
             .next()
             .ok_or_else(|| Error::internal("no module is enrolled"))?
             .to_string(),
@@ -693,7 +684,7 @@ fn verify(prov: &Provisioning, cfg: &EnrollConfig, e: &Enrollment) -> Result<()>
             .ok_or_else(|| Error::invalid("verify is not host:port"))?;
         let port = p.parse().map_err(|_| Error::invalid("verify: bad port"))?;
         let (_, _, identity) = prov.with_journal(|| prov.modules.identity(&prov.db, &module))?;
-        crate::link::tls::verify_client_identity(h, port, &anchors, &identity, cfg.timeout, &Route::of(&prov.config))
+        crate::pki::tls::verify_client_identity(h, port, &anchors, &identity, cfg.timeout, &Route::of(&prov.config))
             .map_err(|err| err.context(format!("the new {module} identity")))?;
         crate::log_info!("enrollment: verify step passed: {v} accepted the new {module} identity");
         return Ok(());
@@ -716,7 +707,7 @@ fn verify(prov: &Provisioning, cfg: &EnrollConfig, e: &Enrollment) -> Result<()>
         }
     };
     let (_, _, identity) = prov.with_journal(|| prov.modules.identity(&prov.db, &module))?;
-    crate::link::tls::verify_client_identity(&host, port, &anchors, &identity, cfg.timeout, &Route::of(&prov.config))
+    crate::pki::tls::verify_client_identity(&host, port, &anchors, &identity, cfg.timeout, &Route::of(&prov.config))
         .map_err(|err| err.context(format!("the new {module} identity")))?;
     crate::log_info!("enrollment: verify step passed: {host}:{port} accepted the new {module} identity");
     Ok(())

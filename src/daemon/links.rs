@@ -154,7 +154,7 @@ pub(super) async fn accept_tls(
         s.prov.serving_identity()?;
         let (_, _, identity) = s.prov.modules.identity(&s.prov.db, &s.prov.config.links.identity)?;
         let roots = crate::daemon::certs::read_roots(&s.prov.config)?;
-        crate::link::tls::server_config(&identity, &roots, &s.prov.config.crl)
+        crate::pki::tls::server_config(&identity, &roots, &s.prov.config.crl)
     })
     .await?;
     let handshake = futures_rustls::TlsAcceptor::from(config).accept(stream);
@@ -167,7 +167,7 @@ pub(super) async fn accept_tls(
         }))
     })
     .await?;
-    let chain = crate::link::tls::peer_chain(tls.get_ref().1)?;
+    let chain = crate::pki::tls::peer_chain(tls.get_ref().1)?;
     Ok((Box::new(tls), chain))
 }
 
@@ -332,7 +332,7 @@ async fn serve_link(
     let wire = Wire::new(limit).at(version);
     let refuse = |e: Error| wire.error(0, &e);
     if let Some(chain) = &peer_cert {
-        if let Err(e) = crate::link::tls::check_peer(
+        if let Err(e) = crate::pki::tls::check_peer(
             &chain[0],
             crate::config::Eku::ClientAuth,
             &node_id,

@@ -508,9 +508,7 @@ impl Provisioning {
             .and_then(|m| m.renew.as_ref())
             .is_some_and(|p| match &p.method {
                 crate::config::RenewMethod::Scep(s) => {
-                    s.renewal
-                        && s.url == config.url
-                        && crate::pki::scep::same_fingerprint(&s.ca_fingerprint, &config.ca_fingerprint)
+                    s.renewal && s.url == config.url && s.ca_fingerprint == config.ca_fingerprint
                 }
                 _ => false,
             });
@@ -632,7 +630,8 @@ impl Provisioning {
                 cfg.bootstrap
             )));
         }
-        let enrolled: Vec<&str> = crate::daemon::enroll::enrolled_modules(self, cfg)
+        let enrolled: Vec<&str> = cfg
+            .enrolled_modules(&self.config.modules)
             .filter(|t| snap.certs.iter().any(|c| c.cert_type == *t))
             .collect();
         if !enrolled.is_empty() {
@@ -646,7 +645,7 @@ impl Provisioning {
         if !est_url.is_empty() && scep {
             crate::pki::scep::ScepClient::new(est_url).map_err(|e| e.context("FinishBootstrap: the SCEP URL"))?;
         } else if !est_url.is_empty() {
-            crate::pki::est::EstClient::new(est_url, &[], crate::link::tls::ClientAuth::None, None)
+            crate::pki::est::EstClient::new(est_url, &[], crate::pki::tls::ClientAuth::None, None)
                 .map_err(|e| e.context("FinishBootstrap: the EST URL"))?;
         } else if cfg.url.is_none() {
             return Err(Error::invalid(
@@ -777,7 +776,7 @@ impl Provisioning {
                 let mut a = self.config.attributes.clone();
                 if let Some(e) = self.db.snapshot()?.enrollment {
                     a.push((
-                        crate::daemon::enroll::STATE_ATTRIBUTE.into(),
+                        crate::proto::wire::EnrollState::ATTRIBUTE.into(),
                         crate::proto::wire::EnrollState::from(e.state).name().into(),
                     ));
                 }

@@ -14,9 +14,9 @@
 use crate::config::{RenewMethod, RenewPolicy, MAX_RENEW_RETRY};
 use crate::daemon::provisioning::Provisioning;
 use crate::error::{Error, Result};
-use crate::link::tls::ClientAuth;
 use crate::pki::est::{EstClient, EstSigner};
 use crate::pki::signer::{CommandSigner, CsrSigner};
+use crate::pki::tls::ClientAuth;
 use crate::proto::wire::NodeState;
 use crate::store::db::CertRecord;
 use crate::store::keystore::{hex, KeyId};
@@ -229,7 +229,7 @@ fn begin(
                 hex(&current.serial),
                 crate::pki::x509::rfc3339(current.not_after)
             );
-            let subject = crate::pki::factory::subject_for(&policy.subject, &prov.config.node_id, cert_type);
+            let subject = crate::pki::profile::subject_for(&policy.subject, &prov.config.node_id, cert_type);
             let (key_id, csr) = prov.with_journal(|| prov.modules.create_key(&prov.db, cert_type, &subject))?;
             let r = Renewal {
                 step: Step::KeyCreated { key_id, csr },

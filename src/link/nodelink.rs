@@ -357,7 +357,7 @@ async fn session(
     // one configured, the one it says it is), of this node's unit.
     let expected = opts.main_node_id.as_deref().unwrap_or(&main_id);
     if let Some(chain) = &main_cert {
-        crate::link::tls::check_peer(&chain[0], crate::config::Eku::ServerAuth, expected, &opts.unit_id)
+        crate::pki::tls::check_peer(&chain[0], crate::config::Eku::ServerAuth, expected, &opts.unit_id)
             .map_err(|e| e.context(format!("the main node at {}", opts.connect)))?;
     }
     if expected != main_id {
@@ -754,7 +754,7 @@ async fn connect_tls(
         .as_ref()
         .ok_or_else(|| Error::invalid("TLS on the link needs paths.root_ca in the configuration"))?;
     let roots = crate::pki::x509::read_certs(root_ca, "root CA")?;
-    let identity = crate::link::tls::Identity {
+    let identity = crate::pki::tls::Identity {
         cert_der: local.cert_der,
         intermediates: local.intermediates,
         algorithm: local.algorithm,
@@ -764,8 +764,8 @@ async fn connect_tls(
             client: std::sync::Mutex::new(None),
         }),
     };
-    let config = crate::link::tls::client_config(&identity, &roots, &opts.crl_files())?;
-    let handshake = futures_rustls::TlsConnector::from(config).connect(crate::link::tls::main_server_name(), stream);
+    let config = crate::pki::tls::client_config(&identity, &roots, &opts.crl_files())?;
+    let handshake = futures_rustls::TlsConnector::from(config).connect(crate::pki::tls::main_server_name(), stream);
     let what = format!("no TLS handshake with {}", opts.connect);
     let tls = transport::within(opts.hello_timeout, what, async {
         handshake.await.map_err(|e| {
@@ -784,7 +784,7 @@ async fn connect_tls(
         })
     })
     .await?;
-    let chain = crate::link::tls::peer_chain(tls.get_ref().1)?;
+    let chain = crate::pki::tls::peer_chain(tls.get_ref().1)?;
     Ok((Box::new(tls), chain))
 }
 
@@ -803,7 +803,7 @@ impl std::fmt::Debug for LocalSigner {
     }
 }
 
-impl crate::link::tls::IdentitySigner for LocalSigner {
+impl crate::pki::tls::IdentitySigner for LocalSigner {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
         let mut guard = crate::sys::lock(&self.client);
         if guard.is_none() {

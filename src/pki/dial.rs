@@ -114,7 +114,7 @@ pub fn dial(route: &Route, addr: &str, server: &str, timeout: Duration, env_prox
     match route {
         Route::Tunnel(socket) => {
             let through = format!("iam-nodelink's tunnel at {}", socket.display());
-            let s = crate::proto::client::connect_within(socket, timeout).map_err(|e| {
+            let s = crate::sys::connect::unix_within(socket, timeout).map_err(|e| {
                 Error::unavailable(format!(
                     "cannot reach {server} through the link: {through}: {e} (is iam-nodelink running?)"
                 ))
@@ -130,7 +130,7 @@ pub fn dial(route: &Route, addr: &str, server: &str, timeout: Duration, env_prox
             let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
             let proxy = if env_proxy { Proxy::from_env(host)? } else { None };
             let dial = proxy.as_ref().map_or(addr, |p| p.addr.as_str());
-            let tcp = connect_within(dial, left()).map_err(|e| match () {
+            let tcp = crate::sys::connect::tcp_within(dial, left()).map_err(|e| match () {
                 _ if timed_out(&e) => stalled(format!("{server} did not accept the connection")),
                 _ if proxy.is_some() => {
                     Error::unavailable(format!("cannot reach the proxy {dial} (HTTPS_PROXY) for {server}: {e}"))
@@ -263,52 +263,4 @@ fn connect_through(conn: &mut Conn, target: &str, through: &str, basic: Option<&
             "{through}{REFUSED_THE_TUNNEL}{target}: {status_line}"
         ))),
     }
-}
-
-/// Connect to `addr` (host:port), trying each address it resolves to, all within
-/// `timeout`: the name's resolution included (it runs on a thread of its own, left behind
-/// if the resolver outlasts the deadline), and each address given what is left.
-pub fn connect_within(addr: &str, timeout: Duration) -> std::io::Result<std::net::TcpStream> {
-    use std::io::{Error as IoError, ErrorKind as IoKind};
-    use std::net::ToSocketAddrs;
-    let deadline = Instant::now() + timeout;
-    let addrs: Vec<std::net::SocketAddr> = match addr.parse::<std::net::SocketAddr>() {
-        Ok(a) => vec![a],
-        Err(_) => {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let name = addr.to_string();
-            std::thread::Builder::new().name("resolve".into()).spawn(move || {
-                let _ = tx.send(name.to_socket_addrs().map(|a| a.collect::<Vec<_>>()));
-            })?;
-            match rx.recv_timeout(timeout) {
-                Ok(r) => r?,
-                Err(_) => {
-                    return Err(IoError::new(
-                        IoKind::TimedOut,
-                        format!("resolving {addr} took longer than {} s", timeout.as_secs_f32()),
-                    ))
-                }
-            }
-        }
-    };
-    let mut last = IoError::new(IoKind::NotFound, "no address");
-    for a in addrs {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(IoError::new(
-                IoKind::TimedOut,
-                format!("no time was left to try {a}, an address of {addr}"),
-            ));
-        }
-        match std::net::TcpStream::connect_timeout(&a, left) {
-            Ok(s) => {
-                // A TLS handshake is small writes each waiting for an answer: without
-                // this, Nagle's algorithm holds them for the peer's delayed ACK.
-                let _ = s.set_nodelay(true);
-                return Ok(s);
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
 }

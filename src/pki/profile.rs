@@ -32,6 +32,12 @@ use std::path::Path;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+/// A subject template (`[renew] subject`, `--subject`) for one node's certificate: `{node}`
+/// and `{type}` replaced.
+pub fn subject_for(template: &str, node_id: &str, cert_type: &str) -> String {
+    template.replace("{node}", node_id).replace("{type}", cert_type)
+}
+
 const UNIT_URI_PREFIX: &str = "urn:aos-iam:unit:";
 
 /// What a CSR asks for, or a certificate says, about its holder.
@@ -54,7 +60,7 @@ pub struct Claims {
 
 impl Claims {
     /// The names it gives its holder as a node: its CNs and DNS names (what
-    /// `link::tls::check_peer` matches a node id against).
+    /// `pki::tls::check_peer` matches a node id against).
     pub fn node_names(&self) -> Vec<String> {
         [&self.cns[..], &self.dns[..]].concat()
     }

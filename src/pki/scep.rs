@@ -13,9 +13,10 @@
 //! CA GetCACert returned behind it, for the caller to validate and apply as ApplyCert does.
 
 use crate::codec::der::{self, read_tlv, tlv};
+use crate::codec::Fingerprint;
 use crate::config::Algorithm;
 use crate::error::{Error, ErrorKind, Result};
-use crate::pki::est::{parse_response, Response};
+use crate::pki::http::{parse_response, Response};
 use crate::pki::x509::StoredKey;
 use crate::secret::Secret;
 use std::io::{Read, Write};
@@ -24,11 +25,6 @@ use x509_parser::prelude::FromDer;
 
 /// Largest SCEP answer read.
 pub const MAX_RESPONSE: usize = 1024 * 1024;
-/// How long one HTTP exchange may take by default.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a PENDING request is polled by default, and how often.
-pub const DEFAULT_POLL_FOR: Duration = Duration::from_secs(300);
-pub const DEFAULT_POLL_EVERY: Duration = Duration::from_secs(10);
 
 // Object identifiers, as dotted text (encoded by `oid`).
 const DATA: &str = "1.2.840.113549.1.7.1";
@@ -378,31 +374,7 @@ pub fn ca_certs_of(content_type: &str, body: &[u8]) -> Result<Vec<Vec<u8>>> {
     )))
 }
 
-/// A certificate's SHA-256 fingerprint (of its DER), lowercase hex: what `ca_fingerprint`
-/// names.
-pub fn fingerprint(der: &[u8]) -> String {
-    crate::store::keystore::hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
-}
-
-/// Whether two SHA-256 fingerprints name the same certificate (hex; colons, spaces and case
-/// ignored).
-pub fn same_fingerprint(a: &str, b: &str) -> bool {
-    let (a, b) = (hex_digits(a), hex_digits(b));
-    a.len() == 64 && a == b
-}
-
-/// A fingerprint as written (colons, spaces, either case) down to its lowercase hex digits.
-fn hex_digits(f: &str) -> String {
-    f.chars()
-        .filter(|c| c.is_ascii_hexdigit())
-        .collect::<String>()
-        .to_ascii_lowercase()
-}
-
 impl Authority {
-    /// Choose from GetCACert's certificates: the CA whose SHA-256 fingerprint (of its DER,
-    /// hex, colons and case ignored) is `fingerprint`; an RA beside it must be issued and
-    /// signed by it.
     /// With CRLs given, the RA (the recipient, when it is not the CA itself) must not be
     /// revoked by one the CA signed: a revoked RA would read the request and its challenge.
     pub fn check_revocation(&self, crls: &[rustls_pki_types::CertificateRevocationListDer<'static>]) -> Result<()> {
@@ -431,22 +403,18 @@ impl Authority {
         }
     }
 
-    pub fn select(certs: &[Vec<u8>], fingerprint: &str) -> Result<Authority> {
-        let want = hex_digits(fingerprint);
-        if want.len() != 64 {
-            return Err(Error::invalid(format!(
-                "SCEP CA fingerprint \"{fingerprint}\" is not a SHA-256 (64 hex digits)"
-            )));
-        }
-        let ca = certs.iter().find(|c| self::fingerprint(c) == want).ok_or_else(|| {
+    /// Choose from GetCACert's certificates: the CA whose SHA-256 fingerprint is `want`; an
+    /// RA beside it must be issued and signed by it.
+    pub fn select(certs: &[Vec<u8>], want: &Fingerprint) -> Result<Authority> {
+        let ca = certs.iter().find(|c| Fingerprint::of(c) == *want).ok_or_else(|| {
             Error::validation(
                 "UnknownIssuer",
                 format!(
-                    "no certificate from the SCEP server's GetCACert has the configured CA fingerprint {want} \
+                    "no certificate from the SCEP server's GetCACert has the configured CA fingerprint {want:#} \
                      (it sent {})",
                     certs
                         .iter()
-                        .map(|c| self::fingerprint(c))
+                        .map(|c| format!("{:#}", Fingerprint::of(c)))
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
@@ -530,7 +498,7 @@ pub struct ScepClient {
 }
 
 fn parse_url(url: &str) -> Result<(String, u16, String)> {
-    let (host, port, path) = crate::pki::est::split_url(url, "http", 80, "SCEP")?;
+    let (host, port, path) = crate::pki::http::split_url(url, "http", 80, "SCEP")?;
     let path = match path.trim_end_matches('/') {
         "" => "/cgi-bin/pkiclient.exe".to_string(),
         p => format!("/{p}"),
@@ -555,7 +523,7 @@ impl ScepClient {
             host,
             port,
             path,
-            timeout: DEFAULT_TIMEOUT,
+            timeout: crate::config::ScepSettings::DEFAULT_TIMEOUT,
             route: Default::default(),
         })
     }
@@ -943,7 +911,7 @@ pub fn check_cert_rep_for_fuzzing(input: &[u8]) {
         sender_nonce: [7; 16],
     };
     for c in &certs {
-        if let Ok(authority) = Authority::select(&certs, &fingerprint(c)) {
+        if let Ok(authority) = Authority::select(&certs, &Fingerprint::of(c)) {
             let _ = check_cert_rep(cert_rep, &authority, &sent);
         }
     }
@@ -1248,7 +1216,7 @@ fn decrypt_envelope(envelope: &[u8], signer: &RequestSigner) -> Result<Vec<u8>> 
 /// The transaction id of a request for `public_key`: the hex SHA-256 of the key (RFC 8894
 /// §3.2.1.1), the same on every attempt and after a restart.
 pub fn transaction_id(public_key: &[u8]) -> String {
-    crate::store::keystore::hex(ring::digest::digest(&ring::digest::SHA256, public_key).as_ref()).to_ascii_uppercase()
+    crate::codec::hex(ring::digest::digest(&ring::digest::SHA256, public_key).as_ref()).to_ascii_uppercase()
 }
 
 /// How a SCEP enrollment is configured: the server, its CA, the challenge, and polling.
@@ -1256,7 +1224,7 @@ pub struct ScepConfig {
     pub url: String,
     /// Straight, or through the link to the main node.
     pub route: crate::pki::dial::Route,
-    pub ca_fingerprint: String,
+    pub ca_fingerprint: Fingerprint,
     pub challenge: Option<Secret>,
     pub timeout: Duration,
     pub poll_for: Duration,
@@ -1443,7 +1411,7 @@ impl ScepConfig {
         Ok(ScepConfig {
             url: s.url.clone(),
             route,
-            ca_fingerprint: s.ca_fingerprint.clone(),
+            ca_fingerprint: s.ca_fingerprint,
             challenge,
             timeout: s.timeout,
             poll_for: s.poll_for,
@@ -1538,12 +1506,8 @@ mod tests {
     }
 
     #[test]
-    fn a_fingerprint_must_be_a_sha256() {
-        assert!(Authority::select(&[], "ab:cd")
-            .unwrap_err()
-            .message
-            .contains("64 hex digits"));
-        let e = Authority::select(&[], &"00".repeat(32)).unwrap_err();
+    fn a_ca_none_of_the_certificates_has_is_an_unknown_issuer() {
+        let e = Authority::select(&[], &Fingerprint::parse(&"00".repeat(32)).unwrap()).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Validation("UnknownIssuer".into()));
     }
 }

@@ -1,5 +1,6 @@
 //! How a client gets a CSR signed: a local CA (certificate and key files, as a factory
-//! station holds them) or an external command (CSR PEM on stdin, chain PEM on stdout).
+//! station holds them) or an external command (CSR PEM on stdin, chain PEM on stdout); EST's
+//! is `pki::est::EstSigner`. A SCEP request is the node's own (`flows::Signer::NodeScep`).
 
 use crate::error::{Error, Result};
 use crate::pki::x509;
@@ -18,47 +19,6 @@ pub trait CsrSigner {
     /// After a failure: how long the signer asked to wait before trying again, if it said.
     fn retry_after(&self) -> Option<Duration> {
         None
-    }
-    /// Sign the CSR of `node_id`'s key through `client`: a signer the node itself must
-    /// drive (SCEP, whose request its key signs) asks it; the others sign here.
-    fn sign_on(
-        &self,
-        client: &mut crate::proto::client::Client,
-        node_id: &str,
-        cert_type: &str,
-        csr_pem: &str,
-        password: &crate::secret::Secret,
-    ) -> Result<String> {
-        let _ = (client, node_id, password);
-        self.sign(cert_type, csr_pem)
-    }
-}
-
-/// SCEP through the node (`--scep`): iamd makes the request with the key CreateKey made,
-/// as ScepEnroll; the chain comes back for ApplyCert.
-pub struct NodeScep {
-    pub url: String,
-    pub ca_fingerprint: String,
-    /// Empty: none (a RenewalReq by the node's current certificate needs none where the
-    /// server does not ask for it).
-    pub challenge: crate::secret::Secret,
-}
-
-impl CsrSigner for NodeScep {
-    fn sign(&self, _cert_type: &str, _csr_pem: &str) -> Result<String> {
-        Err(Error::invalid(
-            "SCEP requests are made by the node itself, through iamd",
-        ))
-    }
-    fn sign_on(
-        &self,
-        client: &mut crate::proto::client::Client,
-        node_id: &str,
-        cert_type: &str,
-        csr_pem: &str,
-        password: &crate::secret::Secret,
-    ) -> Result<String> {
-        client.scep_enroll(node_id, cert_type, csr_pem, self, password)
     }
 }
 

@@ -62,42 +62,6 @@ fn read_within(
     })
 }
 
-/// A Unix socket connected within `limit` (a listener whose backlog is full makes a
-/// blocking connect wait without end).
-pub(crate) fn connect_within(path: &Path, limit: std::time::Duration) -> std::io::Result<UnixStream> {
-    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-    use std::os::fd::AsRawFd;
-    let deadline = std::time::Instant::now() + limit;
-    let addr = UnixAddr::new(path).map_err(std::io::Error::from)?;
-    loop {
-        let fd = socket(
-            AddressFamily::Unix,
-            SockType::Stream,
-            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(std::io::Error::from)?;
-        match connect(fd.as_raw_fd(), &addr) {
-            Ok(()) => {
-                let stream = UnixStream::from(fd);
-                stream.set_nonblocking(false)?;
-                return Ok(stream);
-            }
-            // A full backlog: try again until the deadline.
-            Err(nix::errno::Errno::EAGAIN) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(10))
-            }
-            Err(nix::errno::Errno::EAGAIN) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("not accepted within {} s", limit.as_secs()),
-                ))
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
 pub struct Client {
     stream: UnixStream,
     queued: std::collections::VecDeque<(u64, Vec<u8>)>,
@@ -127,7 +91,7 @@ impl Client {
     /// Connect and say hello offering protocol versions up to `offer`; `Err(v)` if iamd
     /// refused that outright in the one version `v` it speaks.
     fn connect_offering(path: &Path, offer: u8) -> Result<std::result::Result<Client, u8>> {
-        let stream = connect_within(path, CONNECT_TIMEOUT)
+        let stream = crate::sys::connect::unix_within(path, CONNECT_TIMEOUT)
             .map_err(|e| Error::unavailable(format!("cannot connect to {}: {e} (is iamd running?)", path.display())))?;
         stream
             .set_read_timeout(Some(CONNECT_TIMEOUT))
@@ -306,22 +270,26 @@ impl Client {
         }
     }
 
-    /// ScepEnroll: the node gets the CSR of its pending key signed by SCEP; the chain PEM.
+    /// ScepEnroll: the node gets the CSR of its pending key signed by the SCEP server at
+    /// `url`, of the CA with `ca_fingerprint`; the chain PEM. An empty `challenge`: none.
+    #[allow(clippy::too_many_arguments)]
     pub fn scep_enroll(
         &mut self,
         node_id: &str,
         cert_type: &str,
         csr_pem: &str,
-        scep: &crate::pki::signer::NodeScep,
+        url: &str,
+        ca_fingerprint: &crate::codec::Fingerprint,
+        challenge: &Secret,
         password: &Secret,
     ) -> Result<String> {
         match self.call(Request::ScepEnroll {
             node_id: node_id.into(),
             cert_type: cert_type.into(),
             csr_pem: csr_pem.into(),
-            url: scep.url.clone(),
-            ca_fingerprint: scep.ca_fingerprint.clone(),
-            challenge: scep.challenge.clone(),
+            url: url.into(),
+            ca_fingerprint: ca_fingerprint.to_string(),
+            challenge: challenge.clone(),
             password: password.clone(),
         })? {
             Response::Chain { pem } => Ok(pem),

@@ -1308,6 +1308,10 @@ pub enum EnrollState {
 }
 
 impl EnrollState {
+    /// The node attribute (in NodeInfo) that carries the enrollment state to subscribers
+    /// and, over node links, to the main node.
+    pub const ATTRIBUTE: &'static str = "EnrollmentState";
+
     pub fn name(self) -> &'static str {
         match self {
             EnrollState::NotConfigured => "not-configured",

@@ -1,6 +1,8 @@
-//! The operating system's side: systemd readiness, signals, external commands.
+//! The operating system's side: systemd readiness, signals, external commands, the node's
+//! hardware id, connections within a deadline.
 
 pub mod command;
+pub mod connect;
 pub mod hwid;
 
 /// Seconds since the Unix epoch, as the database records times.

@@ -555,6 +555,6 @@ impl PendingServer {
     /// SHA-256 of its CA certificate's DER, hex.
     pub fn fingerprint(&self) -> String {
         let der = aos_iam::pki::x509::parse_chain_pem(&super::read(&self.ca_pem)).unwrap()[0].to_vec();
-        aos_iam::store::keystore::hex(ring::digest::digest(&ring::digest::SHA256, &der).as_ref())
+        aos_iam::codec::hex(ring::digest::digest(&ring::digest::SHA256, &der).as_ref())
     }
 }

@@ -1,4 +1,8 @@
-//! The whole provisioning flow a factory station drives, as `iam-provision run` does it.
+//! The flows a client drives through iamd: the whole provisioning of a node, as a factory
+//! station's `iam-provision run` does it, the factory half of zero-touch enrollment, the
+//! provisioning of a unit through its main node, and a renewal by a signer of the client's
+//! (`iam-certctl renew`). Above the PKI and the protocol client, beside the daemon: it
+//! chooses who signs, and asks iamd to sign by SCEP where the node must.
 //!
 //! Start, list the certificate types, then for each: create a key, get its CSR signed,
 //! apply the chain; finish. It talks only through the [`Client`], so it works against any
@@ -6,6 +10,7 @@
 //! resumed from the certificates it has, otherwise StartProvisioning wipes first.
 //! [`run_unit`] does the same for every node of a unit through its main node.
 
+use crate::codec::Fingerprint;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pki::profile::Profile;
 use crate::pki::signer::CsrSigner;
@@ -16,6 +21,50 @@ use crate::secret::Secret;
 use std::time::{Duration, Instant};
 
 pub use crate::config::{BOOTSTRAP_DAYS, DEFAULT_DAYS, DEFAULT_SUBJECT};
+pub use crate::pki::profile::subject_for;
+
+/// Who gets a node's CSRs signed.
+pub enum Signer {
+    /// A signer of the client's: a CA's files, a command, an EST server.
+    Here(Box<dyn CsrSigner + Sync>),
+    /// The node itself, by SCEP (`--scep`): iamd makes the request with the key CreateKey
+    /// made, as ScepEnroll; the chain comes back for ApplyCert.
+    NodeScep(NodeScep),
+}
+
+/// A SCEP server the node enrolls with, and the CA it speaks for.
+pub struct NodeScep {
+    pub url: String,
+    pub ca_fingerprint: Fingerprint,
+    /// Empty: none (a RenewalReq by the node's current certificate needs none where the
+    /// server does not ask for it).
+    pub challenge: Secret,
+}
+
+impl Signer {
+    /// Sign `csr_pem`, of `node_id`'s key for `cert_type`; the chain PEM, leaf first.
+    fn sign(
+        &self,
+        client: &mut Client,
+        node_id: &str,
+        cert_type: &str,
+        csr_pem: &str,
+        password: &Secret,
+    ) -> Result<String> {
+        match self {
+            Signer::Here(signer) => signer.sign(cert_type, csr_pem),
+            Signer::NodeScep(s) => client.scep_enroll(
+                node_id,
+                cert_type,
+                csr_pem,
+                &s.url,
+                &s.ca_fingerprint,
+                &s.challenge,
+                password,
+            ),
+        }
+    }
+}
 
 pub struct RunOptions<'a> {
     pub node_id: &'a str,
@@ -33,13 +82,9 @@ pub struct Step {
     pub done: bool,
 }
 
-pub fn subject_for(template: &str, node_id: &str, cert_type: &str) -> String {
-    template.replace("{node}", node_id).replace("{type}", cert_type)
-}
-
 pub fn run(
     client: &mut Client,
-    signer: &dyn CsrSigner,
+    signer: &Signer,
     opts: &RunOptions,
     progress: &mut dyn FnMut(&Step),
 ) -> Result<Vec<CertInfo>> {
@@ -66,7 +111,7 @@ fn step(progress: &mut dyn FnMut(&Step), name: String, f: &mut dyn FnMut() -> Re
 /// Everything but FinishProvisioning: (deprovision,) start, and a certificate per type.
 fn prepare(
     client: &mut Client,
-    signer: &dyn CsrSigner,
+    signer: &Signer,
     opts: &RunOptions,
     node_id: &str,
     progress: &mut dyn FnMut(&Step),
@@ -134,7 +179,7 @@ fn prepare(
 /// One certificate: CreateKey, the CSR signed, ApplyCert, each a step.
 fn certify(
     client: &mut Client,
-    signer: &dyn CsrSigner,
+    signer: &Signer,
     opts: &RunOptions,
     node_id: &str,
     t: &str,
@@ -168,7 +213,7 @@ fn certify(
 #[allow(clippy::too_many_arguments)]
 fn sign_for_node(
     client: &mut Client,
-    signer: &dyn CsrSigner,
+    signer: &Signer,
     profile: &Profile,
     node_id: &str,
     cert_type: &str,
@@ -186,7 +231,7 @@ fn sign_for_node(
     let wanted = csr_claims(csr_der.as_ref())?;
     x509::refuse_other_nodes(&asked, &wanted.node_names(), node_id, &unit_nodes)?;
     profile.check(&asked, &wanted, node_id, main, cert_type, Some(subject))?;
-    let chain = signer.sign_on(client, node_id, cert_type, csr, password)?;
+    let chain = signer.sign(client, node_id, cert_type, csr, password)?;
     let issued = format!("the {cert_type} certificate the signer issued");
     let mut said = cert_claims(x509::parse_chain_pem(&chain)?[0].as_ref())?;
     x509::refuse_other_nodes(&issued, &said.node_names(), node_id, &unit_nodes)?;
@@ -214,7 +259,7 @@ pub struct BootstrapOptions<'a> {
 /// is only finished.
 pub fn bootstrap(
     client: &mut Client,
-    signer: &dyn CsrSigner,
+    signer: &Signer,
     opts: &RunOptions,
     b: &BootstrapOptions,
     progress: &mut dyn FnMut(&Step),
@@ -275,7 +320,7 @@ fn finish(client: &mut Client, opts: &RunOptions, node_id: &str, progress: &mut 
 /// the new one is applied; beyond `max_items`, the oldest goes.
 pub fn renew(
     client: &mut Client,
-    signer: &dyn CsrSigner,
+    signer: &Signer,
     profile: &Profile,
     node_id: &str,
     cert_type: &str,
@@ -366,7 +411,7 @@ pub fn run_unit(
     connect: &(dyn Fn() -> Result<Client> + Sync),
     main_id: &str,
     wait_nodes: &dyn Fn() -> Result<Vec<String>>,
-    signer: &(dyn CsrSigner + Sync),
+    signer: &Signer,
     opts: &RunOptions,
     progress: &(dyn Fn(&str, &Step) + Sync),
 ) -> Result<Vec<NodeOutcome>> {

@@ -1,5 +1,6 @@
-//! TLS on node links (rustls, ring provider): a node's identity is the current certificate
-//! of its link identity module, and its private key signs inside the key store.
+//! TLS with the node's PKI (rustls, ring provider), on node links and to EST servers. On a
+//! link, a node's identity is the current certificate of its link identity module, and its
+//! private key signs inside the key store.
 //!
 //! Both ends verify the other's chain against the configured root; the main node (server)
 //! must carry serverAuth and the secondary (client) clientAuth, and each certificate must
