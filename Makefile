@@ -14,7 +14,7 @@ NODE_TYPE ?= main
 NODE_NAME ?= $(shell hostname)
 PKCS11_LIBRARY ?= /usr/lib/softhsm/libsofthsm2.so
 TOKEN_LABEL ?= aos
-# The node id's sources, the first that gives one (space-separated; see README, [node]): a
+# The node id's sources, the first that gives one (space-separated; see docs/configuration.md, "The node id"): a
 # development install names machine-id; an image names its hardware's serial.
 NODE_ID_SOURCE ?= machine-id
 comma := ,
@@ -40,7 +40,7 @@ RELEASE := target/release/aos-iam
 STATIC  := target/$(TARGET)/release/aos-iam
 
 # (demo-unit: a main and two secondary nodes provisioned through the main node)
-.PHONY: all build static test check demo demo-enroll demo-unit bench load fuzz crash-test qemu-image qemu-test install clean crates-inc check-layer check-imports yocto-parse size
+.PHONY: all build static test check demo demo-enroll demo-unit bench load fuzz crash-test qemu-image qemu-test install clean crates-inc check-layer check-imports check-docs yocto-parse size
 
 all: build
 
@@ -76,7 +76,7 @@ test:
 	# The fuzz crate (its own workspace and Cargo.lock) must build as locked, or `make fuzz`
 	# fails on a fresh clone.
 	cd fuzz && $(CARGO) check --locked --all-targets
-	$(MAKE) --no-print-directory check-imports
+	$(MAKE) --no-print-directory check-imports check-docs
 	{ $(CARGO) test --locked; echo $$? > target/test.rc; } 2>&1 | tee target/test.log
 	@[ "$$(cat target/test.rc)" = 0 ] || { echo "tests failed"; exit 1; }
 	$(CARGO) build --locked
@@ -227,6 +227,10 @@ crates-inc:
 # files, no import from a layer above.
 check-imports:
 	python3 scripts/imports.py
+
+# Every command README.md and docs/ show is one a demo or a test runs.
+check-docs:
+	python3 scripts/check-docs.py
 
 check-layer:
 	command -v oelint-adv >/dev/null 2>&1 || pip install -q oelint-adv

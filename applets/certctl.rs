@@ -401,7 +401,7 @@ fn run(args: &Args) -> Result<u8, Error> {
             }
         }
         Verb::Renew(v) => {
-            let signer = common::options_signer!(v, v.days);
+            let signer = common::options_signer(&v.signing(), v.days)?;
             let pw = common::read_secret(v.password_file.as_deref(), "provisioning password")?;
             let mut c = Client::connect(socket(DEFAULT_PROTECTED_SOCKET).as_ref())?;
             let node = v.node.clone().unwrap_or_else(|| c.server_node_id.clone());

@@ -6,7 +6,7 @@ use argh::FromArgs;
 use serde_json::json;
 use std::io::{IsTerminal, Read};
 
-/// Exit codes, documented in the README. Usage errors are 2, as for most Unix tools.
+/// Exit codes, documented in docs/troubleshooting.md. Usage errors are 2, as for most Unix tools.
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
@@ -154,7 +154,7 @@ pub fn signer(
 /// own fields, then the signing options, declared here once: the provisioning password,
 /// a local CA (`--ca-cert`/`--ca-key`; `--days` is the verb's own), a command
 /// (`--sign-cmd`), an EST server (`--est` and its companions), a SCEP server (`--scep` and
-/// its companions), the subject template and the factory's profile. [`options_signer!`]
+/// its companions), the subject template and the factory's profile. [`options_signer`]
 /// reads them.
 macro_rules! signing_options {
     ($(#[$meta:meta])* struct $name:ident { $($own:tt)* }) => {
@@ -217,13 +217,49 @@ macro_rules! signing_options {
             #[argh(option)]
             profile: Option<String>,
         }
+
+        impl $name {
+            /// The options that choose the signer, for [`options_signer`].
+            fn signing(&self) -> $crate::common::SigningOptions<'_> {
+                $crate::common::SigningOptions {
+                    ca_cert: &self.ca_cert,
+                    ca_key: &self.ca_key,
+                    sign_cmd: &self.sign_cmd,
+                    sign_timeout: self.sign_timeout,
+                    est: $crate::common::EstArgs {
+                        url: self.est.as_deref(),
+                        anchor: &self.est_anchor,
+                        fingerprint: &self.est_ca_fingerprint,
+                        user: &self.est_user,
+                        password_file: &self.est_password_file,
+                        cert: &self.est_cert,
+                        key: &self.est_key,
+                    },
+                    scep: self.scep.as_deref(),
+                    scep_ca_fingerprint: &self.scep_ca_fingerprint,
+                    challenge_file: &self.challenge_file,
+                }
+            }
+        }
     };
 }
 pub(crate) use signing_options;
 
-/// The `--est*` options of a command that signs through an EST server.
+/// The options of [`signing_options!`] that choose the signer.
+pub struct SigningOptions<'a> {
+    pub ca_cert: &'a Option<String>,
+    pub ca_key: &'a Option<String>,
+    pub sign_cmd: &'a Option<String>,
+    pub sign_timeout: Option<u64>,
+    pub est: EstArgs<'a>,
+    pub scep: Option<&'a str>,
+    pub scep_ca_fingerprint: &'a Option<String>,
+    pub challenge_file: &'a Option<String>,
+}
+
+/// The `--est*` options of a command that signs through an EST server (`url`: `--est`).
 pub struct EstArgs<'a> {
-    pub url: &'a str,
+    pub url: Option<&'a str>,
     pub anchor: &'a Option<String>,
     pub fingerprint: &'a Option<String>,
     pub user: &'a Option<String>,
@@ -232,39 +268,24 @@ pub struct EstArgs<'a> {
     pub key: &'a Option<String>,
 }
 
-/// The signer that a verb's signing options (`--est` and its companions, `--ca-cert`/`--ca-key`
-/// with `--days`, `--sign-cmd` with `--sign-timeout`) name, as [`signer_for`] chooses it;
-/// `?` on its error. For `iam-provision run`/`bootstrap` and `iam-certctl renew`.
-macro_rules! options_signer {
-    ($v:expr, $days:expr) => {{
-        let v = $v;
-        let days: u32 = $days;
-        let est = v.est.as_deref().map(|url| $crate::common::EstArgs {
+/// The signer a verb's signing options name (`--scep` and its companions, `--est` and its
+/// companions, `--ca-cert`/`--ca-key` with `days`, `--sign-cmd` with `--sign-timeout`):
+/// exactly one way, or an error before anything is done. For `iam-provision run`/`bootstrap`
+/// and `iam-certctl renew`.
+pub fn options_signer(o: &SigningOptions, days: u32) -> Result<Signer, Error> {
+    match o.scep {
+        Some(url) => scep_signer(
             url,
-            anchor: &v.est_anchor,
-            fingerprint: &v.est_ca_fingerprint,
-            user: &v.est_user,
-            password_file: &v.est_password_file,
-            cert: &v.est_cert,
-            key: &v.est_key,
-        });
-        match v.scep.as_deref() {
-            Some(url) => $crate::common::scep_signer(
-                url,
-                &v.scep_ca_fingerprint,
-                &v.challenge_file,
-                v.est.is_some() || v.ca_cert.is_some() || v.ca_key.is_some() || v.sign_cmd.is_some(),
-            )?,
-            None if v.scep_ca_fingerprint.is_some() || v.challenge_file.is_some() => {
-                return Err(Error::invalid(
-                    "--scep-ca-fingerprint and --challenge-file go with --scep",
-                ))
-            }
-            None => $crate::common::signer_for(est, &v.ca_cert, &v.ca_key, days, &v.sign_cmd, v.sign_timeout)?,
-        }
-    }};
+            o.scep_ca_fingerprint,
+            o.challenge_file,
+            o.est.url.is_some() || o.ca_cert.is_some() || o.ca_key.is_some() || o.sign_cmd.is_some(),
+        ),
+        None if o.scep_ca_fingerprint.is_some() || o.challenge_file.is_some() => Err(Error::invalid(
+            "--scep-ca-fingerprint and --challenge-file go with --scep",
+        )),
+        None => signer_for(&o.est, o.ca_cert, o.ca_key, days, o.sign_cmd, o.sign_timeout),
+    }
 }
-pub(crate) use options_signer;
 
 /// The factory's profile `--profile` names, or the default one.
 pub fn load_profile(path: &Option<String>) -> Result<aos_iam::pki::profile::Profile, Error> {
@@ -277,18 +298,18 @@ pub fn load_profile(path: &Option<String>) -> Result<aos_iam::pki::profile::Prof
 /// The one signer a command's options name: `--est` (with `est`), or `--ca-cert`/`--ca-key`,
 /// or `--sign-cmd`; more than one way is refused before anything is done.
 pub fn signer_for(
-    est: Option<EstArgs>,
+    est: &EstArgs,
     ca_cert: &Option<String>,
     ca_key: &Option<String>,
     days: u32,
     sign_cmd: &Option<String>,
     sign_timeout: Option<u64>,
 ) -> Result<Signer, Error> {
-    match est {
+    match est.url {
         Some(_) if ca_cert.is_some() || ca_key.is_some() || sign_cmd.is_some() => Err(Error::invalid(
             "give one way of signing: --est, --ca-cert/--ca-key or --sign-cmd",
         )),
-        Some(e) => est_signer(&e),
+        Some(url) => est_signer(url, est),
         None => signer(ca_cert, ca_key, days, sign_cmd, sign_timeout),
     }
 }
@@ -328,7 +349,7 @@ pub fn scep_signer(
 }
 
 /// The EST signer `--est` names: /simpleenroll, by basic auth or a bootstrap certificate.
-pub fn est_signer(v: &EstArgs) -> Result<Signer, Error> {
+pub fn est_signer(url: &str, v: &EstArgs) -> Result<Signer, Error> {
     use aos_iam::pki::tls::ClientAuth;
     use rustls_pki_types::pem::PemObject;
     let anchors = match (v.anchor, v.fingerprint) {
@@ -362,10 +383,10 @@ pub fn est_signer(v: &EstArgs) -> Result<Signer, Error> {
         _ => return Err(Error::invalid("--est-cert and --est-key go together")),
     };
     let client = match (anchors, v.fingerprint) {
-        (Some(anchors), _) => aos_iam::pki::est::EstClient::new(v.url, &anchors, auth, basic)?,
+        (Some(anchors), _) => aos_iam::pki::est::EstClient::new(url, &anchors, auth, basic)?,
         (None, Some(f)) => {
             let fingerprint = fingerprint_option("--est-ca-fingerprint", f)?;
-            aos_iam::pki::est::EstClient::bootstrap(v.url, &fingerprint, auth, basic)?.0
+            aos_iam::pki::est::EstClient::bootstrap(url, &fingerprint, auth, basic)?.0
         }
         (None, None) => unreachable!("refused above"),
     };

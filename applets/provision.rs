@@ -509,7 +509,7 @@ macro_rules! bootstrap_of {
     ($v:expr) => {{
         let v = $v;
         BootstrapFlow {
-            signer: common::options_signer!(v, v.days.unwrap_or(aos_iam::flows::BOOTSTRAP_DAYS)),
+            signer: common::options_signer(&v.signing(), v.days.unwrap_or(aos_iam::flows::BOOTSTRAP_DAYS))?,
             password_file: &v.password_file,
             subject: &v.subject,
             profile: common::load_profile(&v.profile)?,
@@ -599,7 +599,7 @@ fn bootstrap_flow(args: &Args, f: &BootstrapFlow, node: &str) -> Result<u8, Erro
 }
 
 fn run_flow(args: &Args, v: &Run, node: &str) -> Result<u8, Error> {
-    let signer = common::options_signer!(v, v.days.unwrap_or(aos_iam::flows::DEFAULT_DAYS));
+    let signer = common::options_signer(&v.signing(), v.days.unwrap_or(aos_iam::flows::DEFAULT_DAYS))?;
     let pw = common::read_secret(v.password_file.as_deref(), "provisioning password")?;
     if node == "all" {
         return run_unit(args, v, &signer, &pw);

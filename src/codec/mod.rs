@@ -32,22 +32,31 @@ impl Fingerprint {
     pub fn parse(text: &str) -> Option<Fingerprint> {
         let text = text.trim();
         let text = text.strip_prefix("0x").unwrap_or(text);
-        if text.chars().any(|c| !c.is_ascii_hexdigit() && c != ':' && c != ' ') {
-            return None;
+        let mut bytes = [0u8; 32];
+        let mut digits = 0;
+        for c in text.chars() {
+            let nibble = match c {
+                ':' | ' ' => continue,
+                c => c.to_digit(16)? as u8,
+            };
+            let byte = bytes.get_mut(digits / 2)?;
+            *byte = *byte << 4 | nibble;
+            digits += 1;
         }
-        let digits: String = text.chars().filter(char::is_ascii_hexdigit).collect();
-        unhex(&digits)?.try_into().ok().map(Fingerprint)
+        (digits == 64).then_some(Fingerprint(bytes))
     }
 }
 
 impl std::fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        if f.alternate() {
-            let pairs: Vec<String> = self.0.iter().map(|b| format!("{b:02X}")).collect();
-            f.write_str(&pairs.join(":"))
-        } else {
-            f.write_str(&hex(&self.0))
+        for (i, b) in self.0.iter().enumerate() {
+            match (f.alternate(), i) {
+                (true, 0) => write!(f, "{b:02X}")?,
+                (true, _) => write!(f, ":{b:02X}")?,
+                (false, _) => write!(f, "{b:02x}")?,
+            }
         }
+        Ok(())
     }
 }
 

@@ -58,6 +58,7 @@ impl EnrollConfig {
     }
 }
 
+#[inline(never)]
 pub(super) fn parse(
     root: &mut Reader,
     working_dir: &Path,
@@ -75,6 +76,7 @@ pub(super) fn parse(
 }
 
 /// `[scep] allow_des3`.
+#[inline(never)]
 pub(super) fn parse_scep_policy(root: &mut Reader) -> Result<bool, ConfigError> {
     let scep_allow_des3 = match root.sub("scep")? {
         Some(mut s) => {
@@ -87,6 +89,7 @@ pub(super) fn parse_scep_policy(root: &mut Reader) -> Result<bool, ConfigError> 
     Ok(scep_allow_des3)
 }
 
+#[inline(never)]
 fn parse_enroll(e: &mut Reader, working_dir: &Path, modules: &[ModuleConfig]) -> Result<EnrollConfig, ConfigError> {
     let bootstrap = e.string("bootstrap")?.unwrap_or_else(|| "bootstrap".into());
     let Some(b) = modules.iter().find(|m| m.id == bootstrap) else {

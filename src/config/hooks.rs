@@ -54,6 +54,7 @@ impl Default for AlertsConfig {
     }
 }
 
+#[inline(never)]
 pub(super) fn parse_hooks(root: &mut Reader) -> Result<Hooks, ConfigError> {
     let hooks = match root.sub("hooks")? {
         Some(mut h) => {
@@ -76,6 +77,7 @@ pub(super) fn parse_hooks(root: &mut Reader) -> Result<Hooks, ConfigError> {
     Ok(hooks)
 }
 
+#[inline(never)]
 pub(super) fn parse_alerts(root: &mut Reader) -> Result<AlertsConfig, ConfigError> {
     let alerts = match root.sub("alerts")? {
         Some(mut a) => {

@@ -67,6 +67,7 @@ pub(super) struct Limits {
     pub quotas: QuotaConfig,
 }
 
+#[inline(never)]
 pub(super) fn parse(root: &mut Reader) -> Result<Limits, ConfigError> {
     let mut l = root
         .sub("limits")?

@@ -99,6 +99,7 @@ impl Default for LinksConfig {
     }
 }
 
+#[inline(never)]
 pub(super) fn parse(root: &mut Reader, role: Role) -> Result<LinksConfig, ConfigError> {
     let links = match root.sub("links")? {
         Some(l) => parse_links(l, role)?,
@@ -107,6 +108,7 @@ pub(super) fn parse(root: &mut Reader, role: Role) -> Result<LinksConfig, Config
     Ok(links)
 }
 
+#[inline(never)]
 fn parse_links(mut l: Reader, role: Role) -> Result<LinksConfig, ConfigError> {
     use crate::proto::transport::LinkAddr;
     let mut listen = Vec::new();

@@ -7,6 +7,10 @@
 //! `[identity]`, `[permissions]`), [`paths`], [`limits`], [`links`], [`modules`],
 //! [`renewal`] (with `[reconcile]`), [`enrollment`] (with `[scep]`), [`hooks`] (with
 //! `[alerts]`); this file reads them in order into one [`Config`].
+//!
+//! The section parsers are `#[inline(never)]`: inlined into one function, as the compiler
+//! chose, the split made the stripped static binary about 6 KB larger (`make size`); out of
+//! line it is smaller than the single `parse` it replaced.
 
 mod enrollment;
 mod hooks;

@@ -146,6 +146,7 @@ pub struct ModuleConfig {
 /// and one answer to `shared` per token, a root CA where a module validates, a link
 /// identity that exists where links use TLS; the link identity gets the unit's URI, and a
 /// secondary's never serverAuth.
+#[inline(never)]
 pub(super) fn parse_all(
     root: &mut Reader,
     working_dir: &Path,
@@ -224,6 +225,7 @@ pub(super) fn parse_all(
     Ok(modules)
 }
 
+#[inline(never)]
 fn parse_module(m: &mut Reader, working_dir: &Path) -> Result<ModuleConfig, ConfigError> {
     let id = m.required_string("id")?;
     if !valid_id(&id) {

@@ -145,6 +145,7 @@ pub(super) struct Node {
     pub partitions: Vec<PartitionConfig>,
 }
 
+#[inline(never)]
 pub(super) fn parse_node(root: &mut Reader, read_id: bool) -> Result<Node, ConfigError> {
     let mut node = root.sub("node")?.ok_or_else(|| root.err("node", "is required"))?;
     let (node_id, node_id_source) = node_id(&mut node, read_id)?;
@@ -206,6 +207,7 @@ pub(super) fn parse_node(root: &mut Reader, read_id: bool) -> Result<Node, Confi
     })
 }
 
+#[inline(never)]
 pub(super) fn parse_identity(root: &mut Reader) -> Result<IdentityConfig, ConfigError> {
     let identity = match root.sub("identity")? {
         Some(mut i) => {
@@ -227,6 +229,7 @@ pub(super) fn parse_identity(root: &mut Reader) -> Result<IdentityConfig, Config
     Ok(identity)
 }
 
+#[inline(never)]
 pub(super) fn parse_permissions(root: &mut Reader) -> Result<PermissionsConfig, ConfigError> {
     let permissions = match root.sub("permissions")? {
         Some(mut p) => {

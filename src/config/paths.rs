@@ -62,6 +62,7 @@ pub(super) struct Paths {
     pub marker_file: PathBuf,
 }
 
+#[inline(never)]
 pub(super) fn parse(root: &mut Reader) -> Result<Paths, ConfigError> {
     let mut paths = root
         .sub("paths")?

@@ -11,6 +11,7 @@ use std::time::Duration;
 use toml::{Table, Value};
 
 /// `"80%"` (or `"12.5%"`) as per mille.
+#[inline(never)]
 pub(super) fn parse_per_mille(s: &str) -> Option<u32> {
     let v: f64 = s.strip_suffix('%')?.trim().parse().ok()?;
     (0.0..=100.0).contains(&v).then(|| (v * 10.0).round() as u32)
@@ -298,6 +299,7 @@ pub(super) fn duration_or(r: &mut Reader, key: &str, default: Duration) -> Resul
 }
 
 /// `"90s"`, `"15m"`, `"12h"`, `"30d"` or a number of seconds.
+#[inline(never)]
 pub(super) fn parse_duration(s: &str) -> Option<Duration> {
     let (n, unit) = match s.char_indices().last()? {
         (i, c) if c.is_ascii_alphabetic() => (&s[..i], c),

@@ -125,6 +125,7 @@ impl RenewPolicy {
 /// Longest delay between renewal attempts.
 pub const MAX_RENEW_RETRY: Duration = Duration::from_secs(24 * 3600);
 
+#[inline(never)]
 pub(super) fn parse_renew(r: &mut Reader) -> Result<RenewPolicy, ConfigError> {
     let method = match r.string("method")?.as_deref() {
         None | Some("command") => {
@@ -251,6 +252,7 @@ pub(super) fn parse_renew(r: &mut Reader) -> Result<RenewPolicy, ConfigError> {
     })
 }
 
+#[inline(never)]
 pub(super) fn parse_reconcile(root: &mut Reader) -> Result<ReconcileConfig, ConfigError> {
     let reconcile = match root.sub("reconcile")? {
         Some(mut r) => {
