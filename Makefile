@@ -268,7 +268,10 @@ check-layer:
 # (issue 29: the id sources of sys::hwid and the recorded id's refusals, tokens shared with
 # others, the tokens' mechanisms read at start, tpm2-pkcs11's objects released after each
 # operation, alerts with protocol 8's SubscribeAlerts and the hook) and SCEP's DES3 refused by
-# default (issue 28).
+# default (issue 28). The house work of issue 31 (layers, the configuration a folder, one
+# declaration of the signing options, one fingerprint type) left it at 4522672 bytes, 1664
+# fewer than before it (the section parsers kept out of line, see src/config/mod.rs); the
+# ceiling is unchanged.
 SIZE_CEILING ?= 4531888
 size: static
 	$(STRIP) -o target/aos-iam.static.stripped $(STATIC)

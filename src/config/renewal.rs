@@ -2,7 +2,7 @@
 //! (a command, EST or SCEP; when, and how it retries), and how often it reconciles its
 //! database with the key stores.
 
-use super::reader::{fingerprint, parse_duration, parse_per_mille, seconds, Reader};
+use super::reader::{duration_or, fingerprint, parse_duration, parse_per_mille, seconds, Reader};
 use super::ConfigError;
 use super::{DEFAULT_COMMAND_TIMEOUT, DEFAULT_SUBJECT};
 use crate::codec::Fingerprint;
@@ -218,18 +218,7 @@ pub(super) fn parse_renew(r: &mut Reader) -> Result<RenewPolicy, ConfigError> {
             )
         })?),
     };
-    let duration = |r: &mut Reader, key: &str, default: Duration| -> Result<Duration, ConfigError> {
-        match r.string(key)? {
-            None => Ok(default),
-            Some(t) => parse_duration(&t).filter(|d| !d.is_zero()).ok_or_else(|| {
-                r.err(
-                    key,
-                    format!("\"{t}\" is not a duration such as \"90s\", \"15m\", \"1h\", \"30d\""),
-                )
-            }),
-        }
-    };
-    let retry = duration(r, "retry", Duration::from_secs(3600))?;
+    let retry = duration_or(r, "retry", Duration::from_secs(3600))?;
     let jitter = match r.string("jitter")? {
         None => 100,
         Some(j) => parse_per_mille(&j)
