@@ -384,13 +384,7 @@ fn run(args: &Args) -> Result<u8, Error> {
             }
             return Ok(worst.exit_code());
         }
-        Verb::Renew(v)
-            if v.ca_cert.is_none()
-                && v.ca_key.is_none()
-                && v.sign_cmd.is_none()
-                && v.est.is_none()
-                && v.scep.is_none() =>
-        {
+        Verb::Renew(v) if !v.signing().any() => {
             let mut c = Client::connect(socket(DEFAULT_PROTECTED_SOCKET).as_ref())?;
             let node = v.node.clone().unwrap_or_else(|| c.server_node_id.clone());
             let cert = c.renew_now(&node, &v.cert_type)?;

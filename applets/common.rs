@@ -257,6 +257,29 @@ pub struct SigningOptions<'a> {
     pub challenge_file: &'a Option<String>,
 }
 
+impl SigningOptions<'_> {
+    /// Whether any of them is given (`iam-certctl renew` without one runs the module's own
+    /// renewal; with a stray one, [`options_signer`] says what it goes with).
+    pub fn any(&self) -> bool {
+        let e = &self.est;
+        [
+            self.ca_cert,
+            self.ca_key,
+            self.sign_cmd,
+            self.scep_ca_fingerprint,
+            self.challenge_file,
+        ]
+        .iter()
+        .any(|o| o.is_some())
+            || [e.anchor, e.fingerprint, e.user, e.password_file, e.cert, e.key]
+                .iter()
+                .any(|o| o.is_some())
+            || self.sign_timeout.is_some()
+            || e.url.is_some()
+            || self.scep.is_some()
+    }
+}
+
 /// The `--est*` options of a command that signs through an EST server (`url`: `--est`).
 pub struct EstArgs<'a> {
     pub url: Option<&'a str>,

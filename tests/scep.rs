@@ -152,6 +152,22 @@ fn iam_certctl_renew_by_scep_sends_a_renewal_req_signed_by_the_current_certifica
     // current key.
     let (node, server) = provisioned_by_scep_renewing("scep-renew", true);
     let before = verify_issued(&node, &server, "rsa");
+    // A SCEP option without --scep is refused, not taken for the module's own renewal.
+    let (sock, pw, fp) = (node.protected(), node.p("password"), server.fingerprint());
+    let stray = [
+        "-s",
+        &sock,
+        "renew",
+        "rsa",
+        "--password-file",
+        &pw,
+        "--scep-ca-fingerprint",
+        &fp,
+    ];
+    let out = node.applet("iam-certctl", &stray, None);
+    assert_eq!(out.code, 7, "{}", out.stderr);
+    assert!(out.stderr.contains("go with --scep"), "{}", out.stderr);
+    assert_eq!(current_serial(&node, "rsa").unwrap(), before);
     // This server checks the challenge on a RenewalReq too: without one it is refused
     // (its log: "failed to sign CSR" err="invalid challenge"), and nothing changes.
     let out = certctl_renew(&node, &server, None);
