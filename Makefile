@@ -269,7 +269,7 @@ check-layer:
 # others, the tokens' mechanisms read at start, tpm2-pkcs11's objects released after each
 # operation, alerts with protocol 8's SubscribeAlerts and the hook) and SCEP's DES3 refused by
 # default (issue 28). The house work of issue 31 (layers, the configuration a folder, one
-# declaration of the signing options, one fingerprint type) left it at 4522672 bytes, 1664
+# declaration of the signing options, one fingerprint type) left it at 4522544 bytes, 1792
 # fewer than before it (the section parsers kept out of line, see src/config/mod.rs); the
 # ceiling is unchanged.
 SIZE_CEILING ?= 4531888

@@ -359,7 +359,7 @@ pub fn scep_signer(
             "--scep needs --scep-ca-fingerprint: the SHA-256 of the SCEP CA's certificate, checked out of band",
         )
     })?;
-    let fingerprint = fingerprint_option("--scep-ca-fingerprint", fingerprint)?;
+    let fingerprint = aos_iam::codec::Fingerprint::parse_given("--scep-ca-fingerprint", fingerprint)?;
     let challenge = match challenge_file {
         Some(f) => aos_iam::pki::scep::read_challenge(f.as_ref())?,
         None => aos_iam::secret::Secret::new(String::new()),
@@ -408,7 +408,7 @@ pub fn est_signer(url: &str, v: &EstArgs) -> Result<Signer, Error> {
     let client = match (anchors, v.fingerprint) {
         (Some(anchors), _) => aos_iam::pki::est::EstClient::new(url, &anchors, auth, basic)?,
         (None, Some(f)) => {
-            let fingerprint = fingerprint_option("--est-ca-fingerprint", f)?;
+            let fingerprint = aos_iam::codec::Fingerprint::parse_given("--est-ca-fingerprint", f)?;
             aos_iam::pki::est::EstClient::bootstrap(url, &fingerprint, auth, basic)?.0
         }
         (None, None) => unreachable!("refused above"),
@@ -418,12 +418,6 @@ pub fn est_signer(url: &str, v: &EstArgs) -> Result<Signer, Error> {
         reenroll: false,
         retry_after: Default::default(),
     })))
-}
-
-/// A CA fingerprint an option gives (`--est-ca-fingerprint`, `--scep-ca-fingerprint`).
-fn fingerprint_option(option: &str, text: &str) -> Result<aos_iam::codec::Fingerprint, Error> {
-    use aos_iam::codec::Fingerprint;
-    Fingerprint::parse(text).ok_or_else(|| Error::invalid(format!("{option}: {}", Fingerprint::SYNTAX)))
 }
 
 /// An error as JSON: `{"kind", "reason", "message"}`.

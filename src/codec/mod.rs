@@ -45,6 +45,12 @@ impl Fingerprint {
         }
         (digits == 64).then_some(Fingerprint(bytes))
     }
+
+    /// A fingerprint `what` gives (an option, a request's field), or an `invalid_argument`
+    /// error saying what it must be.
+    pub fn parse_given(what: &str, text: &str) -> crate::error::Result<Fingerprint> {
+        Fingerprint::parse(text).ok_or_else(|| crate::error::Error::invalid(format!("{what}: {}", Fingerprint::SYNTAX)))
+    }
 }
 
 impl std::fmt::Display for Fingerprint {

@@ -250,7 +250,6 @@ fn parse(root: &mut Reader, read_id: bool) -> Result<Config, ConfigError> {
     let alerts = hooks::parse_alerts(root)?;
     let modules = modules::parse_all(root, &working_dir, &root_ca, &links, role, &unit_id)?;
     let enroll = enrollment::parse(root, &working_dir, &modules)?;
-    root.table.remove("node");
     let rest = std::mem::take(&mut root.table);
     root.child(String::new(), rest).finish()?;
 

@@ -184,12 +184,7 @@ pub(super) fn handle(shared: &Shared, request: Request) -> Result<Response> {
             challenge,
             password,
         } => {
-            let ca_fingerprint = crate::codec::Fingerprint::parse(&ca_fingerprint).ok_or_else(|| {
-                Error::invalid(format!(
-                    "the SCEP CA fingerprint is not {}",
-                    crate::codec::Fingerprint::SYNTAX
-                ))
-            })?;
+            let ca_fingerprint = crate::codec::Fingerprint::parse_given("the SCEP CA fingerprint", &ca_fingerprint)?;
             let config = crate::pki::scep::ScepConfig {
                 url,
                 route: crate::pki::dial::Route::of(&prov.config),
