@@ -5,12 +5,13 @@
 //! the certificate next to its key, commits the record, and only then evicts the oldest
 //! certificates beyond `max_items` (through the trash, so eviction survives a power cut).
 
+use crate::codec::hex;
 use crate::config::{Config, ModuleConfig};
 use crate::error::{Error, Result};
 use crate::pki::x509::{self, StoredKey};
 use crate::proto::wire::{CertCheck, CertInfo};
 use crate::store::db::{CertRecord, Db, PendingKey, Snapshot, TrashEntry};
-use crate::store::keystore::{self, hex, KeyId, KeyStore};
+use crate::store::keystore::{self, KeyId, KeyStore};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use std::sync::Arc;
 

@@ -11,6 +11,7 @@
 //! served until the new one is applied; a failure is retried after a delay that doubles up
 //! to a day. Renewals run only on a provisioned node.
 
+use crate::codec::hex;
 use crate::config::{RenewMethod, RenewPolicy, MAX_RENEW_RETRY};
 use crate::daemon::provisioning::Provisioning;
 use crate::error::{Error, Result};
@@ -19,7 +20,7 @@ use crate::pki::signer::{CommandSigner, CsrSigner};
 use crate::pki::tls::ClientAuth;
 use crate::proto::wire::NodeState;
 use crate::store::db::CertRecord;
-use crate::store::keystore::{hex, KeyId};
+use crate::store::keystore::KeyId;
 use std::time::Duration;
 
 pub use crate::store::records::{Renewal, Step};

@@ -5,9 +5,10 @@
 //! acknowledged. Removals go through the `trash` table first (record moved, objects then
 //! deleted, entry then dropped), so a power cut mid-removal is finished at the next start.
 
+use crate::codec::hex;
 use crate::error::{Error, Result};
 use crate::proto::wire::NodeState;
-use crate::store::keystore::{hex, parse_hex_id, KeyId};
+use crate::store::keystore::{parse_hex_id, KeyId};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 use std::path::Path;

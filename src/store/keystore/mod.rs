@@ -22,8 +22,6 @@ pub fn new_key_id() -> Result<KeyId> {
     Ok(id)
 }
 
-pub use crate::codec::hex;
-
 pub fn parse_hex_id(s: &str) -> Option<KeyId> {
     if s.len() != 32 {
         return None;
@@ -127,7 +125,7 @@ mod tests {
     #[test]
     fn hex_ids_round_trip() {
         let id = new_key_id().unwrap();
-        assert_eq!(parse_hex_id(&hex(&id)), Some(id));
+        assert_eq!(parse_hex_id(&crate::codec::hex(&id)), Some(id));
         assert_eq!(parse_hex_id("zz"), None);
         assert_ne!(new_key_id().unwrap(), id);
     }

@@ -618,7 +618,7 @@ impl Pkcs11Store {
         let mut random = [0u8; USER_PIN_BYTES];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
             .map_err(|_| Error::internal("the OS random number generator failed"))?;
-        let pin = zeroize::Zeroizing::new(super::hex(&random));
+        let pin = zeroize::Zeroizing::new(crate::codec::hex(&random));
         zeroize::Zeroize::zeroize(&mut random);
         session
             .init_pin(&AuthPin::from(pin.as_str()))
@@ -884,7 +884,7 @@ impl KeyStore for Pkcs11Store {
             Error::not_found(format!(
                 "{}: no private key {label}/{}",
                 self.describe(),
-                super::hex(id)
+                crate::codec::hex(id)
             ))
         })?;
         match algorithm {
@@ -911,7 +911,7 @@ impl KeyStore for Pkcs11Store {
             Error::not_found(format!(
                 "{}: no private key {label}/{}",
                 self.describe(),
-                super::hex(id)
+                crate::codec::hex(id)
             ))
         })
     }

@@ -4,7 +4,8 @@
 //! written atomically. Keys are generated with ring (ECDSA only). Not for production: the
 //! key is only as safe as the file system.
 
-use super::{hex, parse_hex_id, KeyId, KeyStore, ObjectKind, PublicKey, StoredObject};
+use super::{parse_hex_id, KeyId, KeyStore, ObjectKind, PublicKey, StoredObject};
+use crate::codec::hex;
 use crate::codec::pem::pem_encode;
 use crate::config::{Algorithm, StoreConfig};
 use crate::error::{Error, ErrorKind, Result};
